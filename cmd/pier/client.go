@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// client talks to the local agent's HTTP API for the CLI subcommands.
+type client struct {
+	base string // http://host:port
+	http *http.Client
+}
+
+// clientFlags are the flags every API subcommand takes.
+type clientFlags struct {
+	addr   string
+	format string
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "http-addr", "", "address of the agent's HTTP API (default $PIER_HTTP_ADDR, $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+	fs.StringVar(&c.format, "format", "table", "output format: table or json")
+}
+
+func (c *clientFlags) client() (*client, error) {
+	if c.format != "table" && c.format != "json" {
+		return nil, usageError{fmt.Sprintf("-format %q: want table or json", c.format)}
+	}
+	addr := c.addr
+	for _, env := range []string{"PIER_HTTP_ADDR", "CONSUL_HTTP_ADDR"} {
+		if addr == "" {
+			addr = os.Getenv(env)
+		}
+	}
+	if addr == "" {
+		addr = "127.0.0.1:8500"
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" {
+		return nil, usageError{fmt.Sprintf("-http-addr %q: want host:port or http://host:port", c.addr)}
+	}
+	return &client{base: strings.TrimRight(u.String(), "/"), http: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+// do sends a request and decodes a 200 answer's JSON into out (if not nil).
+// Any other answer becomes an error with the agent's one-line message.
+func (c *client) do(method, path string, body any, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if tok := os.Getenv("CONSUL_HTTP_TOKEN"); tok != "" {
+		req.Header.Set("X-Consul-Token", tok)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the agent at %s: %v", c.base, unwrapURLError(err))
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("reading the agent's answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("the agent answered %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("decoding the agent's answer to %s: %w", path, err)
+	}
+	return nil
+}
+
+func unwrapURLError(err error) error {
+	if ue, ok := err.(*url.Error); ok {
+		return ue.Err
+	}
+	return err
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

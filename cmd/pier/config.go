@@ -1,0 +1,332 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// agentConfig is the agent's configuration after defaults, config files and
+// flags are merged, in that order of precedence (flags win, as in Consul).
+type agentConfig struct {
+	Node        string
+	Datacenter  string
+	DataDir     string
+	Client      []string // addresses the HTTP API listens on
+	Bind        string
+	Advertise   string
+	HTTPPort    int
+	SerfLANPort int
+	NodeMeta    map[string]string
+	LogLevel    string
+	LogJSON     bool
+	Dev         bool
+	Services    []serviceSource
+}
+
+// serviceSource is a service definition with where it was written, so that
+// an error at start can point at the file.
+type serviceSource struct {
+	File string
+	Def  *registry.ServiceDefinition
+}
+
+func defaultAgentConfig() agentConfig {
+	host, _ := os.Hostname()
+	return agentConfig{
+		Node:        host,
+		Datacenter:  "dc1",
+		Client:      []string{"127.0.0.1"}, // the API is local unless asked otherwise, as Consul
+		Bind:        "0.0.0.0",
+		HTTPPort:    8500,
+		SerfLANPort: 8301,
+		LogLevel:    "info",
+	}
+}
+
+// fileConfig is the config file's shape: Consul's key names, in YAML or JSON,
+// snake_case or CamelCase.
+type fileConfig struct {
+	NodeName      *string
+	Datacenter    *string
+	DataDir       *string
+	ClientAddr    *string
+	BindAddr      *string
+	AdvertiseAddr *string
+	Ports         *struct {
+		HTTP    *int
+		SerfLAN *int
+	}
+	NodeMeta map[string]string
+	LogLevel *string
+	LogJSON  *bool
+	Service  json.RawMessage
+	Services []json.RawMessage
+}
+
+// agentFlags are the agent's flags; set records which ones the user gave, so
+// that only those override the config files.
+type agentFlags struct {
+	fs          *flag.FlagSet
+	configFiles stringList
+	configDirs  stringList
+	nodeMeta    stringList
+	c           agentConfig
+	client      string
+}
+
+func newAgentFlags() *agentFlags {
+	f := &agentFlags{fs: newFlagSet("agent")}
+	fs := f.fs
+	fs.StringVar(&f.c.Node, "node", "", "name of this node in the cluster (default: the host name)")
+	fs.StringVar(&f.c.Datacenter, "datacenter", "", "datacenter of this agent (default dc1)")
+	fs.StringVar(&f.c.DataDir, "data-dir", "", "directory where this node's registrations persist (required unless -dev)")
+	fs.StringVar(&f.client, "client", "", "address(es), space-separated, the HTTP API listens on (default 127.0.0.1)")
+	fs.StringVar(&f.c.Bind, "bind", "", "address the cluster's gossip binds to (default 0.0.0.0)")
+	fs.StringVar(&f.c.Advertise, "advertise", "", "address advertised to other nodes and shown in the catalog")
+	fs.IntVar(&f.c.HTTPPort, "http-port", 0, "port of the HTTP API (default 8500)")
+	fs.IntVar(&f.c.SerfLANPort, "serf-lan-port", 0, "port of the cluster's gossip (default 8301)")
+	fs.StringVar(&f.c.LogLevel, "log-level", "", "log level: debug, info, warn, error (default info)")
+	fs.BoolVar(&f.c.LogJSON, "log-json", false, "write logs as JSON lines")
+	fs.BoolVar(&f.c.Dev, "dev", false, "run a single in-memory development node on 127.0.0.1")
+	fs.Var(&f.configFiles, "config-file", "a config file, YAML or JSON (repeatable)")
+	fs.Var(&f.configDirs, "config-dir", "a directory of *.yaml, *.yml and *.json config files, read in name order (repeatable)")
+	fs.Var(&f.nodeMeta, "node-meta", "key:value metadata of this node (repeatable)")
+	return f
+}
+
+// resolve merges defaults, config files and the flags the user set.
+func (f *agentFlags) resolve() (agentConfig, error) {
+	c := defaultAgentConfig()
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if set["dev"] && f.c.Dev {
+		c.Dev = true
+		c.Bind = "127.0.0.1"
+	}
+	files := append([]string(nil), f.configFiles...)
+	for _, dir := range f.configDirs {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return c, fmt.Errorf("config dir: %w", err)
+		}
+		var names []string
+		for _, e := range ents {
+			ext := strings.ToLower(filepath.Ext(e.Name()))
+			if !e.IsDir() && (ext == ".json" || ext == ".yaml" || ext == ".yml") {
+				names = append(names, filepath.Join(dir, e.Name()))
+			}
+		}
+		sort.Strings(names)
+		files = append(files, names...)
+	}
+	for _, file := range files {
+		if err := c.loadFile(file); err != nil {
+			return c, err
+		}
+	}
+	if set["node"] {
+		c.Node = f.c.Node
+	}
+	if set["datacenter"] {
+		c.Datacenter = f.c.Datacenter
+	}
+	if set["data-dir"] {
+		c.DataDir = f.c.DataDir
+	}
+	if set["client"] {
+		c.Client = strings.Fields(f.client)
+	}
+	if set["bind"] {
+		c.Bind = f.c.Bind
+	}
+	if set["advertise"] {
+		c.Advertise = f.c.Advertise
+	}
+	if set["http-port"] {
+		c.HTTPPort = f.c.HTTPPort
+	}
+	if set["serf-lan-port"] {
+		c.SerfLANPort = f.c.SerfLANPort
+	}
+	if set["log-level"] {
+		c.LogLevel = f.c.LogLevel
+	}
+	if set["log-json"] {
+		c.LogJSON = f.c.LogJSON
+	}
+	for _, kv := range f.nodeMeta {
+		k, v, ok := strings.Cut(kv, ":")
+		if !ok {
+			return c, usageError{fmt.Sprintf("-node-meta %q: want key:value", kv)}
+		}
+		if c.NodeMeta == nil {
+			c.NodeMeta = map[string]string{}
+		}
+		c.NodeMeta[k] = v
+	}
+	return c, c.validate()
+}
+
+func (c *agentConfig) validate() error {
+	switch {
+	case c.Node == "":
+		return usageError{"-node: a node name is required (the host name could not be read)"}
+	case c.DataDir == "" && !c.Dev:
+		return usageError{"-data-dir is required (or run a development node with -dev)"}
+	case len(c.Client) == 0:
+		return usageError{"-client: at least one address is required"}
+	}
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"-http-port", c.HTTPPort}, {"-serf-lan-port", c.SerfLANPort}} {
+		if p.v < 1 || p.v > 65535 {
+			return usageError{fmt.Sprintf("%s %d: out of range (1-65535)", p.name, p.v)}
+		}
+	}
+	for _, a := range append([]string{c.Bind, c.Advertise}, c.Client...) {
+		if a != "" && net.ParseIP(a) == nil {
+			return usageError{fmt.Sprintf("%q is not an IP address", a)}
+		}
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "warning", "error":
+	default:
+		return usageError{fmt.Sprintf("-log-level %q: want debug, info, warn or error", c.LogLevel)}
+	}
+	return nil
+}
+
+// loadFile merges one config file into c. Unknown keys are an error: a typo
+// in a config file should stop the agent, not be ignored.
+func (c *agentConfig) loadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var fc fileConfig
+	if err := decodeConfig(b, &fc); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	setStr := func(dst *string, src *string) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	setStr(&c.Node, fc.NodeName)
+	setStr(&c.Datacenter, fc.Datacenter)
+	setStr(&c.DataDir, fc.DataDir)
+	setStr(&c.Bind, fc.BindAddr)
+	setStr(&c.Advertise, fc.AdvertiseAddr)
+	setStr(&c.LogLevel, fc.LogLevel)
+	if fc.LogJSON != nil {
+		c.LogJSON = *fc.LogJSON
+	}
+	if fc.ClientAddr != nil {
+		c.Client = strings.Fields(*fc.ClientAddr)
+	}
+	if fc.Ports != nil {
+		if fc.Ports.HTTP != nil {
+			c.HTTPPort = *fc.Ports.HTTP
+		}
+		if fc.Ports.SerfLAN != nil {
+			c.SerfLANPort = *fc.Ports.SerfLAN
+		}
+	}
+	for k, v := range fc.NodeMeta {
+		if c.NodeMeta == nil {
+			c.NodeMeta = map[string]string{}
+		}
+		c.NodeMeta[k] = v
+	}
+	raws := fc.Services
+	if len(fc.Service) > 0 && string(fc.Service) != "null" {
+		raws = append([]json.RawMessage{fc.Service}, raws...)
+	}
+	for i, raw := range raws {
+		def, err := registry.DecodeService(raw, true)
+		if err != nil {
+			return fmt.Errorf("config file %s: services[%d]: %w", path, i, err)
+		}
+		c.Services = append(c.Services, serviceSource{File: path, Def: def})
+	}
+	return nil
+}
+
+// decodeConfig decodes YAML or JSON into v with Consul's key spellings
+// (snake_case or CamelCase), rejecting unknown keys.
+func decodeConfig(b []byte, v any) error {
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return err
+	}
+	var raw any
+	if err := json.Unmarshal(j, &raw); err != nil {
+		return err
+	}
+	if raw == nil {
+		return nil // an empty file
+	}
+	if _, ok := raw.(map[string]any); !ok {
+		return errors.New("expected a mapping at the top level")
+	}
+	j, err = json.Marshal(registry.NormalizeKeys(raw))
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return fmt.Errorf("unknown key %s", msg)
+		}
+		return err
+	}
+	return nil
+}
+
+// advertiseAddr picks the address other nodes and the catalog see, as Consul
+// does: -advertise, else a specific -bind, else the host's private IPv4.
+func (c *agentConfig) advertiseAddr() (string, error) {
+	if c.Advertise != "" {
+		return c.Advertise, nil
+	}
+	if ip := net.ParseIP(c.Bind); ip != nil && !ip.IsUnspecified() {
+		return c.Bind, nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", fmt.Errorf("finding an address to advertise: %w", err)
+	}
+	var private, public []string
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.To4() == nil || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if ipn.IP.IsPrivate() {
+			private = append(private, ipn.IP.String())
+		} else {
+			public = append(public, ipn.IP.String())
+		}
+	}
+	switch {
+	case len(private) > 0:
+		return private[0], nil
+	case len(public) > 0:
+		return public[0], nil
+	}
+	return "", errors.New("no IPv4 address to advertise found: set -advertise or -bind")
+}

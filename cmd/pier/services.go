@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// instance is the part of /v1/health/service/:name that pier services shows.
+type instance struct {
+	Node struct {
+		Node    string
+		Address string
+	}
+	Service struct {
+		ID      string
+		Service string
+		Tags    []string
+		Address string
+		Port    int
+	}
+	Checks []struct {
+		Status string
+	}
+}
+
+// status is the worst of the instance's checks, as Consul aggregates.
+func (in instance) status() string {
+	st := "passing"
+	for _, c := range in.Checks {
+		switch {
+		case c.Status == "critical" || c.Status == "maintenance":
+			return "critical"
+		case c.Status == "warning":
+			st = "warning"
+		}
+	}
+	return st
+}
+
+func runServices(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("services")
+	var cf clientFlags
+	cf.register(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var names map[string][]string
+	if err := c.do("GET", "/v1/catalog/services", nil, &names); err != nil {
+		return err
+	}
+	sorted := make([]string, 0, len(names))
+	for n := range names {
+		sorted = append(sorted, n)
+	}
+	sort.Strings(sorted)
+	var all []instance
+	for _, n := range sorted {
+		var ins []instance
+		if err := c.do("GET", "/v1/health/service/"+url.PathEscape(n), nil, &ins); err != nil {
+			return err
+		}
+		all = append(all, ins...)
+	}
+	if cf.format == "json" {
+		if all == nil {
+			all = []instance{}
+		}
+		return printJSON(stdout, all)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Name\tID\tNode\tAddress\tStatus\tTags")
+	for _, in := range all {
+		addr := in.Service.Address
+		if addr == "" {
+			addr = in.Node.Address
+		}
+		if in.Service.Port != 0 {
+			addr += ":" + strconv.Itoa(in.Service.Port)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", in.Service.Service, in.Service.ID, in.Node.Node, addr, in.status(), strings.Join(in.Service.Tags, ","))
+	}
+	return tw.Flush()
+}

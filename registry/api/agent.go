@@ -1,0 +1,200 @@
+package api
+
+import (
+	"encoding/json"
+	"hash/fnv"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+func (s *Server) serviceRegister(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	def, err := registry.DecodeService(body, false)
+	if err != nil {
+		writeError(w, "Invalid service registration", err)
+		return
+	}
+	svc, checks, err := def.Build()
+	if err != nil {
+		writeError(w, "Invalid service registration", err)
+		return
+	}
+	if err := s.reg.RegisterService(svc, checks, registry.SourceAPI); err != nil {
+		writeError(w, "Invalid service registration", err)
+		return
+	}
+	s.log.Info("service registered", "id", svc.ID, "name", svc.Name)
+}
+
+func (s *Server) serviceDeregister(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.reg.DeregisterService(id); err != nil {
+		writeError(w, "Deregister", err)
+		return
+	}
+	s.log.Info("service deregistered", "id", id)
+}
+
+func (s *Server) checkRegister(w http.ResponseWriter, r *http.Request) {
+	body, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	def, err := registry.DecodeCheck(body, false)
+	if err != nil {
+		writeError(w, "Invalid check registration", err)
+		return
+	}
+	c, err := def.BuildCheck()
+	if err != nil {
+		writeError(w, "Invalid check registration", err)
+		return
+	}
+	if err := s.reg.RegisterCheck(c, registry.SourceAPI); err != nil {
+		writeError(w, "Invalid check registration", err)
+		return
+	}
+	s.log.Info("check registered", "id", c.CheckID, "service", c.ServiceID)
+}
+
+func (s *Server) checkDeregister(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.reg.DeregisterCheck(id); err != nil {
+		writeError(w, "Deregister", err)
+		return
+	}
+	s.log.Info("check deregistered", "id", id)
+}
+
+func (s *Server) self() string { return s.reg.Config().NodeName }
+
+func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) {
+	snap := s.reg.Snapshot()
+	dc := s.reg.Config().Datacenter
+	out := map[string]agentService{}
+	for _, e := range snap.NodeServices(s.self()) {
+		out[e.ID] = toAgentService(e, dc)
+	}
+	writeJSON(w, r, out)
+}
+
+// agentService answers one local service with its ContentHash, and blocks
+// on ?hash= the way Consul's agent does for this endpoint.
+func (s *Server) agentService(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	want := r.URL.Query().Get("hash")
+	dc := s.reg.Config().Datacenter
+	snap := s.reg.Snapshot()
+	timer := time.NewTimer(q.wait)
+	defer timer.Stop()
+	for {
+		e, found := snap.NodeService(s.self(), id)
+		if !found {
+			httpError(w, http.StatusNotFound, "unknown service ID: %s", id)
+			return
+		}
+		svc := toAgentService(e, dc)
+		svc.ContentHash = contentHash(svc)
+		if want == "" || want != svc.ContentHash {
+			w.Header().Set("X-Consul-ContentHash", svc.ContentHash)
+			writeJSON(w, r, svc)
+			return
+		}
+		select {
+		case <-snap.Changed():
+			snap = s.reg.Snapshot()
+		case <-timer.C:
+			want = ""
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func contentHash(v agentService) string {
+	b, _ := json.Marshal(v)
+	h := fnv.New64a()
+	h.Write(b)
+	return strconv.FormatUint(h.Sum64(), 16)
+}
+
+func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
+	snap := s.reg.Snapshot()
+	out := map[string]healthCheck{}
+	for _, c := range snap.AllNodeChecks(s.self()) {
+		out[c.CheckID] = toHealthCheck(c)
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) members() []Member {
+	if s.cfg.Cluster != nil {
+		return s.cfg.Cluster.Members()
+	}
+	cfg := s.reg.Config()
+	self := s.reg.Self()
+	return []Member{{
+		Name:   self.Name,
+		Addr:   self.Address,
+		Port:   cfg.AgentPort,
+		Tags:   map[string]string{"dc": cfg.Datacenter, "id": self.ID, "role": "node", "build": s.cfg.Version},
+		Status: StatusAlive,
+	}}
+}
+
+func toMember(m Member) member {
+	// Protocol numbers as a current Consul agent reports them; clients only
+	// display them.
+	return member{
+		Name: m.Name, Addr: m.Addr, Port: m.Port, Tags: mapOrEmpty(m.Tags), Status: int(m.Status),
+		ProtocolMin: 1, ProtocolMax: 5, ProtocolCur: 2, DelegateMin: 2, DelegateMax: 5, DelegateCur: 4,
+	}
+}
+
+func (s *Server) agentMembers(w http.ResponseWriter, r *http.Request) {
+	ms := s.members()
+	out := make([]member, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, toMember(m))
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
+	cfg := s.reg.Config()
+	self := s.reg.Self()
+	var me member
+	for _, m := range s.members() {
+		if m.Name == self.Name {
+			me = toMember(m)
+		}
+	}
+	// consul/api decodes /v1/agent/self as map[string]map[string]any, so
+	// every top-level value must be an object or null.
+	writeJSON(w, r, map[string]any{
+		"Config": map[string]any{
+			"Datacenter":        cfg.Datacenter,
+			"PrimaryDatacenter": cfg.Datacenter,
+			"NodeName":          cfg.NodeName,
+			"NodeID":            cfg.NodeID,
+			"Server":            true,
+			"Revision":          "",
+			"Version":           s.cfg.Version,
+			"Product":           "pier",
+		},
+		"Member": me,
+		"Meta":   mapOrEmpty(self.Meta),
+		"Coord":  nil,
+		"Stats":  map[string]any{},
+	})
+}

@@ -1,0 +1,114 @@
+package api
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// query holds the query parameters that catalog and health reads share.
+type query struct {
+	minIndex uint64
+	wait     time.Duration
+	tags     []string
+	passing  bool
+	nodeMeta map[string]string
+}
+
+// parseQuery reads Consul's common query parameters; false means an error
+// answer was sent.
+func (s *Server) parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
+	var q query
+	v := r.URL.Query()
+	if dc := v.Get("dc"); dc != "" && dc != s.reg.Config().Datacenter {
+		// Consul's answer for a datacenter it cannot reach.
+		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
+		return q, false
+	}
+	if v.Has("filter") && v.Get("filter") != "" {
+		httpError(w, http.StatusBadRequest, "filter: filter expressions are not supported by pier; use tag= and node-meta=")
+		return q, false
+	}
+	if s := v.Get("index"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, "index: %q is not a non-negative integer", s)
+			return q, false
+		}
+		q.minIndex = n
+	}
+	q.wait = s.cfg.DefaultWait
+	if ws := v.Get("wait"); ws != "" {
+		d, err := time.ParseDuration(ws)
+		if err != nil || d < 0 {
+			httpError(w, http.StatusBadRequest, "wait: %q is not a duration such as 10s or 120000ms", ws)
+			return q, false
+		}
+		q.wait = min(d, s.cfg.MaxWait)
+	}
+	q.tags = v["tag"]
+	if p, ok := v["passing"]; ok {
+		// Consul treats a bare ?passing as true.
+		switch strings.ToLower(p[0]) {
+		case "", "1", "true":
+			q.passing = true
+		case "0", "false":
+		default:
+			httpError(w, http.StatusBadRequest, "passing: %q is not a boolean", p[0])
+			return q, false
+		}
+	}
+	for _, kv := range v["node-meta"] {
+		k, val, ok := strings.Cut(kv, ":")
+		if !ok || k == "" {
+			httpError(w, http.StatusBadRequest, "node-meta: %q is not key:value", kv)
+			return q, false
+		}
+		if q.nodeMeta == nil {
+			q.nodeMeta = map[string]string{}
+		}
+		q.nodeMeta[k] = val
+	}
+	return q, true
+}
+
+// block implements Consul's blocking query: with ?index=N it waits until the
+// answer's index moves past N, the wait (plus up to 1/16 jitter, as Consul
+// adds, so that many clients do not return in step) runs out, or the client
+// goes away. An index that went backwards (the agent restarted) answers at
+// once, so that the client resets as Consul's clients do. It returns the
+// snapshot to answer from and sets X-Consul-Index, which is never 0.
+func (s *Server) block(w http.ResponseWriter, r *http.Request, q query, index func(*registry.Snapshot) uint64) *registry.Snapshot {
+	snap := s.reg.Snapshot()
+	if q.minIndex > 0 {
+		wait := q.wait
+		if wait > 0 {
+			wait += rand.N(wait/16 + 1)
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+	loop:
+		for idx := index(snap); idx == q.minIndex; idx = index(snap) {
+			select {
+			case <-snap.Changed():
+				snap = s.reg.Snapshot()
+			case <-timer.C:
+				break loop
+			case <-r.Context().Done():
+				break loop
+			}
+		}
+	}
+	w.Header().Set("X-Consul-Index", strconv.FormatUint(max(index(snap), 1), 10))
+	return snap
+}
+
+func globalIndex(s *registry.Snapshot) uint64 { return s.Index() }
+
+func serviceIndex(name string) func(*registry.Snapshot) uint64 {
+	return func(s *registry.Snapshot) uint64 { return s.ServiceIndex(name) }
+}

@@ -1,0 +1,129 @@
+package api
+
+import (
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// hasTags reports whether the service carries every tag asked for; Consul
+// ANDs repeated ?tag= parameters.
+func hasTags(e *registry.ServiceEntry, tags []string) bool {
+	for _, t := range tags {
+		if !slices.Contains(e.Tags, t) {
+			return false
+		}
+	}
+	return true
+}
+
+func hasMeta(n *registry.NodeEntry, meta map[string]string) bool {
+	for k, v := range meta {
+		if got, ok := n.Meta[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) catalogServices(w http.ResponseWriter, r *http.Request) {
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, globalIndex)
+	out := map[string][]string{}
+	if q.nodeMeta == nil {
+		for _, nt := range snap.ServiceNames() {
+			out[nt.Name] = nt.Tags
+		}
+	} else {
+		for _, n := range snap.Nodes() {
+			if !hasMeta(n, q.nodeMeta) {
+				continue
+			}
+			for _, e := range snap.NodeServices(n.Name) {
+				out[e.Name] = append(orEmpty(out[e.Name]), e.Tags...)
+			}
+		}
+		for k, v := range out {
+			slices.Sort(v)
+			out[k] = slices.Compact(v)
+		}
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) catalogService(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, serviceIndex(name))
+	out := []catalogService{}
+	for _, in := range snap.ServiceInstances(name) {
+		if hasTags(in.Service, q.tags) && hasMeta(in.Node, q.nodeMeta) {
+			out = append(out, toCatalogService(in.Node, in.Service))
+		}
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) catalogNodes(w http.ResponseWriter, r *http.Request) {
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, globalIndex)
+	out := []node{}
+	for _, n := range snap.Nodes() {
+		if hasMeta(n, q.nodeMeta) {
+			out = append(out, toNode(n))
+		}
+	}
+	writeJSON(w, r, out)
+}
+
+// catalogNode answers null for an unknown node, as Consul does (its client
+// then returns a nil result rather than an error).
+func (s *Server) catalogNode(w http.ResponseWriter, r *http.Request) {
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, globalIndex)
+	n, found := snap.Node(r.PathValue("node"))
+	if !found {
+		writeJSON(w, r, nil)
+		return
+	}
+	dc := s.reg.Config().Datacenter
+	out := nodeServices{Node: toNode(n), Services: map[string]agentService{}}
+	for _, e := range snap.NodeServices(n.Name) {
+		out.Services[e.ID] = toAgentService(e, dc)
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) catalogDatacenters(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, r, []string{s.reg.Config().Datacenter})
+}
+
+// statusLeader names this agent: every pier agent serves the catalog
+// itself, and clients only check that a leader exists.
+func (s *Server) statusLeader(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, r, s.leader())
+}
+
+func (s *Server) statusPeers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, r, []string{s.leader()})
+}
+
+func (s *Server) leader() string {
+	cfg := s.reg.Config()
+	return net.JoinHostPort(cfg.Address, strconv.Itoa(cfg.AgentPort))
+}

@@ -1,0 +1,13 @@
+// Package api serves pier's Consul-compatible HTTP JSON API: the agent,
+// catalog, health and status endpoints with Consul's paths, field names,
+// headers and blocking queries, so that the official consul/api client,
+// Registrator, consul-template, Prometheus consul_sd and curl work against
+// pier unchanged.
+//
+// It owns the mapping from registry types onto Consul's JSON shapes and the
+// HTTP-level rules (methods, body limits, error codes). It reads the catalog
+// only through registry.Snapshot and writes only through the Registry's
+// exported methods; it must not reach into another package's internals.
+// Handlers are plain net/http because blocking queries need per-request
+// cancellation.
+package api

@@ -1,0 +1,85 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+func (s *Server) healthService(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, serviceIndex(name))
+	dc := s.reg.Config().Datacenter
+	out := []serviceEntry{}
+	for _, in := range snap.ServiceInstances(name) {
+		if !hasTags(in.Service, q.tags) || !hasMeta(in.Node, q.nodeMeta) {
+			continue
+		}
+		// ?passing drops instances with any check not passing, warning
+		// included, as Consul does.
+		if q.passing && in.Status() != registry.StatusPassing {
+			continue
+		}
+		out = append(out, serviceEntry{
+			Node:    toNode(in.Node),
+			Service: toAgentService(in.Service, dc),
+			Checks:  toHealthChecks(in.Checks),
+		})
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) healthChecks(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, serviceIndex(name))
+	out := []healthCheck{}
+	for _, in := range snap.ServiceInstances(name) {
+		if !hasMeta(in.Node, q.nodeMeta) {
+			continue
+		}
+		for _, c := range snap.NodeChecks(in.Node.Name, in.Service.ID) {
+			out = append(out, toHealthCheck(c))
+		}
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) {
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, globalIndex)
+	writeJSON(w, r, toHealthChecks(snap.AllNodeChecks(r.PathValue("node"))))
+}
+
+func (s *Server) healthState(w http.ResponseWriter, r *http.Request) {
+	state := r.PathValue("state")
+	switch state {
+	case "any", "passing", "warning", "critical":
+	default:
+		httpError(w, http.StatusBadRequest, "state: %q is not one of any, passing, warning, critical", state)
+		return
+	}
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, globalIndex)
+	out := []healthCheck{}
+	snap.Checks(func(c *registry.CheckEntry) bool {
+		if state == "any" || string(c.Status) == state {
+			out = append(out, toHealthCheck(c))
+		}
+		return true
+	})
+	writeJSON(w, r, out)
+}

@@ -1,0 +1,215 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Member is one node of the cluster as /v1/agent/members shows it.
+type Member struct {
+	Name   string
+	Addr   string
+	Port   int
+	Tags   map[string]string
+	Status MemberStatus
+}
+
+// MemberStatus uses Serf's numbering, which Consul's API exposes.
+type MemberStatus int
+
+const (
+	StatusNone MemberStatus = iota
+	StatusAlive
+	StatusLeaving
+	StatusLeft
+	StatusFailed
+)
+
+// Cluster is what the API needs from the gossip layer. Without one, the agent
+// is a cluster of one.
+type Cluster interface {
+	Members() []Member
+}
+
+// Config configures a Server. It is frozen after New.
+type Config struct {
+	Registry    *registry.Registry // required
+	Cluster     Cluster            // nil: this node alone
+	Version     string             // shown by /v1/agent/self and pier version
+	Logger      *slog.Logger       // nil: discard
+	MaxBodySize int64              // request bodies above it get 413; default 1 MiB
+	DefaultWait time.Duration      // blocking query wait when none is given; default 5m, as Consul
+	MaxWait     time.Duration      // upper bound on a requested wait; default 10m, as Consul
+}
+
+// DefaultConfig returns the limits a Consul user expects.
+func DefaultConfig() Config {
+	return Config{
+		MaxBodySize: 1 << 20,
+		DefaultWait: 5 * time.Minute,
+		MaxWait:     10 * time.Minute,
+	}
+}
+
+// Server is the HTTP API of one agent.
+type Server struct {
+	cfg Config
+	reg *registry.Registry
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// New validates cfg and builds the handler.
+func New(cfg Config) (*Server, error) {
+	if cfg.Registry == nil {
+		return nil, errors.New("api: a registry is required")
+	}
+	def := DefaultConfig()
+	if cfg.MaxBodySize <= 0 {
+		cfg.MaxBodySize = def.MaxBodySize
+	}
+	if cfg.DefaultWait <= 0 {
+		cfg.DefaultWait = def.DefaultWait
+	}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = def.MaxWait
+	}
+	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux()}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	s.routes()
+	return s, nil
+}
+
+// Handle adds a handler under pattern (a net/http ServeMux pattern), for
+// parts such as /metrics that other packages own.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// writes registers a write endpoint for PUT and POST: Consul's clients send
+// PUT, the seed's curl commands POST.
+func (s *Server) writes(path string, h http.HandlerFunc) {
+	s.mux.HandleFunc("PUT "+path, h)
+	s.mux.HandleFunc("POST "+path, h)
+}
+
+func (s *Server) routes() {
+	s.writes("/v1/agent/service/register", s.serviceRegister)
+	s.writes("/v1/agent/service/deregister/{id...}", s.serviceDeregister)
+	s.writes("/v1/agent/check/register", s.checkRegister)
+	s.writes("/v1/agent/check/deregister/{id...}", s.checkDeregister)
+	s.mux.HandleFunc("GET /v1/agent/services", s.agentServices)
+	s.mux.HandleFunc("GET /v1/agent/service/{id...}", s.agentService)
+	s.mux.HandleFunc("GET /v1/agent/checks", s.agentChecks)
+	s.mux.HandleFunc("GET /v1/agent/self", s.agentSelf)
+	s.mux.HandleFunc("GET /v1/agent/members", s.agentMembers)
+
+	s.mux.HandleFunc("GET /v1/catalog/services", s.catalogServices)
+	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.catalogService)
+	s.mux.HandleFunc("GET /v1/catalog/nodes", s.catalogNodes)
+	s.mux.HandleFunc("GET /v1/catalog/node/{node}", s.catalogNode)
+	s.mux.HandleFunc("GET /v1/catalog/datacenters", s.catalogDatacenters)
+
+	s.mux.HandleFunc("GET /v1/health/service/{name}", s.healthService)
+	s.mux.HandleFunc("GET /v1/health/checks/{name}", s.healthChecks)
+	s.mux.HandleFunc("GET /v1/health/node/{node}", s.healthNode)
+	s.mux.HandleFunc("GET /v1/health/state/{state}", s.healthState)
+
+	s.mux.HandleFunc("GET /v1/status/leader", s.statusLeader)
+	s.mux.HandleFunc("GET /v1/status/peers", s.statusPeers)
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Every answer says it knows its leader: pier has no leader election to
+	// wait for, and Consul's clients treat a false value as an outage.
+	h := w.Header()
+	h.Set("X-Consul-KnownLeader", "true")
+	h.Set("X-Consul-LastContact", "0")
+	s.mux.ServeHTTP(w, r)
+}
+
+// Run serves on ln until ctx ends, then shuts down: open blocking queries
+// end at once (their request contexts derive from ctx) and other requests
+// get a few seconds to finish.
+func (s *Server) Run(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("api: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-errc
+	if err != nil {
+		return fmt.Errorf("api: shutdown: %w", err)
+	}
+	return nil
+}
+
+// writeJSON answers 200 with v, indented when the client asked for ?pretty.
+func writeJSON(w http.ResponseWriter, r *http.Request, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	if _, ok := r.URL.Query()["pretty"]; ok {
+		enc.SetIndent("", "    ")
+	}
+	enc.Encode(v)
+}
+
+// httpError answers with a plain one-line message, as Consul does.
+func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	fmt.Fprintf(w, format+"\n", args...)
+}
+
+// readBody reads a request body up to the configured limit; false means an
+// error answer was sent.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodySize))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			httpError(w, http.StatusRequestEntityTooLarge, "Request body too large: limit is %d bytes", mbe.Limit)
+		} else {
+			httpError(w, http.StatusBadRequest, "Reading request body: %v", err)
+		}
+		return nil, false
+	}
+	return b, true
+}
+
+// writeError maps registry errors onto status codes.
+func writeError(w http.ResponseWriter, prefix string, err error) {
+	var fe *registry.FieldError
+	switch {
+	case errors.As(err, &fe):
+		httpError(w, http.StatusBadRequest, "%s: %v", prefix, fe)
+	case errors.Is(err, registry.ErrNotFound):
+		httpError(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, registry.ErrProtected):
+		httpError(w, http.StatusBadRequest, "%v", err)
+	default:
+		httpError(w, http.StatusInternalServerError, "%v", err)
+	}
+}

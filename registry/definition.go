@@ -1,0 +1,484 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// FieldError is a validation error that names the offending field, so the
+// API can answer with one line a person can act on.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	if e.Field == "" {
+		return e.Msg
+	}
+	return e.Field + ": " + e.Msg
+}
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// ServiceDefinition is a service registration as Consul's clients send it
+// (AgentServiceRegistration) and as config files write it.
+type ServiceDefinition struct {
+	Kind              string
+	ID                string
+	Name              string
+	Tags              []string
+	Address           string
+	Port              *int // nil: no port; an explicit 0 is an error
+	Meta              map[string]string
+	Weights           *Weights
+	TaggedAddresses   map[string]ServiceAddress
+	EnableTagOverride bool
+	Check             *CheckRegistration
+	Checks            []*CheckRegistration
+}
+
+// CheckRegistration is a check as Consul's clients send it, alone
+// (AgentCheckRegistration) or inside a service registration (CheckType).
+// Durations stay raw until Build so that an error can name its field.
+type CheckRegistration struct {
+	ID                             string // AgentCheckRegistration's name for CheckID
+	CheckID                        string
+	Name                           string
+	Notes                          string
+	Status                         string
+	ServiceID                      string
+	HTTP                           string
+	Method                         string
+	Header                         map[string][]string
+	Body                           string
+	TLSServerName                  string
+	TLSSkipVerify                  bool
+	TCP                            string
+	GRPC                           string
+	GRPCUseTLS                     bool
+	Args                           []string
+	ScriptArgs                     []string // older name for Args
+	TTL                            json.RawMessage
+	Interval                       json.RawMessage
+	Timeout                        json.RawMessage
+	SuccessBeforePassing           int
+	FailuresBeforeWarning          int
+	FailuresBeforeCritical         int
+	DeregisterCriticalServiceAfter json.RawMessage
+}
+
+// DecodeService decodes one service definition from JSON. Keys match
+// case-insensitively and with or without underscores (Consul accepts both
+// "EnableTagOverride" and "enable_tag_override"). With strict set, unknown
+// keys are an error (config files, where a typo should stop the agent);
+// otherwise they are ignored, as Consul's HTTP API does.
+func DecodeService(data []byte, strict bool) (*ServiceDefinition, error) {
+	var def ServiceDefinition
+	if err := decodeNormalized(data, &def, strict); err != nil {
+		return nil, err
+	}
+	return &def, nil
+}
+
+// DecodeCheck decodes one standalone check registration from JSON.
+func DecodeCheck(data []byte, strict bool) (*CheckRegistration, error) {
+	var def CheckRegistration
+	if err := decodeNormalized(data, &def, strict); err != nil {
+		return nil, err
+	}
+	return &def, nil
+}
+
+// userMaps are keys whose values are the user's own maps: their keys are data
+// and must not be rewritten.
+var userMaps = map[string]bool{"meta": true, "header": true, "taggedaddresses": true, "nodemeta": true}
+
+func decodeNormalized(data []byte, v any, strict bool) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var raw any
+	if err := dec.Decode(&raw); err != nil {
+		return jsonError(err)
+	}
+	if dec.More() {
+		return &FieldError{Msg: "malformed JSON: more than one value in body"}
+	}
+	if _, ok := raw.(map[string]any); !ok {
+		return &FieldError{Msg: "malformed JSON: expected an object"}
+	}
+	b, err := json.Marshal(normalizeKeys(raw))
+	if err != nil {
+		return &FieldError{Msg: "malformed JSON: " + err.Error()}
+	}
+	dec = json.NewDecoder(bytes.NewReader(b))
+	if strict {
+		dec.DisallowUnknownFields()
+	}
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	return nil
+}
+
+// NormalizeKeys rewrites the keys of a decoded JSON/YAML document so that
+// snake_case and CamelCase spellings meet: underscores and dashes are
+// dropped (encoding/json already matches case-insensitively). The values of
+// user maps (Meta, Header, TaggedAddresses, NodeMeta) are left as they are.
+func NormalizeKeys(v any) any { return normalizeKeys(v) }
+
+func normalizeKeys(v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, val := range t {
+			nk := strings.NewReplacer("_", "", "-", "").Replace(k)
+			if userMaps[strings.ToLower(nk)] {
+				out[nk] = val
+				continue
+			}
+			out[nk] = normalizeKeys(val)
+		}
+		return out
+	case []any:
+		for i := range t {
+			t[i] = normalizeKeys(t[i])
+		}
+		return t
+	}
+	return v
+}
+
+func jsonError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return &FieldError{Msg: fmt.Sprintf("malformed JSON at offset %d: %v", syn.Offset, syn)}
+	case errors.As(err, &typ):
+		field := typ.Field
+		if field == "" {
+			field = "body"
+		}
+		return fieldErr(field, "expected %s, got %s", typ.Type, typ.Value)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return &FieldError{Msg: "malformed JSON: unexpected end of body"}
+	}
+	msg := err.Error()
+	if strings.HasPrefix(msg, "json: unknown field ") {
+		return fieldErr(strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`), "unknown field")
+	}
+	return &FieldError{Msg: "malformed JSON: " + strings.TrimPrefix(msg, "json: ")}
+}
+
+// Limits on Meta, as Consul enforces them.
+const (
+	metaMaxPairs    = 64
+	metaMaxKeyLen   = 128
+	metaMaxValueLen = 512
+	maxNameLen      = 256
+)
+
+var metaKeyRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+
+// ValidateMeta applies Consul's rules for Meta maps; field names the map.
+func ValidateMeta(field string, meta map[string]string) error {
+	if len(meta) > metaMaxPairs {
+		return fieldErr(field, "too many pairs (%d, limit %d)", len(meta), metaMaxPairs)
+	}
+	for k, v := range meta {
+		switch {
+		case k == "":
+			return fieldErr(field, "empty key")
+		case len(k) > metaMaxKeyLen:
+			return fieldErr(field, "key %.20q... is too long (limit %d characters)", k, metaMaxKeyLen)
+		case !metaKeyRE.MatchString(k):
+			return fieldErr(field, "key %q has invalid characters (allowed: a-z A-Z 0-9 _ -)", k)
+		case strings.HasPrefix(k, "consul-"):
+			return fieldErr(field, "key %q uses the reserved prefix consul-", k)
+		case len(v) > metaMaxValueLen:
+			return fieldErr(field, "value of key %q is too long (limit %d characters)", k, metaMaxValueLen)
+		}
+	}
+	return nil
+}
+
+func validName(field, s string, required bool) error {
+	if s == "" {
+		if required {
+			return fieldErr(field, "missing (required)")
+		}
+		return nil
+	}
+	if len(s) > maxNameLen {
+		return fieldErr(field, "too long (limit %d characters)", maxNameLen)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.IsSpace(r) {
+			return fieldErr(field, "%q contains whitespace or control characters", s)
+		}
+	}
+	return nil
+}
+
+func validAddress(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	if net.ParseIP(s) != nil {
+		return nil
+	}
+	if len(s) > 253 {
+		return fieldErr(field, "too long")
+	}
+	for _, r := range s {
+		if !(r == '-' || r == '.' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return fieldErr(field, "%q is neither an IP address nor a host name", s)
+		}
+	}
+	return nil
+}
+
+func validPort(field string, p int) error {
+	if p < 1 || p > 65535 {
+		return fieldErr(field, "%d is out of range (1-65535)", p)
+	}
+	return nil
+}
+
+// Build validates the definition and returns the service and its checks, with
+// defaults applied (ID from Name, weights 1/1, check IDs as Consul makes
+// them).
+func (d *ServiceDefinition) Build() (Service, []Check, error) {
+	var s Service
+	if d.Kind != "" {
+		return s, nil, fieldErr("Kind", "%q services are not supported (Consul Connect is not part of pier)", d.Kind)
+	}
+	if err := validName("Name", d.Name, true); err != nil {
+		return s, nil, err
+	}
+	s.Name = d.Name
+	s.ID = d.ID
+	if s.ID == "" {
+		s.ID = d.Name
+	}
+	if err := validName("ID", s.ID, true); err != nil {
+		return s, nil, err
+	}
+	for i, t := range d.Tags {
+		if strings.ContainsFunc(t, unicode.IsControl) {
+			return s, nil, fieldErr(fmt.Sprintf("Tags[%d]", i), "contains control characters")
+		}
+	}
+	if len(d.Tags) > 0 {
+		s.Tags = append([]string(nil), d.Tags...)
+	}
+	if err := validAddress("Address", d.Address); err != nil {
+		return s, nil, err
+	}
+	s.Address = d.Address
+	if d.Port != nil {
+		if err := validPort("Port", *d.Port); err != nil {
+			return s, nil, err
+		}
+		s.Port = *d.Port
+	}
+	if err := ValidateMeta("Meta", d.Meta); err != nil {
+		return s, nil, err
+	}
+	if len(d.Meta) > 0 {
+		s.Meta = make(map[string]string, len(d.Meta))
+		for k, v := range d.Meta {
+			s.Meta[k] = v
+		}
+	}
+	s.Weights = Weights{Passing: 1, Warning: 1}
+	if d.Weights != nil {
+		if d.Weights.Passing < 1 {
+			return s, nil, fieldErr("Weights.Passing", "must be at least 1")
+		}
+		if d.Weights.Warning < 0 {
+			return s, nil, fieldErr("Weights.Warning", "must not be negative")
+		}
+		s.Weights = *d.Weights
+	}
+	for k, a := range d.TaggedAddresses {
+		f := "TaggedAddresses." + k
+		if err := validAddress(f+".Address", a.Address); err != nil {
+			return s, nil, err
+		}
+		if a.Port != 0 {
+			if err := validPort(f+".Port", a.Port); err != nil {
+				return s, nil, err
+			}
+		}
+		if s.TaggedAddresses == nil {
+			s.TaggedAddresses = make(map[string]ServiceAddress, len(d.TaggedAddresses))
+		}
+		s.TaggedAddresses[k] = a
+	}
+	s.EnableTagOverride = d.EnableTagOverride
+
+	type reg struct {
+		field string
+		cr    *CheckRegistration
+	}
+	var regs []reg
+	if d.Check != nil {
+		regs = append(regs, reg{"Check", d.Check})
+	}
+	for i, cr := range d.Checks {
+		if cr != nil {
+			regs = append(regs, reg{fmt.Sprintf("Checks[%d]", i), cr})
+		}
+	}
+	var checks []Check
+	seen := map[string]bool{}
+	for i, r := range regs {
+		c, err := r.cr.build(r.field)
+		if err != nil {
+			return s, nil, err
+		}
+		if c.CheckID == "" {
+			c.CheckID = "service:" + s.ID
+			if len(regs) > 1 {
+				c.CheckID += ":" + strconv.Itoa(i+1)
+			}
+		}
+		if seen[c.CheckID] {
+			return s, nil, fieldErr(r.field+".CheckID", "duplicate check ID %q", c.CheckID)
+		}
+		seen[c.CheckID] = true
+		if c.Name == "" {
+			c.Name = "Service '" + s.Name + "' check"
+		}
+		c.ServiceID = s.ID
+		c.ServiceName = s.Name
+		checks = append(checks, c)
+	}
+	return s, checks, nil
+}
+
+// BuildCheck validates a standalone check registration.
+func (cr *CheckRegistration) BuildCheck() (Check, error) {
+	c, err := cr.build("")
+	if err != nil {
+		return c, err
+	}
+	if c.Name == "" {
+		return c, fieldErr("Name", "missing (required)")
+	}
+	if c.CheckID == "" {
+		c.CheckID = c.Name
+	}
+	c.ServiceID = cr.ServiceID
+	return c, nil
+}
+
+func parseDuration(field string, raw json.RawMessage) (Duration, error) {
+	if len(raw) == 0 {
+		return 0, nil
+	}
+	var d Duration
+	if err := d.UnmarshalJSON(raw); err != nil {
+		return 0, fieldErr(field, "%v (use a Go duration such as \"10s\" or \"1m30s\")", err)
+	}
+	return d, nil
+}
+
+func (cr *CheckRegistration) build(field string) (Check, error) {
+	f := func(name string) string {
+		if field == "" {
+			return name
+		}
+		return field + "." + name
+	}
+	var c Check
+	c.CheckID = cr.CheckID
+	if c.CheckID == "" {
+		c.CheckID = cr.ID
+	}
+	if err := validName(f("CheckID"), strings.ReplaceAll(c.CheckID, " ", "_"), false); err != nil {
+		return c, err
+	}
+	c.Name = cr.Name
+	c.Notes = cr.Notes
+	c.Status = StatusCritical // Consul's default: not healthy until proven
+	if cr.Status != "" {
+		st, err := ParseStatus(cr.Status)
+		if err != nil {
+			return c, fieldErr(f("Status"), "%q: %v", cr.Status, err)
+		}
+		c.Status = st
+	}
+	def := CheckDefinition{
+		HTTP: cr.HTTP, Method: cr.Method, Header: cr.Header, Body: cr.Body,
+		TLSServerName: cr.TLSServerName, TLSSkipVerify: cr.TLSSkipVerify,
+		TCP: cr.TCP, GRPC: cr.GRPC, GRPCUseTLS: cr.GRPCUseTLS,
+		Args:                   cr.Args,
+		SuccessBeforePassing:   cr.SuccessBeforePassing,
+		FailuresBeforeWarning:  cr.FailuresBeforeWarning,
+		FailuresBeforeCritical: cr.FailuresBeforeCritical,
+	}
+	if len(def.Args) == 0 {
+		def.Args = cr.ScriptArgs
+	}
+	var err error
+	if def.TTL, err = parseDuration(f("TTL"), cr.TTL); err != nil {
+		return c, err
+	}
+	if def.Interval, err = parseDuration(f("Interval"), cr.Interval); err != nil {
+		return c, err
+	}
+	if def.Timeout, err = parseDuration(f("Timeout"), cr.Timeout); err != nil {
+		return c, err
+	}
+	if def.DeregisterCriticalServiceAfter, err = parseDuration(f("DeregisterCriticalServiceAfter"), cr.DeregisterCriticalServiceAfter); err != nil {
+		return c, err
+	}
+	kinds := 0
+	for _, set := range []bool{def.HTTP != "", def.TCP != "", def.GRPC != "", len(def.Args) > 0, def.TTL > 0} {
+		if set {
+			kinds++
+		}
+	}
+	switch {
+	case kinds == 0:
+		return c, fieldErr(field, "no check type: set one of HTTP, TCP, GRPC, TTL or Args")
+	case kinds > 1:
+		return c, fieldErr(field, "more than one check type: set only one of HTTP, TCP, GRPC, TTL or Args")
+	case def.TTL == 0 && def.Interval == 0:
+		return c, fieldErr(f("Interval"), "required for %s checks", strings.ToUpper(def.Type()))
+	case def.Interval > 0 && time.Duration(def.Interval) < time.Second:
+		def.Interval = Duration(time.Second) // Consul's floor; faster probing only adds load
+	}
+	if def.HTTP != "" && !strings.HasPrefix(def.HTTP, "http://") && !strings.HasPrefix(def.HTTP, "https://") {
+		return c, fieldErr(f("HTTP"), "%q is not an http:// or https:// URL", def.HTTP)
+	}
+	if def.TCP != "" {
+		if _, _, err := net.SplitHostPort(def.TCP); err != nil {
+			return c, fieldErr(f("TCP"), "%q is not host:port", def.TCP)
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"SuccessBeforePassing", def.SuccessBeforePassing}, {"FailuresBeforeWarning", def.FailuresBeforeWarning}, {"FailuresBeforeCritical", def.FailuresBeforeCritical}} {
+		if n.v < 0 {
+			return c, fieldErr(f(n.name), "must not be negative")
+		}
+	}
+	c.Definition = def
+	return c, nil
+}

@@ -1,0 +1,14 @@
+// Package registry owns pier's service catalog: the model (Node, Service,
+// Check, Status), this node's own records and their persistence in the data
+// dir, and the cluster view published as an immutable Snapshot behind an
+// atomic pointer.
+//
+// Every change produces a new Snapshot with a larger Index and closes the
+// previous snapshot's Changed channel, which is all that blocking queries,
+// DNS and the load balancer need: readers never lock, and a burst of changes
+// wakes a consumer once (it then reads the newest snapshot).
+//
+// This package must not import proxy or lb, and it knows nothing of HTTP: the
+// Consul-compatible API lives in registry/api and maps these types onto
+// Consul's JSON shapes.
+package registry

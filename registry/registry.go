@@ -1,0 +1,403 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// Source says where a local registration came from. Only API registrations
+// are persisted: config files are read again at start, and the agent's own
+// service is made by the agent.
+type Source string
+
+const (
+	SourceAPI    Source = "api"
+	SourceConfig Source = "config"
+	SourceAgent  Source = "agent"
+)
+
+// Errors callers tell apart (the API maps them onto status codes).
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrProtected = errors.New("protected")
+)
+
+// AgentServiceID is the ID and name of the service every agent registers for
+// itself, as a Consul agent lists "consul".
+const AgentServiceID = "consul"
+
+// SerfCheckID is the node check that says whether the node is alive.
+const SerfCheckID = "serfHealth"
+
+// Config configures a Registry. It is frozen after New.
+type Config struct {
+	NodeName   string            // required
+	NodeID     string            // a UUID; empty: read from the data dir or made
+	Address    string            // the node's address as others reach it; required
+	Datacenter string            // default "dc1"
+	NodeMeta   map[string]string // the node's Meta
+	DataDir    string            // where this node's registrations persist; empty: in memory only
+	AgentPort  int               // port of the agent's own "consul" service entry
+	Logger     *slog.Logger      // nil: discard
+}
+
+// DefaultConfig returns a Config with Consul's defaults; NodeName and Address
+// must still be set.
+func DefaultConfig() Config {
+	return Config{
+		Datacenter: "dc1", // Consul's default datacenter
+		AgentPort:  8301,  // the gossip port, which every pier agent serves
+	}
+}
+
+// Registry is the catalog of one agent: the single writer of this node's
+// records, and the publisher of snapshots of the whole cluster.
+type Registry struct {
+	cfg   Config
+	log   *slog.Logger
+	store *store // nil without a data dir
+
+	mu          sync.Mutex // serializes writers; readers use snap
+	index       uint64
+	t           tables
+	local       map[string]localService // this node's services by ID
+	localChecks map[string]localCheck   // this node's checks by ID (service and standalone)
+	snap        atomic.Pointer[Snapshot]
+}
+
+type localService struct {
+	Source  Source
+	Service Service
+	Checks  []string // IDs of the checks registered with the service
+}
+
+type localCheck struct {
+	Source Source
+	Check  Check
+	Owned  bool // registered with its service, and removed with it
+}
+
+// New validates cfg, loads this node's persisted registrations from the data
+// dir and publishes the first snapshot.
+func New(cfg Config) (*Registry, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("registry: node name is required")
+	}
+	if err := validName("node name", cfg.NodeName, true); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	if cfg.Address == "" {
+		return nil, errors.New("registry: node address is required")
+	}
+	if cfg.Datacenter == "" {
+		cfg.Datacenter = "dc1"
+	}
+	if err := ValidateMeta("node meta", cfg.NodeMeta); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	r := &Registry{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		t:           newTables(),
+		local:       map[string]localService{},
+		localChecks: map[string]localCheck{},
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var saved []persisted
+	var savedChecks []persistedCheck
+	if cfg.DataDir != "" {
+		st, err := openStore(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		r.store = st
+		if r.cfg.NodeID == "" {
+			if r.cfg.NodeID, err = st.nodeID(); err != nil {
+				return nil, err
+			}
+		}
+		if saved, savedChecks, err = st.load(); err != nil {
+			return nil, err
+		}
+	}
+	if r.cfg.NodeID == "" {
+		r.cfg.NodeID = newUUID()
+	}
+
+	tx := r.begin()
+	tx.upsertNode(Node{
+		ID: r.cfg.NodeID, Name: cfg.NodeName, Address: cfg.Address, Datacenter: cfg.Datacenter,
+		TaggedAddresses: map[string]string{"lan": cfg.Address, "lan_ipv4": cfg.Address, "wan": cfg.Address, "wan_ipv4": cfg.Address},
+		Meta:            cfg.NodeMeta,
+	})
+	tx.upsertCheck(cfg.NodeName, Check{
+		CheckID: SerfCheckID, Name: "Serf Health Status", Status: StatusPassing,
+		Output: "Agent alive and reachable",
+	})
+	agent := Service{ID: AgentServiceID, Name: AgentServiceID, Tags: []string{}, Port: cfg.AgentPort, Weights: Weights{Passing: 1, Warning: 1}}
+	r.registerLocked(tx, agent, nil, SourceAgent)
+	for _, p := range saved {
+		r.registerLocked(tx, p.Service, p.Checks, SourceAPI)
+	}
+	for _, p := range savedChecks {
+		if err := r.registerCheckLocked(tx, p.Check, SourceAPI); err != nil {
+			r.log.Warn("dropping persisted check", "check", p.Check.CheckID, "err", err)
+		}
+	}
+	tx.commit()
+	r.log.Info("catalog loaded", "node", cfg.NodeName, "services", len(saved), "checks", len(savedChecks))
+	return r, nil
+}
+
+// Snapshot returns the current catalog view. It never blocks.
+func (r *Registry) Snapshot() *Snapshot { return r.snap.Load() }
+
+// Self returns this node.
+func (r *Registry) Self() Node {
+	n, _ := r.Snapshot().Node(r.cfg.NodeName)
+	return n.Node
+}
+
+// Config returns the registry's configuration, with the node ID filled in.
+func (r *Registry) Config() Config { return r.cfg }
+
+// RegisterService adds or replaces a service of this node. Checks given with
+// the service replace those of an earlier registration with the same ID, as
+// in Consul.
+func (r *Registry) RegisterService(s Service, checks []Check, src Source) error {
+	if s.ID == AgentServiceID && src != SourceAgent {
+		return fmt.Errorf("registry: service ID %q is the agent's own: %w", s.ID, ErrProtected)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range checks {
+		if lc, ok := r.localChecks[c.CheckID]; ok && lc.Check.ServiceID != s.ID {
+			return &FieldError{Field: "CheckID", Msg: fmt.Sprintf("check %q already belongs to another service or the node", c.CheckID)}
+		}
+	}
+	if err := r.persistService(s, checks, src); err != nil {
+		return err
+	}
+	tx := r.begin()
+	r.registerLocked(tx, s, checks, src)
+	tx.commit()
+	return nil
+}
+
+func (r *Registry) persistService(s Service, checks []Check, src Source) error {
+	if r.store == nil {
+		return nil
+	}
+	if src == SourceAPI {
+		return r.store.saveService(persisted{Service: s, Checks: checks})
+	}
+	// A config registration takes over an ID that the API had persisted.
+	if old, ok := r.local[s.ID]; ok && old.Source == SourceAPI {
+		return r.store.removeService(s.ID)
+	}
+	return nil
+}
+
+func (r *Registry) registerLocked(tx *txn, s Service, checks []Check, src Source) {
+	node := r.cfg.NodeName
+	if old, ok := r.local[s.ID]; ok {
+		for _, id := range old.Checks {
+			delete(r.localChecks, id)
+			tx.deleteCheck(node, s.ID, id)
+		}
+		if old.Service.Name != s.Name {
+			tx.deleteService(node, old.Service)
+		}
+	}
+	ls := localService{Source: src, Service: s}
+	tx.upsertService(node, s)
+	for _, c := range checks {
+		c.ServiceID, c.ServiceName = s.ID, s.Name
+		ls.Checks = append(ls.Checks, c.CheckID)
+		r.localChecks[c.CheckID] = localCheck{Source: src, Check: c, Owned: true}
+		tx.upsertCheck(node, r.withTags(c, s))
+	}
+	// Standalone checks on this service keep showing its current tags.
+	for id, lc := range r.localChecks {
+		if !lc.Owned && lc.Check.ServiceID == s.ID {
+			lc.Check.ServiceName = s.Name
+			r.localChecks[id] = lc
+			tx.upsertCheck(node, r.withTags(lc.Check, s))
+		}
+	}
+	r.local[s.ID] = ls
+}
+
+func (r *Registry) withTags(c Check, s Service) Check {
+	c.ServiceTags = s.Tags
+	if c.ServiceTags == nil {
+		c.ServiceTags = []string{}
+	}
+	return c
+}
+
+// DeregisterService removes a service of this node and its checks.
+func (r *Registry) DeregisterService(id string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ls, ok := r.local[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("registry: unknown service ID %q: %w", id, ErrNotFound)
+	case ls.Source == SourceAgent:
+		return fmt.Errorf("registry: service %q is the agent's own: %w", id, ErrProtected)
+	}
+	if r.store != nil && ls.Source == SourceAPI {
+		if err := r.store.removeService(id); err != nil {
+			return err
+		}
+	}
+	tx := r.begin()
+	node := r.cfg.NodeName
+	for cid, lc := range r.localChecks {
+		if lc.Check.ServiceID != id {
+			continue
+		}
+		if !lc.Owned && r.store != nil && lc.Source == SourceAPI {
+			if err := r.store.removeCheck(cid); err != nil {
+				r.log.Warn("removing persisted check", "check", cid, "err", err)
+			}
+		}
+		delete(r.localChecks, cid)
+		tx.deleteCheck(node, id, cid)
+	}
+	tx.deleteService(node, ls.Service)
+	delete(r.local, id)
+	tx.commit()
+	return nil
+}
+
+// RegisterCheck adds or replaces a standalone check of this node (of the
+// node itself, or of one of its services when ServiceID is set).
+func (r *Registry) RegisterCheck(c Check, src Source) error {
+	if c.CheckID == SerfCheckID {
+		return fmt.Errorf("registry: check ID %q is the agent's own: %w", c.CheckID, ErrProtected)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if lc, ok := r.localChecks[c.CheckID]; ok && lc.Owned {
+		return &FieldError{Field: "CheckID", Msg: fmt.Sprintf("check %q belongs to service %q's registration", c.CheckID, lc.Check.ServiceID)}
+	}
+	if c.ServiceID != "" {
+		if _, ok := r.local[c.ServiceID]; !ok {
+			return &FieldError{Field: "ServiceID", Msg: fmt.Sprintf("unknown service ID %q", c.ServiceID)}
+		}
+	}
+	if r.store != nil && src == SourceAPI {
+		if err := r.store.saveCheck(persistedCheck{Check: c}); err != nil {
+			return err
+		}
+	}
+	tx := r.begin()
+	if err := r.registerCheckLocked(tx, c, src); err != nil {
+		return err
+	}
+	tx.commit()
+	return nil
+}
+
+func (r *Registry) registerCheckLocked(tx *txn, c Check, src Source) error {
+	node := r.cfg.NodeName
+	if c.ServiceID != "" {
+		ls, ok := r.local[c.ServiceID]
+		if !ok {
+			return &FieldError{Field: "ServiceID", Msg: fmt.Sprintf("unknown service ID %q", c.ServiceID)}
+		}
+		c.ServiceName = ls.Service.Name
+		c = r.withTags(c, ls.Service)
+	}
+	if old, ok := r.localChecks[c.CheckID]; ok && old.Check.ServiceID != c.ServiceID {
+		tx.deleteCheck(node, old.Check.ServiceID, c.CheckID)
+	}
+	r.localChecks[c.CheckID] = localCheck{Source: src, Check: c}
+	tx.upsertCheck(node, c)
+	return nil
+}
+
+// DeregisterCheck removes a standalone check of this node.
+func (r *Registry) DeregisterCheck(id string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lc, ok := r.localChecks[id]
+	switch {
+	case !ok:
+		return fmt.Errorf("registry: unknown check ID %q: %w", id, ErrNotFound)
+	case lc.Owned:
+		return fmt.Errorf("registry: check %q belongs to service %q; deregister or re-register the service: %w", id, lc.Check.ServiceID, ErrProtected)
+	}
+	if r.store != nil && lc.Source == SourceAPI {
+		if err := r.store.removeCheck(id); err != nil {
+			return err
+		}
+	}
+	tx := r.begin()
+	tx.deleteCheck(r.cfg.NodeName, lc.Check.ServiceID, id)
+	delete(r.localChecks, id)
+	tx.commit()
+	return nil
+}
+
+// UpdateCheck sets the status and output of one of this node's checks. It is
+// how the health package reports; an unchanged check publishes nothing.
+func (r *Registry) UpdateCheck(id string, status Status, output string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lc, ok := r.localChecks[id]
+	if !ok {
+		return fmt.Errorf("registry: unknown check ID %q: %w", id, ErrNotFound)
+	}
+	if lc.Check.Status == status && lc.Check.Output == output {
+		return nil
+	}
+	lc.Check.Status, lc.Check.Output = status, output
+	r.localChecks[id] = lc
+	c := lc.Check
+	if ls, ok := r.local[c.ServiceID]; ok {
+		c = r.withTags(c, ls.Service)
+	}
+	tx := r.begin()
+	tx.upsertCheck(r.cfg.NodeName, c)
+	tx.commit()
+	return nil
+}
+
+// LocalChecks returns this node's checks with their definitions, for the
+// health package to run.
+func (r *Registry) LocalChecks() []Check {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Check, 0, len(r.localChecks))
+	for _, lc := range r.localChecks {
+		out = append(out, lc.Check)
+	}
+	slices.SortFunc(out, func(a, b Check) int {
+		switch {
+		case a.CheckID < b.CheckID:
+			return -1
+		case a.CheckID > b.CheckID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// LocalSource reports where this node's service id came from.
+func (r *Registry) LocalSource(id string) (Source, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ls, ok := r.local[id]
+	return ls.Source, ok
+}

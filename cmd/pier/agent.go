@@ -60,12 +60,8 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		return err
 	}
 	for _, ss := range cfg.Services {
-		svc, checks, err := ss.Def.Build()
-		if err == nil {
-			err = reg.RegisterService(svc, checks, registry.SourceConfig)
-		}
-		if err != nil {
-			return fmt.Errorf("config file %s: service %q: %w", ss.File, ss.Def.Name, err)
+		if err := reg.RegisterService(ss.Service, ss.Checks, registry.SourceConfig); err != nil {
+			return fmt.Errorf("config file %s: service %q: %w", ss.File, ss.Service.ID, err)
 		}
 	}
 

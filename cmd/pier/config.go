@@ -35,11 +35,12 @@ type agentConfig struct {
 	Services    []serviceSource
 }
 
-// serviceSource is a service definition with where it was written, so that
-// an error at start can point at the file.
+// serviceSource is a validated service definition with where it was
+// written, so that an error at start can point at the file.
 type serviceSource struct {
-	File string
-	Def  *registry.ServiceDefinition
+	File    string
+	Service registry.Service
+	Checks  []registry.Check
 }
 
 func defaultAgentConfig() agentConfig {
@@ -188,12 +189,14 @@ func (c *agentConfig) validate() error {
 	case len(c.Client) == 0:
 		return usageError{"-client: at least one address is required"}
 	}
+	// Port 0 picks a free port (the log says which): tests and throwaway
+	// agents use it.
 	for _, p := range []struct {
 		name string
 		v    int
 	}{{"-http-port", c.HTTPPort}, {"-serf-lan-port", c.SerfLANPort}} {
-		if p.v < 1 || p.v > 65535 {
-			return usageError{fmt.Sprintf("%s %d: out of range (1-65535)", p.name, p.v)}
+		if p.v < 0 || p.v > 65535 {
+			return usageError{fmt.Sprintf("%s %d: out of range (0-65535)", p.name, p.v)}
 		}
 	}
 	for _, a := range append([]string{c.Bind, c.Advertise}, c.Client...) {
@@ -260,7 +263,11 @@ func (c *agentConfig) loadFile(path string) error {
 		if err != nil {
 			return fmt.Errorf("config file %s: services[%d]: %w", path, i, err)
 		}
-		c.Services = append(c.Services, serviceSource{File: path, Def: def})
+		svc, checks, err := def.Build()
+		if err != nil {
+			return fmt.Errorf("config file %s: services[%d]: %w", path, i, err)
+		}
+		c.Services = append(c.Services, serviceSource{File: path, Service: svc, Checks: checks})
 	}
 	return nil
 }

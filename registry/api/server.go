@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/pier-dev/pier/registry"
@@ -135,6 +136,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("X-Consul-KnownLeader", "true")
 	h.Set("X-Consul-LastContact", "0")
+	// Blocking endpoints replace this with the index of their own answer.
+	h.Set("X-Consul-Index", strconv.FormatUint(s.reg.Snapshot().Index(), 10))
 	s.mux.ServeHTTP(w, r)
 }
 

@@ -23,6 +23,7 @@ type store struct {
 type persisted struct {
 	Service Service
 	Checks  []Check `json:",omitempty"`
+	Version uint64  `json:",omitempty"` // the clock when written: versions never go back
 }
 
 type persistedCheck struct {

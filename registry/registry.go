@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Source says where a local registration came from. Only API registrations
@@ -44,6 +45,7 @@ type Config struct {
 	DataDir    string            // where this node's registrations persist; empty: in memory only
 	AgentPort  int               // port of the agent's own "consul" service entry
 	Logger     *slog.Logger      // nil: discard
+	Now        func() time.Time  // nil: time.Now; tests inject a clock
 }
 
 // DefaultConfig returns a Config with Consul's defaults; NodeName and Address
@@ -67,6 +69,9 @@ type Registry struct {
 	t           tables
 	local       map[string]localService // this node's services by ID
 	localChecks map[string]localCheck   // this node's checks by ID (service and standalone)
+	repl        map[string]*nodeRepl    // versioned entries of every node, this one included
+	clock       clock
+	bcast       func([]Entry)
 	snap        atomic.Pointer[Snapshot]
 }
 
@@ -106,6 +111,11 @@ func New(cfg Config) (*Registry, error) {
 		t:           newTables(),
 		local:       map[string]localService{},
 		localChecks: map[string]localCheck{},
+		repl:        map[string]*nodeRepl{cfg.NodeName: {entries: map[entryKey]Entry{}, member: MemberAlive}},
+	}
+	r.clock.now = cfg.Now
+	if r.clock.now == nil {
+		r.clock.now = time.Now
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -126,21 +136,24 @@ func New(cfg Config) (*Registry, error) {
 		if saved, savedChecks, err = st.load(); err != nil {
 			return nil, err
 		}
+		// Versions must grow across restarts even if the wall clock went
+		// back: start past every version persisted.
+		for _, p := range saved {
+			r.clock.observe(p.Version)
+		}
 	}
 	if r.cfg.NodeID == "" {
 		r.cfg.NodeID = newUUID()
 	}
 
 	tx := r.begin()
-	tx.upsertNode(Node{
+	tx.local(Entry{Kind: KindNode, NodeInfo: &Node{
 		ID: r.cfg.NodeID, Name: cfg.NodeName, Address: cfg.Address, Datacenter: cfg.Datacenter,
 		TaggedAddresses: map[string]string{"lan": cfg.Address, "lan_ipv4": cfg.Address, "wan": cfg.Address, "wan_ipv4": cfg.Address},
 		Meta:            cfg.NodeMeta,
-	})
-	tx.upsertCheck(cfg.NodeName, Check{
-		CheckID: SerfCheckID, Name: "Serf Health Status", Status: StatusPassing,
-		Output: "Agent alive and reachable",
-	})
+	}})
+	// serfHealth is each observer's own judgement of a node: never gossiped.
+	tx.upsertCheck(cfg.NodeName, serfCheck(true))
 	agent := Service{ID: AgentServiceID, Name: AgentServiceID, Tags: []string{}, Port: cfg.AgentPort, Weights: Weights{Passing: 1, Warning: 1}}
 	r.registerLocked(tx, agent, nil, SourceAgent)
 	for _, p := range saved {
@@ -196,7 +209,7 @@ func (r *Registry) persistService(s Service, checks []Check, src Source) error {
 		return nil
 	}
 	if src == SourceAPI {
-		return r.store.saveService(persisted{Service: s, Checks: checks})
+		return r.store.saveService(persisted{Service: s, Checks: checks, Version: r.clock.next()})
 	}
 	// A config registration takes over an ID that the API had persisted.
 	if old, ok := r.local[s.ID]; ok && old.Source == SourceAPI {
@@ -206,33 +219,51 @@ func (r *Registry) persistService(s Service, checks []Check, src Source) error {
 }
 
 func (r *Registry) registerLocked(tx *txn, s Service, checks []Check, src Source) {
-	node := r.cfg.NodeName
+	keep := map[string]bool{}
+	for _, c := range checks {
+		keep[c.CheckID] = true
+	}
 	if old, ok := r.local[s.ID]; ok {
 		for _, id := range old.Checks {
-			delete(r.localChecks, id)
-			tx.deleteCheck(node, s.ID, id)
-		}
-		if old.Service.Name != s.Name {
-			tx.deleteService(node, old.Service)
+			if !keep[id] {
+				delete(r.localChecks, id)
+				tx.localCheckDelete(id)
+			}
 		}
 	}
 	ls := localService{Source: src, Service: s}
-	tx.upsertService(node, s)
+	tx.localService(s)
 	for _, c := range checks {
 		c.ServiceID, c.ServiceName = s.ID, s.Name
 		ls.Checks = append(ls.Checks, c.CheckID)
 		r.localChecks[c.CheckID] = localCheck{Source: src, Check: c, Owned: true}
-		tx.upsertCheck(node, r.withTags(c, s))
+		tx.localCheck(r.withTags(c, s))
 	}
 	// Standalone checks on this service keep showing its current tags.
-	for id, lc := range r.localChecks {
-		if !lc.Owned && lc.Check.ServiceID == s.ID {
+	for _, id := range r.serviceCheckIDs(s.ID) {
+		if lc, ok := r.localChecks[id]; ok && !lc.Owned && lc.Check.ServiceID == s.ID {
 			lc.Check.ServiceName = s.Name
 			r.localChecks[id] = lc
-			tx.upsertCheck(node, r.withTags(lc.Check, s))
+			tx.localCheck(r.withTags(lc.Check, s))
 		}
 	}
 	r.local[s.ID] = ls
+}
+
+// serviceCheckIDs returns the IDs of this node's checks on service id, read
+// from the writer's tables (ordered by service ID) so that a registration
+// costs O(log n) rather than a scan of every local check.
+func (r *Registry) serviceCheckIDs(id string) []string {
+	node := r.cfg.NodeName
+	var ids []string
+	r.t.checks.AscendGreaterOrEqual(&CheckEntry{Node: node, Check: Check{ServiceID: id}}, func(c *CheckEntry) bool {
+		if c.Node != node || c.ServiceID != id {
+			return false
+		}
+		ids = append(ids, c.CheckID)
+		return true
+	})
+	return ids
 }
 
 func (r *Registry) withTags(c Check, s Service) Check {
@@ -260,9 +291,9 @@ func (r *Registry) DeregisterService(id string) error {
 		}
 	}
 	tx := r.begin()
-	node := r.cfg.NodeName
-	for cid, lc := range r.localChecks {
-		if lc.Check.ServiceID != id {
+	for _, cid := range r.serviceCheckIDs(id) {
+		lc, ok := r.localChecks[cid]
+		if !ok || lc.Check.ServiceID != id {
 			continue
 		}
 		if !lc.Owned && r.store != nil && lc.Source == SourceAPI {
@@ -271,9 +302,9 @@ func (r *Registry) DeregisterService(id string) error {
 			}
 		}
 		delete(r.localChecks, cid)
-		tx.deleteCheck(node, id, cid)
+		tx.localCheckDelete(cid)
 	}
-	tx.deleteService(node, ls.Service)
+	tx.localServiceDelete(id)
 	delete(r.local, id)
 	tx.commit()
 	return nil
@@ -309,7 +340,6 @@ func (r *Registry) RegisterCheck(c Check, src Source) error {
 }
 
 func (r *Registry) registerCheckLocked(tx *txn, c Check, src Source) error {
-	node := r.cfg.NodeName
 	if c.ServiceID != "" {
 		ls, ok := r.local[c.ServiceID]
 		if !ok {
@@ -318,11 +348,8 @@ func (r *Registry) registerCheckLocked(tx *txn, c Check, src Source) error {
 		c.ServiceName = ls.Service.Name
 		c = r.withTags(c, ls.Service)
 	}
-	if old, ok := r.localChecks[c.CheckID]; ok && old.Check.ServiceID != c.ServiceID {
-		tx.deleteCheck(node, old.Check.ServiceID, c.CheckID)
-	}
 	r.localChecks[c.CheckID] = localCheck{Source: src, Check: c}
-	tx.upsertCheck(node, c)
+	tx.localCheck(c)
 	return nil
 }
 
@@ -343,7 +370,7 @@ func (r *Registry) DeregisterCheck(id string) error {
 		}
 	}
 	tx := r.begin()
-	tx.deleteCheck(r.cfg.NodeName, lc.Check.ServiceID, id)
+	tx.localCheckDelete(id)
 	delete(r.localChecks, id)
 	tx.commit()
 	return nil
@@ -368,7 +395,7 @@ func (r *Registry) UpdateCheck(id string, status Status, output string) error {
 		c = r.withTags(c, ls.Service)
 	}
 	tx := r.begin()
-	tx.upsertCheck(r.cfg.NodeName, c)
+	tx.localCheck(c)
 	tx.commit()
 	return nil
 }

@@ -50,8 +50,8 @@ func Aggregate(checks []*CheckEntry) Status {
 			st = c.Status
 		}
 	}
-	if st == StatusMaintenance {
-		return StatusCritical
+	if st != StatusPassing && st != StatusWarning {
+		return StatusCritical // maintenance, and anything unknown
 	}
 	return st
 }

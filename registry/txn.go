@@ -7,6 +7,7 @@ type txn struct {
 	index   uint64 // the index this transaction's changes carry
 	touched map[string]bool
 	changed bool
+	out     []Entry // this node's changed entries, for the broadcaster
 }
 
 // begin starts a transaction; r.mu must be held.
@@ -110,5 +111,8 @@ func (tx *txn) commit() {
 	next := &Snapshot{index: r.index, t: t.clone(), changed: make(chan struct{})}
 	if prev := r.snap.Swap(next); prev != nil {
 		close(prev.changed)
+	}
+	if len(tx.out) > 0 && r.bcast != nil {
+		r.bcast(tx.out)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pier-dev/pier/registry"
@@ -21,6 +22,9 @@ func (s *Server) serviceRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	svc, checks, err := def.Build()
+	if err == nil {
+		err = s.refuseServiceScripts(def)
+	}
 	if err != nil {
 		writeError(w, "Invalid service registration", err)
 		return
@@ -52,6 +56,9 @@ func (s *Server) checkRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := def.BuildCheck()
+	if err == nil {
+		err = s.refuseScripts("", def)
+	}
 	if err != nil {
 		writeError(w, "Invalid check registration", err)
 		return
@@ -88,6 +95,15 @@ func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) {
 // on ?hash= the way Consul's agent does for this endpoint.
 func (s *Server) agentService(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	// The write endpoints under /v1/agent/service/ share this GET pattern's
+	// path space: a GET on them is a wrong method, not an unknown service.
+	for _, wp := range []string{"register", "deregister/", "maintenance/"} {
+		if id == wp || strings.HasSuffix(wp, "/") && strings.HasPrefix(id, wp) {
+			w.Header().Set("Allow", "PUT, POST")
+			httpError(w, http.StatusMethodNotAllowed, "Method Not Allowed")
+			return
+		}
+	}
 	q, ok := s.parseQuery(w, r)
 	if !ok {
 		return
@@ -137,27 +153,61 @@ func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, out)
 }
 
-func (s *Server) members() []Member {
+func (s *Server) members() []registry.Member {
 	if s.cfg.Cluster != nil {
 		return s.cfg.Cluster.Members()
 	}
 	cfg := s.reg.Config()
 	self := s.reg.Self()
-	return []Member{{
+	return []registry.Member{{
 		Name:   self.Name,
 		Addr:   self.Address,
 		Port:   cfg.AgentPort,
 		Tags:   map[string]string{"dc": cfg.Datacenter, "id": self.ID, "role": "node", "build": s.cfg.Version},
-		Status: StatusAlive,
+		Status: registry.MemberAlive,
 	}}
 }
 
-func toMember(m Member) member {
+func toMember(m registry.Member) member {
 	// Protocol numbers as a current Consul agent reports them; clients only
 	// display them.
 	return member{
 		Name: m.Name, Addr: m.Addr, Port: m.Port, Tags: mapOrEmpty(m.Tags), Status: int(m.Status),
 		ProtocolMin: 1, ProtocolMax: 5, ProtocolCur: 2, DelegateMin: 2, DelegateMax: 5, DelegateCur: 4,
+	}
+}
+
+func (s *Server) agentJoin(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Cluster == nil {
+		httpError(w, http.StatusNotImplemented, "this agent runs without a cluster")
+		return
+	}
+	addr := r.PathValue("addr")
+	if _, err := s.cfg.Cluster.Join([]string{addr}); err != nil {
+		httpError(w, http.StatusInternalServerError, "join %s: %v", addr, err)
+		return
+	}
+	s.log.Info("joined", "addr", addr)
+}
+
+func (s *Server) agentLeave(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Cluster == nil {
+		httpError(w, http.StatusNotImplemented, "this agent runs without a cluster")
+		return
+	}
+	if err := s.cfg.Cluster.Leave(); err != nil {
+		httpError(w, http.StatusInternalServerError, "leave: %v", err)
+	}
+}
+
+func (s *Server) agentForceLeave(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Cluster == nil {
+		httpError(w, http.StatusNotImplemented, "this agent runs without a cluster")
+		return
+	}
+	node := r.PathValue("node")
+	if err := s.cfg.Cluster.ForceLeave(node); err != nil {
+		writeError(w, "force-leave", err)
 	}
 }
 

@@ -10,35 +10,22 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/pier-dev/pier/registry"
 )
 
-// Member is one node of the cluster as /v1/agent/members shows it.
-type Member struct {
-	Name   string
-	Addr   string
-	Port   int
-	Tags   map[string]string
-	Status MemberStatus
-}
-
-// MemberStatus uses Serf's numbering, which Consul's API exposes.
-type MemberStatus int
-
-const (
-	StatusNone MemberStatus = iota
-	StatusAlive
-	StatusLeaving
-	StatusLeft
-	StatusFailed
-)
-
 // Cluster is what the API needs from the gossip layer. Without one, the agent
-// is a cluster of one.
+// is a cluster of one and the join/leave endpoints answer 501.
 type Cluster interface {
-	Members() []Member
+	Members() []registry.Member
+	// Join contacts the given addresses and returns how many answered.
+	Join(addrs []string) (int, error)
+	// Leave leaves the cluster gracefully and shuts the agent down.
+	Leave() error
+	// ForceLeave marks a failed node as left at once.
+	ForceLeave(node string) error
 }
 
 // Config configures a Server. It is frozen after New.
@@ -50,6 +37,12 @@ type Config struct {
 	MaxBodySize int64              // request bodies above it get 413; default 1 MiB
 	DefaultWait time.Duration      // blocking query wait when none is given; default 5m, as Consul
 	MaxWait     time.Duration      // upper bound on a requested wait; default 10m, as Consul
+	// Health restarts TTLs on /v1/agent/check/pass|warn|fail|update; nil:
+	// those endpoints only record the status (nothing expires).
+	Health Health
+	// EnableScriptChecks accepts checks with Args at registration, as
+	// Consul's enable_script_checks; otherwise they are refused with 400.
+	EnableScriptChecks bool
 }
 
 // DefaultConfig returns the limits a Consul user expects.
@@ -113,6 +106,10 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/agent/checks", s.agentChecks)
 	s.mux.HandleFunc("GET /v1/agent/self", s.agentSelf)
 	s.mux.HandleFunc("GET /v1/agent/members", s.agentMembers)
+	s.checkRoutes() // TTL updates, maintenance, agent health (checks.go)
+	s.writes("/v1/agent/join/{addr...}", s.agentJoin)
+	s.writes("/v1/agent/leave", s.agentLeave)
+	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave)
 
 	s.mux.HandleFunc("GET /v1/catalog/services", s.catalogServices)
 	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.catalogService)
@@ -152,6 +149,21 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	// Connections that have not sent a request yet (a client's spare pooled
+	// connection, a load balancer's TCP probe) would hold Shutdown for its
+	// whole timeout and make it fail; they are closed once Serve stops
+	// accepting.
+	var mu sync.Mutex
+	fresh := map[net.Conn]struct{}{}
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		if st == http.StateNew {
+			fresh[c] = struct{}{}
+		} else {
+			delete(fresh, c)
+		}
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -161,8 +173,15 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := srv.Shutdown(sctx)
-	<-errc
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(sctx) }()
+	<-errc // Serve has returned: no connection is accepted any more
+	mu.Lock()
+	for c := range fresh {
+		c.Close()
+	}
+	mu.Unlock()
+	err := <-shut
 	if err != nil {
 		return fmt.Errorf("api: shutdown: %w", err)
 	}

@@ -1,0 +1,114 @@
+package gossip
+
+import (
+	"bytes"
+	"compress/flate"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Message types, the first byte of every user message.
+const (
+	msgEntry      byte = 'e' // one Entry, JSON
+	msgEntryZ     byte = 'z' // one Entry, deflated JSON
+	msgForceLeave byte = 'f' // a node name that an operator forced out
+	msgLeave      byte = 'l' // a node name that is about to leave gracefully
+	stateZ        byte = 'S' // push/pull: []NodeState, deflated JSON
+)
+
+// maxBroadcast keeps a broadcast well inside memberlist's ~1,400-byte UDP
+// packet next to its own headers; a larger entry travels by push/pull only.
+const maxBroadcast = 1200
+
+// maxState is memberlist's cap on a push/pull state (it refuses more than
+// 20 MB); pier's compressed catalog stays far below it (about 100 bytes per
+// service instance after compression).
+const maxState = 20 << 20
+
+func encodeEntry(e registry.Entry) ([]byte, error) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(b)+1 <= maxBroadcast/2 {
+		return append([]byte{msgEntry}, b...), nil
+	}
+	z, err := deflate(msgEntryZ, b)
+	if err != nil {
+		return nil, err
+	}
+	if len(z) < len(b)+1 {
+		return z, nil
+	}
+	return append([]byte{msgEntry}, b...), nil
+}
+
+func decodeEntry(msg []byte) (registry.Entry, error) {
+	var e registry.Entry
+	if len(msg) == 0 {
+		return e, errors.New("empty message")
+	}
+	body := msg[1:]
+	if msg[0] == msgEntryZ {
+		var err error
+		if body, err = inflate(body, maxBroadcast*64); err != nil {
+			return e, err
+		}
+	}
+	err := json.Unmarshal(body, &e)
+	return e, err
+}
+
+func encodeState(states []registry.NodeState) ([]byte, error) {
+	b, err := json.Marshal(states)
+	if err != nil {
+		return nil, err
+	}
+	return deflate(stateZ, b)
+}
+
+func decodeState(buf []byte) ([]registry.NodeState, error) {
+	if len(buf) == 0 || buf[0] != stateZ {
+		return nil, errors.New("not a pier state")
+	}
+	b, err := inflate(buf[1:], 16*maxState)
+	if err != nil {
+		return nil, err
+	}
+	var states []registry.NodeState
+	err = json.Unmarshal(b, &states)
+	return states, err
+}
+
+func deflate(kind byte, b []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteByte(kind)
+	w, err := flate.NewWriter(&buf, flate.DefaultCompression)
+	if err != nil {
+		return nil, err
+	}
+	w.Write(b)
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// inflate decompresses at most limit bytes: a hostile peer must not make us
+// allocate without bound.
+func inflate(b []byte, limit int64) ([]byte, error) {
+	r := flate.NewReader(bytes.NewReader(b))
+	defer r.Close()
+	out, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(out)) > limit {
+		return nil, fmt.Errorf("decompressed message over %d bytes", limit)
+	}
+	return out, nil
+}

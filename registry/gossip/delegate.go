@@ -1,0 +1,86 @@
+package gossip
+
+import (
+	"encoding/json"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// delegate implements memberlist.Delegate and EventDelegate. Memberlist calls
+// these concurrently from its network goroutines: every method copies what it
+// needs into the inbox and returns at once.
+type delegate struct {
+	g *Gossip
+}
+
+// NodeMeta carries the member's tags, which pier members shows.
+func (d delegate) NodeMeta(limit int) []byte {
+	b, _ := json.Marshal(d.g.cfg.Tags)
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+
+func (d delegate) NotifyMsg(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	d.g.in.put(item{kind: itemMsg, buf: append([]byte(nil), b...)})
+}
+
+func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.g.queue.GetBroadcasts(overhead, limit)
+}
+
+// LocalState reads the registry, which never blocks for long: its writers
+// hold their lock only to apply a change.
+func (d delegate) LocalState(join bool) []byte {
+	b, err := encodeState(d.g.cfg.Registry.FullState())
+	if err != nil {
+		d.g.log.Error("encoding state for push/pull", "err", err)
+		return nil
+	}
+	if len(b) > maxState {
+		d.g.log.Error("catalog state is over memberlist's push/pull limit; anti-entropy is off until it shrinks", "bytes", len(b), "limit", maxState)
+		return nil
+	}
+	return b
+}
+
+func (d delegate) MergeRemoteState(buf []byte, join bool) {
+	if len(buf) == 0 {
+		return
+	}
+	d.g.in.put(item{kind: itemState, buf: append([]byte(nil), buf...)})
+}
+
+func (d delegate) NotifyJoin(n *memberlist.Node) { d.g.in.put(item{kind: itemJoin, node: copyNode(n)}) }
+func (d delegate) NotifyLeave(n *memberlist.Node) {
+	d.g.in.put(item{kind: itemLeave, node: copyNode(n)})
+}
+func (d delegate) NotifyUpdate(n *memberlist.Node) {
+	d.g.in.put(item{kind: itemUpdate, node: copyNode(n)})
+}
+
+func copyNode(n *memberlist.Node) memberlist.Node {
+	c := *n
+	c.Addr = append([]byte(nil), n.Addr...)
+	c.Meta = append([]byte(nil), n.Meta...)
+	return c
+}
+
+// broadcast is one queued message. Its name is the entry's identity, so a
+// newer version of an entry replaces an older one still in the queue.
+type broadcast struct {
+	name string
+	msg  []byte
+}
+
+func (b *broadcast) Invalidates(other memberlist.Broadcast) bool {
+	o, ok := other.(memberlist.NamedBroadcast)
+	return ok && o.Name() == b.name
+}
+func (b *broadcast) Name() string    { return b.name }
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}

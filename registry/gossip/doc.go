@@ -1,0 +1,13 @@
+// Package gossip joins agents into a cluster over hashicorp/memberlist and
+// replicates the catalog between them, with no central server.
+//
+// It owns the memberlist delegate, the broadcasts of this node's changed
+// entries (one service, one check, the node record), push/pull anti-entropy
+// of whole node states, membership events (join, leave, failure, reaping)
+// and the encryption key. Merging is the registry's: an entry's owner is its
+// only writer, and the higher version wins, so order does not matter.
+//
+// Memberlist callbacks never block: they copy what they got into an inbox
+// and signal the one goroutine that applies it (memberlist #237 is what
+// blocking there does).
+package gossip

@@ -1,0 +1,540 @@
+package gossip
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Config configures the gossip layer. It is frozen after New.
+type Config struct {
+	Registry         *registry.Registry // required; its node name is the member name
+	BindAddr         string             // default "0.0.0.0"
+	BindPort         int                // default 8301, Consul's serf LAN port; 0 picks a free port
+	AdvertiseAddr    string             // the address others use; default: the registry node's address
+	AdvertisePort    int                // default: the bound port
+	EncryptKey       []byte             // AES key (16, 24 or 32 bytes); nil: no encryption
+	Tags             map[string]string  // shown by pier members (dc, role, build, id)
+	StartJoin        []string           // joined at start; failing to join any is an error, as Consul's -join
+	RetryJoin        []string           // joined in the background with backoff until one answers
+	RetryMax         time.Duration      // the longest pause between retry-join attempts; default 30s
+	ReconnectTimeout time.Duration      // a failed node is reaped after this; default 72h, as Consul
+	ReconnectEvery   time.Duration      // how often a failed node is tried again; default 30s, as Serf
+	LeftRetention    time.Duration      // a node that left is listed as left this long; default 24h
+	TombstoneTTL     time.Duration      // deleted entries are remembered this long; default 1h
+	LeaveTimeout     time.Duration      // how long a graceful leave waits to be heard; default 5s
+	Logger           *slog.Logger       // nil: discard
+	// Memberlist adjusts memberlist's configuration (DefaultLANConfig) last;
+	// tests use it for timings and an in-memory transport.
+	Memberlist func(*memberlist.Config)
+}
+
+// DefaultConfig returns Consul's defaults.
+func DefaultConfig() Config {
+	return Config{
+		BindAddr:         "0.0.0.0",
+		BindPort:         8301,
+		RetryMax:         30 * time.Second,
+		ReconnectTimeout: 72 * time.Hour,
+		ReconnectEvery:   30 * time.Second,
+		LeftRetention:    24 * time.Hour,
+		TombstoneTTL:     time.Hour,
+		LeaveTimeout:     5 * time.Second,
+	}
+}
+
+// Gossip is one agent's membership in the cluster.
+type Gossip struct {
+	cfg   Config
+	reg   *registry.Registry
+	log   *slog.Logger
+	ml    *memberlist.Memberlist
+	queue *memberlist.TransmitLimitedQueue
+	in    *inbox
+
+	mu           sync.Mutex
+	members      map[string]*memberState
+	leftIntent   map[string]time.Time // nodes that said they are leaving
+	leaving      bool
+	reconnecting bool
+}
+
+type memberState struct {
+	registry.Member
+	since time.Time // when the status last changed
+}
+
+// New validates cfg and creates the memberlist, bound and ready, but not yet
+// joined to anyone: Run does that.
+func New(cfg Config) (*Gossip, error) {
+	if cfg.Registry == nil {
+		return nil, errors.New("gossip: a registry is required")
+	}
+	def := DefaultConfig()
+	if cfg.BindAddr == "" {
+		cfg.BindAddr = def.BindAddr
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = def.RetryMax
+	}
+	if cfg.ReconnectTimeout <= 0 {
+		cfg.ReconnectTimeout = def.ReconnectTimeout
+	}
+	if cfg.ReconnectEvery <= 0 {
+		cfg.ReconnectEvery = def.ReconnectEvery
+	}
+	if cfg.LeftRetention <= 0 {
+		cfg.LeftRetention = def.LeftRetention
+	}
+	if cfg.TombstoneTTL <= 0 {
+		cfg.TombstoneTTL = def.TombstoneTTL
+	}
+	if cfg.LeaveTimeout <= 0 {
+		cfg.LeaveTimeout = def.LeaveTimeout
+	}
+	switch len(cfg.EncryptKey) {
+	case 0, 16, 24, 32:
+	default:
+		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
+	}
+	g := &Gossip{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}}
+	if g.log == nil {
+		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	self := g.reg.Self()
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = self.Name
+	mc.BindAddr = cfg.BindAddr
+	mc.BindPort = cfg.BindPort
+	mc.AdvertiseAddr = cfg.AdvertiseAddr
+	if mc.AdvertiseAddr == "" {
+		mc.AdvertiseAddr = self.Address
+	}
+	if mc.BindPort == 0 {
+		// memberlist advertises port 0 when given an address but no port, so
+		// pick the free port here.
+		port, err := freePort(cfg.BindAddr)
+		if err != nil {
+			return nil, fmt.Errorf("gossip: %w", err)
+		}
+		mc.BindPort = port
+	}
+	mc.AdvertisePort = cfg.AdvertisePort
+	if mc.AdvertisePort == 0 {
+		mc.AdvertisePort = mc.BindPort
+	}
+	mc.SecretKey = cfg.EncryptKey
+	mc.Delegate = delegate{g}
+	mc.Events = delegate{g}
+	mc.Logger = newStdLogger(g.log)
+	// A node that comes back on another address (a rescheduled container)
+	// may take its name back once its old self has been dead this long.
+	mc.DeadNodeReclaimTime = 30 * time.Second
+	if cfg.Memberlist != nil {
+		cfg.Memberlist(mc)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	g.ml = ml
+	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: mc.RetransmitMult}
+	local := ml.LocalNode()
+	g.members[self.Name] = &memberState{Member: registry.Member{
+		Name: self.Name, Addr: local.Addr.String(), Port: int(local.Port), Tags: cfg.Tags, Status: registry.MemberAlive,
+	}, since: time.Now()}
+	g.reg.SetBroadcaster(g.broadcast)
+	return g, nil
+}
+
+func freePort(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Addr is the address and port that other agents join.
+func (g *Gossip) Addr() string {
+	n := g.ml.LocalNode()
+	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
+}
+
+// broadcast queues this node's changed entries. The registry calls it with
+// its lock held, so it only encodes and queues.
+func (g *Gossip) broadcast(entries []registry.Entry) {
+	for _, e := range entries {
+		g.queueEntry(e)
+	}
+}
+
+func (g *Gossip) queueEntry(e registry.Entry) {
+	msg, err := encodeEntry(e)
+	if err != nil || len(msg) > maxBroadcast {
+		// Too big for a packet: push/pull carries it.
+		g.log.Debug("entry travels by push/pull only", "node", e.Node, "key", e.Key, "bytes", len(msg))
+		return
+	}
+	name := e.Node + "\x00" + strconv.Itoa(int(e.Kind)) + "\x00" + e.Key
+	g.queue.QueueBroadcast(&broadcast{name: name, msg: msg})
+}
+
+// Run joins the cluster and applies what gossip brings until ctx ends; then
+// it leaves gracefully (others drop this node's services at once) and shuts
+// memberlist down.
+func (g *Gossip) Run(ctx context.Context) error {
+	// Our entries as of now, for those that will not push/pull with us soon.
+	for _, st := range g.reg.FullState()[:1] {
+		for _, e := range st.Entries {
+			g.queueEntry(e)
+		}
+	}
+	if len(g.cfg.StartJoin) > 0 {
+		if n, err := g.ml.Join(g.cfg.StartJoin); n == 0 {
+			g.ml.Shutdown()
+			return fmt.Errorf("gossip: joining %v: %w", g.cfg.StartJoin, err)
+		}
+		g.log.Info("joined the cluster", "addrs", g.cfg.StartJoin)
+	}
+	var wg sync.WaitGroup
+	if len(g.cfg.RetryJoin) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.retryJoin(ctx)
+		}()
+	}
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	reconnect := time.NewTicker(g.cfg.ReconnectEvery)
+	defer reconnect.Stop()
+	for {
+		select {
+		case <-g.in.signal:
+			g.process(g.in.take())
+		case <-tick.C:
+			g.reap(time.Now())
+		case <-reconnect.C:
+			g.reconnect(ctx, &wg)
+		case <-ctx.Done():
+			wg.Wait()
+			return g.shutdown()
+		}
+	}
+}
+
+// reconnect tries failed nodes again, as Serf does: memberlist stops talking
+// to a dead node after a while, so a healed partition would otherwise stay
+// split. One attempt at a time; a dead address costs a TCP timeout.
+func (g *Gossip) reconnect(ctx context.Context, wg *sync.WaitGroup) {
+	g.mu.Lock()
+	if g.reconnecting {
+		g.mu.Unlock()
+		return
+	}
+	var addrs []string
+	for _, m := range g.members {
+		if m.Status == registry.MemberFailed {
+			addrs = append(addrs, net.JoinHostPort(m.Addr, strconv.Itoa(m.Port)))
+		}
+	}
+	g.reconnecting = len(addrs) > 0
+	g.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() {
+			g.mu.Lock()
+			g.reconnecting = false
+			g.mu.Unlock()
+		}()
+		for _, a := range addrs {
+			if ctx.Err() != nil {
+				return
+			}
+			if _, err := g.ml.Join([]string{a}); err == nil {
+				g.log.Info("reconnected to a failed node", "addr", a)
+			}
+		}
+	}()
+}
+
+func (g *Gossip) shutdown() error {
+	if err := g.Leave(); err != nil {
+		g.log.Warn("leaving the cluster", "err", err)
+	}
+	return g.ml.Shutdown()
+}
+
+func (g *Gossip) retryJoin(ctx context.Context) {
+	wait := time.Second
+	for attempt := 1; ; attempt++ {
+		n, err := g.ml.Join(g.cfg.RetryJoin)
+		if n > 0 {
+			g.log.Info("joined the cluster", "addrs", g.cfg.RetryJoin, "attempt", attempt)
+			return
+		}
+		g.log.Warn("retry-join failed; will try again", "addrs", g.cfg.RetryJoin, "attempt", attempt, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, g.cfg.RetryMax)
+	}
+}
+
+// process applies a batch of inbox items in order: membership first where
+// memberlist reported it first, so a node's state never arrives before the
+// node.
+func (g *Gossip) process(items []item) {
+	var batch []registry.Entry
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		for _, e := range g.reg.Merge(batch) {
+			g.queueEntry(e) // news here is news to others: pass it on
+		}
+		batch = batch[:0]
+	}
+	for _, it := range items {
+		switch it.kind {
+		case itemMsg:
+			switch it.buf[0] {
+			case msgEntry, msgEntryZ:
+				e, err := decodeEntry(it.buf)
+				if err != nil {
+					g.log.Warn("dropping a gossip message that does not decode", "err", err)
+					continue
+				}
+				batch = append(batch, e)
+			case msgForceLeave:
+				flush()
+				g.forget(string(it.buf[1:]), false)
+			case msgLeave:
+				flush()
+				g.leftIntentFrom(string(it.buf[1:]))
+			}
+		case itemState:
+			flush()
+			states, err := decodeState(it.buf)
+			if err != nil {
+				g.log.Warn("dropping a push/pull state that does not decode", "err", err)
+				continue
+			}
+			g.reg.MergeStates(states)
+		default:
+			flush()
+			g.member(it)
+		}
+	}
+	flush()
+}
+
+func (g *Gossip) member(it item) {
+	n := it.node
+	if n.Name == g.reg.NodeName() {
+		return
+	}
+	st := registry.MemberAlive
+	g.mu.Lock()
+	_, intent := g.leftIntent[n.Name]
+	if it.kind != itemLeave {
+		delete(g.leftIntent, n.Name) // back again
+	}
+	g.mu.Unlock()
+	if it.kind == itemLeave {
+		st = registry.MemberFailed
+		if intent {
+			st = registry.MemberLeft
+		}
+	}
+	var tags map[string]string
+	if len(n.Meta) > 0 {
+		json.Unmarshal(n.Meta, &tags)
+	}
+	addr := n.Addr.String()
+	g.mu.Lock()
+	m, ok := g.members[n.Name]
+	if !ok {
+		m = &memberState{}
+		g.members[n.Name] = m
+	}
+	changed := m.Status != st
+	m.Member = registry.Member{Name: n.Name, Addr: addr, Port: int(n.Port), Tags: tags, Status: st}
+	if changed {
+		m.since = time.Now()
+	}
+	g.mu.Unlock()
+	if changed {
+		g.log.Info("member "+st.String(), "node", n.Name, "addr", addr)
+	}
+	g.reg.SetMemberStatus(n.Name, addr, st)
+}
+
+// leftIntentFrom records that a node said it is leaving; if memberlist
+// already reported it gone, it is now known to have left, not failed.
+func (g *Gossip) leftIntentFrom(name string) {
+	if name == g.reg.NodeName() {
+		return
+	}
+	g.mu.Lock()
+	g.leftIntent[name] = time.Now()
+	m, ok := g.members[name]
+	failed := ok && m.Status == registry.MemberFailed
+	if failed {
+		m.Status, m.since = registry.MemberLeft, time.Now()
+	}
+	g.mu.Unlock()
+	if failed {
+		g.log.Info("member left", "node", name)
+		g.reg.SetMemberStatus(name, "", registry.MemberLeft)
+	}
+}
+
+// reap forgets failed nodes after ReconnectTimeout and stops listing nodes
+// that left after LeftRetention.
+func (g *Gossip) reap(now time.Time) {
+	g.mu.Lock()
+	var reaped []string
+	for name, m := range g.members {
+		switch {
+		case m.Status == registry.MemberFailed && now.Sub(m.since) > g.cfg.ReconnectTimeout:
+			reaped = append(reaped, name)
+			delete(g.members, name)
+		case m.Status == registry.MemberLeft && now.Sub(m.since) > g.cfg.LeftRetention:
+			delete(g.members, name)
+		}
+	}
+	for name, at := range g.leftIntent {
+		if now.Sub(at) > g.cfg.LeftRetention {
+			delete(g.leftIntent, name)
+		}
+	}
+	g.mu.Unlock()
+	for _, name := range reaped {
+		g.log.Info("reaping failed node", "node", name, "after", g.cfg.ReconnectTimeout)
+		g.reg.ForgetNode(name)
+	}
+	g.reg.CollectTombstones(g.cfg.TombstoneTTL)
+}
+
+// forget marks a failed node as left: its services go at once.
+func (g *Gossip) forget(name string, mustBeFailed bool) error {
+	g.mu.Lock()
+	m, ok := g.members[name]
+	switch {
+	case !ok:
+		g.mu.Unlock()
+		return fmt.Errorf("gossip: unknown node %q: %w", name, registry.ErrNotFound)
+	case m.Status == registry.MemberAlive && mustBeFailed:
+		g.mu.Unlock()
+		return fmt.Errorf("gossip: node %q is alive; only a failed node can be forced out: %w", name, registry.ErrProtected)
+	case m.Status == registry.MemberAlive:
+		g.mu.Unlock()
+		return nil
+	}
+	m.Status, m.since = registry.MemberLeft, time.Now()
+	g.mu.Unlock()
+	g.reg.ForgetNode(name)
+	return nil
+}
+
+// Members lists every node known: alive, failed (until reaped) and left
+// (for a while), ordered by name.
+func (g *Gossip) Members() []registry.Member {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]registry.Member, 0, len(g.members))
+	for _, name := range slices.Sorted(maps.Keys(g.members)) {
+		m := g.members[name].Member
+		if name == g.reg.NodeName() && g.leaving {
+			m.Status = registry.MemberLeaving
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Join contacts addrs (host or host:port; the default port is 8301) and
+// returns how many answered.
+func (g *Gossip) Join(addrs []string) (int, error) {
+	return g.ml.Join(addrs)
+}
+
+// Leave tells the cluster this node is leaving and waits for it to be heard.
+// The agent shuts down afterwards.
+func (g *Gossip) Leave() error {
+	g.mu.Lock()
+	if g.leaving {
+		g.mu.Unlock()
+		return nil
+	}
+	g.leaving = true
+	g.mu.Unlock()
+	g.announceLeave()
+	return g.ml.Leave(g.cfg.LeaveTimeout)
+}
+
+// announceLeave tells every alive member, over TCP, that this node is about
+// to leave: memberlist's own dead message does not say whether a node left
+// or failed, and only a node that left takes its services with it at once.
+func (g *Gossip) announceLeave() {
+	msg := append([]byte{msgLeave}, g.reg.NodeName()...)
+	// Our own copies of the addresses: the nodes memberlist hands out are
+	// its live state, which it keeps writing.
+	var to []*memberlist.Node
+	g.mu.Lock()
+	for name, m := range g.members {
+		if name != g.reg.NodeName() && m.Status == registry.MemberAlive {
+			to = append(to, &memberlist.Node{Name: name, Addr: net.ParseIP(m.Addr), Port: uint16(m.Port)})
+		}
+	}
+	g.mu.Unlock()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, n := range to {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := g.ml.SendReliable(n, msg); err != nil {
+				g.log.Debug("announcing leave", "to", n.Name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// ForceLeave removes a failed node now instead of after ReconnectTimeout,
+// here and, by a broadcast, on every other node.
+func (g *Gossip) ForceLeave(node string) error {
+	if err := g.forget(node, true); err != nil {
+		return err
+	}
+	g.queue.QueueBroadcast(&broadcast{name: "force-leave\x00" + node, msg: append([]byte{msgForceLeave}, node...)})
+	return nil
+}
+
+// NumMembers is the number of alive members, this node included.
+func (g *Gossip) NumMembers() int { return g.ml.NumMembers() }

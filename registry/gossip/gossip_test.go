@@ -1,0 +1,385 @@
+package gossip
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// node is one agent of an in-process cluster on loopback.
+type node struct {
+	reg    *registry.Registry
+	g      *Gossip
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// fast shortens memberlist's LAN timings so that tests of failure detection
+// take seconds, not half a minute.
+// They stay loose enough that a loaded 2-core machine under -race does not
+// take a slow node for a dead one.
+func fast(c *memberlist.Config) {
+	c.ProbeInterval = 500 * time.Millisecond
+	c.ProbeTimeout = 300 * time.Millisecond
+	c.SuspicionMult = 3
+	c.GossipInterval = 50 * time.Millisecond
+	c.PushPullInterval = 2 * time.Second
+	c.TCPTimeout = 2 * time.Second
+}
+
+type opts struct {
+	port    int
+	dataDir string
+	key     []byte
+	join    []string
+	tweak   func(*Config)
+}
+
+func startNode(t *testing.T, name string, o opts) *node {
+	t.Helper()
+	rc := registry.DefaultConfig()
+	rc.NodeName, rc.Address, rc.DataDir = name, "127.0.0.1", o.dataDir
+	reg, err := registry.New(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := DefaultConfig()
+	gc.Registry = reg
+	gc.BindAddr, gc.BindPort = "127.0.0.1", o.port
+	gc.EncryptKey = o.key
+	gc.StartJoin = o.join
+	gc.Memberlist = fast
+	gc.LeaveTimeout = 2 * time.Second
+	if os.Getenv("PIER_TEST_GOSSIP_LOG") != "" {
+		gc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+	}
+	if o.tweak != nil {
+		o.tweak(&gc)
+	}
+	g, err := New(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &node{reg: reg, g: g, cancel: cancel, done: make(chan error, 1)}
+	go func() { n.done <- g.Run(ctx) }()
+	t.Cleanup(n.stop)
+	return n
+}
+
+// stop leaves gracefully and waits for Run to return.
+func (n *node) stop() {
+	n.cancel()
+	<-n.done
+	n.done <- nil // later stops return at once
+}
+
+// crash stops the node without a word to the others, as kill -9 would.
+func (n *node) crash() {
+	n.g.ml.Shutdown()
+	n.g.mu.Lock()
+	n.g.leaving = true // Run's exit must not try to leave
+	n.g.mu.Unlock()
+	n.stop()
+}
+
+// cluster starts n nodes, each joining the first.
+func cluster(t *testing.T, n int) []*node {
+	t.Helper()
+	nodes := []*node{startNode(t, "n0", opts{})}
+	for i := 1; i < n; i++ {
+		nodes = append(nodes, startNode(t, fmt.Sprintf("n%d", i), opts{join: []string{nodes[0].g.Addr()}}))
+	}
+	for _, nd := range nodes {
+		waitFor(t, nd.reg, 60*time.Second, fmt.Sprintf("%d alive nodes in the catalog", n), func(s *registry.Snapshot) bool {
+			return len(s.ServiceInstances("consul")) == n && len(s.Nodes()) == n
+		})
+	}
+	return nodes
+}
+
+// waitFor waits until cond holds on reg's snapshot, re-checking at every
+// change: no sleeps.
+func waitFor(t *testing.T, reg *registry.Registry, d time.Duration, what string, cond func(*registry.Snapshot) bool) {
+	t.Helper()
+	if !waitUntil(reg, d, cond) {
+		t.Fatalf("%s: not within %v on %s; it sees %s", what, d, reg.NodeName(), describe(reg.Snapshot()))
+	}
+}
+
+// describe summarizes a snapshot for a failure message.
+func describe(s *registry.Snapshot) string {
+	var b strings.Builder
+	for _, n := range s.Nodes() {
+		fmt.Fprintf(&b, "[%s %s:", n.Name, registry.Aggregate(s.NodeChecks(n.Name, "")))
+		for _, e := range s.NodeServices(n.Name) {
+			fmt.Fprintf(&b, " %s", e.ID)
+		}
+		b.WriteString("]")
+	}
+	return b.String()
+}
+
+func waitUntil(reg *registry.Registry, d time.Duration, cond func(*registry.Snapshot) bool) bool {
+	timeout := time.After(d)
+	for {
+		s := reg.Snapshot()
+		if cond(s) {
+			return true
+		}
+		select {
+		case <-s.Changed():
+		case <-timeout:
+			return false
+		}
+	}
+}
+
+func instances(s *registry.Snapshot, name string) []registry.Instance {
+	return s.ServiceInstances(name)
+}
+
+func hasInstance(node, id string, passing bool) func(*registry.Snapshot) bool {
+	return func(s *registry.Snapshot) bool {
+		for _, in := range s.ServiceInstances("redis") {
+			if in.Node.Name == node && in.Service.ID == id {
+				return !passing || in.Status() == registry.StatusPassing
+			}
+		}
+		return false
+	}
+}
+
+func register(t *testing.T, n *node, id string, port int) {
+	t.Helper()
+	err := n.reg.RegisterService(registry.Service{ID: id, Name: "redis", Port: port, Tags: []string{"v1"}, Weights: registry.Weights{Passing: 1, Warning: 1}}, nil, registry.SourceAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReplicationAndDeregistration(t *testing.T) {
+	nodes := cluster(t, 3)
+	register(t, nodes[1], "redis1", 8000)
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "redis1 replicated", hasInstance("n1", "redis1", true))
+		in := instances(n.reg.Snapshot(), "redis")[0]
+		if in.Node.Address != "127.0.0.1" || in.Service.Port != 8000 || in.Service.Tags[0] != "v1" {
+			t.Errorf("%s sees %+v on %+v", n.reg.NodeName(), in.Service, in.Node)
+		}
+	}
+	// Every node lists every agent's own "consul" service.
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "consul service on every node", func(s *registry.Snapshot) bool {
+			return len(s.ServiceInstances("consul")) == 3
+		})
+	}
+	if err := nodes[1].reg.DeregisterService("redis1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "redis1 gone", func(s *registry.Snapshot) bool {
+			return len(s.ServiceInstances("redis")) == 0
+		})
+	}
+}
+
+func TestSameServiceIDOnTwoNodes(t *testing.T) {
+	nodes := cluster(t, 3)
+	register(t, nodes[0], "redis1", 8000)
+	register(t, nodes[2], "redis1", 9000)
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "both instances", func(s *registry.Snapshot) bool {
+			return len(s.ServiceInstances("redis")) == 2
+		})
+	}
+	ins := instances(nodes[1].reg.Snapshot(), "redis")
+	if ins[0].Node.Name != "n0" || ins[0].Service.Port != 8000 || ins[1].Node.Name != "n2" || ins[1].Service.Port != 9000 {
+		t.Errorf("instances: %+v %+v", ins[0].Service, ins[1].Service)
+	}
+}
+
+func TestLeaveTakesServicesAtOnce(t *testing.T) {
+	nodes := cluster(t, 3)
+	register(t, nodes[2], "redis1", 8000)
+	waitFor(t, nodes[0].reg, 10*time.Second, "redis1", hasInstance("n2", "redis1", true))
+	nodes[2].stop() // graceful: leaves
+	for _, n := range nodes[:2] {
+		waitFor(t, n.reg, 10*time.Second, "n2 gone", func(s *registry.Snapshot) bool {
+			_, ok := s.Node("n2")
+			return !ok && len(s.ServiceInstances("redis")) == 0
+		})
+	}
+	var st registry.MemberStatus
+	for _, m := range nodes[0].g.Members() {
+		if m.Name == "n2" {
+			st = m.Status
+		}
+	}
+	if st != registry.MemberLeft {
+		t.Errorf("n2 is %v in members, want left", st)
+	}
+}
+
+func TestCrashMarksCriticalThenRejoinWithNewerState(t *testing.T) {
+	dir := t.TempDir()
+	n0 := startNode(t, "n0", opts{})
+	n1 := startNode(t, "n1", opts{join: []string{n0.g.Addr()}})
+	n2 := startNode(t, "n2", opts{dataDir: dir, join: []string{n0.g.Addr()}})
+	register(t, n2, "redis1", 8000)
+	register(t, n2, "redis2", 8001)
+	for _, n := range []*node{n0, n1} {
+		waitFor(t, n.reg, 10*time.Second, "redis2 replicated", hasInstance("n2", "redis2", true))
+	}
+	port := int(n2.g.ml.LocalNode().Port)
+	n2.crash()
+	for _, n := range []*node{n0, n1} {
+		waitFor(t, n.reg, 20*time.Second, "n2 critical", func(s *registry.Snapshot) bool {
+			ins := s.ServiceInstances("redis")
+			return len(ins) == 2 && ins[0].Status() == registry.StatusCritical
+		})
+		var failed bool
+		for _, m := range n.g.Members() {
+			failed = failed || m.Name == "n2" && m.Status == registry.MemberFailed
+		}
+		if !failed {
+			t.Errorf("%s: n2 is not failed in members: %+v", n.reg.NodeName(), n.g.Members())
+		}
+	}
+
+	// While n2 is down its data dir changes: redis2 deregistered, redis3 new.
+	rc := registry.DefaultConfig()
+	rc.NodeName, rc.Address, rc.DataDir = "n2", "127.0.0.1", dir
+	offline, err := registry.New(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offline.DeregisterService("redis2")
+	offline.RegisterService(registry.Service{ID: "redis3", Name: "redis", Port: 8003, Weights: registry.Weights{Passing: 1, Warning: 1}}, nil, registry.SourceAPI)
+
+	back := startNode(t, "n2", opts{port: port, dataDir: dir, join: []string{n0.g.Addr()}})
+	for _, n := range []*node{n0, n1, back} {
+		waitFor(t, n.reg, 20*time.Second, "n2's newer state everywhere", func(s *registry.Snapshot) bool {
+			ids := []string{}
+			for _, in := range s.ServiceInstances("redis") {
+				if in.Status() != registry.StatusPassing {
+					return false
+				}
+				ids = append(ids, in.Service.ID)
+			}
+			return strings.Join(ids, ",") == "redis1,redis3"
+		})
+	}
+}
+
+func TestForceLeave(t *testing.T) {
+	nodes := cluster(t, 3)
+	register(t, nodes[2], "redis1", 8000)
+	waitFor(t, nodes[0].reg, 10*time.Second, "redis1", hasInstance("n2", "redis1", true))
+	if err := nodes[0].g.ForceLeave("n1"); err == nil {
+		t.Error("force-leave of an alive node succeeded")
+	}
+	nodes[2].crash()
+	waitFor(t, nodes[0].reg, 20*time.Second, "n2 critical", func(s *registry.Snapshot) bool {
+		ins := s.ServiceInstances("redis")
+		return len(ins) == 1 && ins[0].Status() == registry.StatusCritical
+	})
+	if err := nodes[0].g.ForceLeave("n2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes[:2] {
+		waitFor(t, n.reg, 10*time.Second, "n2 forced out", func(s *registry.Snapshot) bool {
+			_, ok := s.Node("n2")
+			return !ok
+		})
+	}
+}
+
+func TestReapAfterReconnectTimeout(t *testing.T) {
+	nodes := cluster(t, 2)
+	register(t, nodes[1], "redis1", 8000)
+	waitFor(t, nodes[0].reg, 10*time.Second, "redis1", hasInstance("n1", "redis1", true))
+	nodes[1].crash()
+	waitFor(t, nodes[0].reg, 20*time.Second, "n1 critical", func(s *registry.Snapshot) bool {
+		ins := s.ServiceInstances("redis")
+		return len(ins) == 1 && ins[0].Status() == registry.StatusCritical
+	})
+	g := nodes[0].g
+	g.reap(time.Now().Add(71 * time.Hour))
+	if _, ok := nodes[0].reg.Snapshot().Node("n1"); !ok {
+		t.Fatal("n1 reaped before 72h")
+	}
+	g.reap(time.Now().Add(73 * time.Hour))
+	if _, ok := nodes[0].reg.Snapshot().Node("n1"); ok {
+		t.Fatal("n1 not reaped after 72h")
+	}
+}
+
+func TestEncryption(t *testing.T) {
+	key, _ := ParseKey(NewKey())
+	n0 := startNode(t, "n0", opts{key: key})
+	n1 := startNode(t, "n1", opts{key: key, join: []string{n0.g.Addr()}})
+	waitFor(t, n1.reg, 10*time.Second, "joined with the key", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 2 })
+
+	other, _ := ParseKey(NewKey())
+	for _, k := range [][]byte{other, nil} {
+		rc := registry.DefaultConfig()
+		rc.NodeName, rc.Address = "intruder", "127.0.0.1"
+		reg, _ := registry.New(rc)
+		gc := DefaultConfig()
+		gc.Registry, gc.BindAddr, gc.BindPort, gc.EncryptKey = reg, "127.0.0.1", 0, k
+		gc.StartJoin = []string{n0.g.Addr()}
+		gc.Memberlist = func(c *memberlist.Config) { fast(c); c.TCPTimeout = time.Second }
+		g, err := New(gc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = g.Run(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "joining") {
+			t.Errorf("key %v: joining with the wrong key: %v", k != nil, err)
+		}
+	}
+	if len(n0.reg.Snapshot().Nodes()) != 2 {
+		t.Errorf("an intruder got in: %d nodes", len(n0.reg.Snapshot().Nodes()))
+	}
+}
+
+func TestParseKey(t *testing.T) {
+	for _, c := range []struct {
+		in string
+		ok bool
+	}{{NewKey(), true}, {"cg8StVXbQJ0gPvMd9o7yrg==", true}, {"not base64!", false}, {"YWJj", false}} {
+		_, err := ParseKey(c.in)
+		if (err == nil) != c.ok {
+			t.Errorf("ParseKey(%q) = %v", c.in, err)
+		}
+	}
+}
+
+func TestCluster25(t *testing.T) {
+	if testing.Short() {
+		t.Skip("25 nodes")
+	}
+	nodes := cluster(t, 25)
+	register(t, nodes[24], "redis1", 8000)
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !waitUntil(n.reg, 10*time.Second, hasInstance("n24", "redis1", true)) {
+				t.Errorf("redis1 did not reach %s", n.reg.NodeName())
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -188,15 +188,18 @@ func (r *Registry) Merge(entries []Entry) []Entry {
 	return fresh
 }
 
-// MergeStates applies whole node states from a push/pull.
-func (r *Registry) MergeStates(states []NodeState) {
+// MergeStates applies whole node states from a push/pull and returns the
+// entries that were news here.
+func (r *Registry) MergeStates(states []NodeState) []Entry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	tx := r.begin()
+	var fresh []Entry
 	for _, st := range states {
-		tx.mergeState(st)
+		fresh = tx.mergeState(st, fresh)
 	}
 	tx.commit()
+	return fresh
 }
 
 // SetMemberStatus records what the gossip layer saw of a node: an alive
@@ -320,12 +323,13 @@ func (tx *txn) mergeEntry(e Entry) bool {
 	return true
 }
 
-// mergeState applies a node's whole state and removes what it no longer has.
-func (tx *txn) mergeState(st NodeState) {
+// mergeState applies a node's whole state and removes what it no longer has;
+// it appends the entries that were news to fresh.
+func (tx *txn) mergeState(st NodeState, fresh []Entry) []Entry {
 	r := tx.r
 	if st.Node == r.cfg.NodeName {
 		r.clock.observe(st.Complete)
-		return
+		return fresh
 	}
 	nr := r.repl[st.Node]
 	if nr == nil {
@@ -333,7 +337,7 @@ func (tx *txn) mergeState(st NodeState) {
 		r.repl[st.Node] = nr
 	}
 	if nr.member == MemberLeft {
-		return
+		return fresh
 	}
 	seen := make(map[entryKey]bool, len(st.Entries))
 	for _, e := range st.Entries {
@@ -341,11 +345,13 @@ func (tx *txn) mergeState(st NodeState) {
 			continue
 		}
 		seen[e.key()] = true
-		tx.mergeEntry(e)
+		if tx.mergeEntry(e) {
+			fresh = append(fresh, e)
+		}
 	}
 	if nr.member == MemberNone {
 		nr.pendComp = max(nr.pendComp, st.Complete)
-		return
+		return fresh
 	}
 	for k, cur := range nr.entries {
 		if !seen[k] && cur.Version <= st.Complete {
@@ -353,6 +359,7 @@ func (tx *txn) mergeState(st NodeState) {
 		}
 	}
 	nr.complete = max(nr.complete, st.Complete)
+	return fresh
 }
 
 func (e *Entry) valid() bool {

@@ -20,6 +20,10 @@ const (
 	stateZ        byte = 'S' // push/pull: []NodeState, deflated JSON
 )
 
+// maxForward bounds how many entries learnt from one push/pull are passed on
+// as broadcasts: a whole large catalog would flood the queue.
+const maxForward = 512
+
 // maxBroadcast keeps a broadcast well inside memberlist's ~1,400-byte UDP
 // packet next to its own headers; a larger entry travels by push/pull only.
 const maxBroadcast = 1200

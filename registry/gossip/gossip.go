@@ -341,7 +341,15 @@ func (g *Gossip) process(items []item) {
 				g.log.Warn("dropping a push/pull state that does not decode", "err", err)
 				continue
 			}
-			g.reg.MergeStates(states)
+			// What a push/pull taught us (a node that just joined, most
+			// often) is passed on as broadcasts too, so that it spreads in
+			// seconds rather than at the next push/pull of each node; a
+			// large batch is left to push/pull.
+			if fresh := g.reg.MergeStates(states); len(fresh) <= maxForward {
+				for _, e := range fresh {
+					g.queueEntry(e)
+				}
+			}
 		default:
 			flush()
 			g.member(it)

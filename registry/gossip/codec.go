@@ -29,8 +29,7 @@ const maxForward = 512
 const maxBroadcast = 1200
 
 // maxState is memberlist's cap on a push/pull state (it refuses more than
-// 20 MB); pier's compressed catalog stays far below it (about 100 bytes per
-// service instance after compression).
+// 20 MB); a service with a check compresses to some 40-130 bytes.
 const maxState = 20 << 20
 
 func encodeEntry(e registry.Entry) ([]byte, error) {

@@ -383,3 +383,39 @@ func TestCluster25(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestCheckStatusReplicates: a check result on the owning node (what the
+// health package reports) reaches every node, and so their ?passing views.
+func TestCheckStatusReplicates(t *testing.T) {
+	nodes := cluster(t, 3)
+	svc := registry.Service{ID: "redis1", Name: "redis", Port: 8000, Weights: registry.Weights{Passing: 1, Warning: 1}}
+	check := registry.Check{CheckID: "service:redis1", Name: "ttl", Status: registry.StatusCritical, Definition: registry.CheckDefinition{TTL: registry.Duration(time.Minute)}}
+	if err := nodes[0].reg.RegisterService(svc, []registry.Check{check}, registry.SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	status := func(want registry.Status, output string) func(*registry.Snapshot) bool {
+		return func(s *registry.Snapshot) bool {
+			ins := s.ServiceInstances("redis")
+			if len(ins) != 1 || ins[0].Status() != want {
+				return false
+			}
+			for _, c := range ins[0].Checks {
+				if c.CheckID == "service:redis1" {
+					return c.Output == output && c.ServiceName == "redis"
+				}
+			}
+			return false
+		}
+	}
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "critical at first", status(registry.StatusCritical, ""))
+	}
+	nodes[0].reg.UpdateCheck("service:redis1", registry.StatusPassing, "all good")
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "passing everywhere", status(registry.StatusPassing, "all good"))
+	}
+	nodes[0].reg.UpdateCheck("service:redis1", registry.StatusWarning, "slow")
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "warning everywhere", status(registry.StatusWarning, "slow"))
+	}
+}

@@ -188,17 +188,22 @@ func benchWaiter(r *Registry, snap *Snapshot, name string, at *time.Time, idx *u
 	done.Done()
 }
 
+// benchStackBuf is reused by benchParked so that polling makes no garbage
+// for the measured part to collect.
+var benchStackBuf = make([]byte, 1<<20)
+
 // benchParked waits until n goroutines are parked inside fn (a function
 // name as runtime stacks print it), so that a measurement starts with every
 // waiter really asleep rather than still on its way to the channel.
 func benchParked(b *testing.B, fn string, n int) {
 	b.Helper()
-	buf := make([]byte, 1<<20)
+	buf := benchStackBuf
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		m := runtime.Stack(buf, true)
 		if m == len(buf) {
 			buf = make([]byte, 2*len(buf))
+			benchStackBuf = buf
 			continue
 		}
 		parked := 0

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -105,6 +106,10 @@ func DecodeCheck(data []byte, strict bool) (*CheckRegistration, error) {
 // and must not be rewritten.
 var userMaps = map[string]bool{"meta": true, "header": true, "taggedaddresses": true, "nodemeta": true}
 
+// keySeparators drops the separators of snake_case and kebab-case keys. It is
+// built once: building a Replacer costs more than the whole decode.
+var keySeparators = strings.NewReplacer("_", "", "-", "")
+
 func decodeNormalized(data []byte, v any, strict bool) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
@@ -143,7 +148,7 @@ func normalizeKeys(v any) any {
 	case map[string]any:
 		out := make(map[string]any, len(t))
 		for k, val := range t {
-			nk := strings.NewReplacer("_", "", "-", "").Replace(k)
+			nk := keySeparators.Replace(k)
 			if userMaps[strings.ToLower(nk)] {
 				out[nk] = val
 				continue
@@ -334,12 +339,13 @@ func (d *ServiceDefinition) Build() (Service, []Check, error) {
 		field string
 		cr    *CheckRegistration
 	}
+	// An empty check ({}) is no check, as Consul reads it.
 	var regs []reg
-	if d.Check != nil {
+	if d.Check != nil && !d.Check.empty() {
 		regs = append(regs, reg{"Check", d.Check})
 	}
 	for i, cr := range d.Checks {
-		if cr != nil {
+		if cr != nil && !cr.empty() {
 			regs = append(regs, reg{fmt.Sprintf("Checks[%d]", i), cr})
 		}
 	}
@@ -368,6 +374,10 @@ func (d *ServiceDefinition) Build() (Service, []Check, error) {
 		checks = append(checks, c)
 	}
 	return s, checks, nil
+}
+
+func (cr *CheckRegistration) empty() bool {
+	return reflect.ValueOf(*cr).IsZero()
 }
 
 // BuildCheck validates a standalone check registration.

@@ -198,6 +198,15 @@ func (r *Registry) RegisterService(s Service, checks []Check, src Source) error 
 	if err := r.persistService(s, checks, src); err != nil {
 		return err
 	}
+	// A standalone check of the service taken over by this registration now
+	// belongs to it: its own file would bring it back as standalone at start.
+	for _, c := range checks {
+		if lc, ok := r.localChecks[c.CheckID]; ok && !lc.Owned && lc.Source == SourceAPI && r.store != nil {
+			if err := r.store.removeCheck(c.CheckID); err != nil {
+				r.log.Warn("removing persisted check", "check", c.CheckID, "err", err)
+			}
+		}
+	}
 	tx := r.begin()
 	r.registerLocked(tx, s, checks, src)
 	tx.commit()

@@ -798,6 +798,35 @@ func TestPersistRestart(t *testing.T) {
 	}
 }
 
+// A standalone check whose ID a later registration of its service takes over
+// belongs to that registration, before and after a restart.
+func TestPersistCheckTakenOver(t *testing.T) {
+	dir := t.TempDir()
+	r := rtNew(t, dir)
+	rtReg(t, r, SourceAPI, `{"ID":"web-1","Name":"web","Port":80}`)
+	if err := r.RegisterCheck(Check{CheckID: "taken", Name: "x", ServiceID: "web-1", Status: StatusPassing}, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	rtReg(t, r, SourceAPI, `{"ID":"web-1","Name":"web","Port":80,"Check":{"CheckID":"taken","TTL":"10s"}}`)
+	if err := r.DeregisterCheck("taken"); !errors.Is(err, ErrProtected) {
+		t.Fatalf("before restart: DeregisterCheck = %v, want ErrProtected", err)
+	}
+	r2 := rtNew(t, dir)
+	if err := r2.DeregisterCheck("taken"); !errors.Is(err, ErrProtected) {
+		t.Fatalf("after restart: DeregisterCheck = %v, want ErrProtected", err)
+	}
+	c := rtCheck(t, r2.Snapshot(), "web-1", "taken")
+	if c.Definition.TTL != Duration(10e9) {
+		t.Fatalf("after restart the check is %+v", c.Check)
+	}
+	// Re-registered without it, it is gone for good.
+	rtReg(t, r2, SourceAPI, `{"ID":"web-1","Name":"web","Port":80}`)
+	r3 := rtNew(t, dir)
+	if cs := r3.Snapshot().NodeChecks(rtNode, "web-1"); len(cs) != 0 {
+		t.Fatalf("checks back after restart: %v", rtCheckIDs(cs))
+	}
+}
+
 func TestPersistCorrupt(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -1113,7 +1142,7 @@ func TestDefinitionValidation(t *testing.T) {
 		{`{"Name":"web","Weights":{"Passing":"x"}}`, "Weights.Passing"},
 		{`{"Name":"web","TaggedAddresses":{"x":{"Address":"10.0.0.1","Port":70000}}}`, "TaggedAddresses.x.Port"},
 		{`{"Name":"web","TaggedAddresses":{"lan_ipv4":{"Address":"bad address","Port":80}}}`, "TaggedAddresses.lan_ipv4.Address"},
-		{`{"Name":"web","Check":{}}`, "Check"},
+		{`{"Name":"web","Check":{"Notes":"no type"}}`, "Check"},
 		{`{"Name":"web","Check":{"HTTP":"http://localhost/"}}`, "Check.Interval"},
 		{`{"Name":"web","Check":{"TCP":"localhost:80"}}`, "Check.Interval"},
 		{`{"Name":"web","Check":{"TTL":"10s","HTTP":"http://localhost/","Interval":"10s"}}`, "Check"},
@@ -1288,5 +1317,18 @@ func TestBuildCheck(t *testing.T) {
 		if !errors.As(err, &fe) || fe.Field != tc.field {
 			t.Errorf("BuildCheck(%s): err = %v, want FieldError on %q", tc.js, err, tc.field)
 		}
+	}
+}
+
+// An empty check object is no check, as Consul reads it (some clients send
+// "Check":{} when they mean none).
+func TestEmptyCheckIsNoCheck(t *testing.T) {
+	def, err := DecodeService([]byte(`{"Name":"web","Check":{},"Checks":[{}]}`), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, checks, err := def.Build()
+	if err != nil || len(checks) != 0 {
+		t.Fatalf("Build = %v, %v; want no checks and no error", checks, err)
 	}
 }

@@ -29,6 +29,9 @@ func (s *Server) serviceRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, "Invalid service registration", err)
 		return
 	}
+	for i := range checks {
+		s.keepCheckState(&checks[i])
+	}
 	if err := s.reg.RegisterService(svc, checks, registry.SourceAPI); err != nil {
 		writeError(w, "Invalid service registration", err)
 		return
@@ -63,6 +66,7 @@ func (s *Server) checkRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, "Invalid check registration", err)
 		return
 	}
+	s.keepCheckState(&c)
 	if err := s.reg.RegisterCheck(c, registry.SourceAPI); err != nil {
 		writeError(w, "Invalid check registration", err)
 		return

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -317,4 +318,18 @@ func (s *Server) refuseServiceScripts(def *registry.ServiceDefinition) error {
 		}
 	}
 	return nil
+}
+
+// keepCheckState carries the status and output of one of this node's
+// checks over to its re-registration with the same definition, as Consul
+// does (hashicorp/consul#868): Registrator re-registers every service on
+// each resync, and a reset to the initial critical would take healthy
+// instances out of every answer until their next probe.
+func (s *Server) keepCheckState(c *registry.Check) {
+	for _, e := range s.reg.Snapshot().NodeChecks(s.self(), c.ServiceID) {
+		if e.CheckID == c.CheckID && reflect.DeepEqual(e.Definition, c.Definition) {
+			c.Status, c.Output = e.Status, e.Output
+			return
+		}
+	}
 }

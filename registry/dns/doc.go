@@ -1,0 +1,24 @@
+// Package dns is pier's DNS interface and local resolver, built on
+// github.com/miekg/dns.
+//
+// It owns two kinds of answers. Names under the domain (default "consul.")
+// are answered from the catalog, as Consul answers them:
+// [tag.]name.service[.dc], _name._tag.service[.dc], node.node[.dc] and
+// hex.addr[.dc]. Answers are computed once per catalog snapshot and kept
+// packed, so a repeated question costs a map lookup and a copy; they move to
+// the next snapshot on the first query after a change. Every other name is
+// forwarded to the recursors, tried in order, and the answers are cached
+// (positive and negative, RFC 2308) with their TTLs counting down. Recursion
+// is offered only to loopback clients unless Config.AllowRecursion widens it.
+//
+// UDP queries are read by a few long-lived goroutines per socket that answer
+// the common case (one question, class IN, optional EDNS) straight from the
+// packed answers without unpacking the query; anything else goes through
+// miekg/dns's parser, and a query that must be forwarded gets a goroutine of
+// its own, so a slow upstream never stalls the read loop. TCP is served by
+// miekg/dns's server with the same handler.
+//
+// It reads the catalog only through registry.Registry.Snapshot and the
+// snapshot's exported methods and never writes to it, never locks it, and
+// must not import the API, proxy or lb packages.
+package dns

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -194,6 +195,11 @@ func (r *Registry) RegisterService(s Service, checks []Check, src Source) error 
 		if lc, ok := r.localChecks[c.CheckID]; ok && lc.Check.ServiceID != s.ID {
 			return &FieldError{Field: "CheckID", Msg: fmt.Sprintf("check %q already belongs to another service or the node", c.CheckID)}
 		}
+	}
+	if r.unchanged(s, checks, src) {
+		// Registrator and friends re-register on every resync: an identical
+		// registration must not move the index and wake every watcher.
+		return nil
 	}
 	if err := r.persistService(s, checks, src); err != nil {
 		return err
@@ -436,4 +442,21 @@ func (r *Registry) LocalSource(id string) (Source, bool) {
 	defer r.mu.Unlock()
 	ls, ok := r.local[id]
 	return ls.Source, ok
+}
+
+// unchanged reports whether registering s with checks from src would change
+// nothing; r.mu must be held.
+func (r *Registry) unchanged(s Service, checks []Check, src Source) bool {
+	old, ok := r.local[s.ID]
+	if !ok || old.Source != src || !reflect.DeepEqual(old.Service, s) || len(old.Checks) != len(checks) {
+		return false
+	}
+	for _, c := range checks {
+		lc, ok := r.localChecks[c.CheckID]
+		c.ServiceID, c.ServiceName = s.ID, s.Name
+		if !ok || !lc.Owned || !reflect.DeepEqual(lc.Check, c) {
+			return false
+		}
+	}
+	return true
 }

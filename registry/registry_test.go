@@ -1332,3 +1332,33 @@ func TestEmptyCheckIsNoCheck(t *testing.T) {
 		t.Fatalf("Build = %v, %v; want no checks and no error", checks, err)
 	}
 }
+
+// An identical re-registration (Registrator's resync) changes nothing: the
+// index stays, so blocking queries do not wake.
+func TestIdenticalRegistrationIsNoChange(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NodeName, cfg.Address = "n1", "127.0.0.1"
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, _ := DecodeService([]byte(`{"ID":"web1","Name":"web","Port":80,"Tags":["a"],"Check":{"TTL":"30s"}}`), false)
+	svc, checks, _ := def.Build()
+	if err := r.RegisterService(svc, checks, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	snap := r.Snapshot()
+	def, _ = DecodeService([]byte(`{"ID":"web1","Name":"web","Port":80,"Tags":["a"],"Check":{"TTL":"30s"}}`), false)
+	svc, checks, _ = def.Build()
+	if err := r.RegisterService(svc, checks, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	if r.Snapshot() != snap {
+		t.Fatalf("an identical registration published a new snapshot (index %d -> %d)", snap.Index(), r.Snapshot().Index())
+	}
+	svc.Port = 81
+	r.RegisterService(svc, checks, SourceAPI)
+	if r.Snapshot().Index() <= snap.Index() {
+		t.Fatal("a changed registration did not move the index")
+	}
+}

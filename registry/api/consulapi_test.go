@@ -852,7 +852,7 @@ func TestRegisterBadInput(t *testing.T) {
 		{"meta 65 pairs", `{"ID":"redis1","Name":"redis","Port":8000,"Meta":` + metaJSON(manyMeta) + `}`, "Meta"},
 		{"meta key too long", `{"ID":"redis1","Name":"redis","Port":8000,"Meta":{"` + strings.Repeat("k", 129) + `":"v"}}`, "Meta"},
 		{"meta value too long", `{"ID":"redis1","Name":"redis","Port":8000,"Meta":{"k":"` + strings.Repeat("v", 513) + `"}}`, "Meta"},
-		{"empty check in Checks", `{"ID":"redis1","Name":"redis","Port":8000,"Checks":[{}]}`, "Checks[0]"},
+		{"check without a type in Checks", `{"ID":"redis1","Name":"redis","Port":8000,"Checks":[{"Notes":"no type"}]}`, "Checks[0]"},
 		{"check without interval", `{"ID":"redis1","Name":"redis","Port":8000,"Check":{"HTTP":"http://127.0.0.1:8000/"}}`, "Interval"},
 		{"weights passing 0", `{"ID":"redis1","Name":"redis","Port":8000,"Weights":{"Passing":0,"Warning":1}}`, "Weights"},
 		{"agent's own ID", `{"ID":"consul","Name":"redis","Port":8000}`, "consul"},

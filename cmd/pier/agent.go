@@ -14,8 +14,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/pier-dev/pier/health"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
+	"github.com/pier-dev/pier/registry/gossip"
 )
 
 func runAgent(args []string, stdout, stderr io.Writer) error {
@@ -46,6 +48,15 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	if cfg.Dev && cfg.Advertise == "" {
 		addr = "127.0.0.1"
 	}
+	// /v1/agent/leave ends the agent after it has left the cluster.
+	ctx, leave := context.WithCancel(ctx)
+	defer leave()
+	if cfg.SerfLANPort == 0 {
+		// The agent's own catalog entry names the gossip port, so pick it now.
+		if cfg.SerfLANPort, err = freePort(cfg.Bind); err != nil {
+			return fmt.Errorf("gossip: %w", err)
+		}
+	}
 
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = cfg.Node
@@ -64,14 +75,63 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 			return fmt.Errorf("config file %s: service %q: %w", ss.File, ss.Service.ID, err)
 		}
 	}
+	// Checks saved on config services (maintenance) need those services.
+	if err := reg.RestorePersistedChecks(); err != nil {
+		return err
+	}
+
+	gcfg := gossip.DefaultConfig()
+	gcfg.Registry = reg
+	gcfg.BindAddr = cfg.Bind
+	gcfg.BindPort = cfg.SerfLANPort
+	gcfg.AdvertiseAddr = addr
+	gcfg.StartJoin = cfg.StartJoin
+	gcfg.RetryJoin = cfg.RetryJoin
+	gcfg.RetryMax = cfg.RetryMax
+	gcfg.ReconnectTimeout = cfg.Reconnect
+	gcfg.Tags = map[string]string{"dc": cfg.Datacenter, "role": "node", "build": version, "id": reg.Config().NodeID}
+	gcfg.Logger = log.With("component", "gossip")
+	if cfg.Encrypt != "" {
+		if gcfg.EncryptKey, err = gossip.ParseKey(cfg.Encrypt); err != nil {
+			return err
+		}
+	}
+	members, err := gossip.New(gcfg)
+	if err != nil {
+		return err
+	}
+
+	hcfg := health.DefaultConfig()
+	hcfg.Catalog = reg
+	hcfg.EnableScriptChecks = cfg.EnableScriptChecks
+	hcfg.Logger = log.With("component", "health")
+	checks, err := health.New(hcfg)
+	if err != nil {
+		return err
+	}
 
 	acfg := api.DefaultConfig()
 	acfg.Registry = reg
+	acfg.Cluster = cluster{members, leave}
+	acfg.Health = checks
+	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.Version = version
 	acfg.Logger = log.With("component", "api")
 	srv, err := api.New(acfg)
 	if err != nil {
 		return err
+	}
+	names, err := newDNS(cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	var door *frontDoor // the proxy, if this agent is a front door
+	if cfg.Proxy != nil {
+		if door, err = newFrontDoor(cfg.Proxy, reg, log); err != nil {
+			return err
+		}
+		defer door.ln.Close()
+		srv.Handle("GET /v1/pier/routes", door.proxy.RoutesHandler())
 	}
 
 	var lns []net.Listener
@@ -85,7 +145,22 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		}
 		lns = append(lns, ln)
 	}
+	if err := names.Listen(); err != nil {
+		for _, l := range lns {
+			l.Close()
+		}
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return members.Run(gctx) })
+	g.Go(func() error { return checks.Run(gctx) })
+	g.Go(func() error { return names.Run(gctx) })
+	proxyAddr := ""
+	if door != nil {
+		proxyAddr = door.ln.Addr().String()
+		g.Go(func() error { return door.bal.Run(gctx) })
+		g.Go(func() error { return door.proxy.Run(gctx, door.ln) })
+	}
 	var bound []string
 	for _, ln := range lns {
 		bound = append(bound, ln.Addr().String())
@@ -97,13 +172,34 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		}
 	}
 	log.Info("pier agent running", "version", version, "node", cfg.Node, "address", addr,
-		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "dev", cfg.Dev, "data_dir", cfg.DataDir)
+		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir)
 	if ready != nil {
 		ready <- bound
 	}
 	err = g.Wait()
 	log.Info("pier agent stopped")
 	return err
+}
+
+// cluster is the API's view of the gossip layer; leaving also stops the agent.
+type cluster struct {
+	*gossip.Gossip
+	stop context.CancelFunc
+}
+
+func (c cluster) Leave() error {
+	err := c.Gossip.Leave()
+	c.stop()
+	return err
+}
+
+func freePort(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func newLogger(w io.Writer, level string, asJSON bool) *slog.Logger {

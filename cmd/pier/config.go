@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -28,11 +29,20 @@ type agentConfig struct {
 	Advertise   string
 	HTTPPort    int
 	SerfLANPort int
+	StartJoin   []string      // joined at start; the agent fails if none answers
+	RetryJoin   []string      // joined in the background until one answers
+	RetryMax    time.Duration // longest pause between retry-join attempts
+	Encrypt     string        // base64 gossip key
+	Reconnect   time.Duration // a failed node is reaped after this
 	NodeMeta    map[string]string
 	LogLevel    string
 	LogJSON     bool
 	Dev         bool
 	Services    []serviceSource
+	Proxy       *proxySettings // the front door; nil: this agent runs none
+	DNS         dnsSettings    // the DNS interface and resolver (config_dns.go)
+
+	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
 }
 
 // serviceSource is a validated service definition with where it was
@@ -52,28 +62,44 @@ func defaultAgentConfig() agentConfig {
 		Bind:        "0.0.0.0",
 		HTTPPort:    8500,
 		SerfLANPort: 8301,
+		RetryMax:    30 * time.Second, // Consul's retry_interval
+		Reconnect:   72 * time.Hour,   // Consul's reconnect_timeout
 		LogLevel:    "info",
+		DNS:         defaultDNSSettings(),
 	}
 }
 
 // fileConfig is the config file's shape: Consul's key names, in YAML or JSON,
 // snake_case or CamelCase.
 type fileConfig struct {
-	NodeName      *string
-	Datacenter    *string
-	DataDir       *string
-	ClientAddr    *string
-	BindAddr      *string
-	AdvertiseAddr *string
-	Ports         *struct {
+	NodeName         *string
+	Datacenter       *string
+	DataDir          *string
+	ClientAddr       *string
+	BindAddr         *string
+	AdvertiseAddr    *string
+	StartJoin        []string
+	RetryJoin        []string
+	RetryInterval    *string
+	Encrypt          *string
+	ReconnectTimeout *string
+	Ports            *struct {
 		HTTP    *int
 		SerfLAN *int
+		DNS     *int
 	}
 	NodeMeta map[string]string
 	LogLevel *string
 	LogJSON  *bool
 	Service  json.RawMessage
 	Services []json.RawMessage
+	Proxy    *proxyFile
+
+	Domain    *string
+	Recursors []string
+	DNSConfig *dnsFile
+
+	EnableScriptChecks *bool
 }
 
 // agentFlags are the agent's flags; set records which ones the user gave, so
@@ -83,8 +109,12 @@ type agentFlags struct {
 	configFiles stringList
 	configDirs  stringList
 	nodeMeta    stringList
+	join        stringList
+	retryJoin   stringList
 	c           agentConfig
 	client      string
+	proxyAddr   string
+	dns         dnsFlags
 }
 
 func newAgentFlags() *agentFlags {
@@ -98,12 +128,20 @@ func newAgentFlags() *agentFlags {
 	fs.StringVar(&f.c.Advertise, "advertise", "", "address advertised to other nodes and shown in the catalog")
 	fs.IntVar(&f.c.HTTPPort, "http-port", 0, "port of the HTTP API (default 8500)")
 	fs.IntVar(&f.c.SerfLANPort, "serf-lan-port", 0, "port of the cluster's gossip (default 8301)")
+	fs.Var(&f.join, "join", "address of an agent to join at start; the agent stops if none answers (repeatable)")
+	fs.Var(&f.retryJoin, "retry-join", "address of an agent to join, retried with backoff until it answers (repeatable)")
+	fs.DurationVar(&f.c.RetryMax, "retry-interval", 0, "longest pause between -retry-join attempts (default 30s)")
+	fs.StringVar(&f.c.Encrypt, "encrypt", "", "gossip encryption key, base64 of 16, 24 or 32 bytes (pier keygen makes one)")
+	fs.DurationVar(&f.c.Reconnect, "reconnect-timeout", 0, "how long a failed node stays in the catalog before it is reaped (default 72h)")
 	fs.StringVar(&f.c.LogLevel, "log-level", "", "log level: debug, info, warn, error (default info)")
 	fs.BoolVar(&f.c.LogJSON, "log-json", false, "write logs as JSON lines")
 	fs.BoolVar(&f.c.Dev, "dev", false, "run a single in-memory development node on 127.0.0.1")
+	fs.StringVar(&f.proxyAddr, "proxy-addr", "", "address the front-door proxy listens on, such as :80 (port 0: any free port; default with -dev: "+devProxyAddr+")")
+	fs.BoolVar(&f.c.EnableScriptChecks, "enable-script-checks", false, "run health checks that execute commands (Args); anyone who can reach the HTTP API can then run commands on this host")
 	fs.Var(&f.configFiles, "config-file", "a config file, YAML or JSON (repeatable)")
 	fs.Var(&f.configDirs, "config-dir", "a directory of *.yaml, *.yml and *.json config files, read in name order (repeatable)")
 	fs.Var(&f.nodeMeta, "node-meta", "key:value metadata of this node (repeatable)")
+	f.addDNSFlags()
 	return f
 }
 
@@ -161,11 +199,25 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	if set["serf-lan-port"] {
 		c.SerfLANPort = f.c.SerfLANPort
 	}
+	c.StartJoin = append(c.StartJoin, f.join...)
+	c.RetryJoin = append(c.RetryJoin, f.retryJoin...)
+	if set["retry-interval"] {
+		c.RetryMax = f.c.RetryMax
+	}
+	if set["encrypt"] {
+		c.Encrypt = f.c.Encrypt
+	}
+	if set["reconnect-timeout"] {
+		c.Reconnect = f.c.Reconnect
+	}
 	if set["log-level"] {
 		c.LogLevel = f.c.LogLevel
 	}
 	if set["log-json"] {
 		c.LogJSON = f.c.LogJSON
+	}
+	if set["enable-script-checks"] {
+		c.EnableScriptChecks = f.c.EnableScriptChecks
 	}
 	for _, kv := range f.nodeMeta {
 		k, v, ok := strings.Cut(kv, ":")
@@ -176,6 +228,12 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 			c.NodeMeta = map[string]string{}
 		}
 		c.NodeMeta[k] = v
+	}
+	if err := c.resolveDNS(f, set); err != nil {
+		return c, err
+	}
+	if err := c.resolveProxy(f.proxyAddr, set["proxy-addr"]); err != nil {
+		return c, err
 	}
 	return c, c.validate()
 }
@@ -209,6 +267,15 @@ func (c *agentConfig) validate() error {
 	default:
 		return usageError{fmt.Sprintf("-log-level %q: want debug, info, warn or error", c.LogLevel)}
 	}
+	if !c.EnableScriptChecks {
+		for _, ss := range c.Services {
+			for _, ch := range ss.Checks {
+				if len(ch.Definition.Args) > 0 {
+					return fmt.Errorf("config file %s: service %q: check %q: Args: script checks are disabled; set enable_script_checks: true or -enable-script-checks", ss.File, ss.Service.ID, ch.CheckID)
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -237,8 +304,28 @@ func (c *agentConfig) loadFile(path string) error {
 	if fc.LogJSON != nil {
 		c.LogJSON = *fc.LogJSON
 	}
+	if fc.EnableScriptChecks != nil {
+		c.EnableScriptChecks = *fc.EnableScriptChecks
+	}
 	if fc.ClientAddr != nil {
 		c.Client = strings.Fields(*fc.ClientAddr)
+	}
+	c.StartJoin = append(c.StartJoin, fc.StartJoin...)
+	c.RetryJoin = append(c.RetryJoin, fc.RetryJoin...)
+	setStr(&c.Encrypt, fc.Encrypt)
+	for _, d := range []struct {
+		key string
+		src *string
+		dst *time.Duration
+	}{{"retry_interval", fc.RetryInterval, &c.RetryMax}, {"reconnect_timeout", fc.ReconnectTimeout, &c.Reconnect}} {
+		if d.src == nil {
+			continue
+		}
+		v, err := time.ParseDuration(*d.src)
+		if err != nil || v <= 0 {
+			return fmt.Errorf("config file %s: %s: %q is not a positive duration such as 30s", path, d.key, *d.src)
+		}
+		*d.dst = v
 	}
 	if fc.Ports != nil {
 		if fc.Ports.HTTP != nil {
@@ -253,6 +340,12 @@ func (c *agentConfig) loadFile(path string) error {
 			c.NodeMeta = map[string]string{}
 		}
 		c.NodeMeta[k] = v
+	}
+	if err := c.mergeDNS(&fc, b); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	if err := c.mergeProxy(fc.Proxy); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	raws := fc.Services
 	if len(fc.Service) > 0 && string(fc.Service) != "null" {

@@ -40,12 +40,14 @@ func TestMain(m *testing.M) {
 
 // proc is a running pier agent.
 type proc struct {
-	t    *testing.T
-	cmd  *exec.Cmd
-	addr string // host:port of the HTTP API
-	mu   sync.Mutex
-	log  bytes.Buffer
-	done chan error
+	t      testing.TB
+	cmd    *exec.Cmd
+	addr   string // host:port of the HTTP API
+	gossip string // host:port that other agents join
+	dns    string // host:port of the DNS interface, UDP and TCP
+	mu     sync.Mutex
+	log    bytes.Buffer
+	done   chan error
 }
 
 var httpLine = regexp.MustCompile(`msg="pier agent running".* http=([0-9.:]+)`)
@@ -54,8 +56,17 @@ var httpLine = regexp.MustCompile(`msg="pier agent running".* http=([0-9.:]+)`)
 // waits until it says it is running.
 func startAgent(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startAgentIn(t, nil, args...)
+}
+
+var gossipLine = regexp.MustCompile(` gossip=([0-9.:]+)`)
+
+// startAgentIn runs the agent under a command prefix (such as ip netns exec).
+func startAgentIn(t testing.TB, prefix []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{t: t, done: make(chan error, 1)}
-	p.cmd = exec.Command(pierBin, append([]string{"agent", "-http-port", "0"}, args...)...)
+	argv := append(append(append([]string{}, prefix...), pierBin, "agent", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0"), args...)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -72,6 +83,12 @@ func startAgent(t *testing.T, args ...string) *proc {
 			p.log.WriteString(line + "\n")
 			p.mu.Unlock()
 			if m := httpLine.FindStringSubmatch(line); m != nil {
+				if g := gossipLine.FindStringSubmatch(line); g != nil {
+					p.gossip = g[1]
+				}
+				if d := dnsLine.FindStringSubmatch(line); d != nil {
+					p.dns = d[1]
+				}
 				addrc <- m[1]
 			}
 		}
@@ -213,7 +230,7 @@ func TestSeedWalkthrough(t *testing.T) {
 		t.Errorf("pier deregister of a gone service: rc=%d %q", rc, errOut)
 	}
 	out, _, rc = pier(t, "members")
-	if rc != 0 || !regexp.MustCompile(`helloworld\s+127\.0\.0\.1:8301\s+alive`).MatchString(out) {
+	if rc != 0 || !regexp.MustCompile(`helloworld\s+127\.0\.0\.1:\d+\s+alive`).MatchString(out) {
 		t.Errorf("pier members: rc=%d\n%s", rc, out)
 	}
 	out, _, rc = pier(t, "version")
@@ -277,7 +294,7 @@ func TestRestartKeepsRegistrations(t *testing.T) {
 		t.Fatalf("state files: %v", files)
 	}
 	os.WriteFile(files[0], []byte(`{"Service":{"ID":"api-1",`), 0o600)
-	cmd := exec.Command(pierBin, append([]string{"agent", "-http-port", "0"}, args...)...)
+	cmd := exec.Command(pierBin, append([]string{"agent", "-http-port", "0", "-serf-lan-port", "0"}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("start on a corrupt state file: %v\n%s", err, out)

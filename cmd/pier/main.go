@@ -27,6 +27,11 @@ func commands() map[string]command {
 		"register":   {"Register a service with the local agent", runRegister},
 		"deregister": {"Deregister a service from the local agent", runDeregister},
 		"members":    {"List the members of the cluster", runMembers},
+		"routes":     {"List the front-door proxy's routes and their instances", runRoutes},
+		"join":       {"Tell the local agent to join a cluster", runJoin},
+		"leave":      {"Make the local agent leave the cluster gracefully and stop", runLeave},
+		"keygen":     {"Print a new gossip encryption key", runKeygen},
+		"maint":      {"Put a service or the node in maintenance mode, or take it out", runMaint},
 		"version":    {"Print the version of pier and of the local agent", runVersion},
 	}
 }

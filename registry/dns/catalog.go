@@ -95,7 +95,7 @@ func (a *answer) pack(s *Server, slot, rot int) []byte {
 	m.Rcode = a.rcode
 	m.Question = []mdns.Question{{Name: a.qname, Qtype: a.qtype, Qclass: mdns.ClassINET}}
 	m.Answer = rotate(a.ans, rot)
-	m.Ns = a.ns
+	m.Ns = rotate(a.ns, 0)
 	m.Extra = rotate(a.extra, rot)
 	limited := false
 	switch slot {
@@ -124,12 +124,15 @@ func (a *answer) pack(s *Server, slot, rot int) []byte {
 	return w
 }
 
+// rotate returns a copy of rrs starting at r: packing appends to and
+// truncates the message's sections, and the answer's own slices are shared
+// by every reader.
 func rotate(rrs []mdns.RR, r int) []mdns.RR {
-	if len(rrs) < 2 || r%len(rrs) == 0 {
-		return rrs
+	if len(rrs) == 0 {
+		return nil
 	}
 	r %= len(rrs)
-	out := make([]mdns.RR, 0, len(rrs))
+	out := make([]mdns.RR, 0, len(rrs)+1) // room for the OPT
 	return append(append(out, rrs[r:]...), rrs[:r]...)
 }
 

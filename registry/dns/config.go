@@ -43,7 +43,7 @@ type Config struct {
 	UDPAnswerLimit int                      // answers in a UDP reply without EDNS; default 3, as Consul
 	MaxUDPSize     int                      // the EDNS payload size pier advertises; default 1232 (DNS flag day 2020)
 
-	CacheSize   int           // forwarded answers kept; default 10000
+	CacheSize   int           // forwarded answers kept; default 10000, -1: none
 	CacheMaxTTL time.Duration // upper bound on how long a forwarded answer is kept; default 1h
 
 	// MaxAnswers caps the catalog answers kept per snapshot, so that a flood

@@ -11,9 +11,11 @@
 // (positive and negative, RFC 2308) with their TTLs counting down. Recursion
 // is offered only to loopback clients unless Config.AllowRecursion widens it.
 //
-// UDP queries are read by a few long-lived goroutines per socket that answer
-// the common case (one question, class IN, optional EDNS) straight from the
-// packed answers without unpacking the query; anything else goes through
+// UDP is served by one long-lived goroutine per socket (on Linux one socket
+// per CPU shares each address through SO_REUSEPORT), reading and writing in
+// batches (recvmmsg/sendmmsg). It answers the common case (one question,
+// class IN, optional EDNS) straight from the packed answers without
+// unpacking the query or allocating; anything else goes through
 // miekg/dns's parser, and a query that must be forwarded gets a goroutine of
 // its own, so a slow upstream never stalls the read loop. TCP is served by
 // miekg/dns's server with the same handler.

@@ -15,31 +15,79 @@ import (
 // forward resolves q through the recursors, caches the answer and returns
 // the reply. If every recursor fails it answers SERVFAIL.
 func (s *Server) forward(ctx context.Context, out []byte, q *query, tcp bool) []byte {
+	e, err := s.resolve(ctx, q)
+	if err != nil {
+		s.log.Debug("forwarding failed", "err", err)
+		return errReply(out, q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)
+	}
+	if b, ok := e.render(out, q, s.cfg.Now(), tcp, s.cfg.MaxUDPSize); ok {
+		return b
+	}
+	return s.truncated(out, e, q)
+}
+
+// flight is one question on its way to the recursors; the queries for the
+// same question that arrive meanwhile wait for it instead of asking again.
+type flight struct {
+	done chan struct{}
+	e    *entry
+	err  error
+}
+
+// resolve returns the answer to q's question from the recursors, asking
+// them once however many clients ask at the same time.
+func (s *Server) resolve(ctx context.Context, q *query) (*entry, error) {
+	key := string(q.key)
+	s.flightMu.Lock()
+	if f, ok := s.flights[key]; ok {
+		s.flightMu.Unlock()
+		select {
+		case <-f.done:
+			return f.e, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	// A flight that just ended has cached its answer before leaving the
+	// map: look again before asking again.
+	if e := s.cache.get(q.key, s.cfg.Now()); e != nil {
+		s.flightMu.Unlock()
+		return e, nil
+	}
+	f := &flight{done: make(chan struct{})}
+	s.flights[key] = f
+	s.flightMu.Unlock()
+
+	f.e, f.err = s.fetch(ctx, q)
+	s.flightMu.Lock()
+	delete(s.flights, key)
+	s.flightMu.Unlock()
+	close(f.done)
+	return f.e, f.err
+}
+
+// fetch asks the recursors and caches what they answer.
+func (s *Server) fetch(ctx context.Context, q *query) (*entry, error) {
 	name, _, err := mdns.UnpackDomainName(q.key[:len(q.key)-2], 0)
 	if err != nil {
-		return errReply(out, q, mdns.RcodeFormatError, true, s.cfg.MaxUDPSize)
+		return nil, err
 	}
 	m := new(mdns.Msg)
 	m.SetQuestion(name, q.qtype)
 	m.SetEdns0(uint16(s.cfg.MaxUDPSize), false)
 	r, err := s.exchange(ctx, m)
 	if err != nil {
-		s.log.Debug("forwarding failed", "name", name, "type", mdns.TypeToString[q.qtype], "err", err)
-		return errReply(out, q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)
+		return nil, fmt.Errorf("%s %s: %w", name, mdns.TypeToString[q.qtype], err)
 	}
 	now := s.cfg.Now()
 	e, err := newEntry(r, now, s.cfg.CacheMaxTTL)
 	if err != nil {
-		s.log.Debug("bad upstream answer", "name", name, "err", err)
-		return errReply(out, q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)
+		return nil, fmt.Errorf("%s: bad upstream answer: %w", name, err)
 	}
 	if e.expires.After(now) {
 		s.cache.put(string(q.key), e)
 	}
-	if b, ok := e.render(out, q, now, tcp, s.cfg.MaxUDPSize); ok {
-		return b
-	}
-	return s.truncated(out, e, q)
+	return e, nil
 }
 
 // exchange asks each recursor in turn, over UDP and again over TCP when the

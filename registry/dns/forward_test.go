@@ -1,8 +1,10 @@
 package dns
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -265,5 +267,61 @@ func TestResolvConf(t *testing.T) {
 	s, err = New(cfg)
 	if err != nil || strings.Join(s.Recursors(), " ") != "192.0.2.53:53 192.0.2.54:5353" {
 		t.Errorf("New with recursors: %v %v", s.Recursors(), err)
+	}
+}
+
+// TestForwardOnce: clients asking the same question while it is on its way
+// upstream wait for that one answer; the upstream is asked once.
+func TestForwardOnce(t *testing.T) {
+	gate := make(chan struct{})
+	up := startUpstream(t, func(q mdns.Question) *mdns.Msg {
+		<-gate
+		m := new(mdns.Msg)
+		m.Answer = []mdns.RR{rr(t, "slow.example.org. 60 IN A 192.0.2.5")}
+		return m
+	})
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(gate)
+		}
+	}
+	t.Cleanup(release) // before the upstream's cleanup, which waits for its handlers
+	s := start(t, newRegistry(t), func(c *Config) {
+		c.Recursors = []string{up.addr}
+		c.RecursorTimeout = time.Minute // the gate, not a timeout, decides when the answer comes
+	})
+
+	const n = 10
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			m := new(mdns.Msg)
+			m.SetQuestion("slow.example.org.", mdns.TypeA)
+			r, err := exchange(s.addr, "udp", m)
+			if err == nil && (len(r.Answer) != 1 || r.Rcode != 0) {
+				err = fmt.Errorf("reply %v", r)
+			}
+			errs <- err
+		}()
+	}
+	// Every query is being forwarded (each holds a token) and the upstream
+	// has its one question: only then let it answer.
+	deadline := time.Now().Add(20 * time.Second)
+	for len(s.inflight) < n || up.queries.Load() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d queries in flight, upstream saw %d", len(s.inflight), up.queries.Load())
+		}
+		runtime.Gosched()
+	}
+	release()
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if got := up.queries.Load(); got != 1 {
+		t.Errorf("the upstream was asked %d times, want once", got)
 	}
 }

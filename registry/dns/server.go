@@ -31,6 +31,8 @@ type Server struct {
 
 	inflight chan struct{} // one token per UDP query being forwarded
 	slow     sync.WaitGroup
+	flightMu sync.Mutex
+	flights  map[string]*flight // questions being forwarded, by key
 
 	ready    chan struct{}
 	mu       sync.Mutex
@@ -52,6 +54,7 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger,
 		cache:    newCache(cfg.CacheSize),
 		inflight: make(chan struct{}, cfg.MaxInflight),
+		flights:  map[string]*flight{},
 		ready:    make(chan struct{}),
 		ctx:      context.Background(),
 	}
@@ -94,7 +97,7 @@ func (s *Server) Listen() error {
 		return errors.New("dns: Listen called twice")
 	}
 	for _, a := range s.cfg.Addrs {
-		u, t, err := listen(a)
+		us, t, err := listen(a, udpSockets(max(2, runtime.GOMAXPROCS(0))))
 		if err != nil {
 			for _, c := range s.udps {
 				c.Close()
@@ -105,8 +108,8 @@ func (s *Server) Listen() error {
 			s.udps, s.tcps = nil, nil
 			return fmt.Errorf("dns: %w", err)
 		}
-		s.udps, s.tcps = append(s.udps, u), append(s.tcps, t)
-		s.addrs = append(s.addrs, u.LocalAddr())
+		s.udps, s.tcps = append(s.udps, us...), append(s.tcps, t)
+		s.addrs = append(s.addrs, us[0].LocalAddr())
 	}
 	s.listened = true
 	close(s.ready)
@@ -133,7 +136,8 @@ func (s *Server) Run(ctx context.Context) error {
 	udps, tcps := s.udps, s.tcps
 
 	g, gctx := errgroup.WithContext(ctx)
-	readers := max(2, runtime.GOMAXPROCS(0))
+	// One reader per socket, or two sharing it where there is just one.
+	readers := max(1, 2/max(1, len(udps)/max(1, len(s.cfg.Addrs))))
 	for _, u := range udps {
 		for range readers {
 			g.Go(func() error { return s.readUDP(gctx, u) })
@@ -154,23 +158,34 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// listen opens UDP and TCP on the same address; with port 0 both get the
-// same free port.
-func listen(addr string) (*net.UDPConn, net.Listener, error) {
+// listen opens a TCP socket on addr and n UDP sockets on the same port;
+// with port 0 they all get the same free port. TCP goes first and alone,
+// so that a port in use is refused even though the UDP sockets share theirs.
+func listen(addr string, n int) ([]*net.UDPConn, net.Listener, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	for try := 0; ; try++ {
-		pc, err := net.ListenPacket("udp", addr)
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return nil, nil, err
 		}
-		u := pc.(*net.UDPConn)
-		u.SetReadBuffer(4 << 20) // absorb bursts; the kernel caps it at rmem_max
-		bound := net.JoinHostPort(host, strconv.Itoa(u.LocalAddr().(*net.UDPAddr).Port))
-		l, err := net.Listen("tcp", bound)
-		if err == nil {
-			return u, l, nil
+		bound := net.JoinHostPort(host, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+		var us []*net.UDPConn
+		for range n {
+			pc, err2 := udpListenConfig().ListenPacket(context.Background(), "udp", bound)
+			if err = err2; err != nil {
+				break
+			}
+			u := pc.(*net.UDPConn)
+			u.SetReadBuffer(4 << 20) // absorb bursts; the kernel caps it at rmem_max
+			us = append(us, u)
 		}
-		u.Close()
+		if err == nil {
+			return us, l, nil
+		}
+		l.Close()
+		for _, u := range us {
+			u.Close()
+		}
 		if port != "0" || try == 20 || !errors.Is(err, syscall.EADDRINUSE) {
 			return nil, nil, err
 		}

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/dns"
+)
+
+// newDNS builds the DNS interface: UDP and TCP on each -client address at
+// the DNS port.
+func newDNS(cfg agentConfig, reg *registry.Registry, log *slog.Logger) (*dns.Server, error) {
+	d := cfg.DNS
+	dcfg := dns.DefaultConfig()
+	dcfg.Registry = reg
+	dcfg.Addrs = nil
+	for _, h := range cfg.Client {
+		dcfg.Addrs = append(dcfg.Addrs, net.JoinHostPort(h, strconv.Itoa(d.Port)))
+	}
+	dcfg.Domain = d.Domain
+	dcfg.Datacenter = cfg.Datacenter
+	dcfg.Recursors = d.Recursors
+	dcfg.AllowRecursion = d.Allow
+	dcfg.OnlyPassing = d.OnlyPassing
+	dcfg.NodeTTL = d.NodeTTL
+	dcfg.ServiceTTL = d.ServiceTTL
+	dcfg.EnableTruncate = d.EnableTruncate
+	dcfg.UDPAnswerLimit = d.UDPAnswerLimit
+	dcfg.RecursorTimeout = d.RecursorTimeout
+	dcfg.Logger = log.With("component", "dns")
+	return dns.New(dcfg)
+}
+
+// dnsAddrs lists the DNS server's bound addresses for the log.
+func dnsAddrs(s *dns.Server) string {
+	var out []string
+	for _, a := range s.Addrs() {
+		out = append(out, a.String())
+	}
+	return strings.Join(out, ",")
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// apiRoute is one route of /v1/pier/routes.
+type apiRoute struct {
+	Host        string
+	Path        string
+	Service     string
+	Strip       string
+	Prepend     string
+	Source      string
+	MaxFails    int
+	FailTimeout string
+	Total       int
+	Instances   []struct {
+		ID        string
+		Node      string
+		Addr      string
+		Weight    int64
+		InFlight  int64
+		Requests  uint64
+		DownUntil *string
+	}
+}
+
+func runRoutes(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("routes")
+	var cf clientFlags
+	cf.register(fs)
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
+	}
+	c, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var rs []apiRoute
+	if err := c.do("GET", "/v1/pier/routes", nil, &rs); err != nil {
+		if strings.Contains(err.Error(), "answered 404") {
+			return fmt.Errorf("the agent at %s runs no proxy (give it a proxy section or -proxy-addr)", c.base)
+		}
+		return err
+	}
+	if cf.format == "json" {
+		if rs == nil {
+			rs = []apiRoute{}
+		}
+		return printJSON(stdout, rs)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Route\tService\tRewrite\tSource\tHealthy\tInstances")
+	for _, r := range rs {
+		route := r.Host + r.Path
+		if r.Host == "" {
+			route = "*" + r.Path
+		}
+		rewrite := ""
+		if r.Strip != "" {
+			rewrite = "strip " + r.Strip
+		}
+		if r.Prepend != "" {
+			rewrite = strings.TrimSpace(rewrite + " prepend " + r.Prepend)
+		}
+		var ins []string
+		for _, in := range r.Instances {
+			s := in.Addr
+			var notes []string
+			if in.Weight != 1 {
+				notes = append(notes, "weight "+strconv.FormatInt(in.Weight, 10))
+			}
+			if in.InFlight > 0 {
+				notes = append(notes, strconv.FormatInt(in.InFlight, 10)+" in flight")
+			}
+			if in.DownUntil != nil {
+				notes = append(notes, "out until "+*in.DownUntil)
+			}
+			if len(notes) > 0 {
+				s += " (" + strings.Join(notes, ", ") + ")"
+			}
+			ins = append(ins, s)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, r.Service, rewrite, r.Source, len(r.Instances), r.Total, strings.Join(ins, ", "))
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Front-door benchmark: the same two backends behind pier, nginx (least_conn,
+# upstream keepalive, the seed talk's /api/ location) and haproxy (leastconn,
+# http-reuse), and the backends directly, each measured with wrk in
+# interleaved rounds of one run, so that all four see the same machine.
+#
+#   deploy/bench/proxy.sh                      # 3 rounds of 10s, 64 connections
+#   ROUNDS=5 DURATION=20s CONNS=128 deploy/bench/proxy.sh
+#   PIER_GOMAXPROCS=1 deploy/bench/proxy.sh    # pier's GOMAXPROCS (default: the core count)
+#
+# It installs nginx, haproxy, wrk and curl with apt-get when they are
+# missing, builds pier and deploy/testserver, and uses only loopback ports
+# (BASE_PORT..BASE_PORT+9, default 18080). Run it by hand as root; CI does not.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+BASE_PORT=${BASE_PORT:-18080}
+B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2))
+PIER=$((BASE_PORT + 3)) NGINX=$((BASE_PORT + 4)) HAPROXY=$((BASE_PORT + 5)) API=$((BASE_PORT + 6))
+
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
+# The packages start their own services; those are not part of the run.
+systemctl stop nginx haproxy >/dev/null 2>&1 || true
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building pier and testserver" >&2
+go build -o "$work/pier" ./cmd/pier
+go build -o "$work/testserver" ./deploy/testserver
+
+"$work/testserver" -addr 127.0.0.1:$B1 -name b1 2>"$work/b1.log" & pids+=($!)
+b1_pid=$!
+"$work/testserver" -addr 127.0.0.1:$B2 -name b2 2>"$work/b2.log" & pids+=($!)
+b2_pid=$!
+
+cat >"$work/pier.yaml" <<EOF
+proxy:
+  addr: 127.0.0.1:$PIER
+  routes:
+    - path: /api/
+      service: api
+      strip: /api
+EOF
+env ${PIER_GOMAXPROCS:+GOMAXPROCS=$PIER_GOMAXPROCS} "$work/pier" agent -dev -node bench -http-port $API -serf-lan-port 0 -config-file "$work/pier.yaml" \
+  -log-level warn 2>"$work/pier.log" & pids+=($!)
+pier_pid=$!
+
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<EOF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  upstream api {
+    least_conn;
+    server 127.0.0.1:$B1 max_fails=1 fail_timeout=10s;
+    server 127.0.0.1:$B2 max_fails=1 fail_timeout=10s;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location ~ ^/api/(.*)\$ {
+      proxy_pass http://api/\$1\$is_args\$args;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+    }
+  }
+}
+EOF
+"$NGINX_BIN" -c "$work/nginx.conf" -p "$work" & pids+=($!)
+nginx_pid=$!
+
+cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread $(nproc)
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$HAPROXY
+  http-request set-header X-Real-IP %[src]
+  http-request replace-path ^/api/(.*) /\1
+  default_backend api
+backend api
+  balance leastconn
+  server b1 127.0.0.1:$B1 check inter 10s
+  server b2 127.0.0.1:$B2 check inter 10s
+EOF
+"$HAPROXY_BIN" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+haproxy_pid=$!
+
+# Wait (bounded) for everything to listen, then register the backends.
+ready() { curl -s -o /dev/null --max-time 1 "$1"; }
+for i in $(seq 1 100); do
+  if ready http://127.0.0.1:$B1/ && ready http://127.0.0.1:$B2/ && ready http://127.0.0.1:$API/v1/agent/self &&
+    ready http://127.0.0.1:$NGINX/api/ && ready http://127.0.0.1:$HAPROXY/api/; then break; fi
+  [ "$i" = 100 ] && { echo "something did not start; logs in $work" >&2; cat "$work"/*.log >&2; exit 1; }
+  sleep 0.1
+done
+for b in 1 2; do
+  port=$((BASE_PORT + b))
+  curl -sf -X PUT -d "{\"ID\":\"api-$b\",\"Name\":\"api\",\"Address\":\"127.0.0.1\",\"Port\":$port}" \
+    http://127.0.0.1:$API/v1/agent/service/register >/dev/null
+done
+
+declare -A url=(
+  [direct]=http://127.0.0.1:$B1/hello
+  [pier]=http://127.0.0.1:$PIER/api/hello
+  [nginx]=http://127.0.0.1:$NGINX/api/hello
+  [haproxy]=http://127.0.0.1:$HAPROXY/api/hello
+)
+targets=(direct pier nginx haproxy)
+# The processes whose CPU time counts for each target (nginx: master and workers).
+declare -A procs=([direct]="$b1_pid" [pier]="$pier_pid" [nginx]="$nginx_pid" [haproxy]="$haproxy_pid")
+# cpu_ticks PID...: user+system clock ticks of the processes and their children threads.
+cpu_ticks() {
+  local all=() p
+  for p in "$@"; do all+=("$p") && all+=($(pgrep -P "$p" || true)); done
+  for p in "${all[@]}"; do cat "/proc/$p/stat" 2>/dev/null; done | awk '{t+=$14+$15} END {print t+0}'
+}
+tck=$(getconf CLK_TCK)
+for t in "${targets[@]}"; do
+  body=$(curl -sf --max-time 5 "${url[$t]}") || { echo "$t: ${url[$t]} does not answer" >&2; exit 1; }
+  case "$body" in "hello from b"*) ;; *) echo "$t answered: $body" >&2; exit 1 ;; esac
+done
+
+# wrk's latency in us, from "99%   1.23ms".
+to_us() { awk '{v=$1; u=v; sub(/[0-9.]+/,"",u); sub(/[a-z]+$/,"",v); m=(u=="us")?1:(u=="ms")?1000:(u=="s")?1000000:1; printf "%d\n", v*m}'; }
+
+results="$work/results"
+: >"$results"
+echo "warming up" >&2
+for t in "${targets[@]}"; do wrk -t"$THREADS" -c"$CONNS" -d2s "${url[$t]}" >/dev/null; done
+for r in $(seq 1 "$ROUNDS"); do
+  for t in "${targets[@]}"; do
+    c0=$(cpu_ticks ${procs[$t]})
+    out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "${url[$t]}")
+    c1=$(cpu_ticks ${procs[$t]})
+    rps=$(awk '/^Requests\/sec/ {print int($2)}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    # CPU microseconds per request of the target (direct: the one backend it hits).
+    cpu=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v hz="$tck" 'BEGIN {printf "%.1f", n ? d * 1e6 / hz / n : 0}')
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_us)
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_us)
+    errs=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(/,/,""); n+=$4+$6+$8+$10} END {print n+0}' <<<"$out")
+    echo "$t $r $rps $p50 $p99 $errs $cpu" >>"$results"
+    printf 'round %d %-8s %8d req/s  p50 %6d us  p99 %6d us  cpu %5s us/req  errors %d\n' "$r" "$t" "$rps" "$p50" "$p99" "$cpu" "$errs" >&2
+  done
+done
+
+echo
+echo "$(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS interleaved rounds; medians:"
+printf '%-8s %10s %10s %10s %12s %8s\n' target req/s p50_us p99_us cpu_us/req errors
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:int((a[NR/2]+a[NR/2+1])/2)}'; }
+for t in "${targets[@]}"; do
+  rps=$(awk -v t="$t" '$1==t {print $3}' "$results" | median)
+  p50=$(awk -v t="$t" '$1==t {print $4}' "$results" | median)
+  p99=$(awk -v t="$t" '$1==t {print $5}' "$results" | median)
+  errs=$(awk -v t="$t" '$1==t {n+=$6} END {print n+0}' "$results")
+  cpu=$(awk -v t="$t" '$1==t {print $7}' "$results" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  printf '%-8s %10d %10d %10d %12s %8d\n' "$t" "$rps" "$p50" "$p99" "$cpu" "$errs"
+  eval "rps_$t=$rps"
+done
+awk -v p="$rps_pier" -v n="$rps_nginx" -v h="$rps_haproxy" 'BEGIN {printf "pier/nginx %.2fx, pier/haproxy %.2fx\n", p/n, p/h}'

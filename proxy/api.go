@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+)
+
+// RouteInfo is one route as /v1/pier/routes and pier routes show it.
+type RouteInfo struct {
+	Host        string
+	Path        string
+	Service     string
+	Strip       string `json:",omitempty"`
+	Prepend     string `json:",omitempty"`
+	Source      string
+	MaxFails    int
+	FailTimeout string
+	Total       int // instances in the catalog, healthy or not
+	Instances   []InstanceInfo
+}
+
+// InstanceInfo is one healthy instance of a route's service.
+type InstanceInfo struct {
+	ID        string
+	Node      string
+	Addr      string
+	Weight    int64
+	InFlight  int64
+	Requests  uint64
+	DownUntil *time.Time `json:",omitempty"` // set while passive health checking keeps it out
+}
+
+// Routes returns the route table, longest match last within a host, with
+// each route's healthy instances.
+func (p *Proxy) Routes() []RouteInfo {
+	rt := p.syncRoutes()
+	out := make([]RouteInfo, 0, len(rt.all))
+	for _, r := range rt.all {
+		ri := RouteInfo{
+			Host: r.Host, Path: r.Path, Service: r.Service, Strip: r.Strip, Prepend: r.Prepend,
+			Source: r.Source, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
+			Instances: []InstanceInfo{},
+		}
+		pool := rt.lbt.Pool(r.Service)
+		ri.Total = pool.Total()
+		for _, m := range pool.Members() {
+			ii := InstanceInfo{ID: m.ID, Node: m.Node, Addr: m.Backend.Addr(), Weight: m.Weight,
+				InFlight: m.Backend.InFlight(), Requests: m.Backend.Requests()}
+			if d := m.Backend.DownUntil(); !d.IsZero() {
+				ii.DownUntil = &d
+			}
+			ri.Instances = append(ri.Instances, ii)
+		}
+		out = append(out, ri)
+	}
+	return out
+}
+
+// RoutesHandler serves GET /v1/pier/routes on the agent's HTTP API.
+func (p *Proxy) RoutesHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		if _, ok := r.URL.Query()["pretty"]; ok {
+			enc.SetIndent("", "    ")
+		}
+		enc.Encode(p.Routes())
+	})
+}

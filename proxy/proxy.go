@@ -1,0 +1,477 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/pier-dev/pier/lb"
+)
+
+// Config configures a Proxy. It is frozen after New.
+type Config struct {
+	Balancer *lb.Balancer // required: the pools
+	Routes   []Route      // routes from the config file
+	Tags     bool         // also route by urlprefix- service tags
+	Logger   *slog.Logger // nil: discard
+
+	MaxFails    int           // failures within FailTimeout that take a backend out (0: never)
+	FailTimeout time.Duration // the window for MaxFails, and how long a backend stays out
+	Tries       int           // attempts of one request, on different backends
+	TryTimeout  time.Duration // no new attempt starts this long after the request arrived (0: no limit)
+
+	MaxHeaderSize int           // bytes of request line and headers (431 above it)
+	MaxBodySize   int64         // bytes of a request body (413 above it); 0: no limit
+	HeaderTimeout time.Duration // reading a request's headers (against slowloris)
+	BodyTimeout   time.Duration // reading a request's whole body
+	WriteTimeout  time.Duration // writing a whole response to the client (0: no limit)
+	IdleTimeout   time.Duration // a client's idle keep-alive connection
+	MaxConns      int           // client connections served at once
+	AccessLog     bool          // log every request at info level
+}
+
+// DefaultConfig returns the proxy's defaults; Balancer must still be set.
+func DefaultConfig() Config {
+	return Config{
+		Tags:          true,
+		MaxFails:      1,                // nginx's max_fails
+		FailTimeout:   10 * time.Second, // nginx's fail_timeout
+		Tries:         3,
+		TryTimeout:    10 * time.Second,
+		MaxHeaderSize: 8 << 10,          // nginx's large_client_header_buffers 8k
+		HeaderTimeout: 10 * time.Second, // a client that cannot send its headers in 10s is not a browser
+		BodyTimeout:   time.Hour,        // bounds a trickled upload; large ones still fit
+		IdleTimeout:   75 * time.Second, // nginx's keepalive_timeout
+		MaxConns:      10000,
+	}
+}
+
+const maxTries = 16
+
+// Proxy is the front door.
+type Proxy struct {
+	cfg    Config
+	bal    *lb.Balancer
+	log    *slog.Logger
+	routes atomic.Pointer[routeTable]
+	mu     sync.Mutex // serializes route rebuilds
+	srv    *fasthttp.Server
+
+	tunnelsMu sync.Mutex
+	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
+	closing   bool
+}
+
+// New validates cfg and builds the first route table.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Balancer == nil {
+		return nil, errors.New("proxy: a balancer is required")
+	}
+	def := DefaultConfig()
+	switch {
+	case cfg.Tries < 0 || cfg.Tries > maxTries:
+		return nil, fmt.Errorf("proxy: tries %d: want 1-%d", cfg.Tries, maxTries)
+	case cfg.MaxFails < 0 || cfg.FailTimeout < 0 || cfg.TryTimeout < 0 || cfg.MaxBodySize < 0 ||
+		cfg.HeaderTimeout < 0 || cfg.BodyTimeout < 0 || cfg.WriteTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxConns < 0:
+		return nil, errors.New("proxy: limits and timeouts must not be negative")
+	}
+	if cfg.Tries == 0 {
+		cfg.Tries = def.Tries
+	}
+	if cfg.FailTimeout == 0 {
+		cfg.FailTimeout = def.FailTimeout
+	}
+	if cfg.MaxHeaderSize <= 0 {
+		cfg.MaxHeaderSize = def.MaxHeaderSize
+	}
+	if cfg.HeaderTimeout == 0 {
+		cfg.HeaderTimeout = def.HeaderTimeout
+	}
+	if cfg.BodyTimeout == 0 {
+		cfg.BodyTimeout = def.BodyTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = def.IdleTimeout
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = def.MaxConns
+	}
+	for i := range cfg.Routes {
+		if err := cfg.Routes[i].Validate(); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+	}
+	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}}
+	if p.log == nil {
+		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	p.syncRoutes()
+	maxBody := cfg.MaxBodySize
+	if maxBody <= 0 || maxBody > 1<<62 {
+		maxBody = 1 << 62
+	}
+	p.srv = &fasthttp.Server{
+		Handler:                       p.serve,
+		Name:                          "pier",
+		Concurrency:                   cfg.MaxConns,
+		ReadBufferSize:                cfg.MaxHeaderSize,
+		ReadTimeout:                   cfg.HeaderTimeout,
+		WriteTimeout:                  cfg.WriteTimeout,
+		IdleTimeout:                   cfg.IdleTimeout,
+		MaxRequestBodySize:            int(maxBody),
+		StreamRequestBody:             true,
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		NoDefaultDate:                 true,
+		DisablePreParseMultipartForm:  true,
+		DisableHeaderNamesNormalizing: false,
+		CloseOnShutdown:               true,
+		Logger:                        fasthttpLogger{p.log},
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			if h.ContentLength() == 0 {
+				return fasthttp.RequestConfig{} // no body to wait for: keep the header deadline
+			}
+			return fasthttp.RequestConfig{ReadTimeout: cfg.BodyTimeout}
+		},
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			var se interface{ Timeout() bool }
+			switch {
+			case errors.As(err, &se) && se.Timeout():
+				ctx.Error("pier: request timeout\n", fasthttp.StatusRequestTimeout)
+			case errors.Is(err, fasthttp.ErrBodyTooLarge):
+				ctx.Error("pier: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
+			case isHeaderTooLarge(err):
+				ctx.Error("pier: request header too large\n", fasthttp.StatusRequestHeaderFieldsTooLarge)
+			default:
+				ctx.Error("pier: bad request\n", fasthttp.StatusBadRequest)
+			}
+		},
+	}
+	return p, nil
+}
+
+// Run serves on ln and keeps the routes in step with the catalog's tags
+// until ctx ends; then it stops accepting, lets requests in progress finish
+// for a few seconds and closes WebSocket tunnels.
+func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- p.srv.Serve(ln) }()
+	for {
+		t := p.syncRoutes()
+		select {
+		case err := <-errc:
+			return fmt.Errorf("proxy: %w", err)
+		case <-ctx.Done():
+			p.closeTunnels()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err := p.srv.ShutdownWithContext(sctx)
+			cancel()
+			// Shutdown only closes listeners Serve has taken up; if ctx ended
+			// before Serve started, closing ours is what makes it return.
+			ln.Close()
+			<-errc
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("proxy: shutdown: %w", err)
+			}
+			return nil
+		case <-t.lbt.Changed():
+		}
+	}
+}
+
+// syncRoutes rebuilds the routes if the balancer's table moved on, and
+// returns the current route table.
+func (p *Proxy) syncRoutes() *routeTable {
+	lbt := p.bal.Table()
+	if rt := p.routes.Load(); rt != nil && rt.lbt == lbt {
+		return rt
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	lbt = p.bal.Table()
+	rt := p.routes.Load()
+	if rt == nil || rt.lbt != lbt {
+		rt = buildRoutes(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log)
+		p.routes.Store(rt)
+	}
+	return rt
+}
+
+// catchUp makes the balancer and the routes reflect the newest catalog
+// before a 404 or 502 is answered: a registration is routable as soon as
+// the API call that made it returns, without waiting for Run to wake up.
+func (p *Proxy) catchUp() *routeTable {
+	p.bal.Rebuild()
+	return p.syncRoutes()
+}
+
+func (p *Proxy) closeTunnels() {
+	p.tunnelsMu.Lock()
+	defer p.tunnelsMu.Unlock()
+	p.closing = true
+	for c := range p.tunnels {
+		c.Close()
+	}
+}
+
+func (p *Proxy) addTunnel(c net.Conn) bool {
+	p.tunnelsMu.Lock()
+	defer p.tunnelsMu.Unlock()
+	if p.closing {
+		return false
+	}
+	p.tunnels[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) removeTunnel(c net.Conn) {
+	p.tunnelsMu.Lock()
+	delete(p.tunnels, c)
+	p.tunnelsMu.Unlock()
+}
+
+// serve handles one request.
+func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
+	var start time.Time
+	if p.cfg.AccessLog || p.cfg.TryTimeout > 0 {
+		start = time.Now()
+	}
+	req := &ctx.Request
+	uri := req.Header.RequestURI()
+	var origURI string // for the access log: the URI as the client sent it
+	if p.cfg.AccessLog {
+		origURI = string(uri)
+	}
+	path, query := uri, []byte(nil)
+	for i, c := range uri {
+		if c == '?' {
+			path, query = uri[:i], uri[i:]
+			break
+		}
+	}
+	if len(path) == 0 || path[0] != '/' || hasDotSegment(path) {
+		ctx.Error("pier: bad request path\n", fasthttp.StatusBadRequest)
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return
+	}
+	host := req.Header.Host()
+	rt := p.routes.Load()
+	r := rt.lookup(host, path)
+	if r == nil {
+		if rt = p.catchUp(); rt != nil {
+			r = rt.lookup(host, path)
+		}
+		if r == nil {
+			ctx.Error("pier: no route\n", fasthttp.StatusNotFound)
+			p.access(ctx, origURI, start, nil, nil, 0)
+			return
+		}
+	}
+	pool := p.bal.Pool(r.Service)
+	if pool.Len() == 0 {
+		p.catchUp()
+		if pool = p.bal.Pool(r.Service); pool.Len() == 0 {
+			p.noInstance(ctx, r)
+			p.access(ctx, origURI, start, r, nil, 0)
+			return
+		}
+	}
+	if p.cfg.MaxBodySize > 0 && int64(req.Header.ContentLength()) > p.cfg.MaxBodySize {
+		ctx.Error("pier: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
+		ctx.SetConnectionClose()
+		p.access(ctx, origURI, start, r, nil, 0)
+		return
+	}
+
+	var ubuf [512]byte
+	target := r.rewrite(ubuf[:0], path)
+	target = append(target, query...)
+	upgrade := isUpgrade(&req.Header)
+	req.SetRequestURIBytes(target)
+	p.forwardHeaders(ctx, upgrade)
+	if upgrade {
+		p.tunnel(ctx, r, pool, start, origURI)
+		return
+	}
+	if p.cfg.MaxBodySize > 0 && req.IsBodyStream() && req.Header.ContentLength() < 0 {
+		req.SetBodyStream(&limitedBody{r: req.BodyStream(), n: p.cfg.MaxBodySize}, -1)
+	}
+
+	resp := &ctx.Response
+	var tried [maxTries]*lb.Backend
+	var err error
+	n := 0
+	for n < p.cfg.Tries {
+		if n > 0 && p.cfg.TryTimeout > 0 && time.Since(start) > p.cfg.TryTimeout {
+			break
+		}
+		b := pool.Pick(tried[:n])
+		if b == nil {
+			break
+		}
+		tried[n] = b
+		n++
+		err = b.Client().Do(req, resp)
+		if err == nil {
+			b.Succeed()
+			// The request stays in flight on b until its response has been
+			// written to the client: fasthttp closes the user values of a
+			// request once it is done with it, streamed body included.
+			ctx.SetUserValue(releaseKey, (*releaser)(b))
+			cleanResponse(&resp.Header)
+			p.access(ctx, origURI, start, r, b, n)
+			return
+		}
+		b.Release()
+		retry, failed := classify(err, req)
+		if failed && b.Fail(r.maxFails, r.failTimeout) {
+			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(),
+				"fail_timeout", r.failTimeout, "err", err)
+		}
+		p.log.Debug("request to backend failed", "service", r.Service, "addr", b.Addr(), "try", n, "retry", retry, "err", err)
+		if !retry {
+			break
+		}
+	}
+	resp.Reset()
+	if errors.Is(err, errBodyLimit) {
+		ctx.Error("pier: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
+		ctx.SetConnectionClose()
+		p.access(ctx, origURI, start, r, nil, n)
+		return
+	}
+	if isTimeout(err) {
+		ctx.Error("pier: service \""+r.Service+"\" timed out\n", fasthttp.StatusGatewayTimeout)
+	} else {
+		ctx.Error("pier: service \""+r.Service+"\" is unavailable\n", fasthttp.StatusBadGateway)
+	}
+	var last *lb.Backend
+	if n > 0 {
+		last = tried[n-1]
+	}
+	p.access(ctx, origURI, start, r, last, n)
+}
+
+// releaseKey is the user value that holds a request's backend until
+// fasthttp is done with the request.
+const releaseKey = "pier.backend"
+
+// releaser ends a request on its backend when fasthttp resets the request.
+type releaser lb.Backend
+
+func (r *releaser) Close() error {
+	(*lb.Backend)(r).Release()
+	return nil
+}
+
+func (p *Proxy) noInstance(ctx *fasthttp.RequestCtx, r *route) {
+	ctx.Error("pier: no healthy instance of service \""+r.Service+"\"\n", fasthttp.StatusBadGateway)
+}
+
+// classify says whether a failed attempt may be tried on another backend
+// and whether it counts against the backend's health. Nothing was sent on
+// a failed connect or when no connection was free, so those are retried
+// whatever the method; after a reset or a timeout the request may have
+// reached the backend, so only an idempotent request whose body can be sent
+// again is retried.
+func classify(err error, req *fasthttp.Request) (retry, failed bool) {
+	var de *lb.DialError
+	switch {
+	case errors.As(err, &de):
+		return true, true
+	case errors.Is(err, fasthttp.ErrNoFreeConns):
+		return true, false
+	case errors.Is(err, errBodyLimit):
+		return false, false
+	}
+	return lb.Idempotent(req.Header.Method()) && !req.IsBodyStream(), true
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		(errors.As(err, &te) && te.Timeout()) || errors.Is(err, syscall.ETIMEDOUT)
+}
+
+func hasDotSegment(path []byte) bool {
+	for i := 0; i < len(path); i++ {
+		if path[i] != '/' {
+			continue
+		}
+		rest := path[i+1:]
+		if len(rest) >= 1 && rest[0] == '.' &&
+			(len(rest) == 1 || rest[1] == '/' || (rest[1] == '.' && (len(rest) == 2 || rest[2] == '/'))) {
+			return true
+		}
+	}
+	return false
+}
+
+func isHeaderTooLarge(err error) bool {
+	var sm *fasthttp.ErrSmallBuffer
+	return errors.As(err, &sm)
+}
+
+var errBodyLimit = errors.New("proxy: request body too large")
+
+// limitedBody fails a chunked request body that grows past the limit.
+type limitedBody struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	// Read one byte more than is left, to tell a body that ends at the
+	// limit from one that goes past it.
+	if int64(len(p)) > l.n+1 {
+		p = p[:l.n+1]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	if l.n < 0 {
+		return n, errBodyLimit
+	}
+	return n, err
+}
+
+func (p *Proxy) access(ctx *fasthttp.RequestCtx, uri string, start time.Time, r *route, b *lb.Backend, tries int) {
+	if !p.cfg.AccessLog {
+		return
+	}
+	svc, addr := "", ""
+	if r != nil {
+		svc = r.Service
+	}
+	if b != nil {
+		addr = b.Addr()
+	}
+	p.log.Info("access",
+		"remote", ctx.RemoteIP().String(),
+		"method", string(ctx.Method()),
+		"host", string(ctx.Host()),
+		"uri", uri,
+		"status", ctx.Response.StatusCode(),
+		"service", svc,
+		"backend", addr,
+		"tries", tries,
+		"duration", time.Since(start),
+		"request_id", string(ctx.Request.Header.Peek("X-Request-Id")),
+	)
+}
+
+// fasthttpLogger routes fasthttp's own messages to the debug log.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+}

@@ -1,0 +1,287 @@
+package proxy
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pier-dev/pier/lb"
+)
+
+// Route sends requests whose host and path match to a service.
+type Route struct {
+	Host        string        // "" matches any host; otherwise compared without port, case-insensitively
+	Path        string        // path prefix, "/" when empty; "/api" matches /api and /api/x but not /apix
+	Service     string        // required
+	Strip       string        // prefix removed from the path before it is sent (the seed's /api/(.*) -> /$1)
+	Prepend     string        // prefix added to the path after Strip
+	MaxFails    *int          // passive health: nil takes the proxy's MaxFails
+	FailTimeout time.Duration // passive health: 0 takes the proxy's FailTimeout
+	Source      string        // "config" or "tag"; set by the proxy
+}
+
+// Validate reports the first mistake in r, naming the route.
+func (r *Route) Validate() error {
+	switch {
+	case r.Service == "":
+		return fmt.Errorf("route %s%s: a service is required", r.Host, r.Path)
+	case r.Path != "" && r.Path[0] != '/':
+		return fmt.Errorf("route %s%s: the path must start with /", r.Host, r.Path)
+	case r.Strip != "" && r.Strip[0] != '/':
+		return fmt.Errorf("route %s%s: strip must start with /", r.Host, r.Path)
+	case r.Prepend != "" && r.Prepend[0] != '/':
+		return fmt.Errorf("route %s%s: prepend must start with /", r.Host, r.Path)
+	case strings.ContainsAny(r.Host, "/ "):
+		return fmt.Errorf("route %q: a host has no / or space", r.Host)
+	case r.MaxFails != nil && *r.MaxFails < 0, r.FailTimeout < 0:
+		return fmt.Errorf("route %s%s: max_fails and fail_timeout must not be negative", r.Host, r.Path)
+	}
+	return nil
+}
+
+// route is a Route ready for matching.
+type route struct {
+	Route
+	path        []byte
+	strip       []byte
+	prepend     []byte
+	maxFails    int
+	failTimeout time.Duration
+}
+
+// routeTable is one immutable generation of routes, built from the config
+// and the tags of the lb table it names.
+type routeTable struct {
+	lbt     *lb.Table
+	byHost  map[string]*pathSet // by exact host
+	anyHost pathSet
+	all     []*route // for display, by host then path
+}
+
+// pathSet holds the routes of one host indexed by the first segment of
+// their path, so a lookup compares only the few routes that can match.
+type pathSet struct {
+	bySeg map[string][]*route // longest path first
+	root  []*route            // the route for "/", if any
+}
+
+func (ps *pathSet) add(r *route) {
+	seg := firstSegment(r.path)
+	if len(seg) == 0 {
+		ps.root = append(ps.root, r)
+		return
+	}
+	if ps.bySeg == nil {
+		ps.bySeg = map[string][]*route{}
+	}
+	ps.bySeg[string(seg)] = append(ps.bySeg[string(seg)], r)
+}
+
+func (ps *pathSet) sort() {
+	byLen := func(a, b *route) int { return cmp.Compare(len(b.path), len(a.path)) }
+	for _, rs := range ps.bySeg {
+		slices.SortStableFunc(rs, byLen)
+	}
+}
+
+func (ps *pathSet) match(path []byte) *route {
+	if rs, ok := ps.bySeg[string(firstSegment(path))]; ok {
+		if r := matchPath(rs, path); r != nil {
+			return r
+		}
+	}
+	return matchPath(ps.root, path)
+}
+
+// firstSegment returns "api" for /api, /api/ and /api/x.
+func firstSegment(path []byte) []byte {
+	if len(path) > 0 && path[0] == '/' {
+		path = path[1:]
+	}
+	if i := bytes.IndexByte(path, '/'); i >= 0 {
+		path = path[:i]
+	}
+	return path
+}
+
+// lookup returns the route with the longest match for host and path, nil if
+// none. It does not allocate.
+func (t *routeTable) lookup(host, path []byte) *route {
+	if len(t.byHost) > 0 && len(host) > 0 {
+		var buf [256]byte
+		h := hostKey(buf[:0], host)
+		if ps, ok := t.byHost[string(h)]; ok {
+			if r := ps.match(path); r != nil {
+				return r
+			}
+		}
+	}
+	return t.anyHost.match(path)
+}
+
+func matchPath(rs []*route, path []byte) *route {
+	for _, r := range rs {
+		if !bytes.HasPrefix(path, r.path) {
+			continue
+		}
+		if len(path) == len(r.path) || r.path[len(r.path)-1] == '/' || path[len(r.path)] == '/' {
+			return r
+		}
+	}
+	return nil
+}
+
+// hostKey appends host without its port, in lower case.
+func hostKey(dst, host []byte) []byte {
+	if i := bytes.LastIndexByte(host, ':'); i >= 0 && !bytes.HasSuffix(host, []byte("]")) {
+		host = host[:i]
+	}
+	if len(host) > cap(dst) {
+		return bytes.ToLower(host)
+	}
+	for _, c := range host {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// buildRoutes merges the config's routes with the urlprefix- tags of the
+// services in lbt. A config route wins over a tag for the same host and
+// path; among tags, the service first by name wins, and the loser is logged.
+func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeout time.Duration, log *slog.Logger) *routeTable {
+	t := &routeTable{lbt: lbt, byHost: map[string]*pathSet{}}
+	seen := map[string]*route{}
+	add := func(r Route) {
+		if r.Path == "" {
+			r.Path = "/"
+		}
+		r.Host = string(hostKey(nil, []byte(r.Host)))
+		key := r.Host + r.Path
+		if old := seen[key]; old != nil {
+			if old.Service != r.Service {
+				log.Warn("two routes for one host and path: the first wins", "route", key, "service", old.Service, "ignored", r.Service)
+			}
+			return
+		}
+		rt := &route{Route: r, path: []byte(r.Path), strip: []byte(r.Strip), prepend: []byte(r.Prepend), maxFails: maxFails, failTimeout: failTimeout}
+		if r.MaxFails != nil {
+			rt.maxFails = *r.MaxFails
+		}
+		if r.FailTimeout > 0 {
+			rt.failTimeout = r.FailTimeout
+		}
+		seen[key] = rt
+		t.all = append(t.all, rt)
+		ps := &t.anyHost
+		if r.Host != "" {
+			if ps = t.byHost[r.Host]; ps == nil {
+				ps = &pathSet{}
+				t.byHost[r.Host] = ps
+			}
+		}
+		ps.add(rt)
+	}
+	for _, r := range cfg {
+		r.Source = "config"
+		add(r)
+	}
+	if tags && lbt != nil {
+		for _, st := range lbt.Services() {
+			for _, tag := range st.Tags {
+				r, ok, err := ParseTag(tag)
+				if err != nil {
+					log.Warn("ignoring a urlprefix- tag", "service", st.Name, "tag", tag, "err", err)
+				}
+				if !ok || err != nil {
+					continue
+				}
+				r.Service, r.Source = st.Name, "tag"
+				add(r)
+			}
+		}
+	}
+	t.anyHost.sort()
+	for _, ps := range t.byHost {
+		ps.sort()
+	}
+	slices.SortFunc(t.all, func(a, b *route) int {
+		if c := cmp.Compare(a.Host, b.Host); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Path, b.Path)
+	})
+	return t
+}
+
+// ParseTag reads a route from a service tag in fabio's form:
+//
+//	urlprefix-/api strip=/api
+//	urlprefix-shop.example.com/
+//	urlprefix-/v2 prepend=/api/v2
+//
+// ok is false for a tag that is not a urlprefix- tag. Options pier does not
+// know (fabio's proto=tcp, redirect=, allow=, ...) are an error, so the
+// route is left out rather than served differently from what it says.
+func ParseTag(tag string) (r Route, ok bool, err error) {
+	rest, ok := strings.CutPrefix(tag, "urlprefix-")
+	if !ok {
+		return r, false, nil
+	}
+	fields := strings.Fields(rest)
+	if len(fields) == 0 {
+		return r, true, fmt.Errorf("empty urlprefix- tag")
+	}
+	hp := fields[0]
+	if i := strings.IndexByte(hp, '/'); i >= 0 {
+		r.Host, r.Path = hp[:i], hp[i:]
+	} else {
+		r.Host, r.Path = hp, "/"
+	}
+	for _, opt := range fields[1:] {
+		k, v, _ := strings.Cut(opt, "=")
+		switch k {
+		case "strip":
+			r.Strip = v
+		case "prepend":
+			r.Prepend = v
+		case "proto":
+			if v != "http" {
+				return r, true, fmt.Errorf("proto=%s: pier routes HTTP only", v)
+			}
+		default:
+			return r, true, fmt.Errorf("unknown option %q", opt)
+		}
+	}
+	if strings.HasPrefix(r.Host, ":") {
+		return r, true, fmt.Errorf("a TCP route (%s): pier routes HTTP only", r.Host)
+	}
+	r.Service = "_" // validated with a placeholder; the caller sets it
+	if err := r.Validate(); err != nil {
+		return r, true, err
+	}
+	r.Service = ""
+	return r, true, nil
+}
+
+// rewrite appends the path to send upstream: path without r.Strip, after
+// r.Prepend, always starting with /.
+func (r *route) rewrite(dst, path []byte) []byte {
+	if len(r.strip) > 0 && bytes.HasPrefix(path, r.strip) {
+		path = path[len(r.strip):]
+	}
+	dst = append(dst, r.prepend...)
+	if len(dst) > 0 && dst[len(dst)-1] == '/' && len(path) > 0 && path[0] == '/' {
+		path = path[1:]
+	}
+	if len(path) == 0 || (path[0] != '/' && (len(dst) == 0 || dst[len(dst)-1] != '/')) {
+		dst = append(dst, '/')
+	}
+	return append(dst, path...)
+}

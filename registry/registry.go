@@ -73,6 +73,7 @@ type Registry struct {
 	repl        map[string]*nodeRepl    // versioned entries of every node, this one included
 	clock       clock
 	bcast       func([]Entry)
+	deferred    []Check // persisted checks whose service New did not know yet
 	snap        atomic.Pointer[Snapshot]
 }
 
@@ -161,8 +162,14 @@ func New(cfg Config) (*Registry, error) {
 		r.registerLocked(tx, p.Service, p.Checks, SourceAPI)
 	}
 	for _, p := range savedChecks {
+		if _, ok := r.local[p.Check.ServiceID]; p.Check.ServiceID != "" && !ok {
+			// Most likely a check (maintenance, say) on a service from a
+			// config file, which the agent registers after New.
+			r.deferred = append(r.deferred, p.Check)
+			continue
+		}
 		if err := r.registerCheckLocked(tx, p.Check, SourceAPI); err != nil {
-			r.log.Warn("dropping persisted check", "check", p.Check.CheckID, "err", err)
+			r.log.Warn("persisted check not restored", "check", p.Check.CheckID, "err", err)
 		}
 	}
 	tx.commit()
@@ -459,4 +466,22 @@ func (r *Registry) unchanged(s Service, checks []Check, src Source) bool {
 		}
 	}
 	return true
+}
+
+// RestorePersistedChecks registers the persisted standalone checks that New
+// held back because their service was not registered yet: checks
+// (maintenance among them) on services from config files, which the agent
+// registers after New. Call it once, after the config services. A check
+// whose service is still unknown stays on disk for a later start.
+func (r *Registry) RestorePersistedChecks() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	tx := r.begin()
+	for _, c := range r.deferred {
+		if err := r.registerCheckLocked(tx, c, SourceAPI); err != nil {
+			r.log.Warn("persisted check not restored: its service is gone", "check", c.CheckID, "service", c.ServiceID)
+		}
+	}
+	r.deferred = nil
+	tx.commit()
 }

@@ -76,9 +76,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		}
 	}
 	// Checks saved on config services (maintenance) need those services.
-	if err := reg.RestorePersistedChecks(); err != nil {
-		return err
-	}
+	reg.RestorePersistedChecks()
 
 	gcfg := gossip.DefaultConfig()
 	gcfg.Registry = reg

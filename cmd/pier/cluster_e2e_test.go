@@ -143,7 +143,7 @@ func TestEncryptedJoin(t *testing.T) {
 	other, _, _ := pier(t, "keygen")
 	_, errOut, rc := pier(t, "agent", "-node", "k3", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0",
 		"-encrypt", strings.TrimSpace(other), "-join", a.gossip)
-	if rc != 1 || !strings.Contains(errOut, "joining") {
+	if rc != 1 || !strings.Contains(errOut, "no installed keys could decrypt the message") {
 		t.Errorf("a wrong key joined or failed unclearly: rc=%d\n%s", rc, errOut)
 	}
 	_, errOut, rc = pier(t, "agent", "-dev", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0", "-encrypt", "c2hvcnQ=")

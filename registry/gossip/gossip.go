@@ -11,6 +11,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -207,7 +208,7 @@ func (g *Gossip) Run(ctx context.Context) error {
 	if len(g.cfg.StartJoin) > 0 {
 		if n, err := g.ml.Join(g.cfg.StartJoin); n == 0 {
 			g.ml.Shutdown()
-			return fmt.Errorf("gossip: joining %v: %w", g.cfg.StartJoin, err)
+			return fmt.Errorf("gossip: joining %v: %s", g.cfg.StartJoin, oneLine(err))
 		}
 		g.log.Info("joined the cluster", "addrs", g.cfg.StartJoin)
 	}
@@ -292,7 +293,7 @@ func (g *Gossip) retryJoin(ctx context.Context) {
 			g.log.Info("joined the cluster", "addrs", g.cfg.RetryJoin, "attempt", attempt)
 			return
 		}
-		g.log.Warn("retry-join failed; will try again", "addrs", g.cfg.RetryJoin, "attempt", attempt, "in", wait, "err", err)
+		g.log.Warn("retry-join failed; will try again", "addrs", g.cfg.RetryJoin, "attempt", attempt, "in", wait, "err", oneLine(err))
 		select {
 		case <-ctx.Done():
 			return
@@ -546,3 +547,19 @@ func (g *Gossip) ForceLeave(node string) error {
 
 // NumMembers is the number of alive members, this node included.
 func (g *Gossip) NumMembers() int { return g.ml.NumMembers() }
+
+// oneLine flattens memberlist's multi-line join errors ("1 error occurred:\n\t*
+// failed to join ...") into one line for the log and the exit message.
+func oneLine(err error) string {
+	if err == nil {
+		return "no address answered"
+	}
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "* "))
+		if l != "" && !strings.HasSuffix(l, "occurred:") {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
+}

@@ -30,6 +30,25 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.format, "format", "table", "output format: table or json")
 }
 
+// apiCommand sets up an API subcommand: its own flags (define may add them),
+// -http-addr and -format, then parses args and makes the client.
+func apiCommand(name string, args []string, stderr io.Writer, define func(*flag.FlagSet)) (*flag.FlagSet, *client, *clientFlags, error) {
+	fs := newFlagSet(name)
+	cf := &clientFlags{}
+	cf.register(fs)
+	if define != nil {
+		define(fs)
+	}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := cf.client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return fs, c, cf, nil
+}
+
 func (c *clientFlags) client() (*client, error) {
 	if c.format != "table" && c.format != "json" {
 		return nil, usageError{fmt.Sprintf("-format %q: want table or json", c.format)}

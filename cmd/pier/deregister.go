@@ -7,18 +7,12 @@ import (
 )
 
 func runDeregister(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("deregister")
-	var cf clientFlags
-	cf.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
+	fs, c, _, err := apiCommand("deregister", args, stderr, nil)
+	if err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
 		return usageError{"give the ID of the service to deregister"}
-	}
-	c, err := cf.client()
-	if err != nil {
-		return err
 	}
 	for _, id := range fs.Args() {
 		if err := c.do("PUT", "/v1/agent/service/deregister/"+url.PathEscape(id), nil, nil); err != nil {

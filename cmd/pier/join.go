@@ -7,18 +7,12 @@ import (
 )
 
 func runJoin(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("join")
-	var cf clientFlags
-	cf.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
+	fs, c, _, err := apiCommand("join", args, stderr, nil)
+	if err != nil {
 		return err
 	}
 	if fs.NArg() == 0 {
 		return usageError{"give the address of at least one agent to join (host or host:port)"}
-	}
-	c, err := cf.client()
-	if err != nil {
-		return err
 	}
 	joined := 0
 	for _, addr := range fs.Args() {

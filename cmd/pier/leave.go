@@ -6,13 +6,7 @@ import (
 )
 
 func runLeave(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("leave")
-	var cf clientFlags
-	cf.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	c, err := cf.client()
+	_, c, _, err := apiCommand("leave", args, stderr, nil)
 	if err != nil {
 		return err
 	}

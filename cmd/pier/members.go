@@ -34,13 +34,7 @@ func memberStatus(s int) string {
 }
 
 func runMembers(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("members")
-	var cf clientFlags
-	cf.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	c, err := cf.client()
+	_, c, cf, err := apiCommand("members", args, stderr, nil)
 	if err != nil {
 		return err
 	}

@@ -31,18 +31,12 @@ type apiRoute struct {
 }
 
 func runRoutes(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("routes")
-	var cf clientFlags
-	cf.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
+	fs, c, cf, err := apiCommand("routes", args, stderr, nil)
+	if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("unexpected argument %q", fs.Arg(0))}
-	}
-	c, err := cf.client()
-	if err != nil {
-		return err
 	}
 	var rs []apiRoute
 	if err := c.do("GET", "/v1/pier/routes", nil, &rs); err != nil {

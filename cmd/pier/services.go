@@ -43,13 +43,7 @@ func (in instance) status() string {
 }
 
 func runServices(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("services")
-	var cf clientFlags
-	cf.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	c, err := cf.client()
+	_, c, cf, err := apiCommand("services", args, stderr, nil)
 	if err != nil {
 		return err
 	}

@@ -6,13 +6,7 @@ import (
 )
 
 func runVersion(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("version")
-	var cf clientFlags
-	cf.register(fs)
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	c, err := cf.client()
+	_, c, cf, err := apiCommand("version", args, stderr, nil)
 	if err != nil {
 		return err
 	}

@@ -15,5 +15,5 @@ cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
 echo 'pier:x:65532:65532:pier:/data:/sbin/nologin' > "$ctx/passwd"
 echo 'pier:x:65532:' > "$ctx/group"
 mkdir "$ctx/data"
-docker build -q -t "$tag" -f deploy/Dockerfile "$ctx" >/dev/null
+docker build -q -t "$tag" -f deploy/Dockerfile "$ctx" >/dev/null 2>&1 || docker build -t "$tag" -f deploy/Dockerfile "$ctx"
 echo "$tag"

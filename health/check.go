@@ -39,6 +39,7 @@ func (r *Runner) runInterval(ctx context.Context, c *check) {
 		if ctx.Err() != nil {
 			return // stopped or replaced while probing: the result is stale
 		}
+		r.met.probed(&c.def, time.Since(started).Seconds())
 		if st, ok := th.apply(st); ok {
 			r.report(ctx, c, st, out, false)
 		}

@@ -2,10 +2,13 @@ package health
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -40,6 +43,8 @@ type Config struct {
 	ReapInterval         time.Duration // how often DeregisterCriticalServiceAfter is applied
 	MinDeregisterAfter   time.Duration // floor on DeregisterCriticalServiceAfter
 	Logger               *slog.Logger  // nil: discard
+
+	Registerer prometheus.Registerer // nil: no metrics
 }
 
 // DefaultConfig returns the defaults a Consul user expects; Catalog must
@@ -84,6 +89,10 @@ func New(cfg Config) (*Runner, error) {
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var err error
+	if r.met, err = newMetrics(cfg.Registerer, r); err != nil {
+		return nil, fmt.Errorf("health: metrics: %w", err)
 	}
 	// One transport for every plain HTTP check. Keep-alives are off, as in
 	// Consul: a check must see the target accept a connection, and 10,000

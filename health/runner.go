@@ -20,7 +20,8 @@ type Runner struct {
 	cfg  Config
 	cat  Catalog
 	log  *slog.Logger
-	http *http.Client // shared by HTTP checks without TLS options
+	http *http.Client   // shared by HTTP checks without TLS options
+	met  *healthMetrics // nil: no metrics
 
 	mu      sync.Mutex
 	ctx     context.Context   // the context of Run; nil before Run
@@ -242,6 +243,7 @@ func (r *Runner) report(ctx context.Context, c *check, st registry.Status, outpu
 		if st != registry.StatusPassing {
 			lv = slog.LevelWarn
 		}
+		r.met.changed(st)
 		r.log.Log(ctx, lv, "check status changed", "check", c.id, "service", c.serviceID, "from", e.Status, "to", st)
 	}
 	if err := r.cat.UpdateCheck(c.id, st, output); err != nil && !errors.Is(err, registry.ErrNotFound) {

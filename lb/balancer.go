@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pier-dev/pier/registry"
 )
 
@@ -25,6 +27,8 @@ type Config struct {
 	Source         Source       // required
 	Logger         *slog.Logger // nil: discard
 	IncludeWarning bool         // warning instances are in pools too (default false: passing only, as Consul's ?passing)
+
+	Registerer prometheus.Registerer // nil: no metrics
 
 	ConnectTimeout        time.Duration // connecting to a backend
 	ReadTimeout           time.Duration // longest wait for the next byte from a backend (0: none)
@@ -54,6 +58,7 @@ type Balancer struct {
 	log   *slog.Logger
 	table atomic.Pointer[Table]
 	kick  chan struct{} // capacity 1: a pending rebuild request
+	met   *lbMetrics    // nil: no metrics
 
 	mu       sync.Mutex          // serializes rebuilds
 	backends map[string]*Backend // by address, reused across rebuilds
@@ -84,6 +89,10 @@ func New(cfg Config) (*Balancer, error) {
 	b := &Balancer{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), backends: map[string]*Backend{}}
 	if b.log == nil {
 		b.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var err error
+	if b.met, err = newMetrics(cfg.Registerer, b); err != nil {
+		return nil, fmt.Errorf("lb: metrics: %w", err)
 	}
 	b.Rebuild()
 	return b, nil
@@ -190,6 +199,7 @@ func (b *Balancer) Rebuild() *registry.Snapshot {
 	if old != nil {
 		close(old.changed)
 	}
+	b.met.rebuilt(snap.Time())
 	return snap
 }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
 	"github.com/pier-dev/pier/lb"
@@ -24,6 +25,8 @@ type Config struct {
 	Routes   []Route      // routes from the config file
 	Tags     bool         // also route by urlprefix- service tags
 	Logger   *slog.Logger // nil: discard
+
+	Registerer prometheus.Registerer // nil: no metrics
 
 	MaxFails    int           // failures within FailTimeout that take a backend out (0: never)
 	FailTimeout time.Duration // the window for MaxFails, and how long a backend stays out
@@ -37,7 +40,8 @@ type Config struct {
 	WriteTimeout  time.Duration // writing a whole response to the client (0: no limit)
 	IdleTimeout   time.Duration // a client's idle keep-alive connection
 	MaxConns      int           // client connections served at once
-	AccessLog     bool          // log every request at info level
+	AccessLog     string        // "combined", "json", or "off" (the default, also "")
+	AccessLogTo   io.Writer     // where access log lines go; nil: standard error
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.
@@ -66,6 +70,8 @@ type Proxy struct {
 	routes atomic.Pointer[routeTable]
 	mu     sync.Mutex // serializes route rebuilds
 	srv    *fasthttp.Server
+	met    *proxyMetrics // nil: no metrics
+	alog   *accessLog    // nil: no access log
 
 	tunnelsMu sync.Mutex
 	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
@@ -114,6 +120,17 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	alogTo := cfg.AccessLogTo
+	if alogTo == nil {
+		alogTo = os.Stderr
+	}
+	var err error
+	if p.alog, err = newAccessLog(cfg.AccessLog, alogTo); err != nil {
+		return nil, err
+	}
+	if p.met, err = newMetrics(cfg.Registerer, func() int32 { return p.srv.GetOpenConnectionsCount() }); err != nil {
+		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.syncRoutes()
 	maxBody := cfg.MaxBodySize
@@ -166,6 +183,10 @@ func New(cfg Config) (*Proxy, error) {
 func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- p.srv.Serve(ln) }()
+	actx, stopLog := context.WithCancel(context.Background())
+	logDone := make(chan struct{})
+	go func() { p.alog.run(actx); close(logDone) }()
+	defer func() { stopLog(); <-logDone }() // after shutdown: the last requests' lines are flushed
 	for {
 		t := p.syncRoutes()
 		select {
@@ -202,6 +223,7 @@ func (p *Proxy) syncRoutes() *routeTable {
 	rt := p.routes.Load()
 	if rt == nil || rt.lbt != lbt {
 		rt = buildRoutes(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log)
+		p.met.attach(rt)
 		p.routes.Store(rt)
 	}
 	return rt
@@ -243,15 +265,12 @@ func (p *Proxy) removeTunnel(c net.Conn) {
 // serve handles one request.
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	var start time.Time
-	if p.cfg.AccessLog || p.cfg.TryTimeout > 0 {
+	if p.alog != nil || p.met != nil || p.cfg.TryTimeout > 0 {
 		start = time.Now()
 	}
 	req := &ctx.Request
 	uri := req.Header.RequestURI()
-	var origURI string // for the access log: the URI as the client sent it
-	if p.cfg.AccessLog {
-		origURI = string(uri)
-	}
+	origURI := p.alog.begin(uri) // for the access log: the URI as the client sent it
 	path, query := uri, []byte(nil)
 	for i, c := range uri {
 		if c == '?' {
@@ -335,6 +354,7 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		b.Release()
 		retry, failed := classify(err, req)
 		if failed && b.Fail(r.maxFails, r.failTimeout) {
+			p.met.ejected(r)
 			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(),
 				"fail_timeout", r.failTimeout, "err", err)
 		}
@@ -444,34 +464,25 @@ func (l *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (p *Proxy) access(ctx *fasthttp.RequestCtx, uri string, start time.Time, r *route, b *lb.Backend, tries int) {
-	if !p.cfg.AccessLog {
+// access records an answered request in the metrics and the access log;
+// r is nil when no route matched, b when no backend answered.
+func (p *Proxy) access(ctx *fasthttp.RequestCtx, uri *logEntry, start time.Time, r *route, b *lb.Backend, tries int) {
+	if p.met != nil {
+		p.met.done(r, ctx.Response.StatusCode(), start, tries)
+	}
+	if p.alog == nil {
 		return
 	}
-	svc, addr := "", ""
+	svc := ""
 	if r != nil {
 		svc = r.Service
 	}
-	if b != nil {
-		addr = b.Addr()
-	}
-	p.log.Info("access",
-		"remote", ctx.RemoteIP().String(),
-		"method", string(ctx.Method()),
-		"host", string(ctx.Host()),
-		"uri", uri,
-		"status", ctx.Response.StatusCode(),
-		"service", svc,
-		"backend", addr,
-		"tries", tries,
-		"duration", time.Since(start),
-		"request_id", string(ctx.Request.Header.Peek("X-Request-Id")),
-	)
+	p.alog.write(uri, ctx, time.Now(), start, svc, b, tries)
 }
 
 // fasthttpLogger routes fasthttp's own messages to the debug log.
 type fasthttpLogger struct{ log *slog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
-	l.log.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	l.log.Debug(fmt.Sprintf(format, args...), "from", "fasthttp")
 }

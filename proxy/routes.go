@@ -51,6 +51,7 @@ type route struct {
 	prepend     []byte
 	maxFails    int
 	failTimeout time.Duration
+	stats       *routeStats // metrics children, nil without metrics
 }
 
 // routeTable is one immutable generation of routes, built from the config

@@ -3,9 +3,9 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -227,26 +227,71 @@ func rawGet(t *testing.T, addr, raw string) (int, string) {
 
 func TestAccessLog(t *testing.T) {
 	b := newBackend(t, "api")
-	var mu sync.Mutex
-	var buf bytes.Buffer
-	e := newEnv(t, func(c *Config) {
-		c.Routes = []Route{{Path: "/api/", Service: "api", Strip: "/api"}}
-		c.AccessLog = true
-		c.Logger = slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &buf}, nil))
-	})
-	e.register("api-1", "api", b.addr, 1)
-	e.do("GET", "", "/api/x?y=1", nil, "X-Request-Id", "rid-1")
-	e.get("", "/none")
-	mu.Lock()
-	out := buf.String()
-	mu.Unlock()
-	for _, want := range []string{
-		`msg=access remote=127.0.0.1 method=GET`, `uri="/api/x?y=1" status=200 service=api backend=` + b.addr + ` tries=1`, `request_id=rid-1`,
-		`uri=/none status=404 service="" backend="" tries=0`,
+	for _, tc := range []struct {
+		format string
+		want   []string
+	}{
+		{AccessLogJSON, []string{
+			`"remote":"127.0.0.1","method":"GET","host":"`,
+			`"uri":"/api/x?y=1","status":200,"bytes":`,
+			`"service":"api","backend":"` + b.addr + `","tries":1,"request_id":"rid-1","referer":"","user_agent":"Go-http-client/1.1"}`,
+			`"uri":"/none","status":404,`, `"service":"","backend":"","tries":0,`,
+		}},
+		{AccessLogCombined, []string{
+			`127.0.0.1 - - [`, `] "GET /api/x?y=1 HTTP/1.1" 200 `, ` "-" "Go-http-client/1.1"` + "\n",
+			`"GET /none HTTP/1.1" 404 `,
+		}},
+		{AccessLogOff, nil},
 	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("access log lacks %q:\n%s", want, out)
-		}
+		t.Run(tc.format, func(t *testing.T) {
+			var mu sync.Mutex
+			var buf bytes.Buffer
+			e := newEnv(t, func(c *Config) {
+				c.Routes = []Route{{Path: "/api/", Service: "api", Strip: "/api"}}
+				c.AccessLog = tc.format
+				c.AccessLogTo = &lockedWriter{mu: &mu, w: &buf}
+			})
+			e.register("api-1", "api", b.addr, 1)
+			e.do("GET", "", "/api/x?y=1", nil, "X-Request-Id", "rid-1")
+			e.get("", "/none")
+			e.close() // Run flushes the log as it ends
+			mu.Lock()
+			out := buf.String()
+			mu.Unlock()
+			if tc.want == nil && out != "" {
+				t.Errorf("access log off wrote:\n%s", out)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(out, want) {
+					t.Errorf("access log lacks %q:\n%s", want, out)
+				}
+			}
+			if tc.format == AccessLogJSON {
+				for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+					var v map[string]any
+					if err := json.Unmarshal([]byte(line), &v); err != nil {
+						t.Errorf("not JSON: %v: %s", err, line)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestAccessLogEscaping(t *testing.T) {
+	got := string(appendJSONString(nil, "/q\"\\\x01\xffé"))
+	if want := `/q\"\\\u0001\ufffdé`; got != want {
+		t.Errorf("JSON escaping: got %s, want %s", got, want)
+	}
+	got = string(appendQuoted(nil, []byte("/q\"\x01\xff")))
+	if want := `/q\x22\x01\xff`; got != want {
+		t.Errorf("combined escaping: got %s, want %s", got, want)
+	}
+}
+
+func TestAccessLogBadFormat(t *testing.T) {
+	if _, err := newAccessLog("common", io.Discard); err == nil {
+		t.Fatal("access_log common accepted")
 	}
 }
 

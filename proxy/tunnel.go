@@ -17,7 +17,7 @@ import (
 // backend's answer (101 Switching Protocols, or a refusal) reaches the
 // client through the same copy. Only connecting is retried: once the
 // handshake was sent, the backend owns the connection.
-func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, r *route, pool *lb.Pool, start time.Time, uri string) {
+func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, r *route, pool *lb.Pool, start time.Time, uri *logEntry) {
 	var tried [maxTries]*lb.Backend
 	var conn net.Conn
 	var b *lb.Backend
@@ -36,6 +36,7 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, r *route, pool *lb.Pool, start 
 		}
 		b.Release()
 		if b.Fail(r.maxFails, r.failTimeout) {
+			p.met.ejected(r)
 			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(), "err", err)
 		}
 		b = nil

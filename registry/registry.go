@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Source says where a local registration came from. Only API registrations
@@ -47,6 +49,8 @@ type Config struct {
 	AgentPort  int               // port of the agent's own "consul" service entry
 	Logger     *slog.Logger      // nil: discard
 	Now        func() time.Time  // nil: time.Now; tests inject a clock
+
+	Registerer prometheus.Registerer // nil: no metrics
 }
 
 // DefaultConfig returns a Config with Consul's defaults; NodeName and Address
@@ -173,6 +177,9 @@ func New(cfg Config) (*Registry, error) {
 		}
 	}
 	tx.commit()
+	if err := registerMetrics(cfg.Registerer, r); err != nil {
+		return nil, fmt.Errorf("registry: metrics: %w", err)
+	}
 	r.log.Info("catalog loaded", "node", cfg.NodeName, "services", len(saved), "checks", len(savedChecks))
 	return r, nil
 }
@@ -470,18 +477,24 @@ func (r *Registry) unchanged(s Service, checks []Check, src Source) bool {
 
 // RestorePersistedChecks registers the persisted standalone checks that New
 // held back because their service was not registered yet: checks
-// (maintenance among them) on services from config files, which the agent
-// registers after New. Call it once, after the config services. A check
-// whose service is still unknown stays on disk for a later start.
+// (maintenance among them) on services from config files or Docker, which
+// are registered after New. The agent calls it after the config services and
+// the Docker watcher after its first sync; a check whose service is still
+// unknown stays held back (and on disk) for a later call or start.
 func (r *Registry) RestorePersistedChecks() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	tx := r.begin()
+	var still []Check
 	for _, c := range r.deferred {
+		if _, ok := r.local[c.ServiceID]; !ok {
+			still = append(still, c)
+			continue
+		}
 		if err := r.registerCheckLocked(tx, c, SourceAPI); err != nil {
-			r.log.Warn("persisted check not restored: its service is gone", "check", c.CheckID, "service", c.ServiceID)
+			r.log.Warn("persisted check not restored", "check", c.CheckID, "err", err)
 		}
 	}
-	r.deferred = nil
+	r.deferred = still
 	tx.commit()
 }

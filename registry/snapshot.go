@@ -3,6 +3,7 @@ package registry
 import (
 	"cmp"
 	"slices"
+	"time"
 
 	"github.com/google/btree"
 )
@@ -131,7 +132,11 @@ type Snapshot struct {
 	index   uint64
 	t       tables
 	changed chan struct{}
+	made    time.Time // when it was published (metrics: the lag of its consumers)
 }
+
+// Time is when the snapshot was published.
+func (s *Snapshot) Time() time.Time { return s.made }
 
 // Index is the catalog's modify index: it grows with every change and is
 // never 0.

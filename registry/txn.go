@@ -1,5 +1,7 @@
 package registry
 
+import "time"
+
 // txn batches changes to the writer's tables under r.mu and publishes them as
 // one snapshot with one new index.
 type txn struct {
@@ -108,7 +110,7 @@ func (tx *txn) commit() {
 	for name := range tx.touched {
 		t.names.ReplaceOrInsert(nameEntry{name: name, index: tx.index})
 	}
-	next := &Snapshot{index: r.index, t: t.clone(), changed: make(chan struct{})}
+	next := &Snapshot{index: r.index, t: t.clone(), changed: make(chan struct{}), made: time.Now()}
 	if prev := r.snap.Swap(next); prev != nil {
 		close(prev.changed)
 	}

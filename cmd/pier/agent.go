@@ -41,6 +41,15 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 // API's addresses once every listener is open (tests use it).
 func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string) error {
 	log := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
+	agentLog := log.With("component", "agent")
+	met, err := newAgentMetrics(cfg.Metrics, log.With("component", "metrics"))
+	if err != nil {
+		return err
+	}
+	if met.ln != nil {
+		defer met.ln.Close()
+	}
+	prom := met.Registerer() // nil when telemetry.disable turns metrics off
 	addr, err := cfg.advertiseAddr()
 	if err != nil {
 		return err
@@ -66,6 +75,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	rcfg.DataDir = cfg.DataDir
 	rcfg.AgentPort = cfg.SerfLANPort
 	rcfg.Logger = log.With("component", "registry")
+	rcfg.Registerer = prom
 	reg, err := registry.New(rcfg)
 	if err != nil {
 		return err
@@ -89,6 +99,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	gcfg.ReconnectTimeout = cfg.Reconnect
 	gcfg.Tags = map[string]string{"dc": cfg.Datacenter, "role": "node", "build": version, "id": reg.Config().NodeID}
 	gcfg.Logger = log.With("component", "gossip")
+	gcfg.Registerer = prom
 	if cfg.Encrypt != "" {
 		if gcfg.EncryptKey, err = gossip.ParseKey(cfg.Encrypt); err != nil {
 			return err
@@ -103,6 +114,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	hcfg.Catalog = reg
 	hcfg.EnableScriptChecks = cfg.EnableScriptChecks
 	hcfg.Logger = log.With("component", "health")
+	hcfg.Registerer = prom
 	checks, err := health.New(hcfg)
 	if err != nil {
 		return err
@@ -115,16 +127,28 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.Version = version
 	acfg.Logger = log.With("component", "api")
+	acfg.Registerer = prom
 	srv, err := api.New(acfg)
 	if err != nil {
 		return err
 	}
-	names, err := newDNS(cfg, reg, log)
+	if met.handler != nil {
+		srv.Handle("GET /metrics", met.handler)
+	}
+	names, err := newDNS(cfg, reg, log, prom)
+	if err != nil {
+		return err
+	}
+	containers, err := newDockerWatcher(cfg.Docker, reg, addr, log) // nil without -docker
 	if err != nil {
 		return err
 	}
 	var door *frontDoor // the proxy, if this agent is a front door
 	if cfg.Proxy != nil {
+		cfg.Proxy.lb.Registerer, cfg.Proxy.proxy.Registerer = prom, prom
+		if cfg.Proxy.proxy.AccessLogTo == nil {
+			cfg.Proxy.proxy.AccessLogTo = logOut
+		}
 		if door, err = newFrontDoor(cfg.Proxy, reg, log); err != nil {
 			return err
 		}
@@ -153,6 +177,12 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	g.Go(func() error { return members.Run(gctx) })
 	g.Go(func() error { return checks.Run(gctx) })
 	g.Go(func() error { return names.Run(gctx) })
+	if containers != nil {
+		g.Go(func() error { return containers.Run(gctx) })
+	}
+	if met.ln != nil {
+		g.Go(func() error { return met.run(gctx) })
+	}
 	proxyAddr := ""
 	if door != nil {
 		proxyAddr = door.ln.Addr().String()
@@ -166,16 +196,17 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	}
 	for _, h := range cfg.Client {
 		if ip := net.ParseIP(h); ip != nil && !ip.IsLoopback() {
-			log.Warn("the HTTP API listens on a non-loopback address and anyone who reaches it can register services", "addr", h)
+			agentLog.Warn("the HTTP API listens on a non-loopback address and anyone who reaches it can register services", "addr", h)
 		}
 	}
-	log.Info("pier agent running", "version", version, "node", cfg.Node, "address", addr,
-		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir)
+	agentLog.Info("pier agent running", "version", version, "node", cfg.Node, "address", addr,
+		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir,
+		"metrics", met.addr())
 	if ready != nil {
 		ready <- bound
 	}
 	err = g.Wait()
-	log.Info("pier agent stopped")
+	agentLog.Info("pier agent stopped")
 	return err
 }
 

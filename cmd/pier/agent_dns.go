@@ -6,13 +6,15 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/dns"
 )
 
 // newDNS builds the DNS interface: UDP and TCP on each -client address at
 // the DNS port.
-func newDNS(cfg agentConfig, reg *registry.Registry, log *slog.Logger) (*dns.Server, error) {
+func newDNS(cfg agentConfig, reg *registry.Registry, log *slog.Logger, prom prometheus.Registerer) (*dns.Server, error) {
 	d := cfg.DNS
 	dcfg := dns.DefaultConfig()
 	dcfg.Registry = reg
@@ -31,6 +33,7 @@ func newDNS(cfg agentConfig, reg *registry.Registry, log *slog.Logger) (*dns.Ser
 	dcfg.UDPAnswerLimit = d.UDPAnswerLimit
 	dcfg.RecursorTimeout = d.RecursorTimeout
 	dcfg.Logger = log.With("component", "dns")
+	dcfg.Registerer = prom
 	return dns.New(dcfg)
 }
 

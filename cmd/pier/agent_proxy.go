@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,7 +54,34 @@ type proxyFile struct {
 	MaxHeaderSize  *int    // bytes (default 8192)
 	MaxBodySize    *int64  // bytes (default 0: no limit)
 	MaxConns       *int    // client connections at once (default 10000)
-	AccessLog      *bool   // log every request (default false)
+
+	AccessLog *accessLogFile // combined, json or off (default off)
+}
+
+// accessLogFile is proxy.access_log. YAML reads a bare off (or on) as a
+// boolean, so booleans are taken too: false is off, true is combined.
+type accessLogFile string
+
+func (a *accessLogFile) UnmarshalJSON(b []byte) error {
+	var on bool
+	if json.Unmarshal(b, &on) == nil {
+		*a = proxy.AccessLogOff
+		if on {
+			*a = proxy.AccessLogCombined
+		}
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("proxy.access_log: want combined, json or off")
+	}
+	switch s {
+	case proxy.AccessLogCombined, proxy.AccessLogJSON, proxy.AccessLogOff:
+	default:
+		return fmt.Errorf("proxy.access_log %q: want combined, json or off", s)
+	}
+	*a = accessLogFile(s)
+	return nil
 }
 
 type proxyRouteFile struct {
@@ -104,7 +132,9 @@ func (c *agentConfig) mergeProxy(pf *proxyFile) error {
 	}
 	setBool(&p.proxy.Tags, pf.Tags)
 	setBool(&p.lb.IncludeWarning, pf.IncludeWarning)
-	setBool(&p.proxy.AccessLog, pf.AccessLog)
+	if pf.AccessLog != nil {
+		p.proxy.AccessLog = string(*pf.AccessLog)
+	}
 	setInt(&p.proxy.MaxFails, pf.MaxFails)
 	setInt(&p.proxy.Tries, pf.Tries)
 	if pf.Retries != nil {
@@ -204,7 +234,7 @@ func newFrontDoor(s *proxySettings, reg *registry.Registry, log *slog.Logger) (*
 	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil && s.devAddr && errors.Is(err, syscall.EADDRINUSE) {
-		log.Warn("the development proxy address is taken; using a free port", "addr", s.Addr)
+		pc.Logger.Warn("the development proxy address is taken; using a free port", "addr", s.Addr)
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 	}
 	if err != nil {

@@ -39,10 +39,13 @@ type agentConfig struct {
 	LogJSON     bool
 	Dev         bool
 	Services    []serviceSource
-	Proxy       *proxySettings // the front door; nil: this agent runs none
-	DNS         dnsSettings    // the DNS interface and resolver (config_dns.go)
+	Proxy       *proxySettings  // the front door; nil: this agent runs none
+	Docker      *dockerSettings // registration of this host's containers; nil: off (agent_docker.go)
+	DNS         dnsSettings     // the DNS interface and resolver (config_dns.go)
 
 	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
+
+	Metrics metricsSettings // Prometheus metrics (agent_metrics.go)
 }
 
 // serviceSource is a validated service definition with where it was
@@ -94,6 +97,10 @@ type fileConfig struct {
 	Service  json.RawMessage
 	Services []json.RawMessage
 	Proxy    *proxyFile
+	Docker   *dockerFile
+
+	MetricsAddr *string
+	Telemetry   *telemetryFile
 
 	Domain    *string
 	Recursors []string
@@ -115,6 +122,8 @@ type agentFlags struct {
 	client      string
 	proxyAddr   string
 	dns         dnsFlags
+	docker      dockerFlags
+	metricsAddr string
 }
 
 func newAgentFlags() *agentFlags {
@@ -136,12 +145,14 @@ func newAgentFlags() *agentFlags {
 	fs.StringVar(&f.c.LogLevel, "log-level", "", "log level: debug, info, warn, error (default info)")
 	fs.BoolVar(&f.c.LogJSON, "log-json", false, "write logs as JSON lines")
 	fs.BoolVar(&f.c.Dev, "dev", false, "run a single in-memory development node on 127.0.0.1")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "also serve Prometheus metrics (/metrics) on this host:port; they are always on the HTTP API too")
 	fs.StringVar(&f.proxyAddr, "proxy-addr", "", "address the front-door proxy listens on, such as :80 (port 0: any free port; default with -dev: "+devProxyAddr+")")
 	fs.BoolVar(&f.c.EnableScriptChecks, "enable-script-checks", false, "run health checks that execute commands (Args); anyone who can reach the HTTP API can then run commands on this host")
 	fs.Var(&f.configFiles, "config-file", "a config file, YAML or JSON (repeatable)")
 	fs.Var(&f.configDirs, "config-dir", "a directory of *.yaml, *.yml and *.json config files, read in name order (repeatable)")
 	fs.Var(&f.nodeMeta, "node-meta", "key:value metadata of this node (repeatable)")
 	f.addDNSFlags()
+	f.addDockerFlags()
 	return f
 }
 
@@ -219,6 +230,9 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	if set["enable-script-checks"] {
 		c.EnableScriptChecks = f.c.EnableScriptChecks
 	}
+	if set["metrics-addr"] {
+		c.Metrics.Addr = f.metricsAddr
+	}
 	for _, kv := range f.nodeMeta {
 		k, v, ok := strings.Cut(kv, ":")
 		if !ok {
@@ -232,7 +246,13 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	if err := c.resolveDNS(f, set); err != nil {
 		return c, err
 	}
+	if err := c.resolveDocker(f, set); err != nil {
+		return c, err
+	}
 	if err := c.resolveProxy(f.proxyAddr, set["proxy-addr"]); err != nil {
+		return c, err
+	}
+	if err := c.validateMetrics(); err != nil {
 		return c, err
 	}
 	return c, c.validate()
@@ -344,9 +364,13 @@ func (c *agentConfig) loadFile(path string) error {
 	if err := c.mergeDNS(&fc, b); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
+	if err := c.mergeDocker(fc.Docker); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
 	if err := c.mergeProxy(fc.Proxy); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
+	c.mergeMetrics(&fc)
 	raws := fc.Services
 	if len(fc.Service) > 0 && string(fc.Service) != "null" {
 		raws = append([]json.RawMessage{fc.Service}, raws...)

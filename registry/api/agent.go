@@ -117,6 +117,10 @@ func (s *Server) agentService(w http.ResponseWriter, r *http.Request) {
 	snap := s.reg.Snapshot()
 	timer := time.NewTimer(q.wait)
 	defer timer.Stop()
+	if want != "" {
+		s.met.blockStart()
+		defer s.met.blockEnd()
+	}
 	for {
 		e, found := snap.NodeService(s.self(), id)
 		if !found {

@@ -91,6 +91,8 @@ func (s *Server) block(w http.ResponseWriter, r *http.Request, q query, index fu
 		}
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
+		s.met.blockStart()
+		defer s.met.blockEnd()
 	loop:
 		for idx := index(snap); idx == q.minIndex; idx = index(snap) {
 			select {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pier-dev/pier/registry"
 )
 
@@ -43,6 +45,8 @@ type Config struct {
 	// EnableScriptChecks accepts checks with Args at registration, as
 	// Consul's enable_script_checks; otherwise they are refused with 400.
 	EnableScriptChecks bool
+
+	Registerer prometheus.Registerer // nil: no metrics
 }
 
 // DefaultConfig returns the limits a Consul user expects.
@@ -60,6 +64,7 @@ type Server struct {
 	reg *registry.Registry
 	log *slog.Logger
 	mux *http.ServeMux
+	met *apiMetrics // nil: no metrics
 }
 
 // New validates cfg and builds the handler.
@@ -80,6 +85,10 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux()}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var err error
+	if s.met, err = newMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("api: metrics: %w", err)
 	}
 	s.routes()
 	return s, nil
@@ -135,7 +144,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Consul-LastContact", "0")
 	// Blocking endpoints replace this with the index of their own answer.
 	h.Set("X-Consul-Index", strconv.FormatUint(s.reg.Snapshot().Index(), 10))
-	s.mux.ServeHTTP(w, r)
+	s.met.serve(s.mux, w, r)
 }
 
 // Run serves on ln until ctx ends, then shuts down: open blocking queries

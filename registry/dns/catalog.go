@@ -57,6 +57,7 @@ type answer struct {
 	ns     []mdns.RR
 	extra  []mdns.RR
 	rots   int
+	kind   uint8 // kindService, kindNode or kindOther (metrics)
 	packed [nSlots][]atomic.Pointer[[]byte]
 }
 
@@ -267,6 +268,12 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 		return nx()
 	}
 	kind, rest := ls[n], ls[:n]
+	switch kind {
+	case "service":
+		a.kind = kindService
+	case "node", "addr":
+		a.kind = kindNode
+	}
 	if dc != "" && dc != strings.ToLower(s.cfg.Datacenter) {
 		return nx() // pier serves one datacenter
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -56,6 +57,8 @@ type Config struct {
 
 	Logger *slog.Logger     // nil: discard
 	Now    func() time.Time // the clock of the forwarding cache; nil: time.Now (a test knob)
+
+	Registerer prometheus.Registerer // nil: no metrics
 }
 
 // DefaultConfig returns the defaults a Consul user expects; Registry must

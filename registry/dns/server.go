@@ -42,6 +42,7 @@ type Server struct {
 	listened bool
 	running  bool
 	ctx      context.Context // Run's, for forwarding from the TCP handler
+	met      *dnsMetrics     // nil: no metrics
 }
 
 // New validates cfg and builds a Server. It opens no socket: Run does.
@@ -60,6 +61,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var err error
+	if s.met, err = newMetrics(cfg.Registerer, s); err != nil {
+		return nil, fmt.Errorf("dns: metrics: %w", err)
 	}
 	buf := make([]byte, 256)
 	n, err := mdns.PackDomainName(cfg.Domain, buf, 0, nil, false)
@@ -258,6 +263,10 @@ func (s *Server) readUDP(ctx context.Context, c *net.UDPConn) error {
 // handleUDP answers one UDP query into out, or returns nil when there is
 // nothing to send now (no reply is due, or the query is being forwarded).
 func (s *Server) handleUDP(ctx context.Context, c *net.UDPConn, pkt []byte, src netip.AddrPort, out []byte, keybuf *[keyCap]byte, namebuf *[256]byte) []byte {
+	var start time.Time
+	if s.met != nil {
+		start = time.Now()
+	}
 	var q query
 	if !parseQuery(pkt, keybuf, s.domain, &q) {
 		var ok bool
@@ -267,19 +276,22 @@ func (s *Server) handleUDP(ctx context.Context, c *net.UDPConn, pkt []byte, src 
 	}
 	resp, done := s.reply(out, &q, src.Addr().Unmap(), false)
 	if !done {
-		s.forwardUDP(ctx, c, q, src)
+		s.forwardUDP(ctx, c, q, src, start)
 		return nil
 	}
+	s.met.done(&q, resp, start)
 	return resp
 }
 
 // forwardUDP forwards q in a goroutine of its own, or answers SERVFAIL when
 // too many are in flight.
-func (s *Server) forwardUDP(ctx context.Context, c *net.UDPConn, q query, src netip.AddrPort) {
+func (s *Server) forwardUDP(ctx context.Context, c *net.UDPConn, q query, src netip.AddrPort, start time.Time) {
 	select {
 	case s.inflight <- struct{}{}:
 	default:
-		c.WriteToUDPAddrPort(errReply(nil, &q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize), src)
+		resp := errReply(nil, &q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)
+		c.WriteToUDPAddrPort(resp, src)
+		s.met.done(&q, resp, start)
 		return
 	}
 	q = q.clone()
@@ -293,6 +305,7 @@ func (s *Server) forwardUDP(ctx context.Context, c *net.UDPConn, q query, src ne
 		if _, err := c.WriteToUDPAddrPort(resp, src); err != nil {
 			s.log.Debug("udp write", "to", src, "err", err)
 		}
+		s.met.done(&q, resp, start)
 	}()
 }
 
@@ -404,12 +417,17 @@ func (s *Server) reply(out []byte, q *query, src netip.Addr, tcp bool) ([]byte, 
 		}
 		if e := s.cache.get(q.key, s.cfg.Now()); e != nil {
 			if b, ok := e.render(out, q, s.cfg.Now(), tcp, s.cfg.MaxUDPSize); ok {
+				q.kind = kindCache
+				s.met.cacheHit()
 				return b, true
 			}
 		}
+		q.kind = kindForwarded
+		s.met.cacheMiss()
 		return nil, false
 	}
 	a := s.catalogAnswer(q.key, q.domOff)
+	q.kind = a.kind
 	return render(out, a.wire(s, slotFor(tcp, q)), q, ra), true
 }
 
@@ -451,6 +469,10 @@ type tcpHandler struct{ s *Server }
 
 func (h tcpHandler) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	s := h.s
+	var start time.Time
+	if s.met != nil {
+		start = time.Now()
+	}
 	var keybuf [keyCap]byte
 	var namebuf [256]byte
 	q := s.fromMsg(req, &keybuf, &namebuf)
@@ -468,4 +490,5 @@ func (h tcpHandler) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	if _, err := w.Write(resp); err != nil {
 		s.log.Debug("tcp write", "to", w.RemoteAddr(), "err", err)
 	}
+	s.met.done(&q, resp, start)
 }

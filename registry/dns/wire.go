@@ -34,6 +34,8 @@ type query struct {
 	edns   bool
 	size   int // the reply size the client takes over UDP: 512 without EDNS
 	domOff int // where Domain starts in key, or -1 when the name is not under Domain
+
+	kind uint8 // how it was answered (metrics); set by reply
 }
 
 // clone copies q's slices, for a goroutine that outlives the read buffer.

@@ -30,7 +30,9 @@ func (d delegate) NotifyMsg(b []byte) {
 }
 
 func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.g.queue.GetBroadcasts(overhead, limit)
+	msgs := d.g.queue.GetBroadcasts(overhead, limit)
+	d.g.met.broadcastsSent(len(msgs))
+	return msgs
 }
 
 // LocalState reads the registry, which never blocks for long: its writers
@@ -45,6 +47,7 @@ func (d delegate) LocalState(join bool) []byte {
 		d.g.log.Error("catalog state is over memberlist's push/pull limit; anti-entropy is off until it shrinks", "bytes", len(b), "limit", maxState)
 		return nil
 	}
+	d.g.met.stateSent()
 	return b
 }
 
@@ -52,6 +55,7 @@ func (d delegate) MergeRemoteState(buf []byte, join bool) {
 	if len(buf) == 0 {
 		return
 	}
+	d.g.met.stateReceived()
 	d.g.in.put(item{kind: itemState, buf: append([]byte(nil), buf...)})
 }
 

@@ -16,28 +16,30 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pier-dev/pier/registry"
 )
 
 // Config configures the gossip layer. It is frozen after New.
 type Config struct {
-	Registry         *registry.Registry // required; its node name is the member name
-	BindAddr         string             // default "0.0.0.0"
-	BindPort         int                // default 8301, Consul's serf LAN port; 0 picks a free port
-	AdvertiseAddr    string             // the address others use; default: the registry node's address
-	AdvertisePort    int                // default: the bound port
-	EncryptKey       []byte             // AES key (16, 24 or 32 bytes); nil: no encryption
-	Tags             map[string]string  // shown by pier members (dc, role, build, id)
-	StartJoin        []string           // joined at start; failing to join any is an error, as Consul's -join
-	RetryJoin        []string           // joined in the background with backoff until one answers
-	RetryMax         time.Duration      // the longest pause between retry-join attempts; default 30s
-	ReconnectTimeout time.Duration      // a failed node is reaped after this; default 72h, as Consul
-	ReconnectEvery   time.Duration      // how often a failed node is tried again; default 30s, as Serf
-	LeftRetention    time.Duration      // a node that left is listed as left this long; default 24h
-	TombstoneTTL     time.Duration      // deleted entries are remembered this long; default 1h
-	LeaveTimeout     time.Duration      // how long a graceful leave waits to be heard; default 5s
-	Logger           *slog.Logger       // nil: discard
+	Registry         *registry.Registry    // required; its node name is the member name
+	BindAddr         string                // default "0.0.0.0"
+	BindPort         int                   // default 8301, Consul's serf LAN port; 0 picks a free port
+	AdvertiseAddr    string                // the address others use; default: the registry node's address
+	AdvertisePort    int                   // default: the bound port
+	EncryptKey       []byte                // AES key (16, 24 or 32 bytes); nil: no encryption
+	Tags             map[string]string     // shown by pier members (dc, role, build, id)
+	StartJoin        []string              // joined at start; failing to join any is an error, as Consul's -join
+	RetryJoin        []string              // joined in the background with backoff until one answers
+	RetryMax         time.Duration         // the longest pause between retry-join attempts; default 30s
+	ReconnectTimeout time.Duration         // a failed node is reaped after this; default 72h, as Consul
+	ReconnectEvery   time.Duration         // how often a failed node is tried again; default 30s, as Serf
+	LeftRetention    time.Duration         // a node that left is listed as left this long; default 24h
+	TombstoneTTL     time.Duration         // deleted entries are remembered this long; default 1h
+	LeaveTimeout     time.Duration         // how long a graceful leave waits to be heard; default 5s
+	Logger           *slog.Logger          // nil: discard
+	Registerer       prometheus.Registerer // nil: no metrics
 	// Memberlist adjusts memberlist's configuration (DefaultLANConfig) last;
 	// tests use it for timings and an in-memory transport.
 	Memberlist func(*memberlist.Config)
@@ -65,6 +67,7 @@ type Gossip struct {
 	ml    *memberlist.Memberlist
 	queue *memberlist.TransmitLimitedQueue
 	in    *inbox
+	met   *gossipMetrics // nil: no metrics
 
 	mu           sync.Mutex
 	members      map[string]*memberState
@@ -147,6 +150,10 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.Memberlist != nil {
 		cfg.Memberlist(mc)
 	}
+	var err error
+	if g.met, err = newMetrics(cfg.Registerer, g); err != nil {
+		return nil, fmt.Errorf("gossip: metrics: %w", err)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
@@ -193,6 +200,7 @@ func (g *Gossip) queueEntry(e registry.Entry) {
 	}
 	name := e.Node + "\x00" + strconv.Itoa(int(e.Kind)) + "\x00" + e.Key
 	g.queue.QueueBroadcast(&broadcast{name: name, msg: msg})
+	g.met.broadcastQueued()
 }
 
 // Run joins the cluster and applies what gossip brings until ctx ends; then

@@ -1,0 +1,102 @@
+package gossip
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// gossipMetrics are the gossip layer's metrics. Counters are bumped from
+// memberlist's callbacks (an atomic add: they must not block); member
+// counts and the queue length are read when Prometheus scrapes.
+type gossipMetrics struct {
+	queued   prometheus.Counter
+	sent     prometheus.Counter
+	pushPull *prometheus.CounterVec // direction: sent, received
+	pushSent prometheus.Counter
+	pushRecv prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
+	if reg == nil {
+		return nil, nil
+	}
+	m := &gossipMetrics{
+		queued: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pier", Subsystem: "gossip", Name: "broadcasts_queued_total",
+			Help: "Changed entries of this node queued for broadcast.",
+		}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pier", Subsystem: "gossip", Name: "broadcasts_sent_total",
+			Help: "Broadcast messages handed to memberlist for sending (each is sent several times).",
+		}),
+		pushPull: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pier", Subsystem: "gossip", Name: "push_pull_total",
+			Help: "Full-state exchanges (anti-entropy and joins): state sent to and received from other nodes.",
+		}, []string{"direction"}),
+	}
+	m.pushSent = m.pushPull.WithLabelValues("sent")
+	m.pushRecv = m.pushPull.WithLabelValues("received")
+	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "pier", Subsystem: "gossip", Name: "broadcast_queue",
+		Help: "Broadcasts waiting in memberlist's transmit queue.",
+	}, func() float64 {
+		if g.queue == nil {
+			return 0
+		}
+		return float64(g.queue.NumQueued())
+	})
+	members := membersCollector{g: g, desc: prometheus.NewDesc("pier_members",
+		"Nodes of the cluster as this agent sees them, by status (alive, leaving, left, failed).", []string{"status"}, nil)}
+	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, queue, members} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *gossipMetrics) broadcastQueued() {
+	if m != nil {
+		m.queued.Inc()
+	}
+}
+
+func (m *gossipMetrics) broadcastsSent(n int) {
+	if m != nil && n > 0 {
+		m.sent.Add(float64(n))
+	}
+}
+
+func (m *gossipMetrics) stateSent() {
+	if m != nil {
+		m.pushSent.Inc()
+	}
+}
+
+func (m *gossipMetrics) stateReceived() {
+	if m != nil {
+		m.pushRecv.Inc()
+	}
+}
+
+// membersCollector counts the members by status; every status is reported,
+// zero included, so that a dashboard's series do not come and go.
+type membersCollector struct {
+	g    *Gossip
+	desc *prometheus.Desc
+}
+
+func (c membersCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c membersCollector) Collect(ch chan<- prometheus.Metric) {
+	var n [registry.MemberFailed + 1]int
+	for _, m := range c.g.Members() {
+		if m.Status >= 0 && int(m.Status) < len(n) {
+			n[m.Status]++
+		}
+	}
+	for _, st := range []registry.MemberStatus{registry.MemberAlive, registry.MemberLeaving, registry.MemberLeft, registry.MemberFailed} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n[st]), st.String())
+	}
+}

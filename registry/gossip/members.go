@@ -1,0 +1,263 @@
+package gossip
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// reconnect tries failed nodes again, as Serf does: memberlist stops talking
+// to a dead node after a while, so a healed partition would otherwise stay
+// split. One attempt at a time; a dead address costs a TCP timeout.
+func (g *Gossip) reconnect(ctx context.Context, wg *sync.WaitGroup) {
+	g.mu.Lock()
+	if g.reconnecting {
+		g.mu.Unlock()
+		return
+	}
+	var addrs []string
+	for _, m := range g.members {
+		if m.Status == registry.MemberFailed {
+			addrs = append(addrs, net.JoinHostPort(m.Addr, strconv.Itoa(m.Port)))
+		}
+	}
+	g.reconnecting = len(addrs) > 0
+	g.mu.Unlock()
+	if len(addrs) == 0 {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() {
+			g.mu.Lock()
+			g.reconnecting = false
+			g.mu.Unlock()
+		}()
+		for _, a := range addrs {
+			if ctx.Err() != nil {
+				return
+			}
+			if _, err := g.ml.Join([]string{a}); err == nil {
+				g.log.Info("reconnected to a failed node", "addr", a)
+			}
+		}
+	}()
+}
+
+func (g *Gossip) retryJoin(ctx context.Context) {
+	wait := time.Second
+	for attempt := 1; ; attempt++ {
+		n, err := g.ml.Join(g.cfg.RetryJoin)
+		if n > 0 {
+			g.log.Info("joined the cluster", "addrs", g.cfg.RetryJoin, "attempt", attempt)
+			return
+		}
+		g.log.Warn("retry-join failed; will try again", "addrs", g.cfg.RetryJoin, "attempt", attempt, "in", wait, "err", oneLine(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, g.cfg.RetryMax)
+	}
+}
+
+func (g *Gossip) member(it item) {
+	n := it.node
+	if n.Name == g.reg.NodeName() {
+		return
+	}
+	st := registry.MemberAlive
+	g.mu.Lock()
+	_, intent := g.leftIntent[n.Name]
+	if it.kind != itemLeave {
+		delete(g.leftIntent, n.Name) // back again
+	}
+	g.mu.Unlock()
+	if it.kind == itemLeave {
+		st = registry.MemberFailed
+		if intent {
+			st = registry.MemberLeft
+		}
+	}
+	var tags map[string]string
+	if len(n.Meta) > 0 {
+		json.Unmarshal(n.Meta, &tags)
+	}
+	addr := n.Addr.String()
+	g.mu.Lock()
+	m, ok := g.members[n.Name]
+	if !ok {
+		m = &memberState{}
+		g.members[n.Name] = m
+	}
+	changed := m.Status != st
+	m.Member = registry.Member{Name: n.Name, Addr: addr, Port: int(n.Port), Tags: tags, Status: st}
+	if changed {
+		m.since = time.Now()
+	}
+	g.mu.Unlock()
+	if changed {
+		g.log.Info("member "+st.String(), "node", n.Name, "addr", addr)
+	}
+	g.reg.SetMemberStatus(n.Name, addr, st)
+}
+
+// leftIntentFrom records that a node said it is leaving; if memberlist
+// already reported it gone, it is now known to have left, not failed.
+func (g *Gossip) leftIntentFrom(name string) {
+	if name == g.reg.NodeName() {
+		return
+	}
+	g.mu.Lock()
+	g.leftIntent[name] = time.Now()
+	m, ok := g.members[name]
+	failed := ok && m.Status == registry.MemberFailed
+	if failed {
+		m.Status, m.since = registry.MemberLeft, time.Now()
+	}
+	g.mu.Unlock()
+	if failed {
+		g.log.Info("member left", "node", name)
+		g.reg.SetMemberStatus(name, "", registry.MemberLeft)
+	}
+}
+
+// reap forgets failed nodes after ReconnectTimeout and stops listing nodes
+// that left after LeftRetention.
+func (g *Gossip) reap(now time.Time) {
+	g.mu.Lock()
+	var reaped []string
+	for name, m := range g.members {
+		switch {
+		case m.Status == registry.MemberFailed && now.Sub(m.since) > g.cfg.ReconnectTimeout:
+			reaped = append(reaped, name)
+			delete(g.members, name)
+		case m.Status == registry.MemberLeft && now.Sub(m.since) > g.cfg.LeftRetention:
+			delete(g.members, name)
+		}
+	}
+	for name, at := range g.leftIntent {
+		if now.Sub(at) > g.cfg.LeftRetention {
+			delete(g.leftIntent, name)
+		}
+	}
+	g.mu.Unlock()
+	for _, name := range reaped {
+		g.log.Info("reaping failed node", "node", name, "after", g.cfg.ReconnectTimeout)
+		g.reg.ForgetNode(name)
+	}
+	g.reg.CollectTombstones(g.cfg.TombstoneTTL)
+}
+
+// forget marks a failed node as left: its services go at once.
+func (g *Gossip) forget(name string, mustBeFailed bool) error {
+	g.mu.Lock()
+	m, ok := g.members[name]
+	switch {
+	case !ok:
+		g.mu.Unlock()
+		return fmt.Errorf("gossip: unknown node %q: %w", name, registry.ErrNotFound)
+	case m.Status == registry.MemberAlive && mustBeFailed:
+		g.mu.Unlock()
+		return fmt.Errorf("gossip: node %q is alive; only a failed node can be forced out: %w", name, registry.ErrProtected)
+	case m.Status == registry.MemberAlive:
+		g.mu.Unlock()
+		return nil
+	}
+	m.Status, m.since = registry.MemberLeft, time.Now()
+	g.mu.Unlock()
+	g.reg.ForgetNode(name)
+	return nil
+}
+
+// Members lists every node known: alive, failed (until reaped) and left
+// (for a while), ordered by name.
+func (g *Gossip) Members() []registry.Member {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]registry.Member, 0, len(g.members))
+	for _, name := range slices.Sorted(maps.Keys(g.members)) {
+		m := g.members[name].Member
+		if name == g.reg.NodeName() && g.leaving {
+			m.Status = registry.MemberLeaving
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Join contacts addrs (host or host:port; the default port is 8301) and
+// returns how many answered.
+func (g *Gossip) Join(addrs []string) (int, error) {
+	return g.ml.Join(addrs)
+}
+
+// Leave tells the cluster this node is leaving and waits for it to be heard.
+// The agent shuts down afterwards.
+func (g *Gossip) Leave() error {
+	g.mu.Lock()
+	if g.leaving {
+		g.mu.Unlock()
+		return nil
+	}
+	g.leaving = true
+	g.mu.Unlock()
+	g.announceLeave()
+	return g.ml.Leave(g.cfg.LeaveTimeout)
+}
+
+// announceLeave tells every alive member, over TCP, that this node is about
+// to leave: memberlist's own dead message does not say whether a node left
+// or failed, and only a node that left takes its services with it at once.
+func (g *Gossip) announceLeave() {
+	msg := append([]byte{msgLeave}, g.reg.NodeName()...)
+	// Our own copies of the addresses: the nodes memberlist hands out are
+	// its live state, which it keeps writing.
+	var to []*memberlist.Node
+	g.mu.Lock()
+	for name, m := range g.members {
+		if name != g.reg.NodeName() && m.Status == registry.MemberAlive {
+			to = append(to, &memberlist.Node{Name: name, Addr: net.ParseIP(m.Addr), Port: uint16(m.Port)})
+		}
+	}
+	g.mu.Unlock()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, n := range to {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := g.ml.SendReliable(n, msg); err != nil {
+				g.log.Debug("announcing leave", "to", n.Name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// ForceLeave removes a failed node now instead of after ReconnectTimeout,
+// here and, by a broadcast, on every other node.
+func (g *Gossip) ForceLeave(node string) error {
+	if err := g.forget(node, true); err != nil {
+		return err
+	}
+	g.queue.QueueBroadcast(&broadcast{name: "force-leave\x00" + node, msg: append([]byte{msgForceLeave}, node...)})
+	return nil
+}
+
+// NumMembers is the number of alive members, this node included.
+func (g *Gossip) NumMembers() int { return g.ml.NumMembers() }

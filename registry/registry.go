@@ -77,7 +77,9 @@ type Registry struct {
 	repl        map[string]*nodeRepl    // versioned entries of every node, this one included
 	clock       clock
 	bcast       func([]Entry)
-	deferred    []Check // persisted checks whose service New did not know yet
+	deferred    []Check          // persisted checks whose service New did not know yet
+	kvTombs     map[string]Entry // deleted keys of the KV store, until collected
+	kvIndex     uint64
 	snap        atomic.Pointer[Snapshot]
 }
 
@@ -118,6 +120,7 @@ func New(cfg Config) (*Registry, error) {
 		local:       map[string]localService{},
 		localChecks: map[string]localCheck{},
 		repl:        map[string]*nodeRepl{cfg.NodeName: {entries: map[entryKey]Entry{}, member: MemberAlive}},
+		kvTombs:     map[string]Entry{},
 	}
 	r.clock.now = cfg.Now
 	if r.clock.now == nil {
@@ -128,6 +131,7 @@ func New(cfg Config) (*Registry, error) {
 	}
 	var saved []persisted
 	var savedChecks []persistedCheck
+	var savedKV []Entry
 	if cfg.DataDir != "" {
 		st, err := openStore(cfg.DataDir)
 		if err != nil {
@@ -142,6 +146,9 @@ func New(cfg Config) (*Registry, error) {
 		if saved, savedChecks, err = st.load(); err != nil {
 			return nil, err
 		}
+		if savedKV, err = st.loadKV(); err != nil {
+			return nil, err
+		}
 		// Versions must grow across restarts even if the wall clock went
 		// back: start past every version persisted.
 		for _, p := range saved {
@@ -153,6 +160,7 @@ func New(cfg Config) (*Registry, error) {
 	}
 
 	tx := r.begin()
+	tx.loadKV(savedKV)
 	tx.local(Entry{Kind: KindNode, NodeInfo: &Node{
 		ID: r.cfg.NodeID, Name: cfg.NodeName, Address: cfg.Address, Datacenter: cfg.Datacenter,
 		TaggedAddresses: map[string]string{"lan": cfg.Address, "lan_ipv4": cfg.Address, "wan": cfg.Address, "wan_ipv4": cfg.Address},

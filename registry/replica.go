@@ -17,6 +17,7 @@ const (
 	KindNode    EntryKind = 1
 	KindService EntryKind = 2
 	KindCheck   EntryKind = 3
+	KindKV      EntryKind = 4 // a key of the replicated KV store; Node is its last writer
 )
 
 // Entry is one versioned record of one node, the unit of replication. Only
@@ -31,6 +32,7 @@ type Entry struct {
 	NodeInfo *Node     `json:"node,omitempty"`
 	Service  *Service  `json:"svc,omitempty"`
 	Check    *Check    `json:"chk,omitempty"`
+	KV       *KVValue  `json:"kv,omitempty"`
 
 	at time.Time // when a tombstone was made or learnt, for its collection
 }
@@ -269,6 +271,7 @@ func (r *Registry) CollectTombstones(ttl time.Duration) {
 			}
 		}
 	}
+	r.collectKVTombstones()
 }
 
 func serfCheck(alive bool) Check {
@@ -283,6 +286,9 @@ func serfCheck(alive bool) Check {
 // reports whether it was.
 func (tx *txn) mergeEntry(e Entry) bool {
 	r := tx.r
+	if e.Kind == KindKV {
+		return tx.mergeKV(e)
+	}
 	if e.Node == r.cfg.NodeName {
 		// Our own entries coming back: only make sure we never issue a
 		// version at or below one the cluster has seen from us.

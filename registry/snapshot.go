@@ -104,6 +104,7 @@ type tables struct {
 	nodeServices *btree.BTreeG[*ServiceEntry] // by node, ID
 	checks       *btree.BTreeG[*CheckEntry]   // by node, service ID, check ID
 	names        *btree.BTreeG[nameEntry]
+	kv           *btree.BTreeG[*KVEntry]
 }
 
 func newTables() tables {
@@ -113,6 +114,7 @@ func newTables() tables {
 		nodeServices: btree.NewG(degree, nodeServiceLess),
 		checks:       btree.NewG(degree, checkLess),
 		names:        btree.NewG(degree, nameLess),
+		kv:           btree.NewG(degree, kvLess),
 	}
 }
 
@@ -123,6 +125,7 @@ func (t tables) clone() tables {
 		nodeServices: t.nodeServices.Clone(),
 		checks:       t.checks.Clone(),
 		names:        t.names.Clone(),
+		kv:           t.kv.Clone(),
 	}
 }
 
@@ -130,6 +133,7 @@ func (t tables) clone() tables {
 // read one; nothing in it changes after it is published.
 type Snapshot struct {
 	index   uint64
+	kvIndex uint64 // the last change to the KV store
 	t       tables
 	changed chan struct{}
 	made    time.Time // when it was published (metrics: the lag of its consumers)

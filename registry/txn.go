@@ -9,7 +9,8 @@ type txn struct {
 	index   uint64 // the index this transaction's changes carry
 	touched map[string]bool
 	changed bool
-	out     []Entry // this node's changed entries, for the broadcaster
+	out     []Entry  // this node's changed entries, for the broadcaster
+	kv      []string // keys of the KV store changed, for persistence
 }
 
 // begin starts a transaction; r.mu must be held.
@@ -106,11 +107,15 @@ func (tx *txn) commit() {
 		return
 	}
 	r.index = tx.index
+	if len(tx.kv) > 0 {
+		r.kvIndex = tx.index
+		r.persistKV(tx.kv)
+	}
 	t := &r.t
 	for name := range tx.touched {
 		t.names.ReplaceOrInsert(nameEntry{name: name, index: tx.index})
 	}
-	next := &Snapshot{index: r.index, t: t.clone(), changed: make(chan struct{}), made: time.Now()}
+	next := &Snapshot{index: r.index, kvIndex: max(r.kvIndex, 1), t: t.clone(), changed: make(chan struct{}), made: time.Now()}
 	if prev := r.snap.Swap(next); prev != nil {
 		close(prev.changed)
 	}

@@ -76,12 +76,16 @@ func (c *clientFlags) client() (*client, error) {
 // Any other answer becomes an error with the agent's one-line message.
 func (c *client) do(method, path string, body any, out any) error {
 	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
+	switch b := body.(type) {
+	case nil:
+	case []byte: // sent as it is (KV values)
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(body)
 		if err != nil {
 			return err
 		}
-		rd = bytes.NewReader(b)
+		rd = bytes.NewReader(j)
 	}
 	req, err := http.NewRequest(method, c.base+path, rd)
 	if err != nil {
@@ -100,7 +104,7 @@ func (c *client) do(method, path string, body any, out any) error {
 		return fmt.Errorf("reading the agent's answer: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("the agent answered %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+		return &apiError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
 	}
 	if out == nil {
 		return nil
@@ -123,3 +127,11 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// apiError is an answer other than 200, with the agent's one-line message.
+type apiError struct {
+	Code int
+	Msg  string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("the agent answered %d: %s", e.Code, e.Msg) }

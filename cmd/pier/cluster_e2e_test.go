@@ -29,9 +29,11 @@ func watch[T any](t *testing.T, url string, d time.Duration, cond func(T) bool) 
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var v T
-		if err := json.Unmarshal(b, &v); err != nil {
-			t.Fatalf("GET %s: %v in %s", url, err, b)
+		var v T // a 404 (a KV key not there yet) has no body: the zero value
+		if len(b) > 0 {
+			if err := json.Unmarshal(b, &v); err != nil {
+				t.Fatalf("GET %s: %v in %s", url, err, b)
+			}
 		}
 		if cond(v) {
 			return v

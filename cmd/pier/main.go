@@ -32,6 +32,7 @@ func commands() map[string]command {
 		"leave":      {"Make the local agent leave the cluster gracefully and stop", runLeave},
 		"keygen":     {"Print a new gossip encryption key", runKeygen},
 		"validate":   {"Check config files without starting an agent", runValidate},
+		"kv":         {"Read and write the replicated key/value store: get, put, delete, list", runKV},
 		"maint":      {"Put a service or the node in maintenance mode, or take it out", runMaint},
 		"version":    {"Print the version of pier and of the local agent", runVersion},
 	}

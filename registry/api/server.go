@@ -116,6 +116,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/agent/self", s.agentSelf)
 	s.mux.HandleFunc("GET /v1/agent/members", s.agentMembers)
 	s.checkRoutes() // TTL updates, maintenance, agent health (checks.go)
+	s.kvRoutes()    // the KV store (kv.go)
 	s.writes("/v1/agent/join/{addr...}", s.agentJoin)
 	s.writes("/v1/agent/leave", s.agentLeave)
 	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave)

@@ -66,25 +66,32 @@ func decodeEntry(msg []byte) (registry.Entry, error) {
 	return e, err
 }
 
-func encodeState(states []registry.NodeState) ([]byte, error) {
-	b, err := json.Marshal(states)
+// state is what a push/pull carries: every member's records and the KV
+// store.
+type state struct {
+	Nodes []registry.NodeState `json:"n"`
+	KV    []registry.Entry     `json:"kv,omitempty"`
+}
+
+func encodeState(st state) ([]byte, error) {
+	b, err := json.Marshal(st)
 	if err != nil {
 		return nil, err
 	}
 	return deflate(stateZ, b)
 }
 
-func decodeState(buf []byte) ([]registry.NodeState, error) {
+func decodeState(buf []byte) (state, error) {
 	if len(buf) == 0 || buf[0] != stateZ {
-		return nil, errors.New("not a pier state")
+		return state{}, errors.New("not a pier state")
 	}
 	b, err := inflate(buf[1:], 16*maxState)
 	if err != nil {
-		return nil, err
+		return state{}, err
 	}
-	var states []registry.NodeState
-	err = json.Unmarshal(b, &states)
-	return states, err
+	var st state
+	err = json.Unmarshal(b, &st)
+	return st, err
 }
 
 func deflate(kind byte, b []byte) ([]byte, error) {

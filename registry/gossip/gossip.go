@@ -285,7 +285,7 @@ func (g *Gossip) process(items []item) {
 			}
 		case itemState:
 			flush()
-			states, err := decodeState(it.buf)
+			st, err := decodeState(it.buf)
 			if err != nil {
 				g.log.Warn("dropping a push/pull state that does not decode", "err", err)
 				continue
@@ -294,7 +294,8 @@ func (g *Gossip) process(items []item) {
 			// often) is passed on as broadcasts too, so that it spreads in
 			// seconds rather than at the next push/pull of each node; a
 			// large batch is left to push/pull.
-			if fresh := g.reg.MergeStates(states); len(fresh) <= maxForward {
+			fresh := append(g.reg.MergeStates(st.Nodes), g.reg.Merge(st.KV)...)
+			if len(fresh) <= maxForward {
 				for _, e := range fresh {
 					g.queueEntry(e)
 				}

@@ -419,3 +419,63 @@ func TestCheckStatusReplicates(t *testing.T) {
 		waitFor(t, n.reg, 10*time.Second, "warning everywhere", status(registry.StatusWarning, "slow"))
 	}
 }
+
+// TestKVReplicates: a write on any node reaches every node, concurrent
+// writes to one key settle on the same value everywhere, deletes replicate,
+// and a node that was down catches up without bringing a deleted key back.
+func TestKVReplicates(t *testing.T) {
+	dir := t.TempDir()
+	n0 := startNode(t, "n0", opts{})
+	n1 := startNode(t, "n1", opts{join: []string{n0.g.Addr()}})
+	n2 := startNode(t, "n2", opts{dataDir: dir, join: []string{n0.g.Addr()}})
+	nodes := []*node{n0, n1, n2}
+	value := func(key string) func(*registry.Snapshot) string {
+		return func(s *registry.Snapshot) string {
+			if e, ok := s.KV(key); ok {
+				return string(e.Value)
+			}
+			return "<none>"
+		}
+	}
+	is := func(key, want string) func(*registry.Snapshot) bool {
+		return func(s *registry.Snapshot) bool { return value(key)(s) == want }
+	}
+	n0.reg.KVPut("app/db", []byte("v1"), 0, nil)
+	n2.reg.KVPut("app/old", []byte("x"), 0, nil)
+	for _, n := range nodes {
+		waitFor(t, n.reg, 10*time.Second, "app/db", is("app/db", "v1"))
+		waitFor(t, n.reg, 10*time.Second, "app/old", is("app/old", "x"))
+	}
+
+	// Two writers at once: whichever wins, it wins everywhere.
+	var wg sync.WaitGroup
+	for i, n := range []*node{n1, n2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.reg.KVPut("app/flag", []byte(fmt.Sprint("from-", i)), 0, nil)
+		}()
+	}
+	wg.Wait()
+	var final string
+	waitFor(t, n0.reg, 10*time.Second, "app/flag settles", func(s *registry.Snapshot) bool {
+		v1, v2 := value("app/flag")(n1.reg.Snapshot()), value("app/flag")(n2.reg.Snapshot())
+		final = value("app/flag")(s)
+		return final != "<none>" && final == v1 && final == v2
+	})
+
+	// n2 goes down; meanwhile app/old is deleted and app/db changes.
+	port := int(n2.g.ml.LocalNode().Port)
+	n2.crash()
+	n0.reg.KVDelete("app/old", false, nil)
+	n1.reg.KVPut("app/db", []byte("v2"), 0, nil)
+	back := startNode(t, "n2", opts{port: port, dataDir: dir, join: []string{n0.g.Addr()}})
+	if got := value("app/old")(back.reg.Snapshot()); got != "x" {
+		t.Fatalf("the restarted node did not keep its KV on disk: app/old = %q", got)
+	}
+	for _, n := range []*node{n0, n1, back} {
+		waitFor(t, n.reg, 20*time.Second, "caught up", func(s *registry.Snapshot) bool {
+			return is("app/db", "v2")(s) && is("app/old", "<none>")(s) && is("app/flag", final)(s)
+		})
+	}
+}

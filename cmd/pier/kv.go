@@ -1,0 +1,182 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// kvPair is the part of Consul's KVPair the CLI shows.
+type kvPair struct {
+	Key         string
+	Flags       uint64
+	Value       []byte
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+func runKV(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"give a subcommand: get, put, delete or list"}
+	}
+	sub, args := args[0], args[1:]
+	switch sub {
+	case "get":
+		return kvGet(args, stdout, stderr)
+	case "put":
+		return kvPut(args, stdout, stderr)
+	case "delete":
+		return kvDelete(args, stdout, stderr)
+	case "list":
+		return kvList(args, stdout, stderr)
+	}
+	return usageError{fmt.Sprintf("unknown kv subcommand %q: want get, put, delete or list", sub)}
+}
+
+func kvPath(key string) string {
+	return "/v1/kv/" + (&url.URL{Path: key}).EscapedPath()
+}
+
+func kvGet(args []string, stdout, stderr io.Writer) error {
+	var recurse bool
+	fs, c, cf, err := apiCommand("kv get", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&recurse, "recurse", false, "print every key under the prefix, as key:value")
+	})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 && !(recurse && fs.NArg() == 0) {
+		return usageError{"give one key"}
+	}
+	key := fs.Arg(0)
+	path := kvPath(key)
+	if recurse {
+		path += "?recurse"
+	}
+	var pairs []kvPair
+	if err := c.do("GET", path, nil, &pairs); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
+			return fmt.Errorf("no key exists at %q", key)
+		}
+		return err
+	}
+	if cf.format == "json" {
+		return printJSON(stdout, pairs)
+	}
+	for _, p := range pairs {
+		if recurse {
+			fmt.Fprintf(stdout, "%s:%s\n", p.Key, p.Value)
+		} else {
+			fmt.Fprintf(stdout, "%s\n", p.Value)
+		}
+	}
+	return nil
+}
+
+func kvPut(args []string, stdout, stderr io.Writer) error {
+	var flags uint64
+	var cas bool
+	var modifyIndex uint64
+	fs, c, _, err := apiCommand("kv put", args, stderr, func(fs *flag.FlagSet) {
+		fs.Uint64Var(&flags, "flags", 0, "opaque flags stored with the value")
+		fs.BoolVar(&cas, "cas", false, "write only if the key's modify index is -modify-index (0: only if absent)")
+		fs.Uint64Var(&modifyIndex, "modify-index", 0, "the modify index -cas compares with")
+	})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		return usageError{"give a key and a value (a value of - or none reads standard input)"}
+	}
+	key := fs.Arg(0)
+	var value []byte
+	if fs.NArg() == 2 && fs.Arg(1) != "-" {
+		value = []byte(fs.Arg(1))
+	} else if value, err = io.ReadAll(os.Stdin); err != nil {
+		return err
+	}
+	q := url.Values{}
+	if flags != 0 {
+		q.Set("flags", strconv.FormatUint(flags, 10))
+	}
+	if cas {
+		q.Set("cas", strconv.FormatUint(modifyIndex, 10))
+	}
+	path := kvPath(key)
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var ok bool
+	if err := c.do("PUT", path, value, &ok); err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%q was not written: its modify index is not %d", key, modifyIndex)
+	}
+	fmt.Fprintf(stdout, "Success! Data written to: %s\n", key)
+	return nil
+}
+
+func kvDelete(args []string, stdout, stderr io.Writer) error {
+	var recurse bool
+	fs, c, _, err := apiCommand("kv delete", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&recurse, "recurse", false, "delete every key under the prefix")
+	})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{"give one key (or prefix, with -recurse)"}
+	}
+	key := fs.Arg(0)
+	path := kvPath(key)
+	if recurse {
+		path += "?recurse"
+	}
+	if err := c.do("DELETE", path, nil, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Success! Deleted key: %s\n", key)
+	return nil
+}
+
+func kvList(args []string, stdout, stderr io.Writer) error {
+	var sep string
+	fs, c, cf, err := apiCommand("kv list", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&sep, "separator", "", "list keys only up to the first separator past the prefix, such as /")
+	})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usageError{"give at most one prefix"}
+	}
+	path := kvPath(fs.Arg(0)) + "?keys"
+	if sep != "" {
+		path += "&separator=" + url.QueryEscape(sep)
+	}
+	var keys []string
+	if err := c.do("GET", path, nil, &keys); err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
+			keys = []string{}
+		} else {
+			return err
+		}
+	}
+	if cf.format == "json" {
+		return printJSON(stdout, keys)
+	}
+	fmt.Fprint(stdout, strings.Join(keys, "\n"))
+	if len(keys) > 0 {
+		fmt.Fprintln(stdout)
+	}
+	return nil
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestKVAcrossAgents: pier kv on one agent, curl on another, through gossip.
+func TestKVAcrossAgents(t *testing.T) {
+	requireCurl(t)
+	a := startAgent(t, "-node", "kva", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")
+	b := startAgent(t, "-node", "kvb", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
+
+	out, errOut, rc := pier(t, "kv", "put", "-http-addr", a.addr, "config/app/db", "postgres://db:5432")
+	if rc != 0 || !strings.Contains(out, "Success! Data written to: config/app/db") {
+		t.Fatalf("pier kv put: %d %s%s", rc, out, errOut)
+	}
+	got := watch(t, "http://"+b.addr+"/v1/kv/config/?recurse", 10*time.Second, func(ps []struct {
+		Key   string
+		Value []byte
+	}) bool {
+		return len(ps) == 1
+	})
+	if got[0].Key != "config/app/db" || string(got[0].Value) != "postgres://db:5432" {
+		t.Errorf("b sees %+v", got)
+	}
+	if code, body := curl(t, "http://"+b.addr+"/v1/kv/config/app/db?raw"); code != 200 || body != "postgres://db:5432" {
+		t.Errorf("raw on b: %d %q", code, body)
+	}
+	out, _, rc = pier(t, "kv", "get", "-http-addr", b.addr, "config/app/db")
+	if rc != 0 || strings.TrimSpace(out) != "postgres://db:5432" {
+		t.Errorf("pier kv get on b: %d %q", rc, out)
+	}
+	if _, _, rc = pier(t, "kv", "delete", "-http-addr", b.addr, "config/app/db"); rc != 0 {
+		t.Fatalf("pier kv delete: %d", rc)
+	}
+	watch(t, "http://"+a.addr+"/v1/kv/?keys", 10*time.Second, func(keys []string) bool { return len(keys) == 0 })
+	_, errOut, rc = pier(t, "kv", "get", "-http-addr", a.addr, "config/app/db")
+	if rc != 1 || !strings.Contains(errOut, "no key exists") {
+		t.Errorf("get of a deleted key: %d %q", rc, errOut)
+	}
+}

@@ -1,0 +1,148 @@
+package api
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// kvPair is Consul's KVPair.
+type kvPair struct {
+	LockIndex   uint64
+	Key         string
+	Flags       uint64
+	Value       []byte // base64 in JSON; null when empty, as Consul
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+func toKVPair(e *registry.KVEntry) kvPair {
+	p := kvPair{Key: e.Key, Flags: e.Flags, CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex}
+	if len(e.Value) > 0 {
+		p.Value = e.Value
+	}
+	return p
+}
+
+func (s *Server) kvRoutes() {
+	s.mux.HandleFunc("GET /v1/kv/{key...}", s.kvGet)
+	s.writes("/v1/kv/{key...}", s.kvPut)
+	s.mux.HandleFunc("DELETE /v1/kv/{key...}", s.kvDelete)
+}
+
+func kvIndex(s *registry.Snapshot) uint64 { return s.KVIndex() }
+
+func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, kvIndex)
+	v := r.URL.Query()
+	switch {
+	case v.Has("keys"):
+		keys := snap.KVKeys(key, v.Get("separator"))
+		if len(keys) == 0 {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		writeJSON(w, r, keys)
+	case v.Has("recurse"):
+		list := snap.KVList(key)
+		if len(list) == 0 {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		out := make([]kvPair, 0, len(list))
+		for _, e := range list {
+			out = append(out, toKVPair(e))
+		}
+		writeJSON(w, r, out)
+	default:
+		e, found := snap.KV(key)
+		if !found {
+			w.WriteHeader(http.StatusNotFound)
+			return
+		}
+		if v.Has("raw") {
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Write(e.Value)
+			return
+		}
+		writeJSON(w, r, []kvPair{toKVPair(e)})
+	}
+}
+
+// uintParam reads an optional unsigned query parameter; false means an
+// error answer was sent.
+func uintParam(w http.ResponseWriter, r *http.Request, name string) (*uint64, bool) {
+	v := r.URL.Query()
+	if !v.Has(name) {
+		return nil, true
+	}
+	n, err := strconv.ParseUint(v.Get(name), 10, 64)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "%s: %q is not a non-negative integer", name, v.Get(name))
+		return nil, false
+	}
+	return &n, true
+}
+
+func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	if key == "" {
+		httpError(w, http.StatusBadRequest, "Missing key name")
+		return
+	}
+	flags, ok := uintParam(w, r, "flags")
+	if !ok {
+		return
+	}
+	cas, ok := uintParam(w, r, "cas")
+	if !ok {
+		return
+	}
+	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxKVValue))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			httpError(w, http.StatusRequestEntityTooLarge, "Value exceeds %d byte limit", registry.MaxKVValue)
+		} else {
+			httpError(w, http.StatusBadRequest, "Reading request body: %v", err)
+		}
+		return
+	}
+	var f uint64
+	if flags != nil {
+		f = *flags
+	}
+	done, err := s.reg.KVPut(key, value, f, cas)
+	if err != nil {
+		writeError(w, "Invalid KV write", err)
+		return
+	}
+	writeJSON(w, r, done)
+}
+
+func (s *Server) kvDelete(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	cas, ok := uintParam(w, r, "cas")
+	if !ok {
+		return
+	}
+	recurse := r.URL.Query().Has("recurse")
+	if key == "" && !recurse {
+		httpError(w, http.StatusBadRequest, "Missing key name")
+		return
+	}
+	done, err := s.reg.KVDelete(key, recurse, cas)
+	if err != nil {
+		writeError(w, "Invalid KV delete", err)
+		return
+	}
+	writeJSON(w, r, done)
+}

@@ -1,0 +1,302 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// The KV store is replicated by the same gossip as the catalog, but every
+// node may write every key: concurrent writes resolve by last writer wins on
+// the writers' hybrid logical clocks, with the node name breaking ties, so
+// every node settles on the same value. It offers no linearizable reads, no
+// sessions and no locks.
+
+// KVTombstoneTTL is how long a deleted key is remembered, so that a node
+// that was away for less than this cannot bring it back; Consul's reconnect
+// timeout, after which such a node has been reaped anyway.
+const KVTombstoneTTL = 72 * time.Hour
+
+// MaxKVValue is the largest value accepted, as in Consul.
+const MaxKVValue = 512 << 10
+
+// KVValue is the payload of a KV entry.
+type KVValue struct {
+	Value []byte `json:"v,omitempty"`
+	Flags uint64 `json:"f,omitempty"`
+}
+
+// KVEntry is one key in a snapshot, immutable once published.
+type KVEntry struct {
+	Key         string
+	Value       []byte
+	Flags       uint64
+	CreateIndex uint64
+	ModifyIndex uint64
+	version     uint64
+	writer      string
+}
+
+func kvLess(a, b *KVEntry) bool { return a.Key < b.Key }
+
+// newer reports whether a write (version v by node n) wins over one
+// (cv by cn): last writer wins, the node name breaks a tie.
+func newer(v uint64, n string, cv uint64, cn string) bool {
+	return v > cv || v == cv && n > cn
+}
+
+// KVIndex is the index of the last change to the KV store (never 0).
+func (s *Snapshot) KVIndex() uint64 { return s.kvIndex }
+
+// KV returns one key.
+func (s *Snapshot) KV(key string) (*KVEntry, bool) {
+	return s.t.kv.Get(&KVEntry{Key: key})
+}
+
+// KVList returns the keys that start with prefix, in order.
+func (s *Snapshot) KVList(prefix string) []*KVEntry {
+	var out []*KVEntry
+	s.t.kv.AscendGreaterOrEqual(&KVEntry{Key: prefix}, func(e *KVEntry) bool {
+		if !strings.HasPrefix(e.Key, prefix) {
+			return false
+		}
+		out = append(out, e)
+		return true
+	})
+	return out
+}
+
+// KVKeys lists the keys under prefix; with a separator, keys are cut after
+// the first separator past the prefix and listed once, as Consul's ?keys
+// with ?separator= does.
+func (s *Snapshot) KVKeys(prefix, sep string) []string {
+	var out []string
+	for _, e := range s.KVList(prefix) {
+		k := e.Key
+		if sep != "" {
+			if i := strings.Index(k[len(prefix):], sep); i >= 0 {
+				k = k[:len(prefix)+i+len(sep)]
+			}
+		}
+		if len(out) == 0 || out[len(out)-1] != k {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// ValidKey checks a key as the KV API accepts it.
+func ValidKey(key string) error {
+	switch {
+	case key == "":
+		return &FieldError{Field: "key", Msg: "missing"}
+	case len(key) > 1024:
+		return &FieldError{Field: "key", Msg: "too long (limit 1024 bytes)"}
+	case strings.ContainsAny(key, "\x00"):
+		return &FieldError{Field: "key", Msg: "contains a NUL byte"}
+	}
+	return nil
+}
+
+// KVPut writes key. With cas set, the write happens only if the key's
+// ModifyIndex on this node equals *cas (0: only if the key does not exist);
+// it reports whether it happened.
+func (r *Registry) KVPut(key string, value []byte, flags uint64, cas *uint64) (bool, error) {
+	if err := ValidKey(key); err != nil {
+		return false, err
+	}
+	if len(value) > MaxKVValue {
+		return false, &FieldError{Field: "value", Msg: fmt.Sprintf("too large (%d bytes, limit %d)", len(value), MaxKVValue)}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur, ok := r.t.kv.Get(&KVEntry{Key: key})
+	if cas != nil && (*cas == 0 && ok || *cas != 0 && (!ok || cur.ModifyIndex != *cas)) {
+		return false, nil
+	}
+	tx := r.begin()
+	e := Entry{Node: r.cfg.NodeName, Kind: KindKV, Key: key, Version: r.clock.next(), KV: &KVValue{Value: append([]byte(nil), value...), Flags: flags}}
+	tx.applyKV(e)
+	tx.out = append(tx.out, e)
+	tx.commit()
+	return true, nil
+}
+
+// KVDelete deletes key, or every key under it with recurse. With cas, a
+// single key is deleted only if its ModifyIndex equals *cas.
+func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error) {
+	if !recurse {
+		if err := ValidKey(key); err != nil {
+			return false, err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var keys []string
+	if recurse {
+		r.t.kv.AscendGreaterOrEqual(&KVEntry{Key: key}, func(e *KVEntry) bool {
+			if !strings.HasPrefix(e.Key, key) {
+				return false
+			}
+			keys = append(keys, e.Key)
+			return true
+		})
+	} else {
+		cur, ok := r.t.kv.Get(&KVEntry{Key: key})
+		if cas != nil && (!ok || cur.ModifyIndex != *cas) {
+			return false, nil
+		}
+		if ok {
+			keys = []string{key}
+		}
+	}
+	tx := r.begin()
+	for _, k := range keys {
+		e := Entry{Node: r.cfg.NodeName, Kind: KindKV, Key: k, Version: r.clock.next(), Deleted: true}
+		tx.applyKV(e)
+		tx.out = append(tx.out, e)
+	}
+	tx.commit()
+	return true, nil
+}
+
+// KVState returns every key and tombstone, for a push/pull.
+func (r *Registry) KVState() []Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]Entry, 0, r.t.kv.Len()+len(r.kvTombs))
+	r.t.kv.Ascend(func(e *KVEntry) bool {
+		out = append(out, kvEntryOf(e))
+		return true
+	})
+	for _, t := range r.kvTombs {
+		out = append(out, t)
+	}
+	return out
+}
+
+func kvEntryOf(e *KVEntry) Entry {
+	return Entry{Node: e.writer, Kind: KindKV, Key: e.Key, Version: e.version, KV: &KVValue{Value: e.Value, Flags: e.Flags}}
+}
+
+// mergeKV applies a remote write if it wins over what this node has.
+func (tx *txn) mergeKV(e Entry) bool {
+	r := tx.r
+	if e.Key == "" || e.Node == "" || e.Version == 0 || !e.Deleted && e.KV == nil {
+		return false
+	}
+	r.clock.observe(e.Version)
+	if cur, ok := r.t.kv.Get(&KVEntry{Key: e.Key}); ok && !newer(e.Version, e.Node, cur.version, cur.writer) {
+		return false
+	}
+	if t, ok := r.kvTombs[e.Key]; ok && !newer(e.Version, e.Node, t.Version, t.Node) {
+		return false
+	}
+	tx.applyKV(e)
+	return true
+}
+
+// applyKV records a KV write or delete that has won.
+func (tx *txn) applyKV(e Entry) {
+	r := tx.r
+	tx.changed = true
+	tx.kv = append(tx.kv, e.Key)
+	if e.Deleted {
+		r.t.kv.Delete(&KVEntry{Key: e.Key})
+		e.at = r.clock.now()
+		e.KV = nil
+		r.kvTombs[e.Key] = e
+		return
+	}
+	delete(r.kvTombs, e.Key)
+	ne := &KVEntry{Key: e.Key, Value: e.KV.Value, Flags: e.KV.Flags, CreateIndex: tx.index, ModifyIndex: tx.index, version: e.Version, writer: e.Node}
+	if cur, ok := r.t.kv.Get(ne); ok {
+		ne.CreateIndex = cur.CreateIndex
+	}
+	r.t.kv.ReplaceOrInsert(ne)
+}
+
+// collectKVTombstones drops KV tombstones older than KVTombstoneTTL; r.mu
+// must be held.
+func (r *Registry) collectKVTombstones() {
+	cut := r.clock.now().Add(-KVTombstoneTTL)
+	for k, t := range r.kvTombs {
+		if t.at.Before(cut) {
+			delete(r.kvTombs, k)
+			if r.store != nil {
+				r.store.removeKV(k)
+			}
+		}
+	}
+}
+
+// persistKV writes the changed keys to the data dir (tombstones too, so a
+// restart does not forget a delete); r.mu must be held.
+func (r *Registry) persistKV(keys []string) {
+	if r.store == nil {
+		return
+	}
+	for _, k := range keys {
+		var e Entry
+		if cur, ok := r.t.kv.Get(&KVEntry{Key: k}); ok {
+			e = kvEntryOf(cur)
+		} else if t, ok := r.kvTombs[k]; ok {
+			e = t
+			e.KV = &KVValue{Flags: uint64(e.at.Unix())} // when it was deleted, for collection after a restart
+		} else {
+			continue
+		}
+		if err := r.store.saveKV(e); err != nil {
+			r.log.Error("persisting a KV key", "key", k, "err", err)
+		}
+	}
+}
+
+// loadKV puts the persisted KV store back; called by New inside its first
+// transaction.
+func (tx *txn) loadKV(entries []Entry) {
+	for _, e := range entries {
+		tx.r.clock.observe(e.Version)
+		if e.Deleted {
+			at := time.Unix(0, 0)
+			if e.KV != nil {
+				at = time.Unix(int64(e.KV.Flags), 0)
+			}
+			e.KV, e.at = nil, at
+			tx.r.kvTombs[e.Key] = e
+			continue
+		}
+		tx.applyKV(e)
+	}
+	tx.kv = nil // already on disk
+}
+
+func (s *store) kvPath(key string) string { return filepath.Join(s.dir, "kv", fileName(key)) }
+
+func (s *store) saveKV(e Entry) error { return writeJSON(s.kvPath(e.Key), e) }
+
+func (s *store) removeKV(key string) error { return removeFile(s.kvPath(key)) }
+
+func (s *store) loadKV() ([]Entry, error) {
+	dir := filepath.Join(s.dir, "kv")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("registry: data dir: %w", err)
+	}
+	var out []Entry
+	err := readDir(dir, func(path string, b []byte) error {
+		var e Entry
+		if err := json.Unmarshal(b, &e); err != nil {
+			return err
+		}
+		if e.Kind != KindKV || e.Key == "" || e.Version == 0 || !e.Deleted && e.KV == nil {
+			return errors.New("not a KV entry")
+		}
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}

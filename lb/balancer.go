@@ -155,7 +155,7 @@ func (b *Balancer) Rebuild() *registry.Snapshot {
 	if old != nil && old.index == snap.Index() {
 		return snap
 	}
-	t := &Table{index: snap.Index(), pools: map[string]*Pool{}, changed: make(chan struct{})}
+	t := &Table{index: snap.Index(), snap: snap, pools: map[string]*Pool{}, changed: make(chan struct{})}
 	seen := make(map[string]*Backend, len(b.backends))
 	for _, nt := range snap.ServiceNames() {
 		ins := snap.ServiceInstances(nt.Name)
@@ -238,10 +238,15 @@ type ServiceTags struct {
 // immutable once published.
 type Table struct {
 	index    uint64
+	snap     *registry.Snapshot // the snapshot it was built from
 	pools    map[string]*Pool
 	services []ServiceTags
 	changed  chan struct{}
 }
+
+// Snapshot is the catalog snapshot the table was built from (nil for a
+// table made in a test).
+func (t *Table) Snapshot() *registry.Snapshot { return t.snap }
 
 // Index is the catalog index the table was built from.
 func (t *Table) Index() uint64 { return t.index }

@@ -17,7 +17,7 @@ func benchRoutes() *routeTable {
 		rs = append(rs, Route{Host: fmt.Sprintf("host%d.example.com", i), Service: fmt.Sprint("host", i)})
 	}
 	rs = append(rs, Route{Path: "/api/", Service: "api", Strip: "/api"})
-	return buildRoutes(rs, nil, false, 1, 0, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return buildRoutes(rs, nil, false, 1, 0, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 }
 
 func TestHotPathAllocsNothing(t *testing.T) {

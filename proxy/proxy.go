@@ -64,14 +64,15 @@ const maxTries = 16
 
 // Proxy is the front door.
 type Proxy struct {
-	cfg    Config
-	bal    *lb.Balancer
-	log    *slog.Logger
-	routes atomic.Pointer[routeTable]
-	mu     sync.Mutex // serializes route rebuilds
-	srv    *fasthttp.Server
-	met    *proxyMetrics // nil: no metrics
-	alog   *accessLog    // nil: no access log
+	cfg      Config
+	bal      *lb.Balancer
+	log      *slog.Logger
+	routes   atomic.Pointer[routeTable]
+	mu       sync.Mutex        // serializes route rebuilds
+	kvWarned map[string]uint64 // bad KV routes already logged; guarded by mu
+	srv      *fasthttp.Server
+	met      *proxyMetrics // nil: no metrics
+	alog     *accessLog    // nil: no access log
 
 	tunnelsMu sync.Mutex
 	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
@@ -117,7 +118,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
 	}
-	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}}
+	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -222,7 +223,7 @@ func (p *Proxy) syncRoutes() *routeTable {
 	lbt = p.bal.Table()
 	rt := p.routes.Load()
 	if rt == nil || rt.lbt != lbt {
-		rt = buildRoutes(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log)
+		rt = buildRoutes(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log, p.kvWarned)
 		p.met.attach(rt)
 		p.routes.Store(rt)
 	}

@@ -156,7 +156,10 @@ func hostKey(dst, host []byte) []byte {
 // buildRoutes merges the config's routes with the urlprefix- tags of the
 // services in lbt. A config route wins over a tag for the same host and
 // path; among tags, the service first by name wins, and the loser is logged.
-func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeout time.Duration, log *slog.Logger) *routeTable {
+// warned remembers the KV routes already reported as bad (key to its
+// ModifyIndex), so a bad value is logged once, not at every rebuild; nil
+// reports every time.
+func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeout time.Duration, log *slog.Logger, warned map[string]uint64) *routeTable {
 	t := &routeTable{lbt: lbt, byHost: map[string]*pathSet{}}
 	seen := map[string]*route{}
 	add := func(r Route) {
@@ -192,6 +195,22 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 	for _, r := range cfg {
 		r.Source = "config"
 		add(r)
+	}
+	if lbt != nil && lbt.Snapshot() != nil {
+		for _, e := range lbt.Snapshot().KVList(KVRoutePrefix) {
+			r, err := ParseRoute(e.Value)
+			if err != nil {
+				if warned == nil || warned[e.Key] != e.ModifyIndex {
+					log.Error("ignoring a route in the KV store", "key", e.Key, "err", err)
+					if warned != nil {
+						warned[e.Key] = e.ModifyIndex
+					}
+				}
+				continue
+			}
+			r.Source = "kv"
+			add(r)
+		}
 	}
 	if tags && lbt != nil {
 		for _, st := range lbt.Services() {

@@ -14,6 +14,8 @@ type RouteInfo struct {
 	Strip       string `json:",omitempty"`
 	Prepend     string `json:",omitempty"`
 	Source      string
+	Key         string `json:",omitempty"` // for a route from the KV store, its key
+	Error       string `json:",omitempty"` // why a KV route is not served
 	MaxFails    int
 	FailTimeout string
 	Total       int // instances in the catalog, healthy or not
@@ -39,7 +41,7 @@ func (p *Proxy) Routes() []RouteInfo {
 	for _, r := range rt.all {
 		ri := RouteInfo{
 			Host: r.Host, Path: r.Path, Service: r.Service, Strip: r.Strip, Prepend: r.Prepend,
-			Source: r.Source, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
+			Source: r.Source, Key: r.Key, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
 			Instances: []InstanceInfo{},
 		}
 		pool := rt.lbt.Pool(r.Service)
@@ -53,6 +55,9 @@ func (p *Proxy) Routes() []RouteInfo {
 			ri.Instances = append(ri.Instances, ii)
 		}
 		out = append(out, ri)
+	}
+	for _, b := range rt.bad {
+		out = append(out, RouteInfo{Source: "kv", Key: b.key, Error: b.err.Error(), Instances: []InstanceInfo{}})
 	}
 	return out
 }

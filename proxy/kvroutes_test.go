@@ -47,6 +47,13 @@ func TestKVRoutes(t *testing.T) {
 	if strings.Join(sources, ",") != "/api/=kv" {
 		t.Errorf("routes: %v", sources)
 	}
+	var shown []string
+	for _, ri := range e.p.Routes() {
+		shown = append(shown, ri.Key+":"+ri.Error)
+	}
+	if len(shown) != 2 || shown[0] != KVRoutePrefix+"api:" || !strings.HasPrefix(shown[1], KVRoutePrefix+"broken:route") {
+		t.Errorf("/v1/pier/routes shows %q; want the good route and the bad one with its error", shown)
+	}
 	e.reg.KVDelete(KVRoutePrefix+"api", false, nil)
 	e.synced()
 	if code, _ := e.get("", "/api/x"); code != 404 {

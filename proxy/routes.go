@@ -21,7 +21,8 @@ type Route struct {
 	Prepend     string        // prefix added to the path after Strip
 	MaxFails    *int          // passive health: nil takes the proxy's MaxFails
 	FailTimeout time.Duration // passive health: 0 takes the proxy's FailTimeout
-	Source      string        // "config" or "tag"; set by the proxy
+	Source      string        // "config", "kv" or "tag"; set by the proxy
+	Key         string        // for a KV route, its key; set by the proxy
 }
 
 // Validate reports the first mistake in r, naming the route.
@@ -61,6 +62,13 @@ type routeTable struct {
 	byHost  map[string]*pathSet // by exact host
 	anyHost pathSet
 	all     []*route // for display, by host then path
+	bad     []badRoute
+}
+
+// badRoute is a KV route that could not be read: shown, not served.
+type badRoute struct {
+	key string
+	err error
 }
 
 // pathSet holds the routes of one host indexed by the first segment of
@@ -200,6 +208,7 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 		for _, e := range lbt.Snapshot().KVList(KVRoutePrefix) {
 			r, err := ParseRoute(e.Value)
 			if err != nil {
+				t.bad = append(t.bad, badRoute{e.Key, err})
 				if warned == nil || warned[e.Key] != e.ModifyIndex {
 					log.Error("ignoring a route in the KV store", "key", e.Key, "err", err)
 					if warned != nil {
@@ -208,7 +217,7 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 				}
 				continue
 			}
-			r.Source = "kv"
+			r.Source, r.Key = "kv", e.Key
 			add(r)
 		}
 	}

@@ -21,8 +21,15 @@ import (
 // timeout, after which such a node has been reaped anyway.
 const KVTombstoneTTL = 72 * time.Hour
 
-// MaxKVValue is the largest value accepted, as in Consul.
-const MaxKVValue = 512 << 10
+// The largest key and value accepted, as in Consul.
+const (
+	MaxKVKey   = 512
+	MaxKVValue = 512 << 10
+)
+
+// ErrKVFull is a write refused because the store would exceed
+// Config.KVMaxBytes.
+var ErrKVFull = errors.New("the KV store is full")
 
 // KVValue is the payload of a KV entry.
 type KVValue struct {
@@ -94,8 +101,8 @@ func ValidKey(key string) error {
 	switch {
 	case key == "":
 		return &FieldError{Field: "key", Msg: "missing"}
-	case len(key) > 1024:
-		return &FieldError{Field: "key", Msg: "too long (limit 1024 bytes)"}
+	case len(key) > MaxKVKey:
+		return &FieldError{Field: "key", Msg: fmt.Sprintf("too long (%d bytes, limit %d)", len(key), MaxKVKey)}
 	case strings.ContainsAny(key, "\x00"):
 		return &FieldError{Field: "key", Msg: "contains a NUL byte"}
 	}
@@ -117,6 +124,15 @@ func (r *Registry) KVPut(key string, value []byte, flags uint64, cas *uint64) (b
 	cur, ok := r.t.kv.Get(&KVEntry{Key: key})
 	if cas != nil && (*cas == 0 && ok || *cas != 0 && (!ok || cur.ModifyIndex != *cas)) {
 		return false, nil
+	}
+	if max := r.cfg.KVMaxBytes; max > 0 {
+		size := r.kvBytes + int64(len(key)+len(value))
+		if ok {
+			size -= int64(len(cur.Key) + len(cur.Value))
+		}
+		if size > max {
+			return false, fmt.Errorf("registry: %w: %d bytes with this write, limit %d", ErrKVFull, size, max)
+		}
 	}
 	tx := r.begin()
 	e := Entry{Node: r.cfg.NodeName, Kind: KindKV, Key: key, Version: r.clock.next(), KV: &KVValue{Value: append([]byte(nil), value...), Flags: flags}}
@@ -205,6 +221,9 @@ func (tx *txn) applyKV(e Entry) {
 	r := tx.r
 	tx.changed = true
 	tx.kv = append(tx.kv, e.Key)
+	if old, ok := r.t.kv.Get(&KVEntry{Key: e.Key}); ok {
+		r.kvBytes -= int64(len(old.Key) + len(old.Value))
+	}
 	if e.Deleted {
 		r.t.kv.Delete(&KVEntry{Key: e.Key})
 		e.at = r.clock.now()
@@ -218,6 +237,7 @@ func (tx *txn) applyKV(e Entry) {
 		ne.CreateIndex = cur.CreateIndex
 	}
 	r.t.kv.ReplaceOrInsert(ne)
+	r.kvBytes += int64(len(ne.Key) + len(ne.Value))
 }
 
 // collectKVTombstones drops KV tombstones older than KVTombstoneTTL; r.mu

@@ -49,6 +49,7 @@ type Config struct {
 	AgentPort  int               // port of the agent's own "consul" service entry
 	Logger     *slog.Logger      // nil: discard
 	Now        func() time.Time  // nil: time.Now; tests inject a clock
+	KVMaxBytes int64             // local KV writes are refused past this many bytes of keys and values; 0: no limit
 
 	Registerer prometheus.Registerer // nil: no metrics
 }
@@ -80,6 +81,7 @@ type Registry struct {
 	deferred    []Check          // persisted checks whose service New did not know yet
 	kvTombs     map[string]Entry // deleted keys of the KV store, until collected
 	kvIndex     uint64
+	kvBytes     int64 // keys and values held, for Config.KVMaxBytes
 	snap        atomic.Pointer[Snapshot]
 }
 

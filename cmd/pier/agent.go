@@ -76,6 +76,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	rcfg.AgentPort = cfg.SerfLANPort
 	rcfg.Logger = log.With("component", "registry")
 	rcfg.Registerer = prom
+	rcfg.KVMaxBytes = cfg.KVMaxBytes
 	reg, err := registry.New(rcfg)
 	if err != nil {
 		return err

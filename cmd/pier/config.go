@@ -39,6 +39,7 @@ type agentConfig struct {
 	LogJSON     bool
 	Dev         bool
 	Services    []serviceSource
+	KVMaxBytes  int64           // limits.kv_max_store_bytes: local KV writes past this are refused (0: none)
 	Proxy       *proxySettings  // the front door; nil: this agent runs none
 	Docker      *dockerSettings // registration of this host's containers; nil: off (agent_docker.go)
 	DNS         dnsSettings     // the DNS interface and resolver (config_dns.go)
@@ -75,6 +76,9 @@ func defaultAgentConfig() agentConfig {
 // fileConfig is the config file's shape: Consul's key names, in YAML or JSON,
 // snake_case or CamelCase.
 type fileConfig struct {
+	Limits *struct {
+		KVMaxStoreBytes *int64
+	}
 	NodeName         *string
 	Datacenter       *string
 	DataDir          *string
@@ -346,6 +350,12 @@ func (c *agentConfig) loadFile(path string) error {
 			return fmt.Errorf("config file %s: %s: %q is not a positive duration such as 30s", path, d.key, *d.src)
 		}
 		*d.dst = v
+	}
+	if fc.Limits != nil && fc.Limits.KVMaxStoreBytes != nil {
+		if *fc.Limits.KVMaxStoreBytes < 0 {
+			return fmt.Errorf("config file %s: limits.kv_max_store_bytes: must not be negative", path)
+		}
+		c.KVMaxBytes = *fc.Limits.KVMaxStoreBytes
 	}
 	if fc.Ports != nil {
 		if fc.Ports.HTTP != nil {

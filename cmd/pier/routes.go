@@ -16,6 +16,8 @@ type apiRoute struct {
 	Strip       string
 	Prepend     string
 	Source      string
+	Key         string
+	Error       string
 	MaxFails    int
 	FailTimeout string
 	Total       int
@@ -53,7 +55,12 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "Route\tService\tRewrite\tSource\tHealthy\tInstances")
+	var bad []apiRoute
 	for _, r := range rs {
+		if r.Error != "" {
+			bad = append(bad, r)
+			continue
+		}
 		route := r.Host + r.Path
 		if r.Host == "" {
 			route = "*" + r.Path
@@ -85,5 +92,11 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, r.Service, rewrite, r.Source, len(r.Instances), r.Total, strings.Join(ins, ", "))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range bad {
+		fmt.Fprintf(stdout, "not served: %s: %s\n", r.Key, r.Error)
+	}
+	return nil
 }

@@ -239,6 +239,8 @@ func writeError(w http.ResponseWriter, prefix string, err error) {
 		httpError(w, http.StatusBadRequest, "%s: %v", prefix, fe)
 	case errors.Is(err, registry.ErrNotFound):
 		httpError(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, registry.ErrKVFull):
+		httpError(w, http.StatusRequestEntityTooLarge, "%v", err)
 	case errors.Is(err, registry.ErrProtected):
 		httpError(w, http.StatusBadRequest, "%v", err)
 	default:

@@ -193,3 +193,42 @@ func BenchmarkPropagation(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkKVPropagation25 measures the time from a KV write on one node
+// until every node of a 25-node cluster has it.
+// Run: go test -run XXX -bench KVPropagation -benchtime 20x ./registry/gossip/
+func BenchmarkKVPropagation25(b *testing.B) {
+	var sent atomic.Int64
+	nodes := benchCluster(b, 25, &sent)
+	var lat []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		key := fmt.Sprintf("bench/%d", i)
+		var wg sync.WaitGroup
+		var slowest atomic.Int64
+		start := time.Now()
+		for _, nd := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				waitUntil(nd.reg, 30*time.Second, func(s *registry.Snapshot) bool {
+					_, ok := s.KV(key)
+					return ok
+				})
+				d := int64(time.Since(start))
+				for {
+					cur := slowest.Load()
+					if d <= cur || slowest.CompareAndSwap(cur, d) {
+						break
+					}
+				}
+			}()
+		}
+		nodes[rand.N(len(nodes))].reg.KVPut(key, []byte("v"), 0, nil)
+		wg.Wait()
+		lat = append(lat, time.Duration(slowest.Load()))
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(percentile(lat, 0.5).Milliseconds()), "ms-p50-all-nodes")
+	b.ReportMetric(float64(percentile(lat, 0.99).Milliseconds()), "ms-p99-all-nodes")
+}

@@ -457,12 +457,24 @@ func TestKVReplicates(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Re-check whenever any of the three changes: the last to settle may
+	// be any of them.
 	var final string
-	waitFor(t, n0.reg, 10*time.Second, "app/flag settles", func(s *registry.Snapshot) bool {
-		v1, v2 := value("app/flag")(n1.reg.Snapshot()), value("app/flag")(n2.reg.Snapshot())
-		final = value("app/flag")(s)
-		return final != "<none>" && final == v1 && final == v2
-	})
+	for timeout := time.After(10 * time.Second); ; {
+		s0, s1, s2 := n0.reg.Snapshot(), n1.reg.Snapshot(), n2.reg.Snapshot()
+		v0, v1, v2 := value("app/flag")(s0), value("app/flag")(s1), value("app/flag")(s2)
+		if v0 != "<none>" && v0 == v1 && v0 == v2 {
+			final = v0
+			break
+		}
+		select {
+		case <-s0.Changed():
+		case <-s1.Changed():
+		case <-s2.Changed():
+		case <-timeout:
+			t.Fatalf("app/flag did not settle: %s / %s / %s", v0, v1, v2)
+		}
+	}
 
 	// n2 goes down; meanwhile app/old is deleted and app/db changes.
 	port := int(n2.g.ml.LocalNode().Port)

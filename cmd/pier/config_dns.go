@@ -48,8 +48,9 @@ type dnsFile struct {
 	EnableTruncate  *bool
 	UDPAnswerLimit  *int
 	RecursorTimeout *string
-	AllowStale      *bool   // accepted and ignored: every pier agent answers from its own catalog
-	MaxStale        *string // likewise
+	AllowStale      *bool    // accepted and ignored: every pier agent answers from its own catalog
+	MaxStale        *string  // likewise
+	Allow           []string // pier's own: sources besides loopback that may recurse, as -dns-allow
 }
 
 // dnsFlags are the agent's DNS flags.
@@ -90,6 +91,13 @@ func (c *agentConfig) mergeDNS(fc *fileConfig, raw []byte) error {
 	}
 	if dc.EnableTruncate != nil {
 		d.EnableTruncate = *dc.EnableTruncate
+	}
+	for _, a := range dc.Allow {
+		p, err := parseAllow(a)
+		if err != nil {
+			return fmt.Errorf("dns_config.allow: %w", err)
+		}
+		d.Allow = append(d.Allow, p)
 	}
 	if dc.UDPAnswerLimit != nil {
 		if *dc.UDPAnswerLimit < 1 {
@@ -179,15 +187,11 @@ func (c *agentConfig) resolveDNS(f *agentFlags, set map[string]bool) error {
 		d.Recursors = append([]string(nil), f.dns.recursors...)
 	}
 	for _, a := range f.dns.allow {
-		p, err := netip.ParsePrefix(a)
+		p, err := parseAllow(a)
 		if err != nil {
-			ip, err2 := netip.ParseAddr(a)
-			if err2 != nil {
-				return usageError{fmt.Sprintf("-dns-allow %q: want an address or a CIDR such as 10.0.0.0/8", a)}
-			}
-			p = netip.PrefixFrom(ip, ip.BitLen())
+			return usageError{"-dns-allow " + err.Error()}
 		}
-		d.Allow = append(d.Allow, p.Masked())
+		d.Allow = append(d.Allow, p)
 	}
 	for _, r := range d.Recursors {
 		if _, err := netip.ParseAddr(r); err == nil {
@@ -204,4 +208,17 @@ func (c *agentConfig) resolveDNS(f *agentFlags, set map[string]bool) error {
 		return usageError{fmt.Sprintf("-dns-port %d: out of range (0-65535)", d.Port)}
 	}
 	return nil
+}
+
+// parseAllow reads an address or a CIDR that may use the recursors.
+func parseAllow(a string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(a)
+	if err != nil {
+		ip, err2 := netip.ParseAddr(a)
+		if err2 != nil {
+			return p, fmt.Errorf("%q: want an address or a CIDR such as 10.0.0.0/8", a)
+		}
+		p = netip.PrefixFrom(ip, ip.BitLen())
+	}
+	return p.Masked(), nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/pier-dev/pier/health"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
+	"github.com/pier-dev/pier/registry/api/ui"
 	"github.com/pier-dev/pier/registry/gossip"
 )
 
@@ -129,6 +130,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Version = version
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom
+	acfg.ACL = cfg.ACL
 	srv, err := api.New(acfg)
 	if err != nil {
 		return err
@@ -136,6 +138,8 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	if met.handler != nil {
 		srv.Handle("GET /metrics", met.handler)
 	}
+	srv.Handle("GET /ui/", ui.Handler("/ui/"))
+	srv.Handle("GET /ui", ui.Redirect())
 	names, err := newDNS(cfg, reg, log, prom)
 	if err != nil {
 		return err
@@ -197,7 +201,11 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	}
 	for _, h := range cfg.Client {
 		if ip := net.ParseIP(h); ip != nil && !ip.IsLoopback() {
-			agentLog.Warn("the HTTP API listens on a non-loopback address and anyone who reaches it can register services", "addr", h)
+			if cfg.ACL.Enabled {
+				agentLog.Info("the HTTP API listens on a non-loopback address; ACLs are on", "addr", h)
+			} else {
+				agentLog.Warn("SECURITY: the HTTP API listens on a non-loopback address with ACLs off: anyone who reaches it can register services and route the front door's traffic; enable acl in the config", "addr", h)
+			}
 		}
 	}
 	agentLog.Info("pier agent running", "version", version, "node", cfg.Node, "address", addr,

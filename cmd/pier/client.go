@@ -15,19 +15,22 @@ import (
 
 // client talks to the local agent's HTTP API for the CLI subcommands.
 type client struct {
-	base string // http://host:port
-	http *http.Client
+	base  string // http://host:port
+	http  *http.Client
+	token string // X-Consul-Token; "" sends none
 }
 
 // clientFlags are the flags every API subcommand takes.
 type clientFlags struct {
 	addr   string
 	format string
+	token  string
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "http-addr", "", "address of the agent's HTTP API (default $PIER_HTTP_ADDR, $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
 	fs.StringVar(&c.format, "format", "table", "output format: table or json")
+	fs.StringVar(&c.token, "token", "", "ACL token sent to the agent (default $PIER_HTTP_TOKEN or $CONSUL_HTTP_TOKEN)")
 }
 
 // apiCommand sets up an API subcommand: its own flags (define may add them),
@@ -69,7 +72,13 @@ func (c *clientFlags) client() (*client, error) {
 	if err != nil || u.Host == "" {
 		return nil, usageError{fmt.Sprintf("-http-addr %q: want host:port or http://host:port", c.addr)}
 	}
-	return &client{base: strings.TrimRight(u.String(), "/"), http: &http.Client{Timeout: 30 * time.Second}}, nil
+	tok := c.token
+	for _, env := range []string{"PIER_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"} {
+		if tok == "" {
+			tok = os.Getenv(env)
+		}
+	}
+	return &client{base: strings.TrimRight(u.String(), "/"), http: &http.Client{Timeout: 30 * time.Second}, token: tok}, nil
 }
 
 // do sends a request and decodes a 200 answer's JSON into out (if not nil).
@@ -91,8 +100,8 @@ func (c *client) do(method, path string, body any, out any) error {
 	if err != nil {
 		return err
 	}
-	if tok := os.Getenv("CONSUL_HTTP_TOKEN"); tok != "" {
-		req.Header.Set("X-Consul-Token", tok)
+	if c.token != "" {
+		req.Header.Set("X-Consul-Token", c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

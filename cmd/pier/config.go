@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/api"
 )
 
 // agentConfig is the agent's configuration after defaults, config files and
@@ -47,6 +48,8 @@ type agentConfig struct {
 	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
 
 	Metrics metricsSettings // Prometheus metrics (agent_metrics.go)
+
+	ACL api.ACLConfig // API tokens; off unless a config file enables them (config_acl.go)
 }
 
 // serviceSource is a validated service definition with where it was
@@ -111,6 +114,8 @@ type fileConfig struct {
 	DNSConfig *dnsFile
 
 	EnableScriptChecks *bool
+
+	ACL json.RawMessage // decoded again from the raw file by mergeACL
 }
 
 // agentFlags are the agent's flags; set records which ones the user gave, so
@@ -381,6 +386,9 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	c.mergeMetrics(&fc)
+	if err := c.mergeACL(b); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
 	raws := fc.Services
 	if len(fc.Service) > 0 && string(fc.Service) != "null" {
 		raws = append([]json.RawMessage{fc.Service}, raws...)

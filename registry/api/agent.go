@@ -90,6 +90,9 @@ func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) {
 	dc := s.reg.Config().Datacenter
 	out := map[string]agentService{}
 	for _, e := range snap.NodeServices(s.self()) {
+		if !mayReadService(r, e.Name) {
+			continue
+		}
 		out[e.ID] = toAgentService(e, dc)
 	}
 	writeJSON(w, r, out)
@@ -156,6 +159,9 @@ func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
 	snap := s.reg.Snapshot()
 	out := map[string]healthCheck{}
 	for _, c := range snap.AllNodeChecks(s.self()) {
+		if c.ServiceID != "" && !mayReadService(r, c.ServiceName) {
+			continue
+		}
 		out[c.CheckID] = toHealthCheck(c)
 	}
 	writeJSON(w, r, out)

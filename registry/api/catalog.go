@@ -54,6 +54,11 @@ func (s *Server) catalogServices(w http.ResponseWriter, r *http.Request) {
 			out[k] = slices.Compact(v)
 		}
 	}
+	for k := range out {
+		if !mayReadService(r, k) {
+			delete(out, k)
+		}
+	}
 	writeJSON(w, r, out)
 }
 

@@ -76,7 +76,7 @@ func (s *Server) healthState(w http.ResponseWriter, r *http.Request) {
 	snap := s.block(w, r, q, globalIndex)
 	out := []healthCheck{}
 	snap.Checks(func(c *registry.CheckEntry) bool {
-		if state == "any" || string(c.Status) == state {
+		if (state == "any" || string(c.Status) == state) && (c.ServiceID == "" || mayReadService(r, c.ServiceName)) {
 			out = append(out, toHealthCheck(c))
 		}
 		return true

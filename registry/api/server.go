@@ -45,6 +45,9 @@ type Config struct {
 	// EnableScriptChecks accepts checks with Args at registration, as
 	// Consul's enable_script_checks; otherwise they are refused with 400.
 	EnableScriptChecks bool
+	// ACL is the acl stanza: when enabled, every /v1/ request needs a token
+	// allowed to do what it asks (acl.go).
+	ACL ACLConfig
 
 	Registerer prometheus.Registerer // nil: no metrics
 }
@@ -65,6 +68,7 @@ type Server struct {
 	log *slog.Logger
 	mux *http.ServeMux
 	met *apiMetrics // nil: no metrics
+	acl *Authorizer // nil: ACLs off
 }
 
 // New validates cfg and builds the handler.
@@ -89,6 +93,9 @@ func New(cfg Config) (*Server, error) {
 	var err error
 	if s.met, err = newMetrics(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("api: metrics: %w", err)
+	}
+	if s.acl, err = NewAuthorizer(cfg.ACL); err != nil {
+		return nil, err
 	}
 	s.routes()
 	return s, nil
@@ -145,6 +152,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Consul-LastContact", "0")
 	// Blocking endpoints replace this with the index of their own answer.
 	h.Set("X-Consul-Index", strconv.FormatUint(s.reg.Snapshot().Index(), 10))
+	if s.acl != nil {
+		var ok bool
+		if r, ok = s.authorize(w, r); !ok {
+			return
+		}
+	}
 	s.met.serve(s.mux, w, r)
 }
 

@@ -1,0 +1,355 @@
+// pier's web UI: reads the agent's JSON API every second and redraws the
+// current page. Read-only; every value from the API goes in as text, never
+// as HTML.
+"use strict";
+
+(function () {
+  const view = document.getElementById("view");
+  const title = document.getElementById("title");
+  const filter = document.getElementById("filter");
+  const live = document.getElementById("live");
+  const errorBox = document.getElementById("error");
+  const POLL_MS = 1000;
+  const MEMBER = { 1: "alive", 2: "leaving", 3: "left", 4: "failed" };
+  const RANK = { passing: 0, warning: 1, critical: 2, maintenance: 2 };
+
+  let timer = null;
+  let generation = 0; // drops answers for a page the user has left
+  let lastKey = "";   // skips redraws when nothing changed
+  const history = {}; // route key -> [{t, requests}] for requests/s
+
+  function el(tag, attrs, ...kids) {
+    const e = document.createElement(tag);
+    for (const k in attrs || {}) {
+      if (k === "text") e.textContent = attrs[k];
+      else e.setAttribute(k, attrs[k]);
+    }
+    for (const kid of kids) {
+      if (kid == null) continue;
+      e.append(kid instanceof Node ? kid : String(kid));
+    }
+    return e;
+  }
+
+  // status draws a state by colour, by symbol and by word.
+  function status(word) {
+    return el("span", { class: "status " + word, text: word });
+  }
+
+  function worst(list) {
+    let w = "passing";
+    for (const s of list) if ((RANK[s] || 0) > RANK[w]) w = s;
+    return w;
+  }
+
+  async function get(path) {
+    const r = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+    if (!r.ok) {
+      const err = new Error(path + ": " + r.status + " " + (await r.text()).trim());
+      err.status = r.status;
+      throw err;
+    }
+    return r.json();
+  }
+
+  function matches(text) {
+    const q = filter.value.trim().toLowerCase();
+    return q === "" || text.toLowerCase().includes(q);
+  }
+
+  function table(headers, rows) {
+    const thead = el("thead", null, el("tr", null, ...headers.map(h => el("th", { scope: "col", class: h.num ? "num" : "", text: h.name || h }))));
+    const tbody = el("tbody");
+    for (const cells of rows) {
+      const tr = el("tr");
+      cells.forEach((c, i) => {
+        const h = headers[i];
+        tr.append(el("td", { "data-label": h.name || h, class: h.num ? "num" : "" }, c));
+      });
+      tbody.append(tr);
+    }
+    return el("table", null, thead, tbody);
+  }
+
+  function tags(list) {
+    const s = el("span");
+    for (const t of list || []) s.append(el("span", { class: "tag", text: t }));
+    return s;
+  }
+
+  function meta(m) {
+    const keys = Object.keys(m || {}).sort();
+    if (keys.length === 0) return "";
+    return el("code", { text: keys.map(k => k + "=" + m[k]).join(" ") });
+  }
+
+  // ---- services ----
+  async function services() {
+    const names = Object.keys(await get("/v1/catalog/services")).sort();
+    // One service the agent will not show (ACLs) leaves the others on the page.
+    return Promise.all(names.map(n => get("/v1/health/service/" + encodeURIComponent(n))
+      .then(list => [n, list], e => [n, [], e.message])));
+  }
+
+  function drawServices(all) {
+    const out = [];
+    for (const [name, list, err] of all) {
+      const text = [name];
+      for (const e of list) {
+        text.push(e.Node.Node, e.Service.ID, e.Service.Address || e.Node.Address, ...(e.Service.Tags || []));
+        for (const c of e.Checks) text.push(c.Status, c.Name);
+      }
+      const state = worst(list.flatMap(e => e.Checks.map(c => c.Status)));
+      text.push(state);
+      if (!matches(text.join(" "))) continue;
+      const rows = list.map(e => {
+        const s = e.Service;
+        const checks = el("ul", { class: "checks" });
+        for (const c of e.Checks) {
+          checks.append(el("li", null, status(c.Status), " ", c.Name || c.CheckID,
+            c.Output ? el("span", { class: "output", text: c.Output }) : null));
+        }
+        return [
+          s.ID, e.Node.Node, s.Address || e.Node.Address, s.Port || "",
+          tags(s.Tags), meta(s.Meta),
+          s.Weights ? s.Weights.Passing + "/" + s.Weights.Warning : "",
+          checks,
+        ];
+      });
+      const healthy = list.filter(e => e.Checks.every(c => c.Status === "passing")).length;
+      out.push(el("section", { class: "card", "data-service": name },
+        el("h3", null, name, status(state), el("span", { class: "sub", text: healthy + "/" + list.length + " instances passing" })),
+        err ? el("p", { class: "error", text: err }) : list.length ? table(["instance", "node", "address", { name: "port", num: true }, "tags", "meta", "weights", "checks"], rows)
+          : el("p", { class: "empty", text: "no instances" })));
+    }
+    return out.length ? out : [el("p", { class: "empty", text: filter.value ? "No service matches the filter." : "No services." })];
+  }
+
+  // ---- nodes ----
+  async function nodes() {
+    const [list, members] = await Promise.all([
+      get("/v1/catalog/nodes"),
+      get("/v1/agent/members").catch(() => []),
+    ]);
+    const details = await Promise.all(list.map(n =>
+      Promise.all([
+        get("/v1/catalog/node/" + encodeURIComponent(n.Node)).catch(() => null),
+        get("/v1/health/node/" + encodeURIComponent(n.Node)).catch(() => []),
+      ])));
+    return list.map((n, i) => ({ node: n, member: members.find(m => m.Name === n.Node), catalog: details[i][0], checks: details[i][1] }));
+  }
+
+  function drawNodes(all) {
+    const rows = [];
+    for (const d of all) {
+      const n = d.node;
+      let state = d.member ? (MEMBER[d.member.Status] || "failed") : "";
+      const serf = d.checks.find(c => c.CheckID === "serfHealth");
+      if (!state) state = serf ? (serf.Status === "passing" ? "alive" : "failed") : "alive";
+      const svcs = d.catalog && d.catalog.Services ? Object.values(d.catalog.Services).map(s => s.Service).sort() : [];
+      const health = worst(d.checks.map(c => c.Status));
+      const text = [n.Node, n.Address, state, health, ...svcs].join(" ");
+      if (!matches(text)) continue;
+      rows.push([n.Node, status(state), n.Address, status(health), tags([...new Set(svcs)]), n.Datacenter || ""]);
+    }
+    if (rows.length === 0) return [el("p", { class: "empty", text: filter.value ? "No node matches the filter." : "No nodes." })];
+    return [el("section", { class: "card" }, table(["node", "membership", "address", "checks", "services", "datacenter"], rows))];
+  }
+
+  // ---- routes ----
+  async function routes() {
+    try {
+      const [list, text] = await Promise.all([
+        get("/v1/pier/routes"),
+        fetch("/metrics", { cache: "no-store" }).then(r => r.ok ? r.text() : "", () => ""),
+      ]);
+      const m = proxyMetrics(text);
+      for (const r of list) {
+        const label = (r.Host || "") + (r.Path || "");
+        const key = r.Source + " " + (r.Key || "") + " " + label + " " + r.Service;
+        const cur = m[label + "\u0000" + r.Service] || { n: 0, errs: 0, buckets: [] };
+        r.rate = rate(key, cur);
+      }
+      return list;
+    } catch (e) {
+      if (e.status === 404 || e.status === 405) return null;
+      throw e;
+    }
+  }
+
+  function spark(points, errs) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("viewBox", "0 0 60 20");
+    svg.setAttribute("role", "img");
+    const max = Math.max(1, ...points);
+    for (const [cls, series] of [["req", points], ["err", errs]]) {
+      const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+      line.setAttribute("class", cls);
+      line.setAttribute("points", series.map((v, i) => (i * 60 / 59).toFixed(1) + "," + (19 - v * 18 / max).toFixed(1)).join(" "));
+      svg.append(line);
+    }
+    svg.setAttribute("aria-label", "requests (blue) and errors (red) per second over the last minute, peak " + max.toFixed(1) + " requests/s");
+    return svg;
+  }
+
+  // proxyMetrics reads the proxy's request counters and latency histogram
+  // from /metrics (Prometheus text format), by route and service.
+  function proxyMetrics(text) {
+    const out = {};
+    const at = labels => {
+      const k = (labels.route || "") + "\u0000" + (labels.service || "");
+      return out[k] || (out[k] = { n: 0, errs: 0, buckets: [] });
+    };
+    for (const line of text.split("\n")) {
+      const m = /^(pier_proxy_requests_total|pier_proxy_request_duration_seconds_bucket)\{(.*)\}\s+(\S+)/.exec(line);
+      if (!m) continue;
+      const labels = {};
+      for (const l of m[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
+      const v = Number(m[3]);
+      const e = at(labels);
+      if (m[1] === "pier_proxy_requests_total") {
+        e.n += v;
+        if (/^5/.test(labels.code || "")) e.errs += v;
+      } else {
+        e.buckets.push([labels.le === "+Inf" ? Infinity : Number(labels.le), v]);
+      }
+    }
+    return out;
+  }
+
+  // quantile estimates a latency quantile from the growth of cumulative
+  // histogram buckets, as the bucket's upper bound.
+  function quantile(q, now, then) {
+    const before = new Map(then.map(([le, v]) => [le, v]));
+    const d = now.map(([le, v]) => [le, v - (before.get(le) || 0)]).sort((a, b) => a[0] - b[0]);
+    const total = d.length ? d[d.length - 1][1] : 0;
+    if (total <= 0) return null;
+    for (const [le, v] of d) if (v >= q * total) return le;
+    return Infinity;
+  }
+
+  function ms(le) {
+    if (le === null) return "–";
+    if (le === Infinity) return "> max";
+    return "≤ " + (le < 1 ? Math.round(le * 1000) + " ms" : le + " s");
+  }
+
+  // rate keeps a minute of samples of a route's counters and returns the
+  // current requests/s and errors/s, their per-second series, and the
+  // latency quantiles over the last ten seconds.
+  function rate(key, cur) {
+    const now = Date.now() / 1000;
+    const h = history[key] || (history[key] = []);
+    h.push({ t: now, n: cur.n, errs: cur.errs, buckets: cur.buckets });
+    while (h.length > 61) h.shift();
+    const req = [], err = [];
+    for (let i = 1; i < h.length; i++) {
+      const dt = h[i].t - h[i - 1].t;
+      req.push(dt > 0 ? Math.max(0, h[i].n - h[i - 1].n) / dt : 0);
+      err.push(dt > 0 ? Math.max(0, h[i].errs - h[i - 1].errs) / dt : 0);
+    }
+    while (req.length < 60) { req.unshift(0); err.unshift(0); }
+    const then = h[Math.max(0, h.length - 11)];
+    const n = cur.n - then.n, e = cur.errs - then.errs;
+    return {
+      now: req[req.length - 1], errNow: err[err.length - 1], req, err,
+      errPct: n > 0 ? (100 * e / n) : null,
+      p50: quantile(0.5, cur.buckets, then === h[h.length - 1] ? [] : then.buckets),
+      p99: quantile(0.99, cur.buckets, then === h[h.length - 1] ? [] : then.buckets),
+    };
+  }
+
+  function drawRoutes(list) {
+    if (list === null) return [el("p", { class: "empty", text: "This agent runs no proxy (start it with -proxy-addr or a proxy: section)." })];
+    const out = [];
+    for (const r of list) {
+      const where = (r.Host || "*") + (r.Path || "");
+      const rt = r.rate;
+      const text = [where, r.Service, r.Source, r.Key || "", ...r.Instances.map(i => i.ID + " " + i.Addr + " " + i.Node)].join(" ");
+      if (!matches(text)) continue;
+      if (r.Error) {
+        out.push(el("section", { class: "card" }, el("h3", null, r.Key, status("error")), el("span", { class: "output", text: r.Error })));
+        continue;
+      }
+      const state = r.Instances.length === 0 ? "critical" : r.Instances.length < r.Total ? "warning" : "passing";
+      const rows = r.Instances.map(i => [
+        i.ID, i.Node, i.Addr, String(i.Weight), String(i.InFlight), String(i.Requests),
+        i.DownUntil ? el("span", null, status("ejected"), " until " + new Date(i.DownUntil).toLocaleTimeString()) : status("up"),
+      ]);
+      out.push(el("section", { class: "card", "data-route": where },
+        el("h3", null, el("code", { text: where }), el("span", { text: "→ " + r.Service }), status(state),
+          el("span", { class: "sub", text: r.Instances.length + "/" + r.Total + " healthy · " + rt.now.toFixed(1) + " req/s · " +
+            (rt.errPct === null ? "–" : rt.errPct.toFixed(1) + "%") + " errors · p50 " + ms(rt.p50) + " · p99 " + ms(rt.p99) + " · " + r.Source }),
+          spark(rt.req, rt.err)),
+        rows.length ? table(["instance", "node", "address", { name: "weight", num: true }, { name: "in flight", num: true }, { name: "requests", num: true }, "state"], rows)
+          : el("p", { class: "empty", text: "no healthy instance" })));
+    }
+    return out.length ? out : [el("p", { class: "empty", text: filter.value ? "No route matches the filter." : "No routes." })];
+  }
+
+  const pages = {
+    services: { title: "Services", load: services, draw: drawServices },
+    nodes: { title: "Nodes", load: nodes, draw: drawNodes },
+    routes: { title: "Routes", load: routes, draw: drawRoutes },
+  };
+
+  function page() {
+    const name = location.hash.replace(/^#/, "");
+    return pages[name] ? name : "services";
+  }
+
+  let data = null;
+  function render(force) {
+    const p = pages[page()];
+    if (data === null) return;
+    const key = JSON.stringify(data) + "\u0000" + filter.value;
+    if (!force && key === lastKey) return;
+    lastKey = key;
+    view.replaceChildren(...p.draw(data));
+  }
+
+  async function tick(gen) {
+    const p = pages[page()];
+    try {
+      const d = await p.load();
+      if (gen !== generation) return;
+      data = d;
+      errorBox.hidden = true;
+      live.textContent = "live · updated " + new Date().toLocaleTimeString();
+      render(false);
+    } catch (e) {
+      if (gen !== generation) return;
+      errorBox.textContent = "Cannot reach the agent: " + e.message;
+      errorBox.hidden = false;
+      live.textContent = "disconnected";
+    }
+    if (gen === generation) timer = setTimeout(() => tick(gen), POLL_MS);
+  }
+
+  function show() {
+    const name = page();
+    generation++;
+    clearTimeout(timer);
+    data = null;
+    lastKey = "";
+    title.textContent = pages[name].title;
+    document.title = pages[name].title + " · pier";
+    for (const n in pages) {
+      const a = document.getElementById("nav-" + n);
+      if (n === name) a.setAttribute("aria-current", "page");
+      else a.removeAttribute("aria-current");
+    }
+    view.replaceChildren(el("p", { class: "empty", text: "Loading…" }));
+    tick(generation);
+  }
+
+  filter.addEventListener("input", () => render(true));
+  window.addEventListener("hashchange", () => { show(); document.getElementById("main").focus(); });
+  // "/" jumps to the filter box, as on many dashboards; Escape clears it.
+  document.addEventListener("keydown", e => {
+    if (e.key === "/" && document.activeElement !== filter) { e.preventDefault(); filter.focus(); }
+    else if (e.key === "Escape" && document.activeElement === filter) { filter.value = ""; render(true); }
+  });
+  show();
+})();

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -102,6 +103,9 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	gcfg.Tags = map[string]string{"dc": cfg.Datacenter, "role": "node", "build": version, "id": reg.Config().NodeID}
 	gcfg.Logger = log.With("component", "gossip")
 	gcfg.Registerer = prom
+	if cfg.DataDir != "" {
+		gcfg.KeyringFile = filepath.Join(cfg.DataDir, "keyring.json")
+	}
 	if cfg.Encrypt != "" {
 		if gcfg.EncryptKey, err = gossip.ParseKey(cfg.Encrypt); err != nil {
 			return err
@@ -223,6 +227,16 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 type cluster struct {
 	*gossip.Gossip
 	stop context.CancelFunc
+}
+
+// KeyringOp runs a gossip key operation on every node for the API.
+func (c cluster) KeyringOp(op, key string) ([]api.KeyringAnswer, error) {
+	rs, err := c.Gossip.Keyring(op, key)
+	out := make([]api.KeyringAnswer, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, api.KeyringAnswer(r))
+	}
+	return out, err
 }
 
 func (c cluster) Leave() error {

@@ -153,3 +153,30 @@ func TestEncryptedJoin(t *testing.T) {
 		t.Errorf("a short key: rc=%d %q", rc, errOut)
 	}
 }
+
+// TestKeyringRotation rotates the key of a running two-node cluster with
+// pier keyring, then a node with only the new key joins.
+func TestKeyringRotation(t *testing.T) {
+	k1, _, _ := pier(t, "keygen")
+	k2, _, _ := pier(t, "keygen")
+	k1, k2 = strings.TrimSpace(k1), strings.TrimSpace(k2)
+	a := startAgent(t, "-node", "r1", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-encrypt", k1)
+	startAgent(t, "-node", "r2", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-encrypt", k1, "-join", a.gossip)
+	watch(t, "http://"+a.addr+"/v1/catalog/nodes", 10*time.Second, func(ns []struct{ Node string }) bool { return len(ns) == 2 })
+	for _, step := range [][]string{{"-install", k2}, {"-use", k2}, {"-remove", k1}} {
+		out, errOut, rc := pier(t, append([]string{"keyring", "-http-addr", a.addr}, step...)...)
+		if rc != 0 || !strings.Contains(out, "Success!") {
+			t.Fatalf("pier keyring %v: %d %s%s", step, rc, out, errOut)
+		}
+	}
+	out, _, rc := pier(t, "keyring", "-http-addr", a.addr, "-list")
+	if rc != 0 || !strings.Contains(out, k2+" [2/2] (primary on 2)") || strings.Contains(out, k1) {
+		t.Fatalf("pier keyring -list after the rotation: %d\n%s", rc, out)
+	}
+	startAgent(t, "-node", "r3", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-encrypt", k2, "-join", a.gossip)
+	watch(t, "http://"+a.addr+"/v1/catalog/nodes", 10*time.Second, func(ns []struct{ Node string }) bool { return len(ns) == 3 })
+	_, errOut, rc := pier(t, "keyring", "-http-addr", a.addr, "-remove", k2)
+	if rc != 1 || !strings.Contains(errOut, "failed") {
+		t.Errorf("removing the primary key: %d %q", rc, errOut)
+	}
+}

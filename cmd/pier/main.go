@@ -31,6 +31,7 @@ func commands() map[string]command {
 		"join":       {"Tell the local agent to join a cluster", runJoin},
 		"leave":      {"Make the local agent leave the cluster gracefully and stop", runLeave},
 		"keygen":     {"Print a new gossip encryption key", runKeygen},
+		"keyring":    {"Rotate the gossip encryption key of the whole cluster", runKeyring},
 		"validate":   {"Check config files without starting an agent", runValidate},
 		"kv":         {"Read and write the replicated key/value store: get, put, delete, list", runKV},
 		"maint":      {"Put a service or the node in maintenance mode, or take it out", runMaint},

@@ -314,6 +314,13 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		}
 		return p.KeyWrite(k)
 	}
+	if path == "/v1/operator/keyring" {
+		// Consul's keyring rule; pier folds it into operator.
+		if read {
+			return p.OperatorRead()
+		}
+		return p.OperatorWrite()
+	}
 	if read {
 		for _, pre := range []string{"/v1/catalog/service/", "/v1/health/service/", "/v1/health/checks/", "/v1/agent/health/service/name/"} {
 			if name, ok := rest(pre); ok {

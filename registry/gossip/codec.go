@@ -13,11 +13,13 @@ import (
 
 // Message types, the first byte of every user message.
 const (
-	msgEntry      byte = 'e' // one Entry, JSON
-	msgEntryZ     byte = 'z' // one Entry, deflated JSON
-	msgForceLeave byte = 'f' // a node name that an operator forced out
-	msgLeave      byte = 'l' // a node name that is about to leave gracefully
-	stateZ        byte = 'S' // push/pull: []NodeState, deflated JSON
+	msgEntry        byte = 'e' // one Entry, JSON
+	msgEntryZ       byte = 'z' // one Entry, deflated JSON
+	msgForceLeave   byte = 'f' // a node name that an operator forced out
+	msgLeave        byte = 'l' // a node name that is about to leave gracefully
+	msgKeyring      byte = 'K' // a keyring operation another node asks for (JSON)
+	msgKeyringReply byte = 'k' // a node's answer to one (JSON)
+	stateZ          byte = 'S' // push/pull: []NodeState, deflated JSON
 )
 
 // maxForward bounds how many entries learnt from one push/pull are passed on

@@ -26,6 +26,7 @@ type Config struct {
 	AdvertiseAddr    string                // the address others use; default: the registry node's address
 	AdvertisePort    int                   // default: the bound port
 	EncryptKey       []byte                // AES key (16, 24 or 32 bytes); nil: no encryption
+	KeyringFile      string                // where rotated keys persist (in the data dir); it wins over EncryptKey
 	Tags             map[string]string     // shown by pier members (dc, role, build, id)
 	StartJoin        []string              // joined at start; failing to join any is an error, as Consul's -join
 	RetryJoin        []string              // joined in the background with backoff until one answers
@@ -70,6 +71,8 @@ type Gossip struct {
 	members      map[string]*memberState
 	leftIntent   map[string]time.Time // nodes that said they are leaving
 	leaving      bool
+	keyring      *memberlist.Keyring // nil without encryption
+	kr           keyringState
 	reconnecting bool
 }
 
@@ -111,7 +114,7 @@ func New(cfg Config) (*Gossip, error) {
 	default:
 		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
 	}
-	g := &Gossip{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}}
+	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -137,7 +140,17 @@ func New(cfg Config) (*Gossip, error) {
 	if mc.AdvertisePort == 0 {
 		mc.AdvertisePort = mc.BindPort
 	}
-	mc.SecretKey = cfg.EncryptKey
+	kr, err := loadKeyring(cfg.KeyringFile)
+	if err != nil {
+		return nil, err
+	}
+	if kr == nil && cfg.EncryptKey != nil {
+		if kr, err = memberlist.NewKeyring(nil, cfg.EncryptKey); err != nil {
+			return nil, fmt.Errorf("gossip: %w", err)
+		}
+	}
+	g.keyring = kr
+	mc.Keyring = kr
 	mc.Delegate = delegate{g}
 	mc.Events = delegate{g}
 	mc.Logger = newStdLogger(g.log)
@@ -147,7 +160,6 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.Memberlist != nil {
 		cfg.Memberlist(mc)
 	}
-	var err error
 	if g.met, err = newMetrics(cfg.Registerer, g); err != nil {
 		return nil, fmt.Errorf("gossip: metrics: %w", err)
 	}
@@ -282,6 +294,10 @@ func (g *Gossip) process(items []item) {
 			case msgLeave:
 				flush()
 				g.leftIntentFrom(string(it.buf[1:]))
+			case msgKeyring:
+				g.onKeyringMsg(it.buf[1:])
+			case msgKeyringReply:
+				g.onKeyringReply(it.buf[1:])
 			}
 		case itemState:
 			flush()

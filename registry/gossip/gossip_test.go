@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"os"
@@ -491,3 +492,72 @@ func TestKVReplicates(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyRotation rotates the gossip key of a running cluster without
+// downtime: install, use, remove; a node with only the new key then joins,
+// and a restarted node keeps the rotated keyring from its data dir.
+func TestKeyRotation(t *testing.T) {
+	oldKey, _ := ParseKey(NewKey())
+	newKeyS := NewKey()
+	newKey, _ := ParseKey(newKeyS)
+	dir := t.TempDir()
+	keyring := func(c *Config) { c.KeyringFile = dir + "/keyring.json" }
+	n0 := startNode(t, "n0", opts{key: oldKey})
+	n1 := startNode(t, "n1", opts{key: oldKey, join: []string{n0.g.Addr()}})
+	n2 := startNode(t, "n2", opts{key: oldKey, join: []string{n0.g.Addr()}, tweak: keyring})
+	for _, n := range []*node{n0, n1, n2} {
+		waitFor(t, n.reg, 10*time.Second, "3 nodes", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 3 })
+	}
+	run := func(op, key string) []KeyringResponse {
+		t.Helper()
+		rs, err := n0.g.Keyring(op, key)
+		if err != nil {
+			t.Fatalf("%s: %v", op, err)
+		}
+		if len(rs) != 3 {
+			t.Fatalf("%s: %d answers, want 3: %+v", op, len(rs), rs)
+		}
+		for _, r := range rs {
+			if r.Error != "" {
+				t.Fatalf("%s on %s: %s", op, r.Node, r.Error)
+			}
+		}
+		return rs
+	}
+	run("install", newKeyS)
+	for _, r := range run("list", "") {
+		if len(r.Keys) != 2 {
+			t.Errorf("%s has %d keys after install", r.Node, len(r.Keys))
+		}
+	}
+	run("use", newKeyS)
+	oldS := base64Key(oldKey)
+	rs := run("remove", oldS)
+	for _, r := range rs {
+		if len(r.Keys) != 1 || r.Primary != newKeyS {
+			t.Errorf("%s after the rotation: %+v", r.Node, r)
+		}
+	}
+	// The cluster still gossips: a registration reaches every node.
+	register(t, n1, "redis1", 8000)
+	for _, n := range []*node{n0, n1, n2} {
+		waitFor(t, n.reg, 10*time.Second, "gossip after the rotation", hasInstance("n1", "redis1", true))
+	}
+	// A node with only the new key joins; one with only the old key cannot.
+	n3 := startNode(t, "n3", opts{key: newKey, join: []string{n0.g.Addr()}})
+	waitFor(t, n3.reg, 10*time.Second, "n3 joined with the new key", hasInstance("n1", "redis1", true))
+	// The primary key cannot be removed: every node says so.
+	rs, _ = n0.g.Keyring("remove", newKeyS)
+	for _, r := range rs {
+		if r.Error == "" {
+			t.Errorf("%s removed its primary key", r.Node)
+		}
+	}
+	// n2 restarts with its old -encrypt key; its saved keyring wins.
+	port := int(n2.g.ml.LocalNode().Port)
+	n2.stop()
+	back := startNode(t, "n2", opts{port: port, key: oldKey, join: []string{n0.g.Addr()}, tweak: keyring})
+	waitFor(t, back.reg, 10*time.Second, "n2 rejoined with the saved keyring", hasInstance("n1", "redis1", true))
+}
+
+func base64Key(k []byte) string { return base64.StdEncoding.EncodeToString(k) }

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+)
+
+// runKeyring rotates the gossip key of the whole cluster, as consul keyring:
+// -install a new key everywhere, -use it, then -remove the old one.
+func runKeyring(args []string, stdout, stderr io.Writer) error {
+	var list bool
+	var install, use, remove string
+	fs, c, cf, err := apiCommand("keyring", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&list, "list", false, "list the keys of every node")
+		fs.StringVar(&install, "install", "", "install a key on every node (it decrypts; the primary still encrypts)")
+		fs.StringVar(&use, "use", "", "make an installed key the primary on every node")
+		fs.StringVar(&remove, "remove", "", "remove a key from every node (not the primary)")
+	})
+	if err != nil {
+		return err
+	}
+	ops := 0
+	for _, set := range []bool{list, install != "", use != "", remove != ""} {
+		if set {
+			ops++
+		}
+	}
+	if ops != 1 || fs.NArg() > 0 {
+		return usageError{"give exactly one of -list, -install KEY, -use KEY, -remove KEY"}
+	}
+	switch {
+	case install != "":
+		err = c.do("POST", "/v1/operator/keyring", map[string]string{"Key": install}, nil)
+	case use != "":
+		err = c.do("PUT", "/v1/operator/keyring", map[string]string{"Key": use}, nil)
+	case remove != "":
+		err = c.do("DELETE", "/v1/operator/keyring", map[string]string{"Key": remove}, nil)
+	}
+	if err != nil {
+		return err
+	}
+	if !list {
+		fmt.Fprintln(stdout, "Success! The keyring of every node is updated.")
+		return nil
+	}
+	var rs []struct {
+		Keys        map[string]int
+		PrimaryKeys map[string]int
+		NumNodes    int
+		Messages    map[string]string
+	}
+	if err := c.do("GET", "/v1/operator/keyring", nil, &rs); err != nil {
+		return err
+	}
+	if cf.format == "json" {
+		return printJSON(stdout, rs)
+	}
+	for _, r := range rs {
+		keys := make([]string, 0, len(r.Keys))
+		for k := range r.Keys {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			primary := ""
+			if r.PrimaryKeys[k] > 0 {
+				primary = fmt.Sprintf(" (primary on %d)", r.PrimaryKeys[k])
+			}
+			fmt.Fprintf(stdout, "%s [%d/%d]%s\n", k, r.Keys[k], r.NumNodes, primary)
+		}
+		for node, msg := range r.Messages {
+			fmt.Fprintf(stdout, "%s: %s\n", node, msg)
+		}
+	}
+	return nil
+}

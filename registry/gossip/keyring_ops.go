@@ -1,0 +1,251 @@
+package gossip
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Key rotation without downtime, as consul keyring: install a new key on
+// every node (all keys decrypt), make it the primary everywhere (it
+// encrypts), then remove the old one. Each operation is sent to every alive
+// member over TCP, with the keys they already share, and each member answers
+// with its keys.
+
+// KeyringResponse is one node's answer to a keyring operation.
+type KeyringResponse struct {
+	Node    string
+	Keys    []string // base64
+	Primary string
+	Error   string
+}
+
+// ErrNoEncryption is a keyring operation on an agent that gossips in clear.
+var ErrNoEncryption = errors.New("gossip: encryption is not enabled (start the agents with -encrypt)")
+
+type keyringMsg struct {
+	ID   uint64 `json:"id"`
+	Op   string `json:"op"`
+	Key  string `json:"key,omitempty"`
+	From string `json:"from"`
+}
+
+type keyringReply struct {
+	ID uint64 `json:"id"`
+	KeyringResponse
+}
+
+// keyringState is the part of Gossip that keyring operations use.
+type keyringState struct {
+	mu      sync.Mutex
+	next    uint64
+	waiting map[uint64]chan KeyringResponse
+}
+
+// applyKeyring runs one operation on this node's keyring and saves it.
+func (g *Gossip) applyKeyring(op, key string) KeyringResponse {
+	resp := KeyringResponse{Node: g.reg.NodeName()}
+	kr := g.keyring
+	var err error
+	if op != "list" {
+		var k []byte
+		if k, err = ParseKey(key); err == nil {
+			switch op {
+			case "install":
+				err = kr.AddKey(k)
+			case "use":
+				err = kr.UseKey(k)
+			case "remove":
+				err = kr.RemoveKey(k)
+			default:
+				err = fmt.Errorf("unknown keyring operation %q", op)
+			}
+		}
+		if err == nil {
+			err = g.saveKeyring()
+		}
+	}
+	if err != nil {
+		resp.Error = err.Error()
+	}
+	for _, k := range kr.GetKeys() {
+		resp.Keys = append(resp.Keys, base64.StdEncoding.EncodeToString(k))
+	}
+	resp.Primary = base64.StdEncoding.EncodeToString(kr.GetPrimaryKey())
+	return resp
+}
+
+// Keyring runs op (list, install, use or remove) on every alive member and
+// returns each one's answer, this node's first. Members that do not answer
+// within the leave timeout are reported with an error.
+func (g *Gossip) Keyring(op, key string) ([]KeyringResponse, error) {
+	if g.keyring == nil {
+		return nil, ErrNoEncryption
+	}
+	switch op {
+	case "list", "install", "use", "remove":
+	default:
+		return nil, fmt.Errorf("gossip: unknown keyring operation %q", op)
+	}
+	if op != "list" {
+		if _, err := ParseKey(key); err != nil {
+			return nil, err
+		}
+	}
+	out := []KeyringResponse{g.applyKeyring(op, key)}
+	g.kr.mu.Lock()
+	g.kr.next++
+	id := g.kr.next
+	ch := make(chan KeyringResponse, 64)
+	g.kr.waiting[id] = ch
+	g.kr.mu.Unlock()
+	defer func() {
+		g.kr.mu.Lock()
+		delete(g.kr.waiting, id)
+		g.kr.mu.Unlock()
+	}()
+	msg, _ := json.Marshal(keyringMsg{ID: id, Op: op, Key: key, From: g.reg.NodeName()})
+	msg = append([]byte{msgKeyring}, msg...)
+	peers := g.alivePeers()
+	for _, n := range peers {
+		go func() {
+			if err := g.ml.SendReliable(n, msg); err != nil {
+				ch <- KeyringResponse{Node: n.Name, Error: err.Error()}
+			}
+		}()
+	}
+	answered := map[string]bool{}
+	timeout := time.After(g.cfg.LeaveTimeout)
+	for len(answered) < len(peers) {
+		select {
+		case r := <-ch:
+			if !answered[r.Node] {
+				answered[r.Node] = true
+				out = append(out, r)
+			}
+		case <-timeout:
+			for _, n := range peers {
+				if !answered[n.Name] {
+					out = append(out, KeyringResponse{Node: n.Name, Error: "no answer in time"})
+				}
+			}
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+// alivePeers copies the addresses of the other alive members.
+func (g *Gossip) alivePeers() []*memberlist.Node {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var to []*memberlist.Node
+	for name, m := range g.members {
+		if name != g.reg.NodeName() && m.Status == registry.MemberAlive {
+			to = append(to, &memberlist.Node{Name: name, Addr: net.ParseIP(m.Addr), Port: uint16(m.Port)})
+		}
+	}
+	return to
+}
+
+// onKeyringMsg applies an operation another node asked for and answers it;
+// called from the gossip loop, it sends the answer in the background.
+func (g *Gossip) onKeyringMsg(b []byte) {
+	var m keyringMsg
+	if json.Unmarshal(b, &m) != nil || g.keyring == nil {
+		return
+	}
+	reply := keyringReply{ID: m.ID, KeyringResponse: g.applyKeyring(m.Op, m.Key)}
+	g.log.Info("keyring operation from another node", "op", m.Op, "from", m.From, "err", reply.Error)
+	g.mu.Lock()
+	from, ok := g.members[m.From]
+	g.mu.Unlock()
+	if !ok {
+		return
+	}
+	to := &memberlist.Node{Name: m.From, Addr: net.ParseIP(from.Addr), Port: uint16(from.Port)}
+	b, _ = json.Marshal(reply)
+	go g.ml.SendReliable(to, append([]byte{msgKeyringReply}, b...))
+}
+
+func (g *Gossip) onKeyringReply(b []byte) {
+	var r keyringReply
+	if json.Unmarshal(b, &r) != nil {
+		return
+	}
+	g.kr.mu.Lock()
+	ch := g.kr.waiting[r.ID]
+	g.kr.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- r.KeyringResponse:
+		default:
+		}
+	}
+}
+
+// keyringFile is the keyring as the data dir keeps it: the primary first.
+type keyringFile struct {
+	Keys []string `json:"keys"`
+}
+
+// loadKeyring reads the saved keyring; nil without one.
+func loadKeyring(path string) (*memberlist.Keyring, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gossip: keyring: %w", err)
+	}
+	var f keyringFile
+	if err := json.Unmarshal(b, &f); err != nil || len(f.Keys) == 0 {
+		return nil, fmt.Errorf("gossip: corrupt keyring file %s (fix or remove it)", path)
+	}
+	var keys [][]byte
+	for _, s := range f.Keys {
+		k, err := ParseKey(s)
+		if err != nil {
+			return nil, fmt.Errorf("gossip: keyring file %s: %w", path, err)
+		}
+		keys = append(keys, k)
+	}
+	return memberlist.NewKeyring(keys, keys[0])
+}
+
+// saveKeyring writes the keyring to the data dir, so that a restarted agent
+// keeps the keys the cluster moved to rather than its -encrypt key.
+func (g *Gossip) saveKeyring() error {
+	if g.cfg.KeyringFile == "" {
+		return nil
+	}
+	f := keyringFile{Keys: []string{base64.StdEncoding.EncodeToString(g.keyring.GetPrimaryKey())}}
+	for _, k := range g.keyring.GetKeys() {
+		if s := base64.StdEncoding.EncodeToString(k); s != f.Keys[0] {
+			f.Keys = append(f.Keys, s)
+		}
+	}
+	b, _ := json.Marshal(f)
+	tmp := g.cfg.KeyringFile + ".tmp." + strconv.Itoa(os.Getpid())
+	if err := os.MkdirAll(filepath.Dir(g.cfg.KeyringFile), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, g.cfg.KeyringFile)
+}

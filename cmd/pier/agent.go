@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -176,6 +177,28 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		}
 		lns = append(lns, ln)
 	}
+	var tlsLns []net.Listener // the API over HTTPS, if -https-port is set
+	if cfg.TLS.HTTPSPort >= 0 {
+		tc, err := cfg.TLS.config()
+		for _, host := range cfg.Client {
+			if err != nil {
+				break
+			}
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(cfg.TLS.HTTPSPort))); err != nil {
+				err = fmt.Errorf("HTTPS API: %w", err)
+				break
+			}
+			tlsLns = append(tlsLns, tls.NewListener(ln, tc))
+		}
+		if err != nil {
+			for _, l := range append(lns, tlsLns...) {
+				l.Close()
+			}
+			return err
+		}
+	}
+	lns = append(lns, tlsLns...)
 	if err := names.Listen(); err != nil {
 		for _, l := range lns {
 			l.Close()
@@ -198,9 +221,13 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		g.Go(func() error { return door.bal.Run(gctx) })
 		g.Go(func() error { return door.proxy.Run(gctx, door.ln) })
 	}
-	var bound []string
-	for _, ln := range lns {
-		bound = append(bound, ln.Addr().String())
+	var bound, boundTLS []string
+	for i, ln := range lns {
+		if i < len(lns)-len(tlsLns) {
+			bound = append(bound, ln.Addr().String())
+		} else {
+			boundTLS = append(boundTLS, ln.Addr().String())
+		}
 		g.Go(func() error { return srv.Run(gctx, ln) })
 	}
 	for _, h := range cfg.Client {
@@ -213,7 +240,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		}
 	}
 	agentLog.Info("pier agent running", "version", version, "node", cfg.Node, "address", addr,
-		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir,
+		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(boundTLS, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir,
 		"metrics", met.addr())
 	if ready != nil {
 		ready <- bound

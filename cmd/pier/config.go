@@ -40,6 +40,7 @@ type agentConfig struct {
 	LogJSON     bool
 	Dev         bool
 	Services    []serviceSource
+	TLS         apiTLS          // the API over HTTPS
 	KVMaxBytes  int64           // limits.kv_max_store_bytes: local KV writes past this are refused (0: none)
 	Proxy       *proxySettings  // the front door; nil: this agent runs none
 	Docker      *dockerSettings // registration of this host's containers; nil: off (agent_docker.go)
@@ -68,6 +69,7 @@ func defaultAgentConfig() agentConfig {
 		Client:      []string{"127.0.0.1"}, // the API is local unless asked otherwise, as Consul
 		Bind:        "0.0.0.0",
 		HTTPPort:    8500,
+		TLS:         apiTLS{HTTPSPort: -1}, // Consul's default: no HTTPS
 		SerfLANPort: 8301,
 		RetryMax:    30 * time.Second, // Consul's retry_interval
 		Reconnect:   72 * time.Hour,   // Consul's reconnect_timeout
@@ -79,7 +81,11 @@ func defaultAgentConfig() agentConfig {
 // fileConfig is the config file's shape: Consul's key names, in YAML or JSON,
 // snake_case or CamelCase.
 type fileConfig struct {
-	Limits *struct {
+	CAFile         *string
+	CertFile       *string
+	KeyFile        *string
+	VerifyIncoming *bool
+	Limits         *struct {
 		KVMaxStoreBytes *int64
 	}
 	NodeName         *string
@@ -95,6 +101,7 @@ type fileConfig struct {
 	ReconnectTimeout *string
 	Ports            *struct {
 		HTTP    *int
+		HTTPS   *int
 		SerfLAN *int
 		DNS     *int
 	}
@@ -145,6 +152,7 @@ func newAgentFlags() *agentFlags {
 	fs.StringVar(&f.c.Bind, "bind", "", "address the cluster's gossip binds to (default 0.0.0.0)")
 	fs.StringVar(&f.c.Advertise, "advertise", "", "address advertised to other nodes and shown in the catalog")
 	fs.IntVar(&f.c.HTTPPort, "http-port", 0, "port of the HTTP API (default 8500)")
+	fs.IntVar(&f.c.TLS.HTTPSPort, "https-port", 0, "port of the HTTP API over TLS (default -1: off; needs cert_file and key_file)")
 	fs.IntVar(&f.c.SerfLANPort, "serf-lan-port", 0, "port of the cluster's gossip (default 8301)")
 	fs.Var(&f.join, "join", "address of an agent to join at start; the agent stops if none answers (repeatable)")
 	fs.Var(&f.retryJoin, "retry-join", "address of an agent to join, retried with backoff until it answers (repeatable)")
@@ -212,6 +220,12 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	}
 	if set["advertise"] {
 		c.Advertise = f.c.Advertise
+	}
+	if set["https-port"] {
+		c.TLS.HTTPSPort = f.c.TLS.HTTPSPort
+	}
+	if err := c.TLS.validate(); err != nil {
+		return c, err
 	}
 	if set["http-port"] {
 		c.HTTPPort = f.c.HTTPPort
@@ -362,9 +376,13 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 		c.KVMaxBytes = *fc.Limits.KVMaxStoreBytes
 	}
+	c.TLS.merge(&fc)
 	if fc.Ports != nil {
 		if fc.Ports.HTTP != nil {
 			c.HTTPPort = *fc.Ports.HTTP
+		}
+		if fc.Ports.HTTPS != nil {
+			c.TLS.HTTPSPort = *fc.Ports.HTTPS
 		}
 		if fc.Ports.SerfLAN != nil {
 			c.SerfLANPort = *fc.Ports.SerfLAN

@@ -42,6 +42,7 @@ type Config struct {
 	MaxConns      int           // client connections served at once
 	AccessLog     string        // "combined", "json", or "off" (the default, also "")
 	AccessLogTo   io.Writer     // where access log lines go; nil: standard error
+	TLS           *TLSConfig    // certificates for RunTLS and the HTTP redirect; nil: no TLS
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.
@@ -73,6 +74,8 @@ type Proxy struct {
 	srv      *fasthttp.Server
 	met      *proxyMetrics // nil: no metrics
 	alog     *accessLog    // nil: no access log
+	certs    *certStore    // nil: no TLS
+	redirect bool          // plain requests get a redirect to https
 
 	tunnelsMu sync.Mutex
 	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
@@ -129,6 +132,15 @@ func New(cfg Config) (*Proxy, error) {
 	var err error
 	if p.alog, err = newAccessLog(cfg.AccessLog, alogTo); err != nil {
 		return nil, err
+	}
+	if cfg.TLS != nil {
+		t := *cfg.TLS // frozen: the caller's value may change after New
+		t.Certs = append([]CertFiles(nil), t.Certs...)
+		p.cfg.TLS = &t
+		if p.certs, err = newCertStore(p.cfg.TLS, p.log); err != nil {
+			return nil, err
+		}
+		p.redirect = cfg.TLS.RedirectHTTP
 	}
 	if p.met, err = newMetrics(cfg.Registerer, func() int32 { return p.srv.GetOpenConnectionsCount() }); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
@@ -272,6 +284,11 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	req := &ctx.Request
 	uri := req.Header.RequestURI()
 	origURI := p.alog.begin(uri) // for the access log: the URI as the client sent it
+	if p.redirect && !ctx.IsTLS() {
+		p.redirectHTTPS(ctx)
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return
+	}
 	path, query := uri, []byte(nil)
 	for i, c := range uri {
 		if c == '?' {
@@ -318,6 +335,11 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	target = append(target, query...)
 	upgrade := isUpgrade(&req.Header)
 	req.SetRequestURIBytes(target)
+	if ctx.IsTLS() {
+		// TLS ends here: the request goes on to the backend as plain HTTP
+		// (fasthttp would otherwise parse it as https and refuse it).
+		req.URI().SetScheme("http")
+	}
 	p.forwardHeaders(ctx, upgrade)
 	if upgrade {
 		p.tunnel(ctx, r, pool, start, origURI)

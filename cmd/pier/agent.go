@@ -163,6 +163,9 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 			return err
 		}
 		defer door.ln.Close()
+		if door.tlsLn != nil {
+			defer door.tlsLn.Close()
+		}
 		srv.Handle("GET /v1/pier/routes", door.proxy.RoutesHandler())
 	}
 
@@ -215,11 +218,15 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	if met.ln != nil {
 		g.Go(func() error { return met.run(gctx) })
 	}
-	proxyAddr := ""
+	proxyAddr, proxyTLSAddr := "", ""
 	if door != nil {
 		proxyAddr = door.ln.Addr().String()
 		g.Go(func() error { return door.bal.Run(gctx) })
 		g.Go(func() error { return door.proxy.Run(gctx, door.ln) })
+		if door.tlsLn != nil {
+			proxyTLSAddr = door.tlsLn.Addr().String()
+			g.Go(func() error { return door.proxy.RunTLS(gctx, door.tlsLn) })
+		}
 	}
 	var bound, boundTLS []string
 	for i, ln := range lns {
@@ -240,7 +247,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		}
 	}
 	agentLog.Info("pier agent running", "version", version, "node", cfg.Node, "address", addr,
-		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(boundTLS, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir,
+		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(boundTLS, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir,
 		"metrics", met.addr())
 	if ready != nil {
 		ready <- bound

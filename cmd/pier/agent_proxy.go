@@ -25,6 +25,7 @@ type proxySettings struct {
 	devAddr bool // the address is -dev's default, not one the user chose
 	lb      lb.Config
 	proxy   proxy.Config
+	TLSAddr string // the HTTPS listener when proxy.TLS is set (default :443)
 }
 
 func newProxySettings() *proxySettings {
@@ -56,6 +57,53 @@ type proxyFile struct {
 	MaxConns       *int    // client connections at once (default 10000)
 
 	AccessLog *accessLogFile // combined, json or off (default off)
+	TLS       *proxyTLSFile  // HTTPS on the front door (default none)
+}
+
+// proxyTLSFile is proxy.tls. Certificates from several files add up.
+type proxyTLSFile struct {
+	Addr         *string // the HTTPS listener (default ":443")
+	Certs        []proxyCertFile
+	RedirectHTTP *bool // the plain listener answers 308 to https (default false)
+	RedirectPort *int  // the port put in redirects (default: the HTTPS listener's)
+}
+
+type proxyCertFile struct {
+	CertFile string
+	KeyFile  string
+}
+
+// mergeProxyTLS applies a config file's proxy.tls section.
+func (p *proxySettings) mergeProxyTLS(tf *proxyTLSFile) error {
+	if tf == nil {
+		return nil
+	}
+	if p.proxy.TLS == nil {
+		p.proxy.TLS, p.TLSAddr = &proxy.TLSConfig{}, ":443"
+	}
+	t := p.proxy.TLS
+	if tf.Addr != nil {
+		if _, _, err := net.SplitHostPort(*tf.Addr); err != nil {
+			return fmt.Errorf("proxy.tls.addr %q: want host:port or :port", *tf.Addr)
+		}
+		p.TLSAddr = *tf.Addr
+	}
+	for i, c := range tf.Certs {
+		if c.CertFile == "" || c.KeyFile == "" {
+			return fmt.Errorf("proxy.tls.certs[%d]: cert_file and key_file are both required", i)
+		}
+		t.Certs = append(t.Certs, proxy.CertFiles{CertFile: c.CertFile, KeyFile: c.KeyFile})
+	}
+	if tf.RedirectHTTP != nil {
+		t.RedirectHTTP = *tf.RedirectHTTP
+	}
+	if tf.RedirectPort != nil {
+		if *tf.RedirectPort < 1 || *tf.RedirectPort > 65535 {
+			return fmt.Errorf("proxy.tls.redirect_port %d: want 1-65535", *tf.RedirectPort)
+		}
+		t.RedirectPort = *tf.RedirectPort
+	}
+	return nil
 }
 
 // accessLogFile is proxy.access_log. YAML reads a bare off (or on) as a
@@ -135,6 +183,9 @@ func (c *agentConfig) mergeProxy(pf *proxyFile) error {
 	if pf.AccessLog != nil {
 		p.proxy.AccessLog = string(*pf.AccessLog)
 	}
+	if err := p.mergeProxyTLS(pf.TLS); err != nil {
+		return err
+	}
 	setInt(&p.proxy.MaxFails, pf.MaxFails)
 	setInt(&p.proxy.Tries, pf.Tries)
 	if pf.Retries != nil {
@@ -193,6 +244,9 @@ func (c *agentConfig) resolveProxy(flagAddr string, flagSet bool) error {
 	if c.Proxy == nil {
 		return nil
 	}
+	if t := c.Proxy.proxy.TLS; t != nil && len(t.Certs) == 0 {
+		return errors.New("proxy.tls: at least one entry in certs is required")
+	}
 	host, port, err := net.SplitHostPort(c.Proxy.Addr)
 	if err != nil {
 		return usageError{fmt.Sprintf("-proxy-addr %q: want host:port or :port", c.Proxy.Addr)}
@@ -212,6 +266,7 @@ type frontDoor struct {
 	bal   *lb.Balancer
 	proxy *proxy.Proxy
 	ln    net.Listener
+	tlsLn net.Listener // nil: no HTTPS
 }
 
 // newFrontDoor builds the balancer and proxy and opens the listener. With
@@ -228,8 +283,25 @@ func newFrontDoor(s *proxySettings, reg *registry.Registry, log *slog.Logger) (*
 	pc := s.proxy
 	pc.Balancer = bal
 	pc.Logger = log.With("component", "proxy")
+	var tlsLn net.Listener
+	if pc.TLS != nil {
+		if len(pc.TLS.Certs) == 0 {
+			return nil, fmt.Errorf("proxy.tls: at least one entry in certs is required")
+		}
+		if tlsLn, err = net.Listen("tcp", s.TLSAddr); err != nil {
+			return nil, fmt.Errorf("proxy: tls: %w", err)
+		}
+		t := *pc.TLS
+		if t.RedirectPort == 0 {
+			t.RedirectPort = tlsLn.Addr().(*net.TCPAddr).Port
+		}
+		pc.TLS = &t
+	}
 	prx, err := proxy.New(pc)
 	if err != nil {
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
 		return nil, err
 	}
 	ln, err := net.Listen("tcp", s.Addr)
@@ -238,7 +310,10 @@ func newFrontDoor(s *proxySettings, reg *registry.Registry, log *slog.Logger) (*
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 	}
 	if err != nil {
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	return &frontDoor{bal: bal, proxy: prx, ln: ln}, nil
+	return &frontDoor{bal: bal, proxy: prx, ln: ln, tlsLn: tlsLn}, nil
 }

@@ -1,13 +1,16 @@
 // Package proxy owns pier's front door: a fasthttp server that maps each
-// request to a service by host and path prefix (routes from the config file
-// merged with fabio-style urlprefix- service tags), rewrites the path
+// request to a service by host and path prefix (routes from the config file,
+// from the KV store under pier/routes/, and from fabio-style urlprefix-
+// service tags, in that order of precedence), rewrites the path
 // (strip, prepend), sets the forwarding headers, sends the request to a
 // backend that package lb picks, retries what is safe to retry on another
 // backend, streams bodies both ways, tunnels WebSocket upgrades, enforces
-// the limits a public listener needs, and writes the access log.
+// the limits a public listener needs, and writes the access log. It also
+// terminates TLS for the front door (certificates by SNI, reloaded when their
+// files change) and redirects plain HTTP to HTTPS when asked.
 //
 // The route table is an immutable value swapped atomically when the
-// catalog's tags change. State that must survive a route update (in-flight
+// catalog's tags or KV routes change. State that must survive a route update (in-flight
 // counts, passive-failure state, keep-alive connections) must not live
 // here: it lives in lb's Backend objects. The request path must not
 // allocate for routing, header rewriting or picking a backend.

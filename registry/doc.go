@@ -1,7 +1,9 @@
-// Package registry owns pier's service catalog: the model (Node, Service,
-// Check, Status), this node's own records and their persistence in the data
-// dir, and the cluster view published as an immutable Snapshot behind an
-// atomic pointer.
+// Package registry owns pier's service catalog and KV store: the model
+// (Node, Service, Check, Status), this node's own records and their
+// persistence in the data dir, the versioned entries by which every node's
+// records and the KV store replicate (Entry, NodeState, Merge, MergeStates:
+// the gossip package only carries them), and the cluster view published as
+// an immutable Snapshot behind an atomic pointer.
 //
 // Every change produces a new Snapshot with a larger Index and closes the
 // previous snapshot's Changed channel, which is all that blocking queries,

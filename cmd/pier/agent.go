@@ -65,7 +65,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	defer leave()
 	if cfg.SerfLANPort == 0 {
 		// The agent's own catalog entry names the gossip port, so pick it now.
-		if cfg.SerfLANPort, err = freePort(cfg.Bind); err != nil {
+		if cfg.SerfLANPort, err = gossip.FreePort(cfg.Bind); err != nil {
 			return fmt.Errorf("gossip: %w", err)
 		}
 	}
@@ -277,15 +277,6 @@ func (c cluster) Leave() error {
 	err := c.Gossip.Leave()
 	c.stop()
 	return err
-}
-
-func freePort(host string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func newLogger(w io.Writer, level string, asJSON bool) *slog.Logger {

@@ -130,7 +130,7 @@ func New(cfg Config) (*Gossip, error) {
 	if mc.BindPort == 0 {
 		// memberlist advertises port 0 when given an address but no port, so
 		// pick the free port here.
-		port, err := freePort(cfg.BindAddr)
+		port, err := FreePort(cfg.BindAddr)
 		if err != nil {
 			return nil, fmt.Errorf("gossip: %w", err)
 		}
@@ -177,7 +177,10 @@ func New(cfg Config) (*Gossip, error) {
 	return g, nil
 }
 
-func freePort(host string) (int, error) {
+// FreePort picks a free port on host for the gossip listener (BindPort 0).
+// The agent uses it too: its own catalog entry names the port before
+// memberlist binds it.
+func FreePort(host string) (int, error) {
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err

@@ -16,6 +16,7 @@ type dockerSettings struct {
 	Endpoint string        // empty: DOCKER_HOST, else the engine's default socket
 	Resync   time.Duration // how often every running container is listed again
 	Internal bool          // register container IPs and exposed ports
+	Label    string        // only containers with this label ("key" or "key=value")
 }
 
 // dockerFile is the config file's docker section.
@@ -23,6 +24,7 @@ type dockerFile struct {
 	Endpoint *string
 	Resync   *string
 	Internal *bool
+	Label    *string
 }
 
 // dockerFlags are the agent's Docker flags.
@@ -31,6 +33,7 @@ type dockerFlags struct {
 	endpoint string
 	resync   time.Duration
 	internal bool
+	label    string
 }
 
 func (f *agentFlags) addDockerFlags() {
@@ -39,6 +42,7 @@ func (f *agentFlags) addDockerFlags() {
 	fs.StringVar(&f.docker.endpoint, "docker-endpoint", "", "the Docker engine's API, unix:///path or tcp://host:port (default: DOCKER_HOST, else unix:///var/run/docker.sock); implies -docker")
 	fs.DurationVar(&f.docker.resync, "docker-resync", 0, "how often every running container is listed again to repair missed events (default 60s); implies -docker")
 	fs.BoolVar(&f.docker.internal, "docker-internal", false, "register each container's own IP and exposed port instead of this host's address and the published port; implies -docker")
+	fs.StringVar(&f.docker.label, "docker-label", "", "register only containers with this label, key or key=value (for several agents sharing one engine, e.g. pier.node=backend1); implies -docker")
 }
 
 // mergeDocker applies a config file's docker section.
@@ -62,12 +66,15 @@ func (c *agentConfig) mergeDocker(df *dockerFile) error {
 	if df.Internal != nil {
 		c.Docker.Internal = *df.Internal
 	}
+	if df.Label != nil {
+		c.Docker.Label = *df.Label
+	}
 	return nil
 }
 
 // resolveDocker applies the Docker flags over the config files.
 func (c *agentConfig) resolveDocker(f *agentFlags, set map[string]bool) error {
-	if set["docker-endpoint"] || set["docker-resync"] || set["docker-internal"] || set["docker"] && f.docker.on {
+	if set["docker-endpoint"] || set["docker-resync"] || set["docker-internal"] || set["docker-label"] || set["docker"] && f.docker.on {
 		if c.Docker == nil {
 			c.Docker = &dockerSettings{}
 		}
@@ -91,6 +98,9 @@ func (c *agentConfig) resolveDocker(f *agentFlags, set map[string]bool) error {
 	if set["docker-internal"] {
 		c.Docker.Internal = f.docker.internal
 	}
+	if set["docker-label"] {
+		c.Docker.Label = f.docker.label
+	}
 	if c.Docker.Endpoint == "" {
 		c.Docker.Endpoint = os.Getenv("DOCKER_HOST") // as the docker CLI reads it
 	}
@@ -107,6 +117,7 @@ func newDockerWatcher(ds *dockerSettings, reg *registry.Registry, addr string, l
 	cfg.Catalog = reg
 	cfg.Address = addr
 	cfg.Internal = ds.Internal
+	cfg.Label = ds.Label
 	if ds.Endpoint != "" {
 		cfg.Endpoint = ds.Endpoint
 	}

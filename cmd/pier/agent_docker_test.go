@@ -39,6 +39,7 @@ func TestDockerConfig(t *testing.T) {
 		{[]string{"-config-file", file, "-docker-endpoint", "unix:///x.sock", "-docker-resync", "5s", "-docker-internal=false"},
 			&dockerSettings{Endpoint: "unix:///x.sock", Resync: 5 * time.Second}},
 		{[]string{"-config-file", file, "-docker=false"}, nil},
+		{[]string{"-docker-label", "pier.node=backend1"}, &dockerSettings{Endpoint: "unix:///run/user/docker.sock", Label: "pier.node=backend1"}},
 	} {
 		c, err := resolve(tc.args...)
 		if err != nil {

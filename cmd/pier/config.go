@@ -170,6 +170,11 @@ func newAgentFlags() *agentFlags {
 	fs.Var(&f.nodeMeta, "node-meta", "key:value metadata of this node (repeatable)")
 	f.addDNSFlags()
 	f.addDockerFlags()
+	// Consul's command lines (the talk's among them) work unchanged: pier
+	// has no servers to elect, so these change nothing.
+	fs.Bool("server", false, "accepted for Consul's command lines and ignored: every pier agent holds the whole catalog")
+	fs.Int("bootstrap-expect", 0, "accepted for Consul's command lines and ignored: there is no leader to elect")
+	fs.Bool("ui", false, "accepted for Consul's command lines and ignored: the web UI is always at /ui/")
 	return f
 }
 

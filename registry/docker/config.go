@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/pier-dev/pier/registry"
@@ -31,6 +32,7 @@ type Config struct {
 	Address        string        // the agent's advertise address, registered with published ports; required unless Internal
 	Hostname       string        // first part of service IDs (<hostname>:<container>:<port>); empty: the host name
 	Internal       bool          // register the container's IP and exposed port, also for unpublished ports
+	Label          string        // "key" or "key=value": only containers carrying this label are registered; empty: all
 	Resync         time.Duration // how often every running container is listed again
 	StopGrace      time.Duration // a container sent its stop signal is not registered again by a resync for this long
 	RetryMin       time.Duration // first pause before reconnecting to the engine
@@ -94,6 +96,9 @@ func New(cfg Config) (*Watcher, error) {
 			return nil, fmt.Errorf("docker: reading the host name for service IDs: %v", err)
 		}
 		cfg.Hostname = h
+	}
+	if k, _, _ := strings.Cut(cfg.Label, "="); cfg.Label != "" && strings.TrimSpace(k) == "" {
+		return nil, fmt.Errorf("docker: label %q: want key or key=value", cfg.Label)
 	}
 	if cfg.Resync < 0 || cfg.StopGrace < 0 || cfg.RetryMin < 0 || cfg.RetryMax < 0 || cfg.RequestTimeout < 0 {
 		return nil, errors.New("docker: durations must not be negative")

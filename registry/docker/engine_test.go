@@ -450,3 +450,32 @@ func TestEngineSources(t *testing.T) {
 		t.Errorf("the API's service was removed with the container")
 	}
 }
+
+// TestEngineLabel: with a label filter the watcher registers only the
+// containers that carry it, as each agent of a compose cluster sharing one
+// engine must.
+func TestEngineLabel(t *testing.T) {
+	image := requireDocker(t)
+	reg := newCatalog(t)
+	node := "n-" + unique()
+	startWatcher(t, reg, func(c *Config) { c.Label = "pier.node=" + node })
+	svc := "labelled-" + unique()
+	other := run(t, image, "-p", "127.0.0.1::8080", "-l", "pier.node=elsewhere", "-e", "SERVICE_NAME="+svc)
+	bare := run(t, image, "-p", "127.0.0.1::8080", "-e", "SERVICE_NAME="+svc)
+	mine := run(t, image, "-p", "127.0.0.1::8080", "-l", "pier.node="+node, "-e", "SERVICE_NAME="+svc)
+	waitFor(t, reg, eventBudget, "the labelled container registered", has("testhost:"+mine+":8080"))
+	// Events arrive in order: the two started before were already seen.
+	for _, in := range reg.Snapshot().ServiceInstances(svc) {
+		if id := in.Service.ID; id != "testhost:"+mine+":8080" {
+			t.Errorf("registered %s; only %s carries pier.node=%s (not %s or %s)", id, mine, node, other, bare)
+		}
+	}
+}
+
+func TestLabelFilterValidated(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Catalog, cfg.Address, cfg.Hostname, cfg.Label = newCatalog(t), "127.0.0.1", "h", "=x"
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "label") {
+		t.Errorf("New with label %q: %v, want an error naming the label", cfg.Label, err)
+	}
+}

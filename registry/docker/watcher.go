@@ -209,6 +209,10 @@ func (w *Watcher) syncContainer(ctx context.Context, id string) error {
 		w.drop(id, "not running")
 		return nil
 	}
+	if !selected(c.Config.Labels, w.cfg.Label) {
+		w.drop(id, "not selected by label")
+		return nil
+	}
 	if at, ok := w.stopping[id]; ok && time.Since(at) <= w.cfg.StopGrace {
 		return nil // sent its stop signal and still shutting down
 	}
@@ -216,6 +220,19 @@ func (w *Watcher) syncContainer(ctx context.Context, id string) error {
 	w.report(c, problems)
 	w.apply(c, regs)
 	return nil
+}
+
+// selected reports whether labels carry the watcher's label filter ("key"
+// or "key=value"). Several agents can share one engine (a compose cluster
+// on one host), and each must register only the containers of its own
+// node, as if each had an engine of its own.
+func selected(labels map[string]string, filter string) bool {
+	if filter == "" {
+		return true
+	}
+	k, v, hasValue := strings.Cut(filter, "=")
+	got, ok := labels[k]
+	return ok && (!hasValue || got == v)
 }
 
 // report logs a container's problems once, not at every resync.

@@ -1,6 +1,7 @@
 package lb
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -16,7 +17,11 @@ import (
 // and counters, for as long as any pool holds it, across every rebuild.
 type Backend struct {
 	addr   string
-	client *fasthttp.HostClient
+	cfg    *Config              // the balancer's, frozen: for clients made later
+	client *fasthttp.HostClient // plain HTTP
+
+	tlsClients atomic.Pointer[[]*tlsClient] // one per set of TLS settings routes use; copy on write
+	tlsMu      sync.Mutex                   // serializes adding to tlsClients
 
 	inflight  atomic.Int64  // requests (and tunnels) in progress
 	requests  atomic.Uint64 // requests picked, ever
@@ -38,19 +43,21 @@ func (e *DialError) Error() string { return "lb: connecting to " + e.Addr + ": "
 func (e *DialError) Unwrap() error { return e.Err }
 
 func newBackend(addr string, cfg *Config) *Backend {
-	b := &Backend{addr: addr}
-	connect, rd, wr := cfg.ConnectTimeout, cfg.ReadTimeout, cfg.WriteTimeout
-	b.client = &fasthttp.HostClient{
-		Addr: addr,
+	b := &Backend{addr: addr, cfg: cfg}
+	b.client = b.newClient(nil)
+	return b
+}
+
+// newClient makes a client for the backend, speaking TLS when conf is set.
+// The handshake is done in Dial rather than by fasthttp (IsTLS), so that
+// its failure is a DialError like a refused connection, and the request
+// keeps its http scheme whichever way it goes.
+func (b *Backend) newClient(conf *tls.Config) *fasthttp.HostClient {
+	cfg := b.cfg
+	return &fasthttp.HostClient{
+		Addr: b.addr,
 		Dial: func(addr string) (net.Conn, error) {
-			c, err := net.DialTimeout("tcp", addr, connect)
-			if err != nil {
-				return nil, &DialError{Addr: addr, Err: err}
-			}
-			if rd <= 0 && wr <= 0 {
-				return c, nil
-			}
-			return &idleConn{Conn: c, read: rd, write: wr}, nil
+			return dial(addr, cfg, conf, true)
 		},
 		MaxConns:                      cfg.MaxConnsPerBackend,
 		MaxConnWaitTimeout:            cfg.MaxConnWait,
@@ -64,7 +71,6 @@ func newBackend(addr string, cfg *Config) *Backend {
 		StreamResponseBody:            true,
 		ConnPoolStrategy:              fasthttp.LIFO, // the most recently used connection is the warmest
 	}
-	return b
 }
 
 // retryStaleConn lets the HostClient try an idempotent request once more

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -109,6 +111,11 @@ func (b *Balancer) Table() *Table { return b.table.Load() }
 // catalog. It neither allocates nor locks.
 func (b *Balancer) Pool(service string) *Pool { return b.table.Load().pools[service] }
 
+// TagPool returns the pool of the instances of service that carry tag, a
+// tag starting with RouteTagPrefix; nil if none in the catalog does. It
+// neither allocates nor locks.
+func (b *Balancer) TagPool(service, tag string) *Pool { return b.table.Load().TagPool(service, tag) }
+
 // Refresh asks Run for a rebuild without waiting for it. Requests made
 // while one is pending coalesce into it.
 func (b *Balancer) Refresh() {
@@ -138,7 +145,7 @@ func (b *Balancer) closeIdle() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, be := range b.backends {
-		be.client.CloseIdleConnections()
+		be.closeIdle()
 	}
 }
 
@@ -157,10 +164,30 @@ func (b *Balancer) Rebuild() *registry.Snapshot {
 	}
 	t := &Table{index: snap.Index(), snap: snap, pools: map[string]*Pool{}, changed: make(chan struct{})}
 	seen := make(map[string]*Backend, len(b.backends))
+	var tps []*Pool // the tag pools of one instance
 	for _, nt := range snap.ServiceNames() {
 		ins := snap.ServiceInstances(nt.Name)
 		p := &Pool{service: nt.Name, total: len(ins), members: make([]Member, 0, len(ins))}
 		for _, in := range ins {
+			tps = tps[:0]
+			for _, tag := range in.Service.Tags {
+				if !strings.HasPrefix(tag, RouteTagPrefix) {
+					continue
+				}
+				k := tagKey{nt.Name, tag}
+				tp := t.tagPools[k]
+				if tp == nil {
+					if t.tagPools == nil {
+						t.tagPools = map[tagKey]*Pool{}
+					}
+					tp = &Pool{service: nt.Name}
+					t.tagPools[k] = tp
+				}
+				if !slices.Contains(tps, tp) { // a tag listed twice is one
+					tp.total++
+					tps = append(tps, tp)
+				}
+			}
 			w, ok := b.weight(in)
 			if !ok || in.Service.Port == 0 {
 				continue
@@ -177,11 +204,11 @@ func (b *Balancer) Rebuild() *registry.Snapshot {
 				b.log.Debug("backend added", "addr", addr)
 			}
 			seen[addr] = be
-			if i := memberIndex(p.members, be); i >= 0 {
-				p.members[i].Weight = max(p.members[i].Weight, w) // one address registered twice is one backend
-				continue
+			m := Member{Backend: be, Weight: w, ID: in.Service.ID, Node: in.Node.Name}
+			p.add(m)
+			for _, tp := range tps {
+				tp.add(m)
 			}
-			p.members = append(p.members, Member{Backend: be, Weight: w, ID: in.Service.ID, Node: in.Node.Name})
 		}
 		t.pools[nt.Name] = p
 		t.services = append(t.services, ServiceTags{Name: nt.Name, Tags: nt.Tags})
@@ -190,7 +217,7 @@ func (b *Balancer) Rebuild() *registry.Snapshot {
 		if seen[addr] == nil {
 			// Its in-flight requests finish on their connections; idle
 			// ones are closed now, and the rest when they are released.
-			be.client.CloseIdleConnections()
+			be.closeIdle()
 			delete(b.backends, addr)
 			b.log.Debug("backend removed", "addr", addr, "in_flight", be.InFlight())
 		}
@@ -219,6 +246,16 @@ func (b *Balancer) weight(in registry.Instance) (int64, bool) {
 	return int64(max(w, 1)), true
 }
 
+// add puts m in p; one address registered twice is one backend, with the
+// larger weight.
+func (p *Pool) add(m Member) {
+	if i := memberIndex(p.members, m.Backend); i >= 0 {
+		p.members[i].Weight = max(p.members[i].Weight, m.Weight)
+		return
+	}
+	p.members = append(p.members, m)
+}
+
 func memberIndex(ms []Member, b *Backend) int {
 	for i := range ms {
 		if ms[i].Backend == b {
@@ -240,6 +277,7 @@ type Table struct {
 	index    uint64
 	snap     *registry.Snapshot // the snapshot it was built from
 	pools    map[string]*Pool
+	tagPools map[tagKey]*Pool // nil when no instance has a route tag
 	services []ServiceTags
 	changed  chan struct{}
 }
@@ -253,6 +291,23 @@ func (t *Table) Index() uint64 { return t.index }
 
 // Pool returns the pool of service, nil if it has no instance.
 func (t *Table) Pool(service string) *Pool { return t.pools[service] }
+
+// RouteTagPrefix starts the tags that get a pool of their own: fabio's
+// urlprefix- tags, with which an instance says it serves a route. Such a
+// route must reach only the instances that carry the tag (during a rolling
+// deploy, v2's instances carry a tag v1's do not), so the pool is built
+// here, where the instances are, rather than filtered per request. Other
+// tags (v1, primary, ...) get none: a pool per tag would cost every
+// rebuild for nothing.
+const RouteTagPrefix = "urlprefix-"
+
+// tagKey names a tag pool. A struct of the two strings, not their
+// concatenation, so that a lookup builds no string.
+type tagKey struct{ service, tag string }
+
+// TagPool returns the pool of the instances of service that carry tag
+// (see RouteTagPrefix), nil if no instance in the catalog does.
+func (t *Table) TagPool(service, tag string) *Pool { return t.tagPools[tagKey{service, tag}] }
 
 // Services lists every service in the catalog with its tags, by name.
 func (t *Table) Services() []ServiceTags { return t.services }

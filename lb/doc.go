@@ -1,9 +1,12 @@
 // Package lb owns pier's load balancing state: one Backend per address,
 // which lives across catalog updates (its fasthttp.HostClient and keep-alive
-// connections, its count of in-flight requests, its passive-failure state),
-// and one Pool per service: an immutable slice of the service's healthy
-// backends with their weights, and Pick, a least-connections choice scaled
-// by weight that neither allocates nor locks.
+// connections, its count of in-flight requests, its passive-failure state;
+// a plain HTTP client and one client per set of upstream TLS settings the
+// routes use, all sharing those counts), and one Pool per service: an
+// immutable slice of the service's healthy backends with their weights,
+// and Pick, a least-connections choice scaled by weight that neither
+// allocates nor locks. A urlprefix- tag gets a Pool of its own, of the
+// instances that carry it.
 //
 // A Balancer rebuilds the whole Table of pools from a registry snapshot
 // whenever the catalog changes and swaps it in atomically. Changes coalesce:

@@ -18,8 +18,14 @@ type RouteInfo struct {
 	Error       string `json:",omitempty"` // why a KV route is not served
 	MaxFails    int
 	FailTimeout string
-	Total       int // instances in the catalog, healthy or not
-	Instances   []InstanceInfo
+
+	TLS           bool   `json:",omitempty"` // instances are reached over HTTPS
+	TLSSkipVerify bool   `json:",omitempty"`
+	TLSServerName string `json:",omitempty"`
+	TLSCAFile     string `json:",omitempty"`
+
+	Total     int // instances in the catalog, healthy or not
+	Instances []InstanceInfo
 }
 
 // InstanceInfo is one healthy instance of a route's service.
@@ -42,9 +48,13 @@ func (p *Proxy) Routes() []RouteInfo {
 		ri := RouteInfo{
 			Host: r.Host, Path: r.Path, Service: r.Service, Strip: r.Strip, Prepend: r.Prepend,
 			Source: r.Source, Key: r.Key, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
+			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile,
 			Instances: []InstanceInfo{},
 		}
 		pool := rt.lbt.Pool(r.Service)
+		if r.tag != "" {
+			pool = rt.lbt.TagPool(r.Service, r.tag)
+		}
 		ri.Total = pool.Total()
 		for _, m := range pool.Members() {
 			ii := InstanceInfo{ID: m.ID, Node: m.Node, Addr: m.Backend.Addr(), Weight: m.Weight,

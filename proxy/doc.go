@@ -3,9 +3,10 @@
 // from the KV store under pier/routes/, and from fabio-style urlprefix-
 // service tags, in that order of precedence), rewrites the path
 // (strip, prepend), sets the forwarding headers, sends the request to a
-// backend that package lb picks, retries what is safe to retry on another
+// backend that package lb picks (over TLS when the route says so), retries what is safe to retry on another
 // backend, streams bodies both ways, tunnels WebSocket upgrades, enforces
-// the limits a public listener needs, and writes the access log. It also
+// the limits a public listener needs, refuses requests framed ambiguously
+// (request smuggling, framing.go), and writes the access log. It also
 // terminates TLS for the front door (certificates by SNI, reloaded when their
 // files change) and redirects plain HTTP to HTTPS when asked.
 //

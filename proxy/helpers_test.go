@@ -101,6 +101,7 @@ func (e *env) synced() {
 	for {
 		tb := e.bal.Table()
 		if tb.Index() >= want {
+			e.routesFollow(tb)
 			return
 		}
 		select {
@@ -109,6 +110,22 @@ func (e *env) synced() {
 			e.t.Fatalf("balancer stuck at index %d, want %d", tb.Index(), want)
 		}
 	}
+}
+
+// routesFollow waits until the proxy's Run loop has rebuilt its route
+// table from tb: until then a request may still match a route that tb no
+// longer has (a deleted KV route, say).
+func (e *env) routesFollow(tb *lb.Table) {
+	e.t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if rt := e.p.routes.Load(); rt != nil && rt.lbt == tb {
+			return
+		}
+		if e.bal.Table() != tb {
+			return // newer again: the caller's index is reached either way
+		}
+	}
+	e.t.Fatalf("the route table did not follow the balancer's table at index %d", tb.Index())
 }
 
 // get sends a request through the proxy and returns status and body.

@@ -28,11 +28,16 @@ type routeFile struct {
 	Prepend     string
 	MaxFails    *int
 	FailTimeout string
+
+	TLS           bool
+	TLSSkipVerify bool
+	TLSServerName string
+	TLSCAFile     string // a path on the agent that serves the route
 }
 
 // ParseRoute reads one route from YAML or JSON (keys as in the config file:
-// host, path, service, strip, prepend, max_fails, fail_timeout) and
-// validates it.
+// host, path, service, strip, prepend, max_fails, fail_timeout, tls,
+// tls_skip_verify, tls_server_name, tls_ca_file) and validates it.
 func ParseRoute(b []byte) (Route, error) {
 	var r Route
 	if len(bytes.TrimSpace(b)) == 0 {
@@ -59,7 +64,8 @@ func ParseRoute(b []byte) (Route, error) {
 		}
 		return r, err
 	}
-	r = Route{Host: f.Host, Path: f.Path, Service: f.Service, Strip: f.Strip, Prepend: f.Prepend, MaxFails: f.MaxFails}
+	r = Route{Host: f.Host, Path: f.Path, Service: f.Service, Strip: f.Strip, Prepend: f.Prepend, MaxFails: f.MaxFails,
+		TLS: f.TLS, TLSSkipVerify: f.TLSSkipVerify, TLSServerName: f.TLSServerName, TLSCAFile: f.TLSCAFile}
 	if f.FailTimeout != "" {
 		d, err := time.ParseDuration(f.FailTimeout)
 		if err != nil || d < 0 {

@@ -26,7 +26,7 @@ func TestMetrics(t *testing.T) {
 	dead := listen(t)
 	deadAddr := dead.Addr().String()
 	dead.Close()
-	e.register("shop-2", "shop", deadAddr, 1)
+	e.register("shop-2", "shop", deadAddr, 1, "urlprefix-/shop") // a tag route reaches only the instances with its tag
 	e.synced()
 
 	for range 3 {

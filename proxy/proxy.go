@@ -71,6 +71,8 @@ type Proxy struct {
 	routes   atomic.Pointer[routeTable]
 	mu       sync.Mutex        // serializes route rebuilds
 	kvWarned map[string]uint64 // bad KV routes already logged; guarded by mu
+	tlsc     tlsCache          // routes' upstream TLS settings, interned; guarded by mu
+	certWarn certWarning       // when a TLS mismatch with an instance was last logged
 	srv      *fasthttp.Server
 	met      *proxyMetrics // nil: no metrics
 	alog     *accessLog    // nil: no access log
@@ -80,6 +82,8 @@ type Proxy struct {
 	tunnelsMu sync.Mutex
 	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
 	closing   bool
+
+	bodies sync.Pool // *clientBody, reused by requests with a body
 }
 
 // New validates cfg and builds the first route table.
@@ -121,7 +125,16 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
 	}
-	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}}
+	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
+	p.bodies.New = func() any { return new(clientBody) }
+	for i := range cfg.Routes {
+		// Read the CA bundles now: a config route that cannot be served as
+		// written is an error at start, not a route silently missing.
+		r := &cfg.Routes[i]
+		if _, err := p.tlsc.upstream(r); err != nil {
+			return nil, fmt.Errorf("proxy: route %s%s: %w", r.Host, r.Path, err)
+		}
+	}
 	if p.log == nil {
 		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -168,8 +181,14 @@ func New(cfg Config) (*Proxy, error) {
 		CloseOnShutdown:               true,
 		Logger:                        fasthttpLogger{p.log},
 		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-			if h.ContentLength() == 0 {
+			cl := h.ContentLength()
+			if cl == 0 {
 				return fasthttp.RequestConfig{} // no body to wait for: keep the header deadline
+			}
+			if cfg.MaxBodySize > 0 && int64(cl) > cfg.MaxBodySize {
+				// serve refuses it with 413 unread; fasthttp would otherwise
+				// wait for the first 8 KiB of the body before calling it.
+				return fasthttp.RequestConfig{MaxRequestBodySize: 1}
 			}
 			return fasthttp.RequestConfig{ReadTimeout: cfg.BodyTimeout}
 		},
@@ -235,7 +254,7 @@ func (p *Proxy) syncRoutes() *routeTable {
 	lbt = p.bal.Table()
 	rt := p.routes.Load()
 	if rt == nil || rt.lbt != lbt {
-		rt = buildRoutes(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log, p.kvWarned)
+		rt = buildRoutesTLS(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log, p.kvWarned, p.tlsc)
 		p.met.attach(rt)
 		p.routes.Store(rt)
 	}
@@ -284,6 +303,20 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 	req := &ctx.Request
 	uri := req.Header.RequestURI()
 	origURI := p.alog.begin(uri) // for the access log: the URI as the client sent it
+	if badFraming(req.Header.RawHeaders()) {
+		// Nothing of it is forwarded, and the connection is closed: where
+		// this request ends is exactly what is in doubt (framing.go).
+		ctx.Error("pier: bad request framing\n", fasthttp.StatusBadRequest)
+		ctx.SetConnectionClose()
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return
+	}
+	if !absoluteForm(&req.Header) {
+		ctx.Error("pier: bad request target\n", fasthttp.StatusBadRequest)
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return
+	}
+	uri = req.Header.RequestURI() // now in origin form, the host in Host
 	if p.redirect && !ctx.IsTLS() {
 		p.redirectHTTPS(ctx)
 		p.access(ctx, origURI, start, nil, nil, 0)
@@ -314,10 +347,18 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
-	pool := p.bal.Pool(r.Service)
+	pool := p.pool(r)
 	if pool.Len() == 0 {
-		p.catchUp()
-		if pool = p.bal.Pool(r.Service); pool.Len() == 0 {
+		if nrt := p.catchUp(); nrt != rt {
+			// The route may have gone with its last instance (a tag route
+			// goes when no instance carries its tag): look it up again.
+			if r = nrt.lookup(host, path); r == nil {
+				ctx.Error("pier: no route\n", fasthttp.StatusNotFound)
+				p.access(ctx, origURI, start, nil, nil, 0)
+				return
+			}
+		}
+		if pool = p.pool(r); pool.Len() == 0 {
 			p.noInstance(ctx, r)
 			p.access(ctx, origURI, start, r, nil, 0)
 			return
@@ -345,8 +386,16 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		p.tunnel(ctx, r, pool, start, origURI)
 		return
 	}
-	if p.cfg.MaxBodySize > 0 && req.IsBodyStream() && req.Header.ContentLength() < 0 {
-		req.SetBodyStream(&limitedBody{r: req.BodyStream(), n: p.cfg.MaxBodySize}, -1)
+	var body *clientBody // the client's body: its errors, and the limit of a chunked one
+	if req.IsBodyStream() {
+		size := req.Header.ContentLength()
+		body = p.bodies.Get().(*clientBody)
+		*body = clientBody{r: req.BodyStream(), n: 1 << 62, left: int64(size)}
+		if size < 0 && p.cfg.MaxBodySize > 0 {
+			body.n = p.cfg.MaxBodySize // a Content-Length over it was refused above
+		}
+		req.SetBodyStream(body, size)
+		defer p.putBody(body) // Do has read all it will of the body once it returns
 	}
 
 	resp := &ctx.Response
@@ -363,7 +412,7 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		}
 		tried[n] = b
 		n++
-		err = b.Client().Do(req, resp)
+		err = b.ClientFor(r.tls).Do(req, resp)
 		if err == nil {
 			b.Succeed()
 			// The request stays in flight on b until its response has been
@@ -375,7 +424,15 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		b.Release()
+		if body != nil && body.err != nil {
+			// The client's body failed, not b: nothing to hold against b,
+			// nothing to retry (answered below).
+			break
+		}
 		retry, failed := classify(err, req)
+		if tlsMismatch(err) {
+			p.warnTLS(r, b, err)
+		}
 		if failed && b.Fail(r.maxFails, r.failTimeout) {
 			p.met.ejected(r)
 			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(),
@@ -387,8 +444,18 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	resp.Reset()
-	if errors.Is(err, errBodyLimit) {
-		ctx.Error("pier: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
+	if body != nil && body.err != nil {
+		// The client's body failed, not the backend: a malformed chunk or
+		// a body cut short is the client's bad request, and the connection
+		// cannot go on.
+		switch {
+		case errors.Is(body.err, errBodyLimit):
+			ctx.Error("pier: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
+		case isTimeout(body.err):
+			ctx.Error("pier: request timeout\n", fasthttp.StatusRequestTimeout)
+		default:
+			ctx.Error("pier: bad request body\n", fasthttp.StatusBadRequest)
+		}
 		ctx.SetConnectionClose()
 		p.access(ctx, origURI, start, r, nil, n)
 		return
@@ -430,6 +497,8 @@ func (p *Proxy) noInstance(ctx *fasthttp.RequestCtx, r *route) {
 func classify(err error, req *fasthttp.Request) (retry, failed bool) {
 	var de *lb.DialError
 	switch {
+	case tlsMismatch(err):
+		return true, false // see tlsMismatch
 	case errors.As(err, &de):
 		return true, true
 	case errors.Is(err, fasthttp.ErrNoFreeConns):
@@ -463,28 +532,6 @@ func hasDotSegment(path []byte) bool {
 func isHeaderTooLarge(err error) bool {
 	var sm *fasthttp.ErrSmallBuffer
 	return errors.As(err, &sm)
-}
-
-var errBodyLimit = errors.New("proxy: request body too large")
-
-// limitedBody fails a chunked request body that grows past the limit.
-type limitedBody struct {
-	r io.Reader
-	n int64
-}
-
-func (l *limitedBody) Read(p []byte) (int, error) {
-	// Read one byte more than is left, to tell a body that ends at the
-	// limit from one that goes past it.
-	if int64(len(p)) > l.n+1 {
-		p = p[:l.n+1]
-	}
-	n, err := l.r.Read(p)
-	l.n -= int64(n)
-	if l.n < 0 {
-		return n, errBodyLimit
-	}
-	return n, err
 }
 
 // access records an answered request in the metrics and the access log;

@@ -21,8 +21,17 @@ type Route struct {
 	Prepend     string        // prefix added to the path after Strip
 	MaxFails    *int          // passive health: nil takes the proxy's MaxFails
 	FailTimeout time.Duration // passive health: 0 takes the proxy's FailTimeout
-	Source      string        // "config", "kv" or "tag"; set by the proxy
-	Key         string        // for a KV route, its key; set by the proxy
+
+	// Upstream TLS: instances are reached over HTTPS. The certificate is
+	// verified against TLSCAFile, or the system's roots, for the name
+	// TLSServerName, or the instance's address when it is empty.
+	TLS           bool
+	TLSSkipVerify bool   // accept any certificate
+	TLSServerName string // SNI and the name verified
+	TLSCAFile     string // PEM bundle to verify instances with
+
+	Source string // "config", "kv" or "tag"; set by the proxy
+	Key    string // for a KV route, its key; set by the proxy
 }
 
 // Validate reports the first mistake in r, naming the route.
@@ -40,6 +49,15 @@ func (r *Route) Validate() error {
 		return fmt.Errorf("route %q: a host has no / or space", r.Host)
 	case r.MaxFails != nil && *r.MaxFails < 0, r.FailTimeout < 0:
 		return fmt.Errorf("route %s%s: max_fails and fail_timeout must not be negative", r.Host, r.Path)
+	case !r.TLS && (r.TLSSkipVerify || r.TLSServerName != "" || r.TLSCAFile != ""):
+		// Said without tls: true, these would be silently ignored and the
+		// route would speak plain HTTP to an instance the writer meant to
+		// reach over TLS.
+		return fmt.Errorf("route %s%s: tls_skip_verify, tls_server_name and tls_ca_file need tls: true", r.Host, r.Path)
+	case r.TLSSkipVerify && r.TLSCAFile != "":
+		return fmt.Errorf("route %s%s: tls_ca_file is not used with tls_skip_verify: give one", r.Host, r.Path)
+	case strings.ContainsAny(r.TLSServerName, "/: "):
+		return fmt.Errorf("route %s%s: tls_server_name %q: want a host name, without port", r.Host, r.Path, r.TLSServerName)
 	}
 	return nil
 }
@@ -53,6 +71,19 @@ type route struct {
 	maxFails    int
 	failTimeout time.Duration
 	stats       *routeStats // metrics children, nil without metrics
+	tls         *lb.TLS     // nil: plain HTTP to the instances
+	tag         string      // for a route from a tag, the tag: the route's pool is the instances that carry it
+}
+
+// pool returns the instances r sends to from the balancer's newest table:
+// for a route from a urlprefix- tag, only the instances that carry the tag
+// (as fabio does: the tag is the instance saying it serves the route); for
+// a config or KV route, every healthy instance of the service.
+func (p *Proxy) pool(r *route) *lb.Pool {
+	if r.tag != "" {
+		return p.bal.TagPool(r.Service, r.tag)
+	}
+	return p.bal.Pool(r.Service)
 }
 
 // routeTable is one immutable generation of routes, built from the config
@@ -149,8 +180,10 @@ func hostKey(dst, host []byte) []byte {
 	if i := bytes.LastIndexByte(host, ':'); i >= 0 && !bytes.HasSuffix(host, []byte("]")) {
 		host = host[:i]
 	}
-	if len(host) > cap(dst) {
-		return bytes.ToLower(host)
+	if len(host) > cap(dst)-len(dst) {
+		// ASCII folding here too, not bytes.ToLower: a route's host and a
+		// request's must fold alike, whatever their length.
+		dst = slices.Grow(dst, len(host))
 	}
 	for _, c := range host {
 		if 'A' <= c && c <= 'Z' {
@@ -166,11 +199,18 @@ func hostKey(dst, host []byte) []byte {
 // path; among tags, the service first by name wins, and the loser is logged.
 // warned remembers the KV routes already reported as bad (key to its
 // ModifyIndex), so a bad value is logged once, not at every rebuild; nil
-// reports every time.
+// reports every time. Routes' upstream TLS settings are not interned: each
+// build makes its own (for tests; the proxy uses buildRoutesTLS).
 func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeout time.Duration, log *slog.Logger, warned map[string]uint64) *routeTable {
+	return buildRoutesTLS(cfg, lbt, tags, maxFails, failTimeout, log, warned, nil)
+}
+
+// buildRoutesTLS is buildRoutes with tlsc, which interns the routes'
+// upstream TLS settings so that they keep their clients across rebuilds.
+func buildRoutesTLS(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeout time.Duration, log *slog.Logger, warned map[string]uint64, tlsc tlsCache) *routeTable {
 	t := &routeTable{lbt: lbt, byHost: map[string]*pathSet{}}
 	seen := map[string]*route{}
-	add := func(r Route) {
+	add := func(r Route, tag string) error {
 		if r.Path == "" {
 			r.Path = "/"
 		}
@@ -180,9 +220,15 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 			if old.Service != r.Service {
 				log.Warn("two routes for one host and path: the first wins", "route", key, "service", old.Service, "ignored", r.Service)
 			}
-			return
+			return nil
 		}
-		rt := &route{Route: r, path: []byte(r.Path), strip: []byte(r.Strip), prepend: []byte(r.Prepend), maxFails: maxFails, failTimeout: failTimeout}
+		up, err := tlsc.upstream(&r)
+		if err != nil {
+			// Served without its TLS settings the route would send requests
+			// in the clear, so it is not served at all.
+			return fmt.Errorf("route %s: %w", key, err)
+		}
+		rt := &route{Route: r, path: []byte(r.Path), strip: []byte(r.Strip), prepend: []byte(r.Prepend), maxFails: maxFails, failTimeout: failTimeout, tls: up, tag: tag}
 		if r.MaxFails != nil {
 			rt.maxFails = *r.MaxFails
 		}
@@ -199,14 +245,21 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 			}
 		}
 		ps.add(rt)
+		return nil
 	}
 	for _, r := range cfg {
 		r.Source = "config"
-		add(r)
+		if err := add(r, ""); err != nil {
+			log.Error("ignoring a route in the config", "err", err) // New checked it: only a test gets here
+		}
 	}
 	if lbt != nil && lbt.Snapshot() != nil {
 		for _, e := range lbt.Snapshot().KVList(KVRoutePrefix) {
 			r, err := ParseRoute(e.Value)
+			if err == nil {
+				r.Source, r.Key = "kv", e.Key
+				err = add(r, "")
+			}
 			if err != nil {
 				t.bad = append(t.bad, badRoute{e.Key, err})
 				if warned == nil || warned[e.Key] != e.ModifyIndex {
@@ -215,10 +268,7 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 						warned[e.Key] = e.ModifyIndex
 					}
 				}
-				continue
 			}
-			r.Source, r.Key = "kv", e.Key
-			add(r)
 		}
 	}
 	if tags && lbt != nil {
@@ -232,7 +282,9 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 					continue
 				}
 				r.Service, r.Source = st.Name, "tag"
-				add(r)
+				if err := add(r, tag); err != nil {
+					log.Warn("ignoring a urlprefix- tag", "service", st.Name, "tag", tag, "err", err)
+				}
 			}
 		}
 	}
@@ -254,8 +306,11 @@ func buildRoutes(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTimeou
 //	urlprefix-/api strip=/api
 //	urlprefix-shop.example.com/
 //	urlprefix-/v2 prepend=/api/v2
+//	urlprefix-/secure proto=https tlsskipverify=true
 //
-// ok is false for a tag that is not a urlprefix- tag. Options pier does not
+// proto=https reaches the instances over TLS (as fabio does), verified
+// against the system's roots for the instance's address unless
+// tlsskipverify=true. ok is false for a tag that is not a urlprefix- tag. Options pier does not
 // know (fabio's proto=tcp, redirect=, allow=, ...) are an error, so the
 // route is left out rather than served differently from what it says.
 func ParseTag(tag string) (r Route, ok bool, err error) {
@@ -281,8 +336,20 @@ func ParseTag(tag string) (r Route, ok bool, err error) {
 		case "prepend":
 			r.Prepend = v
 		case "proto":
-			if v != "http" {
-				return r, true, fmt.Errorf("proto=%s: pier routes HTTP only", v)
+			switch v {
+			case "http":
+			case "https":
+				r.TLS = true
+			default:
+				return r, true, fmt.Errorf("proto=%s: pier routes HTTP and HTTPS only", v)
+			}
+		case "tlsskipverify":
+			switch v {
+			case "true":
+				r.TLSSkipVerify = true
+			case "false":
+			default:
+				return r, true, fmt.Errorf("tlsskipverify=%s: want true or false", v)
 			}
 		default:
 			return r, true, fmt.Errorf("unknown option %q", opt)

@@ -29,13 +29,15 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, r *route, pool *lb.Pool, start 
 		}
 		tried[n] = b
 		n++
-		c, err := net.DialTimeout("tcp", b.Addr(), p.bal.ConnectTimeout())
+		c, err := b.Dial(r.tls)
 		if err == nil {
 			conn = c
 			break
 		}
 		b.Release()
-		if b.Fail(r.maxFails, r.failTimeout) {
+		if tlsMismatch(err) {
+			p.warnTLS(r, b, err)
+		} else if b.Fail(r.maxFails, r.failTimeout) {
 			p.met.ejected(r)
 			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(), "err", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -237,6 +238,19 @@ func validName(field, s string, required bool) error {
 	return nil
 }
 
+// validPathID refuses an ID that the API could not address in a path such
+// as /v1/agent/service/<id> or /v1/agent/check/deregister/<id>: path
+// cleaning rewrites ".", "..", "a//b" or "/a" before any handler sees
+// them, so such a service or check could be registered but never read or
+// deregistered.
+func validPathID(field, s string) error {
+	p := "/" + s
+	if s != "" && path.Clean(p) != strings.TrimSuffix(p, "/") {
+		return fieldErr(field, "%q has an empty, \".\" or \"..\" path segment", s)
+	}
+	return nil
+}
+
 func validAddress(field, s string) error {
 	if s == "" {
 		return nil
@@ -279,6 +293,9 @@ func (d *ServiceDefinition) Build() (Service, []Check, error) {
 		s.ID = d.Name
 	}
 	if err := validName("ID", s.ID, true); err != nil {
+		return s, nil, err
+	}
+	if err := validPathID("ID", s.ID); err != nil {
 		return s, nil, err
 	}
 	for i, t := range d.Tags {
@@ -392,6 +409,9 @@ func (cr *CheckRegistration) BuildCheck() (Check, error) {
 	if c.CheckID == "" {
 		c.CheckID = c.Name
 	}
+	if err := validPathID("CheckID", c.CheckID); err != nil {
+		return c, err
+	}
 	c.ServiceID = cr.ServiceID
 	return c, nil
 }
@@ -420,6 +440,9 @@ func (cr *CheckRegistration) build(field string) (Check, error) {
 		c.CheckID = cr.ID
 	}
 	if err := validName(f("CheckID"), strings.ReplaceAll(c.CheckID, " ", "_"), false); err != nil {
+		return c, err
+	}
+	if err := validPathID(f("CheckID"), c.CheckID); err != nil {
 		return c, err
 	}
 	c.Name = cr.Name

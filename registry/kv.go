@@ -27,6 +27,11 @@ const (
 	MaxKVValue = 512 << 10
 )
 
+// ReservedKVPrefix holds the agent's own replicated state (ACL tokens and
+// policies, registry/api): the KV API neither shows nor writes keys under
+// it, and a recursive delete of a prefix outside it leaves it alone.
+const ReservedKVPrefix = "_pier/"
+
 // ErrKVFull is a write refused because the store would exceed
 // Config.KVMaxBytes.
 var ErrKVFull = errors.New("the KV store is full")
@@ -158,7 +163,9 @@ func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error)
 			if !strings.HasPrefix(e.Key, key) {
 				return false
 			}
-			keys = append(keys, e.Key)
+			if !strings.HasPrefix(e.Key, ReservedKVPrefix) || strings.HasPrefix(key, ReservedKVPrefix) {
+				keys = append(keys, e.Key)
+			}
 			return true
 		})
 	} else {

@@ -2,19 +2,27 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pier-dev/pier/registry"
 )
 
-// ACLConfig is Consul's acl stanza, with tokens and their rules defined in
-// the configuration (there is no /v1/acl API: tokens change with a restart).
+// ACLConfig is Consul's acl stanza. Tokens come from two places: the
+// configuration (these fields; read-only through the API, changed by a
+// restart) and the /v1/acl/token and /v1/acl/policy endpoints (acl_store.go:
+// kept in the replicated KV store, so they survive restarts and reach every
+// node).
 type ACLConfig struct {
 	Enabled       bool
 	DefaultPolicy string // "allow" or "deny"; "allow" when empty, as Consul
@@ -29,125 +37,33 @@ type ACLConfig struct {
 	Tokens  []ACLToken // tokens with rules
 }
 
-// ACLToken is one token with its rules.
+// ACLToken is one token of the configuration with its rules.
 type ACLToken struct {
-	Secret      string
+	Secret string
+	// AccessorID names the token in /v1/acl/tokens; empty: derived from the
+	// secret by SHA-256, so every node and every restart shows the same one
+	// without storing anything. A token with acl:read sees accessors, so a
+	// weak secret could be guessed offline from its accessor: config
+	// secrets should be random (UUIDs), or set an AccessorID.
+	AccessorID  string
 	Description string
 	Rules       ACLRules
 }
 
-// ACLRules are Consul's policy rules, each prefix map from a name prefix to
-// "read", "write" or "deny"; the longest matching prefix wins, "" matches
-// everything, and write implies read. Operator is one access level.
-type ACLRules struct {
-	ServicePrefix map[string]string
-	KeyPrefix     map[string]string
-	NodePrefix    map[string]string
-	AgentPrefix   map[string]string
-	Operator      string
-}
-
-// access is one level of a rule.
-type access int
-
-const (
-	accessNone access = iota // no rule: the default policy applies
-	accessDeny
-	accessRead
-	accessWrite
-)
-
-func parseAccess(s string) (access, error) {
-	switch s {
-	case "deny":
-		return accessDeny, nil
-	case "read":
-		return accessRead, nil
-	case "write":
-		return accessWrite, nil
-	}
-	return accessNone, fmt.Errorf("%q is not one of read, write, deny", s)
-}
-
-// prefixRules is one resource's prefix table.
-type prefixRules map[string]access
-
-func parsePrefixes(kind string, m map[string]string) (prefixRules, error) {
-	out := prefixRules{}
-	for p, v := range m {
-		a, err := parseAccess(v)
-		if err != nil {
-			return nil, fmt.Errorf("%s %q: %w", kind, p, err)
-		}
-		out[p] = a
-	}
-	return out, nil
-}
-
-// lookup answers the rule of the longest prefix of name.
-func (p prefixRules) lookup(name string) access {
-	best, got := -1, accessNone
-	for pre, a := range p {
-		if len(pre) > best && strings.HasPrefix(name, pre) {
-			best, got = len(pre), a
-		}
-	}
-	return got
-}
-
-// Policy is what one token may do. The zero Policy with allow=false denies
-// everything.
-type Policy struct {
-	management bool
-	allow      bool // the default policy, for resources without a rule
-	service    prefixRules
-	key        prefixRules
-	node       prefixRules
-	agent      prefixRules
-	operator   access
-}
-
-func (p *Policy) can(rules prefixRules, name string, write bool) bool {
-	if p.management {
-		return true
-	}
-	return p.level(rules.lookup(name), write)
-}
-
-func (p *Policy) level(a access, write bool) bool {
-	switch a {
-	case accessWrite:
-		return true
-	case accessRead:
-		return !write
-	case accessDeny:
-		return false
-	}
-	return p.allow
-}
-
-// ServiceRead and the other checks report whether the token may read or
-// write the named resource.
-func (p *Policy) ServiceRead(name string) bool  { return p.can(p.service, name, false) }
-func (p *Policy) ServiceWrite(name string) bool { return p.can(p.service, name, true) }
-func (p *Policy) KeyRead(key string) bool       { return p.can(p.key, key, false) }
-func (p *Policy) KeyWrite(key string) bool      { return p.can(p.key, key, true) }
-func (p *Policy) NodeRead(name string) bool     { return p.can(p.node, name, false) }
-func (p *Policy) NodeWrite(name string) bool    { return p.can(p.node, name, true) }
-func (p *Policy) AgentRead(name string) bool    { return p.can(p.agent, name, false) }
-func (p *Policy) AgentWrite(name string) bool   { return p.can(p.agent, name, true) }
-func (p *Policy) OperatorRead() bool            { return p.management || p.level(p.operator, false) }
-func (p *Policy) OperatorWrite() bool           { return p.management || p.level(p.operator, true) }
-
-// Management reports whether the token may do everything.
-func (p *Policy) Management() bool { return p.management }
-
-// Authorizer resolves tokens to policies. It is immutable after
-// NewAuthorizer.
+// Authorizer resolves tokens to policies: the configuration's, fixed at
+// NewAuthorizer, and those of the API, read from the KV store (acl_store.go).
 type Authorizer struct {
-	secrets   [][sha256.Size]byte // hashed, so that compares do not depend on length
-	policies  []*Policy
+	allow     bool
+	static    []*tokenEntry // the configuration's tokens, in order
 	anonymous *Policy
+	dflt      *tokenEntry // tokens.default; nil: none
+	// The parts below are set once by the Server before it serves.
+	reg *registry.Registry // nil: configuration tokens only
+	log *slog.Logger
+	// mu serializes rebuilds of the table and the API's writes (so that a
+	// name checked free is still free when written, on this node).
+	mu    sync.Mutex
+	table atomic.Pointer[aclTable]
 }
 
 // NewAuthorizer validates cfg; nil with no error when ACLs are off.
@@ -163,9 +79,10 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
 	default:
 		return nil, fmt.Errorf("acl: default_policy %q is not allow or deny", cfg.DefaultPolicy)
 	}
-	a := &Authorizer{}
+	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler)}
 	seen := map[string]bool{}
-	add := func(secret string, p *Policy) error {
+	accessors := map[string]bool{}
+	add := func(secret, accessor, desc string, p *Policy, links []aclLink) error {
 		if secret == "" {
 			return nil
 		}
@@ -174,78 +91,87 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
 			return errors.New("acl: a token secret is defined twice")
 		}
 		seen[secret] = true
-		a.secrets = append(a.secrets, sha256.Sum256([]byte(secret)))
-		a.policies = append(a.policies, p)
+		if accessor == "" {
+			accessor = derivedAccessor(secret)
+		} else if !validUUID(accessor) {
+			return fmt.Errorf("acl: token %q: accessor_id %q is not a UUID", desc, accessor)
+		}
+		if accessors[accessor] || accessor == anonymousAccessor {
+			return fmt.Errorf("acl: accessor_id %s is used twice", accessor)
+		}
+		accessors[accessor] = true
+		a.static = append(a.static, &tokenEntry{
+			hash:   sha256.Sum256([]byte(secret)),
+			policy: p,
+			static: true,
+			view:   aclTokenView{AccessorID: accessor, SecretID: secret, Description: desc, Policies: links},
+		})
 		return nil
 	}
-	if err := add(cfg.InitialManagement, &Policy{management: true}); err != nil {
+	if err := add(cfg.InitialManagement, "", "Initial Management Token", &Policy{management: true},
+		[]aclLink{{ID: managementPolicyID, Name: managementPolicyName}}); err != nil {
 		return nil, err
 	}
-	if err := add(cfg.Agent, &Policy{allow: allow, agent: prefixRules{"": accessWrite}, node: prefixRules{"": accessWrite}}); err != nil {
+	agent := &Policy{allow: allow}
+	agent.rules.agent.prefix = map[string]access{"": accessWrite}
+	agent.rules.node.prefix = map[string]access{"": accessWrite}
+	if err := add(cfg.Agent, "", "Agent Token", agent, nil); err != nil {
 		return nil, err
 	}
-	var defPolicy *Policy
 	for i, t := range cfg.Tokens {
 		if t.Secret == "" {
 			return nil, fmt.Errorf("acl: tokens_list[%d] (%s): secret is empty", i, t.Description)
 		}
-		p, err := newPolicy(t.Rules, allow)
+		rs, err := compileRules(t.Rules)
 		if err != nil {
 			return nil, fmt.Errorf("acl: tokens_list[%d] (%s): %w", i, t.Description, err)
 		}
-		if err := add(t.Secret, p); err != nil {
+		if err := add(t.Secret, t.AccessorID, t.Description, &Policy{allow: allow, rules: *rs}, nil); err != nil {
 			return nil, err
 		}
 	}
 	a.anonymous = &Policy{allow: allow}
+	a.table.Store(a.build(0, nil))
 	if cfg.Default != "" {
-		if defPolicy = a.Resolve(cfg.Default); defPolicy == nil {
+		if a.dflt = a.lookup(cfg.Default); a.dflt == nil {
 			return nil, errors.New("acl: tokens.default is not a defined token")
 		}
-		a.anonymous = defPolicy
+		a.anonymous = a.dflt.policy
 	}
 	return a, nil
 }
 
-func newPolicy(r ACLRules, allow bool) (*Policy, error) {
-	p := &Policy{allow: allow}
-	var err error
-	if p.service, err = parsePrefixes("service_prefix", r.ServicePrefix); err != nil {
-		return nil, err
-	}
-	if p.key, err = parsePrefixes("key_prefix", r.KeyPrefix); err != nil {
-		return nil, err
-	}
-	if p.node, err = parsePrefixes("node_prefix", r.NodePrefix); err != nil {
-		return nil, err
-	}
-	if p.agent, err = parsePrefixes("agent_prefix", r.AgentPrefix); err != nil {
-		return nil, err
-	}
-	if r.Operator != "" {
-		if p.operator, err = parseAccess(r.Operator); err != nil {
-			return nil, fmt.Errorf("operator: %w", err)
-		}
-	}
-	return p, nil
-}
-
 // Resolve answers the policy of secret: the anonymous one for "", nil for
-// an unknown token. Every secret's hash is compared, in constant time, so
-// the answer's timing does not tell how much of a guess, or its length, was
-// right.
+// an unknown token.
 func (a *Authorizer) Resolve(secret string) *Policy {
 	if secret == "" {
 		return a.anonymous
 	}
-	var found *Policy
-	h := sha256.Sum256([]byte(secret))
-	for i, k := range a.secrets {
-		if subtle.ConstantTimeCompare(k[:], h[:]) == 1 {
-			found = a.policies[i]
-		}
+	if e := a.lookup(secret); e != nil {
+		return e.policy
 	}
-	return found
+	return nil
+}
+
+// lookup finds a token by its secret. The table is keyed by the secret's
+// SHA-256, so the map's own comparisons can at most reveal bits of a hash,
+// which tells an attacker nothing about which secret to try next; the final
+// check is in constant time all the same, and its cost does not depend on
+// the guess's length.
+func (a *Authorizer) lookup(secret string) *tokenEntry {
+	return a.lookupIn(a.current(), secret)
+}
+
+func (a *Authorizer) lookupIn(t *aclTable, secret string) *tokenEntry {
+	// A UUID is longer than the 32 bytes a []byte(string) conversion may
+	// keep on the stack: copy it into a larger stack buffer instead.
+	var buf [128]byte
+	h := sha256.Sum256(append(buf[:0], secret...))
+	e := t.bySecret[h]
+	if e == nil || subtle.ConstantTimeCompare(e.hash[:], h[:]) != 1 {
+		return nil
+	}
+	return e
 }
 
 // requestToken reads the token the way Consul's clients send it.
@@ -315,11 +241,20 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		return p.KeyWrite(k)
 	}
 	if path == "/v1/operator/keyring" {
-		// Consul's keyring rule; pier folds it into operator.
+		// Consul's keyring rule, or operator for rules without one.
 		if read {
-			return p.OperatorRead()
+			return p.KeyringRead()
 		}
-		return p.OperatorWrite()
+		return p.KeyringWrite()
+	}
+	if strings.HasPrefix(path, "/v1/acl/") {
+		switch {
+		case path == "/v1/acl/token/self":
+			return true // any known token may read itself
+		case read:
+			return p.ACLRead()
+		}
+		return p.ACLWrite()
 	}
 	if read {
 		for _, pre := range []string{"/v1/catalog/service/", "/v1/health/service/", "/v1/health/checks/", "/v1/agent/health/service/name/"} {
@@ -355,17 +290,9 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 	}
 	switch path {
 	case "/v1/agent/service/register":
-		name, ok := peekName(r, s.cfg.MaxBodySize, "Name")
-		return ok && p.ServiceWrite(name)
+		return s.mayRegisterService(p, r)
 	case "/v1/agent/check/register":
-		id, ok := peekName(r, s.cfg.MaxBodySize, "ServiceID")
-		if !ok {
-			return false
-		}
-		if id == "" {
-			return p.NodeWrite(self)
-		}
-		return p.ServiceWrite(s.serviceName(id))
+		return s.mayRegisterCheck(p, r)
 	case "/v1/agent/maintenance", "/v1/agent/leave":
 		return p.NodeWrite(self) && p.AgentWrite(self)
 	}
@@ -411,32 +338,57 @@ func (s *Server) checkWrite(p *Policy, id string) bool {
 	return p.NodeWrite(s.self()) && p.ServiceWrite("\x00")
 }
 
-// peekName reads the body (up to limit) to find one string field, then puts
-// the body back for the handler. A body that does not decode answers
-// "\x00": only a token that may write every name lets the handler report
-// the error.
-func peekName(r *http.Request, limit int64, field string) (string, bool) {
+// peekBody reads the body (up to limit), then puts it back for the handler.
+func peekBody(r *http.Request, limit int64) ([]byte, bool) {
 	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	r.Body.Close()
 	r.Body = io.NopCloser(bytes.NewReader(b))
+	return b, err == nil
+}
+
+// mayRegisterService decodes the body as the handler does (so that no
+// spelling of a key reads one name here and another there) and needs write
+// on the name registered and, as Consul, on the service it replaces. A body
+// that does not decode needs write on "\x00": only a token that may write
+// every name lets the handler report the error.
+func (s *Server) mayRegisterService(p *Policy, r *http.Request) bool {
+	b, ok := peekBody(r, s.cfg.MaxBodySize)
+	if !ok {
+		return false
+	}
+	def, err := registry.DecodeService(b, false)
 	if err != nil {
-		return "", false
+		return p.ServiceWrite("\x00")
 	}
-	var m map[string]json.RawMessage
-	if json.Unmarshal(b, &m) != nil {
-		return "\x00", true
+	id := def.ID
+	if id == "" {
+		id = def.Name
 	}
-	for k, v := range m {
-		if strings.EqualFold(k, field) {
-			var s string
-			if json.Unmarshal(v, &s) != nil {
-				return "\x00", true
-			}
-			return s, true
+	if e, ok := s.reg.Snapshot().NodeService(s.self(), id); ok && !p.ServiceWrite(e.Name) {
+		return false
+	}
+	return p.ServiceWrite(def.Name)
+}
+
+// mayRegisterCheck is mayRegisterService for a check: write on the service
+// it is for (the node for a node check) and on the check it replaces.
+func (s *Server) mayRegisterCheck(p *Policy, r *http.Request) bool {
+	b, ok := peekBody(r, s.cfg.MaxBodySize)
+	if !ok {
+		return false
+	}
+	def, err := registry.DecodeCheck(b, false)
+	if err != nil {
+		return p.NodeWrite(s.self()) && p.ServiceWrite("\x00")
+	}
+	id := cmp.Or(def.CheckID, def.ID, def.Name)
+	for _, c := range s.reg.Snapshot().AllNodeChecks(s.self()) {
+		if c.CheckID == id && !s.checkWrite(p, id) {
+			return false
 		}
 	}
-	if field == "ServiceID" {
-		return "", true
+	if def.ServiceID == "" {
+		return p.NodeWrite(s.self())
 	}
-	return "\x00", true
+	return p.ServiceWrite(s.serviceName(def.ServiceID))
 }

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -67,7 +68,11 @@ func (s *Server) checkUpdate(w http.ResponseWriter, r *http.Request) {
 func (s *Server) ttlUpdate(w http.ResponseWriter, r *http.Request, st registry.Status, output string) {
 	id := r.PathValue("id")
 	if len(output) > outputMaxSize {
-		output = output[:outputMaxSize]
+		cut := outputMaxSize
+		for cut > 0 && !utf8.RuneStart(output[cut]) {
+			cut-- // not inside a character: the output stays valid UTF-8
+		}
+		output = output[:cut]
 	}
 	var err error
 	if s.cfg.Health != nil {

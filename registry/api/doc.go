@@ -5,9 +5,15 @@
 // pier unchanged.
 //
 // It owns the mapping from registry types onto Consul's JSON shapes and the
-// HTTP-level rules (methods, body limits, error codes). It reads the catalog
+// HTTP-level rules (methods, body limits, the requests one client may have
+// in progress, error codes). It reads the catalog
 // only through registry.Snapshot and writes only through the Registry's
 // exported methods; it must not reach into another package's internals.
 // Handlers are plain net/http because blocking queries need per-request
 // cancellation.
+//
+// It also owns ACLs: the tokens of the acl stanza, the /v1/acl token and
+// policy API with Consul's rule language, and the check every request
+// passes (acl*.go). Tokens and policies made through the API are kept in the
+// KV store under registry.ReservedKVPrefix, which /v1/kv hides.
 package api

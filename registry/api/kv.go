@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -45,14 +46,14 @@ func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) {
 	v := r.URL.Query()
 	switch {
 	case v.Has("keys"):
-		keys := snap.KVKeys(key, v.Get("separator"))
+		keys := visibleKeys(snap.KVKeys(key, v.Get("separator")))
 		if len(keys) == 0 {
 			w.WriteHeader(http.StatusNotFound)
 			return
 		}
 		writeJSON(w, r, keys)
 	case v.Has("recurse"):
-		list := snap.KVList(key)
+		list := visibleEntries(snap.KVList(key))
 		if len(list) == 0 {
 			w.WriteHeader(http.StatusNotFound)
 			return
@@ -64,7 +65,7 @@ func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, r, out)
 	default:
 		e, found := snap.KV(key)
-		if !found {
+		if !found || reserved(key) {
 			w.WriteHeader(http.StatusNotFound)
 			return
 		}
@@ -96,6 +97,10 @@ func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
 	if key == "" {
 		httpError(w, http.StatusBadRequest, "Missing key name")
+		return
+	}
+	if reserved(key) {
+		refuseReserved(w)
 		return
 	}
 	flags, ok := uintParam(w, r, "flags")
@@ -139,10 +144,43 @@ func (s *Server) kvDelete(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "Missing key name")
 		return
 	}
+	if reserved(key) {
+		refuseReserved(w)
+		return
+	}
 	done, err := s.reg.KVDelete(key, recurse, cas)
 	if err != nil {
 		writeError(w, "Invalid KV delete", err)
 		return
 	}
 	writeJSON(w, r, done)
+}
+
+// Keys under registry.ReservedKVPrefix are the agent's own (the ACL store,
+// acl_store.go, holds token secrets there): the KV API lists and reads them
+// as absent and refuses to write them, whatever the token's key rules say.
+func reserved(key string) bool { return strings.HasPrefix(key, registry.ReservedKVPrefix) }
+
+func refuseReserved(w http.ResponseWriter) {
+	httpError(w, http.StatusBadRequest, "Invalid KV write: keys under %s are reserved for the agent", registry.ReservedKVPrefix)
+}
+
+func visibleKeys(keys []string) []string {
+	out := keys[:0:0]
+	for _, k := range keys {
+		if !reserved(k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func visibleEntries(list []*registry.KVEntry) []*registry.KVEntry {
+	out := list[:0:0]
+	for _, e := range list {
+		if !reserved(e.Key) {
+			out = append(out, e)
+		}
+	}
+	return out
 }

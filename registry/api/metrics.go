@@ -13,6 +13,7 @@ import (
 type apiMetrics struct {
 	requests *prometheus.CounterVec // endpoint, code
 	blocking prometheus.Gauge
+	refused  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
@@ -28,13 +29,24 @@ func newMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
 			Namespace: "pier", Subsystem: "api", Name: "blocking_queries",
 			Help: "Blocking queries (?index=, ?hash=) waiting for a change.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "pier", Subsystem: "api", Name: "requests_limited_total",
+			Help: "Requests refused with 429 because their client had limits.http_max_conns_per_client requests in progress.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.blocking} {
+	for _, c := range []prometheus.Collector{m.requests, m.blocking, m.refused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// limited counts a request refused by the per-client limit.
+func (m *apiMetrics) limited() {
+	if m != nil {
+		m.refused.Inc()
+	}
 }
 
 // blockStart and blockEnd bracket a blocking query's wait.

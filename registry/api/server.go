@@ -39,6 +39,11 @@ type Config struct {
 	MaxBodySize int64              // request bodies above it get 413; default 1 MiB
 	DefaultWait time.Duration      // blocking query wait when none is given; default 5m, as Consul
 	MaxWait     time.Duration      // upper bound on a requested wait; default 10m, as Consul
+	// MaxConnsPerClient bounds the requests one client IP has in progress
+	// at once (blocking queries above all); the next gets 429. Consul's
+	// limits.http_max_conns_per_client. Default 200, as Consul; negative:
+	// no limit (limits.go).
+	MaxConnsPerClient int
 	// Health restarts TTLs on /v1/agent/check/pass|warn|fail|update; nil:
 	// those endpoints only record the status (nothing expires).
 	Health Health
@@ -58,6 +63,8 @@ func DefaultConfig() Config {
 		MaxBodySize: 1 << 20,
 		DefaultWait: 5 * time.Minute,
 		MaxWait:     10 * time.Minute,
+
+		MaxConnsPerClient: 200,
 	}
 }
 
@@ -67,8 +74,9 @@ type Server struct {
 	reg *registry.Registry
 	log *slog.Logger
 	mux *http.ServeMux
-	met *apiMetrics // nil: no metrics
-	acl *Authorizer // nil: ACLs off
+	met *apiMetrics    // nil: no metrics
+	acl *Authorizer    // nil: ACLs off
+	lim *clientLimiter // nil: no per-client limit
 }
 
 // New validates cfg and builds the handler.
@@ -86,7 +94,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = def.MaxWait
 	}
-	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux()}
+	if cfg.MaxConnsPerClient == 0 {
+		cfg.MaxConnsPerClient = def.MaxConnsPerClient
+	}
+	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), lim: newClientLimiter(cfg.MaxConnsPerClient)}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -96,6 +107,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.acl, err = NewAuthorizer(cfg.ACL); err != nil {
 		return nil, err
+	}
+	if s.acl != nil {
+		s.acl.attach(s.reg, s.log) // tokens made through /v1/acl live in the KV store
 	}
 	s.routes()
 	return s, nil
@@ -125,6 +139,7 @@ func (s *Server) routes() {
 	s.checkRoutes()   // TTL updates, maintenance, agent health (checks.go)
 	s.kvRoutes()      // the KV store (kv.go)
 	s.keyringRoutes() // gossip key rotation (keyring.go)
+	s.aclRoutes()     // tokens and policies (acl_tokens.go)
 	s.writes("/v1/agent/join/{addr...}", s.agentJoin)
 	s.writes("/v1/agent/leave", s.agentLeave)
 	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave)
@@ -146,6 +161,10 @@ func (s *Server) routes() {
 
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.limit(w, r, s.serve)
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	// Every answer says it knows its leader: pier has no leader election to
 	// wait for, and Consul's clients treat a false value as an outage.
 	h := w.Header()

@@ -42,7 +42,7 @@ type Config struct {
 	ServiceTTL     map[string]time.Duration // by service name; "*" and "prefix*" are wildcards; default 0
 	EnableTruncate bool                     // set TC when UDPAnswerLimit trims an answer; default true
 	UDPAnswerLimit int                      // answers in a UDP reply without EDNS; default 3, as Consul
-	MaxUDPSize     int                      // the EDNS payload size pier advertises; default 1232 (DNS flag day 2020)
+	MaxUDPSize     int                      // the EDNS payload size pier advertises, and its largest UDP reply whatever a query advertises (no amplification); default 1232 (DNS flag day 2020)
 
 	CacheSize   int           // forwarded answers kept; default 10000, -1: none
 	CacheMaxTTL time.Duration // upper bound on how long a forwarded answer is kept; default 1h

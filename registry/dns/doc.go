@@ -10,6 +10,9 @@
 // forwarded to the recursors, tried in order, and the answers are cached
 // (positive and negative, RFC 2308) with their TTLs counting down. Recursion
 // is offered only to loopback clients unless Config.AllowRecursion widens it.
+// No UDP reply is larger than Config.MaxUDPSize, whatever size a query
+// advertises: a UDP source is unverified, and a larger reply would amplify a
+// spoofed query; what does not fit is trimmed, with TC.
 //
 // UDP is served by one long-lived goroutine per socket (on Linux one socket
 // per CPU shares each address through SO_REUSEPORT), reading and writing in

@@ -139,9 +139,13 @@ func TestForwardTruncates(t *testing.T) {
 	if !r.Truncated || len(r.Answer) >= 100 {
 		t.Errorf("UDP from the cache: TC %v, %d answers", r.Truncated, len(r.Answer))
 	}
+	// With EDNS the reply grows to pier's own payload size (1232), not to
+	// the 4096 the client advertises (amplification_test.go): more answers
+	// than in 512 bytes, but not all, and TC.
+	small := len(r.Answer)
 	r = ask(t, s.addr, "udp", "big.example.org.", mdns.TypeA, 4096)
-	if r.Truncated || len(r.Answer) != 100 {
-		t.Errorf("UDP with EDNS 4096: TC %v, %d answers", r.Truncated, len(r.Answer))
+	if !r.Truncated || len(r.Answer) >= 100 || len(r.Answer) <= small {
+		t.Errorf("UDP with EDNS 4096: TC %v, %d answers (%d without EDNS)", r.Truncated, len(r.Answer), small)
 	}
 }
 

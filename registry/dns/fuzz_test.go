@@ -3,6 +3,9 @@ package dns
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"io"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -130,4 +133,136 @@ func FuzzName(f *testing.F) {
 		handle(t, s, pkt, false)
 		handle(t, s, pkt, true)
 	})
+}
+
+// FuzzServe sends each packet to a running server through real sockets on
+// 127.0.0.1, with a local upstream behind it for names outside the domain.
+// Over UDP, a packet the parsers take gets exactly one reply, a well-formed
+// answer to it with a known rcode within the client's size, and one they
+// refuse gets none; over TCP, any reply is such an answer. Either way the
+// server answers the next query on the same socket.
+func FuzzServe(f *testing.F) {
+	seedPackets(f)
+	up := startUpstream(f, func(q mdns.Question) *mdns.Msg {
+		m := new(mdns.Msg)
+		if q.Qtype == mdns.TypeA {
+			m.Answer = []mdns.RR{&mdns.A{Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeA, Class: mdns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, 1}}}
+		} else {
+			m.Rcode = mdns.RcodeNameError
+		}
+		return m
+	})
+	s := start(f, catalog(f), func(c *Config) { c.Recursors = []string{up.addr} })
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		if len(pkt) > maxQuery {
+			pkt = pkt[:maxQuery] // longer ones are cut to this by the server
+		}
+		var keybuf [keyCap]byte
+		var namebuf [256]byte
+		var q query
+		due := parseQuery(pkt, &keybuf, s.domain, &q)
+		if !due {
+			q, due = s.parseSlow(pkt, &keybuf, &namebuf)
+		}
+		probeID := uint16(1)
+		if len(pkt) >= 2 {
+			probeID = ^binary.BigEndian.Uint16(pkt)
+		}
+		probe := new(mdns.Msg)
+		probe.SetQuestion("redis.service.consul.", mdns.TypeA)
+		probe.Id = probeID
+		pb, err := probe.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		c, err := net.Dial("udp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 65536)
+		if _, err := c.Write(pkt); err != nil {
+			t.Fatal(err)
+		}
+		if due {
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("no reply over UDP to % x: %v", pkt, err)
+			}
+			checkReply(t, pkt, buf[:n])
+			if n > max(q.size, 512) {
+				t.Fatalf("a UDP reply of %d bytes to a client taking %d: % x", n, q.size, pkt)
+			}
+		}
+		if _, err := c.Write(pb); err != nil {
+			t.Fatal(err)
+		}
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("no reply over UDP to the query after % x: %v", pkt, err)
+		}
+		if r := checkReply(t, pb, buf[:n]); r.Id != probeID {
+			t.Fatalf("a second reply over UDP to % x: %v", pkt, r)
+		}
+
+		tc, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.Close()
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := binary.BigEndian.AppendUint16(nil, uint16(len(pkt)))
+		msg = append(msg, pkt...)
+		msg = binary.BigEndian.AppendUint16(msg, uint16(len(pb)))
+		msg = append(msg, pb...)
+		if _, err := tc.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			var l [2]byte
+			if _, err := io.ReadFull(tc, l[:]); err != nil {
+				if errors.Is(err, io.EOF) {
+					return // the server may close a connection that sent garbage
+				}
+				t.Fatalf("reading over TCP after % x: %v", pkt, err)
+			}
+			b := make([]byte, binary.BigEndian.Uint16(l[:]))
+			if _, err := io.ReadFull(tc, b); err != nil {
+				t.Fatalf("reading over TCP after % x: %v", pkt, err)
+			}
+			var r *mdns.Msg
+			if r = checkReply(t, pkt, b); r == nil {
+				r = checkReply(t, pb, b)
+			}
+			if r.Id == probeID && len(r.Question) == 1 && r.Question[0].Name == "redis.service.consul." {
+				return
+			}
+		}
+	})
+}
+
+// checkReply asserts that b is a well-formed reply to pkt with a known
+// rcode and returns it. Where pkt's ID does not match b's, it returns nil
+// so that the caller can try the next query.
+func checkReply(t *testing.T, pkt, b []byte) *mdns.Msg {
+	t.Helper()
+	r := new(mdns.Msg)
+	if err := r.Unpack(b); err != nil {
+		t.Fatalf("unparseable reply % x to % x: %v", b, pkt, err)
+	}
+	if len(pkt) >= 2 && r.Id != binary.BigEndian.Uint16(pkt) {
+		return nil
+	}
+	if !r.Response {
+		t.Fatalf("reply %v to % x is not a response", r, pkt)
+	}
+	switch r.Rcode {
+	case mdns.RcodeSuccess, mdns.RcodeFormatError, mdns.RcodeServerFailure, mdns.RcodeNameError,
+		mdns.RcodeNotImplemented, mdns.RcodeRefused, mdns.RcodeBadVers:
+	default:
+		t.Fatalf("reply %v to % x has rcode %d", r, pkt, r.Rcode)
+	}
+	return r
 }

@@ -274,6 +274,10 @@ func (s *Server) handleUDP(ctx context.Context, c *net.UDPConn, pkt []byte, src 
 			return nil
 		}
 	}
+	// The source of a UDP query is unverified (it may be spoofed, to aim
+	// the reply at someone else): no reply is larger than pier's own EDNS
+	// payload size, whatever size the query advertises (RFC 6891 6.2.5).
+	q.size = min(q.size, s.cfg.MaxUDPSize)
 	resp, done := s.reply(out, &q, src.Addr().Unmap(), false)
 	if !done {
 		s.forwardUDP(ctx, c, q, src, start)
@@ -302,10 +306,12 @@ func (s *Server) forwardUDP(ctx context.Context, c *net.UDPConn, q query, src ne
 			s.slow.Done()
 		}()
 		resp := s.forward(ctx, nil, &q, false)
+		// Counted before it is sent, as the fast path's replies are: a
+		// client that has its answer sees it in the metrics.
+		s.met.done(&q, resp, start)
 		if _, err := c.WriteToUDPAddrPort(resp, src); err != nil {
 			s.log.Debug("udp write", "to", src, "err", err)
 		}
-		s.met.done(&q, resp, start)
 	}()
 }
 

@@ -1,0 +1,348 @@
+package api
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Tokens and policies made through the API live in the KV store under
+// aclKVPrefix, one key per object: the KV store is already persisted in the
+// data dir and replicated to every node (last writer wins, deletes as
+// tombstones), so an ACL object survives restarts and reaches the whole
+// cluster with no machinery of its own. The KV API neither shows nor
+// accepts keys under registry.ReservedKVPrefix (kv.go), so no KV rule can
+// read a secret or forge a token.
+//
+// The values hold the secrets in the clear, as Consul's Raft log does: a
+// token must be readable again (consul acl token read). They are never
+// logged (only keys, which name accessors); the data dir's files are 0600,
+// and gossip should be encrypted (-encrypt) when ACLs matter.
+const (
+	aclKVPrefix     = registry.ReservedKVPrefix + "acl/"
+	aclPolicyPrefix = aclKVPrefix + "policy/"
+	aclTokenPrefix  = aclKVPrefix + "token/"
+)
+
+// Consul's built-in names.
+const (
+	managementPolicyID   = "00000000-0000-0000-0000-000000000001"
+	managementPolicyName = "global-management"
+	anonymousAccessor    = "00000000-0000-0000-0000-000000000002"
+	redacted             = "<hidden>" // a SecretID shown to a token without acl:write
+)
+
+const managementRules = `acl = "write"
+operator = "write"
+keyring = "write"
+agent_prefix "" { policy = "write" }
+key_prefix "" { policy = "write" }
+node_prefix "" { policy = "write" }
+service_prefix "" { policy = "write" }
+`
+
+// storedPolicy and storedToken are the KV values.
+type storedPolicy struct {
+	ID          string
+	Name        string
+	Description string
+	Rules       string
+	Datacenters []string `json:",omitempty"`
+}
+
+type storedToken struct {
+	AccessorID  string
+	SecretID    string
+	Description string
+	Policies    []string `json:",omitempty"` // policy IDs; names are looked up when shown
+	Local       bool
+	CreateTime  time.Time
+}
+
+// aclLink is Consul's ACLLink.
+type aclLink struct {
+	ID   string
+	Name string
+}
+
+// aclPolicyView is Consul's ACLPolicy.
+type aclPolicyView struct {
+	ID          string
+	Name        string
+	Description string
+	Rules       string
+	Datacenters []string
+	Hash        []byte
+	CreateIndex uint64
+	ModifyIndex uint64
+}
+
+// aclTokenView is Consul's ACLToken.
+type aclTokenView struct {
+	CreateIndex uint64
+	ModifyIndex uint64
+	AccessorID  string
+	SecretID    string
+	Description string
+	Policies    []aclLink `json:",omitempty"`
+	Local       bool
+	CreateTime  time.Time
+	Hash        []byte
+}
+
+type policyEntry struct {
+	view    aclPolicyView
+	rules   *ruleSet
+	builtin bool
+}
+
+type tokenEntry struct {
+	hash   [sha256.Size]byte // of the secret
+	policy *Policy
+	view   aclTokenView // SecretID included: redact before showing
+	static bool         // from the configuration: read-only
+}
+
+// aclTable is every token and policy as of one KV index, immutable once
+// published.
+type aclTable struct {
+	kvIndex  uint64
+	count    int    // ACL keys in the KV store
+	maxIndex uint64 // their highest ModifyIndex
+	policies map[string]*policyEntry
+	byName   map[string]*policyEntry
+	tokens   map[string]*tokenEntry // by accessor
+	bySecret map[[sha256.Size]byte]*tokenEntry
+}
+
+// attach connects the Authorizer to the KV store; called by New before the
+// Server serves.
+func (a *Authorizer) attach(reg *registry.Registry, log *slog.Logger) {
+	a.reg, a.log = reg, log
+}
+
+// current answers the table for the newest KV snapshot. The request path
+// pays one atomic load and one compare while nothing changed; after a KV
+// change the first request checks whether any ACL key changed (their count
+// and highest ModifyIndex: a write raises the index, a delete lowers the
+// count) and rebuilds only then, so KV traffic does not rebuild the table.
+func (a *Authorizer) current() *aclTable {
+	t := a.table.Load()
+	if a.reg == nil || a.reg.Snapshot().KVIndex() == t.kvIndex {
+		return t
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.refreshLocked()
+}
+
+// refreshLocked brings the table up to the newest snapshot; a.mu held.
+func (a *Authorizer) refreshLocked() *aclTable {
+	t := a.table.Load()
+	snap := a.reg.Snapshot()
+	if snap.KVIndex() == t.kvIndex {
+		return t
+	}
+	entries := snap.KVList(aclKVPrefix)
+	var hi uint64
+	for _, e := range entries {
+		hi = max(hi, e.ModifyIndex)
+	}
+	var nt *aclTable
+	if len(entries) == t.count && hi == t.maxIndex {
+		c := *t
+		nt = &c
+		nt.kvIndex = snap.KVIndex()
+	} else {
+		nt = a.build(snap.KVIndex(), entries)
+		nt.count, nt.maxIndex = len(entries), hi
+	}
+	a.table.Store(nt)
+	return nt
+}
+
+// build makes a table of the configuration's tokens and the stored objects.
+func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTable {
+	t := &aclTable{
+		kvIndex:  kvIndex,
+		policies: map[string]*policyEntry{},
+		byName:   map[string]*policyEntry{},
+		tokens:   map[string]*tokenEntry{},
+		bySecret: map[[sha256.Size]byte]*tokenEntry{},
+	}
+	mgmt := &policyEntry{builtin: true, view: aclPolicyView{
+		ID: managementPolicyID, Name: managementPolicyName,
+		Description: "Builtin Policy that grants unlimited access", Rules: managementRules,
+		CreateIndex: 1, ModifyIndex: 1,
+	}}
+	t.policies[mgmt.view.ID], t.byName[mgmt.view.Name] = mgmt, mgmt
+	var tokens []*registry.KVEntry
+	for _, e := range entries {
+		if strings.HasPrefix(e.Key, aclTokenPrefix) {
+			tokens = append(tokens, e)
+			continue
+		}
+		var sp storedPolicy
+		if err := json.Unmarshal(e.Value, &sp); err != nil || !strings.HasPrefix(e.Key, aclPolicyPrefix) || sp.ID != strings.TrimPrefix(e.Key, aclPolicyPrefix) {
+			a.log.Warn("acl: skipping a stored object that does not decode", "key", e.Key)
+			continue
+		}
+		r, err := ParseRules(sp.Rules)
+		if err != nil {
+			a.log.Warn("acl: skipping a stored policy whose rules do not parse", "id", sp.ID, "err", err)
+			continue
+		}
+		rs, _ := compileRules(r) // ParseRules compiled them already
+		pe := &policyEntry{rules: rs, view: aclPolicyView{
+			ID: sp.ID, Name: sp.Name, Description: sp.Description, Rules: sp.Rules, Datacenters: sp.Datacenters,
+			CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex,
+		}}
+		t.policies[sp.ID] = pe
+		// Two nodes may create the same name at once; the lowest ID wins
+		// everywhere, so every node resolves the name alike.
+		if o, ok := t.byName[sp.Name]; !ok || !o.builtin && sp.ID < o.view.ID {
+			t.byName[sp.Name] = pe
+		}
+	}
+	// The configuration's tokens first: they win any clash of accessor or
+	// secret with a stored token.
+	for _, e := range a.static {
+		t.tokens[e.view.AccessorID] = e
+		t.bySecret[e.hash] = e
+	}
+	for _, e := range tokens {
+		var st storedToken
+		if err := json.Unmarshal(e.Value, &st); err != nil || st.AccessorID != strings.TrimPrefix(e.Key, aclTokenPrefix) || st.SecretID == "" {
+			a.log.Warn("acl: skipping a stored object that does not decode", "key", e.Key)
+			continue
+		}
+		te := &tokenEntry{hash: sha256.Sum256([]byte(st.SecretID)), view: aclTokenView{
+			CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex,
+			AccessorID: st.AccessorID, SecretID: st.SecretID, Description: st.Description,
+			Local: st.Local, CreateTime: st.CreateTime,
+		}}
+		if _, clash := t.tokens[st.AccessorID]; clash {
+			continue
+		}
+		if _, clash := t.bySecret[te.hash]; clash {
+			continue
+		}
+		p := &Policy{allow: a.allow}
+		for _, id := range st.Policies {
+			pe, ok := t.policies[id]
+			if !ok {
+				continue // deleted: the link is dropped, as Consul does
+			}
+			te.view.Policies = append(te.view.Policies, aclLink{ID: id, Name: pe.view.Name})
+			if pe.builtin {
+				p.management = true
+			} else {
+				p.rules.merge(pe.rules)
+			}
+		}
+		te.policy = p
+		t.tokens[st.AccessorID] = te
+		t.bySecret[te.hash] = te
+	}
+	return t
+}
+
+// policyByRef finds a policy by ID, else by name.
+func (t *aclTable) policyByRef(l aclLink) (*policyEntry, bool) {
+	if l.ID != "" {
+		pe, ok := t.policies[l.ID]
+		return pe, ok
+	}
+	pe, ok := t.byName[l.Name]
+	return pe, ok
+}
+
+func (t *aclTable) sortedPolicies() []*policyEntry {
+	out := make([]*policyEntry, 0, len(t.policies))
+	for _, pe := range t.policies {
+		out = append(out, pe)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].view.Name < out[j].view.Name || out[i].view.Name == out[j].view.Name && out[i].view.ID < out[j].view.ID
+	})
+	return out
+}
+
+func (t *aclTable) sortedTokens() []*tokenEntry {
+	out := make([]*tokenEntry, 0, len(t.tokens))
+	for _, te := range t.tokens {
+		out = append(out, te)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].view.AccessorID < out[j].view.AccessorID })
+	return out
+}
+
+// put writes one object and answers the table that holds it; a.mu held.
+func (a *Authorizer) put(key string, v any) (*aclTable, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.reg.KVPut(key, b, 0, nil); err != nil {
+		return nil, err
+	}
+	return a.refreshLocked(), nil
+}
+
+// del deletes one object; a.mu held.
+func (a *Authorizer) del(key string) error {
+	_, err := a.reg.KVDelete(key, false, nil)
+	a.refreshLocked()
+	return err
+}
+
+// newUUID answers a random version 4 UUID, the shape of Consul's IDs.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return uuidString(b[:])
+}
+
+func uuidString(b []byte) string {
+	h := hex.EncodeToString(b[:16])
+	return fmt.Sprintf("%s-%s-%s-%s-%s", h[:8], h[8:12], h[12:16], h[16:20], h[20:32])
+}
+
+// derivedAccessor names a configuration token by a hash of its secret, so
+// that every node, and every restart, shows the same accessor for it.
+func derivedAccessor(secret string) string {
+	h := sha256.Sum256([]byte("pier acl accessor\x00" + secret))
+	h[6] = h[6]&0x0f | 0x50
+	h[8] = h[8]&0x3f | 0x80
+	return uuidString(h[:])
+}
+
+func validUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

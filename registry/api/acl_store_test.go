@@ -1,0 +1,72 @@
+package api
+
+import (
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Resolving a token on the request path allocates nothing while the ACL
+// store is unchanged, API-made tokens included, and other KV writes do not
+// rebuild the table.
+func TestACLResolveAllocs(t *testing.T) {
+	const mgmt, made = "root", "45a3bd52-07c7-47a4-52fd-0745e0cfe967"
+	rcfg := registry.DefaultConfig()
+	rcfg.NodeName, rcfg.Address = "node1", "127.0.0.1"
+	reg, err := registry.New(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acfg := DefaultConfig()
+	acfg.Registry = reg
+	acfg.ACL = ACLConfig{Enabled: true, DefaultPolicy: "deny", InitialManagement: mgmt}
+	srv, err := New(acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("PUT", "/v1/acl/token", strings.NewReader(`{"SecretID":"`+made+`"}`))
+	r.Header.Set("X-Consul-Token", mgmt)
+	w := httptest.NewRecorder()
+	srv.ServeHTTP(w, r)
+	if w.Code != 200 {
+		t.Fatalf("TokenCreate: %d %s", w.Code, w.Body)
+	}
+	az := srv.acl
+	if p := az.Resolve(made); p == nil || p.ServiceRead("x") {
+		t.Fatalf("the API-made token: %+v", p)
+	}
+	for _, secret := range []string{mgmt, made, "unknown"} {
+		if n := testing.AllocsPerRun(100, func() { az.Resolve(secret) }); n != 0 {
+			t.Errorf("Resolve(%q) allocates %v times per call", secret, n)
+		}
+	}
+	before := az.table.Load()
+	reg.KVPut("app/x", []byte("1"), 0, nil)
+	az.Resolve(made)
+	after := az.table.Load()
+	if after.kvIndex == before.kvIndex {
+		t.Error("the table did not move to the new KV index")
+	}
+	if reflect.ValueOf(after.tokens).UnsafePointer() != reflect.ValueOf(before.tokens).UnsafePointer() {
+		t.Error("an unrelated KV write rebuilt the token table")
+	}
+	reg.KVDelete("", true, nil) // spares the reserved namespace
+	if az.Resolve(made) == nil {
+		t.Error("a recursive delete of every key deleted the token")
+	}
+}
+
+func BenchmarkACLResolve(b *testing.B) {
+	az, err := NewAuthorizer(ACLConfig{Enabled: true, InitialManagement: "root",
+		Tokens: []ACLToken{{Secret: "web", Rules: ACLRules{ServicePrefix: map[string]string{"web": "write"}}}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		az.Resolve("web")
+	}
+}

@@ -1,0 +1,350 @@
+package api
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"time"
+)
+
+// The /v1/acl/ endpoints manage tokens and policies with Consul's paths and
+// shapes (roles, auth methods, identities and expiry are not supported).
+// authorize lets through only tokens with acl = "read" (the GETs) or
+// "write" (the rest), or management; /v1/acl/token/self needs only a token.
+func (s *Server) aclRoutes() {
+	s.writes("/v1/acl/policy", s.aclPolicyCreate)
+	s.mux.HandleFunc("GET /v1/acl/policy/{id}", s.aclPolicyRead)
+	s.mux.HandleFunc("GET /v1/acl/policy/name/{name}", s.aclPolicyReadByName)
+	s.writes("/v1/acl/policy/{id}", s.aclPolicyUpdate)
+	s.mux.HandleFunc("DELETE /v1/acl/policy/{id}", s.aclPolicyDelete)
+	s.mux.HandleFunc("GET /v1/acl/policies", s.aclPolicyList)
+
+	s.writes("/v1/acl/token", s.aclTokenCreate)
+	s.mux.HandleFunc("GET /v1/acl/token/self", s.aclTokenSelf)
+	s.mux.HandleFunc("GET /v1/acl/token/{id}", s.aclTokenRead)
+	s.writes("/v1/acl/token/{id}", s.aclTokenUpdate)
+	s.writes("/v1/acl/token/{id}/clone", s.aclTokenClone)
+	s.mux.HandleFunc("DELETE /v1/acl/token/{id}", s.aclTokenDelete)
+	s.mux.HandleFunc("GET /v1/acl/tokens", s.aclTokenList)
+	// Everything else under /v1/acl/ (bootstrap, roles, auth methods...).
+	s.mux.HandleFunc("/v1/acl/", func(w http.ResponseWriter, r *http.Request) {
+		if s.aclOn(w) {
+			httpError(w, http.StatusNotFound, "pier does not support %s", r.URL.Path)
+		}
+	})
+}
+
+// aclOn answers Consul's 401 when ACLs are off; false means it was sent.
+func (s *Server) aclOn(w http.ResponseWriter) bool {
+	if s.acl == nil {
+		httpError(w, http.StatusUnauthorized, "ACL support disabled")
+		return false
+	}
+	return true
+}
+
+// decodeJSONBody reads a JSON body (unknown fields ignored, as Consul
+// does); false means a 400 was sent.
+func (s *Server) decodeJSONBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return false
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		b = []byte("{}")
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		httpError(w, http.StatusBadRequest, "Request decode failed: %v", err)
+		return false
+	}
+	return true
+}
+
+// aclTokenIn is the body of a token write; the fields pier does not support
+// are kept raw only to refuse them.
+type aclTokenIn struct {
+	AccessorID        string
+	SecretID          string
+	Description       string
+	Policies          []*aclLink
+	Local             bool
+	Roles             json.RawMessage
+	ServiceIdentities json.RawMessage
+	NodeIdentities    json.RawMessage
+	TemplatedPolicies json.RawMessage
+	AuthMethod        string
+	ExpirationTTL     json.RawMessage
+	ExpirationTime    json.RawMessage
+}
+
+// unsupported names the first field that asks for something pier lacks.
+func (in *aclTokenIn) unsupported() string {
+	for _, f := range []struct {
+		name string
+		raw  json.RawMessage
+	}{
+		{"Roles", in.Roles}, {"ServiceIdentities", in.ServiceIdentities}, {"NodeIdentities", in.NodeIdentities},
+		{"TemplatedPolicies", in.TemplatedPolicies}, {"ExpirationTTL", in.ExpirationTTL}, {"ExpirationTime", in.ExpirationTime},
+	} {
+		switch string(bytes.TrimSpace(f.raw)) {
+		case "", "null", "[]", "0", `""`:
+		default:
+			return f.name
+		}
+	}
+	if in.AuthMethod != "" {
+		return "AuthMethod"
+	}
+	return ""
+}
+
+// policyIDs resolves a token's policy links; "" and a message on error.
+func (t *aclTable) policyIDs(links []*aclLink) ([]string, string) {
+	var ids []string
+	seen := map[string]bool{}
+	for _, l := range links {
+		if l == nil || l.ID == "" && l.Name == "" {
+			return nil, "a policy link needs an ID or a Name"
+		}
+		pe, ok := t.policyByRef(*l)
+		if !ok {
+			ref := l.ID
+			if ref == "" {
+				ref = l.Name
+			}
+			return nil, "cannot find policy " + ref
+		}
+		if !seen[pe.view.ID] {
+			seen[pe.view.ID] = true
+			ids = append(ids, pe.view.ID)
+		}
+	}
+	return ids, ""
+}
+
+func (s *Server) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
+	var in aclTokenIn
+	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
+		return
+	}
+	if f := in.unsupported(); f != "" {
+		httpError(w, http.StatusBadRequest, "Invalid Token: pier does not support %s", f)
+		return
+	}
+	for _, f := range []struct{ name, v string }{{"AccessorID", in.AccessorID}, {"SecretID", in.SecretID}} {
+		if f.v != "" && !validUUID(f.v) {
+			httpError(w, http.StatusBadRequest, "Invalid Token: %s is not a valid UUID", f.name)
+			return
+		}
+	}
+	if in.AccessorID == "" {
+		in.AccessorID = newUUID()
+	}
+	if in.SecretID == "" {
+		in.SecretID = newUUID()
+	}
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := a.refreshLocked()
+	if _, taken := t.tokens[in.AccessorID]; taken || in.AccessorID == anonymousAccessor {
+		httpError(w, http.StatusBadRequest, "Invalid Token: AccessorID is already in use")
+		return
+	}
+	if a.lookupIn(t, in.SecretID) != nil {
+		httpError(w, http.StatusBadRequest, "Invalid Token: SecretID is already in use")
+		return
+	}
+	ids, msg := t.policyIDs(in.Policies)
+	if msg != "" {
+		httpError(w, http.StatusBadRequest, "Invalid Token: %s", msg)
+		return
+	}
+	st := storedToken{AccessorID: in.AccessorID, SecretID: in.SecretID, Description: in.Description,
+		Policies: ids, Local: in.Local, CreateTime: time.Now().UTC()}
+	s.writeStoredToken(w, r, st)
+}
+
+// writeStoredToken stores st and answers its view; a.mu held.
+func (s *Server) writeStoredToken(w http.ResponseWriter, r *http.Request, st storedToken) {
+	t, err := s.acl.put(aclTokenPrefix+st.AccessorID, st)
+	if err != nil {
+		writeError(w, "Invalid Token", err)
+		return
+	}
+	te, ok := t.tokens[st.AccessorID]
+	if !ok || te.static {
+		httpError(w, http.StatusInternalServerError, "the token was written but is not in the table")
+		return
+	}
+	writeJSON(w, r, te.view)
+}
+
+// storedTokenFor answers a token that the API may change; false means an
+// error was sent. a.mu held.
+func (s *Server) storedTokenFor(w http.ResponseWriter, t *aclTable, id string) (*tokenEntry, bool) {
+	te, ok := t.tokens[id]
+	if !ok {
+		httpError(w, http.StatusNotFound, "Cannot find token %q", id)
+		return nil, false
+	}
+	if te.static {
+		httpError(w, http.StatusBadRequest, "Token %s is defined in the agent's configuration file and cannot be changed through the API", id)
+		return nil, false
+	}
+	return te, true
+}
+
+func (s *Server) aclTokenUpdate(w http.ResponseWriter, r *http.Request) {
+	var in aclTokenIn
+	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
+		return
+	}
+	id := r.PathValue("id")
+	if in.AccessorID != "" && in.AccessorID != id {
+		httpError(w, http.StatusBadRequest, "Token Accessor ID in URL and payload do not match")
+		return
+	}
+	if f := in.unsupported(); f != "" {
+		httpError(w, http.StatusBadRequest, "Invalid Token: pier does not support %s", f)
+		return
+	}
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := a.refreshLocked()
+	te, ok := s.storedTokenFor(w, t, id)
+	if !ok {
+		return
+	}
+	if in.SecretID != "" && subtle.ConstantTimeCompare([]byte(in.SecretID), []byte(te.view.SecretID)) != 1 {
+		httpError(w, http.StatusBadRequest, "Invalid Token: changing a token's SecretID is not permitted")
+		return
+	}
+	if in.Local != te.view.Local {
+		httpError(w, http.StatusBadRequest, "Invalid Token: cannot toggle local mode of %s", id)
+		return
+	}
+	ids, msg := t.policyIDs(in.Policies)
+	if msg != "" {
+		httpError(w, http.StatusBadRequest, "Invalid Token: %s", msg)
+		return
+	}
+	s.writeStoredToken(w, r, storedToken{AccessorID: id, SecretID: te.view.SecretID, Description: in.Description,
+		Policies: ids, Local: te.view.Local, CreateTime: te.view.CreateTime})
+}
+
+func (s *Server) aclTokenClone(w http.ResponseWriter, r *http.Request) {
+	var in struct{ Description string }
+	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
+		return
+	}
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := a.refreshLocked()
+	te, ok := s.storedTokenFor(w, t, r.PathValue("id"))
+	if !ok {
+		return
+	}
+	var ids []string
+	for _, l := range te.view.Policies {
+		ids = append(ids, l.ID)
+	}
+	s.writeStoredToken(w, r, storedToken{AccessorID: newUUID(), SecretID: newUUID(), Description: in.Description,
+		Policies: ids, Local: te.view.Local, CreateTime: time.Now().UTC()})
+}
+
+func (s *Server) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
+	if !s.aclOn(w) {
+		return
+	}
+	id := r.PathValue("id")
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := a.refreshLocked()
+	if _, ok := t.tokens[id]; !ok {
+		writeJSON(w, r, true) // already gone, perhaps deleted on another node
+		return
+	}
+	te, ok := s.storedTokenFor(w, t, id)
+	if !ok {
+		return
+	}
+	if self := a.lookupIn(t, requestToken(r)); self == te {
+		httpError(w, http.StatusBadRequest, "Deletion of the request's authorization token is not permitted")
+		return
+	}
+	if err := a.del(aclTokenPrefix + id); err != nil {
+		writeError(w, "Invalid Token", err)
+		return
+	}
+	writeJSON(w, r, true)
+}
+
+// shown is a token as the requester may see it: the secret only with
+// acl:write, as Consul.
+func shown(r *http.Request, te *tokenEntry) aclTokenView {
+	v := te.view
+	if p := policyOf(r); p == nil || !p.ACLWrite() {
+		v.SecretID = redacted
+	}
+	return v
+}
+
+func (s *Server) aclTokenRead(w http.ResponseWriter, r *http.Request) {
+	if !s.aclOn(w) {
+		return
+	}
+	te, ok := s.acl.current().tokens[r.PathValue("id")]
+	if !ok {
+		httpError(w, http.StatusForbidden, "ACL not found")
+		return
+	}
+	writeJSON(w, r, shown(r, te))
+}
+
+// aclTokenSelf answers the token the request carries (tokens.default for
+// none), secret included: the caller has it already.
+func (s *Server) aclTokenSelf(w http.ResponseWriter, r *http.Request) {
+	if !s.aclOn(w) {
+		return
+	}
+	var te *tokenEntry
+	if secret := requestToken(r); secret != "" {
+		te = s.acl.lookup(secret)
+	} else {
+		te = s.acl.dflt
+	}
+	if te == nil {
+		httpError(w, http.StatusForbidden, "ACL not found")
+		return
+	}
+	writeJSON(w, r, te.view)
+}
+
+func (s *Server) aclTokenList(w http.ResponseWriter, r *http.Request) {
+	if !s.aclOn(w) {
+		return
+	}
+	policy := r.URL.Query().Get("policy")
+	out := []aclTokenView{}
+	for _, te := range s.acl.current().sortedTokens() {
+		if policy != "" && !linksTo(te, policy) {
+			continue
+		}
+		out = append(out, shown(r, te))
+	}
+	writeJSON(w, r, out)
+}
+
+func linksTo(te *tokenEntry, policyID string) bool {
+	for _, l := range te.view.Policies {
+		if l.ID == policyID {
+			return true
+		}
+	}
+	return false
+}

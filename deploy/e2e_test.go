@@ -421,11 +421,11 @@ func TestComposeCluster(t *testing.T) {
 	// 2. A backend node crashes: its agent and its container killed.
 	start = time.Now()
 	docker(t, "kill", c.id("backend2"), c.id("api2"))
-	seen := c.until(30*time.Second, "backend2 failed on the frontend and on backend1", func() (bool, string) {
-		f, b := c.memberStatus("frontend", "backend2"), c.memberStatus("backend1", "backend2")
-		return f == 4 && b == 4, fmt.Sprintf("status on frontend %d, on backend1 %d", f, b)
+	seen := c.until(60*time.Second, "backend2 failed on every other node", func() (bool, string) {
+		f, b1, b3 := c.memberStatus("frontend", "backend2"), c.memberStatus("backend1", "backend2"), c.memberStatus("backend3", "backend2")
+		return f == 4 && b1 == 4 && b3 == 4, fmt.Sprintf("status on frontend %d, on backend1 %d, on backend3 %d", f, b1, b3)
 	})
-	c.routesTo(10*time.Second, "api2 out of the pool", c.live("api1", "api3"))
+	c.routesTo(20*time.Second, "api2 out of the pool", c.live("api1", "api3"))
 	report("backend node crash (time: kill to failed on every node)", start, seen)
 	start = time.Now()
 	docker(t, "start", c.id("backend2"), c.id("api2"))
@@ -437,11 +437,11 @@ func TestComposeCluster(t *testing.T) {
 	start = time.Now()
 	netCut(t, c.id("backend3"), false)
 	netCut(t, c.id("api3"), false)
-	c.until(30*time.Second, "backend3 failed on the frontend", func() (bool, string) {
+	c.until(60*time.Second, "backend3 failed on the frontend", func() (bool, string) {
 		s := c.memberStatus("frontend", "backend3")
 		return s == 4, fmt.Sprintf("status %d", s)
 	})
-	c.routesTo(10*time.Second, "api3 out of the pool", c.live("api1", "api2"))
+	c.routesTo(20*time.Second, "api3 out of the pool", c.live("api1", "api2"))
 	report("partition (time: cut to out of the pool)", start, time.Since(start))
 	start = time.Now()
 	netCut(t, c.id("backend3"), true)

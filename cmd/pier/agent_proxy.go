@@ -140,6 +140,11 @@ type proxyRouteFile struct {
 	Prepend     string
 	MaxFails    *int
 	FailTimeout string
+
+	TLS           bool   // reach the instances over HTTPS
+	TLSSkipVerify bool   // accept any certificate
+	TLSServerName string // SNI and the name verified (default: the instance's address)
+	TLSCAFile     string // PEM bundle to verify instances with (default: the system's roots)
 }
 
 // mergeProxy applies a config file's proxy section.
@@ -155,7 +160,8 @@ func (c *agentConfig) mergeProxy(pf *proxyFile) error {
 		p.Addr, p.addrSet, p.devAddr = *pf.Addr, true, false
 	}
 	for i, r := range pf.Routes {
-		rt := proxy.Route{Host: r.Host, Path: r.Path, Service: r.Service, Strip: r.Strip, Prepend: r.Prepend, MaxFails: r.MaxFails}
+		rt := proxy.Route{Host: r.Host, Path: r.Path, Service: r.Service, Strip: r.Strip, Prepend: r.Prepend, MaxFails: r.MaxFails,
+			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile}
 		if r.FailTimeout != "" {
 			d, err := time.ParseDuration(r.FailTimeout)
 			if err != nil || d < 0 {
@@ -165,6 +171,13 @@ func (c *agentConfig) mergeProxy(pf *proxyFile) error {
 		}
 		if err := rt.Validate(); err != nil {
 			return fmt.Errorf("proxy.routes[%d]: %w", i, err)
+		}
+		if rt.TLSCAFile != "" {
+			// Read here too, so that pier validate catches a bundle the
+			// agent could not start with.
+			if _, err := proxy.LoadCAFile(rt.TLSCAFile); err != nil {
+				return fmt.Errorf("proxy.routes[%d].tls_ca_file: %w", i, err)
+			}
 		}
 		p.proxy.Routes = append(p.proxy.Routes, rt)
 	}

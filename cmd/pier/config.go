@@ -48,6 +48,10 @@ type agentConfig struct {
 
 	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
 
+	// limits.http_max_conns_per_client: API requests one client IP may
+	// have in progress; 0 in the file means no limit, as in Consul.
+	HTTPMaxConnsPerClient int
+
 	Metrics metricsSettings // Prometheus metrics (agent_metrics.go)
 
 	ACL api.ACLConfig // API tokens; off unless a config file enables them (config_acl.go)
@@ -75,6 +79,8 @@ func defaultAgentConfig() agentConfig {
 		Reconnect:   72 * time.Hour,   // Consul's reconnect_timeout
 		LogLevel:    "info",
 		DNS:         defaultDNSSettings(),
+
+		HTTPMaxConnsPerClient: api.DefaultConfig().MaxConnsPerClient, // 200, as Consul
 	}
 }
 
@@ -86,7 +92,8 @@ type fileConfig struct {
 	KeyFile        *string
 	VerifyIncoming *bool
 	Limits         *struct {
-		KVMaxStoreBytes *int64
+		KVMaxStoreBytes       *int64
+		HTTPMaxConnsPerClient *int
 	}
 	NodeName         *string
 	Datacenter       *string
@@ -380,6 +387,12 @@ func (c *agentConfig) loadFile(path string) error {
 			return fmt.Errorf("config file %s: limits.kv_max_store_bytes: must not be negative", path)
 		}
 		c.KVMaxBytes = *fc.Limits.KVMaxStoreBytes
+	}
+	if fc.Limits != nil && fc.Limits.HTTPMaxConnsPerClient != nil {
+		if *fc.Limits.HTTPMaxConnsPerClient < 0 {
+			return fmt.Errorf("config file %s: limits.http_max_conns_per_client: must not be negative (0: no limit)", path)
+		}
+		c.HTTPMaxConnsPerClient = *fc.Limits.HTTPMaxConnsPerClient
 	}
 	c.TLS.merge(&fc)
 	if fc.Ports != nil {

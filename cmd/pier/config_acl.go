@@ -12,8 +12,10 @@ import (
 )
 
 // aclFile is the config file's acl stanza, with Consul's key names; the
-// rules of a token follow Consul's policy rules (service_prefix, key_prefix,
-// node_prefix, agent_prefix maps of prefix to read|write|deny, operator).
+// rules of a token follow Consul's policy rules: maps of a name (service,
+// key, node, agent) or a name prefix (service_prefix, key_prefix,
+// node_prefix, agent_prefix) to read|write|deny, and operator, acl,
+// keyring; or a string in Consul's rule language (HCL or JSON).
 type aclFile struct {
 	Enabled       *bool
 	DefaultPolicy *string
@@ -24,6 +26,7 @@ type aclFile struct {
 	}
 	TokensList []struct {
 		Secret      string
+		AccessorID  string
 		Description string
 		Rules       api.ACLRules
 	}
@@ -79,7 +82,7 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 		}
 	}
 	for _, t := range af.TokensList {
-		a.Tokens = append(a.Tokens, api.ACLToken{Secret: t.Secret, Description: t.Description, Rules: t.Rules})
+		a.Tokens = append(a.Tokens, api.ACLToken{Secret: t.Secret, AccessorID: t.AccessorID, Description: t.Description, Rules: t.Rules})
 	}
 	// Build it once here so a bad rule stops the agent with the file's name.
 	if _, err := api.NewAuthorizer(*a); err != nil {
@@ -88,19 +91,22 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 	return nil
 }
 
+// ruleMaps are the exact-name rule maps of a token's rules.
+var ruleMaps = map[string]bool{"service": true, "key": true, "node": true, "agent": true}
+
 func normKey(k string) string {
 	return strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(k))
 }
 
 // normalizeACL drops underscores and dashes from keys, except inside the
-// prefix maps, whose keys are names.
+// rule maps, whose keys are names.
 func normalizeACL(v any) any {
 	switch t := v.(type) {
 	case map[string]any:
 		out := make(map[string]any, len(t))
 		for k, val := range t {
 			nk := normKey(k)
-			if strings.HasSuffix(nk, "prefix") {
+			if strings.HasSuffix(nk, "prefix") || ruleMaps[nk] {
 				out[nk] = val
 				continue
 			}

@@ -47,7 +47,8 @@ type proc struct {
 	dns    string // host:port of the DNS interface, UDP and TCP
 	mu     sync.Mutex
 	log    bytes.Buffer
-	done   chan error
+	done   chan error    // the exit error, once
+	exited chan struct{} // closed when the process has exited
 }
 
 var httpLine = regexp.MustCompile(`msg="pier agent running".* http=([0-9.:]+)`)
@@ -64,7 +65,7 @@ var gossipLine = regexp.MustCompile(` gossip=([0-9.:]+)`)
 // startAgentIn runs the agent under a command prefix (such as ip netns exec).
 func startAgentIn(t testing.TB, prefix []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, done: make(chan error, 1)}
+	p := &proc{t: t, done: make(chan error, 1), exited: make(chan struct{})}
 	argv := append(append(append([]string{}, prefix...), pierBin, "agent", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0"), args...)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	stderr, err := p.cmd.StderrPipe()
@@ -92,7 +93,9 @@ func startAgentIn(t testing.TB, prefix []string, args ...string) *proc {
 				addrc <- m[1]
 			}
 		}
-		p.done <- p.cmd.Wait()
+		err := p.cmd.Wait()
+		close(p.exited)
+		p.done <- err
 		close(addrc)
 	}()
 	t.Cleanup(func() { p.stop(syscall.SIGKILL) })
@@ -116,8 +119,11 @@ func (p *proc) logs() string {
 
 // stop signals the agent and returns its exit error (nil for exit code 0).
 func (p *proc) stop(sig os.Signal) error {
-	if p.cmd.ProcessState != nil {
+	// Not cmd.ProcessState: the reading goroutine's Wait writes it.
+	select {
+	case <-p.exited:
 		return nil
+	default:
 	}
 	p.cmd.Process.Signal(sig)
 	select {

@@ -20,8 +20,14 @@ type apiRoute struct {
 	Error       string
 	MaxFails    int
 	FailTimeout string
-	Total       int
-	Instances   []struct {
+
+	TLS           bool   `json:",omitempty"`
+	TLSSkipVerify bool   `json:",omitempty"`
+	TLSServerName string `json:",omitempty"`
+	TLSCAFile     string `json:",omitempty"`
+
+	Total     int
+	Instances []struct {
 		ID        string
 		Node      string
 		Addr      string
@@ -90,7 +96,14 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 			}
 			ins = append(ins, s)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, r.Service, rewrite, r.Source, len(r.Instances), r.Total, strings.Join(ins, ", "))
+		svc := r.Service
+		switch {
+		case r.TLSSkipVerify:
+			svc += " (https, unverified)"
+		case r.TLS:
+			svc += " (https)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, svc, rewrite, r.Source, len(r.Instances), r.Total, strings.Join(ins, ", "))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

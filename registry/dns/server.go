@@ -139,6 +139,11 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	udps, tcps := s.udps, s.tcps
+	for _, u := range udps {
+		if err := blockingReads(u); err != nil {
+			return fmt.Errorf("dns: %w", err)
+		}
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	// One reader per socket, or two sharing it where there is just one.
@@ -154,6 +159,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		for _, u := range udps {
+			wakeReaders(u)
 			u.Close()
 		}
 		return nil
@@ -224,12 +230,18 @@ func (s *Server) readUDP(ctx context.Context, c *net.UDPConn) error {
 	var keybuf [keyCap]byte
 	var namebuf [256]byte
 	for {
-		n, err := pc.ReadBatch(in, 0)
+		n, err := pc.ReadBatch(in, readFlags)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			s.log.Debug("udp read", "err", err)
+			continue
+		}
+		if n == 0 {
+			if ctx.Err() != nil {
+				return nil // woken by wakeReaders
+			}
 			continue
 		}
 		k := 0

@@ -64,7 +64,7 @@ proxy:
 	}
 	code, body = curl(t, proxy+"/api/users?id=7")
 	if code != 200 || !strings.Contains(body, "hello from api: GET /users?id=7 xff=127.0.0.1") {
-		t.Errorf("through the proxy: %d %q", code, body)
+		t.Errorf("through the proxy: %d %q\nagent log:\n%s", code, body, a.logs())
 	}
 	if code, _ := curl(t, proxy+"/elsewhere"); code != 404 {
 		t.Errorf("no route: %d", code)

@@ -91,6 +91,23 @@ func BenchmarkRouteLookupHost(b *testing.B) {
 	}
 }
 
+// benchGets sends GET /api/hello to the proxy at addr from parallel
+// clients for the whole benchmark, each answer a 200.
+func benchGets(b *testing.B, addr string) {
+	c := &fasthttp.HostClient{Addr: addr, MaxConns: 64}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		req.SetRequestURI("http://x/api/hello")
+		for pb.Next() {
+			if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+				b.Errorf("%v %d", err, resp.StatusCode())
+				return
+			}
+		}
+	})
+}
+
 // BenchmarkProxy measures a whole request through the proxy to a fasthttp
 // backend on loopback.
 func BenchmarkProxy(b *testing.B) {
@@ -105,16 +122,5 @@ func BenchmarkProxy(b *testing.B) {
 	e := newEnv(t, func(c *Config) { c.Routes = []Route{{Path: "/api/", Service: "api", Strip: "/api"}} })
 	defer e.close()
 	e.register("api-1", "api", ln.Addr().String(), 1)
-	c := &fasthttp.HostClient{Addr: e.addr, MaxConns: 64}
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-		req.SetRequestURI("http://x/api/hello")
-		for pb.Next() {
-			if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
-				b.Errorf("%v %d", err, resp.StatusCode())
-				return
-			}
-		}
-	})
+	benchGets(b, e.addr)
 }

@@ -448,16 +448,5 @@ func BenchmarkProxyUpstreamTLS(b *testing.B) {
 	})
 	defer e.close()
 	e.register("api-1", "api", ln.Addr().String(), 1)
-	c := &fasthttp.HostClient{Addr: e.addr, MaxConns: 64}
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-		req.SetRequestURI("http://x/api/hello")
-		for pb.Next() {
-			if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
-				b.Errorf("%v %d", err, resp.StatusCode())
-				return
-			}
-		}
-	})
+	benchGets(b, e.addr)
 }

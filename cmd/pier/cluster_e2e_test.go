@@ -40,6 +40,10 @@ func watch[T any](t *testing.T, url string, d time.Duration, cond func(T) bool) 
 		}
 		last = v
 		index = resp.Header.Get("X-Consul-Index")
+		if index == "" { // not a blocking endpoint: poll
+			index = "0"
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	t.Fatalf("GET %s: condition not met within %v; last answer %+v", url, d, last)
 	return last
@@ -72,6 +76,9 @@ func TestClusterOfProcesses(t *testing.T) {
 	b := startAgent(t, "-node", "helloworld2", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
 
 	watch(t, "http://"+a.addr+"/v1/catalog/nodes", 10*time.Second, func(ns []struct{ Node string }) bool { return len(ns) == 2 })
+	// Each node applies membership events from its own inbox, so b may list
+	// a a moment after a's catalog has b: wait for b's own view.
+	watch(t, "http://"+b.addr+"/v1/agent/members", 10*time.Second, func(ms []struct{ Name string }) bool { return len(ms) == 2 })
 	out, _, rc := pier(t, "members", "-http-addr", b.addr)
 	if rc != 0 || !regexp.MustCompile(`helloworld\s+127\.0\.0\.1:\d+\s+alive`).MatchString(out) || !regexp.MustCompile(`helloworld2\s+127\.0\.0\.1:\d+\s+alive`).MatchString(out) {
 		t.Errorf("pier members:\n%s", out)

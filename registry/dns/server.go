@@ -9,14 +9,12 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -37,7 +35,7 @@ type Server struct {
 	ready    chan struct{}
 	mu       sync.Mutex
 	addrs    []net.Addr
-	udps     []*net.UDPConn
+	udps     []*udpSock
 	tcps     []net.Listener
 	listened bool
 	running  bool
@@ -139,11 +137,6 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	udps, tcps := s.udps, s.tcps
-	for _, u := range udps {
-		if err := blockingReads(u); err != nil {
-			return fmt.Errorf("dns: %w", err)
-		}
-	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	// One reader per socket, or two sharing it where there is just one.
@@ -159,35 +152,38 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		for _, u := range udps {
-			wakeReaders(u)
-			u.Close()
+			u.wake()
 		}
 		return nil
 	})
 	err := g.Wait()
+	// Forwarded queries still answer on the sockets: close them last.
 	s.slow.Wait()
+	for _, u := range udps {
+		u.Close()
+	}
 	return err
 }
 
-// listen opens a TCP socket on addr and n UDP sockets on the same port;
-// with port 0 they all get the same free port. TCP goes first and alone,
-// so that a port in use is refused even though the UDP sockets share theirs.
-func listen(addr string, n int) ([]*net.UDPConn, net.Listener, error) {
-	host, port, _ := net.SplitHostPort(addr)
+// listen opens a TCP socket on addr and n UDP sockets on the same address
+// and port; with port 0 they all get the same free port. TCP goes first and
+// alone, so that a port in use is refused even though the UDP sockets share
+// theirs (SO_REUSEPORT). The UDP sockets bind the address the TCP socket
+// got, so a host name resolves once.
+func listen(addr string, n int) ([]*udpSock, net.Listener, error) {
+	_, port, _ := net.SplitHostPort(addr)
 	for try := 0; ; try++ {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return nil, nil, err
 		}
-		bound := net.JoinHostPort(host, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
-		var us []*net.UDPConn
+		ta := l.Addr().(*net.TCPAddr)
+		var us []*udpSock
 		for range n {
-			pc, err2 := udpListenConfig().ListenPacket(context.Background(), "udp", bound)
+			u, err2 := listenUDP(ta.IP, ta.Port)
 			if err = err2; err != nil {
 				break
 			}
-			u := pc.(*net.UDPConn)
-			u.SetReadBuffer(4 << 20) // absorb bursts; the kernel caps it at rmem_max
 			us = append(us, u)
 		}
 		if err == nil {
@@ -203,78 +199,46 @@ func listen(addr string, n int) ([]*net.UDPConn, net.Listener, error) {
 	}
 }
 
-// UDP read batching: each reader takes up to udpBatch queries per system
+// UDP read batching: each reader takes up to udpBatchLen queries per system
 // call (recvmmsg on Linux) and sends the replies in one (sendmmsg). Queries
 // larger than maxQuery are cut short and answered FORMERR; real ones are
 // far smaller (miekg/dns reads 512 bytes).
 const (
-	udpBatch = 32
-	maxQuery = 4096
+	udpBatchLen = 32
+	maxQuery    = 4096
 )
 
-// readUDP answers queries on one UDP socket until it is closed. Several run
-// per socket. A query that must be forwarded gets a goroutine of its own.
-func (s *Server) readUDP(ctx context.Context, c *net.UDPConn) error {
-	pc := ipv4.NewPacketConn(c) // batch reads and writes; addresses of either family pass through
-	in := make([]ipv4.Message, udpBatch)
-	bufs := make([]byte, udpBatch*maxQuery)
-	for i := range in {
-		in[i].Buffers = [][]byte{bufs[i*maxQuery : (i+1)*maxQuery]}
-	}
-	out := make([]ipv4.Message, udpBatch)
-	outBufs := make([][]byte, udpBatch)
-	for i := range out {
-		outBufs[i] = make([]byte, 0, 4096)
-		out[i].Buffers = [][]byte{nil}
-	}
+// readUDP answers queries on one UDP socket until the server stops. Several
+// run per socket. A query that must be forwarded gets a goroutine of its own.
+func (s *Server) readUDP(ctx context.Context, u *udpSock) error {
+	b := newUDPBatch(u)
 	var keybuf [keyCap]byte
 	var namebuf [256]byte
 	for {
-		n, err := pc.ReadBatch(in, readFlags)
+		n, err := b.read()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			s.log.Debug("udp read", "err", err)
-			continue
-		}
-		if n == 0 {
-			if ctx.Err() != nil {
-				return nil // woken by wakeReaders
+			if err != errWoken {
+				s.log.Debug("udp read", "err", err)
 			}
 			continue
 		}
-		k := 0
 		for i := range n {
-			ua, ok := in[i].Addr.(*net.UDPAddr)
-			if !ok {
+			pkt, src := b.query(i)
+			if !src.IsValid() {
 				continue
 			}
-			resp := s.handleUDP(ctx, c, in[i].Buffers[0][:in[i].N], ua.AddrPort(), outBufs[k][:0], &keybuf, &namebuf)
-			if resp == nil {
-				continue
-			}
-			if cap(resp) > cap(outBufs[k]) {
-				outBufs[k] = resp[:0] // keep the larger buffer
-			}
-			out[k].Buffers[0], out[k].Addr = resp, in[i].Addr
-			k++
+			b.reply(i, s.handleUDP(ctx, u, pkt, src, b.buf(), &keybuf, &namebuf))
 		}
-		for sent := 0; sent < k; {
-			w, err := pc.WriteBatch(out[sent:k], 0)
-			if err != nil {
-				// One bad destination must not hold back the others.
-				s.log.Debug("udp write", "to", out[sent].Addr, "err", err)
-				w = max(w, 1)
-			}
-			sent += w
-		}
+		b.flush(s.log)
 	}
 }
 
 // handleUDP answers one UDP query into out, or returns nil when there is
 // nothing to send now (no reply is due, or the query is being forwarded).
-func (s *Server) handleUDP(ctx context.Context, c *net.UDPConn, pkt []byte, src netip.AddrPort, out []byte, keybuf *[keyCap]byte, namebuf *[256]byte) []byte {
+func (s *Server) handleUDP(ctx context.Context, u *udpSock, pkt []byte, src netip.AddrPort, out []byte, keybuf *[keyCap]byte, namebuf *[256]byte) []byte {
 	var start time.Time
 	if s.met != nil {
 		start = time.Now()
@@ -292,7 +256,7 @@ func (s *Server) handleUDP(ctx context.Context, c *net.UDPConn, pkt []byte, src 
 	q.size = min(q.size, s.cfg.MaxUDPSize)
 	resp, done := s.reply(out, &q, src.Addr().Unmap(), false)
 	if !done {
-		s.forwardUDP(ctx, c, q, src, start)
+		s.forwardUDP(ctx, u, q, src, start)
 		return nil
 	}
 	s.met.done(&q, resp, start)
@@ -301,12 +265,12 @@ func (s *Server) handleUDP(ctx context.Context, c *net.UDPConn, pkt []byte, src 
 
 // forwardUDP forwards q in a goroutine of its own, or answers SERVFAIL when
 // too many are in flight.
-func (s *Server) forwardUDP(ctx context.Context, c *net.UDPConn, q query, src netip.AddrPort, start time.Time) {
+func (s *Server) forwardUDP(ctx context.Context, u *udpSock, q query, src netip.AddrPort, start time.Time) {
 	select {
 	case s.inflight <- struct{}{}:
 	default:
 		resp := errReply(nil, &q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)
-		c.WriteToUDPAddrPort(resp, src)
+		u.writeTo(resp, src)
 		s.met.done(&q, resp, start)
 		return
 	}
@@ -321,7 +285,7 @@ func (s *Server) forwardUDP(ctx context.Context, c *net.UDPConn, q query, src ne
 		// Counted before it is sent, as the fast path's replies are: a
 		// client that has its answer sees it in the metrics.
 		s.met.done(&q, resp, start)
-		if _, err := c.WriteToUDPAddrPort(resp, src); err != nil {
+		if err := u.writeTo(resp, src); err != nil {
 			s.log.Debug("udp write", "to", src, "err", err)
 		}
 	}()

@@ -16,7 +16,10 @@
 //
 // UDP is served by one long-lived goroutine per socket (on Linux one socket
 // per CPU shares each address through SO_REUSEPORT), reading and writing in
-// batches (recvmmsg/sendmmsg). It answers the common case (one question,
+// batches (recvmmsg/sendmmsg). On Linux those sockets are made with
+// x/sys/unix and never enter Go's network poller: a reader takes what is
+// queued without blocking and waits in a blocking recvmmsg only when the
+// socket is empty, as unbound's threads do. It answers the common case (one question,
 // class IN, optional EDNS) straight from the packed answers without
 // unpacking the query or allocating; anything else goes through
 // miekg/dns's parser, and a query that must be forwarded gets a goroutine of

@@ -397,8 +397,9 @@ func (s *Server) reply(out []byte, q *query, src netip.Addr, tcp bool) ([]byte, 
 		if q.qclass != mdns.ClassINET {
 			return errReply(out, q, mdns.RcodeRefused, ra, s.cfg.MaxUDPSize), true
 		}
-		if e := s.cache.get(q.key, s.cfg.Now()); e != nil {
-			if b, ok := e.render(out, q, s.cfg.Now(), tcp, s.cfg.MaxUDPSize); ok {
+		now := s.cfg.Now()
+		if e := s.cache.get(q.key, now); e != nil {
+			if b, ok := e.render(out, q, now, tcp, s.cfg.MaxUDPSize); ok {
 				q.kind = kindCache
 				s.met.cacheHit()
 				return b, true

@@ -100,6 +100,10 @@ func TestBadInput(t *testing.T) {
 		}), mdns.RcodeSuccess},
 		{"an answer record in the query", packed(t, func(m *mdns.Msg) { m.Answer = []mdns.RR{rr(t, "x. 0 IN A 1.2.3.4")} }), mdns.RcodeSuccess},
 		{"trailing garbage", append(packed(t, func(*mdns.Msg) {}), 1, 2, 3), mdns.RcodeSuccess},
+		{"a query of 8 KiB, read as its first 4 KiB", packed(t, func(m *mdns.Msg) {
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = append(m.IsEdns0().Option, &mdns.EDNS0_LOCAL{Code: 65001, Data: make([]byte, 8000)})
+		}), mdns.RcodeFormatError},
 	}
 	for _, c := range cases {
 		r := rawQuery(t, s.addr, c.pkt)
@@ -116,6 +120,27 @@ func TestBadInput(t *testing.T) {
 		if r.Rcode != c.rcode {
 			t.Errorf("tcp %s: %s", mdns.TypeToString[c.qtype], mdns.RcodeToString[r.Rcode])
 		}
+	}
+	// An empty datagram gets no reply, and the query after it on the same
+	// socket gets its own.
+	c, err := net.Dial("udp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	q := packed(t, func(*mdns.Msg) {})
+	if _, err := c.Write(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(q); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	if n, err := c.Read(buf); err != nil {
+		t.Fatal(err)
+	} else if m := new(mdns.Msg); m.Unpack(buf[:n]) != nil || m.Id != 4242 || len(m.Answer) != 2 {
+		t.Errorf("after an empty datagram: % x", buf[:n])
 	}
 	// Still serving.
 	if r := ask(t, s.addr, "udp", "redis.service.consul.", mdns.TypeA, 0); len(r.Answer) != 2 {

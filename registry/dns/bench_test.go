@@ -74,3 +74,17 @@ func benchHot(b *testing.B, pkt []byte) {
 		}
 	})
 }
+
+// BenchmarkSnapshotChange: the first query after a catalog change computes
+// the answer again.
+func BenchmarkSnapshotChange(b *testing.B) {
+	s := fuzzServer(b)
+	pkt := queryPacket(b, "redis.service.consul.", mdns.TypeA, false)
+	out := make([]byte, 0, 4096)
+	var keybuf [keyCap]byte
+	b.ReportAllocs()
+	for b.Loop() {
+		s.view.Store(nil) // as if the catalog had changed
+		hot(s, pkt, out, &keybuf)
+	}
+}

@@ -208,6 +208,10 @@ const (
 	maxQuery    = 4096
 )
 
+// errWoken: a receive ended without a query (a timeout, a signal, or
+// wake); the reader checks whether it should stop.
+var errWoken = errors.New("woken")
+
 // readUDP answers queries on one UDP socket until the server stops. Several
 // run per socket. A query that must be forwarded gets a goroutine of its own.
 func (s *Server) readUDP(ctx context.Context, u *udpSock) error {

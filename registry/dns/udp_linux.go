@@ -1,7 +1,6 @@
 package dns
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -148,10 +147,6 @@ func newUDPBatch(u *udpSock) *udpBatch {
 	}
 	return b
 }
-
-// errWoken: the receive ended without a query (the timeout, a signal, or
-// wake); the reader checks whether it should stop.
-var errWoken = errors.New("woken")
 
 // read waits for at least one query and returns how many arrived. It
 // first takes what is queued without blocking, as a raw system call that

@@ -41,8 +41,6 @@ func (u *udpSock) writeTo(b []byte, to netip.AddrPort) error {
 	return err
 }
 
-var errWoken = errors.New("woken")
-
 // udpBatch batches reads and writes with x/net where the system has
 // recvmmsg, one at a time elsewhere.
 type udpBatch struct {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // ParseRules reads a policy's rules in Consul's rule language, as HCL or as
@@ -74,6 +75,12 @@ var ruleAttrs = map[string]func(*ACLRules) *string{
 func addBlock(r *ACLRules, kind, name, policy string) error {
 	if policy == "" {
 		return fmt.Errorf("%s %q: policy is missing", kind, name)
+	}
+	// A name that is not UTF-8 could never match (service names and keys
+	// arrive through JSON, which has no other kind), and it would not
+	// survive being stored as JSON: refuse it rather than change it.
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%s %q: the name is not valid UTF-8", kind, name)
 	}
 	if ignoredBlocks[kind] {
 		if _, err := parseAccess(policy); err != nil {

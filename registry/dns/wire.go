@@ -99,13 +99,30 @@ func parseQuery(pkt []byte, keybuf *[keyCap]byte, domain []byte, q *query) bool 
 	q.edns, q.size = false, 512
 	if pkt[11] == 1 {
 		// OPT: root name, type 41, class = payload size, TTL = extended
-		// rcode, version, flags; then rdlength and options (ignored).
+		// rcode, version, flags; then rdlength and options. The options are
+		// ignored, but whether they are well formed is the slow path's to
+		// judge (it refuses a malformed one with FORMERR): only options with
+		// no inner structure (a cookie, as dig sends, padding, NSID and the
+		// DNSSEC algorithm lists) stay on the fast path.
 		if off+optLen > len(pkt) || pkt[off] != 0 || binary.BigEndian.Uint16(pkt[off+1:]) != mdns.TypeOPT || pkt[off+6] != 0 {
 			return false
 		}
 		q.edns = true
 		q.size = max(512, int(binary.BigEndian.Uint16(pkt[off+3:])))
-		off += optLen + int(binary.BigEndian.Uint16(pkt[off+9:]))
+		end := off + optLen + int(binary.BigEndian.Uint16(pkt[off+9:]))
+		if end != len(pkt) {
+			return false
+		}
+		for o := off + optLen; o < end; {
+			if o+4 > end || !opaqueOption(binary.BigEndian.Uint16(pkt[o:])) {
+				return false
+			}
+			o += 4 + int(binary.BigEndian.Uint16(pkt[o+2:]))
+			if o > end {
+				return false
+			}
+		}
+		off = end
 	}
 	if off != len(pkt) {
 		return false
@@ -117,6 +134,15 @@ func parseQuery(pkt []byte, keybuf *[keyCap]byte, domain []byte, q *query) bool 
 	q.flags = flags
 	q.domOff = underDomain(q.key[:n], domain)
 	return true
+}
+
+// opaqueOption reports the EDNS options whose data any bytes make valid.
+func opaqueOption(code uint16) bool {
+	switch code {
+	case mdns.EDNS0NSID, mdns.EDNS0DAU, mdns.EDNS0DHU, mdns.EDNS0N3U, mdns.EDNS0COOKIE, mdns.EDNS0PADDING:
+		return true
+	}
+	return false
 }
 
 // isSpecialType reports the types the fast path leaves to the slow one:

@@ -60,6 +60,14 @@ func packed(t *testing.T, edit func(m *mdns.Msg)) []byte {
 	return b
 }
 
+// withOption appends an option's raw bytes to the OPT record that ends pkt
+// (packed with no options), and counts them in its length.
+func withOption(pkt []byte, raw ...byte) []byte {
+	n := len(pkt)
+	binary.BigEndian.PutUint16(pkt[n-2:], uint16(len(raw)))
+	return append(pkt, raw...)
+}
+
 func TestBadInput(t *testing.T) {
 	s := start(t, catalog(t), nil)
 	hdr := func(flags uint16, qd, an, ns, ar uint16) []byte {
@@ -100,6 +108,12 @@ func TestBadInput(t *testing.T) {
 		}), mdns.RcodeSuccess},
 		{"an answer record in the query", packed(t, func(m *mdns.Msg) { m.Answer = []mdns.RR{rr(t, "x. 0 IN A 1.2.3.4")} }), mdns.RcodeSuccess},
 		{"trailing garbage", append(packed(t, func(*mdns.Msg) {}), 1, 2, 3), mdns.RcodeSuccess},
+		{"EDNS with a client-subnet option of one byte", withOption(packed(t, func(m *mdns.Msg) { m.SetEdns0(1232, false) }), 0, 8, 0, 1, 9), mdns.RcodeFormatError},
+		{"EDNS with an option longer than the record", withOption(packed(t, func(m *mdns.Msg) { m.SetEdns0(1232, false) }), 0, 10, 0, 12, 1, 2, 3, 4, 5, 6, 7, 8), mdns.RcodeFormatError},
+		{"EDNS with a client subnet", packed(t, func(m *mdns.Msg) {
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = append(m.IsEdns0().Option, &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(10, 1, 2, 0)})
+		}), mdns.RcodeSuccess},
 		{"a query of 8 KiB, read as its first 4 KiB", packed(t, func(m *mdns.Msg) {
 			m.SetEdns0(1232, false)
 			m.IsEdns0().Option = append(m.IsEdns0().Option, &mdns.EDNS0_LOCAL{Code: 65001, Data: make([]byte, 8000)})

@@ -221,22 +221,9 @@ func (l *loop) clientRead(c *conn) {
 	if c.peer != nil {
 		return // no pipelining: the next request is read once this one is answered
 	}
-	for {
-		m, e := rawRead(c.fd, c.buf[c.n:])
-		if e == syscall.EAGAIN {
-			return
-		}
-		if e != 0 || m == 0 {
-			l.close(c)
-			return
-		}
-		c.n += m
+	for l.read(c) {
 		end := bytes.Index(c.buf[:c.n], endOfHead)
 		if end < 0 {
-			if c.n == len(c.buf) {
-				l.close(c)
-				return
-			}
 			continue
 		}
 		if c.n != end+4 || !bytes.HasPrefix(c.buf, []byte("GET /api/")) {
@@ -247,6 +234,22 @@ func (l *loop) clientRead(c *conn) {
 		c.n = 0
 		return
 	}
+}
+
+// read appends what c's socket holds to c.buf. It is false when there is
+// nothing more for now, and closes c on an error or the end of the stream,
+// and once c.buf is full (a read into no room returns 0).
+func (l *loop) read(c *conn) bool {
+	m, e := rawRead(c.fd, c.buf[c.n:])
+	if e == syscall.EAGAIN {
+		return false
+	}
+	if e != 0 || m == 0 {
+		l.close(c)
+		return false
+	}
+	c.n += m
+	return true
 }
 
 // forward sends "GET /api/x HTTP/1.1" on as "GET /x HTTP/1.1" with the
@@ -309,22 +312,13 @@ func (l *loop) forward(c *conn, req []byte) {
 }
 
 func (l *loop) upstreamRead(u *conn) {
-	for {
-		m, e := rawRead(u.fd, u.buf[u.n:])
-		if e == syscall.EAGAIN {
+	for l.read(u) { // an error closes u and its client, whose answer is lost
+		if u.peer == nil {
+			l.close(u) // bytes, or the end, on an idle connection
 			return
 		}
-		if e != 0 || m == 0 || u.peer == nil {
-			l.close(u) // and its client, whose answer is lost
-			return
-		}
-		u.n += m
 		end := bytes.Index(u.buf[:u.n], endOfHead)
 		if end < 0 {
-			if u.n == len(u.buf) {
-				l.close(u)
-				return
-			}
 			continue
 		}
 		size, ok := contentLength(u.buf[:end+2])

@@ -7,7 +7,8 @@
 #   deploy/bench/proxy.sh                      # 3 rounds of 10s, 64 connections
 #   ROUNDS=5 DURATION=20s CONNS=128 deploy/bench/proxy.sh
 #   PIER_GOMAXPROCS=1 deploy/bench/proxy.sh    # pier's GOMAXPROCS (default: the core count)
-#   CEILING=1 deploy/bench/proxy.sh            # also deploy/bench/ceiling: the least a Go proxy can do
+#   CEILING=1 deploy/bench/proxy.sh            # also deploy/bench/ceiling, with epoll and with io_uring:
+#                                              # the least a Go proxy can do
 #
 # It installs nginx, haproxy, wrk and curl with apt-get when they are
 # missing, builds pier and deploy/testserver, and uses only loopback ports
@@ -22,7 +23,7 @@ THREADS=${THREADS:-2}
 BASE_PORT=${BASE_PORT:-18080}
 B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2))
 PIER=$((BASE_PORT + 3)) NGINX=$((BASE_PORT + 4)) HAPROXY=$((BASE_PORT + 5)) API=$((BASE_PORT + 6))
-CEIL=$((BASE_PORT + 7))
+CEIL=$((BASE_PORT + 7)) URING=$((BASE_PORT + 8))
 
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
@@ -60,6 +61,8 @@ b2_pid=$!
 if [ -n "${CEILING:-}" ]; then
   "$work/ceiling" -addr 127.0.0.1:$CEIL -backends 127.0.0.1:$B1,127.0.0.1:$B2 2>"$work/ceiling.log" & pids+=($!)
   ceiling_pid=$!
+  "$work/ceiling" -uring -addr 127.0.0.1:$URING -backends 127.0.0.1:$B1,127.0.0.1:$B2 2>"$work/uring.log" & pids+=($!)
+  uring_pid=$!
 fi
 
 cat >"$work/pier.yaml" <<EOF
@@ -157,10 +160,11 @@ declare -A url=(
 targets=(direct pier nginx haproxy)
 if [ -n "${CEILING:-}" ]; then
   url[ceiling]=http://127.0.0.1:$CEIL/api/hello
-  targets+=(ceiling)
+  url[uring]=http://127.0.0.1:$URING/api/hello
+  targets+=(ceiling uring)
 fi
 # The processes whose CPU time counts for each target (nginx: master and workers).
-declare -A procs=([direct]="$b1_pid" [pier]="$pier_pid" [nginx]="$nginx_pid" [haproxy]="$haproxy_pid" [ceiling]="${ceiling_pid:-}")
+declare -A procs=([direct]="$b1_pid" [pier]="$pier_pid" [nginx]="$nginx_pid" [haproxy]="$haproxy_pid" [ceiling]="${ceiling_pid:-}" [uring]="${uring_pid:-}")
 # cpu_ticks PID...: user+system clock ticks of the processes and their children threads.
 cpu_ticks() {
   local all=() p
@@ -212,5 +216,6 @@ for t in "${targets[@]}"; do
 done
 awk -v p="$rps_pier" -v n="$rps_nginx" -v h="$rps_haproxy" 'BEGIN {printf "pier/nginx %.2fx, pier/haproxy %.2fx\n", p/n, p/h}'
 if [ -n "${CEILING:-}" ]; then
-  awk -v c="$rps_ceiling" -v n="$rps_nginx" -v p="$rps_pier" 'BEGIN {printf "ceiling/nginx %.2fx, pier/ceiling %.2fx\n", c/n, p/c}'
+  awk -v c="$rps_ceiling" -v u="$rps_uring" -v n="$rps_nginx" -v p="$rps_pier" \
+    'BEGIN {printf "ceiling/nginx %.2fx (epoll), uring/nginx %.2fx (io_uring), pier/ceiling %.2fx\n", c/n, u/n, p/c}'
 fi

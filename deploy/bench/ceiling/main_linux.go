@@ -57,6 +57,7 @@ type loop struct {
 func main() {
 	addr := flag.String("addr", "127.0.0.1:18089", "address to listen on (IPv4)")
 	backends := flag.String("backends", "127.0.0.1:18081,127.0.0.1:18082", "backends, comma-separated")
+	uring := flag.Bool("uring", false, "one io_uring per loop instead of epoll")
 	flag.Parse()
 	ln, err := sockaddr(*addr)
 	if err != nil {
@@ -69,6 +70,9 @@ func main() {
 			fail(err)
 		}
 		targets = append(targets, sa)
+	}
+	if *uring {
+		fail(runUring(ln, targets))
 	}
 	n := runtime.GOMAXPROCS(0)
 	for range n {
@@ -252,11 +256,11 @@ func (l *loop) read(c *conn) bool {
 	return true
 }
 
-// forward sends "GET /api/x HTTP/1.1" on as "GET /x HTTP/1.1" with the
+// rewrite appends "GET /api/x HTTP/1.1" as "GET /x HTTP/1.1" with the
 // client's headers but Connection, and X-Forwarded-For and X-Real-IP.
-func (l *loop) forward(c *conn, req []byte) {
+func rewrite(o, req, remoteIP []byte) []byte {
 	line := bytes.Index(req, crlf)
-	o := append(l.out[:0], "GET "...)
+	o = append(o, "GET "...)
 	o = append(o, req[len("GET /api"):line+2]...)
 	for h := req[line+2 : len(req)-2]; len(h) > 0; {
 		e := bytes.Index(h, crlf) + 2
@@ -266,10 +270,15 @@ func (l *loop) forward(c *conn, req []byte) {
 		h = h[e:]
 	}
 	o = append(o, "X-Forwarded-For: "...)
-	o = append(o, c.remoteIP...)
+	o = append(o, remoteIP...)
 	o = append(o, "\r\nX-Real-IP: "...)
-	o = append(o, c.remoteIP...)
-	o = append(o, "\r\n\r\n"...)
+	o = append(o, remoteIP...)
+	return append(o, "\r\n\r\n"...)
+}
+
+// forward sends the rewritten request to the least busy instance.
+func (l *loop) forward(c *conn, req []byte) {
+	o := rewrite(l.out[:0], req, c.remoteIP)
 	l.out = o
 
 	b := 0

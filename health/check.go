@@ -88,6 +88,11 @@ func (r *Runner) probe(ctx context.Context, c *check, timeout time.Duration) (st
 func (r *Runner) runTTL(ctx context.Context, c *check) {
 	ttl := time.Duration(c.def.TTL)
 	c.mu.Lock()
+	if st, ok := r.cat.RestoredCheckState(c.id); ok && c.deadline.IsZero() {
+		// The state it had before the agent restarted runs out when it
+		// would have.
+		c.deadline, c.lastOutput = st.Expires, st.Output
+	}
 	if c.deadline.IsZero() {
 		c.deadline = time.Now().Add(ttl)
 	}

@@ -28,6 +28,11 @@ type Catalog interface {
 	// DeregisterService removes a service whose check stayed critical past
 	// its DeregisterCriticalServiceAfter.
 	DeregisterService(id string) error
+	// SaveCheckState keeps a TTL check's result and deadline across a
+	// restart of the agent; RestoredCheckState gives it back, once, to the
+	// check registered again after the restart.
+	SaveCheckState(registry.CheckState) error
+	RestoredCheckState(id string) (registry.CheckState, bool)
 }
 
 var _ Catalog = (*registry.Registry)(nil)

@@ -63,6 +63,10 @@ func (nopCatalog) Snapshot() *registry.Snapshot                      { return ni
 func (nopCatalog) Self() registry.Node                               { return registry.Node{} }
 func (nopCatalog) UpdateCheck(string, registry.Status, string) error { return nil }
 func (nopCatalog) DeregisterService(string) error                    { return nil }
+func (nopCatalog) SaveCheckState(registry.CheckState) error          { return nil }
+func (nopCatalog) RestoredCheckState(string) (registry.CheckState, bool) {
+	return registry.CheckState{}, false
+}
 
 func TestProbeHTTP(t *testing.T) {
 	s := newFlipServer(t)

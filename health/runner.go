@@ -304,7 +304,16 @@ func (r *Runner) UpdateTTL(id string, st registry.Status, output string) error {
 	defer c.mu.Unlock()
 	c.deadline = time.Now().Add(time.Duration(c.def.TTL))
 	c.lastOutput, c.expired = output, false
-	return r.cat.UpdateCheck(id, st, output)
+	if err := r.cat.UpdateCheck(id, st, output); err != nil {
+		return err
+	}
+	// The update is made either way: a state that could not be saved only
+	// means the check starts critical if the agent restarts.
+	if err := r.cat.SaveCheckState(registry.CheckState{CheckID: id, Status: st, Output: output, Expires: c.deadline}); err != nil &&
+		!errors.Is(err, registry.ErrNotFound) {
+		r.log.Warn("saving a TTL check's state", "check", id, "err", err)
+	}
+	return nil
 }
 
 func (r *Runner) ttlCheck(id string) *check {

@@ -31,7 +31,7 @@ type persistedCheck struct {
 }
 
 func openStore(dir string) (*store, error) {
-	for _, d := range []string{dir, filepath.Join(dir, "services"), filepath.Join(dir, "checks")} {
+	for _, d := range []string{dir, filepath.Join(dir, "services"), filepath.Join(dir, "checks"), filepath.Join(dir, "checks", "state")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("registry: data dir: %w", err)
 		}

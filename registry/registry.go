@@ -78,8 +78,11 @@ type Registry struct {
 	repl        map[string]*nodeRepl    // versioned entries of every node, this one included
 	clock       clock
 	bcast       func([]Entry)
-	deferred    []Check          // persisted checks whose service New did not know yet
-	kvTombs     map[string]Entry // deleted keys of the KV store, until collected
+	deferred    []Check               // persisted checks whose service New did not know yet
+	saved       map[string]CheckState // TTL check states from the data dir, until their check is registered
+	restored    map[string]CheckState // states given to checks, until the health runner takes them
+	stateMu     sync.Mutex            // orders the writes of check states
+	kvTombs     map[string]Entry      // deleted keys of the KV store, until collected
 	kvIndex     uint64
 	kvBytes     int64 // keys and values held, for Config.KVMaxBytes
 	snap        atomic.Pointer[Snapshot]
@@ -121,6 +124,7 @@ func New(cfg Config) (*Registry, error) {
 		t:           newTables(),
 		local:       map[string]localService{},
 		localChecks: map[string]localCheck{},
+		restored:    map[string]CheckState{},
 		repl:        map[string]*nodeRepl{cfg.NodeName: {entries: map[entryKey]Entry{}, member: MemberAlive}},
 		kvTombs:     map[string]Entry{},
 	}
@@ -151,6 +155,9 @@ func New(cfg Config) (*Registry, error) {
 		if savedKV, err = st.loadKV(); err != nil {
 			return nil, err
 		}
+		r.saved = st.loadStates(time.Now(), func(path string, err error) {
+			r.log.Warn("check state not restored", "file", path, "err", err)
+		})
 		// Versions must grow across restarts even if the wall clock went
 		// back: start past every version persisted.
 		for _, p := range saved {
@@ -266,6 +273,7 @@ func (r *Registry) registerLocked(tx *txn, s Service, checks []Check, src Source
 		for _, id := range old.Checks {
 			if !keep[id] {
 				delete(r.localChecks, id)
+				r.dropState(id)
 				tx.localCheckDelete(id)
 			}
 		}
@@ -274,6 +282,7 @@ func (r *Registry) registerLocked(tx *txn, s Service, checks []Check, src Source
 	tx.localService(s)
 	for _, c := range checks {
 		c.ServiceID, c.ServiceName = s.ID, s.Name
+		r.restoreState(&c)
 		ls.Checks = append(ls.Checks, c.CheckID)
 		r.localChecks[c.CheckID] = localCheck{Source: src, Check: c, Owned: true}
 		tx.localCheck(r.withTags(c, s))
@@ -341,6 +350,7 @@ func (r *Registry) DeregisterService(id string) error {
 			}
 		}
 		delete(r.localChecks, cid)
+		r.dropState(cid)
 		tx.localCheckDelete(cid)
 	}
 	tx.localServiceDelete(id)
@@ -387,6 +397,7 @@ func (r *Registry) registerCheckLocked(tx *txn, c Check, src Source) error {
 		c.ServiceName = ls.Service.Name
 		c = r.withTags(c, ls.Service)
 	}
+	r.restoreState(&c)
 	r.localChecks[c.CheckID] = localCheck{Source: src, Check: c}
 	tx.localCheck(c)
 	return nil
@@ -411,6 +422,7 @@ func (r *Registry) DeregisterCheck(id string) error {
 	tx := r.begin()
 	tx.localCheckDelete(id)
 	delete(r.localChecks, id)
+	r.dropState(id)
 	tx.commit()
 	return nil
 }

@@ -259,3 +259,64 @@ func TestMaintenanceOfConfigServiceSurvivesRestart(t *testing.T) {
 		t.Errorf("maintenance came back after -disable and a restart: %s", b)
 	}
 }
+
+// TestTTLStateSurvivesRestart: a TTL check passed with curl is still passing,
+// with its output, the moment a restarted agent answers, and expires when it
+// would have had the agent not stopped; one whose TTL ran out while the
+// agent was down comes back critical.
+func TestTTLStateSurvivesRestart(t *testing.T) {
+	requireCurl(t)
+	dir := t.TempDir()
+	args := []string{"-node", "ttl1", "-data-dir", dir, "-bind", "127.0.0.1"}
+	a := startAgent(t, args...)
+	base := "http://" + a.addr
+	for _, reg := range []string{
+		`{"ID":"job-1","Name":"job","Port":1,"Check":{"CheckID":"job-alive","TTL":"12s"}}`,
+		`{"ID":"job-2","Name":"job","Port":2,"Check":{"CheckID":"job-short","TTL":"1s"}}`,
+	} {
+		if code, body := curl(t, "-X", "PUT", "-d", reg, base+"/v1/agent/service/register"); code != 200 {
+			t.Fatalf("register: %d %s", code, body)
+		}
+	}
+	for _, id := range []string{"job-alive", "job-short"} {
+		if code, body := curl(t, "-X", "PUT", base+"/v1/agent/check/pass/"+id+"?note=fine"); code != 200 {
+			t.Fatalf("pass %s: %d %s", id, code, body)
+		}
+	}
+	passed := time.Now()
+	if err := a.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Down for 5 s: job-short runs out, and an agent that started job-alive's
+	// TTL over would expire it 17 s or more after it was passed.
+	time.Sleep(time.Until(passed.Add(5 * time.Second)))
+
+	b := startAgent(t, args...)
+	base = "http://" + b.addr
+	checks := func() map[string]struct{ Status, Output string } {
+		t.Helper()
+		_, body := curl(t, base+"/v1/agent/checks")
+		var m map[string]struct{ Status, Output string }
+		if err := json.Unmarshal([]byte(body), &m); err != nil {
+			t.Fatalf("/v1/agent/checks: %v %s", err, body)
+		}
+		return m
+	}
+	m := checks()
+	if c := m["job-alive"]; c.Status != "passing" || c.Output != "fine" {
+		t.Errorf("job-alive after restart: %+v\n%s", c, b.logs())
+	}
+	if c := m["job-short"]; c.Status != "critical" {
+		t.Errorf("job-short, run out while the agent was down: %+v", c)
+	}
+	// It runs out 12 s after it was passed, not 12 s after the restart.
+	waitFor(t, base, "/v1/health/checks/job", func(body string) bool {
+		return !strings.Contains(body, `"Status":"passing"`)
+	})
+	if late := time.Since(passed); late < 11*time.Second || late > 15500*time.Millisecond {
+		t.Errorf("job-alive expired %v after it was passed, want about 12s", late.Round(time.Millisecond))
+	}
+	if c := checks()["job-alive"]; c.Status != "critical" || !strings.Contains(c.Output, "TTL expired") || !strings.Contains(c.Output, "fine") {
+		t.Errorf("job-alive after its TTL: %+v", c)
+	}
+}

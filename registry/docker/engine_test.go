@@ -153,6 +153,13 @@ func newCatalog(t *testing.T) *registry.Registry {
 // the returned stop is called or the test ends.
 func startWatcher(t *testing.T, reg *registry.Registry, mod func(*Config)) (stop func()) {
 	t.Helper()
+	return startWatcherChecks(t, reg, mod, nil)
+}
+
+// startWatcherChecks is startWatcher with the health runner's config
+// changed by hmod.
+func startWatcherChecks(t *testing.T, reg *registry.Registry, mod func(*Config), hmod func(*health.Config)) (stop func()) {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Catalog, cfg.Endpoint, cfg.Address, cfg.Hostname = reg, endpoint(), "127.0.0.1", "testhost"
 	if mod != nil {
@@ -164,6 +171,9 @@ func startWatcher(t *testing.T, reg *registry.Registry, mod func(*Config)) (stop
 	}
 	hc := health.DefaultConfig()
 	hc.Catalog = reg
+	if hmod != nil {
+		hmod(&hc)
+	}
 	checks, err := health.New(hc)
 	if err != nil {
 		t.Fatal(err)
@@ -415,6 +425,47 @@ func TestEngineInternal(t *testing.T) {
 		for _, in := range s.ServiceInstances(svc) {
 			if in.Status() == registry.StatusPassing && len(in.Checks) == 2 {
 				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestEngineScriptCheck: SERVICE_CHECK_SCRIPT runs on the agent's host with
+// Registrator's $SERVICE_IP and $SERVICE_PORT, and probes the container.
+func TestEngineScriptCheck(t *testing.T) {
+	image := requireDocker(t)
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("curl is not installed: the script check probes with it")
+	}
+	reg := newCatalog(t)
+	startWatcherChecks(t, reg, nil, func(c *health.Config) { c.EnableScriptChecks = true })
+	svc := "script-" + unique()
+	name := run(t, image, "-p", "127.0.0.1::8080", "-e", "SERVICE_NAME="+svc, "-e", "SERVICE_CHECK_INTERVAL=1s",
+		"-e", "SERVICE_CHECK_SCRIPT=curl -sf --max-time 2 http://$SERVICE_IP:$SERVICE_PORT/health")
+	id := "testhost:" + name + ":8080"
+	waitFor(t, reg, eventBudget, "registered", has(id))
+	want := fmt.Sprintf("curl -sf --max-time 2 http://127.0.0.1:%d/health", hostPort(t, name, 8080))
+	waitFor(t, reg, 20*time.Second, "script check passing", func(s *registry.Snapshot) bool {
+		for _, in := range s.ServiceInstances(svc) {
+			for _, c := range in.Checks {
+				if c.ServiceID == id && len(c.Definition.Args) == 3 && c.Definition.Args[2] == want && c.Status == registry.StatusPassing {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	// A script that fails (curl exits 7 on a closed port) is critical.
+	bad := run(t, image, "-p", "127.0.0.1::8080", "-e", "SERVICE_NAME="+svc+"-bad", "-e", "SERVICE_CHECK_INTERVAL=1s",
+		"-e", "SERVICE_CHECK_SCRIPT=curl -sSf --max-time 2 http://$SERVICE_IP:1/")
+	waitFor(t, reg, eventBudget, "registered", has("testhost:"+bad+":8080"))
+	waitFor(t, reg, 20*time.Second, "failing script check critical", func(s *registry.Snapshot) bool {
+		for _, in := range s.ServiceInstances(svc + "-bad") {
+			for _, c := range in.Checks {
+				if len(c.Definition.Args) == 3 && c.Status == registry.StatusCritical && c.Output != "" {
+					return true
+				}
 			}
 		}
 		return false

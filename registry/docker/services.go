@@ -338,6 +338,14 @@ func checkFrom(meta map[string]string, addr string, port int) *registry.CheckReg
 		cr.HTTP = "https://" + hostPort + urlPath(meta["check_https"])
 		cr.Method = meta["check_https_method"]
 		cr.TLSSkipVerify = true // a container's own certificate rarely names its host port
+	case meta["check_script"] != "":
+		// Registrator's interpolation, run by a shell as Consul ran the old
+		// Script field. Like any script check, it runs only on an agent
+		// started with -enable-script-checks; elsewhere it is critical and
+		// says why.
+		script := strings.ReplaceAll(meta["check_script"], "$SERVICE_IP", addr)
+		script = strings.ReplaceAll(script, "$SERVICE_PORT", strconv.Itoa(port))
+		cr.Args = []string{"/bin/sh", "-c", script}
 	case meta["check_ttl"] != "":
 		cr.TTL = raw(meta["check_ttl"])
 		interval = false

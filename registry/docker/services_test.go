@@ -128,6 +128,8 @@ func TestChecks(t *testing.T) {
 			&registry.CheckDefinition{HTTP: "https://10.0.0.2:8080/", TLSSkipVerify: true, Interval: registry.Duration(10 * time.Second)}, registry.StatusCritical, ""},
 		{"tcp with initial status", []string{"SERVICE_CHECK_TCP=true", "SERVICE_CHECK_INITIAL_STATUS=passing"},
 			&registry.CheckDefinition{TCP: "10.0.0.2:8080", Interval: registry.Duration(10 * time.Second)}, registry.StatusPassing, ""},
+		{"script, interpolated as Registrator does", []string{"SERVICE_CHECK_SCRIPT=nc -z $SERVICE_IP $SERVICE_PORT && echo $SERVICE_IP", "SERVICE_CHECK_INTERVAL=3s"},
+			&registry.CheckDefinition{Args: []string{"/bin/sh", "-c", "nc -z 10.0.0.2 8080 && echo 10.0.0.2"}, Interval: registry.Duration(3 * time.Second)}, registry.StatusCritical, ""},
 		{"ttl from a label", []string{"SERVICE_CHECK_TTL=1m"},
 			&registry.CheckDefinition{TTL: registry.Duration(time.Minute)}, registry.StatusCritical, ""},
 		{"deregister after", []string{"SERVICE_CHECK_TCP=1", "SERVICE_CHECK_DEREGISTER_AFTER=10m"},

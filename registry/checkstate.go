@@ -144,7 +144,8 @@ func (r *Registry) RestoredCheckState(id string) (CheckState, bool) {
 func (r *Registry) restoreState(c *Check) {
 	if lc, known := r.localChecks[c.CheckID]; known {
 		if lc.Check.Status != c.Status || lc.Check.Output != c.Output {
-			r.dropState(c.CheckID) // a changed definition: the check starts over
+			// a changed definition: the check starts over
+			r.dropState(c.CheckID, lc.Check.Definition.TTL > 0 || c.Definition.TTL > 0)
 		}
 		return
 	}
@@ -154,18 +155,20 @@ func (r *Registry) restoreState(c *Check) {
 	}
 	delete(r.saved, c.CheckID)
 	if c.Definition.TTL <= 0 || !time.Now().Before(st.Expires) {
-		r.dropState(c.CheckID)
+		r.dropState(c.CheckID, true)
 		return
 	}
 	c.Status, c.Output = st.Status, st.Output
 	r.restored[c.CheckID] = st
 }
 
-// dropState forgets a check's saved state, when the check is gone.
-func (r *Registry) dropState(id string) {
+// dropState forgets a check's saved state, when the check is gone or
+// starts over. Only TTL checks have a file to remove: the others cost no
+// system call.
+func (r *Registry) dropState(id string, ttl bool) {
 	delete(r.saved, id)
 	delete(r.restored, id)
-	if r.store != nil {
+	if r.store != nil && ttl {
 		if err := r.store.removeState(id); err != nil {
 			r.log.Warn("removing a check state", "check", id, "err", err)
 		}

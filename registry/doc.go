@@ -3,7 +3,10 @@
 // persistence in the data dir, the versioned entries by which every node's
 // records and the KV store replicate (Entry, NodeState, Merge, MergeStates:
 // the gossip package only carries them), and the cluster view published as
-// an immutable Snapshot behind an atomic pointer.
+// an immutable Snapshot behind an atomic pointer. In the data dir it keeps
+// services/ and checks/ (one file per API registration, fsynced: a damaged
+// one stops the agent) and checks/state/ (the last result of each TTL check,
+// written on every update without fsync: a damaged one is dropped).
 //
 // Every change produces a new Snapshot with a larger Index and closes the
 // previous snapshot's Changed channel, which is all that blocking queries,

@@ -272,8 +272,8 @@ func (r *Registry) registerLocked(tx *txn, s Service, checks []Check, src Source
 	if old, ok := r.local[s.ID]; ok {
 		for _, id := range old.Checks {
 			if !keep[id] {
+				r.dropState(id, r.localChecks[id].Check.Definition.TTL > 0)
 				delete(r.localChecks, id)
-				r.dropState(id)
 				tx.localCheckDelete(id)
 			}
 		}
@@ -350,7 +350,7 @@ func (r *Registry) DeregisterService(id string) error {
 			}
 		}
 		delete(r.localChecks, cid)
-		r.dropState(cid)
+		r.dropState(cid, lc.Check.Definition.TTL > 0)
 		tx.localCheckDelete(cid)
 	}
 	tx.localServiceDelete(id)
@@ -422,7 +422,7 @@ func (r *Registry) DeregisterCheck(id string) error {
 	tx := r.begin()
 	tx.localCheckDelete(id)
 	delete(r.localChecks, id)
-	r.dropState(id)
+	r.dropState(id, lc.Check.Definition.TTL > 0)
 	tx.commit()
 	return nil
 }

@@ -359,7 +359,7 @@ func consulSD(t *testing.T) bool {
 	return !strings.Contains(string(out), "consul_sd_configs not found")
 }
 
-// lockedBuffer collects an in-process agent's log.
+// lockedBuffer collects a log (an in-process agent's, a child's) while the test reads it.
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

@@ -43,7 +43,7 @@ type aclTokenOut struct {
 }
 
 func runACL(args []string, stdout, stderr io.Writer) error {
-	const want = "give a subcommand: policy or token, then create, list, read or delete"
+	const want = "give a subcommand: policy or token, then create, list, read or delete (token also update)"
 	if len(args) < 2 {
 		return usageError{want}
 	}
@@ -63,6 +63,8 @@ func runACL(args []string, stdout, stderr io.Writer) error {
 		return aclList(args, stdout, stderr, "token")
 	case "token read":
 		return aclTokenRead(args, stdout, stderr)
+	case "token update":
+		return aclTokenUpdate(args, stdout, stderr)
 	case "token delete":
 		return aclTokenDelete(args, stdout, stderr)
 	}
@@ -234,6 +236,53 @@ func aclTokenRead(args []string, stdout, stderr io.Writer) error {
 	return showToken(stdout, cf, &t)
 }
 
+// aclTokenUpdate is consul acl token update: -policy-id/-policy-name set
+// the token's policies, -append-policy-id/-append-policy-name add to them,
+// neither keeps them; -description replaces the description when given.
+func aclTokenUpdate(args []string, stdout, stderr io.Writer) error {
+	var id, desc string
+	var ids, names, addIDs, addNames stringList
+	_, c, cf, err := apiCommand("acl token update", args, stderr, func(fs *flag.FlagSet) {
+		tokenFlags(fs, &id, nil)
+		fs.StringVar(&desc, "description", "", "a new description")
+		fs.Var(&ids, "policy-id", "the ID of a policy the token gets instead of its own (repeatable)")
+		fs.Var(&names, "policy-name", "the name of a policy the token gets instead of its own (repeatable)")
+		fs.Var(&addIDs, "append-policy-id", "the ID of a policy added to the token's (repeatable)")
+		fs.Var(&addNames, "append-policy-name", "the name of a policy added to the token's (repeatable)")
+	})
+	if err != nil {
+		return err
+	}
+	switch {
+	case id == "":
+		return usageError{"give the token's -accessor-id"}
+	case (len(ids) > 0 || len(names) > 0) && (len(addIDs) > 0 || len(addNames) > 0):
+		return usageError{"-policy-id/-policy-name set the policies, -append-policy-id/-append-policy-name add to them: not both"}
+	}
+	path := "/v1/acl/token/" + url.PathEscape(id)
+	var t aclTokenOut
+	if err := c.do("GET", path, nil, &t); err != nil {
+		return notFound(err, "token", id)
+	}
+	if len(ids) > 0 || len(names) > 0 {
+		t.Policies, addIDs, addNames = nil, ids, names
+	}
+	for _, p := range addIDs {
+		t.Policies = append(t.Policies, aclLinkOut{ID: p})
+	}
+	for _, n := range addNames {
+		t.Policies = append(t.Policies, aclLinkOut{Name: n})
+	}
+	if desc != "" {
+		t.Description = desc
+	}
+	body := map[string]any{"AccessorID": t.AccessorID, "Description": t.Description, "Policies": t.Policies, "Local": t.Local}
+	if err := c.do("PUT", path, body, &t); err != nil {
+		return err
+	}
+	return showToken(stdout, cf, &t)
+}
+
 func aclTokenDelete(args []string, stdout, stderr io.Writer) error {
 	var id string
 	_, c, _, err := apiCommand("acl token delete", args, stderr, func(fs *flag.FlagSet) { tokenFlags(fs, &id, nil) })
@@ -314,7 +363,8 @@ func showToken(w io.Writer, cf *clientFlags, t *aclTokenOut) error {
 // into a line that names what was asked for.
 func notFound(err error, kind, ref string) error {
 	var ae *apiError
-	if errors.As(err, &ae) && ae.Code == http.StatusNotFound && ref != "" {
+	if errors.As(err, &ae) && ref != "" && (ae.Code == http.StatusNotFound ||
+		ae.Code == http.StatusForbidden && strings.Contains(ae.Msg, "not found")) {
 		return fmt.Errorf("no %s %q: %s", kind, ref, ae.Msg)
 	}
 	return err

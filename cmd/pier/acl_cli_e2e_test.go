@@ -72,6 +72,22 @@ func TestACLCLI(t *testing.T) {
 		t.Errorf("token read -id: rc=%d\n%s", rc, out)
 	}
 
+	// Update: a new description, a policy appended, then the set replaced.
+	if out, errOut, rc := acl("policy", "create", "-name", "svc-read", "-rules", `service_prefix "" { policy = "read" }`); rc != 0 {
+		t.Fatalf("policy create svc-read: rc=%d %s%s", rc, out, errOut)
+	}
+	out, errOut, rc = acl("token", "update", "-accessor-id", accessor, "-description", "deployer v2", "-append-policy-name", "svc-read")
+	if rc != 0 || !strings.Contains(out, "Description:      deployer v2\n") || !strings.Contains(out, " - app-rw\n") || !strings.Contains(out, " - svc-read\n") {
+		t.Errorf("token update -append-policy-name: rc=%d\n%s%s", rc, out, errOut)
+	}
+	out, errOut, rc = acl("token", "update", "-id", accessor, "-policy-name", "app-rw")
+	if rc != 0 || !strings.Contains(out, "Description:      deployer v2\n") || strings.Contains(out, "svc-read") || !strings.Contains(out, " - app-rw\n") {
+		t.Errorf("token update -policy-name: rc=%d\n%s%s", rc, out, errOut)
+	}
+	if rc := kv("put", "app/colour", "green"); rc != 0 {
+		t.Errorf("kv put with the updated token: rc=%d", rc)
+	}
+
 	// Without the management token, listing is refused.
 	if _, errOut, rc := pier(t, "acl", "token", "list", "-http-addr", a.addr, "-token", secret); rc != 1 || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
 		t.Errorf("token list with a KV token: rc=%d %q", rc, errOut)
@@ -100,6 +116,9 @@ func TestACLCLI(t *testing.T) {
 		{[]string{"token", "read"}, 2, "-accessor-id"},
 		{[]string{"token", "create", "-policy-name", "nope"}, 1, "nope"},
 		{[]string{"token", "frobnicate"}, 2, "unknown acl subcommand"},
+		{[]string{"token", "update", "-description", "x"}, 2, "-accessor-id"},
+		{[]string{"token", "update", "-accessor-id", accessor, "-policy-name", "a", "-append-policy-name", "b"}, 2, "not both"},
+		{[]string{"token", "update", "-accessor-id", accessor}, 1, accessor},
 		{[]string{"role", "list"}, 2, "unknown acl subcommand"},
 	} {
 		_, errOut, rc := acl(c.args...)

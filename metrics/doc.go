@@ -1,5 +1,5 @@
-// Package metrics builds the Prometheus registry an agent exposes and its
-// /metrics handler. It holds no metrics of its own beyond the Go runtime and
+// Package metrics builds the Prometheus registry an agent exposes, its
+// /metrics handler, and Consul's /v1/agent/metrics view of the same registry. It holds no metrics of its own beyond the Go runtime and
 // process collectors: every other package declares its collectors in its
 // own metrics.go against the prometheus.Registerer passed in its Config, so
 // that two agents in one process (the tests) never share a series and a

@@ -1,12 +1,15 @@
 package metrics
 
 import (
+	"encoding/json"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -36,5 +39,51 @@ func TestRegistriesAreIndependent(t *testing.T) {
 	for range 2 {
 		reg := NewRegistry()
 		reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "pier_same_total", Help: "h"}))
+	}
+}
+
+// ConsulHandler's JSON decodes into the consul/api client's MetricsInfo;
+// a NaN gauge (which JSON cannot hold) is 0, and a histogram is a sample
+// with its count, sum and mean.
+func TestConsulHandler(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "t_nan"})
+	g.Set(math.NaN())
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "t_total"}, []string{"code"})
+	c.WithLabelValues("200").Add(3)
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "t_seconds"})
+	h.Observe(1)
+	h.Observe(3)
+	reg.MustRegister(g, c, h)
+	srv := httptest.NewServer(ConsulHandler(reg, nil))
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mi consulapi.MetricsInfo
+	if err := json.NewDecoder(resp.Body).Decode(&mi); err != nil {
+		t.Fatalf("decoding as consul/api MetricsInfo: %v", err)
+	}
+	resp.Body.Close()
+	if len(mi.Gauges) != 1 || mi.Gauges[0].Name != "t_nan" || mi.Gauges[0].Value != 0 {
+		t.Errorf("gauges %+v", mi.Gauges)
+	}
+	if len(mi.Counters) != 1 || mi.Counters[0].Count != 3 || mi.Counters[0].Sum != 3 || mi.Counters[0].Labels["code"] != "200" {
+		t.Errorf("counters %+v", mi.Counters)
+	}
+	if len(mi.Samples) != 1 || mi.Samples[0].Count != 2 || mi.Samples[0].Sum != 4 || mi.Samples[0].Mean != 2 {
+		t.Errorf("samples %+v", mi.Samples)
+	}
+
+	resp, err = http.Get(srv.URL + "?format=prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `t_total{code="200"} 3`) {
+		t.Errorf("?format=prometheus:\n%s", b)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pier-dev/pier/health"
+	"github.com/pier-dev/pier/metrics"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
 	"github.com/pier-dev/pier/registry/api/ui"
@@ -146,6 +147,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	}
 	if met.handler != nil {
 		srv.Handle("GET /metrics", met.handler)
+		srv.Handle("GET /v1/agent/metrics", metrics.ConsulHandler(met.reg, log))
 	}
 	srv.Handle("GET /ui/", ui.Handler("/ui/"))
 	srv.Handle("GET /ui", ui.Redirect())

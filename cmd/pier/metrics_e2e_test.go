@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	consul "github.com/hashicorp/consul/api"
 )
 
 // promServer is a real Prometheus server on loopback.
@@ -260,7 +262,13 @@ scrape_configs:
   - job_name: pier
     static_configs:
       - targets: ['%s']
-%s`, a.addr, sdJob))
+  - job_name: consul-style   # Consul's documented job for its agents, unchanged
+    metrics_path: /v1/agent/metrics
+    params:
+      format: ['prometheus']
+    static_configs:
+      - targets: ['%s']
+%s`, a.addr, a.addr, sdJob))
 
 	eventually(t, deadline, "the pier target is up", func() (bool, string) {
 		v, ok := prom.query(`up{job="pier"}`)
@@ -270,7 +278,8 @@ scrape_configs:
 		v, ok := prom.query(`pier_proxy_requests_total{job="pier",route="/api/",service="api",code="200"}`)
 		return ok && v == sent, fmt.Sprint(v, ok)
 	})
-	for _, q := range []string{`pier_catalog_service_instances{job="pier"}`, `pier_members{job="pier",status="alive"}`, `go_goroutines{job="pier"}`} {
+	for _, q := range []string{`pier_catalog_service_instances{job="pier"}`, `pier_members{job="pier",status="alive"}`, `go_goroutines{job="pier"}`,
+		`pier_proxy_requests_total{job="consul-style",route="/api/",service="api",code="200"}`} {
 		eventually(t, deadline, "Prometheus has "+q, func() (bool, string) {
 			v, ok := prom.query(q)
 			return ok && v > 0, fmt.Sprint(v, ok)
@@ -443,5 +452,73 @@ func TestLogs(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAgentMetricsConsulShape: /v1/agent/metrics answers the consul/api
+// client's Agent().Metrics() with Consul's JSON, and ?format=prometheus
+// with the text /metrics serves; /v1/agent/version answers
+// Agent().Version().
+func TestAgentMetricsConsulShape(t *testing.T) {
+	requireCurl(t)
+	a := startAgent(t, "-dev", "-node", "mnode", "-data-dir", t.TempDir())
+	c, err := consul.NewClient(&consul.Config{Address: a.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Agent().ServiceRegister(&consul.AgentServiceRegistration{Name: "web", Port: 80}); err != nil {
+		t.Fatal(err)
+	}
+	mi, err := c.Agent().Metrics()
+	if err != nil {
+		t.Fatalf("Agent().Metrics(): %v", err)
+	}
+	if mi.Timestamp == "" {
+		t.Errorf("no Timestamp: %+v", mi)
+	}
+	gauge := func(name string, labels map[string]string) (float32, bool) {
+	next:
+		for _, g := range mi.Gauges {
+			if g.Name != name {
+				continue
+			}
+			for k, v := range labels {
+				if g.Labels[k] != v {
+					continue next
+				}
+			}
+			return g.Value, true
+		}
+		return 0, false
+	}
+	if v, ok := gauge("pier_catalog_service_instances", nil); !ok || v != 2 { // web and the agent's own
+		t.Errorf("gauge pier_catalog_service_instances = %v %v, want 2", v, ok)
+	}
+	if v, ok := gauge("go_goroutines", nil); !ok || v <= 0 {
+		t.Errorf("gauge go_goroutines = %v %v", v, ok)
+	}
+	var reqs uint64
+	for _, cnt := range mi.Counters {
+		if cnt.Name == "pier_api_requests_total" {
+			reqs += uint64(cnt.Count)
+		}
+	}
+	if reqs == 0 {
+		t.Errorf("no pier_api_requests_total among %d counters", len(mi.Counters))
+	}
+	if len(mi.Samples) == 0 {
+		t.Errorf("no samples (histograms)")
+	}
+
+	v, err := c.Agent().Version()
+	if err != nil || v["HumanVersion"] == "" {
+		t.Errorf("Agent().Version() = %v, %v", v, err)
+	}
+	code, body := curl(t, "http://"+a.addr+"/v1/agent/metrics?format=prometheus")
+	if code != 200 || !strings.Contains(body, "# TYPE go_goroutines gauge") || !strings.Contains(body, "\npier_catalog_service_instances 2\n") {
+		t.Errorf("?format=prometheus: %d %.500s", code, body)
+	}
+	if code, body := curl(t, "http://"+a.addr+"/v1/agent/metrics?format=xml"); code != 400 || !strings.Contains(body, "format") {
+		t.Errorf("?format=xml: %d %s", code, body)
 	}
 }

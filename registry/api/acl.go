@@ -271,8 +271,10 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		case "/v1/agent/services", "/v1/catalog/services", "/v1/agent/checks",
 			"/v1/status/leader", "/v1/status/peers", "/v1/catalog/datacenters":
 			return true // filtered, or nothing secret
-		case "/v1/agent/self":
+		case "/v1/agent/self", "/v1/agent/metrics":
 			return p.AgentRead(self)
+		case "/v1/agent/version":
+			return true // none in Consul either
 		}
 		if strings.HasPrefix(path, "/v1/health/state/") {
 			return true // filtered

@@ -234,6 +234,12 @@ func (s *Server) agentMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, out)
 }
 
+// agentVersion is Consul's /v1/agent/version (the consul/api client's
+// Agent().Version()).
+func (s *Server) agentVersion(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, r, map[string]any{"SHA": "", "BuildDate": "", "HumanVersion": s.cfg.Version, "FIPS": ""})
+}
+
 func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 	cfg := s.reg.Config()
 	self := s.reg.Self()

@@ -135,6 +135,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/agent/service/{id...}", s.agentService)
 	s.mux.HandleFunc("GET /v1/agent/checks", s.agentChecks)
 	s.mux.HandleFunc("GET /v1/agent/self", s.agentSelf)
+	s.mux.HandleFunc("GET /v1/agent/version", s.agentVersion)
 	s.mux.HandleFunc("GET /v1/agent/members", s.agentMembers)
 	s.checkRoutes()   // TTL updates, maintenance, agent health (checks.go)
 	s.kvRoutes()      // the KV store (kv.go)

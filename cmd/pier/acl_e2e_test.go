@@ -62,6 +62,23 @@ acl:
 		t.Errorf("anonymous read: %d %s", code, body)
 	}
 
+	// The agent's metrics: agent:read on /v1/agent/metrics, as Consul;
+	// /metrics and /v1/agent/version need no token.
+	for _, c := range []struct {
+		hdr, path string
+		code      int
+	}{
+		{"", "/v1/agent/metrics?format=prometheus", 403},
+		{"X-Consul-Token: web-secret", "/v1/agent/metrics", 403},
+		{"X-Consul-Token: root-secret", "/v1/agent/metrics", 200},
+		{"", "/metrics", 200},
+		{"", "/v1/agent/version", 200},
+	} {
+		if code, _ := curl(t, "-H", c.hdr, base+c.path); code != c.code {
+			t.Errorf("GET %s with %q: %d, want %d", c.path, c.hdr, code, c.code)
+		}
+	}
+
 	// The CLI: -token, then $PIER_HTTP_TOKEN.
 	_, errOut, rc := pier(t, "register", "-http-addr", a.addr, "-name", "web_b", "-port", "81")
 	if rc == 0 || !strings.Contains(errOut, "Permission denied") {

@@ -86,6 +86,10 @@ func (s *Server) checkDeregister(w http.ResponseWriter, r *http.Request) {
 func (s *Server) self() string { return s.reg.Config().NodeName }
 
 func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) {
+	f, ok := parseFilter(w, r)
+	if !ok {
+		return
+	}
 	snap := s.reg.Snapshot()
 	dc := s.reg.Config().Datacenter
 	out := map[string]agentService{}
@@ -95,7 +99,9 @@ func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) {
 		}
 		out[e.ID] = toAgentService(e, dc)
 	}
-	writeJSON(w, r, out)
+	if out, ok = filtered(w, f, out); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 // agentService answers one local service with its ContentHash, and blocks
@@ -156,6 +162,10 @@ func contentHash(v agentService) string {
 }
 
 func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
+	f, ok := parseFilter(w, r)
+	if !ok {
+		return
+	}
 	snap := s.reg.Snapshot()
 	out := map[string]healthCheck{}
 	for _, c := range snap.AllNodeChecks(s.self()) {
@@ -164,7 +174,9 @@ func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
 		}
 		out[c.CheckID] = toHealthCheck(c)
 	}
-	writeJSON(w, r, out)
+	if out, ok = filtered(w, f, out); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 func (s *Server) members() []registry.Member {

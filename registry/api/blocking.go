@@ -1,11 +1,14 @@
 package api
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/go-bexpr"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -17,6 +20,7 @@ type query struct {
 	tags     []string
 	passing  bool
 	nodeMeta map[string]string
+	filter   *bexpr.Evaluator // ?filter=, Consul's boolean expressions; nil without one
 }
 
 // parseQuery reads Consul's common query parameters; false means an error
@@ -29,8 +33,8 @@ func (s *Server) parseQuery(w http.ResponseWriter, r *http.Request) (query, bool
 		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
 		return q, false
 	}
-	if v.Has("filter") && v.Get("filter") != "" {
-		httpError(w, http.StatusBadRequest, "filter: filter expressions are not supported by pier; use tag= and node-meta=")
+	var ok bool
+	if q.filter, ok = parseFilter(w, r); !ok {
 		return q, false
 	}
 	if s := v.Get("index"); s != "" {
@@ -113,4 +117,92 @@ func globalIndex(s *registry.Snapshot) uint64 { return s.Index() }
 
 func serviceIndex(name string) func(*registry.Snapshot) uint64 {
 	return func(s *registry.Snapshot) uint64 { return s.ServiceIndex(name) }
+}
+
+// Limits on ?filter=: Consul's expressions are short, and one arrives
+// from the network.
+const (
+	maxFilterLen   = 4096
+	maxFilterExprs = 200000
+)
+
+// parseFilter compiles ?filter= (go-bexpr, the library Consul uses); nil
+// without one, and false when an error answer was sent.
+func parseFilter(w http.ResponseWriter, r *http.Request) (*bexpr.Evaluator, bool) {
+	expr := r.URL.Query().Get("filter")
+	if expr == "" {
+		return nil, true
+	}
+	if len(expr) > maxFilterLen {
+		httpError(w, http.StatusBadRequest, "filter: longer than %d bytes", maxFilterLen)
+		return nil, false
+	}
+	f, err := bexpr.CreateEvaluator(expr, bexpr.WithMaxExpressions(maxFilterExprs))
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "filter: %q: %v", expr, err)
+		return nil, false
+	}
+	return f, true
+}
+
+// filtered keeps the elements of out (a slice or a map of Consul's shapes)
+// that match f, as Consul applies ?filter= to what it would answer; false
+// means an error answer was sent (a selector that names no field).
+func filtered[T any](w http.ResponseWriter, f *bexpr.Evaluator, out T) (T, bool) {
+	if f == nil {
+		return out, true
+	}
+	var err error
+	switch v := any(out).(type) {
+	case []catalogService:
+		v, err = keep(f, v)
+		out = any(v).(T)
+	case []node:
+		v, err = keep(f, v)
+		out = any(v).(T)
+	case []serviceEntry:
+		v, err = keep(f, v)
+		out = any(v).(T)
+	case []healthCheck:
+		v, err = keep(f, v)
+		out = any(v).(T)
+	case map[string]agentService:
+		err = keepMap(f, v)
+	case map[string]healthCheck:
+		err = keepMap(f, v)
+	default:
+		err = fmt.Errorf("not supported on this endpoint (%T)", out)
+	}
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "filter: %v", err)
+		return out, false
+	}
+	return out, true
+}
+
+func keep[E any](f *bexpr.Evaluator, in []E) ([]E, error) {
+	out := in[:0]
+	for _, e := range in {
+		ok, err := f.Evaluate(e)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func keepMap[E any](f *bexpr.Evaluator, m map[string]E) error {
+	for k, e := range m {
+		ok, err := f.Evaluate(e)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			delete(m, k)
+		}
+	}
+	return nil
 }

@@ -36,7 +36,29 @@ func (s *Server) catalogServices(w http.ResponseWriter, r *http.Request) {
 	}
 	snap := s.block(w, r, q, globalIndex)
 	out := map[string][]string{}
-	if q.nodeMeta == nil {
+	if q.filter != nil {
+		// Consul evaluates the filter on each instance (its catalog shape)
+		// and lists the names and tags of those that match.
+		var all []catalogService
+		for _, n := range snap.Nodes() {
+			if !hasMeta(n, q.nodeMeta) {
+				continue
+			}
+			for _, e := range snap.NodeServices(n.Name) {
+				all = append(all, toCatalogService(n, e))
+			}
+		}
+		if all, ok = filtered(w, q.filter, all); !ok {
+			return
+		}
+		for _, c := range all {
+			out[c.ServiceName] = append(orEmpty(out[c.ServiceName]), c.ServiceTags...)
+		}
+		for k, v := range out {
+			slices.Sort(v)
+			out[k] = slices.Compact(v)
+		}
+	} else if q.nodeMeta == nil {
 		for _, nt := range snap.ServiceNames() {
 			out[nt.Name] = nt.Tags
 		}
@@ -75,7 +97,9 @@ func (s *Server) catalogService(w http.ResponseWriter, r *http.Request) {
 			out = append(out, toCatalogService(in.Node, in.Service))
 		}
 	}
-	writeJSON(w, r, out)
+	if out, ok = filtered(w, q.filter, out); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 func (s *Server) catalogNodes(w http.ResponseWriter, r *http.Request) {
@@ -90,7 +114,9 @@ func (s *Server) catalogNodes(w http.ResponseWriter, r *http.Request) {
 			out = append(out, toNode(n))
 		}
 	}
-	writeJSON(w, r, out)
+	if out, ok = filtered(w, q.filter, out); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 // catalogNode answers null for an unknown node, as Consul does (its client
@@ -111,7 +137,10 @@ func (s *Server) catalogNode(w http.ResponseWriter, r *http.Request) {
 	for _, e := range snap.NodeServices(n.Name) {
 		out.Services[e.ID] = toAgentService(e, dc)
 	}
-	writeJSON(w, r, out)
+	// Consul filters the node's services.
+	if out.Services, ok = filtered(w, q.filter, out.Services); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 func (s *Server) catalogDatacenters(w http.ResponseWriter, r *http.Request) {

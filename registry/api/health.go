@@ -30,7 +30,9 @@ func (s *Server) healthService(w http.ResponseWriter, r *http.Request) {
 			Checks:  toHealthChecks(in.Checks),
 		})
 	}
-	writeJSON(w, r, out)
+	if out, ok = filtered(w, q.filter, out); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 func (s *Server) healthChecks(w http.ResponseWriter, r *http.Request) {
@@ -49,7 +51,9 @@ func (s *Server) healthChecks(w http.ResponseWriter, r *http.Request) {
 			out = append(out, toHealthCheck(c))
 		}
 	}
-	writeJSON(w, r, out)
+	if out, ok = filtered(w, q.filter, out); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) {
@@ -58,7 +62,9 @@ func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	snap := s.block(w, r, q, globalIndex)
-	writeJSON(w, r, toHealthChecks(snap.AllNodeChecks(r.PathValue("node"))))
+	if out, ok := filtered(w, q.filter, toHealthChecks(snap.AllNodeChecks(r.PathValue("node")))); ok {
+		writeJSON(w, r, out)
+	}
 }
 
 func (s *Server) healthState(w http.ResponseWriter, r *http.Request) {
@@ -81,5 +87,7 @@ func (s *Server) healthState(w http.ResponseWriter, r *http.Request) {
 		}
 		return true
 	})
-	writeJSON(w, r, out)
+	if out, ok = filtered(w, q.filter, out); ok {
+		writeJSON(w, r, out)
+	}
 }

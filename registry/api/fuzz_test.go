@@ -447,3 +447,35 @@ func fuzzOwned(reg *registry.Registry) map[string]owned {
 	}
 	return out
 }
+
+// FuzzFilter: ?filter= on every endpoint that takes it answers 200 with a
+// subset of the unfiltered answer, or 400 with a message that starts with
+// "filter:"; never a 5xx or a panic.
+func FuzzFilter(f *testing.F) {
+	for _, s := range []string{`Service == web`, `"v1" in Tags`, `Meta.x == y`, `ServiceTags contains "v1" and not (Node == x)`,
+		`Service.Tags is empty`, `Name matches "^w.*"`, `Nope == 1`, `(`, `Service ==`, `Checks.Status == passing`} {
+		f.Add(s)
+	}
+	a := newFuzzAgent(f, nil)
+	paths := []string{"/v1/agent/services", "/v1/agent/checks", "/v1/catalog/services", "/v1/catalog/service/web",
+		"/v1/catalog/nodes", "/v1/catalog/node/node1", "/v1/health/service/db", "/v1/health/checks/web",
+		"/v1/health/node/node1", "/v1/health/state/any"}
+	f.Fuzz(func(t *testing.T, expr string) {
+		for _, p := range paths {
+			rec := a.do("GET", p+"?filter="+url.QueryEscape(expr), nil, "")
+			switch {
+			case rec.Code == http.StatusOK:
+				all := a.do("GET", p, nil, "")
+				if len(rec.Body.String()) > len(all.Body.String()) {
+					t.Fatalf("%s?filter=%q answered more than without it:\n%s\n%s", p, expr, rec.Body, all.Body)
+				}
+			case rec.Code == http.StatusBadRequest:
+				if !strings.HasPrefix(rec.Body.String(), "filter: ") {
+					t.Fatalf("%s?filter=%q: 400 %q does not start with filter:", p, expr, rec.Body)
+				}
+			default:
+				t.Fatalf("%s?filter=%q: %d %q", p, expr, rec.Code, rec.Body)
+			}
+		}
+	})
+}

@@ -282,6 +282,9 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		if n, ok := rest("/v1/catalog/node/"); ok {
 			return p.NodeRead(n)
 		}
+		if n, ok := rest("/v1/catalog/node-services/"); ok {
+			return p.NodeRead(n)
+		}
 		if n, ok := rest("/v1/health/node/"); ok {
 			return p.NodeRead(n)
 		}

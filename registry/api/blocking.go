@@ -166,6 +166,9 @@ func filtered[T any](w http.ResponseWriter, f *bexpr.Evaluator, out T) (T, bool)
 	case []healthCheck:
 		v, err = keep(f, v)
 		out = any(v).(T)
+	case []agentService:
+		v, err = keep(f, v)
+		out = any(v).(T)
 	case map[string]agentService:
 		err = keepMap(f, v)
 	case map[string]healthCheck:

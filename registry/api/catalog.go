@@ -161,3 +161,30 @@ func (s *Server) leader() string {
 	cfg := s.reg.Config()
 	return net.JoinHostPort(cfg.Address, strconv.Itoa(cfg.AgentPort))
 }
+
+// catalogNodeServiceList is Consul's /v1/catalog/node-services/:node (the
+// consul/api client's Catalog().NodeServiceList): /v1/catalog/node's
+// answer with the services as a list.
+func (s *Server) catalogNodeServiceList(w http.ResponseWriter, r *http.Request) {
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return
+	}
+	snap := s.block(w, r, q, globalIndex)
+	n, found := snap.Node(r.PathValue("node"))
+	if !found {
+		writeJSON(w, r, nil)
+		return
+	}
+	dc := s.reg.Config().Datacenter
+	out := struct {
+		Node     node
+		Services []agentService
+	}{Node: toNode(n), Services: []agentService{}}
+	for _, e := range snap.NodeServices(n.Name) {
+		out.Services = append(out.Services, toAgentService(e, dc))
+	}
+	if out.Services, ok = filtered(w, q.filter, out.Services); ok {
+		writeJSON(w, r, out)
+	}
+}

@@ -98,3 +98,34 @@ func TestFilterLimits(t *testing.T) {
 		}
 	}
 }
+
+// Catalog().NodeServiceList reads /v1/catalog/node-services/:node: the
+// node and its services as a list; an unknown node is null, as for
+// /v1/catalog/node.
+func TestNodeServiceList(t *testing.T) {
+	a := startAgent(t)
+	mustRegister(t, a, redisRegistration())
+	l, _, err := a.client.Catalog().NodeServiceList("node1", nil)
+	if err != nil || l == nil || l.Node == nil || l.Node.Node != "node1" {
+		t.Fatalf("NodeServiceList: %+v %v", l, err)
+	}
+	var got []string
+	for _, s := range l.Services {
+		got = append(got, s.ID)
+		if s.ID == "redis1" && (s.Port != 8000 || s.Meta["team"] != "cache") {
+			t.Errorf("redis1: %+v", s)
+		}
+	}
+	sort.Strings(got)
+	if !slices.Equal(got, []string{"consul", "redis1"}) {
+		t.Errorf("services %v", got)
+	}
+	l, _, err = a.client.Catalog().NodeServiceList("node1", &consul.QueryOptions{Filter: `Service == redis`})
+	if err != nil || len(l.Services) != 1 {
+		t.Errorf("NodeServiceList filtered: %+v %v", l, err)
+	}
+	l, _, err = a.client.Catalog().NodeServiceList("nobody", nil)
+	if err != nil || l != nil {
+		t.Errorf("unknown node: %+v %v", l, err)
+	}
+}

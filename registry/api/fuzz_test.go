@@ -458,7 +458,7 @@ func FuzzFilter(f *testing.F) {
 	}
 	a := newFuzzAgent(f, nil)
 	paths := []string{"/v1/agent/services", "/v1/agent/checks", "/v1/catalog/services", "/v1/catalog/service/web",
-		"/v1/catalog/nodes", "/v1/catalog/node/node1", "/v1/health/service/db", "/v1/health/checks/web",
+		"/v1/catalog/nodes", "/v1/catalog/node/node1", "/v1/catalog/node-services/node1", "/v1/health/service/db", "/v1/health/checks/web",
 		"/v1/health/node/node1", "/v1/health/state/any"}
 	f.Fuzz(func(t *testing.T, expr string) {
 		for _, p := range paths {

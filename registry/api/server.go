@@ -149,6 +149,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.catalogService)
 	s.mux.HandleFunc("GET /v1/catalog/nodes", s.catalogNodes)
 	s.mux.HandleFunc("GET /v1/catalog/node/{node}", s.catalogNode)
+	s.mux.HandleFunc("GET /v1/catalog/node-services/{node}", s.catalogNodeServiceList)
 	s.mux.HandleFunc("GET /v1/catalog/datacenters", s.catalogDatacenters)
 
 	s.mux.HandleFunc("GET /v1/health/service/{name}", s.healthService)

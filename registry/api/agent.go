@@ -99,7 +99,7 @@ func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) {
 		}
 		out[e.ID] = toAgentService(e, dc)
 	}
-	if out, ok = filtered(w, f, out); ok {
+	if filteredMap(w, f, out) {
 		writeJSON(w, r, out)
 	}
 }
@@ -174,7 +174,7 @@ func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
 		}
 		out[c.CheckID] = toHealthCheck(c)
 	}
-	if out, ok = filtered(w, f, out); ok {
+	if filteredMap(w, f, out) {
 		writeJSON(w, r, out)
 	}
 }

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -145,67 +144,41 @@ func parseFilter(w http.ResponseWriter, r *http.Request) (*bexpr.Evaluator, bool
 	return f, true
 }
 
-// filtered keeps the elements of out (a slice or a map of Consul's shapes)
-// that match f, as Consul applies ?filter= to what it would answer; false
-// means an error answer was sent (a selector that names no field).
-func filtered[T any](w http.ResponseWriter, f *bexpr.Evaluator, out T) (T, bool) {
+// filtered keeps the elements of a list of Consul's shapes that match f,
+// as Consul applies ?filter= to what it would answer; false means an error
+// answer was sent (a selector that names no field).
+func filtered[E any](w http.ResponseWriter, f *bexpr.Evaluator, in []E) ([]E, bool) {
 	if f == nil {
-		return out, true
+		return in, true
 	}
-	var err error
-	switch v := any(out).(type) {
-	case []catalogService:
-		v, err = keep(f, v)
-		out = any(v).(T)
-	case []node:
-		v, err = keep(f, v)
-		out = any(v).(T)
-	case []serviceEntry:
-		v, err = keep(f, v)
-		out = any(v).(T)
-	case []healthCheck:
-		v, err = keep(f, v)
-		out = any(v).(T)
-	case []agentService:
-		v, err = keep(f, v)
-		out = any(v).(T)
-	case map[string]agentService:
-		err = keepMap(f, v)
-	case map[string]healthCheck:
-		err = keepMap(f, v)
-	default:
-		err = fmt.Errorf("not supported on this endpoint (%T)", out)
-	}
-	if err != nil {
-		httpError(w, http.StatusBadRequest, "filter: %v", err)
-		return out, false
-	}
-	return out, true
-}
-
-func keep[E any](f *bexpr.Evaluator, in []E) ([]E, error) {
 	out := in[:0]
 	for _, e := range in {
 		ok, err := f.Evaluate(e)
 		if err != nil {
-			return nil, err
+			httpError(w, http.StatusBadRequest, "filter: %v", err)
+			return nil, false
 		}
 		if ok {
 			out = append(out, e)
 		}
 	}
-	return out, nil
+	return out, true
 }
 
-func keepMap[E any](f *bexpr.Evaluator, m map[string]E) error {
+// filteredMap is filtered for the answers that are maps by ID.
+func filteredMap[E any](w http.ResponseWriter, f *bexpr.Evaluator, m map[string]E) bool {
+	if f == nil {
+		return true
+	}
 	for k, e := range m {
 		ok, err := f.Evaluate(e)
 		if err != nil {
-			return err
+			httpError(w, http.StatusBadRequest, "filter: %v", err)
+			return false
 		}
 		if !ok {
 			delete(m, k)
 		}
 	}
-	return nil
+	return true
 }

@@ -138,7 +138,7 @@ func (s *Server) catalogNode(w http.ResponseWriter, r *http.Request) {
 		out.Services[e.ID] = toAgentService(e, dc)
 	}
 	// Consul filters the node's services.
-	if out.Services, ok = filtered(w, q.filter, out.Services); ok {
+	if filteredMap(w, q.filter, out.Services) {
 		writeJSON(w, r, out)
 	}
 }

@@ -23,6 +23,7 @@ const (
 	webTok  = "22222222-web"
 	roTok   = "33333333-read"
 	anonTok = "44444444-anon"
+	nodeTok = "55555555-node"
 )
 
 // testACL: deny by default; anonymous requests get read on services.
@@ -46,6 +47,10 @@ func testACL() api.ACLConfig {
 			}},
 			{Secret: anonTok, Description: "anonymous", Rules: api.ACLRules{
 				ServicePrefix: map[string]string{"": "read"},
+			}},
+			{Secret: nodeTok, Description: "nodes, and services but web-secret", Rules: api.ACLRules{
+				NodePrefix:    map[string]string{"": "read"},
+				ServicePrefix: map[string]string{"": "read", "web-secret": "deny"},
 			}},
 		},
 	}
@@ -226,6 +231,26 @@ func TestACLReadsFiltered(t *testing.T) {
 	if _, _, err := web.Health().Service("api", "", false, nil); err != nil {
 		t.Errorf("health/service/api with read: %v", err)
 	}
+	// A node's services and checks leave out those the token may not read.
+	nt := a.client(t, nodeTok)
+	cn, _, err := nt.Catalog().Node("node1", nil)
+	if err != nil || cn == nil || cn.Services["web-secret1"] != nil || cn.Services["web1"] == nil {
+		t.Errorf("catalog/node with web-secret denied: %+v %v", cn, err)
+	}
+	nl, _, err := nt.Catalog().NodeServiceList("node1", nil)
+	if err != nil || nl == nil || len(nl.Services) != 3 { // consul, web, api
+		t.Errorf("catalog/node-services with web-secret denied: %+v %v", nl, err)
+	}
+	nc, _, err := nt.Health().Node("node1", nil)
+	for _, c := range nc {
+		if c.ServiceName == "web-secret" {
+			t.Errorf("health/node shows %v to a token denied web-secret", c.CheckID)
+		}
+	}
+	if err != nil || len(nc) != 3 { // serfHealth, web's and api's
+		t.Errorf("health/node: %d checks, %v; want 3", len(nc), err)
+	}
+
 	// Management sees everything.
 	all, _, err := mgmt.Catalog().Services(nil)
 	if err != nil || len(all) != 4 {

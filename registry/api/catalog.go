@@ -135,7 +135,9 @@ func (s *Server) catalogNode(w http.ResponseWriter, r *http.Request) {
 	dc := s.reg.Config().Datacenter
 	out := nodeServices{Node: toNode(n), Services: map[string]agentService{}}
 	for _, e := range snap.NodeServices(n.Name) {
-		out.Services[e.ID] = toAgentService(e, dc)
+		if mayReadService(r, e.Name) { // as Consul filters by service:read
+			out.Services[e.ID] = toAgentService(e, dc)
+		}
 	}
 	// Consul filters the node's services.
 	if filteredMap(w, q.filter, out.Services) {
@@ -182,7 +184,9 @@ func (s *Server) catalogNodeServiceList(w http.ResponseWriter, r *http.Request) 
 		Services []agentService
 	}{Node: toNode(n), Services: []agentService{}}
 	for _, e := range snap.NodeServices(n.Name) {
-		out.Services = append(out.Services, toAgentService(e, dc))
+		if mayReadService(r, e.Name) {
+			out.Services = append(out.Services, toAgentService(e, dc))
+		}
 	}
 	if out.Services, ok = filtered(w, q.filter, out.Services); ok {
 		writeJSON(w, r, out)

@@ -62,7 +62,13 @@ func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	snap := s.block(w, r, q, globalIndex)
-	if out, ok := filtered(w, q.filter, toHealthChecks(snap.AllNodeChecks(r.PathValue("node")))); ok {
+	var checks []*registry.CheckEntry
+	for _, c := range snap.AllNodeChecks(r.PathValue("node")) {
+		if c.ServiceID == "" || mayReadService(r, c.ServiceName) { // as Consul filters by service:read
+			checks = append(checks, c)
+		}
+	}
+	if out, ok := filtered(w, q.filter, toHealthChecks(checks)); ok {
 		writeJSON(w, r, out)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"time"
 )
 
@@ -172,5 +173,17 @@ func (r *Registry) dropState(id string, ttl bool) {
 		if err := r.store.removeState(id); err != nil {
 			r.log.Warn("removing a check state", "check", id, "err", err)
 		}
+	}
+}
+
+// CarryCheckState gives c the status and output of this node's check with
+// the same ID and definition, if there is one: registering a check again
+// without changing it (a config reload) must not reset it to its initial
+// status.
+func (r *Registry) CarryCheckState(c *Check) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if lc, ok := r.localChecks[c.CheckID]; ok && reflect.DeepEqual(lc.Check.Definition, c.Definition) {
+		c.Status, c.Output = lc.Check.Status, lc.Check.Output
 	}
 }

@@ -79,6 +79,14 @@ acl:
 		}
 	}
 
+	// A reload needs agent:write, as in Consul.
+	if code, _ := curl(t, "-X", "PUT", "-H", "X-Consul-Token: web-secret", base+"/v1/agent/reload"); code != 403 {
+		t.Errorf("reload with the web token: %d, want 403", code)
+	}
+	if code, body := curl(t, "-X", "PUT", "-H", "X-Consul-Token: root-secret", base+"/v1/agent/reload"); code != 200 {
+		t.Errorf("reload with the management token: %d %s", code, body)
+	}
+
 	// The CLI: -token, then $PIER_HTTP_TOKEN.
 	_, errOut, rc := pier(t, "register", "-http-addr", a.addr, "-name", "web_b", "-port", "81")
 	if rc == 0 || !strings.Contains(errOut, "Permission denied") {

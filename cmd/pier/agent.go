@@ -38,13 +38,16 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return agent(ctx, cfg, stderr, nil)
+	return agent(ctx, cfg, stderr, nil, f.resolve)
 }
 
 // agent runs an agent until ctx ends. ready, if not nil, receives the HTTP
 // API's addresses once every listener is open (tests use it).
-func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string) error {
-	log := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
+//
+// resolve, if not nil, reads the configuration again for a reload (SIGHUP,
+// PUT /v1/agent/reload, pier reload); without it a reload is refused.
+func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string, resolve func() (agentConfig, error)) error {
+	log, level := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
 	agentLog := log.With("component", "agent")
 	met, err := newAgentMetrics(cfg.Metrics, log.With("component", "metrics"))
 	if err != nil {
@@ -149,6 +152,12 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		srv.Handle("GET /metrics", met.handler)
 		srv.Handle("GET /v1/agent/metrics", metrics.ConsulHandler(met.reg, log))
 	}
+	rl, err := newReloader(resolve, reg, level, agentLog)
+	if err != nil {
+		return err
+	}
+	srv.Handle("PUT /v1/agent/reload", rl)
+	srv.Handle("POST /v1/agent/reload", rl)
 	srv.Handle("GET /ui/", ui.Handler("/ui/"))
 	srv.Handle("GET /ui", ui.Redirect())
 	names, err := newDNS(cfg, reg, log, prom)
@@ -215,6 +224,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 		return err
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { rl.onSIGHUP(gctx); return nil })
 	g.Go(func() error { return members.Run(gctx) })
 	g.Go(func() error { return checks.Run(gctx) })
 	g.Go(func() error { return names.Run(gctx) })
@@ -285,21 +295,26 @@ func (c cluster) Leave() error {
 	return err
 }
 
-func newLogger(w io.Writer, level string, asJSON bool) *slog.Logger {
-	var lv slog.Level
-	switch strings.ToLower(level) {
-	case "debug":
-		lv = slog.LevelDebug
-	case "warn", "warning":
-		lv = slog.LevelWarn
-	case "error":
-		lv = slog.LevelError
-	default:
-		lv = slog.LevelInfo
-	}
+// newLogger returns the agent's logger and the level it logs at, which a
+// reload may change.
+func newLogger(w io.Writer, level string, asJSON bool) (*slog.Logger, *slog.LevelVar) {
+	lv := new(slog.LevelVar)
+	lv.Set(parseLevel(level))
 	opts := &slog.HandlerOptions{Level: lv}
 	if asJSON {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), lv
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), lv
+}
+
+func parseLevel(level string) slog.Level {
+	switch strings.ToLower(level) {
+	case "debug":
+		return slog.LevelDebug
+	case "warn", "warning":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
 }

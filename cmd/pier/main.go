@@ -30,6 +30,7 @@ func commands() map[string]command {
 		"routes":     {"List the front-door proxy's routes and their instances", runRoutes},
 		"join":       {"Tell the local agent to join a cluster", runJoin},
 		"leave":      {"Make the local agent leave the cluster gracefully and stop", runLeave},
+		"reload":     {"Make the local agent read its config files again (services, checks, log level)", runReload},
 		"keygen":     {"Print a new gossip encryption key", runKeygen},
 		"keyring":    {"Rotate the gossip encryption key of the whole cluster", runKeyring},
 		"validate":   {"Check config files without starting an agent", runValidate},

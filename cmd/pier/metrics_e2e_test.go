@@ -405,7 +405,7 @@ func TestLogs(t *testing.T) {
 			defer cancel()
 			ready := make(chan []string, 1)
 			done := make(chan error, 1)
-			go func() { done <- agent(ctx, cfg, &out, ready) }()
+			go func() { done <- agent(ctx, cfg, &out, ready, nil) }()
 			var addrs []string
 			select {
 			case addrs = <-ready:

@@ -300,6 +300,8 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		return s.mayRegisterCheck(p, r)
 	case "/v1/agent/maintenance", "/v1/agent/leave":
 		return p.NodeWrite(self) && p.AgentWrite(self)
+	case "/v1/agent/reload":
+		return p.AgentWrite(self)
 	}
 	for _, pre := range []string{"/v1/agent/service/deregister/", "/v1/agent/service/maintenance/"} {
 		if id, ok := rest(pre); ok {

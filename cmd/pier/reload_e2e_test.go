@@ -25,7 +25,9 @@ func TestReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("agent.yaml", "node_name: r1\nbind_addr: 127.0.0.1\ndata_dir: "+filepath.Join(dir, "data")+"\nlog_level: info\n")
+	// A proxy section too: an unchanged one must not count as a change.
+	const proxy = "proxy: {addr: '127.0.0.1:0', routes: [{path: /api/, service: api, strip: /api}]}\n"
+	write("agent.yaml", "node_name: r1\nbind_addr: 127.0.0.1\ndata_dir: "+filepath.Join(dir, "data")+"\nlog_level: info\n"+proxy)
 	write("web.json", `{"service": {"id": "web1", "name": "web", "port": 80, "check": {"ttl": "10m"}}}`)
 	a := startAgent(t, "-config-dir", conf)
 	base := "http://" + a.addr
@@ -50,7 +52,7 @@ func TestReload(t *testing.T) {
 	}
 
 	write("api.yaml", "service:\n  id: api1\n  name: api\n  port: 9000\n  check: {ttl: 1m}\n")
-	write("agent.yaml", "node_name: r1\nbind_addr: 127.0.0.1\ndata_dir: "+filepath.Join(dir, "data")+"\nlog_level: debug\n")
+	write("agent.yaml", "node_name: r1\nbind_addr: 127.0.0.1\ndata_dir: "+filepath.Join(dir, "data")+"\nlog_level: debug\n"+proxy)
 	out, errOut, rc := pier(t, "reload", "-http-addr", a.addr)
 	if rc != 0 || strings.TrimSpace(out) != "Configuration reload triggered" {
 		t.Fatalf("pier reload: rc=%d %q %q", rc, out, errOut)
@@ -70,6 +72,10 @@ func TestReload(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
+	if strings.Contains(a.logs(), "take effect at the next start") {
+		t.Errorf("a reload that changed only services and log_level warned of a restart:\n%s", a.logs())
+	}
+
 	// A broken file: nothing changes, and the answer says why in one line.
 	write("api.yaml", "service:\n  id: api1\n  name: api\n  port: 99999\n")
 	out, errOut, rc = pier(t, "reload", "-http-addr", a.addr)
@@ -85,7 +91,7 @@ func TestReload(t *testing.T) {
 	// setting that needs a restart is named in the log.
 	os.Remove(filepath.Join(conf, "api.yaml"))
 	write("db.json", `{"service": {"id": "db1", "name": "db", "port": 5432}}`)
-	write("agent.yaml", "node_name: r1\nbind_addr: 127.0.0.1\ndata_dir: "+filepath.Join(dir, "data")+"\nlog_level: debug\nnode_meta: {rack: a}\n")
+	write("agent.yaml", "node_name: r1\nbind_addr: 127.0.0.1\ndata_dir: "+filepath.Join(dir, "data")+"\nlog_level: debug\nnode_meta: {rack: a}\n"+proxy)
 	a.cmd.Process.Signal(syscall.SIGHUP)
 	deadline = time.Now().Add(10 * time.Second)
 	for s := services(); strings.Contains(s, `"api1"`) || !strings.Contains(s, `"db1"`); s = services() {

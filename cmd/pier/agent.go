@@ -156,6 +156,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	if err != nil {
 		return err
 	}
+	defer rl.stop()
 	srv.Handle("PUT /v1/agent/reload", rl)
 	srv.Handle("POST /v1/agent/reload", rl)
 	srv.Handle("GET /ui/", ui.Handler("/ui/"))

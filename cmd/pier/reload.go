@@ -31,18 +31,23 @@ type reloader struct {
 	reg     *registry.Registry
 	level   *slog.LevelVar
 	log     *slog.Logger
+	hup     chan os.Signal // SIGHUP, caught from the start: its default would end the agent
 }
 
 func newReloader(resolve func() (agentConfig, error), reg *registry.Registry, level *slog.LevelVar, log *slog.Logger) (*reloader, error) {
-	r := &reloader{resolve: resolve, reg: reg, level: level, log: log}
+	r := &reloader{resolve: resolve, reg: reg, level: level, log: log, hup: make(chan os.Signal, 1)}
 	if resolve != nil {
 		var err error
 		if r.cur, err = resolve(); err != nil {
 			return nil, err
 		}
 	}
+	signal.Notify(r.hup, syscall.SIGHUP)
 	return r, nil
 }
+
+// stop lets SIGHUP go back to its default.
+func (r *reloader) stop() { signal.Stop(r.hup) }
 
 func (r *reloader) reload() error {
 	r.mu.Lock()
@@ -99,14 +104,11 @@ func (r *reloader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 
 // onSIGHUP reloads on each SIGHUP until ctx ends.
 func (r *reloader) onSIGHUP(ctx context.Context) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-hup:
+		case <-r.hup:
 			if err := r.reload(); err != nil {
 				r.log.Error("reload on SIGHUP", "err", err)
 			}

@@ -72,7 +72,8 @@ func runACL(args []string, stdout, stderr io.Writer) error {
 }
 
 // readArg is Consul's convention for values that may be long: @file reads
-// a file, - reads standard input, anything else is the value itself.
+// a file, - reads standard input, anything else is the value itself. An
+// error names the flag, if the value came from one.
 func readArg(flagName, v string) (string, error) {
 	switch {
 	case v == "-":
@@ -80,10 +81,10 @@ func readArg(flagName, v string) (string, error) {
 		return string(b), err
 	case strings.HasPrefix(v, "@"):
 		b, err := os.ReadFile(v[1:])
-		if err != nil {
-			return "", fmt.Errorf("-%s: %w", flagName, err)
+		if err != nil && flagName != "" {
+			err = fmt.Errorf("-%s: %w", flagName, err)
 		}
-		return string(b), nil
+		return string(b), err
 	}
 	return v, nil
 }

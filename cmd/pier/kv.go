@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,7 +25,7 @@ type kvPair struct {
 
 func runKV(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError{"give a subcommand: get, put, delete or list"}
+		return usageError{"give a subcommand: get, put, delete, list, export or import"}
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -35,8 +37,12 @@ func runKV(args []string, stdout, stderr io.Writer) error {
 		return kvDelete(args, stdout, stderr)
 	case "list":
 		return kvList(args, stdout, stderr)
+	case "export":
+		return kvExport(args, stdout, stderr)
+	case "import":
+		return kvImport(args, stdout, stderr)
 	}
-	return usageError{fmt.Sprintf("unknown kv subcommand %q: want get, put, delete or list", sub)}
+	return usageError{fmt.Sprintf("unknown kv subcommand %q: want get, put, delete, list, export or import", sub)}
 }
 
 func kvPath(key string) string {
@@ -177,6 +183,86 @@ func kvList(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprint(stdout, strings.Join(keys, "\n"))
 	if len(keys) > 0 {
 		fmt.Fprintln(stdout)
+	}
+	return nil
+}
+
+// exported is one entry of `consul kv export`'s JSON, which
+// `consul kv import` and `pier kv import` read back.
+type exported struct {
+	Key   string `json:"key"`
+	Flags uint64 `json:"flags"`
+	Value string `json:"value"` // base64
+}
+
+func kvExport(args []string, stdout, stderr io.Writer) error {
+	fs, c, _, err := apiCommand("kv export", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usageError{"give at most one prefix"}
+	}
+	var pairs []kvPair
+	if err := c.do("GET", kvPath(fs.Arg(0))+"?recurse", nil, &pairs); err != nil {
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.Code != http.StatusNotFound {
+			return err
+		}
+	}
+	out := make([]exported, 0, len(pairs))
+	for _, p := range pairs {
+		out = append(out, exported{Key: p.Key, Flags: p.Flags, Value: base64.StdEncoding.EncodeToString(p.Value)})
+	}
+	return printJSON(stdout, out)
+}
+
+// kvImport reads `consul kv export`'s JSON (@file, - or none for standard
+// input, or the JSON itself) and writes every entry, under -prefix if
+// given. The whole input is checked before the first write, so a mistake
+// anywhere in it writes nothing.
+func kvImport(args []string, stdout, stderr io.Writer) error {
+	var prefix string
+	fs, c, _, err := apiCommand("kv import", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&prefix, "prefix", "", "a prefix put before every key imported")
+	})
+	if err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usageError{"give the export: @file, - for standard input, or the JSON itself"}
+	}
+	src := fs.Arg(0)
+	if src == "" {
+		src = "-"
+	}
+	data, err := readArg("", src)
+	if err != nil {
+		return err
+	}
+	var in []exported
+	if err := json.Unmarshal([]byte(data), &in); err != nil {
+		return fmt.Errorf("the export is not consul kv export's JSON (a list of {key, flags, value}): %v", err)
+	}
+	values := make([][]byte, len(in))
+	for i, e := range in {
+		if e.Key == "" && prefix == "" {
+			return fmt.Errorf("entry %d: the key is empty", i)
+		}
+		if values[i], err = base64.StdEncoding.DecodeString(e.Value); err != nil {
+			return fmt.Errorf("entry %d (%q): value is not base64: %v", i, e.Key, err)
+		}
+	}
+	for i, e := range in {
+		key := prefix + e.Key
+		path := kvPath(key)
+		if e.Flags != 0 {
+			path += "?flags=" + strconv.FormatUint(e.Flags, 10)
+		}
+		if err := c.do("PUT", path, values[i], nil); err != nil {
+			return fmt.Errorf("%q: %w (the %d entries before it were imported)", key, err, i)
+		}
+		fmt.Fprintf(stdout, "Imported: %s\n", key)
 	}
 	return nil
 }

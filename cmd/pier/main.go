@@ -34,7 +34,7 @@ func commands() map[string]command {
 		"keygen":     {"Print a new gossip encryption key", runKeygen},
 		"keyring":    {"Rotate the gossip encryption key of the whole cluster", runKeyring},
 		"validate":   {"Check config files without starting an agent", runValidate},
-		"kv":         {"Read and write the replicated key/value store: get, put, delete, list", runKV},
+		"kv":         {"Read and write the replicated key/value store: get, put, delete, list, export, import", runKV},
 		"acl":        {"Manage API tokens and policies: acl policy|token create, list, read, delete; acl token update", runACL},
 		"maint":      {"Put a service or the node in maintenance mode, or take it out", runMaint},
 		"version":    {"Print the version of pier and of the local agent", runVersion},

@@ -128,50 +128,46 @@ func policyRef(id, name string) (string, error) {
 	return "", usageError{"give the policy's -id or -name"}
 }
 
-func aclPolicyRead(args []string, stdout, stderr io.Writer) error {
+// readPolicy parses -id or -name and reads that policy.
+func readPolicy(cmd string, args []string, stderr io.Writer) (*client, *clientFlags, *aclPolicyOut, error) {
 	var id, name string
-	_, c, cf, err := apiCommand("acl policy read", args, stderr, func(fs *flag.FlagSet) {
+	_, c, cf, err := apiCommand(cmd, args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&id, "id", "", "the policy's ID")
 		fs.StringVar(&name, "name", "", "the policy's name")
 	})
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	path, err := policyRef(id, name)
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	var p aclPolicyOut
 	if err := c.do("GET", path, nil, &p); err != nil {
-		return notFound(err, "policy", id+name)
+		return nil, nil, nil, notFound(err, "policy", id+name)
 	}
-	return showPolicy(stdout, cf, &p)
+	return c, cf, &p, nil
 }
 
+func aclPolicyRead(args []string, stdout, stderr io.Writer) error {
+	_, cf, p, err := readPolicy("acl policy read", args, stderr)
+	if err != nil {
+		return err
+	}
+	return showPolicy(stdout, cf, p)
+}
+
+// aclPolicyDelete reads the policy first: deleting takes its ID, and -name
+// must name one.
 func aclPolicyDelete(args []string, stdout, stderr io.Writer) error {
-	var id, name string
-	_, c, _, err := apiCommand("acl policy delete", args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&id, "id", "", "the policy's ID")
-		fs.StringVar(&name, "name", "", "the policy's name")
-	})
+	c, _, p, err := readPolicy("acl policy delete", args, stderr)
 	if err != nil {
 		return err
 	}
-	path, err := policyRef(id, name)
-	if err != nil {
-		return err
+	if err := c.do("DELETE", "/v1/acl/policy/"+url.PathEscape(p.ID), nil, nil); err != nil {
+		return notFound(err, "policy", p.ID)
 	}
-	var p aclPolicyOut
-	if name != "" { // deleting takes the ID
-		if err := c.do("GET", path, nil, &p); err != nil {
-			return notFound(err, "policy", name)
-		}
-		path = "/v1/acl/policy/" + url.PathEscape(p.ID)
-	}
-	if err := c.do("DELETE", path, nil, nil); err != nil {
-		return notFound(err, "policy", id+name)
-	}
-	fmt.Fprintf(stdout, "Policy %q deleted successfully\n", id+name)
+	fmt.Fprintf(stdout, "Policy %q deleted successfully\n", p.ID)
 	return nil
 }
 

@@ -122,22 +122,13 @@ func (s *Server) catalogNodes(w http.ResponseWriter, r *http.Request) {
 // catalogNode answers null for an unknown node, as Consul does (its client
 // then returns a nil result rather than an error).
 func (s *Server) catalogNode(w http.ResponseWriter, r *http.Request) {
-	q, ok := s.parseQuery(w, r)
+	q, n, svcs, ok := s.readNode(w, r)
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, globalIndex)
-	n, found := snap.Node(r.PathValue("node"))
-	if !found {
-		writeJSON(w, r, nil)
-		return
-	}
-	dc := s.reg.Config().Datacenter
-	out := nodeServices{Node: toNode(n), Services: map[string]agentService{}}
-	for _, e := range snap.NodeServices(n.Name) {
-		if mayReadService(r, e.Name) { // as Consul filters by service:read
-			out.Services[e.ID] = toAgentService(e, dc)
-		}
+	out := nodeServices{Node: n, Services: map[string]agentService{}}
+	for _, sv := range svcs {
+		out.Services[sv.ID] = sv
 	}
 	// Consul filters the node's services.
 	if filteredMap(w, q.filter, out.Services) {
@@ -168,27 +159,39 @@ func (s *Server) leader() string {
 // consul/api client's Catalog().NodeServiceList): /v1/catalog/node's
 // answer with the services as a list.
 func (s *Server) catalogNodeServiceList(w http.ResponseWriter, r *http.Request) {
-	q, ok := s.parseQuery(w, r)
+	q, n, svcs, ok := s.readNode(w, r)
 	if !ok {
 		return
+	}
+	out := struct {
+		Node     node
+		Services []agentService
+	}{Node: n, Services: svcs}
+	if out.Services, ok = filtered(w, q.filter, out.Services); ok {
+		writeJSON(w, r, out)
+	}
+}
+
+// readNode reads the node of a /v1/catalog/node* request and its services
+// that the token may read, as Consul filters them by service:read. false
+// means an answer was sent: an error, or null for an unknown node.
+func (s *Server) readNode(w http.ResponseWriter, r *http.Request) (query, node, []agentService, bool) {
+	q, ok := s.parseQuery(w, r)
+	if !ok {
+		return q, node{}, nil, false
 	}
 	snap := s.block(w, r, q, globalIndex)
 	n, found := snap.Node(r.PathValue("node"))
 	if !found {
 		writeJSON(w, r, nil)
-		return
+		return q, node{}, nil, false
 	}
 	dc := s.reg.Config().Datacenter
-	out := struct {
-		Node     node
-		Services []agentService
-	}{Node: toNode(n), Services: []agentService{}}
+	svcs := []agentService{}
 	for _, e := range snap.NodeServices(n.Name) {
 		if mayReadService(r, e.Name) {
-			out.Services = append(out.Services, toAgentService(e, dc))
+			svcs = append(svcs, toAgentService(e, dc))
 		}
 	}
-	if out.Services, ok = filtered(w, q.filter, out.Services); ok {
-		writeJSON(w, r, out)
-	}
+	return q, toNode(n), svcs, true
 }

@@ -281,12 +281,7 @@ func (l *loop) forward(c *conn, req []byte) {
 	o := rewrite(l.out[:0], req, c.remoteIP)
 	l.out = o
 
-	b := 0
-	for i := range l.busy {
-		if l.busy[i] < l.busy[b] {
-			b = i
-		}
-	}
+	b := leastBusy(l.busy)
 	var u *conn
 	if k := len(l.idle[b]); k > 0 {
 		u = l.idle[b][k-1]
@@ -294,17 +289,11 @@ func (l *loop) forward(c *conn, req []byte) {
 	} else {
 		// A blocking connect: on loopback it is answered at once, and a
 		// new connection is rare once the pool is warm.
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		fd, err := dial(&l.targets[b])
 		if err != nil {
 			l.close(c)
 			return
 		}
-		if err := unix.Connect(fd, &l.targets[b]); err != nil {
-			unix.Close(fd)
-			l.close(c)
-			return
-		}
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		unix.SetNonblock(fd, true)
 		u = &conn{fd: fd, upstream: true, backend: b, buf: make([]byte, upstreamBuf)}
 		l.add(u)
@@ -363,4 +352,31 @@ func contentLength(head []byte) (int, bool) {
 		h = h[e+2:]
 	}
 	return 0, false
+}
+
+// dial connects to an instance with a blocking connect, answered at once
+// on loopback.
+func dial(sa *unix.SockaddrInet4) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	return fd, nil
+}
+
+// leastBusy is the instance with the fewest requests in flight, the first
+// of equals.
+func leastBusy(busy []int) int {
+	b := 0
+	for i := range busy {
+		if busy[i] < busy[b] {
+			b = i
+		}
+	}
+	return b
 }

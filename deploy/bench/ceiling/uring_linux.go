@@ -381,12 +381,7 @@ func (l *uloop) clientData(c *uconn) {
 	}
 	c.out = rewrite(c.out[:0], c.buf[:end+4], c.remoteIP)
 	c.n = 0
-	b := 0
-	for i := range l.busy {
-		if l.busy[i] < l.busy[b] {
-			b = i
-		}
-	}
+	b := leastBusy(l.busy)
 	var u *uconn
 	for k := len(l.idle[b]); k > 0 && u == nil; k = len(l.idle[b]) {
 		u = l.idle[b][k-1]
@@ -396,17 +391,11 @@ func (l *uloop) clientData(c *uconn) {
 		}
 	}
 	if u == nil {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		fd, err := dial(&l.targets[b])
 		if err != nil {
 			l.close(c)
 			return
 		}
-		if err := unix.Connect(fd, &l.targets[b]); err != nil {
-			unix.Close(fd)
-			l.close(c)
-			return
-		}
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		u = l.newConn(fd, true, upstreamBuf)
 		u.backend = b
 	}

@@ -24,6 +24,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"agent":      {"Run a pier agent", runAgent},
 		"services":   {"List the services in the catalog", runServices},
+		"catalog":    {"consul catalog's forms: catalog datacenters, nodes [-service], services [-node] [-tags]", runCatalog},
 		"register":   {"Register a service with the local agent", runRegister},
 		"deregister": {"Deregister a service from the local agent", runDeregister},
 		"members":    {"List the members of the cluster", runMembers},

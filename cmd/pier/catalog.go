@@ -1,0 +1,219 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// The catalog command is `consul catalog datacenters|nodes|services` with
+// its flags and plain output, for scripts written against Consul's CLI.
+
+func runCatalog(args []string, stdout, stderr io.Writer) error {
+	const want = "give a subcommand: datacenters, nodes or services"
+	if len(args) == 0 {
+		return usageError{want}
+	}
+	switch args[0] {
+	case "datacenters":
+		return catalogDatacenters(args[1:], stdout, stderr)
+	case "nodes":
+		return catalogNodes(args[1:], stdout, stderr)
+	case "services":
+		return catalogServices(args[1:], stdout, stderr)
+	}
+	return usageError{fmt.Sprintf("unknown catalog subcommand %q: %s", args[0], want)}
+}
+
+// metaQuery turns -node-meta key=value flags into ?node-meta=key:value.
+func metaQuery(q url.Values, meta stringList) error {
+	for _, kv := range meta {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return usageError{fmt.Sprintf("-node-meta %q: want key=value", kv)}
+		}
+		q.Add("node-meta", k+":"+v)
+	}
+	return nil
+}
+
+func catalogDatacenters(args []string, stdout, stderr io.Writer) error {
+	_, c, cf, err := apiCommand("catalog datacenters", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	var dcs []string
+	if err := c.do("GET", "/v1/catalog/datacenters", nil, &dcs); err != nil {
+		return err
+	}
+	if cf.format == "json" {
+		return printJSON(stdout, dcs)
+	}
+	for _, dc := range dcs {
+		fmt.Fprintln(stdout, dc)
+	}
+	return nil
+}
+
+type catalogNode struct {
+	ID, Node, Address, Datacenter string
+	TaggedAddresses, Meta         map[string]string
+}
+
+func catalogNodes(args []string, stdout, stderr io.Writer) error {
+	var service, filter string
+	var detailed bool
+	var meta stringList
+	_, c, cf, err := apiCommand("catalog nodes", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&service, "service", "", "only the nodes of instances of this service")
+		fs.BoolVar(&detailed, "detailed", false, "also each node's tagged addresses and meta")
+		fs.Var(&meta, "node-meta", "only nodes with this meta, key=value (repeatable)")
+		fs.StringVar(&filter, "filter", "", "a filter expression, as the API's ?filter=")
+	})
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	if err := metaQuery(q, meta); err != nil {
+		return err
+	}
+	if filter != "" {
+		q.Set("filter", filter)
+	}
+	var nodes []catalogNode
+	if service == "" {
+		err = c.do("GET", "/v1/catalog/nodes?"+q.Encode(), nil, &nodes)
+	} else {
+		// The nodes of a service's instances, each once.
+		var ins []struct {
+			ID, Node, Address, Datacenter string
+			TaggedAddresses, NodeMeta     map[string]string
+		}
+		err = c.do("GET", "/v1/catalog/service/"+url.PathEscape(service)+"?"+q.Encode(), nil, &ins)
+		seen := map[string]bool{}
+		for _, in := range ins {
+			if !seen[in.Node] {
+				seen[in.Node] = true
+				nodes = append(nodes, catalogNode{ID: in.ID, Node: in.Node, Address: in.Address, Datacenter: in.Datacenter,
+					TaggedAddresses: in.TaggedAddresses, Meta: in.NodeMeta})
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Node < nodes[j].Node })
+	if cf.format == "json" {
+		if nodes == nil {
+			nodes = []catalogNode{}
+		}
+		return printJSON(stdout, nodes)
+	}
+	if len(nodes) == 0 {
+		fmt.Fprintln(stderr, "No nodes match the given query - try expanding your search.")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if detailed {
+		fmt.Fprintln(tw, "Node\tID\tAddress\tDC\tTaggedAddresses\tMeta")
+	} else {
+		fmt.Fprintln(tw, "Node\tID\tAddress\tDC")
+	}
+	for _, n := range nodes {
+		id := n.ID
+		if !detailed && len(id) > 8 {
+			id = id[:8] // as Consul shortens it
+		}
+		if detailed {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Node, id, n.Address, n.Datacenter, pairs(n.TaggedAddresses), pairs(n.Meta))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Node, id, n.Address, n.Datacenter)
+		}
+	}
+	return tw.Flush()
+}
+
+// pairs prints a map as Consul's CLI does: k=v pairs in key order.
+func pairs(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(k + "=" + m[k])
+	}
+	return b.String()
+}
+
+func catalogServices(args []string, stdout, stderr io.Writer) error {
+	var node, filter string
+	var tags bool
+	var meta stringList
+	_, c, cf, err := apiCommand("catalog services", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&node, "node", "", "only the services of this node")
+		fs.BoolVar(&tags, "tags", false, "also each service's tags")
+		fs.Var(&meta, "node-meta", "only services on nodes with this meta, key=value (repeatable)")
+		fs.StringVar(&filter, "filter", "", "a filter expression, as the API's ?filter=")
+	})
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	if err := metaQuery(q, meta); err != nil {
+		return err
+	}
+	if filter != "" {
+		q.Set("filter", filter)
+	}
+	services := map[string][]string{}
+	if node == "" {
+		err = c.do("GET", "/v1/catalog/services?"+q.Encode(), nil, &services)
+	} else {
+		var n *struct {
+			Services map[string]struct {
+				Service string
+				Tags    []string
+			}
+		}
+		if err = c.do("GET", "/v1/catalog/node/"+url.PathEscape(node)+"?"+q.Encode(), nil, &n); err == nil && n == nil {
+			return fmt.Errorf("no node %q in the catalog", node)
+		}
+		if n != nil {
+			for _, s := range n.Services {
+				services[s.Service] = append(services[s.Service], s.Tags...)
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(services))
+	for n, ts := range services {
+		names = append(names, n)
+		sort.Strings(ts)
+		services[n] = slices.Compact(ts)
+	}
+	sort.Strings(names)
+	if cf.format == "json" {
+		return printJSON(stdout, services)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	for _, n := range names {
+		if tags && len(services[n]) > 0 {
+			fmt.Fprintf(tw, "%s\t%s\n", n, strings.Join(services[n], ","))
+		} else {
+			fmt.Fprintln(tw, n)
+		}
+	}
+	return tw.Flush()
+}

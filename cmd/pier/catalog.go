@@ -30,16 +30,31 @@ func runCatalog(args []string, stdout, stderr io.Writer) error {
 	return usageError{fmt.Sprintf("unknown catalog subcommand %q: %s", args[0], want)}
 }
 
-// metaQuery turns -node-meta key=value flags into ?node-meta=key:value.
-func metaQuery(q url.Values, meta stringList) error {
-	for _, kv := range meta {
+// queryFlags are the -node-meta and -filter flags of both listings.
+type queryFlags struct {
+	meta   stringList
+	filter string
+}
+
+func (f *queryFlags) register(fs *flag.FlagSet, what string) {
+	fs.Var(&f.meta, "node-meta", "only "+what+" with this node meta, key=value (repeatable)")
+	fs.StringVar(&f.filter, "filter", "", "a filter expression, as the API's ?filter=")
+}
+
+// query is ?node-meta=key:value for each -node-meta, and ?filter=.
+func (f *queryFlags) query() (url.Values, error) {
+	q := url.Values{}
+	for _, kv := range f.meta {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return usageError{fmt.Sprintf("-node-meta %q: want key=value", kv)}
+			return nil, usageError{fmt.Sprintf("-node-meta %q: want key=value", kv)}
 		}
 		q.Add("node-meta", k+":"+v)
 	}
-	return nil
+	if f.filter != "" {
+		q.Set("filter", f.filter)
+	}
+	return q, nil
 }
 
 func catalogDatacenters(args []string, stdout, stderr io.Writer) error {
@@ -66,24 +81,20 @@ type catalogNode struct {
 }
 
 func catalogNodes(args []string, stdout, stderr io.Writer) error {
-	var service, filter string
+	var service string
 	var detailed bool
-	var meta stringList
+	var qf queryFlags
 	_, c, cf, err := apiCommand("catalog nodes", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&service, "service", "", "only the nodes of instances of this service")
 		fs.BoolVar(&detailed, "detailed", false, "also each node's tagged addresses and meta")
-		fs.Var(&meta, "node-meta", "only nodes with this meta, key=value (repeatable)")
-		fs.StringVar(&filter, "filter", "", "a filter expression, as the API's ?filter=")
+		qf.register(fs, "nodes")
 	})
 	if err != nil {
 		return err
 	}
-	q := url.Values{}
-	if err := metaQuery(q, meta); err != nil {
+	q, err := qf.query()
+	if err != nil {
 		return err
-	}
-	if filter != "" {
-		q.Set("filter", filter)
 	}
 	var nodes []catalogNode
 	if service == "" {
@@ -156,24 +167,20 @@ func pairs(m map[string]string) string {
 }
 
 func catalogServices(args []string, stdout, stderr io.Writer) error {
-	var node, filter string
+	var node string
 	var tags bool
-	var meta stringList
+	var qf queryFlags
 	_, c, cf, err := apiCommand("catalog services", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&node, "node", "", "only the services of this node")
 		fs.BoolVar(&tags, "tags", false, "also each service's tags")
-		fs.Var(&meta, "node-meta", "only services on nodes with this meta, key=value (repeatable)")
-		fs.StringVar(&filter, "filter", "", "a filter expression, as the API's ?filter=")
+		qf.register(fs, "services on nodes")
 	})
 	if err != nil {
 		return err
 	}
-	q := url.Values{}
-	if err := metaQuery(q, meta); err != nil {
+	q, err := qf.query()
+	if err != nil {
 		return err
-	}
-	if filter != "" {
-		q.Set("filter", filter)
 	}
 	services := map[string][]string{}
 	if node == "" {

@@ -169,7 +169,11 @@ func TestLimits(t *testing.T) {
 	if code, _, _ := e.do("POST", "", "/", strings.NewReader(strings.Repeat("x", 1000))); code != 200 {
 		t.Errorf("body at the limit: %d", code)
 	}
-	if code, _, _ := e.do("POST", "", "/", strings.NewReader(strings.Repeat("x", 1001))); code != 413 {
+	// Over the limit the proxy answers before it has read the body and
+	// closes: a client still writing may get EPIPE before it reads the 413
+	// (net/http did, once, in CI). These go on a raw connection, whose whole
+	// request fits in the socket buffer.
+	if code, _ := rawGet(t, e.addr, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n"+strings.Repeat("x", 1001)); code != 413 {
 		t.Errorf("body over the limit: %d", code)
 	}
 	// Without a Content-Length (chunked), the limit holds as the body streams.
@@ -177,7 +181,7 @@ func TestLimits(t *testing.T) {
 	if code != 200 || decode(t, body).Body != 1000 {
 		t.Errorf("chunked body at the limit: %d %s", code, body)
 	}
-	if code, _, _ := e.do("POST", "", "/", io.MultiReader(strings.NewReader(strings.Repeat("y", 5000)))); code != 413 {
+	if code, _ := rawGet(t, e.addr, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\n"+strings.Repeat("y", 5000)+"\r\n0\r\n\r\n"); code != 413 {
 		t.Errorf("chunked body over the limit: %d", code)
 	}
 	code, _ = rawGet(t, e.addr, "GET / HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 8000)+"\r\n\r\n")

@@ -32,18 +32,21 @@ type aclPolicyOut struct {
 }
 
 type aclTokenOut struct {
-	AccessorID  string
-	SecretID    string
-	Description string
-	Policies    []aclLinkOut
-	Local       bool
-	CreateTime  time.Time
-	CreateIndex uint64
-	ModifyIndex uint64
+	AccessorID        string
+	SecretID          string
+	Description       string
+	Policies          []aclLinkOut
+	Roles             []aclLinkOut         `json:",omitempty"`
+	ServiceIdentities []serviceIdentityOut `json:",omitempty"`
+	NodeIdentities    []nodeIdentityOut    `json:",omitempty"`
+	Local             bool
+	CreateTime        time.Time
+	CreateIndex       uint64
+	ModifyIndex       uint64
 }
 
 func runACL(args []string, stdout, stderr io.Writer) error {
-	const want = "give a subcommand: policy or token, then create, list, read or delete (token also update)"
+	const want = "give a subcommand: policy, role or token, then create, list, read, update or delete (policy: no update)"
 	if len(args) < 2 {
 		return usageError{want}
 	}
@@ -57,6 +60,16 @@ func runACL(args []string, stdout, stderr io.Writer) error {
 		return aclPolicyRead(args, stdout, stderr)
 	case "policy delete":
 		return aclPolicyDelete(args, stdout, stderr)
+	case "role create":
+		return aclRoleCreate(args, stdout, stderr)
+	case "role list":
+		return aclRoleList(args, stdout, stderr)
+	case "role read":
+		return aclRoleRead(args, stdout, stderr)
+	case "role update":
+		return aclRoleUpdate(args, stdout, stderr)
+	case "role delete":
+		return aclRoleDelete(args, stdout, stderr)
 	case "token create":
 		return aclTokenCreate(args, stdout, stderr)
 	case "token list":
@@ -174,11 +187,13 @@ func aclPolicyDelete(args []string, stdout, stderr io.Writer) error {
 func aclTokenCreate(args []string, stdout, stderr io.Writer) error {
 	var desc, secret, accessor string
 	var local bool
-	var ids, names stringList
+	var gf grantFlags
+	var roleIDs, roleNames stringList
 	_, c, cf, err := apiCommand("acl token create", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&desc, "description", "", "a description of the token")
-		fs.Var(&ids, "policy-id", "the ID of a policy the token gets (repeatable)")
-		fs.Var(&names, "policy-name", "the name of a policy the token gets (repeatable)")
+		gf.register(fs, "token")
+		fs.Var(&roleIDs, "role-id", "the ID of a role the token gets (repeatable)")
+		fs.Var(&roleNames, "role-name", "the name of a role the token gets (repeatable)")
 		fs.StringVar(&secret, "secret", "", "the token's secret (a UUID; default: a new one)")
 		fs.StringVar(&accessor, "accessor", "", "the token's accessor ID (a UUID; default: a new one)")
 		fs.BoolVar(&local, "local", false, "accepted for Consul's sake: pier has one datacenter")
@@ -186,19 +201,29 @@ func aclTokenCreate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	links := []aclLinkOut{}
-	for _, id := range ids {
-		links = append(links, aclLinkOut{ID: id})
+	in := aclTokenOut{Description: desc, SecretID: secret, AccessorID: accessor, Local: local, Roles: linksOf(roleIDs, roleNames)}
+	if in.Policies, in.ServiceIdentities, in.NodeIdentities, err = gf.parse(); err != nil {
+		return err
 	}
-	for _, n := range names {
-		links = append(links, aclLinkOut{Name: n})
-	}
-	body := map[string]any{"Description": desc, "Policies": links, "SecretID": secret, "AccessorID": accessor, "Local": local}
 	var t aclTokenOut
-	if err := c.do("PUT", "/v1/acl/token", body, &t); err != nil {
+	if err := c.do("PUT", "/v1/acl/token", tokenBody(&in), &t); err != nil {
 		return err
 	}
 	return showToken(stdout, cf, &t)
+}
+
+// tokenBody is what a token write sends: no empty secret or accessor (the
+// agent makes them), no indexes or times.
+func tokenBody(t *aclTokenOut) map[string]any {
+	b := map[string]any{"Description": t.Description, "Policies": t.Policies, "Roles": t.Roles,
+		"ServiceIdentities": t.ServiceIdentities, "NodeIdentities": t.NodeIdentities, "Local": t.Local}
+	if t.AccessorID != "" {
+		b["AccessorID"] = t.AccessorID
+	}
+	if t.SecretID != "" {
+		b["SecretID"] = t.SecretID
+	}
+	return b
 }
 
 // tokenFlags defines -accessor-id, Consul's older -id for it, and -self.
@@ -233,51 +258,79 @@ func aclTokenRead(args []string, stdout, stderr io.Writer) error {
 	return showToken(stdout, cf, &t)
 }
 
-// aclTokenUpdate is consul acl token update: -policy-id/-policy-name set
-// the token's policies, -append-policy-id/-append-policy-name add to them,
+// aclTokenUpdate is consul acl token update: for policies, roles, service
+// and node identities, -X sets the token's, -append-X adds to them, and
 // neither keeps them; -description replaces the description when given.
 func aclTokenUpdate(args []string, stdout, stderr io.Writer) error {
 	var id, desc string
-	var ids, names, addIDs, addNames stringList
+	var set, add grantFlags
+	var roleIDs, roleNames, addRoleIDs, addRoleNames stringList
 	_, c, cf, err := apiCommand("acl token update", args, stderr, func(fs *flag.FlagSet) {
 		tokenFlags(fs, &id, nil)
 		fs.StringVar(&desc, "description", "", "a new description")
-		fs.Var(&ids, "policy-id", "the ID of a policy the token gets instead of its own (repeatable)")
-		fs.Var(&names, "policy-name", "the name of a policy the token gets instead of its own (repeatable)")
-		fs.Var(&addIDs, "append-policy-id", "the ID of a policy added to the token's (repeatable)")
-		fs.Var(&addNames, "append-policy-name", "the name of a policy added to the token's (repeatable)")
+		set.register(fs, "token instead of its own")
+		fs.Var(&roleIDs, "role-id", "the ID of a role the token gets instead of its own (repeatable)")
+		fs.Var(&roleNames, "role-name", "the name of a role the token gets instead of its own (repeatable)")
+		fs.Var(&add.policyIDs, "append-policy-id", "the ID of a policy added to the token's (repeatable)")
+		fs.Var(&add.policyNames, "append-policy-name", "the name of a policy added to the token's (repeatable)")
+		fs.Var(&addRoleIDs, "append-role-id", "the ID of a role added to the token's (repeatable)")
+		fs.Var(&addRoleNames, "append-role-name", "the name of a role added to the token's (repeatable)")
+		fs.Var(&add.services, "append-service-identity", "a service identity added to the token's (repeatable)")
+		fs.Var(&add.nodes, "append-node-identity", "a node identity added to the token's (repeatable)")
 	})
 	if err != nil {
 		return err
 	}
-	switch {
-	case id == "":
+	if id == "" {
 		return usageError{"give the token's -accessor-id"}
-	case (len(ids) > 0 || len(names) > 0) && (len(addIDs) > 0 || len(addNames) > 0):
-		return usageError{"-policy-id/-policy-name set the policies, -append-policy-id/-append-policy-name add to them: not both"}
+	}
+	for _, k := range []struct {
+		name     string
+		set, add int
+	}{
+		{"policy", len(set.policyIDs) + len(set.policyNames), len(add.policyIDs) + len(add.policyNames)},
+		{"role", len(roleIDs) + len(roleNames), len(addRoleIDs) + len(addRoleNames)},
+		{"service-identity", len(set.services), len(add.services)},
+		{"node-identity", len(set.nodes), len(add.nodes)},
+	} {
+		if k.set > 0 && k.add > 0 {
+			return usageError{fmt.Sprintf("-%[1]s flags set the token's, -append-%[1]s flags add to them: not both", k.name)}
+		}
+	}
+	setP, setS, setN, err := set.parse()
+	if err != nil {
+		return err
+	}
+	addP, addS, addN, err := add.parse()
+	if err != nil {
+		return err
 	}
 	path := "/v1/acl/token/" + url.PathEscape(id)
 	var t aclTokenOut
 	if err := c.do("GET", path, nil, &t); err != nil {
 		return notFound(err, "token", id)
 	}
-	if len(ids) > 0 || len(names) > 0 {
-		t.Policies, addIDs, addNames = nil, ids, names
-	}
-	for _, p := range addIDs {
-		t.Policies = append(t.Policies, aclLinkOut{ID: p})
-	}
-	for _, n := range addNames {
-		t.Policies = append(t.Policies, aclLinkOut{Name: n})
-	}
+	t.Policies = replaceOrAppend(t.Policies, setP, addP)
+	t.Roles = replaceOrAppend(t.Roles, linksOf(roleIDs, roleNames), linksOf(addRoleIDs, addRoleNames))
+	t.ServiceIdentities = replaceOrAppend(t.ServiceIdentities, setS, addS)
+	t.NodeIdentities = replaceOrAppend(t.NodeIdentities, setN, addN)
 	if desc != "" {
 		t.Description = desc
 	}
-	body := map[string]any{"AccessorID": t.AccessorID, "Description": t.Description, "Policies": t.Policies, "Local": t.Local}
+	body := tokenBody(&t)
+	delete(body, "SecretID") // a secret never changes; the agent refuses a different one
 	if err := c.do("PUT", path, body, &t); err != nil {
 		return err
 	}
 	return showToken(stdout, cf, &t)
+}
+
+// replaceOrAppend: set replaces have when given, else add is appended.
+func replaceOrAppend[T any](have, set, add []T) []T {
+	if len(set) > 0 {
+		return set
+	}
+	return append(have, add...)
 }
 
 func aclTokenDelete(args []string, stdout, stderr io.Writer) error {
@@ -353,6 +406,7 @@ func showToken(w io.Writer, cf *clientFlags, t *aclTokenOut) error {
 	for _, l := range t.Policies {
 		fmt.Fprintf(w, "   %s - %s\n", l.ID, l.Name)
 	}
+	writeGrant(w, "", t.Roles, nil, t.ServiceIdentities, t.NodeIdentities)
 	return nil
 }
 

@@ -119,7 +119,114 @@ func TestACLCLI(t *testing.T) {
 		{[]string{"token", "update", "-description", "x"}, 2, "-accessor-id"},
 		{[]string{"token", "update", "-accessor-id", accessor, "-policy-name", "a", "-append-policy-name", "b"}, 2, "not both"},
 		{[]string{"token", "update", "-accessor-id", accessor}, 1, accessor},
-		{[]string{"role", "list"}, 2, "unknown acl subcommand"},
+		{[]string{"role", "frobnicate"}, 2, "unknown acl subcommand"},
+	} {
+		_, errOut, rc := acl(c.args...)
+		line := strings.TrimSpace(errOut)
+		if rc != c.rc || !strings.Contains(line, c.msg) || strings.Contains(line, "\n") {
+			t.Errorf("pier acl %s: rc=%d %q, want rc %d and one line with %q", strings.Join(c.args, " "), rc, line, c.rc, c.msg)
+		}
+	}
+}
+
+// consul acl role's forms, and tokens that link to roles and identities.
+func TestACLRoleCLI(t *testing.T) {
+	requireCurl(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "pier.yaml")
+	os.WriteFile(cfg, []byte(aclAPIConfig), 0o600)
+	a := startAgent(t, "-node", "aclrole", "-data-dir", filepath.Join(dir, "data"), "-bind", "127.0.0.1", "-config-file", cfg)
+	acl := func(args ...string) (string, string, int) {
+		t.Helper()
+		return pier(t, append([]string{"acl"}, append(args, "-http-addr", a.addr, "-token", "root-secret")...)...)
+	}
+	if out, errOut, rc := acl("policy", "create", "-name", "app-rw", "-rules", `key_prefix "app/" { policy = "write" }`); rc != 0 {
+		t.Fatalf("policy create: rc=%d %s%s", rc, out, errOut)
+	}
+	out, errOut, rc := acl("role", "create", "-name", "deployer", "-description", "ships web", "-policy-name", "app-rw",
+		"-service-identity", "web", "-service-identity", "db:dc1,dc2", "-node-identity", "aclrole:dc1")
+	if rc != 0 || !strings.Contains(out, "Name:         deployer\nDescription:  ships web\nPolicies:\n") ||
+		!strings.Contains(out, "Service Identities:\n   web (Datacenters: all)\n   db (Datacenters: dc1, dc2)\n") ||
+		!strings.Contains(out, "Node Identities:\n   aclrole (Datacenter: dc1)\n") {
+		t.Fatalf("role create: rc=%d\n%s%s", rc, out, errOut)
+	}
+	roleID := regexp.MustCompile(`(?m)^ID:\s+(\S+)$`).FindStringSubmatch(out)[1]
+
+	out, errOut, rc = acl("token", "create", "-description", "ci", "-role-name", "deployer")
+	m := regexp.MustCompile(`(?m)^AccessorID:\s+(\S+)\nSecretID:\s+(\S+)$`).FindStringSubmatch(out)
+	if rc != 0 || m == nil || !strings.Contains(out, "Roles:\n   "+roleID+" - deployer\n") {
+		t.Fatalf("token create -role-name: rc=%d\n%s%s", rc, out, errOut)
+	}
+	accessor, secret := m[1], m[2]
+	kv := func(key string) int {
+		_, _, rc := pier(t, "kv", "put", "-http-addr", a.addr, "-token", secret, key, "1")
+		return rc
+	}
+	if rc := kv("app/x"); rc != 0 {
+		t.Errorf("kv put through the role's policy: rc=%d", rc)
+	}
+	if _, _, rc := pier(t, "register", "-http-addr", a.addr, "-token", secret, "-name", "web", "-port", "80"); rc != 0 {
+		t.Errorf("register web through the role's service identity: rc=%d", rc)
+	}
+
+	out, _, rc = acl("role", "list")
+	if rc != 0 || !strings.Contains(out, "deployer:\n   ID:           "+roleID+"\n   Description:  ships web\n") {
+		t.Errorf("role list: rc=%d\n%s", rc, out)
+	}
+	// update merges by default; -no-merge writes the role anew.
+	out, errOut, rc = acl("role", "update", "-id", roleID, "-description", "v2", "-service-identity", "api")
+	if rc != 0 || !strings.Contains(out, "Description:  v2\n") || !strings.Contains(out, "   api (Datacenters: all)\n") || !strings.Contains(out, " - app-rw\n") {
+		t.Errorf("role update: rc=%d\n%s%s", rc, out, errOut)
+	}
+	out, errOut, rc = acl("role", "update", "-id", roleID, "-no-merge", "-name", "deployer", "-service-identity", "web")
+	if rc != 0 || strings.Contains(out, "app-rw") || strings.Contains(out, "api (") {
+		t.Errorf("role update -no-merge: rc=%d\n%s%s", rc, out, errOut)
+	}
+	if rc := kv("app/y"); rc == 0 {
+		t.Errorf("kv put allowed after the role lost its policy")
+	}
+	out, _, rc = acl("role", "read", "-name", "deployer", "-format", "json")
+	if rc != 0 || !strings.Contains(out, `"ServiceName": "web"`) {
+		t.Errorf("role read -format json: rc=%d\n%s", rc, out)
+	}
+
+	// Token update: -append-role-name adds, -role-id replaces, and the
+	// identities likewise.
+	if _, errOut, rc := acl("role", "create", "-name", "reader", "-policy-name", "app-rw"); rc != 0 {
+		t.Fatalf("role create reader: %s", errOut)
+	}
+	out, errOut, rc = acl("token", "update", "-accessor-id", accessor, "-append-role-name", "reader", "-append-service-identity", "cache")
+	if rc != 0 || !strings.Contains(out, " - deployer\n") || !strings.Contains(out, " - reader\n") || !strings.Contains(out, "   cache (Datacenters: all)\n") {
+		t.Errorf("token update -append-role-name: rc=%d\n%s%s", rc, out, errOut)
+	}
+	out, errOut, rc = acl("token", "update", "-accessor-id", accessor, "-role-id", roleID, "-service-identity", "db")
+	if rc != 0 || strings.Contains(out, "reader") || strings.Contains(out, "cache") || !strings.Contains(out, "   db (Datacenters: all)\n") {
+		t.Errorf("token update -role-id: rc=%d\n%s%s", rc, out, errOut)
+	}
+
+	if out, errOut, rc := acl("role", "delete", "-name", "deployer"); rc != 0 || !strings.Contains(out, `Role "`+roleID+`" deleted successfully`) {
+		t.Errorf("role delete -name: rc=%d %s%s", rc, out, errOut)
+	}
+	if out, _, _ := acl("token", "read", "-accessor-id", accessor); strings.Contains(out, "deployer") {
+		t.Errorf("the token still links the deleted role:\n%s", out)
+	}
+
+	for _, c := range []struct {
+		args []string
+		rc   int
+		msg  string
+	}{
+		{[]string{"role", "create"}, 2, "-name is required"},
+		{[]string{"role", "create", "-name", "x", "-node-identity", "n1"}, 2, "NODE:DATACENTER"},
+		{[]string{"role", "create", "-name", "x", "-service-identity", "a:b:c"}, 2, "-service-identity"},
+		{[]string{"role", "create", "-name", "x", "-service-identity", "Web!"}, 1, "invalid name"},
+		{[]string{"role", "create", "-name", "reader"}, 1, "already exists"},
+		{[]string{"role", "read"}, 2, "-id or -name"},
+		{[]string{"role", "read", "-name", "deployer"}, 1, `no role "deployer"`},
+		{[]string{"role", "update", "-name", "x"}, 2, "-id"},
+		{[]string{"role", "update", "-id", roleID}, 1, roleID},
+		{[]string{"token", "create", "-role-name", "nope"}, 1, "cannot find role nope"},
+		{[]string{"token", "update", "-accessor-id", accessor, "-role-name", "a", "-append-role-name", "b"}, 2, "not both"},
 	} {
 		_, errOut, rc := acl(c.args...)
 		line := strings.TrimSpace(errOut)

@@ -30,6 +30,7 @@ const (
 	aclKVPrefix     = registry.ReservedKVPrefix + "acl/"
 	aclPolicyPrefix = aclKVPrefix + "policy/"
 	aclTokenPrefix  = aclKVPrefix + "token/"
+	aclRolePrefix   = aclKVPrefix + "role/"
 )
 
 // Consul's built-in names.
@@ -62,7 +63,7 @@ type storedToken struct {
 	AccessorID  string
 	SecretID    string
 	Description string
-	Policies    []string `json:",omitempty"` // policy IDs; names are looked up when shown
+	grant       // policy and role IDs (names are looked up when shown), identities
 	Local       bool
 	CreateTime  time.Time
 }
@@ -87,15 +88,18 @@ type aclPolicyView struct {
 
 // aclTokenView is Consul's ACLToken.
 type aclTokenView struct {
-	CreateIndex uint64
-	ModifyIndex uint64
-	AccessorID  string
-	SecretID    string
-	Description string
-	Policies    []aclLink `json:",omitempty"`
-	Local       bool
-	CreateTime  time.Time
-	Hash        []byte
+	CreateIndex       uint64
+	ModifyIndex       uint64
+	AccessorID        string
+	SecretID          string
+	Description       string
+	Policies          []aclLink         `json:",omitempty"`
+	Roles             []aclLink         `json:",omitempty"`
+	ServiceIdentities []serviceIdentity `json:",omitempty"`
+	NodeIdentities    []nodeIdentity    `json:",omitempty"`
+	Local             bool
+	CreateTime        time.Time
+	Hash              []byte
 }
 
 type policyEntry struct {
@@ -121,6 +125,9 @@ type aclTable struct {
 	byName   map[string]*policyEntry
 	tokens   map[string]*tokenEntry // by accessor
 	bySecret map[[sha256.Size]byte]*tokenEntry
+	roles    map[string]*roleEntry
+	// rolesByName, as byName for policies.
+	rolesByName map[string]*roleEntry
 }
 
 // attach connects the Authorizer to the KV store; called by New before the
@@ -177,17 +184,25 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 		byName:   map[string]*policyEntry{},
 		tokens:   map[string]*tokenEntry{},
 		bySecret: map[[sha256.Size]byte]*tokenEntry{},
+		roles:    map[string]*roleEntry{},
+		// rolesByName as byName
+		rolesByName: map[string]*roleEntry{},
 	}
+	dc := a.datacenter()
 	mgmt := &policyEntry{builtin: true, view: aclPolicyView{
 		ID: managementPolicyID, Name: managementPolicyName,
 		Description: "Builtin Policy that grants unlimited access", Rules: managementRules,
 		CreateIndex: 1, ModifyIndex: 1,
 	}}
 	t.policies[mgmt.view.ID], t.byName[mgmt.view.Name] = mgmt, mgmt
-	var tokens []*registry.KVEntry
+	var tokens, roles []*registry.KVEntry
 	for _, e := range entries {
 		if strings.HasPrefix(e.Key, aclTokenPrefix) {
 			tokens = append(tokens, e)
+			continue
+		}
+		if strings.HasPrefix(e.Key, aclRolePrefix) {
+			roles = append(roles, e)
 			continue
 		}
 		var sp storedPolicy
@@ -212,6 +227,26 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 			t.byName[sp.Name] = pe
 		}
 	}
+	// Roles after the policies they link to, before the tokens that link
+	// to them.
+	for _, e := range roles {
+		var sr storedRole
+		if err := json.Unmarshal(e.Value, &sr); err != nil || sr.ID != strings.TrimPrefix(e.Key, aclRolePrefix) {
+			a.log.Warn("acl: skipping a stored object that does not decode", "key", e.Key)
+			continue
+		}
+		sr.Roles = nil // a role holds no roles
+		res := t.resolve(sr.grant, dc)
+		re := &roleEntry{rules: res.rules, management: res.management, view: aclRoleView{
+			ID: sr.ID, Name: sr.Name, Description: sr.Description, Policies: res.policies,
+			ServiceIdentities: sr.ServiceIdentities, NodeIdentities: sr.NodeIdentities,
+			CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex,
+		}}
+		t.roles[sr.ID] = re
+		if o, ok := t.rolesByName[sr.Name]; !ok || sr.ID < o.view.ID {
+			t.rolesByName[sr.Name] = re
+		}
+	}
 	// The configuration's tokens first: they win any clash of accessor or
 	// secret with a stored token.
 	for _, e := range a.static {
@@ -224,9 +259,12 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 			a.log.Warn("acl: skipping a stored object that does not decode", "key", e.Key)
 			continue
 		}
+		res := t.resolve(st.grant, dc)
 		te := &tokenEntry{hash: sha256.Sum256([]byte(st.SecretID)), view: aclTokenView{
 			CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex,
 			AccessorID: st.AccessorID, SecretID: st.SecretID, Description: st.Description,
+			Policies: res.policies, Roles: res.roles,
+			ServiceIdentities: st.ServiceIdentities, NodeIdentities: st.NodeIdentities,
 			Local: st.Local, CreateTime: st.CreateTime,
 		}}
 		if _, clash := t.tokens[st.AccessorID]; clash {
@@ -235,24 +273,20 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 		if _, clash := t.bySecret[te.hash]; clash {
 			continue
 		}
-		p := &Policy{allow: a.allow}
-		for _, id := range st.Policies {
-			pe, ok := t.policies[id]
-			if !ok {
-				continue // deleted: the link is dropped, as Consul does
-			}
-			te.view.Policies = append(te.view.Policies, aclLink{ID: id, Name: pe.view.Name})
-			if pe.builtin {
-				p.management = true
-			} else {
-				p.rules.merge(pe.rules)
-			}
-		}
-		te.policy = p
+		te.policy = &Policy{allow: a.allow, management: res.management, rules: res.rules}
 		t.tokens[st.AccessorID] = te
 		t.bySecret[te.hash] = te
 	}
 	return t
+}
+
+// datacenter answers this agent's datacenter, in which policies and
+// identities limited to some datacenters apply or not.
+func (a *Authorizer) datacenter() string {
+	if a.reg == nil {
+		return ""
+	}
+	return a.reg.Config().Datacenter
 }
 
 // policyByRef finds a policy by ID, else by name.

@@ -5,11 +5,13 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"time"
 )
 
 // The /v1/acl/ endpoints manage tokens and policies with Consul's paths and
-// shapes (roles, auth methods, identities and expiry are not supported).
+// shapes; roles and identities in acl_roles.go (auth methods, templated
+// policies and expiry are not supported).
 // authorize lets through only tokens with acl = "read" (the GETs) or
 // "write" (the rest), or management; /v1/acl/token/self needs only a token.
 func (s *Server) aclRoutes() {
@@ -27,6 +29,7 @@ func (s *Server) aclRoutes() {
 	s.writes("/v1/acl/token/{id}/clone", s.aclTokenClone)
 	s.mux.HandleFunc("DELETE /v1/acl/token/{id}", s.aclTokenDelete)
 	s.mux.HandleFunc("GET /v1/acl/tokens", s.aclTokenList)
+	s.aclRoleRoutes()
 	// Everything else under /v1/acl/ (bootstrap, roles, auth methods...).
 	s.mux.HandleFunc("/v1/acl/", func(w http.ResponseWriter, r *http.Request) {
 		if s.aclOn(w) {
@@ -64,14 +67,12 @@ func (s *Server) decodeJSONBody(w http.ResponseWriter, r *http.Request, v any) b
 // aclTokenIn is the body of a token write; the fields pier does not support
 // are kept raw only to refuse them.
 type aclTokenIn struct {
-	AccessorID        string
-	SecretID          string
-	Description       string
-	Policies          []*aclLink
+	AccessorID  string
+	SecretID    string
+	Description string
+	aclGrantIn
+	Roles             []*aclLink
 	Local             bool
-	Roles             json.RawMessage
-	ServiceIdentities json.RawMessage
-	NodeIdentities    json.RawMessage
 	TemplatedPolicies json.RawMessage
 	AuthMethod        string
 	ExpirationTTL     json.RawMessage
@@ -84,7 +85,6 @@ func (in *aclTokenIn) unsupported() string {
 		name string
 		raw  json.RawMessage
 	}{
-		{"Roles", in.Roles}, {"ServiceIdentities", in.ServiceIdentities}, {"NodeIdentities", in.NodeIdentities},
 		{"TemplatedPolicies", in.TemplatedPolicies}, {"ExpirationTTL", in.ExpirationTTL}, {"ExpirationTime", in.ExpirationTime},
 	} {
 		switch string(bytes.TrimSpace(f.raw)) {
@@ -97,6 +97,31 @@ func (in *aclTokenIn) unsupported() string {
 		return "AuthMethod"
 	}
 	return ""
+}
+
+// tokenGrant checks what a token body asks for; false means a 400 was sent.
+func tokenGrant(w http.ResponseWriter, t *aclTable, in *aclTokenIn) (grant, bool) {
+	g, msg := t.check(in.aclGrantIn, "token")
+	if msg == "" {
+		g.Roles, msg = t.roleIDs(in.Roles)
+	}
+	if msg != "" {
+		httpError(w, http.StatusBadRequest, "Invalid Token: %s", msg)
+		return g, false
+	}
+	return g, true
+}
+
+// grantOf answers what a token has, as stored.
+func grantOf(v aclTokenView) grant {
+	g := grant{ServiceIdentities: v.ServiceIdentities, NodeIdentities: v.NodeIdentities}
+	for _, l := range v.Policies {
+		g.Policies = append(g.Policies, l.ID)
+	}
+	for _, l := range v.Roles {
+		g.Roles = append(g.Roles, l.ID)
+	}
+	return g
 }
 
 // policyIDs resolves a token's policy links; "" and a message on error.
@@ -156,13 +181,12 @@ func (s *Server) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "Invalid Token: SecretID is already in use")
 		return
 	}
-	ids, msg := t.policyIDs(in.Policies)
-	if msg != "" {
-		httpError(w, http.StatusBadRequest, "Invalid Token: %s", msg)
+	g, ok := tokenGrant(w, t, &in)
+	if !ok {
 		return
 	}
 	st := storedToken{AccessorID: in.AccessorID, SecretID: in.SecretID, Description: in.Description,
-		Policies: ids, Local: in.Local, CreateTime: time.Now().UTC()}
+		grant: g, Local: in.Local, CreateTime: time.Now().UTC()}
 	s.writeStoredToken(w, r, st)
 }
 
@@ -226,13 +250,12 @@ func (s *Server) aclTokenUpdate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "Invalid Token: cannot toggle local mode of %s", id)
 		return
 	}
-	ids, msg := t.policyIDs(in.Policies)
-	if msg != "" {
-		httpError(w, http.StatusBadRequest, "Invalid Token: %s", msg)
+	g, ok := tokenGrant(w, t, &in)
+	if !ok {
 		return
 	}
 	s.writeStoredToken(w, r, storedToken{AccessorID: id, SecretID: te.view.SecretID, Description: in.Description,
-		Policies: ids, Local: te.view.Local, CreateTime: te.view.CreateTime})
+		grant: g, Local: te.view.Local, CreateTime: te.view.CreateTime})
 }
 
 func (s *Server) aclTokenClone(w http.ResponseWriter, r *http.Request) {
@@ -248,12 +271,8 @@ func (s *Server) aclTokenClone(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var ids []string
-	for _, l := range te.view.Policies {
-		ids = append(ids, l.ID)
-	}
 	s.writeStoredToken(w, r, storedToken{AccessorID: newUUID(), SecretID: newUUID(), Description: in.Description,
-		Policies: ids, Local: te.view.Local, CreateTime: time.Now().UTC()})
+		grant: grantOf(te.view), Local: te.view.Local, CreateTime: time.Now().UTC()})
 }
 
 func (s *Server) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
@@ -329,10 +348,10 @@ func (s *Server) aclTokenList(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
-	policy := r.URL.Query().Get("policy")
+	policy, role := r.URL.Query().Get("policy"), r.URL.Query().Get("role")
 	out := []aclTokenView{}
 	for _, te := range s.acl.current().sortedTokens() {
-		if policy != "" && !linksTo(te, policy) {
+		if policy != "" && !linksTo(te.view.Policies, policy) || role != "" && !linksTo(te.view.Roles, role) {
 			continue
 		}
 		out = append(out, shown(r, te))
@@ -340,11 +359,6 @@ func (s *Server) aclTokenList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, out)
 }
 
-func linksTo(te *tokenEntry, policyID string) bool {
-	for _, l := range te.view.Policies {
-		if l.ID == policyID {
-			return true
-		}
-	}
-	return false
+func linksTo(links []aclLink, id string) bool {
+	return slices.ContainsFunc(links, func(l aclLink) bool { return l.ID == id })
 }

@@ -1,0 +1,368 @@
+package api
+
+import (
+	"cmp"
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
+)
+
+// Roles and identities, as Consul's: a role is a named set of policies and
+// identities that tokens link to, so that changing the role changes every
+// token that has it. A service identity grants what a service instance
+// needs (write on the service and its sidecar's name, read on every
+// service and node); a node identity what an agent needs (write on its
+// node, read on every service). Roles live in the KV store beside the
+// policies (acl_store.go) and resolve at table build time, so a request
+// never looks a role up.
+
+var (
+	roleNameRE     = regexp.MustCompile(`^[A-Za-z0-9\-_]{1,256}$`)
+	identityNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$`)
+)
+
+const maxIdentityName = 256
+
+// serviceIdentity is Consul's ACLServiceIdentity; no Datacenters means all.
+type serviceIdentity struct {
+	ServiceName string
+	Datacenters []string `json:",omitempty"`
+}
+
+// nodeIdentity is Consul's ACLNodeIdentity; it applies in its datacenter
+// only.
+type nodeIdentity struct {
+	NodeName   string
+	Datacenter string
+}
+
+// grant is what a token or a role is given. Links are stored by ID only, so
+// a renamed policy or role keeps its tokens.
+type grant struct {
+	Policies          []string          `json:",omitempty"`
+	Roles             []string          `json:",omitempty"` // tokens only
+	ServiceIdentities []serviceIdentity `json:",omitempty"`
+	NodeIdentities    []nodeIdentity    `json:",omitempty"`
+}
+
+type storedRole struct {
+	ID          string
+	Name        string
+	Description string
+	grant
+}
+
+// aclRoleView is Consul's ACLRole.
+type aclRoleView struct {
+	ID                string
+	Name              string
+	Description       string
+	Policies          []aclLink         `json:",omitempty"`
+	ServiceIdentities []serviceIdentity `json:",omitempty"`
+	NodeIdentities    []nodeIdentity    `json:",omitempty"`
+	Hash              []byte
+	CreateIndex       uint64
+	ModifyIndex       uint64
+}
+
+type roleEntry struct {
+	view       aclRoleView
+	rules      ruleSet
+	management bool
+}
+
+// identityRules compiles the rules an identity stands for. The names were
+// checked against identityNameRE, so they cannot break out of the quotes.
+func identityRules(format, name string) *ruleSet {
+	r, err := ParseRules(fmt.Sprintf(format, name))
+	if err != nil {
+		panic("acl: identity template: " + err.Error()) // a bug in the templates below
+	}
+	rs, _ := compileRules(r)
+	return rs
+}
+
+const (
+	serviceIdentityRules = `service "%[1]s" { policy = "write" }
+service "%[1]s-sidecar-proxy" { policy = "write" }
+service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }`
+	nodeIdentityRules = `node "%[1]s" { policy = "write" }
+service_prefix "" { policy = "read" }`
+)
+
+// resolved is a grant turned into rules and the links shown for it.
+type resolved struct {
+	rules      ruleSet
+	management bool
+	policies   []aclLink
+	roles      []aclLink
+}
+
+// resolve applies a grant in datacenter dc: links to objects that are gone
+// are dropped (as Consul does), and a policy or identity limited to other
+// datacenters still shows but grants nothing here.
+func (t *aclTable) resolve(g grant, dc string) resolved {
+	var out resolved
+	for _, id := range g.Policies {
+		pe, ok := t.policies[id]
+		if !ok {
+			continue
+		}
+		out.policies = append(out.policies, aclLink{ID: id, Name: pe.view.Name})
+		switch {
+		case len(pe.view.Datacenters) > 0 && !slices.Contains(pe.view.Datacenters, dc):
+		case pe.builtin:
+			out.management = true
+		default:
+			out.rules.merge(pe.rules)
+		}
+	}
+	for _, id := range g.Roles {
+		re, ok := t.roles[id]
+		if !ok {
+			continue
+		}
+		out.roles = append(out.roles, aclLink{ID: id, Name: re.view.Name})
+		out.management = out.management || re.management
+		out.rules.merge(&re.rules)
+	}
+	for _, si := range g.ServiceIdentities {
+		if len(si.Datacenters) == 0 || slices.Contains(si.Datacenters, dc) {
+			out.rules.merge(identityRules(serviceIdentityRules, si.ServiceName))
+		}
+	}
+	for _, ni := range g.NodeIdentities {
+		if ni.Datacenter == dc {
+			out.rules.merge(identityRules(nodeIdentityRules, ni.NodeName))
+		}
+	}
+	return out
+}
+
+// aclGrantIn is the part of a token or role body that names what it gets.
+type aclGrantIn struct {
+	Policies          []*aclLink
+	ServiceIdentities []*serviceIdentity
+	NodeIdentities    []*nodeIdentity
+}
+
+// check validates the links and identities of a body and answers the grant
+// to store; a message on error. what is "role" or "token", for messages.
+func (t *aclTable) check(in aclGrantIn, what string) (grant, string) {
+	var g grant
+	ids, msg := t.policyIDs(in.Policies)
+	if msg != "" {
+		return g, msg
+	}
+	g.Policies = ids
+	for _, si := range in.ServiceIdentities {
+		switch {
+		case si == nil || si.ServiceName == "":
+			return g, "Service identity is missing the service name field on this " + what
+		case len(si.ServiceName) > maxIdentityName || !identityNameRE.MatchString(si.ServiceName):
+			return g, fmt.Sprintf("Service identity %q has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed", si.ServiceName)
+		}
+		if !slices.ContainsFunc(g.ServiceIdentities, func(o serviceIdentity) bool { return o.ServiceName == si.ServiceName }) {
+			g.ServiceIdentities = append(g.ServiceIdentities, *si)
+		}
+	}
+	for _, ni := range in.NodeIdentities {
+		switch {
+		case ni == nil || ni.NodeName == "":
+			return g, "Node identity is missing the node name field on this " + what
+		case ni.Datacenter == "":
+			return g, "Node identity is missing the datacenter field on this " + what
+		case len(ni.NodeName) > maxIdentityName || !identityNameRE.MatchString(ni.NodeName):
+			return g, fmt.Sprintf("Node identity %q has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed", ni.NodeName)
+		}
+		if !slices.Contains(g.NodeIdentities, *ni) {
+			g.NodeIdentities = append(g.NodeIdentities, *ni)
+		}
+	}
+	return g, ""
+}
+
+// roleIDs resolves a token's role links, by ID or else by name.
+func (t *aclTable) roleIDs(links []*aclLink) ([]string, string) {
+	var ids []string
+	for _, l := range links {
+		if l == nil || l.ID == "" && l.Name == "" {
+			return nil, "a role link needs an ID or a Name"
+		}
+		re, ok := t.roleByRef(*l)
+		if !ok {
+			return nil, "cannot find role " + l.ID + l.Name
+		}
+		if !slices.Contains(ids, re.view.ID) {
+			ids = append(ids, re.view.ID)
+		}
+	}
+	return ids, ""
+}
+
+func (t *aclTable) roleByRef(l aclLink) (*roleEntry, bool) {
+	if l.ID != "" {
+		re, ok := t.roles[l.ID]
+		return re, ok
+	}
+	re, ok := t.rolesByName[l.Name]
+	return re, ok
+}
+
+func (t *aclTable) sortedRoles() []*roleEntry {
+	out := make([]*roleEntry, 0, len(t.roles))
+	for _, re := range t.roles {
+		out = append(out, re)
+	}
+	slices.SortFunc(out, func(a, b *roleEntry) int {
+		return cmp.Or(cmp.Compare(a.view.Name, b.view.Name), cmp.Compare(a.view.ID, b.view.ID))
+	})
+	return out
+}
+
+func (s *Server) aclRoleRoutes() {
+	s.writes("/v1/acl/role", s.aclRoleCreate)
+	s.mux.HandleFunc("GET /v1/acl/role/{id}", s.aclRoleRead)
+	s.mux.HandleFunc("GET /v1/acl/role/name/{name}", s.aclRoleReadByName)
+	s.writes("/v1/acl/role/{id}", s.aclRoleUpdate)
+	s.mux.HandleFunc("DELETE /v1/acl/role/{id}", s.aclRoleDelete)
+	s.mux.HandleFunc("GET /v1/acl/roles", s.aclRoleList)
+}
+
+type aclRoleIn struct {
+	ID          string
+	Name        string
+	Description string
+	aclGrantIn
+	TemplatedPolicies []any
+}
+
+func (s *Server) aclRoleCreate(w http.ResponseWriter, r *http.Request) {
+	var in aclRoleIn
+	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
+		return
+	}
+	if in.ID != "" {
+		httpError(w, http.StatusBadRequest, "Cannot specify the ID when creating a new role")
+		return
+	}
+	s.aclRoleWrite(w, r, in, newUUID(), true)
+}
+
+func (s *Server) aclRoleUpdate(w http.ResponseWriter, r *http.Request) {
+	var in aclRoleIn
+	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
+		return
+	}
+	id := r.PathValue("id")
+	if in.ID != "" && in.ID != id {
+		httpError(w, http.StatusBadRequest, "Role ID in URL and payload do not match")
+		return
+	}
+	s.aclRoleWrite(w, r, in, id, false)
+}
+
+func (s *Server) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclRoleIn, id string, create bool) {
+	switch {
+	case in.Name == "":
+		httpError(w, http.StatusBadRequest, "Invalid Role: no Name is set")
+		return
+	case !roleNameRE.MatchString(in.Name):
+		httpError(w, http.StatusBadRequest, "Invalid Role: invalid Name %q: 1 to 256 letters, digits, - and _", in.Name)
+		return
+	case len(in.TemplatedPolicies) > 0:
+		httpError(w, http.StatusBadRequest, "Invalid Role: pier does not support TemplatedPolicies")
+		return
+	}
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := a.refreshLocked()
+	if _, ok := t.roles[id]; !ok && !create {
+		httpError(w, http.StatusNotFound, "Cannot find role %q", id)
+		return
+	}
+	if o, ok := t.rolesByName[in.Name]; ok && o.view.ID != id {
+		httpError(w, http.StatusBadRequest, "Invalid Role: A Role with Name %q already exists", in.Name)
+		return
+	}
+	g, msg := t.check(in.aclGrantIn, "role")
+	if msg != "" {
+		httpError(w, http.StatusBadRequest, "Invalid Role: %s", msg)
+		return
+	}
+	t, err := a.put(aclRolePrefix+id, storedRole{ID: id, Name: in.Name, Description: in.Description, grant: g})
+	if err != nil {
+		writeError(w, "Invalid Role", err)
+		return
+	}
+	re, ok := t.roles[id]
+	if !ok {
+		httpError(w, http.StatusInternalServerError, "the role was written but is not in the table")
+		return
+	}
+	writeJSON(w, r, re.view)
+}
+
+func (s *Server) aclRoleRead(w http.ResponseWriter, r *http.Request) {
+	if s.aclOn(w) {
+		s.writeRole(w, r, aclLink{ID: r.PathValue("id")})
+	}
+}
+
+func (s *Server) aclRoleReadByName(w http.ResponseWriter, r *http.Request) {
+	if s.aclOn(w) {
+		s.writeRole(w, r, aclLink{Name: r.PathValue("name")})
+	}
+}
+
+func (s *Server) writeRole(w http.ResponseWriter, r *http.Request, ref aclLink) {
+	if ref.ID == "" && ref.Name == "" {
+		httpError(w, http.StatusBadRequest, "Missing role ID")
+		return
+	}
+	re, ok := s.acl.current().roleByRef(ref)
+	if !ok {
+		httpError(w, http.StatusNotFound, "Requested role does not exist")
+		return
+	}
+	writeJSON(w, r, re.view)
+}
+
+// aclRoleDelete answers 404 for an unknown role, as Consul; tokens that
+// link to a deleted role lose the link when the table is rebuilt.
+func (s *Server) aclRoleDelete(w http.ResponseWriter, r *http.Request) {
+	if !s.aclOn(w) {
+		return
+	}
+	id := r.PathValue("id")
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.refreshLocked().roles[id]; !ok {
+		httpError(w, http.StatusNotFound, "Cannot find role to delete")
+		return
+	}
+	if err := a.del(aclRolePrefix + id); err != nil {
+		writeError(w, "Invalid Role", err)
+		return
+	}
+	writeJSON(w, r, true)
+}
+
+func (s *Server) aclRoleList(w http.ResponseWriter, r *http.Request) {
+	if !s.aclOn(w) {
+		return
+	}
+	policy := r.URL.Query().Get("policy")
+	out := []aclRoleView{}
+	for _, re := range s.acl.current().sortedRoles() {
+		if policy != "" && !linksTo(re.view.Policies, policy) {
+			continue
+		}
+		out = append(out, re.view)
+	}
+	writeJSON(w, r, out)
+}

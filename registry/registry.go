@@ -152,8 +152,12 @@ func New(cfg Config) (*Registry, error) {
 		if saved, savedChecks, err = st.load(); err != nil {
 			return nil, err
 		}
-		if savedKV, err = st.loadKV(); err != nil {
+		var skipped []string
+		if savedKV, skipped, err = st.loadKV(); err != nil {
 			return nil, err
+		}
+		for _, path := range skipped {
+			r.log.Warn("KV file not loaded: its key is not valid UTF-8 and was changed when written by an older version (remove it)", "file", path)
 		}
 		r.saved = st.loadStates(time.Now(), func(path string, err error) {
 			r.log.Warn("check state not restored", "file", path, "err", err)

@@ -1,0 +1,349 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// mountTmpfs mounts a tmpfs of size (mount's -o size=, such as "256k") on a
+// fresh directory, unmounted when the test ends. Where mounting is not
+// permitted the test is skipped, unless it runs in CI (.ci/run sets
+// PIER_REQUIRE_MOUNT=1), where that is a failure.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
+	if err != nil {
+		msg := fmt.Sprintf("cannot mount a %s tmpfs for a full data dir (needs root or CAP_SYS_ADMIN): %v %s", size, err, bytes.TrimSpace(out))
+		if os.Getenv("PIER_REQUIRE_MOUNT") == "1" || os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg + "; set PIER_REQUIRE_MOUNT=1 to make this a failure")
+	}
+	// Registered after t.TempDir's removal, so run before it; the agents'
+	// kills, registered later still, run before this.
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+// kvOp is one write sent to the agent and what it answered.
+type kvOp struct {
+	del   bool
+	key   string
+	value string
+	code  int
+	body  string
+}
+
+func kvDo(c *http.Client, addr string, op *kvOp) error {
+	method, body := "PUT", io.Reader(strings.NewReader(op.value))
+	if op.del {
+		method, body = "DELETE", nil
+	}
+	req, err := http.NewRequest(method, "http://"+addr+"/v1/kv/"+op.key, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	op.code, op.body = resp.StatusCode, strings.TrimSpace(string(b))
+	return err
+}
+
+// kvDump reads every key under prefix with its value.
+func kvDump(t *testing.T, addr, prefix string) map[string]string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/v1/kv/" + prefix + "?recurse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]string{}
+	if resp.StatusCode == http.StatusNotFound {
+		return out
+	}
+	var ps []struct {
+		Key   string
+		Value []byte
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&ps); err != nil {
+		t.Fatalf("GET %s?recurse: %d %v", prefix, resp.StatusCode, err)
+	}
+	for _, p := range ps {
+		out[p.Key] = string(p.Value)
+	}
+	return out
+}
+
+// expectedKV replays the writes a client saw acknowledged, in the order
+// each key's single writer sent them: what the store must hold.
+func expectedKV(ops []kvOp) map[string]string {
+	want := map[string]string{}
+	for _, op := range ops {
+		if op.code != 200 {
+			continue
+		}
+		if op.del {
+			delete(want, op.key)
+		} else {
+			want[op.key] = op.value
+		}
+	}
+	return want
+}
+
+// checkRefusals requires every write that was not acknowledged to be a
+// 500 that names the cause, and at least one of them (the disk did fill).
+func checkRefusals(t *testing.T, ops []kvOp) (acked, refused int) {
+	t.Helper()
+	for _, op := range ops {
+		switch {
+		case op.code == 200 && op.body == "true":
+			acked++
+		case op.code == 500 && strings.Contains(op.body, "no space left on device"):
+			refused++
+		default:
+			t.Errorf("%s %s: %d %q, want 200 true or a 500 naming the full disk", map[bool]string{false: "PUT", true: "DELETE"}[op.del], op.key, op.code, op.body)
+		}
+	}
+	if refused == 0 {
+		t.Errorf("the disk never filled in %d writes (or every refusal was answered 200)", len(ops))
+	}
+	return acked, refused
+}
+
+func diffKV(t *testing.T, when string, got, want map[string]string) {
+	t.Helper()
+	var bad []string
+	for k, v := range want {
+		if g, ok := got[k]; !ok {
+			bad = append(bad, fmt.Sprintf("%s: acknowledged, missing", k))
+		} else if g != v {
+			bad = append(bad, fmt.Sprintf("%s: holds %.12q..., want the acknowledged %.12q...", k, g, v))
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			bad = append(bad, fmt.Sprintf("%s: present, but its write was refused or its delete acknowledged", k))
+		}
+	}
+	sort.Strings(bad)
+	if len(bad) > 0 {
+		t.Errorf("%s: %d keys differ from what was acknowledged:\n%s", when, len(bad), strings.Join(bad[:min(len(bad), 20)], "\n"))
+	}
+}
+
+func value(key string, n, size int) string {
+	s := fmt.Sprintf("%s#%d:", key, n)
+	return s + strings.Repeat("v", max(size-len(s), 0))
+}
+
+// TestKVFullDisk fills a 256 KiB data dir with KV writes and deletes: every
+// write is answered 200 true only once it is on disk, or 500 naming the full
+// disk and not applied; the agent's view agrees with what was acknowledged
+// before and after kill -9 and a restart (on the still full disk).
+func TestKVFullDisk(t *testing.T) {
+	dir := mountTmpfs(t, "256k")
+	args := []string{"-node", "full", "-data-dir", dir, "-bind", "127.0.0.1"}
+	a := startAgent(t, args...)
+	c := &http.Client{Timeout: 10 * time.Second}
+
+	var ops []kvOp
+	refusedInARow := 0
+	for i := 0; i < 400 && refusedInARow < 5; i++ {
+		op := kvOp{key: fmt.Sprintf("fill/%03d", i), value: value(fmt.Sprintf("fill/%03d", i), i, 1500)}
+		if i%7 == 6 {
+			// Delete a key written earlier (acknowledged or not).
+			op = kvOp{del: true, key: fmt.Sprintf("fill/%03d", i-3)}
+		}
+		if err := kvDo(c, a.addr, &op); err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, op)
+		if op.code == 200 {
+			refusedInARow = 0
+		} else {
+			refusedInARow++
+		}
+	}
+	// Deletes and overwrites of acknowledged keys on the full disk.
+	want := expectedKV(ops)
+	n := 0
+	for k := range want {
+		if n == 3 {
+			break
+		}
+		n++
+		for _, op := range []kvOp{{del: true, key: k}, {key: k, value: value(k, 1000+n, 1500)}} {
+			if err := kvDo(c, a.addr, &op); err != nil {
+				t.Fatal(err)
+			}
+			ops = append(ops, op)
+		}
+	}
+	acked, refused := checkRefusals(t, ops)
+	t.Logf("%d writes: %d acknowledged, %d refused", len(ops), acked, refused)
+	want = expectedKV(ops)
+	diffKV(t, "before the kill", kvDump(t, a.addr, "fill/"), want)
+
+	a.stop(syscall.SIGKILL)
+	b := startAgent(t, args...)
+	diffKV(t, "after kill -9 and a restart", kvDump(t, b.addr, "fill/"), want)
+}
+
+// TestKVFullDiskConcurrent: four writers on a 1 MiB data dir, each putting,
+// overwriting and deleting keys of its own until the disk is full; then kill
+// -9 and a restart. Each key's expected state is its writer's last
+// acknowledged write.
+func TestKVFullDiskConcurrent(t *testing.T) {
+	dir := mountTmpfs(t, "1m")
+	args := []string{"-node", "full4", "-data-dir", dir, "-bind", "127.0.0.1"}
+	a := startAgent(t, args...)
+	c := &http.Client{Timeout: 10 * time.Second}
+
+	const writers = 4
+	results := make([][]kvOp, writers)
+	errs := make(chan error, writers)
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(60 * time.Second)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			refusedInARow := 0
+			for i := 0; i < 1000 && refusedInARow < 10 && time.Now().Before(deadline); i++ {
+				var op kvOp
+				switch {
+				case i%5 == 4: // delete a recent key
+					op = kvOp{del: true, key: fmt.Sprintf("w%d/%03d", w, i-2)}
+				case i%5 == 3 && i > 10: // overwrite an older key
+					k := fmt.Sprintf("w%d/%03d", w, i-10)
+					op = kvOp{key: k, value: value(k, i, 900)}
+				default:
+					k := fmt.Sprintf("w%d/%03d", w, i)
+					op = kvOp{key: k, value: value(k, i, 900)}
+				}
+				if err := kvDo(c, a.addr, &op); err != nil {
+					errs <- err
+					return
+				}
+				results[w] = append(results[w], op)
+				if op.code == 200 {
+					refusedInARow = 0
+				} else {
+					refusedInARow++
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var all []kvOp
+	for _, ops := range results {
+		all = append(all, ops...)
+	}
+	acked, refused := checkRefusals(t, all)
+	t.Logf("%d writes by %d writers: %d acknowledged, %d refused", len(all), writers, acked, refused)
+	want := map[string]string{}
+	for _, ops := range results {
+		for k, v := range expectedKV(ops) {
+			want[k] = v
+		}
+	}
+	got := map[string]string{}
+	for w := range writers {
+		for k, v := range kvDump(t, a.addr, fmt.Sprintf("w%d/", w)) {
+			got[k] = v
+		}
+	}
+	diffKV(t, "before the kill", got, want)
+
+	a.stop(syscall.SIGKILL)
+	b := startAgent(t, args...)
+	got = map[string]string{}
+	for w := range writers {
+		for k, v := range kvDump(t, b.addr, fmt.Sprintf("w%d/", w)) {
+			got[k] = v
+		}
+	}
+	diffKV(t, "after kill -9 and a restart", got, want)
+}
+
+// TestKVKeyNotUTF8 writes a key with an invalid UTF-8 byte to one of two
+// joined agents: it is refused with a 400 naming the key, and no key
+// appears or changes on either agent, also after a restart.
+func TestKVKeyNotUTF8(t *testing.T) {
+	dirA := t.TempDir()
+	argsA := []string{"-node", "u8a", "-data-dir", dirA, "-bind", "127.0.0.1"}
+	a := startAgent(t, argsA...)
+	b := startAgent(t, "-node", "u8b", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
+	c := &http.Client{Timeout: 10 * time.Second}
+
+	good := "u/caf\u00e9-\ufffd-key" // valid UTF-8, U+FFFD included: kept byte for byte
+	for _, op := range []*kvOp{{key: "u/" + url.PathEscape("caf\u00e9-\ufffd-key"), value: "good"}, {key: "u/bad%FFkey", value: "bad"}, {key: "u/bad%C3key", value: "bad"}} {
+		if err := kvDo(c, a.addr, op); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(op.key, "u/bad") {
+			if op.code != 400 || !strings.Contains(op.body, "not valid UTF-8") || !strings.Contains(op.body, `u/bad\x`) {
+				t.Errorf("PUT %s: %d %q, want a 400 naming the key", op.key, op.code, op.body)
+			}
+		} else if op.code != 200 || op.body != "true" {
+			t.Fatalf("PUT %s: %d %q", op.key, op.code, op.body)
+		}
+	}
+	want := map[string]string{good: "good"}
+	watch(t, "http://"+b.addr+"/v1/kv/u/?recurse", 10*time.Second, func(ps []struct{ Key string }) bool { return len(ps) == 1 })
+	// A later write, so that by the time b has it, b would also have had
+	// anything pushed back or relayed about the first ones.
+	if op := (kvOp{key: "v/last", value: "x"}); kvDo(c, a.addr, &op) != nil || op.code != 200 {
+		t.Fatalf("PUT v/last: %d %s", op.code, op.body)
+	}
+	watch(t, "http://"+b.addr+"/v1/kv/v/?recurse", 10*time.Second, func(ps []struct{ Key string }) bool { return len(ps) == 1 })
+	diffKV(t, "on a", kvDump(t, a.addr, "u/"), want)
+	diffKV(t, "on b", kvDump(t, b.addr, "u/"), want)
+	if code, body := httpGet(t, "http://"+a.addr+"/v1/kv/u/bad%FFkey"); code != 404 {
+		t.Errorf("GET the refused key: %d %s", code, body)
+	}
+
+	a.stop(syscall.SIGKILL)
+	a = startAgent(t, argsA...)
+	diffKV(t, "on a after a restart", kvDump(t, a.addr, "u/"), want)
+	if code, body := httpGet(t, "http://"+a.addr+"/v1/kv/u/"+url.PathEscape("caf\u00e9-\ufffd-key")+"?raw"); code != 200 || body != "good" {
+		t.Errorf("GET the UTF-8 key after a restart: %d %q", code, body)
+	}
+}
+
+func httpGet(t *testing.T, u string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}

@@ -347,3 +347,32 @@ func httpGet(t *testing.T, u string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// TestKVImportKeyNotUTF8: pier kv import refuses, before its first write, an
+// export whose key is not valid UTF-8 (a raw byte, a lone surrogate, or
+// the \ufffd that Go's encoder writes for an invalid byte), naming it.
+func TestKVImportKeyNotUTF8(t *testing.T) {
+	a := startAgent(t, "-dev", "-node", "kvu", "-data-dir", t.TempDir())
+	for _, key := range []string{"\"imp/bad\xffkey\"", `"imp/bad\udc00key"`, `"imp/bad\ud800key"`, `"imp/bad\ufffdkey"`} {
+		file := t.TempDir() + "/export.json"
+		data := `[{"key":"imp/first","flags":0,"value":"b25l"},{"key":` + key + `,"flags":0,"value":"b25l"}]`
+		if err := os.WriteFile(file, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, errOut, rc := pier(t, "kv", "import", "-http-addr", a.addr, "@"+file)
+		if line := strings.TrimSpace(errOut); rc != 1 || !strings.Contains(line, "entry 1") || !strings.Contains(line, "not valid UTF-8") || strings.Count(line, "\n") > 0 {
+			t.Errorf("import of key %q: rc=%d %q", key, rc, line)
+		}
+		if code, _ := httpGet(t, "http://"+a.addr+"/v1/kv/imp/first"); code != 404 {
+			t.Errorf("import of key %q wrote the entry before it: %d", key, code)
+		}
+	}
+	// Escapes of valid characters, U+FFFD itself and a surrogate pair, go in as written.
+	data := `[{"key":"imp/ok\u00e9\ud83d\ude00\\u` + "\ufffd" + `","flags":0,"value":"b25l"}]`
+	if out, errOut, rc := pier(t, "kv", "import", "-http-addr", a.addr, data); rc != 0 {
+		t.Fatalf("import of valid keys: rc=%d %s%s", rc, out, errOut)
+	}
+	if got := kvDump(t, a.addr, "imp/"); got["imp/ok\u00e9\U0001F600\\u\ufffd"] != "one" || len(got) != 1 {
+		t.Errorf("after import: %q", got)
+	}
+}

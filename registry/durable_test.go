@@ -8,13 +8,19 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // breakKVDir makes every write under dir/kv fail, as a full disk would, by
 // putting a file where the directory was; the returned func undoes it.
 func breakKVDir(t *testing.T, dir string) (restore func()) {
 	t.Helper()
-	kv := filepath.Join(dir, "kv")
+	return breakDir(t, filepath.Join(dir, "kv"))
+}
+
+// breakDir makes every write and removal of a file under kv fail.
+func breakDir(t *testing.T, kv string) (restore func()) {
+	t.Helper()
 	if err := os.Rename(kv, kv+".away"); err != nil {
 		t.Fatal(err)
 	}
@@ -162,5 +168,84 @@ func TestKVKeyUTF8(t *testing.T) {
 	}
 	if len(keys) != 1 || keys[0] != "u/real\ufffdkey" {
 		t.Errorf("keys after a restart: %q", keys)
+	}
+}
+
+// TestDeregisterServiceNotPersisted: a deregistration whose files cannot be
+// removed is an error, and the catalog keeps what the data dir keeps.
+func TestDeregisterServiceNotPersisted(t *testing.T) {
+	dir := t.TempDir()
+	r, _ := newPersisted(t, dir)
+	if err := r.RegisterService(Service{ID: "s1", Name: "web"}, nil, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RegisterCheck(Check{CheckID: "c1", Name: "c1", ServiceID: "s1", Status: StatusPassing, Definition: CheckDefinition{TTL: Duration(time.Minute)}}, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	restore := breakDir(t, filepath.Join(dir, "checks"))
+	if err := r.DeregisterService("s1"); err == nil {
+		t.Error("deregistration with undeletable files: no error")
+	}
+	present := func(r *Registry) (svc, chk bool) {
+		_, svc = r.LocalSource("s1")
+		for _, c := range r.LocalChecks() {
+			chk = chk || c.CheckID == "c1"
+		}
+		return svc, chk
+	}
+	if svc, chk := present(r); !svc || !chk {
+		t.Errorf("after a failed deregistration: service %v, check %v; want both", svc, chk)
+	}
+	restore()
+	r2, _ := newPersisted(t, dir)
+	if svc, chk := present(r2); !svc || !chk {
+		t.Errorf("after a restart: service %v, check %v; want both", svc, chk)
+	}
+	if err := r2.DeregisterService("s1"); err != nil {
+		t.Fatal(err)
+	}
+	r3, _ := newPersisted(t, dir)
+	if svc, chk := present(r3); svc || chk {
+		t.Errorf("after deregistration and a restart: service %v, check %v; want neither", svc, chk)
+	}
+}
+
+// TestSupersededCheckFile: a standalone check taken over by its service's
+// registration stays the service's after a restart, even when its own file
+// could not be removed.
+func TestSupersededCheckFile(t *testing.T) {
+	dir := t.TempDir()
+	r, _ := newPersisted(t, dir)
+	if err := r.RegisterService(Service{ID: "s1", Name: "web"}, nil, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	c := Check{CheckID: "c2", Name: "c2", ServiceID: "s1", Status: StatusPassing, Definition: CheckDefinition{TTL: Duration(time.Minute)}}
+	if err := r.RegisterCheck(c, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	checkFile := filepath.Join(dir, "checks", fileName("c2"))
+	// Make the removal of c2's file fail, as an I/O error would: a
+	// directory in its place.
+	if err := os.Rename(checkFile, checkFile+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(checkFile, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RegisterService(Service{ID: "s1", Name: "web"}, []Check{c}, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(checkFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(checkFile+".away", checkFile); err != nil {
+		t.Fatal(err)
+	}
+	r2, _ := newPersisted(t, dir)
+	if err := r2.DeregisterCheck("c2"); !errors.Is(err, ErrProtected) {
+		t.Errorf("after a restart, c2 is not the service's: DeregisterCheck = %v", err)
+	}
+	if _, err := os.Stat(checkFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the superseded check file is still there: %v", err)
 	}
 }

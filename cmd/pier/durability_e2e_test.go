@@ -376,3 +376,84 @@ func TestKVImportKeyNotUTF8(t *testing.T) {
 		t.Errorf("after import: %q", got)
 	}
 }
+
+// TestFullDiskOtherState: on a full data dir, ACL policies and tokens (kept
+// in the KV store), service and check registrations are each refused with
+// a 500 naming the cause, and after kill -9 and a restart what was
+// acknowledged is there and what was refused is not.
+func TestFullDiskOtherState(t *testing.T) {
+	dir := mountTmpfs(t, "256k")
+	cfg := t.TempDir() + "/pier.yaml"
+	if err := os.WriteFile(cfg, []byte("acl:\n  enabled: true\n  default_policy: deny\n  tokens:\n    initial_management: root-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-node", "fullacl", "-data-dir", dir, "-bind", "127.0.0.1", "-config-file", cfg}
+	a := startAgent(t, args...)
+	c := &http.Client{Timeout: 10 * time.Second}
+	do := func(p *proc, method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, "http://"+p.addr+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("X-Consul-Token", "root-secret")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	if code, body := do(a, "PUT", "/v1/acl/policy", `{"Name":"before"}`); code != 200 {
+		t.Fatalf("policy on a disk with room: %d %s", code, body)
+	}
+	if code, body := do(a, "PUT", "/v1/agent/service/register", `{"ID":"before","Name":"before"}`); code != 200 {
+		t.Fatalf("service on a disk with room: %d %s", code, body)
+	}
+	full := false
+	for i := 0; i < 400 && !full; i++ {
+		code, body := do(a, "PUT", fmt.Sprintf("/v1/kv/fill/%03d", i), strings.Repeat("v", 1500))
+		switch {
+		case code == 500 && strings.Contains(body, "no space left on device"):
+			full = true
+		case code != 200:
+			t.Fatalf("PUT fill/%03d: %d %s", i, code, body)
+		}
+	}
+	if !full {
+		t.Fatal("the disk never filled (or every refusal was answered 200)")
+	}
+	for _, w := range []struct{ method, path, body string }{
+		{"PUT", "/v1/acl/policy", `{"Name":"after"}`},
+		{"PUT", "/v1/acl/token", `{"Description":"after","Policies":[{"Name":"before"}]}`},
+		{"PUT", "/v1/agent/service/register", `{"ID":"after","Name":"after"}`},
+		{"PUT", "/v1/agent/check/register", `{"ID":"after-check","Name":"after-check","TTL":"30s"}`},
+	} {
+		if code, body := do(a, w.method, w.path, w.body); code != 500 || !strings.Contains(body, "no space left on device") {
+			t.Errorf("%s %s on a full disk: %d %q, want a 500 naming the cause", w.method, w.path, code, body)
+		}
+	}
+	check := func(p *proc, when string) {
+		t.Helper()
+		_, body := do(p, "GET", "/v1/acl/policies", "")
+		if !strings.Contains(body, `"before"`) || strings.Contains(body, `"after"`) {
+			t.Errorf("%s: policies %s, want before and not after", when, body)
+		}
+		_, body = do(p, "GET", "/v1/acl/tokens", "")
+		if strings.Contains(body, `"after"`) {
+			t.Errorf("%s: a refused token is listed: %s", when, body)
+		}
+		_, body = do(p, "GET", "/v1/agent/services", "")
+		if !strings.Contains(body, `"before"`) || strings.Contains(body, `"after"`) {
+			t.Errorf("%s: services %s, want before and not after", when, body)
+		}
+		_, body = do(p, "GET", "/v1/agent/checks", "")
+		if strings.Contains(body, "after-check") {
+			t.Errorf("%s: a refused check is listed: %s", when, body)
+		}
+	}
+	check(a, "before the kill")
+	a.stop(syscall.SIGKILL)
+	check(startAgent(t, args...), "after kill -9 and a restart")
+}

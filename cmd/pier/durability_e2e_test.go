@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -456,4 +457,74 @@ func TestFullDiskOtherState(t *testing.T) {
 	check(a, "before the kill")
 	a.stop(syscall.SIGKILL)
 	check(startAgent(t, args...), "after kill -9 and a restart")
+}
+
+// TestKVMergeFullDisk: writes gossiped to a node whose data dir is full are
+// either applied and on its disk, or not applied at all (logged), so that
+// what it serves before kill -9 is what it serves after a restart; once the
+// disk has room, its join's push/pull brings it every write.
+func TestKVMergeFullDisk(t *testing.T) {
+	dirB := mountTmpfs(t, "128k")
+	a := startAgent(t, "-node", "mfa", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")
+	argsB := []string{"-node", "mfb", "-data-dir", dirB, "-bind", "127.0.0.1"}
+	b := startAgent(t, append(argsB, "-join", a.gossip)...)
+	c := &http.Client{Timeout: 10 * time.Second}
+
+	const n = 150
+	want := map[string]string{}
+	for i := range n {
+		op := kvOp{key: fmt.Sprintf("m/%03d", i), value: value(fmt.Sprintf("m/%03d", i), i, 1500)}
+		if err := kvDo(c, a.addr, &op); err != nil || op.code != 200 {
+			t.Fatalf("PUT %s on a: %v %d %s", op.key, err, op.code, op.body)
+		}
+		want[op.key] = op.value
+	}
+	// Wait until b has decided on every key: applied it, or logged that it
+	// could not persist it.
+	notApplied := regexp.MustCompile(`msg="a KV write from the cluster not applied.*key=(m/[0-9]+)`)
+	var onB map[string]string
+	refused := map[string]bool{}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		onB = kvDump(t, b.addr, "m/")
+		for _, m := range notApplied.FindAllStringSubmatch(b.logs(), -1) {
+			refused[m[1]] = true
+		}
+		decided := 0
+		for k := range want {
+			if _, ok := onB[k]; ok || refused[k] {
+				decided++
+			}
+		}
+		if decided == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b decided on %d of %d keys in 60s", decided, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(refused) == 0 {
+		t.Error("b refused no write: its disk never filled, or it took writes it could not persist")
+	}
+	applied := map[string]string{}
+	for k, v := range onB {
+		if want[k] != v {
+			t.Errorf("b holds %s = %.12q..., not what a wrote", k, v)
+		}
+		applied[k] = v
+	}
+	t.Logf("b applied %d of %d gossiped writes and refused %d", len(applied), n, len(refused))
+
+	b.stop(syscall.SIGKILL)
+	b = startAgent(t, argsB...) // alone: only its disk
+	diffKV(t, "b after kill -9 and a restart, against what it served before", kvDump(t, b.addr, "m/"), applied)
+
+	b.stop(syscall.SIGKILL)
+	if out, err := exec.Command("mount", "-o", "remount,size=8m", dirB).CombinedOutput(); err != nil {
+		t.Fatalf("growing b's tmpfs: %v %s", err, out)
+	}
+	b = startAgent(t, append(argsB, "-join", a.gossip)...)
+	watch(t, "http://"+b.addr+"/v1/kv/m/?keys", 60*time.Second, func(keys []string) bool { return len(keys) == n })
+	diffKV(t, "b with room again", kvDump(t, b.addr, "m/"), want)
 }

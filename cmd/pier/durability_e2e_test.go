@@ -316,6 +316,9 @@ func TestKVKeyNotUTF8(t *testing.T) {
 			t.Fatalf("PUT %s: %d %q", op.key, op.code, op.body)
 		}
 	}
+	if _, errOut, rc := pier(t, "kv", "put", "-http-addr", a.addr, "u/cli\xffkey", "bad"); rc != 1 || !strings.Contains(errOut, `"u/cli\xffkey" is not valid UTF-8`) || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
+		t.Errorf("pier kv put of an invalid key: rc=%d %q", rc, errOut)
+	}
 	want := map[string]string{good: "good"}
 	watch(t, "http://"+b.addr+"/v1/kv/u/?recurse", 10*time.Second, func(ps []struct{ Key string }) bool { return len(ps) == 1 })
 	// A later write, so that by the time b has it, b would also have had

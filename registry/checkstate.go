@@ -37,6 +37,7 @@ func (s *store) saveState(st CheckState) error {
 	path := s.statePath(st.CheckID)
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		os.Remove(tmp) // a part written to a full disk holds space
 		return fmt.Errorf("registry: writing %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

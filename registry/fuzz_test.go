@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"encoding/json"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzDecodeService feeds arbitrary bytes to the decoder the HTTP API uses
@@ -86,6 +88,32 @@ func FuzzDecodeService(f *testing.F) {
 			if c.Definition.Type() == "" {
 				t.Fatalf("check %q has no type", c.CheckID)
 			}
+		}
+	})
+}
+
+// FuzzKVKey: a key the KV store accepts reaches other nodes and the data
+// dir (both JSON) unchanged, and a key it refuses for its encoding, if it
+// ever arrived, is recognised as changed on the way rather than taken for
+// another key.
+func FuzzKVKey(f *testing.F) {
+	for _, s := range []string{"u/key", "u/bad\xffkey", "u/real\ufffdkey", "\xed\xa0\x80", "caf\u00e9/\U0001F600", "a\x00b", "\u2028", "<&>", `"\u0041\"`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		b, err := json.Marshal(Entry{Node: "n", Kind: KindKV, Key: key, Version: 1, KV: &KVValue{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e Entry
+		if err := json.Unmarshal(b, &e); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case ValidKey(key) == nil && (e.Key != key || e.keyChanged):
+			t.Fatalf("accepted key %q came back as %q (changed %v)", key, e.Key, e.keyChanged)
+		case !utf8.ValidString(key) && !e.keyChanged:
+			t.Fatalf("key %q with invalid UTF-8 came back as %q, not marked as changed", key, e.Key)
 		}
 	})
 }

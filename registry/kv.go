@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The KV store is replicated by the same gossip as the catalog, but every
@@ -110,6 +112,10 @@ func ValidKey(key string) error {
 		return &FieldError{Field: "key", Msg: fmt.Sprintf("too long (%d bytes, limit %d)", len(key), MaxKVKey)}
 	case strings.ContainsAny(key, "\x00"):
 		return &FieldError{Field: "key", Msg: "contains a NUL byte"}
+	case !utf8.ValidString(key):
+		// Consul's keys are UTF-8 strings, and JSON (gossip, the data dir)
+		// would carry any other byte as U+FFFD: the key would change.
+		return &FieldError{Field: "key", Msg: fmt.Sprintf("%q is not valid UTF-8", key)}
 	}
 	return nil
 }
@@ -139,8 +145,13 @@ func (r *Registry) KVPut(key string, value []byte, flags uint64, cas *uint64) (b
 			return false, fmt.Errorf("registry: %w: %d bytes with this write, limit %d", ErrKVFull, size, max)
 		}
 	}
-	tx := r.begin()
 	e := Entry{Node: r.cfg.NodeName, Kind: KindKV, Key: key, Version: r.clock.next(), KV: &KVValue{Value: append([]byte(nil), value...), Flags: flags}}
+	// Durable before it is visible: a write the disk refused is neither
+	// answered true, nor read, nor gossiped.
+	if err := r.saveKV(e); err != nil {
+		return false, err
+	}
+	tx := r.begin()
 	tx.applyKV(e)
 	tx.out = append(tx.out, e)
 	tx.commit()
@@ -178,12 +189,20 @@ func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error)
 		}
 	}
 	tx := r.begin()
-	for _, k := range keys {
-		e := Entry{Node: r.cfg.NodeName, Kind: KindKV, Key: k, Version: r.clock.next(), Deleted: true}
+	defer tx.commit()
+	for i, k := range keys {
+		e := Entry{Node: r.cfg.NodeName, Kind: KindKV, Key: k, Version: r.clock.next(), Deleted: true, at: r.clock.now()}
+		if err := r.saveKV(e); err != nil {
+			// The keys deleted so far are deleted on disk: they stay
+			// deleted in memory too, and the caller learns how far it got.
+			if recurse {
+				return false, fmt.Errorf("%w (%d of the %d keys under %q were deleted)", err, i, len(keys), key)
+			}
+			return false, err
+		}
 		tx.applyKV(e)
 		tx.out = append(tx.out, e)
 	}
-	tx.commit()
 	return true, nil
 }
 
@@ -209,7 +228,13 @@ func kvEntryOf(e *KVEntry) Entry {
 // mergeKV applies a remote write if it wins over what this node has.
 func (tx *txn) mergeKV(e Entry) bool {
 	r := tx.r
-	if e.Key == "" || e.Node == "" || e.Version == 0 || !e.Deleted && e.KV == nil {
+	if e.Node == "" || e.Version == 0 || !e.Deleted && e.KV == nil {
+		return false
+	}
+	if e.keyChanged || ValidKey(e.Key) != nil {
+		// A key this node would refuse, such as one with invalid UTF-8
+		// from an older node (its bytes already replaced on the way): taking
+		// it would make a key that nobody wrote.
 		return false
 	}
 	r.clock.observe(e.Version)
@@ -217,6 +242,16 @@ func (tx *txn) mergeKV(e Entry) bool {
 		return false
 	}
 	if t, ok := r.kvTombs[e.Key]; ok && !newer(e.Version, e.Node, t.Version, t.Node) {
+		return false
+	}
+	if e.Deleted {
+		e.at = r.clock.now()
+	}
+	// A write the disk refuses is not applied either: memory keeps agreeing
+	// with the data dir, and the next push/pull (or broadcast) offers the
+	// write again.
+	if err := r.saveKV(e); err != nil {
+		r.log.Warn("a KV write from the cluster not applied: persisting it failed; anti-entropy will offer it again", "key", e.Key, "writer", e.Node, "err", err)
 		return false
 	}
 	tx.applyKV(e)
@@ -233,7 +268,9 @@ func (tx *txn) applyKV(e Entry) {
 	}
 	if e.Deleted {
 		r.t.kv.Delete(&KVEntry{Key: e.Key})
-		e.at = r.clock.now()
+		if e.at.IsZero() {
+			e.at = r.clock.now()
+		}
 		e.KV = nil
 		r.kvTombs[e.Key] = e
 		return
@@ -261,26 +298,20 @@ func (r *Registry) collectKVTombstones() {
 	}
 }
 
-// persistKV writes the changed keys to the data dir (tombstones too, so a
-// restart does not forget a delete); r.mu must be held.
-func (r *Registry) persistKV(keys []string) {
+// saveKV makes a KV write or delete durable in the data dir (tombstones
+// too, so a restart does not forget a delete) before it is applied; r.mu
+// must be held. Without a data dir it is a no-op.
+func (r *Registry) saveKV(e Entry) error {
 	if r.store == nil {
-		return
+		return nil
 	}
-	for _, k := range keys {
-		var e Entry
-		if cur, ok := r.t.kv.Get(&KVEntry{Key: k}); ok {
-			e = kvEntryOf(cur)
-		} else if t, ok := r.kvTombs[k]; ok {
-			e = t
-			e.KV = &KVValue{Flags: uint64(e.at.Unix())} // when it was deleted, for collection after a restart
-		} else {
-			continue
-		}
-		if err := r.store.saveKV(e); err != nil {
-			r.log.Error("persisting a KV key", "key", k, "err", err)
-		}
+	if e.Deleted {
+		e.KV = &KVValue{Flags: uint64(e.at.Unix())} // when it was deleted, for collection after a restart
 	}
+	if err := r.store.saveKV(e); err != nil {
+		return fmt.Errorf("registry: persisting KV key %q: %w", e.Key, err)
+	}
+	return nil
 }
 
 // loadKV puts the persisted KV store back; called by New inside its first
@@ -308,13 +339,16 @@ func (s *store) saveKV(e Entry) error { return writeJSON(s.kvPath(e.Key), e) }
 
 func (s *store) removeKV(key string) error { return removeFile(s.kvPath(key)) }
 
-func (s *store) loadKV() ([]Entry, error) {
+// loadKV reads the persisted KV store. A file whose key is not the one it
+// was written for (a key with invalid UTF-8 that an older version accepted,
+// its bytes replaced by JSON) is skipped and reported, not loaded under a
+// key nobody wrote.
+func (s *store) loadKV() (out []Entry, skipped []string, err error) {
 	dir := filepath.Join(s.dir, "kv")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("registry: data dir: %w", err)
+		return nil, nil, fmt.Errorf("registry: data dir: %w", err)
 	}
-	var out []Entry
-	err := readDir(dir, func(path string, b []byte) error {
+	err = readDir(dir, func(path string, b []byte) error {
 		var e Entry
 		if err := json.Unmarshal(b, &e); err != nil {
 			return err
@@ -322,8 +356,32 @@ func (s *store) loadKV() ([]Entry, error) {
 		if e.Kind != KindKV || e.Key == "" || e.Version == 0 || !e.Deleted && e.KV == nil {
 			return errors.New("not a KV entry")
 		}
+		if e.keyChanged || ValidKey(e.Key) != nil || fileName(e.Key) != filepath.Base(path) {
+			skipped = append(skipped, path)
+			return nil
+		}
 		out = append(out, e)
 		return nil
 	})
-	return out, err
+	return out, skipped, err
+}
+
+// UnmarshalJSON notes whether the key was changed by the encoding: Go's
+// encoder writes an invalid UTF-8 byte as the escape \ufffd (a real U+FFFD
+// goes as itself), and the decoder cannot give the byte back.
+func (e *Entry) UnmarshalJSON(b []byte) error {
+	type plain Entry
+	if err := json.Unmarshal(b, (*plain)(e)); err != nil {
+		return err
+	}
+	e.keyChanged = false
+	if strings.ContainsRune(e.Key, utf8.RuneError) {
+		var raw struct {
+			Key json.RawMessage `json:"id"`
+		}
+		if json.Unmarshal(b, &raw) == nil && bytes.Contains(bytes.ToLower(raw.Key), []byte(`\ufffd`)) {
+			e.keyChanged = true
+		}
+	}
+	return nil
 }

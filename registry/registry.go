@@ -152,8 +152,12 @@ func New(cfg Config) (*Registry, error) {
 		if saved, savedChecks, err = st.load(); err != nil {
 			return nil, err
 		}
-		if savedKV, err = st.loadKV(); err != nil {
+		var skipped []string
+		if savedKV, skipped, err = st.loadKV(); err != nil {
 			return nil, err
+		}
+		for _, path := range skipped {
+			r.log.Warn("KV file not loaded: its key is not valid UTF-8 and was changed when written by an older version (remove it)", "file", path)
 		}
 		r.saved = st.loadStates(time.Now(), func(path string, err error) {
 			r.log.Warn("check state not restored", "file", path, "err", err)
@@ -183,6 +187,15 @@ func New(cfg Config) (*Registry, error) {
 		r.registerLocked(tx, p.Service, p.Checks, SourceAPI)
 	}
 	for _, p := range savedChecks {
+		if lc, ok := r.localChecks[p.Check.CheckID]; ok && lc.Owned {
+			// A standalone check that a later registration of its service
+			// took over (RegisterCheck refuses the other order), whose file
+			// that registration could not remove: the service's file wins.
+			if err := r.store.removeCheck(p.Check.CheckID); err != nil {
+				r.log.Warn("removing a superseded check file", "check", p.Check.CheckID, "err", err)
+			}
+			continue
+		}
 		if _, ok := r.local[p.Check.ServiceID]; p.Check.ServiceID != "" && !ok {
 			// Most likely a check (maintenance, say) on a service from a
 			// config file, which the agent registers after New.
@@ -236,7 +249,9 @@ func (r *Registry) RegisterService(s Service, checks []Check, src Source) error 
 		return err
 	}
 	// A standalone check of the service taken over by this registration now
-	// belongs to it: its own file would bring it back as standalone at start.
+	// belongs to it. Its own file is removed; one left behind by a failed
+	// removal is ignored and removed at the next start (New), since the
+	// service's file, already durable, lists the check.
 	for _, c := range checks {
 		if lc, ok := r.localChecks[c.CheckID]; ok && !lc.Owned && lc.Source == SourceAPI && r.store != nil {
 			if err := r.store.removeCheck(c.CheckID); err != nil {
@@ -333,29 +348,39 @@ func (r *Registry) DeregisterService(id string) error {
 	case ls.Source == SourceAgent:
 		return fmt.Errorf("registry: service %q is the agent's own: %w", id, ErrProtected)
 	}
+	tx := r.begin()
+	defer tx.commit()
+	dropCheck := func(cid string, lc localCheck) {
+		delete(r.localChecks, cid)
+		r.dropState(cid, lc.Check.Definition.TTL > 0)
+		tx.localCheckDelete(cid)
+	}
+	// The service's standalone checks' files go first, then the service's:
+	// a check file left behind would come back with the service if it were
+	// registered again. On a failure, what was removed from disk is removed
+	// from the catalog too, and the rest stays in both.
+	for _, cid := range r.serviceCheckIDs(id) {
+		lc, ok := r.localChecks[cid]
+		if !ok || lc.Check.ServiceID != id || lc.Owned || r.store == nil || lc.Source != SourceAPI {
+			continue
+		}
+		if err := r.store.removeCheck(cid); err != nil {
+			return err
+		}
+		dropCheck(cid, lc)
+	}
 	if r.store != nil && ls.Source == SourceAPI {
 		if err := r.store.removeService(id); err != nil {
 			return err
 		}
 	}
-	tx := r.begin()
 	for _, cid := range r.serviceCheckIDs(id) {
-		lc, ok := r.localChecks[cid]
-		if !ok || lc.Check.ServiceID != id {
-			continue
+		if lc, ok := r.localChecks[cid]; ok && lc.Check.ServiceID == id {
+			dropCheck(cid, lc)
 		}
-		if !lc.Owned && r.store != nil && lc.Source == SourceAPI {
-			if err := r.store.removeCheck(cid); err != nil {
-				r.log.Warn("removing persisted check", "check", cid, "err", err)
-			}
-		}
-		delete(r.localChecks, cid)
-		r.dropState(cid, lc.Check.Definition.TTL > 0)
-		tx.localCheckDelete(cid)
 	}
 	tx.localServiceDelete(id)
 	delete(r.local, id)
-	tx.commit()
 	return nil
 }
 

@@ -34,7 +34,8 @@ type Entry struct {
 	Check    *Check    `json:"chk,omitempty"`
 	KV       *KVValue  `json:"kv,omitempty"`
 
-	at time.Time // when a tombstone was made or learnt, for its collection
+	at         time.Time // when a tombstone was made or learnt, for its collection
+	keyChanged bool      // the key was not valid UTF-8 where it was encoded (UnmarshalJSON)
 }
 
 type entryKey struct {

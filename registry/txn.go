@@ -10,7 +10,7 @@ type txn struct {
 	touched map[string]bool
 	changed bool
 	out     []Entry  // this node's changed entries, for the broadcaster
-	kv      []string // keys of the KV store changed, for persistence
+	kv      []string // keys of the KV store changed (already persisted)
 }
 
 // begin starts a transaction; r.mu must be held.
@@ -109,7 +109,6 @@ func (tx *txn) commit() {
 	r.index = tx.index
 	if len(tx.kv) > 0 {
 		r.kvIndex = tx.index
-		r.persistKV(tx.kv)
 	}
 	t := &r.t
 	for name := range tx.touched {

@@ -12,6 +12,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/pier-dev/pier/registry"
 )
 
 // kvPair is the part of Consul's KVPair the CLI shows.
@@ -195,6 +198,48 @@ type exported struct {
 	Value string `json:"value"` // base64
 }
 
+// validJSONKey reports whether a JSON string holds only UTF-8: no invalid
+// byte, no escaped lone surrogate (the decoder makes those U+FFFD) and no
+// escaped U+FFFD.
+func validJSONKey(raw []byte) bool {
+	if !utf8.Valid(raw) {
+		return false
+	}
+	for i := 0; i+6 <= len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		if raw[i+1] != 'u' {
+			i++ // an escape of one character, such as \\
+			continue
+		}
+		r, err := strconv.ParseUint(string(raw[i+2:i+6]), 16, 16)
+		if err != nil {
+			return false
+		}
+		switch {
+		case r >= 0xD800 && r < 0xDC00: // a high surrogate: a low one must follow
+			if i+12 > len(raw) || raw[i+6] != '\\' || raw[i+7] != 'u' {
+				return false
+			}
+			lo, err := strconv.ParseUint(string(raw[i+8:i+12]), 16, 16)
+			if err != nil || lo < 0xDC00 || lo > 0xDFFF {
+				return false
+			}
+			i += 11
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return false
+		case r == 0xFFFD:
+			// How Go's encoder (consul kv export's) writes an invalid
+			// byte; a real U+FFFD it writes as itself.
+			return false
+		default:
+			i += 5
+		}
+	}
+	return true
+}
+
 func kvExport(args []string, stdout, stderr io.Writer) error {
 	fs, c, _, err := apiCommand("kv export", args, stderr, nil)
 	if err != nil {
@@ -244,10 +289,22 @@ func kvImport(args []string, stdout, stderr io.Writer) error {
 	if err := json.Unmarshal([]byte(data), &in); err != nil {
 		return fmt.Errorf("the export is not consul kv export's JSON (a list of {key, flags, value}): %v", err)
 	}
+	// The decoder turns a key's invalid UTF-8 into U+FFFD: look at the keys
+	// as written, so that no key is imported under another name.
+	var raw []struct {
+		Key json.RawMessage `json:"key"`
+	}
+	json.Unmarshal([]byte(data), &raw)
 	values := make([][]byte, len(in))
 	for i, e := range in {
 		if e.Key == "" && prefix == "" {
 			return fmt.Errorf("entry %d: the key is empty", i)
+		}
+		if i < len(raw) && !validJSONKey(raw[i].Key) {
+			return fmt.Errorf("entry %d (%s): the key is not valid UTF-8", i, raw[i].Key)
+		}
+		if err := registry.ValidKey(prefix + e.Key); err != nil {
+			return fmt.Errorf("entry %d (%q): %v", i, prefix+e.Key, err)
 		}
 		if values[i], err = base64.StdEncoding.DecodeString(e.Value); err != nil {
 			return fmt.Errorf("entry %d (%q): value is not base64: %v", i, e.Key, err)

@@ -140,6 +140,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom
 	acfg.ACL = cfg.ACL
+	acfg.Settings = debugSettings(cfg)
 	acfg.MaxConnsPerClient = cfg.HTTPMaxConnsPerClient
 	if acfg.MaxConnsPerClient == 0 {
 		acfg.MaxConnsPerClient = -1 // limits.http_max_conns_per_client: 0 is no limit, as in Consul

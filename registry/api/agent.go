@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"hash/fnv"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -169,6 +170,11 @@ func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
 	snap := s.reg.Snapshot()
 	out := map[string]healthCheck{}
 	for _, c := range snap.AllNodeChecks(s.self()) {
+		// serfHealth is the cluster's view of this node, kept in the
+		// catalog; a Consul agent's local checks never hold it.
+		if c.CheckID == registry.SerfCheckID && c.ServiceID == "" {
+			continue
+		}
 		if c.ServiceID != "" && !mayReadService(r, c.ServiceName) {
 			continue
 		}
@@ -274,9 +280,44 @@ func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 			"Version":           s.cfg.Version,
 			"Product":           "pier",
 		},
-		"Member": me,
-		"Meta":   mapOrEmpty(self.Meta),
-		"Coord":  nil,
-		"Stats":  map[string]any{},
+		"DebugConfig": s.debugConfig(),
+		"Member":      me,
+		"Meta":        mapOrEmpty(self.Meta),
+		"Coord":       nil,
+		"Stats":       map[string]any{},
 	})
+}
+
+// debugConfig is /v1/agent/self's DebugConfig: the agent's settings under
+// the names and in the formats of Consul's sanitized RuntimeConfig
+// (addresses as "tcp://ip:port", durations as Go writes them). Clients
+// read fields from it: one that joins nodes reads SerfAdvertiseAddrLAN.
+func (s *Server) debugConfig() map[string]any {
+	cfg := s.reg.Config()
+	serf := "tcp://" + net.JoinHostPort(cfg.Address, strconv.Itoa(cfg.AgentPort))
+	out := map[string]any{
+		"Datacenter":               cfg.Datacenter,
+		"PrimaryDatacenter":        cfg.Datacenter,
+		"NodeName":                 cfg.NodeName,
+		"NodeID":                   cfg.NodeID,
+		"NodeMeta":                 mapOrEmpty(cfg.NodeMeta),
+		"DataDir":                  cfg.DataDir,
+		"AdvertiseAddrLAN":         cfg.Address,
+		"AdvertiseAddrWAN":         cfg.Address,
+		"SerfAdvertiseAddrLAN":     serf,
+		"SerfPortLAN":              cfg.AgentPort,
+		"TaggedAddresses":          s.reg.Self().TaggedAddresses,
+		"Version":                  s.cfg.Version,
+		"Revision":                 "",
+		"VersionPrerelease":        "",
+		"EnableLocalScriptChecks":  s.cfg.EnableScriptChecks,
+		"EnableRemoteScriptChecks": s.cfg.EnableScriptChecks,
+		"HTTPMaxConnsPerClient":    max(s.cfg.MaxConnsPerClient, 0),
+		"KVMaxValueSize":           registry.MaxKVValue,
+		"ServerMode":               true,
+	}
+	for k, v := range s.cfg.Settings {
+		out[k] = v
+	}
+	return out
 }

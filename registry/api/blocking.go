@@ -27,9 +27,7 @@ type query struct {
 func (s *Server) parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
 	var q query
 	v := r.URL.Query()
-	if dc := v.Get("dc"); dc != "" && dc != s.reg.Config().Datacenter {
-		// Consul's answer for a datacenter it cannot reach.
-		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
+	if !s.localDC(w, r) {
 		return q, false
 	}
 	var ok bool
@@ -77,6 +75,16 @@ func (s *Server) parseQuery(w http.ResponseWriter, r *http.Request) (query, bool
 		q.nodeMeta[k] = val
 	}
 	return q, true
+}
+
+// localDC answers Consul's error for a ?dc= other than this agent's, which
+// it cannot reach; false means that answer was sent.
+func (s *Server) localDC(w http.ResponseWriter, r *http.Request) bool {
+	if dc := r.URL.Query().Get("dc"); dc != "" && dc != s.reg.Config().Datacenter {
+		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
+		return false
+	}
+	return true
 }
 
 // block implements Consul's blocking query: with ?index=N it waits until the

@@ -143,10 +143,16 @@ func (s *Server) catalogDatacenters(w http.ResponseWriter, r *http.Request) {
 // statusLeader names this agent: every pier agent serves the catalog
 // itself, and clients only check that a leader exists.
 func (s *Server) statusLeader(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
 	writeJSON(w, r, s.leader())
 }
 
 func (s *Server) statusPeers(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
 	writeJSON(w, r, []string{s.leader()})
 }
 
@@ -190,7 +196,7 @@ func (s *Server) readNode(w http.ResponseWriter, r *http.Request) (query, node, 
 	svcs := []agentService{}
 	for _, e := range snap.NodeServices(n.Name) {
 		if mayReadService(r, e.Name) {
-			svcs = append(svcs, toAgentService(e, dc))
+			svcs = append(svcs, toCatalogNodeService(e, dc))
 		}
 	}
 	return q, toNode(n), svcs, true

@@ -26,7 +26,7 @@ func (s *Server) healthService(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, serviceEntry{
 			Node:    toNode(in.Node),
-			Service: toAgentService(in.Service, dc),
+			Service: toCatalogNodeService(in.Service, dc),
 			Checks:  toHealthChecks(in.Checks),
 		})
 	}

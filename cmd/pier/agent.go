@@ -49,6 +49,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string, resolve func() (agentConfig, error)) error {
 	log, level := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
 	agentLog := log.With("component", "agent")
+	for _, w := range cfg.Warnings {
+		agentLog.Warn(w)
+	}
 	met, err := newAgentMetrics(cfg.Metrics, log.With("component", "metrics"))
 	if err != nil {
 		return err

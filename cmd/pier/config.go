@@ -55,6 +55,9 @@ type agentConfig struct {
 	Metrics metricsSettings // Prometheus metrics (agent_metrics.go)
 
 	ACL api.ACLConfig // API tokens; off unless a config file enables them (config_acl.go)
+
+	// Warnings about the configuration (deprecated keys), logged at start.
+	Warnings []string
 }
 
 // serviceSource is a validated service definition with where it was

@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -204,6 +205,8 @@ func TestNewConfig(t *testing.T) {
 		{"good node meta", func(c *Config) { c.NodeMeta = map[string]string{"rack_id": "r1"} }, true},
 		{"empty datacenter", func(c *Config) { c.Datacenter = "" }, true},
 		{"explicit node ID", func(c *Config) { c.NodeID = "01234567-89ab-4cde-8f01-23456789abcd" }, true},
+		{"malformed node ID", func(c *Config) { c.NodeID = "01234567-89ab" }, false},
+		{"version", func(c *Config) { c.Version = "1.2.3" }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := rtConfig("")
@@ -222,8 +225,11 @@ func TestNewConfig(t *testing.T) {
 			if cfg.NodeID != "" && self.ID != cfg.NodeID {
 				t.Fatalf("node ID = %q, want %q", self.ID, cfg.NodeID)
 			}
-			if !reflect.DeepEqual(self.Meta, cfg.NodeMeta) {
-				t.Fatalf("node meta = %v, want %v", self.Meta, cfg.NodeMeta)
+			// Consul's agent adds its segment (none) and version.
+			want := map[string]string{"consul-network-segment": "", "consul-version": cfg.Version}
+			maps.Copy(want, cfg.NodeMeta)
+			if !reflect.DeepEqual(self.Meta, want) {
+				t.Fatalf("node meta = %v, want %v", self.Meta, want)
 			}
 		})
 	}

@@ -79,6 +79,8 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = cfg.Node
+	rcfg.NodeID = cfg.NodeID
+	rcfg.Version = version
 	rcfg.Address = addr
 	rcfg.Datacenter = cfg.Datacenter
 	rcfg.NodeMeta = cfg.NodeMeta

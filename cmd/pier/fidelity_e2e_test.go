@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	consul "github.com/hashicorp/consul/api"
 )
@@ -42,5 +44,85 @@ func TestConsulACLConfig(t *testing.T) {
 	}
 	if err := anon.Agent().ServiceRegister(&consul.AgentServiceRegistration{Name: "db", Port: 80}); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("anonymous register with default_policy deny: %v, want 403", err)
+	}
+}
+
+// TestNodeID: the node's ID is -node-id or node_id, else made once and kept
+// in the data dir's node-id file, as Consul; a malformed one stops the agent
+// with one line naming node_id. Nodes carry Consul's meta keys, and other
+// nodes learn both through gossip.
+func TestNodeID(t *testing.T) {
+	dirA := t.TempDir()
+	a := startAgent(t, "-node", "ida", "-data-dir", dirA, "-bind", "127.0.0.1")
+	ca, err := consul.NewClient(&consul.Config{Address: a.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, _, err := ca.Catalog().Nodes(nil)
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("Catalog().Nodes: %v %v", nodes, err)
+	}
+	kept, err := os.ReadFile(filepath.Join(dirA, "node-id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idA := strings.TrimSpace(string(kept))
+	if nodes[0].ID != idA || len(idA) != 36 {
+		t.Errorf("node ID %q, data dir's node-id %q", nodes[0].ID, idA)
+	}
+	if v, ok := nodes[0].Meta["consul-version"]; !ok || v != version {
+		t.Errorf("Meta consul-version = %q %v, want %q (Meta %v)", v, ok, version, nodes[0].Meta)
+	}
+	if v, ok := nodes[0].Meta["consul-network-segment"]; !ok || v != "" {
+		t.Errorf("Meta consul-network-segment = %q %v, want \"\"", v, ok)
+	}
+	self, err := ca.Agent().Self()
+	if err != nil || self["DebugConfig"]["NodeID"] != idA || self["Config"]["NodeID"] != idA {
+		t.Errorf("agent/self NodeID: %v %v", self["DebugConfig"]["NodeID"], err)
+	}
+
+	// Another node, with its ID given (in upper case, kept in lower as
+	// Consul does), learns the first one's ID and meta through gossip.
+	const idB = "0D4C1B5E-9F39-4D52-8E2A-6B0C3A9F1E77"
+	b := startAgent(t, "-node", "idb", "-node-id", idB, "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
+	cb, err := consul.NewClient(&consul.Config{Address: b.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := watch(t, "http://"+b.addr+"/v1/catalog/nodes", 10*time.Second, func(ns []*consul.Node) bool {
+		return len(ns) == 2 && ns[0].ID == idA && ns[0].Meta["consul-version"] == version
+	})
+	if seen[1].ID != strings.ToLower(idB) {
+		t.Errorf("b's own ID %q, want %q", seen[1].ID, strings.ToLower(idB))
+	}
+	watch(t, "http://"+a.addr+"/v1/catalog/nodes", 10*time.Second, func(ns []*consul.Node) bool {
+		return len(ns) == 2 && ns[1].ID == strings.ToLower(idB)
+	})
+	if n, _, err := cb.Catalog().Node("ida", nil); err != nil || n == nil || n.Node.ID != idA {
+		t.Errorf("b's Catalog().Node(ida): %+v %v", n, err)
+	}
+
+	// A restart keeps the ID.
+	a.stop(syscall.SIGTERM)
+	a = startAgent(t, "-node", "ida", "-data-dir", dirA, "-bind", "127.0.0.1")
+	if _, body := curl(t, "http://"+a.addr+"/v1/catalog/node/ida"); !strings.Contains(body, `"ID":"`+idA+`"`) {
+		t.Errorf("after a restart: %s, want ID %s", body, idA)
+	}
+
+	// node_id from a config file.
+	cfg := filepath.Join(t.TempDir(), "id.json")
+	os.WriteFile(cfg, []byte(`{"node_id":"6f1d2c3b-4a59-4e68-9d7c-8b9a0f1e2d3c"}`), 0o600)
+	c := startAgent(t, "-dev", "-node", "idc", "-config-file", cfg)
+	if _, body := curl(t, "http://"+c.addr+"/v1/catalog/node/idc"); !strings.Contains(body, `"ID":"6f1d2c3b-4a59-4e68-9d7c-8b9a0f1e2d3c"`) {
+		t.Errorf("node_id from a config file: %s", body)
+	}
+
+	// A malformed one stops the agent with one line naming node_id.
+	os.WriteFile(cfg, []byte(`{"node_id":"not-a-uuid"}`), 0o600)
+	for _, args := range [][]string{{"-node-id", "1234"}, {"-config-file", cfg}} {
+		_, errOut, rc := pier(t, append([]string{"agent", "-dev", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0"}, args...)...)
+		if rc == 0 || !strings.Contains(errOut, "node_id") || strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+			t.Errorf("agent %v: rc %d %q, want one line naming node_id", args, rc, errOut)
+		}
 	}
 }

@@ -62,7 +62,10 @@ func newer(v uint64, n string, cv uint64, cn string) bool {
 }
 
 // KVIndex is the index of the last change to the KV store (never 0).
-func (s *Snapshot) KVIndex() uint64 { return s.kvIndex }
+func (s *Snapshot) KVIndex() uint64 { return s.tableIdx(kvAt) }
+
+// KVChanged is closed when a newer snapshot changes the KV store.
+func (s *Snapshot) KVChanged() <-chan struct{} { return s.kvChanged }
 
 // KV returns one key.
 func (s *Snapshot) KV(key string) (*KVEntry, bool) {
@@ -227,6 +230,7 @@ func (tx *txn) mergeKV(e Entry) bool {
 func (tx *txn) applyKV(e Entry) {
 	r := tx.r
 	tx.changed = true
+	tx.tables |= tableKV
 	tx.kv = append(tx.kv, e.Key)
 	if old, ok := r.t.kv.Get(&KVEntry{Key: e.Key}); ok {
 		r.kvBytes -= int64(len(old.Key) + len(old.Value))

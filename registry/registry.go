@@ -85,8 +85,8 @@ type Registry struct {
 	restored    map[string]CheckState // states given to checks, until the health runner takes them
 	stateMu     sync.Mutex            // orders the writes of check states
 	kvTombs     map[string]Entry      // deleted keys of the KV store, until collected
-	kvIndex     uint64
-	kvBytes     int64 // keys and values held, for Config.KVMaxBytes
+	tableIndex  [numTables]uint64     // the last change to nodes, services, checks and KV (txn.go)
+	kvBytes     int64                 // keys and values held, for Config.KVMaxBytes
 	snap        atomic.Pointer[Snapshot]
 }
 

@@ -145,7 +145,7 @@ func (s *Server) agentService(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		select {
-		case <-snap.Changed():
+		case <-snap.CatalogChanged(): // a KV write changes no service
 			snap = s.reg.Snapshot()
 		case <-timer.C:
 			want = ""

@@ -126,3 +126,76 @@ func TestNodeID(t *testing.T) {
 		}
 	}
 }
+
+// members polls a's member list until cond holds.
+func waitMembers(t *testing.T, c *consul.Client, what string, cond func(map[string]int) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var last map[string]int
+	for time.Now().Before(deadline) {
+		ms, err := c.Agent().Members(false)
+		if err != nil {
+			t.Fatalf("%s: Agent().Members: %v", what, err)
+		}
+		last = map[string]int{}
+		for _, m := range ms {
+			last[m.Name] = m.Status
+		}
+		if cond(last) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within 30s; members %v", what, last)
+}
+
+// TestForceLeaveAliveAndPrune: force-leave of a live node is a no-op that
+// answers 200, as Consul; with ?prune the node leaves the member list once
+// it is gone, and a failed node at once.
+func TestForceLeaveAliveAndPrune(t *testing.T) {
+	const alive, failed = 1, 4 // Serf's numbering
+	a := startAgent(t, "-node", "fla", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")
+	b := startAgent(t, "-node", "flb", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
+	c := startAgent(t, "-node", "flc", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
+	ca, err := consul.NewClient(&consul.Config{Address: a.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitMembers(t, ca, "three alive", func(m map[string]int) bool { return len(m) == 3 && m["flb"] == alive && m["flc"] == alive })
+
+	if err := ca.Agent().ForceLeave("flb"); err != nil {
+		t.Errorf("force-leave of a live node: %v, want 200", err)
+	}
+	if err := ca.Agent().ForceLeavePrune("flb"); err != nil {
+		t.Errorf("force-leave -prune of a live node: %v, want 200", err)
+	}
+	if err := ca.Agent().ForceLeave("fla"); err != nil {
+		t.Errorf("force-leave of the agent itself: %v, want 200", err)
+	}
+	if err := ca.Agent().ForceLeave("nope"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("force-leave of an unknown node: %v, want 404", err)
+	}
+	if nodes, _, err := ca.Catalog().Nodes(nil); err != nil || len(nodes) != 3 {
+		t.Errorf("catalog after force-leaving live nodes: %d nodes %v", len(nodes), err)
+	}
+	waitMembers(t, ca, "flb still alive", func(m map[string]int) bool { return m["flb"] == alive })
+
+	// Once gone, the node marked for pruning leaves the list; the other
+	// is listed as failed until it is force-left with ?prune.
+	b.cmd.Process.Signal(syscall.SIGKILL)
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	waitMembers(t, ca, "flb pruned, flc failed", func(m map[string]int) bool {
+		_, listed := m["flb"]
+		return !listed && m["flc"] == failed
+	})
+	if err := ca.Agent().ForceLeavePrune("flc"); err != nil {
+		t.Fatalf("force-leave -prune of a failed node: %v", err)
+	}
+	ms, err := ca.Agent().Members(false)
+	if err != nil || len(ms) != 1 || ms[0].Name != "fla" {
+		t.Errorf("members after pruning: %+v %v, want fla alone", ms, err)
+	}
+	if nodes, _, err := ca.Catalog().Nodes(nil); err != nil || len(nodes) != 1 {
+		t.Errorf("catalog after pruning: %d nodes %v, want 1", len(nodes), err)
+	}
+}

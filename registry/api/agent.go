@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"hash/fnv"
 	"net"
 	"net/http"
@@ -238,9 +239,30 @@ func (s *Server) agentForceLeave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	node := r.PathValue("node")
-	if err := s.cfg.Cluster.ForceLeave(node); err != nil {
-		writeError(w, "force-leave", err)
+	_, prune := r.URL.Query()["prune"]
+	st := registry.MemberNone
+	for _, m := range s.cfg.Cluster.Members() {
+		if m.Name == node {
+			st = m.Status
+		}
 	}
+	var err error
+	switch {
+	case st == registry.MemberNone:
+		err = fmt.Errorf("agent: no node found with name %q: %w", node, registry.ErrNotFound)
+	case prune:
+		err = s.cfg.Cluster.Prune(node)
+	case st == registry.MemberAlive || st == registry.MemberLeaving || node == s.self():
+		// As in Consul: a live node refutes the leave, so forcing it out
+		// changes nothing (with ?prune it goes once it is gone).
+	default:
+		err = s.cfg.Cluster.ForceLeave(node)
+	}
+	if err != nil {
+		writeError(w, "force-leave", err)
+		return
+	}
+	s.log.Info("force-leave", "node", node, "prune", prune, "status", st.String())
 }
 
 func (s *Server) agentMembers(w http.ResponseWriter, r *http.Request) {

@@ -28,6 +28,9 @@ type Cluster interface {
 	Leave() error
 	// ForceLeave marks a failed node as left at once.
 	ForceLeave(node string) error
+	// Prune removes a node from the member list, at once if it is no
+	// longer alive, else once it is gone (force-leave's ?prune).
+	Prune(node string) error
 }
 
 // Config configures a Server. It is frozen after New.

@@ -80,6 +80,16 @@ func TestNodeID(t *testing.T) {
 	if err != nil || self["DebugConfig"]["NodeID"] != idA || self["Config"]["NodeID"] != idA {
 		t.Errorf("agent/self NodeID: %v %v", self["DebugConfig"]["NodeID"], err)
 	}
+	// The agent's settings in DebugConfig, under Consul's names.
+	dc := self["DebugConfig"]
+	for k, want := range map[string]any{"BindAddr": "127.0.0.1", "DNSDomain": "consul.", "DataDir": dirA, "EncryptKey": "hidden", "ReconnectTimeoutLAN": "72h0m0s"} {
+		if dc[k] != want {
+			t.Errorf("DebugConfig.%s = %#v, want %#v", k, dc[k], want)
+		}
+	}
+	if s, _ := dc["SerfAdvertiseAddrLAN"].(string); !strings.HasPrefix(s, "tcp://") || !strings.HasSuffix(a.gossip, s[strings.LastIndex(s, ":"):]) {
+		t.Errorf("DebugConfig.SerfAdvertiseAddrLAN = %q, gossip on %s", s, a.gossip)
+	}
 
 	// Another node, with its ID given (in upper case, kept in lower as
 	// Consul does), learns the first one's ID and meta through gossip.

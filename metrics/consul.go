@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"runtime"
 	"sort"
 	"time"
 
@@ -46,7 +47,8 @@ type consulSampled struct {
 // Consul's JSON holds the last 10 s interval of go-metrics; pier's metrics
 // are Prometheus's, so a counter's Count and Sum are its total since the
 // agent started, and a histogram or summary is a sample with its count, sum
-// and mean (Min, Max and Stddev are not known and are 0).
+// and mean (Min, Max and Stddev are not known and are 0). The Go runtime's
+// gauges are there under Consul's names too (runtimeGauges).
 func ConsulHandler(g prometheus.Gatherer, log *slog.Logger) http.Handler {
 	prom := Handler(g, log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -96,10 +98,33 @@ func ConsulHandler(g prometheus.Gatherer, log *slog.Logger) http.Handler {
 				}
 			}
 		}
+		out.Gauges = append(out.Gauges, runtimeGauges()...)
 		sort.SliceStable(out.Gauges, func(i, j int) bool { return out.Gauges[i].Name < out.Gauges[j].Name })
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(out)
 	})
+}
+
+// runtimeGauges are the Go runtime's figures under the names Consul's
+// go-metrics gives them (consul.runtime.*), which Consul's dashboards and
+// alerts read from this endpoint; the Prometheus names (go_*) stay beside
+// them.
+func runtimeGauges() []consulGauge {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	g := func(name string, v uint64) consulGauge {
+		return consulGauge{Name: "consul.runtime." + name, Value: float64(v), Labels: map[string]string{}}
+	}
+	return []consulGauge{
+		g("num_goroutines", uint64(runtime.NumGoroutine())),
+		g("alloc_bytes", ms.Alloc),
+		g("sys_bytes", ms.Sys),
+		g("malloc_count", ms.Mallocs),
+		g("free_count", ms.Frees),
+		g("heap_objects", ms.HeapObjects),
+		g("total_gc_pause_ns", ms.PauseTotalNs),
+		g("total_gc_runs", uint64(ms.NumGC)),
+	}
 }
 
 func sampled(name string, n uint64, sum float64, labels map[string]string) consulSampled {

@@ -64,7 +64,10 @@ func newer(v uint64, n string, cv uint64, cn string) bool {
 }
 
 // KVIndex is the index of the last change to the KV store (never 0).
-func (s *Snapshot) KVIndex() uint64 { return s.kvIndex }
+func (s *Snapshot) KVIndex() uint64 { return s.tableIdx(kvAt) }
+
+// KVChanged is closed when a newer snapshot changes the KV store.
+func (s *Snapshot) KVChanged() <-chan struct{} { return s.kvChanged }
 
 // KV returns one key.
 func (s *Snapshot) KV(key string) (*KVEntry, bool) {
@@ -262,7 +265,7 @@ func (tx *txn) mergeKV(e Entry) bool {
 func (tx *txn) applyKV(e Entry) {
 	r := tx.r
 	tx.changed = true
-	tx.kv = append(tx.kv, e.Key)
+	tx.tables |= tableKV
 	if old, ok := r.t.kv.Get(&KVEntry{Key: e.Key}); ok {
 		r.kvBytes -= int64(len(old.Key) + len(old.Value))
 	}
@@ -330,7 +333,6 @@ func (tx *txn) loadKV(entries []Entry) {
 		}
 		tx.applyKV(e)
 	}
-	tx.kv = nil // already on disk
 }
 
 func (s *store) kvPath(key string) string { return filepath.Join(s.dir, "kv", fileName(key)) }

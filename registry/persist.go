@@ -138,7 +138,7 @@ func (s *store) nodeID() (string, error) {
 		if !validUUID(id) {
 			return "", fmt.Errorf("registry: corrupt state file %s: %q is not a UUID (fix or remove it)", path, id)
 		}
-		return id, nil
+		return strings.ToLower(id), nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("registry: reading %s: %w", path, err)
@@ -210,6 +210,15 @@ func newUUID() string {
 	b[8] = b[8]&0x3f | 0x80
 	h := hex.EncodeToString(b[:])
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// ParseNodeID checks a node ID as Consul does (a UUID, 8-4-4-4-12 hex
+// digits) and returns it in lower case, as Consul keeps it.
+func ParseNodeID(s string) (string, error) {
+	if !validUUID(s) {
+		return "", &FieldError{Field: "node_id", Msg: fmt.Sprintf("%q is not a UUID (8-4-4-4-12 hex digits, such as %s)", s, newUUID())}
+	}
+	return strings.ToLower(s), nil
 }
 
 func validUUID(s string) bool {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"reflect"
 	"slices"
 	"sync"
@@ -41,10 +42,11 @@ const SerfCheckID = "serfHealth"
 // Config configures a Registry. It is frozen after New.
 type Config struct {
 	NodeName   string            // required
-	NodeID     string            // a UUID; empty: read from the data dir or made
+	NodeID     string            // a UUID; empty: read from the data dir's node-id file, or made and kept there
 	Address    string            // the node's address as others reach it; required
 	Datacenter string            // default "dc1"
-	NodeMeta   map[string]string // the node's Meta
+	NodeMeta   map[string]string // the node's Meta, besides consul-network-segment and consul-version
+	Version    string            // the agent's version, in the node's Meta as consul-version
 	DataDir    string            // where this node's registrations persist; empty: in memory only
 	AgentPort  int               // port of the agent's own "consul" service entry
 	Logger     *slog.Logger      // nil: discard
@@ -83,8 +85,8 @@ type Registry struct {
 	restored    map[string]CheckState // states given to checks, until the health runner takes them
 	stateMu     sync.Mutex            // orders the writes of check states
 	kvTombs     map[string]Entry      // deleted keys of the KV store, until collected
-	kvIndex     uint64
-	kvBytes     int64 // keys and values held, for Config.KVMaxBytes
+	tableIndex  [numTables]uint64     // the last change to nodes, services, checks and KV (txn.go)
+	kvBytes     int64                 // keys and values held, for Config.KVMaxBytes
 	snap        atomic.Pointer[Snapshot]
 }
 
@@ -118,6 +120,19 @@ func New(cfg Config) (*Registry, error) {
 	if err := ValidateMeta("node meta", cfg.NodeMeta); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
+	if cfg.NodeID != "" {
+		id, err := ParseNodeID(cfg.NodeID)
+		if err != nil {
+			return nil, fmt.Errorf("registry: %w", err)
+		}
+		cfg.NodeID = id
+	}
+	// The keys Consul's agent adds to its node's Meta, which clients and
+	// UIs read; a user's meta may not use the consul- prefix.
+	meta := make(map[string]string, len(cfg.NodeMeta)+2)
+	maps.Copy(meta, cfg.NodeMeta)
+	meta["consul-network-segment"] = "" // pier has no network segments
+	meta["consul-version"] = cfg.Version
 	r := &Registry{
 		cfg:         cfg,
 		log:         cfg.Logger,
@@ -177,7 +192,7 @@ func New(cfg Config) (*Registry, error) {
 	tx.local(Entry{Kind: KindNode, NodeInfo: &Node{
 		ID: r.cfg.NodeID, Name: cfg.NodeName, Address: cfg.Address, Datacenter: cfg.Datacenter,
 		TaggedAddresses: map[string]string{"lan": cfg.Address, "lan_ipv4": cfg.Address, "wan": cfg.Address, "wan_ipv4": cfg.Address},
-		Meta:            cfg.NodeMeta,
+		Meta:            meta,
 	}})
 	// serfHealth is each observer's own judgement of a node: never gossiped.
 	tx.upsertCheck(cfg.NodeName, serfCheck(true))

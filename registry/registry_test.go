@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -204,6 +205,8 @@ func TestNewConfig(t *testing.T) {
 		{"good node meta", func(c *Config) { c.NodeMeta = map[string]string{"rack_id": "r1"} }, true},
 		{"empty datacenter", func(c *Config) { c.Datacenter = "" }, true},
 		{"explicit node ID", func(c *Config) { c.NodeID = "01234567-89ab-4cde-8f01-23456789abcd" }, true},
+		{"malformed node ID", func(c *Config) { c.NodeID = "01234567-89ab" }, false},
+		{"version", func(c *Config) { c.Version = "1.2.3" }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := rtConfig("")
@@ -222,8 +225,11 @@ func TestNewConfig(t *testing.T) {
 			if cfg.NodeID != "" && self.ID != cfg.NodeID {
 				t.Fatalf("node ID = %q, want %q", self.ID, cfg.NodeID)
 			}
-			if !reflect.DeepEqual(self.Meta, cfg.NodeMeta) {
-				t.Fatalf("node meta = %v, want %v", self.Meta, cfg.NodeMeta)
+			// Consul's agent adds its segment (none) and version.
+			want := map[string]string{"consul-network-segment": "", "consul-version": cfg.Version}
+			maps.Copy(want, cfg.NodeMeta)
+			if !reflect.DeepEqual(self.Meta, want) {
+				t.Fatalf("node meta = %v, want %v", self.Meta, want)
 			}
 		})
 	}
@@ -268,6 +274,68 @@ func TestIndexAndChanged(t *testing.T) {
 	step("deregister web-1", func() error { return r.DeregisterService("web-1") })
 	step("deregister web-2", func() error { return r.DeregisterService("web-2") })
 	step("deregister db", func() error { return r.DeregisterService("db") })
+}
+
+// TestTableIndexes: each table's index moves with a change to that table
+// only, never goes back and is never 0, and the catalog's and the KV
+// store's channels close only for changes of their own.
+func TestTableIndexes(t *testing.T) {
+	r := rtNew(t, "")
+	closed := func(c <-chan struct{}) bool {
+		select {
+		case <-c:
+			return true
+		default:
+			return false
+		}
+	}
+	type idx struct{ nodes, services, checks, kv uint64 }
+	read := func(s *Snapshot) idx { return idx{s.NodesIndex(), s.ServicesIndex(), s.ChecksIndex(), s.KVIndex()} }
+	prev := r.Snapshot()
+	if i := read(prev); i.nodes == 0 || i.services == 0 || i.checks == 0 || i.kv == 0 {
+		t.Fatalf("an index is 0 at start: %+v", i)
+	}
+	step := func(what string, want idx, f func() error) {
+		t.Helper()
+		if err := f(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		next := r.Snapshot()
+		p, n := read(prev), read(next)
+		// want holds 1 where the table must move, 0 where it must not.
+		for _, c := range []struct {
+			name       string
+			moves      bool
+			before, at uint64
+		}{{"nodes", want.nodes == 1, p.nodes, n.nodes}, {"services", want.services == 1, p.services, n.services},
+			{"checks", want.checks == 1, p.checks, n.checks}, {"kv", want.kv == 1, p.kv, n.kv}} {
+			switch {
+			case c.moves && (c.at <= c.before || c.at != next.Index()):
+				t.Errorf("%s: %s index %d -> %d, want the snapshot's %d", what, c.name, c.before, c.at, next.Index())
+			case !c.moves && c.at != c.before:
+				t.Errorf("%s: %s index moved %d -> %d", what, c.name, c.before, c.at)
+			}
+		}
+		catalog := want.nodes+want.services+want.checks > 0
+		if closed(prev.CatalogChanged()) != catalog || closed(prev.KVChanged()) != (want.kv == 1) {
+			t.Errorf("%s: catalog channel closed %v, KV channel closed %v", what, closed(prev.CatalogChanged()), closed(prev.KVChanged()))
+		}
+		if closed(next.CatalogChanged()) || closed(next.KVChanged()) {
+			t.Errorf("%s: the new snapshot's channels are closed", what)
+		}
+		prev = next
+	}
+	step("KV put", idx{kv: 1}, func() error { _, err := r.KVPut("a", []byte("1"), 0, nil); return err })
+	step("another KV put", idx{kv: 1}, func() error { _, err := r.KVPut("a", []byte("2"), 0, nil); return err })
+	step("register web", idx{services: 1, checks: 1}, func() error {
+		s, cs := rtBuild(t, `{"ID":"web-1","Name":"web","Port":80,"Check":{"TTL":"10s"}}`)
+		return r.RegisterService(s, cs, SourceAPI)
+	})
+	step("update its check", idx{checks: 1}, func() error { return r.UpdateCheck("service:web-1", StatusPassing, "ok") })
+	step("KV delete", idx{kv: 1}, func() error { _, err := r.KVDelete("a", false, nil); return err })
+	step("a node joins", idx{nodes: 1, checks: 1}, func() error { r.SetMemberStatus("n2", "10.0.0.2", MemberAlive); return nil })
+	step("deregister web", idx{services: 1, checks: 1}, func() error { return r.DeregisterService("web-1") })
+	step("the node leaves", idx{nodes: 1, checks: 1}, func() error { r.SetMemberStatus("n2", "", MemberLeft); return nil })
 }
 
 func TestRegisterReplaces(t *testing.T) {

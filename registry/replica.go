@@ -480,8 +480,10 @@ func (tx *txn) removeNode(node string) {
 	for _, c := range checks {
 		t.checks.Delete(c)
 		tx.changed = true
+		tx.tables |= tableChecks
 	}
 	if _, ok := t.nodes.Delete(&NodeEntry{Node: Node{Name: node}}); ok {
 		tx.changed = true
+		tx.tables |= tableNodes
 	}
 }

@@ -132,22 +132,43 @@ func (t tables) clone() tables {
 // Snapshot is an immutable view of the catalog. Any number of goroutines may
 // read one; nothing in it changes after it is published.
 type Snapshot struct {
-	index   uint64
-	kvIndex uint64 // the last change to the KV store
-	t       tables
-	changed chan struct{}
-	made    time.Time // when it was published (metrics: the lag of its consumers)
+	index      uint64
+	tableIndex [numTables]uint64 // the last change to nodes, services, checks and the KV store
+	t          tables
+	changed    chan struct{}
+	// Closed when a newer snapshot changes the catalog (nodes, services,
+	// checks) or the KV store; shared by the snapshots in between.
+	catalogChanged chan struct{}
+	kvChanged      chan struct{}
+	made           time.Time // when it was published (metrics: the lag of its consumers)
 }
 
 // Time is when the snapshot was published.
 func (s *Snapshot) Time() time.Time { return s.made }
 
-// Index is the catalog's modify index: it grows with every change and is
-// never 0.
+// Index grows with every change, to the catalog or the KV store, and is
+// never 0. The tables' own indexes below never pass it.
 func (s *Snapshot) Index() uint64 { return s.index }
 
 // Changed is closed when a newer snapshot replaces this one.
 func (s *Snapshot) Changed() <-chan struct{} { return s.changed }
+
+// CatalogChanged is closed when a newer snapshot changes nodes, services or
+// checks: a KV write leaves it open.
+func (s *Snapshot) CatalogChanged() <-chan struct{} { return s.catalogChanged }
+
+func (s *Snapshot) tableIdx(i int) uint64 { return max(s.tableIndex[i], 1) }
+
+// NodesIndex is the index of the last change to any node (never 0), as
+// Consul's nodes table has.
+func (s *Snapshot) NodesIndex() uint64 { return s.tableIdx(nodesAt) }
+
+// ServicesIndex is the index of the last change to any service instance
+// (never 0).
+func (s *Snapshot) ServicesIndex() uint64 { return s.tableIdx(servicesAt) }
+
+// ChecksIndex is the index of the last change to any check (never 0).
+func (s *Snapshot) ChecksIndex() uint64 { return s.tableIdx(checksAt) }
 
 // ServiceIndex is the index of the last change to any instance of name
 // (including its removal), so that blocking queries on one service wake only

@@ -9,9 +9,32 @@ type txn struct {
 	index   uint64 // the index this transaction's changes carry
 	touched map[string]bool
 	changed bool
+	tables  tableSet // the snapshot tables this transaction changed
 	out     []Entry  // this node's changed entries, for the broadcaster
-	kv      []string // keys of the KV store changed (already persisted)
 }
+
+// tableSet names tables of a snapshot. Each has an index of its own, the
+// last change to it, as Consul's state store has per table, so that a
+// blocking query wakes only for the data its answer holds.
+type tableSet uint8
+
+// The tables, by their place in Snapshot.tableIndex.
+const (
+	nodesAt = iota
+	servicesAt
+	checksAt
+	kvAt
+	numTables
+)
+
+const (
+	tableNodes    tableSet = 1 << nodesAt
+	tableServices tableSet = 1 << servicesAt
+	tableChecks   tableSet = 1 << checksAt
+	tableKV       tableSet = 1 << kvAt
+
+	catalogTables = tableNodes | tableServices | tableChecks
+)
 
 // begin starts a transaction; r.mu must be held.
 func (r *Registry) begin() *txn {
@@ -43,6 +66,7 @@ func (tx *txn) upsertNode(n Node) {
 		e.CreateIndex = old.CreateIndex
 	}
 	t.nodes.ReplaceOrInsert(e)
+	tx.tables |= tableNodes
 	tx.touchNode(n.Name)
 }
 
@@ -58,6 +82,7 @@ func (tx *txn) upsertService(node string, s Service) {
 	}
 	t.services.ReplaceOrInsert(e)
 	t.nodeServices.ReplaceOrInsert(e)
+	tx.tables |= tableServices
 	tx.touch(s.Name)
 }
 
@@ -66,6 +91,7 @@ func (tx *txn) deleteService(node string, s Service) {
 	key := &ServiceEntry{Node: node, Service: Service{ID: s.ID, Name: s.Name}}
 	if old, ok := t.nodeServices.Delete(key); ok {
 		t.services.Delete(old)
+		tx.tables |= tableServices
 		tx.touch(old.Name)
 	}
 }
@@ -77,12 +103,14 @@ func (tx *txn) upsertCheck(node string, c Check) {
 		e.CreateIndex = old.CreateIndex
 	}
 	t.checks.ReplaceOrInsert(e)
+	tx.tables |= tableChecks
 	tx.touchCheck(node, c)
 }
 
 func (tx *txn) deleteCheck(node, serviceID, checkID string) {
 	t := &tx.r.t
 	if old, ok := t.checks.Delete(&CheckEntry{Node: node, Check: Check{ServiceID: serviceID, CheckID: checkID}}); ok {
+		tx.tables |= tableChecks
 		tx.touchCheck(node, old.Check)
 	}
 }
@@ -107,16 +135,38 @@ func (tx *txn) commit() {
 		return
 	}
 	r.index = tx.index
-	if len(tx.kv) > 0 {
-		r.kvIndex = tx.index
+	for i := range numTables {
+		if tx.tables&(1<<i) != 0 {
+			r.tableIndex[i] = tx.index
+		}
 	}
 	t := &r.t
 	for name := range tx.touched {
 		t.names.ReplaceOrInsert(nameEntry{name: name, index: tx.index})
 	}
-	next := &Snapshot{index: r.index, kvIndex: max(r.kvIndex, 1), t: t.clone(), changed: make(chan struct{}), made: time.Now()}
-	if prev := r.snap.Swap(next); prev != nil {
+	next := &Snapshot{index: r.index, tableIndex: r.tableIndex, t: t.clone(), changed: make(chan struct{}), made: time.Now()}
+	// The catalog's and the KV store's channels pass from snapshot to
+	// snapshot until a change to their tables closes them, so that a KV
+	// write does not wake the catalog's blocking queries, nor the reverse.
+	prev := r.snap.Load()
+	next.catalogChanged, next.kvChanged = make(chan struct{}), make(chan struct{})
+	if prev != nil {
+		if tx.tables&catalogTables == 0 {
+			next.catalogChanged = prev.catalogChanged
+		}
+		if tx.tables&tableKV == 0 {
+			next.kvChanged = prev.kvChanged
+		}
+	}
+	r.snap.Store(next)
+	if prev != nil {
 		close(prev.changed)
+		if next.catalogChanged != prev.catalogChanged {
+			close(prev.catalogChanged)
+		}
+		if next.kvChanged != prev.kvChanged {
+			close(prev.kvChanged)
+		}
 	}
 	if len(tx.out) > 0 && r.bcast != nil {
 		r.bcast(tx.out)

@@ -49,6 +49,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string, resolve func() (agentConfig, error)) error {
 	log, level := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
 	agentLog := log.With("component", "agent")
+	for _, w := range cfg.Warnings {
+		agentLog.Warn(w)
+	}
 	met, err := newAgentMetrics(cfg.Metrics, log.With("component", "metrics"))
 	if err != nil {
 		return err
@@ -76,6 +79,8 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = cfg.Node
+	rcfg.NodeID = cfg.NodeID
+	rcfg.Version = version
 	rcfg.Address = addr
 	rcfg.Datacenter = cfg.Datacenter
 	rcfg.NodeMeta = cfg.NodeMeta
@@ -140,6 +145,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom
 	acfg.ACL = cfg.ACL
+	acfg.Settings = debugSettings(cfg)
 	acfg.MaxConnsPerClient = cfg.HTTPMaxConnsPerClient
 	if acfg.MaxConnsPerClient == 0 {
 		acfg.MaxConnsPerClient = -1 // limits.http_max_conns_per_client: 0 is no limit, as in Consul

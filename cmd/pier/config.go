@@ -23,6 +23,7 @@ import (
 // flags are merged, in that order of precedence (flags win, as in Consul).
 type agentConfig struct {
 	Node        string
+	NodeID      string // a UUID; empty: kept in the data dir's node-id file (made the first time)
 	Datacenter  string
 	DataDir     string
 	Client      []string // addresses the HTTP API listens on
@@ -55,6 +56,9 @@ type agentConfig struct {
 	Metrics metricsSettings // Prometheus metrics (agent_metrics.go)
 
 	ACL api.ACLConfig // API tokens; off unless a config file enables them (config_acl.go)
+
+	// Warnings about the configuration (deprecated keys), logged at start.
+	Warnings []string
 }
 
 // serviceSource is a validated service definition with where it was
@@ -96,6 +100,7 @@ type fileConfig struct {
 		HTTPMaxConnsPerClient *int
 	}
 	NodeName         *string
+	NodeID           *string
 	Datacenter       *string
 	DataDir          *string
 	ClientAddr       *string
@@ -153,6 +158,7 @@ func newAgentFlags() *agentFlags {
 	f := &agentFlags{fs: newFlagSet("agent")}
 	fs := f.fs
 	fs.StringVar(&f.c.Node, "node", "", "name of this node in the cluster (default: the host name)")
+	fs.StringVar(&f.c.NodeID, "node-id", "", "UUID of this node, as Consul's node_id (default: made once and kept in the data dir)")
 	fs.StringVar(&f.c.Datacenter, "datacenter", "", "datacenter of this agent (default dc1)")
 	fs.StringVar(&f.c.DataDir, "data-dir", "", "directory where this node's registrations persist (required unless -dev)")
 	fs.StringVar(&f.client, "client", "", "address(es), space-separated, the HTTP API listens on (default 127.0.0.1)")
@@ -217,6 +223,9 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	}
 	if set["node"] {
 		c.Node = f.c.Node
+	}
+	if set["node-id"] {
+		c.NodeID = f.c.NodeID
 	}
 	if set["datacenter"] {
 		c.Datacenter = f.c.Datacenter
@@ -302,6 +311,11 @@ func (c *agentConfig) validate() error {
 	case len(c.Client) == 0:
 		return usageError{"-client: at least one address is required"}
 	}
+	if c.NodeID != "" {
+		if _, err := registry.ParseNodeID(c.NodeID); err != nil {
+			return usageError{err.Error()} // names node_id, as the config file and -node-id do
+		}
+	}
 	// Port 0 picks a free port (the log says which): tests and throwaway
 	// agents use it.
 	for _, p := range []struct {
@@ -351,6 +365,7 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 	}
 	setStr(&c.Node, fc.NodeName)
+	setStr(&c.NodeID, fc.NodeID)
 	setStr(&c.Datacenter, fc.Datacenter)
 	setStr(&c.DataDir, fc.DataDir)
 	setStr(&c.Bind, fc.BindAddr)

@@ -21,6 +21,7 @@ type aclFile struct {
 	DefaultPolicy *string
 	Tokens        *struct {
 		InitialManagement *string
+		Master            *string // Consul's name of initial_management before 1.11
 		Agent             *string
 		Default           *string
 	}
@@ -73,6 +74,12 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 		a.DefaultPolicy = *af.DefaultPolicy
 	}
 	if t := af.Tokens; t != nil {
+		if t.Master != nil {
+			c.Warnings = append(c.Warnings, "acl.tokens.master is deprecated; use acl.tokens.initial_management")
+			if t.InitialManagement == nil {
+				t.InitialManagement = t.Master
+			}
+		}
 		for _, s := range []struct{ dst, src *string }{
 			{&a.InitialManagement, t.InitialManagement}, {&a.Agent, t.Agent}, {&a.Default, t.Default},
 		} {

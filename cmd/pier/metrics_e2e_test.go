@@ -497,6 +497,13 @@ func TestAgentMetricsConsulShape(t *testing.T) {
 	if v, ok := gauge("go_goroutines", nil); !ok || v <= 0 {
 		t.Errorf("gauge go_goroutines = %v %v", v, ok)
 	}
+	// Consul's runtime gauges, by the names its dashboards read.
+	for _, name := range []string{"num_goroutines", "alloc_bytes", "sys_bytes", "malloc_count", "free_count", "heap_objects", "total_gc_pause_ns", "total_gc_runs"} {
+		v, ok := gauge("consul.runtime."+name, nil)
+		if !ok || v < 0 || v == 0 && name != "total_gc_pause_ns" && name != "total_gc_runs" {
+			t.Errorf("gauge consul.runtime.%s = %v %v", name, v, ok)
+		}
+	}
 	var reqs uint64
 	for _, cnt := range mi.Counters {
 		if cnt.Name == "pier_api_requests_total" {

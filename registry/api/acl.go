@@ -115,8 +115,12 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
 	agent := &Policy{allow: allow}
 	agent.rules.agent.prefix = map[string]access{"": accessWrite}
 	agent.rules.node.prefix = map[string]access{"": accessWrite}
-	if err := add(cfg.Agent, "", "Agent Token", agent, nil); err != nil {
-		return nil, err
+	// Consul lets one secret be both the management and the agent token
+	// (its quick-start configs do); the management token covers the rest.
+	if cfg.Agent != cfg.InitialManagement {
+		if err := add(cfg.Agent, "", "Agent Token", agent, nil); err != nil {
+			return nil, err
+		}
 	}
 	for i, t := range cfg.Tokens {
 		if t.Secret == "" {

@@ -2,7 +2,9 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"hash/fnv"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -144,7 +146,7 @@ func (s *Server) agentService(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		select {
-		case <-snap.Changed():
+		case <-snap.CatalogChanged(): // a KV write changes no service
 			snap = s.reg.Snapshot()
 		case <-timer.C:
 			want = ""
@@ -169,6 +171,11 @@ func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
 	snap := s.reg.Snapshot()
 	out := map[string]healthCheck{}
 	for _, c := range snap.AllNodeChecks(s.self()) {
+		// serfHealth is the cluster's view of this node, kept in the
+		// catalog; a Consul agent's local checks never hold it.
+		if c.CheckID == registry.SerfCheckID && c.ServiceID == "" {
+			continue
+		}
 		if c.ServiceID != "" && !mayReadService(r, c.ServiceName) {
 			continue
 		}
@@ -232,9 +239,30 @@ func (s *Server) agentForceLeave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	node := r.PathValue("node")
-	if err := s.cfg.Cluster.ForceLeave(node); err != nil {
-		writeError(w, "force-leave", err)
+	_, prune := r.URL.Query()["prune"]
+	st := registry.MemberNone
+	for _, m := range s.cfg.Cluster.Members() {
+		if m.Name == node {
+			st = m.Status
+		}
 	}
+	var err error
+	switch {
+	case st == registry.MemberNone:
+		err = fmt.Errorf("agent: no node found with name %q: %w", node, registry.ErrNotFound)
+	case prune:
+		err = s.cfg.Cluster.Prune(node)
+	case st == registry.MemberAlive || st == registry.MemberLeaving || node == s.self():
+		// As in Consul: a live node refutes the leave, so forcing it out
+		// changes nothing (with ?prune it goes once it is gone).
+	default:
+		err = s.cfg.Cluster.ForceLeave(node)
+	}
+	if err != nil {
+		writeError(w, "force-leave", err)
+		return
+	}
+	s.log.Info("force-leave", "node", node, "prune", prune, "status", st.String())
 }
 
 func (s *Server) agentMembers(w http.ResponseWriter, r *http.Request) {
@@ -274,9 +302,44 @@ func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 			"Version":           s.cfg.Version,
 			"Product":           "pier",
 		},
-		"Member": me,
-		"Meta":   mapOrEmpty(self.Meta),
-		"Coord":  nil,
-		"Stats":  map[string]any{},
+		"DebugConfig": s.debugConfig(),
+		"Member":      me,
+		"Meta":        mapOrEmpty(self.Meta),
+		"Coord":       nil,
+		"Stats":       map[string]any{},
 	})
+}
+
+// debugConfig is /v1/agent/self's DebugConfig: the agent's settings under
+// the names and in the formats of Consul's sanitized RuntimeConfig
+// (addresses as "tcp://ip:port", durations as Go writes them). Clients
+// read fields from it: one that joins nodes reads SerfAdvertiseAddrLAN.
+func (s *Server) debugConfig() map[string]any {
+	cfg := s.reg.Config()
+	serf := "tcp://" + net.JoinHostPort(cfg.Address, strconv.Itoa(cfg.AgentPort))
+	out := map[string]any{
+		"Datacenter":               cfg.Datacenter,
+		"PrimaryDatacenter":        cfg.Datacenter,
+		"NodeName":                 cfg.NodeName,
+		"NodeID":                   cfg.NodeID,
+		"NodeMeta":                 mapOrEmpty(cfg.NodeMeta),
+		"DataDir":                  cfg.DataDir,
+		"AdvertiseAddrLAN":         cfg.Address,
+		"AdvertiseAddrWAN":         cfg.Address,
+		"SerfAdvertiseAddrLAN":     serf,
+		"SerfPortLAN":              cfg.AgentPort,
+		"TaggedAddresses":          s.reg.Self().TaggedAddresses,
+		"Version":                  s.cfg.Version,
+		"Revision":                 "",
+		"VersionPrerelease":        "",
+		"EnableLocalScriptChecks":  s.cfg.EnableScriptChecks,
+		"EnableRemoteScriptChecks": s.cfg.EnableScriptChecks,
+		"HTTPMaxConnsPerClient":    max(s.cfg.MaxConnsPerClient, 0),
+		"KVMaxValueSize":           registry.MaxKVValue,
+		"ServerMode":               true,
+	}
+	for k, v := range s.cfg.Settings {
+		out[k] = v
+	}
+	return out
 }

@@ -27,9 +27,7 @@ type query struct {
 func (s *Server) parseQuery(w http.ResponseWriter, r *http.Request) (query, bool) {
 	var q query
 	v := r.URL.Query()
-	if dc := v.Get("dc"); dc != "" && dc != s.reg.Config().Datacenter {
-		// Consul's answer for a datacenter it cannot reach.
-		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
+	if !s.localDC(w, r) {
 		return q, false
 	}
 	var ok bool
@@ -79,13 +77,24 @@ func (s *Server) parseQuery(w http.ResponseWriter, r *http.Request) (query, bool
 	return q, true
 }
 
+// localDC answers Consul's error for a ?dc= other than this agent's, which
+// it cannot reach; false means that answer was sent.
+func (s *Server) localDC(w http.ResponseWriter, r *http.Request) bool {
+	if dc := r.URL.Query().Get("dc"); dc != "" && dc != s.reg.Config().Datacenter {
+		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
+		return false
+	}
+	return true
+}
+
 // block implements Consul's blocking query: with ?index=N it waits until the
 // answer's index moves past N, the wait (plus up to 1/16 jitter, as Consul
 // adds, so that many clients do not return in step) runs out, or the client
 // goes away. An index that went backwards (the agent restarted) answers at
 // once, so that the client resets as Consul's clients do. It returns the
 // snapshot to answer from and sets X-Consul-Index, which is never 0.
-func (s *Server) block(w http.ResponseWriter, r *http.Request, q query, index func(*registry.Snapshot) uint64) *registry.Snapshot {
+func (s *Server) block(w http.ResponseWriter, r *http.Request, q query, v view) *registry.Snapshot {
+	index := v.index
 	snap := s.reg.Snapshot()
 	if q.minIndex > 0 {
 		wait := q.wait
@@ -99,7 +108,7 @@ func (s *Server) block(w http.ResponseWriter, r *http.Request, q query, index fu
 	loop:
 		for idx := index(snap); idx == q.minIndex; idx = index(snap) {
 			select {
-			case <-snap.Changed():
+			case <-v.changed(snap):
 				snap = s.reg.Snapshot()
 			case <-timer.C:
 				break loop
@@ -112,10 +121,41 @@ func (s *Server) block(w http.ResponseWriter, r *http.Request, q query, index fu
 	return snap
 }
 
-func globalIndex(s *registry.Snapshot) uint64 { return s.Index() }
+// A view is what a blocking endpoint's answer is made of, as Consul indexes
+// an answer by the tables it reads: its index, and the channel that is
+// closed when a newer snapshot may have moved it. A KV write moves no
+// catalog or health answer, and a catalog change no KV answer.
+type view struct {
+	index   func(*registry.Snapshot) uint64
+	changed func(*registry.Snapshot) <-chan struct{}
+}
 
-func serviceIndex(name string) func(*registry.Snapshot) uint64 {
-	return func(s *registry.Snapshot) uint64 { return s.ServiceIndex(name) }
+func catalogChanged(s *registry.Snapshot) <-chan struct{} { return s.CatalogChanged() }
+
+// catalogView is an answer made of the catalog tables picked by index.
+func catalogView(index func(*registry.Snapshot) uint64) view {
+	return view{index: index, changed: catalogChanged}
+}
+
+// The indexes of the catalog's answers: a table's own, or the greater of
+// two for an answer made of both (a node with its services, checks
+// filtered by their nodes' meta).
+func nodesIndex(s *registry.Snapshot) uint64    { return s.NodesIndex() }
+func servicesIndex(s *registry.Snapshot) uint64 { return s.ServicesIndex() }
+func checksIndex(s *registry.Snapshot) uint64   { return s.ChecksIndex() }
+func nodeServicesIndex(s *registry.Snapshot) uint64 {
+	return max(s.NodesIndex(), s.ServicesIndex())
+}
+func nodeChecksIndex(s *registry.Snapshot) uint64 { return max(s.NodesIndex(), s.ChecksIndex()) }
+
+func kvView() view {
+	return view{index: (*registry.Snapshot).KVIndex, changed: (*registry.Snapshot).KVChanged}
+}
+
+// serviceView is the answer about one service: its instances, their nodes
+// and checks, which move the service's own index.
+func serviceView(name string) view {
+	return catalogView(func(s *registry.Snapshot) uint64 { return s.ServiceIndex(name) })
 }
 
 // Limits on ?filter=: Consul's expressions are short, and one arrives

@@ -34,7 +34,13 @@ func (s *Server) catalogServices(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, globalIndex)
+	// The names and tags come from the services table; node meta and
+	// filters read the nodes too.
+	idx := servicesIndex
+	if q.filter != nil || q.nodeMeta != nil {
+		idx = nodeServicesIndex
+	}
+	snap := s.block(w, r, q, catalogView(idx))
 	out := map[string][]string{}
 	if q.filter != nil {
 		// Consul evaluates the filter on each instance (its catalog shape)
@@ -90,7 +96,7 @@ func (s *Server) catalogService(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, serviceIndex(name))
+	snap := s.block(w, r, q, serviceView(name))
 	out := []catalogService{}
 	for _, in := range snap.ServiceInstances(name) {
 		if hasTags(in.Service, q.tags) && hasMeta(in.Node, q.nodeMeta) {
@@ -107,7 +113,7 @@ func (s *Server) catalogNodes(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, globalIndex)
+	snap := s.block(w, r, q, catalogView(nodesIndex))
 	out := []node{}
 	for _, n := range snap.Nodes() {
 		if hasMeta(n, q.nodeMeta) {
@@ -143,10 +149,16 @@ func (s *Server) catalogDatacenters(w http.ResponseWriter, r *http.Request) {
 // statusLeader names this agent: every pier agent serves the catalog
 // itself, and clients only check that a leader exists.
 func (s *Server) statusLeader(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
 	writeJSON(w, r, s.leader())
 }
 
 func (s *Server) statusPeers(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
 	writeJSON(w, r, []string{s.leader()})
 }
 
@@ -180,7 +192,7 @@ func (s *Server) readNode(w http.ResponseWriter, r *http.Request) (query, node, 
 	if !ok {
 		return q, node{}, nil, false
 	}
-	snap := s.block(w, r, q, globalIndex)
+	snap := s.block(w, r, q, catalogView(nodeServicesIndex))
 	n, found := snap.Node(r.PathValue("node"))
 	if !found {
 		writeJSON(w, r, nil)
@@ -190,7 +202,7 @@ func (s *Server) readNode(w http.ResponseWriter, r *http.Request) (query, node, 
 	svcs := []agentService{}
 	for _, e := range snap.NodeServices(n.Name) {
 		if mayReadService(r, e.Name) {
-			svcs = append(svcs, toAgentService(e, dc))
+			svcs = append(svcs, toCatalogNodeService(e, dc))
 		}
 	}
 	return q, toNode(n), svcs, true

@@ -325,6 +325,7 @@ func (k *keyrings) Members() []registry.Member { return nil }
 func (k *keyrings) Join([]string) (int, error) { return 0, nil }
 func (k *keyrings) Leave() error               { return nil }
 func (k *keyrings) ForceLeave(string) error    { return nil }
+func (k *keyrings) Prune(string) error         { return nil }
 func (k *keyrings) KeyringOp(op, key string) ([]api.KeyringAnswer, error) {
 	k.ops = append(k.ops, op+" "+key)
 	return []api.KeyringAnswer{{Node: "node1", Keys: []string{key}, Primary: key}}, nil

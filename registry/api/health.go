@@ -12,7 +12,7 @@ func (s *Server) healthService(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, serviceIndex(name))
+	snap := s.block(w, r, q, serviceView(name))
 	dc := s.reg.Config().Datacenter
 	out := []serviceEntry{}
 	for _, in := range snap.ServiceInstances(name) {
@@ -26,7 +26,7 @@ func (s *Server) healthService(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, serviceEntry{
 			Node:    toNode(in.Node),
-			Service: toAgentService(in.Service, dc),
+			Service: toCatalogNodeService(in.Service, dc),
 			Checks:  toHealthChecks(in.Checks),
 		})
 	}
@@ -41,7 +41,7 @@ func (s *Server) healthChecks(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, serviceIndex(name))
+	snap := s.block(w, r, q, serviceView(name))
 	out := []healthCheck{}
 	for _, in := range snap.ServiceInstances(name) {
 		if !hasMeta(in.Node, q.nodeMeta) {
@@ -61,7 +61,7 @@ func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, globalIndex)
+	snap := s.block(w, r, q, catalogView(checksIndex))
 	var checks []*registry.CheckEntry
 	for _, c := range snap.AllNodeChecks(r.PathValue("node")) {
 		if c.ServiceID == "" || mayReadService(r, c.ServiceName) { // as Consul filters by service:read
@@ -85,7 +85,11 @@ func (s *Server) healthState(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, globalIndex)
+	idx := checksIndex
+	if q.nodeMeta != nil {
+		idx = nodeChecksIndex
+	}
+	snap := s.block(w, r, q, catalogView(idx))
 	out := []healthCheck{}
 	snap.Checks(func(c *registry.CheckEntry) bool {
 		if (state == "any" || string(c.Status) == state) && (c.ServiceID == "" || mayReadService(r, c.ServiceName)) {

@@ -34,15 +34,13 @@ func (s *Server) kvRoutes() {
 	s.mux.HandleFunc("DELETE /v1/kv/{key...}", s.kvDelete)
 }
 
-func kvIndex(s *registry.Snapshot) uint64 { return s.KVIndex() }
-
 func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
 	q, ok := s.parseQuery(w, r)
 	if !ok {
 		return
 	}
-	snap := s.block(w, r, q, kvIndex)
+	snap := s.block(w, r, q, kvView())
 	v := r.URL.Query()
 	switch {
 	case v.Has("keys"):

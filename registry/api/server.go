@@ -28,6 +28,9 @@ type Cluster interface {
 	Leave() error
 	// ForceLeave marks a failed node as left at once.
 	ForceLeave(node string) error
+	// Prune removes a node from the member list, at once if it is no
+	// longer alive, else once it is gone (force-leave's ?prune).
+	Prune(node string) error
 }
 
 // Config configures a Server. It is frozen after New.
@@ -50,6 +53,10 @@ type Config struct {
 	// EnableScriptChecks accepts checks with Args at registration, as
 	// Consul's enable_script_checks; otherwise they are refused with 400.
 	EnableScriptChecks bool
+	// Settings are more of the agent's settings for DebugConfig in
+	// /v1/agent/self, under the names of Consul's RuntimeConfig (the
+	// agent's wiring fills them; agent.go adds those the registry knows).
+	Settings map[string]any
 	// ACL is the acl stanza: when enabled, every /v1/ request needs a token
 	// allowed to do what it asks (acl.go).
 	ACL ACLConfig

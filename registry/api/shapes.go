@@ -22,6 +22,10 @@ type agentService struct {
 	EnableTagOverride bool
 	ContentHash       string `json:",omitempty"`
 	Datacenter        string
+	// The catalog's indexes, in the catalog's and health's answers; the
+	// agent's own endpoints leave them out, as Consul's do.
+	CreateIndex uint64 `json:",omitempty"`
+	ModifyIndex uint64 `json:",omitempty"`
 }
 
 type catalogService struct {
@@ -126,6 +130,14 @@ func toAgentService(e *registry.ServiceEntry, dc string) agentService {
 		EnableTagOverride: e.EnableTagOverride,
 		Datacenter:        dc,
 	}
+}
+
+// toCatalogNodeService is a service as the catalog and health endpoints
+// show it: the agent's shape with the catalog's indexes.
+func toCatalogNodeService(e *registry.ServiceEntry, dc string) agentService {
+	s := toAgentService(e, dc)
+	s.CreateIndex, s.ModifyIndex = e.CreateIndex, e.ModifyIndex
+	return s
 }
 
 func toNode(n *registry.NodeEntry) node {

@@ -70,6 +70,7 @@ type Gossip struct {
 	mu           sync.Mutex
 	members      map[string]*memberState
 	leftIntent   map[string]time.Time // nodes that said they are leaving
+	prune        map[string]bool      // alive nodes to drop from the list once gone (prune.go)
 	leaving      bool
 	keyring      *memberlist.Keyring // nil without encryption
 	kr           keyringState

@@ -90,6 +90,11 @@ func (g *Gossip) member(it item) {
 		if intent {
 			st = registry.MemberLeft
 		}
+		if g.pruneGone(n.Name) { // forced out with prune while alive
+			g.log.Info("member pruned", "node", n.Name)
+			g.reg.SetMemberStatus(n.Name, "", registry.MemberLeft)
+			return
+		}
 	}
 	var tags map[string]string
 	if len(n.Meta) > 0 {

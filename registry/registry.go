@@ -45,6 +45,7 @@ type Config struct {
 	Address    string            // the node's address as others reach it; required
 	Datacenter string            // default "dc1"
 	NodeMeta   map[string]string // the node's Meta
+	Locality   *Locality         // the agent's region and zone (Consul's locality); nil: none
 	DataDir    string            // where this node's registrations persist; empty: in memory only
 	AgentPort  int               // port of the agent's own "consul" service entry
 	Logger     *slog.Logger      // nil: discard
@@ -118,6 +119,9 @@ func New(cfg Config) (*Registry, error) {
 	if err := ValidateMeta("node meta", cfg.NodeMeta); err != nil {
 		return nil, fmt.Errorf("registry: %w", err)
 	}
+	if err := cfg.Locality.Validate("locality"); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
 	r := &Registry{
 		cfg:         cfg,
 		log:         cfg.Logger,
@@ -174,6 +178,7 @@ func New(cfg Config) (*Registry, error) {
 		ID: r.cfg.NodeID, Name: cfg.NodeName, Address: cfg.Address, Datacenter: cfg.Datacenter,
 		TaggedAddresses: map[string]string{"lan": cfg.Address, "lan_ipv4": cfg.Address, "wan": cfg.Address, "wan_ipv4": cfg.Address},
 		Meta:            cfg.NodeMeta,
+		Locality:        cfg.Locality,
 	}})
 	// serfHealth is each observer's own judgement of a node: never gossiped.
 	tx.upsertCheck(cfg.NodeName, serfCheck(true))

@@ -79,6 +79,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	rcfg.Address = addr
 	rcfg.Datacenter = cfg.Datacenter
 	rcfg.NodeMeta = cfg.NodeMeta
+	rcfg.Locality = cfg.Locality
 	rcfg.DataDir = cfg.DataDir
 	rcfg.AgentPort = cfg.SerfLANPort
 	rcfg.Logger = log.With("component", "registry")

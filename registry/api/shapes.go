@@ -16,12 +16,15 @@ type agentService struct {
 	Tags              []string
 	Meta              map[string]string
 	Port              int
+	Ports             []registry.ServicePort `json:",omitempty" bexpr:"-"`
 	Address           string
+	SocketPath        string                             `json:",omitempty"`
 	TaggedAddresses   map[string]registry.ServiceAddress `json:",omitempty"`
 	Weights           weights
 	EnableTagOverride bool
 	ContentHash       string `json:",omitempty"`
 	Datacenter        string
+	Locality          *registry.Locality `json:",omitempty" bexpr:"-"`
 }
 
 type catalogService struct {
@@ -40,7 +43,10 @@ type catalogService struct {
 	ServiceWeights           weights
 	ServiceMeta              map[string]string
 	ServicePort              int
+	ServicePorts             []registry.ServicePort `bexpr:"-"`
+	ServiceSocketPath        string
 	ServiceEnableTagOverride bool
+	ServiceLocality          *registry.Locality `bexpr:"-"`
 	CreateIndex              uint64
 	ModifyIndex              uint64
 }
@@ -52,6 +58,7 @@ type node struct {
 	Datacenter      string
 	TaggedAddresses map[string]string
 	Meta            map[string]string
+	Locality        *registry.Locality `json:",omitempty" bexpr:"-"`
 	CreateIndex     uint64
 	ModifyIndex     uint64
 }
@@ -120,11 +127,14 @@ func toAgentService(e *registry.ServiceEntry, dc string) agentService {
 		Tags:              orEmpty(e.Tags),
 		Meta:              mapOrEmpty(e.Meta),
 		Port:              e.Port,
+		Ports:             e.Ports,
 		Address:           e.Address,
+		SocketPath:        e.SocketPath,
 		TaggedAddresses:   e.TaggedAddresses,
 		Weights:           weights(e.Weights),
 		EnableTagOverride: e.EnableTagOverride,
 		Datacenter:        dc,
+		Locality:          e.Locality,
 	}
 }
 
@@ -136,6 +146,7 @@ func toNode(n *registry.NodeEntry) node {
 		Datacenter:      n.Datacenter,
 		TaggedAddresses: mapOrEmpty(n.TaggedAddresses),
 		Meta:            mapOrEmpty(n.Meta),
+		Locality:        n.Locality,
 		CreateIndex:     n.CreateIndex,
 		ModifyIndex:     n.ModifyIndex,
 	}
@@ -157,7 +168,10 @@ func toCatalogService(n *registry.NodeEntry, e *registry.ServiceEntry) catalogSe
 		ServiceWeights:           weights(e.Weights),
 		ServiceMeta:              mapOrEmpty(e.Meta),
 		ServicePort:              e.Port,
+		ServicePorts:             e.Ports,
+		ServiceSocketPath:        e.SocketPath,
 		ServiceEnableTagOverride: e.EnableTagOverride,
+		ServiceLocality:          e.Locality,
 		CreateIndex:              e.CreateIndex,
 		ModifyIndex:              e.ModifyIndex,
 	}

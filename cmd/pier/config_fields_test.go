@@ -1,0 +1,68 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+func resolveFile(t *testing.T, body string) (agentConfig, error) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pier.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := newAgentFlags()
+	if err := f.fs.Parse([]string{"-dev", "-config-file", p}); err != nil {
+		t.Fatal(err)
+	}
+	return f.resolve()
+}
+
+// TestConfigServiceFields: multi-port services, socket_path and locality
+// in a config file, as Consul's agent config writes them.
+func TestConfigServiceFields(t *testing.T) {
+	c, err := resolveFile(t, `
+locality: {region: us-east-1, zone: us-east-1a}
+services:
+  - name: app
+    ports:
+      - {name: http, port: 8080, default: true}
+      - {name: admin, port: 9090}
+    locality: {region: us-east-1, zone: us-east-1b}
+  - name: sock
+    socket_path: /run/sock.sock
+`)
+	if err != nil {
+		t.Fatalf("resolve: %v", err)
+	}
+	if c.Locality == nil || *c.Locality != (registry.Locality{Region: "us-east-1", Zone: "us-east-1a"}) {
+		t.Errorf("agent locality %+v", c.Locality)
+	}
+	if len(c.Services) != 2 {
+		t.Fatalf("%d services", len(c.Services))
+	}
+	app, sock := c.Services[0].Service, c.Services[1].Service
+	wantPorts := []registry.ServicePort{{Name: "http", Port: 8080, Default: true}, {Name: "admin", Port: 9090}}
+	if !slices.Equal(app.Ports, wantPorts) || app.Port != 8080 || app.Locality == nil || app.Locality.Zone != "us-east-1b" {
+		t.Errorf("app: %+v", app)
+	}
+	if sock.SocketPath != "/run/sock.sock" {
+		t.Errorf("sock: %+v", sock)
+	}
+
+	for _, tc := range []struct{ body, want string }{
+		{"services:\n  - {name: s, socket_path: /run/s.sock, port: 80}\n", "socket_path"},
+		{"services:\n  - {name: s, ports: [{name: a, port: 1}]}\n", "Ports"},
+		{"services:\n  - {name: s, port: 80, connect: {sidecar_service: {}}}\n", "Connect.SidecarService"},
+		{"locality: {zone: a}\n", "locality.Zone"},
+	} {
+		if _, err := resolveFile(t, tc.body); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want an error naming %s", tc.body, err, tc.want)
+		}
+	}
+}

@@ -36,6 +36,9 @@ services:
     locality: {region: us-east-1, zone: us-east-1b}
   - name: sock
     socket_path: /run/sock.sock
+proxy:
+  routes:
+    - {path: /admin/, service: app, port: admin}
 `)
 	if err != nil {
 		t.Fatalf("resolve: %v", err)
@@ -53,6 +56,9 @@ services:
 	}
 	if sock.SocketPath != "/run/sock.sock" {
 		t.Errorf("sock: %+v", sock)
+	}
+	if c.Proxy == nil || len(c.Proxy.proxy.Routes) != 1 || c.Proxy.proxy.Routes[0].Port != "admin" {
+		t.Errorf("proxy routes: %+v", c.Proxy)
 	}
 
 	for _, tc := range []struct{ body, want string }{

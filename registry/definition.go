@@ -86,6 +86,8 @@ type CheckRegistration struct {
 	GRPCUseTLS                     bool
 	Args                           []string
 	ScriptArgs                     []string // older name for Args
+	DockerContainerID              string
+	Shell                          string
 	TTL                            json.RawMessage
 	Interval                       json.RawMessage
 	Timeout                        json.RawMessage
@@ -557,6 +559,21 @@ func (cr *CheckRegistration) build(field string) (Check, error) {
 	}
 	if len(def.Args) == 0 {
 		def.Args = cr.ScriptArgs
+	}
+	def.DockerContainerID, def.Shell = cr.DockerContainerID, cr.Shell
+	if def.DockerContainerID != "" {
+		if len(def.Args) == 0 {
+			return c, fieldErr(f("Args"), "required with DockerContainerID: the command to run inside the container")
+		}
+		if err := validName(f("DockerContainerID"), def.DockerContainerID, true); err != nil {
+			return c, err
+		}
+		if strings.ContainsAny(def.DockerContainerID, "/?#%") {
+			return c, fieldErr(f("DockerContainerID"), "%q is not a container ID or name", def.DockerContainerID)
+		}
+	}
+	if strings.ContainsFunc(def.Shell, unicode.IsControl) {
+		return c, fieldErr(f("Shell"), "contains control characters")
 	}
 	var err error
 	if def.TTL, err = parseDuration(f("TTL"), cr.TTL); err != nil {

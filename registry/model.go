@@ -132,6 +132,8 @@ type CheckDefinition struct {
 	GRPC                           string              `json:",omitempty"`
 	GRPCUseTLS                     bool                `json:",omitempty"`
 	Args                           []string            `json:",omitempty"`
+	DockerContainerID              string              `json:",omitempty"` // Args run inside this container (docker exec)
+	Shell                          string              `json:",omitempty"` // stored and shown, as Consul; Args run without a shell
 	Interval                       Duration            `json:",omitempty"`
 	Timeout                        Duration            `json:",omitempty"`
 	SuccessBeforePassing           int                 `json:",omitempty"`
@@ -149,6 +151,8 @@ func (d *CheckDefinition) Type() string {
 		return "tcp"
 	case d.GRPC != "":
 		return "grpc"
+	case len(d.Args) > 0 && d.DockerContainerID != "":
+		return "docker"
 	case len(d.Args) > 0:
 		return "script"
 	case d.TTL > 0:

@@ -125,6 +125,11 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	hcfg := health.DefaultConfig()
 	hcfg.Catalog = reg
 	hcfg.EnableScriptChecks = cfg.EnableScriptChecks
+	if cfg.EnableScriptChecks {
+		if hcfg.Docker, err = newDockerExec(cfg.Docker); err != nil {
+			return err
+		}
+	}
 	hcfg.Logger = log.With("component", "health")
 	hcfg.Registerer = prom
 	checks, err := health.New(hcfg)

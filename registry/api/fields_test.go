@@ -210,3 +210,12 @@ func TestConnectRefused(t *testing.T) {
 	// An empty Connect block asks for nothing and is accepted.
 	mustRegister(t, a, &consul.AgentServiceRegistration{Name: "plain", Port: 80, Connect: &consul.AgentServiceConnect{}})
 }
+
+func TestDockerCheckNeedsArgs(t *testing.T) {
+	a := startAgent(t)
+	err := a.client.Agent().ServiceRegister(&consul.AgentServiceRegistration{Name: "app", Port: 80,
+		Check: &consul.AgentServiceCheck{DockerContainerID: "c1", Interval: "10s"}})
+	if err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), "Check.Args:") {
+		t.Errorf("docker check without Args: %v, want a 400 naming Check.Args", err)
+	}
+}

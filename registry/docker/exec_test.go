@@ -102,3 +102,29 @@ func TestExec(t *testing.T) {
 		t.Error("Exec in a stopped container: no error")
 	}
 }
+
+// BenchmarkExec is the cost of one docker check: create, start and inspect
+// an exec of a small program in a running container.
+func BenchmarkExec(b *testing.B) {
+	if _, err := exec.LookPath("docker"); err != nil {
+		b.Skip("no docker CLI")
+	}
+	x, err := NewExec(endpoint(), 10*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := x.engine.ping(context.Background()); err != nil {
+		b.Skipf("no Docker engine answers: %v", err)
+	}
+	name := os.Getenv("PIER_BENCH_CONTAINER")
+	if name == "" {
+		b.Skip("set PIER_BENCH_CONTAINER to a running container with /checker (see TestExec's image)")
+	}
+	var out bytes.Buffer
+	for b.Loop() {
+		out.Reset()
+		if _, err := x.Exec(context.Background(), name, []string{"/checker"}, &out); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

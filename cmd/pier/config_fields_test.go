@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	consul "github.com/hashicorp/consul/api"
+
 	"github.com/pier-dev/pier/registry"
 )
 
@@ -70,5 +72,39 @@ proxy:
 		if _, err := resolveFile(t, tc.body); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want an error naming %s", tc.body, err, tc.want)
 		}
+	}
+}
+
+// TestConfigFieldsE2E: the built agent with a config file's locality and a
+// multi-port service answers them to the consul/api client.
+func TestConfigFieldsE2E(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "pier.yaml")
+	if err := os.WriteFile(file, []byte(`
+locality: {region: eu-west-1, zone: eu-west-1a}
+services:
+  - name: app
+    ports: [{name: http, port: 8080, default: true}, {name: admin, port: 9090}]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, "-dev", "-node", "lnode", "-data-dir", t.TempDir(), "-config-file", file)
+	c, err := consul.NewClient(&consul.Config{Address: a.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _, err := c.Catalog().Node("lnode", nil)
+	if err != nil || n == nil || n.Node == nil {
+		t.Fatalf("Catalog().Node: %+v, %v", n, err)
+	}
+	if l := n.Node.Locality; l == nil || l.Region != "eu-west-1" || l.Zone != "eu-west-1a" {
+		t.Errorf("node Locality %+v", l)
+	}
+	s, _, err := c.Agent().Service("app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := s.Ports; len(p) != 2 || p[1].Name != "admin" || p[1].Port != 9090 || s.Port != 8080 {
+		t.Errorf("app: Ports %+v Port %d", s.Ports, s.Port)
 	}
 }

@@ -77,6 +77,9 @@ func (r *Runner) probe(ctx context.Context, c *check, timeout time.Duration) (st
 		if !r.cfg.EnableScriptChecks {
 			return registry.StatusCritical, "script checks are disabled on this agent (start it with -enable-script-checks)"
 		}
+		if d.DockerContainerID != "" {
+			return r.probeDocker(ctx, d, timeout)
+		}
 		return r.probeScript(ctx, d.Args, timeout)
 	}
 	return registry.StatusCritical, "no check type"

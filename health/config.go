@@ -1,6 +1,7 @@
 package health
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -37,11 +38,21 @@ type Catalog interface {
 
 var _ Catalog = (*registry.Registry)(nil)
 
+// DockerExec runs a command inside a running container, as docker exec
+// does, for checks with DockerContainerID (Consul's docker checks). It
+// writes the command's stdout and stderr to out and returns its exit code;
+// err means the command could not be run or its end not learnt.
+// registry/docker's Exec satisfies it over the engine's API.
+type DockerExec interface {
+	Exec(ctx context.Context, container string, cmd []string, out io.Writer) (exitCode int, err error)
+}
+
 // Config configures a Runner. It is frozen after New; a zero field takes
 // its default.
 type Config struct {
 	Catalog              Catalog       // required
 	EnableScriptChecks   bool          // run Args checks; off by default, as Consul's enable_script_checks
+	Docker               DockerExec    // runs the Args of checks with DockerContainerID; nil: such checks are critical
 	DefaultTimeout       time.Duration // a probe's timeout when the check sets none (capped at its interval)
 	OutputMaxSize        int           // bytes of output kept in Output
 	OutputUpdateInterval time.Duration // an output-only change is reported at most this often

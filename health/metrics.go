@@ -7,7 +7,7 @@ import (
 )
 
 // checkTypes are the values of the type label, one per kind of probe.
-var checkTypes = [...]string{"http", "tcp", "grpc", "script"}
+var checkTypes = [...]string{"http", "tcp", "grpc", "script", "docker"}
 
 // healthMetrics are the checker's metrics. The number of checks by status
 // is read from the catalog when Prometheus scrapes; probe durations and
@@ -23,7 +23,7 @@ func newMetrics(reg prometheus.Registerer, r *Runner) (*healthMetrics, error) {
 	}
 	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "pier", Subsystem: "health", Name: "check_duration_seconds",
-		Help:    "Time a probe took, by check type (http, tcp, grpc, script).",
+		Help:    "Time a probe took, by check type (http, tcp, grpc, script, docker).",
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 	}, []string{"type"})
 	m := &healthMetrics{
@@ -58,6 +58,8 @@ func (m *healthMetrics) probed(d *registry.CheckDefinition, seconds float64) {
 		i = 1
 	case d.GRPC != "":
 		i = 2
+	case len(d.Args) > 0 && d.DockerContainerID != "":
+		i = 4
 	case len(d.Args) > 0:
 		i = 3
 	}

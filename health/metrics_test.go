@@ -40,7 +40,7 @@ pier_health_check_status_changes_total{status="passing"} 1
 		if err := testutil.GatherAndCompare(prom, strings.NewReader(want), "pier_health_checks", "pier_health_check_status_changes_total"); err != nil {
 			t.Error(err)
 		}
-		if n := testutil.CollectAndCount(prom, "pier_health_check_duration_seconds"); n != 4 {
+		if n := testutil.CollectAndCount(prom, "pier_health_check_duration_seconds"); n != len(checkTypes) {
 			t.Errorf("%d duration series, want one per type", n)
 		}
 		mfs, _ := prom.Gather()

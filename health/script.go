@@ -36,6 +36,29 @@ func (r *Runner) probeScript(ctx context.Context, args []string, timeout time.Du
 	return registry.StatusCritical, fmt.Sprintf("running %q: %v", args[0], err)
 }
 
+// probeDocker runs Args inside the container DockerContainerID through the
+// Docker engine, as Consul's docker checks do, with the exit codes of a
+// script check. On timeout the command may go on inside the container: the
+// engine has no way to stop one exec.
+func (r *Runner) probeDocker(ctx context.Context, d *registry.CheckDefinition, timeout time.Duration) (registry.Status, string) {
+	if r.cfg.Docker == nil {
+		return registry.StatusCritical, "no Docker engine configured on this agent for docker checks"
+	}
+	out := &limitedBuffer{max: r.cfg.OutputMaxSize}
+	code, err := r.cfg.Docker.Exec(ctx, d.DockerContainerID, d.Args, out)
+	switch {
+	case ctx.Err() != nil:
+		return registry.StatusCritical, fmt.Sprintf("Timed out (%s) running check in container %s", timeout, d.DockerContainerID)
+	case err != nil:
+		return registry.StatusCritical, err.Error()
+	case code == 0:
+		return registry.StatusPassing, out.String()
+	case code == 1:
+		return registry.StatusWarning, out.String()
+	}
+	return registry.StatusCritical, out.String()
+}
+
 // limitedBuffer keeps the first max bytes written to it and drops the rest
 // (without failing the writer, which would kill the script with SIGPIPE).
 type limitedBuffer struct {

@@ -116,6 +116,12 @@ func (b *Balancer) Pool(service string) *Pool { return b.table.Load().pools[serv
 // neither allocates nor locks.
 func (b *Balancer) TagPool(service, tag string) *Pool { return b.table.Load().TagPool(service, tag) }
 
+// PortPool returns the pool of service's instances at their named port
+// port, nil if none has it. It neither allocates nor locks.
+func (b *Balancer) PortPool(service, port string) *Pool {
+	return b.table.Load().PortPool(service, port)
+}
+
 // Refresh asks Run for a rebuild without waiting for it. Requests made
 // while one is pending coalesce into it.
 func (b *Balancer) Refresh() {
@@ -188,6 +194,17 @@ func (b *Balancer) Rebuild() *registry.Snapshot {
 					tps = append(tps, tp)
 				}
 			}
+			for _, sp := range in.Service.Ports {
+				// Totals count every instance with the port, healthy or not.
+				k := tagKey{nt.Name, sp.Name}
+				if t.portPools[k] == nil {
+					if t.portPools == nil {
+						t.portPools = map[tagKey]*Pool{}
+					}
+					t.portPools[k] = &Pool{service: nt.Name}
+				}
+				t.portPools[k].total++
+			}
 			w, ok := b.weight(in)
 			if !ok || in.Service.Port == 0 {
 				continue
@@ -208,6 +225,27 @@ func (b *Balancer) Rebuild() *registry.Snapshot {
 			p.add(m)
 			for _, tp := range tps {
 				tp.add(m)
+			}
+			// Each named port of a multi-port instance is a backend of its
+			// own, in the pool a route naming that port sends to.
+			for _, sp := range in.Service.Ports {
+				paddr := net.JoinHostPort(host, strconv.Itoa(sp.Port))
+				pbe := b.backends[paddr]
+				if pbe == nil {
+					pbe = newBackend(paddr, &b.cfg)
+					b.backends[paddr] = pbe
+				}
+				seen[paddr] = pbe
+				k := tagKey{nt.Name, sp.Name}
+				pp := t.portPools[k]
+				if pp == nil {
+					if t.portPools == nil {
+						t.portPools = map[tagKey]*Pool{}
+					}
+					pp = &Pool{service: nt.Name}
+					t.portPools[k] = pp
+				}
+				pp.add(Member{Backend: pbe, Weight: w, ID: in.Service.ID, Node: in.Node.Name})
 			}
 		}
 		t.pools[nt.Name] = p
@@ -274,12 +312,13 @@ type ServiceTags struct {
 // Table is the set of pools built from one catalog snapshot. It is
 // immutable once published.
 type Table struct {
-	index    uint64
-	snap     *registry.Snapshot // the snapshot it was built from
-	pools    map[string]*Pool
-	tagPools map[tagKey]*Pool // nil when no instance has a route tag
-	services []ServiceTags
-	changed  chan struct{}
+	index     uint64
+	snap      *registry.Snapshot // the snapshot it was built from
+	pools     map[string]*Pool
+	tagPools  map[tagKey]*Pool // nil when no instance has a route tag
+	portPools map[tagKey]*Pool // by service and port name; nil when no instance has named ports
+	services  []ServiceTags
+	changed   chan struct{}
 }
 
 // Snapshot is the catalog snapshot the table was built from (nil for a
@@ -308,6 +347,11 @@ type tagKey struct{ service, tag string }
 // TagPool returns the pool of the instances of service that carry tag
 // (see RouteTagPrefix), nil if no instance in the catalog does.
 func (t *Table) TagPool(service, tag string) *Pool { return t.tagPools[tagKey{service, tag}] }
+
+// PortPool returns the pool of the instances of service at their port
+// called port (a multi-port service's Ports), nil if no instance in the
+// catalog has such a port.
+func (t *Table) PortPool(service, port string) *Pool { return t.portPools[tagKey{service, port}] }
 
 // Services lists every service in the catalog with its tags, by name.
 func (t *Table) Services() []ServiceTags { return t.services }

@@ -11,6 +11,7 @@ type RouteInfo struct {
 	Host        string
 	Path        string
 	Service     string
+	Port        string `json:",omitempty"` // the named port the route sends to
 	Strip       string `json:",omitempty"`
 	Prepend     string `json:",omitempty"`
 	Source      string
@@ -46,13 +47,16 @@ func (p *Proxy) Routes() []RouteInfo {
 	out := make([]RouteInfo, 0, len(rt.all))
 	for _, r := range rt.all {
 		ri := RouteInfo{
-			Host: r.Host, Path: r.Path, Service: r.Service, Strip: r.Strip, Prepend: r.Prepend,
+			Host: r.Host, Path: r.Path, Service: r.Service, Port: r.Port, Strip: r.Strip, Prepend: r.Prepend,
 			Source: r.Source, Key: r.Key, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
 			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile,
 			Instances: []InstanceInfo{},
 		}
 		pool := rt.lbt.Pool(r.Service)
-		if r.tag != "" {
+		switch {
+		case r.Port != "":
+			pool = rt.lbt.PortPool(r.Service, r.Port)
+		case r.tag != "":
 			pool = rt.lbt.TagPool(r.Service, r.tag)
 		}
 		ri.Total = pool.Total()

@@ -24,6 +24,7 @@ type routeFile struct {
 	Host        string
 	Path        string
 	Service     string
+	Port        string // a named port of the service
 	Strip       string
 	Prepend     string
 	MaxFails    *int
@@ -36,7 +37,7 @@ type routeFile struct {
 }
 
 // ParseRoute reads one route from YAML or JSON (keys as in the config file:
-// host, path, service, strip, prepend, max_fails, fail_timeout, tls,
+// host, path, service, port, strip, prepend, max_fails, fail_timeout, tls,
 // tls_skip_verify, tls_server_name, tls_ca_file) and validates it.
 func ParseRoute(b []byte) (Route, error) {
 	var r Route
@@ -64,7 +65,7 @@ func ParseRoute(b []byte) (Route, error) {
 		}
 		return r, err
 	}
-	r = Route{Host: f.Host, Path: f.Path, Service: f.Service, Strip: f.Strip, Prepend: f.Prepend, MaxFails: f.MaxFails,
+	r = Route{Host: f.Host, Path: f.Path, Service: f.Service, Port: f.Port, Strip: f.Strip, Prepend: f.Prepend, MaxFails: f.MaxFails,
 		TLS: f.TLS, TLSSkipVerify: f.TLSSkipVerify, TLSServerName: f.TLSServerName, TLSCAFile: f.TLSCAFile}
 	if f.FailTimeout != "" {
 		d, err := time.ParseDuration(f.FailTimeout)

@@ -485,6 +485,10 @@ func (r *releaser) Close() error {
 }
 
 func (p *Proxy) noInstance(ctx *fasthttp.RequestCtx, r *route) {
+	if r.Port != "" {
+		ctx.Error("pier: no healthy instance of service \""+r.Service+"\" with a port named \""+r.Port+"\"\n", fasthttp.StatusBadGateway)
+		return
+	}
 	ctx.Error("pier: no healthy instance of service \""+r.Service+"\"\n", fasthttp.StatusBadGateway)
 }
 

@@ -17,6 +17,7 @@ type Route struct {
 	Host        string        // "" matches any host; otherwise compared without port, case-insensitively
 	Path        string        // path prefix, "/" when empty; "/api" matches /api and /api/x but not /apix
 	Service     string        // required
+	Port        string        // a named port of a multi-port service (its Ports); "": the default port
 	Strip       string        // prefix removed from the path before it is sent (the seed's /api/(.*) -> /$1)
 	Prepend     string        // prefix added to the path after Strip
 	MaxFails    *int          // passive health: nil takes the proxy's MaxFails
@@ -45,6 +46,8 @@ func (r *Route) Validate() error {
 		return fmt.Errorf("route %s%s: strip must start with /", r.Host, r.Path)
 	case r.Prepend != "" && r.Prepend[0] != '/':
 		return fmt.Errorf("route %s%s: prepend must start with /", r.Host, r.Path)
+	case strings.ContainsFunc(r.Port, func(c rune) bool { return c <= ' ' || c == 0x7f }):
+		return fmt.Errorf("route %s%s: port %q: want the name of one of the service's Ports", r.Host, r.Path, r.Port)
 	case strings.ContainsAny(r.Host, "/ "):
 		return fmt.Errorf("route %q: a host has no / or space", r.Host)
 	case r.MaxFails != nil && *r.MaxFails < 0, r.FailTimeout < 0:
@@ -80,6 +83,9 @@ type route struct {
 // (as fabio does: the tag is the instance saying it serves the route); for
 // a config or KV route, every healthy instance of the service.
 func (p *Proxy) pool(r *route) *lb.Pool {
+	if r.Port != "" {
+		return p.bal.PortPool(r.Service, r.Port)
+	}
 	if r.tag != "" {
 		return p.bal.TagPool(r.Service, r.tag)
 	}

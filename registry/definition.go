@@ -47,8 +47,22 @@ type ServiceDefinition struct {
 	Weights           *Weights
 	TaggedAddresses   map[string]ServiceAddress
 	EnableTagOverride bool
+	Ports             []ServicePort // Consul 1.22's named ports; exclusive with Port
+	SocketPath        string
+	Locality          *Locality
 	Check             *CheckRegistration
 	Checks            []*CheckRegistration
+
+	// Consul Connect, which pier leaves out: read only to be refused, so
+	// that a registration that asks for a sidecar is not taken as done.
+	Connect *ConnectDefinition
+	Proxy   json.RawMessage
+}
+
+// ConnectDefinition is a registration's Connect block.
+type ConnectDefinition struct {
+	Native         bool
+	SidecarService json.RawMessage
 }
 
 // CheckRegistration is a check as Consul's clients send it, alone
@@ -72,6 +86,8 @@ type CheckRegistration struct {
 	GRPCUseTLS                     bool
 	Args                           []string
 	ScriptArgs                     []string // older name for Args
+	DockerContainerID              string
+	Shell                          string
 	TTL                            json.RawMessage
 	Interval                       json.RawMessage
 	Timeout                        json.RawMessage
@@ -284,6 +300,9 @@ func (d *ServiceDefinition) Build() (Service, []Check, error) {
 	if d.Kind != "" {
 		return s, nil, fieldErr("Kind", "%q services are not supported (Consul Connect is not part of pier)", d.Kind)
 	}
+	if err := d.refuseConnect(); err != nil {
+		return s, nil, err
+	}
 	if err := validName("Name", d.Name, true); err != nil {
 		return s, nil, err
 	}
@@ -315,6 +334,28 @@ func (d *ServiceDefinition) Build() (Service, []Check, error) {
 			return s, nil, err
 		}
 		s.Port = *d.Port
+	}
+	if len(d.Ports) > 0 {
+		if d.Port != nil {
+			return s, nil, fieldErr("Ports", "cannot be set together with Port (mark the default port with Default: true instead)")
+		}
+		def, err := validPorts(d.Ports)
+		if err != nil {
+			return s, nil, err
+		}
+		s.Ports = append([]ServicePort(nil), d.Ports...)
+		s.Port = def
+	}
+	if strings.ContainsFunc(d.SocketPath, unicode.IsControl) {
+		return s, nil, fieldErr("SocketPath", "contains control characters")
+	}
+	s.SocketPath = d.SocketPath
+	if err := d.Locality.Validate("Locality"); err != nil {
+		return s, nil, err
+	}
+	if d.Locality != nil && *d.Locality != (Locality{}) {
+		l := *d.Locality
+		s.Locality = &l
 	}
 	if err := ValidateMeta("Meta", d.Meta); err != nil {
 		return s, nil, err
@@ -393,6 +434,58 @@ func (d *ServiceDefinition) Build() (Service, []Check, error) {
 	return s, checks, nil
 }
 
+// refuseConnect names the Connect field a registration sets: pier has no
+// Connect, and a sidecar that is silently not registered would look like a
+// working mesh.
+func (d *ServiceDefinition) refuseConnect() error {
+	const why = "not supported (Consul Connect is not part of pier)"
+	if d.Connect != nil {
+		if sc := bytes.TrimSpace(d.Connect.SidecarService); len(sc) > 0 && string(sc) != "null" {
+			return fieldErr("Connect.SidecarService", "sidecar services are %s", why)
+		}
+		if d.Connect.Native {
+			return fieldErr("Connect.Native", "Connect-native services are %s", why)
+		}
+	}
+	if p := bytes.TrimSpace(d.Proxy); len(p) > 0 && string(p) != "null" && string(p) != "{}" {
+		return fieldErr("Proxy", "proxy configuration is %s", why)
+	}
+	return nil
+}
+
+// validPorts applies Consul's rules for Ports (unique non-empty names,
+// exactly one Default) with pier's port range, and returns the default port.
+func validPorts(ports []ServicePort) (int, error) {
+	seen := make(map[string]bool, len(ports))
+	def := 0
+	for i, p := range ports {
+		f := fmt.Sprintf("Ports[%d]", i)
+		if strings.TrimSpace(p.Name) == "" {
+			return 0, fieldErr(f+".Name", "missing (required)")
+		}
+		if err := validName(f+".Name", p.Name, true); err != nil {
+			return 0, err
+		}
+		if seen[p.Name] {
+			return 0, fieldErr(f+".Name", "%q is used by another port (names must be unique)", p.Name)
+		}
+		seen[p.Name] = true
+		if err := validPort(f+".Port", p.Port); err != nil {
+			return 0, err
+		}
+		if p.Default {
+			if def != 0 {
+				return 0, fieldErr(f+".Default", "only one port can be the default")
+			}
+			def = p.Port
+		}
+	}
+	if def == 0 {
+		return 0, fieldErr("Ports", "one of the ports must be marked Default: true")
+	}
+	return def, nil
+}
+
 func (cr *CheckRegistration) empty() bool {
 	return reflect.ValueOf(*cr).IsZero()
 }
@@ -466,6 +559,21 @@ func (cr *CheckRegistration) build(field string) (Check, error) {
 	}
 	if len(def.Args) == 0 {
 		def.Args = cr.ScriptArgs
+	}
+	def.DockerContainerID, def.Shell = cr.DockerContainerID, cr.Shell
+	if def.DockerContainerID != "" {
+		if len(def.Args) == 0 {
+			return c, fieldErr(f("Args"), "required with DockerContainerID: the command to run inside the container")
+		}
+		if err := validName(f("DockerContainerID"), def.DockerContainerID, true); err != nil {
+			return c, err
+		}
+		if strings.ContainsAny(def.DockerContainerID, "/?#%") {
+			return c, fieldErr(f("DockerContainerID"), "%q is not a container ID or name", def.DockerContainerID)
+		}
+	}
+	if strings.ContainsFunc(def.Shell, unicode.IsControl) {
+		return c, fieldErr(f("Shell"), "contains control characters")
 	}
 	var err error
 	if def.TTL, err = parseDuration(f("TTL"), cr.TTL); err != nil {

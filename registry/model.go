@@ -50,6 +50,30 @@ type Node struct {
 	Datacenter      string
 	TaggedAddresses map[string]string
 	Meta            map[string]string
+	Locality        *Locality `json:",omitempty"` // the agent's locality config; nil when not set
+}
+
+// Locality says where a node or a service instance runs, as Consul's
+// Locality: a region and, within it, a zone.
+type Locality struct {
+	Region string
+	Zone   string
+}
+
+// Validate applies Consul's rule: a zone only within a region.
+func (l *Locality) Validate(field string) error {
+	if l != nil && l.Region == "" && l.Zone != "" {
+		return fieldErr(field+".Zone", "cannot be set without %s.Region", field)
+	}
+	return nil
+}
+
+// ServicePort is one named port of a multi-port service, as Consul 1.22's
+// Ports entries.
+type ServicePort struct {
+	Name    string
+	Port    int
+	Default bool
 }
 
 // Weights are the relative weights of an instance when it is passing or
@@ -76,6 +100,22 @@ type Service struct {
 	Weights           Weights
 	TaggedAddresses   map[string]ServiceAddress
 	EnableTagOverride bool
+	// Ports are the named ports of a multi-port service; Port then holds
+	// the default one, so every reader that knows one port (DNS, the
+	// proxy's pools, checks) uses it as Consul's DefaultPort does.
+	Ports      []ServicePort `json:",omitempty"`
+	SocketPath string        `json:",omitempty"` // a unix socket the instance listens on
+	Locality   *Locality     `json:",omitempty"` // the instance's own; nil when it has none
+}
+
+// NamedPort returns the port called name among s.Ports.
+func (s *Service) NamedPort(name string) (int, bool) {
+	for _, p := range s.Ports {
+		if p.Name == name {
+			return p.Port, true
+		}
+	}
+	return 0, false
 }
 
 // CheckDefinition says how a check is run. The health package reads it; the
@@ -92,6 +132,8 @@ type CheckDefinition struct {
 	GRPC                           string              `json:",omitempty"`
 	GRPCUseTLS                     bool                `json:",omitempty"`
 	Args                           []string            `json:",omitempty"`
+	DockerContainerID              string              `json:",omitempty"` // Args run inside this container (docker exec)
+	Shell                          string              `json:",omitempty"` // stored and shown, as Consul; Args run without a shell
 	Interval                       Duration            `json:",omitempty"`
 	Timeout                        Duration            `json:",omitempty"`
 	SuccessBeforePassing           int                 `json:",omitempty"`
@@ -109,6 +151,8 @@ func (d *CheckDefinition) Type() string {
 		return "tcp"
 	case d.GRPC != "":
 		return "grpc"
+	case len(d.Args) > 0 && d.DockerContainerID != "":
+		return "docker"
 	case len(d.Args) > 0:
 		return "script"
 	case d.TTL > 0:

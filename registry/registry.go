@@ -47,6 +47,7 @@ type Config struct {
 	Datacenter string            // default "dc1"
 	NodeMeta   map[string]string // the node's Meta, besides consul-network-segment and consul-version
 	Version    string            // the agent's version, in the node's Meta as consul-version
+	Locality   *Locality         // the agent's region and zone (Consul's locality); nil: none
 	DataDir    string            // where this node's registrations persist; empty: in memory only
 	AgentPort  int               // port of the agent's own "consul" service entry
 	Logger     *slog.Logger      // nil: discard
@@ -133,6 +134,9 @@ func New(cfg Config) (*Registry, error) {
 	maps.Copy(meta, cfg.NodeMeta)
 	meta["consul-network-segment"] = "" // pier has no network segments
 	meta["consul-version"] = cfg.Version
+	if err := cfg.Locality.Validate("locality"); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
 	r := &Registry{
 		cfg:         cfg,
 		log:         cfg.Logger,
@@ -193,6 +197,7 @@ func New(cfg Config) (*Registry, error) {
 		ID: r.cfg.NodeID, Name: cfg.NodeName, Address: cfg.Address, Datacenter: cfg.Datacenter,
 		TaggedAddresses: map[string]string{"lan": cfg.Address, "lan_ipv4": cfg.Address, "wan": cfg.Address, "wan_ipv4": cfg.Address},
 		Meta:            meta,
+		Locality:        cfg.Locality,
 	}})
 	// serfHealth is each observer's own judgement of a node: never gossiped.
 	tx.upsertCheck(cfg.NodeName, serfCheck(true))

@@ -84,6 +84,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	rcfg.Address = addr
 	rcfg.Datacenter = cfg.Datacenter
 	rcfg.NodeMeta = cfg.NodeMeta
+	rcfg.Locality = cfg.Locality
 	rcfg.DataDir = cfg.DataDir
 	rcfg.AgentPort = cfg.SerfLANPort
 	rcfg.Logger = log.With("component", "registry")
@@ -129,6 +130,11 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	hcfg := health.DefaultConfig()
 	hcfg.Catalog = reg
 	hcfg.EnableScriptChecks = cfg.EnableScriptChecks
+	if cfg.EnableScriptChecks {
+		if hcfg.Docker, err = newDockerExec(cfg.Docker); err != nil {
+			return err
+		}
+	}
 	hcfg.Logger = log.With("component", "health")
 	hcfg.Registerer = prom
 	checks, err := health.New(hcfg)

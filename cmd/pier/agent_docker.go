@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/pier-dev/pier/health"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/docker"
 )
@@ -126,4 +127,18 @@ func newDockerWatcher(ds *dockerSettings, reg *registry.Registry, addr string, l
 	}
 	cfg.Logger = log.With("component", "docker")
 	return docker.New(cfg)
+}
+
+var _ health.DockerExec = (*docker.Exec)(nil)
+
+// newDockerExec returns what runs docker checks (checks with
+// DockerContainerID) on the engine the agent's docker settings name, else
+// DOCKER_HOST's, else the default socket, as Consul finds its engine. It
+// connects only when such a check runs.
+func newDockerExec(ds *dockerSettings) (*docker.Exec, error) {
+	endpoint := os.Getenv("DOCKER_HOST")
+	if ds != nil && ds.Endpoint != "" {
+		endpoint = ds.Endpoint
+	}
+	return docker.NewExec(endpoint, 0)
 }

@@ -136,6 +136,7 @@ type proxyRouteFile struct {
 	Host        string
 	Path        string
 	Service     string
+	Port        string // a named port of the service (one of its Ports)
 	Strip       string
 	Prepend     string
 	MaxFails    *int
@@ -160,7 +161,7 @@ func (c *agentConfig) mergeProxy(pf *proxyFile) error {
 		p.Addr, p.addrSet, p.devAddr = *pf.Addr, true, false
 	}
 	for i, r := range pf.Routes {
-		rt := proxy.Route{Host: r.Host, Path: r.Path, Service: r.Service, Strip: r.Strip, Prepend: r.Prepend, MaxFails: r.MaxFails,
+		rt := proxy.Route{Host: r.Host, Path: r.Path, Service: r.Service, Port: r.Port, Strip: r.Strip, Prepend: r.Prepend, MaxFails: r.MaxFails,
 			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile}
 		if r.FailTimeout != "" {
 			d, err := time.ParseDuration(r.FailTimeout)

@@ -37,6 +37,7 @@ type agentConfig struct {
 	Encrypt     string        // base64 gossip key
 	Reconnect   time.Duration // a failed node is reaped after this
 	NodeMeta    map[string]string
+	Locality    *registry.Locality // Consul's locality: this agent's region and zone
 	LogLevel    string
 	LogJSON     bool
 	Dev         bool
@@ -118,6 +119,10 @@ type fileConfig struct {
 		DNS     *int
 	}
 	NodeMeta map[string]string
+	Locality *struct {
+		Region *string
+		Zone   *string
+	}
 	LogLevel *string
 	LogJSON  *bool
 	Service  json.RawMessage
@@ -421,6 +426,16 @@ func (c *agentConfig) loadFile(path string) error {
 			c.SerfLANPort = *fc.Ports.SerfLAN
 		}
 	}
+	if fc.Locality != nil {
+		if c.Locality == nil {
+			c.Locality = &registry.Locality{}
+		}
+		setStr(&c.Locality.Region, fc.Locality.Region)
+		setStr(&c.Locality.Zone, fc.Locality.Zone)
+		if err := c.Locality.Validate("locality"); err != nil {
+			return fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
 	for k, v := range fc.NodeMeta {
 		if c.NodeMeta == nil {
 			c.NodeMeta = map[string]string{}
@@ -450,6 +465,11 @@ func (c *agentConfig) loadFile(path string) error {
 			return fmt.Errorf("config file %s: services[%d]: %w", path, i, err)
 		}
 		svc, checks, err := def.Build()
+		if err == nil && def.SocketPath != "" && (def.Port != nil || len(def.Ports) > 0 || def.Address != "") {
+			// As Consul's config files: an instance is reached on a socket
+			// or at an address, and a file that says both is a mistake.
+			err = errors.New("socket_path: cannot be set together with address, port or ports")
+		}
 		if err != nil {
 			return fmt.Errorf("config file %s: services[%d]: %w", path, i, err)
 		}

@@ -13,6 +13,7 @@ type apiRoute struct {
 	Host        string
 	Path        string
 	Service     string
+	Port        string
 	Strip       string
 	Prepend     string
 	Source      string
@@ -97,6 +98,9 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 			ins = append(ins, s)
 		}
 		svc := r.Service
+		if r.Port != "" {
+			svc += " port " + r.Port
+		}
 		switch {
 		case r.TLSSkipVerify:
 			svc += " (https, unverified)"

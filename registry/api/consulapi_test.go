@@ -40,9 +40,18 @@ type agent struct {
 // is stopped, and Run's return awaited, when the test ends.
 func startAgent(t *testing.T) *agent {
 	t.Helper()
+	return startAgentWith(t, nil)
+}
+
+// startAgentWith is startAgent with edit applied to the registry's config.
+func startAgentWith(t *testing.T, edit func(*registry.Config)) *agent {
+	t.Helper()
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = "node1"
 	rcfg.Address = "127.0.0.1"
+	if edit != nil {
+		edit(&rcfg)
+	}
 	reg, err := registry.New(rcfg)
 	if err != nil {
 		t.Fatalf("registry.New: %v", err)

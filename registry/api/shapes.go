@@ -16,7 +16,9 @@ type agentService struct {
 	Tags              []string
 	Meta              map[string]string
 	Port              int
+	Ports             []registry.ServicePort `json:",omitempty" bexpr:"-"`
 	Address           string
+	SocketPath        string                             `json:",omitempty"`
 	TaggedAddresses   map[string]registry.ServiceAddress `json:",omitempty"`
 	Weights           weights
 	EnableTagOverride bool
@@ -24,8 +26,9 @@ type agentService struct {
 	Datacenter        string
 	// The catalog's indexes, in the catalog's and health's answers; the
 	// agent's own endpoints leave them out, as Consul's do.
-	CreateIndex uint64 `json:",omitempty"`
-	ModifyIndex uint64 `json:",omitempty"`
+	CreateIndex uint64             `json:",omitempty"`
+	ModifyIndex uint64             `json:",omitempty"`
+	Locality    *registry.Locality `json:",omitempty" bexpr:"-"`
 }
 
 type catalogService struct {
@@ -44,7 +47,10 @@ type catalogService struct {
 	ServiceWeights           weights
 	ServiceMeta              map[string]string
 	ServicePort              int
+	ServicePorts             []registry.ServicePort `bexpr:"-"`
+	ServiceSocketPath        string
 	ServiceEnableTagOverride bool
+	ServiceLocality          *registry.Locality `bexpr:"-"`
 	CreateIndex              uint64
 	ModifyIndex              uint64
 }
@@ -56,6 +62,7 @@ type node struct {
 	Datacenter      string
 	TaggedAddresses map[string]string
 	Meta            map[string]string
+	Locality        *registry.Locality `json:",omitempty" bexpr:"-"`
 	CreateIndex     uint64
 	ModifyIndex     uint64
 }
@@ -124,11 +131,14 @@ func toAgentService(e *registry.ServiceEntry, dc string) agentService {
 		Tags:              orEmpty(e.Tags),
 		Meta:              mapOrEmpty(e.Meta),
 		Port:              e.Port,
+		Ports:             e.Ports,
 		Address:           e.Address,
+		SocketPath:        e.SocketPath,
 		TaggedAddresses:   e.TaggedAddresses,
 		Weights:           weights(e.Weights),
 		EnableTagOverride: e.EnableTagOverride,
 		Datacenter:        dc,
+		Locality:          e.Locality,
 	}
 }
 
@@ -148,6 +158,7 @@ func toNode(n *registry.NodeEntry) node {
 		Datacenter:      n.Datacenter,
 		TaggedAddresses: mapOrEmpty(n.TaggedAddresses),
 		Meta:            mapOrEmpty(n.Meta),
+		Locality:        n.Locality,
 		CreateIndex:     n.CreateIndex,
 		ModifyIndex:     n.ModifyIndex,
 	}
@@ -169,7 +180,10 @@ func toCatalogService(n *registry.NodeEntry, e *registry.ServiceEntry) catalogSe
 		ServiceWeights:           weights(e.Weights),
 		ServiceMeta:              mapOrEmpty(e.Meta),
 		ServicePort:              e.Port,
+		ServicePorts:             e.Ports,
+		ServiceSocketPath:        e.SocketPath,
 		ServiceEnableTagOverride: e.EnableTagOverride,
+		ServiceLocality:          e.Locality,
 		CreateIndex:              e.CreateIndex,
 		ModifyIndex:              e.ModifyIndex,
 	}

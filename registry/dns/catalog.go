@@ -229,7 +229,8 @@ func (v *view) node(lname string) (*registry.NodeEntry, bool) {
 
 // build computes the answer to a question under the domain, as Consul
 // answers: [tag.]name.service[.dc], _name._tag.service[.dc],
-// node.node[.dc] and hex.addr[.dc].
+// node.node[.dc] and hex.addr[.dc]; after .service also <port>.port and
+// <dc>.dc parts.
 func (s *Server) build(v *view, key []byte, domOff int) *answer {
 	qtype := binary.BigEndian.Uint16(key[len(key)-2:])
 	qname, _, err := mdns.UnpackDomainName(key[:len(key)-2], 0)
@@ -257,17 +258,14 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 		}
 		return nodata()
 	}
-	// The kind label is last, or last but one when a datacenter follows.
-	n, dc := len(ls), ""
-	switch {
-	case isKind(ls[n-1]):
-		n--
-	case n >= 2 && isKind(ls[n-2]):
-		dc, n = ls[n-1], n-2
-	default:
+	n, dc, port, ok := splitKind(ls)
+	if !ok {
 		return nx()
 	}
 	kind, rest := ls[n], ls[:n]
+	if port != "" && kind != "service" {
+		return nx() // a named port belongs to services only
+	}
 	switch kind {
 	case "service":
 		a.kind = kindService
@@ -313,10 +311,13 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 			return nx()
 		}
 		insts := s.healthy(v.instances(name), tag)
+		if port != "" {
+			insts = withPort(insts, port)
+		}
 		if len(insts) == 0 {
 			return nx() // as Consul: no healthy instance, no name
 		}
-		s.serviceRecords(a, insts, qtype, v.snap)
+		s.serviceRecords(a, insts, port, qtype, v.snap)
 	default:
 		return nx()
 	}
@@ -327,6 +328,61 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 }
 
 func isKind(l string) bool { return l == "service" || l == "node" || l == "addr" }
+
+// splitKind finds the kind label in ls (a name without the domain) and
+// returns its index, with what follows it read as Consul reads it: nothing,
+// a datacenter, or labelled parts <dc>.dc and <port-name>.port (Consul
+// 1.22's named ports) in either order. ok is false for any other name.
+func splitKind(ls []string) (at int, dc, port string, ok bool) {
+	n := len(ls)
+	switch {
+	case isKind(ls[n-1]):
+		return n - 1, "", "", true
+	case n >= 2 && isKind(ls[n-2]):
+		return n - 2, ls[n-1], "", true
+	}
+	for _, k := range []int{2, 4} {
+		if n <= k || !isKind(ls[n-1-k]) {
+			continue
+		}
+		dc, port = "", ""
+		for i := n - k; i < n; i += 2 {
+			switch ls[i+1] {
+			case "dc":
+				dc = ls[i]
+			case "port":
+				port = ls[i]
+			default:
+				return 0, "", "", false
+			}
+		}
+		return n - 1 - k, dc, port, true
+	}
+	return 0, "", "", false
+}
+
+// withPort keeps the instances that have a port called name (compared
+// without case, as DNS compares names). Consul answers NXDOMAIN as soon as
+// one instance lacks it; leaving that one out instead lets a name keep
+// answering while a multi-port deploy rolls out.
+func withPort(in []registry.Instance, name string) []registry.Instance {
+	out := in[:0]
+	for _, i := range in {
+		if namedPort(i.Service, name) != 0 {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func namedPort(s *registry.ServiceEntry, name string) int {
+	for _, p := range s.Ports {
+		if strings.EqualFold(p.Name, name) {
+			return p.Port
+		}
+	}
+	return 0
+}
 
 // healthy keeps the instances DNS shows: never critical ones, warning ones
 // unless OnlyPassing, and only those carrying tag (without case) if given.
@@ -362,7 +418,8 @@ func hasTag(tags []string, tag string) bool {
 }
 
 // serviceRecords fills a with the records of healthy instances.
-func (s *Server) serviceRecords(a *answer, insts []registry.Instance, qtype uint16, snap *registry.Snapshot) {
+// With port set, SRV records carry the instances' port of that name.
+func (s *Server) serviceRecords(a *answer, insts []registry.Instance, port string, qtype uint16, snap *registry.Snapshot) {
 	ttl := serviceTTL(s.cfg.ServiceTTL, insts[0].Service.Name)
 	if qtype == mdns.TypeSRV {
 		for _, in := range insts {
@@ -370,13 +427,17 @@ func (s *Server) serviceRecords(a *answer, insts []registry.Instance, qtype uint
 			if target == "" {
 				continue
 			}
+			p := in.Service.Port
+			if port != "" {
+				p = namedPort(in.Service, port)
+			}
 			w := in.Service.Weights.Passing
 			if in.Status() == registry.StatusWarning {
 				w = in.Service.Weights.Warning
 			}
 			a.ans = append(a.ans, &mdns.SRV{
 				Hdr:      mdns.RR_Header{Name: a.qname, Rrtype: mdns.TypeSRV, Class: mdns.ClassINET, Ttl: ttl},
-				Priority: 1, Weight: uint16(max(0, min(w, 65535))), Port: uint16(in.Service.Port), Target: target,
+				Priority: 1, Weight: uint16(max(0, min(w, 65535))), Port: uint16(p), Target: target,
 			})
 			for _, rr := range extra {
 				rr.Header().Ttl = ttl

@@ -10,8 +10,11 @@
 //
 // The package owns its small client of the Engine API (/_ping,
 // /containers/json, /containers/{id}/json and the streaming /events) and the
-// services of source registry.SourceDocker. It only reads from the Docker
-// socket: it never creates, starts, stops or changes a container. It must not
-// touch registrations of any other source, and it runs no checks itself: the
-// health package picks up the checks it registers from the catalog.
+// services of source registry.SourceDocker. The watcher only reads from the
+// Docker socket: it never creates, starts, stops or changes a container. It
+// must not touch registrations of any other source, and it runs no checks
+// itself: the health package picks up the checks it registers from the
+// catalog. Exec is the one writer: it runs the command of a docker check
+// (DockerContainerID) inside its container through the exec API, for the
+// health package, which takes it as its DockerExec.
 package docker

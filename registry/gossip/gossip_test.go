@@ -43,12 +43,16 @@ type opts struct {
 	key     []byte
 	join    []string
 	tweak   func(*Config)
+	reg     func(*registry.Config)
 }
 
 func startNode(t *testing.T, name string, o opts) *node {
 	t.Helper()
 	rc := registry.DefaultConfig()
 	rc.NodeName, rc.Address, rc.DataDir = name, "127.0.0.1", o.dataDir
+	if o.reg != nil {
+		o.reg(&rc)
+	}
 	reg, err := registry.New(rc)
 	if err != nil {
 		t.Fatal(err)

@@ -70,6 +70,7 @@ type Node struct {
 	// readReady is set once this leader has applied everything committed
 	// before its term (a barrier), so its own state answers reads.
 	readReady atomic.Bool
+	timers    sessionTimers
 }
 
 // New opens the stores and starts the Raft participant. A server with no
@@ -93,6 +94,7 @@ func New(cfg Config) (*Node, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{cfg: cfg, log: log, fsm: NewFSM(nil)}
+	n.timers.expire = n.expireSession
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}})
 
 	adv, err := advertiseAddr(cfg)
@@ -206,12 +208,14 @@ func (n *Node) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			n.readReady.Store(false)
+			n.timers.stop()
 			if err := n.raft.Shutdown().Error(); err != nil {
 				return fmt.Errorf("raft: shutdown: %w", err)
 			}
 			return nil
 		case leader := <-leaderCh:
 			n.readReady.Store(false)
+			n.timers.stop()
 			if !leader {
 				continue
 			}
@@ -219,6 +223,7 @@ func (n *Node) Run(ctx context.Context) error {
 				n.log.Warn("raft: barrier after election", "err", err)
 				continue
 			}
+			n.timers.lead(n.fsm.State())
 			n.readReady.Store(n.raft.State() == hraft.Leader)
 			n.log.Info("raft: leading", "id", n.cfg.ID)
 		}
@@ -283,14 +288,27 @@ func (n *Node) KV(op KVOp) (Result, error) { return n.apply(command{Type: cmdKV,
 // Txn applies KV operations atomically.
 func (n *Node) Txn(ops []KVOp) (Result, error) { return n.apply(command{Type: cmdTxn, Ops: ops}) }
 
-// CreateSession stores a session the caller validated.
+// CreateSession stores a session the caller validated (ParseTTL, its node
+// and checks healthy) and starts its TTL.
 func (n *Node) CreateSession(s Session) (Result, error) {
-	return n.apply(command{Type: cmdSessionCreate, Session: &s})
+	ttl, err := ParseTTL(s.TTL)
+	if err != nil {
+		return Result{}, err
+	}
+	r, err := n.apply(command{Type: cmdSessionCreate, Session: &s})
+	if err == nil && r.Err == nil {
+		n.timers.reset(s.ID, ttl)
+	}
+	return r, err
 }
 
 // DestroySession removes a session and frees its locks.
 func (n *Node) DestroySession(id string) (Result, error) {
-	return n.apply(command{Type: cmdSessionDestroy, ID: id})
+	r, err := n.apply(command{Type: cmdSessionDestroy, ID: id})
+	if err == nil {
+		n.timers.clear(id)
+	}
+	return r, err
 }
 
 // ConsistentState answers the state after confirming with a quorum that

@@ -57,6 +57,10 @@ var (
 	ErrNotLeader = errors.New("raft: not the leader")
 	// ErrNoLeader is Consul's "No cluster leader".
 	ErrNoLeader = errors.New("No cluster leader")
+	// ErrUncertain: the command was proposed but leadership was lost before
+	// it committed, so it may or may not take effect; not to be retried
+	// blindly.
+	ErrUncertain = errors.New("raft: leadership lost while committing; the write may or may not have been applied")
 )
 
 // Node is one server's Raft participant and its state machine.
@@ -274,8 +278,11 @@ func (n *Node) apply(c command) (Result, error) {
 	}
 	f := n.raft.Apply(b, n.cfg.ApplyTimeout)
 	if err := f.Error(); err != nil {
-		if errors.Is(err, hraft.ErrNotLeader) || errors.Is(err, hraft.ErrLeadershipLost) || errors.Is(err, hraft.ErrLeadershipTransferInProgress) {
-			return Result{}, n.leaderErr()
+		switch {
+		case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrLeadershipTransferInProgress):
+			return Result{}, n.leaderErr() // refused before it reached the log
+		case errors.Is(err, hraft.ErrLeadershipLost), errors.Is(err, hraft.ErrRaftShutdown):
+			return Result{}, ErrUncertain
 		}
 		return Result{}, fmt.Errorf("raft: apply: %w", err)
 	}
@@ -317,10 +324,25 @@ func (n *Node) ConsistentState() (*State, error) {
 	if !n.IsLeader() {
 		return nil, n.leaderErr()
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := n.wait(n.raft.VerifyLeader()); err != nil {
 		return nil, n.leaderErr()
 	}
 	return n.fsm.State(), nil
+}
+
+// wait bounds a future's wait by ApplyTimeout: hashicorp/raft never
+// answers a VerifyLeader that was queued when it shut down.
+func (n *Node) wait(f hraft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	t := time.NewTimer(n.cfg.ApplyTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("raft: no answer within %v", n.cfg.ApplyTimeout)
+	}
 }
 
 // Configuration answers the servers of the newest configuration.

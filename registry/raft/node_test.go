@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,10 +19,11 @@ func fast(c *hraft.Config) {
 }
 
 type testServer struct {
-	n      *Node
-	cancel context.CancelFunc
-	done   chan error
-	cfg    Config
+	n       *Node
+	cancel  context.CancelFunc
+	done    chan error
+	cfg     Config
+	stopped atomic.Bool
 }
 
 func startServer(t *testing.T, cfg Config) *testServer {
@@ -40,10 +42,9 @@ func startServer(t *testing.T, cfg Config) *testServer {
 }
 
 func (s *testServer) stop() {
-	if s.cancel != nil {
+	if s.stopped.CompareAndSwap(false, true) {
 		s.cancel()
 		<-s.done
-		s.cancel = nil
 	}
 }
 
@@ -61,7 +62,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 func leaderOf(servers []*testServer) *testServer {
 	for _, s := range servers {
-		if s.cancel != nil && s.n.IsLeader() {
+		if !s.stopped.Load() && s.n.IsLeader() {
 			return s
 		}
 	}

@@ -1,0 +1,17 @@
+// Package raft owns the state that pier's servers agree on through
+// hashicorp/raft: the KV store with Consul's locks (sessions, lock delay,
+// LockIndex), sessions, and atomic transactions (Consul's /v1/txn KV
+// verbs). It keeps the Raft log and stable store in the data dir
+// (raft/raft.db, bbolt, fsynced per append) and snapshots beside them, or
+// everything in memory for -dev.
+//
+// The state machine (FSM) publishes an immutable State after every applied
+// entry, as registry publishes its Snapshot: readers never lock, and
+// Changed wakes blocking queries. Everything an apply needs is in the log
+// entry, so every server computes the same State; what depends on gossip
+// (whether a session's node and checks are healthy) is decided by the
+// leader before it proposes an entry.
+//
+// This package must not import registry/api, proxy or lb, and only the
+// agent's wiring and the API may import it (DESIGN.md).
+package raft

@@ -136,6 +136,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Cluster = cluster{members, leave}
 	acfg.Health = checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
+	acfg.EnableDebug = cfg.EnableDebug
 	acfg.Version = version
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom

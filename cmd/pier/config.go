@@ -47,6 +47,7 @@ type agentConfig struct {
 	DNS         dnsSettings     // the DNS interface and resolver (config_dns.go)
 
 	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
+	EnableDebug        bool // serve Go's profiles at /debug/pprof/, as Consul's enable_debug
 
 	// limits.http_max_conns_per_client: API requests one client IP may
 	// have in progress; 0 in the file means no limit, as in Consul.
@@ -128,6 +129,7 @@ type fileConfig struct {
 	DNSConfig *dnsFile
 
 	EnableScriptChecks *bool
+	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
 	ACL json.RawMessage // decoded again from the raw file by mergeACL
 }
@@ -361,6 +363,9 @@ func (c *agentConfig) loadFile(path string) error {
 	}
 	if fc.EnableScriptChecks != nil {
 		c.EnableScriptChecks = *fc.EnableScriptChecks
+	}
+	if fc.EnableDebug != nil {
+		c.EnableDebug = *fc.EnableDebug
 	}
 	if fc.ClientAddr != nil {
 		c.Client = strings.Fields(*fc.ClientAddr)

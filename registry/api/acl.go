@@ -225,6 +225,9 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (*http.Reques
 // List reads pass here and are filtered by the handlers.
 func (s *Server) allowed(p *Policy, r *http.Request) bool {
 	path := r.URL.Path
+	if strings.HasPrefix(path, "/debug/") {
+		return p.management || p.OperatorRead() // Go's profiles, as Consul's
+	}
 	if !strings.HasPrefix(path, "/v1/") {
 		return true // the UI's static files and /metrics, as Consul serves its UI
 	}
@@ -271,8 +274,10 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		case "/v1/agent/services", "/v1/catalog/services", "/v1/agent/checks",
 			"/v1/status/leader", "/v1/status/peers", "/v1/catalog/datacenters":
 			return true // filtered, or nothing secret
-		case "/v1/agent/self", "/v1/agent/metrics":
+		case "/v1/agent/self", "/v1/agent/metrics", "/v1/agent/metrics/stream", "/v1/agent/monitor":
 			return p.AgentRead(self)
+		case "/v1/agent/host":
+			return p.OperatorRead()
 		case "/v1/agent/version":
 			return true // none in Consul either
 		}

@@ -53,6 +53,10 @@ type Config struct {
 	// ACL is the acl stanza: when enabled, every /v1/ request needs a token
 	// allowed to do what it asks (acl.go).
 	ACL ACLConfig
+	// EnableDebug serves Go's profiles under /debug/pprof/ (Consul's
+	// enable_debug); with ACLs on they are served either way, to tokens
+	// with operator:read, as Consul does.
+	EnableDebug bool
 
 	Registerer prometheus.Registerer // nil: no metrics
 }
@@ -141,6 +145,7 @@ func (s *Server) routes() {
 	s.kvRoutes()      // the KV store (kv.go)
 	s.keyringRoutes() // gossip key rotation (keyring.go)
 	s.aclRoutes()     // tokens and policies (acl_tokens.go)
+	s.debugRoutes()   // host facts, profiles (agent_debug.go)
 	s.writes("/v1/agent/join/{addr...}", s.agentJoin)
 	s.writes("/v1/agent/leave", s.agentLeave)
 	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave)

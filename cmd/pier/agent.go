@@ -47,7 +47,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 // resolve, if not nil, reads the configuration again for a reload (SIGHUP,
 // PUT /v1/agent/reload, pier reload); without it a reload is refused.
 func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string, resolve func() (agentConfig, error)) error {
-	log, level := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
+	log, level, logs := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
 	agentLog := log.With("component", "agent")
 	met, err := newAgentMetrics(cfg.Metrics, log.With("component", "metrics"))
 	if err != nil {
@@ -137,6 +137,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Health = checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.EnableDebug = cfg.EnableDebug
+	acfg.Logs = logs
 	acfg.Version = version
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom
@@ -297,16 +298,18 @@ func (c cluster) Leave() error {
 	return err
 }
 
-// newLogger returns the agent's logger and the level it logs at, which a
-// reload may change.
-func newLogger(w io.Writer, level string, asJSON bool) (*slog.Logger, *slog.LevelVar) {
+// newLogger returns the agent's logger, the level it logs at, which a
+// reload may change, and the stream /v1/agent/monitor reads it from.
+func newLogger(w io.Writer, level string, asJSON bool) (*slog.Logger, *slog.LevelVar, *api.LogStream) {
 	lv := new(slog.LevelVar)
 	lv.Set(parseLevel(level))
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if asJSON {
-		return slog.New(slog.NewJSONHandler(w, opts)), lv
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), lv
+	ls := api.NewLogStream(h)
+	return slog.New(ls), lv, ls
 }
 
 func parseLevel(level string) slog.Level {

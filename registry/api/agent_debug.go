@@ -23,6 +23,7 @@ type serfStatser interface {
 
 func (s *Server) debugRoutes() {
 	s.mux.HandleFunc("GET /v1/agent/host", s.agentHost)
+	s.mux.HandleFunc("GET /v1/agent/monitor", s.agentMonitor)
 	if !s.cfg.EnableDebug && !s.cfg.ACL.Enabled {
 		return
 	}

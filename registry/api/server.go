@@ -57,6 +57,9 @@ type Config struct {
 	// enable_debug); with ACLs on they are served either way, to tokens
 	// with operator:read, as Consul does.
 	EnableDebug bool
+	// Logs is the agent's log handler, which /v1/agent/monitor streams
+	// from; nil: that endpoint answers 501.
+	Logs *LogStream
 
 	Registerer prometheus.Registerer // nil: no metrics
 }

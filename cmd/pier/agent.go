@@ -142,6 +142,13 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom
 	acfg.ACL = cfg.ACL
+	if cfg.ACLTokenPersistence {
+		if cfg.DataDir == "" {
+			agentLog.Warn("acl.enable_token_persistence is set but there is no data dir (-dev): tokens set through the API last until the agent stops")
+		} else {
+			acfg.ACL.TokenFile = filepath.Join(cfg.DataDir, "acl-tokens.json")
+		}
+	}
 	acfg.MaxConnsPerClient = cfg.HTTPMaxConnsPerClient
 	if acfg.MaxConnsPerClient == 0 {
 		acfg.MaxConnsPerClient = -1 // limits.http_max_conns_per_client: 0 is no limit, as in Consul

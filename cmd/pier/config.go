@@ -48,6 +48,9 @@ type agentConfig struct {
 
 	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
 	EnableDebug        bool // serve Go's profiles at /debug/pprof/, as Consul's enable_debug
+	// acl.enable_token_persistence: tokens set by PUT /v1/agent/token/
+	// are kept in the data dir's acl-tokens.json.
+	ACLTokenPersistence bool
 
 	// limits.http_max_conns_per_client: API requests one client IP may
 	// have in progress; 0 in the file means no limit, as in Consul.

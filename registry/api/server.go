@@ -117,6 +117,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.acl != nil {
 		s.acl.attach(s.reg, s.log) // tokens made through /v1/acl live in the KV store
+		if err := s.acl.loadAgentTokens(s.self()); err != nil {
+			return nil, err
+		}
 	}
 	s.routes()
 	return s, nil

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -159,7 +160,9 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	}
 	if met.handler != nil {
 		srv.Handle("GET /metrics", met.handler)
-		srv.Handle("GET /v1/agent/metrics", metrics.ConsulHandler(met.reg, log))
+		consulJSON := metrics.ConsulHandler(met.reg, log)
+		srv.Handle("GET /v1/agent/metrics", consulJSON)
+		srv.Handle("GET /v1/agent/metrics/stream", metrics.ConsulStreamHandler(consulJSON, 10*time.Second, log))
 	}
 	rl, err := newReloader(resolve, reg, level, agentLog)
 	if err != nil {

@@ -84,6 +84,8 @@ type Server struct {
 	met *apiMetrics    // nil: no metrics
 	acl *Authorizer    // nil: ACLs off
 	lim *clientLimiter // nil: no per-client limit
+
+	cache *agentCache // ?cached (cache.go)
 }
 
 // New validates cfg and builds the handler.
@@ -104,7 +106,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnsPerClient == 0 {
 		cfg.MaxConnsPerClient = def.MaxConnsPerClient
 	}
-	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), lim: newClientLimiter(cfg.MaxConnsPerClient)}
+	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -156,14 +158,14 @@ func (s *Server) routes() {
 	s.writes("/v1/agent/leave", s.agentLeave)
 	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave)
 
-	s.mux.HandleFunc("GET /v1/catalog/services", s.catalogServices)
-	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.catalogService)
+	s.mux.HandleFunc("GET /v1/catalog/services", s.cached(s.catalogServices))
+	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.cached(s.catalogService))
 	s.mux.HandleFunc("GET /v1/catalog/nodes", s.catalogNodes)
 	s.mux.HandleFunc("GET /v1/catalog/node/{node}", s.catalogNode)
 	s.mux.HandleFunc("GET /v1/catalog/node-services/{node}", s.catalogNodeServiceList)
 	s.mux.HandleFunc("GET /v1/catalog/datacenters", s.catalogDatacenters)
 
-	s.mux.HandleFunc("GET /v1/health/service/{name}", s.healthService)
+	s.mux.HandleFunc("GET /v1/health/service/{name}", s.cached(s.healthService))
 	s.mux.HandleFunc("GET /v1/health/checks/{name}", s.healthChecks)
 	s.mux.HandleFunc("GET /v1/health/node/{node}", s.healthNode)
 	s.mux.HandleFunc("GET /v1/health/state/{state}", s.healthState)

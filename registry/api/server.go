@@ -187,6 +187,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Consul-LastContact", "0")
 	// Blocking endpoints replace this with the index of their own answer.
 	h.Set("X-Consul-Index", strconv.FormatUint(s.reg.Snapshot().Index(), 10))
+	if s.refuseRemoteExec(w, r) { // consul exec (rexec.go)
+		return
+	}
 	if s.acl != nil {
 		var ok bool
 		if r, ok = s.authorize(w, r); !ok {

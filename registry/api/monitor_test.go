@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"encoding/json"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -137,4 +138,24 @@ func TestAgentMonitorSlowReaderDrops(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// What the tee costs the agent's logging: without a reader, one atomic
+// load more than the plain handler; with one, formatting the line again.
+func BenchmarkLogStream(b *testing.B) {
+	plain := slog.New(slog.NewTextHandler(io.Discard, nil)).With("component", "api")
+	ls := api.NewLogStream(slog.NewTextHandler(io.Discard, nil))
+	teed := slog.New(ls).With("component", "api")
+	b.Run("plain", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			plain.Info("service registered", "id", "web1", "name", "web")
+		}
+	})
+	b.Run("stream-no-reader", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			teed.Info("service registered", "id", "web1", "name", "web")
+		}
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -47,7 +48,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 // resolve, if not nil, reads the configuration again for a reload (SIGHUP,
 // PUT /v1/agent/reload, pier reload); without it a reload is refused.
 func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string, resolve func() (agentConfig, error)) error {
-	log, level := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
+	log, level, logs := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
 	agentLog := log.With("component", "agent")
 	for _, w := range cfg.Warnings {
 		agentLog.Warn(w)
@@ -147,11 +148,20 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Cluster = cluster{members, leave}
 	acfg.Health = checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
+	acfg.EnableDebug = cfg.EnableDebug
+	acfg.Logs = logs
 	acfg.Version = version
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom
 	acfg.ACL = cfg.ACL
 	acfg.Settings = debugSettings(cfg)
+	if cfg.ACLTokenPersistence {
+		if cfg.DataDir == "" {
+			agentLog.Warn("acl.enable_token_persistence is set but there is no data dir (-dev): tokens set through the API last until the agent stops")
+		} else {
+			acfg.ACL.TokenFile = filepath.Join(cfg.DataDir, "acl-tokens.json")
+		}
+	}
 	acfg.MaxConnsPerClient = cfg.HTTPMaxConnsPerClient
 	if acfg.MaxConnsPerClient == 0 {
 		acfg.MaxConnsPerClient = -1 // limits.http_max_conns_per_client: 0 is no limit, as in Consul
@@ -162,7 +172,9 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	}
 	if met.handler != nil {
 		srv.Handle("GET /metrics", met.handler)
-		srv.Handle("GET /v1/agent/metrics", metrics.ConsulHandler(met.reg, log))
+		consulJSON := metrics.ConsulHandler(met.reg, log)
+		srv.Handle("GET /v1/agent/metrics", consulJSON)
+		srv.Handle("GET /v1/agent/metrics/stream", metrics.ConsulStreamHandler(consulJSON, 10*time.Second, log))
 	}
 	rl, err := newReloader(resolve, reg, level, agentLog)
 	if err != nil {
@@ -308,16 +320,18 @@ func (c cluster) Leave() error {
 	return err
 }
 
-// newLogger returns the agent's logger and the level it logs at, which a
-// reload may change.
-func newLogger(w io.Writer, level string, asJSON bool) (*slog.Logger, *slog.LevelVar) {
+// newLogger returns the agent's logger, the level it logs at, which a
+// reload may change, and the stream /v1/agent/monitor reads it from.
+func newLogger(w io.Writer, level string, asJSON bool) (*slog.Logger, *slog.LevelVar, *api.LogStream) {
 	lv := new(slog.LevelVar)
 	lv.Set(parseLevel(level))
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if asJSON {
-		return slog.New(slog.NewJSONHandler(w, opts)), lv
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), lv
+	ls := api.NewLogStream(h)
+	return slog.New(ls), lv, ls
 }
 
 func parseLevel(level string) slog.Level {

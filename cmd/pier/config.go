@@ -49,6 +49,10 @@ type agentConfig struct {
 	DNS         dnsSettings     // the DNS interface and resolver (config_dns.go)
 
 	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
+	EnableDebug        bool // serve Go's profiles at /debug/pprof/, as Consul's enable_debug
+	// acl.enable_token_persistence: tokens set by PUT /v1/agent/token/
+	// are kept in the data dir's acl-tokens.json.
+	ACLTokenPersistence bool
 
 	// limits.http_max_conns_per_client: API requests one client IP may
 	// have in progress; 0 in the file means no limit, as in Consul.
@@ -138,6 +142,7 @@ type fileConfig struct {
 	DNSConfig *dnsFile
 
 	EnableScriptChecks *bool
+	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
 	ACL json.RawMessage // decoded again from the raw file by mergeACL
 }
@@ -381,6 +386,9 @@ func (c *agentConfig) loadFile(path string) error {
 	}
 	if fc.EnableScriptChecks != nil {
 		c.EnableScriptChecks = *fc.EnableScriptChecks
+	}
+	if fc.EnableDebug != nil {
+		c.EnableDebug = *fc.EnableDebug
 	}
 	if fc.ClientAddr != nil {
 		c.Client = strings.Fields(*fc.ClientAddr)

@@ -31,6 +31,10 @@ type aclFile struct {
 		Description string
 		Rules       api.ACLRules
 	}
+
+	// EnableTokenPersistence keeps tokens set by PUT /v1/agent/token/ in
+	// the data dir's acl-tokens.json, as Consul.
+	EnableTokenPersistence *bool
 }
 
 // mergeACL reads the acl stanza from the raw file: the prefix maps' keys are
@@ -72,6 +76,9 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 	}
 	if af.DefaultPolicy != nil {
 		a.DefaultPolicy = *af.DefaultPolicy
+	}
+	if af.EnableTokenPersistence != nil {
+		c.ACLTokenPersistence = *af.EnableTokenPersistence
 	}
 	if t := af.Tokens; t != nil {
 		if t.Master != nil {

@@ -35,6 +35,10 @@ type ACLConfig struct {
 	// empty: anonymous requests get DefaultPolicy.
 	Default string
 	Tokens  []ACLToken // tokens with rules
+	// TokenFile keeps the tokens set through PUT /v1/agent/token/ across
+	// restarts (Consul's enable_token_persistence, acl-tokens.json in the
+	// data dir); they win over the fields above. "": not kept.
+	TokenFile string
 }
 
 // ACLToken is one token of the configuration with its rules.
@@ -57,6 +61,12 @@ type Authorizer struct {
 	static    []*tokenEntry // the configuration's tokens, in order
 	anonymous *Policy
 	dflt      *tokenEntry // tokens.default; nil: none
+	// What PUT /v1/agent/token/ changes (acl_agent_tokens.go).
+	plainAnon   *Policy     // anonymous without any default token
+	agentPolicy *Policy     // what an agent token may do
+	cfgAgent    *tokenEntry // tokens.agent; nil: none
+	tokenFile   string
+	agentToks   atomic.Pointer[agentTokens] // nil: none set through the API
 	// The parts below are set once by the Server before it serves.
 	reg *registry.Registry // nil: configuration tokens only
 	log *slog.Logger
@@ -79,7 +89,7 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
 	default:
 		return nil, fmt.Errorf("acl: default_policy %q is not allow or deny", cfg.DefaultPolicy)
 	}
-	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler)}
+	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile}
 	seen := map[string]bool{}
 	accessors := map[string]bool{}
 	add := func(secret, accessor, desc string, p *Policy, links []aclLink) error {
@@ -122,6 +132,10 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
 			return nil, err
 		}
 	}
+	a.agentPolicy = agent
+	if cfg.Agent != "" {
+		a.cfgAgent = a.static[len(a.static)-1]
+	}
 	for i, t := range cfg.Tokens {
 		if t.Secret == "" {
 			return nil, fmt.Errorf("acl: tokens_list[%d] (%s): secret is empty", i, t.Description)
@@ -135,6 +149,7 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
 		}
 	}
 	a.anonymous = &Policy{allow: allow}
+	a.plainAnon = a.anonymous
 	a.table.Store(a.build(0, nil))
 	if cfg.Default != "" {
 		if a.dflt = a.lookup(cfg.Default); a.dflt == nil {
@@ -149,6 +164,15 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
 // an unknown token.
 func (a *Authorizer) Resolve(secret string) *Policy {
 	if secret == "" {
+		if rt := a.agentToks.Load(); rt != nil && rt.set["default"] {
+			if rt.Default == "" {
+				return a.plainAnon
+			}
+			if e := a.lookup(rt.Default); e != nil {
+				return e.policy
+			}
+			return nil // a default token since deleted: "ACL not found", as Consul
+		}
 		return a.anonymous
 	}
 	if e := a.lookup(secret); e != nil {
@@ -172,8 +196,12 @@ func (a *Authorizer) lookupIn(t *aclTable, secret string) *tokenEntry {
 	var buf [128]byte
 	h := sha256.Sum256(append(buf[:0], secret...))
 	e := t.bySecret[h]
+	rt := a.agentToks.Load()
+	if e != nil && e == a.cfgAgent && rt != nil && rt.set["agent"] {
+		e = nil // replaced through PUT /v1/agent/token/agent
+	}
 	if e == nil || subtle.ConstantTimeCompare(e.hash[:], h[:]) != 1 {
-		return nil
+		return rt.runtimeLookup(h)
 	}
 	return e
 }
@@ -229,6 +257,9 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (*http.Reques
 // List reads pass here and are filtered by the handlers.
 func (s *Server) allowed(p *Policy, r *http.Request) bool {
 	path := r.URL.Path
+	if strings.HasPrefix(path, "/debug/") {
+		return p.management || p.OperatorRead() // Go's profiles, as Consul's
+	}
 	if !strings.HasPrefix(path, "/v1/") {
 		return true // the UI's static files and /metrics, as Consul serves its UI
 	}
@@ -275,8 +306,10 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		case "/v1/agent/services", "/v1/catalog/services", "/v1/agent/checks",
 			"/v1/status/leader", "/v1/status/peers", "/v1/catalog/datacenters":
 			return true // filtered, or nothing secret
-		case "/v1/agent/self", "/v1/agent/metrics":
+		case "/v1/agent/self", "/v1/agent/metrics", "/v1/agent/metrics/stream", "/v1/agent/monitor":
 			return p.AgentRead(self)
+		case "/v1/agent/host":
+			return p.OperatorRead()
 		case "/v1/agent/version":
 			return true // none in Consul either
 		}
@@ -317,6 +350,9 @@ func (s *Server) allowed(p *Policy, r *http.Request) bool {
 		if id, ok := rest(pre); ok {
 			return s.checkWrite(p, id)
 		}
+	}
+	if strings.HasPrefix(path, "/v1/agent/token/") {
+		return p.AgentWrite(self) // and what the token grants (agentToken)
 	}
 	if strings.HasPrefix(path, "/v1/agent/join/") {
 		return p.AgentWrite(self)

@@ -30,6 +30,7 @@ func (s *Server) aclRoutes() {
 	s.mux.HandleFunc("DELETE /v1/acl/token/{id}", s.aclTokenDelete)
 	s.mux.HandleFunc("GET /v1/acl/tokens", s.aclTokenList)
 	s.aclRoleRoutes()
+	s.writes("/v1/agent/token/{kind}", s.agentToken) // acl_agent_tokens.go
 	// Everything else under /v1/acl/ (bootstrap, roles, auth methods...).
 	s.mux.HandleFunc("/v1/acl/", func(w http.ResponseWriter, r *http.Request) {
 		if s.aclOn(w) {
@@ -335,7 +336,7 @@ func (s *Server) aclTokenSelf(w http.ResponseWriter, r *http.Request) {
 	if secret := requestToken(r); secret != "" {
 		te = s.acl.lookup(secret)
 	} else {
-		te = s.acl.dflt
+		te = s.acl.defaultEntry()
 	}
 	if te == nil {
 		httpError(w, http.StatusForbidden, "ACL not found")

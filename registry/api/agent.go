@@ -291,7 +291,7 @@ func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 	}
 	// consul/api decodes /v1/agent/self as map[string]map[string]any, so
 	// every top-level value must be an object or null.
-	writeJSON(w, r, map[string]any{
+	out := map[string]any{
 		"Config": map[string]any{
 			"Datacenter":        cfg.Datacenter,
 			"PrimaryDatacenter": cfg.Datacenter,
@@ -306,8 +306,9 @@ func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 		"Member":      me,
 		"Meta":        mapOrEmpty(self.Meta),
 		"Coord":       nil,
-		"Stats":       map[string]any{},
-	})
+	}
+	s.addDebugAndStats(out)
+	writeJSON(w, r, out)
 }
 
 // debugConfig is /v1/agent/self's DebugConfig: the agent's settings under

@@ -29,6 +29,7 @@ import (
 // agent is one running pier API with a client pointed at it.
 type agent struct {
 	reg    *registry.Registry
+	srv    *api.Server
 	client *consul.Client
 	addr   string       // host:port of the listener
 	base   string       // http://host:port
@@ -46,6 +47,17 @@ func startAgent(t *testing.T) *agent {
 // startAgentWith is startAgent with edit applied to the registry's config.
 func startAgentWith(t *testing.T, edit func(*registry.Config)) *agent {
 	t.Helper()
+	return startAgentCfg(t, edit, nil)
+}
+
+// startAPIAgent is startAgent with the API's config adjusted.
+func startAPIAgent(t *testing.T, adjust func(*api.Config)) *agent {
+	t.Helper()
+	return startAgentCfg(t, nil, adjust)
+}
+
+func startAgentCfg(t *testing.T, edit func(*registry.Config), adjust func(*api.Config)) *agent {
+	t.Helper()
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = "node1"
 	rcfg.Address = "127.0.0.1"
@@ -59,6 +71,9 @@ func startAgentWith(t *testing.T, edit func(*registry.Config)) *agent {
 	acfg := api.DefaultConfig()
 	acfg.Registry = reg
 	acfg.Version = "test"
+	if adjust != nil {
+		adjust(&acfg)
+	}
 	srv, err := api.New(acfg)
 	if err != nil {
 		t.Fatalf("api.New: %v", err)
@@ -94,7 +109,7 @@ func startAgentWith(t *testing.T, edit func(*registry.Config)) *agent {
 	if err != nil {
 		t.Fatalf("consul/api NewClient: %v", err)
 	}
-	return &agent{reg: reg, client: client, addr: addr, base: "http://" + addr, stop: stop}
+	return &agent{reg: reg, srv: srv, client: client, addr: addr, base: "http://" + addr, stop: stop}
 }
 
 func redisRegistration() *consul.AgentServiceRegistration {

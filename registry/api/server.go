@@ -60,6 +60,13 @@ type Config struct {
 	// ACL is the acl stanza: when enabled, every /v1/ request needs a token
 	// allowed to do what it asks (acl.go).
 	ACL ACLConfig
+	// EnableDebug serves Go's profiles under /debug/pprof/ (Consul's
+	// enable_debug); with ACLs on they are served either way, to tokens
+	// with operator:read, as Consul does.
+	EnableDebug bool
+	// Logs is the agent's log handler, which /v1/agent/monitor streams
+	// from; nil: that endpoint answers 501.
+	Logs *LogStream
 
 	Registerer prometheus.Registerer // nil: no metrics
 }
@@ -84,6 +91,8 @@ type Server struct {
 	met *apiMetrics    // nil: no metrics
 	acl *Authorizer    // nil: ACLs off
 	lim *clientLimiter // nil: no per-client limit
+
+	cache *agentCache // ?cached (cache.go)
 }
 
 // New validates cfg and builds the handler.
@@ -104,7 +113,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnsPerClient == 0 {
 		cfg.MaxConnsPerClient = def.MaxConnsPerClient
 	}
-	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), lim: newClientLimiter(cfg.MaxConnsPerClient)}
+	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -117,6 +126,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.acl != nil {
 		s.acl.attach(s.reg, s.log) // tokens made through /v1/acl live in the KV store
+		if err := s.acl.loadAgentTokens(s.self()); err != nil {
+			return nil, err
+		}
 	}
 	s.routes()
 	return s, nil
@@ -148,18 +160,19 @@ func (s *Server) routes() {
 	s.kvRoutes()      // the KV store (kv.go)
 	s.keyringRoutes() // gossip key rotation (keyring.go)
 	s.aclRoutes()     // tokens and policies (acl_tokens.go)
+	s.debugRoutes()   // host facts, profiles (agent_debug.go)
 	s.writes("/v1/agent/join/{addr...}", s.agentJoin)
 	s.writes("/v1/agent/leave", s.agentLeave)
 	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave)
 
-	s.mux.HandleFunc("GET /v1/catalog/services", s.catalogServices)
-	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.catalogService)
+	s.mux.HandleFunc("GET /v1/catalog/services", s.cached(s.catalogServices))
+	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.cached(s.catalogService))
 	s.mux.HandleFunc("GET /v1/catalog/nodes", s.catalogNodes)
 	s.mux.HandleFunc("GET /v1/catalog/node/{node}", s.catalogNode)
 	s.mux.HandleFunc("GET /v1/catalog/node-services/{node}", s.catalogNodeServiceList)
 	s.mux.HandleFunc("GET /v1/catalog/datacenters", s.catalogDatacenters)
 
-	s.mux.HandleFunc("GET /v1/health/service/{name}", s.healthService)
+	s.mux.HandleFunc("GET /v1/health/service/{name}", s.cached(s.healthService))
 	s.mux.HandleFunc("GET /v1/health/checks/{name}", s.healthChecks)
 	s.mux.HandleFunc("GET /v1/health/node/{node}", s.healthNode)
 	s.mux.HandleFunc("GET /v1/health/state/{state}", s.healthState)
@@ -181,6 +194,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Consul-LastContact", "0")
 	// Blocking endpoints replace this with the index of their own answer.
 	h.Set("X-Consul-Index", strconv.FormatUint(s.reg.Snapshot().Index(), 10))
+	if s.refuseRemoteExec(w, r) { // consul exec (rexec.go)
+		return
+	}
 	if s.acl != nil {
 		var ok bool
 		if r, ok = s.authorize(w, r); !ok {

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// consulCLI finds HashiCorp's consul binary: $CONSUL_BIN or consul on PATH.
+// It takes about 10 minutes to build (see issue 25), so without it the test
+// skips.
+func consulCLI(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("CONSUL_BIN"); p != "" {
+		return p
+	}
+	if p, err := exec.LookPath("consul"); err == nil {
+		return p
+	}
+	t.Skip("no consul binary (set CONSUL_BIN; a go module requiring github.com/hashicorp/consul v1.22.7 and its api at v1.34.1 builds it)")
+	return ""
+}
+
+// The consul commands of issue 25 that read what this branch serves, run
+// against a pier agent as a user would.
+func TestConsulCLIInfoMonitorDebugExec(t *testing.T) {
+	consul := consulCLI(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "debug.json")
+	os.WriteFile(cfg, []byte(`{"enable_debug": true}`), 0o600)
+	a := startAgent(t, "-dev", "-config-file", cfg)
+	run := func(args ...string) (string, int) {
+		t.Helper()
+		cmd := exec.Command(consul, append(args[:1:1], append([]string{"-http-addr=" + a.addr}, args[1:]...)...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+
+	out, code := run("info")
+	for _, want := range []string{"agent:", "build:", "runtime:", "serf_lan:", "members = 1"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("consul info: exit %d, no %q in:\n%s", code, want, out)
+		}
+	}
+
+	mon := exec.Command(consul, "monitor", "-http-addr="+a.addr, "-log-level=debug")
+	stdout, _ := mon.StdoutPipe()
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mon.Process.Kill(); mon.Wait() })
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	for seen := false; !seen; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("consul monitor ended early")
+			}
+			seen = strings.Contains(l, "service registered")
+		case <-tick.C:
+			curl(t, "-X", "PUT", "--data", `{"ID":"m1","Name":"m","Port":1}`, "http://"+a.addr+"/v1/agent/service/register")
+		case <-deadline:
+			t.Fatal("consul monitor printed no registration in 30s")
+		}
+	}
+
+	out, code = run("debug", "-duration=11s", "-interval=5s", "-output=dbg")
+	if code != 0 || !strings.Contains(out, "Saved debug archive") {
+		t.Errorf("consul debug: exit %d:\n%s", code, out)
+	}
+	tar, err := exec.Command("tar", "tzf", filepath.Join(dir, "dbg.tar.gz")).CombinedOutput()
+	for _, want := range []string{"host.json", "agent.json", "metrics.json", "heap.prof", "profile.prof"} {
+		if err != nil || !strings.Contains(string(tar), want) {
+			t.Errorf("debug archive lacks %s: %v\n%s", want, err, tar)
+		}
+	}
+
+	out, code = run("exec", "uptime")
+	if code == 0 || !strings.Contains(out, "remote exec is disabled") {
+		t.Errorf("consul exec: exit %d:\n%s", code, out)
+	}
+}

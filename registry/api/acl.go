@@ -3,236 +3,35 @@ package api
 import (
 	"bytes"
 	"cmp"
-	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
 )
 
-// ACLConfig is Consul's acl stanza. Tokens come from two places: the
-// configuration (these fields; read-only through the API, changed by a
-// restart) and the /v1/acl/token and /v1/acl/policy endpoints (acl_store.go:
-// kept in the replicated KV store, so they survive restarts and reach every
-// node).
-type ACLConfig struct {
-	Enabled       bool
-	DefaultPolicy string // "allow" or "deny"; "allow" when empty, as Consul
-	// InitialManagement may do everything (Consul's tokens.initial_management).
-	InitialManagement string
-	// Agent is Consul's tokens.agent; pier itself makes no API calls, so it
-	// is an agent-write token that may do anything on this node's agent.
-	Agent string
-	// Default is used for requests without a token (Consul's tokens.default);
-	// empty: anonymous requests get DefaultPolicy.
-	Default string
-	Tokens  []ACLToken // tokens with rules
-	// TokenFile keeps the tokens set through PUT /v1/agent/token/ across
-	// restarts (Consul's enable_token_persistence, acl-tokens.json in the
-	// data dir); they win over the fields above. "": not kept.
-	TokenFile string
-}
-
-// ACLToken is one token of the configuration with its rules.
-type ACLToken struct {
-	Secret string
-	// AccessorID names the token in /v1/acl/tokens; empty: derived from the
-	// secret by SHA-256, so every node and every restart shows the same one
-	// without storing anything. A token with acl:read sees accessors, so a
-	// weak secret could be guessed offline from its accessor: config
-	// secrets should be random (UUIDs), or set an AccessorID.
-	AccessorID  string
-	Description string
-	Rules       ACLRules
-}
-
-// Authorizer resolves tokens to policies: the configuration's, fixed at
-// NewAuthorizer, and those of the API, read from the KV store (acl_store.go).
-type Authorizer struct {
-	allow     bool
-	static    []*tokenEntry // the configuration's tokens, in order
-	anonymous *Policy
-	dflt      *tokenEntry // tokens.default; nil: none
-	// What PUT /v1/agent/token/ changes (acl_agent_tokens.go).
-	plainAnon   *Policy     // anonymous without any default token
-	agentPolicy *Policy     // what an agent token may do
-	cfgAgent    *tokenEntry // tokens.agent; nil: none
-	tokenFile   string
-	agentToks   atomic.Pointer[agentTokens] // nil: none set through the API
-	// The parts below are set once by the Server before it serves.
-	reg *registry.Registry // nil: configuration tokens only
-	log *slog.Logger
-	// mu serializes rebuilds of the table and the API's writes (so that a
-	// name checked free is still free when written, on this node).
-	mu    sync.Mutex
-	table atomic.Pointer[aclTable]
-}
+// The ACL configuration, rules and store live in registry/acl; these
+// names keep the API's Config (and its users) as they were.
+type (
+	ACLConfig  = acl.Config
+	ACLToken   = acl.Token
+	ACLRules   = acl.Rules
+	Authorizer = acl.Authorizer
+	Policy     = acl.Policy
+)
 
 // NewAuthorizer validates cfg; nil with no error when ACLs are off.
-func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) {
-	if !cfg.Enabled {
-		return nil, nil
-	}
-	allow := true
-	switch cfg.DefaultPolicy {
-	case "", "allow":
-	case "deny":
-		allow = false
-	default:
-		return nil, fmt.Errorf("acl: default_policy %q is not allow or deny", cfg.DefaultPolicy)
-	}
-	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile}
-	seen := map[string]bool{}
-	accessors := map[string]bool{}
-	add := func(secret, accessor, desc string, p *Policy, links []aclLink) error {
-		if secret == "" {
-			return nil
-		}
-		if seen[secret] {
-			// Never print a secret, even in a config error.
-			return errors.New("acl: a token secret is defined twice")
-		}
-		seen[secret] = true
-		if accessor == "" {
-			accessor = derivedAccessor(secret)
-		} else if !validUUID(accessor) {
-			return fmt.Errorf("acl: token %q: accessor_id %q is not a UUID", desc, accessor)
-		}
-		if accessors[accessor] || accessor == anonymousAccessor {
-			return fmt.Errorf("acl: accessor_id %s is used twice", accessor)
-		}
-		accessors[accessor] = true
-		a.static = append(a.static, &tokenEntry{
-			hash:   sha256.Sum256([]byte(secret)),
-			policy: p,
-			static: true,
-			view:   aclTokenView{AccessorID: accessor, SecretID: secret, Description: desc, Policies: links},
-		})
-		return nil
-	}
-	if err := add(cfg.InitialManagement, "", "Initial Management Token", &Policy{management: true},
-		[]aclLink{{ID: managementPolicyID, Name: managementPolicyName}}); err != nil {
-		return nil, err
-	}
-	agent := &Policy{allow: allow}
-	agent.rules.agent.prefix = map[string]access{"": accessWrite}
-	agent.rules.node.prefix = map[string]access{"": accessWrite}
-	// Consul lets one secret be both the management and the agent token
-	// (its quick-start configs do); the management token covers the rest.
-	if cfg.Agent != cfg.InitialManagement {
-		if err := add(cfg.Agent, "", "Agent Token", agent, nil); err != nil {
-			return nil, err
-		}
-	}
-	a.agentPolicy = agent
-	if cfg.Agent != "" {
-		a.cfgAgent = a.static[len(a.static)-1]
-	}
-	for i, t := range cfg.Tokens {
-		if t.Secret == "" {
-			return nil, fmt.Errorf("acl: tokens_list[%d] (%s): secret is empty", i, t.Description)
-		}
-		rs, err := compileRules(t.Rules)
-		if err != nil {
-			return nil, fmt.Errorf("acl: tokens_list[%d] (%s): %w", i, t.Description, err)
-		}
-		if err := add(t.Secret, t.AccessorID, t.Description, &Policy{allow: allow, rules: *rs}, nil); err != nil {
-			return nil, err
-		}
-	}
-	a.anonymous = &Policy{allow: allow}
-	a.plainAnon = a.anonymous
-	a.table.Store(a.build(0, nil))
-	if cfg.Default != "" {
-		if a.dflt = a.lookup(cfg.Default); a.dflt == nil {
-			return nil, errors.New("acl: tokens.default is not a defined token")
-		}
-		a.anonymous = a.dflt.policy
-	}
-	return a, nil
-}
+func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) { return acl.New(cfg) }
 
-// Resolve answers the policy of secret: the anonymous one for "", nil for
-// an unknown token.
-func (a *Authorizer) Resolve(secret string) *Policy {
-	if secret == "" {
-		if rt := a.agentToks.Load(); rt != nil && rt.set["default"] {
-			if rt.Default == "" {
-				return a.plainAnon
-			}
-			if e := a.lookup(rt.Default); e != nil {
-				return e.policy
-			}
-			return nil // a default token since deleted: "ACL not found", as Consul
-		}
-		return a.anonymous
-	}
-	if e := a.lookup(secret); e != nil {
-		return e.policy
-	}
-	return nil
-}
+// ParseRules reads Consul's rule language (acl.ParseRules).
+func ParseRules(src string) (ACLRules, error) { return acl.ParseRules(src) }
 
-// lookup finds a token by its secret. The table is keyed by the secret's
-// SHA-256, so the map's own comparisons can at most reveal bits of a hash,
-// which tells an attacker nothing about which secret to try next; the final
-// check is in constant time all the same, and its cost does not depend on
-// the guess's length.
-func (a *Authorizer) lookup(secret string) *tokenEntry {
-	return a.lookupIn(a.current(), secret)
-}
-
-func (a *Authorizer) lookupIn(t *aclTable, secret string) *tokenEntry {
-	// A UUID is longer than the 32 bytes a []byte(string) conversion may
-	// keep on the stack: copy it into a larger stack buffer instead.
-	var buf [128]byte
-	h := sha256.Sum256(append(buf[:0], secret...))
-	e := t.bySecret[h]
-	rt := a.agentToks.Load()
-	if e != nil && e == a.cfgAgent && rt != nil && rt.set["agent"] {
-		e = nil // replaced through PUT /v1/agent/token/agent
-	}
-	if e == nil || subtle.ConstantTimeCompare(e.hash[:], h[:]) != 1 {
-		return rt.runtimeLookup(h)
-	}
-	return e
-}
-
-// requestToken reads the token the way Consul's clients send it.
-func requestToken(r *http.Request) string {
-	if t := r.Header.Get("X-Consul-Token"); t != "" {
-		return t
-	}
-	if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
-		return strings.TrimSpace(h[7:])
-	}
-	return r.URL.Query().Get("token")
-}
-
-type policyKey struct{}
-
-// policyOf answers the request's policy; nil when ACLs are off.
-func policyOf(r *http.Request) *Policy {
-	p, _ := r.Context().Value(policyKey{}).(*Policy)
-	return p
-}
-
-// mayReadService is the filter for list answers: true when ACLs are off.
-func mayReadService(r *http.Request, name string) bool {
-	p := policyOf(r)
-	return p == nil || p.ServiceRead(name)
-}
-
-func denied(w http.ResponseWriter) {
-	httpError(w, http.StatusForbidden, "Permission denied")
+// aclRoutes mounts the endpoints of registry/acl, which serve its store;
+// they answer 401 when ACLs are off.
+func (s *Server) aclRoutes() {
+	e := acl.NewEndpoints(s.acl, s.self(), s.cfg.MaxBodySize, s.log)
+	e.Routes(func(pattern string, h http.HandlerFunc, _ acl.Perm) { s.mux.HandleFunc(pattern, h) })
 }
 
 // authorize is the one gate every request passes when ACLs are on: it
@@ -240,14 +39,14 @@ func denied(w http.ResponseWriter) {
 // leaves the policy in the request context for the list filters. False
 // means a 403 was sent and nothing was done.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
-	p := s.acl.Resolve(requestToken(r))
+	p := s.acl.Resolve(acl.RequestToken(r))
 	if p == nil {
 		httpError(w, http.StatusForbidden, "ACL not found")
 		return r, false
 	}
-	r = r.WithContext(context.WithValue(r.Context(), policyKey{}, p))
+	r = acl.WithPolicy(r, p)
 	if !s.allowed(p, r) {
-		denied(w)
+		acl.Denied(w)
 		return r, false
 	}
 	return r, true
@@ -258,12 +57,12 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (*http.Reques
 func (s *Server) allowed(p *Policy, r *http.Request) bool {
 	path := r.URL.Path
 	if strings.HasPrefix(path, "/debug/") {
-		return p.management || p.OperatorRead() // Go's profiles, as Consul's
+		return p.Management() || p.OperatorRead() // Go's profiles, as Consul's
 	}
 	if !strings.HasPrefix(path, "/v1/") {
 		return true // the UI's static files and /metrics, as Consul serves its UI
 	}
-	if p.management {
+	if p.Management() {
 		return true
 	}
 	read := r.Method == http.MethodGet || r.Method == http.MethodHead

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
 )
 
 func (s *Server) serviceRegister(w http.ResponseWriter, r *http.Request) {
@@ -96,7 +97,7 @@ func (s *Server) agentServices(w http.ResponseWriter, r *http.Request) {
 	dc := s.reg.Config().Datacenter
 	out := map[string]agentService{}
 	for _, e := range snap.NodeServices(s.self()) {
-		if !mayReadService(r, e.Name) {
+		if !acl.MayReadService(r, e.Name) {
 			continue
 		}
 		out[e.ID] = toAgentService(e, dc)
@@ -176,7 +177,7 @@ func (s *Server) agentChecks(w http.ResponseWriter, r *http.Request) {
 		if c.CheckID == registry.SerfCheckID && c.ServiceID == "" {
 			continue
 		}
-		if c.ServiceID != "" && !mayReadService(r, c.ServiceName) {
+		if c.ServiceID != "" && !acl.MayReadService(r, c.ServiceName) {
 			continue
 		}
 		out[c.CheckID] = toHealthCheck(c)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pier-dev/pier/registry/acl"
 )
 
 // The agent cache (?cached), as Consul's for the three endpoints that use
@@ -94,7 +96,7 @@ func cacheKey(r *http.Request) string {
 			b.WriteString("&" + url.QueryEscape(k) + "=" + url.QueryEscape(v))
 		}
 	}
-	h := sha256.Sum256([]byte(requestToken(r)))
+	h := sha256.Sum256([]byte(acl.RequestToken(r)))
 	b.Write(h[:8])
 	return b.String()
 }

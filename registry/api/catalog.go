@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
 )
 
 // hasTags reports whether the service carries every tag asked for; Consul
@@ -83,7 +84,7 @@ func (s *Server) catalogServices(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	for k := range out {
-		if !mayReadService(r, k) {
+		if !acl.MayReadService(r, k) {
 			delete(out, k)
 		}
 	}
@@ -201,7 +202,7 @@ func (s *Server) readNode(w http.ResponseWriter, r *http.Request) (query, node, 
 	dc := s.reg.Config().Datacenter
 	svcs := []agentService{}
 	for _, e := range snap.NodeServices(n.Name) {
-		if mayReadService(r, e.Name) {
+		if acl.MayReadService(r, e.Name) {
 			svcs = append(svcs, toCatalogNodeService(e, dc))
 		}
 	}

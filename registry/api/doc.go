@@ -12,8 +12,6 @@
 // Handlers are plain net/http because blocking queries need per-request
 // cancellation.
 //
-// It also owns ACLs: the tokens of the acl stanza, the /v1/acl token and
-// policy API with Consul's rule language, and the check every request
-// passes (acl*.go). Tokens and policies made through the API are kept in the
-// KV store under registry.ReservedKVPrefix, which /v1/kv hides.
+// ACLs live in registry/acl; this package resolves every request's token
+// through it at one gate (acl.go).
 package api

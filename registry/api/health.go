@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
 )
 
 func (s *Server) healthService(w http.ResponseWriter, r *http.Request) {
@@ -64,7 +65,7 @@ func (s *Server) healthNode(w http.ResponseWriter, r *http.Request) {
 	snap := s.block(w, r, q, catalogView(checksIndex))
 	var checks []*registry.CheckEntry
 	for _, c := range snap.AllNodeChecks(r.PathValue("node")) {
-		if c.ServiceID == "" || mayReadService(r, c.ServiceName) { // as Consul filters by service:read
+		if c.ServiceID == "" || acl.MayReadService(r, c.ServiceName) { // as Consul filters by service:read
 			checks = append(checks, c)
 		}
 	}
@@ -92,7 +93,7 @@ func (s *Server) healthState(w http.ResponseWriter, r *http.Request) {
 	snap := s.block(w, r, q, catalogView(idx))
 	out := []healthCheck{}
 	snap.Checks(func(c *registry.CheckEntry) bool {
-		if (state == "any" || string(c.Status) == state) && (c.ServiceID == "" || mayReadService(r, c.ServiceName)) {
+		if (state == "any" || string(c.Status) == state) && (c.ServiceID == "" || acl.MayReadService(r, c.ServiceName)) {
 			out = append(out, toHealthCheck(c))
 		}
 		return true

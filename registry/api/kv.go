@@ -155,7 +155,7 @@ func (s *Server) kvDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 // Keys under registry.ReservedKVPrefix are the agent's own (the ACL store,
-// acl_store.go, holds token secrets there): the KV API lists and reads them
+// registry/acl, holds token secrets there): the KV API lists and reads them
 // as absent and refuses to write them, whatever the token's key rules say.
 func reserved(key string) bool { return strings.HasPrefix(key, registry.ReservedKVPrefix) }
 

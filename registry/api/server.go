@@ -125,8 +125,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if s.acl != nil {
-		s.acl.attach(s.reg, s.log) // tokens made through /v1/acl live in the KV store
-		if err := s.acl.loadAgentTokens(s.self()); err != nil {
+		if err := s.acl.Attach(s.reg, s.log); err != nil { // tokens made through /v1/acl live in the KV store
 			return nil, err
 		}
 	}
@@ -159,7 +158,7 @@ func (s *Server) routes() {
 	s.checkRoutes()   // TTL updates, maintenance, agent health (checks.go)
 	s.kvRoutes()      // the KV store (kv.go)
 	s.keyringRoutes() // gossip key rotation (keyring.go)
-	s.aclRoutes()     // tokens and policies (acl_tokens.go)
+	s.aclRoutes()     // tokens, policies and roles (registry/acl)
 	s.debugRoutes()   // host facts, profiles (agent_debug.go)
 	s.writes("/v1/agent/join/{addr...}", s.agentJoin)
 	s.writes("/v1/agent/leave", s.agentLeave)

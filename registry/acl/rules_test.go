@@ -1,4 +1,4 @@
-package api_test
+package acl_test
 
 import (
 	"encoding/json"
@@ -9,11 +9,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pier-dev/pier/registry/api"
+	"github.com/pier-dev/pier/registry/acl"
 )
 
 func TestParseRules(t *testing.T) {
-	want := api.ACLRules{
+	want := acl.Rules{
 		ServicePrefix: map[string]string{"web": "write", "": "read"},
 		Service:       map[string]string{"web-admin": "deny"},
 		KeyPrefix:     map[string]string{"app/": "write"},
@@ -61,7 +61,7 @@ mesh = "read"
   "operator": "read", "acl": "write", "keyring": "deny", "peering": "read"
 }`
 	for name, src := range map[string]string{"hcl": hcl, "json": js} {
-		got, err := api.ParseRules(src)
+		got, err := acl.ParseRules(src)
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 			continue
@@ -70,7 +70,7 @@ mesh = "read"
 			t.Errorf("%s:\n got %+v\nwant %+v", name, got, want)
 		}
 	}
-	if r, err := api.ParseRules("  \n# nothing\n"); err != nil || !reflect.DeepEqual(r, api.ACLRules{}) {
+	if r, err := acl.ParseRules("  \n# nothing\n"); err != nil || !reflect.DeepEqual(r, acl.Rules{}) {
 		t.Errorf("empty rules: %+v %v", r, err)
 	}
 	for _, c := range []struct{ src, want string }{
@@ -88,7 +88,7 @@ mesh = "read"
 		{`{"operator": 1}`, `operator: want a string`},
 		{`{"key": {`, `not valid JSON`},
 	} {
-		_, err := api.ParseRules(c.src)
+		_, err := acl.ParseRules(c.src)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("ParseRules(%q): got %v, want an error with %q", c.src, err, c.want)
 		}
@@ -96,7 +96,7 @@ mesh = "read"
 }
 
 // formatRules writes rules back in the HCL form.
-func formatRules(r api.ACLRules) string {
+func formatRules(r acl.Rules) string {
 	var b strings.Builder
 	for _, m := range []struct {
 		kind string
@@ -123,7 +123,7 @@ func formatRules(r api.ACLRules) string {
 }
 
 // formatRulesJSON writes rules in the JSON form.
-func formatRulesJSON(r api.ACLRules) string {
+func formatRulesJSON(r acl.Rules) string {
 	top := map[string]any{}
 	for _, m := range []struct {
 		kind string
@@ -161,7 +161,7 @@ func FuzzParseRules(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, src string) {
-		r, err := api.ParseRules(src)
+		r, err := acl.ParseRules(src)
 		if err != nil {
 			if strings.TrimSpace(err.Error()) == "" {
 				t.Fatalf("an empty error for %q", src)
@@ -169,7 +169,7 @@ func FuzzParseRules(f *testing.F) {
 			return
 		}
 		for name, out := range map[string]string{"hcl": formatRules(r), "json": formatRulesJSON(r)} {
-			back, err := api.ParseRules(out)
+			back, err := acl.ParseRules(out)
 			if err != nil {
 				t.Fatalf("%s rendering %q of %q does not parse: %v", name, out, src, err)
 			}

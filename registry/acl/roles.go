@@ -1,4 +1,4 @@
-package api
+package acl
 
 import (
 	"cmp"
@@ -14,7 +14,7 @@ import (
 // needs (write on the service and its sidecar's name, read on every
 // service and node); a node identity what an agent needs (write on its
 // node, read on every service). Roles live in the KV store beside the
-// policies (acl_store.go) and resolve at table build time, so a request
+// policies (store.go) and resolve at table build time, so a request
 // never looks a role up.
 
 var (
@@ -222,15 +222,6 @@ func (t *aclTable) sortedRoles() []*roleEntry {
 	return out
 }
 
-func (s *Server) aclRoleRoutes() {
-	s.writes("/v1/acl/role", s.aclRoleCreate)
-	s.mux.HandleFunc("GET /v1/acl/role/{id}", s.aclRoleRead)
-	s.mux.HandleFunc("GET /v1/acl/role/name/{name}", s.aclRoleReadByName)
-	s.writes("/v1/acl/role/{id}", s.aclRoleUpdate)
-	s.mux.HandleFunc("DELETE /v1/acl/role/{id}", s.aclRoleDelete)
-	s.mux.HandleFunc("GET /v1/acl/roles", s.aclRoleList)
-}
-
 type aclRoleIn struct {
 	ID          string
 	Name        string
@@ -239,7 +230,7 @@ type aclRoleIn struct {
 	TemplatedPolicies []any
 }
 
-func (s *Server) aclRoleCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclRoleCreate(w http.ResponseWriter, r *http.Request) {
 	var in aclRoleIn
 	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
 		return
@@ -251,7 +242,7 @@ func (s *Server) aclRoleCreate(w http.ResponseWriter, r *http.Request) {
 	s.aclRoleWrite(w, r, in, newUUID(), true)
 }
 
-func (s *Server) aclRoleUpdate(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclRoleUpdate(w http.ResponseWriter, r *http.Request) {
 	var in aclRoleIn
 	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
 		return
@@ -264,7 +255,7 @@ func (s *Server) aclRoleUpdate(w http.ResponseWriter, r *http.Request) {
 	s.aclRoleWrite(w, r, in, id, false)
 }
 
-func (s *Server) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclRoleIn, id string, create bool) {
+func (s *Endpoints) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclRoleIn, id string, create bool) {
 	switch {
 	case in.Name == "":
 		httpError(w, http.StatusBadRequest, "Invalid Role: no Name is set")
@@ -306,19 +297,19 @@ func (s *Server) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclRole
 	writeJSON(w, r, re.view)
 }
 
-func (s *Server) aclRoleRead(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclRoleRead(w http.ResponseWriter, r *http.Request) {
 	if s.aclOn(w) {
 		s.writeRole(w, r, aclLink{ID: r.PathValue("id")})
 	}
 }
 
-func (s *Server) aclRoleReadByName(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclRoleReadByName(w http.ResponseWriter, r *http.Request) {
 	if s.aclOn(w) {
 		s.writeRole(w, r, aclLink{Name: r.PathValue("name")})
 	}
 }
 
-func (s *Server) writeRole(w http.ResponseWriter, r *http.Request, ref aclLink) {
+func (s *Endpoints) writeRole(w http.ResponseWriter, r *http.Request, ref aclLink) {
 	if ref.ID == "" && ref.Name == "" {
 		httpError(w, http.StatusBadRequest, "Missing role ID")
 		return
@@ -333,7 +324,7 @@ func (s *Server) writeRole(w http.ResponseWriter, r *http.Request, ref aclLink) 
 
 // aclRoleDelete answers 404 for an unknown role, as Consul; tokens that
 // link to a deleted role lose the link when the table is rebuilt.
-func (s *Server) aclRoleDelete(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclRoleDelete(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
@@ -352,7 +343,7 @@ func (s *Server) aclRoleDelete(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, true)
 }
 
-func (s *Server) aclRoleList(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclRoleList(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}

@@ -1,4 +1,4 @@
-package api
+package acl
 
 import (
 	"crypto/rand"
@@ -86,7 +86,7 @@ type aclPolicyView struct {
 	ModifyIndex uint64
 }
 
-// aclTokenView is Consul's ACLToken.
+// aclTokenView is Consul's Token.
 type aclTokenView struct {
 	CreateIndex       uint64
 	ModifyIndex       uint64
@@ -130,10 +130,16 @@ type aclTable struct {
 	rolesByName map[string]*roleEntry
 }
 
-// attach connects the Authorizer to the KV store; called by New before the
-// Server serves.
-func (a *Authorizer) attach(reg *registry.Registry, log *slog.Logger) {
-	a.reg, a.log = reg, log
+// Attach connects the Authorizer to the KV store, where the API's tokens,
+// policies and roles live, and reads the agent tokens persisted in
+// Config.TokenFile. Call it once, before the first request; log nil
+// discards.
+func (a *Authorizer) Attach(reg *registry.Registry, log *slog.Logger) error {
+	a.reg = reg
+	if log != nil {
+		a.log = log
+	}
+	return a.loadAgentTokens(reg.Config().NodeName)
 }
 
 // current answers the table for the newest KV snapshot. The request path

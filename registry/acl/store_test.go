@@ -1,6 +1,7 @@
-package api
+package acl
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
@@ -20,21 +21,21 @@ func TestACLResolveAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	acfg := DefaultConfig()
-	acfg.Registry = reg
-	acfg.ACL = ACLConfig{Enabled: true, DefaultPolicy: "deny", InitialManagement: mgmt}
-	srv, err := New(acfg)
+	az, err := New(Config{Enabled: true, DefaultPolicy: "deny", InitialManagement: mgmt})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := az.Attach(reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	NewEndpoints(az, rcfg.NodeName, 1<<20, nil).Routes(func(pattern string, h http.HandlerFunc, _ Perm) { mux.HandleFunc(pattern, h) })
 	r := httptest.NewRequest("PUT", "/v1/acl/token", strings.NewReader(`{"SecretID":"`+made+`"}`))
-	r.Header.Set("X-Consul-Token", mgmt)
 	w := httptest.NewRecorder()
-	srv.ServeHTTP(w, r)
+	mux.ServeHTTP(w, r)
 	if w.Code != 200 {
 		t.Fatalf("TokenCreate: %d %s", w.Code, w.Body)
 	}
-	az := srv.acl
 	if p := az.Resolve(made); p == nil || p.ServiceRead("x") {
 		t.Fatalf("the API-made token: %+v", p)
 	}
@@ -60,8 +61,8 @@ func TestACLResolveAllocs(t *testing.T) {
 }
 
 func BenchmarkACLResolve(b *testing.B) {
-	az, err := NewAuthorizer(ACLConfig{Enabled: true, InitialManagement: "root",
-		Tokens: []ACLToken{{Secret: "web", Rules: ACLRules{ServicePrefix: map[string]string{"web": "write"}}}}})
+	az, err := New(Config{Enabled: true, InitialManagement: "root",
+		Tokens: []Token{{Secret: "web", Rules: Rules{ServicePrefix: map[string]string{"web": "write"}}}}})
 	if err != nil {
 		b.Fatal(err)
 	}

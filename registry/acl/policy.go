@@ -1,4 +1,4 @@
-package api
+package acl
 
 import (
 	"bytes"
@@ -8,10 +8,10 @@ import (
 )
 
 // Policies: the rules of one token, compiled for lookups on the request
-// path. Their sources are the configuration's tokens (acl.go) and the
-// policies of the /v1/acl API (acl_store.go), whose text ParseRules reads.
+// path. Their sources are the configuration's tokens (authorizer.go) and the
+// policies of the /v1/acl API (store.go), whose text ParseRules reads.
 
-// ACLRules are Consul's policy rules. Each map goes from a name (exact
+// Rules are Consul's policy rules. Each map goes from a name (exact
 // rules) or a name prefix (the *Prefix maps) to "read", "write" or "deny":
 // an exact rule beats every prefix, the longest matching prefix wins, ""
 // matches everything, and write implies read. Operator, ACL and Keyring are
@@ -19,7 +19,7 @@ import (
 //
 // In the configuration, rules are these maps or a string in Consul's rule
 // language (ParseRules).
-type ACLRules struct {
+type Rules struct {
 	ServicePrefix map[string]string
 	Service       map[string]string
 	KeyPrefix     map[string]string
@@ -34,7 +34,7 @@ type ACLRules struct {
 }
 
 // UnmarshalJSON takes the maps, or a string of rules in Consul's language.
-func (r *ACLRules) UnmarshalJSON(b []byte) error {
+func (r *Rules) UnmarshalJSON(b []byte) error {
 	if s := bytes.TrimSpace(b); len(s) > 0 && s[0] == '"' {
 		var src string
 		if err := json.Unmarshal(s, &src); err != nil {
@@ -47,7 +47,7 @@ func (r *ACLRules) UnmarshalJSON(b []byte) error {
 		*r = p
 		return nil
 	}
-	type plain ACLRules
+	type plain Rules
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	return dec.Decode((*plain)(r))
@@ -146,7 +146,7 @@ type ruleSet struct {
 }
 
 // compileRules validates r; every error names the rule.
-func compileRules(r ACLRules) (*ruleSet, error) {
+func compileRules(r Rules) (*ruleSet, error) {
 	rs := &ruleSet{}
 	for _, x := range []struct {
 		kind          string

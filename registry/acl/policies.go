@@ -1,11 +1,11 @@
-package api
+package acl
 
 import (
 	"net/http"
 	"regexp"
 )
 
-// The /v1/acl/policy endpoints (routes in acl_tokens.go).
+// The /v1/acl/policy endpoints (routes in endpoints.go).
 
 // policyNameRE is Consul's rule for policy names.
 var policyNameRE = regexp.MustCompile(`^[A-Za-z0-9\-_]{1,128}$`)
@@ -18,7 +18,7 @@ type aclPolicyIn struct {
 	Datacenters []string
 }
 
-func (s *Server) aclPolicyCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclPolicyCreate(w http.ResponseWriter, r *http.Request) {
 	var in aclPolicyIn
 	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
 		return
@@ -30,7 +30,7 @@ func (s *Server) aclPolicyCreate(w http.ResponseWriter, r *http.Request) {
 	s.aclPolicyWrite(w, r, in, newUUID(), true)
 }
 
-func (s *Server) aclPolicyUpdate(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclPolicyUpdate(w http.ResponseWriter, r *http.Request) {
 	var in aclPolicyIn
 	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
 		return
@@ -43,7 +43,7 @@ func (s *Server) aclPolicyUpdate(w http.ResponseWriter, r *http.Request) {
 	s.aclPolicyWrite(w, r, in, id, false)
 }
 
-func (s *Server) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in aclPolicyIn, id string, create bool) {
+func (s *Endpoints) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in aclPolicyIn, id string, create bool) {
 	if !policyNameRE.MatchString(in.Name) {
 		httpError(w, http.StatusBadRequest, "Invalid Policy: invalid Name %q: 1 to 128 letters, digits, - and _", in.Name)
 		return
@@ -84,21 +84,21 @@ func (s *Server) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in aclPo
 	writeJSON(w, r, pe.view)
 }
 
-func (s *Server) aclPolicyRead(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclPolicyRead(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
 	s.writePolicy(w, r, aclLink{ID: r.PathValue("id")})
 }
 
-func (s *Server) aclPolicyReadByName(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclPolicyReadByName(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
 	s.writePolicy(w, r, aclLink{Name: r.PathValue("name")})
 }
 
-func (s *Server) writePolicy(w http.ResponseWriter, r *http.Request, ref aclLink) {
+func (s *Endpoints) writePolicy(w http.ResponseWriter, r *http.Request, ref aclLink) {
 	if ref.ID == "" && ref.Name == "" {
 		httpError(w, http.StatusBadRequest, "Missing policy ID")
 		return
@@ -111,7 +111,7 @@ func (s *Server) writePolicy(w http.ResponseWriter, r *http.Request, ref aclLink
 	writeJSON(w, r, pe.view)
 }
 
-func (s *Server) aclPolicyDelete(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclPolicyDelete(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
@@ -145,7 +145,7 @@ type aclPolicyListEntry struct {
 	ModifyIndex uint64
 }
 
-func (s *Server) aclPolicyList(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclPolicyList(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}

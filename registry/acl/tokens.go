@@ -1,4 +1,4 @@
-package api
+package acl
 
 import (
 	"bytes"
@@ -8,62 +8,6 @@ import (
 	"slices"
 	"time"
 )
-
-// The /v1/acl/ endpoints manage tokens and policies with Consul's paths and
-// shapes; roles and identities in acl_roles.go (auth methods, templated
-// policies and expiry are not supported).
-// authorize lets through only tokens with acl = "read" (the GETs) or
-// "write" (the rest), or management; /v1/acl/token/self needs only a token.
-func (s *Server) aclRoutes() {
-	s.writes("/v1/acl/policy", s.aclPolicyCreate)
-	s.mux.HandleFunc("GET /v1/acl/policy/{id}", s.aclPolicyRead)
-	s.mux.HandleFunc("GET /v1/acl/policy/name/{name}", s.aclPolicyReadByName)
-	s.writes("/v1/acl/policy/{id}", s.aclPolicyUpdate)
-	s.mux.HandleFunc("DELETE /v1/acl/policy/{id}", s.aclPolicyDelete)
-	s.mux.HandleFunc("GET /v1/acl/policies", s.aclPolicyList)
-
-	s.writes("/v1/acl/token", s.aclTokenCreate)
-	s.mux.HandleFunc("GET /v1/acl/token/self", s.aclTokenSelf)
-	s.mux.HandleFunc("GET /v1/acl/token/{id}", s.aclTokenRead)
-	s.writes("/v1/acl/token/{id}", s.aclTokenUpdate)
-	s.writes("/v1/acl/token/{id}/clone", s.aclTokenClone)
-	s.mux.HandleFunc("DELETE /v1/acl/token/{id}", s.aclTokenDelete)
-	s.mux.HandleFunc("GET /v1/acl/tokens", s.aclTokenList)
-	s.aclRoleRoutes()
-	s.writes("/v1/agent/token/{kind}", s.agentToken) // acl_agent_tokens.go
-	// Everything else under /v1/acl/ (bootstrap, roles, auth methods...).
-	s.mux.HandleFunc("/v1/acl/", func(w http.ResponseWriter, r *http.Request) {
-		if s.aclOn(w) {
-			httpError(w, http.StatusNotFound, "pier does not support %s", r.URL.Path)
-		}
-	})
-}
-
-// aclOn answers Consul's 401 when ACLs are off; false means it was sent.
-func (s *Server) aclOn(w http.ResponseWriter) bool {
-	if s.acl == nil {
-		httpError(w, http.StatusUnauthorized, "ACL support disabled")
-		return false
-	}
-	return true
-}
-
-// decodeJSONBody reads a JSON body (unknown fields ignored, as Consul
-// does); false means a 400 was sent.
-func (s *Server) decodeJSONBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	b, ok := s.readBody(w, r)
-	if !ok {
-		return false
-	}
-	if len(bytes.TrimSpace(b)) == 0 {
-		b = []byte("{}")
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		httpError(w, http.StatusBadRequest, "Request decode failed: %v", err)
-		return false
-	}
-	return true
-}
 
 // aclTokenIn is the body of a token write; the fields pier does not support
 // are kept raw only to refuse them.
@@ -149,7 +93,7 @@ func (t *aclTable) policyIDs(links []*aclLink) ([]string, string) {
 	return ids, ""
 }
 
-func (s *Server) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 	var in aclTokenIn
 	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
 		return
@@ -192,7 +136,7 @@ func (s *Server) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeStoredToken stores st and answers its view; a.mu held.
-func (s *Server) writeStoredToken(w http.ResponseWriter, r *http.Request, st storedToken) {
+func (s *Endpoints) writeStoredToken(w http.ResponseWriter, r *http.Request, st storedToken) {
 	t, err := s.acl.put(aclTokenPrefix+st.AccessorID, st)
 	if err != nil {
 		writeError(w, "Invalid Token", err)
@@ -208,7 +152,7 @@ func (s *Server) writeStoredToken(w http.ResponseWriter, r *http.Request, st sto
 
 // storedTokenFor answers a token that the API may change; false means an
 // error was sent. a.mu held.
-func (s *Server) storedTokenFor(w http.ResponseWriter, t *aclTable, id string) (*tokenEntry, bool) {
+func (s *Endpoints) storedTokenFor(w http.ResponseWriter, t *aclTable, id string) (*tokenEntry, bool) {
 	te, ok := t.tokens[id]
 	if !ok {
 		httpError(w, http.StatusNotFound, "Cannot find token %q", id)
@@ -221,7 +165,7 @@ func (s *Server) storedTokenFor(w http.ResponseWriter, t *aclTable, id string) (
 	return te, true
 }
 
-func (s *Server) aclTokenUpdate(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclTokenUpdate(w http.ResponseWriter, r *http.Request) {
 	var in aclTokenIn
 	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
 		return
@@ -259,7 +203,7 @@ func (s *Server) aclTokenUpdate(w http.ResponseWriter, r *http.Request) {
 		grant: g, Local: te.view.Local, CreateTime: te.view.CreateTime})
 }
 
-func (s *Server) aclTokenClone(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclTokenClone(w http.ResponseWriter, r *http.Request) {
 	var in struct{ Description string }
 	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
 		return
@@ -276,7 +220,7 @@ func (s *Server) aclTokenClone(w http.ResponseWriter, r *http.Request) {
 		grant: grantOf(te.view), Local: te.view.Local, CreateTime: time.Now().UTC()})
 }
 
-func (s *Server) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
@@ -293,7 +237,7 @@ func (s *Server) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if self := a.lookupIn(t, requestToken(r)); self == te {
+	if self := a.lookupIn(t, RequestToken(r)); self == te {
 		httpError(w, http.StatusBadRequest, "Deletion of the request's authorization token is not permitted")
 		return
 	}
@@ -308,13 +252,13 @@ func (s *Server) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
 // acl:write, as Consul.
 func shown(r *http.Request, te *tokenEntry) aclTokenView {
 	v := te.view
-	if p := policyOf(r); p == nil || !p.ACLWrite() {
+	if p := PolicyOf(r); p == nil || !p.ACLWrite() {
 		v.SecretID = redacted
 	}
 	return v
 }
 
-func (s *Server) aclTokenRead(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclTokenRead(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
@@ -328,12 +272,12 @@ func (s *Server) aclTokenRead(w http.ResponseWriter, r *http.Request) {
 
 // aclTokenSelf answers the token the request carries (tokens.default for
 // none), secret included: the caller has it already.
-func (s *Server) aclTokenSelf(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclTokenSelf(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
 	var te *tokenEntry
-	if secret := requestToken(r); secret != "" {
+	if secret := RequestToken(r); secret != "" {
 		te = s.acl.lookup(secret)
 	} else {
 		te = s.acl.defaultEntry()
@@ -345,7 +289,7 @@ func (s *Server) aclTokenSelf(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, te.view)
 }
 
-func (s *Server) aclTokenList(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) aclTokenList(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}

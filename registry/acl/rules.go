@@ -1,4 +1,4 @@
-package api
+package acl
 
 import (
 	"encoding/json"
@@ -26,8 +26,8 @@ import (
 // not have (event, query, session, mesh, peering, a service's intentions)
 // are accepted and have no effect, so Consul's policies can be pasted;
 // anything else is an error.
-func ParseRules(src string) (ACLRules, error) {
-	var r ACLRules
+func ParseRules(src string) (Rules, error) {
+	var r Rules
 	var err error
 	if t := strings.TrimSpace(src); strings.HasPrefix(t, "{") {
 		err = parseRulesJSON(t, &r)
@@ -36,24 +36,24 @@ func ParseRules(src string) (ACLRules, error) {
 		err = p.parse(&r)
 	}
 	if err != nil {
-		return ACLRules{}, err
+		return Rules{}, err
 	}
 	if _, err := compileRules(r); err != nil {
-		return ACLRules{}, err
+		return Rules{}, err
 	}
 	return r, nil
 }
 
-// ruleBlocks are the block rules: each maps onto a map of ACLRules.
-var ruleBlocks = map[string]func(*ACLRules) *map[string]string{
-	"service_prefix": func(r *ACLRules) *map[string]string { return &r.ServicePrefix },
-	"service":        func(r *ACLRules) *map[string]string { return &r.Service },
-	"key_prefix":     func(r *ACLRules) *map[string]string { return &r.KeyPrefix },
-	"key":            func(r *ACLRules) *map[string]string { return &r.Key },
-	"node_prefix":    func(r *ACLRules) *map[string]string { return &r.NodePrefix },
-	"node":           func(r *ACLRules) *map[string]string { return &r.Node },
-	"agent_prefix":   func(r *ACLRules) *map[string]string { return &r.AgentPrefix },
-	"agent":          func(r *ACLRules) *map[string]string { return &r.Agent },
+// ruleBlocks are the block rules: each maps onto a map of Rules.
+var ruleBlocks = map[string]func(*Rules) *map[string]string{
+	"service_prefix": func(r *Rules) *map[string]string { return &r.ServicePrefix },
+	"service":        func(r *Rules) *map[string]string { return &r.Service },
+	"key_prefix":     func(r *Rules) *map[string]string { return &r.KeyPrefix },
+	"key":            func(r *Rules) *map[string]string { return &r.Key },
+	"node_prefix":    func(r *Rules) *map[string]string { return &r.NodePrefix },
+	"node":           func(r *Rules) *map[string]string { return &r.Node },
+	"agent_prefix":   func(r *Rules) *map[string]string { return &r.AgentPrefix },
+	"agent":          func(r *Rules) *map[string]string { return &r.Agent },
 }
 
 // ignoredBlocks and ignoredAttrs are Consul rules for features pier lacks.
@@ -65,14 +65,14 @@ var ignoredBlocks = map[string]bool{
 var ignoredAttrs = map[string]bool{"mesh": true, "peering": true}
 
 // ruleAttrs are the top-level attributes.
-var ruleAttrs = map[string]func(*ACLRules) *string{
-	"operator": func(r *ACLRules) *string { return &r.Operator },
-	"acl":      func(r *ACLRules) *string { return &r.ACL },
-	"keyring":  func(r *ACLRules) *string { return &r.Keyring },
+var ruleAttrs = map[string]func(*Rules) *string{
+	"operator": func(r *Rules) *string { return &r.Operator },
+	"acl":      func(r *Rules) *string { return &r.ACL },
+	"keyring":  func(r *Rules) *string { return &r.Keyring },
 }
 
 // addBlock records kind "name" { policy = v }.
-func addBlock(r *ACLRules, kind, name, policy string) error {
+func addBlock(r *Rules, kind, name, policy string) error {
 	if policy == "" {
 		return fmt.Errorf("%s %q: policy is missing", kind, name)
 	}
@@ -104,7 +104,7 @@ func addBlock(r *ACLRules, kind, name, policy string) error {
 }
 
 // addAttr records name = v at the top level.
-func addAttr(r *ACLRules, name, v string) error {
+func addAttr(r *Rules, name, v string) error {
 	if ignoredAttrs[name] {
 		if _, err := parseAccess(v); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -241,7 +241,7 @@ func describe(t ruleTok) string {
 	return t.text
 }
 
-func (p *ruleParser) parse(r *ACLRules) error {
+func (p *ruleParser) parse(r *Rules) error {
 	for {
 		t, err := p.next()
 		if err != nil {
@@ -320,7 +320,7 @@ func (p *ruleParser) block(kind, name string) (string, error) {
 // parseRulesJSON reads the JSON form: {"service_prefix": {"web": {"policy":
 // "write"}}, "operator": "read"}; a block kind may also hold a list of such
 // objects, as HCL's JSON encoder writes them.
-func parseRulesJSON(src string, r *ACLRules) error {
+func parseRulesJSON(src string, r *Rules) error {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(src), &top); err != nil {
 		return fmt.Errorf("rules are not valid JSON: %w", err)

@@ -1,4 +1,4 @@
-package api
+package acl
 
 import (
 	"crypto/sha256"
@@ -119,7 +119,7 @@ func (a *Authorizer) saveAgentTokens(t *agentTokens) error {
 }
 
 // agentToken is PUT /v1/agent/token/:kind with {"Token": "..."}.
-func (s *Server) agentToken(w http.ResponseWriter, r *http.Request) {
+func (s *Endpoints) agentToken(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
@@ -136,7 +136,7 @@ func (s *Server) agentToken(w http.ResponseWriter, r *http.Request) {
 	// The agent and recovery tokens are credentials here (pier makes no
 	// API calls of its own): only a caller that holds what they grant may
 	// set them.
-	if p := policyOf(r); p != nil && !p.management {
+	if p := PolicyOf(r); p != nil && !p.management {
 		switch kind {
 		case "agent":
 			ok = p.AgentWrite("\x00") && p.NodeWrite("\x00")
@@ -144,7 +144,7 @@ func (s *Server) agentToken(w http.ResponseWriter, r *http.Request) {
 			ok = p.NodeRead("\x00")
 		}
 		if !ok {
-			denied(w)
+			Denied(w)
 			return
 		}
 	}

@@ -1,0 +1,177 @@
+package acl
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Endpoints serves /v1/acl/* and /v1/agent/token/*: the objects of the
+// store, with Consul's paths and shapes (roles and identities in roles.go;
+// auth methods, templated policies and expiry are not supported). They
+// live beside the store because they read and write its table; registry/api
+// mounts them (Routes) behind its authorize gate.
+type Endpoints struct {
+	acl     *Authorizer // nil: ACLs off, every endpoint answers 401
+	node    string      // this agent's node, for the agent tokens
+	maxBody int64       // request bodies above it get 413
+	log     *slog.Logger
+}
+
+// NewEndpoints serves the objects of a (nil: ACLs off) for the agent of
+// node; log nil discards.
+func NewEndpoints(a *Authorizer, node string, maxBody int64, log *slog.Logger) *Endpoints {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Endpoints{acl: a, node: node, maxBody: maxBody, log: log}
+}
+
+// Perm is what one route needs: whether a token with policy p may make
+// request r. arg is the request's path after the route's literal prefix
+// (the value of its trailing wildcard, as r.URL.Path spells it). The gate
+// lets management tokens through before asking.
+type Perm func(p *Policy, r *http.Request, arg string) bool
+
+const tokenSelfPath = "/v1/acl/token/self"
+
+// Permissions of the /v1/acl/ routes: acl = "read" for the GETs, "write"
+// for the rest, and /v1/acl/token/self (whatever the method) for any known
+// token.
+func aclRead(p *Policy, _ *http.Request, _ string) bool  { return p.ACLRead() }
+func aclWrite(p *Policy, _ *http.Request, _ string) bool { return p.ACLWrite() }
+func anyToken(*Policy, *http.Request, string) bool       { return true }
+
+// aclWriteOrSelf is for the write routes that /v1/acl/token/self also
+// matches.
+func aclWriteOrSelf(p *Policy, r *http.Request, _ string) bool {
+	return r.URL.Path == tokenSelfPath || p.ACLWrite()
+}
+
+// aclAny is for the catch-all: any method, any path under /v1/acl/.
+func aclAny(p *Policy, r *http.Request, _ string) bool {
+	switch {
+	case r.URL.Path == tokenSelfPath:
+		return true
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		return p.ACLRead()
+	}
+	return p.ACLWrite()
+}
+
+// Routes registers every endpoint through add, each with its permission.
+// Writes take PUT and POST: Consul's clients send PUT, curl users POST.
+func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Perm)) {
+	writes := func(path string, h http.HandlerFunc, perm Perm) {
+		add("PUT "+path, h, perm)
+		add("POST "+path, h, perm)
+	}
+	writes("/v1/acl/policy", s.aclPolicyCreate, aclWrite)
+	add("GET /v1/acl/policy/{id}", s.aclPolicyRead, aclRead)
+	add("GET /v1/acl/policy/name/{name}", s.aclPolicyReadByName, aclRead)
+	writes("/v1/acl/policy/{id}", s.aclPolicyUpdate, aclWrite)
+	add("DELETE /v1/acl/policy/{id}", s.aclPolicyDelete, aclWrite)
+	add("GET /v1/acl/policies", s.aclPolicyList, aclRead)
+
+	writes("/v1/acl/token", s.aclTokenCreate, aclWrite)
+	add("GET "+tokenSelfPath, s.aclTokenSelf, anyToken)
+	add("GET /v1/acl/token/{id}", s.aclTokenRead, aclRead)
+	writes("/v1/acl/token/{id}", s.aclTokenUpdate, aclWriteOrSelf)
+	writes("/v1/acl/token/{id}/clone", s.aclTokenClone, aclWrite)
+	add("DELETE /v1/acl/token/{id}", s.aclTokenDelete, aclWriteOrSelf)
+	add("GET /v1/acl/tokens", s.aclTokenList, aclRead)
+
+	writes("/v1/acl/role", s.aclRoleCreate, aclWrite)
+	add("GET /v1/acl/role/{id}", s.aclRoleRead, aclRead)
+	add("GET /v1/acl/role/name/{name}", s.aclRoleReadByName, aclRead)
+	writes("/v1/acl/role/{id}", s.aclRoleUpdate, aclWrite)
+	add("DELETE /v1/acl/role/{id}", s.aclRoleDelete, aclWrite)
+	add("GET /v1/acl/roles", s.aclRoleList, aclRead)
+
+	// The handler checks, besides, what the token being set grants.
+	writes("/v1/agent/token/{kind}", s.agentToken, func(p *Policy, _ *http.Request, _ string) bool {
+		return p.AgentWrite(s.node)
+	})
+	// Everything else under /v1/acl/ (bootstrap, auth methods...).
+	add("/v1/acl/", func(w http.ResponseWriter, r *http.Request) {
+		if s.aclOn(w) {
+			httpError(w, http.StatusNotFound, "pier does not support %s", r.URL.Path)
+		}
+	}, aclAny)
+}
+
+func (s *Endpoints) self() string { return s.node }
+
+// aclOn answers Consul's 401 when ACLs are off; false means it was sent.
+func (s *Endpoints) aclOn(w http.ResponseWriter) bool {
+	if s.acl == nil {
+		httpError(w, http.StatusUnauthorized, "ACL support disabled")
+		return false
+	}
+	return true
+}
+
+// decodeJSONBody reads a JSON body (unknown fields ignored, as Consul
+// does); false means a 400 or 413 was sent.
+func (s *Endpoints) decodeJSONBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			httpError(w, http.StatusRequestEntityTooLarge, "Request body too large: limit is %d bytes", mbe.Limit)
+		} else {
+			httpError(w, http.StatusBadRequest, "Reading request body: %v", err)
+		}
+		return false
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		b = []byte("{}")
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		httpError(w, http.StatusBadRequest, "Request decode failed: %v", err)
+		return false
+	}
+	return true
+}
+
+// writeJSON answers 200 with v, indented when the client asked for ?pretty
+// (as registry/api's answers).
+func writeJSON(w http.ResponseWriter, r *http.Request, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	if _, ok := r.URL.Query()["pretty"]; ok {
+		enc.SetIndent("", "    ")
+	}
+	enc.Encode(v)
+}
+
+// httpError answers with a plain one-line message, as Consul does.
+func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	fmt.Fprintf(w, format+"\n", args...)
+}
+
+// writeError maps the KV store's errors onto status codes, as registry/api
+// does for its own writes.
+func writeError(w http.ResponseWriter, prefix string, err error) {
+	var fe *registry.FieldError
+	switch {
+	case errors.As(err, &fe):
+		httpError(w, http.StatusBadRequest, "%s: %v", prefix, fe)
+	case errors.Is(err, registry.ErrNotFound):
+		httpError(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, registry.ErrKVFull):
+		httpError(w, http.StatusRequestEntityTooLarge, "%v", err)
+	case errors.Is(err, registry.ErrProtected):
+		httpError(w, http.StatusBadRequest, "%v", err)
+	default:
+		httpError(w, http.StatusInternalServerError, "%v", err)
+	}
+}

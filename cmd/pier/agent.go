@@ -20,6 +20,7 @@ import (
 	"github.com/pier-dev/pier/health"
 	"github.com/pier-dev/pier/metrics"
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
 	"github.com/pier-dev/pier/registry/api"
 	"github.com/pier-dev/pier/registry/api/ui"
 	"github.com/pier-dev/pier/registry/gossip"
@@ -173,16 +174,16 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	if met.handler != nil {
 		srv.Handle("GET /metrics", met.handler)
 		consulJSON := metrics.ConsulHandler(met.reg, log)
-		srv.Handle("GET /v1/agent/metrics", consulJSON)
-		srv.Handle("GET /v1/agent/metrics/stream", metrics.ConsulStreamHandler(consulJSON, 10*time.Second, log))
+		srv.HandlePerm("GET /v1/agent/metrics", consulJSON, acl.AgentRead(reg.Config().NodeName))
+		srv.HandlePerm("GET /v1/agent/metrics/stream", metrics.ConsulStreamHandler(consulJSON, 10*time.Second, log), acl.AgentRead(reg.Config().NodeName))
 	}
 	rl, err := newReloader(resolve, reg, level, agentLog)
 	if err != nil {
 		return err
 	}
 	defer rl.stop()
-	srv.Handle("PUT /v1/agent/reload", rl)
-	srv.Handle("POST /v1/agent/reload", rl)
+	srv.HandlePerm("PUT /v1/agent/reload", rl, acl.AgentWrite(reg.Config().NodeName))
+	srv.HandlePerm("POST /v1/agent/reload", rl, acl.AgentWrite(reg.Config().NodeName))
 	srv.Handle("GET /ui/", ui.Handler("/ui/"))
 	srv.Handle("GET /ui", ui.Redirect())
 	names, err := newDNS(cfg, reg, log, prom)

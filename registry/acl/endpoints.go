@@ -33,12 +33,6 @@ func NewEndpoints(a *Authorizer, node string, maxBody int64, log *slog.Logger) *
 	return &Endpoints{acl: a, node: node, maxBody: maxBody, log: log}
 }
 
-// Perm is what one route needs: whether a token with policy p may make
-// request r. arg is the request's path after the route's literal prefix
-// (the value of its trailing wildcard, as r.URL.Path spells it). The gate
-// lets management tokens through before asking.
-type Perm func(p *Policy, r *http.Request, arg string) bool
-
 const tokenSelfPath = "/v1/acl/token/self"
 
 // Permissions of the /v1/acl/ routes: acl = "read" for the GETs, "write"
@@ -46,7 +40,6 @@ const tokenSelfPath = "/v1/acl/token/self"
 // token.
 func aclRead(p *Policy, _ *http.Request, _ string) bool  { return p.ACLRead() }
 func aclWrite(p *Policy, _ *http.Request, _ string) bool { return p.ACLWrite() }
-func anyToken(*Policy, *http.Request, string) bool       { return true }
 
 // aclWriteOrSelf is for the write routes that /v1/acl/token/self also
 // matches.
@@ -80,7 +73,7 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 	add("GET /v1/acl/policies", s.aclPolicyList, aclRead)
 
 	writes("/v1/acl/token", s.aclTokenCreate, aclWrite)
-	add("GET "+tokenSelfPath, s.aclTokenSelf, anyToken)
+	add("GET "+tokenSelfPath, s.aclTokenSelf, Anyone)
 	add("GET /v1/acl/token/{id}", s.aclTokenRead, aclRead)
 	writes("/v1/acl/token/{id}", s.aclTokenUpdate, aclWriteOrSelf)
 	writes("/v1/acl/token/{id}/clone", s.aclTokenClone, aclWrite)
@@ -95,9 +88,7 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 	add("GET /v1/acl/roles", s.aclRoleList, aclRead)
 
 	// The handler checks, besides, what the token being set grants.
-	writes("/v1/agent/token/{kind}", s.agentToken, func(p *Policy, _ *http.Request, _ string) bool {
-		return p.AgentWrite(s.node)
-	})
+	writes("/v1/agent/token/{kind}", s.agentToken, AgentWrite(s.node))
 	// Everything else under /v1/acl/ (bootstrap, auth methods...).
 	add("/v1/acl/", func(w http.ResponseWriter, r *http.Request) {
 		if s.aclOn(w) {

@@ -22,16 +22,16 @@ type serfStatser interface {
 }
 
 func (s *Server) debugRoutes() {
-	s.mux.HandleFunc("GET /v1/agent/host", s.agentHost)
-	s.mux.HandleFunc("GET /v1/agent/monitor", s.agentMonitor)
+	s.route("GET /v1/agent/host", s.agentHost, operatorRead)
+	s.route("GET /v1/agent/monitor", s.agentMonitor, s.agentRead)
 	if !s.cfg.EnableDebug && !s.cfg.ACL.Enabled {
 		return
 	}
-	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	s.route("GET /debug/pprof/", pprof.Index, operatorRead) // Go's profiles, as Consul's
+	s.route("GET /debug/pprof/cmdline", pprof.Cmdline, operatorRead)
+	s.route("GET /debug/pprof/profile", pprof.Profile, operatorRead)
+	s.route("GET /debug/pprof/symbol", pprof.Symbol, operatorRead)
+	s.route("GET /debug/pprof/trace", pprof.Trace, operatorRead)
 }
 
 // addDebugAndStats fills what `consul info` and `consul debug` read from

@@ -36,13 +36,13 @@ func (s *Server) checkRoutes() {
 	}{{"pass", registry.StatusPassing}, {"warn", registry.StatusWarning}, {"fail", registry.StatusCritical}} {
 		s.writes("/v1/agent/check/"+st.path+"/{id...}", func(w http.ResponseWriter, r *http.Request) {
 			s.ttlUpdate(w, r, st.status, r.URL.Query().Get("note"))
-		})
+		}, s.checkIDWrite)
 	}
-	s.writes("/v1/agent/check/update/{id...}", s.checkUpdate)
-	s.writes("/v1/agent/service/maintenance/{id...}", s.serviceMaintenance)
-	s.writes("/v1/agent/maintenance", s.nodeMaintenance)
-	s.mux.HandleFunc("GET /v1/agent/health/service/id/{id...}", s.agentHealthByID)
-	s.mux.HandleFunc("GET /v1/agent/health/service/name/{name...}", s.agentHealthByName)
+	s.writes("/v1/agent/check/update/{id...}", s.checkUpdate, s.checkIDWrite)
+	s.writes("/v1/agent/service/maintenance/{id...}", s.serviceMaintenance, s.serviceIDWrite)
+	s.writes("/v1/agent/maintenance", s.nodeMaintenance, s.nodeAndAgentWrite)
+	s.route("GET /v1/agent/health/service/id/{id...}", s.agentHealthByID, s.serviceIDRead)
+	s.route("GET /v1/agent/health/service/name/{name...}", s.agentHealthByName, serviceRead)
 }
 
 func (s *Server) checkUpdate(w http.ResponseWriter, r *http.Request) {

@@ -13,5 +13,6 @@
 // cancellation.
 //
 // ACLs live in registry/acl; this package resolves every request's token
-// through it at one gate (acl.go).
+// through it at one gate (acl.go); each route declares, where it is
+// registered, the permission it needs (route.go).
 package api

@@ -32,10 +32,10 @@ type keyringResponse struct {
 }
 
 func (s *Server) keyringRoutes() {
-	s.mux.HandleFunc("GET /v1/operator/keyring", s.keyring("list"))
-	s.mux.HandleFunc("POST /v1/operator/keyring", s.keyring("install"))
-	s.mux.HandleFunc("PUT /v1/operator/keyring", s.keyring("use"))
-	s.mux.HandleFunc("DELETE /v1/operator/keyring", s.keyring("remove"))
+	s.route("GET /v1/operator/keyring", s.keyring("list"), keyringRead) // or operator without a keyring rule
+	s.route("POST /v1/operator/keyring", s.keyring("install"), keyringWrite)
+	s.route("PUT /v1/operator/keyring", s.keyring("use"), keyringWrite)
+	s.route("DELETE /v1/operator/keyring", s.keyring("remove"), keyringWrite)
 }
 
 func (s *Server) keyring(op string) http.HandlerFunc {

@@ -29,9 +29,9 @@ func toKVPair(e *registry.KVEntry) kvPair {
 }
 
 func (s *Server) kvRoutes() {
-	s.mux.HandleFunc("GET /v1/kv/{key...}", s.kvGet)
-	s.writes("/v1/kv/{key...}", s.kvPut)
-	s.mux.HandleFunc("DELETE /v1/kv/{key...}", s.kvDelete)
+	s.route("GET /v1/kv/{key...}", s.kvGet, keyAccess)
+	s.writes("/v1/kv/{key...}", s.kvPut, keyAccess)
+	s.route("DELETE /v1/kv/{key...}", s.kvDelete, keyAccess)
 }
 
 func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) {

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
 )
 
 // Cluster is what the API needs from the gossip layer. Without one, the agent
@@ -88,9 +89,12 @@ type Server struct {
 	reg *registry.Registry
 	log *slog.Logger
 	mux *http.ServeMux
-	met *apiMetrics    // nil: no metrics
-	acl *Authorizer    // nil: ACLs off
-	lim *clientLimiter // nil: no per-client limit
+	// perms is each pattern's permission (route.go); filled by New
+	// and Handle, read by the gate.
+	perms map[string]route
+	met   *apiMetrics    // nil: no metrics
+	acl   *Authorizer    // nil: ACLs off
+	lim   *clientLimiter // nil: no per-client limit
 
 	cache *agentCache // ?cached (cache.go)
 }
@@ -113,7 +117,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnsPerClient == 0 {
 		cfg.MaxConnsPerClient = def.MaxConnsPerClient
 	}
-	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
+	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -133,51 +137,40 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Handle adds a handler under pattern (a net/http ServeMux pattern), for
-// parts such as /metrics that other packages own.
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
-
-// writes registers a write endpoint for PUT and POST: Consul's clients send
-// PUT, the seed's curl commands POST.
-func (s *Server) writes(path string, h http.HandlerFunc) {
-	s.mux.HandleFunc("PUT "+path, h)
-	s.mux.HandleFunc("POST "+path, h)
-}
-
 func (s *Server) routes() {
-	s.writes("/v1/agent/service/register", s.serviceRegister)
-	s.writes("/v1/agent/service/deregister/{id...}", s.serviceDeregister)
-	s.writes("/v1/agent/check/register", s.checkRegister)
-	s.writes("/v1/agent/check/deregister/{id...}", s.checkDeregister)
-	s.mux.HandleFunc("GET /v1/agent/services", s.agentServices)
-	s.mux.HandleFunc("GET /v1/agent/service/{id...}", s.agentService)
-	s.mux.HandleFunc("GET /v1/agent/checks", s.agentChecks)
-	s.mux.HandleFunc("GET /v1/agent/self", s.agentSelf)
-	s.mux.HandleFunc("GET /v1/agent/version", s.agentVersion)
-	s.mux.HandleFunc("GET /v1/agent/members", s.agentMembers)
+	s.writes("/v1/agent/service/register", s.serviceRegister, s.mayRegisterService)
+	s.writes("/v1/agent/service/deregister/{id...}", s.serviceDeregister, s.serviceIDWrite)
+	s.writes("/v1/agent/check/register", s.checkRegister, s.mayRegisterCheck)
+	s.writes("/v1/agent/check/deregister/{id...}", s.checkDeregister, s.checkIDWrite)
+	s.route("GET /v1/agent/services", s.agentServices, acl.Anyone) // filtered
+	s.route("GET /v1/agent/service/{id...}", s.agentService, s.serviceIDRead)
+	s.route("GET /v1/agent/checks", s.agentChecks, acl.Anyone) // filtered
+	s.route("GET /v1/agent/self", s.agentSelf, s.agentRead)
+	s.route("GET /v1/agent/version", s.agentVersion, acl.Anyone) // none in Consul either
+	s.route("GET /v1/agent/members", s.agentMembers, anyNodeRead)
 	s.checkRoutes()   // TTL updates, maintenance, agent health (checks.go)
 	s.kvRoutes()      // the KV store (kv.go)
 	s.keyringRoutes() // gossip key rotation (keyring.go)
 	s.aclRoutes()     // tokens, policies and roles (registry/acl)
 	s.debugRoutes()   // host facts, profiles (agent_debug.go)
-	s.writes("/v1/agent/join/{addr...}", s.agentJoin)
-	s.writes("/v1/agent/leave", s.agentLeave)
-	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave)
+	s.writes("/v1/agent/join/{addr...}", s.agentJoin, s.agentWrite)
+	s.writes("/v1/agent/leave", s.agentLeave, s.nodeAndAgentWrite)
+	s.writes("/v1/agent/force-leave/{node...}", s.agentForceLeave, operatorWrite)
 
-	s.mux.HandleFunc("GET /v1/catalog/services", s.cached(s.catalogServices))
-	s.mux.HandleFunc("GET /v1/catalog/service/{name}", s.cached(s.catalogService))
-	s.mux.HandleFunc("GET /v1/catalog/nodes", s.catalogNodes)
-	s.mux.HandleFunc("GET /v1/catalog/node/{node}", s.catalogNode)
-	s.mux.HandleFunc("GET /v1/catalog/node-services/{node}", s.catalogNodeServiceList)
-	s.mux.HandleFunc("GET /v1/catalog/datacenters", s.catalogDatacenters)
+	s.route("GET /v1/catalog/services", s.cached(s.catalogServices), acl.Anyone) // filtered
+	s.route("GET /v1/catalog/service/{name}", s.cached(s.catalogService), serviceRead)
+	s.route("GET /v1/catalog/nodes", s.catalogNodes, anyNodeRead)
+	s.route("GET /v1/catalog/node/{node}", s.catalogNode, nodeRead)
+	s.route("GET /v1/catalog/node-services/{node}", s.catalogNodeServiceList, nodeRead)
+	s.route("GET /v1/catalog/datacenters", s.catalogDatacenters, acl.Anyone)
 
-	s.mux.HandleFunc("GET /v1/health/service/{name}", s.cached(s.healthService))
-	s.mux.HandleFunc("GET /v1/health/checks/{name}", s.healthChecks)
-	s.mux.HandleFunc("GET /v1/health/node/{node}", s.healthNode)
-	s.mux.HandleFunc("GET /v1/health/state/{state}", s.healthState)
+	s.route("GET /v1/health/service/{name}", s.cached(s.healthService), serviceRead)
+	s.route("GET /v1/health/checks/{name}", s.healthChecks, serviceRead)
+	s.route("GET /v1/health/node/{node}", s.healthNode, nodeRead)
+	s.route("GET /v1/health/state/{state}", s.healthState, acl.Anyone) // filtered
 
-	s.mux.HandleFunc("GET /v1/status/leader", s.statusLeader)
-	s.mux.HandleFunc("GET /v1/status/peers", s.statusPeers)
+	s.route("GET /v1/status/leader", s.statusLeader, acl.Anyone)
+	s.route("GET /v1/status/peers", s.statusPeers, acl.Anyone)
 }
 
 // ServeHTTP makes Server an http.Handler.

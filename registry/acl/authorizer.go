@@ -64,7 +64,7 @@ type Authorizer struct {
 	cfgAgent    *tokenEntry // tokens.agent; nil: none
 	tokenFile   string
 	agentToks   atomic.Pointer[agentTokens] // nil: none set through the API
-	// The parts below are set once by the Server before it serves.
+	// The parts below are set once by Attach, before the first request.
 	reg *registry.Registry // nil: configuration tokens only
 	log *slog.Logger
 	// mu serializes rebuilds of the table and the API's writes (so that a

@@ -405,3 +405,32 @@ func TestACLPolicyRules(t *testing.T) {
 		}
 	}
 }
+
+// A request no route serves runs no handler: it gets the router's 404 or
+// 405 whatever the token, as from Consul, not a 403 that hides the mistake.
+func TestACLUnroutedRequests(t *testing.T) {
+	a := startACLAgent(t, testACL())
+	for _, c := range []struct {
+		method, path string
+		want         int
+	}{
+		{"PATCH", "/v1/kv/app/x", http.StatusMethodNotAllowed},
+		{"GET", "/v1/catalog/service/a/b", http.StatusNotFound},
+		{"GET", "/v1/nothing/here", http.StatusNotFound},
+	} {
+		for _, tok := range []string{roTok, webTok, ""} {
+			req, _ := http.NewRequest(c.method, a.base+c.path, nil)
+			if tok != "" {
+				req.Header.Set("X-Consul-Token", tok)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != c.want {
+				t.Errorf("%s %s with token %q: %d, want %d", c.method, c.path, tok, resp.StatusCode, c.want)
+			}
+		}
+	}
+}

@@ -290,3 +290,28 @@ func TestTableIndexes(t *testing.T) {
 		t.Errorf("kv/app: woken %d times by %d catalog changes and one write, want once", n, 2*writes)
 	}
 }
+
+// Consul endpoints pier leaves out say so: Connect's as a Consul agent
+// with Connect disabled answers, the ones still to come with a 404 that
+// names the path.
+func TestUnsupportedEndpointsSaySo(t *testing.T) {
+	a := startAgent(t)
+	if _, _, err := a.client.Agent().ConnectCARoots(nil); err == nil || !strings.Contains(err.Error(), "500") ||
+		!strings.Contains(err.Error(), "Connect must be enabled") {
+		t.Errorf("ConnectCARoots: %v", err)
+	}
+	if _, _, err := a.client.Connect().Intentions(nil); err == nil || !strings.Contains(err.Error(), "Consul Connect") {
+		t.Errorf("Intentions: %v", err)
+	}
+	if _, _, err := a.client.Session().List(nil); err == nil || !strings.Contains(err.Error(), "404") ||
+		!strings.Contains(err.Error(), "pier does not serve /v1/session/list") {
+		t.Errorf("Session().List: %v", err)
+	}
+	if _, _, _, err := a.client.Txn().Txn(consul.TxnOps{{KV: &consul.KVTxnOp{Verb: consul.KVGet, Key: "a"}}}, nil); err == nil ||
+		!strings.Contains(err.Error(), "pier does not serve /v1/txn") {
+		t.Errorf("Txn: %v", err)
+	}
+	if _, _, err := a.client.Coordinate().Nodes(nil); err == nil || !strings.Contains(err.Error(), "/v1/coordinate/nodes") {
+		t.Errorf("Coordinate().Nodes: %v", err)
+	}
+}

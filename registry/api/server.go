@@ -171,6 +171,7 @@ func (s *Server) routes() {
 
 	s.route("GET /v1/status/leader", s.statusLeader, acl.Anyone)
 	s.route("GET /v1/status/peers", s.statusPeers, acl.Anyone)
+	s.unsupportedRoutes()
 }
 
 // ServeHTTP makes Server an http.Handler.

@@ -36,6 +36,7 @@ type Config struct {
 	LeftRetention    time.Duration         // a node that left is listed as left this long; default 24h
 	TombstoneTTL     time.Duration         // deleted entries are remembered this long; default 1h
 	LeaveTimeout     time.Duration         // how long a graceful leave waits to be heard; default 5s
+	MaxMembers       int                   // the most nodes one push/pull may list; default 10,000
 	Logger           *slog.Logger          // nil: discard
 	Registerer       prometheus.Registerer // nil: no metrics
 	// Memberlist adjusts memberlist's configuration (DefaultLANConfig) last;
@@ -54,6 +55,7 @@ func DefaultConfig() Config {
 		LeftRetention:    24 * time.Hour,
 		TombstoneTTL:     time.Hour,
 		LeaveTimeout:     5 * time.Second,
+		MaxMembers:       10000,
 	}
 }
 
@@ -109,6 +111,9 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.LeaveTimeout <= 0 {
 		cfg.LeaveTimeout = def.LeaveTimeout
 	}
+	if cfg.MaxMembers <= 0 {
+		cfg.MaxMembers = def.MaxMembers
+	}
 	switch len(cfg.EncryptKey) {
 	case 0, 16, 24, 32:
 	default:
@@ -153,6 +158,7 @@ func New(cfg Config) (*Gossip, error) {
 	mc.Keyring = kr
 	mc.Delegate = delegate{g}
 	mc.Events = delegate{g}
+	mc.Alive = delegate{g}
 	mc.Logger = newStdLogger(g.log)
 	// A node that comes back on another address (a rescheduled container)
 	// may take its name back once its old self has been dead this long.
@@ -163,8 +169,25 @@ func New(cfg Config) (*Gossip, error) {
 	if g.met, err = newMetrics(cfg.Registerer, g); err != nil {
 		return nil, fmt.Errorf("gossip: metrics: %w", err)
 	}
+	if mc.Transport == nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("gossip: could not set up network transport: %w", err)
+		}
+		mc.Transport = nt
+	}
+	var guard *guardedTransport
+	if nat, ok := mc.Transport.(memberlist.NodeAwareTransport); ok {
+		guard = newGuardedTransport(nat, streamLimits{
+			nodes: cfg.MaxMembers, bytes: maxState, timeout: mc.TCPTimeout, inflight: 16, waiting: 256,
+		}, g.log, g.met.streamRejected)
+		mc.Transport = guard
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if guard != nil {
+			guard.Shutdown()
+		}
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	g.ml = ml
@@ -293,7 +316,7 @@ func (g *Gossip) process(items []item) {
 				batch = append(batch, e)
 			case msgForceLeave:
 				flush()
-				g.forget(string(it.buf[1:]), false)
+				g.forget(string(it.buf[1:])) // nothing to answer: an error here is this node or one unknown here
 			case msgLeave:
 				flush()
 				g.leftIntentFrom(string(it.buf[1:]))

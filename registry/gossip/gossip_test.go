@@ -3,6 +3,7 @@ package gossip
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -286,8 +287,16 @@ func TestForceLeave(t *testing.T) {
 	nodes := cluster(t, 3)
 	register(t, nodes[2], "redis1", 8000)
 	waitFor(t, nodes[0].reg, 10*time.Second, "redis1", hasInstance("n2", "redis1", true))
-	if err := nodes[0].g.ForceLeave("n1"); err == nil {
-		t.Error("force-leave of an alive node succeeded")
+	// A live node answers the ping and stays, as a Consul node refutes a
+	// force-leave; this node cannot be forced out.
+	if err := nodes[0].g.ForceLeave("n1"); err != nil {
+		t.Errorf("force-leave of a live node: %v", err)
+	}
+	if ms := nodes[0].g.Members(); len(ms) != 3 || ms[1].Name != "n1" || ms[1].Status != registry.MemberAlive {
+		t.Errorf("a live node was forced out: %+v", ms)
+	}
+	if err := nodes[0].g.ForceLeave("n0"); !errors.Is(err, registry.ErrProtected) {
+		t.Errorf("force-leave of this node: %v", err)
 	}
 	nodes[2].crash()
 	waitFor(t, nodes[0].reg, 20*time.Second, "n2 critical", func(s *registry.Snapshot) bool {

@@ -15,6 +15,7 @@ type gossipMetrics struct {
 	pushPull *prometheus.CounterVec // direction: sent, received
 	pushSent prometheus.Counter
 	pushRecv prometheus.Counter
+	rejected *prometheus.CounterVec // what: member, stream
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
@@ -35,6 +36,10 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 			Help: "Full-state exchanges (anti-entropy and joins): state sent to and received from other nodes.",
 		}, []string{"direction"}),
 	}
+	m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "gossip", Name: "rejected_total",
+		Help: "What the gossip port refused: members without a usable name or address, streams over the limits or beyond the concurrency bound.",
+	}, []string{"what"})
 	m.pushSent = m.pushPull.WithLabelValues("sent")
 	m.pushRecv = m.pushPull.WithLabelValues("received")
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -48,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 	})
 	members := membersCollector{g: g, desc: prometheus.NewDesc("pier_members",
 		"Nodes of the cluster as this agent sees them, by status (alive, leaving, left, failed).", []string{"status"}, nil)}
-	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, queue, members} {
+	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, queue, members} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -77,6 +82,18 @@ func (m *gossipMetrics) stateSent() {
 func (m *gossipMetrics) stateReceived() {
 	if m != nil {
 		m.pushRecv.Inc()
+	}
+}
+
+func (m *gossipMetrics) memberRejected() {
+	if m != nil {
+		m.rejected.WithLabelValues("member").Inc()
+	}
+}
+
+func (m *gossipMetrics) streamRejected() {
+	if m != nil {
+		m.rejected.WithLabelValues("stream").Inc()
 	}
 }
 

@@ -37,6 +37,7 @@ type Config struct {
 	TombstoneTTL     time.Duration         // deleted entries are remembered this long; default 1h
 	LeaveTimeout     time.Duration         // how long a graceful leave waits to be heard; default 5s
 	MaxMembers       int                   // the most nodes one push/pull may list; default 10,000
+	DigestInterval   time.Duration         // how often a digest goes to a random member to repair missed broadcasts; default 1s
 	Logger           *slog.Logger          // nil: discard
 	Registerer       prometheus.Registerer // nil: no metrics
 	// Memberlist adjusts memberlist's configuration (DefaultLANConfig) last;
@@ -56,6 +57,7 @@ func DefaultConfig() Config {
 		TombstoneTTL:     time.Hour,
 		LeaveTimeout:     5 * time.Second,
 		MaxMembers:       10000,
+		DigestInterval:   time.Second,
 	}
 }
 
@@ -76,6 +78,7 @@ type Gossip struct {
 	keyring      *memberlist.Keyring // nil without encryption
 	kr           keyringState
 	reconnecting bool
+	repairQ      chan func() // TCP sends of the repair exchange, run by one worker
 }
 
 type memberState struct {
@@ -111,6 +114,9 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.LeaveTimeout <= 0 {
 		cfg.LeaveTimeout = def.LeaveTimeout
 	}
+	if cfg.DigestInterval <= 0 {
+		cfg.DigestInterval = def.DigestInterval
+	}
 	if cfg.MaxMembers <= 0 {
 		cfg.MaxMembers = def.MaxMembers
 	}
@@ -119,7 +125,7 @@ func New(cfg Config) (*Gossip, error) {
 	default:
 		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
 	}
-	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}}
+	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ)}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -263,6 +269,20 @@ func (g *Gossip) Run(ctx context.Context) error {
 			g.retryJoin(ctx)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case send := <-g.repairQ:
+				send()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	digest := time.NewTicker(g.cfg.DigestInterval)
+	defer digest.Stop()
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
 	reconnect := time.NewTicker(g.cfg.ReconnectEvery)
@@ -271,6 +291,8 @@ func (g *Gossip) Run(ctx context.Context) error {
 		select {
 		case <-g.in.signal:
 			g.process(g.in.take())
+		case <-digest.C:
+			g.sendDigest()
 		case <-tick.C:
 			g.reap(time.Now())
 		case <-reconnect.C:
@@ -320,6 +342,14 @@ func (g *Gossip) process(items []item) {
 			case msgLeave:
 				flush()
 				g.leftIntentFrom(string(it.buf[1:]))
+			case msgDigest:
+				g.onDigest(it.buf[1:])
+			case msgOwners:
+				flush()
+				g.onOwners(it.buf[1:])
+			case msgStates:
+				flush()
+				g.onStates(it.buf[1:])
 			case msgKeyring:
 				g.onKeyringMsg(it.buf[1:])
 			case msgKeyringReply:

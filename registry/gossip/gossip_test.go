@@ -574,3 +574,28 @@ func TestKeyRotation(t *testing.T) {
 }
 
 func base64Key(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
+
+// TestMissedBroadcastRepaired: a change whose broadcast nobody heard (no
+// gossip rounds, push/pull an hour away) still reaches the other node within
+// seconds, through the digest exchange.
+func TestMissedBroadcastRepaired(t *testing.T) {
+	quiet := func(c *Config) {
+		c.DigestInterval = 200 * time.Millisecond
+		c.Memberlist = func(mc *memberlist.Config) {
+			fast(mc)
+			mc.GossipInterval = time.Hour
+			mc.PushPullInterval = time.Hour
+		}
+	}
+	a := startNode(t, "a", opts{tweak: quiet})
+	b := startNode(t, "b", opts{tweak: quiet, join: []string{a.g.Addr()}})
+	waitFor(t, b.reg, 10*time.Second, "a in b's catalog", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 2 })
+	register(t, a, "missed", 8000)
+	a.g.queue.Reset() // the broadcast is lost before anyone hears it
+	waitFor(t, b.reg, 10*time.Second, "the missed registration", hasInstance("a", "missed", false))
+	if err := a.reg.DeregisterService("missed"); err != nil {
+		t.Fatal(err)
+	}
+	a.g.queue.Reset()
+	waitFor(t, b.reg, 10*time.Second, "the missed deregistration", func(s *registry.Snapshot) bool { return len(s.ServiceInstances("redis")) == 0 })
+}

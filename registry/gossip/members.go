@@ -201,6 +201,7 @@ func (g *Gossip) forget(name string) (bool, error) {
 // Members lists every node known: alive, failed (until reaped) and left
 // (for a while), ordered by name.
 func (g *Gossip) Members() []registry.Member {
+	snap := g.reg.Snapshot()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := make([]registry.Member, 0, len(g.members))
@@ -208,6 +209,20 @@ func (g *Gossip) Members() []registry.Member {
 		m := g.members[name].Member
 		if name == g.reg.NodeName() && g.leaving {
 			m.Status = registry.MemberLeaving
+		}
+		// dc and id are in the node's record, not in its memberlist meta.
+		if n, ok := snap.Node(name); ok && (m.Tags["dc"] == "" || m.Tags["id"] == "") {
+			tags := maps.Clone(m.Tags)
+			if tags == nil {
+				tags = map[string]string{}
+			}
+			if tags["dc"] == "" && n.Datacenter != "" {
+				tags["dc"] = n.Datacenter
+			}
+			if tags["id"] == "" && n.ID != "" {
+				tags["id"] = n.ID
+			}
+			m.Tags = tags
 		}
 		out = append(out, m)
 	}

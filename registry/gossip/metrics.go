@@ -16,6 +16,7 @@ type gossipMetrics struct {
 	pushSent prometheus.Counter
 	pushRecv prometheus.Counter
 	rejected *prometheus.CounterVec // what: member, stream
+	repairs  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
@@ -40,6 +41,10 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 		Namespace: "pier", Subsystem: "gossip", Name: "rejected_total",
 		Help: "What the gossip port refused: members without a usable name or address, streams over the limits or beyond the concurrency bound.",
 	}, []string{"what"})
+	m.repairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "gossip", Name: "repaired_entries_total",
+		Help: "Entries this node had missed and got from a member whose digest differed.",
+	})
 	m.pushSent = m.pushPull.WithLabelValues("sent")
 	m.pushRecv = m.pushPull.WithLabelValues("received")
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -53,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 	})
 	members := membersCollector{g: g, desc: prometheus.NewDesc("pier_members",
 		"Nodes of the cluster as this agent sees them, by status (alive, leaving, left, failed).", []string{"status"}, nil)}
-	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, queue, members} {
+	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, m.repairs, queue, members} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -88,6 +93,12 @@ func (m *gossipMetrics) stateReceived() {
 func (m *gossipMetrics) memberRejected() {
 	if m != nil {
 		m.rejected.WithLabelValues("member").Inc()
+	}
+}
+
+func (m *gossipMetrics) repaired(n int) {
+	if m != nil && n > 0 {
+		m.repairs.Add(float64(n))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"net"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 
@@ -49,20 +50,31 @@ type statesMsg struct {
 // digests hashes every owner's entries (versions and deletions, not
 // contents: a version names one content) and the KV store as one more
 // owner. The sum of entry hashes does not depend on order.
+// Entries younger than repairGrace are left out: their broadcasts are
+// still on the way, and counting them would make every digest differ while
+// changes flow (a join of 100 nodes turned into a full-state exchange per
+// node per second).
 func (g *Gossip) digests() (map[string]uint64, []registry.NodeState, []registry.Entry) {
 	nodes, kv := g.reg.FullState(), g.reg.KVState()
+	cut := uint64(time.Now().Add(-repairGrace).UnixMilli()) << 16
 	out := make(map[string]uint64, len(nodes)+1)
 	for _, st := range nodes {
-		out[st.Node] = hashEntries(st.Entries)
+		out[st.Node] = hashEntries(st.Entries, cut)
 	}
-	out[kvOwner] = hashEntries(kv)
+	out[kvOwner] = hashEntries(kv, cut)
 	return out, nodes, kv
 }
 
-func hashEntries(es []registry.Entry) uint64 {
+// repairGrace is about how long a broadcast takes to reach 100 nodes.
+const repairGrace = time.Second
+
+func hashEntries(es []registry.Entry, cut uint64) uint64 {
 	var sum uint64
 	var b [9]byte
 	for _, e := range es {
+		if e.Version > cut {
+			continue
+		}
 		h := fnv.New64a()
 		h.Write([]byte(e.Node))
 		h.Write([]byte{0, byte(e.Kind)})

@@ -345,9 +345,9 @@ func run(args []string) error {
 			}
 			nd.mu.Unlock()
 		}
-		return nil
+	} else {
+		fmt.Printf("%s n=%d join: every node lists all %d members after %.2f s\n", *kind, *n, *n, took.Seconds())
 	}
-	fmt.Printf("%s n=%d join: every node lists all %d members after %.2f s\n", *kind, *n, *n, took.Seconds())
 	for _, nd := range c.nodes {
 		select {
 		case <-nd.ready:

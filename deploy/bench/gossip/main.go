@@ -159,6 +159,7 @@ type node struct {
 	gossip string // host:port
 	http   string // pier only
 	ready  chan struct{}
+	exited chan struct{}
 	mu     sync.Mutex
 	alive  map[string]bool
 	got    map[string]time.Time
@@ -268,9 +269,12 @@ func run(args []string) error {
 	c := &cluster{changed: make(chan struct{}, 1)}
 	defer func() {
 		for _, nd := range c.nodes {
-			if nd.cmd.Process != nil {
-				nd.cmd.Process.Kill()
-				nd.cmd.Wait()
+			nd.cmd.Process.Kill()
+		}
+		for _, nd := range c.nodes {
+			select {
+			case <-nd.exited:
+			case <-time.After(10 * time.Second):
 			}
 		}
 	}()
@@ -292,7 +296,7 @@ func run(args []string) error {
 			}
 			cmd = exec.CommandContext(ctx, self, argv...)
 		}
-		nd := &node{name: name, cmd: cmd, ready: make(chan struct{}), alive: map[string]bool{}, got: map[string]time.Time{}}
+		nd := &node{name: name, cmd: cmd, ready: make(chan struct{}), exited: make(chan struct{}), alive: map[string]bool{}, got: map[string]time.Time{}}
 		pr, pw := io.Pipe()
 		cmd.Stdout, cmd.Stderr = pw, pw
 		if nd.stdin, err = cmd.StdinPipe(); err != nil {
@@ -304,6 +308,7 @@ func run(args []string) error {
 		go func() {
 			cmd.Wait()
 			pw.Close()
+			close(nd.exited)
 		}()
 		go c.follow(nd, pr)
 		return nd, nil

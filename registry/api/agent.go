@@ -251,12 +251,13 @@ func (s *Server) agentForceLeave(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case st == registry.MemberNone:
 		err = fmt.Errorf("agent: no node found with name %q: %w", node, registry.ErrNotFound)
+	case node == s.self():
+		// As in Consul: the agent refutes a leave of itself.
 	case prune:
 		err = s.cfg.Cluster.Prune(node)
-	case st == registry.MemberAlive || st == registry.MemberLeaving || node == s.self():
-		// As in Consul: a live node refutes the leave, so forcing it out
-		// changes nothing (with ?prune it goes once it is gone).
 	default:
+		// A live member that answers a ping stays, as a Consul node
+		// refutes the leave; one that does not answer goes (gossip).
 		err = s.cfg.Cluster.ForceLeave(node)
 	}
 	if err != nil {

@@ -2,6 +2,7 @@ package gossip
 
 import (
 	"encoding/json"
+	"maps"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -13,9 +14,18 @@ type delegate struct {
 	g *Gossip
 }
 
-// NodeMeta carries the member's tags, which pier members shows.
+// NodeMeta carries the member's tags that its node record does not (dc and
+// id are there): every alive message carries the meta, and at 50 agents
+// joining at once an 80-byte meta took join convergence from 1.5 s to 32 s
+// (deploy/bench/gossip.sh).
 func (d delegate) NodeMeta(limit int) []byte {
-	b, _ := json.Marshal(d.g.cfg.Tags)
+	tags := maps.Clone(d.g.cfg.Tags)
+	delete(tags, "dc")
+	delete(tags, "id")
+	if len(tags) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(tags)
 	if len(b) > limit {
 		return nil
 	}

@@ -36,6 +36,8 @@ type Config struct {
 	LeftRetention    time.Duration         // a node that left is listed as left this long; default 24h
 	TombstoneTTL     time.Duration         // deleted entries are remembered this long; default 1h
 	LeaveTimeout     time.Duration         // how long a graceful leave waits to be heard; default 5s
+	MaxMembers       int                   // the most nodes one push/pull may list; default 10,000
+	DigestInterval   time.Duration         // how often a digest goes to a random member to repair missed broadcasts; default 1s
 	Logger           *slog.Logger          // nil: discard
 	Registerer       prometheus.Registerer // nil: no metrics
 	// Memberlist adjusts memberlist's configuration (DefaultLANConfig) last;
@@ -54,6 +56,8 @@ func DefaultConfig() Config {
 		LeftRetention:    24 * time.Hour,
 		TombstoneTTL:     time.Hour,
 		LeaveTimeout:     5 * time.Second,
+		MaxMembers:       10000,
+		DigestInterval:   time.Second,
 	}
 }
 
@@ -75,6 +79,7 @@ type Gossip struct {
 	keyring      *memberlist.Keyring // nil without encryption
 	kr           keyringState
 	reconnecting bool
+	repairQ      chan func() // TCP sends of the repair exchange, run by one worker
 }
 
 type memberState struct {
@@ -110,12 +115,18 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.LeaveTimeout <= 0 {
 		cfg.LeaveTimeout = def.LeaveTimeout
 	}
+	if cfg.DigestInterval <= 0 {
+		cfg.DigestInterval = def.DigestInterval
+	}
+	if cfg.MaxMembers <= 0 {
+		cfg.MaxMembers = def.MaxMembers
+	}
 	switch len(cfg.EncryptKey) {
 	case 0, 16, 24, 32:
 	default:
 		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
 	}
-	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}}
+	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ)}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -154,6 +165,7 @@ func New(cfg Config) (*Gossip, error) {
 	mc.Keyring = kr
 	mc.Delegate = delegate{g}
 	mc.Events = delegate{g}
+	mc.Alive = delegate{g}
 	mc.Logger = newStdLogger(g.log)
 	// A node that comes back on another address (a rescheduled container)
 	// may take its name back once its old self has been dead this long.
@@ -164,8 +176,25 @@ func New(cfg Config) (*Gossip, error) {
 	if g.met, err = newMetrics(cfg.Registerer, g); err != nil {
 		return nil, fmt.Errorf("gossip: metrics: %w", err)
 	}
+	if mc.Transport == nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("gossip: could not set up network transport: %w", err)
+		}
+		mc.Transport = nt
+	}
+	var guard *guardedTransport
+	if nat, ok := mc.Transport.(memberlist.NodeAwareTransport); ok {
+		guard = newGuardedTransport(nat, streamLimits{
+			nodes: cfg.MaxMembers, bytes: maxState, timeout: mc.TCPTimeout, inflight: 16, waiting: 256,
+		}, g.log, g.met.streamRejected)
+		mc.Transport = guard
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		if guard != nil {
+			guard.Shutdown()
+		}
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	g.ml = ml
@@ -241,6 +270,20 @@ func (g *Gossip) Run(ctx context.Context) error {
 			g.retryJoin(ctx)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case send := <-g.repairQ:
+				send()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	digest := time.NewTicker(g.cfg.DigestInterval)
+	defer digest.Stop()
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
 	reconnect := time.NewTicker(g.cfg.ReconnectEvery)
@@ -249,6 +292,8 @@ func (g *Gossip) Run(ctx context.Context) error {
 		select {
 		case <-g.in.signal:
 			g.process(g.in.take())
+		case <-digest.C:
+			g.sendDigest()
 		case <-tick.C:
 			g.reap(time.Now())
 		case <-reconnect.C:
@@ -294,10 +339,18 @@ func (g *Gossip) process(items []item) {
 				batch = append(batch, e)
 			case msgForceLeave:
 				flush()
-				g.forget(string(it.buf[1:]), false)
+				g.forget(string(it.buf[1:])) // nothing to answer: an error here is this node or one unknown here
 			case msgLeave:
 				flush()
 				g.leftIntentFrom(string(it.buf[1:]))
+			case msgDigest:
+				g.onDigest(it.buf[1:])
+			case msgOwners:
+				flush()
+				g.onOwners(it.buf[1:])
+			case msgStates:
+				flush()
+				g.onStates(it.buf[1:])
 			case msgKeyring:
 				g.onKeyringMsg(it.buf[1:])
 			case msgKeyringReply:

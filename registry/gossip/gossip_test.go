@@ -3,6 +3,7 @@ package gossip
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -290,8 +291,16 @@ func TestForceLeave(t *testing.T) {
 	nodes := cluster(t, 3)
 	register(t, nodes[2], "redis1", 8000)
 	waitFor(t, nodes[0].reg, 10*time.Second, "redis1", hasInstance("n2", "redis1", true))
-	if err := nodes[0].g.ForceLeave("n1"); err == nil {
-		t.Error("force-leave of an alive node succeeded")
+	// A live node answers the ping and stays, as a Consul node refutes a
+	// force-leave; this node cannot be forced out.
+	if err := nodes[0].g.ForceLeave("n1"); err != nil {
+		t.Errorf("force-leave of a live node: %v", err)
+	}
+	if ms := nodes[0].g.Members(); len(ms) != 3 || ms[1].Name != "n1" || ms[1].Status != registry.MemberAlive {
+		t.Errorf("a live node was forced out: %+v", ms)
+	}
+	if err := nodes[0].g.ForceLeave("n0"); !errors.Is(err, registry.ErrProtected) {
+		t.Errorf("force-leave of this node: %v", err)
 	}
 	nodes[2].crash()
 	waitFor(t, nodes[0].reg, 20*time.Second, "n2 critical", func(s *registry.Snapshot) bool {
@@ -569,3 +578,28 @@ func TestKeyRotation(t *testing.T) {
 }
 
 func base64Key(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
+
+// TestMissedBroadcastRepaired: a change whose broadcast nobody heard (no
+// gossip rounds, push/pull an hour away) still reaches the other node within
+// seconds, through the digest exchange.
+func TestMissedBroadcastRepaired(t *testing.T) {
+	quiet := func(c *Config) {
+		c.DigestInterval = 200 * time.Millisecond
+		c.Memberlist = func(mc *memberlist.Config) {
+			fast(mc)
+			mc.GossipInterval = time.Hour
+			mc.PushPullInterval = time.Hour
+		}
+	}
+	a := startNode(t, "a", opts{tweak: quiet})
+	b := startNode(t, "b", opts{tweak: quiet, join: []string{a.g.Addr()}})
+	waitFor(t, b.reg, 10*time.Second, "a in b's catalog", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 2 })
+	register(t, a, "missed", 8000)
+	a.g.queue.Reset() // the broadcast is lost before anyone hears it
+	waitFor(t, b.reg, 10*time.Second, "the missed registration", hasInstance("a", "missed", false))
+	if err := a.reg.DeregisterService("missed"); err != nil {
+		t.Fatal(err)
+	}
+	a.g.queue.Reset()
+	waitFor(t, b.reg, 10*time.Second, "the missed deregistration", func(s *registry.Snapshot) bool { return len(s.ServiceInstances("redis")) == 0 })
+}

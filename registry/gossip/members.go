@@ -103,6 +103,12 @@ func (g *Gossip) member(it item) {
 	addr := n.Addr.String()
 	g.mu.Lock()
 	m, ok := g.members[n.Name]
+	if ok && it.kind == itemLeave && m.Status == registry.MemberLeft {
+		// Forced out (or said it was leaving) before memberlist gave up
+		// on it: it stays left, not failed.
+		g.mu.Unlock()
+		return
+	}
 	if !ok {
 		m = &memberState{}
 		g.members[n.Name] = m
@@ -166,30 +172,41 @@ func (g *Gossip) reap(now time.Time) {
 	g.reg.CollectTombstones(g.cfg.TombstoneTTL)
 }
 
-// forget marks a failed node as left: its services go at once.
-func (g *Gossip) forget(name string, mustBeFailed bool) error {
+// forget marks a member as left: its services go at once. A member that
+// still answers a ping is alive and stays (nil): as with Consul, a live
+// node refutes a force-leave. Any other member that is not this node goes,
+// whatever memberlist says of it.
+func (g *Gossip) forget(name string) (bool, error) {
+	if name == g.reg.NodeName() {
+		return false, fmt.Errorf("gossip: %q is this node; use leave: %w", name, registry.ErrProtected)
+	}
 	g.mu.Lock()
 	m, ok := g.members[name]
+	var cur registry.Member
+	if ok {
+		cur = m.Member
+	}
+	g.mu.Unlock()
 	switch {
 	case !ok:
-		g.mu.Unlock()
-		return fmt.Errorf("gossip: unknown node %q: %w", name, registry.ErrNotFound)
-	case m.Status == registry.MemberAlive && mustBeFailed:
-		g.mu.Unlock()
-		return fmt.Errorf("gossip: node %q is alive; only a failed node can be forced out: %w", name, registry.ErrProtected)
-	case m.Status == registry.MemberAlive:
-		g.mu.Unlock()
-		return nil
+		return false, fmt.Errorf("gossip: unknown node %q: %w", name, registry.ErrNotFound)
+	case cur.Status == registry.MemberAlive && g.reachable(name, cur):
+		return false, nil
 	}
-	m.Status, m.since = registry.MemberLeft, time.Now()
+	g.mu.Lock()
+	if m, ok = g.members[name]; ok {
+		m.Status, m.since = registry.MemberLeft, time.Now()
+	}
 	g.mu.Unlock()
+	g.log.Info("member forced out", "node", name, "was", cur.Status.String())
 	g.reg.ForgetNode(name)
-	return nil
+	return true, nil
 }
 
 // Members lists every node known: alive, failed (until reaped) and left
 // (for a while), ordered by name.
 func (g *Gossip) Members() []registry.Member {
+	snap := g.reg.Snapshot()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := make([]registry.Member, 0, len(g.members))
@@ -197,6 +214,20 @@ func (g *Gossip) Members() []registry.Member {
 		m := g.members[name].Member
 		if name == g.reg.NodeName() && g.leaving {
 			m.Status = registry.MemberLeaving
+		}
+		// dc and id are in the node's record, not in its memberlist meta.
+		if n, ok := snap.Node(name); ok && (m.Tags["dc"] == "" || m.Tags["id"] == "") {
+			tags := maps.Clone(m.Tags)
+			if tags == nil {
+				tags = map[string]string{}
+			}
+			if tags["dc"] == "" && n.Datacenter != "" {
+				tags["dc"] = n.Datacenter
+			}
+			if tags["id"] == "" && n.ID != "" {
+				tags["id"] = n.ID
+			}
+			m.Tags = tags
 		}
 		out = append(out, m)
 	}
@@ -254,10 +285,12 @@ func (g *Gossip) announceLeave() {
 	wg.Wait()
 }
 
-// ForceLeave removes a failed node now instead of after ReconnectTimeout,
-// here and, by a broadcast, on every other node.
+// ForceLeave removes a node that is not this one now, here and, by a
+// broadcast, on every other node: a failed node instead of after
+// ReconnectTimeout, a member that cannot be reached at once. A live node
+// that answers stays.
 func (g *Gossip) ForceLeave(node string) error {
-	if err := g.forget(node, true); err != nil {
+	if gone, err := g.forget(node); err != nil || !gone {
 		return err
 	}
 	g.queue.QueueBroadcast(&broadcast{name: "force-leave\x00" + node, msg: append([]byte{msgForceLeave}, node...)})

@@ -15,6 +15,8 @@ type gossipMetrics struct {
 	pushPull *prometheus.CounterVec // direction: sent, received
 	pushSent prometheus.Counter
 	pushRecv prometheus.Counter
+	rejected *prometheus.CounterVec // what: member, stream
+	repairs  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
@@ -35,6 +37,14 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 			Help: "Full-state exchanges (anti-entropy and joins): state sent to and received from other nodes.",
 		}, []string{"direction"}),
 	}
+	m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "gossip", Name: "rejected_total",
+		Help: "What the gossip port refused: members without a usable name or address, streams over the limits or beyond the concurrency bound.",
+	}, []string{"what"})
+	m.repairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "gossip", Name: "repaired_entries_total",
+		Help: "Entries this node had missed and got from a member whose digest differed.",
+	})
 	m.pushSent = m.pushPull.WithLabelValues("sent")
 	m.pushRecv = m.pushPull.WithLabelValues("received")
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -48,7 +58,7 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 	})
 	members := membersCollector{g: g, desc: prometheus.NewDesc("pier_members",
 		"Nodes of the cluster as this agent sees them, by status (alive, leaving, left, failed).", []string{"status"}, nil)}
-	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, queue, members} {
+	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, m.repairs, queue, members} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -77,6 +87,24 @@ func (m *gossipMetrics) stateSent() {
 func (m *gossipMetrics) stateReceived() {
 	if m != nil {
 		m.pushRecv.Inc()
+	}
+}
+
+func (m *gossipMetrics) memberRejected() {
+	if m != nil {
+		m.rejected.WithLabelValues("member").Inc()
+	}
+}
+
+func (m *gossipMetrics) repaired(n int) {
+	if m != nil && n > 0 {
+		m.repairs.Add(float64(n))
+	}
+}
+
+func (m *gossipMetrics) streamRejected() {
+	if m != nil {
+		m.rejected.WithLabelValues("stream").Inc()
 	}
 }
 

@@ -1,0 +1,467 @@
+// Command gossip measures join convergence and write propagation of a
+// cluster of separate processes on loopback addresses, pier agents beside
+// plain memberlist nodes (v0.6.0, DefaultLANConfig) in the same run.
+//
+//	gossip run -pier PATH -n 50 -writes 100   (what deploy/bench/gossip.sh runs)
+//	gossip plain -name n1 -bind 127.0.0.11 -join ADDR   (one plain node; the run starts these)
+//
+// Join: the first node starts, then the other n-1 all at once, each joining
+// the first. Every node reports each member it sees come and go (pier's
+// "member alive/failed/left" log lines; the plain node prints the same), and
+// the join has converged when every node lists every member.
+// Writes: one service registration (pier) or one broadcast (plain) every
+// 100 ms on a node taken in turn; a write has propagated when every node has
+// it: pier's nodes are followed with a blocking query on
+// /v1/catalog/services, plain nodes print what they receive.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: gossip run|plain [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = run(os.Args[2:])
+	case "plain":
+		err = plain(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gossip:", err)
+		os.Exit(1)
+	}
+}
+
+// plain is one memberlist node with DefaultLANConfig. It prints
+// "member alive NAME" / "member failed NAME" as pier logs them, reads
+// "put KEY" lines on stdin and broadcasts KEY, and prints "got KEY" when a
+// broadcast arrives.
+func plain(args []string) error {
+	fs := flag.NewFlagSet("plain", flag.ExitOnError)
+	name := fs.String("name", "", "node name")
+	bind := fs.String("bind", "127.0.0.1", "address")
+	port := fs.Int("port", 0, "port (0: a free one)")
+	join := fs.String("join", "", "address to join")
+	fs.Parse(args)
+	out := &lineWriter{w: os.Stdout}
+	d := &plainDelegate{out: out, seen: map[string]bool{}}
+	c := memberlist.DefaultLANConfig()
+	c.Name, c.BindAddr, c.BindPort, c.AdvertisePort = *name, *bind, *port, *port
+	c.Events, c.Delegate = d, d
+	c.LogOutput = io.Discard
+	ml, err := memberlist.Create(c)
+	if err != nil {
+		return err
+	}
+	d.q = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: c.RetransmitMult}
+	out.printf("running gossip=%s:%d", *bind, ml.LocalNode().Port)
+	if *join != "" {
+		if _, err := ml.Join([]string{*join}); err != nil {
+			return err
+		}
+	}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if k, ok := strings.CutPrefix(sc.Text(), "put "); ok {
+			d.got(k)
+			d.q.QueueBroadcast(&plainBroadcast{msg: []byte(k)})
+		}
+	}
+	return ml.Shutdown()
+}
+
+type lineWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lineWriter) printf(format string, a ...any) {
+	l.mu.Lock()
+	fmt.Fprintf(l.w, format+"\n", a...)
+	l.mu.Unlock()
+}
+
+type plainDelegate struct {
+	out  *lineWriter
+	q    *memberlist.TransmitLimitedQueue
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (d *plainDelegate) got(k string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.seen[k] {
+		return false
+	}
+	d.seen[k] = true
+	d.out.printf("got %s", k)
+	return true
+}
+
+func (d *plainDelegate) NotifyJoin(n *memberlist.Node) { d.out.printf("member alive node=%s", n.Name) }
+func (d *plainDelegate) NotifyLeave(n *memberlist.Node) {
+	d.out.printf("member failed node=%s", n.Name)
+}
+func (d *plainDelegate) NotifyUpdate(n *memberlist.Node) {}
+func (d *plainDelegate) NodeMeta(int) []byte             { return nil }
+func (d *plainDelegate) NotifyMsg(b []byte) {
+	k := string(b)
+	if d.got(k) { // pass news on, as pier does
+		d.q.QueueBroadcast(&plainBroadcast{msg: []byte(k)})
+	}
+}
+func (d *plainDelegate) GetBroadcasts(overhead, limit int) [][]byte {
+	if d.q == nil {
+		return nil
+	}
+	return d.q.GetBroadcasts(overhead, limit)
+}
+func (d *plainDelegate) LocalState(bool) []byte            { return nil }
+func (d *plainDelegate) MergeRemoteState(b []byte, j bool) {}
+
+type plainBroadcast struct{ msg []byte }
+
+func (b *plainBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b *plainBroadcast) Message() []byte                       { return b.msg }
+func (b *plainBroadcast) Finished()                             {}
+
+// node is one process of a run.
+type node struct {
+	name   string
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	gossip string // host:port
+	http   string // pier only
+	ready  chan struct{}
+	exited chan struct{}
+	mu     sync.Mutex
+	alive  map[string]bool
+	got    map[string]time.Time
+	log    bytes.Buffer
+}
+
+var (
+	memberLine = regexp.MustCompile(`member (alive|failed|left|forced out).* node=(\S+)`)
+	gossipAddr = regexp.MustCompile(`gossip=([0-9.:]+)`)
+	httpAddr   = regexp.MustCompile(`msg="pier agent running".* http=([0-9.:]+)`)
+	gotLine    = regexp.MustCompile(`^got (\S+)`)
+)
+
+// cluster follows every node's member list and tells when all are complete.
+type cluster struct {
+	nodes   []*node
+	changed chan struct{}
+}
+
+func (c *cluster) follow(n *node, r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		now := time.Now()
+		n.mu.Lock()
+		if n.log.Len() < 1<<20 {
+			n.log.WriteString(line + "\n")
+		}
+		if m := memberLine.FindStringSubmatch(line); m != nil {
+			n.alive[m[2]] = m[1] == "alive"
+		} else if m := gotLine.FindStringSubmatch(line); m != nil {
+			if _, ok := n.got[m[1]]; !ok {
+				n.got[m[1]] = now
+			}
+		} else if n.gossip == "" && (strings.HasPrefix(line, "running ") || strings.Contains(line, `msg="pier agent running"`)) {
+			if m := gossipAddr.FindStringSubmatch(line); m != nil {
+				n.gossip = m[1]
+				if h := httpAddr.FindStringSubmatch(line); h != nil {
+					n.http = h[1]
+				}
+				close(n.ready)
+			}
+		}
+		n.mu.Unlock()
+		select {
+		case c.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (n *node) members() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := 1 // itself
+	for _, ok := range n.alive {
+		if ok {
+			k++
+		}
+	}
+	return k
+}
+
+// converged waits until every node lists all, or d passes; it returns the
+// time taken and how many nodes were still incomplete.
+func (c *cluster) converged(start time.Time, d time.Duration) (time.Duration, int) {
+	deadline := time.After(d)
+	for {
+		missing := 0
+		for _, n := range c.nodes {
+			if n.members() < len(c.nodes) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return time.Since(start), 0
+		}
+		select {
+		case <-c.changed:
+		case <-deadline:
+			return d, missing
+		}
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	pierBin := fs.String("pier", "", "the pier binary (empty: plain memberlist only)")
+	kind := fs.String("kind", "pier", "pier or plain")
+	n := fs.Int("n", 50, "nodes")
+	writes := fs.Int("writes", 100, "writes to propagate after the join")
+	timeout := fs.Duration("timeout", 120*time.Second, "longest wait for the join and for each write")
+	every := fs.Duration("every", 100*time.Millisecond, "pause between writes")
+	fs.Parse(args)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "pier-gossip-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &cluster{changed: make(chan struct{}, 1)}
+	defer func() {
+		for _, nd := range c.nodes {
+			nd.cmd.Process.Kill()
+		}
+		for _, nd := range c.nodes {
+			select {
+			case <-nd.exited:
+			case <-time.After(10 * time.Second):
+			}
+		}
+	}()
+	start := func(i int, join string) (*node, error) {
+		name := fmt.Sprintf("n%03d", i)
+		ip := fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i%250)
+		var cmd *exec.Cmd
+		if *kind == "pier" {
+			argv := []string{"agent", "-node", name, "-bind", ip, "-client", ip, "-serf-lan-port", "0", "-http-port", "0",
+				"-dns-port", "0", "-data-dir", filepath.Join(work, name)}
+			if join != "" {
+				argv = append(argv, "-join", join)
+			}
+			cmd = exec.CommandContext(ctx, *pierBin, argv...)
+		} else {
+			argv := []string{"plain", "-name", name, "-bind", ip}
+			if join != "" {
+				argv = append(argv, "-join", join)
+			}
+			cmd = exec.CommandContext(ctx, self, argv...)
+		}
+		nd := &node{name: name, cmd: cmd, ready: make(chan struct{}), exited: make(chan struct{}), alive: map[string]bool{}, got: map[string]time.Time{}}
+		pr, pw := io.Pipe()
+		cmd.Stdout, cmd.Stderr = pw, pw
+		if nd.stdin, err = cmd.StdinPipe(); err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		go func() {
+			cmd.Wait()
+			pw.Close()
+			close(nd.exited)
+		}()
+		go c.follow(nd, pr)
+		return nd, nil
+	}
+	first, err := start(0, "")
+	if err != nil {
+		return err
+	}
+	c.nodes = append(c.nodes, first)
+	select {
+	case <-first.ready:
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("the first node did not start:\n%s", first.log.String())
+	}
+	t0 := time.Now()
+	for i := 1; i < *n; i++ {
+		nd, err := start(i, first.gossip)
+		if err != nil {
+			return err
+		}
+		c.nodes = append(c.nodes, nd)
+	}
+	took, missing := c.converged(t0, *timeout)
+	if missing > 0 {
+		fmt.Printf("%s n=%d join: NOT converged after %v, %d nodes incomplete\n", *kind, *n, *timeout, missing)
+		for _, nd := range c.nodes {
+			nd.mu.Lock()
+			var lacks []string
+			for _, o := range c.nodes {
+				if o != nd && !nd.alive[o.name] {
+					lacks = append(lacks, o.name)
+				}
+			}
+			if len(lacks) > 0 {
+				fmt.Printf("  %s lacks %v\n", nd.name, lacks)
+				if os.Getenv("BENCH_LOGS") != "" {
+					fmt.Print(nd.log.String())
+				}
+			}
+			nd.mu.Unlock()
+		}
+	} else {
+		fmt.Printf("%s n=%d join: every node lists all %d members after %.2f s\n", *kind, *n, *n, took.Seconds())
+	}
+	for _, nd := range c.nodes {
+		select {
+		case <-nd.ready:
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("%s did not start", nd.name)
+		}
+	}
+	if *writes == 0 {
+		return nil
+	}
+	if *kind == "pier" {
+		for _, nd := range c.nodes {
+			go watchServices(ctx, c, nd)
+		}
+	}
+	sent := make([]time.Time, *writes)
+	for i := range *writes {
+		nd := c.nodes[(i*7+3)%len(c.nodes)]
+		key := fmt.Sprintf("bench%03d", i)
+		sent[i] = time.Now()
+		if *kind == "pier" {
+			body := fmt.Sprintf(`{"Name":%q,"Port":%d}`, key, 1000+i)
+			req, _ := http.NewRequest(http.MethodPut, "http://"+nd.http+"/v1/agent/service/register", strings.NewReader(body))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+		} else {
+			fmt.Fprintf(nd.stdin, "put %s\n", key)
+		}
+		time.Sleep(*every)
+	}
+	// Wait until every node has every write, or the timeout.
+	deadline := time.Now().Add(*timeout)
+	var lat []time.Duration
+	late := 0
+	for {
+		lat, late = lat[:0], 0
+		for i := range *writes {
+			key := fmt.Sprintf("bench%03d", i)
+			var last time.Time
+			for _, nd := range c.nodes {
+				nd.mu.Lock()
+				at, ok := nd.got[key]
+				nd.mu.Unlock()
+				if !ok {
+					last = time.Time{}
+					break
+				}
+				if at.After(last) {
+					last = at
+				}
+			}
+			if last.IsZero() {
+				late++
+				continue
+			}
+			lat = append(lat, last.Sub(sent[i]))
+		}
+		if late == 0 || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-c.changed:
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	slices.Sort(lat)
+	q := func(p float64) float64 {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Seconds()
+	}
+	fmt.Printf("%s n=%d writes: %d, reached every node: p50 %.2f s, p99 %.2f s, max %.2f s; %d not everywhere after %v\n",
+		*kind, *n, *writes, q(0.5), q(0.99), q(1), late, *timeout)
+	return nil
+}
+
+// watchServices follows one pier agent's /v1/catalog/services with a
+// blocking query and records when each bench service first shows up.
+func watchServices(ctx context.Context, c *cluster, nd *node) {
+	index := "0"
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+nd.http+"/v1/catalog/services?wait=30s&index="+index, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		var svcs map[string][]string
+		json.NewDecoder(resp.Body).Decode(&svcs)
+		resp.Body.Close()
+		now := time.Now()
+		index = resp.Header.Get("X-Consul-Index")
+		if _, err := strconv.ParseUint(index, 10, 64); err != nil {
+			index = "0"
+		}
+		nd.mu.Lock()
+		for s := range svcs {
+			if _, ok := nd.got[s]; !ok && strings.HasPrefix(s, "bench") {
+				nd.got[s] = now
+			}
+		}
+		nd.mu.Unlock()
+		select {
+		case c.changed <- struct{}{}:
+		default:
+		}
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -602,4 +604,26 @@ func TestMissedBroadcastRepaired(t *testing.T) {
 	}
 	a.g.queue.Reset()
 	waitFor(t, b.reg, 10*time.Second, "the missed deregistration", func(s *registry.Snapshot) bool { return len(s.ServiceInstances("redis")) == 0 })
+}
+
+// A keyring change the data dir cannot take is refused on that node, and
+// its keyring in memory stays as it was, so memory and disk agree.
+func TestKeyringSaveFails(t *testing.T) {
+	key, _ := ParseKey(NewKey())
+	newKeyS := NewKey()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "keyring.json")
+	n0 := startNode(t, "n0", opts{key: key, tweak: func(c *Config) { c.KeyringFile = file }})
+	// A directory where the temp file goes: the write fails, as on a full
+	// disk (root ignores permissions, so they cannot make it fail).
+	if err := os.MkdirAll(file+".tmp."+strconv.Itoa(os.Getpid()), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := n0.g.Keyring("install", newKeyS)
+	if err != nil || len(rs) != 1 || rs[0].Error == "" || !strings.Contains(rs[0].Error, "saving the keyring") {
+		t.Fatalf("install with an unwritable keyring file: %+v %v", rs, err)
+	}
+	if got := len(n0.g.keyring.GetKeys()); got != 1 {
+		t.Errorf("the keyring in memory has %d keys after a refused install, want 1", got)
+	}
 }

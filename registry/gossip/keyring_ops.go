@@ -1,6 +1,7 @@
 package gossip
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -53,7 +55,10 @@ type keyringState struct {
 	waiting map[uint64]chan KeyringResponse
 }
 
-// applyKeyring runs one operation on this node's keyring and saves it.
+// applyKeyring runs one operation on this node's keyring. The keyring the
+// operation makes is saved first, durably: memory changes only once the
+// data dir has it, so a restart never brings back keys the node answered as
+// gone (or loses one it answered as installed).
 func (g *Gossip) applyKeyring(op, key string) KeyringResponse {
 	resp := KeyringResponse{Node: g.reg.NodeName()}
 	kr := g.keyring
@@ -61,6 +66,13 @@ func (g *Gossip) applyKeyring(op, key string) KeyringResponse {
 	if op != "list" {
 		var k []byte
 		if k, err = ParseKey(key); err == nil {
+			var primary []byte
+			var keys [][]byte
+			if primary, keys, err = nextKeyring(kr, op, k); err == nil {
+				err = g.saveKeyring(primary, keys)
+			}
+		}
+		if err == nil {
 			switch op {
 			case "install":
 				err = kr.AddKey(k)
@@ -68,12 +80,7 @@ func (g *Gossip) applyKeyring(op, key string) KeyringResponse {
 				err = kr.UseKey(k)
 			case "remove":
 				err = kr.RemoveKey(k)
-			default:
-				err = fmt.Errorf("unknown keyring operation %q", op)
 			}
-		}
-		if err == nil {
-			err = g.saveKeyring()
 		}
 	}
 	if err != nil {
@@ -84,6 +91,35 @@ func (g *Gossip) applyKeyring(op, key string) KeyringResponse {
 	}
 	resp.Primary = base64.StdEncoding.EncodeToString(kr.GetPrimaryKey())
 	return resp
+}
+
+// nextKeyring answers the primary key and the keys that op would leave,
+// refusing what memberlist's Keyring would refuse, without changing kr.
+func nextKeyring(kr *memberlist.Keyring, op string, k []byte) ([]byte, [][]byte, error) {
+	// GetKeys answers the keyring's own slice: work on a copy.
+	primary, keys := kr.GetPrimaryKey(), slices.Clone(kr.GetKeys())
+	at := slices.IndexFunc(keys, func(o []byte) bool { return bytes.Equal(o, k) })
+	switch op {
+	case "install":
+		if at < 0 {
+			keys = append(keys, k)
+		}
+	case "use":
+		if at < 0 {
+			return nil, nil, errors.New("Requested key is not in the keyring")
+		}
+		primary = k
+	case "remove":
+		if bytes.Equal(k, primary) {
+			return nil, nil, errors.New("Removing the primary key is not allowed")
+		}
+		if at >= 0 {
+			keys = slices.Delete(keys, at, at+1)
+		}
+	default:
+		return nil, nil, fmt.Errorf("unknown keyring operation %q", op)
+	}
+	return primary, keys, nil
 }
 
 // Keyring runs op (list, install, use or remove) on every alive member and
@@ -227,25 +263,53 @@ func loadKeyring(path string) (*memberlist.Keyring, error) {
 	return memberlist.NewKeyring(keys, keys[0])
 }
 
-// saveKeyring writes the keyring to the data dir, so that a restarted agent
-// keeps the keys the cluster moved to rather than its -encrypt key.
-func (g *Gossip) saveKeyring() error {
+// saveKeyring writes a keyring to the data dir, so that a restarted agent
+// keeps the keys the cluster moved to rather than its -encrypt key: a temp
+// file, fsynced, renamed over the old one, and the directory fsynced.
+func (g *Gossip) saveKeyring(primary []byte, keys [][]byte) error {
 	if g.cfg.KeyringFile == "" {
 		return nil
 	}
-	f := keyringFile{Keys: []string{base64.StdEncoding.EncodeToString(g.keyring.GetPrimaryKey())}}
-	for _, k := range g.keyring.GetKeys() {
+	f := keyringFile{Keys: []string{base64.StdEncoding.EncodeToString(primary)}}
+	for _, k := range keys {
 		if s := base64.StdEncoding.EncodeToString(k); s != f.Keys[0] {
 			f.Keys = append(f.Keys, s)
 		}
 	}
 	b, _ := json.Marshal(f)
+	dir := filepath.Dir(g.cfg.KeyringFile)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("gossip: saving the keyring: %w", err)
+	}
 	tmp := g.cfg.KeyringFile + ".tmp." + strconv.Itoa(os.Getpid())
-	if err := os.MkdirAll(filepath.Dir(g.cfg.KeyringFile), 0o700); err != nil {
-		return err
+	err := func() error {
+		fh, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = fh.Write(b)
+		if err == nil {
+			err = fh.Sync()
+		}
+		if cerr := fh.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp, g.cfg.KeyringFile)
+		}
+		if err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		d, err := os.Open(dir)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		return d.Sync()
+	}()
+	if err != nil {
+		return fmt.Errorf("gossip: saving the keyring: %w", err)
 	}
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, g.cfg.KeyringFile)
+	return nil
 }

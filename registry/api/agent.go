@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -202,11 +203,24 @@ func (s *Server) members() []registry.Member {
 	}}
 }
 
+// memberTags are the tags every Consul agent carries that pier's nodes
+// share, so consul members shows a protocol and a segment: Consul's
+// protocol numbers (vsn 2, from 2 to 3), no network segments. They are
+// added here rather than gossiped: they are the same on every pier node,
+// and memberlist's node meta is kept small (it slows joins).
+var memberTags = map[string]string{"vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""}
+
 func toMember(m registry.Member) member {
+	tags := maps.Clone(mapOrEmpty(m.Tags))
+	for k, v := range memberTags {
+		if _, ok := tags[k]; !ok {
+			tags[k] = v
+		}
+	}
 	// Protocol numbers as a current Consul agent reports them; clients only
 	// display them.
 	return member{
-		Name: m.Name, Addr: m.Addr, Port: m.Port, Tags: mapOrEmpty(m.Tags), Status: int(m.Status),
+		Name: m.Name, Addr: m.Addr, Port: m.Port, Tags: tags, Status: int(m.Status),
 		ProtocolMin: 1, ProtocolMax: 5, ProtocolCur: 2, DelegateMin: 2, DelegateMax: 5, DelegateCur: 4,
 	}
 }

@@ -315,3 +315,25 @@ func TestUnsupportedEndpointsSaySo(t *testing.T) {
 		t.Errorf("Coordinate().Nodes: %v", err)
 	}
 }
+
+// consul members reads a member's type from the role tag and its protocol
+// from vsn: both are there, as on a Consul client agent.
+func TestMemberTags(t *testing.T) {
+	a := startAgent(t)
+	ms, err := a.client.Agent().Members(false)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("Members: %+v %v", ms, err)
+	}
+	tags := ms[0].Tags
+	for k, want := range map[string]string{"role": "node", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": "", "dc": "dc1"} {
+		if got, ok := tags[k]; !ok || got != want {
+			t.Errorf("tag %s = %q (present %v), want %q", k, got, ok, want)
+		}
+	}
+	if tags["build"] == "" {
+		t.Errorf("no build tag: %v", tags)
+	}
+	if _, err := a.client.Agent().MembersOpts(consul.MembersOpts{Segment: consul.AllSegments}); err != nil {
+		t.Errorf("segment=_all: %v", err)
+	}
+}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"compress/lzw"
 	"encoding/json"
 	"io"
 	"net"
@@ -230,5 +232,44 @@ func TestForgedPushPull(t *testing.T) {
 	watch(t, "http://"+a.addr+"/v1/catalog/service/after", 10*time.Second, func(es []struct{ Node string }) bool { return len(es) == 1 })
 	if n := metric(t, a, `pier_gossip_rejected_total{what="stream"}`); n < 20 {
 		t.Errorf("refused streams counted: %v", n)
+	}
+}
+
+// TestCompressedDatagramBomb: one unauthenticated datagram that LZW
+// inflates to tens of megabytes is refused before memberlist inflates it,
+// and the agent's heap stays where it was.
+func TestCompressedDatagramBomb(t *testing.T) {
+	a := startAgent(t, "-node", "za", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")
+	var z bytes.Buffer
+	w := lzw.NewWriter(&z, lzw.LSB, 8)
+	w.Write(make([]byte, 48<<20)) // a ping type byte (0) and zeros
+	w.Close()
+	n := z.Len()
+	bomb := append([]byte("\x09\x82\xa4Algo\x00\xa3Buf\xc6"), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	bomb = append(bomb, z.Bytes()...)
+	if len(bomb) > 65000 {
+		t.Fatalf("the bomb is %d bytes, too large for a datagram", len(bomb))
+	}
+	before := metric(t, a, "go_memstats_heap_alloc_bytes")
+	conn, err := net.Dial("udp", a.gossip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for range 5 {
+		if _, err := conn.Write(bomb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refused := func() float64 { return metric(t, a, `pier_gossip_rejected_total{what="packet"}`) }
+	deadline := time.Now().Add(10 * time.Second)
+	for refused() < 5 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := refused(); got < 5 {
+		t.Fatalf("refused datagrams counted: %v, want 5", got)
+	}
+	if after := metric(t, a, "go_memstats_heap_alloc_bytes"); after > before+20e6 {
+		t.Errorf("heap grew from %.1f MB to %.1f MB", before/1e6, after/1e6)
 	}
 }

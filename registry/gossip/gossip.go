@@ -188,6 +188,7 @@ func New(cfg Config) (*Gossip, error) {
 		guard = newGuardedTransport(nat, streamLimits{
 			nodes: cfg.MaxMembers, bytes: maxState, timeout: mc.TCPTimeout, inflight: 16, waiting: 256,
 		}, g.log, g.met.streamRejected)
+		guard.packetRejected = g.met.packetRejected
 		mc.Transport = guard
 	}
 	ml, err := memberlist.Create(mc)

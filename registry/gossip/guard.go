@@ -57,8 +57,11 @@ type guardedTransport struct {
 	lim      streamLimits
 	log      *slog.Logger
 	rejected func()
+	// packetRejected counts a refused datagram.
+	packetRejected func()
 
 	streams chan net.Conn
+	packets chan *memberlist.Packet
 	slots   chan struct{}
 	waiting atomic.Int32
 	ctx     context.Context // canceled on shutdown
@@ -73,10 +76,12 @@ func newGuardedTransport(inner memberlist.NodeAwareTransport, lim streamLimits, 
 	t := &guardedTransport{
 		NodeAwareTransport: inner, lim: lim, log: log, rejected: rejected,
 		streams: make(chan net.Conn), slots: make(chan struct{}, lim.inflight), stopped: make(chan struct{}),
+		packets: make(chan *memberlist.Packet),
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
-	t.wg.Add(1)
+	t.wg.Add(2)
 	go t.accept()
+	go t.filterPackets()
 	return t
 }
 

@@ -74,3 +74,30 @@ func TestCheckStream(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckPacket(t *testing.T) {
+	ping := []byte{wirePing, 0x80}
+	if got, err := checkPacket(ping); err != nil || !bytes.Equal(got, ping) {
+		t.Errorf("a plain datagram: %x %v", got, err)
+	}
+	// A compressed datagram is handed on inflated, a label kept in front.
+	if got, err := checkPacket(compressed(ping)); err != nil || !bytes.Equal(got, ping) {
+		t.Errorf("a compressed datagram: %x %v", got, err)
+	}
+	label := append([]byte{wireLabel, 2}, "dc"...)
+	if got, err := checkPacket(append(append([]byte{}, label...), compressed(ping)...)); err != nil ||
+		!bytes.Equal(got, append(append([]byte{}, label...), ping...)) {
+		t.Errorf("a labelled compressed datagram: %x %v", got, err)
+	}
+	// 64 MB of zeros compress to about 50 KB: refused, not inflated.
+	bomb := compressed(append([]byte{wirePing}, make([]byte, 64<<20)...))
+	if len(bomb) > 1<<17 {
+		t.Fatalf("the bomb is %d bytes, more than a datagram", len(bomb))
+	}
+	if _, err := checkPacket(bomb); err == nil || !strings.Contains(err.Error(), "inflates past") {
+		t.Errorf("a compression bomb: %v", err)
+	}
+	if _, err := checkPacket([]byte{wireLabel, 9, 'x'}); err == nil {
+		t.Error("a truncated label passed")
+	}
+}

@@ -15,7 +15,7 @@ type gossipMetrics struct {
 	pushPull *prometheus.CounterVec // direction: sent, received
 	pushSent prometheus.Counter
 	pushRecv prometheus.Counter
-	rejected *prometheus.CounterVec // what: member, stream
+	rejected *prometheus.CounterVec // what: member, stream, packet
 	repairs  prometheus.Counter
 }
 
@@ -105,6 +105,12 @@ func (m *gossipMetrics) repaired(n int) {
 func (m *gossipMetrics) streamRejected() {
 	if m != nil {
 		m.rejected.WithLabelValues("stream").Inc()
+	}
+}
+
+func (m *gossipMetrics) packetRejected() {
+	if m != nil {
+		m.rejected.WithLabelValues("packet").Inc()
 	}
 }
 

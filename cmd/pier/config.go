@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pier-dev/pier/registry"
@@ -131,7 +132,7 @@ type fileConfig struct {
 	LogJSON  *bool
 	Service  json.RawMessage
 	Services []json.RawMessage
-	Proxy    *proxyFile
+	Proxy    json.RawMessage // decoded by mergeProxy into lb.Config and proxy.Config
 	Docker   *dockerFile
 
 	MetricsAddr *string
@@ -486,36 +487,27 @@ func (c *agentConfig) loadFile(path string) error {
 	return nil
 }
 
-// decodeConfig decodes YAML or JSON into v with Consul's key spellings
-// (snake_case or CamelCase), rejecting unknown keys.
+// decodeConfig decodes a config file, YAML or JSON, into v with Consul's
+// key spellings (registry.DecodeConfig), rejecting unknown keys.
 func decodeConfig(b []byte, v any) error {
 	j, err := yaml.YAMLToJSON(b)
 	if err != nil {
 		return err
 	}
-	var raw any
-	if err := json.Unmarshal(j, &raw); err != nil {
-		return err
-	}
-	if raw == nil {
+	if isNull(j) {
 		return nil // an empty file
 	}
-	if _, ok := raw.(map[string]any); !ok {
+	if k := jsontext.Value(j).Kind(); k != '{' {
 		return errors.New("expected a mapping at the top level")
 	}
-	j, err = json.Marshal(registry.NormalizeKeys(raw))
-	if err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return fmt.Errorf("unknown key %s", msg)
-		}
-		return err
-	}
-	return nil
+	return registry.DecodeConfig("", j, v)
+}
+
+// isNull reports whether a section is absent or null: both leave the
+// settings as they were.
+func isNull(raw []byte) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) == 0 || string(raw) == "null"
 }
 
 // advertiseAddr picks the address other nodes and the catalog see, as Consul

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// loadFiles loads config files, written in order, into the defaults.
+func loadFiles(t *testing.T, bodies ...string) (agentConfig, error) {
+	t.Helper()
+	dir := t.TempDir()
+	c := defaultAgentConfig()
+	for i, body := range bodies {
+		p := filepath.Join(dir, string(rune('a'+i))+".yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.loadFile(p); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// TestConfigProxySection: the proxy section is read straight into
+// lb.Config and proxy.Config in Consul's spellings; a second file overrides
+// what it names and adds its routes and certificates to the first's.
+func TestConfigProxySection(t *testing.T) {
+	c, err := loadFiles(t, `
+proxy:
+  ReadTimeout: 5s
+  keep-alive: 3s
+  client_timeout: 2s
+  include_warning: true
+  retries: 1
+  max_body_size: 1024
+  access_log: off
+  routes:
+    - {path: /a/, service: a, fail_timeout: 1s}
+  tls:
+    certs: [{cert_file: a.pem, key_file: a.key}]
+`, `
+proxy:
+  read_timeout: 7s
+  routes:
+    - {Path: /b/, Service: b, max-fails: 2}
+  tls:
+    redirect_http: true
+    certs: [{CertFile: b.pem, KeyFile: b.key}]
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Proxy
+	if p.lb.ReadTimeout != 7*time.Second || p.lb.IdleConnTimeout != 3*time.Second || !p.lb.IncludeWarning || p.lb.WriteTimeout != 60*time.Second {
+		t.Errorf("lb: %+v", p.lb)
+	}
+	if p.proxy.WriteTimeout != 2*time.Second || p.proxy.Tries != 2 || p.proxy.MaxBodySize != 1024 || p.proxy.AccessLog != "off" || p.proxy.IdleTimeout != 75*time.Second {
+		t.Errorf("proxy: %+v", p.proxy)
+	}
+	rs := p.proxy.Routes
+	if len(rs) != 2 || rs[0].FailTimeout != time.Second || rs[1].Service != "b" || rs[1].MaxFails == nil || *rs[1].MaxFails != 2 {
+		t.Errorf("routes: %+v", rs)
+	}
+	if tl := p.proxy.TLS; tl == nil || len(tl.Certs) != 2 || tl.Certs[1].KeyFile != "b.key" || !tl.RedirectHTTP || p.TLSAddr != ":443" {
+		t.Errorf("tls: %+v %q", tl, p.TLSAddr)
+	}
+	if c, err := loadFiles(t, "proxy: {addr: ':0'}\n"); err != nil || c.Proxy.proxy.TLS != nil {
+		t.Errorf("a proxy without a tls section: %+v, %v", c.Proxy, err)
+	}
+	// The error names the file and the key as written, under its section.
+	for body, want := range map[string]string{
+		"proxy:\n  routes:\n    - {service: a, Fail_Timeout: soon}\n": `a.yaml: proxy.routes[0].Fail_Timeout: invalid duration "soon"`,
+		"proxy:\n  routes:\n    - {service: a, bogus: 1}\n":           `a.yaml: unknown key "proxy.routes[0].bogus"`,
+		"proxy:\n  max_fail: 3\n":                                     `a.yaml: unknown key "proxy.max_fail"`,
+		"proxy:\n  tries: 2\n  retries: 1\n":                          "give tries or retries, not both",
+		"proxy:\n  max_conns: lots\n":                                 "proxy.max_conns: want an integer, got a string",
+		"proxy:\n  tls: {certs: [{cert_file: a.pem}]}\n":              "proxy.tls.certs[0]: cert_file and key_file are both required",
+	} {
+		_, err := loadFiles(t, body)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line with %q", body, err, want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package registry
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -32,7 +33,10 @@ func configOptions() json.Options {
 		json.MatchCaseInsensitiveNames(true), // also ignores '_' and '-'
 		json.RejectUnknownMembers(true),
 		jsontext.AllowInvalidUTF8(true), // as encoding/json, which read these files before
-		json.WithUnmarshalers(json.UnmarshalFromFunc(unmarshalDuration)),
+		json.WithUnmarshalers(json.JoinUnmarshalers(
+			json.UnmarshalFromFunc(unmarshalDuration),
+			json.UnmarshalFromFunc(unmarshalPrefix),
+		)),
 	)
 }
 
@@ -60,6 +64,39 @@ func unmarshalDuration(dec *jsontext.Decoder, d *time.Duration) error {
 	}
 	*d = v
 	return nil
+}
+
+// unmarshalPrefix reads an address or a CIDR: an address alone is itself
+// (a /32 or /128), as in Consul's ACL-like allow lists.
+func unmarshalPrefix(dec *jsontext.Decoder, p *netip.Prefix) error {
+	val, err := dec.ReadValue()
+	if err != nil {
+		return err
+	}
+	var s string
+	if val.Kind() != '"' || json.Unmarshal(val, &s) != nil {
+		return fmt.Errorf("%s: want an address or a CIDR such as 10.0.0.0/8", val)
+	}
+	v, err := ParsePrefix(s)
+	if err != nil {
+		return err
+	}
+	*p = v
+	return nil
+}
+
+// ParsePrefix reads an address or a CIDR such as 10.0.0.0/8; an address
+// alone is a prefix of its full length.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		ip, err2 := netip.ParseAddr(s)
+		if err2 != nil {
+			return p, fmt.Errorf("%q: want an address or a CIDR such as 10.0.0.0/8", s)
+		}
+		p = netip.PrefixFrom(ip, ip.BitLen())
+	}
+	return p.Masked(), nil
 }
 
 // configError turns the decoder's error into one line that names the key

@@ -93,7 +93,9 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 	if !hadTLS {
 		p.proxy.TLS = &proxy.TLSConfig{}
 	}
+	// The decoder would reuse the slice's array: keep the earlier files'.
 	certs := p.proxy.TLS.Certs
+	p.proxy.TLS.Certs = nil
 	sec := proxySection{LB: &p.lb, Proxy: &p.proxy, TLS: &proxyTLSSection{TLS: p.proxy.TLS}}
 	if err := registry.DecodeConfig("proxy", raw, &sec); err != nil {
 		return err

@@ -140,7 +140,7 @@ type fileConfig struct {
 
 	Domain    *string
 	Recursors []string
-	DNSConfig *dnsFile
+	DNSConfig json.RawMessage // dns.Config's keys (mergeDNS)
 
 	EnableScriptChecks *bool
 	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
@@ -451,7 +451,7 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 		c.NodeMeta[k] = v
 	}
-	if err := c.mergeDNS(&fc, b); err != nil {
+	if err := c.mergeDNS(&fc); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	if err := c.mergeDocker(fc.Docker); err != nil {

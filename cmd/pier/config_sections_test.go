@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,7 @@ proxy:
 	if len(rs) != 2 || rs[0].FailTimeout != time.Second || rs[1].Service != "b" || rs[1].MaxFails == nil || *rs[1].MaxFails != 2 {
 		t.Errorf("routes: %+v", rs)
 	}
-	if tl := p.proxy.TLS; tl == nil || len(tl.Certs) != 2 || tl.Certs[1].KeyFile != "b.key" || !tl.RedirectHTTP || p.TLSAddr != ":443" {
+	if tl := p.proxy.TLS; tl == nil || len(tl.Certs) != 2 || tl.Certs[0].CertFile != "a.pem" || tl.Certs[1].KeyFile != "b.key" || !tl.RedirectHTTP || p.TLSAddr != ":443" {
 		t.Errorf("tls: %+v %q", tl, p.TLSAddr)
 	}
 	if c, err := loadFiles(t, "proxy: {addr: ':0'}\n"); err != nil || c.Proxy.proxy.TLS != nil {
@@ -79,6 +80,51 @@ proxy:
 		"proxy:\n  tries: 2\n  retries: 1\n":                          "give tries or retries, not both",
 		"proxy:\n  max_conns: lots\n":                                 "proxy.max_conns: want an integer, got a string",
 		"proxy:\n  tls: {certs: [{cert_file: a.pem}]}\n":              "proxy.tls.certs[0]: cert_file and key_file are both required",
+	} {
+		_, err := loadFiles(t, body)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line with %q", body, err, want)
+		}
+	}
+}
+
+// TestConfigDNSSection: dns_config is read into dns.Config once, with the
+// service names of service_ttl kept as written, allowed sources from
+// several files added up, and errors naming the file and the key.
+func TestConfigDNSSection(t *testing.T) {
+	c, err := loadFiles(t, `
+domain: pier.internal
+dns_config:
+  OnlyPassing: true
+  node-ttl: 10s
+  service_ttl: {"*": 5s, "Web_API": 1s, "web-api": 2s}
+  allow: [10.0.0.1, 192.168.0.0/16]
+  allow_stale: true
+`, `
+dns_config:
+  udp_answer_limit: 2
+  allow: ["fd00::/8"]
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.DNS
+	if !d.OnlyPassing || d.NodeTTL != 10*time.Second || d.UDPAnswerLimit != 2 || !d.EnableTruncate || d.Domain != "pier.internal" || d.RecursorTimeout != 2*time.Second {
+		t.Errorf("dns: %+v", d)
+	}
+	if len(d.ServiceTTL) != 3 || d.ServiceTTL["Web_API"] != time.Second || d.ServiceTTL["web-api"] != 2*time.Second || d.ServiceTTL["*"] != 5*time.Second {
+		t.Errorf("service_ttl: %v", d.ServiceTTL)
+	}
+	if got := fmt.Sprint(d.AllowRecursion); got != "[10.0.0.1/32 192.168.0.0/16 fd00::/8]" {
+		t.Errorf("allow: %s", got)
+	}
+	for body, want := range map[string]string{
+		"dns_config:\n  only_pasing: true\n":             `a.yaml: unknown key "dns_config.only_pasing"`,
+		"dns_config:\n  service_ttl: {web: soon}\n":      `a.yaml: dns_config.service_ttl.web: invalid duration "soon"`,
+		"dns_config:\n  node_ttl: -1s\n":                 `a.yaml: dns_config.node_ttl: invalid duration "-1s"`,
+		"dns_config:\n  allow: [10.0.0.1, everyone]\n":   `a.yaml: dns_config.allow[1]: "everyone": want an address or a CIDR`,
+		"dns_config:\n  udp_answer_limit: 0\n":           "dns_config.udp_answer_limit: 0: want at least 1",
+		"dns_config:\n  max_stale: 10s\n  bogus: true\n": `unknown key "dns_config.bogus"`,
 	} {
 		_, err := loadFiles(t, body)
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {

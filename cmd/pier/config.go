@@ -145,7 +145,7 @@ type fileConfig struct {
 	EnableScriptChecks *bool
 	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
-	ACL json.RawMessage // decoded again from the raw file by mergeACL
+	ACL json.RawMessage // mergeACL
 }
 
 // agentFlags are the agent's flags; set records which ones the user gave, so
@@ -461,7 +461,7 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	c.mergeMetrics(&fc)
-	if err := c.mergeACL(b); err != nil {
+	if err := c.mergeACL(fc.ACL); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	raws := fc.Services

@@ -132,3 +132,49 @@ dns_config:
 		}
 	}
 }
+
+// TestConfigACLSection: the acl section in Consul's spellings, its tokens
+// straight into api.ACLToken, rule names kept as written, errors naming
+// the file and the key.
+func TestConfigACLSection(t *testing.T) {
+	_, err := loadFiles(t, `
+ACL:
+  Enabled: true
+  default-policy: deny
+  tokens: {Master: m, agent: ag}
+  TokensList:
+    - {SecretID: x}
+`)
+	if err == nil || !strings.Contains(err.Error(), `a.yaml: unknown key "acl.TokensList[0].SecretID"`) {
+		t.Errorf("a token's unknown key: %v", err)
+	}
+	c, err := loadFiles(t, `
+ACL:
+  Enabled: true
+  default-policy: deny
+  tokens: {Master: m, agent: ag}
+  TokensList:
+    - secret: s
+      Rules: {Service-Prefix: {"Web_": write}, key_prefix: {"a/B-c_": read}}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.ACL
+	if !a.Enabled || a.DefaultPolicy != "deny" || a.InitialManagement != "m" || a.Agent != "ag" || len(c.Warnings) != 1 {
+		t.Errorf("acl: %+v %q", a, c.Warnings)
+	}
+	if len(a.Tokens) != 1 || a.Tokens[0].Rules.ServicePrefix["Web_"] != "write" || a.Tokens[0].Rules.KeyPrefix["a/B-c_"] != "read" {
+		t.Errorf("tokens: %+v", a.Tokens)
+	}
+	for body, want := range map[string]string{
+		"acl:\n  default_polcy: deny\n":                                             `a.yaml: unknown key "acl.default_polcy"`,
+		"acl:\n  tokens_list:\n    - secret: a\n      rules: {sevice: {x: read}}\n": `a.yaml: acl.tokens_list[0].rules: unknown key "sevice"`,
+		"acl:\n  enabled: maybe\n":                                                  `a.yaml: acl.enabled: want true or false, got a string`,
+	} {
+		_, err := loadFiles(t, body)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line with %q", body, err, want)
+		}
+	}
+}

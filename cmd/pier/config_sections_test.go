@@ -178,3 +178,41 @@ ACL:
 		}
 	}
 }
+
+// TestConfigServiceSection: services in any of Consul's spellings, with
+// the keys of node_meta, Meta, TaggedAddresses and check headers kept byte
+// for byte, and an unknown key named with its path in the definition.
+func TestConfigServiceSection(t *testing.T) {
+	c, err := loadFiles(t, `
+node_meta: {Rack_ID: r1, rack-id: r2}
+services:
+  - name: api
+    Enable-Tag-Override: true
+    meta: {Some_Key: x, some-key: z}
+    tagged_addresses: {LAN_ipv4: {address: 10.0.0.1, port: 80}}
+    check: {http: "http://127.0.0.1/", interval: 10s, Header: {X_Forwarded-For: [a]}}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NodeMeta["Rack_ID"] != "r1" || c.NodeMeta["rack-id"] != "r2" {
+		t.Errorf("node_meta: %v", c.NodeMeta)
+	}
+	s := c.Services[0]
+	if !s.Service.EnableTagOverride || s.Service.Meta["Some_Key"] != "x" || s.Service.Meta["some-key"] != "z" || s.Service.TaggedAddresses["LAN_ipv4"].Port != 80 {
+		t.Errorf("service: %+v", s.Service)
+	}
+	if h := s.Checks[0].Definition.Header; len(h["X_Forwarded-For"]) != 1 {
+		t.Errorf("check header: %v", h)
+	}
+	for body, want := range map[string]string{
+		"services:\n  - {name: a, check: {ttl: 10s, bogus: 1}}\n": `a.yaml: services[0]: Check.bogus: unknown field`,
+		"services:\n  - {name: a, port: eighty}\n":                `a.yaml: services[0]: Port: expected int, got string`,
+		"service: {name: a, Port: 1, port: 2}\n":                  `a.yaml: services[0]: Port: given twice`,
+	} {
+		_, err := loadFiles(t, body)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line with %q", body, err, want)
+		}
+	}
+}

@@ -41,7 +41,8 @@ func configOptions() json.Options {
 }
 
 // unmarshalDuration reads Consul's durations: strings such as "10s". A
-// null leaves the value as it was, as an absent key does.
+// null or "" leaves the value as it was, as an absent key does (routes in
+// the KV store were written with fail_timeout: "" when read this way).
 func unmarshalDuration(dec *jsontext.Decoder, d *time.Duration) error {
 	val, err := dec.ReadValue()
 	if err != nil {
@@ -57,6 +58,9 @@ func unmarshalDuration(dec *jsontext.Decoder, d *time.Duration) error {
 	var s string
 	if err := json.Unmarshal(val, &s); err != nil {
 		return err
+	}
+	if s == "" {
+		return nil
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil || v < 0 {

@@ -40,8 +40,10 @@ func TestDecodeConfig(t *testing.T) {
 		t.Errorf("durations: %+v", s)
 	}
 	s.Inner.ReadTimeout = time.Minute
-	if err := DecodeConfig("", []byte(`{"inner":{"read_timeout":null}}`), &s); err != nil || s.Inner.ReadTimeout != time.Minute {
-		t.Errorf("null duration: %v %v", s.Inner.ReadTimeout, err)
+	for _, unset := range []string{`null`, `""`} {
+		if err := DecodeConfig("", []byte(`{"inner":{"read_timeout":`+unset+`}}`), &s); err != nil || s.Inner.ReadTimeout != time.Minute {
+			t.Errorf("duration %s: %v %v", unset, s.Inner.ReadTimeout, err)
+		}
 	}
 	for in, want := range map[string]string{
 		`{"max_fail":3}`:                        `unknown key "proxy.max_fail"`,

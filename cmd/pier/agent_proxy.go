@@ -149,15 +149,21 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 		}
 		p.TLSAddr = *a
 	}
+	var tlsGiven struct {
+		RedirectPort *int `json:"redirect_port"`
+	}
+	if err := jsonv2.Unmarshal(given.TLS, &tlsGiven, jsonv2.MatchCaseInsensitiveNames(true)); err != nil {
+		return fmt.Errorf("proxy.tls: %w", err)
+	}
+	if rp := tlsGiven.RedirectPort; rp != nil && (*rp < 1 || *rp > 65535) {
+		return fmt.Errorf("proxy.tls.redirect_port %d: want 1-65535", *rp)
+	}
 	for i, cf := range t.Certs {
 		if cf.CertFile == "" || cf.KeyFile == "" {
 			return fmt.Errorf("proxy.tls.certs[%d]: cert_file and key_file are both required", i)
 		}
 	}
 	t.Certs = append(certs, t.Certs...)
-	if t.RedirectPort < 0 || t.RedirectPort > 65535 {
-		return fmt.Errorf("proxy.tls.redirect_port %d: want 1-65535", t.RedirectPort)
-	}
 	return nil
 }
 

@@ -74,12 +74,13 @@ proxy:
 	}
 	// The error names the file and the key as written, under its section.
 	for body, want := range map[string]string{
-		"proxy:\n  routes:\n    - {service: a, Fail_Timeout: soon}\n": `a.yaml: proxy.routes[0].Fail_Timeout: invalid duration "soon"`,
-		"proxy:\n  routes:\n    - {service: a, bogus: 1}\n":           `a.yaml: unknown key "proxy.routes[0].bogus"`,
-		"proxy:\n  max_fail: 3\n":                                     `a.yaml: unknown key "proxy.max_fail"`,
-		"proxy:\n  tries: 2\n  retries: 1\n":                          "give tries or retries, not both",
-		"proxy:\n  max_conns: lots\n":                                 "proxy.max_conns: want an integer, got a string",
-		"proxy:\n  tls: {certs: [{cert_file: a.pem}]}\n":              "proxy.tls.certs[0]: cert_file and key_file are both required",
+		"proxy:\n  routes:\n    - {service: a, Fail_Timeout: soon}\n":               `a.yaml: proxy.routes[0].Fail_Timeout: invalid duration "soon"`,
+		"proxy:\n  routes:\n    - {service: a, bogus: 1}\n":                         `a.yaml: unknown key "proxy.routes[0].bogus"`,
+		"proxy:\n  max_fail: 3\n":                                                   `a.yaml: unknown key "proxy.max_fail"`,
+		"proxy:\n  tries: 2\n  retries: 1\n":                                        "give tries or retries, not both",
+		"proxy:\n  max_conns: lots\n":                                               "proxy.max_conns: want an integer, got a string",
+		"proxy:\n  tls: {redirect_port: 0, certs: [{cert_file: a, key_file: b}]}\n": "proxy.tls.redirect_port 0: want 1-65535",
+		"proxy:\n  tls: {certs: [{cert_file: a.pem}]}\n":                            "proxy.tls.certs[0]: cert_file and key_file are both required",
 	} {
 		_, err := loadFiles(t, body)
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {

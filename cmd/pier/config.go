@@ -114,9 +114,9 @@ type fileConfig struct {
 	AdvertiseAddr    *string
 	StartJoin        []string
 	RetryJoin        []string
-	RetryInterval    *string
+	RetryInterval    *time.Duration
 	Encrypt          *string
-	ReconnectTimeout *string
+	ReconnectTimeout *time.Duration
 	Ports            *struct {
 		HTTP    *int
 		HTTPS   *int
@@ -399,17 +399,16 @@ func (c *agentConfig) loadFile(path string) error {
 	setStr(&c.Encrypt, fc.Encrypt)
 	for _, d := range []struct {
 		key string
-		src *string
+		src *time.Duration
 		dst *time.Duration
 	}{{"retry_interval", fc.RetryInterval, &c.RetryMax}, {"reconnect_timeout", fc.ReconnectTimeout, &c.Reconnect}} {
 		if d.src == nil {
 			continue
 		}
-		v, err := time.ParseDuration(*d.src)
-		if err != nil || v <= 0 {
-			return fmt.Errorf("config file %s: %s: %q is not a positive duration such as 30s", path, d.key, *d.src)
+		if *d.src == 0 {
+			return fmt.Errorf("config file %s: %s: want a positive duration such as 30s", path, d.key)
 		}
-		*d.dst = v
+		*d.dst = *d.src
 	}
 	if fc.Limits != nil && fc.Limits.KVMaxStoreBytes != nil {
 		if *fc.Limits.KVMaxStoreBytes < 0 {

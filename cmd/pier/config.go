@@ -124,10 +124,7 @@ type fileConfig struct {
 		DNS     *int
 	}
 	NodeMeta map[string]string
-	Locality *struct {
-		Region *string
-		Zone   *string
-	}
+	Locality *registry.Locality // decoded over the earlier files' locality
 	LogLevel *string
 	LogJSON  *bool
 	Service  json.RawMessage
@@ -367,6 +364,10 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file: %w", err)
 	}
 	var fc fileConfig
+	if c.Locality != nil {
+		l := *c.Locality // keys this file leaves out keep the earlier files' values
+		fc.Locality = &l
+	}
 	if err := decodeConfig(b, &fc); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
@@ -435,11 +436,7 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 	}
 	if fc.Locality != nil {
-		if c.Locality == nil {
-			c.Locality = &registry.Locality{}
-		}
-		setStr(&c.Locality.Region, fc.Locality.Region)
-		setStr(&c.Locality.Zone, fc.Locality.Zone)
+		c.Locality = fc.Locality
 		if err := c.Locality.Validate("locality"); err != nil {
 			return fmt.Errorf("config file %s: %w", path, err)
 		}

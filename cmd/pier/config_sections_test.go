@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/registry"
 )
 
 // loadFiles loads config files, written in order, into the defaults.
@@ -205,6 +207,9 @@ services:
 	}
 	if h := s.Checks[0].Definition.Header; len(h["X_Forwarded-For"]) != 1 {
 		t.Errorf("check header: %v", h)
+	}
+	if c, err := loadFiles(t, "locality: {region: eu, zone: eu-1}\n", "Locality: {Region: us}\n"); err != nil || *c.Locality != (registry.Locality{Region: "us", Zone: "eu-1"}) {
+		t.Errorf("locality over two files: %+v, %v", c.Locality, err)
 	}
 	for body, want := range map[string]string{
 		"services:\n  - {name: a, check: {ttl: 10s, bogus: 1}}\n": `a.yaml: services[0]: Check.bogus: unknown field`,

@@ -24,21 +24,23 @@ type Source interface {
 	Snapshot() *registry.Snapshot
 }
 
-// Config configures a Balancer. It is frozen after New.
+// Config configures a Balancer. It is frozen after New. The json names are
+// the keys of the config file's proxy section (registry.DecodeConfig reads
+// them); "-" is not a file key.
 type Config struct {
-	Source         Source       // required
-	Logger         *slog.Logger // nil: discard
-	IncludeWarning bool         // warning instances are in pools too (default false: passing only, as Consul's ?passing)
+	Source         Source       `json:"-"`               // required
+	Logger         *slog.Logger `json:"-"`               // nil: discard
+	IncludeWarning bool         `json:"include_warning"` // warning instances are in pools too (default false: passing only, as Consul's ?passing)
 
-	Registerer prometheus.Registerer // nil: no metrics
+	Registerer prometheus.Registerer `json:"-"` // nil: no metrics
 
-	ConnectTimeout        time.Duration // connecting to a backend
-	ReadTimeout           time.Duration // longest wait for the next byte from a backend (0: none)
-	WriteTimeout          time.Duration // longest wait to send the next bytes to a backend (0: none)
-	IdleConnTimeout       time.Duration // keep-alive connections idle longer are closed
-	MaxConnsPerBackend    int           // connections open to one backend at most
-	MaxConnWait           time.Duration // wait for a free connection when a backend has MaxConnsPerBackend
-	MaxResponseHeaderSize int           // bytes; a larger response header from a backend is a 502
+	ConnectTimeout        time.Duration `json:"connect_timeout"` // connecting to a backend
+	ReadTimeout           time.Duration `json:"read_timeout"`    // longest wait for the next byte from a backend (0: none)
+	WriteTimeout          time.Duration `json:"write_timeout"`   // longest wait to send the next bytes to a backend (0: none)
+	IdleConnTimeout       time.Duration `json:"keep_alive"`      // keep-alive connections idle longer are closed
+	MaxConnsPerBackend    int           `json:"-"`               // connections open to one backend at most
+	MaxConnWait           time.Duration `json:"-"`               // wait for a free connection when a backend has MaxConnsPerBackend
+	MaxResponseHeaderSize int           `json:"-"`               // bytes; a larger response header from a backend is a 502
 }
 
 // DefaultConfig returns the balancer's defaults; Source must still be set.

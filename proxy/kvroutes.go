@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
-	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -18,23 +16,6 @@ import (
 // table when it changes. Config routes win over KV routes for the same host
 // and path, and KV routes over tag routes.
 const KVRoutePrefix = "pier/routes/"
-
-// routeFile is a route as the config file and the KV store write it.
-type routeFile struct {
-	Host        string
-	Path        string
-	Service     string
-	Port        string // a named port of the service
-	Strip       string
-	Prepend     string
-	MaxFails    *int
-	FailTimeout string
-
-	TLS           bool
-	TLSSkipVerify bool
-	TLSServerName string
-	TLSCAFile     string // a path on the agent that serves the route
-}
 
 // ParseRoute reads one route from YAML or JSON (keys as in the config file:
 // host, path, service, port, strip, prepend, max_fails, fail_timeout, tls,
@@ -55,24 +36,8 @@ func ParseRoute(b []byte) (Route, error) {
 	if _, ok := raw.(map[string]any); !ok {
 		return r, errors.New("expected a mapping such as {path: /api/, service: api}")
 	}
-	j, _ = json.Marshal(registry.NormalizeKeys(raw))
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	var f routeFile
-	if err := dec.Decode(&f); err != nil {
-		if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return r, fmt.Errorf("unknown key %s", msg)
-		}
-		return r, err
-	}
-	r = Route{Host: f.Host, Path: f.Path, Service: f.Service, Port: f.Port, Strip: f.Strip, Prepend: f.Prepend, MaxFails: f.MaxFails,
-		TLS: f.TLS, TLSSkipVerify: f.TLSSkipVerify, TLSServerName: f.TLSServerName, TLSCAFile: f.TLSCAFile}
-	if f.FailTimeout != "" {
-		d, err := time.ParseDuration(f.FailTimeout)
-		if err != nil || d < 0 {
-			return r, fmt.Errorf("fail_timeout: invalid duration %q", f.FailTimeout)
-		}
-		r.FailTimeout = d
+	if err := registry.DecodeConfig("", j, &r); err != nil {
+		return Route{}, err
 	}
 	return r, r.Validate()
 }

@@ -21,28 +21,28 @@ import (
 
 // Config configures a Proxy. It is frozen after New.
 type Config struct {
-	Balancer *lb.Balancer // required: the pools
-	Routes   []Route      // routes from the config file
-	Tags     bool         // also route by urlprefix- service tags
-	Logger   *slog.Logger // nil: discard
+	Balancer *lb.Balancer `json:"-"`    // required: the pools
+	Routes   []Route      `json:"-"`    // routes from the config file (the agent adds up several files' routes)
+	Tags     bool         `json:"tags"` // also route by urlprefix- service tags
+	Logger   *slog.Logger `json:"-"`    // nil: discard
 
-	Registerer prometheus.Registerer // nil: no metrics
+	Registerer prometheus.Registerer `json:"-"` // nil: no metrics
 
-	MaxFails    int           // failures within FailTimeout that take a backend out (0: never)
-	FailTimeout time.Duration // the window for MaxFails, and how long a backend stays out
-	Tries       int           // attempts of one request, on different backends
-	TryTimeout  time.Duration // no new attempt starts this long after the request arrived (0: no limit)
+	MaxFails    int           `json:"max_fails"`    // failures within FailTimeout that take a backend out (0: never)
+	FailTimeout time.Duration `json:"fail_timeout"` // the window for MaxFails, and how long a backend stays out
+	Tries       int           `json:"tries"`        // attempts of one request, on different backends
+	TryTimeout  time.Duration `json:"try_timeout"`  // no new attempt starts this long after the request arrived (0: no limit)
 
-	MaxHeaderSize int           // bytes of request line and headers (431 above it)
-	MaxBodySize   int64         // bytes of a request body (413 above it); 0: no limit
-	HeaderTimeout time.Duration // reading a request's headers (against slowloris)
-	BodyTimeout   time.Duration // reading a request's whole body
-	WriteTimeout  time.Duration // writing a whole response to the client (0: no limit)
-	IdleTimeout   time.Duration // a client's idle keep-alive connection
-	MaxConns      int           // client connections served at once
-	AccessLog     string        // "combined", "json", or "off" (the default, also "")
-	AccessLogTo   io.Writer     // where access log lines go; nil: standard error
-	TLS           *TLSConfig    // certificates for RunTLS and the HTTP redirect; nil: no TLS
+	MaxHeaderSize int           `json:"max_header_size"` // bytes of request line and headers (431 above it)
+	MaxBodySize   int64         `json:"max_body_size"`   // bytes of a request body (413 above it); 0: no limit
+	HeaderTimeout time.Duration `json:"header_timeout"`  // reading a request's headers (against slowloris)
+	BodyTimeout   time.Duration `json:"body_timeout"`    // reading a request's whole body
+	WriteTimeout  time.Duration `json:"client_timeout"`  // writing a whole response to the client (0: no limit)
+	IdleTimeout   time.Duration `json:"idle_timeout"`    // a client's idle keep-alive connection
+	MaxConns      int           `json:"max_conns"`       // client connections served at once
+	AccessLog     string        `json:"-"`               // "combined", "json", or "off" (the default, also ""); the file's access_log also takes a boolean
+	AccessLogTo   io.Writer     `json:"-"`               // where access log lines go; nil: standard error
+	TLS           *TLSConfig    `json:"-"`               // certificates for RunTLS and the HTTP redirect; nil: no TLS
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.

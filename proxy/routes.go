@@ -14,25 +14,25 @@ import (
 
 // Route sends requests whose host and path match to a service.
 type Route struct {
-	Host        string        // "" matches any host; otherwise compared without port, case-insensitively
-	Path        string        // path prefix, "/" when empty; "/api" matches /api and /api/x but not /apix
-	Service     string        // required
-	Port        string        // a named port of a multi-port service (its Ports); "": the default port
-	Strip       string        // prefix removed from the path before it is sent (the seed's /api/(.*) -> /$1)
-	Prepend     string        // prefix added to the path after Strip
-	MaxFails    *int          // passive health: nil takes the proxy's MaxFails
-	FailTimeout time.Duration // passive health: 0 takes the proxy's FailTimeout
+	Host        string        `json:"host"`         // "" matches any host; otherwise compared without port, case-insensitively
+	Path        string        `json:"path"`         // path prefix, "/" when empty; "/api" matches /api and /api/x but not /apix
+	Service     string        `json:"service"`      // required
+	Port        string        `json:"port"`         // a named port of a multi-port service (its Ports); "": the default port
+	Strip       string        `json:"strip"`        // prefix removed from the path before it is sent (the seed's /api/(.*) -> /$1)
+	Prepend     string        `json:"prepend"`      // prefix added to the path after Strip
+	MaxFails    *int          `json:"max_fails"`    // passive health: nil takes the proxy's MaxFails
+	FailTimeout time.Duration `json:"fail_timeout"` // passive health: 0 takes the proxy's FailTimeout
 
 	// Upstream TLS: instances are reached over HTTPS. The certificate is
 	// verified against TLSCAFile, or the system's roots, for the name
 	// TLSServerName, or the instance's address when it is empty.
-	TLS           bool
-	TLSSkipVerify bool   // accept any certificate
-	TLSServerName string // SNI and the name verified
-	TLSCAFile     string // PEM bundle to verify instances with
+	TLS           bool   `json:"tls"`
+	TLSSkipVerify bool   `json:"tls_skip_verify"` // accept any certificate
+	TLSServerName string `json:"tls_server_name"` // SNI and the name verified
+	TLSCAFile     string `json:"tls_ca_file"`     // PEM bundle to verify instances with
 
-	Source string // "config", "kv" or "tag"; set by the proxy
-	Key    string // for a KV route, its key; set by the proxy
+	Source string `json:"-"` // "config", "kv" or "tag"; set by the proxy
+	Key    string `json:"-"` // for a KV route, its key; set by the proxy
 }
 
 // Validate reports the first mistake in r, naming the route.

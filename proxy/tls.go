@@ -22,16 +22,16 @@ import (
 // New and read again when their files change, so a renewed certificate is
 // served without a restart.
 type TLSConfig struct {
-	Certs        []CertFiles   // at least one; the first is served when SNI names no known host
-	RedirectHTTP bool          // the plain listener answers 308 to https instead of proxying
-	RedirectPort int           // port written into redirects (0 or 443: none)
-	ReloadCheck  time.Duration // a handshake stats the files at most this often (0: 2s)
+	Certs        []CertFiles   `json:"certs"`         // at least one; the first is served when SNI names no known host
+	RedirectHTTP bool          `json:"redirect_http"` // the plain listener answers 308 to https instead of proxying
+	RedirectPort int           `json:"redirect_port"` // port written into redirects (0 or 443: none)
+	ReloadCheck  time.Duration `json:"-"`             // a handshake stats the files at most this often (0: 2s)
 }
 
 // CertFiles is one PEM certificate chain and its private key.
 type CertFiles struct {
-	CertFile string
-	KeyFile  string
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
 }
 
 const defaultReloadCheck = 2 * time.Second

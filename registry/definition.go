@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // FieldError is a validation error that names the offending field, so the
@@ -97,14 +100,15 @@ type CheckRegistration struct {
 	DeregisterCriticalServiceAfter json.RawMessage
 }
 
-// DecodeService decodes one service definition from JSON. Keys match
-// case-insensitively and with or without underscores (Consul accepts both
-// "EnableTagOverride" and "enable_tag_override"). With strict set, unknown
-// keys are an error (config files, where a typo should stop the agent);
-// otherwise they are ignored, as Consul's HTTP API does.
+// DecodeService decodes one service definition from JSON. Keys match as in
+// config files (DecodeConfig): ignoring case, '_' and '-', so Consul's
+// "EnableTagOverride" and "enable_tag_override" both work, and the keys of
+// Meta, Header and TaggedAddresses are kept as written. With strict set,
+// unknown keys are an error (config files, where a typo should stop the
+// agent); otherwise they are ignored, as Consul's HTTP API does.
 func DecodeService(data []byte, strict bool) (*ServiceDefinition, error) {
 	var def ServiceDefinition
-	if err := decodeNormalized(data, &def, strict); err != nil {
+	if err := decodeDefinition(data, &def, strict); err != nil {
 		return nil, err
 	}
 	return &def, nil
@@ -113,95 +117,105 @@ func DecodeService(data []byte, strict bool) (*ServiceDefinition, error) {
 // DecodeCheck decodes one standalone check registration from JSON.
 func DecodeCheck(data []byte, strict bool) (*CheckRegistration, error) {
 	var def CheckRegistration
-	if err := decodeNormalized(data, &def, strict); err != nil {
+	if err := decodeDefinition(data, &def, strict); err != nil {
 		return nil, err
 	}
 	return &def, nil
 }
 
-// userMaps are keys whose values are the user's own maps: their keys are data
-// and must not be rewritten.
-var userMaps = map[string]bool{"meta": true, "header": true, "taggedaddresses": true, "nodemeta": true}
-
-// keySeparators drops the separators of snake_case and kebab-case keys. It is
-// built once: building a Replacer costs more than the whole decode.
-var keySeparators = strings.NewReplacer("_", "", "-", "")
-
-func decodeNormalized(data []byte, v any, strict bool) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var raw any
-	if err := dec.Decode(&raw); err != nil {
-		return jsonError(err)
+// decodeDefinition reads one JSON object into v; its errors are
+// FieldErrors, which the API answers with 400 and one line.
+func decodeDefinition(data []byte, v any, strict bool) error {
+	dec := jsontext.NewDecoder(bytes.NewReader(data), jsontext.AllowInvalidUTF8(true), jsontext.AllowDuplicateNames(true))
+	val, err := dec.ReadValue()
+	if err != nil {
+		return jsonError(nil, err)
 	}
-	if dec.More() {
+	val = val.Clone() // the next read reuses the decoder's buffer
+	if _, err := dec.ReadValue(); err != io.EOF {
 		return &FieldError{Msg: "malformed JSON: more than one value in body"}
 	}
-	if _, ok := raw.(map[string]any); !ok {
+	if val.Kind() != '{' {
 		return &FieldError{Msg: "malformed JSON: expected an object"}
 	}
-	b, err := json.Marshal(normalizeKeys(raw))
-	if err != nil {
-		return &FieldError{Msg: "malformed JSON: " + err.Error()}
+	opts := configOptions()
+	if !strict {
+		// As Consul's HTTP API: unknown keys are ignored, and a key given
+		// twice takes the last value.
+		opts = jsonv2.JoinOptions(opts, jsonv2.RejectUnknownMembers(false), jsontext.AllowDuplicateNames(true))
 	}
-	dec = json.NewDecoder(bytes.NewReader(b))
-	if strict {
-		dec.DisallowUnknownFields()
-	}
-	if err := dec.Decode(v); err != nil {
-		return jsonError(err)
-	}
-	return nil
+	return jsonError(reflect.TypeOf(v), jsonv2.Unmarshal(val, v, opts))
 }
 
-// NormalizeKeys rewrites the keys of a decoded JSON/YAML document so that
-// snake_case and CamelCase spellings meet: underscores and dashes are
-// dropped (encoding/json already matches case-insensitively). The values of
-// user maps (Meta, Header, TaggedAddresses, NodeMeta) are left as they are.
-func NormalizeKeys(v any) any { return normalizeKeys(v) }
-
-func normalizeKeys(v any) any {
-	switch t := v.(type) {
-	case map[string]any:
-		out := make(map[string]any, len(t))
-		for k, val := range t {
-			nk := keySeparators.Replace(k)
-			if userMaps[strings.ToLower(nk)] {
-				out[nk] = val
-				continue
+// goPath names the field at p with the Go names of t's fields, Consul's
+// canonical spelling (Checks[0].Interval), whatever spelling the body used.
+func goPath(t reflect.Type, p jsontext.Pointer) string {
+	if t == nil {
+		return configKey("", p)
+	}
+	var b strings.Builder
+	fold := func(s string) string { return strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(s)) }
+	for tok := range p.Tokens() {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		switch t.Kind() {
+		case reflect.Slice, reflect.Array:
+			b.WriteString("[" + tok + "]")
+			t = t.Elem()
+			continue
+		case reflect.Map:
+			t = t.Elem()
+		case reflect.Struct:
+			for i := range t.NumField() {
+				if f := t.Field(i); f.IsExported() && fold(f.Name) == fold(tok) {
+					tok, t = f.Name, f.Type
+					break
+				}
 			}
-			out[nk] = normalizeKeys(val)
 		}
-		return out
-	case []any:
-		for i := range t {
-			t[i] = normalizeKeys(t[i])
+		if b.Len() > 0 {
+			b.WriteByte('.')
 		}
-		return t
+		b.WriteString(tok)
 	}
-	return v
+	return b.String()
 }
 
-func jsonError(err error) error {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
+func jsonError(t reflect.Type, err error) error {
+	var se *jsonv2.SemanticError
+	var syn *jsontext.SyntacticError
 	switch {
-	case errors.As(err, &syn):
-		return &FieldError{Msg: fmt.Sprintf("malformed JSON at offset %d: %v", syn.Offset, syn)}
-	case errors.As(err, &typ):
-		field := typ.Field
+	case err == nil:
+		return nil
+	case errors.As(err, &se):
+		field := goPath(t, se.JSONPointer)
 		if field == "" {
 			field = "body"
 		}
-		return fieldErr(field, "expected %s, got %s", typ.Type, typ.Value)
+		switch {
+		case errors.Is(se.Err, jsonv2.ErrUnknownName):
+			return fieldErr(field, "unknown field")
+		case se.Err != nil:
+			return fieldErr(field, "%v", se.Err)
+		case se.GoType != nil:
+			// The words encoding/json used, which API clients have seen.
+			got := map[jsontext.Kind]string{'n': "null", 'f': "bool", 't': "bool", '"': "string", '0': "number", '{': "object", '[': "array"}[se.JSONKind]
+			return fieldErr(field, "expected %s, got %s", se.GoType, got)
+		}
+		return fieldErr(field, "%v", err)
+	case errors.As(err, &syn):
+		if errors.Is(syn.Err, jsontext.ErrDuplicateName) {
+			return fieldErr(goPath(t, syn.JSONPointer), "given twice (keys match ignoring case, '_' and '-')")
+		}
+		if errors.Is(syn.Err, io.ErrUnexpectedEOF) {
+			return &FieldError{Msg: "malformed JSON: unexpected end of body"}
+		}
+		return &FieldError{Msg: fmt.Sprintf("malformed JSON at offset %d: %v", syn.ByteOffset, syn.Err)}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return &FieldError{Msg: "malformed JSON: unexpected end of body"}
 	}
-	msg := err.Error()
-	if strings.HasPrefix(msg, "json: unknown field ") {
-		return fieldErr(strings.Trim(strings.TrimPrefix(msg, "json: unknown field "), `"`), "unknown field")
-	}
-	return &FieldError{Msg: "malformed JSON: " + strings.TrimPrefix(msg, "json: ")}
+	return &FieldError{Msg: "malformed JSON: " + strings.TrimPrefix(err.Error(), "json: ")}
 }
 
 // Limits on Meta, as Consul enforces them.

@@ -16,22 +16,13 @@ import (
 // the DNS port.
 func newDNS(cfg agentConfig, reg *registry.Registry, log *slog.Logger, prom prometheus.Registerer) (*dns.Server, error) {
 	d := cfg.DNS
-	dcfg := dns.DefaultConfig()
+	dcfg := d.Config
 	dcfg.Registry = reg
 	dcfg.Addrs = nil
 	for _, h := range cfg.Client {
 		dcfg.Addrs = append(dcfg.Addrs, net.JoinHostPort(h, strconv.Itoa(d.Port)))
 	}
-	dcfg.Domain = d.Domain
 	dcfg.Datacenter = cfg.Datacenter
-	dcfg.Recursors = d.Recursors
-	dcfg.AllowRecursion = d.Allow
-	dcfg.OnlyPassing = d.OnlyPassing
-	dcfg.NodeTTL = d.NodeTTL
-	dcfg.ServiceTTL = d.ServiceTTL
-	dcfg.EnableTruncate = d.EnableTruncate
-	dcfg.UDPAnswerLimit = d.UDPAnswerLimit
-	dcfg.RecursorTimeout = d.RecursorTimeout
 	dcfg.Logger = log.With("component", "dns")
 	dcfg.Registerer = prom
 	return dns.New(dcfg)

@@ -23,7 +23,7 @@ type dockerSettings struct {
 // dockerFile is the config file's docker section.
 type dockerFile struct {
 	Endpoint *string
-	Resync   *string
+	Resync   *time.Duration
 	Internal *bool
 	Label    *string
 }
@@ -58,11 +58,10 @@ func (c *agentConfig) mergeDocker(df *dockerFile) error {
 		c.Docker.Endpoint = *df.Endpoint
 	}
 	if df.Resync != nil {
-		v, err := time.ParseDuration(*df.Resync)
-		if err != nil || v <= 0 {
-			return fmt.Errorf("docker.resync: %q is not a positive duration such as 60s", *df.Resync)
+		if *df.Resync == 0 {
+			return fmt.Errorf("docker.resync: want a positive duration such as 60s")
 		}
-		c.Docker.Resync = v
+		c.Docker.Resync = *df.Resync
 	}
 	if df.Internal != nil {
 		c.Docker.Internal = *df.Internal

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"syscall"
-	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/pier-dev/pier/lb"
 	"github.com/pier-dev/pier/proxy"
@@ -32,78 +34,24 @@ func newProxySettings() *proxySettings {
 	return &proxySettings{Addr: ":80", lb: lb.DefaultConfig(), proxy: proxy.DefaultConfig()}
 }
 
-// proxyFile is the config file's proxy section. Durations are strings such
-// as "10s"; routes from several files add up.
-type proxyFile struct {
-	Addr           *string
-	Routes         []proxyRouteFile
-	Tags           *bool   // route by urlprefix- service tags (default true)
-	IncludeWarning *bool   // warning instances take traffic too (default false)
-	MaxFails       *int    // nginx's max_fails (default 1; 0: never take an instance out)
-	FailTimeout    *string // nginx's fail_timeout (default 10s)
-	Tries          *int    // attempts of one request on different instances (default 3)
-	Retries        *int    // the same said the other way: retries: 2 is tries: 3
-	TryTimeout     *string // no new attempt after this (default 10s)
-	ConnectTimeout *string // to an instance (default 5s)
-	ReadTimeout    *string // longest wait for the next byte from an instance (default 60s)
-	WriteTimeout   *string // longest wait to send the next bytes to an instance (default 60s)
-	KeepAlive      *string // idle keep-alive connections to an instance close after (default 10s)
-	HeaderTimeout  *string // a client's request headers (default 10s)
-	BodyTimeout    *string // a client's whole request body (default 1h)
-	ClientTimeout  *string // writing a whole response to a client (default none)
-	IdleTimeout    *string // a client's idle keep-alive connection (default 75s)
-	MaxHeaderSize  *int    // bytes (default 8192)
-	MaxBodySize    *int64  // bytes (default 0: no limit)
-	MaxConns       *int    // client connections at once (default 10000)
-
-	AccessLog *accessLogFile // combined, json or off (default off)
-	TLS       *proxyTLSFile  // HTTPS on the front door (default none)
+// proxySection is the config file's proxy section: the keys of lb.Config
+// and proxy.Config (their json names), read straight into the agent's
+// settings, and the few the agent itself reads. Routes and certificates
+// from several files add up; every other key overrides an earlier file.
+type proxySection struct {
+	Addr      *string          `json:"addr"`
+	Retries   *int             `json:"retries"` // tries said the other way: retries: 2 is tries: 3
+	Routes    []proxy.Route    `json:"routes"`
+	AccessLog *accessLogFile   `json:"access_log"` // combined, json or off (default off)
+	TLS       *proxyTLSSection `json:"tls"`        // HTTPS on the front door (default none)
+	LB        *lb.Config       `json:",inline"`
+	Proxy     *proxy.Config    `json:",inline"`
 }
 
-// proxyTLSFile is proxy.tls. Certificates from several files add up.
-type proxyTLSFile struct {
-	Addr         *string // the HTTPS listener (default ":443")
-	Certs        []proxyCertFile
-	RedirectHTTP *bool // the plain listener answers 308 to https (default false)
-	RedirectPort *int  // the port put in redirects (default: the HTTPS listener's)
-}
-
-type proxyCertFile struct {
-	CertFile string
-	KeyFile  string
-}
-
-// mergeProxyTLS applies a config file's proxy.tls section.
-func (p *proxySettings) mergeProxyTLS(tf *proxyTLSFile) error {
-	if tf == nil {
-		return nil
-	}
-	if p.proxy.TLS == nil {
-		p.proxy.TLS, p.TLSAddr = &proxy.TLSConfig{}, ":443"
-	}
-	t := p.proxy.TLS
-	if tf.Addr != nil {
-		if _, _, err := net.SplitHostPort(*tf.Addr); err != nil {
-			return fmt.Errorf("proxy.tls.addr %q: want host:port or :port", *tf.Addr)
-		}
-		p.TLSAddr = *tf.Addr
-	}
-	for i, c := range tf.Certs {
-		if c.CertFile == "" || c.KeyFile == "" {
-			return fmt.Errorf("proxy.tls.certs[%d]: cert_file and key_file are both required", i)
-		}
-		t.Certs = append(t.Certs, proxy.CertFiles{CertFile: c.CertFile, KeyFile: c.KeyFile})
-	}
-	if tf.RedirectHTTP != nil {
-		t.RedirectHTTP = *tf.RedirectHTTP
-	}
-	if tf.RedirectPort != nil {
-		if *tf.RedirectPort < 1 || *tf.RedirectPort > 65535 {
-			return fmt.Errorf("proxy.tls.redirect_port %d: want 1-65535", *tf.RedirectPort)
-		}
-		t.RedirectPort = *tf.RedirectPort
-	}
-	return nil
+// proxyTLSSection is proxy.tls: proxy.TLSConfig's keys and the listener.
+type proxyTLSSection struct {
+	Addr *string          `json:"addr"` // the HTTPS listener (default ":443")
+	TLS  *proxy.TLSConfig `json:",inline"`
 }
 
 // accessLogFile is proxy.access_log. YAML reads a bare off (or on) as a
@@ -121,55 +69,49 @@ func (a *accessLogFile) UnmarshalJSON(b []byte) error {
 	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("proxy.access_log: want combined, json or off")
+		return fmt.Errorf("want combined, json or off")
 	}
 	switch s {
 	case proxy.AccessLogCombined, proxy.AccessLogJSON, proxy.AccessLogOff:
 	default:
-		return fmt.Errorf("proxy.access_log %q: want combined, json or off", s)
+		return fmt.Errorf("%q: want combined, json or off", s)
 	}
 	*a = accessLogFile(s)
 	return nil
 }
 
-type proxyRouteFile struct {
-	Host        string
-	Path        string
-	Service     string
-	Port        string // a named port of the service (one of its Ports)
-	Strip       string
-	Prepend     string
-	MaxFails    *int
-	FailTimeout string
-
-	TLS           bool   // reach the instances over HTTPS
-	TLSSkipVerify bool   // accept any certificate
-	TLSServerName string // SNI and the name verified (default: the instance's address)
-	TLSCAFile     string // PEM bundle to verify instances with (default: the system's roots)
-}
-
 // mergeProxy applies a config file's proxy section.
-func (c *agentConfig) mergeProxy(pf *proxyFile) error {
-	if pf == nil {
+func (c *agentConfig) mergeProxy(raw []byte) error {
+	if isNull(raw) {
 		return nil
 	}
 	if c.Proxy == nil {
 		c.Proxy = newProxySettings()
 	}
 	p := c.Proxy
-	if pf.Addr != nil {
-		p.Addr, p.addrSet, p.devAddr = *pf.Addr, true, false
+	hadTLS := p.proxy.TLS != nil
+	if !hadTLS {
+		p.proxy.TLS = &proxy.TLSConfig{}
 	}
-	for i, r := range pf.Routes {
-		rt := proxy.Route{Host: r.Host, Path: r.Path, Service: r.Service, Port: r.Port, Strip: r.Strip, Prepend: r.Prepend, MaxFails: r.MaxFails,
-			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile}
-		if r.FailTimeout != "" {
-			d, err := time.ParseDuration(r.FailTimeout)
-			if err != nil || d < 0 {
-				return fmt.Errorf("proxy.routes[%d].fail_timeout: invalid duration %q", i, r.FailTimeout)
-			}
-			rt.FailTimeout = d
-		}
+	// The decoder would reuse the slice's array: keep the earlier files'.
+	certs := p.proxy.TLS.Certs
+	p.proxy.TLS.Certs = nil
+	sec := proxySection{LB: &p.lb, Proxy: &p.proxy, TLS: &proxyTLSSection{TLS: p.proxy.TLS}}
+	if err := registry.DecodeConfig("proxy", raw, &sec); err != nil {
+		return err
+	}
+	var given struct {
+		Tries jsontext.Value `json:"tries"`
+		TLS   jsontext.Value `json:"tls"`
+	}
+	if err := jsonv2.Unmarshal(raw, &given, jsonv2.MatchCaseInsensitiveNames(true)); err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	if sec.Addr != nil {
+		p.Addr, p.addrSet, p.devAddr = *sec.Addr, true, false
+	}
+	for i := range sec.Routes {
+		rt := &sec.Routes[i]
 		if err := rt.Validate(); err != nil {
 			return fmt.Errorf("proxy.routes[%d]: %w", i, err)
 		}
@@ -180,64 +122,48 @@ func (c *agentConfig) mergeProxy(pf *proxyFile) error {
 				return fmt.Errorf("proxy.routes[%d].tls_ca_file: %w", i, err)
 			}
 		}
-		p.proxy.Routes = append(p.proxy.Routes, rt)
+		p.proxy.Routes = append(p.proxy.Routes, *rt)
 	}
-	setBool := func(dst *bool, v *bool) {
-		if v != nil {
-			*dst = *v
-		}
+	if sec.AccessLog != nil {
+		p.proxy.AccessLog = string(*sec.AccessLog)
 	}
-	setInt := func(dst *int, v *int) {
-		if v != nil {
-			*dst = *v
-		}
-	}
-	setBool(&p.proxy.Tags, pf.Tags)
-	setBool(&p.lb.IncludeWarning, pf.IncludeWarning)
-	if pf.AccessLog != nil {
-		p.proxy.AccessLog = string(*pf.AccessLog)
-	}
-	if err := p.mergeProxyTLS(pf.TLS); err != nil {
-		return err
-	}
-	setInt(&p.proxy.MaxFails, pf.MaxFails)
-	setInt(&p.proxy.Tries, pf.Tries)
-	if pf.Retries != nil {
-		if pf.Tries != nil {
+	if sec.Retries != nil {
+		if len(given.Tries) > 0 {
 			return fmt.Errorf("proxy: give tries or retries, not both")
 		}
-		p.proxy.Tries = *pf.Retries + 1
+		p.proxy.Tries = *sec.Retries + 1
 	}
-	setInt(&p.proxy.MaxHeaderSize, pf.MaxHeaderSize)
-	setInt(&p.proxy.MaxConns, pf.MaxConns)
-	if pf.MaxBodySize != nil {
-		p.proxy.MaxBodySize = *pf.MaxBodySize
-	}
-	for _, d := range []struct {
-		key string
-		src *string
-		dst *time.Duration
-	}{
-		{"fail_timeout", pf.FailTimeout, &p.proxy.FailTimeout},
-		{"try_timeout", pf.TryTimeout, &p.proxy.TryTimeout},
-		{"connect_timeout", pf.ConnectTimeout, &p.lb.ConnectTimeout},
-		{"read_timeout", pf.ReadTimeout, &p.lb.ReadTimeout},
-		{"write_timeout", pf.WriteTimeout, &p.lb.WriteTimeout},
-		{"keep_alive", pf.KeepAlive, &p.lb.IdleConnTimeout},
-		{"header_timeout", pf.HeaderTimeout, &p.proxy.HeaderTimeout},
-		{"body_timeout", pf.BodyTimeout, &p.proxy.BodyTimeout},
-		{"client_timeout", pf.ClientTimeout, &p.proxy.WriteTimeout},
-		{"idle_timeout", pf.IdleTimeout, &p.proxy.IdleTimeout},
-	} {
-		if d.src == nil {
-			continue
+	if isNull(given.TLS) {
+		if !hadTLS {
+			p.proxy.TLS = nil // no HTTPS unless a file has a tls section
 		}
-		v, err := time.ParseDuration(*d.src)
-		if err != nil || v < 0 {
-			return fmt.Errorf("proxy.%s: invalid duration %q", d.key, *d.src)
-		}
-		*d.dst = v
+		return nil
 	}
+	t := p.proxy.TLS
+	if !hadTLS {
+		p.TLSAddr = ":443"
+	}
+	if a := sec.TLS.Addr; a != nil {
+		if _, _, err := net.SplitHostPort(*a); err != nil {
+			return fmt.Errorf("proxy.tls.addr %q: want host:port or :port", *a)
+		}
+		p.TLSAddr = *a
+	}
+	var tlsGiven struct {
+		RedirectPort *int `json:"redirect_port"`
+	}
+	if err := jsonv2.Unmarshal(given.TLS, &tlsGiven, jsonv2.MatchCaseInsensitiveNames(true)); err != nil {
+		return fmt.Errorf("proxy.tls: %w", err)
+	}
+	if rp := tlsGiven.RedirectPort; rp != nil && (*rp < 1 || *rp > 65535) {
+		return fmt.Errorf("proxy.tls.redirect_port %d: want 1-65535", *rp)
+	}
+	for i, cf := range t.Certs {
+		if cf.CertFile == "" || cf.KeyFile == "" {
+			return fmt.Errorf("proxy.tls.certs[%d]: cert_file and key_file are both required", i)
+		}
+	}
+	t.Certs = append(certs, t.Certs...)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pier-dev/pier/registry"
@@ -113,9 +114,9 @@ type fileConfig struct {
 	AdvertiseAddr    *string
 	StartJoin        []string
 	RetryJoin        []string
-	RetryInterval    *string
+	RetryInterval    *time.Duration
 	Encrypt          *string
-	ReconnectTimeout *string
+	ReconnectTimeout *time.Duration
 	Ports            *struct {
 		HTTP    *int
 		HTTPS   *int
@@ -123,15 +124,12 @@ type fileConfig struct {
 		DNS     *int
 	}
 	NodeMeta map[string]string
-	Locality *struct {
-		Region *string
-		Zone   *string
-	}
+	Locality *registry.Locality // decoded over the earlier files' locality
 	LogLevel *string
 	LogJSON  *bool
 	Service  json.RawMessage
 	Services []json.RawMessage
-	Proxy    *proxyFile
+	Proxy    json.RawMessage // decoded by mergeProxy into lb.Config and proxy.Config
 	Docker   *dockerFile
 
 	MetricsAddr *string
@@ -139,12 +137,12 @@ type fileConfig struct {
 
 	Domain    *string
 	Recursors []string
-	DNSConfig *dnsFile
+	DNSConfig json.RawMessage // dns.Config's keys (mergeDNS)
 
 	EnableScriptChecks *bool
 	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
-	ACL json.RawMessage // decoded again from the raw file by mergeACL
+	ACL json.RawMessage // mergeACL
 }
 
 // agentFlags are the agent's flags; set records which ones the user gave, so
@@ -366,6 +364,10 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file: %w", err)
 	}
 	var fc fileConfig
+	if c.Locality != nil {
+		l := *c.Locality // keys this file leaves out keep the earlier files' values
+		fc.Locality = &l
+	}
 	if err := decodeConfig(b, &fc); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
@@ -398,17 +400,16 @@ func (c *agentConfig) loadFile(path string) error {
 	setStr(&c.Encrypt, fc.Encrypt)
 	for _, d := range []struct {
 		key string
-		src *string
+		src *time.Duration
 		dst *time.Duration
 	}{{"retry_interval", fc.RetryInterval, &c.RetryMax}, {"reconnect_timeout", fc.ReconnectTimeout, &c.Reconnect}} {
 		if d.src == nil {
 			continue
 		}
-		v, err := time.ParseDuration(*d.src)
-		if err != nil || v <= 0 {
-			return fmt.Errorf("config file %s: %s: %q is not a positive duration such as 30s", path, d.key, *d.src)
+		if *d.src == 0 {
+			return fmt.Errorf("config file %s: %s: want a positive duration such as 30s", path, d.key)
 		}
-		*d.dst = v
+		*d.dst = *d.src
 	}
 	if fc.Limits != nil && fc.Limits.KVMaxStoreBytes != nil {
 		if *fc.Limits.KVMaxStoreBytes < 0 {
@@ -435,11 +436,7 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 	}
 	if fc.Locality != nil {
-		if c.Locality == nil {
-			c.Locality = &registry.Locality{}
-		}
-		setStr(&c.Locality.Region, fc.Locality.Region)
-		setStr(&c.Locality.Zone, fc.Locality.Zone)
+		c.Locality = fc.Locality
 		if err := c.Locality.Validate("locality"); err != nil {
 			return fmt.Errorf("config file %s: %w", path, err)
 		}
@@ -450,7 +447,7 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 		c.NodeMeta[k] = v
 	}
-	if err := c.mergeDNS(&fc, b); err != nil {
+	if err := c.mergeDNS(&fc); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	if err := c.mergeDocker(fc.Docker); err != nil {
@@ -460,7 +457,7 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	c.mergeMetrics(&fc)
-	if err := c.mergeACL(b); err != nil {
+	if err := c.mergeACL(fc.ACL); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	raws := fc.Services
@@ -486,36 +483,27 @@ func (c *agentConfig) loadFile(path string) error {
 	return nil
 }
 
-// decodeConfig decodes YAML or JSON into v with Consul's key spellings
-// (snake_case or CamelCase), rejecting unknown keys.
+// decodeConfig decodes a config file, YAML or JSON, into v with Consul's
+// key spellings (registry.DecodeConfig), rejecting unknown keys.
 func decodeConfig(b []byte, v any) error {
 	j, err := yaml.YAMLToJSON(b)
 	if err != nil {
 		return err
 	}
-	var raw any
-	if err := json.Unmarshal(j, &raw); err != nil {
-		return err
-	}
-	if raw == nil {
+	if isNull(j) {
 		return nil // an empty file
 	}
-	if _, ok := raw.(map[string]any); !ok {
+	if k := jsontext.Value(j).Kind(); k != '{' {
 		return errors.New("expected a mapping at the top level")
 	}
-	j, err = json.Marshal(registry.NormalizeKeys(raw))
-	if err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return fmt.Errorf("unknown key %s", msg)
-		}
-		return err
-	}
-	return nil
+	return registry.DecodeConfig("", j, v)
+}
+
+// isNull reports whether a section is absent or null: both leave the
+// settings as they were.
+func isNull(raw []byte) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) == 0 || string(raw) == "null"
 }
 
 // advertiseAddr picks the address other nodes and the catalog see, as Consul

@@ -1,13 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"fmt"
-	"strings"
-
-	"sigs.k8s.io/yaml"
-
+	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
 )
 
@@ -25,50 +19,21 @@ type aclFile struct {
 		Agent             *string
 		Default           *string
 	}
-	TokensList []struct {
-		Secret      string
-		AccessorID  string
-		Description string
-		Rules       api.ACLRules
-	}
+	TokensList []api.ACLToken
 
 	// EnableTokenPersistence keeps tokens set by PUT /v1/agent/token/ in
 	// the data dir's acl-tokens.json, as Consul.
 	EnableTokenPersistence *bool
 }
 
-// mergeACL reads the acl stanza from the raw file: the prefix maps' keys are
-// service names and KV paths, which key normalization would rewrite.
+// mergeACL applies a config file's acl section.
 func (c *agentConfig) mergeACL(raw []byte) error {
-	j, err := yaml.YAMLToJSON(raw)
-	if err != nil {
-		return err
-	}
-	var top map[string]any
-	if err := json.Unmarshal(j, &top); err != nil {
-		return err
-	}
-	var stanza any
-	for k, v := range top {
-		if normKey(k) == "acl" {
-			stanza = v
-		}
-	}
-	if stanza == nil {
+	if isNull(raw) {
 		return nil
 	}
-	j, err = json.Marshal(normalizeACL(stanza))
-	if err != nil {
-		return err
-	}
 	var af aclFile
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&af); err != nil {
-		if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return fmt.Errorf("acl: unknown key %s", msg)
-		}
-		return fmt.Errorf("acl: %w", err)
+	if err := registry.DecodeConfig("acl", raw, &af); err != nil {
+		return err
 	}
 	a := &c.ACL
 	if af.Enabled != nil {
@@ -95,43 +60,10 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 			}
 		}
 	}
-	for _, t := range af.TokensList {
-		a.Tokens = append(a.Tokens, api.ACLToken{Secret: t.Secret, AccessorID: t.AccessorID, Description: t.Description, Rules: t.Rules})
-	}
+	a.Tokens = append(a.Tokens, af.TokensList...)
 	// Build it once here so a bad rule stops the agent with the file's name.
 	if _, err := api.NewAuthorizer(*a); err != nil {
 		return err
 	}
 	return nil
-}
-
-// ruleMaps are the exact-name rule maps of a token's rules.
-var ruleMaps = map[string]bool{"service": true, "key": true, "node": true, "agent": true}
-
-func normKey(k string) string {
-	return strings.ToLower(strings.NewReplacer("_", "", "-", "").Replace(k))
-}
-
-// normalizeACL drops underscores and dashes from keys, except inside the
-// rule maps, whose keys are names.
-func normalizeACL(v any) any {
-	switch t := v.(type) {
-	case map[string]any:
-		out := make(map[string]any, len(t))
-		for k, val := range t {
-			nk := normKey(k)
-			if strings.HasSuffix(nk, "prefix") || ruleMaps[nk] {
-				out[nk] = val
-				continue
-			}
-			out[nk] = normalizeACL(val)
-		}
-		return out
-	case []any:
-		for i := range t {
-			t[i] = normalizeACL(t[i])
-		}
-		return t
-	}
-	return v
 }

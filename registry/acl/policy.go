@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/pier-dev/pier/registry"
 )
 
 // Policies: the rules of one token, compiled for lookups on the request
@@ -34,6 +36,8 @@ type Rules struct {
 }
 
 // UnmarshalJSON takes the maps, or a string of rules in Consul's language.
+// The maps' keys are read as config files' keys are (registry.DecodeConfig):
+// service_prefix or ServicePrefix, and the names inside as written.
 func (r *Rules) UnmarshalJSON(b []byte) error {
 	if s := bytes.TrimSpace(b); len(s) > 0 && s[0] == '"' {
 		var src string
@@ -48,9 +52,7 @@ func (r *Rules) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	type plain Rules
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	return dec.Decode((*plain)(r))
+	return registry.DecodeConfig("", b, (*plain)(r))
 }
 
 // access is one level of a rule.

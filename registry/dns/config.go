@@ -18,47 +18,49 @@ import (
 	"github.com/pier-dev/pier/registry"
 )
 
-// Config configures a Server. It is frozen after New.
+// Config configures a Server. It is frozen after New. The json names are
+// the keys of the config file's dns_config section (registry.DecodeConfig
+// reads them); "-" is not one of its keys.
 type Config struct {
-	Registry *registry.Registry // required: the catalog answered from
+	Registry *registry.Registry `json:"-"` // required: the catalog answered from
 
 	// Addrs are the host:port pairs served over both UDP and TCP. Port 0
 	// picks a free port (the same one for UDP and TCP); Addrs() tells which.
-	Addrs []string
+	Addrs []string `json:"-"`
 
-	Domain     string // the catalog's domain, default "consul."
-	Datacenter string // the datacenter answered for; empty: the registry's
+	Domain     string `json:"-"` // the catalog's domain, default "consul." (the file's top-level domain)
+	Datacenter string `json:"-"` // the datacenter answered for; empty: the registry's
 
 	// Recursors are the upstream servers ("ip" or "ip:port", port 53 by
 	// default) tried in order for names outside Domain. Empty: the
 	// nameservers of ResolvConf, without pier's own addresses.
-	Recursors       []string
-	ResolvConf      string         // default "/etc/resolv.conf"; "" reads nothing
-	RecursorTimeout time.Duration  // per recursor and try; default 2s, as Consul
-	AllowRecursion  []netip.Prefix // sources besides loopback that may recurse
+	Recursors       []string       `json:"-"`                // the file's top-level recursors
+	ResolvConf      string         `json:"-"`                // default "/etc/resolv.conf"; "" reads nothing
+	RecursorTimeout time.Duration  `json:"recursor_timeout"` // per recursor and try; default 2s, as Consul
+	AllowRecursion  []netip.Prefix `json:"allow"`            // sources besides loopback that may recurse (addresses or CIDRs)
 
-	OnlyPassing    bool                     // leave warning instances out too (critical ones always are)
-	NodeTTL        time.Duration            // TTL of node and addr answers; default 0, as Consul
-	ServiceTTL     map[string]time.Duration // by service name; "*" and "prefix*" are wildcards; default 0
-	EnableTruncate bool                     // set TC when UDPAnswerLimit trims an answer; default true
-	UDPAnswerLimit int                      // answers in a UDP reply without EDNS; default 3, as Consul
-	MaxUDPSize     int                      // the EDNS payload size pier advertises, and its largest UDP reply whatever a query advertises (no amplification); default 1232 (DNS flag day 2020)
+	OnlyPassing    bool                     `json:"only_passing"`     // leave warning instances out too (critical ones always are)
+	NodeTTL        time.Duration            `json:"node_ttl"`         // TTL of node and addr answers; default 0, as Consul
+	ServiceTTL     map[string]time.Duration `json:"service_ttl"`      // by service name; "*" and "prefix*" are wildcards; default 0
+	EnableTruncate bool                     `json:"enable_truncate"`  // set TC when UDPAnswerLimit trims an answer; default true
+	UDPAnswerLimit int                      `json:"udp_answer_limit"` // answers in a UDP reply without EDNS; default 3, as Consul
+	MaxUDPSize     int                      `json:"-"`                // the EDNS payload size pier advertises, and its largest UDP reply whatever a query advertises (no amplification); default 1232 (DNS flag day 2020)
 
-	CacheSize   int           // forwarded answers kept; default 10000, -1: none
-	CacheMaxTTL time.Duration // upper bound on how long a forwarded answer is kept; default 1h
+	CacheSize   int           `json:"-"` // forwarded answers kept; default 10000, -1: none
+	CacheMaxTTL time.Duration `json:"-"` // upper bound on how long a forwarded answer is kept; default 1h
 
 	// MaxAnswers caps the catalog answers kept per snapshot, so that a flood
 	// of random names cannot grow memory; beyond it answers are computed
 	// each time. Default 20000.
-	MaxAnswers int
+	MaxAnswers int `json:"-"`
 	// MaxInflight caps the UDP queries being forwarded at once; more get
 	// SERVFAIL. Default 1000.
-	MaxInflight int
+	MaxInflight int `json:"-"`
 
-	Logger *slog.Logger     // nil: discard
-	Now    func() time.Time // the clock of the forwarding cache; nil: time.Now (a test knob)
+	Logger *slog.Logger     `json:"-"` // nil: discard
+	Now    func() time.Time `json:"-"` // the clock of the forwarding cache; nil: time.Now (a test knob)
 
-	Registerer prometheus.Registerer // nil: no metrics
+	Registerer prometheus.Registerer `json:"-"` // nil: no metrics
 }
 
 // DefaultConfig returns the defaults a Consul user expects; Registry must

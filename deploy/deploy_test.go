@@ -19,6 +19,9 @@ import (
 // (as .ci/run sets), where that is a failure.
 func requireDocker(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("deploy test on the Docker engine; skipped under -short")
+	}
 	if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
 		if os.Getenv("PIER_REQUIRE_DOCKER") == "1" {
 			t.Fatalf("no Docker engine answers and PIER_REQUIRE_DOCKER=1: %v %s", err, out)
@@ -160,6 +163,9 @@ func mustReq(t *testing.T, method, url, body string) *http.Request {
 
 // TestExampleConfigs: the example configs are valid for the agent.
 func TestExampleConfigs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the pier binary; skipped under -short")
+	}
 	bin := t.TempDir() + "/pier"
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/pier").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

@@ -24,6 +24,7 @@ import (
 // PIER_REQUIRE_MOUNT=1), where that is a failure.
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
+	needBinary(t)
 	dir := t.TempDir()
 	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
 	if err != nil {

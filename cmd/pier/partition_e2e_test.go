@@ -35,6 +35,7 @@ func (n *netns) exec(i int) []string { return []string{"ip", "netns", "exec", n.
 // newNetns makes the namespaces, or skips the test where it cannot.
 func newNetns(t *testing.T, hosts ...string) *netns {
 	t.Helper()
+	needBinary(t)
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root (.ci/run runs as root)")
 	}

@@ -22,6 +22,7 @@ import (
 // PIER_REQUIRE_BROWSER=1 (as .ci/run sets) makes its absence a failure.
 func chromium(t *testing.T) string {
 	t.Helper()
+	needBinary(t)
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
 		if p, err := exec.LookPath(name); err == nil {
 			return p

@@ -12,6 +12,7 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 
+	"github.com/pier-dev/pier/deploy/eventually"
 	"github.com/pier-dev/pier/registry/api"
 )
 
@@ -131,13 +132,9 @@ func TestAgentMonitorSlowReaderDrops(t *testing.T) {
 		t.Errorf("logging 20000 lines took %v with a stuck monitor reader", d)
 	}
 	conn.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(own.String(), "monitor: a slow reader missed log lines") {
-		if time.Now().After(deadline) {
-			t.Fatal("the agent's log does not say that lines were dropped")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually.True(t, 15*time.Second, "the agent's log says that lines were dropped", func() bool {
+		return strings.Contains(own.String(), "monitor: a slow reader missed log lines")
+	})
 }
 
 // What the tee costs the agent's logging: without a reader, one atomic

@@ -76,6 +76,7 @@ func requireDocker(t *testing.T) string {
 	if err != nil {
 		skip("docker endpoint: %v", err)
 	}
+	defer e.hc.CloseIdleConnections()
 	if err := e.ping(context.Background()); err != nil {
 		skip("no Docker engine answers at %s: %v", endpoint(), err)
 	}

@@ -13,12 +13,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // requireDocker skips where no engine answers, unless PIER_REQUIRE_DOCKER=1
 // (as .ci/run sets), where that is a failure.
 func requireDocker(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("deploy test on the Docker engine; skipped under -short")
+	}
 	if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
 		if os.Getenv("PIER_REQUIRE_DOCKER") == "1" {
 			t.Fatalf("no Docker engine answers and PIER_REQUIRE_DOCKER=1: %v %s", err, out)
@@ -66,24 +71,25 @@ func run(t *testing.T, image, network, name string, args ...string) container {
 func get[T any](t *testing.T, c container, path string, d time.Duration, cond func(T) bool) T {
 	t.Helper()
 	var v T
-	var last string
-	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
-		// Polling is the test's own clock: the agent may not be listening yet.
+	// Polling: the agent may not be listening yet.
+	err := eventually.Within(d, func() error {
 		resp, err := http.Get("http://" + c.api + path)
 		if err != nil {
-			last = err.Error()
-			continue
+			return err
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		last = string(b)
 		var x T
-		if json.Unmarshal(b, &x) == nil && cond(x) {
-			return x
+		if json.Unmarshal(b, &x) != nil || !cond(x) {
+			return fmt.Errorf("last answer %s", b)
 		}
+		v = x
+		return nil
+	})
+	if err != nil {
+		logs, _ := exec.Command("docker", "logs", "--tail", "20", c.name).CombinedOutput()
+		t.Fatalf("%s%s: condition not met within %v; %v\nlogs:\n%s", c.name, path, d, err, logs)
 	}
-	logs, _ := exec.Command("docker", "logs", "--tail", "20", c.name).CombinedOutput()
-	t.Fatalf("%s%s: condition not met within %v; last answer %s\nlogs:\n%s", c.name, path, d, last, logs)
 	return v
 }
 
@@ -160,6 +166,9 @@ func mustReq(t *testing.T, method, url, body string) *http.Request {
 
 // TestExampleConfigs: the example configs are valid for the agent.
 func TestExampleConfigs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the pier binary; skipped under -short")
+	}
 	bin := t.TempDir() + "/pier"
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/pier").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // cluster is a running deploy/compose.yaml project.
@@ -84,22 +86,18 @@ func (c *cluster) api(svc, path string, v any) error {
 	return json.Unmarshal(b, v)
 }
 
-// until polls cond every 200 ms (the test's own clock: nothing in the
-// cluster signals the test) and returns how long it took.
+// until polls cond (nothing in the cluster signals the test) until it
+// holds, and returns how long it took; cond says what it saw.
 func (c *cluster) until(d time.Duration, what string, cond func() (bool, string)) time.Duration {
 	c.t.Helper()
 	start := time.Now()
-	var last string
-	for time.Since(start) < d {
-		ok, state := cond()
-		if ok {
-			return time.Since(start)
+	eventually.NoError(c.t, d, what, func() error {
+		if ok, seen := cond(); !ok {
+			return fmt.Errorf("seen: %s", seen)
 		}
-		last = state
-		time.Sleep(200 * time.Millisecond)
-	}
-	c.t.Fatalf("%s: not within %v; last seen: %s", what, d, last)
-	return 0
+		return nil
+	})
+	return time.Since(start)
 }
 
 // memberStatus is a node's status as an agent sees it (1 alive, 3 left, 4 failed).

@@ -33,12 +33,39 @@ func TestHandlerServesRuntimeAndOwnMetrics(t *testing.T) {
 	}
 }
 
+// Two agents in one process each have their own registry: the same metric
+// registers in both, and each /metrics shows its own agent's value and
+// nothing the other registered (no global registerer).
 func TestRegistriesAreIndependent(t *testing.T) {
-	// Two agents in one process each have their own registry: registering
-	// the same metric in both must not collide (no global registerer).
-	for range 2 {
-		reg := NewRegistry()
-		reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "pier_same_total", Help: "h"}))
+	scrape := func(reg *prometheus.Registry) string {
+		t.Helper()
+		srv := httptest.NewServer(Handler(reg, nil))
+		defer srv.Close()
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	var regs [2]*prometheus.Registry
+	for i := range regs {
+		regs[i] = NewRegistry()
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: "pier_same_total", Help: "h"})
+		if err := regs[i].Register(c); err != nil {
+			t.Fatalf("registering the same metric in agent %d's registry: %v", i+1, err)
+		}
+		c.Add(float64(10 * (i + 1)))
+	}
+	only := prometheus.NewGauge(prometheus.GaugeOpts{Name: "pier_only_in_first", Help: "h"})
+	regs[0].MustRegister(only)
+	first, second := scrape(regs[0]), scrape(regs[1])
+	if !strings.Contains(first, "\npier_same_total 10\n") || !strings.Contains(first, "pier_only_in_first") {
+		t.Errorf("first agent's metrics:\n%.3000s", first)
+	}
+	if !strings.Contains(second, "\npier_same_total 20\n") || strings.Contains(second, "pier_only_in_first") {
+		t.Errorf("second agent's metrics:\n%.3000s", second)
 	}
 }
 

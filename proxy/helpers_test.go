@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pier-dev/pier/deploy/eventually"
 	"github.com/pier-dev/pier/lb"
 	"github.com/pier-dev/pier/registry"
 )
@@ -117,15 +118,12 @@ func (e *env) synced() {
 // longer has (a deleted KV route, say).
 func (e *env) routesFollow(tb *lb.Table) {
 	e.t.Helper()
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+	eventually.True(e.t, 10*time.Second, fmt.Sprintf("the route table follows the balancer's table at index %d", tb.Index()), func() bool {
 		if rt := e.p.routes.Load(); rt != nil && rt.lbt == tb {
-			return
+			return true
 		}
-		if e.bal.Table() != tb {
-			return // newer again: the caller's index is reached either way
-		}
-	}
-	e.t.Fatalf("the route table did not follow the balancer's table at index %d", tb.Index())
+		return e.bal.Table() != tb // newer again: the caller's index is reached either way
+	})
 }
 
 // get sends a request through the proxy and returns status and body.

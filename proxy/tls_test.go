@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -17,10 +18,13 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // writeCert makes a self-signed certificate for names, writes it and its
@@ -196,20 +200,7 @@ func TestTLSReloadsChangedFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err := e.handshake("a.test", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.Equal(renewed) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still serving serial %v after the files changed", got.SerialNumber)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	eventually.NoError(t, 10*time.Second, "the renewed certificate served", servesCert(e, "a.test", renewed))
 	// The renewed certificate carries requests through the proxy.
 	resp, err := e.client(t, renewed).Get("https://a.test/after")
 	if err != nil {
@@ -219,12 +210,13 @@ func TestTLSReloadsChangedFiles(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("after reload: status %d", resp.StatusCode)
 	}
-	// A broken file keeps the loaded certificate in use.
+	// A broken file keeps the loaded certificate in use: handshake until
+	// one of them has looked at the files since the write.
+	written := time.Now().UnixNano()
 	if err := os.WriteFile(e.files[1].CertFile, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		time.Sleep(2 * time.Millisecond)
+	eventually.True(t, 10*time.Second, "a reload check after the broken write", func() bool {
 		got, err := e.handshake("b.test", nil)
 		if err != nil {
 			t.Fatalf("after a broken file: %v", err)
@@ -232,6 +224,22 @@ func TestTLSReloadsChangedFiles(t *testing.T) {
 		if !got.Equal(e.b) {
 			t.Fatalf("after a broken file: served %v", got.DNSNames)
 		}
+		return e.p.certs.checked.Load() > written
+	})
+}
+
+// servesCert is a condition for eventually: a handshake naming sni gets
+// want.
+func servesCert(e *tlsEnv, sni string, want *x509.Certificate) func() error {
+	return func() error {
+		got, err := e.handshake(sni, nil)
+		if err != nil {
+			return err
+		}
+		if !got.Equal(want) {
+			return fmt.Errorf("serving serial %v, want %v", got.SerialNumber, want.SerialNumber)
+		}
+		return nil
 	}
 }
 
@@ -324,9 +332,10 @@ func TestTLSConfigErrors(t *testing.T) {
 func TestTLSConcurrentReload(t *testing.T) {
 	e := newTLSEnv(t, nil)
 	var wg sync.WaitGroup
+	var stop atomic.Bool
 	for range 4 {
 		wg.Go(func() {
-			for range 10 {
+			for n := 0; n < 10 || !stop.Load() && n < 100000; n++ {
 				if _, err := e.handshake("a.test", nil); err != nil {
 					t.Error(err)
 					return
@@ -334,10 +343,20 @@ func TestTLSConcurrentReload(t *testing.T) {
 			}
 		})
 	}
+	// Each new pair is served before the next is written, so every reload
+	// happens while the handshakes run. A later mtime makes each change
+	// visible whatever the file system's clock granularity.
 	for i := range 3 {
-		writeCert(t, e.dir, "a", int64(10+i), "a.test")
-		time.Sleep(3 * time.Millisecond)
+		f, c := writeCert(t, e.dir, "a", int64(10+i), "a.test")
+		later := time.Now().Add(time.Duration(i+1) * time.Minute)
+		for _, name := range []string{f.CertFile, f.KeyFile} {
+			if err := os.Chtimes(name, later, later); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually.NoError(t, 10*time.Second, fmt.Sprintf("certificate %d served", i+1), servesCert(e, "a.test", c))
 	}
+	stop.Store(true)
 	wg.Wait()
 }
 

@@ -2,12 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 const aclAPIConfig = `
@@ -72,13 +75,12 @@ func TestACLAPITokens(t *testing.T) {
 
 	// A second agent learns the token through gossip.
 	b := startAgent(t, "-node", "acl2", "-data-dir", filepath.Join(dir, "b"), "-bind", "127.0.0.1", "-config-file", cfg, "-join", a.gossip)
-	deadline := time.Now().Add(20 * time.Second)
-	for register(b, "web-b") != 200 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the token does not work on the second agent after 20s\n%s", b.logs())
+	eventually.NoError(t, 20*time.Second, "the token works on the second agent", func() error {
+		if c := register(b, "web-b"); c != 200 {
+			return fmt.Errorf("register web-b: %d; log:\n%s", c, b.logs())
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 	if c := register(b, "db"); c != 403 {
 		t.Errorf("register db on b: %d", c)
 	}

@@ -143,6 +143,7 @@ func TestACLOpenAPIWarning(t *testing.T) {
 // answers its log up to there.
 func startupLog(t *testing.T, args ...string) string {
 	t.Helper()
+	needBinary(t)
 	argv := append([]string{"agent", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0", "-proxy-addr", "127.0.0.1:0"}, args...)
 	cmd := exec.Command(pierBin, argv...)
 	stderr, err := cmd.StderrPipe()

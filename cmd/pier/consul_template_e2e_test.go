@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // consulTemplate finds HashiCorp's consul-template binary: on PATH or where
@@ -89,14 +92,13 @@ func TestConsulTemplate(t *testing.T) {
 	waitFile := func(what string, cond func(string) bool) time.Duration {
 		t.Helper()
 		start := time.Now()
-		for deadline := start.Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if b, err := os.ReadFile(out); err == nil && cond(string(b)) {
-				return time.Since(start)
+		eventually.NoError(t, 30*time.Second, what, func() error {
+			if b, err := os.ReadFile(out); err != nil || !cond(string(b)) {
+				return fmt.Errorf("file:\n%s\nconsul-template:\n%s\nagent:\n%s", b, logs.String(), a.logs())
 			}
-		}
-		b, _ := os.ReadFile(out)
-		t.Fatalf("%s: not within 30s; file:\n%s\nconsul-template:\n%s\nagent:\n%s", what, b, logs.String(), a.logs())
-		return 0
+			return nil
+		})
+		return time.Since(start)
 	}
 	has := func(s ...string) func(string) bool {
 		return func(f string) bool {

@@ -20,6 +20,7 @@ import (
 // PIER_REQUIRE_DOCKER=1 (as .ci/run sets).
 func requireDockerEngine(t *testing.T) {
 	t.Helper()
+	needBinary(t)
 	fail := func(msg string) {
 		t.Helper()
 		if os.Getenv("PIER_REQUIRE_DOCKER") == "1" {

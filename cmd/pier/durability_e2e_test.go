@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // mountTmpfs mounts a tmpfs of size (mount's -o size=, such as "256k") on a
@@ -24,6 +26,7 @@ import (
 // PIER_REQUIRE_MOUNT=1), where that is a failure.
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
+	needBinary(t)
 	dir := t.TempDir()
 	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
 	if err != nil {
@@ -487,8 +490,7 @@ func TestKVMergeFullDisk(t *testing.T) {
 	notApplied := regexp.MustCompile(`msg="a KV write from the cluster not applied.*key=(m/[0-9]+)`)
 	var onB map[string]string
 	refused := map[string]bool{}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	eventually.NoError(t, 60*time.Second, "b decides on every key", func() error {
 		onB = kvDump(t, b.addr, "m/")
 		for _, m := range notApplied.FindAllStringSubmatch(b.logs(), -1) {
 			refused[m[1]] = true
@@ -499,14 +501,11 @@ func TestKVMergeFullDisk(t *testing.T) {
 				decided++
 			}
 		}
-		if decided == n {
-			break
+		if decided < n {
+			return fmt.Errorf("decided on %d of %d keys", decided, n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("b decided on %d of %d keys in 60s", decided, n)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 	if len(refused) == 0 {
 		t.Error("b refused no write: its disk never filled, or it took writes it could not persist")
 	}

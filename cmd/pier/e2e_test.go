@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,27 +16,56 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // pierBin is the pier binary built once for the end-to-end tests, which run
-// it as a user would.
+// it as a user would. Under -short it is not built and those tests skip.
 var pierBin string
 
+// TestMain builds the binary (not under -short) and fails the run if a
+// goroutine of the in-process tests outlives them.
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "pier-e2e")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pierBin = filepath.Join(dir, "pier")
-	out, err := exec.Command("go", "build", "-o", pierBin, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building pier: %v\n%s", err, out)
-		os.Exit(1)
+	flag.Parse()
+	dir := ""
+	if !testing.Short() {
+		var err error
+		dir, err = os.MkdirTemp("", "pier-e2e")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		pierBin = filepath.Join(dir, "pier")
+		out, err := exec.Command("go", "build", "-o", pierBin, ".").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building pier: %v\n%s", err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if dir != "" {
+		os.RemoveAll(dir)
+	}
+	if code == 0 {
+		// fasthttp's worker pool cleaner (the proxy's server) sleeps out
+		// its idle duration, up to 10s, before it sees the pool stopped:
+		// a library goroutine that ends by itself.
+		if err := goleak.Find(goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2")); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
+}
+
+// needBinary skips an end-to-end test, which runs the built binary, under
+// -short.
+func needBinary(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test of the built pier binary; skipped under -short")
+	}
 }
 
 // proc is a running pier agent.
@@ -65,6 +95,7 @@ var gossipLine = regexp.MustCompile(` gossip=([0-9.:]+)`)
 // startAgentIn runs the agent under a command prefix (such as ip netns exec).
 func startAgentIn(t testing.TB, prefix []string, args ...string) *proc {
 	t.Helper()
+	needBinary(t)
 	p := &proc{t: t, done: make(chan error, 1), exited: make(chan struct{})}
 	argv := append(append(append([]string{}, prefix...), pierBin, "agent", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0"), args...)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
@@ -153,6 +184,7 @@ func curl(t *testing.T, args ...string) (int, string) {
 // pier runs a pier subcommand against the agent at addr.
 func pier(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	needBinary(t)
 	cmd := exec.Command(pierBin, args...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e

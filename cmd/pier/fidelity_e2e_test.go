@@ -4,6 +4,7 @@ package main
 // Consul agent (issue 20).
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // TestConsulACLConfig: the acl stanza as Consul's tooling writes it starts
@@ -140,23 +143,20 @@ func TestNodeID(t *testing.T) {
 // members polls a's member list until cond holds.
 func waitMembers(t *testing.T, c *consul.Client, what string, cond func(map[string]int) bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last map[string]int
-	for time.Now().Before(deadline) {
+	eventually.NoError(t, 30*time.Second, what, func() error {
 		ms, err := c.Agent().Members(false)
 		if err != nil {
 			t.Fatalf("%s: Agent().Members: %v", what, err)
 		}
-		last = map[string]int{}
+		last := map[string]int{}
 		for _, m := range ms {
 			last[m.Name] = m.Status
 		}
-		if cond(last) {
-			return
+		if !cond(last) {
+			return fmt.Errorf("members %v", last)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s: not within 30s; members %v", what, last)
+		return nil
+	})
 }
 
 // TestForceLeaveAliveAndPrune: force-leave of a live node is a no-op that

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // promServer is a real Prometheus server on loopback.
@@ -82,25 +84,23 @@ func startPrometheus(t *testing.T, config string) *promServer {
 			<-done
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(p.base + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
+	eventually.NoError(t, 30*time.Second, "prometheus ready", func() error {
 		select {
 		case <-done:
 			t.Fatalf("prometheus exited:\n%s", p.logs())
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready in 30s:\n%s", p.logs())
+		resp, err := http.Get(p.base + "/-/ready")
+		if err != nil {
+			return err
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("/-/ready: %d; log:\n%s", resp.StatusCode, p.logs())
+		}
+		return nil
+	})
+	return p
 }
 
 // get decodes the data of a Prometheus API answer into v.
@@ -157,22 +157,16 @@ func (p *promServer) targets() ([]promTarget, error) {
 	return data.ActiveTargets, err
 }
 
-// eventually polls cond until it holds or the deadline passes; what says
-// what was awaited, last what was seen.
-func eventually(t *testing.T, deadline time.Time, what string, cond func() (bool, string)) {
+// eventuallyBy waits with eventually until cond holds or the deadline
+// passes; cond says what it saw.
+func eventuallyBy(t *testing.T, deadline time.Time, what string, cond func() (bool, string)) {
 	t.Helper()
-	var last string
-	for {
-		ok, seen := cond()
-		if ok {
-			return
+	eventually.NoError(t, time.Until(deadline), what, func() error {
+		if ok, seen := cond(); !ok {
+			return fmt.Errorf("seen: %s", seen)
 		}
-		last = seen
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within the deadline; last seen: %s", what, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 var metricsLine = regexp.MustCompile(`msg="pier agent running".* metrics=([0-9.:]+)`)
@@ -234,7 +228,7 @@ proxy:
 
 	// The access log reaches the agent's log output as JSON lines (flushed
 	// every second).
-	eventually(t, deadline, "a JSON access log line in the agent's log", func() (bool, string) {
+	eventuallyBy(t, deadline, "a JSON access log line in the agent's log", func() (bool, string) {
 		return strings.Contains(a.logs(), `"uri":"/api/x?i=6","status":200`), ""
 	})
 
@@ -270,17 +264,17 @@ scrape_configs:
       - targets: ['%s']
 %s`, a.addr, a.addr, sdJob))
 
-	eventually(t, deadline, "the pier target is up", func() (bool, string) {
+	eventuallyBy(t, deadline, "the pier target is up", func() (bool, string) {
 		v, ok := prom.query(`up{job="pier"}`)
 		return ok && v == 1, fmt.Sprint(v, ok)
 	})
-	eventually(t, deadline, "Prometheus has the proxy's request count", func() (bool, string) {
+	eventuallyBy(t, deadline, "Prometheus has the proxy's request count", func() (bool, string) {
 		v, ok := prom.query(`pier_proxy_requests_total{job="pier",route="/api/",service="api",code="200"}`)
 		return ok && v == sent, fmt.Sprint(v, ok)
 	})
 	for _, q := range []string{`pier_catalog_service_instances{job="pier"}`, `pier_members{job="pier",status="alive"}`, `go_goroutines{job="pier"}`,
 		`pier_proxy_requests_total{job="consul-style",route="/api/",service="api",code="200"}`} {
-		eventually(t, deadline, "Prometheus has "+q, func() (bool, string) {
+		eventuallyBy(t, deadline, "Prometheus has "+q, func() (bool, string) {
 			v, ok := prom.query(q)
 			return ok && v > 0, fmt.Sprint(v, ok)
 		})
@@ -313,7 +307,7 @@ scrape_configs:
 		}
 		return nil, strings.Join(seen, " ")
 	}
-	eventually(t, deadline, "the registered service is a discovered target and is up", func() (bool, string) {
+	eventuallyBy(t, deadline, "the registered service is a discovered target and is up", func() (bool, string) {
 		tg, seen := findWeb()
 		if tg == nil {
 			return false, "targets: " + seen
@@ -340,7 +334,7 @@ scrape_configs:
 	if code != 200 {
 		t.Fatalf("deregister web: %d %s", code, body)
 	}
-	eventually(t, deadline, "the deregistered service is no longer a target", func() (bool, string) {
+	eventuallyBy(t, deadline, "the deregistered service is no longer a target", func() (bool, string) {
 		tg, _ := findWeb()
 		if tg != nil {
 			return false, fmt.Sprintf("%+v", *tg)
@@ -348,7 +342,7 @@ scrape_configs:
 		return true, ""
 	})
 	// The API counted Prometheus's discovery requests by route pattern.
-	eventually(t, deadline, "Prometheus sees its own discovery requests in pier's API metrics", func() (bool, string) {
+	eventuallyBy(t, deadline, "Prometheus sees its own discovery requests in pier's API metrics", func() (bool, string) {
 		v, ok := prom.query(`sum(pier_api_requests_total{job="pier",endpoint="GET /v1/health/service/{name}"})`)
 		return ok && v > 0, fmt.Sprint(v, ok)
 	})

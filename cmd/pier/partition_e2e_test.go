@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // netns is a set of network namespaces this test made: one host per agent,
@@ -35,6 +37,7 @@ func (n *netns) exec(i int) []string { return []string{"ip", "netns", "exec", n.
 // newNetns makes the namespaces, or skips the test where it cannot.
 func newNetns(t *testing.T, hosts ...string) *netns {
 	t.Helper()
+	needBinary(t)
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root (.ci/run runs as root)")
 	}
@@ -125,15 +128,13 @@ func (n *netns) get(i int, api, path string, v any) error {
 // converge waits until host i's view satisfies want.
 func (n *netns) converge(i int, api string, d time.Duration, what string, want func(map[string]string) bool) {
 	n.t.Helper()
-	var v map[string]string
-	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
-		// Polling here is the test's own clock, not a wait for an event it
-		// could subscribe to: the agents are in other namespaces.
-		if v = n.view(i, api); v != nil && want(v) {
-			return
+	// Polling, not a subscription: the agents are in other namespaces.
+	eventually.NoError(n.t, d, what+" on host "+n.hosts[i], func() error {
+		if v := n.view(i, api); v == nil || !want(v) {
+			return fmt.Errorf("its view: %v", v)
 		}
-	}
-	n.t.Fatalf("%s: host %s never saw it within %v; its view: %v", what, n.hosts[i], d, v)
+		return nil
+	})
 }
 
 func has(v map[string]string, keys ...string) bool {

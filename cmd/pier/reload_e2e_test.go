@@ -1,12 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // TestReload: `pier reload`, PUT /v1/agent/reload and SIGHUP read the config
@@ -64,13 +67,12 @@ func TestReload(t *testing.T) {
 		t.Errorf("web1's unchanged check after the reload: %s, want passing (not reset)", st)
 	}
 	// log_level: debug took effect: the health runner's debug line for the new check.
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(a.logs(), `level=DEBUG msg="check started" component=health check=service:api1`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no debug line after log_level: debug and a reload:\n%s", a.logs())
+	eventually.NoError(t, 10*time.Second, "a debug line after log_level: debug and a reload", func() error {
+		if !strings.Contains(a.logs(), `level=DEBUG msg="check started" component=health check=service:api1`) {
+			return fmt.Errorf("log:\n%s", a.logs())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 
 	if strings.Contains(a.logs(), "take effect at the next start") {
 		t.Errorf("a reload that changed only services and log_level warned of a restart:\n%s", a.logs())
@@ -93,13 +95,12 @@ func TestReload(t *testing.T) {
 	write("db.json", `{"service": {"id": "db1", "name": "db", "port": 5432}}`)
 	write("agent.yaml", "node_name: r1\nbind_addr: 127.0.0.1\ndata_dir: "+filepath.Join(dir, "data")+"\nlog_level: debug\nnode_meta: {rack: a}\n"+proxy)
 	a.cmd.Process.Signal(syscall.SIGHUP)
-	deadline = time.Now().Add(10 * time.Second)
-	for s := services(); strings.Contains(s, `"api1"`) || !strings.Contains(s, `"db1"`); s = services() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after SIGHUP: %s\n%s", s, a.logs())
+	eventually.NoError(t, 10*time.Second, "api1 gone and db1 there after SIGHUP", func() error {
+		if s := services(); strings.Contains(s, `"api1"`) || !strings.Contains(s, `"db1"`) {
+			return fmt.Errorf("services %s; log:\n%s", s, a.logs())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if !strings.Contains(a.logs(), "take effect at the next start") {
 		t.Errorf("a changed node_meta was not named as needing a restart:\n%s", a.logs())
 	}

@@ -16,12 +16,15 @@ import (
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // chromium finds a headless-capable Chromium, or skips the test unless
 // PIER_REQUIRE_BROWSER=1 (as .ci/run sets) makes its absence a failure.
 func chromium(t *testing.T) string {
 	t.Helper()
+	needBinary(t)
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
 		if p, err := exec.LookPath(name); err == nil {
 			return p
@@ -117,18 +120,17 @@ func TestWebUI(t *testing.T) {
 	// waitFor polls a JavaScript expression until it is true, for at most 15s.
 	waitFor := func(what, expr string) {
 		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for {
+		eventually.NoError(t, 15*time.Second, "the page shows "+what, func() error {
 			ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](expr))
 			if err == nil && ok {
-				return
+				return nil
 			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
-				t.Fatalf("the page never showed %s (err %v); it shows:\n%s", what, err, text)
+			if ctx.Err() != nil {
+				t.Fatalf("the page never showed %s: %v", what, ctx.Err())
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			text, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+			return fmt.Errorf("err %v; it shows:\n%s", err, text)
+		})
 	}
 	viewHas := func(s string) string {
 		return fmt.Sprintf(`document.getElementById("view").innerText.includes(%q)`, s)

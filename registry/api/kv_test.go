@@ -9,11 +9,15 @@ import (
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pier-dev/pier/registry/api"
 )
 
 // TestKVWithConsulClient drives the KV API with the official client.
 func TestKVWithConsulClient(t *testing.T) {
-	a := startAgent(t)
+	prom := prometheus.NewRegistry()
+	a := startAPIAgent(t, func(c *api.Config) { c.Registerer = prom })
 	kv := a.client.KV()
 
 	if p, meta, err := kv.Get("app/missing", nil); err != nil || p != nil || meta.LastIndex == 0 {
@@ -62,13 +66,22 @@ func TestKVWithConsulClient(t *testing.T) {
 	}
 
 	// A blocking query on a key wakes when it changes.
-	go func() {
-		time.Sleep(100 * time.Millisecond) // let the query block first; the assertion is on what it returns
-		kv.Put(&consul.KVPair{Key: "app/toggles/new-ui", Value: []byte("off")}, nil)
-	}()
 	_, meta, _ := kv.Get("app/toggles/new-ui", nil)
 	start := time.Now()
-	got, meta2, err := kv.Get("app/toggles/new-ui", (&consul.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 30 * time.Second}).WithContext(context.Background()))
+	type answer struct {
+		p    *consul.KVPair
+		meta *consul.QueryMeta
+		err  error
+	}
+	blocked := make(chan answer, 1)
+	go func() {
+		p, m, err := kv.Get("app/toggles/new-ui", (&consul.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 30 * time.Second}).WithContext(context.Background()))
+		blocked <- answer{p, m, err}
+	}()
+	waitGauge(t, prom, 1) // the query is blocked in the server
+	kv.Put(&consul.KVPair{Key: "app/toggles/new-ui", Value: []byte("off")}, nil)
+	ans := <-blocked
+	got, meta2, err := ans.p, ans.meta, ans.err
 	if err != nil || string(got.Value) != "off" || meta2.LastIndex <= meta.LastIndex || time.Since(start) > 20*time.Second {
 		t.Fatalf("blocking get: %+v %v %+v", got, err, meta2)
 	}

@@ -5,13 +5,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
 
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
@@ -25,7 +25,7 @@ import (
 // up as they finish, and that no goroutine is left behind.
 func TestBlockingQueryFlood(t *testing.T) {
 	const limit = 5
-	baseline := runtime.NumGoroutine()
+	before := goleak.IgnoreCurrent()
 
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName, rcfg.Address = "node1", "127.0.0.1"
@@ -145,12 +145,5 @@ pier_api_requests_limited_total 1
 	}
 	done <- nil // for the deferred cleanup
 	tr.CloseIdleConnections()
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > baseline {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, %d before the test:\n%s", runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	goleak.VerifyNone(t, before)
 }

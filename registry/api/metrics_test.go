@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/pier-dev/pier/deploy/eventually"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
 )
@@ -83,22 +85,18 @@ pier_api_requests_total{code="404",endpoint="other"} 1
 
 func waitGauge(t *testing.T, g prometheus.Gatherer, want float64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually.True(t, 10*time.Second, fmt.Sprintf("pier_api_blocking_queries at %v", want), func() bool {
 		mfs, err := g.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, mf := range mfs {
 			if mf.GetName() == "pier_api_blocking_queries" && mf.GetMetric()[0].GetGauge().GetValue() == want {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pier_api_blocking_queries never reached %v", want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }

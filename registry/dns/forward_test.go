@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // fakeUpstream answers example.org A with TTL 60, gone.example.org with
@@ -312,13 +313,12 @@ func TestForwardOnce(t *testing.T) {
 	}
 	// Every query is being forwarded (each holds a token) and the upstream
 	// has its one question: only then let it answer.
-	deadline := time.Now().Add(20 * time.Second)
-	for len(s.inflight) < n || up.queries.Load() < 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d queries in flight, upstream saw %d", len(s.inflight), up.queries.Load())
+	eventually.NoError(t, 20*time.Second, "every query in flight and one at the upstream", func() error {
+		if len(s.inflight) < n || up.queries.Load() < 1 {
+			return fmt.Errorf("%d queries in flight, upstream saw %d", len(s.inflight), up.queries.Load())
 		}
-		runtime.Gosched()
-	}
+		return nil
+	})
 	release()
 	for range n {
 		if err := <-errs; err != nil {

@@ -2,18 +2,15 @@ package dns
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"go.uber.org/goleak"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -85,34 +82,11 @@ func start(t testing.TB, reg *registry.Registry, mutate func(*Config)) *testServ
 	return &testServer{Server: s, addr: s.Addrs()[0].String()}
 }
 
-// TestMain fails the run if a goroutine of this package outlives the
-// tests: every Server has been stopped by then, and Run waits for every
-// goroutine it starts, so none may be left.
+// TestMain fails the run if a goroutine outlives the tests: every Server
+// has been stopped by then, and Run waits for every goroutine it starts, so
+// none may be left.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	// A goroutine that has signalled its WaitGroup may still be on its way
-	// out (seen: one in runtime.goexit1): look again for up to 2 s, as goleak
-	// does, before calling it left behind.
-	var left []string
-	for range 100 {
-		left = left[:0]
-		buf := make([]byte, 1<<20)
-		n := runtime.Stack(buf, true)
-		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if strings.Contains(g, "pier/registry/dns.(*Server)") || strings.Contains(g, "miekg/dns.(*Server).serve") {
-				left = append(left, g)
-			}
-		}
-		if len(left) == 0 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	for _, g := range left {
-		fmt.Fprintf(os.Stderr, "goroutine left after the tests:\n%s\n", g)
-		code = 1
-	}
-	os.Exit(code)
+	goleak.VerifyTestMain(m)
 }
 
 // ask sends one question with a miekg/dns client. edns 0 sends none.

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/pier-dev/pier/health"
 	"github.com/pier-dev/pier/registry"
 )
@@ -29,10 +31,18 @@ var testImage struct {
 	err  error
 }
 
+// TestMain removes the test image and fails the run if a goroutine outlives
+// the tests: every Watcher has been stopped and waited for by then.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if testImage.tag != "" {
 		exec.Command("docker", "rmi", "-f", testImage.tag).Run()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }
@@ -48,6 +58,9 @@ func endpoint() string {
 // fails it when PIER_REQUIRE_DOCKER=1, and returns the test image's tag.
 func requireDocker(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs containers on the Docker engine; skipped under -short")
+	}
 	skip := func(format string, args ...any) {
 		t.Helper()
 		msg := fmt.Sprintf(format, args...)
@@ -63,6 +76,7 @@ func requireDocker(t *testing.T) string {
 	if err != nil {
 		skip("docker endpoint: %v", err)
 	}
+	defer e.hc.CloseIdleConnections()
 	if err := e.ping(context.Background()); err != nil {
 		skip("no Docker engine answers at %s: %v", endpoint(), err)
 	}

@@ -63,6 +63,7 @@ func TestExec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(x.engine.hc.CloseIdleConnections) // an agent's Exec lives as long as the process
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	try := func(container string, wantCode int, wantOut ...string) {
@@ -113,6 +114,7 @@ func BenchmarkExec(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.Cleanup(x.engine.hc.CloseIdleConnections)
 	if err := x.engine.ping(context.Background()); err != nil {
 		b.Skipf("no Docker engine answers: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pier-dev/pier/deploy/eventually"
 	"github.com/pier-dev/pier/registry"
 )
 
@@ -21,6 +22,7 @@ type fakeEngine struct {
 	mu         sync.Mutex
 	containers map[string]*container
 	down       bool
+	refused    int           // calls answered while down
 	cut        chan struct{} // closed to end the current event stream
 	events     chan string
 	listed     chan struct{} // a value per container listing (a sync), if anyone waits
@@ -42,6 +44,9 @@ func newFakeEngine(t *testing.T) (*fakeEngine, string) {
 func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	down, cut := f.down, f.cut
+	if down {
+		f.refused++
+	}
 	f.mu.Unlock()
 	if down {
 		http.Error(w, "engine restarting", http.StatusServiceUnavailable)
@@ -154,9 +159,14 @@ func TestReconnect(t *testing.T) {
 	close(f.cut)
 	f.cut = make(chan struct{})
 	delete(f.containers, "c1")
+	f.refused = 0
 	f.mu.Unlock()
 	f.run("c3", "three", 30003)
-	time.Sleep(200 * time.Millisecond) // a few refused reconnects
+	eventually.True(t, 10*time.Second, "three refused reconnects", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.refused >= 3
+	})
 	if !has("h:c1:80")(reg.Snapshot()) {
 		t.Fatal("deregistered while the engine was down")
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // A register per key, checked by porcupine. Values are unique per write,
@@ -106,7 +108,7 @@ func TestLinearizableUnderLeaderFailures(t *testing.T) {
 	for _, s := range c.servers {
 		s.n.Bootstrap(members)
 	}
-	eventually(t, 10*time.Second, "a leader", func() bool { return c.leader() != nil })
+	eventually.True(t, 10*time.Second, "a leader", func() bool { return c.leader() != nil })
 
 	start := time.Now()
 	now := func() int64 { return int64(time.Since(start)) }

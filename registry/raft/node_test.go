@@ -9,6 +9,8 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 func fast(c *hraft.Config) {
@@ -48,18 +50,6 @@ func (s *testServer) stop() {
 	}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func leaderOf(servers []*testServer) *testServer {
 	for _, s := range servers {
 		if !s.stopped.Load() && s.n.IsLeader() {
@@ -87,7 +77,7 @@ func TestGroupOfThree(t *testing.T) {
 		}
 	}
 	var lead *testServer
-	eventually(t, 10*time.Second, "a leader", func() bool { lead = leaderOf(servers); return lead != nil })
+	eventually.True(t, 10*time.Second, "a leader", func() bool { lead = leaderOf(servers); return lead != nil })
 
 	// A follower refuses writes and names why.
 	for _, s := range servers {
@@ -104,7 +94,7 @@ func TestGroupOfThree(t *testing.T) {
 	}
 	want := lead.n.State().Index()
 	for _, s := range servers {
-		eventually(t, 5*time.Second, s.n.ID()+" catches up", func() bool { return s.n.State().Index() >= want })
+		eventually.True(t, 5*time.Second, s.n.ID()+" catches up", func() bool { return s.n.State().Index() >= want })
 		if got := len(s.n.State().KVList("k")); got != 20 {
 			t.Errorf("%s holds %d keys", s.n.ID(), got)
 		}
@@ -119,7 +109,7 @@ func TestGroupOfThree(t *testing.T) {
 	// The leader goes; the other two elect one and go on.
 	old := lead
 	old.stop()
-	eventually(t, 10*time.Second, "a new leader", func() bool { lead = leaderOf(servers); return lead != nil && lead != old })
+	eventually.True(t, 10*time.Second, "a new leader", func() bool { lead = leaderOf(servers); return lead != nil && lead != old })
 	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after", Value: []byte("1")}); err != nil || !r.OK {
 		t.Fatalf("write after failover: %+v %v", r, err)
 	}
@@ -130,7 +120,7 @@ func TestGroupOfThree(t *testing.T) {
 			servers[i] = back
 		}
 	}
-	eventually(t, 10*time.Second, "the restarted server catches up", func() bool {
+	eventually.True(t, 10*time.Second, "the restarted server catches up", func() bool {
 		_, ok := back.n.State().KV("after")
 		return ok && len(back.n.State().KVList("k")) == 20
 	})
@@ -149,7 +139,7 @@ func TestNoQuorum(t *testing.T) {
 		s.n.Bootstrap(members)
 	}
 	var lead *testServer
-	eventually(t, 10*time.Second, "a leader", func() bool { lead = leaderOf(servers); return lead != nil })
+	eventually.True(t, 10*time.Second, "a leader", func() bool { lead = leaderOf(servers); return lead != nil })
 	for _, s := range servers {
 		if s != lead {
 			s.stop()
@@ -160,7 +150,7 @@ func TestNoQuorum(t *testing.T) {
 	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "lost"}); err == nil {
 		t.Fatalf("a write without a quorum answered %+v", r)
 	}
-	eventually(t, 5*time.Second, "the leader steps down", func() bool { return !lead.n.IsLeader() })
+	eventually.True(t, 5*time.Second, "the leader steps down", func() bool { return !lead.n.IsLeader() })
 	if _, err := lead.n.ConsistentState(); err == nil {
 		t.Error("a consistent read without a quorum was answered")
 	}

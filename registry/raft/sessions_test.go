@@ -3,6 +3,8 @@ package raft
 import (
 	"testing"
 	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 func TestParseTTL(t *testing.T) {
@@ -27,7 +29,7 @@ func singleServer(t *testing.T) *testServer {
 	if err := s.n.Bootstrap([]Server{{ID: "solo", Address: s.n.Addr(), Voter: true}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "leading", s.n.IsLeader)
+	eventually.True(t, 10*time.Second, "leading", s.n.IsLeader)
 	return s
 }
 
@@ -59,7 +61,7 @@ func TestSessionTTL(t *testing.T) {
 		t.Fatal("a renewed session expired")
 	}
 	renewed := time.Now()
-	eventually(t, 10*time.Second, "the session expires", func() bool { _, ok := n.State().Session("s1"); return !ok })
+	eventually.True(t, 10*time.Second, "the session expires", func() bool { _, ok := n.State().Session("s1"); return !ok })
 	if el := time.Since(renewed); el < ttlMultiplier*ttl {
 		t.Errorf("expired %v after the last renewal, before twice the TTL", el)
 	}

@@ -1,0 +1,209 @@
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The merge rules of replica.go make gossip order-free: each (node, kind,
+// key) keeps the entry with the highest version, a tombstone is an entry
+// like any other, and a node's whole state (push/pull) removes what the
+// node no longer has up to its Complete version. FuzzMergeOrder checks that
+// directly: whatever order and however often the same updates arrive, as
+// single entries or inside whole node states, every registry ends with the
+// same catalog, and it is the catalog of the newest entry of each key.
+
+// mergeOp is one update that the cluster delivers: one entry, or the whole
+// state of a node as it was after some of its changes.
+type mergeOp struct {
+	entry *Entry
+	state *NodeState
+}
+
+var mergeNodes = []string{"n1", "n2", "n3"}
+
+// genMerge turns fuzz bytes into the changes of three nodes, each stamped by
+// the node's own clock (versions only grow per node, as the hybrid logical
+// clock guarantees), and every whole state a node could send on the way.
+// Every 3 bytes are one change: which node, what (node record, service or
+// check, or a deletion of one) and which key.
+func genMerge(data []byte) (ops []mergeOp, newest map[string]map[entryKey]Entry) {
+	base := uint64(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()) << 16
+	version := map[string]uint64{}
+	newest = map[string]map[entryKey]Entry{}
+	for _, n := range mergeNodes {
+		newest[n] = map[entryKey]Entry{}
+	}
+	for i := 0; i+2 < len(data) && len(ops) < 200; i += 3 {
+		node := mergeNodes[int(data[i])%len(mergeNodes)]
+		what, key := data[i+1], fmt.Sprintf("k%d", data[i+2]%4)
+		// A jump of the wall clock or a burst within one millisecond:
+		// either way the version grows.
+		version[node] += 1 + uint64(data[i+2]>>2)<<16
+		v := base + version[node]
+		e := Entry{Node: node, Version: v}
+		switch what % 6 {
+		case 0: // the node's own record; nodes never delete it
+			e.Kind = KindNode
+			e.NodeInfo = &Node{Name: node, Address: fmt.Sprintf("10.0.%d.%d", what, data[i+2]), Meta: map[string]string{"v": fmt.Sprint(v)}}
+		case 1, 2:
+			e.Kind, e.Key = KindService, key
+			e.Service = &Service{ID: key, Name: "svc-" + key[1:], Port: int(v % 65536), Tags: []string{fmt.Sprint(what)}}
+		case 3:
+			e.Kind, e.Key = KindCheck, key
+			sid := ""
+			if what&8 != 0 {
+				sid = key // the service of the same key, whether it exists or not
+			}
+			e.Check = &Check{CheckID: key, Name: "check", ServiceID: sid, Status: []Status{StatusPassing, StatusWarning, StatusCritical}[int(what/8)%3], Output: fmt.Sprint(v)}
+		case 4:
+			e.Kind, e.Key, e.Deleted = KindService, key, true
+		case 5:
+			e.Kind, e.Key, e.Deleted = KindCheck, key, true
+		}
+		newest[node][e.key()] = e
+		ops = append(ops, mergeOp{entry: &e})
+		if what&0x40 != 0 {
+			// The node's state as a push/pull would send it now.
+			st := NodeState{Node: node, Complete: v}
+			for _, cur := range newest[node] {
+				st.Entries = append(st.Entries, cur)
+			}
+			ops = append(ops, mergeOp{state: &st})
+		}
+	}
+	return ops, newest
+}
+
+// mergeRegistry is a registry of a fourth node to which the three are
+// members, as gossip reports them before any of their entries arrive.
+func mergeRegistry(t *testing.T) *Registry {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.NodeName, cfg.Address = "self", "127.0.0.1"
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range mergeNodes {
+		r.SetMemberStatus(n, fmt.Sprintf("10.1.0.%d", i+1), MemberAlive)
+	}
+	return r
+}
+
+func mergeAll(r *Registry, ops []mergeOp) {
+	for _, op := range ops {
+		if op.entry != nil {
+			r.Merge([]Entry{*op.entry})
+		} else {
+			r.MergeStates([]NodeState{*op.state})
+		}
+	}
+}
+
+// catalogOf is what the registry's catalog holds of the three nodes, without
+// the Raft-style indexes (they count changes, which depend on the order).
+func catalogOf(t *testing.T, r *Registry) string {
+	t.Helper()
+	snap := r.Snapshot()
+	var b strings.Builder
+	for _, n := range mergeNodes {
+		js := func(v any) string {
+			out, err := json.Marshal(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(out)
+		}
+		if ne, ok := snap.Node(n); ok {
+			fmt.Fprintf(&b, "node %s\n", js(ne.Node))
+		}
+		for _, s := range snap.NodeServices(n) {
+			fmt.Fprintf(&b, "  service %s\n", js(s.Service))
+		}
+		for _, c := range snap.AllNodeChecks(n) {
+			fmt.Fprintf(&b, "  check %s\n", js(c.Check))
+		}
+	}
+	return b.String()
+}
+
+func FuzzMergeOrder(f *testing.F) {
+	f.Add([]byte("\x00\x00\x01\x01\x01\x01\x01\x03\x01\x01\x04\x01\x01\x05\x01"), uint64(1))
+	f.Add([]byte("\x00\x01\x00\x00\x43\x00\x00\x04\x00\x00\x0b\x00\x00\x45\x00\x00\x01\x00"), uint64(7))
+	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
+		ops, newest := genMerge(data)
+		if len(ops) == 0 {
+			return
+		}
+		inOrder := mergeRegistry(t)
+		mergeAll(inOrder, ops)
+		want := catalogOf(t, inOrder)
+
+		// Only the newest entry of each key, once: the catalog the rules
+		// promise, whatever came before.
+		model := mergeRegistry(t)
+		for _, n := range mergeNodes {
+			var es []Entry
+			for _, e := range newest[n] {
+				es = append(es, e)
+			}
+			slices.SortFunc(es, func(a, b Entry) int { return int(a.Kind) - int(b.Kind) })
+			model.Merge(es)
+		}
+		if got := catalogOf(t, model); got != want {
+			t.Fatalf("in order:\n%s\nonly the newest of each key:\n%s", want, got)
+		}
+
+		// Shuffled, with some updates delivered twice and late.
+		rng := rand.New(rand.NewPCG(seed, uint64(len(data))))
+		shuffled := slices.Clone(ops)
+		for _, i := range rng.Perm(len(ops))[:len(ops)/3] {
+			shuffled = append(shuffled, ops[i])
+		}
+		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		other := mergeRegistry(t)
+		mergeAll(other, shuffled)
+		if got := catalogOf(t, other); got != want {
+			t.Fatalf("in order:\n%s\nshuffled (seed %d):\n%s", want, seed, got)
+		}
+		// Everything once more changes nothing: merging is idempotent.
+		mergeAll(other, ops)
+		if got := catalogOf(t, other); got != want {
+			t.Fatalf("in order:\n%s\nshuffled, then everything again:\n%s", want, got)
+		}
+	})
+}
+
+// The hybrid logical clock behind every version: versions only grow, when
+// the wall clock steps back, within one millisecond, and past any version
+// seen from the cluster; a restarted node (a new clock) issues versions
+// above its old ones as soon as its wall clock has moved on.
+func TestClockVersionsOnlyGrow(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	c := &clock{now: func() time.Time { return now }}
+	last := c.next()
+	step := func(what string, v uint64) {
+		t.Helper()
+		if v <= last {
+			t.Fatalf("%s: version %#x not above %#x", what, v, last)
+		}
+		last = v
+	}
+	step("same millisecond", c.next())
+	now = now.Add(-time.Hour)
+	step("wall clock an hour back", c.next())
+	c.observe(last + 1000)
+	step("after a version seen from another node", c.next())
+	if c.current() != last {
+		t.Fatalf("current %#x, last issued %#x", c.current(), last)
+	}
+	now = now.Add(2 * time.Hour)
+	restarted := &clock{now: func() time.Time { return now }}
+	step("restarted later", restarted.next())
+}

@@ -188,9 +188,11 @@ func waitStopped(t *testing.T, pid int) {
 func TestForgedPushPull(t *testing.T) {
 	a := startAgent(t, "-node", "pa", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")
 	heap := func() float64 {
-		if _, err := http.Get("http://" + a.addr + "/v1/agent/self"); err != nil {
+		resp, err := http.Get("http://" + a.addr + "/v1/agent/self")
+		if err != nil {
 			t.Fatalf("the agent is gone: %v\n%s", err, a.logs()[max(0, len(a.logs())-2000):])
 		}
+		resp.Body.Close()
 		return metric(t, a, "go_memstats_heap_alloc_bytes")
 	}
 	before := heap()

@@ -80,6 +80,13 @@ type Gossip struct {
 	kr           keyringState
 	reconnecting bool
 	repairQ      chan func() // TCP sends of the repair exchange, run by one worker
+	// sends tracks sendReliable's goroutines; sendSlots bounds how many
+	// send at once; stopping (closed by Run's end) lets queued ones give up.
+	sends       sync.WaitGroup
+	sendSlots   chan struct{}
+	stopping    chan struct{}
+	sendMu      sync.Mutex // orders sends.Add before Run's sends.Wait
+	sendsClosed bool
 }
 
 type memberState struct {
@@ -126,7 +133,8 @@ func New(cfg Config) (*Gossip, error) {
 	default:
 		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
 	}
-	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ)}
+	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ),
+		sendSlots: make(chan struct{}, maxReliableSends), stopping: make(chan struct{})}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -301,6 +309,11 @@ func (g *Gossip) Run(ctx context.Context) error {
 			g.reconnect(ctx, &wg)
 		case <-ctx.Done():
 			wg.Wait()
+			g.sendMu.Lock()
+			g.sendsClosed = true
+			g.sendMu.Unlock()
+			close(g.stopping)
+			g.sends.Wait()
 			return g.shutdown()
 		}
 	}

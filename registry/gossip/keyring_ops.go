@@ -140,10 +140,13 @@ func (g *Gossip) Keyring(op, key string) ([]KeyringResponse, error) {
 		}
 	}
 	out := []KeyringResponse{g.applyKeyring(op, key)}
+	peers := g.alivePeers()
 	g.kr.mu.Lock()
 	g.kr.next++
 	id := g.kr.next
-	ch := make(chan KeyringResponse, 64)
+	// Room for an answer and a send error from every peer: nothing that
+	// writes here ever blocks, also after this call has returned.
+	ch := make(chan KeyringResponse, 2*len(peers)+1)
 	g.kr.waiting[id] = ch
 	g.kr.mu.Unlock()
 	defer func() {
@@ -153,13 +156,15 @@ func (g *Gossip) Keyring(op, key string) ([]KeyringResponse, error) {
 	}()
 	msg, _ := json.Marshal(keyringMsg{ID: id, Op: op, Key: key, From: g.reg.NodeName()})
 	msg = append([]byte{msgKeyring}, msg...)
-	peers := g.alivePeers()
 	for _, n := range peers {
-		go func() {
-			if err := g.ml.SendReliable(n, msg); err != nil {
-				ch <- KeyringResponse{Node: n.Name, Error: err.Error()}
+		g.sendReliable(n, msg, func(err error) {
+			if err != nil {
+				select {
+				case ch <- KeyringResponse{Node: n.Name, Error: err.Error()}:
+				default:
+				}
 			}
-		}()
+		})
 	}
 	answered := map[string]bool{}
 	timeout := time.After(g.cfg.LeaveTimeout)
@@ -212,7 +217,43 @@ func (g *Gossip) onKeyringMsg(b []byte) {
 	}
 	to := &memberlist.Node{Name: m.From, Addr: net.ParseIP(from.Addr), Port: uint16(from.Port)}
 	b, _ = json.Marshal(reply)
-	go g.ml.SendReliable(to, append([]byte{msgKeyringReply}, b...))
+	g.sendReliable(to, append([]byte{msgKeyringReply}, b...), nil)
+}
+
+// maxReliableSends bounds the TCP sends that keyring operations make at
+// once: one per peer, so a cluster of thousands does not open thousands of
+// connections (and goroutines) at the same moment.
+const maxReliableSends = 16
+
+// sendReliable sends msg to n over TCP in the background, tracked so that
+// Run waits for it; done, if not nil, gets the outcome. Sends still
+// waiting for a slot when Run ends give up at once; those under way end
+// within memberlist's TCP timeout.
+func (g *Gossip) sendReliable(n *memberlist.Node, msg []byte, done func(error)) {
+	g.sendMu.Lock()
+	if g.sendsClosed {
+		g.sendMu.Unlock()
+		if done != nil {
+			done(errors.New("gossip: shutting down"))
+		}
+		return
+	}
+	g.sends.Add(1)
+	g.sendMu.Unlock()
+	go func() {
+		defer g.sends.Done()
+		var err error
+		select {
+		case g.sendSlots <- struct{}{}:
+			err = g.ml.SendReliable(n, msg)
+			<-g.sendSlots
+		case <-g.stopping:
+			err = errors.New("gossip: shutting down")
+		}
+		if done != nil {
+			done(err)
+		}
+	}()
 }
 
 func (g *Gossip) onKeyringReply(b []byte) {

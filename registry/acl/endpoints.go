@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 
-	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/api/answer"
 )
 
 // Endpoints serves /v1/acl/* and /v1/agent/token/*: the objects of the
@@ -131,38 +130,12 @@ func (s *Endpoints) decodeJSONBody(w http.ResponseWriter, r *http.Request, v any
 	return true
 }
 
-// writeJSON answers 200 with v, indented when the client asked for ?pretty
-// (as registry/api's answers).
-func writeJSON(w http.ResponseWriter, r *http.Request, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	if _, ok := r.URL.Query()["pretty"]; ok {
-		enc.SetIndent("", "    ")
-	}
-	enc.Encode(v)
-}
+// writeJSON, httpError and writeError are this package's short names for
+// registry/api/answer's, which the API and the ACL endpoints share.
+func writeJSON(w http.ResponseWriter, r *http.Request, v any) { answer.JSON(w, r, v) }
 
-// httpError answers with a plain one-line message, as Consul does.
 func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(code)
-	fmt.Fprintf(w, format+"\n", args...)
+	answer.Error(w, code, format, args...)
 }
 
-// writeError maps the KV store's errors onto status codes, as registry/api
-// does for its own writes.
-func writeError(w http.ResponseWriter, prefix string, err error) {
-	var fe *registry.FieldError
-	switch {
-	case errors.As(err, &fe):
-		httpError(w, http.StatusBadRequest, "%s: %v", prefix, fe)
-	case errors.Is(err, registry.ErrNotFound):
-		httpError(w, http.StatusNotFound, "%v", err)
-	case errors.Is(err, registry.ErrKVFull):
-		httpError(w, http.StatusRequestEntityTooLarge, "%v", err)
-	case errors.Is(err, registry.ErrProtected):
-		httpError(w, http.StatusBadRequest, "%v", err)
-	default:
-		httpError(w, http.StatusInternalServerError, "%v", err)
-	}
-}
+func writeError(w http.ResponseWriter, prefix string, err error) { answer.StoreError(w, prefix, err) }

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/acl"
+	"github.com/pier-dev/pier/registry/api/answer"
 )
 
 // Cluster is what the API needs from the gossip layer. Without one, the agent
@@ -249,21 +249,12 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
-// writeJSON answers 200 with v, indented when the client asked for ?pretty.
-func writeJSON(w http.ResponseWriter, r *http.Request, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	if _, ok := r.URL.Query()["pretty"]; ok {
-		enc.SetIndent("", "    ")
-	}
-	enc.Encode(v)
-}
+// writeJSON, httpError and writeError are this package's short names for
+// registry/api/answer's, which the API and the ACL endpoints share.
+func writeJSON(w http.ResponseWriter, r *http.Request, v any) { answer.JSON(w, r, v) }
 
-// httpError answers with a plain one-line message, as Consul does.
 func httpError(w http.ResponseWriter, code int, format string, args ...any) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(code)
-	fmt.Fprintf(w, format+"\n", args...)
+	answer.Error(w, code, format, args...)
 }
 
 // readBody reads a request body up to the configured limit; false means an
@@ -282,19 +273,4 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 	return b, true
 }
 
-// writeError maps registry errors onto status codes.
-func writeError(w http.ResponseWriter, prefix string, err error) {
-	var fe *registry.FieldError
-	switch {
-	case errors.As(err, &fe):
-		httpError(w, http.StatusBadRequest, "%s: %v", prefix, fe)
-	case errors.Is(err, registry.ErrNotFound):
-		httpError(w, http.StatusNotFound, "%v", err)
-	case errors.Is(err, registry.ErrKVFull):
-		httpError(w, http.StatusRequestEntityTooLarge, "%v", err)
-	case errors.Is(err, registry.ErrProtected):
-		httpError(w, http.StatusBadRequest, "%v", err)
-	default:
-		httpError(w, http.StatusInternalServerError, "%v", err)
-	}
-}
+func writeError(w http.ResponseWriter, prefix string, err error) { answer.StoreError(w, prefix, err) }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,7 +21,10 @@ import (
 	"github.com/pier-dev/pier/registry/acl"
 	"github.com/pier-dev/pier/registry/api"
 	"github.com/pier-dev/pier/registry/api/ui"
+	"github.com/pier-dev/pier/registry/dns"
+	"github.com/pier-dev/pier/registry/docker"
 	"github.com/pier-dev/pier/registry/gossip"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func runAgent(args []string, stdout, stderr io.Writer) error {
@@ -48,42 +49,129 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 //
 // resolve, if not nil, reads the configuration again for a reload (SIGHUP,
 // PUT /v1/agent/reload, pier reload); without it a reload is refused.
+//
+// It builds every part first, then opens every socket, and starts nothing
+// until both succeeded: a bad setting or a port in use ends the agent before
+// it joins the cluster.
 func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- []string, resolve func() (agentConfig, error)) error {
-	log, level, logs := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
-	agentLog := log.With("component", "agent")
-	for _, w := range cfg.Warnings {
-		agentLog.Warn(w)
-	}
-	met, err := newAgentMetrics(cfg.Metrics, log.With("component", "metrics"))
-	if err != nil {
-		return err
-	}
-	if met.ln != nil {
-		defer met.ln.Close()
-	}
-	prom := met.Registerer() // nil when telemetry.disable turns metrics off
-	addr, err := cfg.advertiseAddr()
-	if err != nil {
-		return err
-	}
-	if cfg.Dev && cfg.Advertise == "" {
-		addr = "127.0.0.1"
-	}
 	// /v1/agent/leave ends the agent after it has left the cluster.
 	ctx, leave := context.WithCancel(ctx)
 	defer leave()
-	if cfg.SerfLANPort == 0 {
-		// The agent's own catalog entry names the gossip port, so pick it now.
-		if cfg.SerfLANPort, err = gossip.FreePort(cfg.Bind); err != nil {
-			return fmt.Errorf("gossip: %w", err)
+	a, err := build(cfg, logOut, resolve, leave)
+	defer a.close()
+	if err != nil {
+		return err
+	}
+	if err := a.listen(); err != nil {
+		return err
+	}
+	return a.run(ctx, ready)
+}
+
+// parts are an agent's components, built by build, given their sockets by
+// listen and run by run.
+type parts struct {
+	cfg        agentConfig
+	log        *slog.Logger // the agent's own lines
+	addr       string       // advertised to other nodes
+	met        *agentMetrics
+	reg        *registry.Registry
+	members    *gossip.Gossip
+	checks     *health.Runner
+	srv        *api.Server
+	rl         *reloader
+	names      *dns.Server
+	containers *docker.Watcher // nil without -docker
+	door       *frontDoor      // nil unless this agent is a front door
+	lns        *api.Listeners
+}
+
+// close releases what build and listen took that run has not.
+func (a *parts) close() {
+	if a.rl != nil {
+		a.rl.stop()
+	}
+	if a.met != nil && a.met.ln != nil {
+		a.met.ln.Close()
+	}
+	if a.door != nil {
+		a.door.ln.Close()
+		if a.door.tlsLn != nil {
+			a.door.tlsLn.Close()
 		}
 	}
+	if a.lns != nil {
+		a.lns.Close()
+	}
+}
 
+func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error), leave context.CancelFunc) (*parts, error) {
+	log, level, logs := newLogger(logOut, cfg.LogLevel, cfg.LogJSON)
+	a := &parts{cfg: cfg, log: log.With("component", "agent")}
+	for _, w := range cfg.Warnings {
+		a.log.Warn(w)
+	}
+	var err error
+	if a.met, err = newAgentMetrics(cfg.Metrics, log.With("component", "metrics")); err != nil {
+		return a, err
+	}
+	prom := a.met.Registerer() // nil when telemetry.disable turns metrics off
+	if a.addr, err = gossip.AdvertiseAddr(cfg.Bind, cfg.Advertise); err != nil {
+		return a, err
+	}
+	if cfg.Dev && cfg.Advertise == "" {
+		a.addr = "127.0.0.1"
+	}
+	if cfg.SerfLANPort == 0 {
+		// The agent's own catalog entry names the gossip port, so pick it now.
+		if a.cfg.SerfLANPort, err = gossip.FreePort(cfg.Bind); err != nil {
+			return a, fmt.Errorf("gossip: %w", err)
+		}
+	}
+	if a.reg, err = a.buildRegistry(log, prom); err != nil {
+		return a, err
+	}
+	if a.members, err = a.buildGossip(log, prom); err != nil {
+		return a, err
+	}
+	if a.checks, err = a.buildHealth(log, prom); err != nil {
+		return a, err
+	}
+	if a.srv, err = a.buildAPI(log, logs, prom, leave); err != nil {
+		return a, err
+	}
+	if a.rl, err = newReloader(resolve, a.reg, level, a.log); err != nil {
+		return a, err
+	}
+	node := a.reg.Config().NodeName
+	a.srv.HandlePerm("PUT /v1/agent/reload", a.rl, acl.AgentWrite(node))
+	a.srv.HandlePerm("POST /v1/agent/reload", a.rl, acl.AgentWrite(node))
+	if a.names, err = newDNS(a.cfg, a.reg, log, prom); err != nil {
+		return a, err
+	}
+	if a.containers, err = newDockerWatcher(cfg.Docker, a.reg, a.addr, log); err != nil {
+		return a, err
+	}
+	if p := cfg.Proxy; p != nil {
+		p.lb.Registerer, p.proxy.Registerer = prom, prom
+		if p.proxy.AccessLogTo == nil {
+			p.proxy.AccessLogTo = logOut
+		}
+		if a.door, err = newFrontDoor(p, a.reg, log); err != nil {
+			return a, err
+		}
+		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
+	}
+	return a, nil
+}
+
+func (a *parts) buildRegistry(log *slog.Logger, prom prometheus.Registerer) (*registry.Registry, error) {
+	cfg := a.cfg
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = cfg.Node
 	rcfg.NodeID = cfg.NodeID
 	rcfg.Version = version
-	rcfg.Address = addr
+	rcfg.Address = a.addr
 	rcfg.Datacenter = cfg.Datacenter
 	rcfg.NodeMeta = cfg.NodeMeta
 	rcfg.Locality = cfg.Locality
@@ -94,60 +182,63 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	rcfg.KVMaxBytes = cfg.KVMaxBytes
 	reg, err := registry.New(rcfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, ss := range cfg.Services {
-		if err := reg.RegisterService(ss.Service, ss.Checks, registry.SourceConfig); err != nil {
-			return fmt.Errorf("config file %s: service %q: %w", ss.File, ss.Service.ID, err)
-		}
+	if _, err := reg.SyncConfigServices(cfg.Services); err != nil {
+		return nil, err
 	}
 	// Checks saved on config services (maintenance) need those services.
 	reg.RestorePersistedChecks()
+	return reg, nil
+}
 
+func (a *parts) buildGossip(log *slog.Logger, prom prometheus.Registerer) (*gossip.Gossip, error) {
+	cfg := a.cfg
 	gcfg := gossip.DefaultConfig()
-	gcfg.Registry = reg
+	gcfg.Registry = a.reg
 	gcfg.BindAddr = cfg.Bind
 	gcfg.BindPort = cfg.SerfLANPort
-	gcfg.AdvertiseAddr = addr
+	gcfg.AdvertiseAddr = a.addr
 	gcfg.StartJoin = cfg.StartJoin
 	gcfg.RetryJoin = cfg.RetryJoin
 	gcfg.RetryMax = cfg.RetryMax
 	gcfg.ReconnectTimeout = cfg.Reconnect
-	gcfg.Tags = map[string]string{"dc": cfg.Datacenter, "role": "node", "build": version, "id": reg.Config().NodeID}
+	gcfg.Tags = map[string]string{"dc": cfg.Datacenter, "role": "node", "build": version, "id": a.reg.Config().NodeID}
 	gcfg.Logger = log.With("component", "gossip")
 	gcfg.Registerer = prom
 	if cfg.DataDir != "" {
 		gcfg.KeyringFile = filepath.Join(cfg.DataDir, "keyring.json")
 	}
 	if cfg.Encrypt != "" {
+		var err error
 		if gcfg.EncryptKey, err = gossip.ParseKey(cfg.Encrypt); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	members, err := gossip.New(gcfg)
-	if err != nil {
-		return err
-	}
+	return gossip.New(gcfg)
+}
 
+func (a *parts) buildHealth(log *slog.Logger, prom prometheus.Registerer) (*health.Runner, error) {
 	hcfg := health.DefaultConfig()
-	hcfg.Catalog = reg
-	hcfg.EnableScriptChecks = cfg.EnableScriptChecks
-	if cfg.EnableScriptChecks {
-		if hcfg.Docker, err = newDockerExec(cfg.Docker); err != nil {
-			return err
+	hcfg.Catalog = a.reg
+	hcfg.EnableScriptChecks = a.cfg.EnableScriptChecks
+	if a.cfg.EnableScriptChecks {
+		var err error
+		if hcfg.Docker, err = newDockerExec(a.cfg.Docker); err != nil {
+			return nil, err
 		}
 	}
 	hcfg.Logger = log.With("component", "health")
 	hcfg.Registerer = prom
-	checks, err := health.New(hcfg)
-	if err != nil {
-		return err
-	}
+	return health.New(hcfg)
+}
 
+func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.Registerer, leave context.CancelFunc) (*api.Server, error) {
+	cfg := a.cfg
 	acfg := api.DefaultConfig()
-	acfg.Registry = reg
-	acfg.Cluster = cluster{members, leave}
-	acfg.Health = checks
+	acfg.Registry = a.reg
+	acfg.Cluster = cluster{a.members, leave}
+	acfg.Health = a.checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.EnableDebug = cfg.EnableDebug
 	acfg.Logs = logs
@@ -158,7 +249,7 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	acfg.Settings = debugSettings(cfg)
 	if cfg.ACLTokenPersistence {
 		if cfg.DataDir == "" {
-			agentLog.Warn("acl.enable_token_persistence is set but there is no data dir (-dev): tokens set through the API last until the agent stops")
+			a.log.Warn("acl.enable_token_persistence is set but there is no data dir (-dev): tokens set through the API last until the agent stops")
 		} else {
 			acfg.ACL.TokenFile = filepath.Join(cfg.DataDir, "acl-tokens.json")
 		}
@@ -169,134 +260,84 @@ func agent(ctx context.Context, cfg agentConfig, logOut io.Writer, ready chan<- 
 	}
 	srv, err := api.New(acfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if met.handler != nil {
-		srv.Handle("GET /metrics", met.handler)
-		consulJSON := metrics.ConsulHandler(met.reg, log)
-		srv.HandlePerm("GET /v1/agent/metrics", consulJSON, acl.AgentRead(reg.Config().NodeName))
-		srv.HandlePerm("GET /v1/agent/metrics/stream", metrics.ConsulStreamHandler(consulJSON, 10*time.Second, log), acl.AgentRead(reg.Config().NodeName))
+	node := a.reg.Config().NodeName
+	if a.met.handler != nil {
+		srv.Handle("GET /metrics", a.met.handler)
+		consulJSON := metrics.ConsulHandler(a.met.reg, log)
+		srv.HandlePerm("GET /v1/agent/metrics", consulJSON, acl.AgentRead(node))
+		srv.HandlePerm("GET /v1/agent/metrics/stream", metrics.ConsulStreamHandler(consulJSON, 10*time.Second, log), acl.AgentRead(node))
 	}
-	rl, err := newReloader(resolve, reg, level, agentLog)
-	if err != nil {
-		return err
-	}
-	defer rl.stop()
-	srv.HandlePerm("PUT /v1/agent/reload", rl, acl.AgentWrite(reg.Config().NodeName))
-	srv.HandlePerm("POST /v1/agent/reload", rl, acl.AgentWrite(reg.Config().NodeName))
 	srv.Handle("GET /ui/", ui.Handler("/ui/"))
 	srv.Handle("GET /ui", ui.Redirect())
-	names, err := newDNS(cfg, reg, log, prom)
-	if err != nil {
-		return err
-	}
-	containers, err := newDockerWatcher(cfg.Docker, reg, addr, log) // nil without -docker
-	if err != nil {
-		return err
-	}
-	var door *frontDoor // the proxy, if this agent is a front door
-	if cfg.Proxy != nil {
-		cfg.Proxy.lb.Registerer, cfg.Proxy.proxy.Registerer = prom, prom
-		if cfg.Proxy.proxy.AccessLogTo == nil {
-			cfg.Proxy.proxy.AccessLogTo = logOut
-		}
-		if door, err = newFrontDoor(cfg.Proxy, reg, log); err != nil {
-			return err
-		}
-		defer door.ln.Close()
-		if door.tlsLn != nil {
-			defer door.tlsLn.Close()
-		}
-		srv.Handle("GET /v1/pier/routes", door.proxy.RoutesHandler())
-	}
+	return srv, nil
+}
 
-	var lns []net.Listener
-	for _, host := range cfg.Client {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(cfg.HTTPPort)))
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			return fmt.Errorf("HTTP API: %w", err)
-		}
-		lns = append(lns, ln)
-	}
-	var tlsLns []net.Listener // the API over HTTPS, if -https-port is set
-	if cfg.TLS.HTTPSPort >= 0 {
-		tc, err := cfg.TLS.config()
-		for _, host := range cfg.Client {
-			if err != nil {
-				break
-			}
-			var ln net.Listener
-			if ln, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(cfg.TLS.HTTPSPort))); err != nil {
-				err = fmt.Errorf("HTTPS API: %w", err)
-				break
-			}
-			tlsLns = append(tlsLns, tls.NewListener(ln, tc))
-		}
-		if err != nil {
-			for _, l := range append(lns, tlsLns...) {
-				l.Close()
-			}
-			return err
-		}
-	}
-	lns = append(lns, tlsLns...)
-	if err := names.Listen(); err != nil {
-		for _, l := range lns {
-			l.Close()
-		}
+// listen opens the API's and DNS's sockets (the proxy's and the metrics'
+// were opened by build).
+func (a *parts) listen() error {
+	var err error
+	if a.lns, err = api.Listen(a.cfg.Client, a.cfg.HTTPPort, a.cfg.TLS); err != nil {
 		return err
 	}
+	return a.names.Listen()
+}
+
+// run runs every part under one errgroup until ctx ends or one fails.
+func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { rl.onSIGHUP(gctx); return nil })
-	g.Go(func() error { return members.Run(gctx) })
-	g.Go(func() error { return checks.Run(gctx) })
-	g.Go(func() error { return names.Run(gctx) })
-	if containers != nil {
-		g.Go(func() error { return containers.Run(gctx) })
+	g.Go(func() error { a.rl.onSIGHUP(gctx); return nil })
+	g.Go(func() error { return a.members.Run(gctx) })
+	g.Go(func() error { return a.checks.Run(gctx) })
+	g.Go(func() error { return a.names.Run(gctx) })
+	if a.containers != nil {
+		g.Go(func() error { return a.containers.Run(gctx) })
 	}
-	if met.ln != nil {
-		g.Go(func() error { return met.run(gctx) })
+	if a.met.ln != nil {
+		g.Go(func() error { return a.met.run(gctx) })
 	}
 	proxyAddr, proxyTLSAddr := "", ""
-	if door != nil {
-		proxyAddr = door.ln.Addr().String()
-		g.Go(func() error { return door.bal.Run(gctx) })
-		g.Go(func() error { return door.proxy.Run(gctx, door.ln) })
-		if door.tlsLn != nil {
-			proxyTLSAddr = door.tlsLn.Addr().String()
-			g.Go(func() error { return door.proxy.RunTLS(gctx, door.tlsLn) })
+	if d := a.door; d != nil {
+		proxyAddr = d.ln.Addr().String()
+		g.Go(func() error { return d.bal.Run(gctx) })
+		g.Go(func() error { return d.proxy.Run(gctx, d.ln) })
+		if d.tlsLn != nil {
+			proxyTLSAddr = d.tlsLn.Addr().String()
+			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })
 		}
 	}
-	var bound, boundTLS []string
-	for i, ln := range lns {
-		if i < len(lns)-len(tlsLns) {
-			bound = append(bound, ln.Addr().String())
-		} else {
-			boundTLS = append(boundTLS, ln.Addr().String())
-		}
-		g.Go(func() error { return srv.Run(gctx, ln) })
+	for _, ln := range a.lns.All() {
+		g.Go(func() error { return a.srv.Run(gctx, ln) })
 	}
-	for _, h := range cfg.Client {
-		if ip := net.ParseIP(h); ip != nil && !ip.IsLoopback() {
-			if cfg.ACL.Enabled {
-				agentLog.Info("the HTTP API listens on a non-loopback address; ACLs are on", "addr", h)
-			} else {
-				agentLog.Warn("SECURITY: the HTTP API listens on a non-loopback address with ACLs off: anyone who reaches it can register services and route the front door's traffic; enable acl in the config", "addr", h)
-			}
-		}
-	}
-	agentLog.Info("pier agent running", "version", version, "node", cfg.Node, "address", addr,
-		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(boundTLS, ","), "dns", dnsAddrs(names), "gossip", members.Addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr, "dev", cfg.Dev, "data_dir", cfg.DataDir,
-		"metrics", met.addr())
+	a.warnExposedAPI()
+	cfg := a.cfg
+	bound := api.Addrs(a.lns.HTTP)
+	a.log.Info("pier agent running", "version", version, "node", cfg.Node, "address", a.addr,
+		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(api.Addrs(a.lns.HTTPS), ","),
+		"dns", dnsAddrs(a.names), "gossip", a.members.Addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr,
+		"dev", cfg.Dev, "data_dir", cfg.DataDir, "metrics", a.met.addr())
 	if ready != nil {
 		ready <- bound
 	}
-	err = g.Wait()
-	agentLog.Info("pier agent stopped")
+	err := g.Wait()
+	a.log.Info("pier agent stopped")
 	return err
+}
+
+// warnExposedAPI says, at start, when the API is reachable from other hosts
+// and whether ACLs guard it.
+func (a *parts) warnExposedAPI() {
+	for _, h := range a.cfg.Client {
+		ip := net.ParseIP(h)
+		switch {
+		case ip == nil || ip.IsLoopback():
+		case a.cfg.ACL.Enabled:
+			a.log.Info("the HTTP API listens on a non-loopback address; ACLs are on", "addr", h)
+		default:
+			a.log.Warn("SECURITY: the HTTP API listens on a non-loopback address with ACLs off: anyone who reaches it can register services and route the front door's traffic; enable acl in the config", "addr", h)
+		}
+	}
 }
 
 // cluster is the API's view of the gossip layer; leaving also stops the agent.

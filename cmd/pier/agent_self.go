@@ -26,8 +26,8 @@ func debugSettings(cfg agentConfig) map[string]any {
 		return s
 	}
 	httpsAddrs := []string{}
-	if cfg.TLS.HTTPSPort >= 0 {
-		httpsAddrs = addrs(cfg.TLS.HTTPSPort, "tcp")
+	if cfg.TLS.Port >= 0 {
+		httpsAddrs = addrs(cfg.TLS.Port, "tcp")
 	}
 	return map[string]any{
 		"BindAddr":             cfg.Bind,
@@ -35,7 +35,7 @@ func debugSettings(cfg agentConfig) map[string]any {
 		"ClientAddrs":          orEmpty(cfg.Client),
 		"HTTPPort":             cfg.HTTPPort,
 		"HTTPAddrs":            addrs(cfg.HTTPPort, "tcp"),
-		"HTTPSPort":            cfg.TLS.HTTPSPort,
+		"HTTPSPort":            cfg.TLS.Port,
 		"HTTPSAddrs":           httpsAddrs,
 		"DNSPort":              cfg.DNS.Port,
 		"DNSAddrs":             addrs(cfg.DNS.Port, "tcp", "udp"),

@@ -42,8 +42,8 @@ type agentConfig struct {
 	LogLevel    string
 	LogJSON     bool
 	Dev         bool
-	Services    []serviceSource
-	TLS         apiTLS          // the API over HTTPS
+	Services    []registry.ConfigService
+	TLS         api.TLS         // the API over HTTPS
 	KVMaxBytes  int64           // limits.kv_max_store_bytes: local KV writes past this are refused (0: none)
 	Proxy       *proxySettings  // the front door; nil: this agent runs none
 	Docker      *dockerSettings // registration of this host's containers; nil: off (agent_docker.go)
@@ -67,14 +67,6 @@ type agentConfig struct {
 	Warnings []string
 }
 
-// serviceSource is a validated service definition with where it was
-// written, so that an error at start can point at the file.
-type serviceSource struct {
-	File    string
-	Service registry.Service
-	Checks  []registry.Check
-}
-
 func defaultAgentConfig() agentConfig {
 	host, _ := os.Hostname()
 	return agentConfig{
@@ -83,7 +75,7 @@ func defaultAgentConfig() agentConfig {
 		Client:      []string{"127.0.0.1"}, // the API is local unless asked otherwise, as Consul
 		Bind:        "0.0.0.0",
 		HTTPPort:    8500,
-		TLS:         apiTLS{HTTPSPort: -1}, // Consul's default: no HTTPS
+		TLS:         api.TLS{Port: -1}, // Consul's default: no HTTPS
 		SerfLANPort: 8301,
 		RetryMax:    30 * time.Second, // Consul's retry_interval
 		Reconnect:   72 * time.Hour,   // Consul's reconnect_timeout
@@ -97,14 +89,11 @@ func defaultAgentConfig() agentConfig {
 // fileConfig is the config file's shape: Consul's key names, in YAML or JSON,
 // snake_case or CamelCase.
 type fileConfig struct {
-	CAFile         *string
-	CertFile       *string
-	KeyFile        *string
-	VerifyIncoming *bool
-	Limits         *struct {
-		KVMaxStoreBytes       *int64
-		HTTPMaxConnsPerClient *int
-	}
+	CAFile           *string
+	CertFile         *string
+	KeyFile          *string
+	VerifyIncoming   *bool
+	Limits           *limitsFile
 	NodeName         *string
 	NodeID           *string
 	Datacenter       *string
@@ -173,7 +162,7 @@ func newAgentFlags() *agentFlags {
 	fs.StringVar(&f.c.Bind, "bind", "", "address the cluster's gossip binds to (default 0.0.0.0)")
 	fs.StringVar(&f.c.Advertise, "advertise", "", "address advertised to other nodes and shown in the catalog")
 	fs.IntVar(&f.c.HTTPPort, "http-port", 0, "port of the HTTP API (default 8500)")
-	fs.IntVar(&f.c.TLS.HTTPSPort, "https-port", 0, "port of the HTTP API over TLS (default -1: off; needs cert_file and key_file)")
+	fs.IntVar(&f.c.TLS.Port, "https-port", 0, "port of the HTTP API over TLS (default -1: off; needs cert_file and key_file)")
 	fs.IntVar(&f.c.SerfLANPort, "serf-lan-port", 0, "port of the cluster's gossip (default 8301)")
 	fs.Var(&f.join, "join", "address of an agent to join at start; the agent stops if none answers (repeatable)")
 	fs.Var(&f.retryJoin, "retry-join", "address of an agent to join, retried with backoff until it answers (repeatable)")
@@ -208,82 +197,18 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 		c.Dev = true
 		c.Bind = "127.0.0.1"
 	}
-	files := append([]string(nil), f.configFiles...)
-	for _, dir := range f.configDirs {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return c, fmt.Errorf("config dir: %w", err)
-		}
-		var names []string
-		for _, e := range ents {
-			ext := strings.ToLower(filepath.Ext(e.Name()))
-			if !e.IsDir() && (ext == ".json" || ext == ".yaml" || ext == ".yml") {
-				names = append(names, filepath.Join(dir, e.Name()))
-			}
-		}
-		sort.Strings(names)
-		files = append(files, names...)
+	files, err := f.files()
+	if err != nil {
+		return c, err
 	}
 	for _, file := range files {
 		if err := c.loadFile(file); err != nil {
 			return c, err
 		}
 	}
-	if set["node"] {
-		c.Node = f.c.Node
-	}
-	if set["node-id"] {
-		c.NodeID = f.c.NodeID
-	}
-	if set["datacenter"] {
-		c.Datacenter = f.c.Datacenter
-	}
-	if set["data-dir"] {
-		c.DataDir = f.c.DataDir
-	}
-	if set["client"] {
-		c.Client = strings.Fields(f.client)
-	}
-	if set["bind"] {
-		c.Bind = f.c.Bind
-	}
-	if set["advertise"] {
-		c.Advertise = f.c.Advertise
-	}
-	if set["https-port"] {
-		c.TLS.HTTPSPort = f.c.TLS.HTTPSPort
-	}
-	if err := c.TLS.validate(); err != nil {
-		return c, err
-	}
-	if set["http-port"] {
-		c.HTTPPort = f.c.HTTPPort
-	}
-	if set["serf-lan-port"] {
-		c.SerfLANPort = f.c.SerfLANPort
-	}
-	c.StartJoin = append(c.StartJoin, f.join...)
-	c.RetryJoin = append(c.RetryJoin, f.retryJoin...)
-	if set["retry-interval"] {
-		c.RetryMax = f.c.RetryMax
-	}
-	if set["encrypt"] {
-		c.Encrypt = f.c.Encrypt
-	}
-	if set["reconnect-timeout"] {
-		c.Reconnect = f.c.Reconnect
-	}
-	if set["log-level"] {
-		c.LogLevel = f.c.LogLevel
-	}
-	if set["log-json"] {
-		c.LogJSON = f.c.LogJSON
-	}
-	if set["enable-script-checks"] {
-		c.EnableScriptChecks = f.c.EnableScriptChecks
-	}
-	if set["metrics-addr"] {
-		c.Metrics.Addr = f.metricsAddr
+	f.override(&c, set)
+	if err := c.TLS.Validate(); err != nil {
+		return c, usageError{"-https-port: " + err.Error()}
 	}
 	for _, kv := range f.nodeMeta {
 		k, v, ok := strings.Cut(kv, ":")
@@ -308,6 +233,65 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 		return c, err
 	}
 	return c, c.validate()
+}
+
+// files lists the config files in the order they merge: every -config-file,
+// then each -config-dir's *.json, *.yaml and *.yml in name order.
+func (f *agentFlags) files() ([]string, error) {
+	files := append([]string(nil), f.configFiles...)
+	for _, dir := range f.configDirs {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("config dir: %w", err)
+		}
+		var names []string
+		for _, e := range ents {
+			ext := strings.ToLower(filepath.Ext(e.Name()))
+			if !e.IsDir() && (ext == ".json" || ext == ".yaml" || ext == ".yml") {
+				names = append(names, filepath.Join(dir, e.Name()))
+			}
+		}
+		sort.Strings(names)
+		files = append(files, names...)
+	}
+	return files, nil
+}
+
+// override gives the flags the user set precedence over the config files.
+func (f *agentFlags) override(c *agentConfig, set map[string]bool) {
+	flagWins(set, "node", &c.Node, f.c.Node)
+	flagWins(set, "node-id", &c.NodeID, f.c.NodeID)
+	flagWins(set, "datacenter", &c.Datacenter, f.c.Datacenter)
+	flagWins(set, "data-dir", &c.DataDir, f.c.DataDir)
+	flagWins(set, "client", &c.Client, strings.Fields(f.client))
+	flagWins(set, "bind", &c.Bind, f.c.Bind)
+	flagWins(set, "advertise", &c.Advertise, f.c.Advertise)
+	flagWins(set, "https-port", &c.TLS.Port, f.c.TLS.Port)
+	flagWins(set, "http-port", &c.HTTPPort, f.c.HTTPPort)
+	flagWins(set, "serf-lan-port", &c.SerfLANPort, f.c.SerfLANPort)
+	flagWins(set, "retry-interval", &c.RetryMax, f.c.RetryMax)
+	flagWins(set, "encrypt", &c.Encrypt, f.c.Encrypt)
+	flagWins(set, "reconnect-timeout", &c.Reconnect, f.c.Reconnect)
+	flagWins(set, "log-level", &c.LogLevel, f.c.LogLevel)
+	flagWins(set, "log-json", &c.LogJSON, f.c.LogJSON)
+	flagWins(set, "enable-script-checks", &c.EnableScriptChecks, f.c.EnableScriptChecks)
+	flagWins(set, "metrics-addr", &c.Metrics.Addr, f.metricsAddr)
+	c.StartJoin = append(c.StartJoin, f.join...)
+	c.RetryJoin = append(c.RetryJoin, f.retryJoin...)
+}
+
+// flagWins sets *dst to v when the user gave the flag called name.
+func flagWins[T any](set map[string]bool, name string, dst *T, v T) {
+	if set[name] {
+		*dst = v
+	}
+}
+
+// fileSets sets *dst to *v when the config file has the key (v not nil).
+func fileSets[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
 }
 
 func (c *agentConfig) validate() error {
@@ -371,33 +355,22 @@ func (c *agentConfig) loadFile(path string) error {
 	if err := decodeConfig(b, &fc); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
-	setStr := func(dst *string, src *string) {
-		if src != nil {
-			*dst = *src
-		}
-	}
-	setStr(&c.Node, fc.NodeName)
-	setStr(&c.NodeID, fc.NodeID)
-	setStr(&c.Datacenter, fc.Datacenter)
-	setStr(&c.DataDir, fc.DataDir)
-	setStr(&c.Bind, fc.BindAddr)
-	setStr(&c.Advertise, fc.AdvertiseAddr)
-	setStr(&c.LogLevel, fc.LogLevel)
-	if fc.LogJSON != nil {
-		c.LogJSON = *fc.LogJSON
-	}
-	if fc.EnableScriptChecks != nil {
-		c.EnableScriptChecks = *fc.EnableScriptChecks
-	}
-	if fc.EnableDebug != nil {
-		c.EnableDebug = *fc.EnableDebug
-	}
+	fileSets(&c.Node, fc.NodeName)
+	fileSets(&c.NodeID, fc.NodeID)
+	fileSets(&c.Datacenter, fc.Datacenter)
+	fileSets(&c.DataDir, fc.DataDir)
+	fileSets(&c.Bind, fc.BindAddr)
+	fileSets(&c.Advertise, fc.AdvertiseAddr)
+	fileSets(&c.LogLevel, fc.LogLevel)
+	fileSets(&c.LogJSON, fc.LogJSON)
+	fileSets(&c.EnableScriptChecks, fc.EnableScriptChecks)
+	fileSets(&c.EnableDebug, fc.EnableDebug)
 	if fc.ClientAddr != nil {
 		c.Client = strings.Fields(*fc.ClientAddr)
 	}
 	c.StartJoin = append(c.StartJoin, fc.StartJoin...)
 	c.RetryJoin = append(c.RetryJoin, fc.RetryJoin...)
-	setStr(&c.Encrypt, fc.Encrypt)
+	fileSets(&c.Encrypt, fc.Encrypt)
 	for _, d := range []struct {
 		key string
 		src *time.Duration
@@ -411,29 +384,14 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 		*d.dst = *d.src
 	}
-	if fc.Limits != nil && fc.Limits.KVMaxStoreBytes != nil {
-		if *fc.Limits.KVMaxStoreBytes < 0 {
-			return fmt.Errorf("config file %s: limits.kv_max_store_bytes: must not be negative", path)
-		}
-		c.KVMaxBytes = *fc.Limits.KVMaxStoreBytes
+	if err := c.mergeLimits(fc.Limits); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
 	}
-	if fc.Limits != nil && fc.Limits.HTTPMaxConnsPerClient != nil {
-		if *fc.Limits.HTTPMaxConnsPerClient < 0 {
-			return fmt.Errorf("config file %s: limits.http_max_conns_per_client: must not be negative (0: no limit)", path)
-		}
-		c.HTTPMaxConnsPerClient = *fc.Limits.HTTPMaxConnsPerClient
-	}
-	c.TLS.merge(&fc)
+	mergeAPITLS(&c.TLS, &fc)
 	if fc.Ports != nil {
-		if fc.Ports.HTTP != nil {
-			c.HTTPPort = *fc.Ports.HTTP
-		}
-		if fc.Ports.HTTPS != nil {
-			c.TLS.HTTPSPort = *fc.Ports.HTTPS
-		}
-		if fc.Ports.SerfLAN != nil {
-			c.SerfLANPort = *fc.Ports.SerfLAN
-		}
+		fileSets(&c.HTTPPort, fc.Ports.HTTP)
+		fileSets(&c.TLS.Port, fc.Ports.HTTPS)
+		fileSets(&c.SerfLANPort, fc.Ports.SerfLAN)
 	}
 	if fc.Locality != nil {
 		c.Locality = fc.Locality
@@ -460,6 +418,37 @@ func (c *agentConfig) loadFile(path string) error {
 	if err := c.mergeACL(fc.ACL); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
+	return c.mergeServices(path, &fc)
+}
+
+// limitsFile is Consul's limits stanza (the keys pier takes).
+type limitsFile struct {
+	KVMaxStoreBytes       *int64
+	HTTPMaxConnsPerClient *int
+}
+
+// mergeLimits takes Consul's limits stanza.
+func (c *agentConfig) mergeLimits(l *limitsFile) error {
+	if l == nil {
+		return nil
+	}
+	if l.KVMaxStoreBytes != nil {
+		if *l.KVMaxStoreBytes < 0 {
+			return errors.New("limits.kv_max_store_bytes: must not be negative")
+		}
+		c.KVMaxBytes = *l.KVMaxStoreBytes
+	}
+	if l.HTTPMaxConnsPerClient != nil {
+		if *l.HTTPMaxConnsPerClient < 0 {
+			return errors.New("limits.http_max_conns_per_client: must not be negative (0: no limit)")
+		}
+		c.HTTPMaxConnsPerClient = *l.HTTPMaxConnsPerClient
+	}
+	return nil
+}
+
+// mergeServices adds the file's service and services definitions.
+func (c *agentConfig) mergeServices(path string, fc *fileConfig) error {
 	raws := fc.Services
 	if len(fc.Service) > 0 && string(fc.Service) != "null" {
 		raws = append([]json.RawMessage{fc.Service}, raws...)
@@ -478,7 +467,7 @@ func (c *agentConfig) loadFile(path string) error {
 		if err != nil {
 			return fmt.Errorf("config file %s: services[%d]: %w", path, i, err)
 		}
-		c.Services = append(c.Services, serviceSource{File: path, Service: svc, Checks: checks})
+		c.Services = append(c.Services, registry.ConfigService{File: path, Service: svc, Checks: checks})
 	}
 	return nil
 }
@@ -504,38 +493,4 @@ func decodeConfig(b []byte, v any) error {
 func isNull(raw []byte) bool {
 	raw = bytes.TrimSpace(raw)
 	return len(raw) == 0 || string(raw) == "null"
-}
-
-// advertiseAddr picks the address other nodes and the catalog see, as Consul
-// does: -advertise, else a specific -bind, else the host's private IPv4.
-func (c *agentConfig) advertiseAddr() (string, error) {
-	if c.Advertise != "" {
-		return c.Advertise, nil
-	}
-	if ip := net.ParseIP(c.Bind); ip != nil && !ip.IsUnspecified() {
-		return c.Bind, nil
-	}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return "", fmt.Errorf("finding an address to advertise: %w", err)
-	}
-	var private, public []string
-	for _, a := range addrs {
-		ipn, ok := a.(*net.IPNet)
-		if !ok || ipn.IP.To4() == nil || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() {
-			continue
-		}
-		if ipn.IP.IsPrivate() {
-			private = append(private, ipn.IP.String())
-		} else {
-			public = append(public, ipn.IP.String())
-		}
-	}
-	switch {
-	case len(private) > 0:
-		return private[0], nil
-	case len(public) > 0:
-		return public[0], nil
-	}
-	return "", errors.New("no IPv4 address to advertise found: set -advertise or -bind")
 }

@@ -59,28 +59,7 @@ func (r *reloader) reload() error {
 	if err != nil {
 		return fmt.Errorf("reload: nothing changed: %w", err)
 	}
-	var errs []error
-	want := map[string]bool{}
-	for _, ss := range next.Services {
-		want[ss.Service.ID] = true
-		checks := append([]registry.Check(nil), ss.Checks...)
-		for i := range checks {
-			r.reg.CarryCheckState(&checks[i])
-		}
-		if err := r.reg.RegisterService(ss.Service, checks, registry.SourceConfig); err != nil {
-			errs = append(errs, fmt.Errorf("config file %s: service %q: %w", ss.File, ss.Service.ID, err))
-		}
-	}
-	removed := 0
-	for _, e := range r.reg.Snapshot().NodeServices(r.reg.Config().NodeName) {
-		if src, _ := r.reg.LocalSource(e.ID); src == registry.SourceConfig && !want[e.ID] {
-			if err := r.reg.DeregisterService(e.ID); err != nil {
-				errs = append(errs, fmt.Errorf("service %q, gone from the config files: %w", e.ID, err))
-			} else {
-				removed++
-			}
-		}
-	}
+	removed, err := r.reg.SyncConfigServices(next.Services)
 	r.level.Set(parseLevel(next.LogLevel))
 	before, after := r.cur, next
 	before.Services, after.Services, before.LogLevel, after.LogLevel = nil, nil, "", ""
@@ -89,7 +68,7 @@ func (r *reloader) reload() error {
 	}
 	r.cur = next
 	r.log.Info("reloaded the configuration", "services", len(next.Services), "removed", removed, "log_level", next.LogLevel)
-	return errors.Join(errs...)
+	return err
 }
 
 // ServeHTTP is PUT /v1/agent/reload: 200 when the reload was applied, 500

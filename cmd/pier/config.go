@@ -48,6 +48,7 @@ type agentConfig struct {
 	Proxy       *proxySettings  // the front door; nil: this agent runs none
 	Docker      *dockerSettings // registration of this host's containers; nil: off (agent_docker.go)
 	DNS         dnsSettings     // the DNS interface and resolver (config_dns.go)
+	Server      serverSettings  // Raft: whether this agent is a server (config_server.go)
 
 	EnableScriptChecks bool // run (and accept) checks with Args, as Consul's enable_script_checks
 	EnableDebug        bool // serve Go's profiles at /debug/pprof/, as Consul's enable_debug
@@ -81,6 +82,7 @@ func defaultAgentConfig() agentConfig {
 		Reconnect:   72 * time.Hour,   // Consul's reconnect_timeout
 		LogLevel:    "info",
 		DNS:         defaultDNSSettings(),
+		Server:      defaultServerSettings(),
 
 		HTTPMaxConnsPerClient: api.DefaultConfig().MaxConnsPerClient, // 200, as Consul
 	}
@@ -111,6 +113,7 @@ type fileConfig struct {
 		HTTPS   *int
 		SerfLAN *int
 		DNS     *int
+		Server  *int
 	}
 	NodeMeta map[string]string
 	Locality *registry.Locality // decoded over the earlier files' locality
@@ -132,6 +135,8 @@ type fileConfig struct {
 	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
 	ACL json.RawMessage // mergeACL
+
+	serverFile // server, bootstrap_expect, bootstrap, autopilot (config_server.go)
 }
 
 // agentFlags are the agent's flags; set records which ones the user gave, so
@@ -149,6 +154,7 @@ type agentFlags struct {
 	dns         dnsFlags
 	docker      dockerFlags
 	metricsAddr string
+	bootstrap   bool
 }
 
 func newAgentFlags() *agentFlags {
@@ -182,8 +188,10 @@ func newAgentFlags() *agentFlags {
 	f.addDockerFlags()
 	// Consul's command lines (the talk's among them) work unchanged: pier
 	// has no servers to elect, so these change nothing.
-	fs.Bool("server", false, "accepted for Consul's command lines and ignored: every pier agent holds the whole catalog")
-	fs.Int("bootstrap-expect", 0, "accepted for Consul's command lines and ignored: there is no leader to elect")
+	fs.BoolVar(&f.c.Server.On, "server", false, "run as a server: hold the Raft state (KV, sessions, ACLs, external services) and vote")
+	fs.IntVar(&f.c.Server.BootstrapExpect, "bootstrap-expect", 0, "form a new Raft group once this many servers are seen in gossip (1: alone)")
+	fs.BoolVar(&f.bootstrap, "bootstrap", false, "form a Raft group of this server alone (the same as -bootstrap-expect 1)")
+	fs.IntVar(&f.c.Server.Port, "server-port", 0, "port of Raft and the servers' internal HTTP (default 8300; with -dev any free port)")
 	fs.Bool("ui", false, "accepted for Consul's command lines and ignored: the web UI is always at /ui/")
 	return f
 }
@@ -219,6 +227,9 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 			c.NodeMeta = map[string]string{}
 		}
 		c.NodeMeta[k] = v
+	}
+	if err := c.resolveServer(f, set); err != nil {
+		return c, err
 	}
 	if err := c.resolveDNS(f, set); err != nil {
 		return c, err
@@ -388,7 +399,9 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	mergeAPITLS(&c.TLS, &fc)
+	var serverPort *int
 	if fc.Ports != nil {
+		serverPort = fc.Ports.Server
 		fileSets(&c.HTTPPort, fc.Ports.HTTP)
 		fileSets(&c.TLS.Port, fc.Ports.HTTPS)
 		fileSets(&c.SerfLANPort, fc.Ports.SerfLAN)
@@ -404,6 +417,9 @@ func (c *agentConfig) loadFile(path string) error {
 			c.NodeMeta = map[string]string{}
 		}
 		c.NodeMeta[k] = v
+	}
+	if err := c.Server.merge(&fc.serverFile, serverPort); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	if err := c.mergeDNS(&fc); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)

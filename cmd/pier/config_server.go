@@ -1,0 +1,96 @@
+package main
+
+import (
+	"fmt"
+	"time"
+)
+
+// serverSettings say whether this agent is one of the servers that agree
+// through Raft (Consul's server, bootstrap_expect, bootstrap, ports.server
+// and autopilot.cleanup_dead_servers) and how their group forms.
+type serverSettings struct {
+	On              bool
+	BootstrapExpect int // bootstrap once this many servers are seen; 0: join an existing group
+	// Port is the server port (Raft and the servers' internal HTTP);
+	// 0: any free port, which gossip tells the other agents.
+	Port int
+	// CleanupDeadServers removes a server that gossip sees as left, or as
+	// failed for DeadServerTimeout, from the voters (never below a quorum).
+	CleanupDeadServers bool
+	DeadServerTimeout  time.Duration
+}
+
+func defaultServerSettings() serverSettings {
+	return serverSettings{
+		Port:               8300, // Consul's ports.server
+		CleanupDeadServers: true, // as Consul's autopilot
+		// Long enough that a server restarting (or a gossip false alarm
+		// under load) keeps its vote; short enough that a dead one stops
+		// counting against the quorum within a minute.
+		DeadServerTimeout: 30 * time.Second,
+	}
+}
+
+// serverFile is the config file's part of it.
+type serverFile struct {
+	Server          *bool
+	BootstrapExpect *int
+	Bootstrap       *bool
+	Autopilot       *struct {
+		CleanupDeadServers *bool
+		DeadServerTimeout  *time.Duration // pier's own: how long a failed server keeps its vote
+	}
+}
+
+func (s *serverSettings) merge(f *serverFile, port *int) error {
+	fileSets(&s.On, f.Server)
+	fileSets(&s.BootstrapExpect, f.BootstrapExpect)
+	if f.Bootstrap != nil && *f.Bootstrap {
+		if f.BootstrapExpect != nil && *f.BootstrapExpect > 0 {
+			return fmt.Errorf("bootstrap and bootstrap_expect cannot both be set: bootstrap is bootstrap_expect 1")
+		}
+		s.BootstrapExpect = 1
+	}
+	fileSets(&s.Port, port)
+	if a := f.Autopilot; a != nil {
+		fileSets(&s.CleanupDeadServers, a.CleanupDeadServers)
+		if a.DeadServerTimeout != nil && *a.DeadServerTimeout <= 0 {
+			return fmt.Errorf("autopilot.dead_server_timeout: want a positive duration such as 30s")
+		}
+		fileSets(&s.DeadServerTimeout, a.DeadServerTimeout)
+	}
+	return nil
+}
+
+// resolveServer applies the flags and -dev: a development agent is a
+// server of one, on any free server port unless one is given.
+func (c *agentConfig) resolveServer(f *agentFlags, set map[string]bool) error {
+	s := &c.Server
+	if c.Dev {
+		s.On, s.BootstrapExpect = true, 1
+		if !set["server-port"] {
+			s.Port = 0
+		}
+	}
+	flagWins(set, "server", &s.On, f.c.Server.On)
+	flagWins(set, "bootstrap-expect", &s.BootstrapExpect, f.c.Server.BootstrapExpect)
+	if set["bootstrap"] && f.bootstrap {
+		if set["bootstrap-expect"] {
+			return usageError{"-bootstrap and -bootstrap-expect cannot both be set: -bootstrap is -bootstrap-expect 1"}
+		}
+		s.BootstrapExpect = 1
+	}
+	flagWins(set, "server-port", &s.Port, f.c.Server.Port)
+	switch {
+	case s.BootstrapExpect < 0:
+		return usageError{fmt.Sprintf("-bootstrap-expect %d: must not be negative", s.BootstrapExpect)}
+	case s.BootstrapExpect > 0 && !s.On:
+		return usageError{"-bootstrap-expect needs -server: only servers vote"}
+	case s.Port < 0 || s.Port > 65535:
+		return usageError{fmt.Sprintf("-server-port %d: out of range (0-65535)", s.Port)}
+	}
+	if s.On && s.BootstrapExpect > 1 && s.BootstrapExpect%2 == 0 {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("bootstrap_expect %d is even: an even number of servers tolerates no more failures than one fewer; use 3 or 5", s.BootstrapExpect))
+	}
+	return nil
+}

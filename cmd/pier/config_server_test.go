@@ -1,0 +1,60 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// The server settings come from Consul's keys and flags, -dev makes a
+// server of one on a free port, and contradictions are refused with a line
+// that names the setting.
+func TestConfigServer(t *testing.T) {
+	c, err := loadFiles(t, `
+server: true
+bootstrap_expect: 3
+ports: {server: 9300}
+autopilot: {cleanup_dead_servers: false, dead_server_timeout: 1m}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := serverSettings{On: true, BootstrapExpect: 3, Port: 9300, CleanupDeadServers: false, DeadServerTimeout: time.Minute}
+	if c.Server != want {
+		t.Errorf("from the file: %+v, want %+v", c.Server, want)
+	}
+	if _, err := loadFiles(t, "bootstrap: true\nbootstrap_expect: 3\n"); err == nil || !strings.Contains(err.Error(), "bootstrap_expect") {
+		t.Errorf("bootstrap with bootstrap_expect: %v, want an error naming both", err)
+	}
+
+	resolve := func(line string) (agentConfig, error) {
+		f := newAgentFlags()
+		if err := f.fs.Parse(strings.Fields(line)); err != nil {
+			return agentConfig{}, err
+		}
+		return f.resolve()
+	}
+	c, err = resolve("-dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Server.On || c.Server.BootstrapExpect != 1 || c.Server.Port != 0 {
+		t.Errorf("-dev: %+v, want a server of one on any free port", c.Server)
+	}
+	if c, _ = resolve("-server -bootstrap -data-dir /tmp/x"); c.Server.BootstrapExpect != 1 || c.Server.Port != 8300 {
+		t.Errorf("-server -bootstrap: %+v, want bootstrap_expect 1 on 8300", c.Server)
+	}
+	for line, msg := range map[string]string{
+		"-bootstrap-expect 3 -data-dir /tmp/x":                    "needs -server",
+		"-server -bootstrap -bootstrap-expect 3 -data-dir /tmp/x": "cannot both be set",
+		"-server -server-port 70000 -data-dir /tmp/x":             "-server-port 70000",
+		"-server -bootstrap-expect -1 -data-dir /tmp/x":           "must not be negative",
+	} {
+		if _, err := resolve(line); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("pier agent %s: %v, want an error with %q", line, err, msg)
+		}
+	}
+	if c, _ = resolve("-server -bootstrap-expect 4 -data-dir /tmp/x"); len(c.Warnings) == 0 {
+		t.Error("bootstrap_expect 4: want a warning about an even number of servers")
+	}
+}

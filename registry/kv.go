@@ -44,15 +44,19 @@ type KVValue struct {
 	Flags uint64 `json:"f,omitempty"`
 }
 
-// KVEntry is one key in a snapshot, immutable once published.
+// KVEntry is one key in a snapshot, immutable once published. Keys of the
+// agreed store (Agreed.KV) carry their Raft indexes and lock; the gossip
+// store's keys have neither Session nor LockIndex.
 type KVEntry struct {
 	Key         string
-	Value       []byte
-	Flags       uint64
+	Value       []byte `json:",omitempty"`
+	Flags       uint64 `json:",omitempty"`
+	Session     string `json:",omitempty"` // the session holding the key's lock, if any
+	LockIndex   uint64 `json:",omitempty"` // how many times the lock was acquired
 	CreateIndex uint64
 	ModifyIndex uint64
-	version     uint64
-	writer      string
+	version     uint64 // gossip only: the writer's clock
+	writer      string // gossip only
 }
 
 func kvLess(a, b *KVEntry) bool { return a.Key < b.Key }
@@ -69,13 +73,56 @@ func (s *Snapshot) KVIndex() uint64 { return s.tableIdx(kvAt) }
 // KVChanged is closed when a newer snapshot changes the KV store.
 func (s *Snapshot) KVChanged() <-chan struct{} { return s.kvChanged }
 
-// KV returns one key.
+// KV returns one key: from the agreed store once there is one (SetAgreed),
+// except under ReservedKVPrefix, which stays the gossip store's.
 func (s *Snapshot) KV(key string) (*KVEntry, bool) {
+	if s.agreed != nil && !strings.HasPrefix(key, ReservedKVPrefix) {
+		return s.agreed.KV(key)
+	}
 	return s.t.kv.Get(&KVEntry{Key: key})
 }
 
-// KVList returns the keys that start with prefix, in order.
+// KVList returns the keys that start with prefix, in order, taking each
+// from the store that owns it (see KV).
 func (s *Snapshot) KVList(prefix string) []*KVEntry {
+	if s.agreed == nil || strings.HasPrefix(prefix, ReservedKVPrefix) {
+		return s.gossipKVList(prefix)
+	}
+	var out []*KVEntry
+	s.agreed.AscendKV(prefix, func(e *KVEntry) bool {
+		if !strings.HasPrefix(e.Key, prefix) {
+			return false
+		}
+		if !strings.HasPrefix(e.Key, ReservedKVPrefix) {
+			out = append(out, e)
+		}
+		return true
+	})
+	if !strings.HasPrefix(ReservedKVPrefix, prefix) {
+		return out
+	}
+	// The prefix spans the reserved keys too ("", "_", ...): merge them in
+	// key order.
+	res := s.gossipKVList(ReservedKVPrefix)
+	if len(res) == 0 {
+		return out
+	}
+	merged := make([]*KVEntry, 0, len(out)+len(res))
+	i, j := 0, 0
+	for i < len(out) && j < len(res) {
+		if out[i].Key < res[j].Key {
+			merged = append(merged, out[i])
+			i++
+		} else {
+			merged = append(merged, res[j])
+			j++
+		}
+	}
+	merged = append(merged, out[i:]...)
+	return append(merged, res[j:]...)
+}
+
+func (s *Snapshot) gossipKVList(prefix string) []*KVEntry {
 	var out []*KVEntry
 	s.t.kv.AscendGreaterOrEqual(&KVEntry{Key: prefix}, func(e *KVEntry) bool {
 		if !strings.HasPrefix(e.Key, prefix) {

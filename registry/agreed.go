@@ -220,8 +220,10 @@ func (tx *txn) shadowExternal(name string) {
 }
 
 // unshadowExternal shows the external node of that name, if the servers
-// hold one, once the agent that shadowed it is gone; r.mu held.
+// hold one, once the agent that shadowed it is gone (the node's records
+// were just removed from the tables: whatever showed is gone); r.mu held.
 func (tx *txn) unshadowExternal(name string) {
+	delete(tx.r.extShown, name)
 	if en := tx.r.extNodes[name]; en != nil && !tx.r.gossipOwns(name) {
 		tx.showExternal(en)
 	}

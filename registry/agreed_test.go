@@ -206,6 +206,13 @@ func TestAgreedAgentShadows(t *testing.T) {
 		t.Fatalf("after the agent left: %+v %v, %d instances", n, ok, len(s.ServiceInstances("evil")))
 	}
 
+	// Forgetting a name that no agent holds (a force-leave of an external
+	// node) does not take the servers' records away.
+	r.ForgetNode("node-2")
+	if len(r.Snapshot().ServiceInstances("evil")) != 1 {
+		t.Error("forgetting the name hid the external node")
+	}
+
 	// The agent comes back: its name is its own again.
 	r.SetMemberStatus("node-2", "10.0.0.2", MemberAlive)
 	s = r.Snapshot()

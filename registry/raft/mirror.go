@@ -35,7 +35,10 @@ const MirrorPath = "/pier/v1/agreed"
 
 // Blocking bounds of the mirror's long poll, as Consul's blocking queries.
 const (
-	mirrorWait    = 5 * time.Minute  // the default ?wait
+	// The default ?wait. An unchanged state answers 204 with no body, so
+	// a wait this short costs little, and a server gone silent (no reset,
+	// no answer) is left after at most this and a margin.
+	mirrorWait    = time.Minute
 	mirrorMaxWait = 10 * time.Minute // the longest ?wait
 	// A server that has not heard from a leader for this long answers 503,
 	// so that a client follows a server that is not cut off.
@@ -43,8 +46,11 @@ const (
 )
 
 // MirrorIndex is the last index that changed what the mirror carries (the
-// KV store or the external nodes): session changes leave it alone.
-func (s *State) MirrorIndex() uint64 { return max(s.kvIndex, s.catalogIndex) }
+// KV store or the external nodes): session changes leave it alone. Never
+// 0, as Consul's indexes, so that a client's ?index is 0 only when it has
+// nothing yet (the log's first entry is the configuration, never a change
+// of either).
+func (s *State) MirrorIndex() uint64 { return max(s.kvIndex, s.catalogIndex, 1) }
 
 // AscendKV calls fn for each key from from on, in order, until fn returns
 // false; with KV it makes a State a registry.AgreedKV.
@@ -98,9 +104,11 @@ type mirrorBody struct {
 }
 
 // MirrorHandler serves GET MirrorPath?index=N&wait=D: the agreed state
-// once its MirrorIndex is past N (at once without N), or as it is when the
-// wait runs out (default 5m, at most 10m, as Consul's blocking queries).
-// Clients waiting on one change share one encoding of it.
+// (200, JSON) once its MirrorIndex is past N, at once when N is 0 or
+// missing; 204 with no body when the wait (default 1m, at most 10m) runs
+// out first. X-Pier-Index is the MirrorIndex of the server's state.
+// Clients waiting on one change share one encoding of it. A server that
+// has not heard from a leader for 10s answers 503.
 func MirrorHandler(node *Node) http.Handler {
 	return &mirrorHandler{node: node}
 }
@@ -142,7 +150,7 @@ func (h *mirrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := h.node.State()
-	if s.MirrorIndex() <= idx {
+	if idx > 0 && s.MirrorIndex() <= idx {
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
 		tick := time.NewTicker(mirrorMaxStale / 2)
@@ -164,13 +172,17 @@ func (h *mirrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	w.Header().Set("X-Pier-Index", strconv.FormatUint(s.MirrorIndex(), 10))
+	if idx > 0 && s.MirrorIndex() <= idx {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	body, err := h.encode(s)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Pier-Index", strconv.FormatUint(s.MirrorIndex(), 10))
 	w.Write(body)
 }
 
@@ -232,12 +244,12 @@ const (
 // answer with reg.SetAgreed; when that server fails or cannot answer, it
 // moves to the next one. While every server fails, reg keeps the last
 // state it had. client's Timeout must be zero or longer than the long poll
-// (5 minutes).
+// (a minute).
 func FollowMirror(ctx context.Context, servers func() []string, reg *registry.Registry, client *http.Client, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var index uint64
+	var index uint64 // 0: nothing yet, answered at once
 	if a, ok := reg.Agreed(); ok {
 		index = a.Index
 	}
@@ -250,7 +262,7 @@ func FollowMirror(ctx context.Context, servers func() []string, reg *registry.Re
 			continue
 		}
 		addr := list[next%len(list)]
-		a, err := pollMirror(ctx, client, addr, index)
+		a, changed, err := pollMirror(ctx, client, addr, index)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -267,7 +279,7 @@ func FollowMirror(ctx context.Context, servers func() []string, reg *registry.Re
 			log.Info("raft: mirror: following a server", "server", addr, "index", a.Index)
 		}
 		failures = 0
-		if a.Index > index && reg.SetAgreed(a) {
+		if changed && (index == 0 || a.Index > index) && reg.SetAgreed(a) {
 			index = a.Index
 		}
 	}
@@ -291,15 +303,16 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// pollMirror asks one server for the agreed state past index.
-func pollMirror(ctx context.Context, client *http.Client, addr string, index uint64) (registry.Agreed, error) {
+// pollMirror asks one server for the agreed state past index; false when
+// the wait ran out with nothing newer.
+func pollMirror(ctx context.Context, client *http.Client, addr string, index uint64) (registry.Agreed, bool, error) {
 	base := addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
 	u, err := url.Parse(strings.TrimRight(base, "/") + MirrorPath)
 	if err != nil {
-		return registry.Agreed{}, fmt.Errorf("server address %q: %w", addr, err)
+		return registry.Agreed{}, false, fmt.Errorf("server address %q: %w", addr, err)
 	}
 	u.RawQuery = url.Values{"index": {strconv.FormatUint(index, 10)}, "wait": {mirrorWait.String()}}.Encode()
 	// The server answers within the wait; past it (and a margin), it is
@@ -308,16 +321,20 @@ func pollMirror(ctx context.Context, client *http.Client, addr string, index uin
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return registry.Agreed{}, err
+		return registry.Agreed{}, false, err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return registry.Agreed{}, err
+		return registry.Agreed{}, false, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return registry.Agreed{}, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	switch resp.StatusCode {
+	case http.StatusOK:
+		a, err := decodeMirror(resp.Body)
+		return a, err == nil, err
+	case http.StatusNoContent:
+		return registry.Agreed{}, false, nil
 	}
-	return decodeMirror(resp.Body)
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	return registry.Agreed{}, false, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
 }

@@ -214,38 +214,42 @@ func TestMirrorFollowFailover(t *testing.T) {
 	}
 }
 
-// The handler answers at once without an index, blocks past one until a
-// change or the wait, and refuses bad parameters.
+// The handler answers at once without an index (an empty state too),
+// blocks past one until a change, answers 204 when the wait runs out
+// first, and refuses bad parameters.
 func TestMirrorHandlerBlocking(t *testing.T) {
 	s := startServer(t, Config{ID: "h0", Bind: "127.0.0.1:0"})
 	s.n.Bootstrap([]Server{{ID: "h0", Address: s.n.Addr()}})
 	eventually.True(t, 10*time.Second, "a leader", func() bool { return s.n.IsLeader() })
-	s.n.KV(KVOp{Verb: KVSet, Key: "k", Value: []byte("v")})
 	m := serveMirror(t, s.n)
 	client := &http.Client{Transport: &http.Transport{}}
 	t.Cleanup(client.CloseIdleConnections)
 
-	a, err := pollMirror(context.Background(), client, m.addr, 0)
+	empty, changed, err := pollMirror(context.Background(), client, m.addr, 0)
+	if err != nil || !changed || empty.Index != 1 {
+		t.Fatalf("the empty state: %+v %v %v", empty, changed, err)
+	}
+	s.n.KV(KVOp{Verb: KVSet, Key: "k", Value: []byte("v")})
+	a, _, err := pollMirror(context.Background(), client, m.addr, empty.Index)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e, ok := a.KV.KV("k"); !ok || string(e.Value) != "v" || a.Index != a.KVIndex {
 		t.Fatalf("first answer: %+v", a)
 	}
-	// A short wait with nothing new answers the same state.
+	// A short wait with nothing new answers 204 and the index.
 	resp, err := client.Get(fmt.Sprintf("http://%s%s?index=%d&wait=50ms", m.addr, MirrorPath, a.Index))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := decodeMirror(resp.Body)
 	resp.Body.Close()
-	if b.Index != a.Index {
-		t.Errorf("after the wait: index %d, want %d", b.Index, a.Index)
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get("X-Pier-Index") != fmt.Sprint(a.Index) {
+		t.Errorf("after the wait: %s, index %s, want 204 and %d", resp.Status, resp.Header.Get("X-Pier-Index"), a.Index)
 	}
 	// A blocked poll wakes on a write.
 	got := make(chan registry.Agreed, 1)
 	go func() {
-		c, err := pollMirror(context.Background(), client, m.addr, a.Index)
+		c, _, err := pollMirror(context.Background(), client, m.addr, a.Index)
 		if err != nil {
 			t.Error(err)
 		}

@@ -68,19 +68,16 @@ type agreedState struct {
 
 // SetAgreed merges the agreed state into the next snapshot: its KV store
 // replaces the gossip store outside ReservedKVPrefix, and its external nodes
-// join the catalog. A state older (by Index) than the one held is ignored,
-// so that a mirror that fails over to a server lagging behind does not go
-// back in time. It reports whether a was taken.
-func (r *Registry) SetAgreed(a Agreed) bool {
+// join the catalog. It takes what it is given: ordering states (a server
+// lagging behind must not take the registry back in time) is the caller's
+// business, as registry/raft's mirror does it.
+func (r *Registry) SetAgreed(a Agreed) {
 	if a.KV == nil {
 		a.KV = emptyAgreedKV
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	prev := r.agreed
-	if prev != nil && a.Index < prev.Index {
-		return false
-	}
 	tx := r.begin()
 	if prev == nil || a.CatalogIndex != prev.CatalogIndex {
 		nodes := make(map[string]*ExternalNode, len(a.Nodes))
@@ -112,7 +109,6 @@ func (r *Registry) SetAgreed(a Agreed) bool {
 		tx.changed = true // the first: snapshots must start reading the agreed store
 	}
 	tx.commit()
-	return true
 }
 
 // Agreed returns the agreed state last merged (false: none yet).

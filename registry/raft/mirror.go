@@ -106,7 +106,9 @@ type mirrorBody struct {
 // MirrorHandler serves GET MirrorPath?index=N&wait=D: the agreed state
 // (200, JSON) once its MirrorIndex is past N, at once when N is 0 or
 // missing; 204 with no body when the wait (default 1m, at most 10m) runs
-// out first. X-Pier-Index is the MirrorIndex of the server's state.
+// out first. X-Pier-Index is the MirrorIndex of the server's state. A
+// client past the leader's index gets the state at once: the servers'
+// history was reset.
 // Clients waiting on one change share one encoding of it. A server that
 // has not heard from a leader for 10s answers 503.
 func MirrorHandler(node *Node) http.Handler {
@@ -150,6 +152,13 @@ func (h *mirrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := h.node.State()
+	if idx > s.MirrorIndex() && h.node.IsLeader() {
+		// The client is ahead of the leader, which has applied everything
+		// committed: its state is from a history that is gone (servers
+		// wiped and bootstrapped again, or -dev restarted). It gets this
+		// one at once.
+		idx = 0
+	}
 	if idx > 0 && s.MirrorIndex() <= idx {
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
@@ -279,7 +288,13 @@ func FollowMirror(ctx context.Context, servers func() []string, reg *registry.Re
 			log.Info("raft: mirror: following a server", "server", addr, "index", a.Index)
 		}
 		failures = 0
-		if changed && (index == 0 || a.Index > index) && reg.SetAgreed(a) {
+		// Only a newer state, or the leader's after a reset of the
+		// servers' history (MirrorHandler), is answered with one.
+		if changed {
+			if a.Index < index {
+				log.Warn("raft: mirror: the servers' index went back; taking their state", "server", addr, "index", a.Index, "had", index)
+			}
+			reg.SetAgreed(a)
 			index = a.Index
 		}
 	}

@@ -260,6 +260,11 @@ func TestMirrorHandlerBlocking(t *testing.T) {
 	if _, ok := c.KV.KV("k2"); !ok || c.Index <= a.Index {
 		t.Errorf("the woken answer: index %d", c.Index)
 	}
+	// A client ahead of the leader (the servers' history was reset) gets
+	// the leader's state at once.
+	if r, changed, err := pollMirror(context.Background(), client, m.addr, c.Index+1000); err != nil || !changed || r.Index != c.Index {
+		t.Errorf("a client ahead of the leader: %+v %v %v", r, changed, err)
+	}
 	for _, q := range []string{"index=x", "wait=soon"} {
 		resp, err := client.Get(fmt.Sprintf("http://%s%s?%s", m.addr, MirrorPath, q))
 		if err != nil {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"testing"
 )
 
@@ -147,6 +148,15 @@ func TestAgreedKV(t *testing.T) {
 	}
 	if _, ok := s2.KV(ReservedKVPrefix + "acl/y"); !ok {
 		t.Error("the reserved write is not shown")
+	}
+
+	// Gossip writes outside the reserved prefix are refused now: they
+	// would be answered and never read.
+	if _, err := r.KVPut("app/late", []byte("x"), 0, nil); !errors.Is(err, ErrKVAgreed) {
+		t.Errorf("a gossip write of an agreed key: %v", err)
+	}
+	if _, err := r.KVDelete("app/", true, nil); !errors.Is(err, ErrKVAgreed) {
+		t.Errorf("a gossip delete of agreed keys: %v", err)
 	}
 
 	// A catalog-only agreed change leaves KV watchers asleep; a KV change

@@ -38,6 +38,12 @@ const ReservedKVPrefix = "_pier/"
 // Config.KVMaxBytes.
 var ErrKVFull = errors.New("the KV store is full")
 
+// ErrKVAgreed is a gossip write of a key outside ReservedKVPrefix once the
+// agent has the servers' agreed store (SetAgreed): such a key is the
+// servers', written through Raft, and a gossip write of it would be
+// answered but never read.
+var ErrKVAgreed = errors.New("the KV store is agreed through the servers: write through Raft")
+
 // KVValue is the payload of a KV entry.
 type KVValue struct {
 	Value []byte `json:"v,omitempty"`
@@ -182,6 +188,9 @@ func (r *Registry) KVPut(key string, value []byte, flags uint64, cas *uint64) (b
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.gossipKVWritable(key); err != nil {
+		return false, err
+	}
 	cur, ok := r.t.kv.Get(&KVEntry{Key: key})
 	if cas != nil && (*cas == 0 && ok || *cas != 0 && (!ok || cur.ModifyIndex != *cas)) {
 		return false, nil
@@ -218,6 +227,9 @@ func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.gossipKVWritable(key); err != nil {
+		return false, err
+	}
 	var keys []string
 	if recurse {
 		r.t.kv.AscendGreaterOrEqual(&KVEntry{Key: key}, func(e *KVEntry) bool {
@@ -254,6 +266,15 @@ func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error)
 		tx.out = append(tx.out, e)
 	}
 	return true, nil
+}
+
+// gossipKVWritable refuses a local write of key (or of the keys under it)
+// that the agreed store owns; r.mu held.
+func (r *Registry) gossipKVWritable(key string) error {
+	if r.agreedKV != nil && !strings.HasPrefix(key, ReservedKVPrefix) {
+		return fmt.Errorf("registry: key %q: %w", key, ErrKVAgreed)
+	}
+	return nil
 }
 
 // KVState returns every key and tombstone, for a push/pull.

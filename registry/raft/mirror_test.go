@@ -212,6 +212,16 @@ func TestMirrorFollowFailover(t *testing.T) {
 	if !hasKey(reg, "app/a", "1") || !hasService(reg, "db", "ext-db") {
 		t.Error("the client lost what it had")
 	}
+
+	// Every server's HTTP gone: the client keeps the last state (and its
+	// loop, backing off, still stops at cleanup).
+	for _, m := range https {
+		m.stop()
+	}
+	time.Sleep(300 * time.Millisecond) // a few rounds of failed polls; any length passes
+	if !hasKey(reg, "app/b", "2") || !hasService(reg, "db", "ext-db") {
+		t.Error("the client dropped its state when no server answered")
+	}
 }
 
 // The handler answers at once without an index (an empty state too),

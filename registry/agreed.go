@@ -51,7 +51,7 @@ type ExternalNode struct {
 
 // Agreed is the servers' agreed state as the registry merges it.
 type Agreed struct {
-	Index        uint64          // the Raft index it is as of
+	Index        uint64          // the last Raft index that changed KV or Nodes (how mirrors order states)
 	KVIndex      uint64          // the Raft index of the last change to KV
 	KV           AgreedKV        // nil: an empty store
 	CatalogIndex uint64          // the Raft index of the last change to Nodes

@@ -108,9 +108,9 @@ type mirrorBody struct {
 // missing; 204 with no body when the wait (default 1m, at most 10m) runs
 // out first. X-Pier-Index is the MirrorIndex of the server's state. A
 // client past the leader's index gets the state at once: the servers'
-// history was reset.
-// Clients waiting on one change share one encoding of it. A server that
-// has not heard from a leader for 10s answers 503.
+// history was reset. Clients waiting on one change share one encoding of
+// it. A server that has not heard from a leader for 10s answers 503. It
+// answers every key, so it must be served where only agents reach it.
 func MirrorHandler(node *Node) http.Handler {
 	return &mirrorHandler{node: node}
 }

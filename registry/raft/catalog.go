@@ -74,11 +74,12 @@ func tagsOf(s *registry.ServiceEntry) []string {
 // updated; a record that would not change keeps its indexes. A check on a
 // service the node does not have fails the whole registration.
 func (w *writer) register(req *RegisterRequest) error {
-	if req == nil {
-		return errors.New("missing registration")
-	}
-	if err := req.Validate(); err != nil {
-		return err
+	// The leader validated the request (RegisterExternal). Checking it
+	// again here with Validate would make replaying the log depend on the
+	// version's rules, and servers of two versions could then disagree:
+	// only what the state's shape needs is checked.
+	if req == nil || req.Node == "" || req.Service != nil && req.Service.Service == "" {
+		return errors.New("raft: a registration without a node or a service name")
 	}
 	r := req.normalized()
 	old, had := w.s.ext.Get(extKey(r.Node))
@@ -169,11 +170,8 @@ func retag(checks []*registry.CheckEntry, se *registry.ServiceEntry) []*registry
 // deregister removes a service and its checks, a check, or a node and
 // everything on it; what does not exist is no error, as in Consul.
 func (w *writer) deregister(req *DeregisterRequest) error {
-	if req == nil {
-		return errors.New("missing deregistration")
-	}
-	if err := req.Validate(); err != nil {
-		return err
+	if req == nil || req.Node == "" {
+		return errors.New("raft: a deregistration without a node")
 	}
 	old, had := w.s.ext.Get(extKey(req.Node))
 	if !had {

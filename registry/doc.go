@@ -13,6 +13,12 @@
 // DNS and the load balancer need: readers never lock, and a burst of changes
 // wakes a consumer once (it then reads the newest snapshot).
 //
+// The snapshot merges two kinds of state (agreed.go): gossip (every
+// agent's own node, services and checks, and the KV keys under
+// ReservedKVPrefix) and what the servers agree on through Raft, handed in
+// by SetAgreed (external nodes with their services and checks, and every
+// other KV key). registry/raft feeds it; this package does not import it.
+//
 // This package must not import proxy or lb, and it knows nothing of HTTP: the
 // Consul-compatible API lives in registry/api and maps these types onto
 // Consul's JSON shapes.

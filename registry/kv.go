@@ -38,21 +38,31 @@ const ReservedKVPrefix = "_pier/"
 // Config.KVMaxBytes.
 var ErrKVFull = errors.New("the KV store is full")
 
+// ErrKVAgreed is a gossip write of a key outside ReservedKVPrefix once the
+// agent has the servers' agreed store (SetAgreed): such a key is the
+// servers', written through Raft, and a gossip write of it would be
+// answered but never read.
+var ErrKVAgreed = errors.New("the KV store is agreed through the servers: write through Raft")
+
 // KVValue is the payload of a KV entry.
 type KVValue struct {
 	Value []byte `json:"v,omitempty"`
 	Flags uint64 `json:"f,omitempty"`
 }
 
-// KVEntry is one key in a snapshot, immutable once published.
+// KVEntry is one key in a snapshot, immutable once published. Keys of the
+// agreed store (Agreed.KV) carry their Raft indexes and lock; the gossip
+// store's keys have neither Session nor LockIndex.
 type KVEntry struct {
 	Key         string
-	Value       []byte
-	Flags       uint64
+	Value       []byte `json:",omitempty"`
+	Flags       uint64 `json:",omitempty"`
+	Session     string `json:",omitempty"` // the session holding the key's lock, if any
+	LockIndex   uint64 `json:",omitempty"` // how many times the lock was acquired
 	CreateIndex uint64
 	ModifyIndex uint64
-	version     uint64
-	writer      string
+	version     uint64 // gossip only: the writer's clock
+	writer      string // gossip only
 }
 
 func kvLess(a, b *KVEntry) bool { return a.Key < b.Key }
@@ -69,13 +79,56 @@ func (s *Snapshot) KVIndex() uint64 { return s.tableIdx(kvAt) }
 // KVChanged is closed when a newer snapshot changes the KV store.
 func (s *Snapshot) KVChanged() <-chan struct{} { return s.kvChanged }
 
-// KV returns one key.
+// KV returns one key: from the agreed store once there is one (SetAgreed),
+// except under ReservedKVPrefix, which stays the gossip store's.
 func (s *Snapshot) KV(key string) (*KVEntry, bool) {
+	if s.agreed != nil && !strings.HasPrefix(key, ReservedKVPrefix) {
+		return s.agreed.KV(key)
+	}
 	return s.t.kv.Get(&KVEntry{Key: key})
 }
 
-// KVList returns the keys that start with prefix, in order.
+// KVList returns the keys that start with prefix, in order, taking each
+// from the store that owns it (see KV).
 func (s *Snapshot) KVList(prefix string) []*KVEntry {
+	if s.agreed == nil || strings.HasPrefix(prefix, ReservedKVPrefix) {
+		return s.gossipKVList(prefix)
+	}
+	var out []*KVEntry
+	s.agreed.AscendKV(prefix, func(e *KVEntry) bool {
+		if !strings.HasPrefix(e.Key, prefix) {
+			return false
+		}
+		if !strings.HasPrefix(e.Key, ReservedKVPrefix) {
+			out = append(out, e)
+		}
+		return true
+	})
+	if !strings.HasPrefix(ReservedKVPrefix, prefix) {
+		return out
+	}
+	// The prefix spans the reserved keys too ("", "_", ...): merge them in
+	// key order.
+	res := s.gossipKVList(ReservedKVPrefix)
+	if len(res) == 0 {
+		return out
+	}
+	merged := make([]*KVEntry, 0, len(out)+len(res))
+	i, j := 0, 0
+	for i < len(out) && j < len(res) {
+		if out[i].Key < res[j].Key {
+			merged = append(merged, out[i])
+			i++
+		} else {
+			merged = append(merged, res[j])
+			j++
+		}
+	}
+	merged = append(merged, out[i:]...)
+	return append(merged, res[j:]...)
+}
+
+func (s *Snapshot) gossipKVList(prefix string) []*KVEntry {
 	var out []*KVEntry
 	s.t.kv.AscendGreaterOrEqual(&KVEntry{Key: prefix}, func(e *KVEntry) bool {
 		if !strings.HasPrefix(e.Key, prefix) {
@@ -135,6 +188,9 @@ func (r *Registry) KVPut(key string, value []byte, flags uint64, cas *uint64) (b
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.gossipKVWritable(key); err != nil {
+		return false, err
+	}
 	cur, ok := r.t.kv.Get(&KVEntry{Key: key})
 	if cas != nil && (*cas == 0 && ok || *cas != 0 && (!ok || cur.ModifyIndex != *cas)) {
 		return false, nil
@@ -171,6 +227,9 @@ func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.gossipKVWritable(key); err != nil {
+		return false, err
+	}
 	var keys []string
 	if recurse {
 		r.t.kv.AscendGreaterOrEqual(&KVEntry{Key: key}, func(e *KVEntry) bool {
@@ -207,6 +266,15 @@ func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error)
 		tx.out = append(tx.out, e)
 	}
 	return true, nil
+}
+
+// gossipKVWritable refuses a local write of key (or of the keys under it)
+// that the agreed store owns; r.mu held.
+func (r *Registry) gossipKVWritable(key string) error {
+	if r.agreedKV != nil && !strings.HasPrefix(key, ReservedKVPrefix) {
+		return fmt.Errorf("registry: key %q: %w", key, ErrKVAgreed)
+	}
+	return nil
 }
 
 // KVState returns every key and tombstone, for a push/pull.

@@ -89,6 +89,7 @@ type Registry struct {
 	tableIndex  [numTables]uint64     // the last change to nodes, services, checks and KV (txn.go)
 	kvBytes     int64                 // keys and values held, for Config.KVMaxBytes
 	snap        atomic.Pointer[Snapshot]
+	agreedState // what the servers agree on, merged in (agreed.go)
 }
 
 type localService struct {

@@ -223,6 +223,9 @@ func (r *Registry) SetMemberStatus(name, addr string, st MemberStatus) {
 	}
 	prev := nr.member
 	nr.member, nr.addr = st, addr
+	if st == MemberAlive || st == MemberLeaving || st == MemberFailed {
+		tx.shadowExternal(name) // the agent owns its name (agreed.go)
+	}
 	switch st {
 	case MemberAlive, MemberLeaving:
 		if _, ok := nr.entries[entryKey{KindNode, ""}]; !ok {
@@ -248,6 +251,7 @@ func (r *Registry) SetMemberStatus(name, addr string, st MemberStatus) {
 		tx.removeNode(name)
 		clear(nr.entries)
 		nr.pending = nil
+		tx.unshadowExternal(name)
 	}
 	tx.commit()
 }

@@ -144,7 +144,7 @@ func (tx *txn) commit() {
 	for name := range tx.touched {
 		t.names.ReplaceOrInsert(nameEntry{name: name, index: tx.index})
 	}
-	next := &Snapshot{index: r.index, tableIndex: r.tableIndex, t: t.clone(), changed: make(chan struct{}), made: time.Now()}
+	next := &Snapshot{index: r.index, tableIndex: r.tableIndex, t: t.clone(), changed: make(chan struct{}), made: time.Now(), agreed: r.agreedKV}
 	// The catalog's and the KV store's channels pass from snapshot to
 	// snapshot until a change to their tables closes them, so that a KV
 	// write does not wake the catalog's blocking queries, nor the reverse.

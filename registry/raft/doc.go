@@ -12,6 +12,13 @@
 // (whether a session's node and checks are healthy) is decided by the
 // leader before it proposes an entry.
 //
+// It also holds the external nodes of Consul's /v1/catalog/register
+// (catalog.go). The agreed KV store and the external nodes reach every
+// agent's registry snapshot (mirror.go): RunMirror on a server, and on a
+// client FollowMirror, which long-polls a server's MirrorHandler. Sessions
+// stay on the servers. What comes from gossip and what from Raft in the
+// snapshot is told in registry/README.md.
+//
 // This package must not import registry/api, proxy or lb, and only the
 // agent's wiring and the API may import it (DESIGN.md).
 package raft

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+
+	"github.com/pier-dev/pier/registry"
 )
 
 // The log holds commands; the state machine applies each to the newest
@@ -22,17 +24,21 @@ import (
 type cmdType uint8
 
 const (
-	cmdKV             cmdType = iota + 1 // one KV operation
-	cmdTxn                               // KV operations applied all or none
-	cmdSessionCreate                     // Session, validated by the leader
-	cmdSessionDestroy                    // ID
+	cmdKV                cmdType = iota + 1 // one KV operation
+	cmdTxn                                  // KV operations applied all or none
+	cmdSessionCreate                        // Session, validated by the leader
+	cmdSessionDestroy                       // ID
+	cmdCatalogRegister                      // Register, an external node (catalog.go)
+	cmdCatalogDeregister                    // Deregister
 )
 
 type command struct {
-	Type    cmdType
-	Ops     []KVOp   `json:",omitempty"`
-	Session *Session `json:",omitempty"`
-	ID      string   `json:",omitempty"`
+	Type       cmdType
+	Ops        []KVOp             `json:",omitempty"`
+	Session    *Session           `json:",omitempty"`
+	ID         string             `json:",omitempty"`
+	Register   *RegisterRequest   `json:",omitempty"`
+	Deregister *DeregisterRequest `json:",omitempty"`
 }
 
 // KV verbs, Consul's names (api.KVOp).
@@ -153,6 +159,16 @@ func (f *FSM) Apply(l *hraft.Log) any {
 		res.OK = res.Err == nil
 	case cmdSessionDestroy:
 		res.OK = f.sessionDestroy(w, c.ID)
+	case cmdCatalogRegister, cmdCatalogDeregister:
+		if c.Type == cmdCatalogRegister {
+			res.Err = w.register(c.Register)
+		} else {
+			res.Err = w.deregister(c.Deregister)
+		}
+		if res.Err != nil {
+			w = newWriter(base, l.Index) // all or nothing, as a transaction
+		}
+		res.OK = res.Err == nil
 	default:
 		res.Err = fmt.Errorf("raft: unknown command type %d", c.Type)
 	}
@@ -178,7 +194,7 @@ func (w *writer) put(e *KVEntry) {
 	old, had := w.s.kv.Get(e)
 	if had {
 		e.CreateIndex = old.CreateIndex
-		if old.equal(e) {
+		if kvEqual(old, e) {
 			e.ModifyIndex = old.ModifyIndex
 			return
 		}
@@ -419,10 +435,14 @@ func (f *FSM) sessionDestroy(w *writer, id string) bool {
 	return true
 }
 
-// The snapshot is a JSON stream: a header, then each key and each session.
+// The snapshot is a JSON stream: a header, then each key, each session and
+// each external node. A snapshot from before external nodes has no Nodes
+// nor CatalogIndex in its header, and restores with none.
 type snapHeader struct {
 	Index, KVIndex, SessionIndex uint64
 	KVs, Sessions                int
+	CatalogIndex                 uint64 `json:",omitempty"`
+	Nodes                        int    `json:",omitempty"`
 }
 
 type fsmSnapshot struct{ s *State }
@@ -435,12 +455,16 @@ func (s fsmSnapshot) Persist(sink hraft.SnapshotSink) error {
 	bw := bufio.NewWriter(sink)
 	enc := json.NewEncoder(bw)
 	err := enc.Encode(snapHeader{Index: s.s.index, KVIndex: s.s.kvIndex, SessionIndex: s.s.sessionIndex,
-		KVs: s.s.kv.Len(), Sessions: s.s.sessions.Len()})
+		KVs: s.s.kv.Len(), Sessions: s.s.sessions.Len(), CatalogIndex: s.s.catalogIndex, Nodes: s.s.ext.Len()})
 	s.s.kv.Ascend(func(e *KVEntry) bool {
 		err = cmpErr(err, enc.Encode(e))
 		return err == nil
 	})
 	s.s.sessions.Ascend(func(e *Session) bool {
+		err = cmpErr(err, enc.Encode(e))
+		return err == nil
+	})
+	s.s.ext.Ascend(func(e *registry.ExternalNode) bool {
 		err = cmpErr(err, enc.Encode(e))
 		return err == nil
 	})
@@ -469,7 +493,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("raft: restore: header: %w", err)
 	}
 	s := emptyState()
-	s.index, s.kvIndex, s.sessionIndex = h.Index, h.KVIndex, h.SessionIndex
+	s.index, s.kvIndex, s.sessionIndex, s.catalogIndex = h.Index, h.KVIndex, h.SessionIndex, h.CatalogIndex
 	for i := 0; i < h.KVs; i++ {
 		e := new(KVEntry)
 		if err := dec.Decode(e); err != nil {
@@ -486,6 +510,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			return fmt.Errorf("raft: restore: session %d: %w", i, err)
 		}
 		s.sessions.ReplaceOrInsert(e)
+	}
+	for i := 0; i < h.Nodes; i++ {
+		e := new(registry.ExternalNode)
+		if err := dec.Decode(e); err != nil || e.Node.Name == "" {
+			return fmt.Errorf("raft: restore: external node %d: %v", i, cmpErr(err, errors.New("no name")))
+		}
+		s.ext.ReplaceOrInsert(e)
 	}
 	if err := dec.Decode(new(json.RawMessage)); err != io.EOF {
 		return errors.New("raft: restore: data after the last record")

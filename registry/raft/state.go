@@ -5,23 +5,19 @@ import (
 	"time"
 
 	"github.com/google/btree"
+
+	"github.com/pier-dev/pier/registry"
 )
 
-// KVEntry is one key of the agreed KV store, in Consul's DirEntry terms.
-// Immutable once in a published State.
-type KVEntry struct {
-	Key         string
-	Value       []byte `json:",omitempty"`
-	Flags       uint64 `json:",omitempty"`
-	Session     string `json:",omitempty"` // the session holding the lock, if any
-	LockIndex   uint64 `json:",omitempty"` // how many times the lock was acquired
-	CreateIndex uint64
-	ModifyIndex uint64
-}
+// KVEntry is one key of the agreed KV store, in Consul's DirEntry terms:
+// the registry's own type, so that an agent's snapshot reads the agreed
+// store's entries as they are (registry.AgreedKV). Immutable once in a
+// published State.
+type KVEntry = registry.KVEntry
 
-// equal reports whether a set would change nothing that a reader sees, in
+// kvEqual reports whether a set would change nothing that a reader sees, in
 // which case Consul keeps the ModifyIndex (and wakes nobody).
-func (e *KVEntry) equal(o *KVEntry) bool {
+func kvEqual(e, o *KVEntry) bool {
 	return e.Key == o.Key && string(e.Value) == string(o.Value) && e.Flags == o.Flags &&
 		e.Session == o.Session && e.LockIndex == o.LockIndex
 }
@@ -65,7 +61,9 @@ type State struct {
 	sessionIndex uint64
 	kv           *btree.BTreeG[*KVEntry]
 	sessions     *btree.BTreeG[*Session]
-	locks        *btree.BTreeG[lockRef] // the keys each session holds
+	locks        *btree.BTreeG[lockRef]                // the keys each session holds
+	catalogIndex uint64                                // the last index that changed ext
+	ext          *btree.BTreeG[*registry.ExternalNode] // external nodes by name (catalog.go)
 	changed      chan struct{}
 }
 
@@ -84,6 +82,7 @@ func emptyState() *State {
 		kv:       btree.NewG(16, kvLess),
 		sessions: btree.NewG(16, sessionLess),
 		locks:    btree.NewG(16, lockLess),
+		ext:      btree.NewG(16, extLess),
 		changed:  make(chan struct{}),
 	}
 }
@@ -91,8 +90,9 @@ func emptyState() *State {
 // clone starts the next state: the trees are shared until written.
 func (s *State) clone() *State {
 	return &State{
-		index: s.index, kvIndex: s.kvIndex, sessionIndex: s.sessionIndex,
-		kv: s.kv.Clone(), sessions: s.sessions.Clone(), locks: s.locks.Clone(), changed: make(chan struct{}),
+		index: s.index, kvIndex: s.kvIndex, sessionIndex: s.sessionIndex, catalogIndex: s.catalogIndex,
+		kv: s.kv.Clone(), sessions: s.sessions.Clone(), locks: s.locks.Clone(), ext: s.ext.Clone(),
+		changed: make(chan struct{}),
 	}
 }
 

@@ -153,11 +153,19 @@ func (s *Server) statusLeader(w http.ResponseWriter, r *http.Request) {
 	if !s.localDC(w, r) {
 		return
 	}
+	if s.cfg.Consensus != nil {
+		s.raftStatusLeader(w, r)
+		return
+	}
 	writeJSON(w, r, s.leader())
 }
 
 func (s *Server) statusPeers(w http.ResponseWriter, r *http.Request) {
 	if !s.localDC(w, r) {
+		return
+	}
+	if s.cfg.Consensus != nil {
+		s.raftStatusPeers(w, r)
 		return
 	}
 	writeJSON(w, r, []string{s.leader()})

@@ -16,6 +16,7 @@ type kvPair struct {
 	Key         string
 	Flags       uint64
 	Value       []byte // base64 in JSON; null when empty, as Consul
+	Session     string `json:",omitempty"` // the lock holder (Raft KV only)
 	CreateIndex uint64
 	ModifyIndex uint64
 }

@@ -9,5 +9,10 @@ import (
 // TestMain fails the run if a goroutine outlives the tests: everything a
 // test starts is stopped and waited for by the time it returns.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// The Raft-backed tests run real hashicorp/raft nodes, which leave
+	// what registry/raft's TestMain explains.
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreAnyFunction("github.com/hashicorp/raft.(*NetworkTransport).handleConn"),
+		goleak.IgnoreAnyFunction("github.com/pier-dev/pier/registry/raft.(*Node).wait.func1"),
+	)
 }

@@ -37,6 +37,21 @@ func patternPath(pattern string) string {
 
 func (s *Server) route(pattern string, h http.HandlerFunc, perm acl.Perm) { s.handle(pattern, h, perm) }
 
+// raftRoute registers a Raft-backed route, which the server port serves
+// too (ServerPortHandler).
+func (s *Server) raftRoute(pattern string, h http.HandlerFunc, perm acl.Perm) {
+	s.handle(pattern, h, perm)
+	if s.inner != nil {
+		s.inner.Handle(pattern, h)
+	}
+}
+
+// raftWrites is writes for a Raft-backed route.
+func (s *Server) raftWrites(path string, h http.HandlerFunc, perm acl.Perm) {
+	s.raftRoute("PUT "+path, h, perm)
+	s.raftRoute("POST "+path, h, perm)
+}
+
 // writes registers a write endpoint for PUT and POST: Consul's clients send
 // PUT, the seed's curl commands POST.
 func (s *Server) writes(path string, h http.HandlerFunc, perm acl.Perm) {

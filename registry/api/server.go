@@ -68,6 +68,13 @@ type Config struct {
 	// Logs is the agent's log handler, which /v1/agent/monitor streams
 	// from; nil: that endpoint answers 501.
 	Logs *LogStream
+	// Consensus serves the KV store, sessions, txn, status, operator raft
+	// and snapshots from the servers' Raft state (consensus.go); nil: the
+	// KV store is gossip's, last writer wins, and the rest answer 404.
+	Consensus Consensus
+	// RPCHoldTimeout is how long a request that needs the leader waits for
+	// one during an election before it answers 500 No cluster leader.
+	RPCHoldTimeout time.Duration // default 7s, as Consul's rpc_hold_timeout
 
 	Registerer prometheus.Registerer // nil: no metrics
 }
@@ -80,6 +87,7 @@ func DefaultConfig() Config {
 		MaxWait:     10 * time.Minute,
 
 		MaxConnsPerClient: 200,
+		RPCHoldTimeout:    7 * time.Second,
 	}
 }
 
@@ -97,6 +105,11 @@ type Server struct {
 	lim   *clientLimiter // nil: no per-client limit
 
 	cache *agentCache // ?cached (cache.go)
+
+	// inner routes what the server port serves (ServerPortHandler): the
+	// Raft-backed endpoints only; nil without Consensus.
+	inner *http.ServeMux
+	fwd   *http.Transport // forwarded requests (consensus.go)
 }
 
 // New validates cfg and builds the handler.
@@ -117,7 +130,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnsPerClient == 0 {
 		cfg.MaxConnsPerClient = def.MaxConnsPerClient
 	}
+	if cfg.RPCHoldTimeout <= 0 {
+		cfg.RPCHoldTimeout = def.RPCHoldTimeout
+	}
 	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
+	if cfg.Consensus != nil {
+		s.inner, s.fwd = http.NewServeMux(), newForwarder()
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -148,8 +167,12 @@ func (s *Server) routes() {
 	s.route("GET /v1/agent/self", s.agentSelf, s.agentRead)
 	s.route("GET /v1/agent/version", s.agentVersion, acl.Anyone) // none in Consul either
 	s.route("GET /v1/agent/members", s.agentMembers, anyNodeRead)
-	s.checkRoutes()   // TTL updates, maintenance, agent health (checks.go)
-	s.kvRoutes()      // the KV store (kv.go)
+	s.checkRoutes() // TTL updates, maintenance, agent health (checks.go)
+	if s.cfg.Consensus != nil {
+		s.raftRoutes() // KV, sessions, txn, operator raft, snapshots on Raft (raftkv.go)
+	} else {
+		s.kvRoutes() // the gossip KV store (kv.go)
+	}
 	s.keyringRoutes() // gossip key rotation (keyring.go)
 	s.aclRoutes()     // tokens, policies and roles (registry/acl)
 	s.debugRoutes()   // host facts, profiles (agent_debug.go)
@@ -169,8 +192,8 @@ func (s *Server) routes() {
 	s.route("GET /v1/health/node/{node}", s.healthNode, nodeRead)
 	s.route("GET /v1/health/state/{state}", s.healthState, acl.Anyone) // filtered
 
-	s.route("GET /v1/status/leader", s.statusLeader, acl.Anyone)
-	s.route("GET /v1/status/peers", s.statusPeers, acl.Anyone)
+	s.raftRoute("GET /v1/status/leader", s.statusLeader, acl.Anyone)
+	s.raftRoute("GET /v1/status/peers", s.statusPeers, acl.Anyone)
 	s.unsupportedRoutes()
 }
 
@@ -197,6 +220,32 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.met.serve(s.mux, w, r)
+}
+
+// ServerPortHandler serves what a server's port carries besides Raft (its
+// internal HTTP, the address other agents forward to): the Raft-backed
+// endpoints only, with the same ACL gate, and without the per-client limit
+// (every request of a client agent comes from its one address). Without
+// Consensus it answers 404.
+func (s *Server) ServerPortHandler() http.Handler {
+	if s.inner == nil {
+		return http.NotFoundHandler()
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Consul-KnownLeader", "true")
+		h.Set("X-Consul-LastContact", "0")
+		if s.refuseRemoteExec(w, r) {
+			return
+		}
+		if s.acl != nil {
+			var ok bool
+			if r, ok = s.authorize(w, r); !ok { // the main mux holds every route's permission
+				return
+			}
+		}
+		s.met.serve(s.inner, w, r)
+	})
 }
 
 // Run serves on ln until ctx ends, then shuts down: open blocking queries
@@ -243,6 +292,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	}
 	mu.Unlock()
 	err := <-shut
+	if s.fwd != nil {
+		s.fwd.CloseIdleConnections()
+	}
 	if err != nil {
 		return fmt.Errorf("api: shutdown: %w", err)
 	}

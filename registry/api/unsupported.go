@@ -27,6 +27,9 @@ var missingPrefixes = []string{
 	"/v1/event/", "/v1/coordinate/", "/v1/query", "/v1/query/",
 }
 
+// raftServed are the missing prefixes that Consensus serves.
+var raftServed = map[string]bool{"/v1/session/": true, "/v1/txn": true, "/v1/snapshot": true, "/v1/operator/raft/": true}
+
 func (s *Server) unsupportedRoutes() {
 	for _, p := range connectPrefixes {
 		s.route(p, func(w http.ResponseWriter, r *http.Request) {
@@ -35,6 +38,9 @@ func (s *Server) unsupportedRoutes() {
 		}, acl.Anyone)
 	}
 	for _, p := range missingPrefixes {
+		if s.cfg.Consensus != nil && raftServed[p] {
+			continue
+		}
 		s.route(p, func(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusNotFound, "pier does not serve %s yet (see its README for the Consul endpoints it serves)", r.URL.Path)
 		}, acl.Anyone)

@@ -1,0 +1,238 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"time"
+
+	"github.com/pier-dev/pier/registry/raft"
+)
+
+// Consensus is what the API needs of the servers that agree through Raft
+// (KV, sessions, txn, status, operator raft, snapshots). The agent's wiring
+// implements it; nil keeps the gossip KV and answers 404 for the rest.
+type Consensus interface {
+	// Node is this agent's Raft node when it is a server; nil on a client.
+	Node() *raft.Node
+	// Servers are the server-port addresses (host:port) of the servers
+	// gossip knows alive; a client forwards to one of them.
+	Servers() []string
+}
+
+// How a request reaches the Raft state. A write, a default read and a
+// ?consistent read are the leader's: a server that leads answers them
+// itself, any other agent forwards the HTTP request as it came, to the
+// leader's server port from a server, to any server from a client (which
+// forwards it on). A ?stale read is any server's: a server answers from its
+// own state, a client forwards to any server. A forward keeps the method,
+// path, query, body and headers (the token with them: ACLs are checked
+// where the request is served, again) and streams the answer back.
+
+type readMode int
+
+const (
+	modeDefault    readMode = iota // the leader's state after its barrier
+	modeStale                      // any server's own state
+	modeConsistent                 // the leader's state once a quorum confirms it still leads
+	modeWrite                      // a write: the leader applies it
+)
+
+// hopHeader counts the times a request was forwarded: a client to a server
+// to the leader is two, so a third would be a loop (two servers that each
+// name the other leader while an election settles).
+const (
+	hopHeader = "X-Pier-Forwarded"
+	maxHops   = 2
+)
+
+// originHeader names the agent a request first reached, whose node is a
+// new session's default (Consul fills it in on that agent).
+const originHeader = "X-Pier-Origin-Node"
+
+// origin answers the node a request first reached.
+func (s *Server) origin(r *http.Request) string {
+	if o := r.Header.Get(originHeader); o != "" {
+		return o
+	}
+	return s.self()
+}
+
+// readModeOf reads ?stale and ?consistent; false means a 400 was sent.
+func readModeOf(w http.ResponseWriter, r *http.Request) (readMode, bool) {
+	v := r.URL.Query()
+	stale, consistent := v.Has("stale"), v.Has("consistent")
+	switch {
+	case stale && consistent:
+		httpError(w, http.StatusBadRequest, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+		return 0, false
+	case stale:
+		return modeStale, true
+	case consistent:
+		return modeConsistent, true
+	}
+	return modeDefault, true
+}
+
+// raftRead answers the state a read is served from, with Consul's
+// X-Consul-KnownLeader and X-Consul-LastContact set; false means the
+// request was forwarded or answered with an error.
+func (s *Server) raftRead(w http.ResponseWriter, r *http.Request) (*raft.State, *raft.Node, bool) {
+	mode, ok := readModeOf(w, r)
+	if !ok {
+		return nil, nil, false
+	}
+	n := s.cfg.Consensus.Node()
+	if n == nil {
+		s.forwardToServer(w, r, mode)
+		return nil, nil, false
+	}
+	if mode == modeStale {
+		s.raftMeta(w, n)
+		return n.State(), n, true
+	}
+	if !s.toLeader(w, r, n) {
+		return nil, nil, false
+	}
+	st := n.State()
+	if mode == modeConsistent {
+		var err error
+		if st, err = n.ConsistentState(); err != nil {
+			raftError(w, err)
+			return nil, nil, false
+		}
+	}
+	s.raftMeta(w, n)
+	return st, n, true
+}
+
+// raftWrite answers this server's node when it leads; false means the
+// request was forwarded or answered with an error.
+func (s *Server) raftWrite(w http.ResponseWriter, r *http.Request) (*raft.Node, bool) {
+	n := s.cfg.Consensus.Node()
+	if n == nil {
+		s.forwardToServer(w, r, modeWrite)
+		return nil, false
+	}
+	if !s.toLeader(w, r, n) {
+		return nil, false
+	}
+	return n, true
+}
+
+// toLeader answers true when n leads and may serve r; otherwise it forwards
+// r to the leader, or answers 500 No cluster leader once RPCHoldTimeout
+// passes without one (Consul's rpc_hold_timeout: a request made during an
+// election waits for its end instead of failing).
+func (s *Server) toLeader(w http.ResponseWriter, r *http.Request, n *raft.Node) bool {
+	deadline := time.Now().Add(s.cfg.RPCHoldTimeout)
+	for {
+		if n.IsLeader() {
+			return true
+		}
+		if addr, _ := n.Leader(); addr != "" && addr != n.Addr() {
+			s.forward(w, r, addr)
+			return false
+		}
+		// No leader known, or this server was elected and has not yet
+		// applied its barrier.
+		if !time.Now().Before(deadline) {
+			raftError(w, raft.ErrNoLeader)
+			return false
+		}
+		select {
+		case <-r.Context().Done():
+			raftError(w, raft.ErrNoLeader)
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// forwardToServer sends a client's request to a server: a random one of
+// those alive, so that clients spread over them.
+func (s *Server) forwardToServer(w http.ResponseWriter, r *http.Request, _ readMode) {
+	servers := s.cfg.Consensus.Servers()
+	if len(servers) == 0 {
+		httpError(w, http.StatusInternalServerError, "No known Consul servers")
+		return
+	}
+	s.forward(w, r, servers[rand.N(len(servers))])
+}
+
+// forward proxies r to the server port at addr and streams its answer
+// back, headers included.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string) {
+	hops, _ := strconv.Atoi(r.Header.Get(hopHeader))
+	if hops >= maxHops {
+		httpError(w, http.StatusInternalServerError, "Request forwarding loop: forwarded %d times, last to %s", hops, addr)
+		return
+	}
+	// The answer's own Consul headers replace the defaults serve set.
+	h := w.Header()
+	for _, k := range []string{"X-Consul-Index", "X-Consul-KnownLeader", "X-Consul-LastContact"} {
+		h.Del(k)
+	}
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = addr
+			pr.Out.Host = addr
+			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
+			pr.Out.Header.Set(originHeader, s.origin(r))
+		},
+		Transport:     s.fwd,
+		FlushInterval: -1, // blocking answers and snapshots stream
+		ErrorLog:      nil,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, context.Canceled) {
+				return // the client went away
+			}
+			s.log.Warn("api: forwarding a request to a server", "server", addr, "path", r.URL.Path, "err", err)
+			httpError(w, http.StatusInternalServerError, "rpc error: forwarding to server %s: %v", addr, err)
+		},
+	}
+	p.ServeHTTP(w, r)
+}
+
+// newForwarder is the transport of forwarded requests: no overall timeout,
+// since a blocking query is held open for up to MaxWait.
+func newForwarder() *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// raftMeta sets Consul's leader headers from n, honestly.
+func (s *Server) raftMeta(w http.ResponseWriter, n *raft.Node) {
+	addr, _ := n.Leader()
+	h := w.Header()
+	h.Set("X-Consul-KnownLeader", strconv.FormatBool(addr != ""))
+	d, _ := n.LastContactKnown()
+	h.Set("X-Consul-LastContact", strconv.FormatInt(d.Milliseconds(), 10))
+}
+
+// raftError answers an error of the Raft node as Consul does.
+func raftError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, raft.ErrNoLeader), errors.Is(err, raft.ErrNotLeader):
+		httpError(w, http.StatusInternalServerError, "No cluster leader")
+	default:
+		httpError(w, http.StatusInternalServerError, "%v", err)
+	}
+}
+
+// errBadRequest marks an error of the request itself (a 400).
+type errBadRequest struct{ msg string }
+
+func (e errBadRequest) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error { return errBadRequest{fmt.Sprintf(format, args...)} }

@@ -68,12 +68,8 @@ func isTxnWrite(verb string) bool {
 // maxTxnOps or a value over the KV limit a 413.
 func parseTxn(body []byte) ([]raft.KVOp, int, *txnBodyError) {
 	var in []txnOp
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&in); err != nil {
+	if err := json.Unmarshal(body, &in); err != nil {
 		return nil, 0, txnBad(http.StatusBadRequest, "Failed to parse body: %v", err)
-	}
-	if dec.More() {
-		return nil, 0, txnBad(http.StatusBadRequest, "Failed to parse body: data after the list of operations")
 	}
 	if len(in) > maxTxnOps {
 		return nil, 0, txnBad(http.StatusRequestEntityTooLarge, "Transaction contains too many operations (%d > %d)", len(in), maxTxnOps)

@@ -40,7 +40,6 @@ const (
 	modeDefault    readMode = iota // the leader's state after its barrier
 	modeStale                      // any server's own state
 	modeConsistent                 // the leader's state once a quorum confirms it still leads
-	modeWrite                      // a write: the leader applies it
 )
 
 // hopHeader counts the times a request was forwarded: a client to a server
@@ -89,7 +88,7 @@ func (s *Server) raftRead(w http.ResponseWriter, r *http.Request) (*raft.State, 
 	}
 	n := s.cfg.Consensus.Node()
 	if n == nil {
-		s.forwardToServer(w, r, mode)
+		s.forwardToServer(w, r)
 		return nil, nil, false
 	}
 	if mode == modeStale {
@@ -116,7 +115,7 @@ func (s *Server) raftRead(w http.ResponseWriter, r *http.Request) (*raft.State, 
 func (s *Server) raftWrite(w http.ResponseWriter, r *http.Request) (*raft.Node, bool) {
 	n := s.cfg.Consensus.Node()
 	if n == nil {
-		s.forwardToServer(w, r, modeWrite)
+		s.forwardToServer(w, r)
 		return nil, false
 	}
 	if !s.toLeader(w, r, n) {
@@ -155,8 +154,9 @@ func (s *Server) toLeader(w http.ResponseWriter, r *http.Request, n *raft.Node) 
 }
 
 // forwardToServer sends a client's request to a server: a random one of
-// those alive, so that clients spread over them.
-func (s *Server) forwardToServer(w http.ResponseWriter, r *http.Request, _ readMode) {
+// those alive, so that clients spread over them. The server decides again
+// by the request's own ?stale or ?consistent.
+func (s *Server) forwardToServer(w http.ResponseWriter, r *http.Request) {
 	servers := s.cfg.Consensus.Servers()
 	if len(servers) == 0 {
 		httpError(w, http.StatusInternalServerError, "No known Consul servers")
@@ -188,7 +188,6 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string) {
 		},
 		Transport:     s.fwd,
 		FlushInterval: -1, // blocking answers and snapshots stream
-		ErrorLog:      nil,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return // the client went away
@@ -223,8 +222,11 @@ func (s *Server) raftMeta(w http.ResponseWriter, n *raft.Node) {
 // raftError answers an error of the Raft node as Consul does.
 func raftError(w http.ResponseWriter, err error) {
 	switch {
-	case errors.Is(err, raft.ErrNoLeader), errors.Is(err, raft.ErrNotLeader):
+	case errors.Is(err, raft.ErrNoLeader):
 		httpError(w, http.StatusInternalServerError, "No cluster leader")
+	case errors.Is(err, raft.ErrNotLeader):
+		// It led when the request arrived; nothing was applied.
+		httpError(w, http.StatusInternalServerError, "Leadership moved while the request was served; nothing was applied, retry")
 	default:
 		httpError(w, http.StatusInternalServerError, "%v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/pier-dev/pier/deploy/eventually"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
+	"github.com/pier-dev/pier/registry/raft"
 )
 
 func httpDo(t *testing.T, method, url string, body string) (int, string, http.Header) {
@@ -482,5 +483,102 @@ func TestNoConsensusKeepsMissing(t *testing.T) {
 		if code, body, _ := httpDo(t, "GET", a.base+p, ""); code != 404 || !strings.Contains(body, "does not serve") {
 			t.Errorf("GET %s: %d %q", p, code, body)
 		}
+	}
+}
+
+// A blocking KV read through a client waits at the leader (two forwards)
+// until a write through a follower moves the index.
+func TestRaftBlockingThroughClient(t *testing.T) {
+	servers, client := startGroup(t)
+	lead := leaderOf(servers)
+	var follower *raftAgent
+	for _, s := range servers {
+		if s != lead {
+			follower = s
+		}
+	}
+	kv := client.client.KV()
+	if _, err := kv.Put(&consul.KVPair{Key: "watch/me", Value: []byte("1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, meta, err := kv.Get("watch/me", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		p   *consul.KVPair
+		err error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		p, _, err := kv.Get("watch/me", &consul.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 30 * time.Second})
+		got <- answer{p, err}
+	}()
+	select {
+	case a := <-got:
+		t.Fatalf("a blocking read returned before any write: %+v %v", a.p, a.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := follower.client.KV().Put(&consul.KVPair{Key: "watch/me", Value: []byte("2")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-got:
+		if a.err != nil || a.p == nil || string(a.p.Value) != "2" {
+			t.Fatalf("blocking read woke with %+v %v", a.p, a.err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the blocking read did not wake on the write")
+	}
+}
+
+// ACLs on the Raft endpoints, with the token forwarded from a client: key
+// rules on KV and on each txn operation, node rules on sessions.
+func TestRaftACL(t *testing.T) {
+	aclOn := func(c *api.Config) { c.ACL = testACL() }
+	srv := startRaftAgent(t, "s0", true, nil, aclOn)
+	if err := srv.node.Bootstrap([]raft.Server{{ID: "s0", Address: srv.port, Voter: true}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 10*time.Second, "s0 leads", srv.node.IsLeader)
+	srv.reg.SetMemberStatus("c0", "127.0.0.1", registry.MemberAlive)
+	cl := startRaftAgent(t, "c0", false, func() []string { return []string{srv.port} }, aclOn)
+	put := func(tok, key string) int {
+		req, _ := http.NewRequest("PUT", cl.base+"/v1/kv/"+key, strings.NewReader("v"))
+		req.Header.Set("X-Consul-Token", tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := put(webTok, "app/x"); code != 200 {
+		t.Fatalf("web token on app/x: %d", code)
+	}
+	if code := put(webTok, "other"); code != 403 {
+		t.Fatalf("web token on other: %d", code)
+	}
+	req, _ := http.NewRequest("PUT", cl.base+"/v1/txn", strings.NewReader(`[{"KV":{"Verb":"set","Key":"app/y"}},{"KV":{"Verb":"set","Key":"other"}}]`))
+	req.Header.Set("X-Consul-Token", webTok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 409 || !strings.Contains(string(b), `"OpIndex":1`) || !strings.Contains(string(b), "Permission denied") {
+		t.Fatalf("txn with a denied op: %d %s", resp.StatusCode, b)
+	}
+	if _, ok := srv.node.State().KV("app/y"); ok {
+		t.Fatal("a txn with a denied op applied the allowed one")
+	}
+	web, _ := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(cl.base, "http://"), Token: webTok})
+	if _, _, err := web.Session().Create(nil, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("session by a token without node write: %v", err)
+	}
+	mgmt, _ := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(cl.base, "http://"), Token: mgmtTok})
+	if _, _, err := mgmt.Session().Create(nil, nil); err != nil {
+		t.Fatalf("session by the management token: %v", err)
 	}
 }

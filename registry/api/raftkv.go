@@ -272,7 +272,7 @@ func (s *Server) raftKVDelete(w http.ResponseWriter, r *http.Request) {
 func (s *Server) raftStatusLeader(w http.ResponseWriter, r *http.Request) {
 	n := s.cfg.Consensus.Node()
 	if n == nil {
-		s.forwardToServer(w, r, modeStale)
+		s.forwardToServer(w, r)
 		return
 	}
 	s.raftMeta(w, n)
@@ -283,7 +283,7 @@ func (s *Server) raftStatusLeader(w http.ResponseWriter, r *http.Request) {
 func (s *Server) raftStatusPeers(w http.ResponseWriter, r *http.Request) {
 	n := s.cfg.Consensus.Node()
 	if n == nil {
-		s.forwardToServer(w, r, modeStale)
+		s.forwardToServer(w, r)
 		return
 	}
 	servers, err := n.Configuration()

@@ -12,6 +12,13 @@
 // Handlers are plain net/http because blocking queries need per-request
 // cancellation.
 //
+// With Config.Consensus (servers running registry/raft), the KV store,
+// sessions, txn, status, operator raft and snapshots are served from the
+// Raft state (consensus.go): the leader serves writes and default reads,
+// any server ?stale ones, and every other agent forwards the HTTP request
+// as it came; ServerPortHandler is what a server's port serves to them.
+// Without it the KV store is gossip's, last writer wins.
+//
 // ACLs live in registry/acl; this package resolves every request's token
 // through it at one gate (acl.go); each route declares, where it is
 // registered, the permission it needs (route.go).

@@ -582,3 +582,20 @@ func TestRaftACL(t *testing.T) {
 		t.Fatalf("session by the management token: %v", err)
 	}
 }
+
+// Two agents that each take the other for a server forward a request
+// twice, then refuse it; a client that knows no server says so.
+func TestRaftForwardLoop(t *testing.T) {
+	var addrB atomic.Value
+	addrB.Store("")
+	a := startRaftAgent(t, "ca", false, func() []string { return []string{addrB.Load().(string)} }, nil)
+	b := startRaftAgent(t, "cb", false, func() []string { return []string{strings.TrimPrefix(a.base, "http://")} }, nil)
+	addrB.Store(strings.TrimPrefix(b.base, "http://"))
+	if code, body, _ := httpDo(t, "PUT", a.base+"/v1/kv/x", "v"); code != 500 || !strings.Contains(body, "forwarding loop") {
+		t.Fatalf("a loop: %d %q", code, body)
+	}
+	lone := startRaftAgent(t, "cc", false, func() []string { return nil }, nil)
+	if code, body, _ := httpDo(t, "GET", lone.base+"/v1/kv/x", ""); code != 500 || !strings.Contains(body, "No known Consul servers") {
+		t.Fatalf("no servers: %d %q", code, body)
+	}
+}

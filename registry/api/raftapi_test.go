@@ -599,3 +599,29 @@ func TestRaftForwardLoop(t *testing.T) {
 		t.Fatalf("no servers: %d %q", code, body)
 	}
 }
+
+// The registry's KVMaxBytes bounds the Raft store too: a write or txn past
+// it is a 413, an overwrite that keeps the size is not.
+func TestRaftKVMaxBytes(t *testing.T) {
+	a := startRaftAgentReg(t, "s0", true, nil, nil, func(c *registry.Config) { c.KVMaxBytes = 100 })
+	if err := a.node.Bootstrap([]raft.Server{{ID: "s0", Address: a.port, Voter: true}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 10*time.Second, "s0 leads", a.node.IsLeader)
+	v := strings.Repeat("x", 58) // with its 2-byte key, 60 bytes
+	for _, c := range []struct {
+		method, path, body string
+		code               int
+	}{
+		{"PUT", "/v1/kv/k1", v, 200},
+		{"PUT", "/v1/kv/k2", v, 413},
+		{"PUT", "/v1/kv/k1", strings.Repeat("y", 58), 200},
+		{"PUT", "/v1/txn", `[{"KV":{"Verb":"set","Key":"k3","Value":"` + strings.Repeat("QUJD", 15) + `"}}]`, 413},
+		{"DELETE", "/v1/kv/k1", "", 200},
+		{"PUT", "/v1/kv/k2", v, 200},
+	} {
+		if code, body, _ := httpDo(t, c.method, a.base+c.path, c.body); code != c.code {
+			t.Fatalf("%s %s: %d %q, want %d", c.method, c.path, code, body, c.code)
+		}
+	}
+}

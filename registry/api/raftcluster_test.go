@@ -221,9 +221,18 @@ func freePort(t *testing.T) string {
 // servers are servers().
 func startRaftAgent(t *testing.T, name string, server bool, servers func() []string, adjust func(*api.Config)) *raftAgent {
 	t.Helper()
+	return startRaftAgentReg(t, name, server, servers, adjust, nil)
+}
+
+// startRaftAgentReg is startRaftAgent with the registry's config edited.
+func startRaftAgentReg(t *testing.T, name string, server bool, servers func() []string, adjust func(*api.Config), edit func(*registry.Config)) *raftAgent {
+	t.Helper()
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = name
 	rcfg.Address = "127.0.0.1"
+	if edit != nil {
+		edit(&rcfg)
+	}
 	reg, err := registry.New(rcfg)
 	if err != nil {
 		t.Fatal(err)

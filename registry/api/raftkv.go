@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -210,6 +211,10 @@ func (s *Server) raftKVPut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	op.Value = value
+	if err := s.kvFull(n.State(), []raft.KVOp{op}); err != nil {
+		writeError(w, "Invalid KV write", err)
+		return
+	}
 	if op.Verb == raft.KVLock && n.LockDelayed(key) {
 		// Consul's lock delay: the lock was freed by an invalidated
 		// session moments ago; the acquire fails, it is no error.
@@ -265,6 +270,30 @@ func (s *Server) raftKVDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, r, op.Verb != raft.KVDeleteCAS || res.OK)
+}
+
+// kvFull refuses writes that would take the store past the registry's
+// KVMaxBytes, the limit the gossip KV has (checked by the leader against
+// its state; a key written twice in one txn counts twice).
+func (s *Server) kvFull(st *raft.State, ops []raft.KVOp) error {
+	limit := s.reg.Config().KVMaxBytes
+	if limit <= 0 {
+		return nil
+	}
+	size := st.KVBytes()
+	for _, op := range ops {
+		switch op.Verb {
+		case raft.KVSet, raft.KVCAS, raft.KVLock, raft.KVUnlock:
+			size += int64(len(op.Key) + len(op.Value))
+			if old, ok := st.KV(op.Key); ok {
+				size -= int64(len(old.Key) + len(old.Value))
+			}
+		}
+	}
+	if size > limit {
+		return fmt.Errorf("%w: %d bytes with this write, limit %d", registry.ErrKVFull, size, limit)
+	}
+	return nil
 }
 
 // raftStatusLeader and raftStatusPeers answer /v1/status from Raft: the

@@ -174,6 +174,10 @@ func (s *Server) txn(w http.ResponseWriter, r *http.Request) {
 	if writes == 0 {
 		entries, errs = txnRead(st, ops)
 	} else {
+		if err := s.kvFull(n.State(), ops); err != nil {
+			writeError(w, "Invalid KV write", err)
+			return
+		}
 		res, err := n.Txn(ops)
 		if err != nil {
 			raftError(w, err)

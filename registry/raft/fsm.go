@@ -201,9 +201,11 @@ func (w *writer) put(e *KVEntry) {
 		if old.Session != "" {
 			w.s.locks.Delete(lockRef{old.Session, old.Key})
 		}
+		w.s.kvBytes -= entryBytes(old)
 	} else {
 		e.CreateIndex = w.idx
 	}
+	w.s.kvBytes += entryBytes(e)
 	e.ModifyIndex = w.idx
 	if e.Session != "" {
 		w.s.locks.ReplaceOrInsert(lockRef{e.Session, e.Key})
@@ -220,9 +222,12 @@ func (w *writer) del(key string) bool {
 	if old.Session != "" {
 		w.s.locks.Delete(lockRef{old.Session, key})
 	}
+	w.s.kvBytes -= entryBytes(old)
 	w.s.kvIndex = w.idx
 	return true
 }
+
+func entryBytes(e *KVEntry) int64 { return int64(len(e.Key) + len(e.Value)) }
 
 // set writes a value and keeps the key's lock as it is, as Consul's set.
 func (w *writer) set(op KVOp) *KVEntry {
@@ -500,6 +505,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 			return fmt.Errorf("raft: restore: key %d: %w", i, err)
 		}
 		s.kv.ReplaceOrInsert(e)
+		s.kvBytes += entryBytes(e)
 		if e.Session != "" {
 			s.locks.ReplaceOrInsert(lockRef{e.Session, e.Key})
 		}

@@ -59,6 +59,7 @@ type State struct {
 	index        uint64 // the last applied log index
 	kvIndex      uint64 // the last index that changed the KV store (a delete included)
 	sessionIndex uint64
+	kvBytes      int64 // the keys' and values' bytes, for a size limit
 	kv           *btree.BTreeG[*KVEntry]
 	sessions     *btree.BTreeG[*Session]
 	locks        *btree.BTreeG[lockRef]                // the keys each session holds
@@ -90,7 +91,7 @@ func emptyState() *State {
 // clone starts the next state: the trees are shared until written.
 func (s *State) clone() *State {
 	return &State{
-		index: s.index, kvIndex: s.kvIndex, sessionIndex: s.sessionIndex, catalogIndex: s.catalogIndex,
+		index: s.index, kvIndex: s.kvIndex, sessionIndex: s.sessionIndex, catalogIndex: s.catalogIndex, kvBytes: s.kvBytes,
 		kv: s.kv.Clone(), sessions: s.sessions.Clone(), locks: s.locks.Clone(), ext: s.ext.Clone(),
 		changed: make(chan struct{}),
 	}
@@ -102,6 +103,9 @@ func (s *State) Index() uint64 { return s.index }
 // KVIndex is the index of the last change to the KV store: the
 // X-Consul-Index of every KV read, as Consul's table index (never 0).
 func (s *State) KVIndex() uint64 { return max(s.kvIndex, 1) }
+
+// KVBytes is the size of the keys and values held.
+func (s *State) KVBytes() int64 { return s.kvBytes }
 
 // SessionIndex is the index of the last change to the sessions (never 0).
 func (s *State) SessionIndex() uint64 { return max(s.sessionIndex, 1) }

@@ -92,7 +92,7 @@ func (s *Server) raftRead(w http.ResponseWriter, r *http.Request) (*raft.State, 
 		return nil, nil, false
 	}
 	if mode == modeStale {
-		s.raftMeta(w, n)
+		s.raftMeta(w, r, n)
 		return n.State(), n, true
 	}
 	if !s.toLeader(w, r, n) {
@@ -106,7 +106,7 @@ func (s *Server) raftRead(w http.ResponseWriter, r *http.Request) (*raft.State, 
 			return nil, nil, false
 		}
 	}
-	s.raftMeta(w, n)
+	s.raftMeta(w, r, n)
 	return st, n, true
 }
 
@@ -154,20 +154,28 @@ func (s *Server) toLeader(w http.ResponseWriter, r *http.Request, n *raft.Node) 
 }
 
 // forwardToServer sends a client's request to a server: a random one of
-// those alive, so that clients spread over them. The server decides again
-// by the request's own ?stale or ?consistent.
+// those alive, so that clients spread over them, the next one if it cannot
+// be reached. The server decides again by the request's own ?stale or
+// ?consistent.
 func (s *Server) forwardToServer(w http.ResponseWriter, r *http.Request) {
 	servers := s.cfg.Consensus.Servers()
 	if len(servers) == 0 {
 		httpError(w, http.StatusInternalServerError, "No known Consul servers")
 		return
 	}
-	s.forward(w, r, servers[rand.N(len(servers))])
+	order := make([]string, len(servers))
+	for i, j := range rand.Perm(len(servers)) {
+		order[i] = servers[j]
+	}
+	s.forward(w, r, order...)
 }
 
-// forward proxies r to the server port at addr and streams its answer
-// back, headers included.
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string) {
+// forward proxies r to the server port at addrs[0] and streams its answer
+// back, headers included. When addrs[0] cannot be dialled and r has no
+// body, the next address is tried (the transport closes a body it could
+// not send, so a request with one is not retried).
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, addrs ...string) {
+	addr := addrs[0]
 	hops, _ := strconv.Atoi(r.Header.Get(hopHeader))
 	if hops >= maxHops {
 		httpError(w, http.StatusInternalServerError, "Request forwarding loop: forwarded %d times, last to %s", hops, addr)
@@ -188,9 +196,15 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string) {
 		},
 		Transport:     s.fwd,
 		FlushInterval: -1, // blocking answers and snapshots stream
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return // the client went away
+			}
+			var op *net.OpError
+			if errors.As(err, &op) && op.Op == "dial" && len(addrs) > 1 && r.ContentLength == 0 {
+				s.log.Debug("api: a server could not be reached, trying the next", "server", addr, "err", err)
+				s.forward(w, r, addrs[1:]...)
+				return
 			}
 			s.log.Warn("api: forwarding a request to a server", "server", addr, "path", r.URL.Path, "err", err)
 			httpError(w, http.StatusInternalServerError, "rpc error: forwarding to server %s: %v", addr, err)
@@ -210,11 +224,19 @@ func newForwarder() *http.Transport {
 	}
 }
 
-// raftMeta sets Consul's leader headers from n, honestly.
-func (s *Server) raftMeta(w http.ResponseWriter, n *raft.Node) {
+// raftMeta sets Consul's leader headers from n, honestly, and the
+// consistency r was served with.
+func (s *Server) raftMeta(w http.ResponseWriter, r *http.Request, n *raft.Node) {
 	addr, _ := n.Leader()
 	h := w.Header()
 	h.Set("X-Consul-KnownLeader", strconv.FormatBool(addr != ""))
+	consistency := "leader"
+	if q := r.URL.Query(); q.Has("stale") {
+		consistency = "stale"
+	} else if q.Has("consistent") {
+		consistency = "consistent"
+	}
+	h.Set("X-Consul-Effective-Consistency", consistency)
 	d, _ := n.LastContactKnown()
 	h.Set("X-Consul-LastContact", strconv.FormatInt(d.Milliseconds(), 10))
 }

@@ -334,7 +334,8 @@ func TestRaftGroupForwarding(t *testing.T) {
 	if err != nil || p == nil || !meta.KnownLeader {
 		t.Fatalf("stale read on a follower: %+v %+v %v", p, meta, err)
 	}
-	if _, _, h := httpDo(t, "GET", follower.base+"/v1/kv/via/client?stale", ""); h.Get("X-Consul-KnownLeader") != "true" || h.Get("X-Consul-Index") == "" || h.Get("X-Consul-LastContact") == "" {
+	if _, _, h := httpDo(t, "GET", follower.base+"/v1/kv/via/client?stale", ""); h.Get("X-Consul-KnownLeader") != "true" || h.Get("X-Consul-Index") == "" ||
+		h.Get("X-Consul-LastContact") == "" || h.Get("X-Consul-Effective-Consistency") != "stale" {
 		t.Fatalf("stale read headers: %v", h)
 	}
 	// A session made through the client is the client's node's.
@@ -623,5 +624,71 @@ func TestRaftKVMaxBytes(t *testing.T) {
 		if code, body, _ := httpDo(t, c.method, a.base+c.path, c.body); code != c.code {
 			t.Fatalf("%s %s: %d %q, want %d", c.method, c.path, code, body, c.code)
 		}
+	}
+}
+
+// A client whose server list holds one that is gone still reads: the
+// next server is tried.
+func TestRaftClientSkipsDeadServer(t *testing.T) {
+	a := startSingleServer(t)
+	if _, err := a.client.KV().Put(&consul.KVPair{Key: "k", Value: []byte("v")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	dead := freePort(t)
+	cl := startRaftAgent(t, "c0", false, func() []string { return []string{dead, a.port} }, nil)
+	for range 8 { // the order is random: the dead one comes first about half the time
+		if p, _, err := cl.client.KV().Get("k", nil); err != nil || p == nil {
+			t.Fatalf("read through a client with a dead server listed: %+v %v", p, err)
+		}
+	}
+}
+
+// DELETE /v1/operator/raft/peer through a client removes a server; a
+// blocking session list wakes when a session is made.
+func TestRaftRemovePeerAndSessionBlocking(t *testing.T) {
+	servers, client := startGroup(t)
+	lead := leaderOf(servers)
+	var follower *raftAgent
+	for _, s := range servers {
+		if s != lead {
+			follower = s
+		}
+	}
+	_, meta, err := client.client.Session().List(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		list, _, err := client.client.Session().List(&consul.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 30 * time.Second})
+		if err == nil && len(list) != 1 {
+			err = fmt.Errorf("woke with %d sessions", len(list))
+		}
+		got <- err
+	}()
+	if _, _, err := follower.client.Session().Create(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a blocking session list did not wake")
+	}
+
+	if err := client.client.Operator().RaftRemovePeerByID(follower.name, nil); err != nil {
+		t.Fatalf("remove peer: %v", err)
+	}
+	cfg, err := client.client.Operator().RaftGetConfiguration(nil)
+	if err != nil || len(cfg.Servers) != 2 {
+		t.Fatalf("after removing %s: %+v %v", follower.name, cfg, err)
+	}
+	if code, body, _ := httpDo(t, "DELETE", client.base+"/v1/operator/raft/peer?id=nobody", ""); code != 500 || !strings.Contains(body, "nobody") {
+		t.Fatalf("remove of an unknown id: %d %q", code, body)
+	}
+	if code, _, _ := httpDo(t, "DELETE", client.base+"/v1/operator/raft/peer", ""); code != 400 {
+		t.Fatalf("remove without id or address: %d", code)
 	}
 }

@@ -304,7 +304,7 @@ func (s *Server) raftStatusLeader(w http.ResponseWriter, r *http.Request) {
 		s.forwardToServer(w, r)
 		return
 	}
-	s.raftMeta(w, n)
+	s.raftMeta(w, r, n)
 	addr, _ := n.Leader()
 	writeJSON(w, r, addr)
 }
@@ -326,6 +326,6 @@ func (s *Server) raftStatusPeers(w http.ResponseWriter, r *http.Request) {
 			peers = append(peers, sv.Address)
 		}
 	}
-	s.raftMeta(w, n)
+	s.raftMeta(w, r, n)
 	writeJSON(w, r, peers)
 }

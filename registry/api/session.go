@@ -269,7 +269,7 @@ func (s *Server) sessionRenew(w http.ResponseWriter, r *http.Request) {
 		raftError(w, err)
 		return
 	}
-	s.raftMeta(w, n)
+	s.raftMeta(w, r, n)
 	writeJSON(w, r, []sessionJSON{toSessionJSON(sess)})
 }
 

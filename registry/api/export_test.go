@@ -13,3 +13,9 @@ import (
 func RunSessionHealthWithGrace(ctx context.Context, node *raft.Node, reg *registry.Registry, grace time.Duration) error {
 	return runSessionHealth(ctx, node, reg, grace, nil)
 }
+
+// noServers is a client's Consensus that knows no server.
+type noServers struct{}
+
+func (noServers) Node() *raft.Node  { return nil }
+func (noServers) Servers() []string { return nil }

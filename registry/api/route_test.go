@@ -75,7 +75,9 @@ func TestEveryRouteHasPermission(t *testing.T) {
 	withACL.ACL = ACLConfig{Enabled: true, DefaultPolicy: "allow", InitialManagement: "root"}
 	withDebug := DefaultConfig()
 	withDebug.EnableDebug = true
-	for name, cfg := range map[string]Config{"acl": withACL, "debug": withDebug, "default": DefaultConfig()} {
+	withRaft := withACL
+	withRaft.Consensus = noServers{}
+	for name, cfg := range map[string]Config{"acl": withACL, "debug": withDebug, "default": DefaultConfig(), "raft": withRaft} {
 		s := newRouteTestServer(t, cfg)
 		s.Handle("GET /ui/", http.NotFoundHandler()) // as cmd/pier mounts the UI
 		if len(s.perms) < 60 {

@@ -1,7 +1,8 @@
 // Package raft owns the state that pier's servers agree on through
 // hashicorp/raft: the KV store with Consul's locks (sessions, lock delay,
 // LockIndex), sessions, and atomic transactions (Consul's /v1/txn KV
-// verbs). It keeps the Raft log and stable store in the data dir
+// verbs), and operator snapshots in Consul's archive layout (ops.go). It
+// keeps the Raft log and stable store in the data dir
 // (raft/raft.db, bbolt, fsynced per append) and snapshots beside them, or
 // everything in memory for -dev.
 //

@@ -42,12 +42,16 @@ const (
 	modeConsistent                 // the leader's state once a quorum confirms it still leads
 )
 
-// hopHeader counts the times a request was forwarded: a client to a server
-// to the leader is two, so a third would be a loop (two servers that each
-// name the other leader while an election settles).
+// hopHeader counts the times a request was forwarded. A client forwards
+// only a request that reached it first (one forwarded to a client is a
+// misconfiguration); servers forward while the count is below maxHops, so
+// a request from a client survives one stale view of the leader (client
+// to a server, which sends it to the server it thought led, which sends
+// it on to the new leader) and two servers that each name the other
+// leader while an election settles cannot bounce it for ever.
 const (
 	hopHeader = "X-Pier-Forwarded"
-	maxHops   = 2
+	maxHops   = 3
 )
 
 // originHeader names the agent a request first reached, whose node is a
@@ -158,6 +162,10 @@ func (s *Server) toLeader(w http.ResponseWriter, r *http.Request, n *raft.Node) 
 // be reached. The server decides again by the request's own ?stale or
 // ?consistent.
 func (s *Server) forwardToServer(w http.ResponseWriter, r *http.Request) {
+	if hops := r.Header.Get(hopHeader); hops != "" {
+		httpError(w, http.StatusInternalServerError, "Request forwarding loop: a forwarded request (%s times) reached client agent %s", hops, s.self())
+		return
+	}
 	servers := s.cfg.Consensus.Servers()
 	if len(servers) == 0 {
 		httpError(w, http.StatusInternalServerError, "No known Consul servers")

@@ -217,11 +217,13 @@ func TestRaftTxn(t *testing.T) {
 	}
 }
 
-// Twenty writers CAS the same index: exactly one wins.
+// Twenty writers CAS the same index: exactly one wins. (Each writes a
+// value of its own: a CAS that writes the value already there succeeds
+// and leaves the index as it is, as in Consul, so another could win too.)
 func TestRaftCASRace(t *testing.T) {
 	a := startSingleServer(t)
 	kv := a.client.KV()
-	if _, err := kv.Put(&consul.KVPair{Key: "race", Value: []byte("0")}, nil); err != nil {
+	if _, err := kv.Put(&consul.KVPair{Key: "race", Value: []byte("initial")}, nil); err != nil {
 		t.Fatal(err)
 	}
 	p, _, err := kv.Get("race", nil)
@@ -234,7 +236,7 @@ func TestRaftCASRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ok, _, err := kv.CAS(&consul.KVPair{Key: "race", Value: []byte(fmt.Sprint(i)), ModifyIndex: p.ModifyIndex}, nil)
+			ok, _, err := kv.CAS(&consul.KVPair{Key: "race", Value: []byte(fmt.Sprint("writer ", i)), ModifyIndex: p.ModifyIndex}, nil)
 			if err != nil {
 				t.Error(err)
 			}

@@ -29,9 +29,9 @@ import (
 )
 
 func fastRaft(c *hraft.Config) {
-	c.HeartbeatTimeout = 200 * time.Millisecond
-	c.ElectionTimeout = 200 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	c.HeartbeatTimeout = 400 * time.Millisecond
+	c.ElectionTimeout = 400 * time.Millisecond
+	c.LeaderLeaseTimeout = 200 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
 }
 
@@ -272,7 +272,7 @@ func startRaftAgentReg(t *testing.T, name string, server bool, servers func() []
 	}
 	acfg := api.DefaultConfig()
 	acfg.Registry = reg
-	acfg.RPCHoldTimeout = time.Second
+	acfg.RPCHoldTimeout = 3 * time.Second
 	acfg.Consensus = consensus{node: a.node, servers: servers}
 	if adjust != nil {
 		adjust(&acfg)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/pier-dev/pier/registry"
@@ -207,15 +208,11 @@ func (s *Server) txn(w http.ResponseWriter, r *http.Request) {
 func (s *Server) peekTxn(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	b, ok := s.readBody(w, r)
 	if ok {
-		r.Body = readCloser{bytes.NewReader(b)}
+		r.Body = io.NopCloser(bytes.NewReader(b))
 		r.ContentLength = int64(len(b))
 	}
 	return b, ok
 }
-
-type readCloser struct{ *bytes.Reader }
-
-func (readCloser) Close() error { return nil }
 
 // txnAllowed applies the key rules to one operation, as Consul's.
 func txnAllowed(p *acl.Policy, op raft.KVOp) bool {

@@ -1,9 +1,11 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -131,19 +133,30 @@ func (s *Server) raftWrite(w http.ResponseWriter, r *http.Request) (*raft.Node, 
 // toLeader answers true when n leads and may serve r; otherwise it forwards
 // r to the leader, or answers 500 No cluster leader once RPCHoldTimeout
 // passes without one (Consul's rpc_hold_timeout: a request made during an
-// election waits for its end instead of failing).
+// election waits for its end instead of failing). A leader that cannot be
+// dialled (it has just died, and this server does not know yet) is tried
+// again until then too.
 func (s *Server) toLeader(w http.ResponseWriter, r *http.Request, n *raft.Node) bool {
 	deadline := time.Now().Add(s.cfg.RPCHoldTimeout)
+	var rewind func()
+	tried := false
 	for {
 		if n.IsLeader() {
+			if rewind != nil {
+				rewind() // the body is whole again for this server's handler
+			}
 			return true
 		}
+		// No leader known, this server elected but not past its barrier,
+		// or a leader that could not be reached: wait, then look again.
 		if addr, _ := n.Leader(); addr != "" && addr != n.Addr() {
-			s.forward(w, r, addr)
-			return false
+			if !tried {
+				rewind, tried = s.rewindable(r), true
+			}
+			if s.forward(w, r, addr, rewind, rewind != nil && time.Now().Before(deadline)) {
+				return false
+			}
 		}
-		// No leader known, or this server was elected and has not yet
-		// applied its barrier.
 		if !time.Now().Before(deadline) {
 			raftError(w, raft.ErrNoLeader)
 			return false
@@ -159,7 +172,7 @@ func (s *Server) toLeader(w http.ResponseWriter, r *http.Request, n *raft.Node) 
 
 // forwardToServer sends a client's request to a server: a random one of
 // those alive, so that clients spread over them, the next one if it cannot
-// be reached. The server decides again by the request's own ?stale or
+// be dialled. The server decides again by the request's own ?stale or
 // ?consistent.
 func (s *Server) forwardToServer(w http.ResponseWriter, r *http.Request) {
 	if hops := r.Header.Get(hopHeader); hops != "" {
@@ -171,28 +184,58 @@ func (s *Server) forwardToServer(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusInternalServerError, "No known Consul servers")
 		return
 	}
-	order := make([]string, len(servers))
+	rewind := s.rewindable(r)
 	for i, j := range rand.Perm(len(servers)) {
-		order[i] = servers[j]
+		if s.forward(w, r, servers[j], rewind, rewind != nil && i < len(servers)-1) {
+			return
+		}
 	}
-	s.forward(w, r, order...)
 }
 
-// forward proxies r to the server port at addrs[0] and streams its answer
-// back, headers included. When addrs[0] cannot be dialled and r has no
-// body, the next address is tried (the transport closes a body it could
-// not send, so a request with one is not retried).
-func (s *Server) forward(w http.ResponseWriter, r *http.Request, addrs ...string) {
-	addr := addrs[0]
+// rewindable makes r's body readable again for another try: nil when it
+// cannot be (a body of unknown length, or larger than MaxBodySize, such as
+// a snapshot, which is sent once).
+func (s *Server) rewindable(r *http.Request) func() {
+	if r.ContentLength == 0 {
+		return func() { r.Body = http.NoBody }
+	}
+	if r.ContentLength < 0 || r.ContentLength > s.cfg.MaxBodySize {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
+	if err != nil || int64(len(b)) != r.ContentLength {
+		return nil
+	}
+	return func() { r.Body = io.NopCloser(bytes.NewReader(b)) }
+}
+
+// forward proxies r to the server port at addr and streams its answer
+// back, headers included; true means an answer was written. With retry,
+// an addr that cannot be dialled leaves nothing written and answers false
+// (rewind first makes the body whole again for the next try).
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, rewind func(), retry bool) bool {
 	hops, _ := strconv.Atoi(r.Header.Get(hopHeader))
 	if hops >= maxHops {
 		httpError(w, http.StatusInternalServerError, "Request forwarding loop: forwarded %d times, last to %s", hops, addr)
-		return
+		return true
+	}
+	if rewind != nil {
+		rewind()
 	}
 	// The answer's own Consul headers replace the defaults serve set.
 	h := w.Header()
 	for _, k := range []string{"X-Consul-Index", "X-Consul-KnownLeader", "X-Consul-LastContact"} {
 		h.Del(k)
+	}
+	answered := true
+	// A read may go over a pooled connection: if the server closed it
+	// meanwhile, the transport tries again on a new one (a GET is
+	// replayable). A write may not be sent twice, so it takes a fresh
+	// connection, which fails before anything is sent, and the loop above
+	// tries again.
+	transport := s.fwd
+	if !isRead(r) {
+		transport = s.fwdOnce
 	}
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -202,16 +245,16 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addrs ...string
 			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
 			pr.Out.Header.Set(originHeader, s.origin(r))
 		},
-		Transport:     s.fwd,
+		Transport:     transport,
 		FlushInterval: -1, // blocking answers and snapshots stream
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return // the client went away
 			}
 			var op *net.OpError
-			if errors.As(err, &op) && op.Op == "dial" && len(addrs) > 1 && r.ContentLength == 0 {
-				s.log.Debug("api: a server could not be reached, trying the next", "server", addr, "err", err)
-				s.forward(w, r, addrs[1:]...)
+			if retry && errors.As(err, &op) && op.Op == "dial" {
+				s.log.Debug("api: a server could not be dialled", "server", addr, "err", err)
+				answered = false
 				return
 			}
 			s.log.Warn("api: forwarding a request to a server", "server", addr, "path", r.URL.Path, "err", err)
@@ -219,13 +262,16 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addrs ...string
 		},
 	}
 	p.ServeHTTP(w, r)
+	return answered
 }
 
-// newForwarder is the transport of forwarded requests: no overall timeout,
-// since a blocking query is held open for up to MaxWait.
-func newForwarder() *http.Transport {
+// newForwarder is a transport of forwarded requests: no overall timeout,
+// since a blocking query is held open for up to MaxWait; keepAlive false
+// gives each request a connection of its own.
+func newForwarder(keepAlive bool) *http.Transport {
 	return &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DisableKeepAlives:     !keepAlive,
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,

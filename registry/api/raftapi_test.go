@@ -371,6 +371,16 @@ func TestRaftGroupForwarding(t *testing.T) {
 		t.Errorf("%d leaders in %+v", leaders, cfg.Servers)
 	}
 
+	// The leader goes: a write through a follower waits for the next one
+	// (the follower may first try the old leader, which no longer answers).
+	lead.stop()
+	if _, err := follower.client.KV().Put(&consul.KVPair{Key: "after/leader", Value: []byte("x")}, nil); err != nil {
+		t.Fatalf("a write through a follower while the leader changes: %v", err)
+	}
+	if _, err := client.client.KV().Put(&consul.KVPair{Key: "after/leader2", Value: []byte("x")}, nil); err != nil {
+		t.Fatalf("a write through the client after the leader changed: %v", err)
+	}
+
 	// Two servers down: the last one cannot elect a leader.
 	var last *raftAgent
 	down := 0

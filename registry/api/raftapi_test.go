@@ -326,6 +326,13 @@ func TestRaftGroupForwarding(t *testing.T) {
 	if err != nil || p == nil || string(p.Value) != "f" || !meta.KnownLeader {
 		t.Fatalf("read through the client: %+v %+v %v", p, meta, err)
 	}
+	// A consistent read through a follower is the leader's, confirmed.
+	if p, _, err := follower.client.KV().Get("via/client", &consul.QueryOptions{RequireConsistent: true}); err != nil || p == nil {
+		t.Fatalf("consistent read through a follower: %+v %v", p, err)
+	}
+	if _, _, h := httpDo(t, "GET", client.base+"/v1/kv/via/client?consistent", ""); h.Get("X-Consul-Effective-Consistency") != "consistent" {
+		t.Fatalf("consistent read headers: %v", h)
+	}
 	// A stale read on a follower answers from its own state, once it has
 	// the entry.
 	eventually.True(t, 10*time.Second, "the follower has via/client", func() bool {

@@ -16,13 +16,14 @@ type kvPair struct {
 	Key         string
 	Flags       uint64
 	Value       []byte // base64 in JSON; null when empty, as Consul
-	Session     string `json:",omitempty"` // the lock holder (Raft KV only)
+	Session     string `json:",omitempty"` // the lock holder (agreed keys only)
 	CreateIndex uint64
 	ModifyIndex uint64
 }
 
 func toKVPair(e *registry.KVEntry) kvPair {
-	p := kvPair{Key: e.Key, Flags: e.Flags, CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex}
+	p := kvPair{Key: e.Key, Flags: e.Flags, Session: e.Session, LockIndex: e.LockIndex,
+		CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex}
 	if len(e.Value) > 0 {
 		p.Value = e.Value
 	}

@@ -28,15 +28,6 @@ func (s *Server) raftRoutes() {
 	s.operatorRoutes() // operator.go: operator raft, snapshots
 }
 
-func raftKVPair(e *raft.KVEntry) kvPair {
-	p := kvPair{Key: e.Key, Flags: e.Flags, Session: e.Session, LockIndex: e.LockIndex,
-		CreateIndex: e.CreateIndex, ModifyIndex: e.ModifyIndex}
-	if len(e.Value) > 0 {
-		p.Value = e.Value
-	}
-	return p
-}
-
 // blockRaft is block (blocking.go) over the Raft state: it waits while
 // index(st) is ?index, and sets X-Consul-Index.
 func (s *Server) blockRaft(w http.ResponseWriter, r *http.Request, q query, n *raft.Node, st *raft.State, index func(*raft.State) uint64) *raft.State {
@@ -110,7 +101,7 @@ func (s *Server) raftKVGet(w http.ResponseWriter, r *http.Request) {
 		var out []kvPair
 		for _, e := range st.KVList(key) {
 			if mayRead(e.Key) {
-				out = append(out, raftKVPair(e))
+				out = append(out, toKVPair(e))
 			}
 		}
 		if len(out) == 0 {
@@ -132,7 +123,7 @@ func (s *Server) raftKVGet(w http.ResponseWriter, r *http.Request) {
 			w.Write(e.Value)
 			return
 		}
-		writeJSON(w, r, []kvPair{raftKVPair(e)})
+		writeJSON(w, r, []kvPair{toKVPair(e)})
 	}
 }
 

@@ -239,7 +239,7 @@ func txnAnswer(w http.ResponseWriter, r *http.Request, entries []*raft.KVEntry, 
 	}
 	out := txnResponse{Results: make([]txnResult, 0, len(entries))}
 	for _, e := range entries {
-		out.Results = append(out.Results, txnResult{KV: raftKVPair(e)})
+		out.Results = append(out.Results, txnResult{KV: toKVPair(e)})
 	}
 	writeJSON(w, r, out)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/pier-dev/pier/registry/api/answer"
 )
@@ -64,12 +65,18 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 		add("PUT "+path, h, perm)
 		add("POST "+path, h, perm)
 	}
-	writes("/v1/acl/policy", s.aclPolicyCreate, aclWrite)
-	add("GET /v1/acl/policy/{id}", s.aclPolicyRead, aclRead)
-	add("GET /v1/acl/policy/name/{name}", s.aclPolicyReadByName, aclRead)
-	writes("/v1/acl/policy/{id}", s.aclPolicyUpdate, aclWrite)
-	add("DELETE /v1/acl/policy/{id}", s.aclPolicyDelete, aclWrite)
-	add("GET /v1/acl/policies", s.aclPolicyList, aclRead)
+	// Policies and roles have the same routes; an ID or a name in the
+	// path picks the object, no ID on a write creates one.
+	objects := func(noun, plural string, put, read, del, list http.HandlerFunc) {
+		writes("/v1/acl/"+noun, put, aclWrite)
+		add("GET /v1/acl/"+noun+"/{id}", read, aclRead)
+		add("GET /v1/acl/"+noun+"/name/{name}", read, aclRead)
+		writes("/v1/acl/"+noun+"/{id}", put, aclWrite)
+		add("DELETE /v1/acl/"+noun+"/{id}", del, aclWrite)
+		add("GET /v1/acl/"+plural, list, aclRead)
+	}
+	objects("policy", "policies", s.aclPolicyPut, s.aclPolicyRead, s.aclPolicyDelete, s.aclPolicyList)
+	objects("role", "roles", s.aclRolePut, s.aclRoleRead, s.aclRoleDelete, s.aclRoleList)
 
 	writes("/v1/acl/token", s.aclTokenCreate, aclWrite)
 	add("GET "+tokenSelfPath, s.aclTokenSelf, Anyone)
@@ -78,13 +85,6 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 	writes("/v1/acl/token/{id}/clone", s.aclTokenClone, aclWrite)
 	add("DELETE /v1/acl/token/{id}", s.aclTokenDelete, aclWriteOrSelf)
 	add("GET /v1/acl/tokens", s.aclTokenList, aclRead)
-
-	writes("/v1/acl/role", s.aclRoleCreate, aclWrite)
-	add("GET /v1/acl/role/{id}", s.aclRoleRead, aclRead)
-	add("GET /v1/acl/role/name/{name}", s.aclRoleReadByName, aclRead)
-	writes("/v1/acl/role/{id}", s.aclRoleUpdate, aclWrite)
-	add("DELETE /v1/acl/role/{id}", s.aclRoleDelete, aclWrite)
-	add("GET /v1/acl/roles", s.aclRoleList, aclRead)
 
 	// The handler checks, besides, what the token being set grants.
 	writes("/v1/agent/token/{kind}", s.agentToken, AgentWrite(s.node))
@@ -128,6 +128,60 @@ func (s *Endpoints) decodeJSONBody(w http.ResponseWriter, r *http.Request, v any
 		return false
 	}
 	return true
+}
+
+// decodeWrite decodes the body of a policy or role write into in, whose
+// ID field is bodyID, and answers the ID to write: a new one when the path
+// has none (the body may not name one either), else the path's (the body
+// may repeat it). what is "Policy" or "Role", for messages; false means an
+// error was sent.
+func (s *Endpoints) decodeWrite(w http.ResponseWriter, r *http.Request, in any, bodyID *string, what string) (id string, create, ok bool) {
+	if !s.aclOn(w) || !s.decodeJSONBody(w, r, in) {
+		return "", false, false
+	}
+	id = r.PathValue("id")
+	switch {
+	case id == "" && *bodyID != "":
+		httpError(w, http.StatusBadRequest, "Cannot specify the ID when creating a new %s", strings.ToLower(what))
+		return "", false, false
+	case id == "":
+		return newUUID(), true, true
+	case *bodyID != "" && *bodyID != id:
+		httpError(w, http.StatusBadRequest, "%s ID in URL and payload do not match", what)
+		return "", false, false
+	}
+	return id, false, true
+}
+
+// pathRef is the object a read names: {id} or, on the /name/ routes, {name}.
+func pathRef(r *http.Request) aclLink {
+	return aclLink{ID: r.PathValue("id"), Name: r.PathValue("name")}
+}
+
+// putAndShow stores v under key and answers the view that the rebuilt
+// table has for it (view answers nil for none); a.mu held. what is
+// "Policy", "Role" or "Token", for messages.
+func (s *Endpoints) putAndShow(w http.ResponseWriter, r *http.Request, what, key string, v any, view func(*aclTable) any) {
+	t, err := s.acl.put(key, v)
+	if err != nil {
+		writeError(w, "Invalid "+what, err)
+		return
+	}
+	out := view(t)
+	if out == nil {
+		httpError(w, http.StatusInternalServerError, "the %s was written but is not in the table", strings.ToLower(what))
+		return
+	}
+	writeJSON(w, r, out)
+}
+
+// delAndConfirm deletes key and answers Consul's true; a.mu held.
+func (s *Endpoints) delAndConfirm(w http.ResponseWriter, r *http.Request, what, key string) {
+	if err := s.acl.del(key); err != nil {
+		writeError(w, "Invalid "+what, err)
+		return
+	}
+	writeJSON(w, r, true)
 }
 
 // writeJSON, httpError and writeError are this package's short names for

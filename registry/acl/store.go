@@ -1,12 +1,14 @@
 package acl
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -297,21 +299,34 @@ func (a *Authorizer) datacenter() string {
 
 // policyByRef finds a policy by ID, else by name.
 func (t *aclTable) policyByRef(l aclLink) (*policyEntry, bool) {
+	return byRef(t.policies, t.byName, l)
+}
+
+// byRef finds an object of byID by l's ID, else of byName by its name.
+func byRef[E any](byID, byName map[string]*E, l aclLink) (*E, bool) {
 	if l.ID != "" {
-		pe, ok := t.policies[l.ID]
-		return pe, ok
+		e, ok := byID[l.ID]
+		return e, ok
 	}
-	pe, ok := t.byName[l.Name]
-	return pe, ok
+	e, ok := byName[l.Name]
+	return e, ok
 }
 
 func (t *aclTable) sortedPolicies() []*policyEntry {
-	out := make([]*policyEntry, 0, len(t.policies))
-	for _, pe := range t.policies {
-		out = append(out, pe)
+	return sortedByName(t.policies, func(pe *policyEntry) (string, string) { return pe.view.Name, pe.view.ID })
+}
+
+// sortedByName answers the objects of m by name, then ID, as Consul lists
+// policies and roles; key answers an object's name and ID.
+func sortedByName[E any](m map[string]E, key func(E) (name, id string)) []E {
+	out := make([]E, 0, len(m))
+	for _, e := range m {
+		out = append(out, e)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].view.Name < out[j].view.Name || out[i].view.Name == out[j].view.Name && out[i].view.ID < out[j].view.ID
+	slices.SortFunc(out, func(a, b E) int {
+		an, aid := key(a)
+		bn, bid := key(b)
+		return cmp.Or(cmp.Compare(an, bn), cmp.Compare(aid, bid))
 	})
 	return out
 }

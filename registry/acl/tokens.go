@@ -137,17 +137,12 @@ func (s *Endpoints) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 
 // writeStoredToken stores st and answers its view; a.mu held.
 func (s *Endpoints) writeStoredToken(w http.ResponseWriter, r *http.Request, st storedToken) {
-	t, err := s.acl.put(aclTokenPrefix+st.AccessorID, st)
-	if err != nil {
-		writeError(w, "Invalid Token", err)
-		return
-	}
-	te, ok := t.tokens[st.AccessorID]
-	if !ok || te.static {
-		httpError(w, http.StatusInternalServerError, "the token was written but is not in the table")
-		return
-	}
-	writeJSON(w, r, te.view)
+	s.putAndShow(w, r, "Token", aclTokenPrefix+st.AccessorID, st, func(t *aclTable) any {
+		if te := t.tokens[st.AccessorID]; te != nil && !te.static {
+			return te.view
+		}
+		return nil
+	})
 }
 
 // storedTokenFor answers a token that the API may change; false means an
@@ -241,11 +236,7 @@ func (s *Endpoints) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "Deletion of the request's authorization token is not permitted")
 		return
 	}
-	if err := a.del(aclTokenPrefix + id); err != nil {
-		writeError(w, "Invalid Token", err)
-		return
-	}
-	writeJSON(w, r, true)
+	s.delAndConfirm(w, r, "Token", aclTokenPrefix+id)
 }
 
 // shown is a token as the requester may see it: the secret only with

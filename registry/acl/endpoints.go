@@ -153,9 +153,25 @@ func (s *Endpoints) decodeWrite(w http.ResponseWriter, r *http.Request, in any, 
 	return id, false, true
 }
 
-// pathRef is the object a read names: {id} or, on the /name/ routes, {name}.
-func pathRef(r *http.Request) aclLink {
-	return aclLink{ID: r.PathValue("id"), Name: r.PathValue("name")}
+// readRef answers the policy or role (what) that the path names by ID or,
+// on the /name/ routes, by name; find looks it up in the table, view
+// answers what is shown of it, notFound is Consul's message for none.
+func readRef[E any](s *Endpoints, w http.ResponseWriter, r *http.Request, what, notFound string,
+	find func(*aclTable, aclLink) (*E, bool), view func(*E) any) {
+	if !s.aclOn(w) {
+		return
+	}
+	ref := aclLink{ID: r.PathValue("id"), Name: r.PathValue("name")}
+	if ref.ID == "" && ref.Name == "" {
+		httpError(w, http.StatusBadRequest, "Missing %s ID", what)
+		return
+	}
+	e, ok := find(s.acl.current(), ref)
+	if !ok {
+		httpError(w, http.StatusNotFound, "%s", notFound)
+		return
+	}
+	writeJSON(w, r, view(e))
 }
 
 // putAndShow stores v under key and answers the view that the rebuilt

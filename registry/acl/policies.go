@@ -66,22 +66,8 @@ func (s *Endpoints) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in ac
 
 // aclPolicyRead answers a policy by the ID or the name in the path.
 func (s *Endpoints) aclPolicyRead(w http.ResponseWriter, r *http.Request) {
-	if s.aclOn(w) {
-		s.writePolicy(w, r, pathRef(r))
-	}
-}
-
-func (s *Endpoints) writePolicy(w http.ResponseWriter, r *http.Request, ref aclLink) {
-	if ref.ID == "" && ref.Name == "" {
-		httpError(w, http.StatusBadRequest, "Missing policy ID")
-		return
-	}
-	pe, ok := s.acl.current().policyByRef(ref)
-	if !ok {
-		httpError(w, http.StatusNotFound, "ACL policy not found")
-		return
-	}
-	writeJSON(w, r, pe.view)
+	readRef(s, w, r, "policy", "ACL policy not found", (*aclTable).policyByRef,
+		func(pe *policyEntry) any { return pe.view })
 }
 
 func (s *Endpoints) aclPolicyDelete(w http.ResponseWriter, r *http.Request) {

@@ -265,22 +265,8 @@ func (s *Endpoints) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclR
 
 // aclRoleRead answers a role by the ID or the name in the path.
 func (s *Endpoints) aclRoleRead(w http.ResponseWriter, r *http.Request) {
-	if s.aclOn(w) {
-		s.writeRole(w, r, pathRef(r))
-	}
-}
-
-func (s *Endpoints) writeRole(w http.ResponseWriter, r *http.Request, ref aclLink) {
-	if ref.ID == "" && ref.Name == "" {
-		httpError(w, http.StatusBadRequest, "Missing role ID")
-		return
-	}
-	re, ok := s.acl.current().roleByRef(ref)
-	if !ok {
-		httpError(w, http.StatusNotFound, "Requested role does not exist")
-		return
-	}
-	writeJSON(w, r, re.view)
+	readRef(s, w, r, "role", "Requested role does not exist", (*aclTable).roleByRef,
+		func(re *roleEntry) any { return re.view })
 }
 
 // aclRoleDelete answers 404 for an unknown role, as Consul; tokens that

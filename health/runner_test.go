@@ -20,17 +20,25 @@ import (
 // loopback servers started outside the bubble; a probe's network I/O keeps
 // fake time still until it completes.
 
-// startRunner makes an in-memory registry and runs a Runner on it until the
-// bubble's test ends.
-func startRunner(t *testing.T, cfg Config) (*registry.Registry, *Runner) {
-	t.Helper()
+// newCatalog makes the in-memory registry of node1 at 127.0.0.1 that the
+// checks run against.
+func newCatalog(tb testing.TB) *registry.Registry {
+	tb.Helper()
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = "node1"
 	rcfg.Address = "127.0.0.1"
 	reg, err := registry.New(rcfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
+	return reg
+}
+
+// startRunner makes an in-memory registry and runs a Runner on it until the
+// bubble's test ends.
+func startRunner(t *testing.T, cfg Config) (*registry.Registry, *Runner) {
+	t.Helper()
+	reg := newCatalog(t)
 	cfg.Catalog = reg
 	r, err := New(cfg)
 	if err != nil {

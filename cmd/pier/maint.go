@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -12,18 +13,17 @@ import (
 // in maintenance; with -service it acts on one service, otherwise on the
 // whole node.
 func runMaint(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("maint")
-	var cf clientFlags
-	cf.register(fs)
 	var (
 		enable, disable bool
 		reason, service string
 	)
-	fs.BoolVar(&enable, "enable", false, "enable maintenance mode (the service's or node's instances leave every healthy answer)")
-	fs.BoolVar(&disable, "disable", false, "disable maintenance mode")
-	fs.StringVar(&reason, "reason", "", "why (shown in the maintenance check's Notes); only with -enable")
-	fs.StringVar(&service, "service", "", "ID of the service to act on (default: the whole node)")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	fs, cf, err := apiFlags("maint", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&enable, "enable", false, "enable maintenance mode (the service's or node's instances leave every healthy answer)")
+		fs.BoolVar(&disable, "disable", false, "disable maintenance mode")
+		fs.StringVar(&reason, "reason", "", "why (shown in the maintenance check's Notes); only with -enable")
+		fs.StringVar(&service, "service", "", "ID of the service to act on (default: the whole node)")
+	})
+	if err != nil {
 		return err
 	}
 	switch {

@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 )
 
 // instance is the part of /v1/health/service/:name that pier services shows.
@@ -70,8 +69,7 @@ func runServices(args []string, stdout, stderr io.Writer) error {
 		}
 		return printJSON(stdout, all)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "Name\tID\tNode\tAddress\tStatus\tTags")
+	tw := newTable(stdout, "Name\tID\tNode\tAddress\tStatus\tTags")
 	for _, in := range all {
 		addr := in.Service.Address
 		if addr == "" {

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"slices"
 	"sort"
@@ -153,13 +154,8 @@ func catalogNodes(args []string, stdout, stderr io.Writer) error {
 // pairs prints a map as Consul's CLI does: k=v pairs in key order, with sep
 // between them.
 func pairs(m map[string]string, sep string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	kvs := make([]string, 0, len(keys))
-	for _, k := range keys {
+	kvs := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		kvs = append(kvs, k+"="+m[k])
 	}
 	return strings.Join(kvs, sep)

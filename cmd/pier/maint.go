@@ -4,8 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -75,12 +76,7 @@ func listMaintenance(c *client, stdout io.Writer) error {
 	if err := c.do("GET", "/v1/agent/checks", nil, &checks); err != nil {
 		return err
 	}
-	ids := make([]string, 0, len(checks))
-	for id := range checks {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(checks)) {
 		ch := checks[id]
 		switch {
 		case id == "_node_maintenance":

@@ -3,8 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -50,13 +51,8 @@ func runServices(args []string, stdout, stderr io.Writer) error {
 	if err := c.do("GET", "/v1/catalog/services", nil, &names); err != nil {
 		return err
 	}
-	sorted := make([]string, 0, len(names))
-	for n := range names {
-		sorted = append(sorted, n)
-	}
-	sort.Strings(sorted)
 	var all []instance
-	for _, n := range sorted {
+	for _, n := range slices.Sorted(maps.Keys(names)) {
 		var ins []instance
 		if err := c.do("GET", "/v1/health/service/"+url.PathEscape(n), nil, &ins); err != nil {
 			return err

@@ -191,9 +191,23 @@ func (s *Endpoints) putAndShow(w http.ResponseWriter, r *http.Request, what, key
 	writeJSON(w, r, out)
 }
 
-// delAndConfirm deletes key and answers Consul's true; a.mu held.
-func (s *Endpoints) delAndConfirm(w http.ResponseWriter, r *http.Request, what, key string) {
-	if err := s.acl.del(key); err != nil {
+// deleteObject is the DELETE of a policy, role or token (what, stored
+// under prefix) that the path's {id} names: with a.mu held, check looks at
+// the fresh table and answers false after answering the request itself
+// (an error, or Consul's true for what is gone already); else the object
+// is deleted and the answer is true.
+func (s *Endpoints) deleteObject(w http.ResponseWriter, r *http.Request, what, prefix string, check func(t *aclTable, id string) bool) {
+	if !s.aclOn(w) {
+		return
+	}
+	id := r.PathValue("id")
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !check(a.refreshLocked(), id) {
+		return
+	}
+	if err := a.del(prefix + id); err != nil {
 		writeError(w, "Invalid "+what, err)
 		return
 	}

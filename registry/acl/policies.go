@@ -71,24 +71,18 @@ func (s *Endpoints) aclPolicyRead(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Endpoints) aclPolicyDelete(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	id := r.PathValue("id")
-	a := s.acl
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	pe, ok := a.refreshLocked().policies[id]
-	if ok && pe.builtin {
-		httpError(w, http.StatusBadRequest, "Delete operation not permitted on the builtin %s policy", managementPolicyName)
-		return
-	}
-	// An unknown ID is no error: it may have been deleted on another node.
-	if !ok {
-		writeJSON(w, r, true)
-		return
-	}
-	s.delAndConfirm(w, r, "Policy", aclPolicyPrefix+id)
+	s.deleteObject(w, r, "Policy", aclPolicyPrefix, func(t *aclTable, id string) bool {
+		pe, ok := t.policies[id]
+		switch {
+		case ok && pe.builtin:
+			httpError(w, http.StatusBadRequest, "Delete operation not permitted on the builtin %s policy", managementPolicyName)
+			return false
+		case !ok: // no error: it may have been deleted on another node
+			writeJSON(w, r, true)
+			return false
+		}
+		return true
+	})
 }
 
 // aclPolicyListEntry is Consul's ACLPolicyListEntry: no rules.

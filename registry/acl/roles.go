@@ -272,18 +272,13 @@ func (s *Endpoints) aclRoleRead(w http.ResponseWriter, r *http.Request) {
 // aclRoleDelete answers 404 for an unknown role, as Consul; tokens that
 // link to a deleted role lose the link when the table is rebuilt.
 func (s *Endpoints) aclRoleDelete(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	id := r.PathValue("id")
-	a := s.acl
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if _, ok := a.refreshLocked().roles[id]; !ok {
-		httpError(w, http.StatusNotFound, "Cannot find role to delete")
-		return
-	}
-	s.delAndConfirm(w, r, "Role", aclRolePrefix+id)
+	s.deleteObject(w, r, "Role", aclRolePrefix, func(t *aclTable, id string) bool {
+		if _, ok := t.roles[id]; !ok {
+			httpError(w, http.StatusNotFound, "Cannot find role to delete")
+			return false
+		}
+		return true
+	})
 }
 
 func (s *Endpoints) aclRoleList(w http.ResponseWriter, r *http.Request) {

@@ -216,27 +216,21 @@ func (s *Endpoints) aclTokenClone(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Endpoints) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	id := r.PathValue("id")
-	a := s.acl
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	t := a.refreshLocked()
-	if _, ok := t.tokens[id]; !ok {
-		writeJSON(w, r, true) // already gone, perhaps deleted on another node
-		return
-	}
-	te, ok := s.storedTokenFor(w, t, id)
-	if !ok {
-		return
-	}
-	if self := a.lookupIn(t, RequestToken(r)); self == te {
-		httpError(w, http.StatusBadRequest, "Deletion of the request's authorization token is not permitted")
-		return
-	}
-	s.delAndConfirm(w, r, "Token", aclTokenPrefix+id)
+	s.deleteObject(w, r, "Token", aclTokenPrefix, func(t *aclTable, id string) bool {
+		if _, ok := t.tokens[id]; !ok {
+			writeJSON(w, r, true) // already gone, perhaps deleted on another node
+			return false
+		}
+		te, ok := s.storedTokenFor(w, t, id)
+		if !ok {
+			return false
+		}
+		if self := s.acl.lookupIn(t, RequestToken(r)); self == te {
+			httpError(w, http.StatusBadRequest, "Deletion of the request's authorization token is not permitted")
+			return false
+		}
+		return true
+	})
 }
 
 // shown is a token as the requester may see it: the secret only with

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -319,10 +320,7 @@ func (t *aclTable) sortedPolicies() []*policyEntry {
 // sortedByName answers the objects of m by name, then ID, as Consul lists
 // policies and roles; key answers an object's name and ID.
 func sortedByName[E any](m map[string]E, key func(E) (name, id string)) []E {
-	out := make([]E, 0, len(m))
-	for _, e := range m {
-		out = append(out, e)
-	}
+	out := slices.Collect(maps.Values(m))
 	slices.SortFunc(out, func(a, b E) int {
 		an, aid := key(a)
 		bn, bid := key(b)
@@ -332,10 +330,7 @@ func sortedByName[E any](m map[string]E, key func(E) (name, id string)) []E {
 }
 
 func (t *aclTable) sortedTokens() []*tokenEntry {
-	out := make([]*tokenEntry, 0, len(t.tokens))
-	for _, te := range t.tokens {
-		out = append(out, te)
-	}
+	out := slices.Collect(maps.Values(t.tokens))
 	sort.Slice(out, func(i, j int) bool { return out[i].view.AccessorID < out[j].view.AccessorID })
 	return out
 }

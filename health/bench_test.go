@@ -13,13 +13,7 @@ import (
 // after 100 of them changed status: the work a burst of results costs the
 // runner, at most once per minSyncGap.
 func BenchmarkSync(b *testing.B) {
-	rcfg := registry.DefaultConfig()
-	rcfg.NodeName = "node1"
-	rcfg.Address = "127.0.0.1"
-	reg, err := registry.New(rcfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	reg := newCatalog(b)
 	const n = 10000
 	for i := range n / 10 {
 		id := fmt.Sprintf("svc%d", i)

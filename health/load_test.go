@@ -63,13 +63,7 @@ func registerHTTPChecks(tb testing.TB, reg *registry.Registry, n int, url string
 // fake time in a synctest bubble.
 func runHTTPChecks(tb testing.TB, n int, interval, runFor time.Duration, srv *httptest.Server, hits *atomic.Int64, wait func(time.Duration)) *loadRun {
 	tb.Helper()
-	rcfg := registry.DefaultConfig()
-	rcfg.NodeName = "node1"
-	rcfg.Address = "127.0.0.1"
-	reg, err := registry.New(rcfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	reg := newCatalog(tb)
 	registerHTTPChecks(tb, reg, n, srv.URL, interval)
 	r, err := New(Config{Catalog: reg})
 	if err != nil {

@@ -20,17 +20,25 @@ import (
 // loopback servers started outside the bubble; a probe's network I/O keeps
 // fake time still until it completes.
 
-// startRunner makes an in-memory registry and runs a Runner on it until the
-// bubble's test ends.
-func startRunner(t *testing.T, cfg Config) (*registry.Registry, *Runner) {
-	t.Helper()
+// newCatalog makes the in-memory registry of node1 at 127.0.0.1 that the
+// checks run against.
+func newCatalog(tb testing.TB) *registry.Registry {
+	tb.Helper()
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = "node1"
 	rcfg.Address = "127.0.0.1"
 	reg, err := registry.New(rcfg)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
+	return reg
+}
+
+// startRunner makes an in-memory registry and runs a Runner on it until the
+// bubble's test ends.
+func startRunner(t *testing.T, cfg Config) (*registry.Registry, *Runner) {
+	t.Helper()
+	reg := newCatalog(t)
 	cfg.Catalog = reg
 	r, err := New(cfg)
 	if err != nil {
@@ -156,23 +164,25 @@ func TestThresholdsInRunner(t *testing.T) {
 		reg, _ := startRunner(t, Config{})
 		register(t, reg, `{"ID":"web1","Name":"web","Check":{"HTTP":"`+s.URL+`","Interval":"10s",
 			"SuccessBeforePassing":2,"FailuresBeforeWarning":1,"FailuresBeforeCritical":3}}`)
-		after(10 * time.Second)
-		wantCheck(t, reg, "service:web1", registry.StatusCritical, "") // one success of two
-		after(10 * time.Second)
-		wantCheck(t, reg, "service:web1", registry.StatusPassing, "200 OK")
-		s.code.Store(503)
-		after(10 * time.Second)
-		wantCheck(t, reg, "service:web1", registry.StatusWarning, "503")
-		after(10 * time.Second)
-		wantCheck(t, reg, "service:web1", registry.StatusWarning, "503")
-		after(10 * time.Second)
-		wantCheck(t, reg, "service:web1", registry.StatusCritical, "503")
-		// A single success after failures is not enough to pass again.
-		s.code.Store(200)
-		after(10 * time.Second)
-		wantCheck(t, reg, "service:web1", registry.StatusCritical, "503")
-		after(10 * time.Second)
-		wantCheck(t, reg, "service:web1", registry.StatusPassing, "200")
+		// One probe per step: the target answers code, then the check is st.
+		for i, step := range []struct {
+			code int32
+			st   registry.Status
+			out  string
+		}{
+			{200, registry.StatusCritical, ""}, // one success of two
+			{200, registry.StatusPassing, "200 OK"},
+			{503, registry.StatusWarning, "503"},
+			{503, registry.StatusWarning, "503"},
+			{503, registry.StatusCritical, "503"},
+			{200, registry.StatusCritical, "503"}, // one success after failures is not enough
+			{200, registry.StatusPassing, "200"},
+		} {
+			t.Logf("step %d: the target answers %d", i, step.code)
+			s.code.Store(step.code)
+			after(10 * time.Second)
+			wantCheck(t, reg, "service:web1", step.st, step.out)
+		}
 	})
 }
 

@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"time"
 )
 
 // The acl command is Consul's `consul acl policy|token` over /v1/acl, with
@@ -31,20 +30,6 @@ type aclPolicyOut struct {
 	ModifyIndex uint64
 }
 
-type aclTokenOut struct {
-	AccessorID        string
-	SecretID          string
-	Description       string
-	Policies          []aclLinkOut
-	Roles             []aclLinkOut         `json:",omitempty"`
-	ServiceIdentities []serviceIdentityOut `json:",omitempty"`
-	NodeIdentities    []nodeIdentityOut    `json:",omitempty"`
-	Local             bool
-	CreateTime        time.Time
-	CreateIndex       uint64
-	ModifyIndex       uint64
-}
-
 func runACL(args []string, stdout, stderr io.Writer) error {
 	const want = "give a subcommand: policy, role or token, then create, list, read, update or delete (policy: no update)"
 	if len(args) < 2 {
@@ -55,7 +40,7 @@ func runACL(args []string, stdout, stderr io.Writer) error {
 	case "policy create":
 		return aclPolicyCreate(args, stdout, stderr)
 	case "policy list":
-		return aclList(args, stdout, stderr, "policy")
+		return aclPolicyList(args, stdout, stderr)
 	case "policy read":
 		return aclPolicyRead(args, stdout, stderr)
 	case "policy delete":
@@ -73,7 +58,7 @@ func runACL(args []string, stdout, stderr io.Writer) error {
 	case "token create":
 		return aclTokenCreate(args, stdout, stderr)
 	case "token list":
-		return aclList(args, stdout, stderr, "token")
+		return aclTokenList(args, stdout, stderr)
 	case "token read":
 		return aclTokenRead(args, stdout, stderr)
 	case "token update":
@@ -128,42 +113,63 @@ func aclPolicyCreate(args []string, stdout, stderr io.Writer) error {
 	return showPolicy(stdout, cf, &p)
 }
 
-// policyRef reads -id or -name, exactly one of them.
-func policyRef(id, name string) (string, error) {
+// aclRef is the path of the policy or role (kind) that -id or -name
+// names, exactly one of them.
+func aclRef(kind, id, name string) (string, error) {
 	switch {
 	case id != "" && name != "":
 		return "", usageError{"give -id or -name, not both"}
 	case id != "":
-		return "/v1/acl/policy/" + url.PathEscape(id), nil
+		return "/v1/acl/" + kind + "/" + url.PathEscape(id), nil
 	case name != "":
-		return "/v1/acl/policy/name/" + url.PathEscape(name), nil
+		return "/v1/acl/" + kind + "/name/" + url.PathEscape(name), nil
 	}
-	return "", usageError{"give the policy's -id or -name"}
+	return "", usageError{"give the " + kind + "'s -id or -name"}
 }
 
-// readPolicy parses -id or -name and reads that policy.
-func readPolicy(cmd string, args []string, stderr io.Writer) (*client, *clientFlags, *aclPolicyOut, error) {
+// readACL parses the flags of cmd and reads the policy or role (kind) that
+// -id or -name names. update, if not nil, defines the flags of an update
+// instead of -name (which is then the new name): only -id names the object,
+// as in Consul.
+func readACL[T any](kind, cmd string, args []string, stderr io.Writer, update func(*flag.FlagSet)) (*client, *clientFlags, *T, error) {
 	var id, name string
 	_, c, cf, err := apiCommand(cmd, args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&id, "id", "", "the policy's ID")
-		fs.StringVar(&name, "name", "", "the policy's name")
+		fs.StringVar(&id, "id", "", "the "+kind+"'s ID")
+		if update != nil {
+			update(fs)
+		} else {
+			fs.StringVar(&name, "name", "", "the "+kind+"'s name")
+		}
 	})
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	path, err := policyRef(id, name)
+	if update != nil && id == "" {
+		return nil, nil, nil, usageError{"give the " + kind + "'s -id"}
+	}
+	path, err := aclRef(kind, id, name)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var p aclPolicyOut
-	if err := c.do("GET", path, nil, &p); err != nil {
-		return nil, nil, nil, notFound(err, "policy", id+name)
+	var v T
+	if err := c.do("GET", path, nil, &v); err != nil {
+		return nil, nil, nil, notFound(err, kind, id+name)
 	}
-	return c, cf, &p, nil
+	return c, cf, &v, nil
+}
+
+// aclDelete deletes the policy, role or token (kind) of id and says so, as
+// Consul does.
+func aclDelete(c *client, stdout io.Writer, kind, id string) error {
+	if err := c.do("DELETE", "/v1/acl/"+kind+"/"+url.PathEscape(id), nil, nil); err != nil {
+		return notFound(err, kind, id)
+	}
+	fmt.Fprintf(stdout, "%s%s %q deleted successfully\n", strings.ToUpper(kind[:1]), kind[1:], id)
+	return nil
 }
 
 func aclPolicyRead(args []string, stdout, stderr io.Writer) error {
-	_, cf, p, err := readPolicy("acl policy read", args, stderr)
+	_, cf, p, err := readACL[aclPolicyOut]("policy", "acl policy read", args, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -173,215 +179,21 @@ func aclPolicyRead(args []string, stdout, stderr io.Writer) error {
 // aclPolicyDelete reads the policy first: deleting takes its ID, and -name
 // must name one.
 func aclPolicyDelete(args []string, stdout, stderr io.Writer) error {
-	c, _, p, err := readPolicy("acl policy delete", args, stderr)
+	c, _, p, err := readACL[aclPolicyOut]("policy", "acl policy delete", args, stderr, nil)
 	if err != nil {
 		return err
 	}
-	if err := c.do("DELETE", "/v1/acl/policy/"+url.PathEscape(p.ID), nil, nil); err != nil {
-		return notFound(err, "policy", p.ID)
-	}
-	fmt.Fprintf(stdout, "Policy %q deleted successfully\n", p.ID)
-	return nil
+	return aclDelete(c, stdout, "policy", p.ID)
 }
 
-func aclTokenCreate(args []string, stdout, stderr io.Writer) error {
-	var desc, secret, accessor string
-	var local bool
-	var gf grantFlags
-	var roleIDs, roleNames stringList
-	_, c, cf, err := apiCommand("acl token create", args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&desc, "description", "", "a description of the token")
-		gf.register(fs, "token")
-		fs.Var(&roleIDs, "role-id", "the ID of a role the token gets (repeatable)")
-		fs.Var(&roleNames, "role-name", "the name of a role the token gets (repeatable)")
-		fs.StringVar(&secret, "secret", "", "the token's secret (a UUID; default: a new one)")
-		fs.StringVar(&accessor, "accessor", "", "the token's accessor ID (a UUID; default: a new one)")
-		fs.BoolVar(&local, "local", false, "accepted for Consul's sake: pier has one datacenter")
-	})
-	if err != nil {
-		return err
-	}
-	in := aclTokenOut{Description: desc, SecretID: secret, AccessorID: accessor, Local: local, Roles: linksOf(roleIDs, roleNames)}
-	if in.Policies, in.ServiceIdentities, in.NodeIdentities, err = gf.parse(); err != nil {
-		return err
-	}
-	var t aclTokenOut
-	if err := c.do("PUT", "/v1/acl/token", tokenBody(&in), &t); err != nil {
-		return err
-	}
-	return showToken(stdout, cf, &t)
-}
-
-// tokenBody is what a token write sends: no empty secret or accessor (the
-// agent makes them), no indexes or times.
-func tokenBody(t *aclTokenOut) map[string]any {
-	b := map[string]any{"Description": t.Description, "Policies": t.Policies, "Roles": t.Roles,
-		"ServiceIdentities": t.ServiceIdentities, "NodeIdentities": t.NodeIdentities, "Local": t.Local}
-	if t.AccessorID != "" {
-		b["AccessorID"] = t.AccessorID
-	}
-	if t.SecretID != "" {
-		b["SecretID"] = t.SecretID
-	}
-	return b
-}
-
-// tokenFlags defines -accessor-id, Consul's older -id for it, and -self.
-func tokenFlags(fs *flag.FlagSet, id *string, self *bool) {
-	fs.StringVar(id, "accessor-id", "", "the token's accessor ID")
-	fs.StringVar(id, "id", "", "the token's accessor ID (Consul's older name for -accessor-id)")
-	if self != nil {
-		fs.BoolVar(self, "self", false, "read the token the command is given (-token or $PIER_HTTP_TOKEN)")
-	}
-}
-
-func aclTokenRead(args []string, stdout, stderr io.Writer) error {
-	var id string
-	var self bool
-	_, c, cf, err := apiCommand("acl token read", args, stderr, func(fs *flag.FlagSet) { tokenFlags(fs, &id, &self) })
-	if err != nil {
-		return err
-	}
-	path := "/v1/acl/token/self"
-	switch {
-	case id != "" && self:
-		return usageError{"give -accessor-id or -self, not both"}
-	case id != "":
-		path = "/v1/acl/token/" + url.PathEscape(id)
-	case !self:
-		return usageError{"give the token's -accessor-id, or -self"}
-	}
-	var t aclTokenOut
-	if err := c.do("GET", path, nil, &t); err != nil {
-		return notFound(err, "token", id)
-	}
-	return showToken(stdout, cf, &t)
-}
-
-// aclTokenUpdate is consul acl token update: for policies, roles, service
-// and node identities, -X sets the token's, -append-X adds to them, and
-// neither keeps them; -description replaces the description when given.
-func aclTokenUpdate(args []string, stdout, stderr io.Writer) error {
-	var id, desc string
-	var set, add grantFlags
-	var roleIDs, roleNames, addRoleIDs, addRoleNames stringList
-	_, c, cf, err := apiCommand("acl token update", args, stderr, func(fs *flag.FlagSet) {
-		tokenFlags(fs, &id, nil)
-		fs.StringVar(&desc, "description", "", "a new description")
-		set.register(fs, "token instead of its own")
-		fs.Var(&roleIDs, "role-id", "the ID of a role the token gets instead of its own (repeatable)")
-		fs.Var(&roleNames, "role-name", "the name of a role the token gets instead of its own (repeatable)")
-		fs.Var(&add.policyIDs, "append-policy-id", "the ID of a policy added to the token's (repeatable)")
-		fs.Var(&add.policyNames, "append-policy-name", "the name of a policy added to the token's (repeatable)")
-		fs.Var(&addRoleIDs, "append-role-id", "the ID of a role added to the token's (repeatable)")
-		fs.Var(&addRoleNames, "append-role-name", "the name of a role added to the token's (repeatable)")
-		fs.Var(&add.services, "append-service-identity", "a service identity added to the token's (repeatable)")
-		fs.Var(&add.nodes, "append-node-identity", "a node identity added to the token's (repeatable)")
-	})
-	if err != nil {
-		return err
-	}
-	if id == "" {
-		return usageError{"give the token's -accessor-id"}
-	}
-	for _, k := range []struct {
-		name     string
-		set, add int
-	}{
-		{"policy", len(set.policyIDs) + len(set.policyNames), len(add.policyIDs) + len(add.policyNames)},
-		{"role", len(roleIDs) + len(roleNames), len(addRoleIDs) + len(addRoleNames)},
-		{"service-identity", len(set.services), len(add.services)},
-		{"node-identity", len(set.nodes), len(add.nodes)},
-	} {
-		if k.set > 0 && k.add > 0 {
-			return usageError{fmt.Sprintf("-%[1]s flags set the token's, -append-%[1]s flags add to them: not both", k.name)}
-		}
-	}
-	setP, setS, setN, err := set.parse()
-	if err != nil {
-		return err
-	}
-	addP, addS, addN, err := add.parse()
-	if err != nil {
-		return err
-	}
-	path := "/v1/acl/token/" + url.PathEscape(id)
-	var t aclTokenOut
-	if err := c.do("GET", path, nil, &t); err != nil {
-		return notFound(err, "token", id)
-	}
-	t.Policies = replaceOrAppend(t.Policies, setP, addP)
-	t.Roles = replaceOrAppend(t.Roles, linksOf(roleIDs, roleNames), linksOf(addRoleIDs, addRoleNames))
-	t.ServiceIdentities = replaceOrAppend(t.ServiceIdentities, setS, addS)
-	t.NodeIdentities = replaceOrAppend(t.NodeIdentities, setN, addN)
-	if desc != "" {
-		t.Description = desc
-	}
-	body := tokenBody(&t)
-	delete(body, "SecretID") // a secret never changes; the agent refuses a different one
-	if err := c.do("PUT", path, body, &t); err != nil {
-		return err
-	}
-	return showToken(stdout, cf, &t)
-}
-
-// replaceOrAppend: set replaces have when given, else add is appended.
-func replaceOrAppend[T any](have, set, add []T) []T {
-	if len(set) > 0 {
-		return set
-	}
-	return append(have, add...)
-}
-
-func aclTokenDelete(args []string, stdout, stderr io.Writer) error {
-	var id string
-	_, c, _, err := apiCommand("acl token delete", args, stderr, func(fs *flag.FlagSet) { tokenFlags(fs, &id, nil) })
-	if err != nil {
-		return err
-	}
-	if id == "" {
-		return usageError{"give the token's -accessor-id"}
-	}
-	if err := c.do("DELETE", "/v1/acl/token/"+url.PathEscape(id), nil, nil); err != nil {
-		return notFound(err, "token", id)
-	}
-	fmt.Fprintf(stdout, "Token %q deleted successfully\n", id)
-	return nil
-}
-
-func aclList(args []string, stdout, stderr io.Writer, kind string) error {
-	_, c, cf, err := apiCommand("acl "+kind+" list", args, stderr, nil)
-	if err != nil {
-		return err
-	}
-	if kind == "policy" {
-		var ps []aclPolicyOut
-		if err := c.do("GET", "/v1/acl/policies", nil, &ps); err != nil {
-			return err
-		}
-		if cf.format == "json" {
-			return printJSON(stdout, ps)
-		}
+func aclPolicyList(args []string, stdout, stderr io.Writer) error {
+	return listCommand("acl policy list", "/v1/acl/policies", args, stdout, stderr, func(ps []aclPolicyOut) error {
 		for _, p := range ps {
 			fmt.Fprintf(stdout, "%s:\n   ID:           %s\n   Description:  %s\n   Datacenters:  %s\n",
 				p.Name, p.ID, p.Description, strings.Join(p.Datacenters, ", "))
 		}
 		return nil
-	}
-	var ts []aclTokenOut
-	if err := c.do("GET", "/v1/acl/tokens", nil, &ts); err != nil {
-		return err
-	}
-	if cf.format == "json" {
-		return printJSON(stdout, ts)
-	}
-	for i := range ts {
-		if i > 0 {
-			fmt.Fprintln(stdout)
-		}
-		showToken(stdout, cf, &ts[i])
-	}
-	return nil
+	})
 }
 
 func showPolicy(w io.Writer, cf *clientFlags, p *aclPolicyOut) error {
@@ -390,23 +202,6 @@ func showPolicy(w io.Writer, cf *clientFlags, p *aclPolicyOut) error {
 	}
 	fmt.Fprintf(w, "ID:           %s\nName:         %s\nDescription:  %s\nDatacenters:  %s\nRules:\n%s\n",
 		p.ID, p.Name, p.Description, strings.Join(p.Datacenters, ", "), p.Rules)
-	return nil
-}
-
-func showToken(w io.Writer, cf *clientFlags, t *aclTokenOut) error {
-	if cf.format == "json" {
-		return printJSON(w, t)
-	}
-	created := "" // tokens from the config file have no creation time
-	if !t.CreateTime.IsZero() {
-		created = t.CreateTime.Local().Format("2006-01-02 15:04:05.999999999 -0700 MST")
-	}
-	fmt.Fprintf(w, "AccessorID:       %s\nSecretID:         %s\nDescription:      %s\nLocal:            %t\nCreate Time:      %s\nPolicies:\n",
-		t.AccessorID, t.SecretID, t.Description, t.Local, created)
-	for _, l := range t.Policies {
-		fmt.Fprintf(w, "   %s - %s\n", l.ID, l.Name)
-	}
-	writeGrant(w, "", t.Roles, nil, t.ServiceIdentities, t.NodeIdentities)
 	return nil
 }
 

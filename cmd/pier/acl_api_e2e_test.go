@@ -27,6 +27,17 @@ acl:
         key "app/locked" { policy = "read" }
 `
 
+// aclAgentArgs writes aclAPIConfig to dir/pier.yaml and answers the flags
+// of an agent named node that reads it, with its data dir under dir.
+func aclAgentArgs(t *testing.T, dir, node, data string) []string {
+	t.Helper()
+	cfg := filepath.Join(dir, "pier.yaml")
+	if err := os.WriteFile(cfg, []byte(aclAPIConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"-node", node, "-data-dir", filepath.Join(dir, data), "-bind", "127.0.0.1", "-config-file", cfg}
+}
+
 // TestACLAPITokens creates a policy and a token through /v1/acl on one
 // agent, and uses the token on a second agent (the ACL store rides the
 // replicated KV store) and on the first after a restart (persisted in the
@@ -34,9 +45,7 @@ acl:
 func TestACLAPITokens(t *testing.T) {
 	requireCurl(t)
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "pier.yaml")
-	os.WriteFile(cfg, []byte(aclAPIConfig), 0o600)
-	argsA := []string{"-node", "acl1", "-data-dir", filepath.Join(dir, "a"), "-bind", "127.0.0.1", "-config-file", cfg}
+	argsA := aclAgentArgs(t, dir, "acl1", "a")
 	a := startAgent(t, argsA...)
 	root := "X-Consul-Token: root-secret"
 
@@ -74,7 +83,7 @@ func TestACLAPITokens(t *testing.T) {
 	}
 
 	// A second agent learns the token through gossip.
-	b := startAgent(t, "-node", "acl2", "-data-dir", filepath.Join(dir, "b"), "-bind", "127.0.0.1", "-config-file", cfg, "-join", a.gossip)
+	b := startAgent(t, append(aclAgentArgs(t, dir, "acl2", "b"), "-join", a.gossip)...)
 	eventually.NoError(t, 20*time.Second, "the token works on the second agent", func() error {
 		if c := register(b, "web-b"); c != 200 {
 			return fmt.Errorf("register web-b: %d; log:\n%s", c, b.logs())

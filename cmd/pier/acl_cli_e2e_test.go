@@ -8,6 +8,13 @@ import (
 	"testing"
 )
 
+// What the tests read of `pier acl ... create`'s output: the ID of a
+// policy or role, the accessor and secret of a token.
+var (
+	idLine     = regexp.MustCompile(`(?m)^ID:\s+(\S+)$`)
+	tokenLines = regexp.MustCompile(`(?m)^AccessorID:\s+(\S+)\nSecretID:\s+(\S+)$`)
+)
+
 // TestACLCLI drives `pier acl` as Consul's `consul acl` is used: a policy
 // from a rules file, a token with it, the token doing what its rules allow
 // and nothing else, listing, reading, deleting, and one readable line with
@@ -15,24 +22,19 @@ import (
 func TestACLCLI(t *testing.T) {
 	requireCurl(t)
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "pier.yaml")
-	os.WriteFile(cfg, []byte(aclAPIConfig), 0o600)
-	a := startAgent(t, "-node", "aclcli", "-data-dir", filepath.Join(dir, "data"), "-bind", "127.0.0.1", "-config-file", cfg)
+	a := startAgent(t, aclAgentArgs(t, dir, "aclcli", "data")...)
 	rules := filepath.Join(dir, "app.hcl")
 	os.WriteFile(rules, []byte(`key_prefix "app/" { policy = "write" }`+"\n"), 0o600)
-	acl := func(args ...string) (string, string, int) {
-		t.Helper()
-		return pier(t, append([]string{"acl"}, append(args, "-http-addr", a.addr, "-token", "root-secret")...)...)
-	}
+	acl := rootACL(t, a)
 
 	out, errOut, rc := acl("policy", "create", "-name", "app-rw", "-description", "app keys", "-rules", "@"+rules)
 	if rc != 0 || !strings.Contains(out, "Name:         app-rw\n") || !strings.Contains(out, `key_prefix "app/"`) {
 		t.Fatalf("policy create: rc=%d\n%s%s", rc, out, errOut)
 	}
-	policyID := regexp.MustCompile(`(?m)^ID:\s+(\S+)$`).FindStringSubmatch(out)[1]
+	policyID := idLine.FindStringSubmatch(out)[1]
 
 	out, errOut, rc = acl("token", "create", "-description", "deployer", "-policy-name", "app-rw")
-	m := regexp.MustCompile(`(?m)^AccessorID:\s+(\S+)\nSecretID:\s+(\S+)$`).FindStringSubmatch(out)
+	m := tokenLines.FindStringSubmatch(out)
 	if rc != 0 || m == nil || !strings.Contains(out, "   "+policyID+" - app-rw\n") {
 		t.Fatalf("token create: rc=%d\n%s%s", rc, out, errOut)
 	}
@@ -129,17 +131,21 @@ func TestACLCLI(t *testing.T) {
 	}
 }
 
+// rootACL runs `pier acl ARGS` against a with the management token of
+// aclAPIConfig.
+func rootACL(t *testing.T, a *proc) func(args ...string) (string, string, int) {
+	return func(args ...string) (string, string, int) {
+		t.Helper()
+		return pier(t, append([]string{"acl"}, append(args, "-http-addr", a.addr, "-token", "root-secret")...)...)
+	}
+}
+
 // consul acl role's forms, and tokens that link to roles and identities.
 func TestACLRoleCLI(t *testing.T) {
 	requireCurl(t)
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "pier.yaml")
-	os.WriteFile(cfg, []byte(aclAPIConfig), 0o600)
-	a := startAgent(t, "-node", "aclrole", "-data-dir", filepath.Join(dir, "data"), "-bind", "127.0.0.1", "-config-file", cfg)
-	acl := func(args ...string) (string, string, int) {
-		t.Helper()
-		return pier(t, append([]string{"acl"}, append(args, "-http-addr", a.addr, "-token", "root-secret")...)...)
-	}
+	a := startAgent(t, aclAgentArgs(t, dir, "aclrole", "data")...)
+	acl := rootACL(t, a)
 	if out, errOut, rc := acl("policy", "create", "-name", "app-rw", "-rules", `key_prefix "app/" { policy = "write" }`); rc != 0 {
 		t.Fatalf("policy create: rc=%d %s%s", rc, out, errOut)
 	}
@@ -150,10 +156,10 @@ func TestACLRoleCLI(t *testing.T) {
 		!strings.Contains(out, "Node Identities:\n   aclrole (Datacenter: dc1)\n") {
 		t.Fatalf("role create: rc=%d\n%s%s", rc, out, errOut)
 	}
-	roleID := regexp.MustCompile(`(?m)^ID:\s+(\S+)$`).FindStringSubmatch(out)[1]
+	roleID := idLine.FindStringSubmatch(out)[1]
 
 	out, errOut, rc = acl("token", "create", "-description", "ci", "-role-name", "deployer")
-	m := regexp.MustCompile(`(?m)^AccessorID:\s+(\S+)\nSecretID:\s+(\S+)$`).FindStringSubmatch(out)
+	m := tokenLines.FindStringSubmatch(out)
 	if rc != 0 || m == nil || !strings.Contains(out, "Roles:\n   "+roleID+" - deployer\n") {
 		t.Fatalf("token create -role-name: rc=%d\n%s%s", rc, out, errOut)
 	}

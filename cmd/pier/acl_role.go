@@ -121,44 +121,8 @@ func aclRoleCreate(args []string, stdout, stderr io.Writer) error {
 	return showRole(stdout, cf, &out)
 }
 
-// readRole reads the role that -id (or -name) names. update defines the
-// flags of acl role update, where -name is the new name and only -id names
-// the role, as in Consul.
-func readRole(cmd string, args []string, stderr io.Writer, update func(*flag.FlagSet)) (*client, *clientFlags, *aclRoleOut, error) {
-	var id, name string
-	_, c, cf, err := apiCommand(cmd, args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&id, "id", "", "the role's ID")
-		if update != nil {
-			update(fs)
-		} else {
-			fs.StringVar(&name, "name", "", "the role's name")
-		}
-	})
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	var path string
-	switch {
-	case id != "" && name != "":
-		return nil, nil, nil, usageError{"give -id or -name, not both"}
-	case id != "":
-		path = "/v1/acl/role/" + url.PathEscape(id)
-	case name != "":
-		path = "/v1/acl/role/name/" + url.PathEscape(name)
-	case update != nil:
-		return nil, nil, nil, usageError{"give the role's -id"}
-	default:
-		return nil, nil, nil, usageError{"give the role's -id or -name"}
-	}
-	var r aclRoleOut
-	if err := c.do("GET", path, nil, &r); err != nil {
-		return nil, nil, nil, notFound(err, "role", id+name)
-	}
-	return c, cf, &r, nil
-}
-
 func aclRoleRead(args []string, stdout, stderr io.Writer) error {
-	_, cf, r, err := readRole("acl role read", args, stderr, nil)
+	_, cf, r, err := readACL[aclRoleOut]("role", "acl role read", args, stderr, nil)
 	if err != nil {
 		return err
 	}
@@ -166,15 +130,11 @@ func aclRoleRead(args []string, stdout, stderr io.Writer) error {
 }
 
 func aclRoleDelete(args []string, stdout, stderr io.Writer) error {
-	c, _, r, err := readRole("acl role delete", args, stderr, nil)
+	c, _, r, err := readACL[aclRoleOut]("role", "acl role delete", args, stderr, nil)
 	if err != nil {
 		return err
 	}
-	if err := c.do("DELETE", "/v1/acl/role/"+url.PathEscape(r.ID), nil, nil); err != nil {
-		return notFound(err, "role", r.ID)
-	}
-	fmt.Fprintf(stdout, "Role %q deleted successfully\n", r.ID)
-	return nil
+	return aclDelete(c, stdout, "role", r.ID)
 }
 
 // aclRoleUpdate is consul acl role update: the policies and identities
@@ -184,7 +144,7 @@ func aclRoleUpdate(args []string, stdout, stderr io.Writer) error {
 	var name, desc string
 	var noMerge bool
 	var gf grantFlags
-	c, cf, r, err := readRole("acl role update", args, stderr, func(fs *flag.FlagSet) {
+	c, cf, r, err := readACL[aclRoleOut]("role", "acl role update", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&name, "name", "", "a new name")
 		fs.StringVar(&desc, "description", "", "a new description")
 		fs.BoolVar(&noMerge, "no-merge", false, "replace the role's name, description, policies and identities instead of adding to them")
@@ -242,22 +202,13 @@ func mergeLinks(have, add []aclLinkOut) []aclLinkOut {
 }
 
 func aclRoleList(args []string, stdout, stderr io.Writer) error {
-	_, c, cf, err := apiCommand("acl role list", args, stderr, nil)
-	if err != nil {
-		return err
-	}
-	var rs []aclRoleOut
-	if err := c.do("GET", "/v1/acl/roles", nil, &rs); err != nil {
-		return err
-	}
-	if cf.format == "json" {
-		return printJSON(stdout, rs)
-	}
-	for _, r := range rs {
-		fmt.Fprintf(stdout, "%s:\n   ID:           %s\n   Description:  %s\n", r.Name, r.ID, r.Description)
-		writeGrant(stdout, "   ", nil, r.Policies, r.ServiceIdentities, r.NodeIdentities)
-	}
-	return nil
+	return listCommand("acl role list", "/v1/acl/roles", args, stdout, stderr, func(rs []aclRoleOut) error {
+		for _, r := range rs {
+			fmt.Fprintf(stdout, "%s:\n   ID:           %s\n   Description:  %s\n", r.Name, r.ID, r.Description)
+			writeGrant(stdout, "   ", nil, r.Policies, r.ServiceIdentities, r.NodeIdentities)
+		}
+		return nil
+	})
 }
 
 func showRole(w io.Writer, cf *clientFlags, r *aclRoleOut) error {

@@ -4,11 +4,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"slices"
 	"sort"
 	"strings"
-	"text/tabwriter"
 )
 
 // The catalog command is `consul catalog datacenters|nodes|services` with
@@ -57,22 +57,31 @@ func (f *queryFlags) query() (url.Values, error) {
 	return q, nil
 }
 
-func catalogDatacenters(args []string, stdout, stderr io.Writer) error {
-	_, c, cf, err := apiCommand("catalog datacenters", args, stderr, nil)
+// queryCommand sets up a catalog listing: its flags (define adds them),
+// -node-meta and -filter for what it lists, then the client and the query.
+func queryCommand(name, what string, args []string, stderr io.Writer, define func(*flag.FlagSet)) (*client, *clientFlags, url.Values, error) {
+	var qf queryFlags
+	_, c, cf, err := apiCommand(name, args, stderr, func(fs *flag.FlagSet) {
+		define(fs)
+		qf.register(fs, what)
+	})
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
-	var dcs []string
-	if err := c.do("GET", "/v1/catalog/datacenters", nil, &dcs); err != nil {
-		return err
+	q, err := qf.query()
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	if cf.format == "json" {
-		return printJSON(stdout, dcs)
-	}
-	for _, dc := range dcs {
-		fmt.Fprintln(stdout, dc)
-	}
-	return nil
+	return c, cf, q, nil
+}
+
+func catalogDatacenters(args []string, stdout, stderr io.Writer) error {
+	return listCommand("catalog datacenters", "/v1/catalog/datacenters", args, stdout, stderr, func(dcs []string) error {
+		for _, dc := range dcs {
+			fmt.Fprintln(stdout, dc)
+		}
+		return nil
+	})
 }
 
 type catalogNode struct {
@@ -83,16 +92,10 @@ type catalogNode struct {
 func catalogNodes(args []string, stdout, stderr io.Writer) error {
 	var service string
 	var detailed bool
-	var qf queryFlags
-	_, c, cf, err := apiCommand("catalog nodes", args, stderr, func(fs *flag.FlagSet) {
+	c, cf, q, err := queryCommand("catalog nodes", "nodes", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&service, "service", "", "only the nodes of instances of this service")
 		fs.BoolVar(&detailed, "detailed", false, "also each node's tagged addresses and meta")
-		qf.register(fs, "nodes")
 	})
-	if err != nil {
-		return err
-	}
-	q, err := qf.query()
 	if err != nil {
 		return err
 	}
@@ -129,19 +132,18 @@ func catalogNodes(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "No nodes match the given query - try expanding your search.")
 		return nil
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	header := "Node\tID\tAddress\tDC"
 	if detailed {
-		fmt.Fprintln(tw, "Node\tID\tAddress\tDC\tTaggedAddresses\tMeta")
-	} else {
-		fmt.Fprintln(tw, "Node\tID\tAddress\tDC")
+		header += "\tTaggedAddresses\tMeta"
 	}
+	tw := newTable(stdout, header)
 	for _, n := range nodes {
 		id := n.ID
 		if !detailed && len(id) > 8 {
 			id = id[:8] // as Consul shortens it
 		}
 		if detailed {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Node, id, n.Address, n.Datacenter, pairs(n.TaggedAddresses), pairs(n.Meta))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Node, id, n.Address, n.Datacenter, pairs(n.TaggedAddresses, ", "), pairs(n.Meta, ", "))
 		} else {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.Node, id, n.Address, n.Datacenter)
 		}
@@ -149,36 +151,23 @@ func catalogNodes(args []string, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
-// pairs prints a map as Consul's CLI does: k=v pairs in key order.
-func pairs(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// pairs prints a map as Consul's CLI does: k=v pairs in key order, with sep
+// between them.
+func pairs(m map[string]string, sep string) string {
+	kvs := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		kvs = append(kvs, k+"="+m[k])
 	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(k + "=" + m[k])
-	}
-	return b.String()
+	return strings.Join(kvs, sep)
 }
 
 func catalogServices(args []string, stdout, stderr io.Writer) error {
 	var node string
 	var tags bool
-	var qf queryFlags
-	_, c, cf, err := apiCommand("catalog services", args, stderr, func(fs *flag.FlagSet) {
+	c, cf, q, err := queryCommand("catalog services", "services on nodes", args, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&node, "node", "", "only the services of this node")
 		fs.BoolVar(&tags, "tags", false, "also each service's tags")
-		qf.register(fs, "services on nodes")
 	})
-	if err != nil {
-		return err
-	}
-	q, err := qf.query()
 	if err != nil {
 		return err
 	}
@@ -214,7 +203,7 @@ func catalogServices(args []string, stdout, stderr io.Writer) error {
 	if cf.format == "json" {
 		return printJSON(stdout, services)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	tw := newTable(stdout, "")
 	for _, n := range names {
 		if tags && len(services[n]) > 0 {
 			fmt.Fprintf(tw, "%s\t%s\n", n, strings.Join(services[n], ","))

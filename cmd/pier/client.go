@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"text/tabwriter"
 	"time"
 )
 
@@ -36,13 +39,8 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 // apiCommand sets up an API subcommand: its own flags (define may add them),
 // -http-addr and -format, then parses args and makes the client.
 func apiCommand(name string, args []string, stderr io.Writer, define func(*flag.FlagSet)) (*flag.FlagSet, *client, *clientFlags, error) {
-	fs := newFlagSet(name)
-	cf := &clientFlags{}
-	cf.register(fs)
-	if define != nil {
-		define(fs)
-	}
-	if err := parseFlags(fs, args, stderr); err != nil {
+	fs, cf, err := apiFlags(name, args, stderr, define)
+	if err != nil {
 		return nil, nil, nil, err
 	}
 	c, err := cf.client()
@@ -50,6 +48,38 @@ func apiCommand(name string, args []string, stderr io.Writer, define func(*flag.
 		return nil, nil, nil, err
 	}
 	return fs, c, cf, nil
+}
+
+// apiFlags is apiCommand without the client, for the subcommands that check
+// their own flags first: cf.client() makes it.
+func apiFlags(name string, args []string, stderr io.Writer, define func(*flag.FlagSet)) (*flag.FlagSet, *clientFlags, error) {
+	fs := newFlagSet(name)
+	cf := &clientFlags{}
+	cf.register(fs)
+	if define != nil {
+		define(fs)
+	}
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return nil, nil, err
+	}
+	return fs, cf, nil
+}
+
+// listCommand is an API subcommand without flags of its own that GETs path
+// and prints the answer: as JSON with -format json, else with table.
+func listCommand[T any](name, path string, args []string, stdout, stderr io.Writer, table func(T) error) error {
+	_, c, cf, err := apiCommand(name, args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	var v T
+	if err := c.do("GET", path, nil, &v); err != nil {
+		return err
+	}
+	if cf.format == "json" {
+		return printJSON(stdout, v)
+	}
+	return table(v)
 }
 
 func (c *clientFlags) client() (*client, error) {
@@ -96,24 +126,14 @@ func (c *client) do(method, path string, body any, out any) error {
 		}
 		rd = bytes.NewReader(j)
 	}
-	req, err := http.NewRequest(method, c.base+path, rd)
+	resp, err := c.open(context.Background(), c.http, method, path, rd)
 	if err != nil {
 		return err
 	}
-	if c.token != "" {
-		req.Header.Set("X-Consul-Token", c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the agent at %s: %v", c.base, unwrapURLError(err))
-	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
 		return fmt.Errorf("reading the agent's answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return &apiError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
 	}
 	if out == nil {
 		return nil
@@ -124,11 +144,50 @@ func (c *client) do(method, path string, body any, out any) error {
 	return nil
 }
 
+// maxAnswer bounds what the CLI reads of one answer of the agent.
+const maxAnswer = 64 << 20
+
+// open sends a request with the token through hc and answers the response
+// if it is a 200; any other answer becomes an apiError with the agent's
+// one-line message.
+func (c *client) open(ctx context.Context, hc *http.Client, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("X-Consul-Token", c.token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the agent at %s: %v", c.base, unwrapURLError(err))
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+		if err != nil {
+			return nil, fmt.Errorf("reading the agent's answer: %w", err)
+		}
+		return nil, &apiError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
+	}
+	return resp, nil
+}
+
 func unwrapURLError(err error) error {
 	if ue, ok := err.(*url.Error); ok {
 		return ue.Err
 	}
 	return err
+}
+
+// newTable starts a table in aligned columns, with its tab-separated header
+// line if not "".
+func newTable(w io.Writer, header string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if header != "" {
+		fmt.Fprintln(tw, header)
+	}
+	return tw
 }
 
 func printJSON(w io.Writer, v any) error {
@@ -141,6 +200,12 @@ func printJSON(w io.Writer, v any) error {
 type apiError struct {
 	Code int
 	Msg  string
+}
+
+// isStatus reports whether err is the agent's answer with code.
+func isStatus(err error, code int) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.Code == code
 }
 
 func (e *apiError) Error() string { return fmt.Sprintf("the agent answered %d: %s", e.Code, e.Msg) }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,35 +54,11 @@ func TestConsulCLIInfoMonitorDebugExec(t *testing.T) {
 	}
 
 	mon := exec.Command(consul, "monitor", "-http-addr="+a.addr, "-log-level=debug")
-	stdout, _ := mon.StdoutPipe()
-	if err := mon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mon.Process.Kill(); mon.Wait() })
-	lines := make(chan string, 100)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-	}()
-	deadline := time.After(30 * time.Second)
-	tick := time.NewTicker(300 * time.Millisecond)
-	defer tick.Stop()
-	for seen := false; !seen; {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatal("consul monitor ended early")
-			}
-			seen = strings.Contains(l, "service registered")
-		case <-tick.C:
+	awaitLine(t, streamLines(t, mon), "consul monitor", 30*time.Second, 300*time.Millisecond,
+		func(l string) bool { return strings.Contains(l, "service registered") },
+		func() {
 			curl(t, "-X", "PUT", "--data", `{"ID":"m1","Name":"m","Port":1}`, "http://"+a.addr+"/v1/agent/service/register")
-		case <-deadline:
-			t.Fatal("consul monitor printed no registration in 30s")
-		}
-	}
+		})
 
 	out, code = run("debug", "-duration=11s", "-interval=5s", "-output=dbg")
 	if code != 0 || !strings.Contains(out, "Saved debug archive") {

@@ -49,19 +49,26 @@ func instances(body string) int {
 	return len(list)
 }
 
+// checkTarget is what an HTTP check probes: it answers the status in code
+// (200 to begin with), with the body "status N"; it stops with the test.
+func checkTarget(t *testing.T) (*httptest.Server, *atomic.Int32) {
+	code := new(atomic.Int32)
+	code.Store(200)
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(int(code.Load()))
+		io.WriteString(w, "status "+strconv.Itoa(int(code.Load())))
+	}))
+	t.Cleanup(target.Close)
+	return target, code
+}
+
 // TestHealthChecksE2E registers a service with an HTTP check against a
 // loopback server, watches it pass, flips the server and watches the
 // instance leave ?passing; then maintenance with pier maint, a TTL check
 // with curl, and the refusal of script checks.
 func TestHealthChecksE2E(t *testing.T) {
 	requireCurl(t)
-	var code atomic.Int32
-	code.Store(200)
-	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(int(code.Load()))
-		io.WriteString(w, "status "+strconv.Itoa(int(code.Load())))
-	}))
-	defer target.Close()
+	target, code := checkTarget(t)
 
 	dir := t.TempDir()
 	args := []string{"-node", "h1", "-data-dir", dir, "-bind", "127.0.0.1"}
@@ -195,12 +202,7 @@ func TestScriptChecksE2E(t *testing.T) {
 // maintenance included.
 func TestHealthStatusAcrossNodes(t *testing.T) {
 	requireCurl(t)
-	var code atomic.Int32
-	code.Store(200)
-	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(int(code.Load()))
-	}))
-	defer target.Close()
+	target, code := checkTarget(t)
 	a := startAgent(t, "-node", "ha", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")
 	b := startAgent(t, "-node", "hb", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
 	baseA := "http://" + a.addr

@@ -4,7 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 )
 
 // runKeyring rotates the gossip key of the whole cluster, as consul keyring:
@@ -58,12 +59,7 @@ func runKeyring(args []string, stdout, stderr io.Writer) error {
 		return printJSON(stdout, rs)
 	}
 	for _, r := range rs {
-		keys := make([]string, 0, len(r.Keys))
-		for k := range r.Keys {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(r.Keys)) {
 			primary := ""
 			if r.PrimaryKeys[k] > 0 {
 				primary = fmt.Sprintf(" (primary on %d)", r.PrimaryKeys[k])

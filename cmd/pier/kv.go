@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -52,6 +51,14 @@ func kvPath(key string) string {
 	return "/v1/kv/" + (&url.URL{Path: key}).EscapedPath()
 }
 
+// getKV GETs path into out; a 404 (no key there) leaves out as it is.
+func getKV(c *client, path string, out any) error {
+	if err := c.do("GET", path, nil, out); err != nil && !isStatus(err, http.StatusNotFound) {
+		return err
+	}
+	return nil
+}
+
 func kvGet(args []string, stdout, stderr io.Writer) error {
 	var recurse bool
 	fs, c, cf, err := apiCommand("kv get", args, stderr, func(fs *flag.FlagSet) {
@@ -70,8 +77,7 @@ func kvGet(args []string, stdout, stderr io.Writer) error {
 	}
 	var pairs []kvPair
 	if err := c.do("GET", path, nil, &pairs); err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
+		if isStatus(err, http.StatusNotFound) {
 			return fmt.Errorf("no key exists at %q", key)
 		}
 		return err
@@ -171,14 +177,9 @@ func kvList(args []string, stdout, stderr io.Writer) error {
 	if sep != "" {
 		path += "&separator=" + url.QueryEscape(sep)
 	}
-	var keys []string
-	if err := c.do("GET", path, nil, &keys); err != nil {
-		var ae *apiError
-		if errors.As(err, &ae) && ae.Code == http.StatusNotFound {
-			keys = []string{}
-		} else {
-			return err
-		}
+	keys := []string{} // stays empty when nothing is there
+	if err := getKV(c, path, &keys); err != nil {
+		return err
 	}
 	if cf.format == "json" {
 		return printJSON(stdout, keys)
@@ -249,11 +250,8 @@ func kvExport(args []string, stdout, stderr io.Writer) error {
 		return usageError{"give at most one prefix"}
 	}
 	var pairs []kvPair
-	if err := c.do("GET", kvPath(fs.Arg(0))+"?recurse", nil, &pairs); err != nil {
-		var ae *apiError
-		if !errors.As(err, &ae) || ae.Code != http.StatusNotFound {
-			return err
-		}
+	if err := getKV(c, kvPath(fs.Arg(0))+"?recurse", &pairs); err != nil {
+		return err
 	}
 	out := make([]exported, 0, len(pairs))
 	for _, p := range pairs {

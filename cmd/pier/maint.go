@@ -1,10 +1,12 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -12,18 +14,17 @@ import (
 // in maintenance; with -service it acts on one service, otherwise on the
 // whole node.
 func runMaint(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("maint")
-	var cf clientFlags
-	cf.register(fs)
 	var (
 		enable, disable bool
 		reason, service string
 	)
-	fs.BoolVar(&enable, "enable", false, "enable maintenance mode (the service's or node's instances leave every healthy answer)")
-	fs.BoolVar(&disable, "disable", false, "disable maintenance mode")
-	fs.StringVar(&reason, "reason", "", "why (shown in the maintenance check's Notes); only with -enable")
-	fs.StringVar(&service, "service", "", "ID of the service to act on (default: the whole node)")
-	if err := parseFlags(fs, args, stderr); err != nil {
+	fs, cf, err := apiFlags("maint", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&enable, "enable", false, "enable maintenance mode (the service's or node's instances leave every healthy answer)")
+		fs.BoolVar(&disable, "disable", false, "disable maintenance mode")
+		fs.StringVar(&reason, "reason", "", "why (shown in the maintenance check's Notes); only with -enable")
+		fs.StringVar(&service, "service", "", "ID of the service to act on (default: the whole node)")
+	})
+	if err != nil {
 		return err
 	}
 	switch {
@@ -75,12 +76,7 @@ func listMaintenance(c *client, stdout io.Writer) error {
 	if err := c.do("GET", "/v1/agent/checks", nil, &checks); err != nil {
 		return err
 	}
-	ids := make([]string, 0, len(checks))
-	for id := range checks {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(checks)) {
 		ch := checks[id]
 		switch {
 		case id == "_node_maintenance":

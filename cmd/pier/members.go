@@ -6,8 +6,6 @@ import (
 	"net"
 	"sort"
 	"strconv"
-	"strings"
-	"text/tabwriter"
 )
 
 type apiMember struct {
@@ -34,31 +32,12 @@ func memberStatus(s int) string {
 }
 
 func runMembers(args []string, stdout, stderr io.Writer) error {
-	_, c, cf, err := apiCommand("members", args, stderr, nil)
-	if err != nil {
-		return err
-	}
-	var ms []apiMember
-	if err := c.do("GET", "/v1/agent/members", nil, &ms); err != nil {
-		return err
-	}
-	if cf.format == "json" {
-		return printJSON(stdout, ms)
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "Node\tAddress\tStatus\tTags")
-	for _, m := range ms {
-		keys := make([]string, 0, len(m.Tags))
-		for k := range m.Tags {
-			keys = append(keys, k)
+	return listCommand("members", "/v1/agent/members", args, stdout, stderr, func(ms []apiMember) error {
+		sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+		tw := newTable(stdout, "Node\tAddress\tStatus\tTags")
+		for _, m := range ms {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, net.JoinHostPort(m.Addr, strconv.Itoa(m.Port)), memberStatus(m.Status), pairs(m.Tags, ","))
 		}
-		sort.Strings(keys)
-		tags := make([]string, 0, len(keys))
-		for _, k := range keys {
-			tags = append(tags, k+"="+m.Tags[k])
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, net.JoinHostPort(m.Addr, strconv.Itoa(m.Port)), memberStatus(m.Status), strings.Join(tags, ","))
-	}
-	return tw.Flush()
+		return tw.Flush()
+	})
 }

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 )
 
@@ -33,23 +32,12 @@ func runMonitor(args []string, stdout, stderr io.Writer) error {
 	if asJSON {
 		q.Set("logjson", "")
 	}
-	req, err := http.NewRequestWithContext(ctx, "GET", c.base+"/v1/agent/monitor?"+q.Encode(), nil)
+	// No client timeout: the answer lasts as long as the user watches.
+	resp, err := c.open(ctx, &http.Client{Transport: c.http.Transport}, "GET", "/v1/agent/monitor?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}
-	if c.token != "" {
-		req.Header.Set("X-Consul-Token", c.token)
-	}
-	// No client timeout: the answer lasts as long as the user watches.
-	resp, err := (&http.Client{Transport: c.http.Transport}).Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the agent at %s: %v", c.base, unwrapURLError(err))
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return &apiError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {

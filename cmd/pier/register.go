@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,24 +12,19 @@ import (
 )
 
 func runRegister(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("register")
-	var cf clientFlags
-	cf.register(fs)
 	var (
 		name, id, address string
 		port              int
 		tags, meta        stringList
 	)
-	fs.StringVar(&name, "name", "", "service name")
-	fs.StringVar(&id, "id", "", "service ID (default: the name)")
-	fs.StringVar(&address, "address", "", "service address (default: the node's)")
-	fs.IntVar(&port, "port", 0, "service port")
-	fs.Var(&tags, "tag", "a tag (repeatable)")
-	fs.Var(&meta, "meta", "key=value metadata (repeatable)")
-	if err := parseFlags(fs, args, stderr); err != nil {
-		return err
-	}
-	c, err := cf.client()
+	fs, c, _, err := apiCommand("register", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&name, "name", "", "service name")
+		fs.StringVar(&id, "id", "", "service ID (default: the name)")
+		fs.StringVar(&address, "address", "", "service address (default: the node's)")
+		fs.IntVar(&port, "port", 0, "service port")
+		fs.Var(&tags, "tag", "a tag (repeatable)")
+		fs.Var(&meta, "meta", "key=value metadata (repeatable)")
+	})
 	if err != nil {
 		return err
 	}

@@ -3,9 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 )
 
 // apiRoute is one route of /v1/pier/routes.
@@ -49,7 +49,7 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 	}
 	var rs []apiRoute
 	if err := c.do("GET", "/v1/pier/routes", nil, &rs); err != nil {
-		if strings.Contains(err.Error(), "answered 404") {
+		if isStatus(err, http.StatusNotFound) {
 			return fmt.Errorf("the agent at %s runs no proxy (give it a proxy section or -proxy-addr)", c.base)
 		}
 		return err
@@ -60,8 +60,7 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 		}
 		return printJSON(stdout, rs)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "Route\tService\tRewrite\tSource\tHealthy\tInstances")
+	tw := newTable(stdout, "Route\tService\tRewrite\tSource\tHealthy\tInstances")
 	var bad []apiRoute
 	for _, r := range rs {
 		if r.Error != "" {

@@ -3,11 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 )
 
 // instance is the part of /v1/health/service/:name that pier services shows.
@@ -51,13 +51,8 @@ func runServices(args []string, stdout, stderr io.Writer) error {
 	if err := c.do("GET", "/v1/catalog/services", nil, &names); err != nil {
 		return err
 	}
-	sorted := make([]string, 0, len(names))
-	for n := range names {
-		sorted = append(sorted, n)
-	}
-	sort.Strings(sorted)
 	var all []instance
-	for _, n := range sorted {
+	for _, n := range slices.Sorted(maps.Keys(names)) {
 		var ins []instance
 		if err := c.do("GET", "/v1/health/service/"+url.PathEscape(n), nil, &ins); err != nil {
 			return err
@@ -70,8 +65,7 @@ func runServices(args []string, stdout, stderr io.Writer) error {
 		}
 		return printJSON(stdout, all)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "Name\tID\tNode\tAddress\tStatus\tTags")
+	tw := newTable(stdout, "Name\tID\tNode\tAddress\tStatus\tTags")
 	for _, in := range all {
 		addr := in.Service.Address
 		if addr == "" {

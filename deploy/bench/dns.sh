@@ -18,6 +18,7 @@
 # Knobs: ROUNDS=3 DURATION=10 CLIENTS=4 OUTSTANDING=100 LATENCY_QPS=20000
 #        UNBOUND_THREADS=2 (one per core, as unbound's docs advise)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 ROUNDS=${ROUNDS:-3}
@@ -35,14 +36,7 @@ for cmd in dnsperf unbound curl go; do
 done
 UNBOUND=$(command -v unbound)
 
-work=$(mktemp -d -t pier-dnsbench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+make_work -t pier-dnsbench.XXXXXX
 
 echo "== building pier"
 go build -o "$work/pier" ./cmd/pier

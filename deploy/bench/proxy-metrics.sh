@@ -13,6 +13,7 @@
 # Needs wrk and curl (installed with apt-get when missing); uses loopback
 # ports BASE_PORT..BASE_PORT+9 (default 19080). Run it by hand; CI does not.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 ROUNDS=${ROUNDS:-5}
@@ -25,20 +26,9 @@ B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2))
 need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing ${need[@]+"${need[@]}"}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+make_work
 
 echo "building pier and testserver" >&2
 go build -o "$work/pier" ./cmd/pier
@@ -65,7 +55,6 @@ for t in "${targets[@]}"; do
   pid[$t]=$!
 done
 
-ready() { curl -s -o /dev/null --max-time 1 "$1"; }
 for n in $(seq 1 100); do
   ok=1
   for u in http://127.0.0.1:$B1/ http://127.0.0.1:$B2/; do ready "$u" || ok=0; done
@@ -87,27 +76,13 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${apiPort[off]}/
 curl -sf "http://127.0.0.1:${apiPort[metrics]}/metrics" | grep -q '^pier_proxy_requests_total' ||
   { echo "the metrics agent has no pier_proxy_requests_total" >&2; exit 1; }
 
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-tck=$(getconf CLK_TCK)
-to_us() { awk '{v=$1; u=v; sub(/[0-9.]+/,"",u); sub(/[a-z]+$/,"",v); m=(u=="us")?1:(u=="ms")?1000:(u=="s")?1000000:1; printf "%d\n", v*m}'; }
-
 results="$work/results"
 : >"$results"
 echo "warming up" >&2
 for t in "${targets[@]}"; do wrk -t"$THREADS" -c"$CONNS" -d2s "http://127.0.0.1:${proxyPort[$t]}/api/hello" >/dev/null; done
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${targets[@]}"; do
-    c0=$(cpu_ticks "${pid[$t]}")
-    out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "http://127.0.0.1:${proxyPort[$t]}/api/hello")
-    c1=$(cpu_ticks "${pid[$t]}")
-    rps=$(awk '/^Requests\/sec/ {print int($2)}' <<<"$out")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    cpu=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v hz="$tck" 'BEGIN {printf "%.1f", n ? d * 1e6 / hz / n : 0}')
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_us)
-    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_us)
-    errs=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(/,/,""); n+=$4+$6+$8+$10} END {print n+0}' <<<"$out")
-    echo "$t $r $rps $p50 $p99 $errs $cpu" >>"$results"
-    printf 'round %d %-8s %8d req/s  p50 %6d us  p99 %6d us  cpu %5s us/req  errors %d\n' "$r" "$t" "$rps" "$p50" "$p99" "$cpu" "$errs" >&2
+    wrk_round "$r" "$t" "http://127.0.0.1:${proxyPort[$t]}/api/hello" "${pid[$t]}"
   done
 done
 counted=$(curl -sf "http://127.0.0.1:${apiPort[metrics]}/metrics" | awk '/^pier_proxy_requests_total\{.*route="\/api\/"/ {n+=$2} END {printf "%d", n}')
@@ -116,16 +91,6 @@ lines=$(grep -c '"uri":"/api/hello"' "$work/access.log" || true)
 
 echo
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS interleaved rounds; medians:"
-printf '%-8s %10s %10s %10s %12s %8s\n' target req/s p50_us p99_us cpu_us/req errors
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:int((a[NR/2]+a[NR/2+1])/2)}'; }
-for t in "${targets[@]}"; do
-  rps=$(awk -v t="$t" '$1==t {print $3}' "$results" | median)
-  p50=$(awk -v t="$t" '$1==t {print $4}' "$results" | median)
-  p99=$(awk -v t="$t" '$1==t {print $5}' "$results" | median)
-  errs=$(awk -v t="$t" '$1==t {n+=$6} END {print n+0}' "$results")
-  cpu=$(awk -v t="$t" '$1==t {print $7}' "$results" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '%-8s %10d %10d %10d %12s %8d\n' "$t" "$rps" "$p50" "$p99" "$cpu" "$errs"
-  eval "rps_$t=$rps"
-done
+print_medians "${targets[@]}"
 awk -v m="$rps_metrics" -v o="$rps_off" -v a="$rps_access" 'BEGIN {printf "metrics/off %.3f, access-log/off %.3f\n", m/o, a/o}'
 echo "pier_proxy_requests_total on the metrics agent: $counted; access log lines of the access agent: $lines"

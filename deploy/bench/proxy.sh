@@ -14,6 +14,7 @@
 # missing, builds pier and deploy/testserver, and uses only loopback ports
 # (BASE_PORT..BASE_PORT+9, default 18080). Run it by hand as root; CI does not.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
 
 ROUNDS=${ROUNDS:-3}
@@ -30,24 +31,13 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+install_missing ${need[@]+"${need[@]}"}
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
 # The packages start their own services; those are not part of the run.
 systemctl stop nginx haproxy >/dev/null 2>&1 || true
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+make_work
 
 echo "building pier and testserver" >&2
 go build -o "$work/pier" ./cmd/pier
@@ -138,7 +128,6 @@ EOF
 haproxy_pid=$!
 
 # Wait (bounded) for everything to listen, then register the backends.
-ready() { curl -s -o /dev/null --max-time 1 "$1"; }
 for i in $(seq 1 100); do
   if ready http://127.0.0.1:$B1/ && ready http://127.0.0.1:$B2/ && ready http://127.0.0.1:$API/v1/agent/self &&
     ready http://127.0.0.1:$NGINX/api/ && ready http://127.0.0.1:$HAPROXY/api/; then break; fi
@@ -163,22 +152,13 @@ if [ -n "${CEILING:-}" ]; then
   url[uring]=http://127.0.0.1:$URING/api/hello
   targets+=(ceiling uring)
 fi
-# The processes whose CPU time counts for each target (nginx: master and workers).
+# The processes whose CPU time counts for each target (nginx: master and
+# workers; direct: the one backend it hits).
 declare -A procs=([direct]="$b1_pid" [pier]="$pier_pid" [nginx]="$nginx_pid" [haproxy]="$haproxy_pid" [ceiling]="${ceiling_pid:-}" [uring]="${uring_pid:-}")
-# cpu_ticks PID...: user+system clock ticks of the processes and their children threads.
-cpu_ticks() {
-  local all=() p
-  for p in "$@"; do all+=("$p") && all+=($(pgrep -P "$p" || true)); done
-  for p in "${all[@]}"; do cat "/proc/$p/stat" 2>/dev/null; done | awk '{t+=$14+$15} END {print t+0}'
-}
-tck=$(getconf CLK_TCK)
 for t in "${targets[@]}"; do
   body=$(curl -sf --max-time 5 "${url[$t]}") || { echo "$t: ${url[$t]} does not answer" >&2; exit 1; }
   case "$body" in "hello from b"*) ;; *) echo "$t answered: $body" >&2; exit 1 ;; esac
 done
-
-# wrk's latency in us, from "99%   1.23ms".
-to_us() { awk '{v=$1; u=v; sub(/[0-9.]+/,"",u); sub(/[a-z]+$/,"",v); m=(u=="us")?1:(u=="ms")?1000:(u=="s")?1000000:1; printf "%d\n", v*m}'; }
 
 results="$work/results"
 : >"$results"
@@ -186,34 +166,13 @@ echo "warming up" >&2
 for t in "${targets[@]}"; do wrk -t"$THREADS" -c"$CONNS" -d2s "${url[$t]}" >/dev/null; done
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${targets[@]}"; do
-    c0=$(cpu_ticks ${procs[$t]})
-    out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "${url[$t]}")
-    c1=$(cpu_ticks ${procs[$t]})
-    rps=$(awk '/^Requests\/sec/ {print int($2)}' <<<"$out")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    # CPU microseconds per request of the target (direct: the one backend it hits).
-    cpu=$(awk -v d=$((c1 - c0)) -v n="$reqs" -v hz="$tck" 'BEGIN {printf "%.1f", n ? d * 1e6 / hz / n : 0}')
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_us)
-    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_us)
-    errs=$(awk '/Non-2xx/ {n+=$NF} /Socket errors/ {gsub(/,/,""); n+=$4+$6+$8+$10} END {print n+0}' <<<"$out")
-    echo "$t $r $rps $p50 $p99 $errs $cpu" >>"$results"
-    printf 'round %d %-8s %8d req/s  p50 %6d us  p99 %6d us  cpu %5s us/req  errors %d\n' "$r" "$t" "$rps" "$p50" "$p99" "$cpu" "$errs" >&2
+    wrk_round "$r" "$t" "${url[$t]}" ${procs[$t]}
   done
 done
 
 echo
 echo "$(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS interleaved rounds; medians:"
-printf '%-8s %10s %10s %10s %12s %8s\n' target req/s p50_us p99_us cpu_us/req errors
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2)?a[(NR+1)/2]:int((a[NR/2]+a[NR/2+1])/2)}'; }
-for t in "${targets[@]}"; do
-  rps=$(awk -v t="$t" '$1==t {print $3}' "$results" | median)
-  p50=$(awk -v t="$t" '$1==t {print $4}' "$results" | median)
-  p99=$(awk -v t="$t" '$1==t {print $5}' "$results" | median)
-  errs=$(awk -v t="$t" '$1==t {n+=$6} END {print n+0}' "$results")
-  cpu=$(awk -v t="$t" '$1==t {print $7}' "$results" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '%-8s %10d %10d %10d %12s %8d\n' "$t" "$rps" "$p50" "$p99" "$cpu" "$errs"
-  eval "rps_$t=$rps"
-done
+print_medians "${targets[@]}"
 awk -v p="$rps_pier" -v n="$rps_nginx" -v h="$rps_haproxy" 'BEGIN {printf "pier/nginx %.2fx, pier/haproxy %.2fx\n", p/n, p/h}'
 if [ -n "${CEILING:-}" ]; then
   awk -v c="$rps_ceiling" -v u="$rps_uring" -v n="$rps_nginx" -v p="$rps_pier" \

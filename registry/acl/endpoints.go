@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/pier-dev/pier/registry/api/answer"
 )
@@ -64,12 +65,18 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 		add("PUT "+path, h, perm)
 		add("POST "+path, h, perm)
 	}
-	writes("/v1/acl/policy", s.aclPolicyCreate, aclWrite)
-	add("GET /v1/acl/policy/{id}", s.aclPolicyRead, aclRead)
-	add("GET /v1/acl/policy/name/{name}", s.aclPolicyReadByName, aclRead)
-	writes("/v1/acl/policy/{id}", s.aclPolicyUpdate, aclWrite)
-	add("DELETE /v1/acl/policy/{id}", s.aclPolicyDelete, aclWrite)
-	add("GET /v1/acl/policies", s.aclPolicyList, aclRead)
+	// Policies and roles have the same routes; an ID or a name in the
+	// path picks the object, no ID on a write creates one.
+	objects := func(noun, plural string, put, read, del, list http.HandlerFunc) {
+		writes("/v1/acl/"+noun, put, aclWrite)
+		add("GET /v1/acl/"+noun+"/{id}", read, aclRead)
+		add("GET /v1/acl/"+noun+"/name/{name}", read, aclRead)
+		writes("/v1/acl/"+noun+"/{id}", put, aclWrite)
+		add("DELETE /v1/acl/"+noun+"/{id}", del, aclWrite)
+		add("GET /v1/acl/"+plural, list, aclRead)
+	}
+	objects("policy", "policies", s.aclPolicyPut, s.aclPolicyRead, s.aclPolicyDelete, s.aclPolicyList)
+	objects("role", "roles", s.aclRolePut, s.aclRoleRead, s.aclRoleDelete, s.aclRoleList)
 
 	writes("/v1/acl/token", s.aclTokenCreate, aclWrite)
 	add("GET "+tokenSelfPath, s.aclTokenSelf, Anyone)
@@ -78,13 +85,6 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 	writes("/v1/acl/token/{id}/clone", s.aclTokenClone, aclWrite)
 	add("DELETE /v1/acl/token/{id}", s.aclTokenDelete, aclWriteOrSelf)
 	add("GET /v1/acl/tokens", s.aclTokenList, aclRead)
-
-	writes("/v1/acl/role", s.aclRoleCreate, aclWrite)
-	add("GET /v1/acl/role/{id}", s.aclRoleRead, aclRead)
-	add("GET /v1/acl/role/name/{name}", s.aclRoleReadByName, aclRead)
-	writes("/v1/acl/role/{id}", s.aclRoleUpdate, aclWrite)
-	add("DELETE /v1/acl/role/{id}", s.aclRoleDelete, aclWrite)
-	add("GET /v1/acl/roles", s.aclRoleList, aclRead)
 
 	// The handler checks, besides, what the token being set grants.
 	writes("/v1/agent/token/{kind}", s.agentToken, AgentWrite(s.node))
@@ -128,6 +128,90 @@ func (s *Endpoints) decodeJSONBody(w http.ResponseWriter, r *http.Request, v any
 		return false
 	}
 	return true
+}
+
+// decodeWrite decodes the body of a policy or role write into in, whose
+// ID field is bodyID, and answers the ID to write: a new one when the path
+// has none (the body may not name one either), else the path's (the body
+// may repeat it). what is "Policy" or "Role", for messages; false means an
+// error was sent.
+func (s *Endpoints) decodeWrite(w http.ResponseWriter, r *http.Request, in any, bodyID *string, what string) (id string, create, ok bool) {
+	if !s.aclOn(w) || !s.decodeJSONBody(w, r, in) {
+		return "", false, false
+	}
+	id = r.PathValue("id")
+	switch {
+	case id == "" && *bodyID != "":
+		httpError(w, http.StatusBadRequest, "Cannot specify the ID when creating a new %s", strings.ToLower(what))
+		return "", false, false
+	case id == "":
+		return newUUID(), true, true
+	case *bodyID != "" && *bodyID != id:
+		httpError(w, http.StatusBadRequest, "%s ID in URL and payload do not match", what)
+		return "", false, false
+	}
+	return id, false, true
+}
+
+// readRef answers the policy or role (what) that the path names by ID or,
+// on the /name/ routes, by name; find looks it up in the table, view
+// answers what is shown of it, notFound is Consul's message for none.
+func readRef[E any](s *Endpoints, w http.ResponseWriter, r *http.Request, what, notFound string,
+	find func(*aclTable, aclLink) (*E, bool), view func(*E) any) {
+	if !s.aclOn(w) {
+		return
+	}
+	ref := aclLink{ID: r.PathValue("id"), Name: r.PathValue("name")}
+	if ref.ID == "" && ref.Name == "" {
+		httpError(w, http.StatusBadRequest, "Missing %s ID", what)
+		return
+	}
+	e, ok := find(s.acl.current(), ref)
+	if !ok {
+		httpError(w, http.StatusNotFound, "%s", notFound)
+		return
+	}
+	writeJSON(w, r, view(e))
+}
+
+// putAndShow stores v under key and answers the view that the rebuilt
+// table has for it (view answers nil for none); a.mu held. what is
+// "Policy", "Role" or "Token", for messages.
+func (s *Endpoints) putAndShow(w http.ResponseWriter, r *http.Request, what, key string, v any, view func(*aclTable) any) {
+	t, err := s.acl.put(key, v)
+	if err != nil {
+		writeError(w, "Invalid "+what, err)
+		return
+	}
+	out := view(t)
+	if out == nil {
+		httpError(w, http.StatusInternalServerError, "the %s was written but is not in the table", strings.ToLower(what))
+		return
+	}
+	writeJSON(w, r, out)
+}
+
+// deleteObject is the DELETE of a policy, role or token (what, stored
+// under prefix) that the path's {id} names: with a.mu held, check looks at
+// the fresh table and answers false after answering the request itself
+// (an error, or Consul's true for what is gone already); else the object
+// is deleted and the answer is true.
+func (s *Endpoints) deleteObject(w http.ResponseWriter, r *http.Request, what, prefix string, check func(t *aclTable, id string) bool) {
+	if !s.aclOn(w) {
+		return
+	}
+	id := r.PathValue("id")
+	a := s.acl
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !check(a.refreshLocked(), id) {
+		return
+	}
+	if err := a.del(prefix + id); err != nil {
+		writeError(w, "Invalid "+what, err)
+		return
+	}
+	writeJSON(w, r, true)
 }
 
 // writeJSON, httpError and writeError are this package's short names for

@@ -18,29 +18,12 @@ type aclPolicyIn struct {
 	Datacenters []string
 }
 
-func (s *Endpoints) aclPolicyCreate(w http.ResponseWriter, r *http.Request) {
+// aclPolicyPut creates (no ID in the path) or updates a policy.
+func (s *Endpoints) aclPolicyPut(w http.ResponseWriter, r *http.Request) {
 	var in aclPolicyIn
-	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
-		return
+	if id, create, ok := s.decodeWrite(w, r, &in, &in.ID, "Policy"); ok {
+		s.aclPolicyWrite(w, r, in, id, create)
 	}
-	if in.ID != "" {
-		httpError(w, http.StatusBadRequest, "Cannot specify the ID when creating a new policy")
-		return
-	}
-	s.aclPolicyWrite(w, r, in, newUUID(), true)
-}
-
-func (s *Endpoints) aclPolicyUpdate(w http.ResponseWriter, r *http.Request) {
-	var in aclPolicyIn
-	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
-		return
-	}
-	id := r.PathValue("id")
-	if in.ID != "" && in.ID != id {
-		httpError(w, http.StatusBadRequest, "Policy ID in URL and payload do not match")
-		return
-	}
-	s.aclPolicyWrite(w, r, in, id, false)
 }
 
 func (s *Endpoints) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in aclPolicyIn, id string, create bool) {
@@ -71,67 +54,35 @@ func (s *Endpoints) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in ac
 		httpError(w, http.StatusBadRequest, "Invalid Policy: A Policy with Name %q already exists", in.Name)
 		return
 	}
-	t, err := a.put(aclPolicyPrefix+id, storedPolicy{ID: id, Name: in.Name, Description: in.Description, Rules: in.Rules, Datacenters: in.Datacenters})
-	if err != nil {
-		writeError(w, "Invalid Policy", err)
-		return
-	}
-	pe, ok := t.policies[id]
-	if !ok {
-		httpError(w, http.StatusInternalServerError, "the policy was written but is not in the table")
-		return
-	}
-	writeJSON(w, r, pe.view)
+	s.putAndShow(w, r, "Policy", aclPolicyPrefix+id,
+		storedPolicy{ID: id, Name: in.Name, Description: in.Description, Rules: in.Rules, Datacenters: in.Datacenters},
+		func(t *aclTable) any {
+			if pe := t.policies[id]; pe != nil {
+				return pe.view
+			}
+			return nil
+		})
 }
 
+// aclPolicyRead answers a policy by the ID or the name in the path.
 func (s *Endpoints) aclPolicyRead(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	s.writePolicy(w, r, aclLink{ID: r.PathValue("id")})
-}
-
-func (s *Endpoints) aclPolicyReadByName(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	s.writePolicy(w, r, aclLink{Name: r.PathValue("name")})
-}
-
-func (s *Endpoints) writePolicy(w http.ResponseWriter, r *http.Request, ref aclLink) {
-	if ref.ID == "" && ref.Name == "" {
-		httpError(w, http.StatusBadRequest, "Missing policy ID")
-		return
-	}
-	pe, ok := s.acl.current().policyByRef(ref)
-	if !ok {
-		httpError(w, http.StatusNotFound, "ACL policy not found")
-		return
-	}
-	writeJSON(w, r, pe.view)
+	readRef(s, w, r, "policy", "ACL policy not found", (*aclTable).policyByRef,
+		func(pe *policyEntry) any { return pe.view })
 }
 
 func (s *Endpoints) aclPolicyDelete(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	id := r.PathValue("id")
-	a := s.acl
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	pe, ok := a.refreshLocked().policies[id]
-	if ok && pe.builtin {
-		httpError(w, http.StatusBadRequest, "Delete operation not permitted on the builtin %s policy", managementPolicyName)
-		return
-	}
-	// An unknown ID is no error: it may have been deleted on another node.
-	if ok {
-		if err := a.del(aclPolicyPrefix + id); err != nil {
-			writeError(w, "Invalid Policy", err)
-			return
+	s.deleteObject(w, r, "Policy", aclPolicyPrefix, func(t *aclTable, id string) bool {
+		pe, ok := t.policies[id]
+		switch {
+		case ok && pe.builtin:
+			httpError(w, http.StatusBadRequest, "Delete operation not permitted on the builtin %s policy", managementPolicyName)
+			return false
+		case !ok: // no error: it may have been deleted on another node
+			writeJSON(w, r, true)
+			return false
 		}
-	}
-	writeJSON(w, r, true)
+		return true
+	})
 }
 
 // aclPolicyListEntry is Consul's ACLPolicyListEntry: no rules.

@@ -1,7 +1,6 @@
 package acl
 
 import (
-	"cmp"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -203,23 +202,11 @@ func (t *aclTable) roleIDs(links []*aclLink) ([]string, string) {
 }
 
 func (t *aclTable) roleByRef(l aclLink) (*roleEntry, bool) {
-	if l.ID != "" {
-		re, ok := t.roles[l.ID]
-		return re, ok
-	}
-	re, ok := t.rolesByName[l.Name]
-	return re, ok
+	return byRef(t.roles, t.rolesByName, l)
 }
 
 func (t *aclTable) sortedRoles() []*roleEntry {
-	out := make([]*roleEntry, 0, len(t.roles))
-	for _, re := range t.roles {
-		out = append(out, re)
-	}
-	slices.SortFunc(out, func(a, b *roleEntry) int {
-		return cmp.Or(cmp.Compare(a.view.Name, b.view.Name), cmp.Compare(a.view.ID, b.view.ID))
-	})
-	return out
+	return sortedByName(t.roles, func(re *roleEntry) (string, string) { return re.view.Name, re.view.ID })
 }
 
 type aclRoleIn struct {
@@ -230,29 +217,12 @@ type aclRoleIn struct {
 	TemplatedPolicies []any
 }
 
-func (s *Endpoints) aclRoleCreate(w http.ResponseWriter, r *http.Request) {
+// aclRolePut creates (no ID in the path) or updates a role.
+func (s *Endpoints) aclRolePut(w http.ResponseWriter, r *http.Request) {
 	var in aclRoleIn
-	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
-		return
+	if id, create, ok := s.decodeWrite(w, r, &in, &in.ID, "Role"); ok {
+		s.aclRoleWrite(w, r, in, id, create)
 	}
-	if in.ID != "" {
-		httpError(w, http.StatusBadRequest, "Cannot specify the ID when creating a new role")
-		return
-	}
-	s.aclRoleWrite(w, r, in, newUUID(), true)
-}
-
-func (s *Endpoints) aclRoleUpdate(w http.ResponseWriter, r *http.Request) {
-	var in aclRoleIn
-	if !s.aclOn(w) || !s.decodeJSONBody(w, r, &in) {
-		return
-	}
-	id := r.PathValue("id")
-	if in.ID != "" && in.ID != id {
-		httpError(w, http.StatusBadRequest, "Role ID in URL and payload do not match")
-		return
-	}
-	s.aclRoleWrite(w, r, in, id, false)
 }
 
 func (s *Endpoints) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclRoleIn, id string, create bool) {
@@ -284,63 +254,31 @@ func (s *Endpoints) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclR
 		httpError(w, http.StatusBadRequest, "Invalid Role: %s", msg)
 		return
 	}
-	t, err := a.put(aclRolePrefix+id, storedRole{ID: id, Name: in.Name, Description: in.Description, grant: g})
-	if err != nil {
-		writeError(w, "Invalid Role", err)
-		return
-	}
-	re, ok := t.roles[id]
-	if !ok {
-		httpError(w, http.StatusInternalServerError, "the role was written but is not in the table")
-		return
-	}
-	writeJSON(w, r, re.view)
+	s.putAndShow(w, r, "Role", aclRolePrefix+id, storedRole{ID: id, Name: in.Name, Description: in.Description, grant: g},
+		func(t *aclTable) any {
+			if re := t.roles[id]; re != nil {
+				return re.view
+			}
+			return nil
+		})
 }
 
+// aclRoleRead answers a role by the ID or the name in the path.
 func (s *Endpoints) aclRoleRead(w http.ResponseWriter, r *http.Request) {
-	if s.aclOn(w) {
-		s.writeRole(w, r, aclLink{ID: r.PathValue("id")})
-	}
-}
-
-func (s *Endpoints) aclRoleReadByName(w http.ResponseWriter, r *http.Request) {
-	if s.aclOn(w) {
-		s.writeRole(w, r, aclLink{Name: r.PathValue("name")})
-	}
-}
-
-func (s *Endpoints) writeRole(w http.ResponseWriter, r *http.Request, ref aclLink) {
-	if ref.ID == "" && ref.Name == "" {
-		httpError(w, http.StatusBadRequest, "Missing role ID")
-		return
-	}
-	re, ok := s.acl.current().roleByRef(ref)
-	if !ok {
-		httpError(w, http.StatusNotFound, "Requested role does not exist")
-		return
-	}
-	writeJSON(w, r, re.view)
+	readRef(s, w, r, "role", "Requested role does not exist", (*aclTable).roleByRef,
+		func(re *roleEntry) any { return re.view })
 }
 
 // aclRoleDelete answers 404 for an unknown role, as Consul; tokens that
 // link to a deleted role lose the link when the table is rebuilt.
 func (s *Endpoints) aclRoleDelete(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	id := r.PathValue("id")
-	a := s.acl
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if _, ok := a.refreshLocked().roles[id]; !ok {
-		httpError(w, http.StatusNotFound, "Cannot find role to delete")
-		return
-	}
-	if err := a.del(aclRolePrefix + id); err != nil {
-		writeError(w, "Invalid Role", err)
-		return
-	}
-	writeJSON(w, r, true)
+	s.deleteObject(w, r, "Role", aclRolePrefix, func(t *aclTable, id string) bool {
+		if _, ok := t.roles[id]; !ok {
+			httpError(w, http.StatusNotFound, "Cannot find role to delete")
+			return false
+		}
+		return true
+	})
 }
 
 func (s *Endpoints) aclRoleList(w http.ResponseWriter, r *http.Request) {

@@ -1,12 +1,15 @@
 package acl
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -297,30 +300,37 @@ func (a *Authorizer) datacenter() string {
 
 // policyByRef finds a policy by ID, else by name.
 func (t *aclTable) policyByRef(l aclLink) (*policyEntry, bool) {
+	return byRef(t.policies, t.byName, l)
+}
+
+// byRef finds an object of byID by l's ID, else of byName by its name.
+func byRef[E any](byID, byName map[string]*E, l aclLink) (*E, bool) {
 	if l.ID != "" {
-		pe, ok := t.policies[l.ID]
-		return pe, ok
+		e, ok := byID[l.ID]
+		return e, ok
 	}
-	pe, ok := t.byName[l.Name]
-	return pe, ok
+	e, ok := byName[l.Name]
+	return e, ok
 }
 
 func (t *aclTable) sortedPolicies() []*policyEntry {
-	out := make([]*policyEntry, 0, len(t.policies))
-	for _, pe := range t.policies {
-		out = append(out, pe)
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].view.Name < out[j].view.Name || out[i].view.Name == out[j].view.Name && out[i].view.ID < out[j].view.ID
+	return sortedByName(t.policies, func(pe *policyEntry) (string, string) { return pe.view.Name, pe.view.ID })
+}
+
+// sortedByName answers the objects of m by name, then ID, as Consul lists
+// policies and roles; key answers an object's name and ID.
+func sortedByName[E any](m map[string]E, key func(E) (name, id string)) []E {
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(a, b E) int {
+		an, aid := key(a)
+		bn, bid := key(b)
+		return cmp.Or(cmp.Compare(an, bn), cmp.Compare(aid, bid))
 	})
 	return out
 }
 
 func (t *aclTable) sortedTokens() []*tokenEntry {
-	out := make([]*tokenEntry, 0, len(t.tokens))
-	for _, te := range t.tokens {
-		out = append(out, te)
-	}
+	out := slices.Collect(maps.Values(t.tokens))
 	sort.Slice(out, func(i, j int) bool { return out[i].view.AccessorID < out[j].view.AccessorID })
 	return out
 }

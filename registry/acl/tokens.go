@@ -137,17 +137,12 @@ func (s *Endpoints) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 
 // writeStoredToken stores st and answers its view; a.mu held.
 func (s *Endpoints) writeStoredToken(w http.ResponseWriter, r *http.Request, st storedToken) {
-	t, err := s.acl.put(aclTokenPrefix+st.AccessorID, st)
-	if err != nil {
-		writeError(w, "Invalid Token", err)
-		return
-	}
-	te, ok := t.tokens[st.AccessorID]
-	if !ok || te.static {
-		httpError(w, http.StatusInternalServerError, "the token was written but is not in the table")
-		return
-	}
-	writeJSON(w, r, te.view)
+	s.putAndShow(w, r, "Token", aclTokenPrefix+st.AccessorID, st, func(t *aclTable) any {
+		if te := t.tokens[st.AccessorID]; te != nil && !te.static {
+			return te.view
+		}
+		return nil
+	})
 }
 
 // storedTokenFor answers a token that the API may change; false means an
@@ -221,31 +216,21 @@ func (s *Endpoints) aclTokenClone(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Endpoints) aclTokenDelete(w http.ResponseWriter, r *http.Request) {
-	if !s.aclOn(w) {
-		return
-	}
-	id := r.PathValue("id")
-	a := s.acl
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	t := a.refreshLocked()
-	if _, ok := t.tokens[id]; !ok {
-		writeJSON(w, r, true) // already gone, perhaps deleted on another node
-		return
-	}
-	te, ok := s.storedTokenFor(w, t, id)
-	if !ok {
-		return
-	}
-	if self := a.lookupIn(t, RequestToken(r)); self == te {
-		httpError(w, http.StatusBadRequest, "Deletion of the request's authorization token is not permitted")
-		return
-	}
-	if err := a.del(aclTokenPrefix + id); err != nil {
-		writeError(w, "Invalid Token", err)
-		return
-	}
-	writeJSON(w, r, true)
+	s.deleteObject(w, r, "Token", aclTokenPrefix, func(t *aclTable, id string) bool {
+		if _, ok := t.tokens[id]; !ok {
+			writeJSON(w, r, true) // already gone, perhaps deleted on another node
+			return false
+		}
+		te, ok := s.storedTokenFor(w, t, id)
+		if !ok {
+			return false
+		}
+		if self := s.acl.lookupIn(t, RequestToken(r)); self == te {
+			httpError(w, http.StatusBadRequest, "Deletion of the request's authorization token is not permitted")
+			return false
+		}
+		return true
+	})
 }
 
 // shown is a token as the requester may see it: the secret only with

@@ -40,6 +40,13 @@ type Config struct {
 	Logger            *slog.Logger
 	// Tune adjusts hashicorp/raft's own settings (tests shorten timeouts).
 	Tune func(*hraft.Config)
+	// Port, when set, carries Raft instead of a listener on Bind (then
+	// Bind and Advertise are not used); the agent owns and closes it.
+	Port *ServerPort
+	// CleanupDeadServers is how long a server gossip sees as failed stays
+	// in the Raft configuration before the leader removes it (servers.go);
+	// 0 never removes failed servers (left ones still go at once).
+	CleanupDeadServers time.Duration // DefaultConfig: 30s
 }
 
 // DefaultConfig answers the defaults; ID is left for the caller.
@@ -48,6 +55,10 @@ func DefaultConfig() Config {
 		Bind:              "127.0.0.1:8300",
 		ApplyTimeout:      10 * time.Second,
 		SnapshotThreshold: 8192,
+		// Long enough that a server being restarted or upgraded keeps its
+		// place, short enough that a dead one stops counting towards the
+		// quorum within a minute.
+		CleanupDeadServers: 30 * time.Second,
 	}
 }
 
@@ -75,6 +86,7 @@ type Node struct {
 	// before its term (a barrier), so its own state answers reads.
 	readReady atomic.Bool
 	timers    sessionTimers
+	group     group // servers.go
 }
 
 // New opens the stores and starts the Raft participant. A server with no
@@ -101,15 +113,21 @@ func New(cfg Config) (*Node, error) {
 	n.timers.expire = n.expireSession
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}})
 
-	adv, err := advertiseAddr(cfg)
-	if err != nil {
-		return nil, err
-	}
-	n.transport, err = hraft.NewTCPTransportWithLogger(cfg.Bind, adv, 3, 10*time.Second, hlog)
-	if err != nil {
-		return nil, fmt.Errorf("raft: listening on %s: %w", cfg.Bind, err)
+	var err error
+	if cfg.Port != nil {
+		n.transport = hraft.NewNetworkTransportWithLogger(cfg.Port.streamLayer(), 3, 10*time.Second, hlog)
+	} else {
+		adv, err := advertiseAddr(cfg)
+		if err != nil {
+			return nil, err
+		}
+		n.transport, err = hraft.NewTCPTransportWithLogger(cfg.Bind, adv, 3, 10*time.Second, hlog)
+		if err != nil {
+			return nil, fmt.Errorf("raft: listening on %s: %w", cfg.Bind, err)
+		}
 	}
 	n.closers = append(n.closers, n.transport)
+	n.group.init()
 
 	var logs hraft.LogStore
 	var stable hraft.StableStore
@@ -207,6 +225,11 @@ func (n *Node) Bootstrap(servers []Server) error {
 // answers reads from its own state) until ctx ends, then shuts Raft down.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.close()
+	// The reconcile loop (servers.go) stops with ctx; it is waited for
+	// after Shutdown, which answers any change it still waits on.
+	loopDone := make(chan struct{})
+	go func() { defer close(loopDone); n.reconcileLoop(ctx) }()
+	defer func() { <-loopDone }()
 	leaderCh := n.raft.LeaderCh()
 	for {
 		select {
@@ -229,6 +252,7 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			n.timers.lead(n.fsm.State())
 			n.readReady.Store(n.raft.State() == hraft.Leader)
+			n.group.wake() // reconcile the servers at once
 			n.log.Info("raft: leading", "id", n.cfg.ID)
 		}
 	}

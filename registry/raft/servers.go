@@ -1,0 +1,615 @@
+package raft
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// The servers find each other through gossip and stay one healthy group
+// here: the agent hands Reconcile gossip's view of the servers, and a loop
+// owned by Run bootstraps a new group (bootstrap-expect) and, on the
+// leader, adds the servers gossip sees alive and removes the ones that
+// left or stay failed, as Consul's leader and autopilot do.
+
+// Peer is one server as gossip sees it.
+type Peer struct {
+	ID     string // its Raft ID (the node's ID)
+	Name   string // its node name
+	Addr   string // its server port, host:port
+	Expect int    // its bootstrap-expect; 0: none
+	Status registry.MemberStatus
+	// Since is when it entered Status; zero: from when this Node first
+	// saw it in that status.
+	Since time.Time
+}
+
+// PeersPath is where a server's internal HTTP serves PeersHandler.
+const PeersPath = "/pier/v1/raft/peers"
+
+// Gossip tag keys and the role value of a server, as Consul's.
+const (
+	TagRole    = "role"
+	TagID      = "id"
+	TagDC      = "dc"
+	TagPort    = "port"
+	TagExpect  = "expect"
+	RoleServer = "consul"
+)
+
+// ServerTags answers the gossip tags that make an agent a server to the
+// others (added to the agent's own: role, id, port, expect); serverAddr is
+// its ServerPort's Addr.
+func ServerTags(id, serverAddr string, expect int) map[string]string {
+	t := map[string]string{TagRole: RoleServer, TagID: id}
+	if _, port, err := net.SplitHostPort(serverAddr); err == nil {
+		t[TagPort] = port
+	}
+	if expect > 0 {
+		t[TagExpect] = strconv.Itoa(expect)
+	}
+	return t
+}
+
+// PeerFromMember reads a gossip member's server tags; ok is false for a
+// client, a server of another datacenter (when dc is set) or one whose
+// tags are incomplete. Since is left zero.
+func PeerFromMember(m registry.Member, dc string) (p Peer, ok bool) {
+	t := m.Tags
+	if t[TagRole] != RoleServer || t[TagID] == "" || (dc != "" && t[TagDC] != "" && t[TagDC] != dc) {
+		return Peer{}, false
+	}
+	port, err := strconv.Atoi(t[TagPort])
+	if err != nil || port <= 0 || port > 65535 {
+		return Peer{}, false
+	}
+	host := m.Addr
+	if h, _, err := net.SplitHostPort(m.Addr); err == nil {
+		host = h
+	}
+	expect, _ := strconv.Atoi(t[TagExpect])
+	return Peer{ID: t[TagID], Name: m.Name, Addr: net.JoinHostPort(host, strconv.Itoa(port)), Expect: expect, Status: m.Status}, true
+}
+
+// group is the Node's part that follows the servers.
+type group struct {
+	kick chan struct{} // capacity 1: a burst of Reconciles wakes the loop once
+
+	mu        sync.Mutex
+	have      bool
+	self      Peer
+	peers     []Peer            // latest wins
+	names     map[string]string // Raft ID → node name
+	lastIndex map[string]uint64 // Raft ID → last log index it reported (leader)
+
+	gen  uint64        // Reconciles so far
+	done atomic.Uint64 // the gen of the last finished pass, for tests
+
+	// Owned by the loop.
+	bootstrapped bool // bootstrapped, or found it must not: never again
+	since        map[string]seen
+	absent       map[string]time.Time // in the configuration, unknown to gossip since
+	warned       string
+	client       *http.Client
+}
+
+type seen struct {
+	status registry.MemberStatus
+	at     time.Time
+}
+
+// The internal HTTP asks are bounded so that a dead server delays a pass
+// by this at most.
+const askTimeout = 2 * time.Second
+
+// retryPause is when a pass that could not finish (a server did not
+// answer) runs again without waiting for the next Reconcile.
+const retryPause = time.Second
+
+func (c *group) init() {
+	c.kick = make(chan struct{}, 1)
+	c.names = map[string]string{}
+	c.lastIndex = map[string]uint64{}
+	c.since = map[string]seen{}
+	c.absent = map[string]time.Time{}
+	// No keep-alives: an idle pooled connection would outlive the Node.
+	// No proxy: servers talk to each other directly.
+	c.client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+}
+
+// Reconcile hands the Node gossip's newest view of the servers: self and
+// the others (self may be among peers too). The agent calls it on every
+// membership change and every few seconds. It does not block: the work is
+// done by Run's loop, on the newest view.
+func (n *Node) Reconcile(self Peer, peers []Peer) {
+	c := &n.group
+	c.mu.Lock()
+	c.have, c.self, c.peers = true, self, slices.Clone(peers)
+	c.gen++
+	for _, p := range append(peers, self) {
+		if p.ID != "" {
+			c.names[p.ID] = p.Name
+		}
+	}
+	c.mu.Unlock()
+	c.wake()
+}
+
+func (c *group) wake() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) reconcileLoop(ctx context.Context) {
+	c := &n.group
+	defer c.client.CloseIdleConnections()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kick:
+		case <-timer.C:
+		}
+		again := n.reconcilePass(ctx)
+		timer.Stop()
+		if again > 0 {
+			timer.Reset(again)
+		}
+	}
+}
+
+// reconcilePass answers when it wants to run again by itself (0: on the
+// next Reconcile).
+func (n *Node) reconcilePass(ctx context.Context) time.Duration {
+	c := &n.group
+	c.mu.Lock()
+	have, self, peers, gen := c.have, c.self, c.peers, c.gen
+	c.mu.Unlock()
+	if !have {
+		return 0
+	}
+	defer c.done.Store(gen)
+	// This server is who it is, whatever the agent says.
+	self.ID = n.cfg.ID
+	if self.Addr == "" {
+		self.Addr = n.Addr()
+	}
+	self.Status = registry.MemberAlive
+	servers := []Peer{self}
+	for _, p := range peers {
+		if p.ID == "" || p.ID == self.ID {
+			continue
+		}
+		if p.Addr == "" {
+			n.log.Warn("raft: a server without an address is ignored", "node", p.Name, "id", p.ID)
+			continue
+		}
+		servers = append(servers, p)
+	}
+	now := time.Now()
+	n.trackSince(servers, now)
+
+	var again time.Duration
+	if !c.bootstrapped {
+		again = n.maybeBootstrap(ctx, self, servers)
+	}
+	if n.raft.State() == hraft.Leader {
+		again = minPositive(again, n.reconcileLeader(ctx, self, servers, now))
+	}
+	return again
+}
+
+func minPositive(a, b time.Duration) time.Duration {
+	if a <= 0 || (b > 0 && b < a) {
+		return b
+	}
+	return a
+}
+
+// trackSince remembers when each server entered its status, for the ones
+// whose Since the agent did not give.
+func (n *Node) trackSince(servers []Peer, now time.Time) {
+	c := &n.group
+	keep := map[string]bool{}
+	for _, p := range servers {
+		keep[p.ID] = true
+		if s, ok := c.since[p.ID]; !ok || s.status != p.Status {
+			c.since[p.ID] = seen{p.Status, now}
+		}
+	}
+	for id := range c.since {
+		if !keep[id] {
+			delete(c.since, id)
+		}
+	}
+}
+
+func (n *Node) statusSince(p Peer) time.Time {
+	if !p.Since.IsZero() {
+		return p.Since
+	}
+	return n.group.since[p.ID].at
+}
+
+// maybeBootstrap starts a new group once the expected number of servers
+// are alive and none of them is part of a group already (Consul's
+// maybeBootstrap).
+func (n *Node) maybeBootstrap(ctx context.Context, self Peer, servers []Peer) time.Duration {
+	c := &n.group
+	if n.raft.LastIndex() > 0 {
+		c.bootstrapped = true
+		if self.Expect > 0 {
+			n.log.Info("raft: found Raft data, not bootstrapping")
+		}
+		return 0
+	}
+	if self.Expect <= 0 {
+		return 0 // a leader adds it
+	}
+	var alive []Peer
+	for _, p := range servers {
+		if p.Status != registry.MemberAlive {
+			continue
+		}
+		if p.Expect != 0 && p.Expect != self.Expect {
+			if w := p.ID + "/" + strconv.Itoa(p.Expect); c.warned != w {
+				c.warned = w
+				n.log.Warn("raft: a server expects another number of servers, not bootstrapping; all should expect the same",
+					"node", p.Name, "expects", p.Expect, "we expect", self.Expect)
+			}
+			return 0
+		}
+		alive = append(alive, p)
+	}
+	if len(alive) < self.Expect {
+		return 0
+	}
+	// A server added much later with the same expect must not start a
+	// second group: ask everyone first.
+	for _, p := range alive {
+		if p.ID == self.ID {
+			continue
+		}
+		info, err := n.askPeers(ctx, p.Addr)
+		if err != nil {
+			if ctx.Err() == nil {
+				n.log.Warn("raft: asking a server for its Raft peers before bootstrapping (will retry)", "node", p.Name, "err", err)
+			}
+			return retryPause
+		}
+		if len(info.Peers) > 0 {
+			n.log.Info("raft: a server already has Raft peers, not bootstrapping", "node", p.Name)
+			c.bootstrapped = true
+			return 0
+		}
+	}
+	slices.SortFunc(alive, func(a, b Peer) int { return strings.Compare(a.ID, b.ID) })
+	var list []Server
+	var names []string
+	for _, p := range alive {
+		list = append(list, Server{ID: p.ID, Address: p.Addr, Voter: true})
+		names = append(names, p.Name)
+	}
+	// Every server computes the same list; Raft settles it if two lists
+	// differ, and a server that already has state ignores the call.
+	c.bootstrapped = true
+	if err := n.Bootstrap(list); err != nil {
+		n.log.Error("raft: bootstrapping", "err", err)
+		return 0
+	}
+	n.log.Info("raft: bootstrapped", "servers", strings.Join(names, ","))
+	return 0
+}
+
+// peersInfo is what PeersHandler answers.
+type peersInfo struct {
+	Peers     []string // the addresses of this server's configuration
+	LastIndex uint64
+}
+
+// PeersHandler answers GET PeersPath on the servers' internal HTTP: this
+// server's Raft configuration (Consul's Status.Peers) and its last log
+// index, which another server asks before it bootstraps and the leader
+// asks for RaftServers.
+func (n *Node) PeersHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			http.Error(w, "method must be GET", http.StatusMethodNotAllowed)
+			return
+		}
+		info := peersInfo{Peers: []string{}, LastIndex: n.raft.LastIndex()}
+		cfg, err := n.Configuration()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		for _, s := range cfg {
+			info.Peers = append(info.Peers, s.Address)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(info)
+	})
+}
+
+func (n *Node) askPeers(ctx context.Context, addr string) (peersInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, askTimeout)
+	defer cancel()
+	var info peersInfo
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+PeersPath, nil)
+	if err != nil {
+		return info, err
+	}
+	resp, err := n.group.client.Do(req)
+	if err != nil {
+		return info, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return info, fmt.Errorf("%s answered %s", addr, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		return info, fmt.Errorf("%s: %w", addr, err)
+	}
+	return info, nil
+}
+
+type removal struct {
+	srv Server
+	why string
+}
+
+// reconcileLeader makes the configuration follow gossip (Consul's leader
+// reconcile and autopilot's dead-server cleanup).
+func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, now time.Time) time.Duration {
+	c := &n.group
+	cfg, err := n.Configuration()
+	if err != nil {
+		n.log.Warn("raft: reconcile", "err", err)
+		return retryPause
+	}
+	c.mu.Lock()
+	names := maps.Clone(c.names)
+	c.mu.Unlock()
+
+	byID := map[string]Peer{}
+	aliveByName := map[string]Peer{}
+	for _, p := range servers[1:] {
+		byID[p.ID] = p
+		if p.Status == registry.MemberAlive {
+			aliveByName[p.Name] = p
+		}
+	}
+	inCfg := map[string]Server{}
+	voters := 0
+	for _, s := range cfg {
+		inCfg[s.ID] = s
+		if s.Voter {
+			voters++
+		}
+	}
+	for id := range c.absent {
+		if _, ok := inCfg[id]; !ok {
+			delete(c.absent, id)
+		}
+	}
+
+	var again time.Duration
+	var remove []removal
+	cleanup := n.cfg.CleanupDeadServers
+	for _, s := range cfg {
+		if s.ID == self.ID {
+			continue
+		}
+		p, known := byID[s.ID]
+		if known {
+			delete(c.absent, s.ID)
+		}
+		switch {
+		case known && p.Status == registry.MemberLeft:
+			remove = append(remove, removal{s, "left"})
+		case known && p.Status == registry.MemberFailed:
+			if cleanup <= 0 {
+				continue
+			}
+			if wait := n.statusSince(p).Add(cleanup).Sub(now); wait > 0 {
+				again = minPositive(again, wait)
+				continue
+			}
+			remove = append(remove, removal{s, "failed for longer than " + cleanup.String()})
+		case known:
+		case aliveByName[names[s.ID]].ID != "":
+			remove = append(remove, removal{s, "its node is back with ID " + aliveByName[names[s.ID]].ID})
+		case conflicting(s, servers[1:]) != "":
+			remove = append(remove, removal{s, "its address is now " + conflicting(s, servers[1:]) + "'s"})
+		case cleanup > 0:
+			// Unknown to gossip: a failed server it has forgotten, or one
+			// this agent has not heard of yet (just started); both wait.
+			first, ok := c.absent[s.ID]
+			if !ok {
+				first = now
+				c.absent[s.ID] = now
+			}
+			if wait := first.Add(cleanup).Sub(now); wait > 0 {
+				again = minPositive(again, wait)
+				continue
+			}
+			remove = append(remove, removal{s, "unknown to gossip for longer than " + cleanup.String()})
+		}
+	}
+
+	// Removing half the voters or more could take away the quorum of a
+	// group whose members are only cut off from gossip: remove none then
+	// (Consul's autopilot rule). Non-voters may always go.
+	failedVoters := 0
+	for _, r := range remove {
+		if r.srv.Voter {
+			failedVoters++
+		}
+	}
+	if failedVoters > 0 && 2*failedVoters >= voters {
+		var ids []string
+		for _, r := range remove {
+			ids = append(ids, r.srv.ID)
+		}
+		if w := "quorum:" + strings.Join(ids, ","); c.warned != w {
+			c.warned = w
+			n.log.Warn("raft: not removing servers: fewer than a quorum of voters would remain", "servers", ids, "voters", voters)
+		}
+		remove = slices.DeleteFunc(remove, func(r removal) bool { return r.srv.Voter })
+	}
+	removed := map[string]bool{}
+	for _, r := range remove {
+		if err := n.RemoveServer(r.srv.ID); err != nil {
+			n.log.Warn("raft: removing a server", "id", r.srv.ID, "node", names[r.srv.ID], "err", err)
+			again = minPositive(again, retryPause)
+			continue
+		}
+		removed[r.srv.ID] = true
+		n.log.Info("raft: removed a server", "id", r.srv.ID, "node", names[r.srv.ID], "why", r.why)
+	}
+
+	for _, p := range servers[1:] {
+		if p.Status != registry.MemberAlive {
+			continue
+		}
+		s, ok := inCfg[p.ID]
+		if ok && s.Address == p.Addr && s.Voter {
+			continue
+		}
+		if !ok && slices.ContainsFunc(cfg, func(e Server) bool { return e.Address == p.Addr && e.ID != p.ID && !removed[e.ID] }) {
+			continue // the old holder of its address has to go first
+		}
+		// On a server already in the configuration AddVoter changes its
+		// address (or makes it a voter) in one change.
+		if err := n.AddVoter(p.ID, p.Addr); err != nil {
+			n.log.Warn("raft: adding a server", "id", p.ID, "node", p.Name, "err", err)
+			again = minPositive(again, retryPause)
+			continue
+		}
+		switch {
+		case !ok:
+			n.log.Info("raft: added a server", "id", p.ID, "node", p.Name, "addr", p.Addr)
+		case s.Address != p.Addr:
+			n.log.Info("raft: a server's address changed", "id", p.ID, "node", p.Name, "from", s.Address, "to", p.Addr)
+		default:
+			n.log.Info("raft: made a server a voter", "id", p.ID, "node", p.Name)
+		}
+	}
+
+	n.pollIndexes(ctx, self, byID)
+	n.pruneNames(byID)
+	return again
+}
+
+// conflicting answers the name of an alive server, other than s, that
+// has s's address.
+func conflicting(s Server, peers []Peer) string {
+	for _, p := range peers {
+		if p.Status == registry.MemberAlive && p.ID != s.ID && p.Addr == s.Address {
+			return p.Name
+		}
+	}
+	return ""
+}
+
+// pollIndexes asks every alive server of the configuration for its last
+// log index, for RaftServers.
+func (n *Node) pollIndexes(ctx context.Context, self Peer, byID map[string]Peer) {
+	cfg, err := n.Configuration()
+	if err != nil {
+		return
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[string]uint64{}
+	for _, s := range cfg {
+		p, ok := byID[s.ID]
+		if s.ID == self.ID || !ok || p.Status != registry.MemberAlive {
+			continue
+		}
+		wg.Go(func() {
+			if info, err := n.askPeers(ctx, s.Address); err == nil {
+				mu.Lock()
+				got[s.ID] = info.LastIndex
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	n.group.mu.Lock()
+	n.group.lastIndex = got
+	n.group.mu.Unlock()
+}
+
+// pruneNames forgets the names of IDs neither in the configuration nor
+// known to gossip.
+func (n *Node) pruneNames(byID map[string]Peer) {
+	cfg, err := n.Configuration()
+	if err != nil {
+		return
+	}
+	c := &n.group
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.names {
+		_, known := byID[id]
+		if !known && id != n.cfg.ID && !slices.ContainsFunc(cfg, func(s Server) bool { return s.ID == id }) {
+			delete(c.names, id)
+		}
+	}
+}
+
+// RaftServerInfo is one server as /v1/operator/raft/configuration shows
+// it (Consul's field names).
+type RaftServerInfo struct {
+	ID              string
+	Node            string
+	Address         string
+	Leader          bool
+	Voter           bool
+	ProtocolVersion string
+	// LastIndex is this server's own on itself; the others' as they last
+	// answered the leader's poll (0 on a follower, or not answered yet).
+	LastIndex uint64
+}
+
+// RaftServers answers the servers of the newest configuration with their
+// node names from the last Reconcile; nil when Raft is shut down.
+func (n *Node) RaftServers() []RaftServerInfo {
+	cfg, err := n.Configuration()
+	if err != nil {
+		return nil
+	}
+	_, leader := n.Leader()
+	c := &n.group
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]RaftServerInfo, 0, len(cfg))
+	for _, s := range cfg {
+		info := RaftServerInfo{ID: s.ID, Node: c.names[s.ID], Address: s.Address, Leader: s.ID == leader, Voter: s.Voter,
+			ProtocolVersion: "3", LastIndex: c.lastIndex[s.ID]}
+		if s.ID == n.cfg.ID {
+			info.LastIndex = n.raft.LastIndex()
+		}
+		out = append(out, info)
+	}
+	return out
+}

@@ -20,6 +20,28 @@
 // stay on the servers. What comes from gossip and what from Raft in the
 // snapshot is told in registry/README.md.
 //
+// # Servers finding each other
+//
+// A server listens on one port (Consul's ports.server, 8300): ServerPort
+// carries Raft and the servers' internal HTTP, told apart by the first
+// byte (0x01 is Raft). One port is one address to advertise in gossip, one
+// firewall rule and one thing to get wrong; the internal HTTP needs no
+// address of its own because it is always "the server port of that
+// server".
+//
+// The agent hands Reconcile gossip's view of the servers. A server with
+// bootstrap-expect and no Raft state starts a new group once that many
+// servers with the same expect are alive, but first asks each of them
+// (GET PeersPath on their server port) whether it already has Raft peers:
+// the running group would not vote for a late server, but one that
+// bootstrapped a group of its own beside a running one would split the
+// cluster into two that never merge, so a server that finds an existing
+// group waits to be added instead. On the leader, Reconcile adds every
+// alive server that is not a voter, removes servers that left at once and
+// failed ones after CleanupDeadServers, and never removes half the voters
+// or more at once: gossip can be wrong, and a leader that believed it
+// would hand the group to a minority.
+//
 // This package must not import registry/api, proxy or lb, and only the
 // agent's wiring and the API may import it (DESIGN.md).
 package raft

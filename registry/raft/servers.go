@@ -139,7 +139,7 @@ func (n *Node) Reconcile(self Peer, peers []Peer) {
 	c.mu.Lock()
 	c.have, c.self, c.peers = true, self, slices.Clone(peers)
 	c.gen++
-	for _, p := range append(peers, self) {
+	for _, p := range append(c.peers, self) { // c.peers is ours to grow
 		if p.ID != "" {
 			c.names[p.ID] = p.Name
 		}
@@ -188,10 +188,7 @@ func (n *Node) reconcilePass(ctx context.Context) time.Duration {
 	}
 	defer c.done.Store(gen)
 	// This server is who it is, whatever the agent says.
-	self.ID = n.cfg.ID
-	if self.Addr == "" {
-		self.Addr = n.Addr()
-	}
+	self.ID, self.Addr = n.cfg.ID, n.Addr()
 	self.Status = registry.MemberAlive
 	servers := []Peer{self}
 	for _, p := range peers {
@@ -486,7 +483,9 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 		n.log.Info("raft: removed a server", "id", r.srv.ID, "node", names[r.srv.ID], "why", r.why)
 	}
 
-	for _, p := range servers[1:] {
+	// Self too: a server restarted on a new port that leads (alone, or
+	// before the others moved it) puts its own new address in.
+	for _, p := range servers {
 		if p.Status != registry.MemberAlive {
 			continue
 		}

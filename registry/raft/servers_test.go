@@ -3,6 +3,7 @@ package raft
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -425,4 +426,100 @@ func TestRestartKeepsConfiguration(t *testing.T) {
 	if _, ok := lead.n.State().KV("kept"); !ok {
 		t.Error("the write before the restart is gone")
 	}
+}
+
+// A server restarted on its data dir but a new port is moved to its new
+// address in place and goes on replicating.
+func TestServerAddressChange(t *testing.T) {
+	ms, lead := groupOf(t, "a", 3, memberOpts{dir: t.TempDir()})
+	moved := others(ms, lead)[0]
+	moved.stop()
+	o := moved.opts
+	o.bind = "127.0.0.1:0"
+	back := startMember(t, o)
+	if back.peer.Addr == moved.peer.Addr {
+		t.Skip("the new port is the old one")
+	}
+	now := append(others(ms, moved), back)
+	reconcileAll(now...)
+	eventually.NoError(t, 10*time.Second, "the new address in the configuration", func() error {
+		cfg, err := lead.n.Configuration()
+		if err != nil {
+			return err
+		}
+		for _, s := range cfg {
+			if s.ID == back.n.ID() && s.Address == back.peer.Addr && s.Voter && len(cfg) == 3 {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", cfg)
+	})
+	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after-move", Value: []byte("v")}); err != nil || !r.OK {
+		t.Fatalf("write: %+v %v", r, err)
+	}
+	waitKey(t, "after-move", back)
+}
+
+// A wiped server that comes back with the same ID and address is still in
+// the configuration: the leader sends it everything again.
+func TestWipedServerSameID(t *testing.T) {
+	dir := t.TempDir()
+	ms, lead := groupOf(t, "s", 3, memberOpts{dir: dir})
+	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "old", Value: []byte("v")}); err != nil || !r.OK {
+		t.Fatalf("write: %+v %v", r, err)
+	}
+	wiped := others(ms, lead)[0]
+	wiped.stop()
+	if err := os.RemoveAll(wiped.opts.dir); err != nil {
+		t.Fatal(err)
+	}
+	back := startMember(t, wiped.opts)
+	reconcileAll(append(others(ms, wiped), back)...)
+	waitKey(t, "old", back)
+	if got := ids(t, lead); len(got) != 3 {
+		t.Errorf("configuration: %v", got)
+	}
+}
+
+func TestPeerFromMember(t *testing.T) {
+	tags := map[string]string{"dc": "dc1", "build": "x"}
+	maps.Copy(tags, ServerTags("id-1", "10.0.0.1:8300", 3))
+	m := registry.Member{Name: "s1", Addr: "10.0.0.1", Port: 8301, Tags: tags, Status: registry.MemberFailed}
+	p, ok := PeerFromMember(m, "dc1")
+	want := Peer{ID: "id-1", Name: "s1", Addr: "10.0.0.1:8300", Expect: 3, Status: registry.MemberFailed}
+	if !ok || p != want {
+		t.Errorf("PeerFromMember: %+v %v, want %+v", p, ok, want)
+	}
+	if _, ok := PeerFromMember(m, "dc2"); ok {
+		t.Error("a server of another datacenter is a peer")
+	}
+	m.Tags = map[string]string{"role": "node", "id": "c"}
+	if _, ok := PeerFromMember(m, ""); ok {
+		t.Error("a client is a peer")
+	}
+	m.Tags = map[string]string{"role": "consul", "id": "c"}
+	if _, ok := PeerFromMember(m, ""); ok {
+		t.Error("a server without a port tag is a peer")
+	}
+}
+
+// A lone server restarted on a new port leads again and puts its new
+// address into the configuration.
+func TestLeaderAddressChange(t *testing.T) {
+	m := startMember(t, memberOpts{id: "la", expect: 1, dir: t.TempDir()})
+	m.n.Reconcile(m.peer, nil)
+	waitLeader(t, m)
+	m.stop()
+	o := m.opts
+	o.bind = "127.0.0.1:0"
+	back := startMember(t, o)
+	back.n.Reconcile(back.peer, nil)
+	waitLeader(t, back)
+	eventually.NoError(t, 10*time.Second, "its new address", func() error {
+		cfg, err := back.n.Configuration()
+		if err != nil || len(cfg) != 1 || cfg[0].Address != back.peer.Addr {
+			return fmt.Errorf("%+v %v", cfg, err)
+		}
+		return nil
+	})
 }

@@ -496,6 +496,18 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 		if !ok && slices.ContainsFunc(cfg, func(e Server) bool { return e.Address == p.Addr && e.ID != p.ID && !removed[e.ID] }) {
 			continue // the old holder of its address has to go first
 		}
+		// A voter that cannot be reached can stall the group (a group of
+		// one that adds it needs both to commit), so first check that its
+		// server port answers: Raft comes in on the same port.
+		if p.ID != self.ID {
+			if _, err := n.askPeers(ctx, p.Addr); err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("raft: a server's port does not answer, not adding it yet", "node", p.Name, "addr", p.Addr, "err", err)
+				}
+				again = minPositive(again, retryPause)
+				continue
+			}
+		}
 		// On a server already in the configuration AddVoter changes its
 		// address (or makes it a voter) in one change.
 		if err := n.AddVoter(p.ID, p.Addr); err != nil {

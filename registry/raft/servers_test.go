@@ -523,3 +523,25 @@ func TestLeaderAddressChange(t *testing.T) {
 		return nil
 	})
 }
+
+// A server gossip sees alive whose server port does not answer is not
+// made a voter: a group of one would need it for every commit.
+func TestUnreachableServerNotAdded(t *testing.T) {
+	m := startMember(t, memberOpts{id: "u0", expect: 1})
+	m.n.Reconcile(m.peer, nil)
+	waitLeader(t, m)
+	gone, err := ListenServerPort("127.0.0.1:0", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost := Peer{ID: "ghost", Name: "ghost", Addr: gone.Addr(), Status: registry.MemberAlive}
+	gone.Close()
+	m.n.Reconcile(m.peer, []Peer{m.peer, ghost})
+	settle(t, m)
+	if got := ids(t, m); !slices.Equal(got, []string{"u0"}) {
+		t.Fatalf("configuration: %v", got)
+	}
+	if r, err := m.n.KV(KVOp{Verb: KVSet, Key: "still", Value: []byte("v")}); err != nil || !r.OK {
+		t.Fatalf("write: %+v %v", r, err)
+	}
+}

@@ -371,6 +371,10 @@ func (n *Node) askPeers(ctx context.Context, addr string) (peersInfo, error) {
 type removal struct {
 	srv Server
 	why string
+	// guessed: gossip only suspects it is gone (failed, or unknown); not
+	// guessed: it said it left, or its node is back under a new ID or
+	// address holder, so the entry is dead for sure.
+	guessed bool
 }
 
 // reconcileLeader makes the configuration follow gossip (Consul's leader
@@ -421,7 +425,7 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 		}
 		switch {
 		case known && p.Status == registry.MemberLeft:
-			remove = append(remove, removal{s, "left"})
+			remove = append(remove, removal{s, "left", false})
 		case known && p.Status == registry.MemberFailed:
 			if cleanup <= 0 {
 				continue
@@ -430,12 +434,12 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 				again = minPositive(again, wait)
 				continue
 			}
-			remove = append(remove, removal{s, "failed for longer than " + cleanup.String()})
+			remove = append(remove, removal{s, "failed for longer than " + cleanup.String(), true})
 		case known:
-		case aliveByName[names[s.ID]].ID != "":
-			remove = append(remove, removal{s, "its node is back with ID " + aliveByName[names[s.ID]].ID})
+		case names[s.ID] != "" && aliveByName[names[s.ID]].ID != "":
+			remove = append(remove, removal{s, "its node is back with ID " + aliveByName[names[s.ID]].ID, false})
 		case conflicting(s, servers[1:]) != "":
-			remove = append(remove, removal{s, "its address is now " + conflicting(s, servers[1:]) + "'s"})
+			remove = append(remove, removal{s, "its address is now " + conflicting(s, servers[1:]) + "'s", false})
 		case cleanup > 0:
 			// Unknown to gossip: a failed server it has forgotten, or one
 			// this agent has not heard of yet (just started); both wait.
@@ -448,29 +452,37 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 				again = minPositive(again, wait)
 				continue
 			}
-			remove = append(remove, removal{s, "unknown to gossip for longer than " + cleanup.String()})
+			remove = append(remove, removal{s, "unknown to gossip for longer than " + cleanup.String(), true})
 		}
 	}
 
-	// Removing half the voters or more could take away the quorum of a
-	// group whose members are only cut off from gossip: remove none then
-	// (Consul's autopilot rule). Non-voters may always go.
-	failedVoters := 0
+	// Gossip's failures are guesses: removing half the voters or more on
+	// a guess could hand the group to a minority when the others are only
+	// cut off from gossip, so then none of the guessed ones goes (Consul's
+	// autopilot rule). Servers that are gone for sure, and non-voters,
+	// always may.
+	guessed, sure := 0, 0
 	for _, r := range remove {
-		if r.srv.Voter {
-			failedVoters++
+		switch {
+		case !r.srv.Voter:
+		case r.guessed:
+			guessed++
+		default:
+			sure++
 		}
 	}
-	if failedVoters > 0 && 2*failedVoters >= voters {
+	if guessed > 0 && 2*guessed >= voters-sure {
 		var ids []string
 		for _, r := range remove {
-			ids = append(ids, r.srv.ID)
+			if r.guessed && r.srv.Voter {
+				ids = append(ids, r.srv.ID)
+			}
 		}
 		if w := "quorum:" + strings.Join(ids, ","); c.warned != w {
 			c.warned = w
 			n.log.Warn("raft: not removing servers: fewer than a quorum of voters would remain", "servers", ids, "voters", voters)
 		}
-		remove = slices.DeleteFunc(remove, func(r removal) bool { return r.srv.Voter })
+		remove = slices.DeleteFunc(remove, func(r removal) bool { return r.guessed && r.srv.Voter })
 	}
 	removed := map[string]bool{}
 	for _, r := range remove {

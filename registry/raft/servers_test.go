@@ -332,19 +332,37 @@ func TestCleanupLeftServerAtOnce(t *testing.T) {
 
 // Gossip says two of three voters failed long ago, but they are in fact
 // alive: removing them would hand the group to one server; nothing is
-// removed.
+// removed. One of three may go.
 func TestCleanupKeepsQuorum(t *testing.T) {
 	ms, lead := groupOf(t, "g", 3, memberOpts{})
 	rest := others(ms, lead)
 	long := time.Now().Add(-time.Hour)
-	lead.n.Reconcile(lead.peer, []Peer{lead.peer, rest[0].with(registry.MemberFailed, long), rest[1].with(registry.MemberLeft, long)})
+	lead.n.Reconcile(lead.peer, []Peer{lead.peer, rest[0].with(registry.MemberFailed, long), rest[1].with(registry.MemberFailed, long)})
 	settle(t, lead)
 	if got := ids(t, lead); len(got) != 3 {
 		t.Fatalf("removed a quorum's worth: %v", got)
 	}
-	// One of three may go.
 	lead.n.Reconcile(lead.peer, []Peer{lead.peer, rest[0].with(registry.MemberFailed, long), rest[1].peer})
 	waitVoters(t, lead, lead.n.ID(), rest[1].n.ID())
+}
+
+// A server that left said so itself: it goes even when that leaves a
+// group of one (no guess to guard against). It is removed while it still
+// runs, as a server leaving gracefully waits to be removed; a group of two
+// that lost one could not commit the removal.
+func TestLeftServerOfTwoRemoved(t *testing.T) {
+	ms, lead := groupOf(t, "t", 2, memberOpts{})
+	gone := others(ms, lead)[0]
+	lead.n.Reconcile(lead.peer, []Peer{lead.peer, gone.with(registry.MemberLeft, time.Now())})
+	waitVoters(t, lead, lead.n.ID())
+	gone.stop()
+	eventually.NoError(t, 10*time.Second, "a write on the survivor", func() error {
+		r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "alone", Value: []byte("v")})
+		if err == nil && !r.OK {
+			err = fmt.Errorf("%+v", r)
+		}
+		return err
+	})
 }
 
 // A server whose data dir was wiped comes back under the same node name

@@ -79,9 +79,11 @@ func TestGroupOfThree(t *testing.T) {
 	var lead *testServer
 	eventually.True(t, 10*time.Second, "a leader", func() bool { lead = leaderOf(servers); return lead != nil })
 
-	// A follower refuses writes and names why.
+	// A follower refuses writes and names why (once it has heard from the
+	// leader: the barrier that made the leader ready needed only one).
 	for _, s := range servers {
 		if s != lead {
+			eventually.True(t, 5*time.Second, s.n.ID()+" knows the leader", func() bool { a, _ := s.n.Leader(); return a != "" })
 			if _, err := s.n.KV(KVOp{Verb: KVSet, Key: "x"}); err != ErrNotLeader {
 				t.Errorf("a write on a follower: %v, want ErrNotLeader", err)
 			}

@@ -111,8 +111,8 @@ type seen struct {
 	at     time.Time
 }
 
-// The internal HTTP asks are bounded so that a dead server delays a pass
-// by this at most.
+// askTimeout bounds one ask over the internal HTTP, so that a server that
+// does not answer delays a pass by this at most.
 const askTimeout = 2 * time.Second
 
 // retryPause is when a pass that could not finish (a server did not
@@ -248,7 +248,9 @@ func (n *Node) statusSince(p Peer) time.Time {
 
 // maybeBootstrap starts a new group once the expected number of servers
 // are alive and none of them is part of a group already (Consul's
-// maybeBootstrap).
+// maybeBootstrap). Servers without an expect count and are in the list,
+// as in Consul (they came to be added anyway); one that expects another
+// number stops it: the operators meant different groups.
 func (n *Node) maybeBootstrap(ctx context.Context, self Peer, servers []Peer) time.Duration {
 	c := &n.group
 	if n.raft.LastIndex() > 0 {

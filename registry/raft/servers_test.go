@@ -563,3 +563,13 @@ func TestUnreachableServerNotAdded(t *testing.T) {
 		t.Fatalf("write: %+v %v", r, err)
 	}
 }
+
+// A server without an expect counts towards another's expect, as in
+// Consul, and is part of the group it bootstraps.
+func TestBootstrapCountsServersWithoutExpect(t *testing.T) {
+	a := startMember(t, memberOpts{id: "x0", expect: 2})
+	b := startMember(t, memberOpts{id: "x1"})
+	reconcileAll(a, b)
+	lead := waitLeader(t, a, b)
+	waitVoters(t, lead, "x0", "x1")
+}

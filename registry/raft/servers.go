@@ -134,6 +134,11 @@ func (c *group) init() {
 // the others (self may be among peers too). The agent calls it on every
 // membership change and every few seconds. It does not block: the work is
 // done by Run's loop, on the newest view.
+//
+// The loop asks other servers over the internal HTTP on their Addr (before
+// bootstrapping, before adding them, and for their last index), so it
+// needs every server to run on a ServerPort (Config.Port) that serves
+// PeersHandler at PeersPath.
 func (n *Node) Reconcile(self Peer, peers []Peer) {
 	c := &n.group
 	c.mu.Lock()

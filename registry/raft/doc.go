@@ -38,9 +38,9 @@
 // cluster into two that never merge, so a server that finds an existing
 // group waits to be added instead. On the leader, Reconcile adds every
 // alive server that is not a voter, removes servers that left at once and
-// failed ones after CleanupDeadServers, and never removes half the voters
-// or more at once: gossip can be wrong, and a leader that believed it
-// would hand the group to a minority.
+// failed ones after CleanupDeadServers, but never half the voters or more
+// on gossip's word that they failed: gossip can be wrong, and a leader
+// that believed it would hand the group to a minority.
 //
 // This package must not import registry/api, proxy or lb, and only the
 // agent's wiring and the API may import it (DESIGN.md).

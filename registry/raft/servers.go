@@ -662,7 +662,7 @@ func (n *Node) RaftServers() []RaftServerInfo {
 	out := make([]RaftServerInfo, 0, len(cfg))
 	for _, s := range cfg {
 		info := RaftServerInfo{ID: s.ID, Node: c.names[s.ID], Address: s.Address, Leader: s.ID == leader, Voter: s.Voter,
-			ProtocolVersion: "3", LastIndex: c.lastIndex[s.ID]}
+			ProtocolVersion: n.ProtocolVersion(), LastIndex: c.lastIndex[s.ID]}
 		if s.ID == n.cfg.ID {
 			info.LastIndex = n.raft.LastIndex()
 		}

@@ -44,7 +44,7 @@ type Config struct {
 	// Bind and Advertise are not used); the agent owns and closes it.
 	Port *ServerPort
 	// CleanupDeadServers is how long a server gossip sees as failed stays
-	// in the Raft configuration before the leader removes it (servers.go);
+	// in the Raft configuration before the leader removes it (autopilot.go);
 	// 0 never removes failed servers (left ones still go at once).
 	CleanupDeadServers time.Duration // DefaultConfig: 30s
 }

@@ -1,0 +1,315 @@
+package raft
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// The leader's half of Reconcile, as Consul's leader reconcile and its
+// autopilot: the configuration follows what gossip says of the servers,
+// without ever trusting gossip's guesses with the quorum.
+
+type removal struct {
+	srv Server
+	why string
+	// guessed: gossip only suspects it is gone (failed, or unknown); not
+	// guessed: it said it left, or its node is back under a new ID or
+	// address holder, so the entry is dead for sure.
+	guessed bool
+}
+
+// reconcileLeader makes the configuration follow gossip (Consul's leader
+// reconcile and autopilot's dead-server cleanup).
+func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, now time.Time) time.Duration {
+	c := &n.group
+	cfg, err := n.Configuration()
+	if err != nil {
+		n.log.Warn("raft: reconcile", "err", err)
+		return retryPause
+	}
+	c.mu.Lock()
+	names := maps.Clone(c.names)
+	c.mu.Unlock()
+
+	byID := map[string]Peer{}
+	aliveByName := map[string]Peer{}
+	for _, p := range servers[1:] {
+		byID[p.ID] = p
+		if p.Status == registry.MemberAlive {
+			aliveByName[p.Name] = p
+		}
+	}
+	inCfg := map[string]Server{}
+	voters := 0
+	for _, s := range cfg {
+		inCfg[s.ID] = s
+		if s.Voter {
+			voters++
+		}
+	}
+	for id := range c.absent {
+		if _, ok := inCfg[id]; !ok {
+			delete(c.absent, id)
+		}
+	}
+
+	var again time.Duration
+	var remove []removal
+	cleanup := n.cfg.CleanupDeadServers
+	for _, s := range cfg {
+		if s.ID == self.ID {
+			continue
+		}
+		p, known := byID[s.ID]
+		if known {
+			delete(c.absent, s.ID)
+		}
+		switch {
+		case known && p.Status == registry.MemberLeft:
+			remove = append(remove, removal{s, "left", false})
+		case known && p.Status == registry.MemberFailed:
+			if cleanup <= 0 {
+				continue
+			}
+			if wait := n.statusSince(p).Add(cleanup).Sub(now); wait > 0 {
+				again = minPositive(again, wait)
+				continue
+			}
+			remove = append(remove, removal{s, "failed for longer than " + cleanup.String(), true})
+		case known:
+		case names[s.ID] != "" && aliveByName[names[s.ID]].ID != "":
+			remove = append(remove, removal{s, "its node is back with ID " + aliveByName[names[s.ID]].ID, false})
+		case conflicting(s, servers[1:]) != "":
+			remove = append(remove, removal{s, "its address is now " + conflicting(s, servers[1:]) + "'s", false})
+		case cleanup > 0:
+			// Unknown to gossip: a failed server it has forgotten, or one
+			// this agent has not heard of yet (just started); both wait.
+			first, ok := c.absent[s.ID]
+			if !ok {
+				first = now
+				c.absent[s.ID] = now
+			}
+			if wait := first.Add(cleanup).Sub(now); wait > 0 {
+				again = minPositive(again, wait)
+				continue
+			}
+			remove = append(remove, removal{s, "unknown to gossip for longer than " + cleanup.String(), true})
+		}
+	}
+
+	// Gossip's failures are guesses: removing half the voters or more on
+	// a guess could hand the group to a minority when the others are only
+	// cut off from gossip, so then none of the guessed ones goes (Consul's
+	// autopilot rule). Servers that are gone for sure, and non-voters,
+	// always may.
+	guessed, sure := 0, 0
+	for _, r := range remove {
+		switch {
+		case !r.srv.Voter:
+		case r.guessed:
+			guessed++
+		default:
+			sure++
+		}
+	}
+	if guessed > 0 && 2*guessed >= voters-sure {
+		var ids []string
+		for _, r := range remove {
+			if r.guessed && r.srv.Voter {
+				ids = append(ids, r.srv.ID)
+			}
+		}
+		if w := "quorum:" + strings.Join(ids, ","); c.warned != w {
+			c.warned = w
+			n.log.Warn("raft: not removing servers: fewer than a quorum of voters would remain", "servers", ids, "voters", voters)
+		}
+		remove = slices.DeleteFunc(remove, func(r removal) bool { return r.guessed && r.srv.Voter })
+	}
+	removed := map[string]bool{}
+	for _, r := range remove {
+		if err := n.changeServers(ctx, func() hraft.Future { return n.raft.RemoveServer(hraft.ServerID(r.srv.ID), 0, n.cfg.ApplyTimeout) }); err != nil {
+			n.log.Warn("raft: removing a server", "id", r.srv.ID, "node", names[r.srv.ID], "err", err)
+			again = minPositive(again, retryPause)
+			continue
+		}
+		removed[r.srv.ID] = true
+		n.log.Info("raft: removed a server", "id", r.srv.ID, "node", names[r.srv.ID], "why", r.why)
+	}
+
+	// Self too: a server restarted on a new port that leads (alone, or
+	// before the others moved it) puts its own new address in.
+	for _, p := range servers {
+		if p.Status != registry.MemberAlive {
+			continue
+		}
+		s, ok := inCfg[p.ID]
+		if ok && s.Address == p.Addr && s.Voter {
+			continue
+		}
+		if !ok && slices.ContainsFunc(cfg, func(e Server) bool { return e.Address == p.Addr && e.ID != p.ID && !removed[e.ID] }) {
+			continue // the old holder of its address has to go first
+		}
+		// A voter that cannot be reached can stall the group (a group of
+		// one that adds it needs both to commit), so first check that its
+		// server port answers: Raft comes in on the same port.
+		if p.ID != self.ID {
+			if _, err := n.askPeers(ctx, p.Addr); err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("raft: a server's port does not answer, not adding it yet", "node", p.Name, "addr", p.Addr, "err", err)
+				}
+				again = minPositive(again, retryPause)
+				continue
+			}
+		}
+		// On a server already in the configuration AddVoter changes its
+		// address (or makes it a voter) in one change.
+		if err := n.changeServers(ctx, func() hraft.Future {
+			return n.raft.AddVoter(hraft.ServerID(p.ID), hraft.ServerAddress(p.Addr), 0, n.cfg.ApplyTimeout)
+		}); err != nil {
+			n.log.Warn("raft: adding a server", "id", p.ID, "node", p.Name, "err", err)
+			again = minPositive(again, retryPause)
+			continue
+		}
+		switch {
+		case !ok:
+			n.log.Info("raft: added a server", "id", p.ID, "node", p.Name, "addr", p.Addr)
+		case s.Address != p.Addr:
+			n.log.Info("raft: a server's address changed", "id", p.ID, "node", p.Name, "from", s.Address, "to", p.Addr)
+		default:
+			n.log.Info("raft: made a server a voter", "id", p.ID, "node", p.Name)
+		}
+	}
+
+	n.pollIndexes(ctx, self, byID)
+	n.pruneNames(byID)
+	return again
+}
+
+// changeServers proposes a configuration change on the leader and waits
+// for it until it is answered, ApplyTimeout passes or ctx ends.
+// hashicorp/raft drops the committed entries still queued for its FSM when
+// it shuts down, and never answers their futures: waiting for one without
+// a bound would keep this loop, and so Run, from ever returning. The
+// goroutine reading such a future stays, as Node.wait's.
+func (n *Node) changeServers(ctx context.Context, change func() hraft.Future) error {
+	if n.raft.State() != hraft.Leader {
+		return n.leaderErr()
+	}
+	f := change()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	t := time.NewTimer(n.cfg.ApplyTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("raft: no answer within %v", n.cfg.ApplyTimeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// conflicting answers the name of an alive server, other than s, that
+// has s's address.
+func conflicting(s Server, peers []Peer) string {
+	for _, p := range peers {
+		if p.Status == registry.MemberAlive && p.ID != s.ID && p.Addr == s.Address {
+			return p.Name
+		}
+	}
+	return ""
+}
+
+// pollIndexes asks every alive server of the configuration for its last
+// log index, for RaftServers.
+func (n *Node) pollIndexes(ctx context.Context, self Peer, byID map[string]Peer) {
+	cfg, err := n.Configuration()
+	if err != nil {
+		return
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[string]uint64{}
+	for _, s := range cfg {
+		p, ok := byID[s.ID]
+		if s.ID == self.ID || !ok || p.Status != registry.MemberAlive {
+			continue
+		}
+		wg.Go(func() {
+			if info, err := n.askPeers(ctx, s.Address); err == nil {
+				mu.Lock()
+				got[s.ID] = info.LastIndex
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	n.group.mu.Lock()
+	n.group.lastIndex = got
+	n.group.mu.Unlock()
+}
+
+// pruneNames forgets the names of IDs neither in the configuration nor
+// known to gossip.
+func (n *Node) pruneNames(byID map[string]Peer) {
+	cfg, err := n.Configuration()
+	if err != nil {
+		return
+	}
+	c := &n.group
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.names {
+		_, known := byID[id]
+		if !known && id != n.cfg.ID && !slices.ContainsFunc(cfg, func(s Server) bool { return s.ID == id }) {
+			delete(c.names, id)
+		}
+	}
+}
+
+// RaftServerInfo is one server as /v1/operator/raft/configuration shows
+// it (Consul's field names).
+type RaftServerInfo struct {
+	ID              string
+	Node            string
+	Address         string
+	Leader          bool
+	Voter           bool
+	ProtocolVersion string
+	// LastIndex is this server's own on itself; the others' as they last
+	// answered the leader's poll (0 on a follower, or not answered yet).
+	LastIndex uint64
+}
+
+// RaftServers answers the servers of the newest configuration with their
+// node names from the last Reconcile; nil when Raft is shut down.
+func (n *Node) RaftServers() []RaftServerInfo {
+	cfg, err := n.Configuration()
+	if err != nil {
+		return nil
+	}
+	_, leader := n.Leader()
+	c := &n.group
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]RaftServerInfo, 0, len(cfg))
+	for _, s := range cfg {
+		info := RaftServerInfo{ID: s.ID, Node: c.names[s.ID], Address: s.Address, Leader: s.ID == leader, Voter: s.Voter,
+			ProtocolVersion: n.ProtocolVersion(), LastIndex: c.lastIndex[s.ID]}
+		if s.ID == n.cfg.ID {
+			info.LastIndex = n.raft.LastIndex()
+		}
+		out = append(out, info)
+	}
+	return out
+}

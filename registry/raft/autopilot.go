@@ -2,14 +2,11 @@ package raft
 
 import (
 	"context"
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"time"
-
-	hraft "github.com/hashicorp/raft"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -136,7 +133,7 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 	}
 	removed := map[string]bool{}
 	for _, r := range remove {
-		if err := n.changeServers(ctx, func() hraft.Future { return n.raft.RemoveServer(hraft.ServerID(r.srv.ID), 0, n.cfg.ApplyTimeout) }); err != nil {
+		if err := n.RemoveServer(r.srv.ID); err != nil {
 			n.log.Warn("raft: removing a server", "id", r.srv.ID, "node", names[r.srv.ID], "err", err)
 			again = minPositive(again, retryPause)
 			continue
@@ -172,9 +169,7 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 		}
 		// On a server already in the configuration AddVoter changes its
 		// address (or makes it a voter) in one change.
-		if err := n.changeServers(ctx, func() hraft.Future {
-			return n.raft.AddVoter(hraft.ServerID(p.ID), hraft.ServerAddress(p.Addr), 0, n.cfg.ApplyTimeout)
-		}); err != nil {
+		if err := n.AddVoter(p.ID, p.Addr); err != nil {
 			n.log.Warn("raft: adding a server", "id", p.ID, "node", p.Name, "err", err)
 			again = minPositive(again, retryPause)
 			continue
@@ -192,31 +187,6 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 	n.pollIndexes(ctx, self, byID)
 	n.pruneNames(byID)
 	return again
-}
-
-// changeServers proposes a configuration change on the leader and waits
-// for it until it is answered, ApplyTimeout passes or ctx ends.
-// hashicorp/raft drops the committed entries still queued for its FSM when
-// it shuts down, and never answers their futures: waiting for one without
-// a bound would keep this loop, and so Run, from ever returning. The
-// goroutine reading such a future stays, as Node.wait's.
-func (n *Node) changeServers(ctx context.Context, change func() hraft.Future) error {
-	if n.raft.State() != hraft.Leader {
-		return n.leaderErr()
-	}
-	f := change()
-	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
-	t := time.NewTimer(n.cfg.ApplyTimeout)
-	defer t.Stop()
-	select {
-	case err := <-done:
-		return err
-	case <-t.C:
-		return fmt.Errorf("raft: no answer within %v", n.cfg.ApplyTimeout)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // conflicting answers the name of an alive server, other than s, that

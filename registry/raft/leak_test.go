@@ -18,13 +18,14 @@ import (
 // change is to the tests only) and to be fixed in node.go: hashicorp/raft
 // never answers a VerifyLeader queued when it shut down, so wait bounds its
 // caller's wait but the goroutine reading the future stays blocked.
-// changeServers (servers.go) waits for configuration changes the same
-// way: hashicorp/raft drops committed entries still queued for its FSM at
-// shutdown without answering their futures.
+// Node.await's goroutine stays the same way when hashicorp/raft shuts
+// down with committed entries still queued for the state machine: it
+// drops them and never answers their futures (a write in flight while a
+// server stops, in the linearizability test).
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		goleak.IgnoreAnyFunction("github.com/hashicorp/raft.(*NetworkTransport).handleConn"),
 		goleak.IgnoreAnyFunction("github.com/pier-dev/pier/registry/raft.(*Node).wait.func1"),
-		goleak.IgnoreAnyFunction("github.com/pier-dev/pier/registry/raft.(*Node).changeServers.func1"),
+		goleak.IgnoreAnyFunction("github.com/pier-dev/pier/registry/raft.(*Node).await.func1"),
 	)
 }

@@ -86,7 +86,8 @@ type Node struct {
 	// before its term (a barrier), so its own state answers reads.
 	readReady atomic.Bool
 	timers    sessionTimers
-	group     group // servers.go
+	group     group         // servers.go
+	down      chan struct{} // closed once Raft has shut down
 }
 
 // New opens the stores and starts the Raft participant. A server with no
@@ -109,7 +110,7 @@ func New(cfg Config) (*Node, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &Node{cfg: cfg, log: log, fsm: NewFSM(nil)}
+	n := &Node{cfg: cfg, log: log, fsm: NewFSM(nil), down: make(chan struct{})}
 	n.timers.expire = n.expireSession
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{log}})
 
@@ -236,7 +237,9 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			n.readReady.Store(false)
 			n.timers.stop()
-			if err := n.raft.Shutdown().Error(); err != nil {
+			err := n.raft.Shutdown().Error()
+			close(n.down)
+			if err != nil {
 				return fmt.Errorf("raft: shutdown: %w", err)
 			}
 			return nil
@@ -301,7 +304,7 @@ func (n *Node) apply(c command) (Result, error) {
 		return Result{}, err
 	}
 	f := n.raft.Apply(b, n.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	if err := n.await(f); err != nil {
 		switch {
 		case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrLeadershipTransferInProgress):
 			return Result{}, n.leaderErr() // refused before it reached the log
@@ -369,6 +372,27 @@ func (n *Node) wait(f hraft.Future) error {
 	}
 }
 
+// await answers f's error. hashicorp/raft drops the committed entries
+// still queued for its state machine when it shuts down and never answers
+// their futures, so once Raft is down an unanswered future answers
+// ErrRaftShutdown (a write: ErrUncertain) and the goroutine reading it
+// stays, as wait's.
+func (n *Node) await(f hraft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.down:
+		select {
+		case err := <-done:
+			return err
+		default:
+			return hraft.ErrRaftShutdown
+		}
+	}
+}
+
 // Configuration answers the servers of the newest configuration.
 func (n *Node) Configuration() ([]Server, error) {
 	f := n.raft.GetConfiguration()
@@ -387,7 +411,7 @@ func (n *Node) AddVoter(id, addr string) error {
 	if n.raft.State() != hraft.Leader {
 		return n.leaderErr()
 	}
-	return n.raft.AddVoter(hraft.ServerID(id), hraft.ServerAddress(addr), 0, n.cfg.ApplyTimeout).Error()
+	return n.await(n.raft.AddVoter(hraft.ServerID(id), hraft.ServerAddress(addr), 0, n.cfg.ApplyTimeout))
 }
 
 // RemoveServer removes a server; leader only.
@@ -395,7 +419,7 @@ func (n *Node) RemoveServer(id string) error {
 	if n.raft.State() != hraft.Leader {
 		return n.leaderErr()
 	}
-	return n.raft.RemoveServer(hraft.ServerID(id), 0, n.cfg.ApplyTimeout).Error()
+	return n.await(n.raft.RemoveServer(hraft.ServerID(id), 0, n.cfg.ApplyTimeout))
 }
 
 // Stats are hashicorp/raft's, for /v1/agent/self's raft section.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
@@ -77,6 +78,7 @@ type parts struct {
 	met        *agentMetrics
 	reg        *registry.Registry
 	members    *gossip.Gossip
+	servers    *servers // Raft: a server's node, or a client's view of the servers
 	checks     *health.Runner
 	srv        *api.Server
 	rl         *reloader
@@ -102,6 +104,9 @@ func (a *parts) close() {
 	}
 	if a.lns != nil {
 		a.lns.Close()
+	}
+	if a.servers != nil {
+		a.servers.close()
 	}
 }
 
@@ -131,9 +136,13 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	if a.reg, err = a.buildRegistry(log, prom); err != nil {
 		return a, err
 	}
+	if a.servers, err = a.buildServers(log); err != nil {
+		return a, err
+	}
 	if a.members, err = a.buildGossip(log, prom); err != nil {
 		return a, err
 	}
+	a.servers.members = a.members
 	if a.checks, err = a.buildHealth(log, prom); err != nil {
 		return a, err
 	}
@@ -204,6 +213,7 @@ func (a *parts) buildGossip(log *slog.Logger, prom prometheus.Registerer) (*goss
 	gcfg.RetryMax = cfg.RetryMax
 	gcfg.ReconnectTimeout = cfg.Reconnect
 	gcfg.Tags = map[string]string{"dc": cfg.Datacenter, "role": "node", "build": version, "id": a.reg.Config().NodeID}
+	maps.Copy(gcfg.Tags, a.servers.tags(a.reg.Config().NodeID))
 	gcfg.Logger = log.With("component", "gossip")
 	gcfg.Registerer = prom
 	if cfg.DataDir != "" {
@@ -238,6 +248,7 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	acfg := api.DefaultConfig()
 	acfg.Registry = a.reg
 	acfg.Cluster = cluster{a.members, leave}
+	acfg.Consensus = a.servers
 	acfg.Health = a.checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.EnableDebug = cfg.EnableDebug
@@ -290,6 +301,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 	g.Go(func() error { a.rl.onSIGHUP(gctx); return nil })
 	g.Go(func() error { return a.members.Run(gctx) })
 	g.Go(func() error { return a.checks.Run(gctx) })
+	a.servers.run(gctx, g, a.reg, a.srv)
 	g.Go(func() error { return a.names.Run(gctx) })
 	if a.containers != nil {
 		g.Go(func() error { return a.containers.Run(gctx) })
@@ -315,7 +327,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 	bound := api.Addrs(a.lns.HTTP)
 	a.log.Info("pier agent running", "version", version, "node", cfg.Node, "address", a.addr,
 		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(api.Addrs(a.lns.HTTPS), ","),
-		"dns", dnsAddrs(a.names), "gossip", a.members.Addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr,
+		"dns", dnsAddrs(a.names), "gossip", a.members.Addr(), "server", a.servers.addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr,
 		"dev", cfg.Dev, "data_dir", cfg.DataDir, "metrics", a.met.addr())
 	if ready != nil {
 		ready <- bound

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/api"
+	"github.com/pier-dev/pier/registry/gossip"
+	"github.com/pier-dev/pier/registry/raft"
+)
+
+// servers is this agent's part in the servers' agreement (api.Consensus).
+// A server runs a Raft node on its server port; a client holds no Raft
+// state and knows the servers only from their gossip tags.
+type servers struct {
+	node    *raft.Node       // nil on a client
+	port    *raft.ServerPort // nil on a client
+	members *gossip.Gossip   // set once gossip is built
+	dc      string
+	expect  int
+	log     *slog.Logger
+	running bool // run took charge of the node and the port
+}
+
+// Node is the server's Raft node; nil on a client.
+func (s *servers) Node() *raft.Node { return s.node }
+
+// Servers answers the server ports of this datacenter's alive servers.
+func (s *servers) Servers() []string {
+	var out []string
+	for _, m := range s.members.Members() {
+		if p, ok := raft.PeerFromMember(m, s.dc); ok && m.Status == registry.MemberAlive {
+			out = append(out, p.Addr)
+		}
+	}
+	return out
+}
+
+// buildServers opens a server's port and Raft node. It runs before gossip
+// is built, whose tags carry the port.
+func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
+	cfg := a.cfg
+	s := &servers{dc: cfg.Datacenter, expect: cfg.Server.BootstrapExpect, log: log.With("component", "raft")}
+	if !cfg.Server.On {
+		return s, nil
+	}
+	var err error
+	// Other servers dial gossip's address with the port tag, so the port
+	// is advertised on the same address.
+	bind := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Server.Port))
+	if s.port, err = raft.ListenServerPort(bind, a.addr); err != nil {
+		return nil, err
+	}
+	rc := raft.DefaultConfig()
+	rc.ID = a.reg.Config().NodeID
+	rc.DataDir = cfg.DataDir // "" with -dev: in memory
+	rc.Port = s.port
+	rc.Logger = s.log
+	rc.CleanupDeadServers = 0
+	if cfg.Server.CleanupDeadServers {
+		rc.CleanupDeadServers = cfg.Server.DeadServerTimeout
+	}
+	if s.node, err = raft.New(rc); err != nil {
+		s.port.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// tags are the gossip tags that make this agent a server to the others.
+func (s *servers) tags(id string) map[string]string {
+	if s.node == nil {
+		return nil
+	}
+	return raft.ServerTags(id, s.port.Addr(), s.expect)
+}
+
+// run runs a server's Raft node, its server port's HTTP (the API's Raft
+// routes, the peers check and the mirror), the mirror into the registry,
+// session health and the following of gossip; on a client, the mirror of a
+// server's agreed state.
+func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Registry, srv *api.Server) {
+	if s.node == nil {
+		g.Go(func() error {
+			return raft.FollowMirror(ctx, s.Servers, reg, &http.Client{}, s.log)
+		})
+		return
+	}
+	s.running = true
+	mux := http.NewServeMux()
+	mux.Handle(raft.PeersPath, s.node.PeersHandler())
+	mux.Handle(raft.MirrorPath, raft.MirrorHandler(s.node))
+	mux.Handle("/", srv.ServerPortHandler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	self := raft.Peer{ID: s.node.ID(), Name: reg.Config().NodeName, Addr: s.port.Addr(), Expect: s.expect, Status: registry.MemberAlive}
+	g.Go(func() error {
+		err := s.node.Run(ctx)
+		// Raft is down: now the port's HTTP side and the port itself.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		hs.Shutdown(sctx)
+		s.port.Close()
+		return err
+	})
+	g.Go(func() error {
+		if err := hs.Serve(s.port.HTTP()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error { return raft.RunMirror(ctx, s.node, reg) })
+	g.Go(func() error { return api.RunSessionHealth(ctx, s.node, reg) })
+	g.Go(func() error {
+		return s.node.FollowMembers(ctx, self, s.members.Members, reg, s.dc, 5*time.Second)
+	})
+}
+
+// addr is the server port's address, for the start line; "" on a client.
+func (s *servers) addr() string {
+	if s.port == nil {
+		return ""
+	}
+	return s.port.Addr()
+}
+
+// close stops a node that run never started (the agent failed to start).
+func (s *servers) close() {
+	if s.node == nil || s.running {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.node.Run(ctx) // with ctx done, it shuts Raft down and returns
+	s.port.Close()
+}

@@ -140,6 +140,19 @@ func (s *Snapshot) gossipKVList(prefix string) []*KVEntry {
 	return out
 }
 
+// GossipKV answers the gossip store's keys outside ReservedKVPrefix: what
+// was written before the KV moved into the servers' Raft state, which the
+// leader imports once (registry/raft ImportGossipKV).
+func (s *Snapshot) GossipKV() []*KVEntry {
+	var out []*KVEntry
+	for _, e := range s.gossipKVList("") {
+		if !strings.HasPrefix(e.Key, ReservedKVPrefix) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // KVKeys lists the keys under prefix; with a separator, keys are cut after
 // the first separator past the prefix and listed once, as Consul's ?keys
 // with ?separator= does.

@@ -117,6 +117,10 @@ func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Regi
 		return nil
 	})
 	g.Go(func() error { return raft.RunMirror(ctx, s.node, reg) })
+	// The KV of the gossip era, kept in this server's data dir, moves into
+	// Raft once per cluster.
+	old := reg.Snapshot().GossipKV()
+	g.Go(func() error { return s.node.RunImportGossipKV(ctx, old) })
 	g.Go(func() error { return api.RunSessionHealth(ctx, s.node, reg) })
 	g.Go(func() error {
 		return s.node.FollowMembers(ctx, self, s.members.Members, reg, s.dc, 5*time.Second)

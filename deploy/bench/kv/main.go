@@ -75,7 +75,8 @@ type options struct {
 type result struct {
 	Target    string  `json:"target"`
 	Mode      string  `json:"mode"`
-	Clients   int     `json:"clients"`
+	Clients   int     `json:"clients,omitempty"` // failover: none, a fixed rate instead
+	Rate      int     `json:"rate,omitempty"`
 	ValueSize int     `json:"value_size"`
 	Keys      int     `json:"keys"`
 	Seconds   float64 `json:"seconds"`
@@ -158,6 +159,9 @@ func main() {
 		fail(o.mode + ": " + err.Error())
 	}
 	res.Target, res.Mode, res.Clients, res.ValueSize, res.Keys = o.target, o.mode, o.clients, o.valueSize, o.keys
+	if o.mode == "failover" {
+		res.Clients, res.Rate = 0, o.rate
+	}
 	json.NewEncoder(os.Stdout).Encode(res)
 }
 

@@ -141,8 +141,9 @@ type Snapshot struct {
 	catalogChanged chan struct{}
 	kvChanged      chan struct{}
 	made           time.Time // when it was published (metrics: the lag of its consumers)
-	// The agreed KV store (agreed.go), which holds every key outside
-	// ReservedKVPrefix once the agent has one; nil: the gossip store holds all.
+	// The agreed KV store (agreed.go), which holds every key but the
+	// gossip's reserved ones (gossipKey) once the agent has one; nil: the
+	// gossip store holds all.
 	agreed AgreedKV
 }
 

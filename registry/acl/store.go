@@ -17,23 +17,28 @@ import (
 	"github.com/pier-dev/pier/registry"
 )
 
-// Tokens and policies made through the API live in the KV store under
-// aclKVPrefix, one key per object: the KV store is already persisted in the
-// data dir and replicated to every node (last writer wins, deletes as
-// tombstones), so an ACL object survives restarts and reaches the whole
-// cluster with no machinery of its own. The KV API neither shows nor
-// accepts keys under registry.ReservedKVPrefix (kv.go), so no KV rule can
-// read a secret or forge a token.
+// Tokens, policies and roles made through the API live in the KV store
+// under aclKVPrefix (registry.AgreedReservedPrefix), one key per object:
+// with servers, in their Raft state, written through the leader (Writer,
+// writer.go) and mirrored into every agent's registry snapshot; without,
+// in the gossip KV store (persisted, replicated, last writer wins). Either
+// way they survive restarts and reach the whole cluster with no machinery
+// of their own. The KV API neither shows nor accepts keys under
+// registry.ReservedKVPrefix (kv.go), so no KV rule can read a secret or
+// forge a token.
 //
 // The values hold the secrets in the clear, as Consul's Raft log does: a
 // token must be readable again (consul acl token read). They are never
 // logged (only keys, which name accessors); the data dir's files are 0600,
 // and gossip should be encrypted (-encrypt) when ACLs matter.
 const (
-	aclKVPrefix     = registry.ReservedKVPrefix + "acl/"
+	aclKVPrefix     = registry.AgreedReservedPrefix
 	aclPolicyPrefix = aclKVPrefix + "policy/"
 	aclTokenPrefix  = aclKVPrefix + "token/"
 	aclRolePrefix   = aclKVPrefix + "role/"
+	// aclBootstrapKey marks the cluster bootstrapped (bootstrap.go); its
+	// ModifyIndex is Consul's reset index.
+	aclBootstrapKey = aclKVPrefix + "bootstrap"
 )
 
 // Consul's built-in names.
@@ -131,6 +136,9 @@ type aclTable struct {
 	roles    map[string]*roleEntry
 	// rolesByName, as byName for policies.
 	rolesByName map[string]*roleEntry
+	// bootstrapIndex is the bootstrap marker's ModifyIndex; 0: not
+	// bootstrapped.
+	bootstrapIndex uint64
 }
 
 // Attach connects the Authorizer to the KV store, where the API's tokens,
@@ -139,6 +147,7 @@ type aclTable struct {
 // discards.
 func (a *Authorizer) Attach(reg *registry.Registry, log *slog.Logger) error {
 	a.reg = reg
+	a.w = gossipWriter{reg}
 	if log != nil {
 		a.log = log
 	}
@@ -206,6 +215,10 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 	t.policies[mgmt.view.ID], t.byName[mgmt.view.Name] = mgmt, mgmt
 	var tokens, roles []*registry.KVEntry
 	for _, e := range entries {
+		if e.Key == aclBootstrapKey {
+			t.bootstrapIndex = max(e.ModifyIndex, 1)
+			continue
+		}
 		if strings.HasPrefix(e.Key, aclTokenPrefix) {
 			tokens = append(tokens, e)
 			continue
@@ -335,22 +348,23 @@ func (t *aclTable) sortedTokens() []*tokenEntry {
 	return out
 }
 
-// put writes one object and answers the table that holds it; a.mu held.
+// put writes one object and answers the table that holds it (once the
+// registry shows the write); a.mu held.
 func (a *Authorizer) put(key string, v any) (*aclTable, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := a.reg.KVPut(key, b, 0, nil); err != nil {
+	if err := a.w.Put(key, b); err != nil {
 		return nil, err
 	}
-	return a.refreshLocked(), nil
+	return a.syncLocked(), nil
 }
 
 // del deletes one object; a.mu held.
 func (a *Authorizer) del(key string) error {
-	_, err := a.reg.KVDelete(key, false, nil)
-	a.refreshLocked()
+	err := a.w.Delete(key)
+	a.syncLocked()
 	return err
 }
 

@@ -29,7 +29,8 @@ func TestACLResolveAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	NewEndpoints(az, rcfg.NodeName, 1<<20, nil).Routes(func(pattern string, h http.HandlerFunc, _ Perm) { mux.HandleFunc(pattern, h) })
+	add := func(pattern string, h http.HandlerFunc, _ Perm) { mux.HandleFunc(pattern, h) }
+	NewEndpoints(az, rcfg.NodeName, 1<<20, nil).Routes(add, add)
 	r := httptest.NewRequest("PUT", "/v1/acl/token", strings.NewReader(`{"SecretID":"`+made+`"}`))
 	w := httptest.NewRecorder()
 	mux.ServeHTTP(w, r)

@@ -158,6 +158,11 @@ func TestRaftACLObjectsAcrossAgents(t *testing.T) {
 	if e, ok := ld.node.State().KV(registry.AgreedReservedPrefix + "token/" + tok.AccessorID); !ok || e.ModifyIndex != tok.ModifyIndex {
 		t.Fatalf("the token is not in the Raft state with its index: %+v %v", e, ok)
 	}
+	// The agent that forwarded the write answered once its own mirror had
+	// it: the token works there at once.
+	if code, body := tokenCall(t, "GET", client.base+"/v1/acl/token/self", tok.SecretID, ""); code != 200 {
+		t.Fatalf("the new token on the agent it was made through: %d %s", code, body)
+	}
 	for _, a := range append(servers, client) {
 		eventually.True(t, 10*time.Second, "the token resolves on "+a.name, func() bool {
 			code, _ := tokenCall(t, "GET", a.base+"/v1/acl/token/self", tok.SecretID, "")
@@ -190,6 +195,9 @@ func TestRaftACLObjectsAcrossAgents(t *testing.T) {
 	if _, _, err := raftWithToken(t, follower, mgmtTok).ACL().TokenUpdate(tok, nil); err != nil {
 		t.Fatalf("update through a follower: %v", err)
 	}
+	if got, _, err := raftWithToken(t, follower, mgmtTok).ACL().TokenRead(tok.AccessorID, nil); err != nil || got.Description != "reader v2" {
+		t.Fatalf("the update on the follower it was made through: %+v %v", got, err)
+	}
 	eventually.True(t, 10*time.Second, "the update reaches the client", func() bool {
 		got, _, err := mgmt.ACL().TokenRead(tok.AccessorID, nil)
 		return err == nil && got.Description == "reader v2"
@@ -211,6 +219,9 @@ func TestRaftACLObjectsAcrossAgents(t *testing.T) {
 
 	if _, err := mgmt.ACL().TokenDelete(tok.AccessorID, nil); err != nil {
 		t.Fatalf("delete through the client: %v", err)
+	}
+	if code, body := tokenCall(t, "GET", client.base+"/v1/acl/token/self", tok.SecretID, ""); code != 403 {
+		t.Fatalf("the deleted token on the agent it was deleted through: %d %s", code, body)
 	}
 	for _, a := range append(servers, client) {
 		eventually.True(t, 10*time.Second, "the deleted token is unknown on "+a.name, func() bool {

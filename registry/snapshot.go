@@ -147,6 +147,10 @@ type Snapshot struct {
 	agreed AgreedKV
 }
 
+// Agreed reports whether the snapshot reads the servers' agreed KV store
+// (SetAgreed): the indexes of the keys it shows are then Raft's.
+func (s *Snapshot) Agreed() bool { return s.agreed != nil }
+
 // Time is when the snapshot was published.
 func (s *Snapshot) Time() time.Time { return s.made }
 

@@ -129,6 +129,7 @@ type aclTable struct {
 	kvIndex  uint64
 	count    int    // ACL keys in the KV store
 	maxIndex uint64 // their highest ModifyIndex
+	agreed   bool   // read from the servers' agreed store
 	policies map[string]*policyEntry
 	byName   map[string]*policyEntry
 	tokens   map[string]*tokenEntry // by accessor
@@ -182,13 +183,15 @@ func (a *Authorizer) refreshLocked() *aclTable {
 		hi = max(hi, e.ModifyIndex)
 	}
 	var nt *aclTable
-	if len(entries) == t.count && hi == t.maxIndex {
+	// The first agreed state replaces the gossip store, whose indexes are
+	// of another space: rebuilt whatever the count and index say.
+	if len(entries) == t.count && hi == t.maxIndex && snap.Agreed() == t.agreed {
 		c := *t
 		nt = &c
 		nt.kvIndex = snap.KVIndex()
 	} else {
 		nt = a.build(snap.KVIndex(), entries)
-		nt.count, nt.maxIndex = len(entries), hi
+		nt.count, nt.maxIndex, nt.agreed = len(entries), hi, snap.Agreed()
 	}
 	a.table.Store(nt)
 	return nt

@@ -72,3 +72,43 @@ func BenchmarkACLResolve(b *testing.B) {
 		az.Resolve("web")
 	}
 }
+
+// Once the registry has the servers' agreed state, the ACL objects are
+// read from it: the gossip store's are no longer, even when the count and
+// the highest index of the two happen to match.
+func TestACLReadsAgreedStore(t *testing.T) {
+	const gossipSecret, agreedSecret = "0c5ef0a6-6a4e-4f4a-9d1e-7d3c2b1a0f01", "0c5ef0a6-6a4e-4f4a-9d1e-7d3c2b1a0f02"
+	rcfg := registry.DefaultConfig()
+	rcfg.NodeName, rcfg.Address = "node1", "127.0.0.1"
+	reg, err := registry.New(rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := New(Config{Enabled: true, DefaultPolicy: "deny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := az.Attach(reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	tok := func(accessor, secret string) []byte {
+		return []byte(`{"AccessorID":"` + accessor + `","SecretID":"` + secret + `","Policies":["` + managementPolicyID + `"]}`)
+	}
+	const acc1, acc2 = "1c5ef0a6-6a4e-4f4a-9d1e-7d3c2b1a0f01", "1c5ef0a6-6a4e-4f4a-9d1e-7d3c2b1a0f02"
+	if _, err := reg.KVPut(aclTokenPrefix+acc1, tok(acc1, gossipSecret), 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	if p := az.Resolve(gossipSecret); p == nil || !p.Management() {
+		t.Fatalf("the gossip token: %+v", p)
+	}
+	idx := reg.Snapshot().KVList(aclKVPrefix)[0].ModifyIndex
+	reg.SetAgreed(registry.Agreed{Index: idx, KVIndex: idx, KV: registry.KVTree([]*registry.KVEntry{
+		{Key: aclTokenPrefix + acc2, Value: tok(acc2, agreedSecret), CreateIndex: idx, ModifyIndex: idx},
+	})})
+	if az.Resolve(gossipSecret) != nil {
+		t.Error("the gossip store's token still resolves once the agreed store is there")
+	}
+	if p := az.Resolve(agreedSecret); p == nil || !p.Management() {
+		t.Errorf("the agreed store's token: %+v", p)
+	}
+}

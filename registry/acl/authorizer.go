@@ -72,7 +72,10 @@ type Authorizer struct {
 	// The parts below are set once by Attach, before the first request.
 	reg *registry.Registry // nil: configuration tokens only
 	w   Writer             // where the API's objects are written (writer.go)
-	log *slog.Logger
+	// agreedOnly: the objects are read from the servers' agreed store only
+	// (SetWriter).
+	agreedOnly bool
+	log        *slog.Logger
 	// resetFile is Config.BootstrapResetFile; initialMgmt whether the
 	// configuration has a management token (bootstrap.go).
 	resetFile   string

@@ -178,6 +178,12 @@ func (a *Authorizer) refreshLocked() *aclTable {
 		return t
 	}
 	entries := snap.KVList(aclKVPrefix)
+	if a.agreedOnly && !snap.Agreed() {
+		// With servers, what the gossip store holds under the prefix is
+		// from before them: until the servers' state arrives, only the
+		// configuration's tokens resolve (fail closed).
+		entries = nil
+	}
 	var hi uint64
 	for _, e := range entries {
 		hi = max(hi, e.ModifyIndex)

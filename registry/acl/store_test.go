@@ -101,6 +101,16 @@ func TestACLReadsAgreedStore(t *testing.T) {
 	if p := az.Resolve(gossipSecret); p == nil || !p.Management() {
 		t.Fatalf("the gossip token: %+v", p)
 	}
+	// With a writer of the servers, the gossip store's objects are not
+	// read even before their state arrives.
+	az2, _ := New(Config{Enabled: true, DefaultPolicy: "deny"})
+	if err := az2.Attach(reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	az2.SetWriter(gossipWriter{reg})
+	if az2.Resolve(gossipSecret) != nil {
+		t.Error("with servers, a token of the gossip store resolves before their state arrived")
+	}
 	idx := reg.Snapshot().KVList(aclKVPrefix)[0].ModifyIndex
 	reg.SetAgreed(registry.Agreed{Index: idx, KVIndex: idx, KV: registry.KVTree([]*registry.KVEntry{
 		{Key: aclTokenPrefix + acc2, Value: tok(acc2, agreedSecret), CreateIndex: idx, ModifyIndex: idx},
@@ -110,5 +120,8 @@ func TestACLReadsAgreedStore(t *testing.T) {
 	}
 	if p := az.Resolve(agreedSecret); p == nil || !p.Management() {
 		t.Errorf("the agreed store's token: %+v", p)
+	}
+	if p := az2.Resolve(agreedSecret); p == nil || !p.Management() {
+		t.Errorf("the agreed store's token, with servers: %+v", p)
 	}
 }

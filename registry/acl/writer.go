@@ -53,9 +53,13 @@ type Writer interface {
 }
 
 // SetWriter makes the Authorizer write through w (nil: the gossip KV
-// store, the default). Call it once, after Attach and before the first
-// request.
+// store, the default). A writer of its own means the objects are the
+// servers': until the registry has their state (registry.SetAgreed), only
+// the configuration's tokens resolve, and the gossip store's ACL keys
+// (from before the servers) never do. Call it once, after Attach and
+// before the first request.
 func (a *Authorizer) SetWriter(w Writer) {
+	a.agreedOnly = w != nil
 	if w == nil {
 		w = gossipWriter{a.reg}
 	}

@@ -179,9 +179,8 @@ func (a *Authorizer) refreshLocked() *aclTable {
 	}
 	entries := snap.KVList(aclKVPrefix)
 	if a.agreedOnly && !snap.Agreed() {
-		// With servers, what the gossip store holds under the prefix is
-		// from before them: until the servers' state arrives, only the
-		// configuration's tokens resolve (fail closed).
+		// With servers, the gossip store's ACL keys are from before them:
+		// until their state arrives only the config's tokens resolve.
 		entries = nil
 	}
 	var hi uint64
@@ -355,26 +354,6 @@ func (t *aclTable) sortedTokens() []*tokenEntry {
 	out := slices.Collect(maps.Values(t.tokens))
 	sort.Slice(out, func(i, j int) bool { return out[i].view.AccessorID < out[j].view.AccessorID })
 	return out
-}
-
-// put writes one object and answers the table that holds it (once the
-// registry shows the write); a.mu held.
-func (a *Authorizer) put(key string, v any) (*aclTable, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	if err := a.w.Put(key, b); err != nil {
-		return nil, err
-	}
-	return a.syncLocked(), nil
-}
-
-// del deletes one object; a.mu held.
-func (a *Authorizer) del(key string) error {
-	err := a.w.Delete(key)
-	a.syncLocked()
-	return err
 }
 
 // newUUID answers a random version 4 UUID, the shape of Consul's IDs.

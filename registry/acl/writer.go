@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -99,6 +100,26 @@ func (a *Authorizer) waitAgreed() bool {
 func (a *Authorizer) syncLocked() *aclTable {
 	a.waitAgreed()
 	return a.refreshLocked()
+}
+
+// put writes one object and answers the table that holds it (once the
+// registry shows the write); a.mu held.
+func (a *Authorizer) put(key string, v any) (*aclTable, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.w.Put(key, b); err != nil {
+		return nil, err
+	}
+	return a.syncLocked(), nil
+}
+
+// del deletes one object; a.mu held.
+func (a *Authorizer) del(key string) error {
+	err := a.w.Delete(key)
+	a.syncLocked()
+	return err
 }
 
 // gossipWriter is the Writer without servers: the registry's gossip KV.

@@ -9,9 +9,10 @@ import (
 // The snapshot shows two kinds of state (DESIGN.md, "Two kinds of state"):
 //
 //   - gossip, local-first: every agent's own node record, services and checks,
-//     and the KV keys under ReservedKVPrefix (the ACL store);
-//   - agreed, through the servers' Raft log (registry/raft): the KV store
-//     outside ReservedKVPrefix, and external nodes with their services and
+//     and the KV keys under ReservedKVPrefix but outside AgreedReservedPrefix;
+//   - agreed, through the servers' Raft log (registry/raft): the rest of the
+//     KV store (the user's keys, and the ACL store under
+//     AgreedReservedPrefix), and external nodes with their services and
 //     checks (Consul's /v1/catalog/register).
 //
 // SetAgreed merges the second into the first. The agreed KV is not copied:
@@ -67,7 +68,8 @@ type agreedState struct {
 }
 
 // SetAgreed merges the agreed state into the next snapshot: its KV store
-// replaces the gossip store outside ReservedKVPrefix, and its external nodes
+// replaces the gossip store but for the keys under ReservedKVPrefix outside
+// AgreedReservedPrefix, and its external nodes
 // join the catalog. It takes what it is given: ordering states (a server
 // lagging behind must not take the registry back in time) is the caller's
 // business, as registry/raft's mirror does it.

@@ -100,18 +100,19 @@ func TestAgreedExternalCatalog(t *testing.T) {
 	rtEqual(t, "service names", rtNames(s4.ServiceNames()), []string{"consul"})
 }
 
-// The agreed KV store is the snapshot's store outside the reserved prefix,
-// which stays the gossip store's; listings that span both merge them in key
-// order; a KV change wakes KV watchers and not the catalog's.
+// The agreed KV store is the snapshot's store but for the reserved prefix
+// outside its ACL part, which stays the gossip store's; listings that span
+// both merge them in key order; a KV change wakes KV watchers and not the
+// catalog's.
 func TestAgreedKV(t *testing.T) {
 	r := rtNew(t, "")
-	for _, k := range []string{"app/gossip", ReservedKVPrefix + "acl/x", "pier/routes/old"} {
+	for _, k := range []string{"app/gossip", ReservedKVPrefix + "other/x", ReservedKVPrefix + "acl/gossip", "pier/routes/old"} {
 		if _, err := r.KVPut(k, []byte("g"), 0, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	s0 := r.Snapshot()
-	r.SetAgreed(Agreed{Index: 10, KVIndex: 10, KV: agKV(10, "app/a", "1", "pier/routes/api", "path: /api/", "zz", "last", ReservedKVPrefix+"acl/sneaky", "raft")})
+	r.SetAgreed(Agreed{Index: 10, KVIndex: 10, KV: agKV(10, "app/a", "1", "pier/routes/api", "path: /api/", "zz", "last", ReservedKVPrefix+"acl/token/t", "raft", ReservedKVPrefix+"other/sneaky", "raft")})
 	s1 := r.Snapshot()
 	if !isClosed(s0.KVChanged()) {
 		t.Error("the agreed KV did not wake KV watchers")
@@ -128,26 +129,40 @@ func TestAgreedKV(t *testing.T) {
 	if _, ok := s1.KV("app/gossip"); ok {
 		t.Error("a gossip key outside the reserved prefix is still shown")
 	}
-	if e, ok := s1.KV(ReservedKVPrefix + "acl/x"); !ok || string(e.Value) != "g" {
+	if e, ok := s1.KV(ReservedKVPrefix + "other/x"); !ok || string(e.Value) != "g" {
 		t.Errorf("reserved key from gossip: %+v %v", e, ok)
 	}
+	if _, ok := s1.KV(ReservedKVPrefix + "other/sneaky"); ok {
+		t.Error("a reserved key of the agreed store outside the ACL prefix is shown")
+	}
+	if e, ok := s1.KV(ReservedKVPrefix + "acl/token/t"); !ok || string(e.Value) != "raft" {
+		t.Errorf("ACL key from the agreed store: %+v %v", e, ok)
+	}
+	if _, ok := s1.KV(ReservedKVPrefix + "acl/gossip"); ok {
+		t.Error("a gossip ACL key is still shown")
+	}
 	rtEqual(t, "routes", agKeys(s1.KVList("pier/routes/")), []string{"pier/routes/api=path: /api/"})
-	rtEqual(t, "reserved", agKeys(s1.KVList(ReservedKVPrefix)), []string{ReservedKVPrefix + "acl/x=g"})
-	rtEqual(t, "everything", agKeys(s1.KVList("")), []string{ReservedKVPrefix + "acl/x=g", "app/a=1", "pier/routes/api=path: /api/", "zz=last"})
+	rtEqual(t, "reserved", agKeys(s1.KVList(ReservedKVPrefix)), []string{ReservedKVPrefix + "acl/token/t=raft", ReservedKVPrefix + "other/x=g"})
+	rtEqual(t, "acl", agKeys(s1.KVList(AgreedReservedPrefix)), []string{ReservedKVPrefix + "acl/token/t=raft"})
+	rtEqual(t, "other", agKeys(s1.KVList(ReservedKVPrefix+"o")), []string{ReservedKVPrefix + "other/x=g"})
+	rtEqual(t, "everything", agKeys(s1.KVList("")), []string{ReservedKVPrefix + "acl/token/t=raft", ReservedKVPrefix + "other/x=g", "app/a=1", "pier/routes/api=path: /api/", "zz=last"})
 	rtEqual(t, "keys", s1.KVKeys("", "/"), []string{ReservedKVPrefix, "app/", "pier/", "zz"})
 
 	// A gossip write to the reserved prefix still shows and wakes KV readers
 	// (the ACL store compares KVIndex).
 	idx := s1.KVIndex()
-	if _, err := r.KVPut(ReservedKVPrefix+"acl/y", []byte("g2"), 0, nil); err != nil {
+	if _, err := r.KVPut(ReservedKVPrefix+"other/y", []byte("g2"), 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	s2 := r.Snapshot()
 	if !isClosed(s1.KVChanged()) || s2.KVIndex() <= idx {
 		t.Error("a reserved write did not move the KV index")
 	}
-	if _, ok := s2.KV(ReservedKVPrefix + "acl/y"); !ok {
+	if _, ok := s2.KV(ReservedKVPrefix + "other/y"); !ok {
 		t.Error("the reserved write is not shown")
+	}
+	if _, err := r.KVPut(AgreedReservedPrefix+"token/z", []byte("g"), 0, nil); !errors.Is(err, ErrKVAgreed) {
+		t.Errorf("a gossip write of an agreed ACL key: %v", err)
 	}
 
 	// Gossip writes outside the reserved prefix are refused now: they

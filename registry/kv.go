@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -29,16 +30,30 @@ const (
 	MaxKVValue = 512 << 10
 )
 
-// ReservedKVPrefix holds the agent's own replicated state (ACL tokens and
-// policies, registry/api): the KV API neither shows nor writes keys under
-// it, and a recursive delete of a prefix outside it leaves it alone.
+// ReservedKVPrefix holds the agent's own replicated state (ACL tokens,
+// policies and roles, registry/acl): the KV API neither shows nor writes
+// keys under it, and a recursive delete of a prefix outside it leaves it
+// alone.
 const ReservedKVPrefix = "_pier/"
+
+// AgreedReservedPrefix is the part of ReservedKVPrefix that the servers
+// agree on (the ACL store: security state must not be last-writer-wins).
+// Once the agent has the agreed store (SetAgreed), its keys come from there,
+// like the user's keys; the rest of ReservedKVPrefix stays gossip's.
+const AgreedReservedPrefix = ReservedKVPrefix + "acl/"
+
+// gossipKey reports whether key belongs to the gossip store once the agent
+// has the agreed one: the reserved keys outside AgreedReservedPrefix.
+func gossipKey(key string) bool {
+	return strings.HasPrefix(key, ReservedKVPrefix) && !strings.HasPrefix(key, AgreedReservedPrefix)
+}
 
 // ErrKVFull is a write refused because the store would exceed
 // Config.KVMaxBytes.
 var ErrKVFull = errors.New("the KV store is full")
 
-// ErrKVAgreed is a gossip write of a key outside ReservedKVPrefix once the
+// ErrKVAgreed is a gossip write of a key the agreed store owns (outside
+// ReservedKVPrefix, or under AgreedReservedPrefix) once the
 // agent has the servers' agreed store (SetAgreed): such a key is the
 // servers', written through Raft, and a gossip write of it would be
 // answered but never read.
@@ -80,9 +95,10 @@ func (s *Snapshot) KVIndex() uint64 { return s.tableIdx(kvAt) }
 func (s *Snapshot) KVChanged() <-chan struct{} { return s.kvChanged }
 
 // KV returns one key: from the agreed store once there is one (SetAgreed),
-// except under ReservedKVPrefix, which stays the gossip store's.
+// except under ReservedKVPrefix outside AgreedReservedPrefix, which stays
+// the gossip store's.
 func (s *Snapshot) KV(key string) (*KVEntry, bool) {
-	if s.agreed != nil && !strings.HasPrefix(key, ReservedKVPrefix) {
+	if s.agreed != nil && !gossipKey(key) {
 		return s.agreed.KV(key)
 	}
 	return s.t.kv.Get(&KVEntry{Key: key})
@@ -91,7 +107,7 @@ func (s *Snapshot) KV(key string) (*KVEntry, bool) {
 // KVList returns the keys that start with prefix, in order, taking each
 // from the store that owns it (see KV).
 func (s *Snapshot) KVList(prefix string) []*KVEntry {
-	if s.agreed == nil || strings.HasPrefix(prefix, ReservedKVPrefix) {
+	if s.agreed == nil {
 		return s.gossipKVList(prefix)
 	}
 	var out []*KVEntry
@@ -99,17 +115,21 @@ func (s *Snapshot) KVList(prefix string) []*KVEntry {
 		if !strings.HasPrefix(e.Key, prefix) {
 			return false
 		}
-		if !strings.HasPrefix(e.Key, ReservedKVPrefix) {
+		if !gossipKey(e.Key) {
 			out = append(out, e)
 		}
 		return true
 	})
-	if !strings.HasPrefix(ReservedKVPrefix, prefix) {
-		return out
+	// The gossip store's part: the reserved keys the prefix spans ("",
+	// "_", "_pier/x"...), but not the agreed ones among them.
+	var res []*KVEntry
+	switch {
+	case strings.HasPrefix(prefix, ReservedKVPrefix):
+		res = s.gossipKVList(prefix)
+	case strings.HasPrefix(ReservedKVPrefix, prefix):
+		res = s.gossipKVList(ReservedKVPrefix)
 	}
-	// The prefix spans the reserved keys too ("", "_", ...): merge them in
-	// key order.
-	res := s.gossipKVList(ReservedKVPrefix)
+	res = slices.DeleteFunc(res, func(e *KVEntry) bool { return !gossipKey(e.Key) })
 	if len(res) == 0 {
 		return out
 	}
@@ -284,7 +304,7 @@ func (r *Registry) KVDelete(key string, recurse bool, cas *uint64) (bool, error)
 // gossipKVWritable refuses a local write of key (or of the keys under it)
 // that the agreed store owns; r.mu held.
 func (r *Registry) gossipKVWritable(key string) error {
-	if r.agreedKV != nil && !strings.HasPrefix(key, ReservedKVPrefix) {
+	if r.agreedKV != nil && !gossipKey(key) {
 		return fmt.Errorf("registry: key %q: %w", key, ErrKVAgreed)
 	}
 	return nil

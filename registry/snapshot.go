@@ -141,10 +141,15 @@ type Snapshot struct {
 	catalogChanged chan struct{}
 	kvChanged      chan struct{}
 	made           time.Time // when it was published (metrics: the lag of its consumers)
-	// The agreed KV store (agreed.go), which holds every key outside
-	// ReservedKVPrefix once the agent has one; nil: the gossip store holds all.
+	// The agreed KV store (agreed.go), which holds every key but the
+	// gossip's reserved ones (gossipKey) once the agent has one; nil: the
+	// gossip store holds all.
 	agreed AgreedKV
 }
+
+// Agreed reports whether the snapshot reads the servers' agreed KV store
+// (SetAgreed): the indexes of the keys it shows are then Raft's.
+func (s *Snapshot) Agreed() bool { return s.agreed != nil }
 
 // Time is when the snapshot was published.
 func (s *Snapshot) Time() time.Time { return s.made }

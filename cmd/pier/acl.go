@@ -31,7 +31,10 @@ type aclPolicyOut struct {
 }
 
 func runACL(args []string, stdout, stderr io.Writer) error {
-	const want = "give a subcommand: policy, role or token, then create, list, read, update or delete (policy: no update)"
+	const want = "give a subcommand: bootstrap, or policy, role or token, then create, list, read, update or delete (policy: no update)"
+	if len(args) > 0 && args[0] == "bootstrap" {
+		return aclBootstrap(args[1:], stdout, stderr)
+	}
 	if len(args) < 2 {
 		return usageError{want}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -218,4 +219,35 @@ func writeToken(w io.Writer, t *aclTokenOut) {
 		fmt.Fprintf(w, "   %s - %s\n", l.ID, l.Name)
 	}
 	writeGrant(w, "", t.Roles, nil, t.ServiceIdentities, t.NodeIdentities)
+}
+
+// aclBootstrap is `consul acl bootstrap [SECRET-FILE]`: the cluster's
+// first management token, once; the optional argument (a file, or - for
+// standard input) holds the secret to use.
+func aclBootstrap(args []string, stdout, stderr io.Writer) error {
+	fs, c, cf, err := apiCommand("acl bootstrap", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	body := map[string]any{}
+	switch fs.NArg() {
+	case 0:
+	case 1:
+		src := fs.Arg(0)
+		if src != "-" {
+			src = "@" + src
+		}
+		secret, err := readArg("", src)
+		if err != nil {
+			return fmt.Errorf("reading the provided token: %w", err)
+		}
+		body["BootstrapSecret"] = strings.TrimSpace(secret)
+	default:
+		return usageError{"acl bootstrap takes up to one argument: a file holding the secret, or - for standard input"}
+	}
+	var t aclTokenOut
+	if err := c.do("PUT", "/v1/acl/bootstrap", body, &t); err != nil {
+		return fmt.Errorf("Failed ACL bootstrapping: %w", err)
+	}
+	return showToken(stdout, cf, &t)
 }

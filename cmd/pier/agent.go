@@ -257,6 +257,9 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	acfg.Logger = log.With("component", "api")
 	acfg.Registerer = prom
 	acfg.ACL = cfg.ACL
+	if cfg.DataDir != "" {
+		acfg.ACL.BootstrapResetFile = filepath.Join(cfg.DataDir, "acl-bootstrap-reset") // Consul's name
+	}
 	acfg.Settings = debugSettings(cfg)
 	if cfg.ACLTokenPersistence {
 		if cfg.DataDir == "" {

@@ -36,7 +36,7 @@ func commands() map[string]command {
 		"keyring":    {"Rotate the gossip encryption key of the whole cluster", runKeyring},
 		"validate":   {"Check config files without starting an agent", runValidate},
 		"kv":         {"Read and write the replicated key/value store: get, put, delete, list, export, import", runKV},
-		"acl":        {"Manage API tokens, policies and roles: acl policy|role|token create, list, read, delete; acl role|token update", runACL},
+		"acl":        {"Manage API tokens, policies and roles: acl bootstrap; acl policy|role|token create, list, read, delete; acl role|token update", runACL},
 		"monitor":    {"Stream the local agent's log as it is written (-log-level, -log-json), as consul monitor", runMonitor},
 		"maint":      {"Put a service or the node in maintenance mode, or take it out", runMaint},
 		"version":    {"Print the version of pier and of the local agent", runVersion},

@@ -36,6 +36,11 @@ type Config struct {
 	// restarts (Consul's enable_token_persistence, acl-tokens.json in the
 	// data dir); they win over the fields above. "": not kept.
 	TokenFile string
+	// BootstrapResetFile is Consul's acl-bootstrap-reset in the data dir:
+	// a file holding the reset index that PUT /v1/acl/bootstrap answered
+	// lets one more bootstrap happen on the leader that reads it, and is
+	// removed then. "": no reset.
+	BootstrapResetFile string
 }
 
 // Token is one token of the configuration with its rules.
@@ -66,7 +71,15 @@ type Authorizer struct {
 	agentToks   atomic.Pointer[agentTokens] // nil: none set through the API
 	// The parts below are set once by Attach, before the first request.
 	reg *registry.Registry // nil: configuration tokens only
-	log *slog.Logger
+	w   Writer             // where the API's objects are written (writer.go)
+	// agreedOnly: the objects are read from the servers' agreed store only
+	// (SetWriter).
+	agreedOnly bool
+	log        *slog.Logger
+	// resetFile is Config.BootstrapResetFile; initialMgmt whether the
+	// configuration has a management token (bootstrap.go).
+	resetFile   string
+	initialMgmt bool
 	// mu serializes rebuilds of the table and the API's writes (so that a
 	// name checked free is still free when written, on this node).
 	mu    sync.Mutex
@@ -86,7 +99,8 @@ func New(cfg Config) (*Authorizer, error) {
 	default:
 		return nil, fmt.Errorf("acl: default_policy %q is not allow or deny", cfg.DefaultPolicy)
 	}
-	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile}
+	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile,
+		resetFile: cfg.BootstrapResetFile, initialMgmt: cfg.InitialManagement != ""}
 	seen := map[string]bool{}
 	accessors := map[string]bool{}
 	add := func(secret, accessor, desc string, p *Policy, links []aclLink) error {

@@ -6,15 +6,23 @@
 // (/v1/acl/*, /v1/agent/token/*, mounted by registry/api through
 // Endpoints.Routes).
 //
-// Objects made through the API are kept in the registry's KV store under
-// registry.ReservedKVPrefix + "acl/", one key per object: the KV store is
-// already persisted and replicated, so they survive restarts and reach
-// every node. Resolve reads them through registry.Snapshot into an
-// immutable table behind an atomic.Pointer, rebuilt only when an ACL key
-// changed, so the request path neither locks nor allocates.
+// Objects made through the API are kept in the KV store under
+// registry.AgreedReservedPrefix ("_pier/acl/"), one key per object. With
+// servers they are the servers' Raft state: registry/api runs every write
+// endpoint on the leader (Endpoints.Routes registers those through its
+// agreed function) and gives the Authorizer a Writer that applies through
+// the leader's node (SetWriter); every agent reads them from its registry
+// snapshot, where the servers' mirror puts them. Without servers the
+// Writer is the gossip KV store (persisted, replicated, last writer wins).
+// PUT /v1/acl/bootstrap makes the first management token once per cluster,
+// in one transaction over a marker key (bootstrap.go). Resolve reads the
+// objects through registry.Snapshot into an immutable table behind an
+// atomic.Pointer, rebuilt only when an ACL key changed, so the request
+// path neither locks nor allocates.
 //
 // It must not decide what an HTTP route needs (the routes declare that
 // where they are registered, in registry/api, with a Perm), touch the KV
-// store outside its own prefix, or know about gossip: replication is the
-// registry's.
+// store outside its own prefix, import registry/api or registry/raft, or
+// know about gossip or Raft: replication is the registry's, agreement the
+// Writer's.
 package acl

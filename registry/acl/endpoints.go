@@ -58,12 +58,16 @@ func aclAny(p *Policy, r *http.Request, _ string) bool {
 	return p.ACLWrite()
 }
 
-// Routes registers every endpoint through add, each with its permission.
-// Writes take PUT and POST: Consul's clients send PUT, curl users POST.
-func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Perm)) {
+// Routes registers every endpoint, each with its permission: through
+// agreed the writes of the cluster's ACL objects, whose handlers must run
+// where the Writer writes (with servers, the Raft leader: the API forwards
+// them there, as its KV writes), through add the rest (reads, served from
+// this agent's snapshot, and the agent's own tokens). Writes take PUT and
+// POST: Consul's clients send PUT, curl users POST.
+func (s *Endpoints) Routes(add, agreed func(pattern string, h http.HandlerFunc, perm Perm)) {
 	writes := func(path string, h http.HandlerFunc, perm Perm) {
-		add("PUT "+path, h, perm)
-		add("POST "+path, h, perm)
+		agreed("PUT "+path, h, perm)
+		agreed("POST "+path, h, perm)
 	}
 	// Policies and roles have the same routes; an ID or a name in the
 	// path picks the object, no ID on a write creates one.
@@ -72,7 +76,7 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 		add("GET /v1/acl/"+noun+"/{id}", read, aclRead)
 		add("GET /v1/acl/"+noun+"/name/{name}", read, aclRead)
 		writes("/v1/acl/"+noun+"/{id}", put, aclWrite)
-		add("DELETE /v1/acl/"+noun+"/{id}", del, aclWrite)
+		agreed("DELETE /v1/acl/"+noun+"/{id}", del, aclWrite)
 		add("GET /v1/acl/"+plural, list, aclRead)
 	}
 	objects("policy", "policies", s.aclPolicyPut, s.aclPolicyRead, s.aclPolicyDelete, s.aclPolicyList)
@@ -83,12 +87,17 @@ func (s *Endpoints) Routes(add func(pattern string, h http.HandlerFunc, perm Per
 	add("GET /v1/acl/token/{id}", s.aclTokenRead, aclRead)
 	writes("/v1/acl/token/{id}", s.aclTokenUpdate, aclWriteOrSelf)
 	writes("/v1/acl/token/{id}/clone", s.aclTokenClone, aclWrite)
-	add("DELETE /v1/acl/token/{id}", s.aclTokenDelete, aclWriteOrSelf)
+	agreed("DELETE /v1/acl/token/{id}", s.aclTokenDelete, aclWriteOrSelf)
 	add("GET /v1/acl/tokens", s.aclTokenList, aclRead)
 
-	// The handler checks, besides, what the token being set grants.
-	writes("/v1/agent/token/{kind}", s.agentToken, AgentWrite(s.node))
-	// Everything else under /v1/acl/ (bootstrap, auth methods...).
+	// Anyone may ask: it works once per cluster (bootstrap.go).
+	writes("/v1/acl/bootstrap", s.aclBootstrap, Anyone)
+
+	// This agent's own tokens, set here. The handler checks, besides, what
+	// the token being set grants.
+	add("PUT /v1/agent/token/{kind}", s.agentToken, AgentWrite(s.node))
+	add("POST /v1/agent/token/{kind}", s.agentToken, AgentWrite(s.node))
+	// Everything else under /v1/acl/ (auth methods, replication...).
 	add("/v1/acl/", func(w http.ResponseWriter, r *http.Request) {
 		if s.aclOn(w) {
 			httpError(w, http.StatusNotFound, "pier does not support %s", r.URL.Path)
@@ -204,7 +213,7 @@ func (s *Endpoints) deleteObject(w http.ResponseWriter, r *http.Request, what, p
 	a := s.acl
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !check(a.refreshLocked(), id) {
+	if !check(a.syncLocked(), id) {
 		return
 	}
 	if err := a.del(prefix + id); err != nil {

@@ -38,7 +38,7 @@ func (s *Endpoints) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in ac
 	a := s.acl
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := a.refreshLocked()
+	t := a.syncLocked()
 	if !create {
 		pe, ok := t.policies[id]
 		if !ok {

@@ -240,7 +240,7 @@ func (s *Endpoints) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclR
 	a := s.acl
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := a.refreshLocked()
+	t := a.syncLocked()
 	if _, ok := t.roles[id]; !ok && !create {
 		httpError(w, http.StatusNotFound, "Cannot find role %q", id)
 		return

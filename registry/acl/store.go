@@ -17,23 +17,28 @@ import (
 	"github.com/pier-dev/pier/registry"
 )
 
-// Tokens and policies made through the API live in the KV store under
-// aclKVPrefix, one key per object: the KV store is already persisted in the
-// data dir and replicated to every node (last writer wins, deletes as
-// tombstones), so an ACL object survives restarts and reaches the whole
-// cluster with no machinery of its own. The KV API neither shows nor
-// accepts keys under registry.ReservedKVPrefix (kv.go), so no KV rule can
-// read a secret or forge a token.
+// Tokens, policies and roles made through the API live in the KV store
+// under aclKVPrefix (registry.AgreedReservedPrefix), one key per object:
+// with servers, in their Raft state, written through the leader (Writer,
+// writer.go) and mirrored into every agent's registry snapshot; without,
+// in the gossip KV store (persisted, replicated, last writer wins). Either
+// way they survive restarts and reach the whole cluster with no machinery
+// of their own. The KV API neither shows nor accepts keys under
+// registry.ReservedKVPrefix (kv.go), so no KV rule can read a secret or
+// forge a token.
 //
 // The values hold the secrets in the clear, as Consul's Raft log does: a
 // token must be readable again (consul acl token read). They are never
 // logged (only keys, which name accessors); the data dir's files are 0600,
 // and gossip should be encrypted (-encrypt) when ACLs matter.
 const (
-	aclKVPrefix     = registry.ReservedKVPrefix + "acl/"
+	aclKVPrefix     = registry.AgreedReservedPrefix
 	aclPolicyPrefix = aclKVPrefix + "policy/"
 	aclTokenPrefix  = aclKVPrefix + "token/"
 	aclRolePrefix   = aclKVPrefix + "role/"
+	// aclBootstrapKey marks the cluster bootstrapped (bootstrap.go); its
+	// ModifyIndex is Consul's reset index.
+	aclBootstrapKey = aclKVPrefix + "bootstrap"
 )
 
 // Consul's built-in names.
@@ -124,6 +129,7 @@ type aclTable struct {
 	kvIndex  uint64
 	count    int    // ACL keys in the KV store
 	maxIndex uint64 // their highest ModifyIndex
+	agreed   bool   // read from the servers' agreed store
 	policies map[string]*policyEntry
 	byName   map[string]*policyEntry
 	tokens   map[string]*tokenEntry // by accessor
@@ -131,6 +137,9 @@ type aclTable struct {
 	roles    map[string]*roleEntry
 	// rolesByName, as byName for policies.
 	rolesByName map[string]*roleEntry
+	// bootstrapIndex is the bootstrap marker's ModifyIndex; 0: not
+	// bootstrapped.
+	bootstrapIndex uint64
 }
 
 // Attach connects the Authorizer to the KV store, where the API's tokens,
@@ -139,6 +148,7 @@ type aclTable struct {
 // discards.
 func (a *Authorizer) Attach(reg *registry.Registry, log *slog.Logger) error {
 	a.reg = reg
+	a.w = gossipWriter{reg}
 	if log != nil {
 		a.log = log
 	}
@@ -168,18 +178,25 @@ func (a *Authorizer) refreshLocked() *aclTable {
 		return t
 	}
 	entries := snap.KVList(aclKVPrefix)
+	if a.agreedOnly && !snap.Agreed() {
+		// With servers, the gossip store's ACL keys are from before them:
+		// until their state arrives only the config's tokens resolve.
+		entries = nil
+	}
 	var hi uint64
 	for _, e := range entries {
 		hi = max(hi, e.ModifyIndex)
 	}
 	var nt *aclTable
-	if len(entries) == t.count && hi == t.maxIndex {
+	// The first agreed state replaces the gossip store, whose indexes are
+	// of another space: rebuilt whatever the count and index say.
+	if len(entries) == t.count && hi == t.maxIndex && snap.Agreed() == t.agreed {
 		c := *t
 		nt = &c
 		nt.kvIndex = snap.KVIndex()
 	} else {
 		nt = a.build(snap.KVIndex(), entries)
-		nt.count, nt.maxIndex = len(entries), hi
+		nt.count, nt.maxIndex, nt.agreed = len(entries), hi, snap.Agreed()
 	}
 	a.table.Store(nt)
 	return nt
@@ -206,6 +223,10 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 	t.policies[mgmt.view.ID], t.byName[mgmt.view.Name] = mgmt, mgmt
 	var tokens, roles []*registry.KVEntry
 	for _, e := range entries {
+		if e.Key == aclBootstrapKey {
+			t.bootstrapIndex = max(e.ModifyIndex, 1)
+			continue
+		}
 		if strings.HasPrefix(e.Key, aclTokenPrefix) {
 			tokens = append(tokens, e)
 			continue
@@ -333,25 +354,6 @@ func (t *aclTable) sortedTokens() []*tokenEntry {
 	out := slices.Collect(maps.Values(t.tokens))
 	sort.Slice(out, func(i, j int) bool { return out[i].view.AccessorID < out[j].view.AccessorID })
 	return out
-}
-
-// put writes one object and answers the table that holds it; a.mu held.
-func (a *Authorizer) put(key string, v any) (*aclTable, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := a.reg.KVPut(key, b, 0, nil); err != nil {
-		return nil, err
-	}
-	return a.refreshLocked(), nil
-}
-
-// del deletes one object; a.mu held.
-func (a *Authorizer) del(key string) error {
-	_, err := a.reg.KVDelete(key, false, nil)
-	a.refreshLocked()
-	return err
 }
 
 // newUUID answers a random version 4 UUID, the shape of Consul's IDs.

@@ -117,7 +117,7 @@ func (s *Endpoints) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 	a := s.acl
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := a.refreshLocked()
+	t := a.syncLocked()
 	if _, taken := t.tokens[in.AccessorID]; taken || in.AccessorID == anonymousAccessor {
 		httpError(w, http.StatusBadRequest, "Invalid Token: AccessorID is already in use")
 		return
@@ -177,7 +177,7 @@ func (s *Endpoints) aclTokenUpdate(w http.ResponseWriter, r *http.Request) {
 	a := s.acl
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := a.refreshLocked()
+	t := a.syncLocked()
 	te, ok := s.storedTokenFor(w, t, id)
 	if !ok {
 		return
@@ -206,7 +206,7 @@ func (s *Endpoints) aclTokenClone(w http.ResponseWriter, r *http.Request) {
 	a := s.acl
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	t := a.refreshLocked()
+	t := a.syncLocked()
 	te, ok := s.storedTokenFor(w, t, r.PathValue("id"))
 	if !ok {
 		return

@@ -27,10 +27,11 @@ func NewAuthorizer(cfg ACLConfig) (*Authorizer, error) { return acl.New(cfg) }
 func ParseRules(src string) (ACLRules, error) { return acl.ParseRules(src) }
 
 // aclRoutes mounts the endpoints of registry/acl, which serve its store;
-// they answer 401 when ACLs are off.
+// they answer 401 when ACLs are off. Their writes of the cluster's objects
+// run on the Raft leader with Consensus (acl_raft.go).
 func (s *Server) aclRoutes() {
 	e := acl.NewEndpoints(s.acl, s.self(), s.cfg.MaxBodySize, s.log)
-	e.Routes(s.route)
+	e.Routes(s.route, s.aclAgreedRoute)
 }
 
 // authorize is the one gate every request passes when ACLs are on: it

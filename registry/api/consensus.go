@@ -245,8 +245,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
 			pr.Out.Header.Set(originHeader, s.origin(r))
 		},
-		Transport:     transport,
-		FlushInterval: -1, // blocking answers and snapshots stream
+		Transport:      transport,
+		ModifyResponse: s.awaitAgreed, // an ACL write's answer waits for this agent's mirror (acl_raft.go)
+		FlushInterval:  -1,            // blocking answers and snapshots stream
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return // the client went away

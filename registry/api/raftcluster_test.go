@@ -295,7 +295,13 @@ func startRaftAgentReg(t *testing.T, name string, server bool, servers func() []
 	}()
 	var inner *http.Server
 	if server {
-		inner = &http.Server{Handler: a.srv.ServerPortHandler(), BaseContext: func(net.Listener) context.Context { return ctx }}
+		// The server port serves the mirror too, as the agent's does; the
+		// tests that need the registries to follow start the mirrors
+		// (startMirrors).
+		port := http.NewServeMux()
+		port.Handle(raft.MirrorPath, raft.MirrorHandler(a.node))
+		port.Handle("/", a.srv.ServerPortHandler())
+		inner = &http.Server{Handler: port, BaseContext: func(net.Listener) context.Context { return ctx }}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -152,6 +152,9 @@ func New(cfg Config) (*Server, error) {
 		if err := s.acl.Attach(s.reg, s.log); err != nil { // tokens made through /v1/acl live in the KV store
 			return nil, err
 		}
+		if cfg.Consensus != nil {
+			s.acl.SetWriter(raftACLWriter{cfg.Consensus}) // and with servers, in their Raft state
+		}
 	}
 	s.routes()
 	return s, nil

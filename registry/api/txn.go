@@ -190,16 +190,15 @@ func (s *Server) txn(w http.ResponseWriter, r *http.Request) {
 		}
 		entries, errs = res.Entries, res.Errors
 	}
-	if p != nil {
-		// A get-tree answers only what the token may read, as Consul.
-		kept := entries[:0:0]
-		for _, e := range entries {
-			if p.KeyRead(e.Key) {
-				kept = append(kept, e)
-			}
+	// A get-tree answers only what the token may read, as Consul, and
+	// never the agent's own keys (the ACL store, with its secrets).
+	kept := entries[:0:0]
+	for _, e := range entries {
+		if !reserved(e.Key) && (p == nil || p.KeyRead(e.Key)) {
+			kept = append(kept, e)
 		}
-		entries = kept
 	}
+	entries = kept
 	txnAnswer(w, r, entries, errs)
 }
 

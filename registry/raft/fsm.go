@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -266,8 +267,14 @@ func (w *writer) kv(op KVOp) (bool, error) {
 		w.del(op.Key)
 		return true, nil
 	case KVDeleteTree:
+		// The agent's own keys (the ACL store) go only with a prefix of
+		// their own: a user's delete of "" must not take the ACLs with it,
+		// as the gossip store's recursive delete does not.
+		own := strings.HasPrefix(op.Key, registry.ReservedKVPrefix)
 		for _, e := range w.s.KVList(op.Key) {
-			w.del(e.Key)
+			if own || !strings.HasPrefix(e.Key, registry.ReservedKVPrefix) {
+				w.del(e.Key)
+			}
 		}
 		return true, nil
 	case KVLock:

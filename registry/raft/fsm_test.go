@@ -240,3 +240,32 @@ type memSink struct{ bytes.Buffer }
 func (*memSink) ID() string    { return "mem" }
 func (*memSink) Cancel() error { return nil }
 func (*memSink) Close() error  { return nil }
+
+// A delete-tree of a prefix outside registry.ReservedKVPrefix ("" included)
+// spares the agent's own keys (the ACL store); one of a reserved prefix
+// deletes them.
+func TestDeleteTreeSparesReserved(t *testing.T) {
+	a := newApplier(t, nil)
+	for _, k := range []string{"_pier/acl/token/t", "_pier/acl/bootstrap", "_x", "app/a"} {
+		a.kv(KVOp{Verb: KVSet, Key: k})
+	}
+	keys := func() []string {
+		var out []string
+		for _, e := range a.f.State().KVList("") {
+			out = append(out, e.Key)
+		}
+		return out
+	}
+	a.kv(KVOp{Verb: KVDeleteTree, Key: ""})
+	if got := keys(); !reflect.DeepEqual(got, []string{"_pier/acl/bootstrap", "_pier/acl/token/t"}) {
+		t.Fatalf("after delete-tree \"\": %v", got)
+	}
+	a.apply(command{Type: cmdTxn, Ops: []KVOp{{Verb: KVDeleteTree, Key: "_"}}})
+	if got := keys(); len(got) != 2 {
+		t.Fatalf("after a txn delete-tree _: %v", got)
+	}
+	a.kv(KVOp{Verb: KVDeleteTree, Key: "_pier/acl/token/"})
+	if got := keys(); !reflect.DeepEqual(got, []string{"_pier/acl/bootstrap"}) {
+		t.Fatalf("after delete-tree of a reserved prefix: %v", got)
+	}
+}

@@ -45,7 +45,7 @@ func aclAgentArgs(t *testing.T, dir, node, data string) []string {
 func TestACLAPITokens(t *testing.T) {
 	requireCurl(t)
 	dir := t.TempDir()
-	argsA := aclAgentArgs(t, dir, "acl1", "a")
+	argsA := append(aclAgentArgs(t, dir, "acl1", "a"), soloServer...)
 	a := startAgent(t, argsA...)
 	root := "X-Consul-Token: root-secret"
 
@@ -100,6 +100,13 @@ func TestACLAPITokens(t *testing.T) {
 		t.Fatalf("stop: %v\n%s", err, a.logs())
 	}
 	a2 := startAgent(t, argsA...)
+	// A restarted server of one elects itself before its Raft state,
+	// tokens included, is applied again.
+	waitLeader(t, a2)
+	eventually.True(t, 30*time.Second, "the token resolves after the restart", func() bool {
+		code, _ := curl(t, "-H", hdr, "http://"+a2.addr+"/v1/acl/token/self")
+		return code == 200
+	})
 	if c := register(a2, "web-c"); c != 200 {
 		t.Errorf("register web-c after a restart: %d", c)
 	}

@@ -22,7 +22,7 @@ var (
 func TestACLCLI(t *testing.T) {
 	requireCurl(t)
 	dir := t.TempDir()
-	a := startAgent(t, aclAgentArgs(t, dir, "aclcli", "data")...)
+	a := startAgent(t, append(aclAgentArgs(t, dir, "aclcli", "data"), soloServer...)...)
 	rules := filepath.Join(dir, "app.hcl")
 	os.WriteFile(rules, []byte(`key_prefix "app/" { policy = "write" }`+"\n"), 0o600)
 	acl := rootACL(t, a)
@@ -144,7 +144,7 @@ func rootACL(t *testing.T, a *proc) func(args ...string) (string, string, int) {
 func TestACLRoleCLI(t *testing.T) {
 	requireCurl(t)
 	dir := t.TempDir()
-	a := startAgent(t, aclAgentArgs(t, dir, "aclrole", "data")...)
+	a := startAgent(t, append(aclAgentArgs(t, dir, "aclrole", "data"), soloServer...)...)
 	acl := rootACL(t, a)
 	if out, errOut, rc := acl("policy", "create", "-name", "app-rw", "-rules", `key_prefix "app/" { policy = "write" }`); rc != 0 {
 		t.Fatalf("policy create: rc=%d %s%s", rc, out, errOut)

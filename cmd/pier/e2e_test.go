@@ -83,6 +83,10 @@ type proc struct {
 
 var httpLine = regexp.MustCompile(`msg="pier agent running".* http=([0-9.:]+)`)
 
+// soloServer makes an agent the one server of its cluster (on any free
+// server port): the KV, sessions and ACL objects need one.
+var soloServer = []string{"-server", "-bootstrap-expect", "1", "-server-port", "0"}
+
 // startAgent runs `pier agent args...` with the HTTP API on a free port and
 // waits until it says it is running.
 func startAgent(t *testing.T, args ...string) *proc {

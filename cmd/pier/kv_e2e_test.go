@@ -12,10 +12,11 @@ import (
 	"time"
 )
 
-// TestKVAcrossAgents: pier kv on one agent, curl on another, through gossip.
+// TestKVAcrossAgents: pier kv on one agent (the server), curl on another
+// (a client, which forwards to it).
 func TestKVAcrossAgents(t *testing.T) {
 	requireCurl(t)
-	a := startAgent(t, "-node", "kva", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")
+	a := startAgent(t, append(soloServer, "-node", "kva", "-data-dir", t.TempDir(), "-bind", "127.0.0.1")...)
 	b := startAgent(t, "-node", "kvb", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip)
 
 	out, errOut, rc := pier(t, "kv", "put", "-http-addr", a.addr, "config/app/db", "postgres://db:5432")
@@ -56,7 +57,7 @@ func TestKVRouteReachesFrontDoor(t *testing.T) {
 		fmt.Fprintf(w, "api got %s", r.URL.Path)
 	}))
 	defer backend.Close()
-	front := startAgent(t, "-node", "front", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-proxy-addr", "127.0.0.1:0")
+	front := startAgent(t, append(soloServer, "-node", "front", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-proxy-addr", "127.0.0.1:0")...)
 	back := startAgent(t, "-node", "back", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", front.gossip)
 	port := backend.URL[strings.LastIndexByte(backend.URL, ':')+1:]
 	if code, body := curl(t, "-X", "PUT", "-d", `{"Name":"api","Address":"127.0.0.1","Port":`+port+`}`, "http://"+back.addr+"/v1/agent/service/register"); code != 200 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -219,13 +220,39 @@ func New(cfg Config) (*Gossip, error) {
 // FreePort picks a free port on host for the gossip listener (BindPort 0).
 // The agent uses it too: its own catalog entry names the port before
 // memberlist binds it.
+//
+// The port is free for TCP and UDP both (memberlist binds the two), and
+// drawn below Linux's ephemeral range (32768 up): a port the kernel handed
+// out for bind(0) is just as likely to be taken, between this check and
+// memberlist's bind, by any process's next outgoing connection.
 func FreePort(host string) (int, error) {
+	for range 64 {
+		port := 20000 + rand.IntN(32768-20000)
+		if portFree(host, port) {
+			return port, nil
+		}
+	}
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func portFree(host string, port int) bool {
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	pc.Close()
+	return true
 }
 
 // Addr is the address and port that other agents join.

@@ -63,7 +63,18 @@ var _ registry.AgreedKV = (*State)(nil)
 // RunMirror gives reg each applied change of node's state until ctx ends;
 // a burst of applies is merged once (it reads the newest State when it
 // wakes). Servers run it; clients run FollowMirror.
+//
+// A restarted server shows nothing of its state until it has caught up
+// with the log it had (CaughtUp): the registry keeps what it showed before,
+// rather than routes from KV and ACL tokens vanishing for an election.
 func RunMirror(ctx context.Context, node *Node, reg *registry.Registry) error {
+	for !node.CaughtUp() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	var nodes nodesCache
 	for {
 		s := node.State()
@@ -197,6 +208,9 @@ func (h *mirrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // fresh refuses to answer from a server cut off from the leader.
 func (h *mirrorHandler) fresh() error {
+	if !h.node.CaughtUp() {
+		return errors.New("raft: this server has not yet applied the log it restarted with; ask another server")
+	}
 	if lc := h.node.LastContact(); time.Since(lc) > mirrorMaxStale {
 		return fmt.Errorf("raft: no contact with a leader for %v; ask another server", time.Since(lc).Round(time.Second))
 	}

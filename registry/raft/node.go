@@ -85,6 +85,10 @@ type Node struct {
 	// readReady is set once this leader has applied everything committed
 	// before its term (a barrier), so its own state answers reads.
 	readReady atomic.Bool
+	// bootIndex is the last log index on disk at start: until the state
+	// machine has applied that far, a restarted server's state is older
+	// than what it had already shown (CaughtUp).
+	bootIndex uint64
 	timers    sessionTimers
 	group     group         // servers.go
 	down      chan struct{} // closed once Raft has shut down
@@ -167,8 +171,16 @@ func New(cfg Config) (*Node, error) {
 		n.close()
 		return nil, fmt.Errorf("raft: %w", err)
 	}
+	n.bootIndex = n.raft.LastIndex()
 	return n, nil
 }
+
+// CaughtUp reports whether the state machine has applied the whole log this
+// server had on disk when it started. hashicorp/raft restores the newest
+// snapshot at once but applies the entries after it only once they are
+// known committed (after an election, or from the leader), so a restarted
+// server's state goes back in time until then.
+func (n *Node) CaughtUp() bool { return n.raft.AppliedIndex() >= n.bootIndex }
 
 func advertiseAddr(cfg Config) (net.Addr, error) {
 	a := cfg.Advertise
@@ -301,6 +313,9 @@ func (n *Node) apply(c command) (Result, error) {
 	}
 	b, err := encode(c)
 	if err != nil {
+		return Result{}, err
+	}
+	if err := n.roomFor(len(b)); err != nil {
 		return Result{}, err
 	}
 	f := n.raft.Apply(b, n.cfg.ApplyTimeout)

@@ -11,6 +11,7 @@ import (
 	consul "github.com/hashicorp/consul/api"
 
 	"github.com/pier-dev/pier/deploy/eventually"
+	"github.com/pier-dev/pier/registry/api"
 	"github.com/pier-dev/pier/registry/raft"
 )
 
@@ -158,5 +159,62 @@ func TestRaftCatalogRegisterBadInput(t *testing.T) {
 	}
 	if n := len(leader.node.State().ExternalNodes()); n != 1 {
 		t.Fatalf("external nodes after a good registration: %d", n)
+	}
+}
+
+// Consul's ACL rules on catalog register and deregister: node:write to
+// create or change the node, service:write on the service; a token with
+// service:write only may re-register its service on an unchanged node and
+// deregister it, not change or remove the node.
+func TestRaftCatalogRegisterACL(t *testing.T) {
+	const extTok, dbTok = "33333333-ext", "44444444-db"
+	cfg := testACL()
+	cfg.Tokens = append(cfg.Tokens,
+		api.ACLToken{Secret: extTok, Rules: api.ACLRules{NodePrefix: map[string]string{"ext-": "write"}, ServicePrefix: map[string]string{"db": "write"}}},
+		api.ACLToken{Secret: dbTok, Rules: api.ACLRules{ServicePrefix: map[string]string{"db": "write"}}},
+	)
+	srv := startRaftAgent(t, "s0", true, nil, func(c *api.Config) { c.ACL = cfg })
+	if err := srv.node.Bootstrap([]raft.Server{{ID: "s0", Address: srv.port, Voter: true}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 10*time.Second, "s0 leads", srv.node.IsLeader)
+	catalog := func(tok string) *consul.Catalog {
+		c, err := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(srv.base, "http://"), Token: tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Catalog()
+	}
+	reg := func(addr, svc string) *consul.CatalogRegistration {
+		return &consul.CatalogRegistration{Node: "ext-db", Address: addr, Service: &consul.AgentService{Service: svc, Port: 5432}}
+	}
+	denied := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "403") {
+			t.Fatalf("%s: %v (want 403)", what, err)
+		}
+	}
+	denied("a new node without node:write", func() error { _, err := catalog(dbTok).Register(reg("10.0.0.1", "db"), nil); return err }())
+	denied("a service without service:write", func() error { _, err := catalog(extTok).Register(reg("10.0.0.1", "web"), nil); return err }())
+	if _, err := catalog(extTok).Register(reg("10.0.0.1", "db"), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The node as it is: service:write is enough.
+	if _, err := catalog(dbTok).Register(reg("10.0.0.1", "db"), nil); err != nil {
+		t.Fatalf("re-registering db on an unchanged node: %v", err)
+	}
+	denied("changing the node's address", func() error { _, err := catalog(dbTok).Register(reg("10.0.0.2", "db"), nil); return err }())
+	denied("removing the node", func() error {
+		_, err := catalog(dbTok).Deregister(&consul.CatalogDeregistration{Node: "ext-db"}, nil)
+		return err
+	}())
+	if _, err := catalog(dbTok).Deregister(&consul.CatalogDeregistration{Node: "ext-db", ServiceID: "db"}, nil); err != nil {
+		t.Fatalf("deregistering db with service:write: %v", err)
+	}
+	if _, err := catalog(extTok).Deregister(&consul.CatalogDeregistration{Node: "ext-db"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(srv.node.State().ExternalNodes()); n != 0 {
+		t.Fatalf("%d external nodes left", n)
 	}
 }

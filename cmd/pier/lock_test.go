@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -196,4 +198,43 @@ func TestLockSemaphoreInterop(t *testing.T) {
 			t.Errorf("%q: %v is not a usage error", args, err)
 		}
 	}
+}
+
+// The built binary: pier lock's exit code is the command's (main's table
+// maps errors to 1 and 2 only, so runLock ends the process with it), and
+// SIGTERM to pier reaches the command, whose own exit code pier answers.
+func TestLockBinaryExitCode(t *testing.T) {
+	needBinary(t)
+	s := startRaftServers(t, 1)[0]
+	out, err := exec.Command(pierBin, "lock", "-http-addr", s.addr, "bin/lock", "echo ran; exit 4").CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 || strings.TrimSpace(string(out)) != "ran" {
+		t.Fatalf("pier lock of a command that exits 4: %v %q", err, out)
+	}
+	if out, err := exec.Command(pierBin, "lock", "-http-addr", s.addr, "bin/lock", "true").CombinedOutput(); err != nil {
+		t.Fatalf("pier lock true: %v %q", err, out)
+	}
+
+	log := filepath.Join(t.TempDir(), "log")
+	cmd := exec.Command(pierBin, "lock", "-http-addr", s.addr, "bin/lock",
+		fmt.Sprintf(`trap 'echo TERM >> %[1]s; exit 9' TERM; echo started >> %[1]s; while :; do sleep 0.1; done`, log))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 15*time.Second, "the command runs", func() bool {
+		b, _ := os.ReadFile(log)
+		return strings.Contains(string(b), "started")
+	})
+	cmd.Process.Signal(syscall.SIGTERM)
+	err = cmd.Wait()
+	if !errors.As(err, &ee) || ee.ExitCode() != 9 {
+		t.Fatalf("pier lock after SIGTERM: %v (want the command's 9)", err)
+	}
+	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "TERM") {
+		t.Fatalf("the command did not get SIGTERM: %q", b)
+	}
+	eventually.True(t, 10*time.Second, "no session left", func() bool {
+		list, _, err := s.client.Session().List(nil)
+		return err == nil && len(list) == 0
+	})
 }

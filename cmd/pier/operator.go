@@ -48,7 +48,7 @@ func raftListPeers(args []string, stdout, stderr io.Writer) error {
 	}
 	conf, err := cc.Operator().RaftGetConfiguration(&consul.QueryOptions{AllowStale: stale})
 	if err != nil {
-		return fmt.Errorf("Failed to retrieve raft configuration: %w", c.consulErr(err))
+		return fmt.Errorf("reading the Raft configuration: %w", c.consulErr(err))
 	}
 	if cf.format == "json" {
 		return printJSON(stdout, conf.Servers)
@@ -92,13 +92,13 @@ func raftRemovePeer(args []string, stdout, stderr io.Writer) error {
 	}
 	if address != "" {
 		if err := cc.Operator().RaftRemovePeerByAddress(address, nil); err != nil {
-			return fmt.Errorf("Error removing peer: %w", c.consulErr(err))
+			return fmt.Errorf("removing the peer: %w", c.consulErr(err))
 		}
 		fmt.Fprintf(stdout, "Removed peer with address %q\n", address)
 		return nil
 	}
 	if err := cc.Operator().RaftRemovePeerByID(id, nil); err != nil {
-		return fmt.Errorf("Error removing peer: %w", c.consulErr(err))
+		return fmt.Errorf("removing the peer: %w", c.consulErr(err))
 	}
 	fmt.Fprintf(stdout, "Removed peer with id %q\n", id)
 	return nil

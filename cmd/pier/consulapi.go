@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 
 	consul "github.com/hashicorp/consul/api"
@@ -13,12 +14,16 @@ import (
 // consul/api on the same prefix interoperate), pointed where the CLI's
 // own client points, with the same token.
 
-func (c *client) consul() (*consul.Client, error) {
+func (c *client) consul() (*consul.Client, error) { return c.consulWith(nil) }
+
+// consulWith is consul with the given HTTP client (nil: consul/api's,
+// which reads Consul's CONSUL_CACERT and other TLS variables).
+func (c *client) consulWith(hc *http.Client) (*consul.Client, error) {
 	u, err := url.Parse(c.base)
 	if err != nil {
 		return nil, err
 	}
-	return consul.NewClient(&consul.Config{Address: u.Host, Scheme: u.Scheme, Token: c.token})
+	return consul.NewClient(&consul.Config{Address: u.Host, Scheme: u.Scheme, Token: c.token, HttpClient: hc})
 }
 
 // consulErr turns the consul/api client's errors into the CLI's one line:

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -62,6 +64,18 @@ type locker struct {
 	signals        <-chan os.Signal // forwarded to the command
 	grace          time.Duration    // between SIGTERM and SIGKILL on a lost lock
 	verbose        bool
+	interrupt      func() // cancels the requests of the wait for the lock
+}
+
+// withContext gives every request ctx, so that cancelling it ends a
+// blocking query at once.
+type withContext struct {
+	base http.RoundTripper
+	ctx  context.Context
+}
+
+func (t withContext) RoundTrip(r *http.Request) (*http.Response, error) {
+	return t.base.RoundTrip(r.WithContext(t.ctx))
 }
 
 func (l *locker) info(format string, args ...any) {
@@ -114,15 +128,34 @@ func (l *locker) run(args []string) (int, error) {
 	if name == "" {
 		name = fmt.Sprintf("pier lock for '%s' at '%s'", strings.Join(argv, " "), prefix)
 	}
-	cc, err := c.consul()
+	// A signal while pier waits for the lock cancels the blocking query in
+	// progress (consul lock waits for its end, up to 15 s): the lock's
+	// requests carry this context, which only a signal during the wait
+	// cancels.
+	ctx, interrupt := context.WithCancel(context.Background())
+	defer interrupt()
+	def := consul.DefaultConfig()
+	hc, err := consul.NewHttpClient(def.Transport, def.TLSConfig)
 	if err != nil {
 		return 0, err
 	}
+	hc.Transport = withContext{base: hc.Transport, ctx: ctx}
+	defer hc.CloseIdleConnections()
+	cc, err := c.consulWith(hc)
+	if err != nil {
+		return 0, err
+	}
+	l.interrupt = interrupt
 
 	// The session is this command's own (consul/api would make one per
 	// lock and destroy it in the background): renewed while the command
-	// runs, destroyed, and waited for, before pier exits.
-	sessions := cc.Session()
+	// runs, destroyed, and waited for, before pier exits; through a client
+	// that no signal interrupts, so that it is destroyed in any case.
+	sc, err := c.consul()
+	if err != nil {
+		return 0, err
+	}
+	sessions := sc.Session()
 	sid, _, err := sessions.Create(&consul.SessionEntry{Name: name, TTL: lockSessionTTL, Behavior: consul.SessionBehaviorRelease}, nil)
 	if err != nil {
 		return 0, fmt.Errorf("creating the lock's session: %w", c.consulErr(err))
@@ -153,10 +186,10 @@ func (l *locker) run(args []string) (int, error) {
 	if lost == nil {
 		endSession()
 		switch {
-		case err != nil:
-			return 0, fmt.Errorf("acquiring the lock at %s: %v", prefix, err)
 		case interrupted:
 			return 0, fmt.Errorf("interrupted while waiting for the lock at %s", prefix)
+		case err != nil:
+			return 0, fmt.Errorf("acquiring the lock at %s: %v", prefix, err)
 		}
 		return 0, fmt.Errorf("the lock at %s was not acquired within %v", prefix, timeout)
 	}
@@ -211,9 +244,9 @@ func (l *locker) setup(cc *consul.Client, prefix, name, sid string, limit int, t
 	return &held{acquire: sem.Acquire, release: sem.Release, destroy: sem.Destroy, inUse: consul.ErrSemaphoreInUse, notHeld: consul.ErrSemaphoreNotHeld}, nil
 }
 
-// acquire takes the lock; a signal meanwhile stops the wait (at the end of
-// the blocking query in progress, as consul lock). interrupted says a
-// signal came, also when the lock was acquired all the same.
+// acquire takes the lock; a signal meanwhile stops the wait at once.
+// interrupted says a signal came, also when the lock was acquired all the
+// same (then its release fails, and destroying the session frees it).
 func (l *locker) acquire(h *held) (lost <-chan struct{}, interrupted bool, err error) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
@@ -223,6 +256,7 @@ func (l *locker) acquire(h *held) (lost <-chan struct{}, interrupted bool, err e
 		select {
 		case <-l.signals:
 			close(stop)
+			l.interrupt()
 		case <-done:
 		}
 	}()

@@ -238,3 +238,44 @@ func TestLockBinaryExitCode(t *testing.T) {
 		return err == nil && len(list) == 0
 	})
 }
+
+// A signal while pier lock waits for a lock someone else holds ends the
+// wait at once (not at the end of the blocking query, up to 15 s), runs
+// nothing, and leaves no session behind.
+func TestLockInterruptedWait(t *testing.T) {
+	s := startRaftServers(t, 1)[0]
+	other, err := s.client.LockKey("svc/busy/.lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Lock(nil); err != nil {
+		t.Fatal(err)
+	}
+	sigs := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() {
+		_, _, _, err := runLocker(s.addr, sigs, "svc/busy", "echo ran")
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // let it wait (it answers right either way)
+	sigs <- syscall.SIGINT
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "interrupted") {
+			t.Fatalf("pier lock after SIGINT while waiting: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("pier lock went on waiting after SIGINT")
+	}
+	eventually.True(t, 10*time.Second, "only the holder's session", func() bool {
+		list, _, err := s.client.Session().List(nil)
+		return err == nil && len(list) == 1
+	})
+	if err := other.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 10*time.Second, "no session left", func() bool {
+		list, _, err := s.client.Session().List(nil)
+		return err == nil && len(list) == 0
+	})
+}

@@ -218,3 +218,14 @@ func TestRaftCatalogRegisterACL(t *testing.T) {
 		t.Fatalf("%d external nodes left", n)
 	}
 }
+
+// Without servers, catalog register and deregister are still the 404 that
+// names them.
+func TestNoConsensusCatalogRegisterMissing(t *testing.T) {
+	a := startAgent(t)
+	for _, p := range []string{"/v1/catalog/register", "/v1/catalog/deregister"} {
+		if code, body, _ := httpDo(t, http.MethodPut, a.base+p, `{"Node":"ext","Address":"10.0.0.1"}`); code != 404 || !strings.Contains(body, "does not serve") {
+			t.Errorf("PUT %s: %d %q", p, code, body)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"text/tabwriter"
 
 	consul "github.com/hashicorp/consul/api"
 )
@@ -53,8 +52,7 @@ func raftListPeers(args []string, stdout, stderr io.Writer) error {
 	if cf.format == "json" {
 		return printJSON(stdout, conf.Servers)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "Node\tID\tAddress\tState\tVoter\tRaftProtocol")
+	tw := newTable(stdout, "Node\tID\tAddress\tState\tVoter\tRaftProtocol")
 	for _, s := range conf.Servers {
 		state := "follower"
 		if s.Leader {

@@ -39,6 +39,9 @@ func commands() map[string]command {
 		"acl":        {"Manage API tokens, policies and roles: acl bootstrap; acl policy|role|token create, list, read, delete; acl role|token update", runACL},
 		"monitor":    {"Stream the local agent's log as it is written (-log-level, -log-json), as consul monitor", runMonitor},
 		"maint":      {"Put a service or the node in maintenance mode, or take it out", runMaint},
+		"lock":       {"Run a command while holding a lock (-n N: a semaphore) in the KV store, as consul lock", runLock},
+		"snapshot":   {"Save the servers' agreed state to a file, or restore it: snapshot save|restore FILE", runSnapshot},
+		"operator":   {"The servers' Raft group: operator raft list-peers, operator raft remove-peer -id=X|-address=Y", runOperator},
 		"version":    {"Print the version of pier and of the local agent", runVersion},
 	}
 }

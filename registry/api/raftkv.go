@@ -23,9 +23,10 @@ func (s *Server) raftRoutes() {
 	s.raftRoute("GET /v1/kv/{key...}", s.raftKVGet, keyAccess)
 	s.raftWrites("/v1/kv/{key...}", s.raftKVPut, keyAccess)
 	s.raftRoute("DELETE /v1/kv/{key...}", s.raftKVDelete, keyAccess)
-	s.sessionRoutes()  // session.go
-	s.txnRoutes()      // txn.go
-	s.operatorRoutes() // operator.go: operator raft, snapshots
+	s.sessionRoutes()         // session.go
+	s.txnRoutes()             // txn.go
+	s.operatorRoutes()        // operator.go: operator raft, snapshots
+	s.catalogRegisterRoutes() // catalog_register.go: external nodes
 }
 
 // blockRaft is block (blocking.go) over the Raft state: it waits while

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/deploy/eventually"
+	"github.com/pier-dev/pier/registry/gossip"
 )
 
 // mountTmpfs mounts a tmpfs of size (mount's -o size=, such as "256k") on a
@@ -527,7 +529,12 @@ func TestRaftFollowerFullDisk(t *testing.T) {
 	a := startAgent(t, append(pair, "-node", "mfa", "-data-dir", t.TempDir())...)
 	startAgent(t, append(pair, "-node", "mfc", "-data-dir", t.TempDir(), "-join", a.gossip)...)
 	waitLeader(t, a)
-	argsB := []string{"-server", "-server-port", "0", "-bind", "127.0.0.1", "-node", "mfb", "-data-dir", dirB, "-join", a.gossip}
+	// b keeps its server port across the restart, as a server on 8300 does.
+	port, err := gossip.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	argsB := []string{"-server", "-server-port", strconv.Itoa(port), "-bind", "127.0.0.1", "-node", "mfb", "-data-dir", dirB, "-join", a.gossip}
 	b := startAgent(t, argsB...)
 	voters := func() int {
 		_, body := httpGet(t, "http://"+a.addr+"/v1/status/peers")

@@ -416,6 +416,13 @@ func TestLogs(t *testing.T) {
 			} else {
 				resp.Body.Close()
 			}
+			if level == "debug" {
+				// The check starts on the runner's goroutine, after the
+				// registration is answered.
+				eventually.True(t, 10*time.Second, "a line from health", func() bool {
+					return strings.Contains(out.String(), `"component":"health"`)
+				})
+			}
 			cancel()
 			if err := <-done; err != nil {
 				t.Fatalf("agent: %v", err)

@@ -18,7 +18,7 @@ func TestACLBootstrapCLI(t *testing.T) {
 	cfg := filepath.Join(dir, "pier.yaml")
 	os.WriteFile(cfg, []byte("acl:\n  enabled: true\n  default_policy: deny\n"), 0o600)
 	data := filepath.Join(dir, "data")
-	a := startAgent(t, "-node", "aclboot", "-data-dir", data, "-bind", "127.0.0.1", "-config-file", cfg)
+	a := startAgent(t, append(soloServer, "-node", "aclboot", "-data-dir", data, "-bind", "127.0.0.1", "-config-file", cfg)...)
 
 	out, errOut, rc := pier(t, "acl", "bootstrap", "-http-addr", a.addr)
 	m := regexp.MustCompile(`(?m)^AccessorID:\s+(\S+)\nSecretID:\s+(\S+)$`).FindStringSubmatch(out)

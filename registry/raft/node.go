@@ -249,6 +249,7 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			n.readReady.Store(false)
 			n.timers.stop()
+			n.handOver()
 			err := n.raft.Shutdown().Error()
 			close(n.down)
 			if err != nil {
@@ -270,6 +271,26 @@ func (n *Node) Run(ctx context.Context) error {
 			n.group.wake() // reconcile the servers at once
 			n.log.Info("raft: leading", "id", n.cfg.ID)
 		}
+	}
+}
+
+// handOver gives the leadership to another voter before a leader stops
+// (SIGTERM, pier leave), so the group has a leader again within a round
+// trip instead of an election timeout. A server of one, or a transfer that
+// does not finish in time, just stops.
+func (n *Node) handOver() {
+	if n.raft.State() != hraft.Leader {
+		return
+	}
+	f := n.raft.LeadershipTransfer()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			n.log.Info("raft: handed the leadership over before stopping")
+		}
+	case <-time.After(n.cfg.ApplyTimeout):
 	}
 }
 

@@ -47,6 +47,9 @@ type opts struct {
 	join    []string
 	tweak   func(*Config)
 	reg     func(*registry.Config)
+	// mem, when set, carries the node's gossip in memory: clusters of many
+	// nodes then depend neither on free ports nor on the machine's load.
+	mem *memNet
 }
 
 func startNode(t *testing.T, name string, o opts) *node {
@@ -69,6 +72,10 @@ func startNode(t *testing.T, name string, o opts) *node {
 	gc.LeaveTimeout = 2 * time.Second
 	if os.Getenv("PIER_TEST_GOSSIP_LOG") != "" {
 		gc.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+	}
+	if o.mem != nil {
+		tr := o.mem.transport()
+		gc.Memberlist = func(c *memberlist.Config) { fast(c); c.Transport = tr }
 	}
 	if o.tweak != nil {
 		o.tweak(&gc)
@@ -101,11 +108,14 @@ func (n *node) crash() {
 }
 
 // cluster starts n nodes, each joining the first.
-func cluster(t *testing.T, n int) []*node {
+func cluster(t *testing.T, n int) []*node { return clusterOn(t, n, nil) }
+
+// clusterOn is cluster with every node on mem when it is not nil.
+func clusterOn(t *testing.T, n int, mem *memNet) []*node {
 	t.Helper()
-	nodes := []*node{startNode(t, "n0", opts{})}
+	nodes := []*node{startNode(t, "n0", opts{mem: mem})}
 	for i := 1; i < n; i++ {
-		nodes = append(nodes, startNode(t, fmt.Sprintf("n%d", i), opts{join: []string{nodes[0].g.Addr()}}))
+		nodes = append(nodes, startNode(t, fmt.Sprintf("n%d", i), opts{mem: mem, join: []string{nodes[0].g.Addr()}}))
 	}
 	for _, nd := range nodes {
 		waitFor(t, nd.reg, 60*time.Second, fmt.Sprintf("%d alive nodes in the catalog", n), func(s *registry.Snapshot) bool {
@@ -381,11 +391,11 @@ func TestParseKey(t *testing.T) {
 	}
 }
 
+// TestCluster25 runs in memory (memnet_test.go): it tests that a
+// registration reaches 25 nodes, not how fast UDP is on a loaded machine,
+// which BenchmarkPropagation measures.
 func TestCluster25(t *testing.T) {
-	if testing.Short() {
-		t.Skip("25 nodes")
-	}
-	nodes := cluster(t, 25)
+	nodes := clusterOn(t, 25, &memNet{})
 	register(t, nodes[24], "redis1", 8000)
 	var wg sync.WaitGroup
 	for _, n := range nodes {

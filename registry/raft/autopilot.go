@@ -24,49 +24,76 @@ type removal struct {
 	guessed bool
 }
 
+// leaderView is what one reconcile pass of the leader works from.
+type leaderView struct {
+	self        Peer
+	peers       []Peer            // the other servers, as gossip sees them
+	cfg         []Server          // the Raft configuration
+	names       map[string]string // Raft ID to node name, as last seen
+	byID        map[string]Peer
+	aliveByName map[string]Peer
+	inCfg       map[string]Server
+	voters      int
+}
+
 // reconcileLeader makes the configuration follow gossip (Consul's leader
-// reconcile and autopilot's dead-server cleanup).
+// reconcile and autopilot's dead-server cleanup): dead servers go, within
+// the quorum rule, then alive ones come in or move to their new address.
+// It answers when to look again (0: at the next change).
 func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, now time.Time) time.Duration {
-	c := &n.group
 	cfg, err := n.Configuration()
 	if err != nil {
 		n.log.Warn("raft: reconcile", "err", err)
 		return retryPause
 	}
+	v := n.leaderView(self, servers, cfg)
+	remove, again := n.deadServers(v, now)
+	remove = n.keepQuorum(remove, v.voters)
+	removed, retry := n.removeServers(remove, v.names)
+	again = minPositive(again, retry)
+	again = minPositive(again, n.addServers(ctx, v, removed))
+	n.pollIndexes(ctx, self, v.byID)
+	n.pruneNames(v.byID)
+	return again
+}
+
+func (n *Node) leaderView(self Peer, servers []Peer, cfg []Server) *leaderView {
+	c := &n.group
 	c.mu.Lock()
 	names := maps.Clone(c.names)
 	c.mu.Unlock()
-
-	byID := map[string]Peer{}
-	aliveByName := map[string]Peer{}
-	for _, p := range servers[1:] {
-		byID[p.ID] = p
+	v := &leaderView{self: self, peers: servers[1:], cfg: cfg, names: names,
+		byID: map[string]Peer{}, aliveByName: map[string]Peer{}, inCfg: map[string]Server{}}
+	for _, p := range v.peers {
+		v.byID[p.ID] = p
 		if p.Status == registry.MemberAlive {
-			aliveByName[p.Name] = p
+			v.aliveByName[p.Name] = p
 		}
 	}
-	inCfg := map[string]Server{}
-	voters := 0
 	for _, s := range cfg {
-		inCfg[s.ID] = s
+		v.inCfg[s.ID] = s
 		if s.Voter {
-			voters++
+			v.voters++
 		}
 	}
 	for id := range c.absent {
-		if _, ok := inCfg[id]; !ok {
+		if _, ok := v.inCfg[id]; !ok {
 			delete(c.absent, id)
 		}
 	}
+	return v
+}
 
-	var again time.Duration
-	var remove []removal
+// deadServers lists the servers of the configuration to remove, and when
+// the next one's time runs out.
+func (n *Node) deadServers(v *leaderView, now time.Time) (remove []removal, again time.Duration) {
+	c := &n.group
 	cleanup := n.cfg.CleanupDeadServers
-	for _, s := range cfg {
-		if s.ID == self.ID {
+	for _, s := range v.cfg {
+		if s.ID == v.self.ID {
 			continue
 		}
-		p, known := byID[s.ID]
+		p, known := v.byID[s.ID]
 		if known {
 			delete(c.absent, s.ID)
 		}
@@ -83,10 +110,10 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 			}
 			remove = append(remove, removal{s, "failed for longer than " + cleanup.String(), true})
 		case known:
-		case names[s.ID] != "" && aliveByName[names[s.ID]].ID != "":
-			remove = append(remove, removal{s, "its node is back with ID " + aliveByName[names[s.ID]].ID, false})
-		case conflicting(s, servers[1:]) != "":
-			remove = append(remove, removal{s, "its address is now " + conflicting(s, servers[1:]) + "'s", false})
+		case v.names[s.ID] != "" && v.aliveByName[v.names[s.ID]].ID != "":
+			remove = append(remove, removal{s, "its node is back with ID " + v.aliveByName[v.names[s.ID]].ID, false})
+		case conflicting(s, v.peers) != "":
+			remove = append(remove, removal{s, "its address is now " + conflicting(s, v.peers) + "'s", false})
 		case cleanup > 0:
 			// Unknown to gossip: a failed server it has forgotten, or one
 			// this agent has not heard of yet (just started); both wait.
@@ -102,36 +129,42 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 			remove = append(remove, removal{s, "unknown to gossip for longer than " + cleanup.String(), true})
 		}
 	}
+	return remove, again
+}
 
-	// Gossip's failures are guesses: removing half the voters or more on
-	// a guess could hand the group to a minority when the others are only
-	// cut off from gossip, so then none of the guessed ones goes (Consul's
-	// autopilot rule). Servers that are gone for sure, and non-voters,
-	// always may.
+// keepQuorum drops the guessed removals when they are half the voters or
+// more. Gossip's failures are guesses: removing that many on a guess could
+// hand the group to a minority when the others are only cut off from
+// gossip (Consul's autopilot rule). Servers that are gone for sure, and
+// non-voters, always may go.
+func (n *Node) keepQuorum(remove []removal, voters int) []removal {
 	guessed, sure := 0, 0
+	var ids []string
 	for _, r := range remove {
 		switch {
 		case !r.srv.Voter:
 		case r.guessed:
 			guessed++
+			ids = append(ids, r.srv.ID)
 		default:
 			sure++
 		}
 	}
-	if guessed > 0 && 2*guessed >= voters-sure {
-		var ids []string
-		for _, r := range remove {
-			if r.guessed && r.srv.Voter {
-				ids = append(ids, r.srv.ID)
-			}
-		}
-		if w := "quorum:" + strings.Join(ids, ","); c.warned != w {
-			c.warned = w
-			n.log.Warn("raft: not removing servers: fewer than a quorum of voters would remain", "servers", ids, "voters", voters)
-		}
-		remove = slices.DeleteFunc(remove, func(r removal) bool { return r.guessed && r.srv.Voter })
+	if guessed == 0 || 2*guessed < voters-sure {
+		return remove
 	}
-	removed := map[string]bool{}
+	c := &n.group
+	if w := "quorum:" + strings.Join(ids, ","); c.warned != w {
+		c.warned = w
+		n.log.Warn("raft: not removing servers: fewer than a quorum of voters would remain", "servers", ids, "voters", voters)
+	}
+	return slices.DeleteFunc(remove, func(r removal) bool { return r.guessed && r.srv.Voter })
+}
+
+// removeServers applies the removals; it answers which went, and a retry
+// pause when one did not.
+func (n *Node) removeServers(remove []removal, names map[string]string) (removed map[string]bool, again time.Duration) {
+	removed = map[string]bool{}
 	for _, r := range remove {
 		if err := n.RemoveServer(r.srv.ID); err != nil {
 			n.log.Warn("raft: removing a server", "id", r.srv.ID, "node", names[r.srv.ID], "err", err)
@@ -141,24 +174,28 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 		removed[r.srv.ID] = true
 		n.log.Info("raft: removed a server", "id", r.srv.ID, "node", names[r.srv.ID], "why", r.why)
 	}
+	return removed, again
+}
 
-	// Self too: a server restarted on a new port that leads (alone, or
-	// before the others moved it) puts its own new address in.
-	for _, p := range servers {
+// addServers makes every alive server a voter at its gossip address:
+// new ones are added, moved ones change address in place (self too: a
+// server restarted on a new port that leads puts its own new address in).
+func (n *Node) addServers(ctx context.Context, v *leaderView, removed map[string]bool) (again time.Duration) {
+	for _, p := range append([]Peer{v.self}, v.peers...) {
 		if p.Status != registry.MemberAlive {
 			continue
 		}
-		s, ok := inCfg[p.ID]
+		s, ok := v.inCfg[p.ID]
 		if ok && s.Address == p.Addr && s.Voter {
 			continue
 		}
-		if !ok && slices.ContainsFunc(cfg, func(e Server) bool { return e.Address == p.Addr && e.ID != p.ID && !removed[e.ID] }) {
+		if !ok && slices.ContainsFunc(v.cfg, func(e Server) bool { return e.Address == p.Addr && e.ID != p.ID && !removed[e.ID] }) {
 			continue // the old holder of its address has to go first
 		}
 		// A voter that cannot be reached can stall the group (a group of
 		// one that adds it needs both to commit), so first check that its
 		// server port answers: Raft comes in on the same port.
-		if p.ID != self.ID {
+		if p.ID != v.self.ID {
 			if _, err := n.askPeers(ctx, p.Addr); err != nil {
 				if ctx.Err() == nil {
 					n.log.Warn("raft: a server's port does not answer, not adding it yet", "node", p.Name, "addr", p.Addr, "err", err)
@@ -183,9 +220,6 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 			n.log.Info("raft: made a server a voter", "id", p.ID, "node", p.Name)
 		}
 	}
-
-	n.pollIndexes(ctx, self, byID)
-	n.pruneNames(byID)
 	return again
 }
 

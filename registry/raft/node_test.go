@@ -13,10 +13,13 @@ import (
 	"github.com/pier-dev/pier/deploy/eventually"
 )
 
+// fast shortens Raft's timeouts for tests, not so far that a loaded
+// machine (the suite runs packages in parallel, under -race) makes a
+// follower miss heartbeats and depose a healthy leader mid-test.
 func fast(c *hraft.Config) {
-	c.HeartbeatTimeout = 200 * time.Millisecond
-	c.ElectionTimeout = 200 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
+	c.HeartbeatTimeout = 500 * time.Millisecond
+	c.ElectionTimeout = 500 * time.Millisecond
+	c.LeaderLeaseTimeout = 250 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
 }
 

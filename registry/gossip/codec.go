@@ -19,6 +19,7 @@ const (
 	msgLeave        byte = 'l' // a node name that is about to leave gracefully
 	msgKeyring      byte = 'K' // a keyring operation another node asks for (JSON)
 	msgKeyringReply byte = 'k' // a node's answer to one (JSON)
+	msgEvent        byte = 'E' // a user event (events.go), JSON
 	stateZ          byte = 'S' // push/pull: []NodeState, deflated JSON
 )
 
@@ -66,6 +67,43 @@ func decodeEntry(msg []byte) (registry.Entry, error) {
 	}
 	err := json.Unmarshal(body, &e)
 	return e, err
+}
+
+// wireEvent is a user event on the wire, with short keys: it has to fit in
+// one packet.
+type wireEvent struct {
+	ID            string `json:"id"`
+	Name          string `json:"n"`
+	Payload       []byte `json:"p,omitempty"`
+	NodeFilter    string `json:"nf,omitempty"`
+	ServiceFilter string `json:"sf,omitempty"`
+	TagFilter     string `json:"tf,omitempty"`
+	Version       int    `json:"v"`
+	LTime         uint64 `json:"lt"`
+}
+
+func encodeEvent(e UserEvent) ([]byte, error) {
+	b, err := json.Marshal(wireEvent(e))
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{msgEvent}, b...), nil
+}
+
+// decodeEvent reads a user event; one without an ID or a name is refused,
+// as it could be neither deduplicated nor listed.
+func decodeEvent(msg []byte) (UserEvent, error) {
+	if len(msg) == 0 || msg[0] != msgEvent {
+		return UserEvent{}, errors.New("not a user event")
+	}
+	var w wireEvent
+	if err := json.Unmarshal(msg[1:], &w); err != nil {
+		return UserEvent{}, err
+	}
+	if w.ID == "" || w.Name == "" {
+		return UserEvent{}, errors.New("user event without an ID or a name")
+	}
+	return UserEvent(w), nil
 }
 
 // state is what a push/pull carries: every member's records and the KV

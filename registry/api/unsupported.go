@@ -31,7 +31,7 @@ var missingPrefixes = []string{
 // raftServed are the missing prefixes that Consensus serves.
 var raftServed = map[string]bool{
 	"/v1/session/": true, "/v1/txn": true, "/v1/snapshot": true, "/v1/operator/raft/": true,
-	"/v1/catalog/register": true, "/v1/catalog/deregister": true,
+	"/v1/catalog/register": true, "/v1/catalog/deregister": true, "/v1/operator/autopilot/": true,
 }
 
 func (s *Server) unsupportedRoutes() {

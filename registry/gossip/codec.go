@@ -106,11 +106,16 @@ func decodeEvent(msg []byte) (UserEvent, error) {
 	return UserEvent(w), nil
 }
 
-// state is what a push/pull carries: every member's records and the KV
-// store.
+// state is what a push/pull carries: every member's records, the KV
+// store and the user-event clock.
 type state struct {
 	Nodes []registry.NodeState `json:"n"`
 	KV    []registry.Entry     `json:"kv,omitempty"`
+	// EventClock is the sender's user-event Lamport clock, as Serf's
+	// push/pull carries it: a node that restarts from 0 learns the
+	// cluster's time before it fires, else the others would take its
+	// events for old ones.
+	EventClock uint64 `json:"el,omitempty"`
 }
 
 func encodeState(st state) ([]byte, error) {

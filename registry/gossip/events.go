@@ -104,6 +104,22 @@ func (ev *events) witness(id string, lt uint64) bool {
 	return true
 }
 
+// now answers the clock, for push/pull.
+func (ev *events) now() uint64 {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	return ev.clock
+}
+
+// catchUp moves the clock to a peer's, learnt by push/pull.
+func (ev *events) catchUp(clock uint64) {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if clock < math.MaxUint64-eventWindow {
+		ev.clock = max(ev.clock, clock)
+	}
+}
+
 // tick answers the time of an event fired here and moves the clock on.
 func (ev *events) tick(id string) uint64 {
 	ev.mu.Lock()

@@ -163,3 +163,23 @@ func equalEvents(a, b UserEvent) bool {
 	return a.ID == b.ID && a.Name == b.Name && bytes.Equal(a.Payload, b.Payload) && a.NodeFilter == b.NodeFilter &&
 		a.ServiceFilter == b.ServiceFilter && a.TagFilter == b.TagFilter && a.Version == b.Version && a.LTime == b.LTime
 }
+
+// TestUserEventClockOnJoin: a node that starts from clock 0 learns the
+// cluster's event clock by push/pull at its join, so the others do not take
+// its first events for old ones.
+func TestUserEventClockOnJoin(t *testing.T) {
+	n0 := startNode(t, "n0", opts{})
+	n0.g.ev.mu.Lock()
+	n0.g.ev.clock = 3 * eventWindow
+	n0.g.ev.mu.Unlock()
+	n1 := startNode(t, "n1", opts{join: []string{n0.g.Addr()}})
+	eventually.True(t, 30*time.Second, "n1 learns the clock", func() bool { return n1.g.ev.now() >= 3*eventWindow })
+	e, err := n1.g.FireEvent(UserEvent{Name: "fresh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.LTime < 3*eventWindow {
+		t.Fatalf("the joined node fired at %d, before the cluster's clock", e.LTime)
+	}
+	eventually.True(t, 30*time.Second, "n0 keeps n1's event", func() bool { return slices.Contains(keptIDs(n0.g), e.ID) })
+}

@@ -407,6 +407,7 @@ func (g *Gossip) process(items []item) {
 				g.log.Warn("dropping a push/pull state that does not decode", "err", err)
 				continue
 			}
+			g.ev.catchUp(st.EventClock)
 			// What a push/pull taught us (a node that just joined, most
 			// often) is passed on as broadcasts too, so that it spreads in
 			// seconds rather than at the next push/pull of each node; a

@@ -152,6 +152,16 @@ func (s *Server) autopilotSetConfig(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, true)
 }
 
+// leaderView answers the leader's node, also for ?stale: only the leader
+// polls the others, so a follower knows no one's health but its own.
+func (s *Server) leaderView(w http.ResponseWriter, r *http.Request) (*raft.Node, bool) {
+	n, ok := s.raftWrite(w, r)
+	if ok {
+		s.raftMeta(w, r, n)
+	}
+	return n, ok
+}
+
 // serverHealth is Consul's ServerHealth.
 type serverHealth struct {
 	ID          string
@@ -176,7 +186,7 @@ func (s *Server) autopilotHealth(w http.ResponseWriter, r *http.Request) {
 	if !s.localDC(w, r) {
 		return
 	}
-	_, n, ok := s.raftRead(w, r)
+	n, ok := s.leaderView(w, r)
 	if !ok {
 		return
 	}
@@ -225,7 +235,7 @@ func (s *Server) autopilotState(w http.ResponseWriter, r *http.Request) {
 	if !s.localDC(w, r) {
 		return
 	}
-	_, n, ok := s.raftRead(w, r)
+	n, ok := s.leaderView(w, r)
 	if !ok {
 		return
 	}

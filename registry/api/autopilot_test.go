@@ -110,6 +110,10 @@ func TestAutopilotOperator(t *testing.T) {
 		}
 	}
 
+	// ?stale on a client still reaches the leader: only it knows the others.
+	if h, err := op.AutopilotServerHealth(&consul.QueryOptions{AllowStale: true}); err != nil || !h.Healthy {
+		t.Errorf("stale health: %+v, %v", h, err)
+	}
 	state, err := op.AutopilotState(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -101,6 +101,15 @@ func (ev *events) witness(id string, lt uint64) bool {
 			}
 		}
 	}
+	// Many events at one time (only a peer that crafts them makes that)
+	// would still grow the set: past a bound, any go; at worst an event is
+	// kept twice.
+	for k := range ev.seen {
+		if len(ev.seen) <= 4*eventWindow {
+			break
+		}
+		delete(ev.seen, k)
+	}
 	return true
 }
 

@@ -371,6 +371,21 @@ func (c cluster) KeyringOp(op, key string) ([]api.KeyringAnswer, error) {
 	return out, err
 }
 
+// FireEvent and Events carry Consul's user events for the API.
+func (c cluster) FireEvent(e api.UserEvent) (api.UserEvent, error) {
+	out, err := c.Gossip.FireEvent(gossip.UserEvent(e))
+	return api.UserEvent(out), err
+}
+
+func (c cluster) Events() ([]api.UserEvent, <-chan struct{}) {
+	evs, changed := c.Gossip.Events()
+	out := make([]api.UserEvent, len(evs))
+	for i, e := range evs {
+		out[i] = api.UserEvent(e)
+	}
+	return out, changed
+}
+
 func (c cluster) Leave() error {
 	err := c.Gossip.Leave()
 	c.stop()

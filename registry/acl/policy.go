@@ -30,6 +30,8 @@ type Rules struct {
 	Node          map[string]string
 	AgentPrefix   map[string]string
 	Agent         map[string]string
+	EventPrefix   map[string]string // user events (/v1/event) by name
+	Event         map[string]string
 	Operator      string
 	ACL           string
 	Keyring       string
@@ -144,6 +146,7 @@ func mergeNames(dst *map[string]access, src map[string]access) {
 // ruleSet is one policy's compiled rules.
 type ruleSet struct {
 	service, key, node, agent resourceRules
+	event                     resourceRules
 	operator, acl, keyring    access
 }
 
@@ -159,6 +162,7 @@ func compileRules(r Rules) (*ruleSet, error) {
 		{"key", &rs.key, r.Key, r.KeyPrefix},
 		{"node", &rs.node, r.Node, r.NodePrefix},
 		{"agent", &rs.agent, r.Agent, r.AgentPrefix},
+		{"event", &rs.event, r.Event, r.EventPrefix},
 	} {
 		if err := x.dst.parse(x.kind, x.exact, x.prefix); err != nil {
 			return nil, err
@@ -185,6 +189,7 @@ func compileRules(r Rules) (*ruleSet, error) {
 func (rs *ruleSet) merge(o *ruleSet) {
 	for _, x := range []struct{ dst, src *resourceRules }{
 		{&rs.service, &o.service}, {&rs.key, &o.key}, {&rs.node, &o.node}, {&rs.agent, &o.agent},
+		{&rs.event, &o.event},
 	} {
 		mergeNames(&x.dst.exact, x.src.exact)
 		mergeNames(&x.dst.prefix, x.src.prefix)
@@ -234,6 +239,8 @@ func (p *Policy) NodeRead(name string) bool     { return p.can(&p.rules.node, na
 func (p *Policy) NodeWrite(name string) bool    { return p.can(&p.rules.node, name, true) }
 func (p *Policy) AgentRead(name string) bool    { return p.can(&p.rules.agent, name, false) }
 func (p *Policy) AgentWrite(name string) bool   { return p.can(&p.rules.agent, name, true) }
+func (p *Policy) EventRead(name string) bool    { return p.can(&p.rules.event, name, false) }
+func (p *Policy) EventWrite(name string) bool   { return p.can(&p.rules.event, name, true) }
 func (p *Policy) OperatorRead() bool            { return p.level(p.rules.operator, false) }
 func (p *Policy) OperatorWrite() bool           { return p.level(p.rules.operator, true) }
 

@@ -17,13 +17,14 @@ import (
 //	key_prefix "app/" { policy = "write" }
 //	node_prefix "" { policy = "read" }
 //	agent "node1" { policy = "read" }
+//	event_prefix "deploy-" { policy = "write" }
 //	operator = "read"
 //	acl = "write"
 //
 // The grammar is hand-written rather than hashicorp/hcl: Consul's rules use
 // one block shape and a few attributes, and a small parser is easy to fuzz
 // and gives errors that name the rule and the line. Rules for what pier does
-// not have (event, query, session, mesh, peering, a service's intentions)
+// not have (query, session, mesh, peering, a service's intentions)
 // are accepted and have no effect, so Consul's policies can be pasted;
 // anything else is an error.
 func ParseRules(src string) (Rules, error) {
@@ -54,11 +55,13 @@ var ruleBlocks = map[string]func(*Rules) *map[string]string{
 	"node":           func(r *Rules) *map[string]string { return &r.Node },
 	"agent_prefix":   func(r *Rules) *map[string]string { return &r.AgentPrefix },
 	"agent":          func(r *Rules) *map[string]string { return &r.Agent },
+	"event_prefix":   func(r *Rules) *map[string]string { return &r.EventPrefix },
+	"event":          func(r *Rules) *map[string]string { return &r.Event },
 }
 
 // ignoredBlocks and ignoredAttrs are Consul rules for features pier lacks.
 var ignoredBlocks = map[string]bool{
-	"event": true, "event_prefix": true, "query": true, "query_prefix": true,
+	"query": true, "query_prefix": true,
 	"session": true, "session_prefix": true,
 }
 

@@ -22,6 +22,8 @@ func TestParseRules(t *testing.T) {
 		Node:          map[string]string{"n1": "write"},
 		AgentPrefix:   map[string]string{"": "read"},
 		Agent:         map[string]string{"n1": "write"},
+		EventPrefix:   map[string]string{"": "read"},
+		Event:         map[string]string{"deploy": "write"},
 		Operator:      "read",
 		ACL:           "write",
 		Keyring:       "deny",
@@ -42,6 +44,8 @@ node_prefix "" { policy = "read" }
 node "n1" { policy = "write" }
 agent_prefix "" { policy = "read" }
 agent "n1" { policy = "write" }
+event_prefix "" { policy = "read" }
+event "deploy" { policy = "write" }
 session_prefix "" { policy = "write" }
 operator = "read"
 acl = "write"
@@ -58,6 +62,7 @@ mesh = "read"
   "agent_prefix": {"": {"policy": "read"}},
   "agent": {"n1": {"policy": "write"}},
   "event_prefix": {"": {"policy": "read"}},
+  "event": {"deploy": {"policy": "write"}},
   "operator": "read", "acl": "write", "keyring": "deny", "peering": "read"
 }`
 	for name, src := range map[string]string{"hcl": hcl, "json": js} {
@@ -178,4 +183,31 @@ func FuzzParseRules(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestEventRules: Consul's event rules decide who fires and who lists
+// user events by name.
+func TestEventRules(t *testing.T) {
+	r, err := acl.ParseRules(`event_prefix "" { policy = "read" }
+event "deploy" { policy = "write" }
+event_prefix "secret-" { policy = "deny" }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := acl.New(acl.Config{Enabled: true, DefaultPolicy: "deny", Tokens: []acl.Token{{Secret: "s", Rules: r}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := a.Resolve("s")
+	for _, c := range []struct {
+		name        string
+		read, write bool
+	}{{"deploy", true, true}, {"deploy-2", true, false}, {"other", true, false}, {"secret-x", false, false}} {
+		if got := p.EventRead(c.name); got != c.read {
+			t.Errorf("EventRead(%q) = %v", c.name, got)
+		}
+		if got := p.EventWrite(c.name); got != c.write {
+			t.Errorf("EventWrite(%q) = %v", c.name, got)
+		}
+	}
 }

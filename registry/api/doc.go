@@ -13,11 +13,12 @@
 // cancellation.
 //
 // With Config.Consensus (servers running registry/raft), the KV store,
-// sessions, txn, status, operator raft and snapshots are served from the
-// Raft state (consensus.go): the leader serves writes and default reads,
-// any server ?stale ones, and every other agent forwards the HTTP request
-// as it came; ServerPortHandler is what a server's port serves to them.
-// Without it the KV store is gossip's, last writer wins.
+// sessions, txn, status, operator raft and autopilot, and snapshots are
+// served from the Raft state (consensus.go): the leader serves writes and
+// default reads, any server ?stale ones, and every other agent forwards the
+// HTTP request as it came; ServerPortHandler is what a server's port serves
+// to them. Without it the KV store is gossip's, last writer wins. User
+// events (event.go) go through the Cluster when it carries them (Eventer).
 //
 // ACLs live in registry/acl; this package resolves every request's token
 // through it at one gate (acl.go); each route declares, where it is

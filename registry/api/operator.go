@@ -18,6 +18,7 @@ func (s *Server) operatorRoutes() {
 	s.raftRoute("DELETE /v1/operator/raft/peer", s.raftRemovePeer, operatorWrite)
 	s.raftRoute("GET /v1/snapshot", s.snapshotSave, aclWrite)
 	s.raftRoute("PUT /v1/snapshot", s.snapshotRestore, aclWrite)
+	s.autopilotRoutes() // autopilot.go
 }
 
 // Snapshots hold every token's secret once ACLs live in Raft: Consul asks

@@ -227,6 +227,13 @@ func startRaftAgent(t *testing.T, name string, server bool, servers func() []str
 // startRaftAgentReg is startRaftAgent with the registry's config edited.
 func startRaftAgentReg(t *testing.T, name string, server bool, servers func() []string, adjust func(*api.Config), edit func(*registry.Config)) *raftAgent {
 	t.Helper()
+	return startRaftAgentTuned(t, name, server, servers, adjust, edit, nil)
+}
+
+// startRaftAgentTuned is startRaftAgentReg with the server's raft.Config
+// adjusted last.
+func startRaftAgentTuned(t *testing.T, name string, server bool, servers func() []string, adjust func(*api.Config), edit func(*registry.Config), tune func(*raft.Config)) *raftAgent {
+	t.Helper()
 	rcfg := registry.DefaultConfig()
 	rcfg.NodeName = name
 	rcfg.Address = "127.0.0.1"
@@ -246,8 +253,12 @@ func startRaftAgentReg(t *testing.T, name string, server bool, servers func() []
 		var n *raft.Node
 		for attempt := 0; ; attempt++ {
 			bind := freePort(t)
-			n, err = raft.New(raft.Config{ID: name, Bind: bind, Advertise: mux.addr(), Tune: fastRaft,
-				ApplyTimeout: 5 * time.Second})
+			rc := raft.Config{ID: name, Bind: bind, Advertise: mux.addr(), Tune: fastRaft,
+				ApplyTimeout: 5 * time.Second}
+			if tune != nil {
+				tune(&rc)
+			}
+			n, err = raft.New(rc)
 			if err == nil {
 				mux.raftAddr = bind
 				break
@@ -300,6 +311,7 @@ func startRaftAgentReg(t *testing.T, name string, server bool, servers func() []
 		// (startMirrors).
 		port := http.NewServeMux()
 		port.Handle(raft.MirrorPath, raft.MirrorHandler(a.node))
+		port.Handle(raft.PeersPath, a.node.PeersHandler())
 		port.Handle("/", a.srv.ServerPortHandler())
 		inner = &http.Server{Handler: port, BaseContext: func(net.Listener) context.Context { return ctx }}
 		wg.Add(1)

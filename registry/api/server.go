@@ -178,6 +178,7 @@ func (s *Server) routes() {
 		s.kvRoutes() // the gossip KV store (kv.go)
 	}
 	s.keyringRoutes() // gossip key rotation (keyring.go)
+	s.eventRoutes()   // user events (event.go)
 	s.aclRoutes()     // tokens, policies and roles (registry/acl)
 	s.debugRoutes()   // host facts, profiles (agent_debug.go)
 	s.writes("/v1/agent/join/{addr...}", s.agentJoin, s.agentWrite)

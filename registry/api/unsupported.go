@@ -20,7 +20,8 @@ var connectPrefixes = []string{
 
 // missingPrefixes are Consul endpoints pier does not serve yet; they need
 // servers that agree (sessions, txn, external services, snapshots, Raft)
-// or are still to come (events, coordinates, prepared queries).
+// or are still to come (coordinates, prepared queries); events need the
+// gossip layer (event.go).
 var missingPrefixes = []string{
 	"/v1/session/", "/v1/txn", "/v1/catalog/register", "/v1/catalog/deregister",
 	"/v1/snapshot", "/v1/operator/raft/", "/v1/operator/autopilot/", "/v1/operator/usage",
@@ -30,7 +31,7 @@ var missingPrefixes = []string{
 // raftServed are the missing prefixes that Consensus serves.
 var raftServed = map[string]bool{
 	"/v1/session/": true, "/v1/txn": true, "/v1/snapshot": true, "/v1/operator/raft/": true,
-	"/v1/catalog/register": true, "/v1/catalog/deregister": true,
+	"/v1/catalog/register": true, "/v1/catalog/deregister": true, "/v1/operator/autopilot/": true,
 }
 
 func (s *Server) unsupportedRoutes() {
@@ -42,6 +43,9 @@ func (s *Server) unsupportedRoutes() {
 	}
 	for _, p := range missingPrefixes {
 		if s.cfg.Consensus != nil && raftServed[p] {
+			continue
+		}
+		if p == "/v1/event/" && s.eventer() != nil {
 			continue
 		}
 		s.route(p, func(w http.ResponseWriter, r *http.Request) {

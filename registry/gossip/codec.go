@@ -19,6 +19,7 @@ const (
 	msgLeave        byte = 'l' // a node name that is about to leave gracefully
 	msgKeyring      byte = 'K' // a keyring operation another node asks for (JSON)
 	msgKeyringReply byte = 'k' // a node's answer to one (JSON)
+	msgEvent        byte = 'E' // a user event (events.go), JSON
 	stateZ          byte = 'S' // push/pull: []NodeState, deflated JSON
 )
 
@@ -68,11 +69,53 @@ func decodeEntry(msg []byte) (registry.Entry, error) {
 	return e, err
 }
 
-// state is what a push/pull carries: every member's records and the KV
-// store.
+// wireEvent is a user event on the wire, with short keys: it has to fit in
+// one packet.
+type wireEvent struct {
+	ID            string `json:"id"`
+	Name          string `json:"n"`
+	Payload       []byte `json:"p,omitempty"`
+	NodeFilter    string `json:"nf,omitempty"`
+	ServiceFilter string `json:"sf,omitempty"`
+	TagFilter     string `json:"tf,omitempty"`
+	Version       int    `json:"v"`
+	LTime         uint64 `json:"lt"`
+}
+
+func encodeEvent(e UserEvent) ([]byte, error) {
+	b, err := json.Marshal(wireEvent(e))
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{msgEvent}, b...), nil
+}
+
+// decodeEvent reads a user event; one without an ID or a name is refused,
+// as it could be neither deduplicated nor listed.
+func decodeEvent(msg []byte) (UserEvent, error) {
+	if len(msg) == 0 || msg[0] != msgEvent {
+		return UserEvent{}, errors.New("not a user event")
+	}
+	var w wireEvent
+	if err := json.Unmarshal(msg[1:], &w); err != nil {
+		return UserEvent{}, err
+	}
+	if w.ID == "" || w.Name == "" {
+		return UserEvent{}, errors.New("user event without an ID or a name")
+	}
+	return UserEvent(w), nil
+}
+
+// state is what a push/pull carries: every member's records, the KV
+// store and the user-event clock.
 type state struct {
 	Nodes []registry.NodeState `json:"n"`
 	KV    []registry.Entry     `json:"kv,omitempty"`
+	// EventClock is the sender's user-event Lamport clock, as Serf's
+	// push/pull carries it: a node that restarts from 0 learns the
+	// cluster's time before it fires, else the others would take its
+	// events for old ones.
+	EventClock uint64 `json:"el,omitempty"`
 }
 
 func encodeState(st state) ([]byte, error) {

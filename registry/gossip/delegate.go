@@ -48,7 +48,7 @@ func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
 // LocalState reads the registry, which never blocks for long: its writers
 // hold their lock only to apply a change.
 func (d delegate) LocalState(join bool) []byte {
-	b, err := encodeState(state{Nodes: d.g.cfg.Registry.FullState(), KV: d.g.cfg.Registry.KVState()})
+	b, err := encodeState(state{Nodes: d.g.cfg.Registry.FullState(), KV: d.g.cfg.Registry.KVState(), EventClock: d.g.ev.now()})
 	if err != nil {
 		d.g.log.Error("encoding state for push/pull", "err", err)
 		return nil

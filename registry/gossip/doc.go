@@ -3,8 +3,9 @@
 //
 // It owns the memberlist delegate, the broadcasts of this node's changed
 // entries (one service, one check, the node record), push/pull anti-entropy
-// of whole node states, membership events (join, leave, failure, reaping)
-// and the encryption key. Merging is the registry's: an entry's owner is its
+// of whole node states, membership events (join, leave, failure, reaping),
+// the encryption key, and Consul's user events (events.go), which are
+// broadcast once by every node and kept, not merged. Merging is the registry's: an entry's owner is its
 // only writer, and the higher version wins, so order does not matter.
 //
 // Memberlist callbacks never block: they copy what they got into an inbox

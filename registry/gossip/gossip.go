@@ -71,6 +71,7 @@ type Gossip struct {
 	queue *memberlist.TransmitLimitedQueue
 	in    *inbox
 	met   *gossipMetrics // nil: no metrics
+	ev    *events        // user events (events.go)
 
 	mu           sync.Mutex
 	members      map[string]*memberState
@@ -134,7 +135,7 @@ func New(cfg Config) (*Gossip, error) {
 	default:
 		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
 	}
-	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ),
+	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), ev: newEvents(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ),
 		sendSlots: make(chan struct{}, maxReliableSends), stopping: make(chan struct{})}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -396,6 +397,8 @@ func (g *Gossip) process(items []item) {
 				g.onKeyringMsg(it.buf[1:])
 			case msgKeyringReply:
 				g.onKeyringReply(it.buf[1:])
+			case msgEvent:
+				g.onEvent(it.buf)
 			}
 		case itemState:
 			flush()
@@ -404,6 +407,7 @@ func (g *Gossip) process(items []item) {
 				g.log.Warn("dropping a push/pull state that does not decode", "err", err)
 				continue
 			}
+			g.ev.catchUp(st.EventClock)
 			// What a push/pull taught us (a node that just joined, most
 			// often) is passed on as broadcasts too, so that it spreads in
 			// seconds rather than at the next push/pull of each node; a

@@ -244,6 +244,7 @@ func (n *Node) pollIndexes(ctx context.Context, self Peer, byID map[string]Peer)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	got := map[string]uint64{}
+	answers := map[string]polled{}
 	for _, s := range cfg {
 		p, ok := byID[s.ID]
 		if s.ID == self.ID || !ok || p.Status != registry.MemberAlive {
@@ -253,6 +254,7 @@ func (n *Node) pollIndexes(ctx context.Context, self Peer, byID map[string]Peer)
 			if info, err := n.askPeers(ctx, s.Address); err == nil {
 				mu.Lock()
 				got[s.ID] = info.LastIndex
+				answers[s.ID] = polled{at: time.Now(), term: info.LastTerm}
 				mu.Unlock()
 			}
 		})
@@ -260,6 +262,7 @@ func (n *Node) pollIndexes(ctx context.Context, self Peer, byID map[string]Peer)
 	wg.Wait()
 	n.group.mu.Lock()
 	n.group.lastIndex = got
+	n.group.polled = answers
 	n.group.mu.Unlock()
 }
 

@@ -93,6 +93,7 @@ type group struct {
 	peers     []Peer            // latest wins
 	names     map[string]string // Raft ID → node name
 	lastIndex map[string]uint64 // Raft ID → last log index it reported (leader)
+	polled    map[string]polled // Raft ID → its answer to the leader's last poll
 
 	gen  uint64        // Reconciles so far
 	done atomic.Uint64 // the gen of the last finished pass, for tests
@@ -122,6 +123,7 @@ func (c *group) init() {
 	c.kick = make(chan struct{}, 1)
 	c.names = map[string]string{}
 	c.lastIndex = map[string]uint64{}
+	c.polled = map[string]polled{}
 	c.since = map[string]seen{}
 	c.absent = map[string]time.Time{}
 	// No keep-alives: an idle pooled connection would outlive the Node.
@@ -326,6 +328,7 @@ func (n *Node) maybeBootstrap(ctx context.Context, self Peer, servers []Peer) ti
 type peersInfo struct {
 	Peers     []string // the addresses of this server's configuration
 	LastIndex uint64
+	LastTerm  uint64 // its current term, for autopilot's health (health.go)
 }
 
 // PeersHandler answers GET PeersPath on the servers' internal HTTP: this
@@ -338,7 +341,7 @@ func (n *Node) PeersHandler() http.Handler {
 			http.Error(w, "method must be GET", http.StatusMethodNotAllowed)
 			return
 		}
-		info := peersInfo{Peers: []string{}, LastIndex: n.raft.LastIndex()}
+		info := peersInfo{Peers: []string{}, LastIndex: n.raft.LastIndex(), LastTerm: n.raft.CurrentTerm()}
 		cfg, err := n.Configuration()
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)

@@ -39,6 +39,7 @@ type Config struct {
 	LeaveTimeout     time.Duration         // how long a graceful leave waits to be heard; default 5s
 	MaxMembers       int                   // the most nodes one push/pull may list; default 10,000
 	DigestInterval   time.Duration         // how often a digest goes to a random member to repair missed broadcasts; default 1s
+	CoordinatePeriod time.Duration         // how often learned network coordinates are published; default 5s, as Consul batches them
 	Logger           *slog.Logger          // nil: discard
 	Registerer       prometheus.Registerer // nil: no metrics
 	// Memberlist adjusts memberlist's configuration (DefaultLANConfig) last;
@@ -59,6 +60,7 @@ func DefaultConfig() Config {
 		LeaveTimeout:     5 * time.Second,
 		MaxMembers:       10000,
 		DigestInterval:   time.Second,
+		CoordinatePeriod: 5 * time.Second,
 	}
 }
 
@@ -72,6 +74,7 @@ type Gossip struct {
 	in    *inbox
 	met   *gossipMetrics // nil: no metrics
 	ev    *events        // user events (events.go)
+	coord *coordinates   // network coordinates (coordinate.go)
 
 	mu           sync.Mutex
 	members      map[string]*memberState
@@ -130,6 +133,9 @@ func New(cfg Config) (*Gossip, error) {
 	if cfg.MaxMembers <= 0 {
 		cfg.MaxMembers = def.MaxMembers
 	}
+	if cfg.CoordinatePeriod <= 0 {
+		cfg.CoordinatePeriod = def.CoordinatePeriod
+	}
 	switch len(cfg.EncryptKey) {
 	case 0, 16, 24, 32:
 	default:
@@ -176,6 +182,10 @@ func New(cfg Config) (*Gossip, error) {
 	mc.Delegate = delegate{g}
 	mc.Events = delegate{g}
 	mc.Alive = delegate{g}
+	if g.coord, err = newCoordinates(self.Name); err != nil {
+		return nil, err
+	}
+	mc.Ping = pingDelegate{g.coord}
 	mc.Logger = newStdLogger(g.log)
 	// A node that comes back on another address (a rescheduled container)
 	// may take its name back once its old self has been dead this long.
@@ -307,6 +317,11 @@ func (g *Gossip) Run(ctx context.Context) error {
 			g.retryJoin(ctx)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g.coord.run(ctx, g.cfg.CoordinatePeriod)
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

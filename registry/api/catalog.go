@@ -105,6 +105,7 @@ func (s *Server) catalogService(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if out, ok = filtered(w, q.filter, out); ok {
+		sortNear(s, r, out, func(c *catalogService) string { return c.Node })
 		writeJSON(w, r, out)
 	}
 }
@@ -122,6 +123,7 @@ func (s *Server) catalogNodes(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if out, ok = filtered(w, q.filter, out); ok {
+		sortNear(s, r, out, func(n *node) string { return n.Node })
 		writeJSON(w, r, out)
 	}
 }

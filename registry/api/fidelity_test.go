@@ -311,8 +311,8 @@ func TestUnsupportedEndpointsSaySo(t *testing.T) {
 		!strings.Contains(err.Error(), "pier does not serve /v1/txn") {
 		t.Errorf("Txn: %v", err)
 	}
-	if _, _, err := a.client.Coordinate().Nodes(nil); err == nil || !strings.Contains(err.Error(), "/v1/coordinate/nodes") {
-		t.Errorf("Coordinate().Nodes: %v", err)
+	if _, _, err := a.client.PreparedQuery().List(nil); err == nil || !strings.Contains(err.Error(), "/v1/query") {
+		t.Errorf("PreparedQuery().List: %v", err)
 	}
 }
 

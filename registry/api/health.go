@@ -32,6 +32,7 @@ func (s *Server) healthService(w http.ResponseWriter, r *http.Request) {
 		})
 	}
 	if out, ok = filtered(w, q.filter, out); ok {
+		sortNear(s, r, out, func(e *serviceEntry) string { return e.Node.Node })
 		writeJSON(w, r, out)
 	}
 }

@@ -197,6 +197,8 @@ func (s *Server) routes() {
 	s.route("GET /v1/health/node/{node}", s.healthNode, nodeRead)
 	s.route("GET /v1/health/state/{state}", s.healthState, acl.Anyone) // filtered
 
+	s.coordinateRoutes() // network coordinates (coordinate.go)
+
 	s.raftRoute("GET /v1/status/leader", s.statusLeader, acl.Anyone)
 	s.raftRoute("GET /v1/status/peers", s.statusPeers, acl.Anyone)
 	s.unsupportedRoutes()

@@ -20,12 +20,12 @@ var connectPrefixes = []string{
 
 // missingPrefixes are Consul endpoints pier does not serve yet; they need
 // servers that agree (sessions, txn, external services, snapshots, Raft)
-// or are still to come (coordinates, prepared queries); events need the
-// gossip layer (event.go).
+// or are still to come (prepared queries); events need the gossip layer
+// (event.go).
 var missingPrefixes = []string{
 	"/v1/session/", "/v1/txn", "/v1/catalog/register", "/v1/catalog/deregister",
 	"/v1/snapshot", "/v1/operator/raft/", "/v1/operator/autopilot/", "/v1/operator/usage",
-	"/v1/event/", "/v1/coordinate/", "/v1/query", "/v1/query/",
+	"/v1/event/", "/v1/query", "/v1/query/",
 }
 
 // raftServed are the missing prefixes that Consensus serves.

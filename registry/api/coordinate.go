@@ -110,10 +110,8 @@ func (s *Server) coordinateNodes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	set := s.blockCoordinates(w, r, q)
-	out := coordinateList(r, set, s.reg.Snapshot())
-	if out, ok = filtered(w, q.filter, out); ok {
-		writeJSON(w, r, out)
-	}
+	writeJSON(w, r, coordinateList(r, set, s.reg.Snapshot())) // no ?filter, as Consul
+
 }
 
 // coordinateNode answers a list of the node's one coordinate (Consul's has

@@ -97,13 +97,30 @@ func (c *coordinates) publish() {
 	c.pub.Store(set)
 }
 
-// run publishes every period until ctx ends.
-func (c *coordinates) run(ctx context.Context, period time.Duration) {
+// forget drops the coordinates of nodes that left the catalog (left,
+// reaped, forced out), so that a cluster whose nodes come and go under new
+// names does not keep them all.
+func (c *coordinates) forget(known func(string) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name := range c.nodes {
+		if name != c.self && !known(name) {
+			delete(c.nodes, name)
+			c.client.ForgetNode(name)
+			c.dirty = true
+		}
+	}
+}
+
+// run publishes every period until ctx ends; known says which nodes are
+// still in the catalog.
+func (c *coordinates) run(ctx context.Context, period time.Duration, known func(string) bool) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
 		case <-t.C:
+			c.forget(known)
 			c.publish()
 		case <-ctx.Done():
 			return
@@ -211,4 +228,10 @@ func checkCoordinate(c *coordinate.Coordinate) error {
 		return fmt.Errorf("gossip: coordinate has %d dimensions, not %d", len(c.Vec), want)
 	}
 	return nil
+}
+
+// knownNode reports whether node is in the catalog.
+func (g *Gossip) knownNode(node string) bool {
+	_, ok := g.reg.Snapshot().Node(node)
+	return ok
 }

@@ -141,3 +141,20 @@ func FuzzCoordinatePayload(f *testing.F) {
 		p.NotifyPingComplete(&memberlist.Node{Name: "peer"}, time.Millisecond, b)
 	})
 }
+
+// A node that leaves the catalog leaves the coordinates too.
+func TestCoordinatesForgetNodesThatLeft(t *testing.T) {
+	nodes := coordCluster(t, 2, 100*time.Millisecond)
+	eventually.True(t, 60*time.Second, "n0 has n1's coordinate", func() bool {
+		_, ok := nodes[0].g.Coordinates().Coordinate("n1")
+		return ok
+	})
+	nodes[1].stop()
+	eventually.True(t, 60*time.Second, "n0 forgot n1's coordinate", func() bool {
+		_, ok := nodes[0].g.Coordinates().Coordinate("n1")
+		return !ok
+	})
+	if _, ok := nodes[0].g.Coordinates().Coordinate("n0"); !ok {
+		t.Fatal("n0 forgot its own coordinate")
+	}
+}

@@ -320,7 +320,7 @@ func (g *Gossip) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		g.coord.run(ctx, g.cfg.CoordinatePeriod)
+		g.coord.run(ctx, g.cfg.CoordinatePeriod, g.knownNode)
 	}()
 	wg.Add(1)
 	go func() {

@@ -64,15 +64,18 @@ func gossipNode(t *testing.T, name string, join ...string) (*registry.Registry, 
 // serveAPI serves reg's API with cluster on loopback and answers a
 // consul/api client for it.
 func serveAPI(t *testing.T, reg *registry.Registry, cluster api.Cluster) *consul.Client {
-	c, _ := serveAPIAt(t, reg, cluster)
+	c, _ := serveAPIAt(t, reg, cluster, nil)
 	return c
 }
 
 // serveAPIAt is serveAPI that also answers the base URL.
-func serveAPIAt(t *testing.T, reg *registry.Registry, cluster api.Cluster) (*consul.Client, string) {
+func serveAPIAt(t *testing.T, reg *registry.Registry, cluster api.Cluster, adjust func(*api.Config)) (*consul.Client, string) {
 	t.Helper()
 	acfg := api.DefaultConfig()
 	acfg.Registry, acfg.Cluster, acfg.Version = reg, cluster, "test"
+	if adjust != nil {
+		adjust(&acfg)
+	}
 	srv, err := api.New(acfg)
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +301,7 @@ func TestCoordinateUpdateBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	coords := &staticCoords{nodes: map[string]*coordinate.Coordinate{"node1": at(0)}}
-	_, base := serveAPIAt(t, reg, coords)
+	_, base := serveAPIAt(t, reg, coords, nil)
 	for body, field := range map[string]string{
 		`{"Coord":{"Vec":[0,0,0,0,0,0,0,0]}}`:                                  "Node",
 		`{"Node":"node1"}`:                                                     "Coord",
@@ -321,5 +324,59 @@ func TestCoordinateUpdateBadInput(t *testing.T) {
 	}
 	if c := coords.nodes["node1"]; c.Vec[0] != 0 || len(coords.nodes) != 1 {
 		t.Fatalf("a bad update changed what is stored: %+v", coords.nodes)
+	}
+}
+
+// With ACLs, coordinate lists show the nodes the token may read, one
+// node's needs node:read on it, and pushing one needs node:write on it.
+func TestCoordinateACL(t *testing.T) {
+	rc := registry.DefaultConfig()
+	rc.NodeName, rc.Address = "node1", "127.0.0.1"
+	reg, err := registry.New(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.SetMemberStatus("a", "127.0.0.1", registry.MemberAlive)
+	reg.SetMemberStatus("b", "127.0.0.1", registry.MemberAlive)
+	coords := &staticCoords{nodes: map[string]*coordinate.Coordinate{"node1": at(0), "a": at(1), "b": at(2)}}
+	const aRead, aWrite = "66666666-a-read", "77777777-a-write"
+	_, base := serveAPIAt(t, reg, coords, func(c *api.Config) {
+		c.ACL = api.ACLConfig{Enabled: true, DefaultPolicy: "deny", InitialManagement: "11111111-mgmt", Tokens: []api.ACLToken{
+			{Secret: aRead, Rules: api.ACLRules{NodePrefix: map[string]string{"a": "read"}}},
+			{Secret: aWrite, Rules: api.ACLRules{NodePrefix: map[string]string{"a": "write"}}},
+		}}
+	})
+	client := func(token string) *consul.Client {
+		c, err := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(base, "http://"), Token: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	anon, ar, aw := client(""), client(aRead), client(aWrite)
+	if list, _, err := anon.Coordinate().Nodes(nil); err != nil || len(list) != 0 {
+		t.Fatalf("anonymous Nodes: %+v %v", list, err)
+	}
+	list, _, err := ar.Coordinate().Nodes(nil)
+	if err != nil || len(list) != 1 || list[0].Node != "a" {
+		t.Fatalf("Nodes with read on a: %+v %v", list, err)
+	}
+	if _, _, err := ar.Coordinate().Node("b", nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("Node(b) with read on a: %v, want a 403", err)
+	}
+	if dcs, err := ar.Coordinate().Datacenters(); err != nil || len(dcs) != 1 || len(dcs[0].Coordinates) != 1 {
+		t.Fatalf("Datacenters with read on a: %+v %v", dcs, err)
+	}
+	if _, err := ar.Coordinate().Update(&consul.CoordinateEntry{Node: "a", Coord: at(9)}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("Update(a) with read on a: %v, want a 403", err)
+	}
+	if _, err := aw.Coordinate().Update(&consul.CoordinateEntry{Node: "b", Coord: at(9)}, nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("Update(b) with write on a: %v, want a 403", err)
+	}
+	if _, err := aw.Coordinate().Update(&consul.CoordinateEntry{Node: "a", Coord: at(9)}, nil); err != nil {
+		t.Fatalf("Update(a) with write on a: %v", err)
+	}
+	if c := coords.Coordinates(); c.Nodes[0].Coord.Vec[0] != 0.009 || c.Nodes[1].Coord.Vec[0] != 0.002 {
+		t.Fatalf("after the updates: %+v", c.Nodes)
 	}
 }

@@ -178,8 +178,14 @@ func (s *Server) coordinateUpdate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "Coord: invalid coordinate (a negative error or height)")
 		return
 	}
-	if own, ok := s.coordinates().Coordinate(s.self()); ok && !own.Coord.IsCompatibleWith(req.Coord) {
-		httpError(w, http.StatusBadRequest, "Coord: incompatible coordinate: %d dimensions, not %d", len(req.Coord.Vec), len(own.Coord.Vec))
+	// Compatible with this agent's own, as Consul checks against its LAN
+	// coordinate; Serf's dimensions when it has none yet.
+	dims := int(coordinate.DefaultConfig().Dimensionality)
+	if own, ok := s.coordinates().Coordinate(s.self()); ok {
+		dims = len(own.Coord.Vec)
+	}
+	if len(req.Coord.Vec) != dims {
+		httpError(w, http.StatusBadRequest, "Coord: incompatible coordinate: %d dimensions, not %d", len(req.Coord.Vec), dims)
 		return
 	}
 	if p := acl.PolicyOf(r); p != nil && !p.NodeWrite(req.Node) {

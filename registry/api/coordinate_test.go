@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -379,4 +380,55 @@ func TestCoordinateACL(t *testing.T) {
 	if c := coords.Coordinates(); c.Nodes[0].Coord.Vec[0] != 0.009 || c.Nodes[1].Coord.Vec[0] != 0.002 {
 		t.Fatalf("after the updates: %+v", c.Nodes)
 	}
+}
+
+// FuzzCoordinateUpdate: any body to PUT /v1/coordinate/update is a 200 or
+// a 400; a 400 stores nothing, and whatever is stored is a coordinate the
+// Vivaldi arithmetic can use.
+func FuzzCoordinateUpdate(f *testing.F) {
+	f.Add(`{"Node":"node1","Coord":{"Vec":[0,0,0,0,0,0,0,0],"Error":1.5,"Adjustment":0,"Height":0.00001}}`)
+	f.Add(`{"Node":"node1","Coord":{"Vec":[1e308,-1e308,0,0,0,0,0,0],"Error":1e308,"Adjustment":-1e308,"Height":1e308}}`)
+	f.Add(`{"Node":"node1","Coord":{"Vec":[0,0]}}`)
+	f.Add(`{"Node":"node1","Coord":{"Vec":[0]}}`)
+	f.Add(`{"Node":"","Segment":"x"}`)
+	f.Add(`[]`)
+	rc := registry.DefaultConfig()
+	rc.NodeName, rc.Address = "node1", "127.0.0.1"
+	reg, err := registry.New(rc)
+	if err != nil {
+		f.Fatal(err)
+	}
+	coords := &staticCoords{nodes: map[string]*coordinate.Coordinate{}}
+	acfg := api.DefaultConfig()
+	acfg.Registry, acfg.Cluster = reg, coords
+	srv, err := api.New(acfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		before := len(coords.nodes)
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, httptest.NewRequest(http.MethodPut, "/v1/coordinate/update", strings.NewReader(body)))
+		switch rec.Code {
+		case http.StatusOK:
+		case http.StatusBadRequest:
+			if len(coords.nodes) != before {
+				t.Fatalf("a 400 stored something: %s", body)
+			}
+		default:
+			t.Fatalf("%s: %d %s", body, rec.Code, rec.Body)
+		}
+		for n, c := range coords.nodes {
+			if n != "node1" || !c.IsValid() || len(c.Vec) != 8 {
+				t.Fatalf("stored %s: %+v", n, c)
+			}
+			client, err := coordinate.NewClient(coordinate.DefaultConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := client.Update("node1", c, time.Millisecond); err != nil {
+				t.Fatalf("stored a coordinate the client refuses: %v", err)
+			}
+		}
+	})
 }

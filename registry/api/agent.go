@@ -323,6 +323,9 @@ func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 		"Meta":        mapOrEmpty(self.Meta),
 		"Coord":       nil,
 	}
+	if nc, ok := s.coordinates().Coordinate(self.Name); ok {
+		out["Coord"] = nc.Coord // this agent's LAN coordinate, as Consul's
+	}
 	s.addDebugAndStats(out)
 	writeJSON(w, r, out)
 }

@@ -153,6 +153,11 @@ func TestCoordinatesFromGossip(t *testing.T) {
 		t.Fatalf("blocking Nodes: index %d after %d, %v", m2.LastIndex, meta.LastIndex, err)
 	}
 
+	self, err := client.Agent().Self()
+	if err != nil || self["Coord"]["Vec"] == nil || self["Coord"]["Height"] == nil {
+		t.Fatalf("agent self's Coord: %+v, %v", self["Coord"], err)
+	}
+
 	dcs, err := client.Coordinate().Datacenters()
 	if err != nil || len(dcs) != 1 || dcs[0].Datacenter != "dc1" || dcs[0].AreaID != "wan" || len(dcs[0].Coordinates) != 3 {
 		t.Fatalf("Datacenters: %+v, %v", dcs, err)

@@ -86,15 +86,16 @@ func (c *coordinates) publish() {
 	}
 	c.dirty = false
 	c.index++
-	if c.pub.Load() != nil {
-		close(c.notify) // wakes the readers of the set being replaced
-		c.notify = make(chan struct{})
-	}
+	old := c.notify
+	c.notify = make(chan struct{})
 	set := &registry.CoordinateSet{Index: c.index, Changed: c.notify}
 	for _, name := range slices.Sorted(maps.Keys(c.nodes)) {
 		set.Nodes = append(set.Nodes, c.nodes[name])
 	}
+	// The new set is in place before the readers of the old one wake, so
+	// that they load it.
 	c.pub.Store(set)
+	close(old)
 }
 
 // forget drops the coordinates of nodes that left the catalog (left,

@@ -10,5 +10,7 @@
 //
 // Memberlist callbacks never block: they copy what they got into an inbox
 // and signal the one goroutine that applies it (memberlist #237 is what
-// blocking there does).
+// blocking there does). The ping delegate (coordinate.go) skips the inbox:
+// it updates this agent's Vivaldi network coordinate from each ping's round
+// trip with arithmetic and short locks only.
 package gossip

@@ -49,6 +49,10 @@ type Config struct {
 	CleanupDeadServers time.Duration // DefaultConfig: 30s
 }
 
+// logCacheSize is how many of the newest log entries stay in memory for
+// replication: more than a few batches of MaxAppendEntries.
+const logCacheSize = 1024
+
 // DefaultConfig answers the defaults; ID is left for the caller.
 func DefaultConfig() Config {
 	return Config{
@@ -152,7 +156,16 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("raft: opening %s: %w", filepath.Join(dir, "raft.db"), err)
 		}
 		n.closers = append(n.closers, bolt)
-		logs, stable = bolt, bolt
+		// The leader reads back each entry it sends to a follower (and
+		// the one before it); the newest entries are kept in memory, as
+		// Consul's servers do, rather than read from bbolt and decoded
+		// again. Entries reach the cache only once bbolt has stored them.
+		cached, err := hraft.NewLogCache(logCacheSize, bolt)
+		if err != nil {
+			n.close()
+			return nil, fmt.Errorf("raft: log cache: %w", err)
+		}
+		logs, stable = cached, bolt
 		if snaps, err = hraft.NewFileSnapshotStoreWithLogger(dir, 2, hlog); err != nil {
 			n.close()
 			return nil, fmt.Errorf("raft: snapshots: %w", err)

@@ -93,6 +93,7 @@ type Node struct {
 	// machine has applied that far, a restarted server's state is older
 	// than what it had already shown (CaughtUp).
 	bootIndex uint64
+	room      roomCache // room.go
 	timers    sessionTimers
 	group     group         // servers.go
 	down      chan struct{} // closed once Raft has shut down

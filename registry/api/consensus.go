@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/pier-dev/pier/registry/raft"
@@ -253,7 +254,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 		},
 		Transport:      s.fwd,
 		ModifyResponse: s.awaitAgreed, // an ACL write's answer waits for this agent's mirror (acl_raft.go)
-		FlushInterval:  -1,            // blocking answers and snapshots stream
+		// An answer of unknown length (a large blocking answer, a
+		// snapshot) is flushed as it comes, whatever FlushInterval says;
+		// one of known length leaves in one write, not its headers first
+		// and then its body.
+		FlushInterval: 0,
+		BufferPool:    &s.fwdBufs, // not 32 KiB of garbage per forward
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return // the client went away
@@ -270,6 +276,18 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 	p.ServeHTTP(w, r)
 	return answered
 }
+
+// copyBuffers lends the forwarding proxy its copy buffers.
+type copyBuffers struct{ pool sync.Pool }
+
+func (c *copyBuffers) Get() []byte {
+	if b, ok := c.pool.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 32<<10)
+}
+
+func (c *copyBuffers) Put(b []byte) { c.pool.Put(&b) }
 
 // unsent reports whether a forward's error left the request short of the
 // server: a dial, or a write of the request, failed. A server reads a

@@ -110,6 +110,8 @@ type Server struct {
 	// Raft-backed endpoints only; nil without Consensus.
 	inner *http.ServeMux
 	fwd   *http.Transport // forwarded requests, over pooled connections (consensus.go)
+	// fwdBufs lends the forwarding proxies their copy buffers.
+	fwdBufs copyBuffers
 }
 
 // New validates cfg and builds the handler.

@@ -19,11 +19,11 @@
 # operations done: the generator shares the 2 cores, so ops/s alone
 # depends on it).
 #
-# pier: the agents run with PIER_SERVER_ARGS. Until the Raft servers are
-# wired, those flags are parsed and ignored, the KV is each agent's gossip
-# KV (last writer wins, no leader: /v1/status/leader names the agent
-# itself), and pier's numbers are not those of a replicated, linearizable
-# store.
+# pier: the agents run with PIER_SERVER_ARGS (default: 3 Raft servers,
+# each with its own -server-port on 127.0.0.1); the clients are spread over
+# all three, so two thirds of the writes reach a follower, which forwards
+# them to the leader. If the agents ever name different leaders (no Raft
+# group: flags that start no servers), the script says so under the table.
 #
 # Usage: deploy/bench/kv.sh   (from anywhere; needs go, curl; installs
 #        etcd-server with apt-get when etcd is missing). Run it by hand; CI

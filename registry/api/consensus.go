@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/pier-dev/pier/registry/raft"
@@ -228,15 +229,17 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 		h.Del(k)
 	}
 	answered := true
-	// A read may go over a pooled connection: if the server closed it
-	// meanwhile, the transport tries again on a new one (a GET is
-	// replayable). A write may not be sent twice, so it takes a fresh
-	// connection, which fails before anything is sent, and the loop above
-	// tries again.
-	transport := s.fwd
-	if !isRead(r) {
-		transport = s.fwdOnce
-	}
+	// Every request goes over the pool of kept-alive connections: a new
+	// connection per forwarded write cost the forwarding server a fifth of
+	// its CPU under load (deploy/bench/README.md). A write is still never
+	// sent twice: net/http sends a request again on a new connection only
+	// when nothing of it was written, or when it is replayable (a GET or
+	// HEAD, or one marked idempotent with an Idempotency-Key header, which
+	// is why a write leaves without those). A request that did not reach
+	// the server whole (it could not be dialled, or a kept-alive connection
+	// it had closed failed the write: a leader that just stopped) cannot
+	// have been served, and the loop above tries again; one that failed
+	// while its answer was awaited may have been, and is a 500.
 	p := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme = "http"
@@ -244,17 +247,25 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 			pr.Out.Host = addr
 			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
 			pr.Out.Header.Set(originHeader, s.origin(r))
+			if !isRead(r) {
+				pr.Out.Header.Del("Idempotency-Key")
+				pr.Out.Header.Del("X-Idempotency-Key")
+			}
 		},
-		Transport:      transport,
+		Transport:      s.fwd,
 		ModifyResponse: s.awaitAgreed, // an ACL write's answer waits for this agent's mirror (acl_raft.go)
-		FlushInterval:  -1,            // blocking answers and snapshots stream
+		// An answer of unknown length (a large blocking answer, a
+		// snapshot) is flushed as it comes, whatever FlushInterval says;
+		// one of known length leaves in one write, not its headers first
+		// and then its body.
+		FlushInterval: 0,
+		BufferPool:    &s.fwdBufs, // not 32 KiB of garbage per forward
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if errors.Is(err, context.Canceled) {
 				return // the client went away
 			}
-			var op *net.OpError
-			if retry && errors.As(err, &op) && op.Op == "dial" {
-				s.log.Debug("api: a server could not be dialled", "server", addr, "err", err)
+			if retry && unsent(err) {
+				s.log.Debug("api: a server could not be reached", "server", addr, "err", err)
 				answered = false
 				return
 			}
@@ -266,13 +277,42 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 	return answered
 }
 
-// newForwarder is a transport of forwarded requests: no overall timeout,
-// since a blocking query is held open for up to MaxWait; keepAlive false
-// gives each request a connection of its own.
-func newForwarder(keepAlive bool) *http.Transport {
+// copyBuffers lends the forwarding proxy its copy buffers.
+type copyBuffers struct{ pool sync.Pool }
+
+func (c *copyBuffers) Get() []byte {
+	if b, ok := c.pool.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 32<<10)
+}
+
+func (c *copyBuffers) Put(b []byte) { c.pool.Put(&b) }
+
+// unsent reports whether a forward's error left the request short of the
+// server: a dial, or a write of the request, failed. A server reads a
+// request whole before it serves it, and a write that fails wrote nothing,
+// so the request was not complete there. A read error (the request was
+// sent; its answer was lost) is not.
+func unsent(err error) bool {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if op, ok := e.(*net.OpError); ok {
+			switch op.Op {
+			case "dial", "write", "readfrom": // readfrom: the body's copy
+				return true
+			case "read":
+				return false
+			}
+		}
+	}
+	return false
+}
+
+// newForwarder is the transport of forwarded requests: no overall timeout,
+// since a blocking query is held open for up to MaxWait.
+func newForwarder() *http.Transport {
 	return &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		DisableKeepAlives:     !keepAlive,
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,

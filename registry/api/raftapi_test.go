@@ -711,3 +711,36 @@ func TestRaftRemovePeerAndSessionBlocking(t *testing.T) {
 		t.Fatalf("remove without id or address: %d", code)
 	}
 }
+
+// TestRaftForwardReusesConnections: writes through a follower reach the
+// leader over kept-alive connections, not one new connection each (which
+// cost a follower a fifth of its CPU under load, deploy/bench/README.md).
+func TestRaftForwardReusesConnections(t *testing.T) {
+	servers, _ := startGroup(t)
+	lead := leaderOf(servers)
+	var follower *raftAgent
+	for _, s := range servers {
+		if s != lead {
+			follower = s
+			break
+		}
+	}
+	count := func() (n int64) {
+		for _, s := range servers {
+			n += s.mux.httpConns.Load()
+		}
+		return n
+	}
+	const writes = 30
+	before := count()
+	for i := range writes {
+		if _, err := follower.client.KV().Put(&consul.KVPair{Key: fmt.Sprintf("reuse/%d", i), Value: []byte("x")}, nil); err != nil {
+			t.Fatalf("write %d through a follower: %v", i, err)
+		}
+	}
+	// One connection carries them all; a few more are the mirror's and
+	// any new leader's.
+	if n := count() - before; n > writes/3 {
+		t.Fatalf("%d writes through a follower opened %d connections to the servers", writes, n)
+	}
+}

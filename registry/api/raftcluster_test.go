@@ -54,10 +54,13 @@ type portMux struct {
 	ln       net.Listener
 	raftAddr string
 	http     *connListener
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
-	closed   bool
-	wg       sync.WaitGroup
+	// httpConns counts the HTTP connections accepted (forwarding reuses
+	// them).
+	httpConns atomic.Int64
+	mu        sync.Mutex
+	conns     map[net.Conn]struct{}
+	closed    bool
+	wg        sync.WaitGroup
 }
 
 func newPortMux(t *testing.T) *portMux {
@@ -108,6 +111,7 @@ func (m *portMux) route(c net.Conn) {
 		return
 	}
 	if b[0] >= 'A' && b[0] <= 'Z' { // an HTTP method
+		m.httpConns.Add(1)
 		m.http.push(&peekedConn{Conn: c, r: br})
 		return
 	}
@@ -199,6 +203,7 @@ type raftAgent struct {
 	client   *consul.Client
 	base     string // the public API
 	port     string // the server port (Raft and internal HTTP); "" on a client
+	mux      *portMux
 	stopRaft func()
 	stop     func() // everything
 	stopped  atomic.Bool
@@ -267,7 +272,7 @@ func startRaftAgentTuned(t *testing.T, name string, server bool, servers func() 
 				t.Fatal(err)
 			}
 		}
-		a.node, a.port = n, mux.addr()
+		a.node, a.port, a.mux = n, mux.addr(), mux
 		rctx, rcancel := context.WithCancel(ctx)
 		raftDone = make(chan error, 1)
 		go func() { raftDone <- n.Run(rctx) }()

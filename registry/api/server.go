@@ -108,9 +108,10 @@ type Server struct {
 
 	// inner routes what the server port serves (ServerPortHandler): the
 	// Raft-backed endpoints only; nil without Consensus.
-	inner   *http.ServeMux
-	fwd     *http.Transport // forwarded reads, over pooled connections (consensus.go)
-	fwdOnce *http.Transport // forwarded writes, a connection each
+	inner *http.ServeMux
+	fwd   *http.Transport // forwarded requests, over pooled connections (consensus.go)
+	// fwdBufs lends the forwarding proxies their copy buffers.
+	fwdBufs copyBuffers
 }
 
 // New validates cfg and builds the handler.
@@ -136,7 +137,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if cfg.Consensus != nil {
-		s.inner, s.fwd, s.fwdOnce = http.NewServeMux(), newForwarder(true), newForwarder(false)
+		s.inner, s.fwd = http.NewServeMux(), newForwarder()
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))

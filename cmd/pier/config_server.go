@@ -14,8 +14,10 @@ type serverSettings struct {
 	// Port is the server port (Raft and the servers' internal HTTP);
 	// 0: any free port, which gossip tells the other agents.
 	Port int
-	// CleanupDeadServers removes a server that gossip sees as left, or as
-	// failed for DeadServerTimeout, from the voters (never below a quorum).
+	// CleanupDeadServers removes a server that gossip sees as failed for
+	// DeadServerTimeout from the voters (never below a quorum), as
+	// Consul's autopilot. A server that left is removed either way, as
+	// Consul's leader does: it said so itself.
 	CleanupDeadServers bool
 	DeadServerTimeout  time.Duration
 }

@@ -116,14 +116,31 @@ func TestRaftLockUnderFaults(t *testing.T) {
 		default:
 		}
 		close(stop)
-		for _, r := range runners {
-			r.mu.Lock()
-			if r.cur != nil {
-				r.cur.Process.Signal(syscall.SIGINT)
+		// A pier lock whose agent is paused waits for it: let it go on.
+		for _, m := range c.nodes {
+			if m.paused {
+				c.pause(m, false)
 			}
-			r.mu.Unlock()
 		}
-		wg.Wait()
+		signal := func(sig os.Signal) {
+			for _, r := range runners {
+				r.mu.Lock()
+				if r.cur != nil {
+					r.cur.Process.Signal(sig)
+				}
+				r.mu.Unlock()
+			}
+		}
+		signal(syscall.SIGINT)
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("a pier lock did not end within 30s of SIGINT")
+			signal(syscall.SIGKILL)
+			<-done
+		}
 	}
 	defer stopRunners()
 
@@ -150,6 +167,13 @@ func TestRaftLockUnderFaults(t *testing.T) {
 				}
 			}
 			time.Sleep(50 * time.Millisecond)
+		}
+		b, _ := os.ReadFile(file)
+		t.Logf("holders' notes:\n%s", b)
+		for _, r := range runners {
+			r.mu.Lock()
+			t.Logf("pier lock through %s:\n%s", r.agent.name, lastLines(r.logs.String(), 30))
+			r.mu.Unlock()
 		}
 		t.Fatalf("no new holder within %v", within)
 		return "", time.Time{}

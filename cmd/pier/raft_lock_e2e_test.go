@@ -64,7 +64,11 @@ type hold struct {
 func TestRaftLockUnderFaults(t *testing.T) {
 	c := newFaultCluster(t, 3, 2, false)
 	file := filepath.Join(t.TempDir(), "holders")
-	agents := []*member{c.nodes[3], c.nodes[4], c.nodes[2]} // c1, c2, s3
+	// c1, c2 and the leader: the SIGKILL takes a client's agent, the
+	// SIGSTOP the leader's, behind which the other two's blocking queries
+	// (forwarded to the leader) are held.
+	leader := c.waitLeader()
+	agents := []*member{c.nodes[3], c.nodes[4], leader}
 	runners := make([]*lockRunner, len(agents))
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -175,10 +179,20 @@ func TestRaftLockUnderFaults(t *testing.T) {
 			t.Logf("pier lock through %s:\n%s", r.agent.name, lastLines(r.logs.String(), 30))
 			r.mu.Unlock()
 		}
+		for _, m := range c.nodes {
+			if m.paused {
+				continue
+			}
+			for _, path := range []string{"/v1/session/list?stale", "/v1/kv/faults/lock/.lock?stale", "/v1/health/state/critical?stale", "/v1/status/leader"} {
+				code, body := httpGet(t, "http://"+c.api(m)+path)
+				t.Logf("%s %s: %d %s", m.name, path, code, body)
+			}
+			t.Logf("%s's log:\n%s", m.name, lastLines(m.p.logs(), 25))
+		}
 		t.Fatalf("no new holder within %v", within)
 		return "", time.Time{}
 	}
-	const bound = 60 * time.Second // lock delay + failure detection + a shared machine
+	const bound = 90 * time.Second // lock delay, failure detection, a forwarded query to a paused leader failing (wait + 21 s), a shared machine
 
 	// Turns taken with every agent up: a release hands the lock on at once
 	// (the lock delay follows only an invalidated session).
@@ -198,13 +212,14 @@ func TestRaftLockUnderFaults(t *testing.T) {
 
 	var gaps []string
 	for _, fault := range []string{"SIGKILL", "SIGSTOP"} {
-		// A holder in the middle of its hold.
+		// A holder in the middle of its hold, through a client for the
+		// SIGKILL, through the leader for the SIGSTOP.
 		var id string
 		var started time.Time
 		deadline := time.Now().Add(bound)
-		for id == "" || time.Since(started) > time.Second {
+		for id == "" || time.Since(started) > time.Second || (runnerOf(id).agent == leader) != (fault == "SIGSTOP") {
 			if time.Now().After(deadline) {
-				t.Fatalf("no one holds the lock")
+				t.Fatalf("no one holds the lock for the %s", fault)
 			}
 			time.Sleep(20 * time.Millisecond)
 			id, started = holder()

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pier-dev/pier/registry/raft"
@@ -229,6 +230,16 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 		h.Del(k)
 	}
 	answered := true
+	// A server that stops answering without closing the connection (a
+	// paused process, or one cut off by a partition that drops packets)
+	// would hold the request for ever: its answer must begin within
+	// answerWithin, or the request fails with a 500 that the caller can
+	// retry (through a server that knows the new leader by then).
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	var silent atomic.Bool
+	timer := time.AfterFunc(s.answerWithin(r), func() { silent.Store(true); cancel() })
+	defer timer.Stop()
 	// Every request goes over the pool of kept-alive connections: a new
 	// connection per forwarded write cost the forwarding server a fifth of
 	// its CPU under load (deploy/bench/README.md). A write is still never
@@ -252,8 +263,13 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 				pr.Out.Header.Del("X-Idempotency-Key")
 			}
 		},
-		Transport:      s.fwd,
-		ModifyResponse: s.awaitAgreed, // an ACL write's answer waits for this agent's mirror (acl_raft.go)
+		Transport: s.fwd,
+		ModifyResponse: func(resp *http.Response) error {
+			if !timer.Stop() {
+				return errSilentServer // the timer fired as the answer came: it is cancelled
+			}
+			return s.awaitAgreed(resp) // an ACL write's answer waits for this agent's mirror (acl_raft.go)
+		},
 		// An answer of unknown length (a large blocking answer, a
 		// snapshot) is flushed as it comes, whatever FlushInterval says;
 		// one of known length leaves in one write, not its headers first
@@ -261,6 +277,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 		FlushInterval: 0,
 		BufferPool:    &s.fwdBufs, // not 32 KiB of garbage per forward
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			if silent.Load() || errors.Is(err, errSilentServer) {
+				s.log.Warn("api: a server did not answer a forwarded request", "server", addr, "path", r.URL.Path, "within", s.answerWithin(r))
+				httpError(w, http.StatusInternalServerError, "rpc error: server %s did not answer within %v", addr, s.answerWithin(r))
+				return
+			}
 			if errors.Is(err, context.Canceled) {
 				return // the client went away
 			}
@@ -273,7 +294,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 			httpError(w, http.StatusInternalServerError, "rpc error: forwarding to server %s: %v", addr, err)
 		},
 	}
-	p.ServeHTTP(w, r)
+	p.ServeHTTP(w, r.WithContext(ctx))
 	return answered
 }
 
@@ -306,6 +327,31 @@ func unsent(err error) bool {
 		}
 	}
 	return false
+}
+
+// errSilentServer: a forwarded request's answer began too late.
+var errSilentServer = errors.New("api: the server did not answer in time")
+
+// answerWithin is how long a forwarded request may wait for the start of
+// its answer: a leader answers a write or a read within its apply timeout
+// (10 s) and a server without a leader within RPCHoldTimeout, so three
+// RPCHoldTimeouts (21 s by default) leave room for a forward on from a
+// server with a stale view of the leader; a blocking query also has its
+// wait and its jitter (1/16). A snapshot's upload and restore take as
+// long as its size needs: it has no bound.
+func (s *Server) answerWithin(r *http.Request) time.Duration {
+	if r.URL.Path == "/v1/snapshot" {
+		return 1<<63 - 1
+	}
+	d := 3 * s.cfg.RPCHoldTimeout
+	if q := r.URL.Query(); q.Get("index") != "" && q.Get("index") != "0" {
+		wait := s.cfg.DefaultWait
+		if w, err := time.ParseDuration(q.Get("wait")); err == nil && w >= 0 {
+			wait = min(w, s.cfg.MaxWait)
+		}
+		d += wait + wait/16
+	}
+	return d
 }
 
 // newForwarder is the transport of forwarded requests: no overall timeout,

@@ -52,8 +52,7 @@ func runLock(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if code != 0 {
-		signal.Stop(sigs)
-		os.Exit(code)
+		return exitCode(code)
 	}
 	return nil
 }
@@ -325,7 +324,7 @@ func (l *locker) runChild(argv []string, passStdin bool, lost, renewDone <-chan 
 			kill = nil
 			continue
 		case err := <-exited:
-			code := exitCode(cmd, err)
+			code := childExitCode(cmd, err)
 			if lostLock {
 				fmt.Fprintf(l.stderr, "pier lock: the lock at %s was lost while the command ran; it exited with %d\n", prefix, code)
 				if code == 0 {
@@ -343,8 +342,8 @@ func (l *locker) runChild(argv []string, passStdin bool, lost, renewDone <-chan 
 	}
 }
 
-// exitCode is the command's exit status as a shell reports it.
-func exitCode(cmd *exec.Cmd, err error) int {
+// childExitCode is the command's exit status as a shell reports it.
+func childExitCode(cmd *exec.Cmd, err error) int {
 	if cmd.ProcessState == nil {
 		return 1
 	}

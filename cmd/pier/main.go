@@ -74,9 +74,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	err := cmd.run(args[1:], stdout, stderr)
 	var ue usageError
+	var code exitCode
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &code):
+		return int(code) // the command said what it had to
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &ue):
@@ -100,6 +103,12 @@ func usage(w io.Writer, cmds map[string]command) {
 	}
 	fmt.Fprintf(w, "\nRun pier <command> -h for a command's flags. Flags take one dash or two.\n")
 }
+
+// exitCode ends pier with that code and no line of its own: pier lock
+// exits with its command's code, which has spoken for itself.
+type exitCode int
+
+func (c exitCode) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
 
 // newFlagSet makes a FlagSet that reports errors instead of exiting, so that
 // run decides the exit code and prints one line.

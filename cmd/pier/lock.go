@@ -38,6 +38,15 @@ const (
 	// lockMonitorRetryTime is the pause between retries of the lock's
 	// watch after a 500 (an election), as consul lock's.
 	lockMonitorRetryTime = time.Second
+	// lockSessionTimeout bounds each request of the session (create,
+	// renew, destroy). Without it, a renewal sent to an agent that is
+	// paused, or cut off without a word, waits for ever, and pier lock
+	// never learns that the lock is going: with it, renewal gives up once
+	// a whole TTL passed without one (consul/api's RenewPeriodic), and the
+	// command gets SIGTERM about 15 s in, before the servers invalidate
+	// the session (2x TTL) and well before the next holder may take the
+	// lock (the lock delay after that).
+	lockSessionTimeout = 5 * time.Second
 )
 
 // runLock is the subcommand: the command's exit code is pier's, so a code
@@ -150,7 +159,13 @@ func (l *locker) run(args []string) (int, error) {
 	// lock and destroy it in the background): renewed while the command
 	// runs, destroyed, and waited for, before pier exits; through a client
 	// that no signal interrupts, so that it is destroyed in any case.
-	sc, err := c.consul()
+	shc, err := consul.NewHttpClient(def.Transport, def.TLSConfig)
+	if err != nil {
+		return 0, err
+	}
+	shc.Timeout = lockSessionTimeout
+	defer shc.CloseIdleConnections()
+	sc, err := c.consulWith(shc)
 	if err != nil {
 		return 0, err
 	}

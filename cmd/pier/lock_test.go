@@ -279,3 +279,37 @@ func TestLockInterruptedWait(t *testing.T) {
 		return err == nil && len(list) == 0
 	})
 }
+
+// A pier lock whose agent is paused cannot renew its session: it must stop
+// its command once the session's TTL has passed without a renewal, before
+// the servers could give the lock to anyone else (they invalidate the
+// session at twice its TTL, and the next holder waits out the lock delay
+// after that).
+func TestLockPausedAgentStopsCommand(t *testing.T) {
+	a := startAgent(t, "-dev", "-node", "lockpause")
+	log := filepath.Join(t.TempDir(), "log")
+	cmd := exec.Command(pierBin, "lock", "-http-addr", a.addr, "pause/lock",
+		fmt.Sprintf(`trap 'echo TERM >> %[1]s; exit 9' TERM; echo started >> %[1]s; while :; do sleep 0.1; done`, log))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	eventually.True(t, 15*time.Second, "the command runs", func() bool {
+		b, _ := os.ReadFile(log)
+		return strings.Contains(string(b), "started")
+	})
+	a.cmd.Process.Signal(syscall.SIGSTOP)
+	paused := time.Now()
+	defer a.cmd.Process.Signal(syscall.SIGCONT)
+	eventually.True(t, 45*time.Second, "the command gets SIGTERM while the agent is paused", func() bool {
+		b, _ := os.ReadFile(log)
+		return strings.Contains(string(b), "TERM")
+	})
+	// The servers would invalidate the session 30 s after its last renewal
+	// (2x its 15 s TTL), and nobody could take the lock for 15 s more.
+	if d := time.Since(paused); d >= 30*time.Second {
+		t.Errorf("the command was stopped %v after the pause, not before the session could be invalidated (30 s)", d.Round(time.Second))
+	} else {
+		t.Logf("the command was stopped %v after its agent was paused", d.Round(time.Second))
+	}
+}

@@ -27,7 +27,7 @@
 # table.
 #
 # Usage: deploy/bench/consul-put.sh   (from anywhere; needs go, curl; about
-#        3 minutes once Consul is built). Run by hand; CI does not.
+#        1 minute once Consul is built). Run by hand; CI does not.
 # Knobs: OPS=2000 WARMUP=200 VALUE_SIZE=100 KEYS=1000 DURATION=120s
 #        MODES="dev server" TARGETS="consul pier" BASE_PORT=24000 (uses
 #        BASE_PORT+1..+9 on 127.0.0.1) CACHE_DIR=~/.cache/pier-bench CONSUL

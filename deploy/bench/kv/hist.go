@@ -13,6 +13,7 @@ type hist struct {
 	counts [57*64 + 128]uint64 // the last bucket (s = 57) starts at 2^63
 	n      uint64
 	max    time.Duration
+	sum    time.Duration // for the mean, which the buckets only approximate
 }
 
 const subBits = 7 // 2^subBits values below the first shift; half that per power of two above
@@ -42,6 +43,7 @@ func (h *hist) record(d time.Duration) {
 	}
 	h.counts[bucket(uint64(d))]++
 	h.n++
+	h.sum += d
 	h.max = max(h.max, d)
 }
 
@@ -50,7 +52,16 @@ func (h *hist) merge(o *hist) {
 		h.counts[i] += c
 	}
 	h.n += o.n
+	h.sum += o.sum
 	h.max = max(h.max, o.max)
+}
+
+// mean returns the exact mean of the samples recorded.
+func (h *hist) mean() time.Duration {
+	if h.n == 0 {
+		return 0
+	}
+	return h.sum / time.Duration(h.n)
 }
 
 // quantile returns the middle of the bucket that holds the q-th sample.

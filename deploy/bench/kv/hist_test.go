@@ -26,6 +26,9 @@ func TestHistQuantiles(t *testing.T) {
 			t.Errorf("quantile(%v) = %v, want %v within 1.6%%", c.q, got, c.want)
 		}
 	}
+	if got := h.mean(); got < 50*time.Millisecond || got > 50*time.Millisecond+time.Microsecond {
+		t.Errorf("mean = %v, want 50.0005ms", got)
+	}
 	small := &hist{}
 	for i := range 100 {
 		small.record(time.Duration(i))

@@ -68,6 +68,7 @@ type options struct {
 	opTimeout time.Duration
 	servers   []string // pier: each endpoint's server (Raft) address, for leader
 	fill      bool
+	warmup    int64 // operations before the clock starts, not measured
 }
 
 // result is the JSON line of one run. Latencies are of a whole operation as
@@ -84,9 +85,11 @@ type result struct {
 	Errors    int64   `json:"errors"`
 	OpsPerSec float64 `json:"ops_per_s"`
 	P50       float64 `json:"p50_ms"`
+	P90       float64 `json:"p90_ms"`
 	P99       float64 `json:"p99_ms"`
 	P999      float64 `json:"p999_ms"`
 	Max       float64 `json:"max_ms"`
+	Mean      float64 `json:"mean_ms"`
 	CASOK     int64   `json:"cas_ok,omitempty"`
 	CASLost   int64   `json:"cas_conflict,omitempty"`
 	CASOKPerS float64 `json:"cas_ok_per_s,omitempty"`
@@ -108,6 +111,7 @@ func main() {
 	flag.Int64Var(&o.maxOps, "max-ops", 1_000_000, "stop after this many operations even before -duration")
 	flag.IntVar(&o.rate, "rate", 100, "failover: writes per second")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 5*time.Second, "longest wait for one operation")
+	flag.Int64Var(&o.warmup, "warmup", 0, "put, cas, read: operations done (over the same connections) before the clock starts, not measured")
 	flag.BoolVar(&o.fill, "fill", true, "read, cas: write every key once before the clock starts")
 	flag.StringVar(&servers, "server-addrs", "", "pier leader: each endpoint's server address, in -endpoints order (what /v1/status/leader names once Raft is in)")
 	flag.Parse()
@@ -118,6 +122,9 @@ func main() {
 	}
 	if o.clients < 1 || o.valueSize < 1 || o.keys < 1 || o.maxOps < 1 || o.rate < 1 || o.duration <= 0 {
 		fail("-clients, -value-size, -keys, -max-ops, -rate and -duration must be positive")
+	}
+	if o.warmup < 0 {
+		fail("-warmup must not be negative")
 	}
 	if o.target != "pier" && o.target != "etcd" {
 		fail("-target: pier or etcd, not " + o.target)
@@ -191,6 +198,9 @@ func load(ctx context.Context, o options, stores []store) (result, error) {
 			return result{}, err
 		}
 	}
+	if err := warmup(ctx, o, stores); err != nil {
+		return result{}, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, o.duration)
 	defer cancel()
 	var (
@@ -250,13 +260,47 @@ func load(ctx context.Context, o options, stores []store) (result, error) {
 	}
 	r := result{
 		Seconds: secs, Ops: int64(h.n), Errors: errs.Load(), OpsPerSec: float64(h.n) / secs,
-		P50: ms(h.quantile(0.50)), P99: ms(h.quantile(0.99)), P999: ms(h.quantile(0.999)), Max: ms(h.max),
+		P50: ms(h.quantile(0.50)), P90: ms(h.quantile(0.90)), P99: ms(h.quantile(0.99)), P999: ms(h.quantile(0.999)), Max: ms(h.max), Mean: ms(h.mean()),
 		FirstErr: firstMsg,
 	}
 	if o.mode == "cas" {
 		r.CASOK, r.CASLost, r.CASOKPerS = casOK.Load(), casLost.Load(), float64(casOK.Load())/secs
 	}
 	return r, nil
+}
+
+// warmup does o.warmup operations of the run's kind, unmeasured, spread
+// over the clients' stores as the run spreads them (each store keeps its
+// connections, so the run starts on warm ones); writes for every mode, which
+// warm a server's write path as well as its read path. Bounded by
+// o.duration.
+func warmup(ctx context.Context, o options, stores []store) error {
+	if o.warmup == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.duration+o.opTimeout)
+	defer cancel()
+	var next atomic.Int64
+	errc := make(chan error, o.clients)
+	var wg sync.WaitGroup
+	for c := range o.clients {
+		s := stores[c%len(stores)]
+		val := value(o.valueSize)
+		wg.Go(func() {
+			for next.Add(1) <= o.warmup {
+				octx, ocancel := context.WithTimeout(ctx, o.opTimeout)
+				err := s.put(octx, key(rand.IntN(o.keys)), val)
+				ocancel()
+				if err != nil {
+					errc <- fmt.Errorf("warming up: %w", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
 }
 
 // fill writes every key once, so that reads find values and CAS cycles
@@ -363,7 +407,7 @@ loop:
 	secs := end.Sub(begin).Seconds()
 	return result{
 		Seconds: secs, Ops: int64(len(done)), Errors: errs.Load(), OpsPerSec: float64(len(done)) / secs,
-		P50: ms(h.quantile(0.50)), P99: ms(h.quantile(0.99)), P999: ms(h.quantile(0.999)), Max: ms(h.max),
+		P50: ms(h.quantile(0.50)), P90: ms(h.quantile(0.90)), P99: ms(h.quantile(0.99)), P999: ms(h.quantile(0.999)), Max: ms(h.max),
 		MaxGap: ms(gap), GapAt: gapAt.Sub(begin).Seconds(), FirstErr: firstMsg,
 	}, nil
 }

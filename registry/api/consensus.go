@@ -382,6 +382,21 @@ func (s *Server) raftMeta(w http.ResponseWriter, r *http.Request, n *raft.Node) 
 	h.Set("X-Consul-LastContact", strconv.FormatInt(d.Milliseconds(), 10))
 }
 
+// applied reports whether a command reached the log and applied without
+// an error of its own; if not, it has answered with the reason (raftError
+// for the node's, a 500 for the state machine's).
+func applied(w http.ResponseWriter, res raft.Result, err error) bool {
+	switch {
+	case err != nil:
+		raftError(w, err)
+	case res.Err != nil:
+		httpError(w, http.StatusInternalServerError, "%v", res.Err)
+	default:
+		return true
+	}
+	return false
+}
+
 // raftError answers an error of the Raft node as Consul does.
 func raftError(w http.ResponseWriter, err error) {
 	switch {

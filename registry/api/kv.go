@@ -111,14 +111,8 @@ func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxKVValue))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			httpError(w, http.StatusRequestEntityTooLarge, "Value exceeds %d byte limit", registry.MaxKVValue)
-		} else {
-			httpError(w, http.StatusBadRequest, "Reading request body: %v", err)
-		}
+	value, ok := readKVValue(w, r)
+	if !ok {
 		return
 	}
 	var f uint64
@@ -183,4 +177,20 @@ func visibleEntries(list []*registry.KVEntry) []*registry.KVEntry {
 		}
 	}
 	return out
+}
+
+// readKVValue reads a KV write's body, at most registry.MaxKVValue bytes:
+// a larger one is Consul's 413, any other failure a 400.
+func readKVValue(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxKVValue))
+	if err == nil {
+		return value, true
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		httpError(w, http.StatusRequestEntityTooLarge, "Value exceeds %d byte limit", registry.MaxKVValue)
+	} else {
+		httpError(w, http.StatusBadRequest, "Reading request body: %v", err)
+	}
+	return nil, false
 }

@@ -1,9 +1,7 @@
 package api
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -192,14 +190,8 @@ func (s *Server) raftKVPut(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxKVValue))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			httpError(w, http.StatusRequestEntityTooLarge, "Value exceeds %d byte limit", registry.MaxKVValue)
-		} else {
-			httpError(w, http.StatusBadRequest, "Reading request body: %v", err)
-		}
+	value, ok := readKVValue(w, r)
+	if !ok {
 		return
 	}
 	op.Value = value
@@ -214,12 +206,7 @@ func (s *Server) raftKVPut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := n.KV(op)
-	if err != nil {
-		raftError(w, err)
-		return
-	}
-	if res.Err != nil {
-		httpError(w, http.StatusInternalServerError, "%v", res.Err)
+	if !applied(w, res, err) {
 		return
 	}
 	writeJSON(w, r, res.OK)
@@ -253,12 +240,7 @@ func (s *Server) raftKVDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := n.KV(op)
-	if err != nil {
-		raftError(w, err)
-		return
-	}
-	if res.Err != nil {
-		httpError(w, http.StatusInternalServerError, "%v", res.Err)
+	if !applied(w, res, err) {
 		return
 	}
 	writeJSON(w, r, op.Verb != raft.KVDeleteCAS || res.OK)

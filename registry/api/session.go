@@ -209,12 +209,7 @@ func (s *Server) sessionCreate(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	res, err := n.CreateSession(sess)
-	if err != nil {
-		raftError(w, err)
-		return
-	}
-	if res.Err != nil {
-		httpError(w, http.StatusInternalServerError, "%v", res.Err)
+	if !applied(w, res, err) {
 		return
 	}
 	writeJSON(w, r, struct{ ID string }{sess.ID})

@@ -180,12 +180,7 @@ func (s *Server) txn(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		res, err := n.Txn(ops)
-		if err != nil {
-			raftError(w, err)
-			return
-		}
-		if res.Err != nil {
-			httpError(w, http.StatusInternalServerError, "%v", res.Err)
+		if !applied(w, res, err) {
 			return
 		}
 		entries, errs = res.Entries, res.Errors

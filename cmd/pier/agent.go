@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/pier-dev/pier/registry/dns"
 	"github.com/pier-dev/pier/registry/docker"
 	"github.com/pier-dev/pier/registry/gossip"
+	"github.com/pier-dev/pier/registry/wan"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -143,6 +145,9 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 		return a, err
 	}
 	a.servers.members = a.members
+	if err := a.buildWAN(log); err != nil {
+		return a, err
+	}
 	if a.checks, err = a.buildHealth(log, prom); err != nil {
 		return a, err
 	}
@@ -247,8 +252,11 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	cfg := a.cfg
 	acfg := api.DefaultConfig()
 	acfg.Registry = a.reg
-	acfg.Cluster = cluster{a.members, leave}
+	acfg.Cluster = cluster{a.members, a.servers.wan, leave}
 	acfg.Consensus = a.servers
+	if a.servers.wan != nil {
+		acfg.WAN = a.servers.wan
+	}
 	acfg.Health = a.checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.EnableDebug = cfg.EnableDebug
@@ -330,7 +338,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 	bound := api.Addrs(a.lns.HTTP)
 	a.log.Info("pier agent running", "version", version, "node", cfg.Node, "address", a.addr,
 		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(api.Addrs(a.lns.HTTPS), ","),
-		"dns", dnsAddrs(a.names), "gossip", a.members.Addr(), "server", a.servers.addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr,
+		"dns", dnsAddrs(a.names), "gossip", a.members.Addr(), "wan", a.servers.wanAddr(), "server", a.servers.addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr,
 		"dev", cfg.Dev, "data_dir", cfg.DataDir, "metrics", a.met.addr())
 	if ready != nil {
 		ready <- bound
@@ -358,6 +366,7 @@ func (a *parts) warnExposedAPI() {
 // cluster is the API's view of the gossip layer; leaving also stops the agent.
 type cluster struct {
 	*gossip.Gossip
+	wan  *wan.Pool // a server's WAN pool, left with the LAN pool; nil on a client
 	stop context.CancelFunc
 }
 
@@ -387,7 +396,11 @@ func (c cluster) Events() ([]api.UserEvent, <-chan struct{}) {
 }
 
 func (c cluster) Leave() error {
-	err := c.Gossip.Leave()
+	var err error
+	if c.wan != nil {
+		err = c.wan.Leave()
+	}
+	err = errors.Join(err, c.Gossip.Leave())
 	c.stop()
 	return err
 }

@@ -216,6 +216,18 @@ func (s *Server) rewindable(r *http.Request) func() {
 // an addr that cannot be dialled leaves nothing written and answers false
 // (rewind first makes the body whole again for the next try).
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, rewind func(), retry bool) bool {
+	return s.forwardVia(w, r, addr, rewind, retry, forwarding{transport: s.fwd, within: s.answerWithin(r)})
+}
+
+// forwarding is how a forward goes: over which transport, and how long its
+// answer may take to begin.
+type forwarding struct {
+	transport http.RoundTripper
+	within    time.Duration
+}
+
+// forwardVia is forward over via.
+func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string, rewind func(), retry bool, via forwarding) bool {
 	hops, _ := strconv.Atoi(r.Header.Get(hopHeader))
 	if hops >= maxHops {
 		httpError(w, http.StatusInternalServerError, "Request forwarding loop: forwarded %d times, last to %s", hops, addr)
@@ -238,7 +250,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	var silent atomic.Bool
-	timer := time.AfterFunc(s.answerWithin(r), func() { silent.Store(true); cancel() })
+	timer := time.AfterFunc(via.within, func() { silent.Store(true); cancel() })
 	defer timer.Stop()
 	// Every request goes over the pool of kept-alive connections: a new
 	// connection per forwarded write cost the forwarding server a fifth of
@@ -263,7 +275,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 				pr.Out.Header.Del("X-Idempotency-Key")
 			}
 		},
-		Transport: s.fwd,
+		Transport: via.transport,
 		ModifyResponse: func(resp *http.Response) error {
 			if !timer.Stop() {
 				return errSilentServer // the timer fired as the answer came: it is cancelled
@@ -278,8 +290,8 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 		BufferPool:    &s.fwdBufs, // not 32 KiB of garbage per forward
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if silent.Load() || errors.Is(err, errSilentServer) {
-				s.log.Warn("api: a server did not answer a forwarded request", "server", addr, "path", r.URL.Path, "within", s.answerWithin(r))
-				httpError(w, http.StatusInternalServerError, "rpc error: server %s did not answer within %v", addr, s.answerWithin(r))
+				s.log.Warn("api: a server did not answer a forwarded request", "server", addr, "path", r.URL.Path, "within", via.within)
+				httpError(w, http.StatusInternalServerError, "rpc error: server %s did not answer within %v", addr, via.within)
 				return
 			}
 			if errors.Is(err, context.Canceled) {

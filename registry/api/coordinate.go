@@ -44,8 +44,8 @@ type datacenterMap struct {
 }
 
 func (s *Server) coordinateRoutes() {
-	s.route("GET /v1/coordinate/datacenters", s.coordinateDatacenters, acl.Anyone) // filtered
-	s.route("GET /v1/coordinate/nodes", s.coordinateNodes, acl.Anyone)             // filtered
+	s.raftRoute("GET /v1/coordinate/datacenters", s.coordinateDatacenters, acl.Anyone) // filtered
+	s.route("GET /v1/coordinate/nodes", s.coordinateNodes, acl.Anyone)                 // filtered
 	s.route("GET /v1/coordinate/node/{node}", s.coordinateNode, nodeRead)
 	s.writes("/v1/coordinate/update", s.coordinateUpdate, acl.Anyone) // node:write on the body's node
 }
@@ -129,19 +129,6 @@ func (s *Server) coordinateNode(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, r, []coordinateEntry{{Node: nc.Node, Coord: nc.Coord, CreateIndex: nc.CreateIndex, ModifyIndex: nc.ModifyIndex}})
-}
-
-// coordinateDatacenters answers this datacenter alone (pier has no WAN
-// pool yet), in Consul's "wan" area, with the coordinates of every node of
-// the catalog where Consul lists its servers' WAN coordinates: each agent
-// here learns every node's from its own pings.
-func (s *Server) coordinateDatacenters(w http.ResponseWriter, r *http.Request) {
-	set := s.coordinates()
-	writeJSON(w, r, []datacenterMap{{
-		Datacenter:  s.reg.Config().Datacenter,
-		AreaID:      "wan",
-		Coordinates: coordinateList(r, set, s.reg.Snapshot()),
-	}})
 }
 
 // coordinateUpdate stores the coordinate a client pushes for a node, as a

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+
+	"github.com/pier-dev/pier/deploy/eventually"
+)
+
+// datacenter is one datacenter of real agents on loopback: a server (a
+// Raft group of one, in the WAN pool) and clients that join it.
+type datacenter struct {
+	name    string
+	server  *proc
+	clients []*proc
+}
+
+// startDatacenter starts dc's server, which joins the WAN pool through
+// wanJoin (none: it starts the pool), and its clients; extra are more
+// flags for the server.
+func startDatacenter(t *testing.T, dc string, clients int, wanJoin string, extra ...string) *datacenter {
+	t.Helper()
+	d := &datacenter{name: dc}
+	args := []string{"-datacenter", dc, "-node", "s-" + dc, "-bind", "127.0.0.1", "-data-dir", tempDataDir(t),
+		"-server", "-bootstrap-expect", "1", "-server-port", "0"}
+	if wanJoin != "" {
+		args = append(args, "-retry-join-wan", wanJoin)
+	}
+	d.server = startAgent(t, append(args, extra...)...)
+	for i := range clients {
+		c := startAgent(t, "-datacenter", dc, "-node", "c"+string(rune('1'+i))+"-"+dc, "-bind", "127.0.0.1", "-data-dir", tempDataDir(t),
+			"-retry-join", d.server.gossip, "-retry-interval", "1s")
+		d.clients = append(d.clients, c)
+	}
+	return d
+}
+
+func tempDataDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "multidc-e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func apiClient(t *testing.T, addr string) *consul.Client {
+	t.Helper()
+	c, err := consul.NewClient(&consul.Config{Address: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func datacentersOf(c *consul.Client) []string {
+	dcs, err := c.Catalog().Datacenters()
+	if err != nil {
+		return nil
+	}
+	return dcs
+}
+
+// TestWANTwoDatacenters: two datacenters meet through their servers' WAN
+// pool; a client of dc1 reads and writes dc2 through the consul/api client
+// with QueryOptions{Datacenter}, blocking queries included, and a third
+// datacenter joins (pier join -wan) and leaves.
+func TestWANTwoDatacenters(t *testing.T) {
+	needBinary(t)
+	dc1 := startDatacenter(t, "dc1", 1, "")
+	dc2 := startDatacenter(t, "dc2", 1, dc1.server.wan)
+	c1 := apiClient(t, dc1.clients[0].addr)
+	eventually.True(t, 20*time.Second, "dc1's client lists both datacenters", func() bool {
+		return slices.Equal(datacentersOf(c1), []string{"dc1", "dc2"})
+	})
+	eventually.True(t, 20*time.Second, "dc2's client lists its own first", func() bool {
+		return slices.Equal(datacentersOf(apiClient(t, dc2.clients[0].addr)), []string{"dc2", "dc1"})
+	})
+	out, _, code := pier(t, "members", "-wan", "-http-addr", dc1.server.addr)
+	if code != 0 || !strings.Contains(out, "s-dc1.dc1") || !strings.Contains(out, "s-dc2.dc2") || strings.Count(out, "alive") != 2 {
+		t.Fatalf("pier members -wan (%d):\n%s", code, out)
+	}
+	if ms, err := c1.Agent().Members(true); err != nil || len(ms) != 0 {
+		t.Errorf("WAN members from a client: %v, %v; want none, as Consul", ms, err)
+	}
+
+	// dc2 has a service and a key; dc1's client reads them with ?dc=dc2.
+	c2 := apiClient(t, dc2.clients[0].addr)
+	if err := c2.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: "redis1", Name: "redis", Port: 6379, Address: "10.2.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.KV().Put(&consul.KVPair{Key: "where", Value: []byte("dc2")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	q := &consul.QueryOptions{Datacenter: "dc2"}
+	var idx uint64
+	eventually.True(t, 20*time.Second, "dc1's client sees dc2's redis", func() bool {
+		es, meta, err := c1.Health().Service("redis", "", true, q)
+		if err != nil || len(es) != 1 || es[0].Node.Datacenter != "dc2" || es[0].Service.Address != "10.2.0.1" {
+			return false
+		}
+		idx = meta.LastIndex
+		return true
+	})
+	if es, _, err := c1.Health().Service("redis", "", true, nil); err != nil || len(es) != 0 {
+		t.Errorf("redis in dc1: %v, %v; want none", es, err)
+	}
+	kv, _, err := c1.KV().Get("where", q)
+	if err != nil || kv == nil || string(kv.Value) != "dc2" {
+		t.Fatalf("KV of dc2 through dc1: %+v, %v", kv, err)
+	}
+	if kv, _, _ := c1.KV().Get("where", nil); kv != nil {
+		t.Errorf("dc1 has dc2's key: %+v", kv)
+	}
+	nodes, _, err := c1.Catalog().Nodes(q)
+	if err != nil || len(nodes) != 2 {
+		t.Errorf("nodes of dc2: %v, %v", nodes, err)
+	}
+	// Writes: a key, a session and a transaction land in dc2.
+	wq := &consul.WriteOptions{Datacenter: "dc2"}
+	if _, err := c1.KV().Put(&consul.KVPair{Key: "from", Value: []byte("dc1")}, wq); err != nil {
+		t.Fatal(err)
+	}
+	if kv, _, _ := c2.KV().Get("from", nil); kv == nil || string(kv.Value) != "dc1" {
+		t.Errorf("dc2 lacks the key written from dc1: %+v", kv)
+	}
+	// A session's default node is the agent's own, which dc2 does not
+	// have (Consul answers the same): it names one of dc2's.
+	if _, _, err := c1.Session().Create(&consul.SessionEntry{Name: "x"}, wq); err == nil || !strings.Contains(err.Error(), "Missing node registration") {
+		t.Errorf("a session in dc2 on dc1's node: %v, want Missing node registration", err)
+	}
+	sid, _, err := c1.Session().Create(&consul.SessionEntry{Name: "x", Node: "c1-dc2", Checks: []string{}}, wq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _, err := c2.Session().Info(sid, nil); err != nil || s == nil {
+		t.Errorf("dc2 lacks the session made from dc1: %v, %v", s, err)
+	}
+	ok, _, _, err := c1.Txn().Txn(consul.TxnOps{{KV: &consul.KVTxnOp{Verb: consul.KVSet, Key: "txn", Value: []byte("1")}}}, q)
+	if err != nil || !ok {
+		t.Errorf("txn in dc2: %v, %v", ok, err)
+	}
+	if kv, _, _ := c2.KV().Get("txn", nil); kv == nil {
+		t.Error("dc2 lacks the txn's key")
+	}
+
+	// A blocking query on dc2 wakes when dc2 changes.
+	woke := make(chan error, 1)
+	go func() {
+		bq := &consul.QueryOptions{Datacenter: "dc2", WaitIndex: idx, WaitTime: 30 * time.Second}
+		es, _, err := c1.Health().Service("redis", "", true, bq)
+		if err == nil && len(es) != 2 {
+			err = errNotTwo
+		}
+		woke <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // let the query block first (either order passes)
+	start := time.Now()
+	if err := c2.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: "redis2", Name: "redis", Port: 6380, Address: "10.2.0.2"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Errorf("blocking query on dc2: %v", err)
+		}
+		t.Logf("a blocking query across datacenters woke %v after the registration", time.Since(start))
+	case <-time.After(20 * time.Second):
+		t.Fatal("a blocking query on dc2 did not wake on dc2's change")
+	}
+
+	// A datacenter nobody knows answers as Consul.
+	code, body := get(t, "http://"+dc1.clients[0].addr+"/v1/health/service/redis?dc=dc9")
+	if code != http.StatusInternalServerError || !strings.Contains(body, "No path to datacenter") {
+		t.Errorf("?dc=dc9: %d %s", code, body)
+	}
+
+	// A third datacenter joins with pier join -wan, then leaves.
+	dc3 := startDatacenter(t, "dc3", 0, "")
+	if out, errOut, code := pier(t, "join", "-wan", "-http-addr", dc3.server.addr, dc1.server.wan); code != 0 {
+		t.Fatalf("pier join -wan: %d %s %s", code, out, errOut)
+	}
+	eventually.True(t, 20*time.Second, "every datacenter lists three", func() bool {
+		return len(datacentersOf(c1)) == 3 && len(datacentersOf(c2)) == 3
+	})
+	if _, _, code := pier(t, "leave", "-http-addr", dc3.server.addr); code != 0 {
+		t.Fatal("pier leave on dc3's server")
+	}
+	eventually.True(t, 20*time.Second, "dc3 left the WAN pool", func() bool {
+		out, _, _ := pier(t, "members", "-wan", "-http-addr", dc1.server.addr)
+		return strings.Contains(out, "s-dc3.dc3") && strings.Contains(out, "left")
+	})
+	if got := datacentersOf(c1); !slices.Equal(got, []string{"dc1", "dc2"}) {
+		t.Errorf("datacenters after dc3 left: %v", got)
+	}
+	code, body = get(t, "http://"+dc1.clients[0].addr+"/v1/catalog/nodes?dc=dc3")
+	if code != http.StatusInternalServerError || !strings.Contains(body, "No path to datacenter") {
+		t.Errorf("?dc=dc3 after it left: %d %s", code, body)
+	}
+}
+
+var errNotTwo = errors.New("want two instances")
+
+// get answers a GET's status and body.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}

@@ -32,7 +32,8 @@ type Config struct {
 	RetryJoin     []string            // joined in the background until one answers
 	RetryMax      time.Duration       // longest pause between retry-join attempts; default 30s
 	// ReconnectEvery is how often failed members are tried again, so that
-	// a healed WAN cut rejoins; default 30s, as Serf.
+	// a healed WAN cut rejoins; default 30s, as Serf, or six probe
+	// intervals when Timings make that shorter.
 	ReconnectEvery time.Duration
 	// ReconnectTimeout is when a failed member is dropped; default 72h,
 	// as Consul's reconnect_timeout_wan.
@@ -85,10 +86,14 @@ func New(cfg Config) (*Pool, error) {
 	if cfg.BindAddr == "" {
 		cfg.BindAddr = "0.0.0.0"
 	}
+	reconnect := 30 * time.Second
+	if pi := cfg.Timings.ProbeInterval; pi > 0 {
+		reconnect = min(reconnect, 6*pi)
+	}
 	for _, d := range []struct {
 		v   *time.Duration
 		def time.Duration
-	}{{&cfg.RetryMax, 30 * time.Second}, {&cfg.ReconnectEvery, 30 * time.Second}, {&cfg.ReconnectTimeout, 72 * time.Hour},
+	}{{&cfg.RetryMax, 30 * time.Second}, {&cfg.ReconnectEvery, reconnect}, {&cfg.ReconnectTimeout, 72 * time.Hour},
 		{&cfg.LeaveTimeout, 5 * time.Second}, {&cfg.CoordinatePeriod, 5 * time.Second}} {
 		if *d.v <= 0 {
 			*d.v = d.def

@@ -160,7 +160,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	node := a.reg.Config().NodeName
 	a.srv.HandlePerm("PUT /v1/agent/reload", a.rl, acl.AgentWrite(node))
 	a.srv.HandlePerm("POST /v1/agent/reload", a.rl, acl.AgentWrite(node))
-	if a.names, err = newDNS(a.cfg, a.reg, log, prom); err != nil {
+	if a.names, err = newDNS(a.cfg, a.reg, a.srv, log, prom); err != nil {
 		return a, err
 	}
 	if a.containers, err = newDockerWatcher(cfg.Docker, a.reg, a.addr, log); err != nil {

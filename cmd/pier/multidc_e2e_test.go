@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -176,6 +177,27 @@ func TestWANTwoDatacenters(t *testing.T) {
 		t.Logf("a blocking query across datacenters woke %v after the registration", time.Since(start))
 	case <-time.After(20 * time.Second):
 		t.Fatal("a blocking query on dc2 did not wake on dc2's change")
+	}
+
+	// DNS: dc2's names through dc1's client.
+	if _, err := exec.LookPath("dig"); err == nil {
+		dnsAddr := dc1.clients[0].dns
+		if out := digAt(t, dnsAddr, "redis.service.dc2.consul", "+short"); !strings.Contains(out, "10.2.0.1") || !strings.Contains(out, "10.2.0.2") {
+			t.Errorf("dig redis.service.dc2.consul:\n%s", out)
+		}
+		if out := digAt(t, dnsAddr, "c1-dc2.node.dc2.consul", "+short"); strings.TrimSpace(out) != "127.0.0.1" {
+			t.Errorf("dig c1-dc2.node.dc2.consul:\n%s", out)
+		}
+		out := digAt(t, dnsAddr, "_redis._tcp.service.dc2.consul", "SRV")
+		if !strings.Contains(out, "6379 0a020001.addr.dc2.consul.") || !strings.Contains(out, "IN\tA\t10.2.0.1") {
+			t.Errorf("dig SRV _redis._tcp.service.dc2.consul:\n%s", out)
+		}
+		if out := digAt(t, dnsAddr, "redis.service.dc1.consul"); !strings.Contains(out, "NXDOMAIN") {
+			t.Errorf("redis in dc1: want NXDOMAIN\n%s", out)
+		}
+		if out := digAt(t, dnsAddr, "redis.service.dc9.consul"); !strings.Contains(out, "NXDOMAIN") {
+			t.Errorf("a datacenter nobody knows: want NXDOMAIN\n%s", out)
+		}
 	}
 
 	// A datacenter nobody knows answers as Consul.

@@ -192,7 +192,7 @@ func New(cfg Config) (*Registry, error) {
 		}
 	}
 	if r.cfg.NodeID == "" {
-		r.cfg.NodeID = newUUID()
+		r.cfg.NodeID = NewUUID()
 	}
 
 	tx := r.begin()

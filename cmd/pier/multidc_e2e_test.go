@@ -243,3 +243,75 @@ func get(t *testing.T, url string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// TestPreparedQueryFailover: a prepared query of dc1 with Failover
+// {NearestN: 1} answers dc1's instances over HTTP and DNS
+// (web-q.query.consul), dc2's once dc1 has none healthy, and dc1's again
+// when one is back.
+func TestPreparedQueryFailover(t *testing.T) {
+	needBinary(t)
+	dc1 := startDatacenter(t, "dc1", 1, "")
+	dc2 := startDatacenter(t, "dc2", 1, dc1.server.wan)
+	c1, c2 := apiClient(t, dc1.clients[0].addr), apiClient(t, dc2.clients[0].addr)
+	eventually.True(t, 20*time.Second, "the datacenters meet", func() bool { return len(datacentersOf(c1)) == 2 })
+	web := func(c *consul.Client, addr string) {
+		t.Helper()
+		if err := c.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: "web", Name: "web", Port: 80, Address: addr,
+			Check: &consul.AgentServiceCheck{CheckID: "web-ttl", TTL: "1h", Status: "passing"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web(c1, "10.1.0.1")
+	web(c2, "10.2.0.1")
+	var id string
+	eventually.True(t, 20*time.Second, "dc1 takes a prepared query", func() bool {
+		var err error
+		id, _, err = c1.PreparedQuery().Create(&consul.PreparedQueryDefinition{Name: "web-q",
+			Service: consul.ServiceQuery{Service: "web", OnlyPassing: true, Failover: consul.QueryFailoverOptions{NearestN: 1}}}, nil)
+		return err == nil
+	})
+	from := func() (string, int) {
+		res, _, err := c1.PreparedQuery().Execute("web-q", nil)
+		if err != nil || len(res.Nodes) == 0 {
+			return "", 0
+		}
+		return res.Datacenter + " " + res.Nodes[0].Service.Address, res.Failovers
+	}
+	digAnswer := func() string {
+		if _, err := exec.LookPath("dig"); err != nil {
+			return ""
+		}
+		return strings.TrimSpace(digAt(t, dc1.clients[0].dns, "web-q.query.consul", "+short"))
+	}
+	eventually.True(t, 20*time.Second, "the query answers dc1's web", func() bool { got, _ := from(); return got == "dc1 10.1.0.1" })
+	if got := digAnswer(); got != "" && got != "10.1.0.1" {
+		t.Errorf("dig web-q.query.consul with dc1 healthy: %q", got)
+	}
+	// dc1's only instance fails: the answer moves to dc2.
+	if err := c1.Agent().UpdateTTL("web-ttl", "down", "fail"); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 20*time.Second, "the query fails over to dc2", func() bool { got, _ := from(); return got == "dc2 10.2.0.1" })
+	if _, n := from(); n != 1 {
+		t.Errorf("failovers: %d, want 1", n)
+	}
+	if _, err := exec.LookPath("dig"); err == nil {
+		if got := digAnswer(); got != "10.2.0.1" {
+			t.Errorf("dig web-q.query.consul with dc1 down: %q, want dc2's 10.2.0.1", got)
+		}
+		if got := digAt(t, dc1.clients[0].dns, "web-q.query.consul", "SRV"); !strings.Contains(got, ".addr.dc2.consul.") {
+			t.Errorf("SRV of the failed-over query names dc2's hosts:\n%s", got)
+		}
+		if got := digAt(t, dc1.clients[0].dns, "nope.query.consul"); !strings.Contains(got, "NXDOMAIN") {
+			t.Errorf("an unknown query: want NXDOMAIN\n%s", got)
+		}
+	}
+	// Back in dc1 as soon as its instance passes again.
+	if err := c1.Agent().UpdateTTL("web-ttl", "up", "pass"); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 20*time.Second, "the query comes back to dc1", func() bool { got, _ := from(); return got == "dc1 10.1.0.1" })
+	if _, err := c1.PreparedQuery().Delete(id, nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -197,7 +197,11 @@ func (s *Server) coordinateUpdate(w http.ResponseWriter, r *http.Request) {
 // last, keeping the order among equals. As Consul, a near node without a
 // coordinate leaves the order as it is.
 func sortNear[E any](s *Server, r *http.Request, list []E, nodeOf func(*E) string) {
-	near := r.URL.Query().Get("near")
+	sortNearFrom(s, r.URL.Query().Get("near"), list, nodeOf)
+}
+
+// sortNearFrom is sortNear from the node near.
+func sortNearFrom[E any](s *Server, near string, list []E, nodeOf func(*E) string) {
 	if near == "" || len(list) < 2 {
 		return
 	}

@@ -61,6 +61,9 @@ func (s *Server) getJSON(ctx context.Context, pathQuery string, v any) error {
 	if rec.Code == http.StatusInternalServerError && bytes.HasPrefix(rec.Body.Bytes(), []byte(registry.ErrNoPath.Error())) {
 		return fmt.Errorf("api: %s: %w", pathQuery, registry.ErrNoPath)
 	}
+	if rec.Code == http.StatusNotFound {
+		return fmt.Errorf("api: %s: %s: %w", pathQuery, bytes.TrimSpace(rec.Body.Bytes()), registry.ErrNotFound)
+	}
 	if rec.Code != http.StatusOK {
 		return fmt.Errorf("api: %s: %d %s", pathQuery, rec.Code, rec.Body.Bytes())
 	}

@@ -183,7 +183,8 @@ func (s *Server) routes() {
 	s.route("GET /v1/agent/members", s.agentMembers, anyNodeRead)
 	s.checkRoutes() // TTL updates, maintenance, agent health (checks.go)
 	if s.cfg.Consensus != nil {
-		s.raftRoutes() // KV, sessions, txn, operator raft, snapshots on Raft (raftkv.go)
+		s.raftRoutes()  // KV, sessions, txn, operator raft, snapshots on Raft (raftkv.go)
+		s.queryRoutes() // prepared queries (query.go)
 	} else {
 		s.kvRoutes() // the gossip KV store (kv.go)
 	}

@@ -58,7 +58,8 @@ type answer struct {
 	extra  []mdns.RR
 	rots   int
 	kind   uint8  // kindService, kindNode or kindOther (metrics)
-	remote string // another datacenter, whose answer is asked of Remote each time
+	remote string // the datacenter of the records when it is another one
+	async  bool   // asked of Remote each time (another datacenter, a prepared query)
 	packed [nSlots][]atomic.Pointer[[]byte]
 }
 
@@ -277,7 +278,14 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 		if s.cfg.Remote == nil {
 			return nx() // no WAN: this datacenter only
 		}
-		a.remote = dc
+		a.remote, a.async = dc, true
+		return a
+	}
+	if kind == "query" {
+		if s.cfg.Remote == nil || dc != "" && dc != strings.ToLower(s.cfg.Datacenter) {
+			return nx() // prepared queries are the servers', run in this datacenter
+		}
+		a.kind, a.async = kindService, true
 		return a
 	}
 	switch kind {
@@ -345,7 +353,7 @@ func (s *Server) serviceAnswer(a *answer, insts []registry.Instance, tag, port s
 	return true
 }
 
-func isKind(l string) bool { return l == "service" || l == "node" || l == "addr" }
+func isKind(l string) bool { return l == "service" || l == "node" || l == "addr" || l == "query" }
 
 // splitKind finds the kind label in ls (a name without the domain) and
 // returns its index, with what follows it read as Consul reads it: nothing,

@@ -21,6 +21,11 @@ type Remote interface {
 	Instances(ctx context.Context, dc, service, tag string) ([]registry.Instance, error)
 	// Node answers dc's node called name; nil when it has none.
 	Node(ctx context.Context, dc, name string) (*registry.NodeEntry, error)
+	// Query executes the prepared query called name (an ID or a name)
+	// and answers the datacenter that answered (failover may move it),
+	// the query's DNS TTL (0: none set) and the instances;
+	// registry.ErrNotFound when there is no such query.
+	Query(ctx context.Context, name string) (dc string, ttl time.Duration, insts []registry.Instance, err error)
 }
 
 // remoteTimeout bounds one question to another datacenter: a client's
@@ -42,7 +47,9 @@ func (s *Server) remoteReply(ctx context.Context, out []byte, q *query, tcp bool
 	n, dc, port, _ := splitKind(ls)
 	kind, rest := ls[n], ls[:n]
 	a := newAnswer(qname, qtype)
-	a.remote = dc
+	if dc != strings.ToLower(s.cfg.Datacenter) {
+		a.remote = dc
+	}
 	if qtype == mdns.TypeANY {
 		qtype = 0
 	}
@@ -58,6 +65,21 @@ func (s *Server) remoteReply(ctx context.Context, out []byte, q *query, tcp bool
 				return errReply(out, q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)
 			}
 			found = err == nil && s.serviceAnswer(a, insts, tag, port, qtype)
+		}
+	case "query":
+		a.kind = kindService
+		qdc, ttl, insts, err := s.cfg.Remote.Query(ctx, strings.Join(rest, "."))
+		if failed(err) && !errors.Is(err, registry.ErrNotFound) {
+			s.log.Debug("a prepared query", "err", err)
+			return errReply(out, q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)
+		}
+		if qdc != s.cfg.Datacenter {
+			a.remote = qdc
+		}
+		if found = err == nil && s.serviceAnswer(a, insts, "", "", qtype); found && ttl > 0 {
+			for _, rr := range append(a.ans, a.extra...) {
+				rr.Header().Ttl = uint32(ttl / time.Second)
+			}
 		}
 	case "node":
 		a.kind = kindNode

@@ -27,6 +27,10 @@ type RouteInfo struct {
 
 	Total     int // instances in the catalog, healthy or not
 	Instances []InstanceInfo
+	// Failover is the route's failover; ServingFrom the datacenter it
+	// sends to now when that is another one (failover.go).
+	Failover    *Failover `json:",omitempty"`
+	ServingFrom string    `json:",omitempty"`
 }
 
 // InstanceInfo is one healthy instance of a route's service.
@@ -60,6 +64,10 @@ func (p *Proxy) Routes() []RouteInfo {
 			pool = rt.lbt.TagPool(r.Service, r.tag)
 		}
 		ri.Total = pool.Total()
+		ri.Failover = r.Failover
+		if fp, dc := p.servingPool(r, pool); dc != "" {
+			pool, ri.ServingFrom = fp, dc
+		}
 		for _, m := range pool.Members() {
 			ii := InstanceInfo{ID: m.ID, Node: m.Node, Addr: m.Backend.Addr(), Weight: m.Weight,
 				InFlight: m.Backend.InFlight(), Requests: m.Backend.Requests()}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,6 +44,11 @@ type Config struct {
 	AccessLog     string        `json:"-"`               // "combined", "json", or "off" (the default, also ""); the file's access_log also takes a boolean
 	AccessLogTo   io.Writer     `json:"-"`               // where access log lines go; nil: standard error
 	TLS           *TLSConfig    `json:"-"`               // certificates for RunTLS and the HTTP redirect; nil: no TLS
+
+	// Failover is where routes with a failover find other datacenters'
+	// instances (failover.go); nil: such routes serve locally only.
+	Failover      FailoverSource `json:"-"`
+	FailoverEvery time.Duration  `json:"-"` // how often those instances are asked for; default 1s
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.
@@ -84,6 +90,8 @@ type Proxy struct {
 	closing   bool
 
 	bodies sync.Pool // *clientBody, reused by requests with a body
+
+	fo *failover // nil without Config.Failover
 }
 
 // New validates cfg and builds the first route table.
@@ -126,6 +134,9 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
+	if cfg.Failover != nil {
+		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cfg.Balancer)
+	}
 	p.bodies.New = func() any { return new(clientBody) }
 	for i := range cfg.Routes {
 		// Read the CA bundles now: a config route that cannot be served as

@@ -31,12 +31,21 @@ type Route struct {
 	TLSServerName string `json:"tls_server_name"` // SNI and the name verified
 	TLSCAFile     string `json:"tls_ca_file"`     // PEM bundle to verify instances with
 
+	// Failover sends to other datacenters' instances while this one has
+	// none (failover.go); nil: never.
+	Failover *Failover `json:"failover"`
+
 	Source string `json:"-"` // "config", "kv" or "tag"; set by the proxy
 	Key    string `json:"-"` // for a KV route, its key; set by the proxy
 }
 
 // Validate reports the first mistake in r, naming the route.
 func (r *Route) Validate() error {
+	if r.Failover != nil {
+		if err := r.Failover.validate(r); err != nil {
+			return err
+		}
+	}
 	switch {
 	case r.Service == "":
 		return fmt.Errorf("route %s%s: a service is required", r.Host, r.Path)
@@ -83,6 +92,12 @@ type route struct {
 // (as fabio does: the tag is the instance saying it serves the route); for
 // a config or KV route, every healthy instance of the service.
 func (p *Proxy) pool(r *route) *lb.Pool {
+	pl, _ := p.servingPool(r, p.localPool(r))
+	return pl
+}
+
+// localPool is pool without failover.
+func (p *Proxy) localPool(r *route) *lb.Pool {
 	if r.Port != "" {
 		return p.bal.PortPool(r.Service, r.Port)
 	}

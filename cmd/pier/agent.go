@@ -168,6 +168,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	}
 	if p := cfg.Proxy; p != nil {
 		p.lb.Registerer, p.proxy.Registerer = prom, prom
+		p.proxy.Failover = a.srv // other datacenters' instances, for routes with a failover
 		if p.proxy.AccessLogTo == nil {
 			p.proxy.AccessLogTo = logOut
 		}
@@ -325,6 +326,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		proxyAddr = d.ln.Addr().String()
 		g.Go(func() error { return d.bal.Run(gctx) })
 		g.Go(func() error { return d.proxy.Run(gctx, d.ln) })
+		g.Go(func() error { return d.proxy.RunFailover(gctx) })
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })

@@ -27,6 +27,12 @@ type apiRoute struct {
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
 
+	Failover *struct {
+		Nearest     int
+		Datacenters []string
+	} `json:",omitempty"`
+	ServingFrom string `json:",omitempty"`
+
 	Total     int
 	Instances []struct {
 		ID        string
@@ -105,6 +111,10 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 			svc += " (https, unverified)"
 		case r.TLS:
 			svc += " (https)"
+		}
+		if r.ServingFrom != "" {
+			// Its local instances are gone: it sends to another datacenter's.
+			svc += " (failed over to " + r.ServingFrom + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, svc, rewrite, r.Source, len(r.Instances), r.Total, strings.Join(ins, ", "))
 	}

@@ -92,3 +92,11 @@ func (n node) entry() registry.NodeEntry {
 	return registry.NodeEntry{Node: registry.Node{ID: n.ID, Name: n.Node, Address: n.Address, Datacenter: n.Datacenter,
 		TaggedAddresses: n.TaggedAddresses, Meta: n.Meta, Locality: n.Locality}, CreateIndex: n.CreateIndex, ModifyIndex: n.ModifyIndex}
 }
+
+// Datacenters answers every datacenter, this one first, then the others
+// nearest first, as /v1/catalog/datacenters.
+func (s *Server) Datacenters(ctx context.Context) ([]string, error) {
+	var dcs []string
+	err := s.getJSON(ctx, "/v1/catalog/datacenters", &dcs)
+	return dcs, err
+}

@@ -27,7 +27,12 @@ type running struct {
 
 func start(t *testing.T, node, dc string, port string) *running {
 	t.Helper()
-	p, err := New(Config{NodeName: node, Datacenter: dc, BindAddr: "127.0.0.1", Tags: map[string]string{"role": "consul", "id": node, "port": port},
+	return startKeyed(t, node, dc, port, nil)
+}
+
+func startKeyed(t *testing.T, node, dc string, port string, kr *memberlist.Keyring) *running {
+	t.Helper()
+	p, err := New(Config{NodeName: node, Datacenter: dc, BindAddr: "127.0.0.1", Tags: map[string]string{"role": "consul", "id": node, "port": port}, Keyring: kr,
 		ReconnectEvery: 200 * time.Millisecond, CoordinatePeriod: 100 * time.Millisecond, LeaveTimeout: time.Second, Memberlist: fast})
 	if err != nil {
 		t.Fatal(err)
@@ -138,4 +143,55 @@ func TestNearestFirst(t *testing.T) {
 	if got := median(servers()); got <= far {
 		t.Fatalf("a datacenter without coordinates sorts last, got %v", got)
 	}
+}
+
+// TestPoolEncrypted: the pool encrypts with the keyring it is handed (the
+// LAN pool's), so servers with the same key meet, one with another key
+// does not, and a key installed and used in that keyring afterwards is the
+// pool's at once.
+func TestPoolEncrypted(t *testing.T) {
+	keyA, keyB := []byte("0123456789abcdef"), []byte("fedcba9876543210")
+	ring := func(k []byte) *memberlist.Keyring {
+		kr, err := memberlist.NewKeyring(nil, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kr
+	}
+	a := startKeyed(t, "s1", "dc1", "8300", ring(keyA))
+	b := startKeyed(t, "s2", "dc2", "9300", ring(keyA))
+	other := startKeyed(t, "s3", "dc3", "9400", ring(keyB))
+	if _, err := b.p.Join([]string{a.p.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.p.Join([]string{a.p.Addr()}); err == nil {
+		t.Error("a server with another key joined")
+	}
+	eventually.True(t, 10*time.Second, "the two with one key meet", func() bool { return len(a.p.Servers("dc2")) == 1 })
+	if len(a.p.Servers("dc3")) != 0 {
+		t.Error("dc3, of another key, is in the pool")
+	}
+	// Rotation through the shared keyrings: install B on both, use it,
+	// remove A; the pool goes on, and dc3 (B only) can now join.
+	for _, r := range []*running{a, b} {
+		kr := r.p.cfg.Keyring
+		if err := kr.AddKey(keyB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range []*running{a, b} {
+		kr := r.p.cfg.Keyring
+		if err := kr.UseKey(keyB); err != nil {
+			t.Fatal(err)
+		}
+		if err := kr.RemoveKey(keyA); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := other.p.Join([]string{a.p.Addr()}); err != nil {
+		t.Fatalf("after the rotation to its key: %v", err)
+	}
+	eventually.True(t, 10*time.Second, "all three meet on the new key", func() bool {
+		return len(a.p.Servers("dc2")) == 1 && len(a.p.Servers("dc3")) == 1 && len(b.p.Servers("dc3")) == 1
+	})
 }

@@ -51,11 +51,7 @@ func (r *Remote) Set(insts map[RemoteKey][]registry.Instance) {
 			if !ok || in.Service.Port == 0 {
 				continue
 			}
-			host := in.Service.Address
-			if host == "" {
-				host = in.Node.Address
-			}
-			addr := net.JoinHostPort(host, strconv.Itoa(in.Service.Port))
+			addr := instanceAddr(in)
 			be := r.backends[addr]
 			if be == nil {
 				be = newBackend(addr, &r.b.cfg)
@@ -89,4 +85,14 @@ func (p *Pool) Usable() bool {
 		}
 	}
 	return false
+}
+
+// instanceAddr is where an instance's default port is reached: the
+// service's address, else its node's.
+func instanceAddr(in registry.Instance) string {
+	host := in.Service.Address
+	if host == "" {
+		host = in.Node.Address
+	}
+	return net.JoinHostPort(host, strconv.Itoa(in.Service.Port))
 }

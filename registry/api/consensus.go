@@ -355,15 +355,21 @@ func (s *Server) answerWithin(r *http.Request) time.Duration {
 	if r.URL.Path == "/v1/snapshot" {
 		return 1<<63 - 1
 	}
-	d := 3 * s.cfg.RPCHoldTimeout
-	if q := r.URL.Query(); q.Get("index") != "" && q.Get("index") != "0" {
-		wait := s.cfg.DefaultWait
-		if w, err := time.ParseDuration(q.Get("wait")); err == nil && w >= 0 {
-			wait = min(w, s.cfg.MaxWait)
-		}
-		d += wait + wait/16
+	return 3*s.cfg.RPCHoldTimeout + s.blockingWait(r)
+}
+
+// blockingWait is how long r may be held as a blocking query (its wait
+// and the jitter), 0 for any other request.
+func (s *Server) blockingWait(r *http.Request) time.Duration {
+	q := r.URL.Query()
+	if q.Get("index") == "" || q.Get("index") == "0" {
+		return 0
 	}
-	return d
+	wait := s.cfg.DefaultWait
+	if w, err := time.ParseDuration(q.Get("wait")); err == nil && w >= 0 {
+		wait = min(w, s.cfg.MaxWait)
+	}
+	return wait + wait/16
 }
 
 // newForwarder is the transport of forwarded requests: no overall timeout,

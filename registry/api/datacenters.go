@@ -104,15 +104,7 @@ func (s *Server) toDatacenter(w http.ResponseWriter, r *http.Request) bool {
 // answer: its servers hold a request for a leader up to RPCHoldTimeout,
 // and a blocking query for its wait.
 func (s *Server) wanAnswerWithin(r *http.Request) time.Duration {
-	d := s.cfg.RPCHoldTimeout
-	if q := r.URL.Query(); q.Get("index") != "" && q.Get("index") != "0" {
-		wait := s.cfg.DefaultWait
-		if w, err := time.ParseDuration(q.Get("wait")); err == nil && w >= 0 {
-			wait = min(w, s.cfg.MaxWait)
-		}
-		d += wait + wait/16
-	}
-	return d
+	return s.cfg.RPCHoldTimeout + s.blockingWait(r)
 }
 
 // newWANForwarder is the transport of requests to other datacenters: a

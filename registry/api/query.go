@@ -231,37 +231,34 @@ func (s *Server) queryList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) queryGet(w http.ResponseWriter, r *http.Request) {
-	st, ok := s.queryRead(w, r)
-	if !ok {
-		return
+	if q, ok := s.readQuery(w, r); ok {
+		writeJSON(w, r, []preparedQuery{shown(r, q)})
 	}
-	q, ok := resolveQuery(st, r.PathValue("id"))
-	if !ok {
-		httpError(w, http.StatusNotFound, "Query not found")
-		return
-	}
-	if p := acl.PolicyOf(r); p != nil && !p.ServiceRead(q.Service.Service) {
-		acl.Denied(w)
-		return
-	}
-	writeJSON(w, r, []preparedQuery{shown(r, q)})
 }
 
 func (s *Server) queryExplain(w http.ResponseWriter, r *http.Request) {
+	if q, ok := s.readQuery(w, r); ok {
+		writeJSON(w, r, map[string]any{"Query": shown(r, q)})
+	}
+}
+
+// readQuery answers the query r names (an ID or a name), which r may read;
+// false means the request was answered or forwarded.
+func (s *Server) readQuery(w http.ResponseWriter, r *http.Request) (preparedQuery, bool) {
 	st, ok := s.queryRead(w, r)
 	if !ok {
-		return
+		return preparedQuery{}, false
 	}
 	q, ok := resolveQuery(st, r.PathValue("id"))
 	if !ok {
 		httpError(w, http.StatusNotFound, "Query not found")
-		return
+		return q, false
 	}
 	if p := acl.PolicyOf(r); p != nil && !p.ServiceRead(q.Service.Service) {
 		acl.Denied(w)
-		return
+		return q, false
 	}
-	writeJSON(w, r, map[string]any{"Query": shown(r, q)})
+	return q, true
 }
 
 // queryResult is Consul's PreparedQueryExecuteResponse.

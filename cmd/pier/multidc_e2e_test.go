@@ -246,8 +246,8 @@ func get(t *testing.T, url string) (int, string) {
 
 // TestPreparedQueryFailover: a prepared query of dc1 with Failover
 // {NearestN: 1} answers dc1's instances over HTTP and DNS
-// (web-q.query.consul), dc2's once dc1 has none healthy, and dc1's again
-// when one is back.
+// (web-q.query.consul), dc2's once dc1 has none healthy, dc3's (listed in
+// Datacenters) once dc2 has none either, and dc1's again when one is back.
 func TestPreparedQueryFailover(t *testing.T) {
 	needBinary(t)
 	dc1 := startDatacenter(t, "dc1", 1, "")
@@ -305,6 +305,27 @@ func TestPreparedQueryFailover(t *testing.T) {
 		if got := digAt(t, dc1.clients[0].dns, "nope.query.consul"); !strings.Contains(got, "NXDOMAIN") {
 			t.Errorf("an unknown query: want NXDOMAIN\n%s", got)
 		}
+	}
+	// A third datacenter, listed in Datacenters: with dc2's instance down
+	// too, the answer comes from dc3 after two failovers.
+	dc3 := startDatacenter(t, "dc3", 1, dc1.server.wan)
+	web(apiClient(t, dc3.clients[0].addr), "10.3.0.1")
+	def := &consul.PreparedQueryDefinition{ID: id, Name: "web-q", Service: consul.ServiceQuery{Service: "web", OnlyPassing: true,
+		Failover: consul.QueryFailoverOptions{NearestN: 1, Datacenters: []string{"dc9", "dc3"}}}}
+	if _, err := c1.PreparedQuery().Update(def, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Agent().UpdateTTL("web-ttl", "down", "fail"); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 30*time.Second, "the query fails over past dc2 to dc3", func() bool { got, _ := from(); return got == "dc3 10.3.0.1" })
+	// Loopback gives no distances: the nearest other is dc2 (then dc3 is
+	// the second try) or dc3 (the first); dc9 is unknown and never counts.
+	if _, n := from(); n != 1 && n != 2 {
+		t.Errorf("failovers with dc2 down: %d, want 1 or 2", n)
+	}
+	if got := digAnswer(); got != "" && got != "10.3.0.1" {
+		t.Errorf("dig web-q.query.consul with dc1 and dc2 down: %q", got)
 	}
 	// Back in dc1 as soon as its instance passes again.
 	if err := c1.Agent().UpdateTTL("web-ttl", "up", "pass"); err != nil {

@@ -119,7 +119,7 @@ const askTimeout = 2 * time.Second
 // answer) runs again without waiting for the next Reconcile.
 const retryPause = time.Second
 
-func (c *group) init() {
+func (c *group) init(sec *Security) {
 	c.kick = make(chan struct{}, 1)
 	c.names = map[string]string{}
 	c.lastIndex = map[string]uint64{}
@@ -128,7 +128,8 @@ func (c *group) init() {
 	c.absent = map[string]time.Time{}
 	// No keep-alives: an idle pooled connection would outlive the Node.
 	// No proxy: servers talk to each other directly.
-	c.client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	// The dial is the port's: TLS when the port authenticates.
+	c.client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil, DialContext: sec.DialContext}}
 }
 
 // Reconcile hands the Node gossip's newest view of the servers: self and

@@ -35,6 +35,7 @@ type memberOpts struct {
 	dir      string        // empty: in memory
 	bind     string        // empty: 127.0.0.1:0
 	cleanup  time.Duration // CleanupDeadServers; 0: the default
+	sec      *Security     // the port's; nil: plain
 }
 
 func startMember(t *testing.T, o memberOpts) *member {
@@ -45,7 +46,7 @@ func startMember(t *testing.T, o memberOpts) *member {
 	if o.bind == "" {
 		o.bind = "127.0.0.1:0"
 	}
-	port, err := ListenServerPort(o.bind, "")
+	port, err := ListenServerPort(o.bind, "", o.sec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -548,7 +549,7 @@ func TestUnreachableServerNotAdded(t *testing.T) {
 	m := startMember(t, memberOpts{id: "u0", expect: 1})
 	m.n.Reconcile(m.peer, nil)
 	waitLeader(t, m)
-	gone, err := ListenServerPort("127.0.0.1:0", "")
+	gone, err := ListenServerPort("127.0.0.1:0", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -217,6 +217,8 @@ func (n *Node) reconcilePass(ctx context.Context) time.Duration {
 	}
 	if n.raft.State() == hraft.Leader {
 		again = minPositive(again, n.reconcileLeader(ctx, self, servers, now))
+	} else {
+		again = minPositive(again, n.announceMove(ctx, self, servers[1:]))
 	}
 	return again
 }
@@ -327,6 +329,7 @@ func (n *Node) maybeBootstrap(ctx context.Context, self Peer, servers []Peer) ti
 
 // peersInfo is what PeersHandler answers.
 type peersInfo struct {
+	ID        string   // this server's Raft ID: who answers at this address
 	Peers     []string // the addresses of this server's configuration
 	LastIndex uint64
 	LastTerm  uint64 // its current term, for autopilot's health (health.go)
@@ -338,11 +341,15 @@ type peersInfo struct {
 // asks for RaftServers.
 func (n *Node) PeersHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet {
-			http.Error(w, "method must be GET", http.StatusMethodNotAllowed)
+		if r.Method == http.MethodPost {
+			n.serveMoved(w, r) // moved.go
 			return
 		}
-		info := peersInfo{Peers: []string{}, LastIndex: n.raft.LastIndex(), LastTerm: n.raft.CurrentTerm()}
+		if r.Method != http.MethodGet {
+			http.Error(w, "method must be GET or POST", http.StatusMethodNotAllowed)
+			return
+		}
+		info := peersInfo{ID: n.cfg.ID, Peers: []string{}, LastIndex: n.raft.LastIndex(), LastTerm: n.raft.CurrentTerm()}
 		cfg, err := n.Configuration()
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)

@@ -343,6 +343,14 @@ func TestCleanupKeepsQuorum(t *testing.T) {
 	if got := ids(t, lead); len(got) != 3 {
 		t.Fatalf("removed a quorum's worth: %v", got)
 	}
+	// One may go, once it does not answer at its address either (one
+	// that still answers as itself is kept: moved.go).
+	lead.n.Reconcile(lead.peer, []Peer{lead.peer, rest[0].with(registry.MemberFailed, long), rest[1].peer})
+	settle(t, lead)
+	if got := ids(t, lead); len(got) != 3 {
+		t.Fatalf("removed a server that answers as itself: %v", got)
+	}
+	rest[0].stop()
 	lead.n.Reconcile(lead.peer, []Peer{lead.peer, rest[0].with(registry.MemberFailed, long), rest[1].peer})
 	waitVoters(t, lead, lead.n.ID(), rest[1].n.ID())
 }
@@ -573,4 +581,49 @@ func TestBootstrapCountsServersWithoutExpect(t *testing.T) {
 	reconcileAll(a, b)
 	lead := waitLeader(t, a, b)
 	waitVoters(t, lead, "x0", "x1")
+}
+
+// A server restarted at a new address that gossip does not show yet (it
+// still has the old one, failed) tells the leader itself, is moved in
+// place and replicates, and is not removed when its failure outlasts
+// CleanupDeadServers: it answers as itself at its new address.
+func TestServerMovedSaysSo(t *testing.T) {
+	ms, lead := groupOf(t, "m", 3, memberOpts{dir: t.TempDir(), cleanup: 300 * time.Millisecond})
+	moved := others(ms, lead)[0]
+	moved.stop()
+	o := moved.opts
+	o.bind = "127.0.0.1:0"
+	back := startMember(t, o)
+	if back.peer.Addr == moved.peer.Addr {
+		t.Skip("the new port is the old one")
+	}
+	// Gossip's view everywhere: the old address, failed.
+	failedOld := moved.with(registry.MemberFailed, time.Now())
+	rest := others(ms, moved)
+	for _, m := range rest {
+		m.n.Reconcile(m.peer, []Peer{rest[0].peer, rest[1].peer, failedOld})
+	}
+	back.n.Reconcile(back.peer, []Peer{rest[0].peer, rest[1].peer})
+	eventually.NoError(t, 10*time.Second, "the new address in the configuration", func() error {
+		cfg, err := lead.n.Configuration()
+		if err != nil {
+			return err
+		}
+		for _, s := range cfg {
+			if s.ID == back.n.ID() && s.Address == back.peer.Addr {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", cfg)
+	})
+	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after-move", Value: []byte("v")}); err != nil || !r.OK {
+		t.Fatalf("write: %+v %v", r, err)
+	}
+	waitKey(t, "after-move", back)
+	time.Sleep(500 * time.Millisecond) // past CleanupDeadServers: the loop runs by itself
+	lead.n.Reconcile(lead.peer, []Peer{rest[0].peer, rest[1].peer, failedOld})
+	settle(t, lead)
+	if got := ids(t, lead); len(got) != 3 {
+		t.Fatalf("the moved server was removed on gossip's word: %v", got)
+	}
 }

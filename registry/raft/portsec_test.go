@@ -1,19 +1,10 @@
 package raft
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -22,6 +13,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 
 	"github.com/pier-dev/pier/deploy/eventually"
+	"github.com/pier-dev/pier/deploy/testca"
 )
 
 // testKeyring is one agent's gossip keyring, changed as consul keyring
@@ -232,68 +224,10 @@ func TestKeyringPortRotation(t *testing.T) {
 	write("a stranger was refused")
 }
 
-// testCA is a CA that signs agents' certificates in a test's directory.
-type testCA struct {
-	dir  string
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
+func certSecurity(t *testing.T, ca *testca.CA, name string, in, out bool, serverName string) *Security {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{dir: t.TempDir(), cert: cert, key: key}
-	ca.file = ca.write(t, name+"-ca.pem", "CERTIFICATE", der)
-	return ca
-}
-
-func (ca *testCA) write(t *testing.T, name, typ string, der []byte) string {
-	t.Helper()
-	p := filepath.Join(ca.dir, name)
-	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// issue answers the cert and key files of a certificate for dnsName.
-func (ca *testCA) issue(t *testing.T, dnsName string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: dnsName},
-		DNSNames: []string{dnsName}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca.write(t, dnsName+".pem", "CERTIFICATE", der), ca.write(t, dnsName+"-key.pem", "PRIVATE KEY", kder)
-}
-
-func certSecurity(t *testing.T, ca *testCA, name string, in, out bool, serverName string) *Security {
-	t.Helper()
-	cert, key := ca.issue(t, name)
-	s, err := CertSecurity(CertConfig{CAFile: ca.file, CertFile: cert, KeyFile: key, VerifyIncoming: in, VerifyOutgoing: out, ServerName: serverName}, nil)
+	c := ca.Issue(t, name, nil)
+	s, err := CertSecurity(CertConfig{CAFile: ca.File, CertFile: c.CertFile, KeyFile: c.KeyFile, VerifyIncoming: in, VerifyOutgoing: out, ServerName: serverName}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +238,7 @@ func certSecurity(t *testing.T, ca *testCA, name string, in, out bool, serverNam
 // group over TLS, and neither a plain connection, TLS without a
 // certificate nor one signed by another CA gets in.
 func TestCertPortMutualTLS(t *testing.T) {
-	ca := newTestCA(t, "pier")
+	ca := testca.New(t, t.TempDir(), "pier")
 	const name = "server.dc1.consul"
 	var ms []*member
 	for i := range 2 {
@@ -319,7 +253,7 @@ func TestCertPortMutualTLS(t *testing.T) {
 	waitKey(t, "real", ms...)
 	index := lead.n.raft.LastIndex()
 
-	other := newTestCA(t, "mallory")
+	other := testca.New(t, t.TempDir(), "mallory")
 	strangers := map[string]*Security{
 		"plain":          nil,
 		"another CA":     certSecurity(t, other, name, false, true, ""),
@@ -351,7 +285,7 @@ func TestCertPortMutualTLS(t *testing.T) {
 // Without verify_incoming a port with a certificate still takes plain
 // connections, as Consul's does while a cluster moves to TLS.
 func TestCertPortWithoutVerifyIncoming(t *testing.T) {
-	ca := newTestCA(t, "pier")
+	ca := testca.New(t, t.TempDir(), "pier")
 	m := startMember(t, memberOpts{id: "soft", expect: 1, sec: certSecurity(t, ca, "s", false, false, "")})
 	m.n.Reconcile(m.peer, nil)
 	waitLeader(t, m)

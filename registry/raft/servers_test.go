@@ -38,7 +38,7 @@ type memberOpts struct {
 	sec      *Security     // the port's; nil: plain
 }
 
-func startMember(t *testing.T, o memberOpts) *member {
+func startMember(t testing.TB, o memberOpts) *member {
 	t.Helper()
 	if o.name == "" {
 		o.name = o.id
@@ -106,7 +106,7 @@ func reconcileAll(ms ...*member) {
 	}
 }
 
-func waitLeader(t *testing.T, ms ...*member) *member {
+func waitLeader(t testing.TB, ms ...*member) *member {
 	t.Helper()
 	var lead *member
 	eventually.True(t, 10*time.Second, "a leader", func() bool {
@@ -142,7 +142,7 @@ func ids(t *testing.T, m *member) []string {
 	return out
 }
 
-func waitVoters(t *testing.T, m *member, want ...string) {
+func waitVoters(t testing.TB, m *member, want ...string) {
 	t.Helper()
 	slices.Sort(want)
 	eventually.NoError(t, 10*time.Second, fmt.Sprintf("voters %v", want), func() error {
@@ -269,7 +269,7 @@ func TestJoinWithoutExpect(t *testing.T) {
 
 // groupOf starts n servers with bootstrap-expect n and waits for their
 // leader.
-func groupOf(t *testing.T, prefix string, count int, o memberOpts) ([]*member, *member) {
+func groupOf(t testing.TB, prefix string, count int, o memberOpts) ([]*member, *member) {
 	t.Helper()
 	var ms []*member
 	for i := range count {

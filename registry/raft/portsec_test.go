@@ -1,12 +1,15 @@
 package raft
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,5 +297,49 @@ func TestCertPortWithoutVerifyIncoming(t *testing.T) {
 	}
 	if err := peersOver(certSecurity(t, ca, "c", false, true, ""), m); err != nil {
 		t.Errorf("TLS: %v", err)
+	}
+}
+
+// countingListener counts the connections its listener hands out.
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// An http.Transport over Security.DialContext keeps its TLS connections
+// alive and reuses them, as the API's forwarder does: a run of requests
+// costs one handshake, not one each.
+func TestSecurityDialPools(t *testing.T) {
+	sec := KeyringSecurity(newTestKeyring(gossipKey(5)).src, nil)
+	p, err := ListenServerPort("127.0.0.1:0", "", sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ln := &countingListener{Listener: p.HTTP()}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	tr := &http.Transport{DialContext: sec.DialContext}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	for i := range 20 {
+		resp, err := c.Get("http://" + p.Addr() + "/x")
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if n := ln.n.Load(); n != 1 {
+		t.Errorf("20 requests took %d connections, want 1 kept alive", n)
 	}
 }

@@ -469,18 +469,7 @@ func TestServerAddressChange(t *testing.T) {
 	}
 	now := append(others(ms, moved), back)
 	reconcileAll(now...)
-	eventually.NoError(t, 10*time.Second, "the new address in the configuration", func() error {
-		cfg, err := lead.n.Configuration()
-		if err != nil {
-			return err
-		}
-		for _, s := range cfg {
-			if s.ID == back.n.ID() && s.Address == back.peer.Addr && s.Voter && len(cfg) == 3 {
-				return nil
-			}
-		}
-		return fmt.Errorf("%+v", cfg)
-	})
+	waitMoved(t, lead, back)
 	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after-move", Value: []byte("v")}); err != nil || !r.OK {
 		t.Fatalf("write: %+v %v", r, err)
 	}
@@ -604,18 +593,7 @@ func TestServerMovedSaysSo(t *testing.T) {
 		m.n.Reconcile(m.peer, []Peer{rest[0].peer, rest[1].peer, failedOld})
 	}
 	back.n.Reconcile(back.peer, []Peer{rest[0].peer, rest[1].peer})
-	eventually.NoError(t, 10*time.Second, "the new address in the configuration", func() error {
-		cfg, err := lead.n.Configuration()
-		if err != nil {
-			return err
-		}
-		for _, s := range cfg {
-			if s.ID == back.n.ID() && s.Address == back.peer.Addr {
-				return nil
-			}
-		}
-		return fmt.Errorf("%+v", cfg)
-	})
+	waitMoved(t, lead, back)
 	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after-move", Value: []byte("v")}); err != nil || !r.OK {
 		t.Fatalf("write: %+v %v", r, err)
 	}
@@ -626,4 +604,22 @@ func TestServerMovedSaysSo(t *testing.T) {
 	if got := ids(t, lead); len(got) != 3 {
 		t.Fatalf("the moved server was removed on gossip's word: %v", got)
 	}
+}
+
+// waitMoved waits until lead's configuration of three voters has m at
+// its address.
+func waitMoved(t *testing.T, lead, m *member) {
+	t.Helper()
+	eventually.NoError(t, 10*time.Second, "the new address in the configuration", func() error {
+		cfg, err := lead.n.Configuration()
+		if err != nil {
+			return err
+		}
+		for _, s := range cfg {
+			if s.ID == m.n.ID() && s.Address == m.peer.Addr && s.Voter && len(cfg) == 3 {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", cfg)
+	})
 }

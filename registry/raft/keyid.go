@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -108,6 +110,76 @@ func (k *keyring) own() (*tls.Certificate, error) {
 	return &id.cert, nil
 }
 
+// allowed reports whether pub is the identity of a key in the keyring now.
+func (k *keyring) allowed(pub ed25519.PublicKey) error {
+	_, keys, ok := k.src()
+	if !ok {
+		return errors.New("raft: the keyring is not loaded yet")
+	}
+	for _, key := range keys {
+		id, err := k.identity(key)
+		if err == nil && bytes.Equal(id.pub, pub) {
+			return nil
+		}
+	}
+	return errors.New("raft: the peer's certificate is of no key in this agent's keyring")
+}
+
+// recheckEvery is how often a connection's peer is checked against the
+// keyring again while it is used: a key removed from the keyring cuts the
+// connections made with it within about this, not only new ones (Raft's
+// pooled connections would otherwise outlive a rotation for good).
+const recheckEvery = time.Second
+
+// watch wraps a handshaken connection of keyring mode so that it fails
+// once its peer's key leaves the keyring; other connections are answered
+// as they are.
+func (k *keyring) watch(tc *tls.Conn) net.Conn {
+	if k == nil {
+		return tc
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	pub, _ := certs[0].PublicKey.(ed25519.PublicKey) // verifyPeer made sure
+	kc := &keyedConn{Conn: tc, k: k, pub: pub}
+	kc.checked.Store(time.Now().UnixNano())
+	return kc
+}
+
+// keyedConn is a connection whose peer showed the identity pub.
+type keyedConn struct {
+	net.Conn
+	k       *keyring
+	pub     ed25519.PublicKey
+	checked atomic.Int64 // unix nanoseconds of the last check
+}
+
+func (c *keyedConn) recheck(op string) error {
+	now := time.Now().UnixNano()
+	last := c.checked.Load()
+	if now-last < int64(recheckEvery) || !c.checked.CompareAndSwap(last, now) {
+		return nil
+	}
+	if err := c.k.allowed(c.pub); err != nil {
+		c.Conn.Close()
+		return &net.OpError{Op: op, Net: "tcp", Addr: c.RemoteAddr(), Err: err}
+	}
+	return nil
+}
+
+func (c *keyedConn) Read(b []byte) (int, error) {
+	if err := c.recheck("read"); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *keyedConn) Write(b []byte) (int, error) {
+	if err := c.recheck("write"); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
+}
+
 // verifyPeer accepts a peer whose leaf certificate carries the identity
 // of a key in the keyring now.
 func (k *keyring) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -122,17 +194,7 @@ func (k *keyring) verifyPeer(raw [][]byte, _ [][]*x509.Certificate) error {
 	if !ok {
 		return errors.New("raft: the peer's certificate is not of a gossip key")
 	}
-	_, keys, ok := k.src()
-	if !ok {
-		return errors.New("raft: the keyring is not loaded yet")
-	}
-	for _, key := range keys {
-		id, err := k.identity(key)
-		if err == nil && bytes.Equal(id.pub, pub) {
-			return nil
-		}
-	}
-	return errors.New("raft: the peer's certificate is of no key in this agent's keyring")
+	return k.allowed(pub)
 }
 
 // KeyringSecurity authenticates the server port with identities derived
@@ -152,6 +214,6 @@ func KeyringSecurity(src KeySource, log *slog.Logger) *Security {
 	server.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return k.own() }
 	client := base.Clone()
 	client.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return k.own() }
-	return &Security{server: server, client: client, requireTLS: true, log: orDiscard(log),
+	return &Security{server: server, client: client, requireTLS: true, keys: k, log: orDiscard(log),
 		ready: func() bool { _, _, ok := src(); return ok }}
 }

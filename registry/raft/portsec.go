@@ -49,7 +49,10 @@ type Security struct {
 	// (the keyring is loaded after the port opens): connections are
 	// refused and dials fail until then.
 	ready func() bool
-	log   *slog.Logger
+	// keys, in keyring mode, rechecks a connection's peer against the
+	// keyring as it is used (keyid.go); nil otherwise.
+	keys *keyring
+	log  *slog.Logger
 	// warned is when a refused connection was last logged: a scanner
 	// must not flood the log.
 	warned atomic.Int64
@@ -177,7 +180,7 @@ func (s *Security) DialContext(ctx context.Context, network, addr string) (net.C
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: c.RemoteAddr(), Err: fmt.Errorf("TLS handshake: %w", err)}
 	}
 	c.SetDeadline(time.Time{})
-	return tc, nil
+	return s.keys.watch(tc), nil
 }
 
 // accept turns a connection whose first byte is first into the stream the
@@ -213,7 +216,7 @@ func (s *Security) accept(c net.Conn, first byte) (conn net.Conn, b byte, ok boo
 		tc.Close()
 		return nil, 0, false
 	}
-	return tc, one[0], true
+	return s.keys.watch(tc), one[0], true
 }
 
 // refusedEvery bounds how often a refused connection is logged.

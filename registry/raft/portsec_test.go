@@ -211,11 +211,30 @@ func TestKeyringPortRotation(t *testing.T) {
 		}
 		write(fmt.Sprintf("use on %d", i+1))
 	}
+	// A stranger's kept-alive connection, made while the old key was
+	// still installed, is cut once the key is removed.
+	staleRing := newTestKeyring(old)
+	staleRing.install(next) // it takes the servers' new key; they must refuse its old one
+	stale := KeyringSecurity(staleRing.src, nil)
+	kept := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: stale.DialContext}}
+	defer kept.Transport.(*http.Transport).CloseIdleConnections()
+	get := func() error {
+		resp, err := kept.Get("http://" + ms[0].port.Addr() + PeersPath)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return nil
+	}
+	if err := get(); err != nil {
+		t.Fatalf("the old key while it is installed: %v", err)
+	}
 	for _, kr := range rings {
 		kr.remove(old)
 	}
 	write("remove")
-	stale := KeyringSecurity(newTestKeyring(old).src, nil)
+	eventually.True(t, 5*time.Second, "the kept-alive connection of the removed key is cut", func() bool { return get() != nil })
 	for _, m := range ms {
 		if err := peersOver(stale, m); err == nil {
 			t.Errorf("%s answers a dialer with the removed key", m.n.ID())

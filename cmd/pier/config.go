@@ -220,6 +220,11 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	if err := c.TLS.Validate(); err != nil {
 		return c, usageError{"-https-port: " + err.Error()}
 	}
+	if t := c.InternalTLS; t.Enabled() {
+		if err := t.Validate(); err != nil {
+			return c, usageError{err.Error()}
+		}
+	}
 	for _, kv := range f.nodeMeta {
 		k, v, ok := strings.Cut(kv, ":")
 		if !ok {

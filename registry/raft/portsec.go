@@ -79,17 +79,25 @@ func (c CertConfig) Enabled() bool {
 	return c.CAFile != "" || c.CertFile != "" || c.KeyFile != "" || c.VerifyIncoming || c.VerifyOutgoing
 }
 
-// CertSecurity loads the files of c; errors name the setting.
-func CertSecurity(c CertConfig, log *slog.Logger) (*Security, error) {
+// Validate names the setting that is missing; it reads no file.
+func (c CertConfig) Validate() error {
 	switch {
 	case (c.CertFile == "") != (c.KeyFile == ""):
-		return nil, errors.New("tls.internal_rpc: cert_file and key_file go together")
+		return errors.New("tls.internal_rpc: cert_file and key_file go together")
 	case c.CertFile == "":
-		return nil, errors.New("tls.internal_rpc: the server port's TLS needs cert_file and key_file")
+		return errors.New("tls.internal_rpc: the server port's TLS needs cert_file and key_file")
 	case c.VerifyIncoming && c.CAFile == "":
-		return nil, errors.New("tls.internal_rpc.verify_incoming needs ca_file: the CA that signs the agents' certificates")
+		return errors.New("tls.internal_rpc.verify_incoming needs ca_file: the CA that signs the agents' certificates")
 	case c.VerifyOutgoing && c.CAFile == "":
-		return nil, errors.New("tls.internal_rpc.verify_outgoing needs ca_file: the CA that signs the servers' certificates")
+		return errors.New("tls.internal_rpc.verify_outgoing needs ca_file: the CA that signs the servers' certificates")
+	}
+	return nil
+}
+
+// CertSecurity loads the files of c; errors name the setting.
+func CertSecurity(c CertConfig, log *slog.Logger) (*Security, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
 	}
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {

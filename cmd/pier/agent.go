@@ -101,6 +101,7 @@ func (a *parts) close() {
 		if a.door.tlsLn != nil {
 			a.door.tlsLn.Close()
 		}
+		a.door.tcp.Close()
 	}
 	if a.lns != nil {
 		a.lns.Close()
@@ -317,6 +318,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		proxyAddr = d.ln.Addr().String()
 		g.Go(func() error { return d.bal.Run(gctx) })
 		g.Go(func() error { return d.proxy.Run(gctx, d.ln) })
+		g.Go(func() error { return d.tcp.Run(gctx) })
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })

@@ -172,7 +172,7 @@ func (p *Proxy) NewTCP(cfg TCPConfig) (*TCPProxy, error) {
 		}
 		l := t.listeners[r.Listen]
 		if l == nil {
-			ln, err := net.Listen("tcp", r.Listen)
+			ln, err := listenTCP(r.Listen)
 			if err != nil {
 				t.Close()
 				return nil, fmt.Errorf("proxy.tcp[%d].listen: %w", i, err)
@@ -320,6 +320,15 @@ func (t *TCPProxy) acceptLoop(l *tcpListener) {
 			t.passthroughOnly(l, c)
 		}()
 	}
+}
+
+// listenTCP opens a TCP route's listener. Accepted connections get no TCP
+// keep-alive (nginx's stream so_keepalive defaults to off too): it would
+// cost a few setsockopt calls per connection, and the idle timeout is what
+// ends a connection whose client went away.
+func listenTCP(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(context.Background(), "tcp", addr)
 }
 
 // isFileLimit reports an accept that failed for want of descriptors: the
@@ -480,12 +489,18 @@ func (c *tcpConn) pipe(t *TCPProxy) {
 		closeWrite(c.backend)
 	}()
 	c.copy(c.client, c.backend, t, false)
-	// The instance is done: nothing more will reach the client, and what
-	// the client still sends has nowhere to go.
-	closeWrite(c.client)
-	c.ending.Store(true)
-	c.client.SetReadDeadline(time.Now())
-	<-done
+	select {
+	case <-done:
+		// The client finished first: the close sends its FIN, and a
+		// shutdown call of its own would only cost a syscall.
+	default:
+		// The instance is done: nothing more will reach the client, and
+		// what the client still sends has nowhere to go.
+		closeWrite(c.client)
+		c.ending.Store(true)
+		c.client.SetReadDeadline(time.Now())
+		<-done
+	}
 	c.close()
 }
 

@@ -136,7 +136,7 @@ func (t *TCPProxy) syncTags(tb *lb.Table) {
 			}
 			continue
 		}
-		ln, err := net.Listen("tcp", addr)
+		ln, err := listenTCP(addr)
 		if err != nil {
 			t.warnOnceLocked("cannot listen for a urlprefix- tag", r.Service, r.tag, err)
 			continue

@@ -2,11 +2,19 @@ package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -136,4 +144,85 @@ services:
 	if code != 200 || !strings.Contains(body, fmt.Sprintf(`pier_proxy_tcp_connections_total{route="127.0.0.1:%d",service="redis"}`, cfgPort)) {
 		t.Errorf("metrics: %d, no tcp_connections_total for the config route", code)
 	}
+}
+
+var proxyTLSLine = regexp.MustCompile(`msg="pier agent running".* proxy_tls=([0-9.:]+)`)
+
+// selfSigned is a certificate for name that is its own root.
+func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.Certificate) {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}, c
+}
+
+// TestSNIPassthroughAgent runs the binary with HTTPS on the front door and
+// an instance that terminates TLS itself, reached through a proto=tcp+sni
+// tag on the same port: the client verifies the instance's certificate,
+// not pier's.
+func TestSNIPassthroughAgent(t *testing.T) {
+	needBinary(t)
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	cert, root := selfSigned(t, "db.test")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); fmt.Fprintln(c, "db says hi") }()
+		}
+	}()
+	cfg := filepath.Join(dir, "pier.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+proxy:
+  addr: 127.0.0.1:0
+  tls:
+    addr: 127.0.0.1:0
+    certs:
+      - {cert_file: %q, key_file: %q}
+services:
+  - id: db-1
+    name: db
+    address: 127.0.0.1
+    port: %d
+    tags: ["urlprefix-db.test proto=tcp+sni"]
+`, pki.certFile, pki.keyFile, ln.Addr().(*net.TCPAddr).Port)), 0o600)
+	a := startAgent(t, "-dev", "-node", "sni", "-config-file", cfg)
+	m := proxyTLSLine.FindStringSubmatch(a.logs())
+	if m == nil {
+		t.Fatalf("no proxy_tls= in the log:\n%s", a.logs())
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	var line string
+	eventually.True(t, 15*time.Second, "db.test passes through to the instance", func() bool {
+		c, err := tls.Dial("tcp", m[1], &tls.Config{ServerName: "db.test", RootCAs: roots})
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line, _ = bufio.NewReader(c).ReadString('\n')
+		return line == "db says hi\n"
+	})
+	// Pier's own certificate still answers on the same port.
+	c, err := tls.Dial("tcp", m[1], &tls.Config{RootCAs: pki.pool, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("pier's own TLS: %v", err)
+	}
+	c.Close()
 }

@@ -171,6 +171,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
+		a.srv.Handle("GET /v1/pier/tcp-routes", a.door.tcp.RoutesHandler())
 	}
 	return a, nil
 }

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,15 +23,11 @@ import (
 	"github.com/pier-dev/pier/deploy/eventually"
 )
 
-// freePort returns a loopback port nothing listens on now.
+// freePort is the port of freeLoopback.
 func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	_, p, _ := net.SplitHostPort(freeLoopback(t))
+	n, _ := strconv.Atoi(p)
+	return n
 }
 
 // startRedis runs redis-server on a free loopback port, without
@@ -139,6 +136,15 @@ services:
 	defer c.Close()
 	if got, _ := redisDo(c, bufio.NewReader(c), "GET", "k"); got != "from-tag" {
 		t.Errorf("the tag's redis holds %q", got)
+	}
+	out, errOut, rc := pier(t, "routes", "-http-addr", a.addr)
+	for _, re := range []string{
+		fmt.Sprintf(`127\.0\.0\.1:%d\s+redis\s+config\s+0\s+1/1\s+127\.0\.0\.1:%d`, cfgPort, r1),
+		fmt.Sprintf(`127\.0\.0\.1:%d\s+cache\s+tag\s+0\s+1/1\s+127\.0\.0\.1:%d`, tagPort, r2),
+	} {
+		if rc != 0 || !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("pier routes: rc=%d, no line matching %s:\n%s%s", rc, re, out, errOut)
+		}
 	}
 	code, body := curl(t, "http://"+a.addr+"/v1/agent/metrics?format=prometheus")
 	if code != 200 || !strings.Contains(body, fmt.Sprintf(`pier_proxy_tcp_connections_total{route="127.0.0.1:%d",service="redis"}`, cfgPort)) {

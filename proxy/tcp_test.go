@@ -416,7 +416,21 @@ func (e *sniEnv) dialTLS(addr, name string) (*tls.Conn, error) {
 }
 
 func TestSNIPassthrough(t *testing.T) {
-	e := newSNIEnv(t, TCPConfig{})
+	// c.test is a config route to b's service; the tags name a.test and
+	// b.test, and pier.test, which pier holds a certificate for.
+	e := newSNIEnv(t, TCPConfig{Routes: []TCPRoute{{SNI: "C.test", Service: "svc-b"}}})
+	e.register("own-1", "own", "127.0.0.1:1", 1, "urlprefix-pier.test proto=tcp+sni")
+	e.synced()
+	c, err := e.dialTLS(e.tlsAddr, "c.test")
+	if err == nil {
+		// b's certificate names b.test only: the client refuses it for
+		// c.test, after the bytes went through to b.
+		c.Close()
+		t.Fatal("c.test verified against b's certificate")
+	}
+	if !strings.Contains(err.Error(), "b.test") {
+		t.Fatalf("c.test: %v; want b's certificate (for b.test) refused", err)
+	}
 	// The instances' own certificates verify: TLS is theirs, end to end.
 	for _, n := range []string{"a", "b"} {
 		var c *tls.Conn
@@ -438,9 +452,11 @@ func TestSNIPassthrough(t *testing.T) {
 	}
 	// A name with no route and no certificate is terminated with the first
 	// certificate: the handshake fails verification for that name.
-	if c, err := e.dialTLS(e.tlsAddr, "c.test"); err == nil {
+	if c, err := e.dialTLS(e.tlsAddr, "d.test"); err == nil {
 		c.Close()
-		t.Fatal("c.test verified: the first certificate does not name it")
+		t.Fatal("d.test verified: the first certificate does not name it")
+	} else if !strings.Contains(err.Error(), "pier.test") {
+		t.Fatalf("d.test: %v; want pier's certificate (for pier.test) refused", err)
 	}
 }
 

@@ -104,7 +104,8 @@ type TCPProxy struct {
 	closed    bool
 	wg        sync.WaitGroup // accept loops and connections
 
-	sni atomic.Pointer[map[string]*tcpRoute] // passthrough names on the front door's TLS listener
+	sni     atomic.Pointer[map[string]*tcpRoute] // passthrough names on the front door's TLS listener
+	peeking atomic.Int64                         // connections on the TLS listener whose ClientHello is being read
 
 	cfgSNI    map[string]*tcpRoute // the config's passthrough names on the TLS listener
 	tagMu     sync.Mutex
@@ -135,6 +136,7 @@ type tcpListener struct {
 	source string                               // "config" or "tag"
 	plain  atomic.Pointer[tcpRoute]             // nil on an SNI listener
 	byName atomic.Pointer[map[string]*tcpRoute] // nil on a plain listener
+	logged atomic.Int64                         // unix nanoseconds of the last refusal logged
 }
 
 // NewTCP makes the TCP proxy and opens the listeners of the config's

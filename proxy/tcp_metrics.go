@@ -55,7 +55,7 @@ func newTCPMetrics(reg prometheus.Registerer) (*tcpMetrics, error) {
 		}, []string{"route", "service", "reason"}),
 		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "pier", Subsystem: "proxy", Name: "tcp_passthrough_refused_total",
-			Help: "Connections closed on a passthrough-only listener: reason no_sni, unknown_sni, bad_hello or hello_timeout.",
+			Help: "Connections closed on a passthrough-only listener: reason no_sni, unknown_sni, bad_hello or hello_timeout; too_many on the TLS listener when max_conns connections are already being read.",
 		}, []string{"listen", "reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.connsVec, m.openVec, m.bytesVec, m.failuresVec, m.unavailableVec, m.endedVec, m.refusedVec} {

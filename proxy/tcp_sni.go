@@ -60,9 +60,19 @@ func (l *sniListener) loop() {
 }
 
 // classify peeks at c's ClientHello and sends it where its name says.
+// Connections being peeked at are bounded by the proxy's max_conns, as
+// the server behind bounds those it serves: past it, a connection is
+// closed unread rather than held for its hello.
 func (l *sniListener) classify(c net.Conn) {
 	t := l.t
+	if n := t.peeking.Add(1); n > int64(t.p.cfg.MaxConns) {
+		t.peeking.Add(-1)
+		t.met.refused(l.Addr().String(), "too_many")
+		c.Close()
+		return
+	}
 	hello, name, err := peekHello(c, t.cfg.HelloTimeout)
+	t.peeking.Add(-1)
 	if err == nil && name != "" && !t.p.hasCertificate(name) {
 		if rt := (*t.sni.Load())[name]; rt != nil {
 			if t.track(nil) {
@@ -105,7 +115,12 @@ func (t *TCPProxy) passthroughOnly(l *tcpListener, c net.Conn) {
 	}
 	if rt == nil {
 		t.met.refused(l.ln.Addr().String(), reason)
-		t.p.log.Info("tcp passthrough: connection closed", "listen", l.ln.Addr().String(), "client", c.RemoteAddr().String(), "reason", reason, "sni", name)
+		// At most one line a second: a scanner must not flood the log;
+		// the metric counts every one.
+		if now := time.Now().UnixNano(); now-l.logged.Load() >= int64(time.Second) {
+			l.logged.Store(now)
+			t.p.log.Info("tcp passthrough: connection closed", "listen", l.ln.Addr().String(), "client", c.RemoteAddr().String(), "reason", reason, "sni", name)
+		}
 		c.Close()
 		return
 	}

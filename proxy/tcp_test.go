@@ -280,9 +280,10 @@ func TestTCPRouteDraining(t *testing.T) {
 	}
 	eventually.True(t, 10*time.Second, "the drain timeout ends the connection", func() bool { return closedByPeer(cut) })
 	roundTrip(t, keep, "still here\n")
-	if n := testutil.ToFloat64(e.tcp.met.endedVec.WithLabelValues("127.0.0.2:0", "echo", "drained")); n != 1 {
-		t.Errorf("tcp_ended_total{reason=drained} = %v, want 1", n)
-	}
+	// Counted just after the close the client saw.
+	eventually.True(t, 10*time.Second, "tcp_ended_total{reason=drained} is 1", func() bool {
+		return testutil.ToFloat64(e.tcp.met.endedVec.WithLabelValues("127.0.0.2:0", "echo", "drained")) == 1
+	})
 }
 
 func TestTCPRouteIdleTimeout(t *testing.T) {
@@ -297,6 +298,10 @@ func TestTCPRouteIdleTimeout(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	eventually.True(t, 10*time.Second, "an idle connection ends", func() bool { return closedByPeer(c) })
+	eventually.True(t, 10*time.Second, "tcp_ended_total{reason=idle} is 1", func() bool {
+		return testutil.ToFloat64(e.tcp.met.endedVec.WithLabelValues("127.0.0.1:0", "echo", "idle")) == 1
+	})
+	time.Sleep(100 * time.Millisecond) // and stays 1: the other direction's timeout does not count it again
 	if n := testutil.ToFloat64(e.tcp.met.endedVec.WithLabelValues("127.0.0.1:0", "echo", "idle")); n != 1 {
 		t.Errorf("tcp_ended_total{reason=idle} = %v, want 1", n)
 	}

@@ -85,7 +85,7 @@ func contains(list []string, s string) bool {
 
 // AppendJSON appends the answer to b:
 //
-//	{"Interval":5,"Tick":T,"Time":ms,"Fields":{...},
+//	{"Interval":5,"Points":180,"Tick":T,"Time":ms,"Fields":{...},
 //	 "Series":[{"Kind":"route","Name":"*/api/","Owner":"api","First":F,"Points":[[...],...]}]}
 //
 // Points run from tick First to Tick, oldest first; a value not measured
@@ -96,6 +96,8 @@ func (s *Store) AppendJSON(b []byte, f filter) []byte {
 	defer s.mu.RUnlock()
 	b = append(b, `{"Interval":`...)
 	b = strconv.AppendFloat(b, s.cfg.Interval.Seconds(), 'g', -1, 64)
+	b = append(b, `,"Points":`...)
+	b = strconv.AppendInt(b, int64(s.cfg.Points), 10)
 	b = append(b, `,"Tick":`...)
 	b = strconv.AppendUint(b, s.tick, 10)
 	b = append(b, `,"Time":`...)

@@ -1,9 +1,12 @@
 // pier's web UI: reads the agent's JSON API every second and redraws the
-// current page. Read-only; every value from the API goes in as text, never
-// as HTML.
+// current page. Every value from the API goes in as text, never as HTML.
+// This file holds the helpers the other files use (window.pier), the
+// services, nodes and routes pages, and the loop that polls and redraws;
+// charts.js, kv.js, servers.js and token.js add to it before it starts.
 "use strict";
 
 (function () {
+  const pier = window.pier = {};
   const view = document.getElementById("view");
   const title = document.getElementById("title");
   const filter = document.getElementById("filter");
@@ -42,14 +45,31 @@
     return w;
   }
 
+  // headers are the request headers: the token the user gave, if any
+  // (token.js keeps it in this tab's session storage).
+  function headers(extra) {
+    const h = Object.assign({ Accept: "application/json" }, extra || {});
+    const t = sessionStorage.getItem("pier-token");
+    if (t) h["X-Consul-Token"] = t;
+    return h;
+  }
+
+  // send makes a request and answers {status, ok, text}; a refusal's
+  // reason is the body, as the API writes it (403: "Permission denied").
+  async function send(method, path, body, extra) {
+    const r = await fetch(path, { method, headers: headers(extra), body, cache: "no-store" });
+    return { status: r.status, ok: r.ok, text: await r.text() };
+  }
+
   async function get(path) {
-    const r = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+    const r = await send("GET", path);
     if (!r.ok) {
-      const err = new Error(path + ": " + r.status + " " + (await r.text()).trim());
+      const err = new Error(path + ": " + r.status + " " + r.text.trim());
       err.status = r.status;
+      err.reason = r.text.trim();
       throw err;
     }
-    return r.json();
+    return JSON.parse(r.text);
   }
 
   function matches(text) {
@@ -85,7 +105,10 @@
 
   // ---- services ----
   async function services() {
-    const names = Object.keys(await get("/v1/catalog/services")).sort();
+    const [names] = await Promise.all([
+      get("/v1/catalog/services").then(m => Object.keys(m).sort()),
+      pier.charts.load("service"),
+    ]);
     // One service the agent will not show (ACLs) leaves the others on the page.
     return Promise.all(names.map(n => get("/v1/health/service/" + encodeURIComponent(n))
       .then(list => [n, list], e => [n, [], e.message])));
@@ -119,6 +142,7 @@
       const healthy = list.filter(e => e.Checks.every(c => c.Status === "passing")).length;
       out.push(el("section", { class: "card", "data-service": name },
         el("h3", null, name, status(state), el("span", { class: "sub", text: healthy + "/" + list.length + " instances passing" })),
+        pier.charts.draw("service", name),
         err ? el("p", { class: "error", text: err }) : list.length ? table(["instance", "node", "address", { name: "port", num: true }, "tags", "meta", "weights", "checks"], rows)
           : el("p", { class: "empty", text: "no instances" })));
     }
@@ -150,7 +174,7 @@
       const health = worst(d.checks.map(c => c.Status));
       const text = [n.Node, n.Address, state, health, ...svcs].join(" ");
       if (!matches(text)) continue;
-      rows.push([n.Node, status(state), n.Address, status(health), tags([...new Set(svcs)]), n.Datacenter || ""]);
+      rows.push([el("a", { href: "#node/" + encodeURIComponent(n.Node), text: n.Node }), status(state), n.Address, status(health), tags([...new Set(svcs)]), n.Datacenter || ""]);
     }
     if (rows.length === 0) return [el("p", { class: "empty", text: filter.value ? "No node matches the filter." : "No nodes." })];
     return [el("section", { class: "card" }, table(["node", "membership", "address", "checks", "services", "datacenter"], rows))];
@@ -161,7 +185,8 @@
     try {
       const [list, text] = await Promise.all([
         get("/v1/pier/routes"),
-        fetch("/metrics", { cache: "no-store" }).then(r => r.ok ? r.text() : "", () => ""),
+        fetch("/metrics", { cache: "no-store", headers: headers() }).then(r => r.ok ? r.text() : "", () => ""),
+        pier.charts.load("route"),
       ]);
       const m = proxyMetrics(text);
       for (const r of list) {
@@ -175,22 +200,6 @@
       if (e.status === 404 || e.status === 405) return null;
       throw e;
     }
-  }
-
-  function spark(points, errs) {
-    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-    svg.setAttribute("class", "spark");
-    svg.setAttribute("viewBox", "0 0 60 20");
-    svg.setAttribute("role", "img");
-    const max = Math.max(1, ...points);
-    for (const [cls, series] of [["req", points], ["err", errs]]) {
-      const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-      line.setAttribute("class", cls);
-      line.setAttribute("points", series.map((v, i) => (i * 60 / 59).toFixed(1) + "," + (19 - v * 18 / max).toFixed(1)).join(" "));
-      svg.append(line);
-    }
-    svg.setAttribute("aria-label", "requests (blue) and errors (red) per second over the last minute, peak " + max.toFixed(1) + " requests/s");
-    return svg;
   }
 
   // proxyMetrics reads the proxy's request counters and latency histogram
@@ -281,38 +290,79 @@
         el("h3", null, el("code", { text: where }), el("span", { text: "→ " + r.Service }), status(state),
           el("span", { class: "sub", text: r.Instances.length + "/" + r.Total + " healthy · " + rt.now.toFixed(1) + " req/s · " +
             (rt.errPct === null ? "–" : rt.errPct.toFixed(1) + "%") + " errors · p50 " + ms(rt.p50) + " · p99 " + ms(rt.p99) + " · " + r.Source }),
-          spark(rt.req, rt.err)),
+        ),
+        pier.charts.draw("route", r.Host + r.Path),
         rows.length ? table(["instance", "node", "address", { name: "weight", num: true }, { name: "in flight", num: true }, { name: "requests", num: true }, "state"], rows)
           : el("p", { class: "empty", text: "no healthy instance" })));
     }
     return out.length ? out : [el("p", { class: "empty", text: filter.value ? "No route matches the filter." : "No routes." })];
   }
 
+  // ---- a node ----
+  async function node(name) {
+    const [n, checks] = await Promise.all([
+      get("/v1/catalog/node/" + encodeURIComponent(name)),
+      get("/v1/health/node/" + encodeURIComponent(name)),
+      pier.charts.load("node"),
+    ]);
+    return { name, n, checks };
+  }
+
+  function drawNode(d) {
+    if (!d.n) return [el("p", { class: "empty", text: "No node named " + d.name + "." })];
+    const svcs = Object.values(d.n.Services || {}).sort((a, b) => a.ID.localeCompare(b.ID));
+    return [
+      el("p", null, el("a", { href: "#nodes", text: "← all nodes" })),
+      el("section", { class: "card", "data-node": d.name },
+        el("h3", null, d.name, status(worst(d.checks.map(c => c.Status))),
+          el("span", { class: "sub", text: d.n.Node.Address + " · " + (d.n.Node.Datacenter || "") })),
+        pier.charts.draw("node", d.name),
+        d.checks.length ? table(["check", "service", "status", "output"], d.checks.map(c =>
+          [c.Name || c.CheckID, c.ServiceName || "", status(c.Status), c.Output ? el("span", { class: "output", text: c.Output }) : ""]))
+          : el("p", { class: "empty", text: "no checks" }),
+        svcs.length ? table(["service", "instance", { name: "port", num: true }, "tags"], svcs.map(s => [s.Service, s.ID, s.Port || "", tags(s.Tags)])) : null),
+    ];
+  }
+
+  // Pages: load(arg) fetches, draw(data, arg) returns the nodes to show;
+  // poll: false draws once (a form must not be redrawn under the user).
+  // Other files add pages to pier.pages before start.
   const pages = {
     services: { title: "Services", load: services, draw: drawServices },
     nodes: { title: "Nodes", load: nodes, draw: drawNodes },
+    node: { title: "Node", nav: "nodes", load: node, draw: drawNode },
     routes: { title: "Routes", load: routes, draw: drawRoutes },
   };
 
-  function page() {
-    const name = location.hash.replace(/^#/, "");
-    return pages[name] ? name : "services";
+  // The hash is #page or #page/arg (a node's name, a KV path).
+  function route() {
+    const h = location.hash.replace(/^#/, "");
+    const i = h.indexOf("/");
+    const name = i < 0 ? h : h.slice(0, i);
+    let arg = i < 0 ? "" : h.slice(i + 1);
+    try { arg = decodeURIComponent(arg); } catch (e) { /* keep it as typed */ }
+    return pages[name] ? { name, arg, p: pages[name] } : { name: "services", arg: "", p: pages.services };
   }
 
   let data = null;
   function render(force) {
-    const p = pages[page()];
+    const { p, arg } = route();
     if (data === null) return;
-    const key = JSON.stringify(data) + "\u0000" + filter.value;
+    const key = JSON.stringify(data) + "\u0000" + filter.value + "\u0000" + pier.charts.tick();
     if (!force && key === lastKey) return;
     lastKey = key;
-    view.replaceChildren(...p.draw(data));
+    view.replaceChildren(...p.draw(data, arg));
+  }
+
+  function explain(e) {
+    if (e.status === 403) return "The token may not read this (" + e.reason + "). Choose another token with the Token button.";
+    return "Cannot reach the agent: " + e.message;
   }
 
   async function tick(gen) {
-    const p = pages[page()];
+    const { p, arg } = route();
     try {
-      const d = await p.load();
+      const d = await p.load(arg);
       if (gen !== generation) return;
       data = d;
       errorBox.hidden = true;
@@ -320,36 +370,42 @@
       render(false);
     } catch (e) {
       if (gen !== generation) return;
-      errorBox.textContent = "Cannot reach the agent: " + e.message;
+      errorBox.textContent = explain(e);
       errorBox.hidden = false;
-      live.textContent = "disconnected";
+      live.textContent = e.status ? "refused" : "disconnected";
     }
-    if (gen === generation) timer = setTimeout(() => tick(gen), POLL_MS);
+    if (gen === generation && p.poll !== false) timer = setTimeout(() => tick(gen), POLL_MS);
   }
 
   function show() {
-    const name = page();
+    const { name, p } = route();
     generation++;
     clearTimeout(timer);
     data = null;
     lastKey = "";
-    title.textContent = pages[name].title;
-    document.title = pages[name].title + " · pier";
+    title.textContent = p.title;
+    document.title = p.title + " · pier";
     for (const n in pages) {
       const a = document.getElementById("nav-" + n);
-      if (n === name) a.setAttribute("aria-current", "page");
+      if (!a) continue;
+      if (n === (p.nav || name)) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
     view.replaceChildren(el("p", { class: "empty", text: "Loading…" }));
     tick(generation);
   }
 
+  Object.assign(pier, { el, status, table, tags, get, send, matches, worst, pages, show, explain, view, filter });
+
   filter.addEventListener("input", () => render(true));
   window.addEventListener("hashchange", () => { show(); document.getElementById("main").focus(); });
   // "/" jumps to the filter box, as on many dashboards; Escape clears it.
   document.addEventListener("keydown", e => {
-    if (e.key === "/" && document.activeElement !== filter) { e.preventDefault(); filter.focus(); }
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
+    if (e.key === "/" && !typing) { e.preventDefault(); filter.focus(); }
     else if (e.key === "Escape" && document.activeElement === filter) { filter.value = ""; render(true); }
   });
-  show();
+  // The other files have added their pages by the time the document is
+  // parsed; token.js decides whether to ask for a token first.
+  document.addEventListener("DOMContentLoaded", () => (pier.token ? pier.token.ready() : Promise.resolve()).then(show));
 })();

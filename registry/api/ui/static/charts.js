@@ -60,17 +60,23 @@
   // measured; x is the point's place in the window, so a young series fills
   // from the right.
   function path(s, field, base, n, max, step) {
-    let d = "", open = false, lastY = 0;
+    // A point alone (the first of a series, or between gaps) is drawn as a
+    // short dash so that it shows.
+    let d = "", run = 0;
     s.points.forEach((p, i) => {
       const v = p[field];
-      if (v === null || v === undefined) { open = false; return; }
+      if (v === null || v === undefined) {
+        if (run === 1) d += "h1.5";
+        run = 0;
+        return;
+      }
       const x = ((s.first + i - base) * W / (n - 1)).toFixed(1);
       const y = (H - 1 - v * (H - 4) / max).toFixed(1);
-      if (!open) d += "M" + x + " " + y;
+      if (run === 0) d += "M" + x + " " + y;
       else d += (step ? "H" + x + "V" + y : "L" + x + " " + y);
-      open = true;
-      lastY = y;
+      run++;
     });
+    if (run === 1) d += "h-1.5";
     return d;
   }
 

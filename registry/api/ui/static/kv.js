@@ -19,6 +19,8 @@
     if (path === "" || path.endsWith("/")) {
       const r = await pier.send("GET", "/v1/kv/" + enc(path) + "?keys&separator=/");
       if (r.status === 404) return { folder: path, keys: [] };
+      // A token may read a folder deeper down without listing this one.
+      if (r.status === 403) return { folder: path, keys: [], denied: r.text.trim() };
       if (!r.ok) throw Object.assign(new Error(r.text), { status: r.status, reason: r.text.trim() });
       return { folder: path, keys: JSON.parse(r.text) };
     }
@@ -136,9 +138,13 @@
           if (r.ok) location.hash = href(parent(d.folder));
           else msg.textContent = refused(r);
         }) : null),
-      rows.length ? pier.table(["name", "kind"], rows) : el("p", { class: "empty", text: pier.filter.value ? "Nothing matches the filter." : "Empty." })));
+      d.denied ? el("p", { class: "error", text: "The token may not list this folder (" + d.denied + "). Open a folder or key it may read:" })
+        : rows.length ? pier.table(["name", "kind"], rows) : el("p", { class: "empty", text: pier.filter.value ? "Nothing matches the filter." : "Empty." })));
+    const go = el("input", { type: "text", id: "kv-open", value: d.folder, autocomplete: "off", spellcheck: "false", "aria-label": "Open a path" });
+    const goForm = el("form", { class: "buttons", "aria-label": "Open a path" }, go, el("button", { type: "submit", text: "Open" }));
+    goForm.addEventListener("submit", e => { e.preventDefault(); location.hash = href(go.value.trim().replace(/^\/+/, "")); });
     const msg = el("p", { class: "field-error", role: "alert" });
-    out[1].append(msg);
+    out[1].append(msg, goForm);
     // A new key, created with cas=0 so that it never replaces one.
     const key = field("kv-new-key", "Key", el("input", { type: "text", value: d.folder, autocomplete: "off", spellcheck: "false" }));
     const value = field("kv-new-value", "Value", el("textarea", { rows: "6", spellcheck: "false" }));

@@ -33,7 +33,8 @@
       const byID = {};
       for (const s of (d.health.error ? [] : d.health.Servers || [])) byID[s.ID] = s;
       const leader = (d.conf.Servers || []).find(s => s.Leader);
-      peers.querySelector("h3").append(leader ? el("span", { class: "sub", text: "leader: " + leader.Node + " · commit index " + d.conf.Index }) : pier.status("critical"), leader ? null : el("span", { class: "sub", text: "no leader" }));
+      peers.querySelector("h3").append(...(leader ? [el("span", { class: "sub", text: "leader: " + leader.Node })]
+        : [pier.status("critical"), el("span", { class: "sub", text: "no leader" })]));
       const rows = (d.conf.Servers || []).filter(s => pier.matches(s.Node + " " + s.Address + " " + s.ID)).map(s => {
         const h = byID[s.ID] || {};
         return [s.Node, s.Address, s.Leader ? pier.status("leader") : s.Voter ? "follower" : "non-voter",

@@ -269,6 +269,19 @@
     };
   }
 
+  // With many routes on the page, each one's instances fold away so that
+  // the charts of 200 routes stay a page a person can scroll; the folds
+  // the user opened stay open across redraws.
+  const FOLD_ROUTES = 20;
+  const unfolded = new Set();
+  function folded(fold, key, summary, body) {
+    if (!fold) return body;
+    const d = el("details", null, el("summary", { text: summary }), body);
+    d.open = unfolded.has(key);
+    d.addEventListener("toggle", () => { if (d.open) unfolded.add(key); else unfolded.delete(key); });
+    return d;
+  }
+
   function drawRoutes(list) {
     if (list === null) return [el("p", { class: "empty", text: "This agent runs no proxy (start it with -proxy-addr or a proxy: section)." })];
     const out = [];
@@ -292,7 +305,8 @@
             (rt.errPct === null ? "–" : rt.errPct.toFixed(1) + "%") + " errors · p50 " + ms(rt.p50) + " · p99 " + ms(rt.p99) + " · " + r.Source }),
         ),
         pier.charts.draw("route", r.Host + r.Path),
-        rows.length ? table(["instance", "node", "address", { name: "weight", num: true }, { name: "in flight", num: true }, { name: "requests", num: true }, "state"], rows)
+        rows.length ? folded(list.length > FOLD_ROUTES, where, rows.length + (rows.length === 1 ? " instance" : " instances"),
+          table(["instance", "node", "address", { name: "weight", num: true }, { name: "in flight", num: true }, { name: "requests", num: true }, "state"], rows))
           : el("p", { class: "empty", text: "no healthy instance" })));
     }
     return out.length ? out : [el("p", { class: "empty", text: filter.value ? "No route matches the filter." : "No routes." })];

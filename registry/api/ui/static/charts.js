@@ -91,6 +91,7 @@
       }
       if (any) measured++;
     }
+    const peak = measured && max > 0 ? spec.fmt(max) : "–";
     if (max <= 0) max = 1;
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
@@ -98,7 +99,9 @@
     svg.setAttribute("role", "img");
     svg.dataset.points = String(measured);
     const words = [];
-    for (const [f, cls, word] of spec.lines) {
+    // Drawn last first, so that the first line (2xx, passing) is on top
+    // where several lie at zero.
+    for (const [f, cls, word] of [...spec.lines].reverse()) {
       const d = path(s, f, base, n, max, spec.step);
       if (d) {
         const p = document.createElementNS(NS, "path");
@@ -106,10 +109,10 @@
         p.setAttribute("d", d);
         svg.append(p);
       }
-      words.push(word + " " + (last[f] === undefined ? "–" : spec.fmt(last[f])));
+      words.unshift(word + " " + (last[f] === undefined ? "–" : spec.fmt(last[f])));
     }
     const mins = Math.round(n * h.interval / 60);
-    svg.setAttribute("aria-label", spec.title + " over the last " + mins + " minutes, now " + words.join(", ") + "; peak " + spec.fmt(max));
+    svg.setAttribute("aria-label", spec.title + " over the last " + mins + " minutes, now " + words.join(", ") + "; peak " + peak);
     const legend = el("span", { class: "legend" });
     for (const [f, cls, word] of spec.lines) {
       legend.append(el("span", { class: "key " + cls, text: word + " " + (last[f] === undefined ? "–" : spec.fmt(last[f])) }));
@@ -117,7 +120,7 @@
     return el("figure", { class: "chart" },
       el("figcaption", null, el("span", { class: "ctitle", text: spec.title }), legend),
       svg,
-      el("div", { class: "axis", "aria-hidden": "true" }, el("span", { text: "−" + mins + " min" }), el("span", { text: "peak " + spec.fmt(max) }), el("span", { text: "now" })));
+      el("div", { class: "axis", "aria-hidden": "true" }, el("span", { text: "−" + mins + " min" }), el("span", { text: "peak " + peak }), el("span", { text: "now" })));
   }
 
   // draw returns the charts of one series, or a note while there is none.

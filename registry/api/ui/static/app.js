@@ -19,7 +19,6 @@
   let timer = null;
   let generation = 0; // drops answers for a page the user has left
   let lastKey = "";   // skips redraws when nothing changed
-  const history = {}; // route key -> [{t, requests}] for requests/s
 
   function el(tag, attrs, ...kids) {
     const e = document.createElement(tag);
@@ -183,90 +182,12 @@
   // ---- routes ----
   async function routes() {
     try {
-      const [list, text] = await Promise.all([
-        get("/v1/pier/routes"),
-        fetch("/metrics", { cache: "no-store", headers: headers() }).then(r => r.ok ? r.text() : "", () => ""),
-        pier.charts.load("route"),
-      ]);
-      const m = proxyMetrics(text);
-      for (const r of list) {
-        const label = (r.Host || "") + (r.Path || "");
-        const key = r.Source + " " + (r.Key || "") + " " + label + " " + r.Service;
-        const cur = m[label + "\u0000" + r.Service] || { n: 0, errs: 0, buckets: [] };
-        r.rate = rate(key, cur);
-      }
+      const [list] = await Promise.all([get("/v1/pier/routes"), pier.charts.load("route")]);
       return list;
     } catch (e) {
       if (e.status === 404 || e.status === 405) return null;
       throw e;
     }
-  }
-
-  // proxyMetrics reads the proxy's request counters and latency histogram
-  // from /metrics (Prometheus text format), by route and service.
-  function proxyMetrics(text) {
-    const out = {};
-    const at = labels => {
-      const k = (labels.route || "") + "\u0000" + (labels.service || "");
-      return out[k] || (out[k] = { n: 0, errs: 0, buckets: [] });
-    };
-    for (const line of text.split("\n")) {
-      const m = /^(pier_proxy_requests_total|pier_proxy_request_duration_seconds_bucket)\{(.*)\}\s+(\S+)/.exec(line);
-      if (!m) continue;
-      const labels = {};
-      for (const l of m[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
-      const v = Number(m[3]);
-      const e = at(labels);
-      if (m[1] === "pier_proxy_requests_total") {
-        e.n += v;
-        if (/^5/.test(labels.code || "")) e.errs += v;
-      } else {
-        e.buckets.push([labels.le === "+Inf" ? Infinity : Number(labels.le), v]);
-      }
-    }
-    return out;
-  }
-
-  // quantile estimates a latency quantile from the growth of cumulative
-  // histogram buckets, as the bucket's upper bound.
-  function quantile(q, now, then) {
-    const before = new Map(then.map(([le, v]) => [le, v]));
-    const d = now.map(([le, v]) => [le, v - (before.get(le) || 0)]).sort((a, b) => a[0] - b[0]);
-    const total = d.length ? d[d.length - 1][1] : 0;
-    if (total <= 0) return null;
-    for (const [le, v] of d) if (v >= q * total) return le;
-    return Infinity;
-  }
-
-  function ms(le) {
-    if (le === null) return "–";
-    if (le === Infinity) return "> max";
-    return "≤ " + (le < 1 ? Math.round(le * 1000) + " ms" : le + " s");
-  }
-
-  // rate keeps a minute of samples of a route's counters and returns the
-  // current requests/s and errors/s, their per-second series, and the
-  // latency quantiles over the last ten seconds.
-  function rate(key, cur) {
-    const now = Date.now() / 1000;
-    const h = history[key] || (history[key] = []);
-    h.push({ t: now, n: cur.n, errs: cur.errs, buckets: cur.buckets });
-    while (h.length > 61) h.shift();
-    const req = [], err = [];
-    for (let i = 1; i < h.length; i++) {
-      const dt = h[i].t - h[i - 1].t;
-      req.push(dt > 0 ? Math.max(0, h[i].n - h[i - 1].n) / dt : 0);
-      err.push(dt > 0 ? Math.max(0, h[i].errs - h[i - 1].errs) / dt : 0);
-    }
-    while (req.length < 60) { req.unshift(0); err.unshift(0); }
-    const then = h[Math.max(0, h.length - 11)];
-    const n = cur.n - then.n, e = cur.errs - then.errs;
-    return {
-      now: req[req.length - 1], errNow: err[err.length - 1], req, err,
-      errPct: n > 0 ? (100 * e / n) : null,
-      p50: quantile(0.5, cur.buckets, then === h[h.length - 1] ? [] : then.buckets),
-      p99: quantile(0.99, cur.buckets, then === h[h.length - 1] ? [] : then.buckets),
-    };
   }
 
   // With many routes on the page, each one's instances fold away so that
@@ -287,7 +208,7 @@
     const out = [];
     for (const r of list) {
       const where = (r.Host || "*") + (r.Path || "");
-      const rt = r.rate;
+      const now = pier.charts.latest("route", (r.Host || "") + (r.Path || ""));
       const text = [where, r.Service, r.Source, r.Key || "", ...r.Instances.map(i => i.ID + " " + i.Addr + " " + i.Node)].join(" ");
       if (!matches(text)) continue;
       if (r.Error) {
@@ -301,8 +222,7 @@
       ]);
       out.push(el("section", { class: "card", "data-route": where },
         el("h3", null, el("code", { text: where }), el("span", { text: "→ " + r.Service }), status(state),
-          el("span", { class: "sub", text: r.Instances.length + "/" + r.Total + " healthy · " + rt.now.toFixed(1) + " req/s · " +
-            (rt.errPct === null ? "–" : rt.errPct.toFixed(1) + "%") + " errors · p50 " + ms(rt.p50) + " · p99 " + ms(rt.p99) + " · " + r.Source }),
+          el("span", { class: "sub", text: r.Instances.length + "/" + r.Total + " healthy · " + now + " · " + r.Source }),
         ),
         pier.charts.draw("route", r.Host + r.Path),
         rows.length ? folded(list.length > FOLD_ROUTES, where, rows.length + (rows.length === 1 ? " instance" : " instances"),

@@ -91,7 +91,7 @@
       }
       if (any) measured++;
     }
-    const peak = measured && max > 0 ? spec.fmt(max) : "–";
+    const peak = measured ? spec.fmt(max) : "–";
     if (max <= 0) max = 1;
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", "0 0 " + W + " " + H);
@@ -132,9 +132,25 @@
       box.append(el("p", { class: "empty", text: h ? "no chart yet" : "charts unavailable" }));
       return box;
     }
-    for (const spec of PANELS[kind]) box.append(panel(kind, s, h, spec));
+    // A panel with nothing measured in the window (the traffic of a
+    // service no route sends to) is left out.
+    const some = spec => s.points.some(p => spec.lines.some(([f]) => p[f] !== null));
+    for (const spec of PANELS[kind]) if (some(spec)) box.append(panel(kind, s, h, spec));
+    if (!box.childElementCount) box.append(el("p", { class: "empty", text: "nothing measured yet" }));
     return box;
   }
 
-  pier.charts = { load, draw, tick: () => newest };
+  // latest says a route's or service's newest point in words: requests/s,
+  // the share of 5xx answers, p50 and p99.
+  function latest(kind, name) {
+    const h = held[kind];
+    const s = h && h.series.get(name);
+    const p = s && s.points[s.points.length - 1];
+    if (!p || p[0] === null) return "– req/s";
+    const n = p[0] + p[1] + p[2];
+    return rate(n) + " req/s · " + (n > 0 ? (100 * p[2] / n).toFixed(1) + "%" : "–") + " errors · p50 " +
+      (p[3] === null ? "–" : ms(p[3])) + " · p99 " + (p[4] === null ? "–" : ms(p[4])) + " (last " + h.interval + " s)";
+  }
+
+  pier.charts = { load, draw, latest, tick: () => newest };
 })();

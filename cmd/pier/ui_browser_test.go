@@ -41,7 +41,7 @@ func newBrowser(t *testing.T, url string, w, h int) *browser {
 	t.Cleanup(cancelA)
 	ctx, cancel := chromedp.NewContext(actx)
 	t.Cleanup(cancel)
-	ctx, cancelT := context.WithTimeout(ctx, 150*time.Second)
+	ctx, cancelT := context.WithTimeout(ctx, 240*time.Second)
 	t.Cleanup(cancelT)
 	b := &browser{t: t, ctx: ctx}
 	if err := chromedp.Listen(ctx, func(ev any) {
@@ -126,7 +126,18 @@ func (b *browser) number(expr string) float64 {
 // -artifacts keeps them; the path is logged) and returns its path.
 func (b *browser) shot(name string) string {
 	b.t.Helper()
-	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	return b.save(name, chromedp.FullScreenshot(100))
+}
+
+// shotView is shot of the viewport only, for a page too long to picture.
+func (b *browser) shotView(name string) string {
+	b.t.Helper()
+	return b.save(name, chromedp.CaptureScreenshot())
+}
+
+func (b *browser) save(name string, capture chromedp.Action[[]byte]) string {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, capture)
 	if err != nil {
 		b.t.Fatalf("screenshot %s: %v", name, err)
 	}

@@ -207,6 +207,23 @@ func TestWebUIChartsKVServers(t *testing.T) {
 	b.eval(`location.hash = "#kv/app/config.json"`)
 	b.waitFor(10*time.Second, "a key at a phone's width", `!!document.getElementById("kv-shown") && document.documentElement.scrollWidth <= window.innerWidth + 1`)
 	b.shot("kv-390.png")
+	b.do("back to 1280×800", chromedp.EmulateViewport(1280, 800))
+
+	// 200 routes: every one gets its charts from the same one request a
+	// second, not a request per route.
+	for i := range 200 {
+		put(t, fmt.Sprintf("%s/v1/kv/pier/routes/r%03d", base, i), fmt.Sprintf(`{"path":"/r%03d/","service":"api"}`, i))
+	}
+	b.eval(`location.hash = "#routes"`)
+	b.waitFor(chartWait, "201 routes with charts", `[...document.querySelectorAll('[data-chart^="route:"]')].filter(c => c.querySelector('svg')).length >= 201`)
+	b.eval(`performance.clearResourceTimings(); performance.setResourceTimingBufferSize(10000)`)
+	time.Sleep(3 * time.Second) // a window of the page's own polling, counted below
+	counts := b.number(`(() => { const r = performance.getEntriesByType("resource").map(e => new URL(e.name).pathname);
+		return r.filter(p => p === "/v1/pier/history").length * 1000 + r.filter(p => p !== "/v1/pier/history").length })()`)
+	if hist, other := int(counts)/1000, int(counts)%1000; hist < 1 || hist > 5 || other > 5 {
+		t.Errorf("in 3 s with 201 routes the page made %d history requests and %d others, want about one of each a second", hist, other)
+	}
+	b.shotView("charts-200-routes-1280.png")
 	b.noConsoleErrors()
 }
 

@@ -132,9 +132,10 @@
       box.append(el("p", { class: "empty", text: h ? "no chart yet" : "charts unavailable" }));
       return box;
     }
-    // A panel with nothing measured in the window (the traffic of a
-    // service no route sends to) is left out.
-    const some = spec => s.points.some(p => spec.lines.some(([f]) => p[f] !== null));
+    // A service's panel with nothing measured in the window (the traffic
+    // of a service no route sends to) is left out; a route keeps all three
+    // so that a page of routes lines up.
+    const some = spec => kind !== "service" || s.points.some(p => spec.lines.some(([f]) => p[f] !== null));
     for (const spec of PANELS[kind]) if (some(spec)) box.append(panel(kind, s, h, spec));
     if (!box.childElementCount) box.append(el("p", { class: "empty", text: "nothing measured yet" }));
     return box;

@@ -124,38 +124,3 @@ func TestRunTakesAPointAtOnceAndStops(t *testing.T) {
 		t.Fatalf("Run: %v, tick %d", err, get(t, s, "").Tick)
 	}
 }
-
-// BenchmarkHandler200Routes is the UI's request with 200 routes and their
-// 200 services, each with a full 15-minute ring: the first answer of a
-// page (all points) and the ones after it (?since, one new point).
-func BenchmarkHandler200Routes(b *testing.B) {
-	s, _ := New(DefaultConfig())
-	s.cfg.Sources = []Source{&routes{n: 200}}
-	for range s.cfg.Points {
-		s.Sample(time.Now(), 5*time.Second)
-	}
-	h := s.Handler()
-	for _, q := range []string{"", fmt.Sprintf("?since=%d", s.tick-1)} {
-		name := "full"
-		if q != "" {
-			name = "since"
-		}
-		b.Run(name, func(b *testing.B) {
-			req := httptest.NewRequest("GET", "/v1/pier/history"+q, nil)
-			b.ReportAllocs()
-			var n int
-			for b.Loop() {
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, req)
-				n = rec.Body.Len()
-			}
-			b.ReportMetric(float64(n), "bytes/answer")
-		})
-	}
-	b.Run("sample", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			s.Sample(time.Now(), 5*time.Second)
-		}
-	})
-}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,3 +163,17 @@ func (b *browser) noConsoleErrors() {
 
 // js quotes s as a JavaScript string.
 func js(s string) string { return fmt.Sprintf("%q", s) }
+
+// serveBackend serves h on a loopback port for the test's length and
+// answers the port.
+func serveBackend(t *testing.T, h http.Handler) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
+}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -46,19 +45,12 @@ func kvRaw(t *testing.T, base, key, token string) (int, string) {
 // and phone widths, light and dark.
 func TestWebUIChartsKVServers(t *testing.T) {
 	chromium(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	port := serveBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/fail") {
 			w.WriteHeader(http.StatusInternalServerError)
 		}
 		fmt.Fprintln(w, "hello")
-	})}
-	go backend.Serve(ln)
-	defer backend.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
+	}))
 
 	cfg := filepath.Join(t.TempDir(), "pier.yaml")
 	os.WriteFile(cfg, []byte("proxy:\n  addr: 127.0.0.1:0\n  routes:\n    - path: /api/\n      service: api\n"), 0o600)

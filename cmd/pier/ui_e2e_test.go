@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -54,16 +53,9 @@ func put(t *testing.T, url, body string) {
 func TestWebUI(t *testing.T) {
 	chromium(t)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	port := serveBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "hello from api")
-	})}
-	go backend.Serve(ln)
-	defer backend.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
+	}))
 
 	cfg := filepath.Join(t.TempDir(), "pier.yaml")
 	os.WriteFile(cfg, []byte("proxy:\n  addr: 127.0.0.1:0\n  routes:\n    - path: /api/\n      service: api\n      strip: /api\n"), 0o600)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/pier-dev/pier/deploy/eventually"
 )
 
 // apiDo sends one request to the agent's API and answers its status and
@@ -127,11 +129,18 @@ func TestWebUIChartsKVServers(t *testing.T) {
 		t.Fatalf("edited key: %d %q", code, v)
 	}
 
-	// A conflicting edit: the key changes behind the open page (as another
-	// node's user would change it), so the page's save is refused and the
-	// other change stays.
+	// A conflicting edit: the key changes behind the open page, through
+	// another node (a client agent that forwards to the server), so the
+	// page's save is refused and the other change stays.
 	b.waitFor(10*time.Second, "the editor again", `document.getElementById("kv-value").value === "hello, edited"`)
-	put(t, base+"/v1/kv/app/greeting", "changed elsewhere")
+	other := "http://" + startAgent(t, "-node", "othernode", "-data-dir", t.TempDir(), "-bind", "127.0.0.1", "-join", a.gossip).addr
+	eventually.NoError(t, 30*time.Second, "the other node reads the key through the servers", func() error {
+		if code, v := kvRaw(t, other, "app/greeting", ""); code != 200 || v != "hello, edited" {
+			return fmt.Errorf("%d %q", code, v)
+		}
+		return nil
+	})
+	put(t, other+"/v1/kv/app/greeting", "changed elsewhere")
 	b.do("edit the stale value", chromedp.SetValue("#kv-value", "my stale edit"), chromedp.Click("#kv-save"))
 	b.waitFor(10*time.Second, "the conflict refused", `document.getElementById("kv-value-error").innerText.includes("Not saved: someone changed this key") && document.getElementById("kv-value").value === "my stale edit"`)
 	if _, v := kvRaw(t, base, "app/greeting", ""); v != "changed elsewhere" {

@@ -286,6 +286,26 @@ acl:
 	}
 	b.shot("token-403-1280.png")
 
+	// The charts' endpoint answers only the series the token may read: the
+	// reader sees the node and the services, the anonymous token nothing.
+	for _, c := range []struct {
+		token string
+		want  bool
+	}{{"reader-secret", true}, {"", false}, {"root-secret", true}} {
+		var h struct{ Series []struct{ Kind, Name string } }
+		eventually.NoError(t, 15*time.Second, "the history as "+c.token, func() error {
+			code, body := apiDo(t, "GET", base+"/v1/pier/history", c.token, "")
+			if code != 200 {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			json.Unmarshal([]byte(body), &h)
+			if got := len(h.Series) > 0; got != c.want {
+				return fmt.Errorf("series %v, want some: %v", h.Series, c.want)
+			}
+			return nil
+		})
+	}
+
 	// Asked once: a reload keeps the token and asks nothing.
 	b.do("reload", chromedp.Reload())
 	b.waitFor(10*time.Second, "no prompt after a reload", `!document.getElementById("token-dialog") && document.getElementById("token-button").innerText.includes("reads app/")`)

@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"slices"
@@ -187,7 +188,7 @@ func (s *Store) Sample(now time.Time, elapsed time.Duration) {
 	s.at = now
 	r := &Recorder{s: s, slot: int(s.tick % uint64(s.cfg.Points)), elapsed: elapsed}
 	for _, src := range s.cfg.Sources {
-		src.Sample(r)
+		s.sample(src, r)
 	}
 	// A series no source set this time is of something gone: its ring goes
 	// with it, so memory follows what exists.
@@ -198,6 +199,17 @@ func (s *Store) Sample(now time.Time, elapsed time.Duration) {
 		}
 	}
 	s.sort()
+}
+
+// sample runs one source; a source that panics loses its point, not the
+// agent, and its series go (no source set them) until it recovers.
+func (s *Store) sample(src Source, r *Recorder) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("history: a source failed", "source", fmt.Sprintf("%T", src), "panic", p)
+		}
+	}()
+	src.Sample(r)
 }
 
 // sort orders the series by kind then name for readers, when the set of

@@ -124,3 +124,15 @@ func TestRunTakesAPointAtOnceAndStops(t *testing.T) {
 		t.Fatalf("Run: %v, tick %d", err, get(t, s, "").Tick)
 	}
 }
+
+type broken struct{}
+
+func (broken) Sample(*Recorder) { panic("broken source") }
+
+func TestAPanickingSourceLosesItsPointOnly(t *testing.T) {
+	s, _ := New(Config{Interval: time.Second, Points: 2, Sources: []Source{broken{}, &routes{n: 1}}})
+	s.Sample(time.Now(), time.Second)
+	if a := get(t, s, ""); a.Tick != 1 || len(a.Series) != 2 {
+		t.Fatalf("after a panicking source: %+v", a)
+	}
+}

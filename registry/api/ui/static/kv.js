@@ -122,6 +122,27 @@
     return box;
   }
 
+  // newKeyForm creates a key with cas=0, so that it never replaces one.
+  function newKeyForm(d) {
+    const key = field("kv-new-key", "Key", el("input", { type: "text", value: d.folder, autocomplete: "off", spellcheck: "false" }));
+    const value = field("kv-new-value", "Value", el("textarea", { rows: "6", spellcheck: "false" }));
+    const form = el("form", { class: "card kv-form", "aria-label": "New key" }, el("h3", { text: "New key" }), key.box, value.box,
+      el("div", { class: "buttons" }, el("button", { type: "submit", class: "primary", text: "Create" })));
+    form.addEventListener("submit", async e => {
+      e.preventDefault();
+      ok(key); ok(value);
+      const k = key.input.value.trim().replace(/^\/+/, "");
+      if (!k || k.endsWith("/")) return fail(key, "A key needs a name after its folder.");
+      const bad = await checkRoute(k, value.input.value);
+      if (bad) return fail(value, bad);
+      const r = await pier.send("PUT", "/v1/kv/" + enc(k) + "?cas=0", value.input.value);
+      if (!r.ok) return fail(value, refused(r));
+      if (r.text.trim() !== "true") return fail(key, "A key named " + k + " exists already: open it to edit it.");
+      location.hash = href(k);
+    });
+    return form;
+  }
+
   function drawFolder(d) {
     const out = [crumbs(d.folder)];
     const rows = [];
@@ -146,22 +167,7 @@
     const msg = el("p", { class: "field-error", role: "alert" });
     out[1].append(msg, goForm);
     // A new key, created with cas=0 so that it never replaces one.
-    const key = field("kv-new-key", "Key", el("input", { type: "text", value: d.folder, autocomplete: "off", spellcheck: "false" }));
-    const value = field("kv-new-value", "Value", el("textarea", { rows: "6", spellcheck: "false" }));
-    const form = el("form", { class: "card kv-form", "aria-label": "New key" }, el("h3", { text: "New key" }), key.box, value.box,
-      el("div", { class: "buttons" }, el("button", { type: "submit", class: "primary", text: "Create" })));
-    form.addEventListener("submit", async e => {
-      e.preventDefault();
-      ok(key); ok(value);
-      const k = key.input.value.trim().replace(/^\/+/, "");
-      if (!k || k.endsWith("/")) return fail(key, "A key needs a name after its folder.");
-      const bad = await checkRoute(k, value.input.value);
-      if (bad) return fail(value, bad);
-      const r = await pier.send("PUT", "/v1/kv/" + enc(k) + "?cas=0", value.input.value);
-      if (!r.ok) return fail(value, refused(r));
-      if (r.text.trim() !== "true") return fail(key, "A key named " + k + " exists already: open it to edit it.");
-      location.hash = href(k);
-    });
+    const form = keep(d, "new", () => newKeyForm(d));
     out.push(form);
     return out;
   }
@@ -220,8 +226,19 @@
     return out;
   }
 
+  // The filter box redraws the page as the user types; what holds typing
+  // (a key's editor, the new-key form) is drawn once per load and reused,
+  // so that a redraw keeps the text in it.
+  const drawn = new WeakMap();
+  function keep(d, part, make) {
+    const m = drawn.get(d) || new Map();
+    drawn.set(d, m);
+    if (!m.has(part)) m.set(part, make());
+    return m.get(part);
+  }
+
   pier.pages.kv = {
     title: "Key/Value", poll: false, load,
-    draw: d => d.keys ? drawFolder(d) : drawKey(d),
+    draw: d => d.keys ? drawFolder(d) : keep(d, "key", () => drawKey(d)),
   };
 })();

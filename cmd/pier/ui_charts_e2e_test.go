@@ -101,6 +101,7 @@ func TestWebUIChartsKVServers(t *testing.T) {
 	b.waitFor(10*time.Second, "a link to the node", `!!document.querySelector('a[href="#node/chartnode"]')`)
 	b.do("open the node", chromedp.Click(`a[href="#node/chartnode"]`))
 	b.waitFor(chartWait, "the node's check chart", `!!document.querySelector('[data-chart="node:chartnode"] svg') && document.querySelector('[data-chart="node:chartnode"]').innerText.includes("critical 1")`)
+	b.shot("node-1280.png")
 
 	// KV: folders, JSON shown pretty, binary as hex.
 	b.eval(`location.hash = "#kv/"`)

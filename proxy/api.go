@@ -61,14 +61,7 @@ func (p *Proxy) Routes() []RouteInfo {
 			pool = rt.lbt.TagPool(r.Service, r.tag)
 		}
 		ri.Total = pool.Total()
-		for _, m := range pool.Members() {
-			ii := InstanceInfo{ID: m.ID, Node: m.Node, Addr: m.Backend.Addr(), Weight: m.Weight,
-				InFlight: m.Backend.InFlight(), Requests: m.Backend.Requests()}
-			if d := m.Backend.DownUntil(); !d.IsZero() {
-				ii.DownUntil = &d
-			}
-			ri.Instances = append(ri.Instances, ii)
-		}
+		ri.Instances = instanceInfos(pool)
 		out = append(out, ri)
 	}
 	for _, b := range rt.bad {

@@ -104,6 +104,7 @@ func (a *parts) close() {
 		if a.door.tlsLn != nil {
 			a.door.tlsLn.Close()
 		}
+		a.door.tcp.Close()
 	}
 	if a.lns != nil {
 		a.lns.Close()
@@ -173,6 +174,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
+		a.srv.Handle("GET /v1/pier/tcp-routes", a.door.tcp.RoutesHandler())
 	}
 	if a.charts, err = a.buildCharts(log); err != nil {
 		return a, err
@@ -344,6 +346,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		proxyAddr = d.ln.Addr().String()
 		g.Go(func() error { return d.bal.Run(gctx) })
 		g.Go(func() error { return d.proxy.Run(gctx, d.ln) })
+		g.Go(func() error { return d.tcp.Run(gctx) })
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })

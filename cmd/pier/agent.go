@@ -146,7 +146,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	if a.members, err = a.buildGossip(log, prom); err != nil {
 		return a, err
 	}
-	a.servers.members = a.members
+	a.servers.setGossip(a.members)
 	if a.checks, err = a.buildHealth(log, prom); err != nil {
 		return a, err
 	}
@@ -224,9 +224,7 @@ func (a *parts) buildGossip(log *slog.Logger, prom prometheus.Registerer) (*goss
 	maps.Copy(gcfg.Tags, a.servers.tags(a.reg.Config().NodeID))
 	gcfg.Logger = log.With("component", "gossip")
 	gcfg.Registerer = prom
-	if cfg.DataDir != "" {
-		gcfg.KeyringFile = filepath.Join(cfg.DataDir, "keyring.json")
-	}
+	gcfg.KeyringFile = cfg.keyringFile()
 	if cfg.Encrypt != "" {
 		var err error
 		if gcfg.EncryptKey, err = gossip.ParseKey(cfg.Encrypt); err != nil {
@@ -257,6 +255,7 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	acfg.Registry = a.reg
 	acfg.Cluster = cluster{a.members, leave}
 	acfg.Consensus = a.servers
+	acfg.ServerDial = a.servers.dial
 	acfg.Health = a.checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.EnableDebug = cfg.EnableDebug

@@ -331,8 +331,10 @@ func buildRoutesTLS(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTim
 //
 // proto=https reaches the instances over TLS (as fabio does), verified
 // against the system's roots for the instance's address unless
-// tlsskipverify=true. ok is false for a tag that is not a urlprefix- tag. Options pier does not
-// know (fabio's proto=tcp, redirect=, allow=, ...) are an error, so the
+// tlsskipverify=true. ok is false for a tag that is not a urlprefix- tag,
+// and for proto=tcp and proto=tcp+sni tags, which are TCP routes
+// (ParseTCPTag). Options pier does not
+// know (fabio's redirect=, allow=, ...) are an error, so the
 // route is left out rather than served differently from what it says.
 func ParseTag(tag string) (r Route, ok bool, err error) {
 	rest, ok := strings.CutPrefix(tag, "urlprefix-")
@@ -361,6 +363,8 @@ func ParseTag(tag string) (r Route, ok bool, err error) {
 			case "http":
 			case "https":
 				r.TLS = true
+			case "tcp", "tcp+sni":
+				return r, false, nil // a TCP route: ParseTCPTag reads it
 			default:
 				return r, true, fmt.Errorf("proto=%s: pier routes HTTP and HTTPS only", v)
 			}

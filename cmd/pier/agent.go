@@ -18,7 +18,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pier-dev/pier/health"
+	"github.com/pier-dev/pier/history"
 	"github.com/pier-dev/pier/metrics"
+	"github.com/pier-dev/pier/proxy"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/acl"
 	"github.com/pier-dev/pier/registry/api"
@@ -87,6 +89,7 @@ type parts struct {
 	names      *dns.Server
 	containers *docker.Watcher // nil without -docker
 	door       *frontDoor      // nil unless this agent is a front door
+	charts     *history.Store  // the UI's charts
 	lns        *api.Listeners
 }
 
@@ -103,6 +106,7 @@ func (a *parts) close() {
 		if a.door.tlsLn != nil {
 			a.door.tlsLn.Close()
 		}
+		a.door.tcp.Close()
 	}
 	if a.lns != nil {
 		a.lns.Close()
@@ -144,7 +148,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	if a.members, err = a.buildGossip(log, prom); err != nil {
 		return a, err
 	}
-	a.servers.members = a.members
+	a.servers.setGossip(a.members)
 	if err := a.buildWAN(log); err != nil {
 		return a, err
 	}
@@ -176,6 +180,10 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
+		a.srv.Handle("GET /v1/pier/tcp-routes", a.door.tcp.RoutesHandler())
+	}
+	if a.charts, err = a.buildCharts(log); err != nil {
+		return a, err
 	}
 	return a, nil
 }
@@ -222,9 +230,7 @@ func (a *parts) buildGossip(log *slog.Logger, prom prometheus.Registerer) (*goss
 	maps.Copy(gcfg.Tags, a.servers.tags(a.reg.Config().NodeID))
 	gcfg.Logger = log.With("component", "gossip")
 	gcfg.Registerer = prom
-	if cfg.DataDir != "" {
-		gcfg.KeyringFile = filepath.Join(cfg.DataDir, "keyring.json")
-	}
+	gcfg.KeyringFile = cfg.keyringFile()
 	if cfg.Encrypt != "" {
 		var err error
 		if gcfg.EncryptKey, err = gossip.ParseKey(cfg.Encrypt); err != nil {
@@ -258,6 +264,7 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	if a.servers.wan != nil {
 		acfg.WAN = a.servers.wan
 	}
+	acfg.ServerDial = a.servers.dial
 	acfg.Health = a.checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.EnableDebug = cfg.EnableDebug
@@ -297,6 +304,26 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	return srv, nil
 }
 
+// buildCharts keeps the last 15 minutes of every route, service and node
+// for the web UI. The endpoint filters what it answers by the token, so it
+// asks for none itself; validating a route reads nothing stored.
+func (a *parts) buildCharts(log *slog.Logger) (*history.Store, error) {
+	hcfg := history.DefaultConfig()
+	hcfg.Sources = []history.Source{history.Catalog{Snapshot: a.reg.Snapshot}}
+	if a.door != nil {
+		hcfg.Sources = append(hcfg.Sources, a.door.proxy)
+	}
+	hcfg.Logger = log.With("component", "history")
+	st, err := history.New(hcfg)
+	if err != nil {
+		return nil, err
+	}
+	a.srv.HandlePerm("GET /v1/pier/history", st.Handler(), acl.Anyone)
+	a.srv.HandlePerm("PUT /v1/pier/validate/route", proxy.ValidateRouteHandler(), acl.Anyone)
+	a.srv.HandlePerm("POST /v1/pier/validate/route", proxy.ValidateRouteHandler(), acl.Anyone)
+	return st, nil
+}
+
 // listen opens the API's and DNS's sockets (the proxy's and the metrics'
 // were opened by build).
 func (a *parts) listen() error {
@@ -315,6 +342,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 	g.Go(func() error { return a.checks.Run(gctx) })
 	a.servers.run(gctx, g, a.reg, a.srv)
 	g.Go(func() error { return a.names.Run(gctx) })
+	g.Go(func() error { return a.charts.Run(gctx) })
 	if a.containers != nil {
 		g.Go(func() error { return a.containers.Run(gctx) })
 	}
@@ -327,6 +355,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		g.Go(func() error { return d.bal.Run(gctx) })
 		g.Go(func() error { return d.proxy.Run(gctx, d.ln) })
 		g.Go(func() error { return d.proxy.RunFailover(gctx) })
+		g.Go(func() error { return d.tcp.Run(gctx) })
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })

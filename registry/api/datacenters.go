@@ -1,7 +1,6 @@
 package api
 
 import (
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -105,17 +104,6 @@ func (s *Server) toDatacenter(w http.ResponseWriter, r *http.Request) bool {
 // and a blocking query for its wait.
 func (s *Server) wanAnswerWithin(r *http.Request) time.Duration {
 	return s.cfg.RPCHoldTimeout + s.blockingWait(r)
-}
-
-// newWANForwarder is the transport of requests to other datacenters: a
-// short dial, kept-alive connections.
-func newWANForwarder() *http.Transport {
-	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: wanDial, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-	}
 }
 
 // catalogDatacenters lists every datacenter, this one first and then

@@ -72,6 +72,9 @@ type Config struct {
 	// and snapshots from the servers' Raft state (consensus.go); nil: the
 	// KV store is gossip's, last writer wins, and the rest answer 404.
 	Consensus Consensus
+	// ServerDial dials a server port for forwarded requests: the port's
+	// TLS when it authenticates (raft.Security.DialContext); nil: plain TCP.
+	ServerDial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// RPCHoldTimeout is how long a request that needs the leader waits for
 	// one during an election before it answers 500 No cluster leader.
 	RPCHoldTimeout time.Duration // default 7s, as Consul's rpc_hold_timeout
@@ -143,10 +146,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if cfg.Consensus != nil {
-		s.inner, s.fwd = http.NewServeMux(), newForwarder()
+		s.inner, s.fwd = http.NewServeMux(), newForwarder(cfg.ServerDial, 10*time.Second)
 	}
 	if cfg.WAN != nil {
-		s.wanFwd = newWANForwarder()
+		// Another datacenter's server port, dialled as this one's (its TLS
+		// or keyring identities), with a short dial: a WAN cut that drops
+		// packets shows as a dial that never answers.
+		s.wanFwd = newForwarder(cfg.ServerDial, wanDial)
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))

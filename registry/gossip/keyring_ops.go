@@ -354,3 +354,16 @@ func (g *Gossip) saveKeyring(primary []byte, keys [][]byte) error {
 	}
 	return nil
 }
+
+// Keys answers the keyring: the primary key and every key, copies; both
+// nil when gossip is not encrypted. The server port derives its
+// identities from them (registry/raft's KeyringSecurity).
+func (g *Gossip) Keys() (primary []byte, keys [][]byte) {
+	if g.keyring == nil {
+		return nil, nil
+	}
+	for _, k := range g.keyring.GetKeys() {
+		keys = append(keys, slices.Clone(k))
+	}
+	return slices.Clone(g.keyring.GetPrimaryKey()), keys
+}

@@ -26,7 +26,7 @@ type datacenter struct {
 
 // startDatacenter starts dc's server, which joins the WAN pool through
 // wanJoin (none: it starts the pool), and its clients; extra are more
-// flags for the server.
+// flags for every agent of dc.
 func startDatacenter(t *testing.T, dc string, clients int, wanJoin string, extra ...string) *datacenter {
 	t.Helper()
 	d := &datacenter{name: dc}
@@ -37,8 +37,8 @@ func startDatacenter(t *testing.T, dc string, clients int, wanJoin string, extra
 	}
 	d.server = startAgent(t, append(args, extra...)...)
 	for i := range clients {
-		c := startAgent(t, "-datacenter", dc, "-node", "c"+string(rune('1'+i))+"-"+dc, "-bind", "127.0.0.1", "-data-dir", tempDataDir(t),
-			"-retry-join", d.server.gossip, "-retry-interval", "1s")
+		c := startAgent(t, append([]string{"-datacenter", dc, "-node", "c" + string(rune('1'+i)) + "-" + dc, "-bind", "127.0.0.1", "-data-dir", tempDataDir(t),
+			"-retry-join", d.server.gossip, "-retry-interval", "1s"}, extra...)...)
 		d.clients = append(d.clients, c)
 	}
 	return d
@@ -334,5 +334,29 @@ func TestPreparedQueryFailover(t *testing.T) {
 	eventually.True(t, 20*time.Second, "the query comes back to dc1", func() bool { got, _ := from(); return got == "dc1 10.1.0.1" })
 	if _, err := c1.PreparedQuery().Delete(id, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWANEncrypted: with -encrypt, the WAN pool is encrypted with the
+// gossip key and the server port authenticates with identities derived
+// from it; datacenters with the same key meet and ?dc= crosses, one with
+// another key stays out.
+func TestWANEncrypted(t *testing.T) {
+	needBinary(t)
+	key, other := "aGVsbG8td2FuLWtleS0xMjM0NTY3ODkwYWJjZGVmMDE=", "b3RoZXIta2V5LWZvci10aGUtd2FuLXBvb2wtMTIzNDU="
+	dc1 := startDatacenter(t, "dc1", 1, "", "-encrypt", key)
+	dc2 := startDatacenter(t, "dc2", 1, dc1.server.wan, "-encrypt", key)
+	startDatacenter(t, "dc3", 0, dc1.server.wan, "-encrypt", other) // tries to join, and cannot
+	c1 := apiClient(t, dc1.clients[0].addr)
+	eventually.True(t, 20*time.Second, "dc2 writes through its server", func() bool {
+		_, err := apiClient(t, dc2.clients[0].addr).KV().Put(&consul.KVPair{Key: "k", Value: []byte("v")}, nil)
+		return err == nil
+	})
+	eventually.True(t, 20*time.Second, "dc1 reads dc2's key over the encrypted WAN", func() bool {
+		kv, _, err := c1.KV().Get("k", &consul.QueryOptions{Datacenter: "dc2"})
+		return err == nil && kv != nil && string(kv.Value) == "v"
+	})
+	if got := datacentersOf(c1); !slices.Equal(got, []string{"dc1", "dc2"}) {
+		t.Errorf("datacenters with dc3 on another key: %v", got)
 	}
 }

@@ -85,6 +85,7 @@ type Gossip struct {
 	kr           keyringState
 	reconnecting bool
 	repairQ      chan func() // TCP sends of the repair exchange, run by one worker
+	lastOwners   int         // owners in the last digest, to size the next (Run's goroutine only)
 	// sends tracks sendReliable's goroutines; sendSlots bounds how many
 	// send at once; stopping (closed by Run's end) lets queued ones give up.
 	sends       sync.WaitGroup
@@ -190,6 +191,11 @@ func New(cfg Config) (*Gossip, error) {
 	// A node that comes back on another address (a rescheduled container)
 	// may take its name back once its old self has been dead this long.
 	mc.DeadNodeReclaimTime = 30 * time.Second
+	// memberlist's LZW costs a 64 KiB table per datagram sent (a ping, an
+	// ack, a digest), which made compression most of what an idle agent
+	// allocated; pier deflates its own large messages and push/pull state
+	// already. Compressed messages from others are still understood.
+	mc.EnableCompression = false
 	if cfg.Memberlist != nil {
 		cfg.Memberlist(mc)
 	}

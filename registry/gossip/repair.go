@@ -1,9 +1,7 @@
 package gossip
 
 import (
-	"encoding/binary"
 	"encoding/json"
-	"hash/fnv"
 	"math/rand/v2"
 	"net"
 	"time"
@@ -54,50 +52,66 @@ type statesMsg struct {
 // still on the way, and counting them would make every digest differ while
 // changes flow (a join of 100 nodes turned into a full-state exchange per
 // node per second).
-func (g *Gossip) digests() (map[string]uint64, []registry.NodeState, []registry.Entry) {
-	nodes, kv := g.reg.FullState(), g.reg.KVState()
+// It walks the registry in place and allocates only the map: it runs once
+// a second for the digest sent and once for each one received, and copying
+// the whole state there was most of what an idle agent allocated.
+func (g *Gossip) digests() map[string]uint64 {
 	cut := uint64(time.Now().Add(-repairGrace).UnixMilli()) << 16
-	out := make(map[string]uint64, len(nodes)+1)
-	for _, st := range nodes {
-		out[st.Node] = hashEntries(st.Entries, cut)
-	}
-	out[kvOwner] = hashEntries(kv, cut)
-	return out, nodes, kv
+	out := make(map[string]uint64, g.lastOwners+1)
+	out[kvOwner] = 0
+	g.reg.EachVersion(func(node string) { out[node] += 0 }, func(owner string, e registry.Entry) {
+		if owner == "" {
+			owner = kvOwner
+		}
+		if e.Version <= cut {
+			out[owner] += hashEntry(&e)
+		}
+	})
+	g.lastOwners = len(out)
+	return out
 }
 
 // repairGrace is about how long a broadcast takes to reach 100 nodes.
 const repairGrace = time.Second
 
-func hashEntries(es []registry.Entry, cut uint64) uint64 {
-	var sum uint64
-	var b [9]byte
-	for _, e := range es {
-		if e.Version > cut {
-			continue
-		}
-		h := fnv.New64a()
-		h.Write([]byte(e.Node))
-		h.Write([]byte{0, byte(e.Kind)})
-		h.Write([]byte(e.Key))
-		binary.BigEndian.PutUint64(b[:8], e.Version)
-		b[8] = 0
-		if e.Deleted {
-			b[8] = 1
-		}
-		h.Write(b[:])
-		sum += h.Sum64()
+// hashEntry is FNV-1a (64 bits) of the entry's identity and version, written
+// out so that nothing is allocated per entry; nodes of earlier versions
+// hashed the same bytes with hash/fnv, so their digests still agree.
+func hashEntry(e *registry.Entry) uint64 {
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(e.Node); i++ {
+		h = (h ^ uint64(e.Node[i])) * prime
 	}
-	return sum
+	h = (h ^ 0) * prime
+	h = (h ^ uint64(byte(e.Kind))) * prime
+	for i := 0; i < len(e.Key); i++ {
+		h = (h ^ uint64(e.Key[i])) * prime
+	}
+	for i := 56; i >= 0; i -= 8 {
+		h = (h ^ (e.Version >> i & 0xff)) * prime
+	}
+	var del uint64
+	if e.Deleted {
+		del = 1
+	}
+	return (h ^ del) * prime
 }
 
 func rootOf(owners map[string]uint64) uint64 {
 	var sum uint64
 	for o, h := range owners {
-		f := fnv.New64a()
-		f.Write([]byte(o))
-		sum += f.Sum64() * (h | 1)
+		sum += fnv64a(o) * (h | 1)
 	}
 	return sum
+}
+
+func fnv64a(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * 1099511628211
+	}
+	return h
 }
 
 // sendDigest sends this node's digest to one random alive member.
@@ -106,8 +120,7 @@ func (g *Gossip) sendDigest() {
 	if peer == nil {
 		return
 	}
-	owners, _, _ := g.digests()
-	b, _ := json.Marshal(digestMsg{From: g.reg.NodeName(), Root: rootOf(owners)})
+	b, _ := json.Marshal(digestMsg{From: g.reg.NodeName(), Root: rootOf(g.digests())})
 	g.ml.SendBestEffort(peer, append([]byte{msgDigest}, b...))
 }
 
@@ -151,7 +164,7 @@ func (g *Gossip) onDigest(buf []byte) {
 	if json.Unmarshal(buf, &d) != nil {
 		return
 	}
-	owners, _, _ := g.digests()
+	owners := g.digests()
 	if rootOf(owners) == d.Root {
 		return
 	}
@@ -174,9 +187,9 @@ func (g *Gossip) onOwners(buf []byte) {
 	if to == nil {
 		return
 	}
-	mine, nodes, kv := g.digests()
+	mine := g.digests()
 	out := statesMsg{From: g.reg.NodeName()}
-	for _, st := range nodes {
+	for _, st := range g.reg.FullState() {
 		if o.Owners[st.Node] != mine[st.Node] {
 			out.Nodes = append(out.Nodes, st)
 		}
@@ -189,7 +202,7 @@ func (g *Gossip) onOwners(buf []byte) {
 		}
 	}
 	if o.Owners[kvOwner] != mine[kvOwner] {
-		out.KV, out.WithKV = kv, true
+		out.KV, out.WithKV = g.reg.KVState(), true
 	}
 	if len(out.Nodes) == 0 && !out.WithKV {
 		return
@@ -219,15 +232,14 @@ func (g *Gossip) onStates(buf []byte) {
 	for _, st := range s.Nodes {
 		want[st.Node] = true
 	}
-	_, nodes, kv := g.digests()
 	out := statesMsg{From: g.reg.NodeName(), Reply: true}
-	for _, st := range nodes {
+	for _, st := range g.reg.FullState() {
 		if want[st.Node] {
 			out.Nodes = append(out.Nodes, st)
 		}
 	}
 	if s.WithKV {
-		out.KV, out.WithKV = kv, true
+		out.KV, out.WithKV = g.reg.KVState(), true
 	}
 	if b, err := deflateJSON(msgStates, out); err == nil {
 		g.reliable(to, b)

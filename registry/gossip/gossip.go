@@ -84,8 +84,9 @@ type Gossip struct {
 	keyring      *memberlist.Keyring // nil without encryption
 	kr           keyringState
 	reconnecting bool
-	repairQ      chan func() // TCP sends of the repair exchange, run by one worker
-	lastOwners   int         // owners in the last digest, to size the next (Run's goroutine only)
+	repairQ      chan func()          // TCP sends of the repair exchange, run by one worker
+	lastOwners   int                  // owners in the last digest, to size the next (Run's goroutine only)
+	joining      map[string]time.Time // members joinMissing tried, and when
 	// sends tracks sendReliable's goroutines; sendSlots bounds how many
 	// send at once; stopping (closed by Run's end) lets queued ones give up.
 	sends       sync.WaitGroup
@@ -142,7 +143,7 @@ func New(cfg Config) (*Gossip, error) {
 	default:
 		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
 	}
-	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), ev: newEvents(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ),
+	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), ev: newEvents(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, joining: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ),
 		sendSlots: make(chan struct{}, maxReliableSends), stopping: make(chan struct{})}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -29,12 +30,14 @@ const (
 
 type digestMsg struct {
 	From string `json:"f"`
+	Addr string `json:"a,omitempty"` // the sender's gossip address, for a receiver that does not know it
 	Root uint64 `json:"r"`
 }
 
 type ownersMsg struct {
 	From   string            `json:"f"`
 	Owners map[string]uint64 `json:"o"`
+	Addrs  map[string]string `json:"a,omitempty"` // gossip address of each alive member
 }
 
 type statesMsg struct {
@@ -43,6 +46,7 @@ type statesMsg struct {
 	Nodes  []registry.NodeState `json:"n,omitempty"`
 	KV     []registry.Entry     `json:"kv,omitempty"`
 	WithKV bool                 `json:"k,omitempty"`
+	Addrs  map[string]string    `json:"a,omitempty"` // gossip addresses of members the receiver lacks
 }
 
 // digests hashes every owner's entries (versions and deletions, not
@@ -56,14 +60,20 @@ type statesMsg struct {
 // a second for the digest sent and once for each one received, and copying
 // the whole state there was most of what an idle agent allocated.
 func (g *Gossip) digests() map[string]uint64 {
-	cut := uint64(time.Now().Add(-repairGrace).UnixMilli()) << 16
+	now := time.Now()
+	cut := uint64(now.Add(-repairGrace).UnixMilli()) << 16
+	young := g.youngMembers(now)
 	out := make(map[string]uint64, g.lastOwners+1)
 	out[kvOwner] = 0
-	g.reg.EachVersion(func(node string) { out[node] += 0 }, func(owner string, e registry.Entry) {
+	g.reg.EachVersion(func(node string) {
+		if !young[node] {
+			out[node] += 0
+		}
+	}, func(owner string, e registry.Entry) {
 		if owner == "" {
 			owner = kvOwner
 		}
-		if e.Version <= cut {
+		if e.Version <= cut && !young[owner] {
 			out[owner] += hashEntry(&e)
 		}
 	})
@@ -73,6 +83,79 @@ func (g *Gossip) digests() map[string]uint64 {
 
 // repairGrace is about how long a broadcast takes to reach 100 nodes.
 const repairGrace = time.Second
+
+// youngMembers are the members whose status changed within repairGrace:
+// the digest leaves them out, as it leaves out young entries, so that a
+// join of many nodes at once is not a whole-state exchange between every
+// pair of nodes that heard of a newcomer a moment apart.
+func (g *Gossip) youngMembers(now time.Time) map[string]bool {
+	var young map[string]bool
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, m := range g.members {
+		if now.Sub(m.since) < repairGrace && name != g.reg.NodeName() {
+			if young == nil {
+				young = map[string]bool{}
+			}
+			young[name] = true
+		}
+	}
+	return young
+}
+
+// memberAddrs returns the gossip address of each alive member in names
+// (all of them when names is nil), this node's included.
+func (g *Gossip) memberAddrs(names map[string]bool) map[string]string {
+	out := map[string]string{}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, m := range g.members {
+		if m.Status == registry.MemberAlive && (names == nil || names[name]) {
+			out[name] = net.JoinHostPort(m.Addr, strconv.Itoa(m.Port))
+		}
+	}
+	return out
+}
+
+// joinMissing joins each member another node named that this node has
+// never heard of. memberlist spreads a join by a bounded number of alive
+// messages, so now and then a node misses one (1 node in 50 lacked a member
+// for over a minute in deploy/bench/gossip.sh), and only push/pull, every
+// 60 to 90 s at 50 to 100 nodes, would tell it; the digest exchange finds it
+// within seconds, and a join (one push/pull with that member) tells both.
+func (g *Gossip) joinMissing(addrs map[string]string) {
+	now := time.Now()
+	for name, addr := range addrs {
+		host, p, err := net.SplitHostPort(addr)
+		port, perr := strconv.ParseUint(p, 10, 16)
+		if err != nil || perr != nil || validMember(name, net.ParseIP(host), uint16(port)) != nil {
+			continue
+		}
+		g.mu.Lock()
+		_, known := g.members[name]
+		last, tried := g.joining[name]
+		if known || (tried && now.Sub(last) < rejoinPause) {
+			g.mu.Unlock()
+			continue
+		}
+		g.joining[name] = now
+		for n, t := range g.joining {
+			if now.Sub(t) >= rejoinPause {
+				delete(g.joining, n)
+			}
+		}
+		g.mu.Unlock()
+		g.log.Info("joining a member that others list and this node had not heard of", "node", name, "addr", addr)
+		g.met.memberRepaired()
+		g.background(func() error {
+			_, err := g.ml.Join([]string{addr})
+			return err
+		}, nil)
+	}
+}
+
+// rejoinPause is how long joinMissing leaves a member it tried to join.
+const rejoinPause = 10 * time.Second
 
 // hashEntry is FNV-1a (64 bits) of the entry's identity and version, written
 // out so that nothing is allocated per entry; nodes of earlier versions
@@ -120,7 +203,7 @@ func (g *Gossip) sendDigest() {
 	if peer == nil {
 		return
 	}
-	b, _ := json.Marshal(digestMsg{From: g.reg.NodeName(), Root: rootOf(g.digests())})
+	b, _ := json.Marshal(digestMsg{From: g.reg.NodeName(), Addr: g.Addr(), Root: rootOf(g.digests())})
 	g.ml.SendBestEffort(peer, append([]byte{msgDigest}, b...))
 }
 
@@ -164,15 +247,17 @@ func (g *Gossip) onDigest(buf []byte) {
 	if json.Unmarshal(buf, &d) != nil {
 		return
 	}
+	to := g.peer(d.From)
+	if to == nil {
+		// A sender this node has never heard of is a member it missed.
+		g.joinMissing(map[string]string{d.From: d.Addr})
+		return
+	}
 	owners := g.digests()
 	if rootOf(owners) == d.Root {
 		return
 	}
-	to := g.peer(d.From)
-	if to == nil {
-		return
-	}
-	b, err := deflateJSON(msgOwners, ownersMsg{From: g.reg.NodeName(), Owners: owners})
+	b, err := deflateJSON(msgOwners, ownersMsg{From: g.reg.NodeName(), Owners: owners, Addrs: g.memberAddrs(nil)})
 	if err == nil {
 		g.reliable(to, b)
 	}
@@ -183,6 +268,7 @@ func (g *Gossip) onOwners(buf []byte) {
 	if inflateJSON(buf, &o) != nil {
 		return
 	}
+	g.joinMissing(o.Addrs)
 	to := g.peer(o.From)
 	if to == nil {
 		return
@@ -200,6 +286,16 @@ func (g *Gossip) onOwners(buf []byte) {
 		if _, ok := mine[name]; !ok && name != kvOwner {
 			out.Nodes = append(out.Nodes, registry.NodeState{Node: name})
 		}
+	}
+	// Members the other lacks: their addresses, so that it joins them.
+	lacks := map[string]bool{}
+	for name := range mine {
+		if _, ok := o.Owners[name]; !ok && name != kvOwner {
+			lacks[name] = true
+		}
+	}
+	if len(lacks) > 0 {
+		out.Addrs = g.memberAddrs(lacks)
 	}
 	if o.Owners[kvOwner] != mine[kvOwner] {
 		out.KV, out.WithKV = g.reg.KVState(), true
@@ -219,6 +315,7 @@ func (g *Gossip) onStates(buf []byte) {
 	if inflateJSON(buf, &s) != nil {
 		return
 	}
+	g.joinMissing(s.Addrs)
 	fresh := append(g.reg.MergeStates(s.Nodes), g.reg.Merge(s.KV)...)
 	g.met.repaired(len(fresh))
 	if s.Reply {

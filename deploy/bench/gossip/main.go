@@ -254,7 +254,9 @@ func run(args []string) error {
 	writes := fs.Int("writes", 100, "writes to propagate after the join")
 	timeout := fs.Duration("timeout", 120*time.Second, "longest wait for the join and for each write")
 	every := fs.Duration("every", 100*time.Millisecond, "pause between writes")
+	idle := fs.Duration("idle", 30*time.Second, "how long the idle cluster's CPU is measured after the writes (0: not)")
 	fs.Parse(args)
+	fmt.Printf("%s n=%d load average at start: %s\n", *kind, *n, loadavg())
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -430,7 +432,46 @@ func run(args []string) error {
 	}
 	fmt.Printf("%s n=%d writes: %d, reached every node: p50 %.2f s, p99 %.2f s, max %.2f s; %d not everywhere after %v\n",
 		*kind, *n, *writes, q(0.5), q(0.99), q(1), late, *timeout)
+	if *idle > 0 {
+		cpu := idleCPU(c.nodes, *idle)
+		fmt.Printf("%s n=%d idle: %.3f CPU seconds per node per minute over %v (%.2f %% of a core); load average %s\n",
+			*kind, *n, cpu, *idle, cpu/60*100, loadavg())
+	}
 	return nil
+}
+
+// idleCPU measures the user and system CPU time of every node's process
+// over d (from /proc/PID/stat) and returns the mean per node per minute.
+func idleCPU(nodes []*node, d time.Duration) float64 {
+	ticks := func() (sum int64) {
+		for _, nd := range nodes {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", nd.cmd.Process.Pid))
+			if err != nil {
+				continue
+			}
+			// The command name (field 2) may hold spaces: count from its end.
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+			if len(f) > 12 {
+				u, _ := strconv.ParseInt(f[11], 10, 64)
+				s, _ := strconv.ParseInt(f[12], 10, 64)
+				sum += u + s
+			}
+		}
+		return sum
+	}
+	before := ticks()
+	time.Sleep(d)
+	used := float64(ticks()-before) / 100 // USER_HZ is 100 on Linux
+	return used / float64(len(nodes)) * float64(time.Minute) / float64(d)
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // watchServices follows one pier agent's /v1/catalog/services with a

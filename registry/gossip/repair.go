@@ -118,11 +118,14 @@ func (g *Gossip) memberAddrs(names map[string]bool) map[string]string {
 }
 
 // joinMissing joins each member another node named that this node has
-// never heard of. memberlist spreads a join by a bounded number of alive
-// messages, so now and then a node misses one (1 node in 50 lacked a member
-// for over a minute in deploy/bench/gossip.sh), and only push/pull, every
-// 60 to 90 s at 50 to 100 nodes, would tell it; the digest exchange finds it
-// within seconds, and a join (one push/pull with that member) tells both.
+// not heard of for missingGrace. memberlist spreads a join by a bounded
+// number of alive messages, so now and then a node misses one (1 node in 50
+// lacked a member for over a minute in deploy/bench/gossip.sh), and only
+// push/pull, every 60 to 90 s at 50 to 100 nodes, would tell it; the digest
+// exchange finds it within seconds, and a join (one push/pull with that
+// member) tells both. The grace leaves a member that is joining right now
+// to its alive messages: in a join of 50 nodes at once nearly every node
+// hears a newcomer's digest before its alive message.
 func (g *Gossip) joinMissing(addrs map[string]string) {
 	now := time.Now()
 	for name, addr := range addrs {
@@ -132,19 +135,32 @@ func (g *Gossip) joinMissing(addrs map[string]string) {
 			continue
 		}
 		g.mu.Lock()
-		_, known := g.members[name]
-		last, tried := g.joining[name]
-		if known || (tried && now.Sub(last) < rejoinPause) {
+		if _, known := g.members[name]; known {
+			delete(g.missing, name)
 			g.mu.Unlock()
 			continue
 		}
-		g.joining[name] = now
-		for n, t := range g.joining {
-			if now.Sub(t) >= rejoinPause {
-				delete(g.joining, n)
+		m := g.missing[name]
+		if m == nil {
+			// Bounded by what the cluster lists: entries go once known,
+			// or when not named again for a while (below).
+			m = &missingMember{heard: now}
+			g.missing[name] = m
+		}
+		m.named = now
+		due := now.Sub(m.heard) >= missingGrace && now.Sub(m.tried) >= rejoinPause
+		if due {
+			m.tried = now
+		}
+		for n, o := range g.missing {
+			if now.Sub(o.named) >= rejoinPause {
+				delete(g.missing, n)
 			}
 		}
 		g.mu.Unlock()
+		if !due {
+			continue
+		}
 		g.log.Info("joining a member that others list and this node had not heard of", "node", name, "addr", addr)
 		g.met.memberRepaired()
 		g.background(func() error {
@@ -153,6 +169,18 @@ func (g *Gossip) joinMissing(addrs map[string]string) {
 		}, nil)
 	}
 }
+
+// missingMember is a member others named that this node does not know.
+type missingMember struct {
+	heard time.Time // first named
+	named time.Time // last named
+	tried time.Time // last joined
+}
+
+// missingGrace is how long a member others name may stay unknown here
+// before this node joins it: its alive messages reach 100 nodes in about a
+// second.
+const missingGrace = 2 * time.Second
 
 // rejoinPause is how long joinMissing leaves a member it tried to join.
 const rejoinPause = 10 * time.Second

@@ -66,7 +66,7 @@ func TestMissedMemberRepaired(t *testing.T) {
 	waitFor(t, b.reg, 10*time.Second, "a in b's catalog", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 2 })
 	c := startNode(t, "c", opts{mem: mem, tweak: quietGossip, join: []string{a.g.Addr()}})
 	waitFor(t, c.reg, 10*time.Second, "a and b in c's catalog", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 3 })
-	waitFor(t, b.reg, 5*time.Second, "c, missed at its join, in b's catalog", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 3 })
+	waitFor(t, b.reg, 8*time.Second, "c, missed at its join, in b's catalog", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 3 })
 	if n := b.g.ml.NumMembers(); n != 3 {
 		t.Errorf("b's memberlist has %d members, want 3", n)
 	}

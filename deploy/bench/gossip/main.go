@@ -362,20 +362,33 @@ func run(args []string) error {
 			return fmt.Errorf("%s did not start", nd.name)
 		}
 	}
-	if *writes == 0 {
-		return nil
+	if *writes > 0 {
+		if err := measureWrites(ctx, c, *kind, *n, *writes, *every, *timeout); err != nil {
+			return err
+		}
 	}
-	if *kind == "pier" {
+	if *idle > 0 {
+		cpu := idleCPU(c.nodes, *idle)
+		fmt.Printf("%s n=%d idle: %.3f CPU seconds per node per minute over %v (%.2f %% of a core); load average %s\n",
+			*kind, *n, cpu, *idle, cpu/60*100, loadavg())
+	}
+	return nil
+}
+
+// measureWrites makes writes, one every every on a node taken in turn, and
+// prints how long each took to reach every node.
+func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, every, timeout time.Duration) error {
+	if kind == "pier" {
 		for _, nd := range c.nodes {
 			go watchServices(ctx, c, nd)
 		}
 	}
-	sent := make([]time.Time, *writes)
-	for i := range *writes {
+	sent := make([]time.Time, writes)
+	for i := range writes {
 		nd := c.nodes[(i*7+3)%len(c.nodes)]
 		key := fmt.Sprintf("bench%03d", i)
 		sent[i] = time.Now()
-		if *kind == "pier" {
+		if kind == "pier" {
 			body := fmt.Sprintf(`{"Name":%q,"Port":%d}`, key, 1000+i)
 			req, _ := http.NewRequest(http.MethodPut, "http://"+nd.http+"/v1/agent/service/register", strings.NewReader(body))
 			resp, err := http.DefaultClient.Do(req)
@@ -386,15 +399,15 @@ func run(args []string) error {
 		} else {
 			fmt.Fprintf(nd.stdin, "put %s\n", key)
 		}
-		time.Sleep(*every)
+		time.Sleep(every)
 	}
 	// Wait until every node has every write, or the timeout.
-	deadline := time.Now().Add(*timeout)
+	deadline := time.Now().Add(timeout)
 	var lat []time.Duration
 	late := 0
 	for {
 		lat, late = lat[:0], 0
-		for i := range *writes {
+		for i := range writes {
 			key := fmt.Sprintf("bench%03d", i)
 			var last time.Time
 			for _, nd := range c.nodes {
@@ -431,12 +444,7 @@ func run(args []string) error {
 		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Seconds()
 	}
 	fmt.Printf("%s n=%d writes: %d, reached every node: p50 %.2f s, p99 %.2f s, max %.2f s; %d not everywhere after %v\n",
-		*kind, *n, *writes, q(0.5), q(0.99), q(1), late, *timeout)
-	if *idle > 0 {
-		cpu := idleCPU(c.nodes, *idle)
-		fmt.Printf("%s n=%d idle: %.3f CPU seconds per node per minute over %v (%.2f %% of a core); load average %s\n",
-			*kind, *n, cpu, *idle, cpu/60*100, loadavg())
-	}
+		kind, n, writes, q(0.5), q(0.99), q(1), late, timeout)
 	return nil
 }
 

@@ -328,7 +328,7 @@ func (g *Gossip) onOwners(buf []byte) {
 	if o.Owners[kvOwner] != mine[kvOwner] {
 		out.KV, out.WithKV = g.reg.KVState(), true
 	}
-	if len(out.Nodes) == 0 && !out.WithKV {
+	if len(out.Nodes) == 0 && !out.WithKV && len(out.Addrs) == 0 {
 		return
 	}
 	if b, err := deflateJSON(msgStates, out); err == nil {

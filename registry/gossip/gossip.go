@@ -87,6 +87,7 @@ type Gossip struct {
 	repairQ      chan func()               // TCP sends of the repair exchange, run by one worker
 	lastOwners   int                       // owners in the last digest, to size the next (Run's goroutine only)
 	missing      map[string]*missingMember // members others named and this node does not know (joinMissing)
+	joinState    stateCache                // the push/pull state last served to a joining node
 	// sends tracks sendReliable's goroutines; sendSlots bounds how many
 	// send at once; stopping (closed by Run's end) lets queued ones give up.
 	sends       sync.WaitGroup

@@ -21,11 +21,16 @@ import (
 // differ, and the second answers with its own states of them: after the
 // exchange both hold the newer of every entry of those owners.
 const (
-	msgDigest  byte = 'd' // digestMsg, JSON
-	msgOwners  byte = 'o' // ownersMsg, deflated JSON
-	msgStates  byte = 's' // statesMsg, deflated JSON
-	kvOwner         = "\x00kv"
-	maxDigestQ      = 16
+	msgDigest byte = 'd' // digestMsg, JSON
+	msgOwners byte = 'o' // ownersMsg, deflated JSON
+	msgStates byte = 's' // statesMsg, deflated JSON
+	kvOwner        = "\x00kv"
+	// maxDigestQ bounds the repair exchanges waiting for the worker; past
+	// it a digest that differs is left to a later round, before anything is
+	// computed for it: in a join storm every digest differs, and computing
+	// whole states for exchanges that would be dropped took the CPU the
+	// join needed.
+	maxDigestQ = 4
 )
 
 type digestMsg struct {
@@ -261,6 +266,10 @@ func (g *Gossip) peer(name string) *memberlist.Node {
 	return &memberlist.Node{Name: name, Addr: net.ParseIP(m.Addr), Port: uint16(m.Port)}
 }
 
+// repairBusy reports whether the repair worker has no room for another
+// exchange; the caller then skips it (the next round retries).
+func (g *Gossip) repairBusy() bool { return len(g.repairQ) >= cap(g.repairQ) }
+
 // reliable sends msg over TCP from the repair worker: the gossip loop must
 // not wait on a connection. A full queue drops it; the next round retries.
 func (g *Gossip) reliable(to *memberlist.Node, msg []byte) {
@@ -281,6 +290,9 @@ func (g *Gossip) onDigest(buf []byte) {
 		g.joinMissing(map[string]string{d.From: d.Addr})
 		return
 	}
+	if g.repairBusy() {
+		return
+	}
 	owners := g.digests()
 	if rootOf(owners) == d.Root {
 		return
@@ -298,7 +310,7 @@ func (g *Gossip) onOwners(buf []byte) {
 	}
 	g.joinMissing(o.Addrs)
 	to := g.peer(o.From)
-	if to == nil {
+	if to == nil || g.repairBusy() {
 		return
 	}
 	mine := g.digests()
@@ -350,7 +362,7 @@ func (g *Gossip) onStates(buf []byte) {
 		return
 	}
 	to := g.peer(s.From)
-	if to == nil {
+	if to == nil || g.repairBusy() {
 		return
 	}
 	want := make(map[string]bool, len(s.Nodes))

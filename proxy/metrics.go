@@ -20,6 +20,7 @@ type proxyMetrics struct {
 	duration  *prometheus.HistogramVec // route, service
 	ejections *prometheus.CounterVec   // service
 	retries   *prometheus.CounterVec   // service
+	grpc      *prometheus.CounterVec   // route, service, grpc_status
 
 	mu       sync.Mutex // guards the maps; taken only when routes are rebuilt
 	routes   map[routeKey]*routeStats
@@ -119,6 +120,10 @@ func newMetrics(reg prometheus.Registerer, openConns func() int32) (*proxyMetric
 			Namespace: "pier", Subsystem: "proxy", Name: "retries_total",
 			Help: "Attempts of a request on another instance after a failed one.",
 		}, []string{"service"}),
+		grpc: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pier", Subsystem: "proxy", Name: "grpc_calls_total",
+			Help: "gRPC calls answered by the proxy, by route, service and grpc-status (the instance's, or pier's own when it answered).",
+		}, []string{"route", "service", "grpc_status"}),
 		routes:   map[routeKey]*routeStats{},
 		services: map[string]*serviceStats{},
 	}
@@ -126,7 +131,7 @@ func newMetrics(reg prometheus.Registerer, openConns func() int32) (*proxyMetric
 		Namespace: "pier", Subsystem: "proxy", Name: "open_connections",
 		Help: "Client connections open to the proxy.",
 	}, func() float64 { return float64(openConns()) })
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ejections, m.retries, open} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ejections, m.retries, m.grpc, open} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -170,6 +175,7 @@ func (m *proxyMetrics) attach(rt *routeTable) {
 			delete(m.routes, k)
 			labels := prometheus.Labels{"route": k.route, "service": k.service}
 			m.requests.DeletePartialMatch(labels)
+			m.grpc.DeletePartialMatch(labels)
 			m.duration.Delete(labels)
 		}
 	}
@@ -220,4 +226,18 @@ func (m *proxyMetrics) ejected(r *route) {
 	if m != nil && r.stats != nil && r.stats.svc != nil {
 		r.stats.svc.ejections.Inc()
 	}
+}
+
+// grpcDone counts a gRPC call by its status; r is nil when no route
+// matched. Calls are counted through the vector's lookup (a few
+// allocations): the gRPC path is not the allocation-free one.
+func (m *proxyMetrics) grpcDone(r *route, status string) {
+	k := routeKey{}
+	if r != nil && r.stats != nil {
+		k = r.stats.key
+	}
+	if status == "" {
+		status = "none"
+	}
+	m.grpc.WithLabelValues(k.route, k.service, status).Inc()
 }

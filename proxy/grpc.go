@@ -200,8 +200,10 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 			}
 			break
 		}
-		if resp.Body == http.NoBody && resp.Header.Get("Grpc-Status") == "14" && idempotent && body.replayable() && n < p.cfg.Tries {
-			// UNAVAILABLE and nothing else: the call may go elsewhere.
+		if resp.Header.Get("Grpc-Status") == "14" && idempotent && body.replayable() && n < p.cfg.Tries {
+			// UNAVAILABLE and nothing else (trailers only): the call may
+			// go elsewhere.
+			resp.Body.Close()
 			b.Succeed() // the instance answered: its own health is its checks' business
 			b.Release()
 			resp = nil
@@ -230,10 +232,11 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 		h[k] = vs
 	}
 	w.WriteHeader(resp.StatusCode)
-	if resp.Body == http.NoBody {
-		// Trailers only (an error status, typically): sent as one HEADERS
-		// frame ending the stream, as gRPC wants it.
-		p.grpcDone(req, r, start, b, n, resp.StatusCode, resp.Header.Get("Grpc-Status"))
+	if st := resp.Header.Get("Grpc-Status"); st != "" {
+		// Trailers only (an error status, typically): sent on as one
+		// HEADERS frame that ends the stream, as gRPC wants it.
+		resp.Body.Close()
+		p.grpcDone(req, r, start, b, n, resp.StatusCode, st)
 		return
 	}
 	if fl, ok := w.(http.Flusher); ok {

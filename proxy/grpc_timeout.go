@@ -53,7 +53,10 @@ func formatGRPCTimeout(d time.Duration) string {
 		d time.Duration
 		c byte
 	}{{time.Nanosecond, 'n'}, {time.Microsecond, 'u'}, {time.Millisecond, 'm'}, {time.Second, 'S'}, {time.Minute, 'M'}, {time.Hour, 'H'}} {
-		n := (d + u.d - 1) / u.d
+		n := d / u.d
+		if d%u.d != 0 {
+			n++ // up, without the overflow of adding first
+		}
 		if n <= max {
 			return strconv.FormatInt(int64(n), 10) + string(u.c)
 		}

@@ -372,6 +372,12 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 			return
 		}
 	}
+	if r.Proto == ProtoGRPC {
+		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
+		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
+		p.access(ctx, origURI, start, r, nil, 0)
+		return
+	}
 	pool := p.pool(r)
 	if pool.Len() == 0 {
 		if nrt := p.catchUp(); nrt != rt {

@@ -44,6 +44,10 @@ func defaultHTTP2() HTTP2Config {
 	}
 }
 
+// Validate reports the first setting out of range, naming it; zero values
+// take the defaults.
+func (c HTTP2Config) Validate() error { return c.fill() }
+
 func (c *HTTP2Config) fill() error {
 	d := defaultHTTP2()
 	if c.MaxConcurrentStreams < 0 || c.MaxHeaderListSize < 0 || c.StreamWindow < 0 || c.ConnWindow < 0 || c.MaxFrameSize < 0 {

@@ -99,6 +99,15 @@ func TestH2CPriorKnowledge(t *testing.T) {
 	if resp.ProtoMajor != 1 || resp.StatusCode != 200 {
 		t.Fatalf("HTTP/1.1 next to h2c: %s %d", resp.Proto, resp.StatusCode)
 	}
+	// HEAD keeps the instance's Content-Length.
+	resp, err = c.Head("http://x/api/dl?size=1234")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ContentLength != 1234 {
+		t.Fatalf("HEAD: %d, Content-Length %d", resp.StatusCode, resp.ContentLength)
+	}
 	// No route and a big streamed download over HTTP/2.
 	resp, err = c.Get("http://x/none")
 	if err != nil {

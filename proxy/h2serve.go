@@ -82,10 +82,11 @@ func (p *Proxy) writeH2(w http.ResponseWriter, ctx *fasthttp.RequestCtx) {
 		h.Add(string(k), string(v))
 	}
 	bs := resp.BodyStream()
-	if n := resp.Header.ContentLength(); bs != nil && n >= 0 {
-		h.Set("Content-Length", strconv.Itoa(n))
-	} else if bs == nil {
-		h.Set("Content-Length", strconv.Itoa(len(resp.Body()))) // set by pier itself (an error), not yet in the header
+	switch n := resp.Header.ContentLength(); {
+	case (bs != nil || ctx.IsHead()) && n >= 0:
+		h.Set("Content-Length", strconv.Itoa(n)) // the instance's
+	case bs == nil && !ctx.IsHead():
+		h.Set("Content-Length", strconv.Itoa(len(resp.Body()))) // whole, or pier's own answer, not yet in the header
 	}
 	w.WriteHeader(resp.StatusCode())
 	if bs != nil {

@@ -236,8 +236,18 @@ func (m *proxyMetrics) grpcDone(r *route, status string) {
 	if r != nil && r.stats != nil {
 		k = r.stats.key
 	}
-	if status == "" {
+	switch {
+	case status == "":
 		status = "none"
+	case !grpcCode(status):
+		status = "other" // the instance's to choose: the series stay bounded
 	}
 	m.grpc.WithLabelValues(k.route, k.service, status).Inc()
+}
+
+// grpcCode reports whether s is one of gRPC's 17 status codes, written as
+// gRPC writes them.
+func grpcCode(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n >= 0 && n <= 16 && strconv.Itoa(n) == s
 }

@@ -389,3 +389,38 @@ func TestH2RapidReset(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestH2Drain: at shutdown an HTTP/2 stream in progress finishes (the
+// connection gets a GOAWAY, not a reset), as an HTTP/1.1 request does.
+func TestH2Drain(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		c.H2C = true
+		c.Routes = []Route{{Path: "/", Service: "slow"}}
+	})
+	var inflight atomic.Int64
+	be := newBackend(t, "slow")
+	be.delay = func(*http.Request) { inflight.Add(1); time.Sleep(time.Second) }
+	e.register("slow1", "slow", be.addr, 1)
+	e.synced()
+	c := h2cClient(t, e.addr)
+	type answer struct {
+		code int
+		err  error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := c.Get("http://x/slow")
+		if err != nil {
+			done <- answer{0, err}
+			return
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		done <- answer{resp.StatusCode, err}
+	}()
+	eventually.True(t, 10*time.Second, "the request at the instance", func() bool { return inflight.Load() == 1 })
+	e.close()
+	if a := <-done; a.err != nil || a.code != 200 {
+		t.Fatalf("a stream in progress at shutdown: %d %v", a.code, a.err)
+	}
+}

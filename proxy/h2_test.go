@@ -326,12 +326,14 @@ func TestH2ContinuationFlood(t *testing.T) {
 			if code == 0 {
 				t.Fatalf("GOAWAY NO_ERROR after %d bytes", sent)
 			}
+			t.Logf("CONTINUATION flood: the connection ended (GOAWAY code %d) after %d bytes of one header block", code, sent)
 			return
 		default:
 		}
 	}
 	select {
-	case <-stopped:
+	case code := <-stopped:
+		t.Logf("CONTINUATION flood: the connection ended (GOAWAY code %d) after %d bytes of one header block", code, sent)
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the connection still open after %d bytes of one header block", sent)
 	}
@@ -376,11 +378,18 @@ func TestH2RapidReset(t *testing.T) {
 	}
 	c.Write(b) // may fail part way: the proxy is allowed to hang up
 	code := readUntilGoAway(c)
+	// The streams that got a handler before the reset reach the instance;
+	// wait for them, then for any that would come after.
+	eventually.True(t, 10*time.Second, "a request at the instance", func() bool { return be.hits.Load() > 0 })
+	time.Sleep(200 * time.Millisecond) // bounded: more requests, if any were let through, would arrive meanwhile
 	close(release)
 	if p := peak.Load(); p > 10 {
 		t.Errorf("%d requests reached the instance at once; max_concurrent_streams is 10", p)
 	}
-	t.Logf("rapid reset: connection ended with GOAWAY code %d, instance peak %d", code, peak.Load())
+	t.Logf("rapid reset: connection ended with GOAWAY code %d; %d requests reached the instance, at most %d at once", code, be.hits.Load(), peak.Load())
+	if code != 11 {
+		t.Errorf("GOAWAY code %d, want ENHANCE_YOUR_CALM (11)", code)
+	}
 	// The proxy still serves.
 	eventually.True(t, 10*time.Second, "the instance idle", func() bool { return inflight.Load() == 0 })
 	resp, err := h2cClient(t, e.addr).Get("http://x/")

@@ -190,7 +190,11 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 			b.Release()
 			var de *lb.DialError
 			dial := errors.As(err, &de)
-			if ctx.Err() == nil && (dial || !strings.Contains(err.Error(), "context canceled")) && b.Fail(r.maxFails, r.failTimeout) {
+			// A failed connect, or the connection breaking, counts against
+			// the instance; the call's end (its deadline, the client gone)
+			// and a stream the instance reset itself do not.
+			failed := dial || (ctx.Err() == nil && !pastDeadline(ctx) && !strings.Contains(err.Error(), "stream error"))
+			if failed && b.Fail(r.maxFails, r.failTimeout) {
 				p.met.ejected(r)
 				p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(), "fail_timeout", r.failTimeout, "err", err)
 			}
@@ -213,7 +217,7 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 	}
 	if resp == nil {
 		switch {
-		case ctx.Err() != nil && req.Context().Err() == nil:
+		case pastDeadline(ctx):
 			p.grpcFail(w, req, r, start, b, n, grpcDeadlineExceeded, "pier: deadline exceeded")
 		case ctx.Err() != nil:
 			p.grpcFail(w, req, r, start, b, n, grpcCancelled, "pier: the call was cancelled")
@@ -252,7 +256,7 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 		// The instance's stream ended without a status: a reset, the
 		// deadline, or the instance gone.
 		code, msg := grpcUnavailable, "pier: the stream from the instance broke"
-		if ctx.Err() != nil && req.Context().Err() == nil {
+		if pastDeadline(ctx) {
 			code, msg = grpcDeadlineExceeded, "pier: deadline exceeded"
 		}
 		if cerr != nil {
@@ -263,6 +267,16 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 		h.Set(http.TrailerPrefix+"Grpc-Message", msg)
 	}
 	p.grpcDone(req, r, start, b, n, resp.StatusCode, status)
+}
+
+// pastDeadline reports whether ctx's deadline has passed by the clock,
+// not by ctx.Err(), which its timer sets a little later on a busy
+// machine: an instance whose own deadline ended the call (grpc-go resets
+// the stream with CANCEL) is then answered DEADLINE_EXCEEDED, as the
+// client's own deadline would have it.
+func pastDeadline(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // grpcRequestHeader is the header sent to the instance: the client's,

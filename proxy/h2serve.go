@@ -67,6 +67,9 @@ func (p *Proxy) serveH2(w http.ResponseWriter, req *http.Request) {
 	ctx.Response.Reset()
 }
 
+// smallBody is the largest body of known length written without flushing.
+const smallBody = 32 << 10
+
 var h2ctxPool = sync.Pool{New: func() any { return new(fasthttp.RequestCtx) }}
 
 // writeH2 sends serve's answer on the stream, the body streamed as the
@@ -89,6 +92,15 @@ func (p *Proxy) writeH2(w http.ResponseWriter, ctx *fasthttp.RequestCtx) {
 		h.Set("Content-Length", strconv.Itoa(len(resp.Body()))) // whole, or pier's own answer, not yet in the header
 	}
 	w.WriteHeader(resp.StatusCode())
+	if n := resp.Header.ContentLength(); bs != nil && n >= 0 && n <= smallBody {
+		// A small body of known length goes out with the end of the
+		// stream, in one write, rather than one flush per read.
+		buf := copyBufs.Get().(*[]byte)
+		io.CopyBuffer(w, struct{ io.Reader }{bs}, *buf)
+		copyBufs.Put(buf)
+		resp.CloseBodyStream()
+		return
+	}
 	if bs != nil {
 		copyFlushing(w, bs)
 		resp.CloseBodyStream()

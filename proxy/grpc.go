@@ -193,7 +193,13 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 			// A failed connect, or the connection breaking, counts against
 			// the instance; the call's end (its deadline, the client gone)
 			// and a stream the instance reset itself do not.
+			// A TLS mismatch is the route's settings, not the instance
+			// (see tlsMismatch).
 			failed := dial || (ctx.Err() == nil && !pastDeadline(ctx) && !strings.Contains(err.Error(), "stream error"))
+			if tlsMismatch(err) {
+				failed = false
+				p.warnTLS(r, b, err)
+			}
 			if failed && b.Fail(r.maxFails, r.failTimeout) {
 				p.met.ejected(r)
 				p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(), "fail_timeout", r.failTimeout, "err", err)

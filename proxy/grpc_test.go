@@ -501,4 +501,18 @@ func TestGRPCOverTLS(t *testing.T) {
 	if resp.ServerId != "tls1" {
 		t.Fatalf("answered by %q", resp.ServerId)
 	}
+	// A route whose TLS settings do not match the instance fails the call
+	// UNAVAILABLE, without holding it against the instance.
+	bad := fmt.Sprintf(`{"path":"/grpc.testing.TestService/UnaryCall","service":"gtls","proto":"grpc","tls":true,"tls_server_name":"other.internal","tls_ca_file":%q}`, files.CertFile)
+	e.reg.KVPut(KVRoutePrefix+"gtls-bad", []byte(bad), 0, nil)
+	e.synced()
+	_, err = grpc_testing.NewTestServiceClient(cc).UnaryCall(context.Background(), &grpc_testing.SimpleRequest{})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("a TLS mismatch: %v", err)
+	}
+	for _, m := range e.bal.Pool("gtls").Members() {
+		if !m.Backend.DownUntil().IsZero() {
+			t.Errorf("the instance was taken out for the route's TLS mismatch")
+		}
+	}
 }

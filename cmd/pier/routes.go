@@ -26,6 +26,7 @@ type apiRoute struct {
 	TLSSkipVerify bool   `json:",omitempty"`
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
+	Proto         string `json:",omitempty"`
 
 	Total     int
 	Instances []apiInstance
@@ -99,11 +100,17 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 		if r.Port != "" {
 			svc += " port " + r.Port
 		}
+		scheme := "https"
+		if r.Proto == "grpc" {
+			scheme = "grpc, tls"
+		}
 		switch {
 		case r.TLSSkipVerify:
-			svc += " (https, unverified)"
+			svc += " (" + scheme + ", unverified)"
 		case r.TLS:
-			svc += " (https)"
+			svc += " (" + scheme + ")"
+		case r.Proto == "grpc":
+			svc += " (grpc)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, svc, rewrite, r.Source, len(r.Instances), r.Total, instancesText(r.Instances))
 	}

@@ -26,6 +26,7 @@ type apiRoute struct {
 	TLSSkipVerify bool   `json:",omitempty"`
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
+	Proto         string `json:",omitempty"`
 
 	Failover *struct {
 		Nearest     int
@@ -105,11 +106,17 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 		if r.Port != "" {
 			svc += " port " + r.Port
 		}
+		scheme := "https"
+		if r.Proto == "grpc" {
+			scheme = "grpc, tls"
+		}
 		switch {
 		case r.TLSSkipVerify:
-			svc += " (https, unverified)"
+			svc += " (" + scheme + ", unverified)"
 		case r.TLS:
-			svc += " (https)"
+			svc += " (" + scheme + ")"
+		case r.Proto == "grpc":
+			svc += " (grpc)"
 		}
 		if r.ServingFrom != "" {
 			// Its local instances are gone: it sends to another datacenter's.

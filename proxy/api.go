@@ -29,6 +29,10 @@ type RouteInfo struct {
 
 	Total     int // instances in the catalog, healthy or not
 	Instances []InstanceInfo
+	// Failover is the route's failover; ServingFrom the datacenter it
+	// sends to now when that is another one (failover.go).
+	Failover    *Failover `json:",omitempty"`
+	ServingFrom string    `json:",omitempty"`
 }
 
 // InstanceInfo is one healthy instance of a route's service.
@@ -62,6 +66,10 @@ func (p *Proxy) Routes() []RouteInfo {
 			pool = rt.lbt.TagPool(r.Service, r.tag)
 		}
 		ri.Total = pool.Total()
+		ri.Failover = r.Failover
+		if fp, dc := p.servingPool(r, pool); dc != "" {
+			pool, ri.ServingFrom = fp, dc
+		}
 		ri.Instances = instanceInfos(pool)
 		out = append(out, ri)
 	}

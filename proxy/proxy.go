@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -44,8 +45,12 @@ type Config struct {
 	AccessLogTo   io.Writer     `json:"-"`               // where access log lines go; nil: standard error
 	TLS           *TLSConfig    `json:"-"`               // certificates for RunTLS and the HTTP redirect; nil: no TLS
 
-	HTTP2 HTTP2Config `json:"http2"` // HTTP/2 to clients (h2.go)
-	H2C   bool        `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
+	// Failover is where routes with a failover find other datacenters'
+	// instances (failover.go); nil: such routes serve locally only.
+	Failover      FailoverSource `json:"-"`
+	FailoverEvery time.Duration  `json:"-"`     // how often those instances are asked for; default 1s
+	HTTP2         HTTP2Config    `json:"http2"` // HTTP/2 to clients (h2.go)
+	H2C           bool           `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.
@@ -90,6 +95,8 @@ type Proxy struct {
 	closing   bool
 
 	bodies sync.Pool // *clientBody, reused by requests with a body
+
+	fo *failover // nil without Config.Failover
 }
 
 // New validates cfg and builds the first route table.
@@ -132,6 +139,9 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
+	if cfg.Failover != nil {
+		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cfg.Balancer)
+	}
 	p.bodies.New = func() any { return new(clientBody) }
 	for i := range cfg.Routes {
 		// Read the CA bundles now: a config route that cannot be served as

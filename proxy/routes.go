@@ -31,6 +31,9 @@ type Route struct {
 	TLSServerName string `json:"tls_server_name"` // SNI and the name verified
 	TLSCAFile     string `json:"tls_ca_file"`     // PEM bundle to verify instances with
 
+	// Failover sends to other datacenters' instances while this one has
+	// none (failover.go); nil: never.
+	Failover *Failover `json:"failover"`
 	// gRPC (grpc.go): Proto "grpc" sends the route's requests to the
 	// instances over HTTP/2 (h2c, or TLS with TLS), streams and trailers
 	// as they come. GRPCIdempotent names the methods, separated by
@@ -45,6 +48,11 @@ type Route struct {
 
 // Validate reports the first mistake in r, naming the route.
 func (r *Route) Validate() error {
+	if r.Failover != nil {
+		if err := r.Failover.validate(r); err != nil {
+			return err
+		}
+	}
 	switch {
 	case r.Service == "":
 		return fmt.Errorf("route %s%s: a service is required", r.Host, r.Path)
@@ -91,6 +99,12 @@ type route struct {
 // (as fabio does: the tag is the instance saying it serves the route); for
 // a config or KV route, every healthy instance of the service.
 func (p *Proxy) pool(r *route) *lb.Pool {
+	pl, _ := p.servingPool(r, p.localPool(r))
+	return pl
+}
+
+// localPool is pool without failover.
+func (p *Proxy) localPool(r *route) *lb.Pool {
 	if r.Port != "" {
 		return p.bal.PortPool(r.Service, r.Port)
 	}

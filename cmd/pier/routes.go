@@ -28,6 +28,12 @@ type apiRoute struct {
 	TLSCAFile     string `json:",omitempty"`
 	Proto         string `json:",omitempty"`
 
+	Failover *struct {
+		Nearest     int
+		Datacenters []string
+	} `json:",omitempty"`
+	ServingFrom string `json:",omitempty"`
+
 	Total     int
 	Instances []apiInstance
 }
@@ -111,6 +117,10 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 			svc += " (" + scheme + ")"
 		case r.Proto == "grpc":
 			svc += " (grpc)"
+		}
+		if r.ServingFrom != "" {
+			// Its local instances are gone: it sends to another datacenter's.
+			svc += " (failed over to " + r.ServingFrom + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, svc, rewrite, r.Source, len(r.Instances), r.Total, instancesText(r.Instances))
 	}

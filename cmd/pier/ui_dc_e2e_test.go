@@ -59,16 +59,23 @@ func TestWebUIDatacenters(t *testing.T) {
 		b.eval(fmt.Sprintf(`(s => { s.value = %q; s.dispatchEvent(new Event("change")) })(document.getElementById("dc"))`, dc))
 	}
 
-	waitFor("dc1's services and the switcher", `!!document.querySelector('[data-service="api"]') && !document.querySelector('[data-service="web"]') && !document.getElementById("dc-label").hidden && [...document.querySelectorAll("#dc option")].map(o => o.value).join() === "dc1,dc2"`)
+	waitFor("dc1's services and the switcher", `!!document.querySelector('[data-service="api"]') && !document.querySelector('[data-service="web"]') && !document.getElementById("dc-label").hidden && [...document.querySelectorAll("#dc option")].map(o => o.value).join() === "dc1,dc2" && location.hash === "#services?dc=dc1"`)
 	b.eval(`window.pierNoReload = true`)
 	choose("dc2")
 	waitFor("dc2's service, without charts", `!!document.querySelector('[data-service="web"]') && !document.querySelector('[data-service="api"]') && location.hash === "#services?dc=dc2" && !document.querySelector("[data-chart]") && !!document.querySelector("[data-local-only]") && document.getElementById("title-dc").innerText === "in dc2"`)
 	b.shot("ui-dc2-services.png")
+	// The back button undoes the switch, forward redoes it.
+	b.eval(`history.back()`)
+	waitFor("dc1 after back", `!!document.querySelector('[data-service="api"]') && location.hash === "#services?dc=dc1" && document.getElementById("dc").value === "dc1"`)
+	b.eval(`history.forward()`)
+	waitFor("dc2 after forward", `!!document.querySelector('[data-service="web"]') && location.hash === "#services?dc=dc2"`)
 
 	// A plain page link keeps the datacenter (session storage), and the
 	// address bar names it.
 	b.do("nodes", chromedp.Click(`#nav-nodes`))
 	waitFor("dc2's node", viewHas("s-dc2")+" && !"+viewHas("s-dc1")+` && location.hash === "#nodes?dc=dc2" && `+viewHas("alive"))
+	b.do("dc2's node page", chromedp.Click(`a[href="#node/s-dc2"]`))
+	waitFor("dc2's node page, without charts", `!!document.querySelector('[data-node="s-dc2"]') && location.hash === "#node/s-dc2?dc=dc2" && !document.querySelector("[data-chart]") && !!document.querySelector("[data-local-only]")`)
 	b.do("servers", chromedp.Click(`#nav-servers`))
 	waitFor("dc2's leader", `(document.querySelector("[data-servers]") || {innerText: ""}).innerText.includes("leader: s-dc2")`)
 
@@ -92,16 +99,21 @@ func TestWebUIDatacenters(t *testing.T) {
 	b.shot("ui-dc2-routes.png")
 
 	// A reload with no datacenter in the address keeps this tab's choice.
-	b.do("reload", chromedp.Navigate(base1+"/ui/#services"))
-	waitFor("dc2 after a reload", `!!document.querySelector('[data-service="web"]') && location.hash === "#services?dc=dc2" && document.getElementById("dc").value === "dc2"`)
+	// (?r= makes it a new document, not a hash change.)
+	b.do("reload", chromedp.Navigate(base1+"/ui/?r=1#services"))
+	waitFor("dc2 after a reload", `window.pierNoReload === undefined && !!document.querySelector('[data-service="web"]') && location.hash === "#services?dc=dc2" && document.getElementById("dc").value === "dc2"`)
 	viewport(390, 844)
 	waitFor("a page as wide as a phone", `document.documentElement.scrollWidth <= window.innerWidth + 1 && !!document.querySelector('[data-service="web"]')`)
 	b.shot("ui-dc2-phone.png")
 	viewport(1280, 800)
 
+	// A datacenter nobody knows (an old link): the reason, and the way out.
+	b.do("a link to dc9", chromedp.Navigate(base1+"/ui/?r=2#services?dc=dc9"))
+	waitFor("dc9 unreachable", `document.getElementById("error").innerText.includes("cannot reach datacenter dc9") && [...document.querySelectorAll("#dc option")].some(o => o.text === "dc9 (unknown)")`)
+
 	// Back to dc1: its own service, charts, and no ?dc= in the address.
 	choose("dc1")
-	waitFor("dc1 again", `!!document.querySelector('[data-service="api"]') && !document.querySelector('[data-service="web"]') && location.hash === "#services" && !!document.querySelector("[data-chart]") && !document.querySelector("[data-local-only]")`)
+	waitFor("dc1 again", `!!document.querySelector('[data-service="api"]') && !document.querySelector('[data-service="web"]') && location.hash === "#services?dc=dc1" && !!document.querySelector("[data-chart]") && !document.querySelector("[data-local-only]")`)
 	b.shot("ui-dc1-services.png")
 	b.noConsoleErrors()
 }

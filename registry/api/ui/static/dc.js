@@ -29,11 +29,14 @@
 
   const bare = () => location.hash.replace(/^#/, "").replace(/\?dc=[^?]*$/, "");
   const remote = () => chosen !== "" && chosen !== local ? chosen : "";
-  const withDC = h => "#" + h + (remote() ? "?dc=" + encodeURIComponent(remote()) : "");
+  // With several datacenters the hash always names the one shown, this
+  // agent's too, so that the browser's back button undoes a switch.
+  const named = () => known.length > 1 || remote() !== "";
+  const withDC = h => "#" + (named() ? (h || "services") + "?dc=" + encodeURIComponent(remote() || local) : h);
 
   // sync reads the choice from the hash (or, without one there, from
   // session storage) and writes it back to the hash without a new history
-  // entry, so that the address bar always names the datacenter shown.
+  // entry, so that the address bar names the datacenter shown.
   function sync() {
     const h = inHash();
     chosen = h !== null ? h : sessionStorage.getItem(KEY) || "";
@@ -76,7 +79,7 @@
     if (chosen) sessionStorage.setItem(KEY, chosen);
     else sessionStorage.removeItem(KEY);
     // A node's name is its datacenter's: go to the list of nodes.
-    const page = bare().startsWith("node/") ? "nodes" : bare() || "services";
+    const page = bare().startsWith("node/") ? "nodes" : bare();
     const want = withDC(page);
     if (location.hash === want) pier.show();
     else location.hash = want;

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"time"
+
+	"github.com/pier-dev/pier/registry/raft"
 )
 
 // serverSettings say whether this agent is one of the servers that agree
@@ -20,6 +22,11 @@ type serverSettings struct {
 	// Consul's leader does: it said so itself.
 	CleanupDeadServers bool
 	DeadServerTimeout  time.Duration
+	// LogStore is Consul's raft_logstore.backend ("" : what the data dir
+	// holds, the WAL for a new one) and WALSegmentSize its
+	// wal.segment_size_mb in bytes (0: raft's default, 64 MiB).
+	LogStore       string
+	WALSegmentSize int
 }
 
 func defaultServerSettings() serverSettings {
@@ -42,6 +49,10 @@ type serverFile struct {
 		CleanupDeadServers *bool
 		DeadServerTimeout  *time.Duration // pier's own: how long a failed server keeps its vote
 	}
+	RaftLogstore *struct {
+		Backend *string
+		WAL     *struct{ SegmentSizeMB *int }
+	}
 }
 
 func (s *serverSettings) merge(f *serverFile, port *int) error {
@@ -60,6 +71,21 @@ func (s *serverSettings) merge(f *serverFile, port *int) error {
 			return fmt.Errorf("autopilot.dead_server_timeout: want a positive duration such as 30s")
 		}
 		fileSets(&s.DeadServerTimeout, a.DeadServerTimeout)
+	}
+	if l := f.RaftLogstore; l != nil {
+		if l.Backend != nil {
+			if err := raft.ParseLogStore(*l.Backend); err != nil {
+				return fmt.Errorf("raft_logstore.backend: %w", err)
+			}
+			s.LogStore = *l.Backend
+		}
+		if l.WAL != nil && l.WAL.SegmentSizeMB != nil {
+			mb := *l.WAL.SegmentSizeMB
+			if mb < raft.MinWALSegmentSize>>20 || mb > raft.MaxWALSegmentSize>>20 {
+				return fmt.Errorf("raft_logstore.wal.segment_size_mb %d: want 1 to 1024", mb)
+			}
+			s.WALSegmentSize = mb << 20
+		}
 	}
 	return nil
 }

@@ -1,10 +1,13 @@
 package raft
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,6 +99,52 @@ func TestWALRestartKeepsWrites(t *testing.T) {
 	for i := range n {
 		if _, ok := st.KV(fmt.Sprintf("k%04d", i)); !ok {
 			t.Fatalf("k%04d was acknowledged and is missing after a restart", i)
+		}
+	}
+}
+
+// BenchmarkPut is one KV write through a server of one with a data dir on
+// each backend: one at a time (the latency of a write, fsync included) and
+// from 64 writers at once (group commit).
+func BenchmarkPut(b *testing.B) {
+	for _, backend := range []string{LogStoreBoltDB, LogStoreWAL} {
+		for _, writers := range []int{1, 64} {
+			b.Run(fmt.Sprintf("%s/writers=%d", backend, writers), func(b *testing.B) {
+				n, err := New(Config{ID: "p", Bind: "127.0.0.1:0", DataDir: b.TempDir(), LogStore: backend, Tune: fast})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- n.Run(ctx) }()
+				defer func() { cancel(); <-done }()
+				if err := n.Bootstrap([]Server{{ID: "p", Address: n.Addr(), Voter: true}}); err != nil {
+					b.Fatal(err)
+				}
+				eventually.True(b, 10*time.Second, "a leader", n.IsLeader)
+				val := []byte(strings.Repeat("v", 100))
+				var next atomic.Int64
+				put := func() bool {
+					key := fmt.Sprintf("k%03d", next.Add(1)%1000)
+					r, err := n.KV(KVOp{Verb: KVSet, Key: key, Value: val})
+					if err != nil || !r.OK {
+						b.Errorf("write: %+v %v", r, err)
+						return false
+					}
+					return true
+				}
+				b.ResetTimer()
+				if writers == 1 {
+					for i := 0; i < b.N && put(); i++ {
+					}
+					return
+				}
+				b.SetParallelism((writers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() && put() {
+					}
+				})
+			})
 		}
 	}
 }

@@ -640,3 +640,48 @@ func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
 }
+
+// TestRaftLogStoreBackend: a new data dir gets the WAL, one made with
+// raft_logstore.backend boltdb keeps raft.db across a kill -9 and a restart
+// without the setting, every acknowledged write there; asking for the WAL on
+// it stops the agent with one line that names the setting and what the dir
+// holds.
+func TestRaftLogStoreBackend(t *testing.T) {
+	c := &http.Client{Timeout: 10 * time.Second}
+	for _, fd := range fullDisks {
+		t.Run(fd.backend, func(t *testing.T) {
+			dir := t.TempDir()
+			base := []string{"-node", "ls", "-data-dir", dir, "-bind", "127.0.0.1", "-server", "-bootstrap-expect", "1", "-server-port", "0"}
+			args := base
+			if fd.backend == "boltdb" {
+				args = append(args, fd.args(t)...)
+			} // the WAL: no setting at all, a new data dir's default
+			a := startAgent(t, args...)
+			var ops []kvOp
+			for i := range 50 {
+				op := kvOp{key: fmt.Sprintf("ls/%02d", i), value: value(fmt.Sprintf("ls/%02d", i), i, 200)}
+				if err := kvDo(c, a.addr, &op); err != nil || op.code != 200 {
+					t.Fatalf("PUT %s: %v %d %s", op.key, err, op.code, op.body)
+				}
+				ops = append(ops, op)
+			}
+			a.stop(syscall.SIGKILL)
+			_, errBolt := os.Stat(filepath.Join(dir, "raft", "raft.db"))
+			_, errWAL := os.Stat(filepath.Join(dir, "raft", "wal"))
+			if (errBolt == nil) != (fd.backend == "boltdb") || (errWAL == nil) != (fd.backend == "wal") {
+				t.Fatalf("%s: raft.db: %v, wal/: %v", fd.backend, errBolt, errWAL)
+			}
+			b := startAgent(t, base...)
+			waitLeader(t, b)
+			diffKV(t, "after kill -9 and a restart without the setting", kvDump(t, b.addr, "ls/"), expectedKV(ops))
+			b.stop(syscall.SIGTERM)
+
+			other := fullDisk{backend: map[string]string{"wal": "boltdb", "boltdb": "wal"}[fd.backend]}
+			_, errOut, rc := pier(t, append(append([]string{"agent", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0"}, base...), other.args(t)...)...)
+			line := strings.TrimSpace(errOut)
+			if rc == 0 || !strings.Contains(line, `raft_logstore.backend is "`+other.backend+`"`) || !strings.Contains(line, "an existing data dir keeps its backend") {
+				t.Errorf("backend %s on a %s data dir: rc=%d %q, want an error naming raft_logstore.backend", other.backend, fd.backend, rc, line)
+			}
+		})
+	}
+}

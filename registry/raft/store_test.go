@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -77,7 +78,7 @@ func TestLogStoreBackend(t *testing.T) {
 }
 
 // Every acknowledged write to a WAL server is there after a restart, across
-// several small segments (rotations).
+// several small segments (rotations) and an operator's snapshot restore.
 func TestWALRestartKeepsWrites(t *testing.T) {
 	dir := t.TempDir()
 	cfg := Config{ID: "w", Bind: "127.0.0.1:0", DataDir: dir, WALSegmentSize: MinWALSegmentSize}
@@ -87,6 +88,23 @@ func TestWALRestartKeepsWrites(t *testing.T) {
 	for i := range n {
 		if r, err := s.n.KV(KVOp{Verb: KVSet, Key: fmt.Sprintf("k%04d", i), Value: val}); err != nil || !r.OK {
 			t.Fatalf("write %d: %+v %v", i, r, err)
+		}
+	}
+	// A snapshot saved, a write after it, the snapshot restored (the write
+	// is gone), and one more write: the log after a restore is the WAL's
+	// too.
+	var snap bytes.Buffer
+	if _, err := s.n.SaveSnapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"undone", "redone"} {
+		if r, err := s.n.KV(KVOp{Verb: KVSet, Key: k, Value: val}); err != nil || !r.OK {
+			t.Fatalf("write %s: %+v %v", k, r, err)
+		}
+		if k == "undone" {
+			if err := s.n.RestoreSnapshot(bytes.NewReader(snap.Bytes())); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	s.stop()
@@ -100,6 +118,12 @@ func TestWALRestartKeepsWrites(t *testing.T) {
 		if _, ok := st.KV(fmt.Sprintf("k%04d", i)); !ok {
 			t.Fatalf("k%04d was acknowledged and is missing after a restart", i)
 		}
+	}
+	if _, ok := st.KV("undone"); ok {
+		t.Error("a write the restored snapshot undid is back after a restart")
+	}
+	if _, ok := st.KV("redone"); !ok {
+		t.Error("the write after the restore is missing after a restart")
 	}
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"time"
 )
@@ -85,5 +86,26 @@ func (p *Proxy) RoutesHandler() http.Handler {
 			enc.SetIndent("", "    ")
 		}
 		enc.Encode(p.Routes())
+	})
+}
+
+// ValidateRouteHandler serves PUT /v1/pier/validate/route: the body is a
+// route as it would be stored under pier/routes/ (YAML or JSON), checked
+// as a front door would read it. 200 with the route as read, or 400 with
+// the reason, so that an editor can refuse a route before it is saved.
+func ValidateRouteHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(io.LimitReader(r.Body, 512<<10))
+		if err != nil {
+			http.Error(w, "reading the body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		rt, err := ParseRoute(b)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(rt)
 	})
 }

@@ -36,6 +36,7 @@ type routeStats struct {
 	duration prometheus.Observer
 	svc      *serviceStats
 	codes    [len(commonCodes)]atomic.Pointer[prometheus.Counter]
+	hist     histState // the history sampler's last reading
 }
 
 type serviceStats struct {

@@ -17,7 +17,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/pier-dev/pier/health"
+	"github.com/pier-dev/pier/history"
 	"github.com/pier-dev/pier/metrics"
+	"github.com/pier-dev/pier/proxy"
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/acl"
 	"github.com/pier-dev/pier/registry/api"
@@ -85,6 +87,7 @@ type parts struct {
 	names      *dns.Server
 	containers *docker.Watcher // nil without -docker
 	door       *frontDoor      // nil unless this agent is a front door
+	charts     *history.Store  // the UI's charts
 	lns        *api.Listeners
 }
 
@@ -170,6 +173,9 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
+	}
+	if a.charts, err = a.buildCharts(log); err != nil {
+		return a, err
 	}
 	return a, nil
 }
@@ -288,6 +294,26 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	return srv, nil
 }
 
+// buildCharts keeps the last 15 minutes of every route, service and node
+// for the web UI. The endpoint filters what it answers by the token, so it
+// asks for none itself; validating a route reads nothing stored.
+func (a *parts) buildCharts(log *slog.Logger) (*history.Store, error) {
+	hcfg := history.DefaultConfig()
+	hcfg.Sources = []history.Source{history.Catalog{Snapshot: a.reg.Snapshot}}
+	if a.door != nil {
+		hcfg.Sources = append(hcfg.Sources, a.door.proxy)
+	}
+	hcfg.Logger = log.With("component", "history")
+	st, err := history.New(hcfg)
+	if err != nil {
+		return nil, err
+	}
+	a.srv.HandlePerm("GET /v1/pier/history", st.Handler(), acl.Anyone)
+	a.srv.HandlePerm("PUT /v1/pier/validate/route", proxy.ValidateRouteHandler(), acl.Anyone)
+	a.srv.HandlePerm("POST /v1/pier/validate/route", proxy.ValidateRouteHandler(), acl.Anyone)
+	return st, nil
+}
+
 // listen opens the API's and DNS's sockets (the proxy's and the metrics'
 // were opened by build).
 func (a *parts) listen() error {
@@ -306,6 +332,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 	g.Go(func() error { return a.checks.Run(gctx) })
 	a.servers.run(gctx, g, a.reg, a.srv)
 	g.Go(func() error { return a.names.Run(gctx) })
+	g.Go(func() error { return a.charts.Run(gctx) })
 	if a.containers != nil {
 		g.Go(func() error { return a.containers.Run(gctx) })
 	}

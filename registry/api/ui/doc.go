@@ -1,6 +1,7 @@
 // Package ui owns the agent's web UI: plain HTML, CSS and JavaScript files
 // embedded in the binary and served under /ui/ on the HTTP API. The pages
-// read only the public JSON API (catalog, health, agent members and
-// /v1/pier/routes) and poll it, so the UI needs no build step, no CDN and
-// no network beyond the agent itself, and it can change nothing.
+// use only the public JSON API (catalog, health, KV, sessions, operator,
+// /v1/pier/routes and /v1/pier/history) with the token the user gave, so
+// the UI needs no build step, no CDN and no network beyond the agent
+// itself, and it can do nothing the token could not do with curl.
 package ui

@@ -1,9 +1,12 @@
 // pier's web UI: reads the agent's JSON API every second and redraws the
-// current page. Read-only; every value from the API goes in as text, never
-// as HTML.
+// current page. Every value from the API goes in as text, never as HTML.
+// This file holds the helpers the other files use (window.pier), the
+// services, nodes and routes pages, and the loop that polls and redraws;
+// charts.js, kv.js, servers.js and token.js add to it before it starts.
 "use strict";
 
 (function () {
+  const pier = window.pier = {};
   const view = document.getElementById("view");
   const title = document.getElementById("title");
   const filter = document.getElementById("filter");
@@ -16,7 +19,6 @@
   let timer = null;
   let generation = 0; // drops answers for a page the user has left
   let lastKey = "";   // skips redraws when nothing changed
-  const history = {}; // route key -> [{t, requests}] for requests/s
 
   function el(tag, attrs, ...kids) {
     const e = document.createElement(tag);
@@ -42,14 +44,31 @@
     return w;
   }
 
+  // headers are the request headers: the token the user gave, if any
+  // (token.js keeps it in this tab's session storage).
+  function headers(extra) {
+    const h = Object.assign({ Accept: "application/json" }, extra || {});
+    const t = sessionStorage.getItem("pier-token");
+    if (t) h["X-Consul-Token"] = t;
+    return h;
+  }
+
+  // send makes a request and answers {status, ok, text}; a refusal's
+  // reason is the body, as the API writes it (403: "Permission denied").
+  async function send(method, path, body, extra) {
+    const r = await fetch(path, { method, headers: headers(extra), body, cache: "no-store" });
+    return { status: r.status, ok: r.ok, text: await r.text() };
+  }
+
   async function get(path) {
-    const r = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store" });
+    const r = await send("GET", path);
     if (!r.ok) {
-      const err = new Error(path + ": " + r.status + " " + (await r.text()).trim());
+      const err = new Error(path + ": " + r.status + " " + r.text.trim());
       err.status = r.status;
+      err.reason = r.text.trim();
       throw err;
     }
-    return r.json();
+    return JSON.parse(r.text);
   }
 
   function matches(text) {
@@ -85,7 +104,10 @@
 
   // ---- services ----
   async function services() {
-    const names = Object.keys(await get("/v1/catalog/services")).sort();
+    const [names] = await Promise.all([
+      get("/v1/catalog/services").then(m => Object.keys(m).sort()),
+      pier.charts.load("service"),
+    ]);
     // One service the agent will not show (ACLs) leaves the others on the page.
     return Promise.all(names.map(n => get("/v1/health/service/" + encodeURIComponent(n))
       .then(list => [n, list], e => [n, [], e.message])));
@@ -119,6 +141,7 @@
       const healthy = list.filter(e => e.Checks.every(c => c.Status === "passing")).length;
       out.push(el("section", { class: "card", "data-service": name },
         el("h3", null, name, status(state), el("span", { class: "sub", text: healthy + "/" + list.length + " instances passing" })),
+        pier.charts.draw("service", name),
         err ? el("p", { class: "error", text: err }) : list.length ? table(["instance", "node", "address", { name: "port", num: true }, "tags", "meta", "weights", "checks"], rows)
           : el("p", { class: "empty", text: "no instances" })));
     }
@@ -150,7 +173,7 @@
       const health = worst(d.checks.map(c => c.Status));
       const text = [n.Node, n.Address, state, health, ...svcs].join(" ");
       if (!matches(text)) continue;
-      rows.push([n.Node, status(state), n.Address, status(health), tags([...new Set(svcs)]), n.Datacenter || ""]);
+      rows.push([el("a", { href: "#node/" + encodeURIComponent(n.Node), text: n.Node }), status(state), n.Address, status(health), tags([...new Set(svcs)]), n.Datacenter || ""]);
     }
     if (rows.length === 0) return [el("p", { class: "empty", text: filter.value ? "No node matches the filter." : "No nodes." })];
     return [el("section", { class: "card" }, table(["node", "membership", "address", "checks", "services", "datacenter"], rows))];
@@ -159,17 +182,7 @@
   // ---- routes ----
   async function routes() {
     try {
-      const [list, text] = await Promise.all([
-        get("/v1/pier/routes"),
-        fetch("/metrics", { cache: "no-store" }).then(r => r.ok ? r.text() : "", () => ""),
-      ]);
-      const m = proxyMetrics(text);
-      for (const r of list) {
-        const label = (r.Host || "") + (r.Path || "");
-        const key = r.Source + " " + (r.Key || "") + " " + label + " " + r.Service;
-        const cur = m[label + "\u0000" + r.Service] || { n: 0, errs: 0, buckets: [] };
-        r.rate = rate(key, cur);
-      }
+      const [list] = await Promise.all([get("/v1/pier/routes"), pier.charts.load("route")]);
       return list;
     } catch (e) {
       if (e.status === 404 || e.status === 405) return null;
@@ -177,87 +190,17 @@
     }
   }
 
-  function spark(points, errs) {
-    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-    svg.setAttribute("class", "spark");
-    svg.setAttribute("viewBox", "0 0 60 20");
-    svg.setAttribute("role", "img");
-    const max = Math.max(1, ...points);
-    for (const [cls, series] of [["req", points], ["err", errs]]) {
-      const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-      line.setAttribute("class", cls);
-      line.setAttribute("points", series.map((v, i) => (i * 60 / 59).toFixed(1) + "," + (19 - v * 18 / max).toFixed(1)).join(" "));
-      svg.append(line);
-    }
-    svg.setAttribute("aria-label", "requests (blue) and errors (red) per second over the last minute, peak " + max.toFixed(1) + " requests/s");
-    return svg;
-  }
-
-  // proxyMetrics reads the proxy's request counters and latency histogram
-  // from /metrics (Prometheus text format), by route and service.
-  function proxyMetrics(text) {
-    const out = {};
-    const at = labels => {
-      const k = (labels.route || "") + "\u0000" + (labels.service || "");
-      return out[k] || (out[k] = { n: 0, errs: 0, buckets: [] });
-    };
-    for (const line of text.split("\n")) {
-      const m = /^(pier_proxy_requests_total|pier_proxy_request_duration_seconds_bucket)\{(.*)\}\s+(\S+)/.exec(line);
-      if (!m) continue;
-      const labels = {};
-      for (const l of m[2].matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2];
-      const v = Number(m[3]);
-      const e = at(labels);
-      if (m[1] === "pier_proxy_requests_total") {
-        e.n += v;
-        if (/^5/.test(labels.code || "")) e.errs += v;
-      } else {
-        e.buckets.push([labels.le === "+Inf" ? Infinity : Number(labels.le), v]);
-      }
-    }
-    return out;
-  }
-
-  // quantile estimates a latency quantile from the growth of cumulative
-  // histogram buckets, as the bucket's upper bound.
-  function quantile(q, now, then) {
-    const before = new Map(then.map(([le, v]) => [le, v]));
-    const d = now.map(([le, v]) => [le, v - (before.get(le) || 0)]).sort((a, b) => a[0] - b[0]);
-    const total = d.length ? d[d.length - 1][1] : 0;
-    if (total <= 0) return null;
-    for (const [le, v] of d) if (v >= q * total) return le;
-    return Infinity;
-  }
-
-  function ms(le) {
-    if (le === null) return "–";
-    if (le === Infinity) return "> max";
-    return "≤ " + (le < 1 ? Math.round(le * 1000) + " ms" : le + " s");
-  }
-
-  // rate keeps a minute of samples of a route's counters and returns the
-  // current requests/s and errors/s, their per-second series, and the
-  // latency quantiles over the last ten seconds.
-  function rate(key, cur) {
-    const now = Date.now() / 1000;
-    const h = history[key] || (history[key] = []);
-    h.push({ t: now, n: cur.n, errs: cur.errs, buckets: cur.buckets });
-    while (h.length > 61) h.shift();
-    const req = [], err = [];
-    for (let i = 1; i < h.length; i++) {
-      const dt = h[i].t - h[i - 1].t;
-      req.push(dt > 0 ? Math.max(0, h[i].n - h[i - 1].n) / dt : 0);
-      err.push(dt > 0 ? Math.max(0, h[i].errs - h[i - 1].errs) / dt : 0);
-    }
-    while (req.length < 60) { req.unshift(0); err.unshift(0); }
-    const then = h[Math.max(0, h.length - 11)];
-    const n = cur.n - then.n, e = cur.errs - then.errs;
-    return {
-      now: req[req.length - 1], errNow: err[err.length - 1], req, err,
-      errPct: n > 0 ? (100 * e / n) : null,
-      p50: quantile(0.5, cur.buckets, then === h[h.length - 1] ? [] : then.buckets),
-      p99: quantile(0.99, cur.buckets, then === h[h.length - 1] ? [] : then.buckets),
-    };
+  // With many routes on the page, each one's instances fold away so that
+  // the charts of 200 routes stay a page a person can scroll; the folds
+  // the user opened stay open across redraws.
+  const FOLD_ROUTES = 20;
+  const unfolded = new Set();
+  function folded(fold, key, summary, body) {
+    if (!fold) return body;
+    const d = el("details", null, el("summary", { text: summary }), body);
+    d.open = unfolded.has(key);
+    d.addEventListener("toggle", () => { if (d.open) unfolded.add(key); else unfolded.delete(key); });
+    return d;
   }
 
   function drawRoutes(list) {
@@ -265,7 +208,7 @@
     const out = [];
     for (const r of list) {
       const where = (r.Host || "*") + (r.Path || "");
-      const rt = r.rate;
+      const now = pier.charts.latest("route", (r.Host || "") + (r.Path || ""));
       const text = [where, r.Service, r.Source, r.Key || "", ...r.Instances.map(i => i.ID + " " + i.Addr + " " + i.Node)].join(" ");
       if (!matches(text)) continue;
       if (r.Error) {
@@ -279,40 +222,81 @@
       ]);
       out.push(el("section", { class: "card", "data-route": where },
         el("h3", null, el("code", { text: where }), el("span", { text: "→ " + r.Service }), status(state),
-          el("span", { class: "sub", text: r.Instances.length + "/" + r.Total + " healthy · " + rt.now.toFixed(1) + " req/s · " +
-            (rt.errPct === null ? "–" : rt.errPct.toFixed(1) + "%") + " errors · p50 " + ms(rt.p50) + " · p99 " + ms(rt.p99) + " · " + r.Source }),
-          spark(rt.req, rt.err)),
-        rows.length ? table(["instance", "node", "address", { name: "weight", num: true }, { name: "in flight", num: true }, { name: "requests", num: true }, "state"], rows)
+          el("span", { class: "sub", text: r.Instances.length + "/" + r.Total + " healthy · " + now + " · " + r.Source }),
+        ),
+        pier.charts.draw("route", r.Host + r.Path),
+        rows.length ? folded(list.length > FOLD_ROUTES, where, rows.length + (rows.length === 1 ? " instance" : " instances"),
+          table(["instance", "node", "address", { name: "weight", num: true }, { name: "in flight", num: true }, { name: "requests", num: true }, "state"], rows))
           : el("p", { class: "empty", text: "no healthy instance" })));
     }
     return out.length ? out : [el("p", { class: "empty", text: filter.value ? "No route matches the filter." : "No routes." })];
   }
 
+  // ---- a node ----
+  async function node(name) {
+    const [n, checks] = await Promise.all([
+      get("/v1/catalog/node/" + encodeURIComponent(name)),
+      get("/v1/health/node/" + encodeURIComponent(name)),
+      pier.charts.load("node"),
+    ]);
+    return { name, n, checks };
+  }
+
+  function drawNode(d) {
+    if (!d.n) return [el("p", { class: "empty", text: "No node named " + d.name + "." })];
+    const svcs = Object.values(d.n.Services || {}).sort((a, b) => a.ID.localeCompare(b.ID));
+    return [
+      el("p", null, el("a", { href: "#nodes", text: "← all nodes" })),
+      el("section", { class: "card", "data-node": d.name },
+        el("h3", null, d.name, status(worst(d.checks.map(c => c.Status))),
+          el("span", { class: "sub", text: d.n.Node.Address + " · " + (d.n.Node.Datacenter || "") })),
+        pier.charts.draw("node", d.name),
+        d.checks.length ? table(["check", "service", "status", "output"], d.checks.map(c =>
+          [c.Name || c.CheckID, c.ServiceName || "", status(c.Status), c.Output ? el("span", { class: "output", text: c.Output }) : ""]))
+          : el("p", { class: "empty", text: "no checks" }),
+        svcs.length ? table(["service", "instance", { name: "port", num: true }, "tags"], svcs.map(s => [s.Service, s.ID, s.Port || "", tags(s.Tags)])) : null),
+    ];
+  }
+
+  // Pages: load(arg) fetches, draw(data, arg) returns the nodes to show;
+  // poll: false draws once (a form must not be redrawn under the user).
+  // Other files add pages to pier.pages before start.
   const pages = {
     services: { title: "Services", load: services, draw: drawServices },
     nodes: { title: "Nodes", load: nodes, draw: drawNodes },
+    node: { title: "Node", nav: "nodes", load: node, draw: drawNode },
     routes: { title: "Routes", load: routes, draw: drawRoutes },
   };
 
-  function page() {
-    const name = location.hash.replace(/^#/, "");
-    return pages[name] ? name : "services";
+  // The hash is #page or #page/arg (a node's name, a KV path).
+  function route() {
+    const h = location.hash.replace(/^#/, "");
+    const i = h.indexOf("/");
+    const name = i < 0 ? h : h.slice(0, i);
+    let arg = i < 0 ? "" : h.slice(i + 1);
+    try { arg = decodeURIComponent(arg); } catch (e) { /* keep it as typed */ }
+    return pages[name] ? { name, arg, p: pages[name] } : { name: "services", arg: "", p: pages.services };
   }
 
   let data = null;
   function render(force) {
-    const p = pages[page()];
+    const { p, arg } = route();
     if (data === null) return;
-    const key = JSON.stringify(data) + "\u0000" + filter.value;
+    const key = JSON.stringify(data) + "\u0000" + filter.value + "\u0000" + pier.charts.tick();
     if (!force && key === lastKey) return;
     lastKey = key;
-    view.replaceChildren(...p.draw(data));
+    view.replaceChildren(...p.draw(data, arg));
+  }
+
+  function explain(e) {
+    if (e.status === 403) return "The token may not read this (" + e.reason + "). Choose another token with the Token button.";
+    return "Cannot reach the agent: " + e.message;
   }
 
   async function tick(gen) {
-    const p = pages[page()];
+    const { p, arg } = route();
     try {
-      const d = await p.load();
+      const d = await p.load(arg);
       if (gen !== generation) return;
       data = d;
       errorBox.hidden = true;
@@ -320,36 +304,42 @@
       render(false);
     } catch (e) {
       if (gen !== generation) return;
-      errorBox.textContent = "Cannot reach the agent: " + e.message;
+      errorBox.textContent = explain(e);
       errorBox.hidden = false;
-      live.textContent = "disconnected";
+      live.textContent = e.status ? "refused" : "disconnected";
     }
-    if (gen === generation) timer = setTimeout(() => tick(gen), POLL_MS);
+    if (gen === generation && p.poll !== false) timer = setTimeout(() => tick(gen), POLL_MS);
   }
 
   function show() {
-    const name = page();
+    const { name, p } = route();
     generation++;
     clearTimeout(timer);
     data = null;
     lastKey = "";
-    title.textContent = pages[name].title;
-    document.title = pages[name].title + " · pier";
+    title.textContent = p.title;
+    document.title = p.title + " · pier";
     for (const n in pages) {
       const a = document.getElementById("nav-" + n);
-      if (n === name) a.setAttribute("aria-current", "page");
+      if (!a) continue;
+      if (n === (p.nav || name)) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
     view.replaceChildren(el("p", { class: "empty", text: "Loading…" }));
     tick(generation);
   }
 
+  Object.assign(pier, { el, status, table, tags, get, send, matches, worst, pages, show, explain, view, filter });
+
   filter.addEventListener("input", () => render(true));
   window.addEventListener("hashchange", () => { show(); document.getElementById("main").focus(); });
   // "/" jumps to the filter box, as on many dashboards; Escape clears it.
   document.addEventListener("keydown", e => {
-    if (e.key === "/" && document.activeElement !== filter) { e.preventDefault(); filter.focus(); }
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
+    if (e.key === "/" && !typing) { e.preventDefault(); filter.focus(); }
     else if (e.key === "Escape" && document.activeElement === filter) { filter.value = ""; render(true); }
   });
-  show();
+  // The other files have added their pages by the time the document is
+  // parsed; token.js decides whether to ask for a token first.
+  document.addEventListener("DOMContentLoaded", () => (pier.token ? pier.token.ready() : Promise.resolve()).then(show));
 })();

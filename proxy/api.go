@@ -25,6 +25,7 @@ type RouteInfo struct {
 	TLSSkipVerify bool   `json:",omitempty"`
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
+	Proto         string `json:",omitempty"` // "grpc": instances are reached over HTTP/2
 
 	Total     int // instances in the catalog, healthy or not
 	Instances []InstanceInfo
@@ -50,7 +51,7 @@ func (p *Proxy) Routes() []RouteInfo {
 		ri := RouteInfo{
 			Host: r.Host, Path: r.Path, Service: r.Service, Port: r.Port, Strip: r.Strip, Prepend: r.Prepend,
 			Source: r.Source, Key: r.Key, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
-			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile,
+			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile, Proto: r.Proto,
 			Instances: []InstanceInfo{},
 		}
 		pool := rt.lbt.Pool(r.Service)
@@ -61,14 +62,7 @@ func (p *Proxy) Routes() []RouteInfo {
 			pool = rt.lbt.TagPool(r.Service, r.tag)
 		}
 		ri.Total = pool.Total()
-		for _, m := range pool.Members() {
-			ii := InstanceInfo{ID: m.ID, Node: m.Node, Addr: m.Backend.Addr(), Weight: m.Weight,
-				InFlight: m.Backend.InFlight(), Requests: m.Backend.Requests()}
-			if d := m.Backend.DownUntil(); !d.IsZero() {
-				ii.DownUntil = &d
-			}
-			ri.Instances = append(ri.Instances, ii)
-		}
+		ri.Instances = instanceInfos(pool)
 		out = append(out, ri)
 	}
 	for _, b := range rt.bad {

@@ -10,6 +10,13 @@
 // terminates TLS for the front door (certificates by SNI, reloaded when their
 // files change) and redirects plain HTTP to HTTPS when asked.
 //
+// TCPProxy (tcp*.go) is the front door for bytes: TCP routes (proxy.tcp,
+// urlprefix-:port proto=tcp tags) on listeners of their own, and SNI
+// passthrough (proto=tcp+sni) through a listener wrapper that peeks at each
+// ClientHello in front of the TLS listener. It uses the same lb pools and
+// passive health as the HTTP routes and keeps its connections in a set of
+// its own, so that draining and shutdown can end them.
+//
 // The route table is an immutable value swapped atomically when the
 // catalog's tags or KV routes change. State that must survive a route update (in-flight
 // counts, passive-failure state, keep-alive connections) must not live

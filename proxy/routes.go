@@ -31,6 +31,14 @@ type Route struct {
 	TLSServerName string `json:"tls_server_name"` // SNI and the name verified
 	TLSCAFile     string `json:"tls_ca_file"`     // PEM bundle to verify instances with
 
+	// gRPC (grpc.go): Proto "grpc" sends the route's requests to the
+	// instances over HTTP/2 (h2c, or TLS with TLS), streams and trailers
+	// as they come. GRPCIdempotent names the methods, separated by
+	// commas ("/pkg.Svc/Get", or "/pkg.Svc/" for all of a service's), that
+	// may be sent to another instance after one answered UNAVAILABLE.
+	Proto          string `json:"proto"`           // "" or "http": HTTP/1.1 to the instances; "grpc"
+	GRPCIdempotent string `json:"grpc_idempotent"` // only with proto: grpc
+
 	Source string `json:"-"` // "config", "kv" or "tag"; set by the proxy
 	Key    string `json:"-"` // for a KV route, its key; set by the proxy
 }
@@ -62,7 +70,7 @@ func (r *Route) Validate() error {
 	case strings.ContainsAny(r.TLSServerName, "/: "):
 		return fmt.Errorf("route %s%s: tls_server_name %q: want a host name, without port", r.Host, r.Path, r.TLSServerName)
 	}
-	return nil
+	return r.validateGRPC()
 }
 
 // route is a Route ready for matching.
@@ -316,8 +324,10 @@ func buildRoutesTLS(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTim
 //
 // proto=https reaches the instances over TLS (as fabio does), verified
 // against the system's roots for the instance's address unless
-// tlsskipverify=true. ok is false for a tag that is not a urlprefix- tag. Options pier does not
-// know (fabio's proto=tcp, redirect=, allow=, ...) are an error, so the
+// tlsskipverify=true. ok is false for a tag that is not a urlprefix- tag,
+// and for proto=tcp and proto=tcp+sni tags, which are TCP routes
+// (ParseTCPTag). Options pier does not
+// know (fabio's redirect=, allow=, ...) are an error, so the
 // route is left out rather than served differently from what it says.
 func ParseTag(tag string) (r Route, ok bool, err error) {
 	rest, ok := strings.CutPrefix(tag, "urlprefix-")
@@ -346,9 +356,17 @@ func ParseTag(tag string) (r Route, ok bool, err error) {
 			case "http":
 			case "https":
 				r.TLS = true
+			case "tcp", "tcp+sni":
+				return r, false, nil // a TCP route: ParseTCPTag reads it
+			case "grpc":
+				r.Proto = ProtoGRPC
+			case "grpcs":
+				r.Proto, r.TLS = ProtoGRPC, true
 			default:
-				return r, true, fmt.Errorf("proto=%s: pier routes HTTP and HTTPS only", v)
+				return r, true, fmt.Errorf("proto=%s: pier routes http, https, grpc, grpcs, tcp and tcp+sni only", v)
 			}
+		case "grpcidempotent":
+			r.GRPCIdempotent = v
 		case "tlsskipverify":
 			switch v {
 			case "true":

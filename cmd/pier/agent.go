@@ -104,6 +104,7 @@ func (a *parts) close() {
 		if a.door.tlsLn != nil {
 			a.door.tlsLn.Close()
 		}
+		a.door.tcp.Close()
 	}
 	if a.lns != nil {
 		a.lns.Close()
@@ -145,7 +146,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	if a.members, err = a.buildGossip(log, prom); err != nil {
 		return a, err
 	}
-	a.servers.members = a.members
+	a.servers.setGossip(a.members)
 	if a.checks, err = a.buildHealth(log, prom); err != nil {
 		return a, err
 	}
@@ -173,6 +174,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
+		a.srv.Handle("GET /v1/pier/tcp-routes", a.door.tcp.RoutesHandler())
 	}
 	if a.charts, err = a.buildCharts(log); err != nil {
 		return a, err
@@ -222,9 +224,7 @@ func (a *parts) buildGossip(log *slog.Logger, prom prometheus.Registerer) (*goss
 	maps.Copy(gcfg.Tags, a.servers.tags(a.reg.Config().NodeID))
 	gcfg.Logger = log.With("component", "gossip")
 	gcfg.Registerer = prom
-	if cfg.DataDir != "" {
-		gcfg.KeyringFile = filepath.Join(cfg.DataDir, "keyring.json")
-	}
+	gcfg.KeyringFile = cfg.keyringFile()
 	if cfg.Encrypt != "" {
 		var err error
 		if gcfg.EncryptKey, err = gossip.ParseKey(cfg.Encrypt); err != nil {
@@ -255,6 +255,7 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	acfg.Registry = a.reg
 	acfg.Cluster = cluster{a.members, leave}
 	acfg.Consensus = a.servers
+	acfg.ServerDial = a.servers.dial
 	acfg.Health = a.checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
 	acfg.EnableDebug = cfg.EnableDebug
@@ -344,6 +345,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		proxyAddr = d.ln.Addr().String()
 		g.Go(func() error { return d.bal.Run(gctx) })
 		g.Go(func() error { return d.proxy.Run(gctx, d.ln) })
+		g.Go(func() error { return d.tcp.Run(gctx) })
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })

@@ -27,11 +27,12 @@ type proxySettings struct {
 	devAddr bool // the address is -dev's default, not one the user chose
 	lb      lb.Config
 	proxy   proxy.Config
-	TLSAddr string // the HTTPS listener when proxy.TLS is set (default :443)
+	tcp     proxy.TCPConfig // TCP and SNI passthrough routes (proxy.tcp) and their timeouts
+	TLSAddr string          // the HTTPS listener when proxy.TLS is set (default :443)
 }
 
 func newProxySettings() *proxySettings {
-	return &proxySettings{Addr: ":80", lb: lb.DefaultConfig(), proxy: proxy.DefaultConfig()}
+	return &proxySettings{Addr: ":80", lb: lb.DefaultConfig(), proxy: proxy.DefaultConfig(), tcp: proxy.DefaultTCPConfig()}
 }
 
 // proxySection is the config file's proxy section: the keys of lb.Config
@@ -44,8 +45,10 @@ type proxySection struct {
 	Routes    []proxy.Route    `json:"routes"`
 	AccessLog *accessLogFile   `json:"access_log"` // combined, json or off (default off)
 	TLS       *proxyTLSSection `json:"tls"`        // HTTPS on the front door (default none)
+	TCP       []proxy.TCPRoute `json:"tcp"`        // TCP and SNI passthrough routes; added up across files
 	LB        *lb.Config       `json:",inline"`
 	Proxy     *proxy.Config    `json:",inline"`
+	TCPOpts   *proxy.TCPConfig `json:",inline"`
 }
 
 // proxyTLSSection is proxy.tls: proxy.TLSConfig's keys and the listener.
@@ -96,7 +99,7 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 	// The decoder would reuse the slice's array: keep the earlier files'.
 	certs := p.proxy.TLS.Certs
 	p.proxy.TLS.Certs = nil
-	sec := proxySection{LB: &p.lb, Proxy: &p.proxy, TLS: &proxyTLSSection{TLS: p.proxy.TLS}}
+	sec := proxySection{LB: &p.lb, Proxy: &p.proxy, TLS: &proxyTLSSection{TLS: p.proxy.TLS}, TCPOpts: &p.tcp}
 	if err := registry.DecodeConfig("proxy", raw, &sec); err != nil {
 		return err
 	}
@@ -109,6 +112,9 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 	}
 	if sec.Addr != nil {
 		p.Addr, p.addrSet, p.devAddr = *sec.Addr, true, false
+	}
+	if err := p.proxy.HTTP2.Validate(); err != nil {
+		return err
 	}
 	for i := range sec.Routes {
 		rt := &sec.Routes[i]
@@ -123,6 +129,12 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 			}
 		}
 		p.proxy.Routes = append(p.proxy.Routes, *rt)
+	}
+	for i := range sec.TCP {
+		if err := sec.TCP[i].Validate(); err != nil {
+			return fmt.Errorf("proxy.tcp[%d].%w", len(p.tcp.Routes), err)
+		}
+		p.tcp.Routes = append(p.tcp.Routes, sec.TCP[i])
 	}
 	if sec.AccessLog != nil {
 		p.proxy.AccessLog = string(*sec.AccessLog)
@@ -187,6 +199,11 @@ func (c *agentConfig) resolveProxy(flagAddr string, flagSet bool) error {
 	if t := c.Proxy.proxy.TLS; t != nil && len(t.Certs) == 0 {
 		return errors.New("proxy.tls: at least one entry in certs is required")
 	}
+	for i, r := range c.Proxy.tcp.Routes {
+		if r.Listen == "" && c.Proxy.proxy.TLS == nil {
+			return fmt.Errorf("proxy.tcp[%d].listen: required for sni %q unless proxy.tls is set (the TLS listener it would share)", i, r.SNI)
+		}
+	}
 	host, port, err := net.SplitHostPort(c.Proxy.Addr)
 	if err != nil {
 		return usageError{fmt.Sprintf("-proxy-addr %q: want host:port or :port", c.Proxy.Addr)}
@@ -206,7 +223,8 @@ type frontDoor struct {
 	bal   *lb.Balancer
 	proxy *proxy.Proxy
 	ln    net.Listener
-	tlsLn net.Listener // nil: no HTTPS
+	tlsLn net.Listener // nil: no HTTPS; with SNI passthrough in front of TLS
+	tcp   *proxy.TCPProxy
 }
 
 // newFrontDoor builds the balancer and proxy and opens the listener. With
@@ -244,6 +262,18 @@ func newFrontDoor(s *proxySettings, reg *registry.Registry, log *slog.Logger) (*
 		}
 		return nil, err
 	}
+	tc := s.tcp
+	tc.TagHost, _, _ = net.SplitHostPort(s.Addr)
+	tcp, err := prx.NewTCP(tc)
+	if err != nil {
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
+		return nil, err
+	}
+	if tlsLn != nil {
+		tlsLn = tcp.WrapTLS(tlsLn)
+	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil && s.devAddr && errors.Is(err, syscall.EADDRINUSE) {
 		pc.Logger.Warn("the development proxy address is taken; using a free port", "addr", s.Addr)
@@ -253,7 +283,8 @@ func newFrontDoor(s *proxySettings, reg *registry.Registry, log *slog.Logger) (*
 		if tlsLn != nil {
 			tlsLn.Close()
 		}
+		tcp.Close()
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	return &frontDoor{bal: bal, proxy: prx, ln: ln, tlsLn: tlsLn}, nil
+	return &frontDoor{bal: bal, proxy: prx, ln: ln, tlsLn: tlsLn, tcp: tcp}, nil
 }

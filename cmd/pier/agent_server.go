@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -24,6 +25,11 @@ type servers struct {
 	node    *raft.Node       // nil on a client
 	port    *raft.ServerPort // nil on a client
 	members *gossip.Gossip   // set once gossip is built
+	// sec is how the server port authenticates (agent_tls.go), on a
+	// client too: it dials the servers' ports. nil: plain.
+	sec *raft.Security
+	// keys holds gossip once it is built, for the keyring's identities.
+	keys    atomic.Pointer[gossip.Gossip]
 	dc      string
 	expect  int
 	log     *slog.Logger
@@ -49,14 +55,17 @@ func (s *servers) Servers() []string {
 func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
 	cfg := a.cfg
 	s := &servers{dc: cfg.Datacenter, expect: cfg.Server.BootstrapExpect, log: log.With("component", "raft")}
+	var err error
+	if s.sec, err = serverPortSecurity(cfg, s.keySource, s.log); err != nil {
+		return nil, err
+	}
 	if !cfg.Server.On {
 		return s, nil
 	}
-	var err error
 	// Other servers dial gossip's address with the port tag, so the port
 	// is advertised on the same address.
 	bind := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Server.Port))
-	if s.port, err = raft.ListenServerPort(bind, a.addr); err != nil {
+	if s.port, err = raft.ListenServerPort(bind, a.addr, s.sec); err != nil {
 		return nil, err
 	}
 	rc := raft.DefaultConfig()
@@ -77,6 +86,28 @@ func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
 	return s, nil
 }
 
+// keySource answers gossip's keyring for the server port's identities; not
+// ok until gossip is built.
+func (s *servers) keySource() (primary []byte, keys [][]byte, ok bool) {
+	g := s.keys.Load()
+	if g == nil {
+		return nil, nil, false
+	}
+	primary, keys = g.Keys()
+	return primary, keys, true
+}
+
+// setGossip hands the servers the built gossip.
+func (s *servers) setGossip(g *gossip.Gossip) {
+	s.members = g
+	s.keys.Store(g)
+}
+
+// dial dials a server port as this agent's security says.
+func (s *servers) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return s.sec.DialContext(ctx, network, addr)
+}
+
 // tags are the gossip tags that make this agent a server to the others.
 func (s *servers) tags(id string) map[string]string {
 	if s.node == nil {
@@ -92,7 +123,7 @@ func (s *servers) tags(id string) map[string]string {
 func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Registry, srv *api.Server) {
 	if s.node == nil {
 		g.Go(func() error {
-			return raft.FollowMirror(ctx, s.Servers, reg, &http.Client{}, s.log)
+			return raft.FollowMirror(ctx, s.Servers, reg, &http.Client{Transport: &http.Transport{DialContext: s.dial}}, s.log)
 		})
 		return
 	}

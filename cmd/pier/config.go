@@ -44,6 +44,7 @@ type agentConfig struct {
 	Dev         bool
 	Services    []registry.ConfigService
 	TLS         api.TLS         // the API over HTTPS
+	InternalTLS internalTLS     // the server port's TLS: Consul's tls.internal_rpc (agent_tls.go)
 	KVMaxBytes  int64           // limits.kv_max_store_bytes: local KV writes past this are refused (0: none)
 	Proxy       *proxySettings  // the front door; nil: this agent runs none
 	Docker      *dockerSettings // registration of this host's containers; nil: off (agent_docker.go)
@@ -135,6 +136,7 @@ type fileConfig struct {
 	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
 	ACL json.RawMessage // mergeACL
+	TLS *tlsFile        // tls.defaults and tls.internal_rpc: the server port's TLS (agent_tls.go)
 
 	serverFile // server, bootstrap_expect, bootstrap, autopilot (config_server.go)
 }
@@ -217,6 +219,11 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	f.override(&c, set)
 	if err := c.TLS.Validate(); err != nil {
 		return c, usageError{"-https-port: " + err.Error()}
+	}
+	if t := c.InternalTLS; t.Enabled() {
+		if err := t.Validate(); err != nil {
+			return c, usageError{err.Error()}
+		}
 	}
 	for _, kv := range f.nodeMeta {
 		k, v, ok := strings.Cut(kv, ":")
@@ -399,6 +406,7 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	mergeAPITLS(&c.TLS, &fc)
+	c.InternalTLS.merge(fc.TLS)
 	var serverPort *int
 	if fc.Ports != nil {
 		serverPort = fc.Ports.Server

@@ -26,17 +26,35 @@ type apiRoute struct {
 	TLSSkipVerify bool   `json:",omitempty"`
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
+	Proto         string `json:",omitempty"`
 
 	Total     int
-	Instances []struct {
-		ID        string
-		Node      string
-		Addr      string
-		Weight    int64
-		InFlight  int64
-		Requests  uint64
-		DownUntil *string
-	}
+	Instances []apiInstance
+}
+
+// apiInstance is one healthy instance of a route.
+type apiInstance struct {
+	ID        string
+	Node      string
+	Addr      string
+	Weight    int64
+	InFlight  int64
+	Requests  uint64
+	DownUntil *string
+}
+
+// apiTCPRoute is one route of /v1/pier/tcp-routes.
+type apiTCPRoute struct {
+	Listen       string
+	Addr         string
+	SNI          string
+	Service      string
+	Source       string
+	IdleTimeout  string
+	DrainTimeout string
+	Open         int
+	Total        int
+	Instances    []apiInstance
 }
 
 func runRoutes(args []string, stdout, stderr io.Writer) error {
@@ -78,35 +96,23 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 		if r.Prepend != "" {
 			rewrite = strings.TrimSpace(rewrite + " prepend " + r.Prepend)
 		}
-		var ins []string
-		for _, in := range r.Instances {
-			s := in.Addr
-			var notes []string
-			if in.Weight != 1 {
-				notes = append(notes, "weight "+strconv.FormatInt(in.Weight, 10))
-			}
-			if in.InFlight > 0 {
-				notes = append(notes, strconv.FormatInt(in.InFlight, 10)+" in flight")
-			}
-			if in.DownUntil != nil {
-				notes = append(notes, "out until "+*in.DownUntil)
-			}
-			if len(notes) > 0 {
-				s += " (" + strings.Join(notes, ", ") + ")"
-			}
-			ins = append(ins, s)
-		}
 		svc := r.Service
 		if r.Port != "" {
 			svc += " port " + r.Port
 		}
+		scheme := "https"
+		if r.Proto == "grpc" {
+			scheme = "grpc, tls"
+		}
 		switch {
 		case r.TLSSkipVerify:
-			svc += " (https, unverified)"
+			svc += " (" + scheme + ", unverified)"
 		case r.TLS:
-			svc += " (https)"
+			svc += " (" + scheme + ")"
+		case r.Proto == "grpc":
+			svc += " (grpc)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, svc, rewrite, r.Source, len(r.Instances), r.Total, strings.Join(ins, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, svc, rewrite, r.Source, len(r.Instances), r.Total, instancesText(r.Instances))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -114,5 +120,45 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 	for _, r := range bad {
 		fmt.Fprintf(stdout, "not served: %s: %s\n", r.Key, r.Error)
 	}
-	return nil
+	var trs []apiTCPRoute
+	if err := c.do("GET", "/v1/pier/tcp-routes", nil, &trs); err != nil || len(trs) == 0 {
+		return nil // an agent from before TCP routes has none to show
+	}
+	fmt.Fprintln(stdout)
+	tw = newTable(stdout, "TCP route\tService\tSource\tOpen\tHealthy\tInstances")
+	for _, r := range trs {
+		route := r.Addr
+		switch {
+		case r.SNI != "" && r.Addr != "":
+			route = r.SNI + " on " + r.Addr
+		case r.SNI != "":
+			route = r.SNI + " (tls listener)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\n", route, r.Service, r.Source, r.Open, len(r.Instances), r.Total, instancesText(r.Instances))
+	}
+	return tw.Flush()
+}
+
+// instancesText lists instances with their weight, load and ejection when
+// they are worth a note.
+func instancesText(is []apiInstance) string {
+	var ins []string
+	for _, in := range is {
+		s := in.Addr
+		var notes []string
+		if in.Weight != 1 {
+			notes = append(notes, "weight "+strconv.FormatInt(in.Weight, 10))
+		}
+		if in.InFlight > 0 {
+			notes = append(notes, strconv.FormatInt(in.InFlight, 10)+" in flight")
+		}
+		if in.DownUntil != nil {
+			notes = append(notes, "out until "+*in.DownUntil)
+		}
+		if len(notes) > 0 {
+			s += " (" + strings.Join(notes, ", ") + ")"
+		}
+		ins = append(ins, s)
+	}
+	return strings.Join(ins, ", ")
 }

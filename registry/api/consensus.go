@@ -355,10 +355,19 @@ func (s *Server) answerWithin(r *http.Request) time.Duration {
 }
 
 // newForwarder is the transport of forwarded requests: no overall timeout,
-// since a blocking query is held open for up to MaxWait.
-func newForwarder() *http.Transport {
+// since a blocking query is held open for up to MaxWait. dial, when set,
+// is the server port's (its TLS); the connections it makes are pooled as
+// plain ones are.
+func newForwarder(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
+	if dial == nil {
+		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
+	}
 	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			return dial(ctx, network, addr)
+		},
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,

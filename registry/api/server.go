@@ -72,6 +72,9 @@ type Config struct {
 	// and snapshots from the servers' Raft state (consensus.go); nil: the
 	// KV store is gossip's, last writer wins, and the rest answer 404.
 	Consensus Consensus
+	// ServerDial dials a server port for forwarded requests: the port's
+	// TLS when it authenticates (raft.Security.DialContext); nil: plain TCP.
+	ServerDial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// RPCHoldTimeout is how long a request that needs the leader waits for
 	// one during an election before it answers 500 No cluster leader.
 	RPCHoldTimeout time.Duration // default 7s, as Consul's rpc_hold_timeout
@@ -137,7 +140,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if cfg.Consensus != nil {
-		s.inner, s.fwd = http.NewServeMux(), newForwarder()
+		s.inner, s.fwd = http.NewServeMux(), newForwarder(cfg.ServerDial)
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -18,8 +18,9 @@ import (
 // Chromium against two datacenters of real agents on loopback: dc1's UI
 // switched to dc2 shows dc2's services, nodes, servers and keys, a KV edit
 // made there lands in dc2 and not in dc1, the choice survives a reload
-// and plain page links, and the routes page (this agent's own) shows a
-// failover route serving from dc2.
+// and plain page links and follows the back button, and the routes page
+// (this agent's own) shows a failover route serving from dc2, then from
+// dc1 once dc1 has an instance.
 func TestWebUIDatacenters(t *testing.T) {
 	chromium(t)
 	port := serveBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "web in dc2") }))
@@ -115,5 +116,11 @@ func TestWebUIDatacenters(t *testing.T) {
 	choose("dc1")
 	waitFor("dc1 again", `!!document.querySelector('[data-service="api"]') && !document.querySelector('[data-service="web"]') && location.hash === "#services?dc=dc1" && !!document.querySelector("[data-chart]") && !document.querySelector("[data-local-only]")`)
 	b.shot("ui-dc1-services.png")
+
+	// An instance of web in dc1: the route comes back home, and says
+	// where it would fail over to.
+	put(t, base1+"/v1/agent/service/register", fmt.Sprintf(`{"ID":"web-1","Name":"web","Address":"127.0.0.1","Port":%d}`, port))
+	b.do("routes", chromedp.Click(`#nav-routes`))
+	waitFor("the route serving from dc1", `!!document.querySelector('[data-route="*/web/"][data-serving-from="dc1"]') && `+route+`.includes("failover to the nearest datacenter when it has no healthy instance") && `+route+`.includes("s-dc1")`)
 	b.noConsoleErrors()
 }

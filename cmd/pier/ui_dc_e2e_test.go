@@ -96,8 +96,14 @@ func TestWebUIDatacenters(t *testing.T) {
 	// route serves from.
 	b.do("routes", chromedp.Click(`#nav-routes`))
 	route := `(document.querySelector('[data-route="*/web/"]') || {innerText: ""}).innerText`
-	waitFor("the route serving from dc2", `!!document.querySelector('[data-route="*/web/"][data-serving-from="dc2"]') && `+route+`.includes("serving from dc2") && `+route+`.includes("failed over") && !document.getElementById("title-dc").innerText && `+route+`.includes("web-1") && !!document.querySelector("[data-local-only]")`)
+	waitFor("the route serving from dc2", `!!document.querySelector('[data-route="*/web/"][data-serving-from="dc2"]') && `+route+`.includes("serving from dc2") && `+route+`.includes("failed over: serving from dc2 (dc1 has no healthy instance") && !document.getElementById("title-dc").innerText && `+route+`.includes("web-1") && !!document.querySelector("[data-local-only]")`)
 	b.shot("ui-dc2-routes.png")
+	viewport(390, 844)
+	b.dark(true)
+	waitFor("the routes page as wide as a phone", `document.documentElement.scrollWidth <= window.innerWidth + 1`)
+	b.shot("ui-dc2-routes-390-dark.png")
+	b.dark(false)
+	viewport(1280, 800)
 
 	// A reload with no datacenter in the address keeps this tab's choice.
 	// (?r= makes it a new document, not a hash change.)

@@ -219,8 +219,9 @@
   function failover(r) {
     const f = r.Failover;
     const then = [f.nearest ? "the nearest " + (f.nearest === 1 ? "datacenter" : f.nearest + " datacenters") : "", ...(f.datacenters || [])].filter(Boolean).join(", then ");
-    if (r.ServingFrom) return "failed over: serving from " + r.ServingFrom + " (this datacenter has no healthy instance; failover to " + then + ")";
-    return "serving from " + (pier.dc.local() || "this datacenter") + "; failover to " + then + " when it has no healthy instance";
+    const here = pier.dc.local() || "this datacenter";
+    if (r.ServingFrom) return "failed over: serving from " + r.ServingFrom + " (" + here + " has no healthy instance; failover to " + then + ")";
+    return "serving from " + here + "; failover to " + then + " when it has no healthy instance";
   }
 
   function drawRoutes(list) {

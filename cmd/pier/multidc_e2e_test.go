@@ -305,6 +305,24 @@ func TestPreparedQueryFailover(t *testing.T) {
 		if got := digAt(t, dc1.clients[0].dns, "nope.query.consul"); !strings.Contains(got, "NXDOMAIN") {
 			t.Errorf("an unknown query: want NXDOMAIN\n%s", got)
 		}
+		// name.query.dc2.consul runs dc2's query in dc2, as Consul.
+		if _, _, err := c2.PreparedQuery().Create(&consul.PreparedQueryDefinition{Name: "web-dc2", Service: consul.ServiceQuery{Service: "web"}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(digAt(t, dc1.clients[0].dns, "web-dc2.query.dc2.consul", "+short")); got != "10.2.0.1" {
+			t.Errorf("dig web-dc2.query.dc2.consul: %q, want dc2's 10.2.0.1", got)
+		}
+		if got := digAt(t, dc1.clients[0].dns, "web-dc2.query.dc2.consul", "SRV"); !strings.Contains(got, ".addr.dc2.consul.") {
+			t.Errorf("SRV of dc2's query names dc2's hosts:\n%s", got)
+		}
+		for _, name := range []string{"web-dc2.query.consul", "web-q.query.dc2.consul", "web-dc2.query.dc9.consul"} {
+			if got := digAt(t, dc1.clients[0].dns, name); !strings.Contains(got, "NXDOMAIN") {
+				t.Errorf("%s: want NXDOMAIN\n%s", name, got)
+			}
+		}
+		if got := strings.TrimSpace(digAt(t, dc1.clients[0].dns, "web-q.query.dc1.consul", "+short")); got != "10.2.0.1" {
+			t.Errorf("dig web-q.query.dc1.consul (this datacenter named): %q, want the failover's 10.2.0.1", got)
+		}
 	}
 	// A third datacenter, listed in Datacenters: with dc2's instance down
 	// too, the answer comes from dc3 after two failovers.

@@ -369,12 +369,20 @@ func queryNodes(insts []registry.Instance, dc string, limit int, sort func([]ser
 	return out
 }
 
-// Query executes the prepared query called idOrName (an ID or a name) for
-// DNS (name.query.consul): the datacenter that answered, the answer's TTL
-// and its instances.
-func (s *Server) Query(ctx context.Context, idOrName string) (string, time.Duration, []registry.Instance, error) {
+// Query executes the prepared query called idOrName (an ID or a name) of
+// dc ("" or this datacenter's name: this one's) for DNS
+// (name.query.consul, name.query.dc2.consul): the datacenter that
+// answered, the answer's TTL and its instances. Another datacenter's
+// query runs there, as Consul's, sorted near none of its nodes.
+func (s *Server) Query(ctx context.Context, dc, idOrName string) (string, time.Duration, []registry.Instance, error) {
+	v := url.Values{}
+	if dc == "" || dc == s.reg.Config().Datacenter {
+		v.Set("near", "_agent")
+	} else {
+		v.Set("dc", dc)
+	}
 	var res queryResult
-	if err := s.getJSON(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?near=_agent", &res); err != nil {
+	if err := s.getJSON(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?"+v.Encode(), &res); err != nil {
 		return "", 0, nil, err
 	}
 	ttl, _ := time.ParseDuration(res.DNS.TTL)

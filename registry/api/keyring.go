@@ -276,10 +276,8 @@ func (s *Server) keyringIn(ctx context.Context, r *http.Request, dc, key string)
 		if err != nil {
 			return nil, err
 		}
-		for _, h := range []string{"X-Consul-Token", "Authorization"} {
-			if v := r.Header.Get(h); v != "" {
-				req.Header.Set(h, v)
-			}
+		if t := s.requestToken(r); t != "" {
+			req.Header.Set("X-Consul-Token", t)
 		}
 		req.Header.Set(keyringFromHeader, s.reg.Config().Datacenter)
 		resp, err := s.wanFwd.RoundTrip(req)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -47,11 +48,12 @@ func TestWANTokens(t *testing.T) {
 	dns := file("dns.yaml", "acl:\n  tokens: {dns: dns-tok}\n")
 	door := file("door.yaml", "proxy:\n  addr: 127.0.0.1:0\n  routes:\n    - path: /\n      service: web\n      failover: {nearest: 1}\n")
 
-	dc1 := startDatacenter(t, "dc1", 0, "", "-config-file", base)
-	dc2 := startDatacenter(t, "dc2", 0, dc1.server.wan, "-config-file", base)
+	key := "dG9rZW5zLWFjcm9zcy1kYXRhY2VudGVycy0xMjM0NTY="
+	dc1 := startDatacenter(t, "dc1", 0, "", "-config-file", base, "-encrypt", key)
+	dc2 := startDatacenter(t, "dc2", 0, dc1.server.wan, "-config-file", base, "-encrypt", key)
 	agent := func(node string, files ...string) *proc {
 		args := []string{"-datacenter", "dc1", "-node", node, "-bind", "127.0.0.1", "-data-dir", tempDataDir(t),
-			"-retry-join", dc1.server.gossip, "-retry-interval", "1s", "-config-file", base}
+			"-retry-join", dc1.server.gossip, "-retry-interval", "1s", "-config-file", base, "-encrypt", key}
 		for _, f := range files {
 			args = append(args, "-config-file", f)
 		}
@@ -124,6 +126,31 @@ func TestWANTokens(t *testing.T) {
 				t.Errorf("dig %s without a DNS token: want no answer\n%s", name, got)
 			}
 		}
+	})
+
+	t.Run("keyring", func(t *testing.T) {
+		// The request's token goes with the operation to dc2, which checks
+		// it against its own ACLs.
+		url := "http://" + c1.addr + "/v1/operator/keyring"
+		if code, body := apiDo(t, "GET", url, "", ""); code != http.StatusForbidden {
+			t.Errorf("keyring list without a token: %d %s", code, body)
+		}
+		want := []string{"dc1/true/2/2", "dc1/false/3/3", "dc2/false/1/1"}
+		eventually.NoError(t, 20*time.Second, "the keyring list answers every pool", func() error {
+			code, body := apiDo(t, "GET", url, "root-tok", "")
+			var rs []consul.KeyringResponse
+			if code != 200 || !jsonInto(body, &rs) {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			var pools []string
+			for _, r := range rs {
+				pools = append(pools, fmt.Sprintf("%s/%v/%d/%d", r.Datacenter, r.WAN, r.NumNodes, r.Keys[key]))
+			}
+			if !slices.Equal(pools, want) {
+				return fmt.Errorf("pools (dc/WAN/nodes/holding the key) %v, want %v", pools, want)
+			}
+			return nil
+		})
 	})
 
 	t.Run("front door", func(t *testing.T) {

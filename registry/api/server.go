@@ -175,6 +175,7 @@ func (s *Server) routes() {
 	s.checkRoutes() // TTL updates, maintenance, agent health (checks.go)
 	if s.cfg.Consensus != nil {
 		s.raftRoutes() // KV, sessions, txn, operator raft, snapshots on Raft (raftkv.go)
+		s.acmeRoutes() // the front door's ACME certificates and locks (acme.go)
 	} else {
 		s.kvRoutes() // the gossip KV store (kv.go)
 	}

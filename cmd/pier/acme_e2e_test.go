@@ -285,3 +285,49 @@ proxy:
 		c.Close()
 	}
 }
+
+// TestACMETLSALPN: the CA cannot reach the front door's plain port, so
+// HTTP-01 fails and the TLS-ALPN-01 challenge, answered on the TLS
+// listener, gets the certificate. The keys are in the KV, hidden from
+// /v1/kv.
+func TestACMETLSALPN(t *testing.T) {
+	needBinary(t)
+	pebbleBin(t)
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	tlsPort := freePort(t)
+	closed := freePort(t) // nothing listens here
+	ca := startPebble(t, pki, startLoopbackDNS(t), closed, tlsPort, time.Hour)
+	const name = "alpn.pier.test"
+	cfg := filepath.Join(dir, "pier.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+proxy:
+  addr: 127.0.0.1:0
+  tls:
+    addr: 127.0.0.1:%d
+    acme: {ca: %q, ca_root: %q}
+  routes:
+    - {host: %s, service: web, tls: acme}
+`, tlsPort, ca.dir, pki.caFile, name)), 0o600)
+	a := startAgent(t, "-dev", "-node", "alpn", "-config-file", cfg)
+	roots := ca.roots(t)
+	eventually.NoError(t, 90*time.Second, "the certificate by TLS-ALPN-01", func() error {
+		_, err := servedLeaf(fmt.Sprint("127.0.0.1:", tlsPort), name, roots)
+		return err
+	})
+	if !strings.Contains(a.logs(), "challenge_type=tls-alpn-01") {
+		t.Errorf("no tls-alpn-01 challenge in the log:\n%s", a.logs())
+	}
+	// /v1/kv shows none of it, to any token; the ACME path does.
+	for _, u := range []string{"/v1/kv/?recurse", "/v1/kv/?keys", "/v1/kv/_pier/acme/?recurse"} {
+		if code, body := curl(t, "http://"+a.addr+u); strings.Contains(body, "_pier/acme") || strings.Contains(body, "PRIVATE KEY") {
+			t.Errorf("%s: %d %s", u, code, body)
+		}
+	}
+	if code, body := curl(t, "http://"+a.addr+"/v1/pier/acme/kv/?keys"); code != 200 || !strings.Contains(body, "_pier/acme/certificates/") {
+		t.Errorf("/v1/pier/acme/kv/?keys: %d %s", code, body)
+	}
+	if code, body := curl(t, "-X", "PUT", "-d", "x", "http://"+a.addr+"/v1/kv/_pier/acme/certificates/x"); code != 400 {
+		t.Errorf("a /v1/kv write under _pier/acme/: %d %s, want 400", code, body)
+	}
+}

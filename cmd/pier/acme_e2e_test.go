@@ -331,3 +331,61 @@ proxy:
 		t.Errorf("a /v1/kv write under _pier/acme/: %d %s, want 400", code, body)
 	}
 }
+
+// TestACMEWithACLs: with ACLs on, the front door's storage asks with
+// proxy.tls.acme.token, a token with operator:write and node and session
+// write (a lock's session is created for the front door's node); a
+// token with every KV rule cannot read the keys, nor can the anonymous one.
+func TestACMEWithACLs(t *testing.T) {
+	needBinary(t)
+	pebbleBin(t)
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	httpPort := freePort(t)
+	ca := startPebble(t, pki, startLoopbackDNS(t), httpPort, freePort(t), time.Hour)
+	const name = "acl.pier.test"
+	cfg := filepath.Join(dir, "pier.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+acl:
+  enabled: true
+  default_policy: deny
+  tokens:
+    initial_management: root-secret
+  tokens_list:
+    - secret: front-secret
+      rules: |
+        operator = "write"
+        node_prefix "" { policy = "write" }
+        session_prefix "" { policy = "write" }
+    - secret: kv-secret
+      rules: |
+        key_prefix "" { policy = "write" }
+proxy:
+  addr: 127.0.0.1:%d
+  tls:
+    addr: 127.0.0.1:0
+    acme: {ca: %q, ca_root: %q, names: [%s], token: front-secret}
+`, httpPort, ca.dir, pki.caFile, name)), 0o600)
+	a := startAgent(t, append([]string{"-node", "acl-acme", "-data-dir", filepath.Join(dir, "data"), "-bind", "127.0.0.1", "-config-file", cfg}, soloServer...)...)
+	m := proxyTLSLine.FindStringSubmatch(a.logs())
+	if m == nil {
+		t.Fatalf("no proxy_tls= in the log:\n%s", a.logs())
+	}
+	roots := ca.roots(t)
+	if err := eventually.Within(60*time.Second, func() error {
+		_, err := servedLeaf(m[1], name, roots)
+		return err
+	}); err != nil {
+		t.Fatalf("no certificate with ACLs on: %v\n%s\n%s", err, a.logs(), ca.out.String())
+	}
+	for tok, want := range map[string]int{"": 403, "kv-secret": 403, "front-secret": 200, "root-secret": 200} {
+		if code, body := curl(t, "-H", "X-Consul-Token: "+tok, "http://"+a.addr+"/v1/pier/acme/kv/?keys"); code != want {
+			t.Errorf("token %q: %d %s, want %d", tok, code, body, want)
+		}
+	}
+	for _, tok := range []string{"kv-secret", "root-secret"} {
+		if _, body := curl(t, "-H", "X-Consul-Token: "+tok, "http://"+a.addr+"/v1/kv/?recurse"); strings.Contains(body, "_pier/acme") {
+			t.Errorf("token %q reads the ACME keys through /v1/kv: %s", tok, body)
+		}
+	}
+}

@@ -196,11 +196,16 @@ func (s *certStore) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate
 
 // tlsConfig is TLS 1.2 and up; for 1.2 only forward-secret AEAD suites
 // (TLS 1.3's suites are not configurable and all modern).
-func (s *certStore) tlsConfig() *tls.Config {
+// With h2, ALPN offers HTTP/2 first.
+func (s *certStore) tlsConfig(h2 bool) *tls.Config {
+	protos := []string{"http/1.1"}
+	if h2 {
+		protos = []string{"h2", "http/1.1"}
+	}
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: s.getCertificate,
-		NextProtos:     s.nextProtos([]string{"http/1.1"}), // fasthttp speaks HTTP/1.1 only
+		NextProtos:     s.nextProtos(protos),
 		CipherSuites: []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
 			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
@@ -219,9 +224,18 @@ func (p *Proxy) RunTLS(ctx context.Context, ln net.Listener) error {
 	if p.certs == nil {
 		return errors.New("proxy: RunTLS without a tls config")
 	}
-	tln := &onceCloser{Listener: tls.NewListener(ln, p.certs.tlsConfig())}
+	h2 := p.h2 != nil && p.cfg.HTTP2.Enabled
+	tln := &onceCloser{Listener: tls.NewListener(ln, p.certs.tlsConfig(h2))}
+	var h1 net.Listener = tln
+	if h2 {
+		// Connections that chose h2 go to the HTTP/2 server; the others
+		// stay with fasthttp, after their handshake.
+		split := p.newSplitListener(tln, p.classifyTLS)
+		defer split.close()
+		h1 = split.h1
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- p.srv.Serve(tln) }()
+	go func() { errc <- p.srv.Serve(h1) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("proxy: tls: %w", err)

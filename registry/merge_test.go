@@ -207,3 +207,57 @@ func TestClockVersionsOnlyGrow(t *testing.T) {
 	restarted := &clock{now: func() time.Time { return now }}
 	step("restarted later", restarted.next())
 }
+
+// EachVersion walks exactly the entries FullState and KVState copy: the
+// gossip layer's digest of them must agree with what push/pull and the
+// repair exchange send.
+func TestEachVersionMatchesFullState(t *testing.T) {
+	r := rtNew(t, t.TempDir())
+	if err := r.RegisterService(Service{ID: "web1", Name: "web", Port: 80}, nil, SourceAPI); err != nil {
+		t.Fatal(err)
+	}
+	r.SetMemberStatus("n2", "10.0.0.2", MemberAlive)
+	r.SetMemberStatus("n3", "10.0.0.3", MemberLeft) // not in FullState
+	v := uint64(time.Now().UnixMilli()) << 16
+	r.Merge([]Entry{
+		{Node: "n2", Kind: KindService, Key: "db1", Version: v, Service: &Service{ID: "db1", Name: "db", Port: 5432}},
+		{Node: "n2", Kind: KindService, Key: "old", Version: v + 1, Deleted: true},
+	})
+	r.KVPut("a", []byte("1"), 0, nil)
+	r.KVPut("b", []byte("2"), 0, nil)
+	r.KVDelete("b", false, nil)
+	type stamp struct {
+		owner, node string
+		kind        EntryKind
+		key         string
+		version     uint64
+		deleted     bool
+	}
+	var want, got []stamp
+	var wantOwners, gotOwners []string
+	for _, st := range r.FullState() {
+		wantOwners = append(wantOwners, st.Node)
+		for _, e := range st.Entries {
+			want = append(want, stamp{st.Node, e.Node, e.Kind, e.Key, e.Version, e.Deleted})
+		}
+	}
+	for _, e := range r.KVState() {
+		want = append(want, stamp{"", e.Node, e.Kind, e.Key, e.Version, e.Deleted})
+	}
+	r.EachVersion(func(n string) { gotOwners = append(gotOwners, n) }, func(o string, e Entry) {
+		got = append(got, stamp{o, e.Node, e.Kind, e.Key, e.Version, e.Deleted})
+	})
+	cmp := func(a, b stamp) int {
+		return strings.Compare(fmt.Sprint(a), fmt.Sprint(b))
+	}
+	slices.SortFunc(want, cmp)
+	slices.SortFunc(got, cmp)
+	slices.Sort(wantOwners)
+	slices.Sort(gotOwners)
+	if !slices.Equal(want, got) || !slices.Equal(wantOwners, gotOwners) {
+		t.Errorf("EachVersion walked owners %v, entries\n%v\nFullState and KVState hold owners %v, entries\n%v", gotOwners, got, wantOwners, want)
+	}
+	if len(wantOwners) != 2 || len(want) < 6 {
+		t.Errorf("the test's state is not what it meant to build: owners %v, %d entries", wantOwners, len(want))
+	}
+}

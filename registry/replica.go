@@ -167,6 +167,34 @@ func (r *Registry) FullState() []NodeState {
 	return out
 }
 
+// EachVersion walks what FullState and KVState would return without copying
+// it: owner once for each node state, then entry for each of its entries,
+// and entry for each key and tombstone of the KV store with owner "". The
+// entries' contents are left out where copying them would allocate (KV
+// values). The gossip layer digests the replica every second with it, which
+// copying the whole state made the largest cost of an idle agent. Both run
+// with the registry's lock held: they must be quick and must not call r.
+func (r *Registry) EachVersion(owner func(node string), entry func(owner string, e Entry)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for n, nr := range r.repl {
+		if n != r.cfg.NodeName && nr.member != MemberAlive && nr.member != MemberFailed {
+			continue
+		}
+		owner(n)
+		for _, e := range nr.entries {
+			entry(n, e)
+		}
+	}
+	r.t.kv.Ascend(func(e *KVEntry) bool {
+		entry("", Entry{Node: e.writer, Kind: KindKV, Key: e.Key, Version: e.version})
+		return true
+	})
+	for _, t := range r.kvTombs {
+		entry("", t)
+	}
+}
+
 func (r *Registry) stateOf(name string, nr *nodeRepl, complete uint64) NodeState {
 	st := NodeState{Node: name, Complete: complete, Entries: make([]Entry, 0, len(nr.entries))}
 	for _, e := range nr.entries {

@@ -118,6 +118,9 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 	if sec.Addr != nil {
 		p.Addr, p.addrSet, p.devAddr = *sec.Addr, true, false
 	}
+	if err := p.proxy.HTTP2.Validate(); err != nil {
+		return err
+	}
 	for i := range sec.Routes {
 		rt := &sec.Routes[i]
 		if err := rt.Validate(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -15,6 +16,7 @@ import (
 	"github.com/pier-dev/pier/registry/api"
 	"github.com/pier-dev/pier/registry/gossip"
 	"github.com/pier-dev/pier/registry/raft"
+	"github.com/pier-dev/pier/registry/wan"
 )
 
 // servers is this agent's part in the servers' agreement (api.Consensus).
@@ -24,6 +26,12 @@ type servers struct {
 	node    *raft.Node       // nil on a client
 	port    *raft.ServerPort // nil on a client
 	members *gossip.Gossip   // set once gossip is built
+	wan     *wan.Pool        // the WAN pool; nil on a client
+	// sec is how the server port authenticates (agent_tls.go), on a
+	// client too: it dials the servers' ports. nil: plain.
+	sec *raft.Security
+	// keys holds gossip once it is built, for the keyring's identities.
+	keys    atomic.Pointer[gossip.Gossip]
 	dc      string
 	expect  int
 	log     *slog.Logger
@@ -49,14 +57,17 @@ func (s *servers) Servers() []string {
 func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
 	cfg := a.cfg
 	s := &servers{dc: cfg.Datacenter, expect: cfg.Server.BootstrapExpect, log: log.With("component", "raft")}
+	var err error
+	if s.sec, err = serverPortSecurity(cfg, s.keySource, s.log); err != nil {
+		return nil, err
+	}
 	if !cfg.Server.On {
 		return s, nil
 	}
-	var err error
 	// Other servers dial gossip's address with the port tag, so the port
 	// is advertised on the same address.
 	bind := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.Server.Port))
-	if s.port, err = raft.ListenServerPort(bind, a.addr); err != nil {
+	if s.port, err = raft.ListenServerPort(bind, a.addr, s.sec); err != nil {
 		return nil, err
 	}
 	rc := raft.DefaultConfig()
@@ -75,6 +86,59 @@ func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
 	return s, nil
 }
 
+// buildWAN binds a server's WAN pool, encrypted with the LAN pool's
+// keyring (so a key rotation covers both); a client has none.
+func (a *parts) buildWAN(log *slog.Logger) error {
+	s := a.servers
+	if s.node == nil {
+		return nil
+	}
+	cfg := a.cfg
+	wc := wan.Config{
+		NodeName: a.reg.Config().NodeName, Datacenter: cfg.Datacenter,
+		BindAddr: cfg.Bind, BindPort: cfg.Server.WANPort, AdvertiseAddr: a.addr,
+		Keyring:   a.members.MemberlistKeyring(),
+		StartJoin: cfg.Server.JoinWAN, RetryJoin: cfg.Server.RetryJoinWAN, RetryMax: cfg.RetryMax,
+		Timings: cfg.Server.WANTimings,
+		Logger:  log.With("component", "wan"),
+	}
+	wc.Tags = raft.ServerTags(a.reg.Config().NodeID, s.port.Addr(), 0)
+	wc.Tags["build"] = version
+	var err error
+	s.wan, err = wan.New(wc)
+	return err
+}
+
+// wanAddr is the WAN pool's address, for the start line; "" on a client.
+func (s *servers) wanAddr() string {
+	if s.wan == nil {
+		return ""
+	}
+	return s.wan.Addr()
+}
+
+// keySource answers gossip's keyring for the server port's identities; not
+// ok until gossip is built.
+func (s *servers) keySource() (primary []byte, keys [][]byte, ok bool) {
+	g := s.keys.Load()
+	if g == nil {
+		return nil, nil, false
+	}
+	primary, keys = g.Keys()
+	return primary, keys, true
+}
+
+// setGossip hands the servers the built gossip.
+func (s *servers) setGossip(g *gossip.Gossip) {
+	s.members = g
+	s.keys.Store(g)
+}
+
+// dial dials a server port as this agent's security says.
+func (s *servers) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return s.sec.DialContext(ctx, network, addr)
+}
+
 // tags are the gossip tags that make this agent a server to the others.
 func (s *servers) tags(id string) map[string]string {
 	if s.node == nil {
@@ -90,7 +154,7 @@ func (s *servers) tags(id string) map[string]string {
 func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Registry, srv *api.Server) {
 	if s.node == nil {
 		g.Go(func() error {
-			return raft.FollowMirror(ctx, s.Servers, reg, &http.Client{}, s.log)
+			return raft.FollowMirror(ctx, s.Servers, reg, &http.Client{Transport: &http.Transport{DialContext: s.dial}}, s.log)
 		})
 		return
 	}
@@ -117,6 +181,7 @@ func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Regi
 		return nil
 	})
 	g.Go(func() error { return raft.RunMirror(ctx, s.node, reg) })
+	g.Go(func() error { return s.wan.Run(ctx) })
 	// The KV of the gossip era, kept in this server's data dir, moves into
 	// Raft once per cluster.
 	old := reg.Snapshot().GossipKV()

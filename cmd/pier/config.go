@@ -44,6 +44,7 @@ type agentConfig struct {
 	Dev         bool
 	Services    []registry.ConfigService
 	TLS         api.TLS         // the API over HTTPS
+	InternalTLS internalTLS     // the server port's TLS: Consul's tls.internal_rpc (agent_tls.go)
 	KVMaxBytes  int64           // limits.kv_max_store_bytes: local KV writes past this are refused (0: none)
 	Proxy       *proxySettings  // the front door; nil: this agent runs none
 	Docker      *dockerSettings // registration of this host's containers; nil: off (agent_docker.go)
@@ -112,6 +113,7 @@ type fileConfig struct {
 		HTTP    *int
 		HTTPS   *int
 		SerfLAN *int
+		SerfWAN *int
 		DNS     *int
 		Server  *int
 	}
@@ -135,6 +137,7 @@ type fileConfig struct {
 	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
 	ACL json.RawMessage // mergeACL
+	TLS *tlsFile        // tls.defaults and tls.internal_rpc: the server port's TLS (agent_tls.go)
 
 	serverFile // server, bootstrap_expect, bootstrap, autopilot (config_server.go)
 }
@@ -142,19 +145,21 @@ type fileConfig struct {
 // agentFlags are the agent's flags; set records which ones the user gave, so
 // that only those override the config files.
 type agentFlags struct {
-	fs          *flag.FlagSet
-	configFiles stringList
-	configDirs  stringList
-	nodeMeta    stringList
-	join        stringList
-	retryJoin   stringList
-	c           agentConfig
-	client      string
-	proxyAddr   string
-	dns         dnsFlags
-	docker      dockerFlags
-	metricsAddr string
-	bootstrap   bool
+	fs           *flag.FlagSet
+	configFiles  stringList
+	configDirs   stringList
+	nodeMeta     stringList
+	join         stringList
+	retryJoin    stringList
+	joinWAN      stringList
+	retryJoinWAN stringList
+	c            agentConfig
+	client       string
+	proxyAddr    string
+	dns          dnsFlags
+	docker       dockerFlags
+	metricsAddr  string
+	bootstrap    bool
 }
 
 func newAgentFlags() *agentFlags {
@@ -192,6 +197,9 @@ func newAgentFlags() *agentFlags {
 	fs.IntVar(&f.c.Server.BootstrapExpect, "bootstrap-expect", 0, "form a new Raft group once this many servers are seen in gossip (1: alone)")
 	fs.BoolVar(&f.bootstrap, "bootstrap", false, "form a Raft group of this server alone (the same as -bootstrap-expect 1)")
 	fs.IntVar(&f.c.Server.Port, "server-port", 0, "port of Raft and the servers' internal HTTP (default 8300; with -dev any free port)")
+	fs.IntVar(&f.c.Server.WANPort, "serf-wan-port", 0, "port of the servers' WAN gossip across datacenters (default 8302; with -dev any free port)")
+	fs.Var(&f.joinWAN, "join-wan", "address of a server of another datacenter to join the WAN pool with at start; the agent stops if none answers (repeatable, servers only)")
+	fs.Var(&f.retryJoinWAN, "retry-join-wan", "address of a server to join the WAN pool with, retried with backoff until it answers (repeatable, servers only)")
 	fs.Bool("ui", false, "accepted for Consul's command lines and ignored: the web UI is always at /ui/")
 	return f
 }
@@ -217,6 +225,11 @@ func (f *agentFlags) resolve() (agentConfig, error) {
 	f.override(&c, set)
 	if err := c.TLS.Validate(); err != nil {
 		return c, usageError{"-https-port: " + err.Error()}
+	}
+	if t := c.InternalTLS; t.Enabled() {
+		if err := t.Validate(); err != nil {
+			return c, usageError{err.Error()}
+		}
 	}
 	for _, kv := range f.nodeMeta {
 		k, v, ok := strings.Cut(kv, ":")
@@ -399,9 +412,10 @@ func (c *agentConfig) loadFile(path string) error {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	mergeAPITLS(&c.TLS, &fc)
-	var serverPort *int
+	c.InternalTLS.merge(fc.TLS)
+	var serverPort, wanPort *int
 	if fc.Ports != nil {
-		serverPort = fc.Ports.Server
+		serverPort, wanPort = fc.Ports.Server, fc.Ports.SerfWAN
 		fileSets(&c.HTTPPort, fc.Ports.HTTP)
 		fileSets(&c.TLS.Port, fc.Ports.HTTPS)
 		fileSets(&c.SerfLANPort, fc.Ports.SerfLAN)
@@ -418,7 +432,7 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 		c.NodeMeta[k] = v
 	}
-	if err := c.Server.merge(&fc.serverFile, serverPort); err != nil {
+	if err := c.Server.merge(&fc.serverFile, serverPort, wanPort); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	if err := c.mergeDNS(&fc); err != nil {

@@ -222,3 +222,49 @@ services:
 		}
 	}
 }
+
+// TestConfigTLSSection: tls.defaults and tls.internal_rpc (over them) set
+// the server port's TLS, apart from the top-level keys of the HTTPS API;
+// a setting that needs another names both.
+func TestConfigTLSSection(t *testing.T) {
+	c, err := loadFiles(t, `
+cert_file: /api.pem
+tls:
+  defaults:
+    ca_file: /ca.pem
+    cert_file: /d.pem
+    key_file: /d-key.pem
+    verify_incoming: true
+  internal_rpc:
+    cert_file: /rpc.pem
+    verify_outgoing: true
+    verify_server_hostname: true
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.InternalTLS
+	if got.CAFile != "/ca.pem" || got.CertFile != "/rpc.pem" || got.KeyFile != "/d-key.pem" || !got.VerifyIncoming || !got.VerifyOutgoing || !got.VerifyServerHostname {
+		t.Errorf("internal_rpc: %+v", got)
+	}
+	if c.TLS.CertFile != "/api.pem" {
+		t.Errorf("the HTTPS API's cert_file: %q", c.TLS.CertFile)
+	}
+	for body, want := range map[string]string{
+		"tls:\n  internal_rpc:\n    verify_incoming: true\n    cert_file: a\n    key_file: b\n": "verify_incoming needs ca_file",
+		"tls:\n  internal_rpc:\n    cert_file: a\n":                                             "cert_file and key_file go together",
+		"tls:\n  internal_rpc:\n    verify_outgoing: true\n    cert_file: a\n    key_file: b\n": "verify_outgoing needs ca_file",
+		"tls:\n  internal_rpc:\n    verify_outgoin: true\n":                                     `unknown key "tls.internal_rpc.verify_outgoin"`,
+	} {
+		dir := t.TempDir()
+		p := filepath.Join(dir, "a.yaml")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut strings.Builder
+		err := runValidate([]string{p}, &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: %v, want one line with %q", body, err, want)
+		}
+	}
+}

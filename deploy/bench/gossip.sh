@@ -14,7 +14,10 @@
 #           has it
 #
 # Usage: deploy/bench/gossip.sh   (from anywhere; needs go)
-# Knobs: SIZES="50 100" WRITES=100 TIMEOUT=120s ROUNDS=1
+#   idle:   CPU seconds per node per minute over IDLE once the writes are done
+#           (user and system time of every node's process, from /proc)
+#
+# Knobs: SIZES="50 100" WRITES=100 TIMEOUT=120s ROUNDS=1 IDLE=30s
 # 100 agents is about what a 2-core machine holds; each size takes about a
 # minute per kind, bounded by TIMEOUT for the join and for the writes.
 set -euo pipefail
@@ -24,6 +27,7 @@ SIZES=${SIZES:-50 100}
 WRITES=${WRITES:-100}
 TIMEOUT=${TIMEOUT:-120s}
 ROUNDS=${ROUNDS:-1}
+IDLE=${IDLE:-30s}
 
 work=$(mktemp -d -t pier-gossipbench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -36,7 +40,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for n in $SIZES; do
     for kind in plain pier; do
       echo "== round $round: $kind, $n nodes"
-      "$work/gossip" run -kind "$kind" -pier "$work/pier" -n "$n" -writes "$WRITES" -timeout "$TIMEOUT"
+      "$work/gossip" run -kind "$kind" -pier "$work/pier" -n "$n" -writes "$WRITES" -timeout "$TIMEOUT" -idle "$IDLE"
     done
   done
 done

@@ -66,9 +66,13 @@ func listenUDP(ip net.IP, port int) (*udpSock, error) {
 	}
 	// Absorb bursts; the kernel caps it at rmem_max.
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	// A reader whose wake-up (wake) was missed still comes back within a
-	// second to see that the server is stopping.
-	tv := unix.Timeval{Sec: 1}
+	// A reader whose wake-up (wake) was missed still comes back to see that
+	// the server is stopping. Not sooner: each return from a blocking
+	// receive wakes the runtime's sysmon, which then polls every few
+	// microseconds until it takes the reader's P back (about 10 ms, 50 to
+	// 80 wake-ups); at 1 s, the two idle readers were most of an idle
+	// agent's context switches.
+	tv := unix.Timeval{Sec: 30}
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return fail("setsockopt SO_RCVTIMEO", err)
 	}

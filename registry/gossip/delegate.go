@@ -3,6 +3,8 @@ package gossip
 import (
 	"encoding/json"
 	"maps"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
@@ -47,7 +49,40 @@ func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
 
 // LocalState reads the registry, which never blocks for long: its writers
 // hold their lock only to apply a change.
+//
+// A node that others join answers every joiner with its whole state: when
+// 99 nodes join one at once, it encoded and deflated the whole catalog 99
+// times in a few seconds, and the last joiners waited seconds for it. A
+// state encoded for a joiner within joinStateTTL is served again: a state a
+// moment old is what a slower network would have delivered, and merging is
+// by version, so the joiner loses nothing (what changed since reaches it by
+// broadcast and the digest repair).
 func (d delegate) LocalState(join bool) []byte {
+	if !join {
+		return d.encodeLocalState()
+	}
+	c := &d.g.joinState
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.b == nil || time.Since(c.at) >= joinStateTTL {
+		c.b, c.at = d.encodeLocalState(), time.Now()
+	} else {
+		d.g.met.stateSent()
+	}
+	return c.b
+}
+
+// joinStateTTL is how long the state encoded for a joiner is served again.
+const joinStateTTL = 500 * time.Millisecond
+
+// stateCache is the state last encoded for a joining node.
+type stateCache struct {
+	mu sync.Mutex
+	at time.Time
+	b  []byte
+}
+
+func (d delegate) encodeLocalState() []byte {
 	b, err := encodeState(state{Nodes: d.g.cfg.Registry.FullState(), KV: d.g.cfg.Registry.KVState(), EventClock: d.g.ev.now()})
 	if err != nil {
 		d.g.log.Error("encoding state for push/pull", "err", err)

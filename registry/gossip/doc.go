@@ -1,9 +1,11 @@
 // Package gossip joins agents into a cluster over hashicorp/memberlist and
 // replicates the catalog between them, with no central server.
 //
-// It owns the memberlist delegate, the broadcasts of this node's changed
-// entries (one service, one check, the node record), push/pull anti-entropy
-// of whole node states, membership events (join, leave, failure, reaping),
+// It owns the memberlist delegate, the gossip port's transport (UDP and TCP,
+// transport.go, with the limits of guard.go), the broadcasts of this node's
+// changed entries (one service, one check, the node record), push/pull
+// anti-entropy of whole node states, the digest repair of missed broadcasts
+// and members (repair.go), membership events (join, leave, failure, reaping),
 // the encryption key, and Consul's user events (events.go), which are
 // broadcast once by every node and kept, not merged. Merging is the registry's: an entry's owner is its
 // only writer, and the higher version wins, so order does not matter.

@@ -84,7 +84,10 @@ type Gossip struct {
 	keyring      *memberlist.Keyring // nil without encryption
 	kr           keyringState
 	reconnecting bool
-	repairQ      chan func() // TCP sends of the repair exchange, run by one worker
+	repairQ      chan func()               // TCP sends of the repair exchange, run by one worker
+	lastOwners   int                       // owners in the last digest, to size the next (Run's goroutine only)
+	missing      map[string]*missingMember // members others named and this node does not know (joinMissing)
+	joinState    stateCache                // the push/pull state last served to a joining node
 	// sends tracks sendReliable's goroutines; sendSlots bounds how many
 	// send at once; stopping (closed by Run's end) lets queued ones give up.
 	sends       sync.WaitGroup
@@ -141,7 +144,7 @@ func New(cfg Config) (*Gossip, error) {
 	default:
 		return nil, fmt.Errorf("gossip: encryption key must be 16, 24 or 32 bytes, not %d", len(cfg.EncryptKey))
 	}
-	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), ev: newEvents(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, repairQ: make(chan func(), maxDigestQ),
+	g := &Gossip{kr: keyringState{waiting: map[uint64]chan KeyringResponse{}}, cfg: cfg, reg: cfg.Registry, log: cfg.Logger, in: newInbox(), ev: newEvents(), members: map[string]*memberState{}, leftIntent: map[string]time.Time{}, missing: map[string]*missingMember{}, repairQ: make(chan func(), maxDigestQ),
 		sendSlots: make(chan struct{}, maxReliableSends), stopping: make(chan struct{})}
 	if g.log == nil {
 		g.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -190,6 +193,11 @@ func New(cfg Config) (*Gossip, error) {
 	// A node that comes back on another address (a rescheduled container)
 	// may take its name back once its old self has been dead this long.
 	mc.DeadNodeReclaimTime = 30 * time.Second
+	// memberlist's LZW costs a 64 KiB table per datagram sent (a ping, an
+	// ack, a digest), which made compression most of what an idle agent
+	// allocated; pier deflates its own large messages and push/pull state
+	// already. Compressed messages from others are still understood.
+	mc.EnableCompression = false
 	if cfg.Memberlist != nil {
 		cfg.Memberlist(mc)
 	}
@@ -197,9 +205,9 @@ func New(cfg Config) (*Gossip, error) {
 		return nil, fmt.Errorf("gossip: metrics: %w", err)
 	}
 	if mc.Transport == nil {
-		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort, Logger: mc.Logger})
+		nt, err := newNetTransport(mc.BindAddr, mc.BindPort, g.log, g.met.packetRejected)
 		if err != nil {
-			return nil, fmt.Errorf("gossip: could not set up network transport: %w", err)
+			return nil, err
 		}
 		mc.Transport = nt
 	}
@@ -208,7 +216,7 @@ func New(cfg Config) (*Gossip, error) {
 		guard = newGuardedTransport(nat, streamLimits{
 			nodes: cfg.MaxMembers, bytes: maxState, timeout: mc.TCPTimeout, inflight: 16, waiting: 256,
 		}, g.log, g.met.streamRejected)
-		guard.packetRejected = g.met.packetRejected
+		guard.packetRejected = g.met.packetRejected // for a test's transport
 		mc.Transport = guard
 	}
 	ml, err := memberlist.Create(mc)

@@ -13,7 +13,12 @@ import (
 const maxPacketInflated = 1 << 20
 
 // PacketCh hands memberlist the datagrams that passed checkPacket.
-func (t *guardedTransport) PacketCh() <-chan *memberlist.Packet { return t.packets }
+func (t *guardedTransport) PacketCh() <-chan *memberlist.Packet {
+	if t.packets == nil {
+		return t.NodeAwareTransport.PacketCh()
+	}
+	return t.packets
+}
 
 func (t *guardedTransport) filterPackets() {
 	defer t.wg.Done()

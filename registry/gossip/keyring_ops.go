@@ -230,6 +230,13 @@ const maxReliableSends = 16
 // waiting for a slot when Run ends give up at once; those under way end
 // within memberlist's TCP timeout.
 func (g *Gossip) sendReliable(n *memberlist.Node, msg []byte, done func(error)) {
+	g.background(func() error { return g.ml.SendReliable(n, msg) }, done)
+}
+
+// background runs op on its own goroutine, at most maxReliableSends at
+// once, tracked so that Run waits for it; done, if not nil, gets the
+// outcome. An op still waiting for a slot when Run ends gives up at once.
+func (g *Gossip) background(op func() error, done func(error)) {
 	g.sendMu.Lock()
 	if g.sendsClosed {
 		g.sendMu.Unlock()
@@ -245,7 +252,7 @@ func (g *Gossip) sendReliable(n *memberlist.Node, msg []byte, done func(error)) 
 		var err error
 		select {
 		case g.sendSlots <- struct{}{}:
-			err = g.ml.SendReliable(n, msg)
+			err = op()
 			<-g.sendSlots
 		case <-g.stopping:
 			err = errors.New("gossip: shutting down")
@@ -353,4 +360,17 @@ func (g *Gossip) saveKeyring(primary []byte, keys [][]byte) error {
 		return fmt.Errorf("gossip: saving the keyring: %w", err)
 	}
 	return nil
+}
+
+// Keys answers the keyring: the primary key and every key, copies; both
+// nil when gossip is not encrypted. The server port derives its
+// identities from them (registry/raft's KeyringSecurity).
+func (g *Gossip) Keys() (primary []byte, keys [][]byte) {
+	if g.keyring == nil {
+		return nil, nil
+	}
+	for _, k := range g.keyring.GetKeys() {
+		keys = append(keys, slices.Clone(k))
+	}
+	return slices.Clone(g.keyring.GetPrimaryKey()), keys
 }

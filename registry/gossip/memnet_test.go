@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -55,6 +56,9 @@ type memTransport struct {
 	streams chan net.Conn
 	done    chan struct{}
 	once    sync.Once
+	// drop, when set, loses every datagram to this node it returns true
+	// for, as a full socket buffer would.
+	drop atomic.Pointer[func([]byte) bool]
 }
 
 var _ memberlist.NodeAwareTransport = (*memTransport)(nil)
@@ -72,6 +76,9 @@ func (t *memTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time
 	dest := t.net.peer(a.Addr)
 	if dest == nil {
 		return now, nil // nobody there: lost, as a datagram would be
+	}
+	if drop := dest.drop.Load(); drop != nil && (*drop)(b) {
+		return now, nil
 	}
 	p := &memberlist.Packet{Buf: append([]byte(nil), b...), From: t.addr, Timestamp: now}
 	select {

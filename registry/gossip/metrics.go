@@ -17,6 +17,7 @@ type gossipMetrics struct {
 	pushRecv prometheus.Counter
 	rejected *prometheus.CounterVec // what: member, stream, packet
 	repairs  prometheus.Counter
+	joins    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 		Namespace: "pier", Subsystem: "gossip", Name: "repaired_entries_total",
 		Help: "Entries this node had missed and got from a member whose digest differed.",
 	})
+	m.joins = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "gossip", Name: "repaired_members_total",
+		Help: "Members this node had not heard of, learnt from another node's digest exchange and joined.",
+	})
 	m.pushSent = m.pushPull.WithLabelValues("sent")
 	m.pushRecv = m.pushPull.WithLabelValues("received")
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -58,7 +63,7 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 	})
 	members := membersCollector{g: g, desc: prometheus.NewDesc("pier_members",
 		"Nodes of the cluster as this agent sees them, by status (alive, leaving, left, failed).", []string{"status"}, nil)}
-	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, m.repairs, queue, members} {
+	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, m.repairs, m.joins, queue, members} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -99,6 +104,12 @@ func (m *gossipMetrics) memberRejected() {
 func (m *gossipMetrics) repaired(n int) {
 	if m != nil && n > 0 {
 		m.repairs.Add(float64(n))
+	}
+}
+
+func (m *gossipMetrics) memberRepaired() {
+	if m != nil {
+		m.joins.Inc()
 	}
 }
 

@@ -1,11 +1,10 @@
 package gossip
 
 import (
-	"encoding/binary"
 	"encoding/json"
-	"hash/fnv"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -22,21 +21,28 @@ import (
 // differ, and the second answers with its own states of them: after the
 // exchange both hold the newer of every entry of those owners.
 const (
-	msgDigest  byte = 'd' // digestMsg, JSON
-	msgOwners  byte = 'o' // ownersMsg, deflated JSON
-	msgStates  byte = 's' // statesMsg, deflated JSON
-	kvOwner         = "\x00kv"
-	maxDigestQ      = 16
+	msgDigest byte = 'd' // digestMsg, JSON
+	msgOwners byte = 'o' // ownersMsg, deflated JSON
+	msgStates byte = 's' // statesMsg, deflated JSON
+	kvOwner        = "\x00kv"
+	// maxDigestQ bounds the repair exchanges waiting for the worker; past
+	// it a digest that differs is left to a later round, before anything is
+	// computed for it: in a join storm every digest differs, and computing
+	// whole states for exchanges that would be dropped took the CPU the
+	// join needed.
+	maxDigestQ = 4
 )
 
 type digestMsg struct {
 	From string `json:"f"`
+	Addr string `json:"a,omitempty"` // the sender's gossip address, for a receiver that does not know it
 	Root uint64 `json:"r"`
 }
 
 type ownersMsg struct {
 	From   string            `json:"f"`
 	Owners map[string]uint64 `json:"o"`
+	Addrs  map[string]string `json:"a,omitempty"` // gossip address of each alive member
 }
 
 type statesMsg struct {
@@ -45,6 +51,7 @@ type statesMsg struct {
 	Nodes  []registry.NodeState `json:"n,omitempty"`
 	KV     []registry.Entry     `json:"kv,omitempty"`
 	WithKV bool                 `json:"k,omitempty"`
+	Addrs  map[string]string    `json:"a,omitempty"` // gossip addresses of members the receiver lacks
 }
 
 // digests hashes every owner's entries (versions and deletions, not
@@ -54,50 +61,173 @@ type statesMsg struct {
 // still on the way, and counting them would make every digest differ while
 // changes flow (a join of 100 nodes turned into a full-state exchange per
 // node per second).
-func (g *Gossip) digests() (map[string]uint64, []registry.NodeState, []registry.Entry) {
-	nodes, kv := g.reg.FullState(), g.reg.KVState()
-	cut := uint64(time.Now().Add(-repairGrace).UnixMilli()) << 16
-	out := make(map[string]uint64, len(nodes)+1)
-	for _, st := range nodes {
-		out[st.Node] = hashEntries(st.Entries, cut)
-	}
-	out[kvOwner] = hashEntries(kv, cut)
-	return out, nodes, kv
+// It walks the registry in place and allocates only the map: it runs once
+// a second for the digest sent and once for each one received, and copying
+// the whole state there was most of what an idle agent allocated.
+func (g *Gossip) digests() map[string]uint64 {
+	now := time.Now()
+	cut := uint64(now.Add(-repairGrace).UnixMilli()) << 16
+	young := g.youngMembers(now)
+	out := make(map[string]uint64, g.lastOwners+1)
+	out[kvOwner] = 0
+	g.reg.EachVersion(func(node string) {
+		if !young[node] {
+			out[node] += 0
+		}
+	}, func(owner string, e registry.Entry) {
+		if owner == "" {
+			owner = kvOwner
+		}
+		if e.Version <= cut && !young[owner] {
+			out[owner] += hashEntry(&e)
+		}
+	})
+	g.lastOwners = len(out)
+	return out
 }
 
 // repairGrace is about how long a broadcast takes to reach 100 nodes.
 const repairGrace = time.Second
 
-func hashEntries(es []registry.Entry, cut uint64) uint64 {
-	var sum uint64
-	var b [9]byte
-	for _, e := range es {
-		if e.Version > cut {
+// youngMembers are the members whose status changed within repairGrace:
+// the digest leaves them out, as it leaves out young entries, so that a
+// join of many nodes at once is not a whole-state exchange between every
+// pair of nodes that heard of a newcomer a moment apart.
+func (g *Gossip) youngMembers(now time.Time) map[string]bool {
+	var young map[string]bool
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, m := range g.members {
+		if now.Sub(m.since) < repairGrace && name != g.reg.NodeName() {
+			if young == nil {
+				young = map[string]bool{}
+			}
+			young[name] = true
+		}
+	}
+	return young
+}
+
+// memberAddrs returns the gossip address of each alive member in names
+// (all of them when names is nil), this node's included.
+func (g *Gossip) memberAddrs(names map[string]bool) map[string]string {
+	out := map[string]string{}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, m := range g.members {
+		if m.Status == registry.MemberAlive && (names == nil || names[name]) {
+			out[name] = net.JoinHostPort(m.Addr, strconv.Itoa(m.Port))
+		}
+	}
+	return out
+}
+
+// joinMissing joins each member another node named that this node has
+// not heard of for missingGrace. memberlist spreads a join by a bounded
+// number of alive messages, so now and then a node misses one (1 node in 50
+// lacked a member for over a minute in deploy/bench/gossip.sh), and only
+// push/pull, every 60 to 90 s at 50 to 100 nodes, would tell it; the digest
+// exchange finds it within seconds, and a join (one push/pull with that
+// member) tells both. The grace leaves a member that is joining right now
+// to its alive messages: in a join of 50 nodes at once nearly every node
+// hears a newcomer's digest before its alive message.
+func (g *Gossip) joinMissing(addrs map[string]string) {
+	now := time.Now()
+	for name, addr := range addrs {
+		host, p, err := net.SplitHostPort(addr)
+		port, perr := strconv.ParseUint(p, 10, 16)
+		if err != nil || perr != nil || validMember(name, net.ParseIP(host), uint16(port)) != nil {
 			continue
 		}
-		h := fnv.New64a()
-		h.Write([]byte(e.Node))
-		h.Write([]byte{0, byte(e.Kind)})
-		h.Write([]byte(e.Key))
-		binary.BigEndian.PutUint64(b[:8], e.Version)
-		b[8] = 0
-		if e.Deleted {
-			b[8] = 1
+		g.mu.Lock()
+		if _, known := g.members[name]; known {
+			delete(g.missing, name)
+			g.mu.Unlock()
+			continue
 		}
-		h.Write(b[:])
-		sum += h.Sum64()
+		m := g.missing[name]
+		if m == nil {
+			// Bounded by what the cluster lists: entries go once known,
+			// or when not named again for a while (below).
+			m = &missingMember{heard: now}
+			g.missing[name] = m
+		}
+		m.named = now
+		due := now.Sub(m.heard) >= missingGrace && now.Sub(m.tried) >= rejoinPause
+		if due {
+			m.tried = now
+		}
+		for n, o := range g.missing {
+			if now.Sub(o.named) >= rejoinPause {
+				delete(g.missing, n)
+			}
+		}
+		g.mu.Unlock()
+		if !due {
+			continue
+		}
+		g.log.Info("joining a member that others list and this node had not heard of", "node", name, "addr", addr)
+		g.met.memberRepaired()
+		g.background(func() error {
+			_, err := g.ml.Join([]string{addr})
+			return err
+		}, nil)
 	}
-	return sum
+}
+
+// missingMember is a member others named that this node does not know.
+type missingMember struct {
+	heard time.Time // first named
+	named time.Time // last named
+	tried time.Time // last joined
+}
+
+// missingGrace is how long a member others name may stay unknown here
+// before this node joins it: its alive messages reach 100 nodes in about a
+// second.
+const missingGrace = 2 * time.Second
+
+// rejoinPause is how long joinMissing leaves a member it tried to join.
+const rejoinPause = 10 * time.Second
+
+// hashEntry is FNV-1a (64 bits) of the entry's identity and version, written
+// out so that nothing is allocated per entry; nodes of earlier versions
+// hashed the same bytes with hash/fnv, so their digests still agree.
+func hashEntry(e *registry.Entry) uint64 {
+	const prime = 1099511628211
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(e.Node); i++ {
+		h = (h ^ uint64(e.Node[i])) * prime
+	}
+	h = (h ^ 0) * prime
+	h = (h ^ uint64(byte(e.Kind))) * prime
+	for i := 0; i < len(e.Key); i++ {
+		h = (h ^ uint64(e.Key[i])) * prime
+	}
+	for i := 56; i >= 0; i -= 8 {
+		h = (h ^ (e.Version >> i & 0xff)) * prime
+	}
+	var del uint64
+	if e.Deleted {
+		del = 1
+	}
+	return (h ^ del) * prime
 }
 
 func rootOf(owners map[string]uint64) uint64 {
 	var sum uint64
 	for o, h := range owners {
-		f := fnv.New64a()
-		f.Write([]byte(o))
-		sum += f.Sum64() * (h | 1)
+		sum += fnv64a(o) * (h | 1)
 	}
 	return sum
+}
+
+func fnv64a(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * 1099511628211
+	}
+	return h
 }
 
 // sendDigest sends this node's digest to one random alive member.
@@ -106,8 +236,7 @@ func (g *Gossip) sendDigest() {
 	if peer == nil {
 		return
 	}
-	owners, _, _ := g.digests()
-	b, _ := json.Marshal(digestMsg{From: g.reg.NodeName(), Root: rootOf(owners)})
+	b, _ := json.Marshal(digestMsg{From: g.reg.NodeName(), Addr: g.Addr(), Root: rootOf(g.digests())})
 	g.ml.SendBestEffort(peer, append([]byte{msgDigest}, b...))
 }
 
@@ -137,6 +266,10 @@ func (g *Gossip) peer(name string) *memberlist.Node {
 	return &memberlist.Node{Name: name, Addr: net.ParseIP(m.Addr), Port: uint16(m.Port)}
 }
 
+// repairBusy reports whether the repair worker has no room for another
+// exchange; the caller then skips it (the next round retries).
+func (g *Gossip) repairBusy() bool { return len(g.repairQ) >= cap(g.repairQ) }
+
 // reliable sends msg over TCP from the repair worker: the gossip loop must
 // not wait on a connection. A full queue drops it; the next round retries.
 func (g *Gossip) reliable(to *memberlist.Node, msg []byte) {
@@ -151,15 +284,20 @@ func (g *Gossip) onDigest(buf []byte) {
 	if json.Unmarshal(buf, &d) != nil {
 		return
 	}
-	owners, _, _ := g.digests()
+	to := g.peer(d.From)
+	if to == nil {
+		// A sender this node has never heard of is a member it missed.
+		g.joinMissing(map[string]string{d.From: d.Addr})
+		return
+	}
+	if g.repairBusy() {
+		return
+	}
+	owners := g.digests()
 	if rootOf(owners) == d.Root {
 		return
 	}
-	to := g.peer(d.From)
-	if to == nil {
-		return
-	}
-	b, err := deflateJSON(msgOwners, ownersMsg{From: g.reg.NodeName(), Owners: owners})
+	b, err := deflateJSON(msgOwners, ownersMsg{From: g.reg.NodeName(), Owners: owners, Addrs: g.memberAddrs(nil)})
 	if err == nil {
 		g.reliable(to, b)
 	}
@@ -170,13 +308,14 @@ func (g *Gossip) onOwners(buf []byte) {
 	if inflateJSON(buf, &o) != nil {
 		return
 	}
+	g.joinMissing(o.Addrs)
 	to := g.peer(o.From)
-	if to == nil {
+	if to == nil || g.repairBusy() {
 		return
 	}
-	mine, nodes, kv := g.digests()
+	mine := g.digests()
 	out := statesMsg{From: g.reg.NodeName()}
-	for _, st := range nodes {
+	for _, st := range g.reg.FullState() {
 		if o.Owners[st.Node] != mine[st.Node] {
 			out.Nodes = append(out.Nodes, st)
 		}
@@ -188,10 +327,20 @@ func (g *Gossip) onOwners(buf []byte) {
 			out.Nodes = append(out.Nodes, registry.NodeState{Node: name})
 		}
 	}
-	if o.Owners[kvOwner] != mine[kvOwner] {
-		out.KV, out.WithKV = kv, true
+	// Members the other lacks: their addresses, so that it joins them.
+	lacks := map[string]bool{}
+	for name := range mine {
+		if _, ok := o.Owners[name]; !ok && name != kvOwner {
+			lacks[name] = true
+		}
 	}
-	if len(out.Nodes) == 0 && !out.WithKV {
+	if len(lacks) > 0 {
+		out.Addrs = g.memberAddrs(lacks)
+	}
+	if o.Owners[kvOwner] != mine[kvOwner] {
+		out.KV, out.WithKV = g.reg.KVState(), true
+	}
+	if len(out.Nodes) == 0 && !out.WithKV && len(out.Addrs) == 0 {
 		return
 	}
 	if b, err := deflateJSON(msgStates, out); err == nil {
@@ -206,28 +355,28 @@ func (g *Gossip) onStates(buf []byte) {
 	if inflateJSON(buf, &s) != nil {
 		return
 	}
+	g.joinMissing(s.Addrs)
 	fresh := append(g.reg.MergeStates(s.Nodes), g.reg.Merge(s.KV)...)
 	g.met.repaired(len(fresh))
 	if s.Reply {
 		return
 	}
 	to := g.peer(s.From)
-	if to == nil {
+	if to == nil || g.repairBusy() {
 		return
 	}
 	want := make(map[string]bool, len(s.Nodes))
 	for _, st := range s.Nodes {
 		want[st.Node] = true
 	}
-	_, nodes, kv := g.digests()
 	out := statesMsg{From: g.reg.NodeName(), Reply: true}
-	for _, st := range nodes {
+	for _, st := range g.reg.FullState() {
 		if want[st.Node] {
 			out.Nodes = append(out.Nodes, st)
 		}
 	}
 	if s.WithKV {
-		out.KV, out.WithKV = kv, true
+		out.KV, out.WithKV = g.reg.KVState(), true
 	}
 	if b, err := deflateJSON(msgStates, out); err == nil {
 		g.reliable(to, b)

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -48,6 +49,7 @@ func (n *Node) reconcileLeader(ctx context.Context, self Peer, servers []Peer, n
 	}
 	v := n.leaderView(self, servers, cfg)
 	remove, again := n.deadServers(v, now)
+	remove = n.stillAnswers(ctx, remove) // moved.go
 	remove = n.keepQuorum(remove, v.voters)
 	removed, retry := n.removeServers(remove, v.names)
 	again = minPositive(again, retry)
@@ -196,9 +198,15 @@ func (n *Node) addServers(ctx context.Context, v *leaderView, removed map[string
 		// one that adds it needs both to commit), so first check that its
 		// server port answers: Raft comes in on the same port.
 		if p.ID != v.self.ID {
-			if _, err := n.askPeers(ctx, p.Addr); err != nil {
+			info, err := n.askPeers(ctx, p.Addr)
+			if err == nil && info.ID != "" && info.ID != p.ID {
+				// Gossip's address is stale: another server, or an old
+				// one, answers there (the server moved on and said so).
+				err = fmt.Errorf("it answers as %q", info.ID)
+			}
+			if err != nil {
 				if ctx.Err() == nil {
-					n.log.Warn("raft: a server's port does not answer, not adding it yet", "node", p.Name, "addr", p.Addr, "err", err)
+					n.log.Warn("raft: a server's port does not answer as that server, not adding it yet", "node", p.Name, "addr", p.Addr, "err", err)
 				}
 				again = minPositive(again, retryPause)
 				continue

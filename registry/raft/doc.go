@@ -42,6 +42,19 @@
 // on gossip's word that they failed: gossip can be wrong, and a leader
 // that believed it would hand the group to a minority.
 //
+// # Who may use the server port
+//
+// A Security (portsec.go) says who the port lets in and how its dialers
+// (Raft's, the internal HTTP's) connect: mutual TLS with the operator's
+// certificates (Consul's tls.internal_rpc), mutual TLS 1.3 with identities
+// derived from the gossip keyring (keyid.go), or plain. TLS runs inside the
+// first-byte mux (0x04 opens it; inside, the first byte tells Raft from
+// HTTP again), so the port stays one.
+//
+// A server restarted on its data dir at a new address tells the leader
+// itself (moved.go): gossip believes a known name at a new address only
+// after half a minute or more.
+//
 // This package must not import registry/api, proxy or lb, and only the
 // agent's wiring and the API may import it (DESIGN.md).
 package raft

@@ -137,7 +137,11 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.closers = append(n.closers, n.transport)
-	n.group.init()
+	var sec *Security
+	if cfg.Port != nil {
+		sec = cfg.Port.Security()
+	}
+	n.group.init(sec)
 
 	var logs hraft.LogStore
 	var stable hraft.StableStore

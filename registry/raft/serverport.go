@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,7 @@ type ServerPort struct {
 	advertise *net.TCPAddr
 	raft      *subListener
 	http      *subListener
+	sec       *Security // nil: plain
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -42,8 +44,9 @@ type ServerPort struct {
 // ListenServerPort listens on bind (host:port; port 0 picks one) and
 // answers advertise as the address other servers dial. advertise may be
 // empty (the bound address, which must then not be a wildcard), a host
-// (with the bound port) or host:port.
-func ListenServerPort(bind, advertise string) (*ServerPort, error) {
+// (with the bound port) or host:port. sec says who may connect, and how
+// Raft dials the other servers (portsec.go); nil: anyone, in plain.
+func ListenServerPort(bind, advertise string, sec *Security) (*ServerPort, error) {
 	ln, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("raft: server port: %w", err)
@@ -54,7 +57,7 @@ func ListenServerPort(bind, advertise string) (*ServerPort, error) {
 		ln.Close()
 		return nil, err
 	}
-	p := &ServerPort{ln: ln, advertise: adv, done: make(chan struct{}), pending: map[net.Conn]struct{}{}}
+	p := &ServerPort{ln: ln, advertise: adv, sec: sec, done: make(chan struct{}), pending: map[net.Conn]struct{}{}}
 	p.raft = &subListener{p: p, ch: make(chan net.Conn), done: make(chan struct{})}
 	p.http = &subListener{p: p, ch: make(chan net.Conn), done: make(chan struct{})}
 	p.wg.Add(1)
@@ -96,6 +99,10 @@ func (p *ServerPort) HTTP() net.Listener { return p.http }
 
 // streamLayer is what hashicorp/raft's NetworkTransport runs on.
 func (p *ServerPort) streamLayer() hraft.StreamLayer { return raftLayer{p.raft} }
+
+// Security is how the port authenticates, for the dialers of its
+// internal HTTP (Security.DialContext); nil: plain.
+func (p *ServerPort) Security() *Security { return p.sec }
 
 // Close stops accepting, drops connections that have not sent their first
 // byte and waits for every goroutine of the port. Connections already
@@ -150,19 +157,33 @@ func (p *ServerPort) serve() {
 	}
 }
 
+// errRefused: Security turned a connection away.
+var errRefused = errors.New("raft: connection refused by the port's security")
+
 func (p *ServerPort) sniff(c net.Conn) {
 	defer p.wg.Done()
+	raw := c
 	var b [1]byte
-	c.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	_, err := io.ReadFull(c, b[:])
+	var first byte
+	if err == nil {
+		// The TLS handshake, when there is one, runs under the same
+		// deadline, and Close can still end it.
+		var ok bool
+		if c, first, ok = p.sec.accept(c, b[0]); !ok {
+			err = errRefused
+		}
+	}
 	p.mu.Lock()
-	delete(p.pending, c)
+	delete(p.pending, raw)
 	closed := p.closed
 	p.mu.Unlock()
-	if err != nil || closed || c.SetReadDeadline(time.Time{}) != nil {
-		c.Close()
+	if err != nil || closed || c.SetDeadline(time.Time{}) != nil {
+		raw.Close()
 		return
 	}
+	b[0] = first
 	if b[0] == raftByte {
 		p.raft.deliver(c)
 		return
@@ -208,8 +229,14 @@ func (l *subListener) Addr() net.Addr { return l.p.advertise }
 type raftLayer struct{ *subListener }
 
 // Dial opens a Raft connection to another server's port.
-func (raftLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", string(address), timeout)
+func (l raftLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx := context.Background()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	c, err := l.p.sec.DialContext(ctx, "tcp", string(address))
 	if err != nil {
 		return nil, err
 	}

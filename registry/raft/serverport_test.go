@@ -34,7 +34,7 @@ func serveHTTP(t *testing.T, p *ServerPort, h http.Handler) {
 // Raft's connections and HTTP requests share one port, and a client that
 // connects and says nothing delays no one.
 func TestServerPortCarriesRaftAndHTTP(t *testing.T) {
-	p, err := ListenServerPort("127.0.0.1:0", "")
+	p, err := ListenServerPort("127.0.0.1:0", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestServerPortCarriesRaftAndHTTP(t *testing.T) {
 // A raw HTTP/1.1 request whose first byte is read by the port still
 // parses (the byte is given back, not lost).
 func TestServerPortGivesBackTheFirstByte(t *testing.T) {
-	p, err := ListenServerPort("127.0.0.1:0", "")
+	p, err := ListenServerPort("127.0.0.1:0", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,10 +131,10 @@ func TestServerPortGivesBackTheFirstByte(t *testing.T) {
 }
 
 func TestListenServerPortAdvertise(t *testing.T) {
-	if _, err := ListenServerPort("0.0.0.0:0", ""); err == nil || !strings.Contains(err.Error(), "advertise") {
+	if _, err := ListenServerPort("0.0.0.0:0", "", nil); err == nil || !strings.Contains(err.Error(), "advertise") {
 		t.Errorf("a wildcard bind without advertise: %v", err)
 	}
-	p, err := ListenServerPort("127.0.0.1:0", "127.0.0.2")
+	p, err := ListenServerPort("127.0.0.1:0", "127.0.0.2", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

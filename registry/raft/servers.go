@@ -119,7 +119,7 @@ const askTimeout = 2 * time.Second
 // answer) runs again without waiting for the next Reconcile.
 const retryPause = time.Second
 
-func (c *group) init() {
+func (c *group) init(sec *Security) {
 	c.kick = make(chan struct{}, 1)
 	c.names = map[string]string{}
 	c.lastIndex = map[string]uint64{}
@@ -128,7 +128,8 @@ func (c *group) init() {
 	c.absent = map[string]time.Time{}
 	// No keep-alives: an idle pooled connection would outlive the Node.
 	// No proxy: servers talk to each other directly.
-	c.client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}}
+	// The dial is the port's: TLS when the port authenticates.
+	c.client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil, DialContext: sec.DialContext}}
 }
 
 // Reconcile hands the Node gossip's newest view of the servers: self and
@@ -216,6 +217,8 @@ func (n *Node) reconcilePass(ctx context.Context) time.Duration {
 	}
 	if n.raft.State() == hraft.Leader {
 		again = minPositive(again, n.reconcileLeader(ctx, self, servers, now))
+	} else {
+		again = minPositive(again, n.announceMove(ctx, self, servers[1:]))
 	}
 	return again
 }
@@ -326,6 +329,7 @@ func (n *Node) maybeBootstrap(ctx context.Context, self Peer, servers []Peer) ti
 
 // peersInfo is what PeersHandler answers.
 type peersInfo struct {
+	ID        string   // this server's Raft ID: who answers at this address
 	Peers     []string // the addresses of this server's configuration
 	LastIndex uint64
 	LastTerm  uint64 // its current term, for autopilot's health (health.go)
@@ -337,11 +341,15 @@ type peersInfo struct {
 // asks for RaftServers.
 func (n *Node) PeersHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet {
-			http.Error(w, "method must be GET", http.StatusMethodNotAllowed)
+		if r.Method == http.MethodPost {
+			n.serveMoved(w, r) // moved.go
 			return
 		}
-		info := peersInfo{Peers: []string{}, LastIndex: n.raft.LastIndex(), LastTerm: n.raft.CurrentTerm()}
+		if r.Method != http.MethodGet {
+			http.Error(w, "method must be GET or POST", http.StatusMethodNotAllowed)
+			return
+		}
+		info := peersInfo{ID: n.cfg.ID, Peers: []string{}, LastIndex: n.raft.LastIndex(), LastTerm: n.raft.CurrentTerm()}
 		cfg, err := n.Configuration()
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)

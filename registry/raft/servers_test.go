@@ -35,9 +35,10 @@ type memberOpts struct {
 	dir      string        // empty: in memory
 	bind     string        // empty: 127.0.0.1:0
 	cleanup  time.Duration // CleanupDeadServers; 0: the default
+	sec      *Security     // the port's; nil: plain
 }
 
-func startMember(t *testing.T, o memberOpts) *member {
+func startMember(t testing.TB, o memberOpts) *member {
 	t.Helper()
 	if o.name == "" {
 		o.name = o.id
@@ -45,7 +46,7 @@ func startMember(t *testing.T, o memberOpts) *member {
 	if o.bind == "" {
 		o.bind = "127.0.0.1:0"
 	}
-	port, err := ListenServerPort(o.bind, "")
+	port, err := ListenServerPort(o.bind, "", o.sec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +106,7 @@ func reconcileAll(ms ...*member) {
 	}
 }
 
-func waitLeader(t *testing.T, ms ...*member) *member {
+func waitLeader(t testing.TB, ms ...*member) *member {
 	t.Helper()
 	var lead *member
 	eventually.True(t, 10*time.Second, "a leader", func() bool {
@@ -141,7 +142,7 @@ func ids(t *testing.T, m *member) []string {
 	return out
 }
 
-func waitVoters(t *testing.T, m *member, want ...string) {
+func waitVoters(t testing.TB, m *member, want ...string) {
 	t.Helper()
 	slices.Sort(want)
 	eventually.NoError(t, 10*time.Second, fmt.Sprintf("voters %v", want), func() error {
@@ -268,7 +269,7 @@ func TestJoinWithoutExpect(t *testing.T) {
 
 // groupOf starts n servers with bootstrap-expect n and waits for their
 // leader.
-func groupOf(t *testing.T, prefix string, count int, o memberOpts) ([]*member, *member) {
+func groupOf(t testing.TB, prefix string, count int, o memberOpts) ([]*member, *member) {
 	t.Helper()
 	var ms []*member
 	for i := range count {
@@ -342,6 +343,14 @@ func TestCleanupKeepsQuorum(t *testing.T) {
 	if got := ids(t, lead); len(got) != 3 {
 		t.Fatalf("removed a quorum's worth: %v", got)
 	}
+	// One may go, once it does not answer at its address either (one
+	// that still answers as itself is kept: moved.go).
+	lead.n.Reconcile(lead.peer, []Peer{lead.peer, rest[0].with(registry.MemberFailed, long), rest[1].peer})
+	settle(t, lead)
+	if got := ids(t, lead); len(got) != 3 {
+		t.Fatalf("removed a server that answers as itself: %v", got)
+	}
+	rest[0].stop()
 	lead.n.Reconcile(lead.peer, []Peer{lead.peer, rest[0].with(registry.MemberFailed, long), rest[1].peer})
 	waitVoters(t, lead, lead.n.ID(), rest[1].n.ID())
 }
@@ -460,18 +469,7 @@ func TestServerAddressChange(t *testing.T) {
 	}
 	now := append(others(ms, moved), back)
 	reconcileAll(now...)
-	eventually.NoError(t, 10*time.Second, "the new address in the configuration", func() error {
-		cfg, err := lead.n.Configuration()
-		if err != nil {
-			return err
-		}
-		for _, s := range cfg {
-			if s.ID == back.n.ID() && s.Address == back.peer.Addr && s.Voter && len(cfg) == 3 {
-				return nil
-			}
-		}
-		return fmt.Errorf("%+v", cfg)
-	})
+	waitMoved(t, lead, back)
 	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after-move", Value: []byte("v")}); err != nil || !r.OK {
 		t.Fatalf("write: %+v %v", r, err)
 	}
@@ -548,7 +546,7 @@ func TestUnreachableServerNotAdded(t *testing.T) {
 	m := startMember(t, memberOpts{id: "u0", expect: 1})
 	m.n.Reconcile(m.peer, nil)
 	waitLeader(t, m)
-	gone, err := ListenServerPort("127.0.0.1:0", "")
+	gone, err := ListenServerPort("127.0.0.1:0", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -572,4 +570,56 @@ func TestBootstrapCountsServersWithoutExpect(t *testing.T) {
 	reconcileAll(a, b)
 	lead := waitLeader(t, a, b)
 	waitVoters(t, lead, "x0", "x1")
+}
+
+// A server restarted at a new address that gossip does not show yet (it
+// still has the old one, failed) tells the leader itself, is moved in
+// place and replicates, and is not removed when its failure outlasts
+// CleanupDeadServers: it answers as itself at its new address.
+func TestServerMovedSaysSo(t *testing.T) {
+	ms, lead := groupOf(t, "m", 3, memberOpts{dir: t.TempDir(), cleanup: 300 * time.Millisecond})
+	moved := others(ms, lead)[0]
+	moved.stop()
+	o := moved.opts
+	o.bind = "127.0.0.1:0"
+	back := startMember(t, o)
+	if back.peer.Addr == moved.peer.Addr {
+		t.Skip("the new port is the old one")
+	}
+	// Gossip's view everywhere: the old address, failed.
+	failedOld := moved.with(registry.MemberFailed, time.Now())
+	rest := others(ms, moved)
+	for _, m := range rest {
+		m.n.Reconcile(m.peer, []Peer{rest[0].peer, rest[1].peer, failedOld})
+	}
+	back.n.Reconcile(back.peer, []Peer{rest[0].peer, rest[1].peer})
+	waitMoved(t, lead, back)
+	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after-move", Value: []byte("v")}); err != nil || !r.OK {
+		t.Fatalf("write: %+v %v", r, err)
+	}
+	waitKey(t, "after-move", back)
+	time.Sleep(500 * time.Millisecond) // past CleanupDeadServers: the loop runs by itself
+	lead.n.Reconcile(lead.peer, []Peer{rest[0].peer, rest[1].peer, failedOld})
+	settle(t, lead)
+	if got := ids(t, lead); len(got) != 3 {
+		t.Fatalf("the moved server was removed on gossip's word: %v", got)
+	}
+}
+
+// waitMoved waits until lead's configuration of three voters has m at
+// its address.
+func waitMoved(t *testing.T, lead, m *member) {
+	t.Helper()
+	eventually.NoError(t, 10*time.Second, "the new address in the configuration", func() error {
+		cfg, err := lead.n.Configuration()
+		if err != nil {
+			return err
+		}
+		for _, s := range cfg {
+			if s.ID == m.n.ID() && s.Address == m.peer.Addr && s.Voter && len(cfg) == 3 {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", cfg)
+	})
 }

@@ -153,17 +153,18 @@ func (b *plainBroadcast) Finished()                             {}
 
 // node is one process of a run.
 type node struct {
-	name   string
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	gossip string // host:port
-	http   string // pier only
-	ready  chan struct{}
-	exited chan struct{}
-	mu     sync.Mutex
-	alive  map[string]bool
-	got    map[string]time.Time
-	log    bytes.Buffer
+	name    string
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	gossip  string // host:port
+	http    string // pier only
+	ready   chan struct{}
+	readyAt time.Time // when it said it was running
+	exited  chan struct{}
+	mu      sync.Mutex
+	alive   map[string]bool
+	got     map[string]time.Time
+	log     bytes.Buffer
 }
 
 var (
@@ -201,6 +202,7 @@ func (c *cluster) follow(n *node, r io.Reader) {
 				if h := httpAddr.FindStringSubmatch(line); h != nil {
 					n.http = h[1]
 				}
+				n.readyAt = now
 				close(n.ready)
 			}
 		}
@@ -254,7 +256,9 @@ func run(args []string) error {
 	writes := fs.Int("writes", 100, "writes to propagate after the join")
 	timeout := fs.Duration("timeout", 120*time.Second, "longest wait for the join and for each write")
 	every := fs.Duration("every", 100*time.Millisecond, "pause between writes")
+	idle := fs.Duration("idle", 30*time.Second, "how long the idle cluster's CPU is measured after the writes (0: not)")
 	fs.Parse(args)
+	fmt.Printf("%s n=%d load average at start: %s\n", *kind, *n, loadavg())
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -353,6 +357,19 @@ func run(args []string) error {
 	} else {
 		fmt.Printf("%s n=%d join: every node lists all %d members after %.2f s\n", *kind, *n, *n, took.Seconds())
 	}
+	var lastUp time.Time
+	for _, nd := range c.nodes[1:] {
+		nd.mu.Lock()
+		if nd.readyAt.After(lastUp) {
+			lastUp = nd.readyAt
+		}
+		nd.mu.Unlock()
+	}
+	if !lastUp.IsZero() {
+		// Starting n processes at once on a small machine takes time of
+		// its own, before any gossip: the join's time includes it.
+		fmt.Printf("%s n=%d start: the last process was running after %.2f s\n", *kind, *n, lastUp.Sub(t0).Seconds())
+	}
 	for _, nd := range c.nodes {
 		select {
 		case <-nd.ready:
@@ -360,20 +377,33 @@ func run(args []string) error {
 			return fmt.Errorf("%s did not start", nd.name)
 		}
 	}
-	if *writes == 0 {
-		return nil
+	if *writes > 0 {
+		if err := measureWrites(ctx, c, *kind, *n, *writes, *every, *timeout); err != nil {
+			return err
+		}
 	}
-	if *kind == "pier" {
+	if *idle > 0 {
+		cpu := idleCPU(c.nodes, *idle)
+		fmt.Printf("%s n=%d idle: %.3f CPU seconds per node per minute over %v (%.2f %% of a core); load average %s\n",
+			*kind, *n, cpu, *idle, cpu/60*100, loadavg())
+	}
+	return nil
+}
+
+// measureWrites makes writes, one every every on a node taken in turn, and
+// prints how long each took to reach every node.
+func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, every, timeout time.Duration) error {
+	if kind == "pier" {
 		for _, nd := range c.nodes {
 			go watchServices(ctx, c, nd)
 		}
 	}
-	sent := make([]time.Time, *writes)
-	for i := range *writes {
+	sent := make([]time.Time, writes)
+	for i := range writes {
 		nd := c.nodes[(i*7+3)%len(c.nodes)]
 		key := fmt.Sprintf("bench%03d", i)
 		sent[i] = time.Now()
-		if *kind == "pier" {
+		if kind == "pier" {
 			body := fmt.Sprintf(`{"Name":%q,"Port":%d}`, key, 1000+i)
 			req, _ := http.NewRequest(http.MethodPut, "http://"+nd.http+"/v1/agent/service/register", strings.NewReader(body))
 			resp, err := http.DefaultClient.Do(req)
@@ -384,15 +414,15 @@ func run(args []string) error {
 		} else {
 			fmt.Fprintf(nd.stdin, "put %s\n", key)
 		}
-		time.Sleep(*every)
+		time.Sleep(every)
 	}
 	// Wait until every node has every write, or the timeout.
-	deadline := time.Now().Add(*timeout)
+	deadline := time.Now().Add(timeout)
 	var lat []time.Duration
 	late := 0
 	for {
 		lat, late = lat[:0], 0
-		for i := range *writes {
+		for i := range writes {
 			key := fmt.Sprintf("bench%03d", i)
 			var last time.Time
 			for _, nd := range c.nodes {
@@ -429,8 +459,42 @@ func run(args []string) error {
 		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Seconds()
 	}
 	fmt.Printf("%s n=%d writes: %d, reached every node: p50 %.2f s, p99 %.2f s, max %.2f s; %d not everywhere after %v\n",
-		*kind, *n, *writes, q(0.5), q(0.99), q(1), late, *timeout)
+		kind, n, writes, q(0.5), q(0.99), q(1), late, timeout)
 	return nil
+}
+
+// idleCPU measures the user and system CPU time of every node's process
+// over d (from /proc/PID/stat) and returns the mean per node per minute.
+func idleCPU(nodes []*node, d time.Duration) float64 {
+	ticks := func() (sum int64) {
+		for _, nd := range nodes {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", nd.cmd.Process.Pid))
+			if err != nil {
+				continue
+			}
+			// The command name (field 2) may hold spaces: count from its end.
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+			if len(f) > 12 {
+				u, _ := strconv.ParseInt(f[11], 10, 64)
+				s, _ := strconv.ParseInt(f[12], 10, 64)
+				sum += u + s
+			}
+		}
+		return sum
+	}
+	before := ticks()
+	time.Sleep(d)
+	used := float64(ticks()-before) / 100 // USER_HZ is 100 on Linux
+	return used / float64(len(nodes)) * float64(time.Minute) / float64(d)
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // watchServices follows one pier agent's /v1/catalog/services with a

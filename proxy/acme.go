@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -122,7 +123,6 @@ type acmeManager struct {
 	iss    atomic.Pointer[certmagic.ACMEIssuer]
 	errors prometheus.Counter
 	issued prometheus.Counter
-	failed atomic.Int64 // cert_failed events seen
 }
 
 func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) (*acmeManager, error) {
@@ -258,31 +258,54 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 	m.cfg.Store(cfg)
 	defer m.cfg.Store(nil)
 	defer m.iss.Store(nil)
-	// ManageSync loads what the storage holds and orders the rest (one
-	// front door at a time, under the storage's lock); once a name is
-	// managed, renewals run in certmagic's maintenance, retried there with
-	// backoff, logged and counted in event. The first step fails while no
-	// server is reachable (a client agent that has not joined yet) or the
-	// CA is down: it is tried again here.
+	// ManageAsync loads what the storage holds and orders the rest in the
+	// background (one front door at a time, under the storage's lock),
+	// never prompting (ManageSync would ask for an email on stdin). Renewals
+	// run in certmagic's maintenance, retried there with backoff, logged
+	// and counted in event. A name whose certificate could not be loaded
+	// (no server reachable: a client that has not joined yet) is dropped by
+	// certmagic with a log line, so the names without a certificate are
+	// handed to it again until each has one; a name being ordered is not
+	// ordered twice (certmagic's jobs are by name).
 	wait := time.Second
+	names := m.conf.Names
 	for {
-		failed := m.failed.Load()
-		err := cfg.ManageSync(ctx, m.conf.Names)
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		if m.failed.Load() == failed { // not counted by event yet
+		if err := m.reachable(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			m.errors.Inc()
+			m.log.Error("acme: the certificate storage cannot be reached; the front door serves what it holds, trying again", "in", wait, "err", err)
+		} else if err := cfg.ManageAsync(ctx, names); err != nil {
+			m.errors.Inc()
+			m.log.Error("acme: managing the certificates failed; trying again", "names", names, "in", wait, "err", err)
 		}
-		m.log.Error("acme: getting the certificates failed; trying again", "names", m.conf.Names, "in", wait, "err", err)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, time.Minute)
+		names = names[:0:0]
+		for _, n := range m.conf.Names {
+			if len(cache.AllMatchingCertificates(n)) == 0 {
+				names = append(names, n)
+			}
+		}
+		if len(names) == 0 {
+			break
+		}
 	}
 	<-ctx.Done()
+	return nil
+}
+
+// reachable reports an error when the storage cannot be read.
+func (m *acmeManager) reachable(ctx context.Context) error {
+	_, err := m.conf.Storage.Load(ctx, "pier-probe")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	return nil
 }
 
@@ -290,7 +313,6 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 func (m *acmeManager) event(_ context.Context, event string, data map[string]any) error {
 	switch event {
 	case "cert_failed":
-		m.failed.Add(1)
 		m.errors.Inc()
 		m.log.Error("acme: obtaining or renewing a certificate failed; the certificate held, if any, keeps serving",
 			"identifier", data["identifier"], "renewal", data["renewal"], "remaining", data["remaining"], "err", data["error"])

@@ -230,6 +230,9 @@ func (s *kvStorage) Lock(ctx context.Context, name string) error {
 		_, _, h, err := s.do(ctx, http.MethodGet, lockKey(name), q, nil)
 		if err != nil {
 			release()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			return err
 		}
 		index = h.Get("X-Consul-Index")

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -57,7 +55,7 @@ func (c *ACMEConfig) Validate() error {
 		return fmt.Errorf("email %q: want an address such as ops@example.com", c.Email)
 	}
 	if c.CARoot != "" {
-		if _, err := loadRoots(c.CARoot); err != nil {
+		if _, err := LoadCAFile(c.CARoot); err != nil {
 			return fmt.Errorf("ca_root: %w", err)
 		}
 	}
@@ -97,18 +95,6 @@ func validACMEName(n string) error {
 		}
 	}
 	return nil
-}
-
-func loadRoots(file string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("%s: no PEM certificate in it", file)
-	}
-	return pool, nil
 }
 
 // acmeManager is the proxy's side of certmagic: the names it manages, the
@@ -230,7 +216,7 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 		tmpl.CA = certmagic.LetsEncryptProductionCA
 	}
 	if m.conf.CARoot != "" {
-		roots, err := loadRoots(m.conf.CARoot)
+		roots, err := LoadCAFile(m.conf.CARoot)
 		if err != nil {
 			return fmt.Errorf("proxy.tls.acme.ca_root: %w", err)
 		}

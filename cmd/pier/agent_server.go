@@ -73,6 +73,8 @@ func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
 	rc := raft.DefaultConfig()
 	rc.ID = a.reg.Config().NodeID
 	rc.DataDir = cfg.DataDir // "" with -dev: in memory
+	rc.LogStore = cfg.Server.LogStore
+	rc.WALSegmentSize = cfg.Server.WALSegmentSize
 	rc.Port = s.port
 	rc.Logger = s.log
 	rc.CleanupDeadServers = 0

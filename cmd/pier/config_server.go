@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pier-dev/pier/registry/raft"
 	"github.com/pier-dev/pier/registry/wan"
 )
 
@@ -29,6 +30,12 @@ type serverSettings struct {
 	JoinWAN      []string
 	RetryJoinWAN []string
 	WANTimings   wan.Timings
+
+	// LogStore is Consul's raft_logstore.backend ("" : what the data dir
+	// holds, the WAL for a new one) and WALSegmentSize its
+	// wal.segment_size_mb in bytes (0: raft's default, 64 MiB).
+	LogStore       string
+	WALSegmentSize int
 }
 
 func defaultServerSettings() serverSettings {
@@ -61,6 +68,10 @@ type serverFile struct {
 		ProbeTimeout   *time.Duration
 		SuspicionMult  *int
 		RetransmitMult *int
+	}
+	RaftLogstore *struct {
+		Backend *string
+		WAL     *struct{ SegmentSizeMB *int }
 	}
 }
 
@@ -95,6 +106,21 @@ func (s *serverSettings) merge(f *serverFile, port, wanPort *int) error {
 			return fmt.Errorf("autopilot.dead_server_timeout: want a positive duration such as 30s")
 		}
 		fileSets(&s.DeadServerTimeout, a.DeadServerTimeout)
+	}
+	if l := f.RaftLogstore; l != nil {
+		if l.Backend != nil {
+			if err := raft.ParseLogStore(*l.Backend); err != nil {
+				return fmt.Errorf("raft_logstore.backend: %w", err)
+			}
+			s.LogStore = *l.Backend
+		}
+		if l.WAL != nil && l.WAL.SegmentSizeMB != nil {
+			mb := *l.WAL.SegmentSizeMB
+			if mb < raft.MinWALSegmentSize>>20 || mb > raft.MaxWALSegmentSize>>20 {
+				return fmt.Errorf("raft_logstore.wal.segment_size_mb %d: want 1 to 1024", mb)
+			}
+			s.WALSegmentSize = mb << 20
+		}
 	}
 	return nil
 }

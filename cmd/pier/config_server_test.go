@@ -31,6 +31,19 @@ gossip_wan: {probe_interval: 2s, probe_timeout: 1s, suspicion_mult: 3}
 	if !reflect.DeepEqual(c.Server, want) {
 		t.Errorf("from the file: %+v, want %+v", c.Server, want)
 	}
+	if c, err := loadFiles(t, "raft_logstore: {backend: boltdb, wal: {segment_size_mb: 8}}\n"); err != nil || c.Server.LogStore != "boltdb" || c.Server.WALSegmentSize != 8<<20 {
+		t.Errorf("raft_logstore: %+v %v", c.Server, err)
+	}
+	for file, msg := range map[string]string{
+		"raft_logstore: {backend: bolt}\n":                  `raft_logstore.backend: "bolt" is not a log store backend`,
+		"raft_logstore: {wal: {segment_size_mb: 0}}\n":      "raft_logstore.wal.segment_size_mb 0",
+		"raft_logstore: {wal: {segment_size_mb: 2048}}\n":   "raft_logstore.wal.segment_size_mb 2048",
+		"raft_logstore: {backend: wal, verification: {}}\n": "verification",
+	} {
+		if _, err := loadFiles(t, file); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%s: %v, want an error with %q", strings.TrimSpace(file), err, msg)
+		}
+	}
 	if _, err := loadFiles(t, "bootstrap: true\nbootstrap_expect: 3\n"); err == nil || !strings.Contains(err.Error(), "bootstrap_expect") {
 		t.Errorf("bootstrap with bootstrap_expect: %v, want an error naming both", err)
 	}

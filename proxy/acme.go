@@ -33,7 +33,7 @@ type ACMEConfig struct {
 	CA         string        `json:"ca"`          // the CA's directory URL (default: Let's Encrypt's production)
 	CARoot     string        `json:"ca_root"`     // PEM roots the CA's own HTTPS is verified with (a private CA such as pebble); default the system's
 	Names      []string      `json:"names"`       // the host names to get certificates for
-	RenewCheck time.Duration `json:"renew_check"` // how often certificates are checked for renewal and OCSP (default 10m)
+	RenewCheck time.Duration `json:"renew_check"` // how often certificates are checked for renewal, and OCSP staples (default 10m, OCSP 1h)
 	Token      string        `json:"token"`       // the API token the agent's KV storage asks with (operator:write); the proxy does not read it
 
 	// Storage keeps the account, the certificates and their keys, and

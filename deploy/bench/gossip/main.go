@@ -160,11 +160,15 @@ type node struct {
 	http    string // pier only
 	ready   chan struct{}
 	readyAt time.Time // when it said it was running
-	exited  chan struct{}
-	mu      sync.Mutex
-	alive   map[string]bool
-	got     map[string]time.Time
-	log     bytes.Buffer
+	// readyCPU is the CPU time its process had used when it said so:
+	// what starting one costs, which the machine's load does not inflate
+	// as it does the wall time.
+	readyCPU time.Duration
+	exited   chan struct{}
+	mu       sync.Mutex
+	alive    map[string]bool
+	got      map[string]time.Time
+	log      bytes.Buffer
 }
 
 var (
@@ -203,6 +207,7 @@ func (c *cluster) follow(n *node, r io.Reader) {
 					n.http = h[1]
 				}
 				n.readyAt = now
+				n.readyCPU = processCPU(n.cmd.Process.Pid)
 				close(n.ready)
 			}
 		}
@@ -377,6 +382,15 @@ func run(args []string) error {
 			return fmt.Errorf("%s did not start", nd.name)
 		}
 	}
+	var cpus []time.Duration
+	for _, nd := range c.nodes {
+		nd.mu.Lock()
+		cpus = append(cpus, nd.readyCPU)
+		nd.mu.Unlock()
+	}
+	slices.Sort(cpus)
+	fmt.Printf("%s n=%d start: CPU of a process until it was running: median %.1f ms, max %.1f ms\n",
+		*kind, *n, float64(cpus[len(cpus)/2].Microseconds())/1000, float64(cpus[len(cpus)-1].Microseconds())/1000)
 	if *writes > 0 {
 		if err := measureWrites(ctx, c, *kind, *n, *writes, *every, *timeout); err != nil {
 			return err
@@ -486,6 +500,22 @@ func idleCPU(nodes []*node, d time.Duration) float64 {
 	time.Sleep(d)
 	used := float64(ticks()-before) / 100 // USER_HZ is 100 on Linux
 	return used / float64(len(nodes)) * float64(time.Minute) / float64(d)
+}
+
+// processCPU sums the CPU time of every thread of a process
+// (/proc/PID/task/*/schedstat, nanoseconds, finer than /proc/PID/stat's
+// 10 ms ticks).
+func processCPU(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
 }
 
 func loadavg() string {

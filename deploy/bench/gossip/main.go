@@ -433,12 +433,15 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 	// Wait until every node has every write, or the timeout.
 	deadline := time.Now().Add(timeout)
 	var lat []time.Duration
+	var slow []string
 	late := 0
 	for {
-		lat, late = lat[:0], 0
+		lat, late, slow = lat[:0], 0, slow[:0]
 		for i := range writes {
 			key := fmt.Sprintf("bench%03d", i)
 			var last time.Time
+			var lastNode string
+			var second time.Time // when the last node but one had it
 			for _, nd := range c.nodes {
 				nd.mu.Lock()
 				at, ok := nd.got[key]
@@ -448,7 +451,9 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 					break
 				}
 				if at.After(last) {
-					last = at
+					second, last, lastNode = last, at, nd.name
+				} else if at.After(second) {
+					second = at
 				}
 			}
 			if last.IsZero() {
@@ -456,6 +461,9 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 				continue
 			}
 			lat = append(lat, last.Sub(sent[i]))
+			if d := last.Sub(sent[i]); d > 1500*time.Millisecond {
+				slow = append(slow, fmt.Sprintf("%s %.2f s (last %s; the one before it %.2f s)", key, d.Seconds(), lastNode, second.Sub(sent[i]).Seconds()))
+			}
 		}
 		if late == 0 || time.Now().After(deadline) {
 			break
@@ -474,6 +482,12 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 	}
 	fmt.Printf("%s n=%d writes: %d, reached every node: p50 %.2f s, p99 %.2f s, max %.2f s; %d not everywhere after %v\n",
 		kind, n, writes, q(0.5), q(0.99), q(1), late, timeout)
+	for _, s := range slow {
+		fmt.Printf("  slow: %s\n", s)
+	}
+	if kind == "pier" {
+		fmt.Printf("%s n=%d repaired entries (pier_gossip_repaired_entries_total, all nodes): %.0f\n", kind, n, sumMetric(c.nodes, "pier_gossip_repaired_entries_total"))
+	}
 	return nil
 }
 
@@ -500,6 +514,26 @@ func idleCPU(nodes []*node, d time.Duration) float64 {
 	time.Sleep(d)
 	used := float64(ticks()-before) / 100 // USER_HZ is 100 on Linux
 	return used / float64(len(nodes)) * float64(time.Minute) / float64(d)
+}
+
+// sumMetric adds a counter's value over every pier node's /metrics.
+func sumMetric(nodes []*node, name string) float64 {
+	var sum float64
+	for _, nd := range nodes {
+		resp, err := http.Get("http://" + nd.http + "/metrics")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				sum += f
+			}
+		}
+		resp.Body.Close()
+	}
+	return sum
 }
 
 // processCPU sums the CPU time of every thread of a process

@@ -261,6 +261,7 @@ func run(args []string) error {
 	writes := fs.Int("writes", 100, "writes to propagate after the join")
 	timeout := fs.Duration("timeout", 120*time.Second, "longest wait for the join and for each write")
 	every := fs.Duration("every", 100*time.Millisecond, "pause between writes")
+	settle := fs.Duration("settle", 0, "pause between the join's convergence and the first write (0: none, writes start at once)")
 	idle := fs.Duration("idle", 30*time.Second, "how long the idle cluster's CPU is measured after the writes (0: not)")
 	fs.Parse(args)
 	fmt.Printf("%s n=%d load average at start: %s\n", *kind, *n, loadavg())
@@ -391,6 +392,7 @@ func run(args []string) error {
 	slices.Sort(cpus)
 	fmt.Printf("%s n=%d start: CPU of a process until it was running: median %.1f ms, max %.1f ms\n",
 		*kind, *n, float64(cpus[len(cpus)/2].Microseconds())/1000, float64(cpus[len(cpus)-1].Microseconds())/1000)
+	time.Sleep(*settle)
 	if *writes > 0 {
 		if err := measureWrites(ctx, c, *kind, *n, *writes, *every, *timeout); err != nil {
 			return err

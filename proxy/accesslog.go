@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -67,17 +68,50 @@ func (l *accessLog) begin(uri []byte) *logEntry {
 	return e
 }
 
+// accessFields are what a line says about one request.
+type accessFields struct {
+	ip                               netip.Addr
+	method, host, proto, ref, ua, id []byte
+	status, size                     int
+	grpcStatus                       string // "" for a request that is not a gRPC call
+}
+
 // write logs the request of e and returns e to the pool.
 func (l *accessLog) write(e *logEntry, ctx *fasthttp.RequestCtx, now, start time.Time, service string, b *lb.Backend, tries int) {
 	if l == nil || e == nil {
 		return
 	}
-	line := e.line[:0]
 	ip, _ := netip.AddrFromSlice(ctx.RemoteIP())
-	ip = ip.Unmap()
-	status := ctx.Response.StatusCode()
-	size := ctx.Response.Header.ContentLength()
 	h := &ctx.Request.Header
+	f := accessFields{ip: ip.Unmap(), method: h.Method(), host: h.Host(), proto: h.Protocol(), ref: h.Referer(), ua: h.UserAgent(),
+		id: h.Peek("X-Request-Id"), status: ctx.Response.StatusCode(), size: ctx.Response.Header.ContentLength()}
+	if isH2(ctx) {
+		f.proto = []byte("HTTP/2.0") // the request goes on as HTTP/1.1, which its header says
+	}
+	l.writeFields(e, &f, now, start, service, b, tries)
+}
+
+// writeH2 logs a gRPC call served by the HTTP/2 server itself.
+func (l *accessLog) writeH2(req *http.Request, code int, now, start time.Time, service string, b *lb.Backend, tries int, grpcStatus string) {
+	e := l.begin([]byte(req.RequestURI))
+	if e == nil {
+		return
+	}
+	var ip netip.Addr
+	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
+		ip = ap.Addr().Unmap()
+	}
+	f := accessFields{ip: ip, method: []byte(req.Method), host: []byte(req.Host), proto: []byte(req.Proto), ref: []byte(req.Referer()),
+		ua: []byte(req.UserAgent()), id: []byte(req.Header.Get("X-Request-Id")), status: code, size: -1, grpcStatus: grpcStatus}
+	if grpcStatus == "" {
+		f.grpcStatus = "none"
+	}
+	l.writeFields(e, &f, now, start, service, b, tries)
+}
+
+func (l *accessLog) writeFields(e *logEntry, f *accessFields, now, start time.Time, service string, b *lb.Backend, tries int) {
+	line := e.line[:0]
+	status, size := f.status, f.size
 	backend := ""
 	if b != nil {
 		backend = b.Addr()
@@ -86,10 +120,10 @@ func (l *accessLog) write(e *logEntry, ctx *fasthttp.RequestCtx, now, start time
 		line = append(line, `{"time":"`...)
 		line = now.AppendFormat(line, time.RFC3339Nano)
 		line = append(line, `","remote":"`...)
-		line = ip.AppendTo(line)
+		line = f.ip.AppendTo(line)
 		line = append(line, '"')
-		line = appendJSONField(line, "method", h.Method())
-		line = appendJSONField(line, "host", h.Host())
+		line = appendJSONField(line, "method", f.method)
+		line = appendJSONField(line, "host", f.host)
 		line = appendJSONField(line, "uri", e.uri)
 		line = append(line, `,"status":`...)
 		line = strconv.AppendInt(line, int64(status), 10)
@@ -101,22 +135,28 @@ func (l *accessLog) write(e *logEntry, ctx *fasthttp.RequestCtx, now, start time
 		line = appendJSONField(line, "backend", backend)
 		line = append(line, `,"tries":`...)
 		line = strconv.AppendInt(line, int64(tries), 10)
-		line = appendJSONField(line, "request_id", h.Peek("X-Request-Id"))
-		line = appendJSONField(line, "referer", h.Referer())
-		line = appendJSONField(line, "user_agent", h.UserAgent())
+		line = appendJSONField(line, "request_id", f.id)
+		line = appendJSONField(line, "referer", f.ref)
+		line = appendJSONField(line, "user_agent", f.ua)
+		if f.grpcStatus != "" {
+			line = appendJSONField(line, "grpc_status", f.grpcStatus)
+		}
+		if string(f.proto) != "HTTP/1.1" {
+			line = appendJSONField(line, "protocol", f.proto)
+		}
 		line = append(line, "}\n"...)
 	} else {
 		// $remote_addr - $remote_user [$time_local] "$request" $status
 		// $body_bytes_sent "$http_referer" "$http_user_agent"
-		line = ip.AppendTo(line)
+		line = f.ip.AppendTo(line)
 		line = append(line, " - - ["...)
 		line = now.AppendFormat(line, "02/Jan/2006:15:04:05 -0700")
 		line = append(line, `] "`...)
-		line = appendQuoted(line, h.Method())
+		line = appendQuoted(line, f.method)
 		line = append(line, ' ')
 		line = appendQuoted(line, e.uri)
 		line = append(line, ' ')
-		line = appendQuoted(line, h.Protocol())
+		line = appendQuoted(line, f.proto)
 		line = append(line, `" `...)
 		line = strconv.AppendInt(line, int64(status), 10)
 		line = append(line, ' ')
@@ -126,10 +166,16 @@ func (l *accessLog) write(e *logEntry, ctx *fasthttp.RequestCtx, now, start time
 			line = append(line, '-')
 		}
 		line = append(line, ` "`...)
-		line = appendQuotedOrDash(line, h.Referer())
+		line = appendQuotedOrDash(line, f.ref)
 		line = append(line, `" "`...)
-		line = appendQuotedOrDash(line, h.UserAgent())
-		line = append(line, "\"\n"...)
+		line = appendQuotedOrDash(line, f.ua)
+		line = append(line, '"')
+		if f.grpcStatus != "" {
+			// After the combined fields, where parsers of it stop reading.
+			line = append(line, " grpc-status="...)
+			line = appendQuoted(line, []byte(f.grpcStatus))
+		}
+		line = append(line, '\n')
 	}
 	l.mu.Lock()
 	l.w.Write(line)

@@ -25,9 +25,14 @@ type RouteInfo struct {
 	TLSSkipVerify bool   `json:",omitempty"`
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
+	Proto         string `json:",omitempty"` // "grpc": instances are reached over HTTP/2
 
 	Total     int // instances in the catalog, healthy or not
 	Instances []InstanceInfo
+	// Failover is the route's failover; ServingFrom the datacenter it
+	// sends to now when that is another one (failover.go).
+	Failover    *Failover `json:",omitempty"`
+	ServingFrom string    `json:",omitempty"`
 }
 
 // InstanceInfo is one healthy instance of a route's service.
@@ -50,7 +55,7 @@ func (p *Proxy) Routes() []RouteInfo {
 		ri := RouteInfo{
 			Host: r.Host, Path: r.Path, Service: r.Service, Port: r.Port, Strip: r.Strip, Prepend: r.Prepend,
 			Source: r.Source, Key: r.Key, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
-			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile,
+			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile, Proto: r.Proto,
 			Instances: []InstanceInfo{},
 		}
 		pool := rt.lbt.Pool(r.Service)
@@ -61,6 +66,10 @@ func (p *Proxy) Routes() []RouteInfo {
 			pool = rt.lbt.TagPool(r.Service, r.tag)
 		}
 		ri.Total = pool.Total()
+		ri.Failover = r.Failover
+		if fp, dc := p.servingPool(r, pool); dc != "" {
+			pool, ri.ServingFrom = fp, dc
+		}
 		ri.Instances = instanceInfos(pool)
 		out = append(out, ri)
 	}

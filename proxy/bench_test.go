@@ -111,16 +111,28 @@ func benchGets(b *testing.B, addr string) {
 // BenchmarkProxy measures a whole request through the proxy to a fasthttp
 // backend on loopback.
 func BenchmarkProxy(b *testing.B) {
+	e := benchEnv(b, nil)
+	defer e.close()
+	benchGets(b, e.addr)
+}
+
+// benchEnv is a proxy with the route /api/ to one fasthttp backend on
+// loopback that answers "hello"; the backend stops when b ends.
+func benchEnv(b *testing.B, tweak func(*Config)) *env {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.WriteString("hello") }}
 	go srv.Serve(ln)
-	defer srv.Shutdown()
+	b.Cleanup(func() { srv.Shutdown() })
 	t := &testing.T{}
-	e := newEnv(t, func(c *Config) { c.Routes = []Route{{Path: "/api/", Service: "api", Strip: "/api"}} })
-	defer e.close()
+	e := newEnv(t, func(c *Config) {
+		c.Routes = []Route{{Path: "/api/", Service: "api", Strip: "/api"}}
+		if tweak != nil {
+			tweak(c)
+		}
+	})
 	e.register("api-1", "api", ln.Addr().String(), 1)
-	benchGets(b, e.addr)
+	return e
 }

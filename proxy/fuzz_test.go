@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -80,6 +81,11 @@ func FuzzParseRoute(f *testing.F) {
 		"host: a b\nservice: a\n",
 		"host: ÉCOLE.example\nservice: a\n",
 		"service: a\npath: //x\n",
+		"service: a\nfailover: {nearest: 2}\n",
+		"service: a\nfailover: {datacenters: [dc2, dc3], nearest: 1}\n",
+		"service: a\nfailover: {nearest: -1}\n",
+		"service: a\nfailover: {}\n",
+		"service: a\nfailover: {datacenters: ['']}\n",
 		"[1, 2]", "~", "", "---\n---\n", "service: &a x\nhost: *a\n", "{service: a, path: /\u0000}",
 	} {
 		f.Add([]byte(s))
@@ -146,6 +152,10 @@ func sameRoute(a, b Route) bool {
 	if (a.MaxFails == nil) != (b.MaxFails == nil) || a.MaxFails != nil && *a.MaxFails != *b.MaxFails {
 		return false
 	}
-	a.MaxFails, b.MaxFails = nil, nil
+	if (a.Failover == nil) != (b.Failover == nil) || a.Failover != nil &&
+		(a.Failover.Nearest != b.Failover.Nearest || !slices.Equal(a.Failover.Datacenters, b.Failover.Datacenters)) {
+		return false
+	}
+	a.MaxFails, b.MaxFails, a.Failover, b.Failover = nil, nil, nil, nil
 	return a == b
 }

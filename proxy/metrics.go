@@ -20,6 +20,7 @@ type proxyMetrics struct {
 	duration  *prometheus.HistogramVec // route, service
 	ejections *prometheus.CounterVec   // service
 	retries   *prometheus.CounterVec   // service
+	grpc      *prometheus.CounterVec   // route, service, grpc_status
 
 	mu       sync.Mutex // guards the maps; taken only when routes are rebuilt
 	routes   map[routeKey]*routeStats
@@ -120,6 +121,10 @@ func newMetrics(reg prometheus.Registerer, openConns func() int32) (*proxyMetric
 			Namespace: "pier", Subsystem: "proxy", Name: "retries_total",
 			Help: "Attempts of a request on another instance after a failed one.",
 		}, []string{"service"}),
+		grpc: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pier", Subsystem: "proxy", Name: "grpc_calls_total",
+			Help: "gRPC calls answered by the proxy, by route, service and grpc-status (the instance's, or pier's own when it answered).",
+		}, []string{"route", "service", "grpc_status"}),
 		routes:   map[routeKey]*routeStats{},
 		services: map[string]*serviceStats{},
 	}
@@ -127,7 +132,7 @@ func newMetrics(reg prometheus.Registerer, openConns func() int32) (*proxyMetric
 		Namespace: "pier", Subsystem: "proxy", Name: "open_connections",
 		Help: "Client connections open to the proxy.",
 	}, func() float64 { return float64(openConns()) })
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ejections, m.retries, open} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.ejections, m.retries, m.grpc, open} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -171,6 +176,7 @@ func (m *proxyMetrics) attach(rt *routeTable) {
 			delete(m.routes, k)
 			labels := prometheus.Labels{"route": k.route, "service": k.service}
 			m.requests.DeletePartialMatch(labels)
+			m.grpc.DeletePartialMatch(labels)
 			m.duration.Delete(labels)
 		}
 	}
@@ -221,4 +227,28 @@ func (m *proxyMetrics) ejected(r *route) {
 	if m != nil && r.stats != nil && r.stats.svc != nil {
 		r.stats.svc.ejections.Inc()
 	}
+}
+
+// grpcDone counts a gRPC call by its status; r is nil when no route
+// matched. Calls are counted through the vector's lookup (a few
+// allocations): the gRPC path is not the allocation-free one.
+func (m *proxyMetrics) grpcDone(r *route, status string) {
+	k := routeKey{}
+	if r != nil && r.stats != nil {
+		k = r.stats.key
+	}
+	switch {
+	case status == "":
+		status = "none"
+	case !grpcCode(status):
+		status = "other" // the instance's to choose: the series stay bounded
+	}
+	m.grpc.WithLabelValues(k.route, k.service, status).Inc()
+}
+
+// grpcCode reports whether s is one of gRPC's 17 status codes, written as
+// gRPC writes them.
+func grpcCode(s string) bool {
+	n, err := strconv.Atoi(s)
+	return err == nil && n >= 0 && n <= 16 && strconv.Itoa(n) == s
 }

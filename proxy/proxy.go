@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -43,6 +44,13 @@ type Config struct {
 	AccessLog     string        `json:"-"`               // "combined", "json", or "off" (the default, also ""); the file's access_log also takes a boolean
 	AccessLogTo   io.Writer     `json:"-"`               // where access log lines go; nil: standard error
 	TLS           *TLSConfig    `json:"-"`               // certificates for RunTLS and the HTTP redirect; nil: no TLS
+
+	// Failover is where routes with a failover find other datacenters'
+	// instances (failover.go); nil: such routes serve locally only.
+	Failover      FailoverSource `json:"-"`
+	FailoverEvery time.Duration  `json:"-"`     // how often those instances are asked for; default 1s
+	HTTP2         HTTP2Config    `json:"http2"` // HTTP/2 to clients (h2.go)
+	H2C           bool           `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.
@@ -58,6 +66,7 @@ func DefaultConfig() Config {
 		BodyTimeout:   time.Hour,        // bounds a trickled upload; large ones still fit
 		IdleTimeout:   75 * time.Second, // nginx's keepalive_timeout
 		MaxConns:      10000,
+		HTTP2:         defaultHTTP2(),
 	}
 }
 
@@ -77,13 +86,18 @@ type Proxy struct {
 	met      *proxyMetrics // nil: no metrics
 	alog     *accessLog    // nil: no access log
 	certs    *certStore    // nil: no TLS
+	acme     *acmeManager  // nil: no ACME (acme.go)
 	redirect bool          // plain requests get a redirect to https
+	h2       *h2Front      // nil: no HTTP/2 on either listener
+	grpc     *grpcUpstream // transports to gRPC instances
 
 	tunnelsMu sync.Mutex
 	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
 	closing   bool
 
 	bodies sync.Pool // *clientBody, reused by requests with a body
+
+	fo *failover // nil without Config.Failover
 }
 
 // New validates cfg and builds the first route table.
@@ -126,6 +140,9 @@ func New(cfg Config) (*Proxy, error) {
 		}
 	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
+	if cfg.Failover != nil {
+		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cfg.Balancer)
+	}
 	p.bodies.New = func() any { return new(clientBody) }
 	for i := range cfg.Routes {
 		// Read the CA bundles now: a config route that cannot be served as
@@ -153,9 +170,22 @@ func New(cfg Config) (*Proxy, error) {
 		if p.certs, err = newCertStore(p.cfg.TLS, p.log); err != nil {
 			return nil, err
 		}
+		if t.ACME != nil {
+			if p.acme, err = newACMEManager(t.ACME, cfg.Registerer, p.log); err != nil {
+				return nil, err
+			}
+			p.certs.acme = p.acme
+		}
 		p.redirect = cfg.TLS.RedirectHTTP
 	}
-	if p.met, err = newMetrics(cfg.Registerer, func() int32 { return p.srv.GetOpenConnectionsCount() }); err != nil {
+	if (cfg.HTTP2.Enabled && cfg.TLS != nil) || cfg.H2C {
+		if err := p.cfg.HTTP2.fill(); err != nil {
+			return nil, err
+		}
+		p.h2 = p.newH2Front()
+	}
+	p.grpc = newGRPCUpstream(cfg.Balancer.ConnectTimeout())
+	if p.met, err = newMetrics(cfg.Registerer, func() int32 { return p.srv.GetOpenConnectionsCount() + int32(p.h2.openConns()) }); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.syncRoutes()
@@ -214,7 +244,15 @@ func New(cfg Config) (*Proxy, error) {
 // for a few seconds and closes WebSocket tunnels.
 func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
-	go func() { errc <- p.srv.Serve(ln) }()
+	h1 := ln
+	if p.cfg.H2C {
+		split := p.newSplitListener(ln, p.classifyH2C)
+		defer split.close()
+		h1 = split.h1
+	}
+	go func() { errc <- p.srv.Serve(h1) }()
+	h2done := p.h2.start()
+	defer p.grpc.close()
 	actx, stopLog := context.WithCancel(context.Background())
 	logDone := make(chan struct{})
 	go func() { p.alog.run(actx); close(logDone) }()
@@ -227,7 +265,11 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 		case <-ctx.Done():
 			p.closeTunnels()
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			h2stopped := make(chan struct{})
+			go func() { p.h2.shutdown(sctx); close(h2stopped) }() // GOAWAY; streams drain alongside HTTP/1.1's requests
 			err := p.srv.ShutdownWithContext(sctx)
+			<-h2stopped
+			<-h2done
 			cancel()
 			// Shutdown only closes listeners Serve has taken up; if ctx ended
 			// before Serve started, closing ours is what makes it return.
@@ -317,6 +359,10 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	uri = req.Header.RequestURI() // now in origin form, the host in Host
+	if p.acme != nil && !ctx.IsTLS() && p.acme.challenge(ctx) {
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return
+	}
 	if p.redirect && !ctx.IsTLS() {
 		p.redirectHTTPS(ctx)
 		p.access(ctx, origURI, start, nil, nil, 0)
@@ -346,6 +392,12 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 			p.access(ctx, origURI, start, nil, nil, 0)
 			return
 		}
+	}
+	if r.Proto == ProtoGRPC {
+		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
+		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
+		p.access(ctx, origURI, start, r, nil, 0)
+		return
 	}
 	pool := p.pool(r)
 	if pool.Len() == 0 {

@@ -31,12 +31,28 @@ type Route struct {
 	TLSServerName string `json:"tls_server_name"` // SNI and the name verified
 	TLSCAFile     string `json:"tls_ca_file"`     // PEM bundle to verify instances with
 
+	// Failover sends to other datacenters' instances while this one has
+	// none (failover.go); nil: never.
+	Failover *Failover `json:"failover"`
+	// gRPC (grpc.go): Proto "grpc" sends the route's requests to the
+	// instances over HTTP/2 (h2c, or TLS with TLS), streams and trailers
+	// as they come. GRPCIdempotent names the methods, separated by
+	// commas ("/pkg.Svc/Get", or "/pkg.Svc/" for all of a service's), that
+	// may be sent to another instance after one answered UNAVAILABLE.
+	Proto          string `json:"proto"`           // "" or "http": HTTP/1.1 to the instances; "grpc"
+	GRPCIdempotent string `json:"grpc_idempotent"` // only with proto: grpc
+
 	Source string `json:"-"` // "config", "kv" or "tag"; set by the proxy
 	Key    string `json:"-"` // for a KV route, its key; set by the proxy
 }
 
 // Validate reports the first mistake in r, naming the route.
 func (r *Route) Validate() error {
+	if r.Failover != nil {
+		if err := r.Failover.validate(r); err != nil {
+			return err
+		}
+	}
 	switch {
 	case r.Service == "":
 		return fmt.Errorf("route %s%s: a service is required", r.Host, r.Path)
@@ -62,7 +78,7 @@ func (r *Route) Validate() error {
 	case strings.ContainsAny(r.TLSServerName, "/: "):
 		return fmt.Errorf("route %s%s: tls_server_name %q: want a host name, without port", r.Host, r.Path, r.TLSServerName)
 	}
-	return nil
+	return r.validateGRPC()
 }
 
 // route is a Route ready for matching.
@@ -83,6 +99,12 @@ type route struct {
 // (as fabio does: the tag is the instance saying it serves the route); for
 // a config or KV route, every healthy instance of the service.
 func (p *Proxy) pool(r *route) *lb.Pool {
+	pl, _ := p.servingPool(r, p.localPool(r))
+	return pl
+}
+
+// localPool is pool without failover.
+func (p *Proxy) localPool(r *route) *lb.Pool {
 	if r.Port != "" {
 		return p.bal.PortPool(r.Service, r.Port)
 	}
@@ -350,9 +372,15 @@ func ParseTag(tag string) (r Route, ok bool, err error) {
 				r.TLS = true
 			case "tcp", "tcp+sni":
 				return r, false, nil // a TCP route: ParseTCPTag reads it
+			case "grpc":
+				r.Proto = ProtoGRPC
+			case "grpcs":
+				r.Proto, r.TLS = ProtoGRPC, true
 			default:
-				return r, true, fmt.Errorf("proto=%s: pier routes HTTP and HTTPS only", v)
+				return r, true, fmt.Errorf("proto=%s: pier routes http, https, grpc, grpcs, tcp and tcp+sni only", v)
 			}
+		case "grpcidempotent":
+			r.GRPCIdempotent = v
 		case "tlsskipverify":
 			switch v {
 			case "true":

@@ -506,6 +506,8 @@ func (c *tcpConn) pipe(t *TCPProxy) {
 	c.close()
 }
 
+// copyBufs holds the 32 KiB buffers that TCP routes and HTTP/2 bodies copy
+// through; one pool, so a front door doing both keeps one set warm.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // copy moves bytes from src to dst until EOF, an error, or both directions

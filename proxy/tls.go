@@ -26,6 +26,7 @@ type TLSConfig struct {
 	RedirectHTTP bool          `json:"redirect_http"` // the plain listener answers 308 to https instead of proxying
 	RedirectPort int           `json:"redirect_port"` // port written into redirects (0 or 443: none)
 	ReloadCheck  time.Duration `json:"-"`             // a handshake stats the files at most this often (0: 2s)
+	ACME         *ACMEConfig   `json:"acme"`          // certificates from an ACME CA (acme.go); certs may then be empty
 }
 
 // CertFiles is one PEM certificate chain and its private key.
@@ -42,6 +43,7 @@ type certStore struct {
 	files   []CertFiles
 	every   time.Duration
 	log     *slog.Logger
+	acme    *acmeManager // nil: no ACME
 	set     atomic.Pointer[certSet]
 	checked atomic.Int64 // unix nanoseconds of the last stat
 	mu      sync.Mutex   // one reload at a time
@@ -59,7 +61,7 @@ type fileStamp struct {
 }
 
 func newCertStore(cfg *TLSConfig, log *slog.Logger) (*certStore, error) {
-	if len(cfg.Certs) == 0 {
+	if len(cfg.Certs) == 0 && cfg.ACME == nil {
 		return nil, errors.New("proxy: tls: at least one certificate is required")
 	}
 	if cfg.ReloadCheck < 0 || cfg.RedirectPort < 0 || cfg.RedirectPort > 65535 {
@@ -161,11 +163,18 @@ func (s *certStore) maybeReload(now time.Time) {
 }
 
 // getCertificate picks by SNI: the exact name, then a wildcard for the
-// name's parent, then the first certificate.
+// name's parent, then an ACME certificate, then the first certificate. A
+// TLS-ALPN-01 challenge goes to ACME first.
 func (s *certStore) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.maybeReload(time.Now())
 	set := s.set.Load()
 	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	if s.acme != nil && len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acmeALPN {
+		if c, ok := s.acme.certificate(hello, name); ok {
+			return c, nil
+		}
+		return nil, errors.New("proxy: tls: no ACME challenge for " + name)
+	}
 	if c, ok := set.byName[name]; ok {
 		return c, nil
 	}
@@ -174,16 +183,29 @@ func (s *certStore) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate
 			return c, nil
 		}
 	}
+	if s.acme != nil {
+		if c, ok := s.acme.certificate(hello, name); ok {
+			return c, nil
+		}
+	}
+	if len(set.certs) == 0 {
+		return nil, errors.New("proxy: tls: no certificate for " + strconv.Quote(name))
+	}
 	return set.certs[0], nil
 }
 
 // tlsConfig is TLS 1.2 and up; for 1.2 only forward-secret AEAD suites
 // (TLS 1.3's suites are not configurable and all modern).
-func (s *certStore) tlsConfig() *tls.Config {
+// With h2, ALPN offers HTTP/2 first.
+func (s *certStore) tlsConfig(h2 bool) *tls.Config {
+	protos := []string{"http/1.1"}
+	if h2 {
+		protos = []string{"h2", "http/1.1"}
+	}
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: s.getCertificate,
-		NextProtos:     []string{"http/1.1"}, // fasthttp speaks HTTP/1.1 only
+		NextProtos:     s.nextProtos(protos),
 		CipherSuites: []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
 			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
@@ -202,9 +224,18 @@ func (p *Proxy) RunTLS(ctx context.Context, ln net.Listener) error {
 	if p.certs == nil {
 		return errors.New("proxy: RunTLS without a tls config")
 	}
-	tln := &onceCloser{Listener: tls.NewListener(ln, p.certs.tlsConfig())}
+	h2 := p.h2 != nil && p.cfg.HTTP2.Enabled
+	tln := &onceCloser{Listener: tls.NewListener(ln, p.certs.tlsConfig(h2))}
+	var h1 net.Listener = tln
+	if h2 {
+		// Connections that chose h2 go to the HTTP/2 server; the others
+		// stay with fasthttp, after their handshake.
+		split := p.newSplitListener(tln, p.classifyTLS)
+		defer split.close()
+		h1 = split.h1
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- p.srv.Serve(tln) }()
+	go func() { errc <- p.srv.Serve(h1) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("proxy: tls: %w", err)

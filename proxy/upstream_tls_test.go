@@ -357,7 +357,7 @@ func TestUpstreamTLSTag(t *testing.T) {
 			t.Errorf("ParseTag(%q) = %+v, %v, %v", tag, r, ok, err)
 		}
 	}
-	for _, tag := range []string{"urlprefix-/a tlsskipverify=true", "urlprefix-/a proto=https tlsskipverify=yes", "urlprefix-/a proto=grpc"} {
+	for _, tag := range []string{"urlprefix-/a tlsskipverify=true", "urlprefix-/a proto=https tlsskipverify=yes", "urlprefix-/a proto=grpc-web"} {
 		if _, _, err := ParseTag(tag); err == nil {
 			t.Errorf("ParseTag(%q) accepted", tag)
 		}

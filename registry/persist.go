@@ -143,7 +143,7 @@ func (s *store) nodeID() (string, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("registry: reading %s: %w", path, err)
 	}
-	id := newUUID()
+	id := NewUUID()
 	if err := writeFile(path, []byte(id+"\n")); err != nil {
 		return "", err
 	}
@@ -203,7 +203,8 @@ func syncDir(dir string) error {
 	return nil
 }
 
-func newUUID() string {
+// NewUUID answers a random (version 4) UUID.
+func NewUUID() string {
 	var b [16]byte
 	rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
@@ -216,7 +217,7 @@ func newUUID() string {
 // digits) and returns it in lower case, as Consul keeps it.
 func ParseNodeID(s string) (string, error) {
 	if !validUUID(s) {
-		return "", &FieldError{Field: "node_id", Msg: fmt.Sprintf("%q is not a UUID (8-4-4-4-12 hex digits, such as %s)", s, newUUID())}
+		return "", &FieldError{Field: "node_id", Msg: fmt.Sprintf("%q is not a UUID (8-4-4-4-12 hex digits, such as %s)", s, NewUUID())}
 	}
 	return strings.ToLower(s), nil
 }

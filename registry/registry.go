@@ -30,6 +30,9 @@ const (
 var (
 	ErrNotFound  = errors.New("not found")
 	ErrProtected = errors.New("protected")
+	// ErrNoPath: a datacenter no server knows of, or none of whose
+	// servers is alive (Consul's "No path to datacenter").
+	ErrNoPath = errors.New("No path to datacenter")
 )
 
 // AgentServiceID is the ID and name of the service every agent registers for
@@ -189,7 +192,7 @@ func New(cfg Config) (*Registry, error) {
 		}
 	}
 	if r.cfg.NodeID == "" {
-		r.cfg.NodeID = newUUID()
+		r.cfg.NodeID = NewUUID()
 	}
 
 	tx := r.begin()

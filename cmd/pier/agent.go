@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 	"github.com/pier-dev/pier/registry/dns"
 	"github.com/pier-dev/pier/registry/docker"
 	"github.com/pier-dev/pier/registry/gossip"
+	"github.com/pier-dev/pier/registry/wan"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -147,6 +149,9 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 		return a, err
 	}
 	a.servers.setGossip(a.members)
+	if err := a.buildWAN(log); err != nil {
+		return a, err
+	}
 	if a.checks, err = a.buildHealth(log, prom); err != nil {
 		return a, err
 	}
@@ -159,7 +164,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	node := a.reg.Config().NodeName
 	a.srv.HandlePerm("PUT /v1/agent/reload", a.rl, acl.AgentWrite(node))
 	a.srv.HandlePerm("POST /v1/agent/reload", a.rl, acl.AgentWrite(node))
-	if a.names, err = newDNS(a.cfg, a.reg, log, prom); err != nil {
+	if a.names, err = newDNS(a.cfg, a.reg, a.srv, log, prom); err != nil {
 		return a, err
 	}
 	if a.containers, err = newDockerWatcher(cfg.Docker, a.reg, a.addr, log); err != nil {
@@ -167,10 +172,13 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	}
 	if p := cfg.Proxy; p != nil {
 		p.lb.Registerer, p.proxy.Registerer = prom, prom
+		p.proxy.Failover = a.srv // other datacenters' instances, for routes with a failover
 		if p.proxy.AccessLogTo == nil {
 			p.proxy.AccessLogTo = logOut
 		}
-		if a.door, err = newFrontDoor(p, a.reg, log); err != nil {
+		ps := *p
+		ps.proxy, _ = withACMEStorage(p.proxy, a.srv, cfg.ACL.Agent, log)
+		if a.door, err = newFrontDoor(&ps, a.reg, log); err != nil {
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
@@ -253,8 +261,11 @@ func (a *parts) buildAPI(log *slog.Logger, logs *api.LogStream, prom prometheus.
 	cfg := a.cfg
 	acfg := api.DefaultConfig()
 	acfg.Registry = a.reg
-	acfg.Cluster = cluster{a.members, leave}
+	acfg.Cluster = cluster{a.members, a.servers.wan, leave}
 	acfg.Consensus = a.servers
+	if a.servers.wan != nil {
+		acfg.WAN = a.servers.wan
+	}
 	acfg.ServerDial = a.servers.dial
 	acfg.Health = a.checks
 	acfg.EnableScriptChecks = cfg.EnableScriptChecks
@@ -345,10 +356,12 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		proxyAddr = d.ln.Addr().String()
 		g.Go(func() error { return d.bal.Run(gctx) })
 		g.Go(func() error { return d.proxy.Run(gctx, d.ln) })
+		g.Go(func() error { return d.proxy.RunFailover(gctx) })
 		g.Go(func() error { return d.tcp.Run(gctx) })
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })
+			g.Go(func() error { return d.proxy.RunACME(gctx, d.ln.Addr(), d.tlsLn.Addr()) })
 		}
 	}
 	for _, ln := range a.lns.All() {
@@ -359,7 +372,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 	bound := api.Addrs(a.lns.HTTP)
 	a.log.Info("pier agent running", "version", version, "node", cfg.Node, "address", a.addr,
 		"datacenter", cfg.Datacenter, "http", strings.Join(bound, ","), "https", strings.Join(api.Addrs(a.lns.HTTPS), ","),
-		"dns", dnsAddrs(a.names), "gossip", a.members.Addr(), "server", a.servers.addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr,
+		"dns", dnsAddrs(a.names), "gossip", a.members.Addr(), "wan", a.servers.wanAddr(), "server", a.servers.addr(), "proxy", proxyAddr, "proxy_tls", proxyTLSAddr,
 		"dev", cfg.Dev, "data_dir", cfg.DataDir, "metrics", a.met.addr())
 	if ready != nil {
 		ready <- bound
@@ -387,6 +400,7 @@ func (a *parts) warnExposedAPI() {
 // cluster is the API's view of the gossip layer; leaving also stops the agent.
 type cluster struct {
 	*gossip.Gossip
+	wan  *wan.Pool // a server's WAN pool, left with the LAN pool; nil on a client
 	stop context.CancelFunc
 }
 
@@ -416,7 +430,11 @@ func (c cluster) Events() ([]api.UserEvent, <-chan struct{}) {
 }
 
 func (c cluster) Leave() error {
-	err := c.Gossip.Leave()
+	var err error
+	if c.wan != nil {
+		err = c.wan.Leave()
+	}
+	err = errors.Join(err, c.Gossip.Leave())
 	c.stop()
 	return err
 }

@@ -14,7 +14,7 @@ import (
 
 // newDNS builds the DNS interface: UDP and TCP on each -client address at
 // the DNS port.
-func newDNS(cfg agentConfig, reg *registry.Registry, log *slog.Logger, prom prometheus.Registerer) (*dns.Server, error) {
+func newDNS(cfg agentConfig, reg *registry.Registry, remote dns.Remote, log *slog.Logger, prom prometheus.Registerer) (*dns.Server, error) {
 	d := cfg.DNS
 	dcfg := d.Config
 	dcfg.Registry = reg
@@ -23,6 +23,7 @@ func newDNS(cfg agentConfig, reg *registry.Registry, log *slog.Logger, prom prom
 		dcfg.Addrs = append(dcfg.Addrs, net.JoinHostPort(h, strconv.Itoa(d.Port)))
 	}
 	dcfg.Datacenter = cfg.Datacenter
+	dcfg.Remote = remote // other datacenters' names, through the HTTP API's ?dc=
 	dcfg.Logger = log.With("component", "dns")
 	dcfg.Registerer = prom
 	return dns.New(dcfg)

@@ -16,6 +16,7 @@ import (
 	"github.com/pier-dev/pier/registry/api"
 	"github.com/pier-dev/pier/registry/gossip"
 	"github.com/pier-dev/pier/registry/raft"
+	"github.com/pier-dev/pier/registry/wan"
 )
 
 // servers is this agent's part in the servers' agreement (api.Consensus).
@@ -25,6 +26,7 @@ type servers struct {
 	node    *raft.Node       // nil on a client
 	port    *raft.ServerPort // nil on a client
 	members *gossip.Gossip   // set once gossip is built
+	wan     *wan.Pool        // the WAN pool; nil on a client
 	// sec is how the server port authenticates (agent_tls.go), on a
 	// client too: it dials the servers' ports. nil: plain.
 	sec *raft.Security
@@ -71,6 +73,8 @@ func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
 	rc := raft.DefaultConfig()
 	rc.ID = a.reg.Config().NodeID
 	rc.DataDir = cfg.DataDir // "" with -dev: in memory
+	rc.LogStore = cfg.Server.LogStore
+	rc.WALSegmentSize = cfg.Server.WALSegmentSize
 	rc.Port = s.port
 	rc.Logger = s.log
 	rc.CleanupDeadServers = 0
@@ -82,6 +86,37 @@ func (a *parts) buildServers(log *slog.Logger) (*servers, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// buildWAN binds a server's WAN pool, encrypted with the LAN pool's
+// keyring (so a key rotation covers both); a client has none.
+func (a *parts) buildWAN(log *slog.Logger) error {
+	s := a.servers
+	if s.node == nil {
+		return nil
+	}
+	cfg := a.cfg
+	wc := wan.Config{
+		NodeName: a.reg.Config().NodeName, Datacenter: cfg.Datacenter,
+		BindAddr: cfg.Bind, BindPort: cfg.Server.WANPort, AdvertiseAddr: a.addr,
+		Keyring:   a.members.MemberlistKeyring(),
+		StartJoin: cfg.Server.JoinWAN, RetryJoin: cfg.Server.RetryJoinWAN, RetryMax: cfg.RetryMax,
+		Timings: cfg.Server.WANTimings,
+		Logger:  log.With("component", "wan"),
+	}
+	wc.Tags = raft.ServerTags(a.reg.Config().NodeID, s.port.Addr(), 0)
+	wc.Tags["build"] = version
+	var err error
+	s.wan, err = wan.New(wc)
+	return err
+}
+
+// wanAddr is the WAN pool's address, for the start line; "" on a client.
+func (s *servers) wanAddr() string {
+	if s.wan == nil {
+		return ""
+	}
+	return s.wan.Addr()
 }
 
 // keySource answers gossip's keyring for the server port's identities; not
@@ -148,6 +183,7 @@ func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Regi
 		return nil
 	})
 	g.Go(func() error { return raft.RunMirror(ctx, s.node, reg) })
+	g.Go(func() error { return s.wan.Run(ctx) })
 	// The KV of the gossip era, kept in this server's data dir, moves into
 	// Raft once per cluster.
 	old := reg.Snapshot().GossipKV()

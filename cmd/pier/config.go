@@ -113,6 +113,7 @@ type fileConfig struct {
 		HTTP    *int
 		HTTPS   *int
 		SerfLAN *int
+		SerfWAN *int
 		DNS     *int
 		Server  *int
 	}
@@ -144,19 +145,21 @@ type fileConfig struct {
 // agentFlags are the agent's flags; set records which ones the user gave, so
 // that only those override the config files.
 type agentFlags struct {
-	fs          *flag.FlagSet
-	configFiles stringList
-	configDirs  stringList
-	nodeMeta    stringList
-	join        stringList
-	retryJoin   stringList
-	c           agentConfig
-	client      string
-	proxyAddr   string
-	dns         dnsFlags
-	docker      dockerFlags
-	metricsAddr string
-	bootstrap   bool
+	fs           *flag.FlagSet
+	configFiles  stringList
+	configDirs   stringList
+	nodeMeta     stringList
+	join         stringList
+	retryJoin    stringList
+	joinWAN      stringList
+	retryJoinWAN stringList
+	c            agentConfig
+	client       string
+	proxyAddr    string
+	dns          dnsFlags
+	docker       dockerFlags
+	metricsAddr  string
+	bootstrap    bool
 }
 
 func newAgentFlags() *agentFlags {
@@ -194,6 +197,9 @@ func newAgentFlags() *agentFlags {
 	fs.IntVar(&f.c.Server.BootstrapExpect, "bootstrap-expect", 0, "form a new Raft group once this many servers are seen in gossip (1: alone)")
 	fs.BoolVar(&f.bootstrap, "bootstrap", false, "form a Raft group of this server alone (the same as -bootstrap-expect 1)")
 	fs.IntVar(&f.c.Server.Port, "server-port", 0, "port of Raft and the servers' internal HTTP (default 8300; with -dev any free port)")
+	fs.IntVar(&f.c.Server.WANPort, "serf-wan-port", 0, "port of the servers' WAN gossip across datacenters (default 8302; with -dev any free port)")
+	fs.Var(&f.joinWAN, "join-wan", "address of a server of another datacenter to join the WAN pool with at start; the agent stops if none answers (repeatable, servers only)")
+	fs.Var(&f.retryJoinWAN, "retry-join-wan", "address of a server to join the WAN pool with, retried with backoff until it answers (repeatable, servers only)")
 	fs.Bool("ui", false, "accepted for Consul's command lines and ignored: the web UI is always at /ui/")
 	return f
 }
@@ -407,9 +413,9 @@ func (c *agentConfig) loadFile(path string) error {
 	}
 	mergeAPITLS(&c.TLS, &fc)
 	c.InternalTLS.merge(fc.TLS)
-	var serverPort *int
+	var serverPort, wanPort *int
 	if fc.Ports != nil {
-		serverPort = fc.Ports.Server
+		serverPort, wanPort = fc.Ports.Server, fc.Ports.SerfWAN
 		fileSets(&c.HTTPPort, fc.Ports.HTTP)
 		fileSets(&c.TLS.Port, fc.Ports.HTTPS)
 		fileSets(&c.SerfLANPort, fc.Ports.SerfLAN)
@@ -426,7 +432,7 @@ func (c *agentConfig) loadFile(path string) error {
 		}
 		c.NodeMeta[k] = v
 	}
-	if err := c.Server.merge(&fc.serverFile, serverPort); err != nil {
+	if err := c.Server.merge(&fc.serverFile, serverPort, wanPort); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	if err := c.mergeDNS(&fc); err != nil {

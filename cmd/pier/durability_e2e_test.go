@@ -48,6 +48,37 @@ func mountTmpfs(t *testing.T, size string) string {
 	return dir
 }
 
+// fullDisk is a log store backend and the data dir that fills under it.
+// The WAL preallocates whole segments (1 MiB here, the least Consul
+// allows) and refuses writes once the next one no longer fits, so its
+// tmpfs holds two segments and its fill takes more writes than bbolt's.
+type fullDisk struct {
+	backend string
+	size    string // of the tmpfs a server of one fills
+	writes  int    // enough to fill it
+}
+
+var fullDisks = []fullDisk{{"boltdb", "256k", 400}, {"wal", "2304k", 1200}}
+
+// args are the agent's arguments that select the backend (a config file
+// beside the data dir, not in it).
+func (fd fullDisk) args(t *testing.T) []string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "logstore.json")
+	cfg := fmt.Sprintf(`{"raft_logstore": {"backend": %q, "wal": {"segment_size_mb": 1}}}`, fd.backend)
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"-config-file", file}
+}
+
+// eachFullDisk runs test once per backend.
+func eachFullDisk(t *testing.T, test func(t *testing.T, fd fullDisk)) {
+	for _, fd := range fullDisks {
+		t.Run(fd.backend, func(t *testing.T) { test(t, fd) })
+	}
+}
+
 // kvOp is one write sent to the agent and what it answered.
 type kvOp struct {
 	del   bool
@@ -171,19 +202,21 @@ func value(key string, n, size int) string {
 	return s + strings.Repeat("v", max(size-len(s), 0))
 }
 
-// TestKVFullDisk fills a 256 KiB data dir with KV writes and deletes: every
+// TestKVFullDisk fills a small data dir with KV writes and deletes: every
 // write is answered 200 true only once it is on disk, or 500 naming the full
 // disk and not applied; the agent's view agrees with what was acknowledged
 // before and after kill -9 and a restart (on the still full disk).
-func TestKVFullDisk(t *testing.T) {
-	dir := mountTmpfs(t, "256k")
-	args := []string{"-node", "full", "-data-dir", dir, "-bind", "127.0.0.1", "-server", "-bootstrap-expect", "1", "-server-port", "0"}
+func TestKVFullDisk(t *testing.T) { eachFullDisk(t, testKVFullDisk) }
+
+func testKVFullDisk(t *testing.T, fd fullDisk) {
+	dir := mountTmpfs(t, fd.size)
+	args := append([]string{"-node", "full", "-data-dir", dir, "-bind", "127.0.0.1", "-server", "-bootstrap-expect", "1", "-server-port", "0"}, fd.args(t)...)
 	a := startAgent(t, args...)
 	c := &http.Client{Timeout: 10 * time.Second}
 
 	var ops []kvOp
 	refusedInARow := 0
-	for i := 0; i < 400 && refusedInARow < 5; i++ {
+	for i := 0; i < fd.writes && refusedInARow < 5; i++ {
 		op := kvOp{key: fmt.Sprintf("fill/%03d", i), value: value(fmt.Sprintf("fill/%03d", i), i, 1500)}
 		if i%7 == 6 {
 			// Delete a key written earlier (acknowledged or not).
@@ -224,13 +257,22 @@ func TestKVFullDisk(t *testing.T) {
 	diffKV(t, "after kill -9 and a restart", kvDump(t, b.addr, "fill/"), want)
 }
 
-// TestKVFullDiskConcurrent: four writers on a 1 MiB data dir, each putting,
+// TestKVFullDiskConcurrent: four writers on a small data dir, each putting,
 // overwriting and deleting keys of its own until the disk is full; then kill
 // -9 and a restart. Each key's expected state is its writer's last
 // acknowledged write.
 func TestKVFullDiskConcurrent(t *testing.T) {
-	dir := mountTmpfs(t, "1m")
-	args := []string{"-node", "full4", "-data-dir", dir, "-bind", "127.0.0.1", "-server", "-bootstrap-expect", "1", "-server-port", "0"}
+	eachFullDisk(t, func(t *testing.T, fd fullDisk) {
+		if fd.backend == "boltdb" {
+			fd.size = "1m"
+		}
+		testKVFullDiskConcurrent(t, fd)
+	})
+}
+
+func testKVFullDiskConcurrent(t *testing.T, fd fullDisk) {
+	dir := mountTmpfs(t, fd.size)
+	args := append([]string{"-node", "full4", "-data-dir", dir, "-bind", "127.0.0.1", "-server", "-bootstrap-expect", "1", "-server-port", "0"}, fd.args(t)...)
 	a := startAgent(t, args...)
 	c := &http.Client{Timeout: 10 * time.Second}
 
@@ -397,13 +439,15 @@ func TestKVImportKeyNotUTF8(t *testing.T) {
 // in the KV store), service and check registrations are each refused with
 // a 500 naming the cause, and after kill -9 and a restart what was
 // acknowledged is there and what was refused is not.
-func TestFullDiskOtherState(t *testing.T) {
-	dir := mountTmpfs(t, "256k")
+func TestFullDiskOtherState(t *testing.T) { eachFullDisk(t, testFullDiskOtherState) }
+
+func testFullDiskOtherState(t *testing.T, fd fullDisk) {
+	dir := mountTmpfs(t, fd.size)
 	cfg := t.TempDir() + "/pier.yaml"
 	if err := os.WriteFile(cfg, []byte("acl:\n  enabled: true\n  default_policy: deny\n  tokens:\n    initial_management: root-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"-node", "fullacl", "-data-dir", dir, "-bind", "127.0.0.1", "-config-file", cfg, "-server", "-bootstrap-expect", "1", "-server-port", "0"}
+	args := append([]string{"-node", "fullacl", "-data-dir", dir, "-bind", "127.0.0.1", "-config-file", cfg, "-server", "-bootstrap-expect", "1", "-server-port", "0"}, fd.args(t)...)
 	a := startAgent(t, args...)
 	c := &http.Client{Timeout: 10 * time.Second}
 	do := func(p *proc, method, path, body string) (int, string) {
@@ -428,7 +472,7 @@ func TestFullDiskOtherState(t *testing.T) {
 		t.Fatalf("service on a disk with room: %d %s", code, body)
 	}
 	full := false
-	for i := 0; i < 400 && !full; i++ {
+	for i := 0; i < fd.writes && !full; i++ {
 		code, body := do(a, "PUT", fmt.Sprintf("/v1/kv/fill/%03d", i), strings.Repeat("v", 1500))
 		switch {
 		case code == 500 && strings.Contains(body, "space left on device"):
@@ -522,7 +566,20 @@ func waitLeader(t *testing.T, p *proc) {
 // state (?stale) is only ever what was written; given room and restarted,
 // it catches up with every write.
 func TestRaftFollowerFullDisk(t *testing.T) {
-	dirB := mountTmpfs(t, "256k")
+	eachFullDisk(t, func(t *testing.T, fd fullDisk) {
+		// A follower takes what the leader sends until its store fails:
+		// the WAL's, once its first segment (of the 1 MiB the tmpfs has
+		// room for) is full.
+		n := 150
+		if fd.backend == "wal" {
+			fd.size, n = "1200k", 700
+		}
+		testRaftFollowerFullDisk(t, fd, n)
+	})
+}
+
+func testRaftFollowerFullDisk(t *testing.T, fd fullDisk, n int) {
+	dirB := mountTmpfs(t, fd.size)
 	// a and c form the group, so the leader is one of them; b joins it
 	// later as a voter, without -bootstrap-expect.
 	pair := []string{"-server", "-bootstrap-expect", "2", "-server-port", "0", "-bind", "127.0.0.1"}
@@ -534,7 +591,7 @@ func TestRaftFollowerFullDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	argsB := []string{"-server", "-server-port", strconv.Itoa(port), "-bind", "127.0.0.1", "-node", "mfb", "-data-dir", dirB, "-join", a.gossip}
+	argsB := append([]string{"-server", "-server-port", strconv.Itoa(port), "-bind", "127.0.0.1", "-node", "mfb", "-data-dir", dirB, "-join", a.gossip}, fd.args(t)...)
 	b := startAgent(t, argsB...)
 	voters := func() int {
 		_, body := httpGet(t, "http://"+a.addr+"/v1/status/peers")
@@ -543,7 +600,6 @@ func TestRaftFollowerFullDisk(t *testing.T) {
 	eventually.True(t, 30*time.Second, "b is a voter", func() bool { return voters() == 3 })
 
 	c := &http.Client{Timeout: 20 * time.Second}
-	const n = 150
 	want := map[string]string{}
 	for i := range n {
 		op := kvOp{key: fmt.Sprintf("m/%03d", i), value: value(fmt.Sprintf("m/%03d", i), i, 1500)}
@@ -583,4 +639,49 @@ func TestRaftFollowerFullDisk(t *testing.T) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(len(lines)-n, 0):], "\n")
+}
+
+// TestRaftLogStoreBackend: a new data dir gets the WAL, one made with
+// raft_logstore.backend boltdb keeps raft.db across a kill -9 and a restart
+// without the setting, every acknowledged write there; asking for the WAL on
+// it stops the agent with one line that names the setting and what the dir
+// holds.
+func TestRaftLogStoreBackend(t *testing.T) {
+	c := &http.Client{Timeout: 10 * time.Second}
+	for _, fd := range fullDisks {
+		t.Run(fd.backend, func(t *testing.T) {
+			dir := t.TempDir()
+			base := []string{"-node", "ls", "-data-dir", dir, "-bind", "127.0.0.1", "-server", "-bootstrap-expect", "1", "-server-port", "0"}
+			args := base
+			if fd.backend == "boltdb" {
+				args = append(args, fd.args(t)...)
+			} // the WAL: no setting at all, a new data dir's default
+			a := startAgent(t, args...)
+			var ops []kvOp
+			for i := range 50 {
+				op := kvOp{key: fmt.Sprintf("ls/%02d", i), value: value(fmt.Sprintf("ls/%02d", i), i, 200)}
+				if err := kvDo(c, a.addr, &op); err != nil || op.code != 200 {
+					t.Fatalf("PUT %s: %v %d %s", op.key, err, op.code, op.body)
+				}
+				ops = append(ops, op)
+			}
+			a.stop(syscall.SIGKILL)
+			_, errBolt := os.Stat(filepath.Join(dir, "raft", "raft.db"))
+			_, errWAL := os.Stat(filepath.Join(dir, "raft", "wal"))
+			if (errBolt == nil) != (fd.backend == "boltdb") || (errWAL == nil) != (fd.backend == "wal") {
+				t.Fatalf("%s: raft.db: %v, wal/: %v", fd.backend, errBolt, errWAL)
+			}
+			b := startAgent(t, base...)
+			waitLeader(t, b)
+			diffKV(t, "after kill -9 and a restart without the setting", kvDump(t, b.addr, "ls/"), expectedKV(ops))
+			b.stop(syscall.SIGTERM)
+
+			other := fullDisk{backend: map[string]string{"wal": "boltdb", "boltdb": "wal"}[fd.backend]}
+			_, errOut, rc := pier(t, append(append([]string{"agent", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0"}, base...), other.args(t)...)...)
+			line := strings.TrimSpace(errOut)
+			if rc == 0 || !strings.Contains(line, `raft_logstore.backend is "`+other.backend+`"`) || !strings.Contains(line, "an existing data dir keeps its backend") {
+				t.Errorf("backend %s on a %s data dir: rc=%d %q, want an error naming raft_logstore.backend", other.backend, fd.backend, rc, line)
+			}
+		})
+	}
 }

@@ -81,6 +81,7 @@ type proc struct {
 	cmd    *exec.Cmd
 	addr   string // host:port of the HTTP API
 	gossip string // host:port that other agents join
+	wan    string // host:port of a server's WAN pool
 	dns    string // host:port of the DNS interface, UDP and TCP
 	mu     sync.Mutex
 	log    bytes.Buffer
@@ -101,14 +102,17 @@ func startAgent(t *testing.T, args ...string) *proc {
 	return startAgentIn(t, nil, args...)
 }
 
-var gossipLine = regexp.MustCompile(` gossip=([0-9.:]+)`)
+var (
+	gossipLine = regexp.MustCompile(` gossip=([0-9.:]+)`)
+	wanLine    = regexp.MustCompile(` wan=([0-9.:]+)`)
+)
 
 // startAgentIn runs the agent under a command prefix (such as ip netns exec).
 func startAgentIn(t testing.TB, prefix []string, args ...string) *proc {
 	t.Helper()
 	needBinary(t)
 	p := &proc{t: t, done: make(chan error, 1), exited: make(chan struct{})}
-	argv := append(append(append([]string{}, prefix...), pierBin, "agent", "-http-port", "0", "-serf-lan-port", "0", "-dns-port", "0"), args...)
+	argv := append(append(append([]string{}, prefix...), pierBin, "agent", "-http-port", "0", "-serf-lan-port", "0", "-serf-wan-port", "0", "-dns-port", "0"), args...)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -128,6 +132,9 @@ func startAgentIn(t testing.TB, prefix []string, args ...string) *proc {
 			if m := httpLine.FindStringSubmatch(line); m != nil {
 				if g := gossipLine.FindStringSubmatch(line); g != nil {
 					p.gossip = g[1]
+				}
+				if g := wanLine.FindStringSubmatch(line); g != nil {
+					p.wan = g[1]
 				}
 				if d := dnsLine.FindStringSubmatch(line); d != nil {
 					p.dns = d[1]

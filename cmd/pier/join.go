@@ -1,13 +1,17 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"net/url"
 )
 
 func runJoin(args []string, stdout, stderr io.Writer) error {
-	fs, c, _, err := apiCommand("join", args, stderr, nil)
+	var wan bool
+	fs, c, _, err := apiCommand("join", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&wan, "wan", false, "join servers of other datacenters in the WAN pool (the agent must be a server)")
+	})
 	if err != nil {
 		return err
 	}
@@ -16,7 +20,11 @@ func runJoin(args []string, stdout, stderr io.Writer) error {
 	}
 	joined := 0
 	for _, addr := range fs.Args() {
-		if err := c.do("PUT", "/v1/agent/join/"+url.PathEscape(addr), nil, nil); err != nil {
+		path := "/v1/agent/join/" + url.PathEscape(addr)
+		if wan {
+			path += "?wan=1"
+		}
+		if err := c.do("PUT", path, nil, nil); err != nil {
 			fmt.Fprintf(stderr, "pier join: %s: %v\n", addr, err)
 			continue
 		}

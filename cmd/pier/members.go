@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 )
@@ -32,7 +33,13 @@ func memberStatus(s int) string {
 }
 
 func runMembers(args []string, stdout, stderr io.Writer) error {
-	return listCommand("members", "/v1/agent/members", args, stdout, stderr, func(ms []apiMember) error {
+	path := "/v1/agent/members"
+	if slices.Contains(args, "-wan") || slices.Contains(args, "--wan") {
+		// The WAN pool's servers (node.dc), as consul members -wan.
+		args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return a == "-wan" || a == "--wan" })
+		path += "?wan=1"
+	}
+	return listCommand("members", path, args, stdout, stderr, func(ms []apiMember) error {
 		sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
 		tw := newTable(stdout, "Node\tAddress\tStatus\tTags")
 		for _, m := range ms {

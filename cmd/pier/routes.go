@@ -26,6 +26,13 @@ type apiRoute struct {
 	TLSSkipVerify bool   `json:",omitempty"`
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
+	Proto         string `json:",omitempty"`
+
+	Failover *struct {
+		Nearest     int
+		Datacenters []string
+	} `json:",omitempty"`
+	ServingFrom string `json:",omitempty"`
 
 	Total     int
 	Instances []apiInstance
@@ -99,11 +106,21 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 		if r.Port != "" {
 			svc += " port " + r.Port
 		}
+		scheme := "https"
+		if r.Proto == "grpc" {
+			scheme = "grpc, tls"
+		}
 		switch {
 		case r.TLSSkipVerify:
-			svc += " (https, unverified)"
+			svc += " (" + scheme + ", unverified)"
 		case r.TLS:
-			svc += " (https)"
+			svc += " (" + scheme + ")"
+		case r.Proto == "grpc":
+			svc += " (grpc)"
+		}
+		if r.ServingFrom != "" {
+			// Its local instances are gone: it sends to another datacenter's.
+			svc += " (failed over to " + r.ServingFrom + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%s\n", route, svc, rewrite, r.Source, len(r.Instances), r.Total, instancesText(r.Instances))
 	}

@@ -231,12 +231,19 @@ func (s *Server) agentJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	addr := r.PathValue("addr")
+	if wanQuery(r) {
+		s.joinWAN(w, addr)
+		return
+	}
 	if _, err := s.cfg.Cluster.Join([]string{addr}); err != nil {
 		httpError(w, http.StatusInternalServerError, "join %s: %v", addr, err)
 		return
 	}
 	s.log.Info("joined", "addr", addr)
 }
+
+// wanQuery reads ?wan as Consul does: any value but none (?wan=0 too).
+func wanQuery(r *http.Request) bool { return r.URL.Query().Get("wan") != "" }
 
 func (s *Server) agentLeave(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Cluster == nil {
@@ -283,6 +290,9 @@ func (s *Server) agentForceLeave(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) agentMembers(w http.ResponseWriter, r *http.Request) {
 	ms := s.members()
+	if wanQuery(r) {
+		ms = s.wanMembers()
+	}
 	out := make([]member, 0, len(ms))
 	for _, m := range ms {
 		out = append(out, toMember(m))

@@ -145,10 +145,6 @@ func (s *Server) catalogNode(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) catalogDatacenters(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, r, []string{s.reg.Config().Datacenter})
-}
-
 // statusLeader names this agent: every pier agent serves the catalog
 // itself, and clients only check that a leader exists.
 func (s *Server) statusLeader(w http.ResponseWriter, r *http.Request) {

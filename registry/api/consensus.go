@@ -216,6 +216,18 @@ func (s *Server) rewindable(r *http.Request) func() {
 // an addr that cannot be dialled leaves nothing written and answers false
 // (rewind first makes the body whole again for the next try).
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, rewind func(), retry bool) bool {
+	return s.forwardVia(w, r, addr, rewind, retry, forwarding{transport: s.fwd, within: s.answerWithin(r)})
+}
+
+// forwarding is how a forward goes: over which transport, and how long its
+// answer may take to begin.
+type forwarding struct {
+	transport http.RoundTripper
+	within    time.Duration
+}
+
+// forwardVia is forward over via.
+func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string, rewind func(), retry bool, via forwarding) bool {
 	hops, _ := strconv.Atoi(r.Header.Get(hopHeader))
 	if hops >= maxHops {
 		httpError(w, http.StatusInternalServerError, "Request forwarding loop: forwarded %d times, last to %s", hops, addr)
@@ -238,7 +250,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	var silent atomic.Bool
-	timer := time.AfterFunc(s.answerWithin(r), func() { silent.Store(true); cancel() })
+	timer := time.AfterFunc(via.within, func() { silent.Store(true); cancel() })
 	defer timer.Stop()
 	// Every request goes over the pool of kept-alive connections: a new
 	// connection per forwarded write cost the forwarding server a fifth of
@@ -263,7 +275,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 				pr.Out.Header.Del("X-Idempotency-Key")
 			}
 		},
-		Transport: s.fwd,
+		Transport: via.transport,
 		ModifyResponse: func(resp *http.Response) error {
 			if !timer.Stop() {
 				return errSilentServer // the timer fired as the answer came: it is cancelled
@@ -278,8 +290,8 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 		BufferPool:    &s.fwdBufs, // not 32 KiB of garbage per forward
 		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
 			if silent.Load() || errors.Is(err, errSilentServer) {
-				s.log.Warn("api: a server did not answer a forwarded request", "server", addr, "path", r.URL.Path, "within", s.answerWithin(r))
-				httpError(w, http.StatusInternalServerError, "rpc error: server %s did not answer within %v", addr, s.answerWithin(r))
+				s.log.Warn("api: a server did not answer a forwarded request", "server", addr, "path", r.URL.Path, "within", via.within)
+				httpError(w, http.StatusInternalServerError, "rpc error: server %s did not answer within %v", addr, via.within)
 				return
 			}
 			if errors.Is(err, context.Canceled) {
@@ -343,28 +355,34 @@ func (s *Server) answerWithin(r *http.Request) time.Duration {
 	if r.URL.Path == "/v1/snapshot" {
 		return 1<<63 - 1
 	}
-	d := 3 * s.cfg.RPCHoldTimeout
-	if q := r.URL.Query(); q.Get("index") != "" && q.Get("index") != "0" {
-		wait := s.cfg.DefaultWait
-		if w, err := time.ParseDuration(q.Get("wait")); err == nil && w >= 0 {
-			wait = min(w, s.cfg.MaxWait)
-		}
-		d += wait + wait/16
+	return 3*s.cfg.RPCHoldTimeout + s.blockingWait(r)
+}
+
+// blockingWait is how long r may be held as a blocking query (its wait
+// and the jitter), 0 for any other request.
+func (s *Server) blockingWait(r *http.Request) time.Duration {
+	q := r.URL.Query()
+	if q.Get("index") == "" || q.Get("index") == "0" {
+		return 0
 	}
-	return d
+	wait := s.cfg.DefaultWait
+	if w, err := time.ParseDuration(q.Get("wait")); err == nil && w >= 0 {
+		wait = min(w, s.cfg.MaxWait)
+	}
+	return wait + wait/16
 }
 
 // newForwarder is the transport of forwarded requests: no overall timeout,
 // since a blocking query is held open for up to MaxWait. dial, when set,
 // is the server port's (its TLS); the connections it makes are pooled as
 // plain ones are.
-func newForwarder(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
+func newForwarder(dial func(ctx context.Context, network, addr string) (net.Conn, error), dialWithin time.Duration) *http.Transport {
 	if dial == nil {
 		dial = (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext
 	}
 	return &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			ctx, cancel := context.WithTimeout(ctx, dialWithin)
 			defer cancel()
 			return dial(ctx, network, addr)
 		},

@@ -44,8 +44,8 @@ type datacenterMap struct {
 }
 
 func (s *Server) coordinateRoutes() {
-	s.route("GET /v1/coordinate/datacenters", s.coordinateDatacenters, acl.Anyone) // filtered
-	s.route("GET /v1/coordinate/nodes", s.coordinateNodes, acl.Anyone)             // filtered
+	s.raftRoute("GET /v1/coordinate/datacenters", s.coordinateDatacenters, acl.Anyone) // filtered
+	s.route("GET /v1/coordinate/nodes", s.coordinateNodes, acl.Anyone)                 // filtered
 	s.route("GET /v1/coordinate/node/{node}", s.coordinateNode, nodeRead)
 	s.writes("/v1/coordinate/update", s.coordinateUpdate, acl.Anyone) // node:write on the body's node
 }
@@ -131,19 +131,6 @@ func (s *Server) coordinateNode(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, []coordinateEntry{{Node: nc.Node, Coord: nc.Coord, CreateIndex: nc.CreateIndex, ModifyIndex: nc.ModifyIndex}})
 }
 
-// coordinateDatacenters answers this datacenter alone (pier has no WAN
-// pool yet), in Consul's "wan" area, with the coordinates of every node of
-// the catalog where Consul lists its servers' WAN coordinates: each agent
-// here learns every node's from its own pings.
-func (s *Server) coordinateDatacenters(w http.ResponseWriter, r *http.Request) {
-	set := s.coordinates()
-	writeJSON(w, r, []datacenterMap{{
-		Datacenter:  s.reg.Config().Datacenter,
-		AreaID:      "wan",
-		Coordinates: coordinateList(r, set, s.reg.Snapshot()),
-	}})
-}
-
 // coordinateUpdate stores the coordinate a client pushes for a node, as a
 // Consul agent pushes its own to the servers. As Consul's state store does,
 // an update for a node not in the catalog is accepted and dropped.
@@ -210,7 +197,11 @@ func (s *Server) coordinateUpdate(w http.ResponseWriter, r *http.Request) {
 // last, keeping the order among equals. As Consul, a near node without a
 // coordinate leaves the order as it is.
 func sortNear[E any](s *Server, r *http.Request, list []E, nodeOf func(*E) string) {
-	near := r.URL.Query().Get("near")
+	sortNearFrom(s, r.URL.Query().Get("near"), list, nodeOf)
+}
+
+// sortNearFrom is sortNear from the node near.
+func sortNearFrom[E any](s *Server, near string, list []E, nodeOf func(*E) string) {
 	if near == "" || len(list) < 2 {
 		return
 	}

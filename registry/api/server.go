@@ -78,6 +78,10 @@ type Config struct {
 	// RPCHoldTimeout is how long a request that needs the leader waits for
 	// one during an election before it answers 500 No cluster leader.
 	RPCHoldTimeout time.Duration // default 7s, as Consul's rpc_hold_timeout
+	// WAN is the servers' WAN pool, on a server (datacenters.go); nil on a
+	// client and a lone agent: ?dc= another datacenter then goes to a
+	// server, or answers 500 No path to datacenter.
+	WAN WAN
 
 	Registerer prometheus.Registerer // nil: no metrics
 }
@@ -113,6 +117,8 @@ type Server struct {
 	// Raft-backed endpoints only; nil without Consensus.
 	inner *http.ServeMux
 	fwd   *http.Transport // forwarded requests, over pooled connections (consensus.go)
+	// wanFwd carries requests to other datacenters (datacenters.go).
+	wanFwd *http.Transport
 	// fwdBufs lends the forwarding proxies their copy buffers.
 	fwdBufs copyBuffers
 }
@@ -140,7 +146,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if cfg.Consensus != nil {
-		s.inner, s.fwd = http.NewServeMux(), newForwarder(cfg.ServerDial)
+		s.inner, s.fwd = http.NewServeMux(), newForwarder(cfg.ServerDial, 10*time.Second)
+	}
+	if cfg.WAN != nil {
+		// Another datacenter's server port, dialled as this one's (its TLS
+		// or keyring identities), with a short dial: a WAN cut that drops
+		// packets shows as a dial that never answers.
+		s.wanFwd = newForwarder(cfg.ServerDial, wanDial)
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -177,7 +189,9 @@ func (s *Server) routes() {
 	s.route("GET /v1/agent/members", s.agentMembers, anyNodeRead)
 	s.checkRoutes() // TTL updates, maintenance, agent health (checks.go)
 	if s.cfg.Consensus != nil {
-		s.raftRoutes() // KV, sessions, txn, operator raft, snapshots on Raft (raftkv.go)
+		s.raftRoutes()  // KV, sessions, txn, operator raft, snapshots on Raft (raftkv.go)
+		s.queryRoutes() // prepared queries (query.go)
+		s.acmeRoutes()  // the front door's ACME certificates and locks (acme.go)
 	} else {
 		s.kvRoutes() // the gossip KV store (kv.go)
 	}
@@ -194,7 +208,7 @@ func (s *Server) routes() {
 	s.route("GET /v1/catalog/nodes", s.catalogNodes, anyNodeRead)
 	s.route("GET /v1/catalog/node/{node}", s.catalogNode, nodeRead)
 	s.route("GET /v1/catalog/node-services/{node}", s.catalogNodeServiceList, nodeRead)
-	s.route("GET /v1/catalog/datacenters", s.catalogDatacenters, acl.Anyone)
+	s.raftRoute("GET /v1/catalog/datacenters", s.catalogDatacenters, acl.Anyone)
 
 	s.route("GET /v1/health/service/{name}", s.cached(s.healthService), serviceRead)
 	s.route("GET /v1/health/checks/{name}", s.healthChecks, serviceRead)
@@ -224,6 +238,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if s.refuseRemoteExec(w, r) { // consul exec (rexec.go)
 		return
 	}
+	// Another datacenter's request is checked there, against its ACLs.
+	if s.toDatacenter(w, r) {
+		return
+	}
 	if s.acl != nil {
 		var ok bool
 		if r, ok = s.authorize(w, r); !ok {
@@ -246,7 +264,7 @@ func (s *Server) ServerPortHandler() http.Handler {
 		h := w.Header()
 		h.Set("X-Consul-KnownLeader", "true")
 		h.Set("X-Consul-LastContact", "0")
-		if s.refuseRemoteExec(w, r) {
+		if s.refuseRemoteExec(w, r) || s.toDatacenter(w, r) {
 			return
 		}
 		if s.acl != nil {
@@ -255,7 +273,13 @@ func (s *Server) ServerPortHandler() http.Handler {
 				return
 			}
 		}
-		s.met.serve(s.inner, w, r)
+		// A request from another datacenter may be for any federated
+		// endpoint, catalog and health included.
+		mux := s.inner
+		if r.Header.Get(dcHeader) != "" && federated(r.URL.Path) {
+			mux = s.mux
+		}
+		s.met.serve(mux, w, r)
 	})
 }
 
@@ -305,6 +329,9 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	err := <-shut
 	if s.fwd != nil {
 		s.fwd.CloseIdleConnections()
+	}
+	if s.wanFwd != nil {
+		s.wanFwd.CloseIdleConnections()
 	}
 	if err != nil {
 		return fmt.Errorf("api: shutdown: %w", err)

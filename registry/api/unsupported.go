@@ -20,7 +20,7 @@ var connectPrefixes = []string{
 
 // missingPrefixes are Consul endpoints pier does not serve yet; they need
 // servers that agree (sessions, txn, external services, snapshots, Raft)
-// or are still to come (prepared queries); events need the gossip layer
+// (prepared queries too); events need the gossip layer
 // (event.go).
 var missingPrefixes = []string{
 	"/v1/session/", "/v1/txn", "/v1/catalog/register", "/v1/catalog/deregister",
@@ -32,6 +32,7 @@ var missingPrefixes = []string{
 var raftServed = map[string]bool{
 	"/v1/session/": true, "/v1/txn": true, "/v1/snapshot": true, "/v1/operator/raft/": true,
 	"/v1/catalog/register": true, "/v1/catalog/deregister": true, "/v1/operator/autopilot/": true,
+	"/v1/query": true, "/v1/query/": true,
 }
 
 func (s *Server) unsupportedRoutes() {

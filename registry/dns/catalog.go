@@ -57,7 +57,9 @@ type answer struct {
 	ns     []mdns.RR
 	extra  []mdns.RR
 	rots   int
-	kind   uint8 // kindService, kindNode or kindOther (metrics)
+	kind   uint8  // kindService, kindNode or kindOther (metrics)
+	remote string // the datacenter of the records when it is another one
+	async  bool   // asked of Remote each time (another datacenter, a prepared query)
 	packed [nSlots][]atomic.Pointer[[]byte]
 }
 
@@ -272,8 +274,19 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 	case "node", "addr":
 		a.kind = kindNode
 	}
-	if dc != "" && dc != strings.ToLower(s.cfg.Datacenter) {
-		return nx() // pier serves one datacenter
+	if dc != "" && dc != strings.ToLower(s.cfg.Datacenter) && kind != "addr" {
+		if s.cfg.Remote == nil {
+			return nx() // no WAN: this datacenter only
+		}
+		a.remote, a.async = dc, true
+		return a
+	}
+	if kind == "query" {
+		if s.cfg.Remote == nil || dc != "" && dc != strings.ToLower(s.cfg.Datacenter) {
+			return nx() // prepared queries are the servers', run in this datacenter
+		}
+		a.kind, a.async = kindService, true
+		return a
 	}
 	switch kind {
 	case "node":
@@ -295,29 +308,10 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 		}
 		a.ans = addrRecords(qname, ip.String(), qtype, seconds(s.cfg.NodeTTL))
 	case "service":
-		var name, tag string
-		switch {
-		case len(rest) == 1:
-			name = rest[0]
-		case len(rest) == 2 && strings.HasPrefix(rest[0], "_") && strings.HasPrefix(rest[1], "_"):
-			// RFC 2782: _name._tag; _tcp means any tag, as in Consul.
-			name, tag = rest[0][1:], rest[1][1:]
-			if tag == "tcp" {
-				tag = ""
-			}
-		case len(rest) == 2:
-			tag, name = rest[0], rest[1]
-		default:
-			return nx()
-		}
-		insts := s.healthy(v.instances(name), tag)
-		if port != "" {
-			insts = withPort(insts, port)
-		}
-		if len(insts) == 0 {
+		name, tag, ok := serviceName(rest)
+		if !ok || !s.serviceAnswer(a, v.instances(name), tag, port, qtype) {
 			return nx() // as Consul: no healthy instance, no name
 		}
-		s.serviceRecords(a, insts, port, qtype, v.snap)
 	default:
 		return nx()
 	}
@@ -327,7 +321,39 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 	return a
 }
 
-func isKind(l string) bool { return l == "service" || l == "node" || l == "addr" }
+// serviceName reads [tag.]name and _name._tag (RFC 2782; _tcp means any
+// tag, as in Consul).
+func serviceName(rest []string) (name, tag string, ok bool) {
+	switch {
+	case len(rest) == 1:
+		return rest[0], "", true
+	case len(rest) == 2 && strings.HasPrefix(rest[0], "_") && strings.HasPrefix(rest[1], "_"):
+		name, tag = rest[0][1:], rest[1][1:]
+		if tag == "tcp" {
+			tag = ""
+		}
+		return name, tag, true
+	case len(rest) == 2:
+		return rest[1], rest[0], true
+	}
+	return "", "", false
+}
+
+// serviceAnswer fills a with the records of insts' healthy instances
+// (with tag and the named port, when given); false: there is none.
+func (s *Server) serviceAnswer(a *answer, insts []registry.Instance, tag, port string, qtype uint16) bool {
+	insts = s.healthy(insts, tag)
+	if port != "" {
+		insts = withPort(insts, port)
+	}
+	if len(insts) == 0 {
+		return false
+	}
+	s.serviceRecords(a, insts, port, qtype)
+	return true
+}
+
+func isKind(l string) bool { return l == "service" || l == "node" || l == "addr" || l == "query" }
 
 // splitKind finds the kind label in ls (a name without the domain) and
 // returns its index, with what follows it read as Consul reads it: nothing,
@@ -419,11 +445,11 @@ func hasTag(tags []string, tag string) bool {
 
 // serviceRecords fills a with the records of healthy instances.
 // With port set, SRV records carry the instances' port of that name.
-func (s *Server) serviceRecords(a *answer, insts []registry.Instance, port string, qtype uint16, snap *registry.Snapshot) {
+func (s *Server) serviceRecords(a *answer, insts []registry.Instance, port string, qtype uint16) {
 	ttl := serviceTTL(s.cfg.ServiceTTL, insts[0].Service.Name)
 	if qtype == mdns.TypeSRV {
 		for _, in := range insts {
-			target, extra := s.srvTarget(in)
+			target, extra := s.srvTarget(in, a.remote)
 			if target == "" {
 				continue
 			}
@@ -466,9 +492,12 @@ func serviceAddr(in registry.Instance) string {
 
 // srvTarget names the host of an SRV record and its address records, as
 // Consul does: the node when the service has no address of its own, an
-// addr name for an IP, and a host name as it is.
-func (s *Server) srvTarget(in registry.Instance) (string, []mdns.RR) {
-	suffix := "." + strings.ToLower(s.cfg.Datacenter) + "." + s.cfg.Domain
+// addr name for an IP, and a host name as it is; under dc ("": this one).
+func (s *Server) srvTarget(in registry.Instance, dc string) (string, []mdns.RR) {
+	if dc == "" {
+		dc = s.cfg.Datacenter
+	}
+	suffix := "." + strings.ToLower(dc) + "." + s.cfg.Domain
 	if in.Service.Address == "" {
 		t := strings.ToLower(in.Node.Name) + ".node" + suffix
 		if _, ok := mdns.IsDomainName(t); !ok {

@@ -57,6 +57,10 @@ type Config struct {
 	// SERVFAIL. Default 1000.
 	MaxInflight int `json:"-"`
 
+	// Remote answers names of other datacenters (name.service.dc2,
+	// node.node.dc2); nil: they are NXDOMAIN (remote.go).
+	Remote Remote `json:"-"`
+
 	Logger *slog.Logger     `json:"-"` // nil: discard
 	Now    func() time.Time `json:"-"` // the clock of the forwarding cache; nil: time.Now (a test knob)
 

@@ -26,6 +26,9 @@
 // its own, so a slow upstream never stalls the read loop. TCP is served by
 // miekg/dns's server with the same handler.
 //
+// Names of another datacenter are asked of Config.Remote (remote.go), on
+// the goroutine a forwarded query gets, never on the UDP read loop.
+//
 // It reads the catalog only through registry.Registry.Snapshot and the
 // snapshot's exported methods and never writes to it, never locks it, and
 // must not import the API, proxy or lb packages.

@@ -15,6 +15,9 @@ import (
 // forward resolves q through the recursors, caches the answer and returns
 // the reply. If every recursor fails it answers SERVFAIL.
 func (s *Server) forward(ctx context.Context, out []byte, q *query, tcp bool) []byte {
+	if q.domOff >= 0 {
+		return s.remoteReply(ctx, out, q, tcp) // a name of another datacenter
+	}
 	e, err := s.resolve(ctx, q)
 	if err != nil {
 		s.log.Debug("forwarding failed", "err", err)

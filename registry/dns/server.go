@@ -415,6 +415,9 @@ func (s *Server) reply(out []byte, q *query, src netip.Addr, tcp bool) ([]byte, 
 	}
 	a := s.catalogAnswer(q.key, q.domOff)
 	q.kind = a.kind
+	if a.async {
+		return nil, false // asked of Remote, which may block
+	}
 	return render(out, a.wire(s, slotFor(tcp, q)), q, ra), true
 }
 

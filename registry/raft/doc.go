@@ -2,8 +2,9 @@
 // hashicorp/raft: the KV store with Consul's locks (sessions, lock delay,
 // LockIndex), sessions, and atomic transactions (Consul's /v1/txn KV
 // verbs), and operator snapshots in Consul's archive layout (ops.go). It
-// keeps the Raft log and stable store in the data dir
-// (raft/raft.db, bbolt, fsynced per append) and snapshots beside them, or
+// keeps the Raft log and stable store in the data dir (store.go:
+// hashicorp/raft-wal in raft/wal, or bbolt's raft/raft.db for a data dir
+// that already has one; fsynced per append) and snapshots beside them, or
 // everything in memory for -dev.
 //
 // The state machine (FSM) publishes an immutable State after every applied

@@ -15,7 +15,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	hraft "github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
 // Config is one server's Raft settings.
@@ -23,10 +22,16 @@ type Config struct {
 	// ID names this server in the Raft configuration; it must stay the same
 	// across restarts (the node's ID or name).
 	ID string
-	// DataDir holds raft/raft.db (the log and stable store, fsynced by
-	// bbolt on every append) and raft/snapshots; empty: everything in
-	// memory (-dev), gone at exit.
+	// DataDir holds the log and stable store under raft/ (store.go: a
+	// WAL in raft/wal, or bbolt's raft/raft.db) and raft/snapshots; empty:
+	// everything in memory (-dev), gone at exit.
 	DataDir string
+	// LogStore is Consul's raft_logstore.backend: LogStoreWAL or
+	// LogStoreBoltDB; "" keeps what the data dir holds and gives a new one
+	// the WAL. A value that contradicts the data dir is an error.
+	LogStore string
+	// WALSegmentSize is the size of the WAL's preallocated segment files.
+	WALSegmentSize int // default DefaultWALSegmentSize
 	// Bind is the address of the Raft transport (Consul's server port).
 	Bind string // default "127.0.0.1:8300"
 	// Advertise is the address the other servers dial; empty: Bind, which
@@ -94,6 +99,7 @@ type Node struct {
 	// than what it had already shown (CaughtUp).
 	bootIndex uint64
 	room      roomCache // room.go
+	store     string    // LogStoreWAL or LogStoreBoltDB; "" in memory
 	timers    sessionTimers
 	group     group         // servers.go
 	down      chan struct{} // closed once Raft has shut down
@@ -114,6 +120,12 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.SnapshotThreshold == 0 {
 		cfg.SnapshotThreshold = def.SnapshotThreshold
+	}
+	if cfg.WALSegmentSize == 0 {
+		cfg.WALSegmentSize = DefaultWALSegmentSize
+	}
+	if cfg.WALSegmentSize < MinWALSegmentSize || cfg.WALSegmentSize > MaxWALSegmentSize {
+		return nil, fmt.Errorf("raft: raft_logstore.wal.segment_size_mb: %d bytes is out of range (1 to 1024 MiB)", cfg.WALSegmentSize)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -155,22 +167,28 @@ func New(cfg Config) (*Node, error) {
 			n.close()
 			return nil, fmt.Errorf("raft: data dir: %w", err)
 		}
-		bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+		backend, err := storeBackend(dir, cfg.LogStore)
 		if err != nil {
 			n.close()
-			return nil, fmt.Errorf("raft: opening %s: %w", filepath.Join(dir, "raft.db"), err)
+			return nil, err
 		}
-		n.closers = append(n.closers, bolt)
+		st, err := openStores(dir, backend, cfg.WALSegmentSize, hlog)
+		if err != nil {
+			n.close()
+			return nil, err
+		}
+		n.closers = append(n.closers, st.closer)
+		n.store = backend
 		// The leader reads back each entry it sends to a follower (and
 		// the one before it); the newest entries are kept in memory, as
-		// Consul's servers do, rather than read from bbolt and decoded
-		// again. Entries reach the cache only once bbolt has stored them.
-		cached, err := hraft.NewLogCache(logCacheSize, bolt)
+		// Consul's servers do, rather than read from the store and decoded
+		// again. Entries reach the cache only once the store has them.
+		cached, err := hraft.NewLogCache(logCacheSize, st.logs)
 		if err != nil {
 			n.close()
 			return nil, fmt.Errorf("raft: log cache: %w", err)
 		}
-		logs, stable = cached, bolt
+		logs, stable = cached, st.stable
 		if snaps, err = hraft.NewFileSnapshotStoreWithLogger(dir, 2, hlog); err != nil {
 			n.close()
 			return nil, fmt.Errorf("raft: snapshots: %w", err)

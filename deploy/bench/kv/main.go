@@ -68,7 +68,8 @@ type options struct {
 	opTimeout time.Duration
 	servers   []string // pier: each endpoint's server (Raft) address, for leader
 	fill      bool
-	warmup    int64 // operations before the clock starts, not measured
+	warmup    int64  // operations before the clock starts, not measured
+	dc        string // pier: every request goes to this datacenter (?dc=), through the endpoint's
 }
 
 // result is the JSON line of one run. Latencies are of a whole operation as
@@ -112,6 +113,7 @@ func main() {
 	flag.IntVar(&o.rate, "rate", 100, "failover: writes per second")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 5*time.Second, "longest wait for one operation")
 	flag.Int64Var(&o.warmup, "warmup", 0, "put, cas, read: operations done (over the same connections) before the clock starts, not measured")
+	flag.StringVar(&o.dc, "dc", "", "pier: send every request to this datacenter with ?dc= (deploy/bench/multidc.sh)")
 	flag.BoolVar(&o.fill, "fill", true, "read, cas: write every key once before the clock starts")
 	flag.StringVar(&servers, "server-addrs", "", "pier leader: each endpoint's server address, in -endpoints order (what /v1/status/leader names once Raft is in)")
 	flag.Parse()
@@ -141,7 +143,7 @@ func main() {
 	}
 	stores := make([]store, len(o.endpoints))
 	for i, ep := range o.endpoints {
-		s, err := open(o.target, ep, o.clients)
+		s, err := open(o.target, ep, o.clients, o.dc)
 		if err != nil {
 			fail(fmt.Sprintf("-endpoints %s: %v", ep, err))
 		}
@@ -172,11 +174,13 @@ func main() {
 	json.NewEncoder(os.Stdout).Encode(res)
 }
 
-func open(target, endpoint string, clients int) (store, error) {
+func open(target, endpoint string, clients int, dc string) (store, error) {
 	if target == "etcd" {
 		return newEtcd(endpoint)
 	}
-	return newPier(endpoint, clients), nil
+	p := newPier(endpoint, clients)
+	p.dc = dc
+	return p, nil
 }
 
 func key(i int) string { return fmt.Sprintf("bench/k%06d", i) }

@@ -19,6 +19,16 @@ import (
 type pier struct {
 	base string
 	c    *http.Client
+	dc   string // "": the endpoint's own datacenter
+}
+
+// dcParam is ?dc= (after sep, ? or &) when the requests go to another
+// datacenter.
+func (p *pier) dcParam(sep string) string {
+	if p.dc == "" {
+		return ""
+	}
+	return sep + "dc=" + p.dc
 }
 
 func newPier(endpoint string, clients int) *pier {
@@ -72,7 +82,7 @@ func (p *pier) write(ctx context.Context, url string, val []byte) (bool, error) 
 }
 
 func (p *pier) put(ctx context.Context, key string, val []byte) error {
-	ok, err := p.write(ctx, p.base+key, val)
+	ok, err := p.write(ctx, p.base+key+p.dcParam("?"), val)
 	if err == nil && !ok {
 		err = fmt.Errorf("PUT %s answered false", key)
 	}
@@ -80,11 +90,11 @@ func (p *pier) put(ctx context.Context, key string, val []byte) error {
 }
 
 func (p *pier) cas(ctx context.Context, key string, val []byte, rev int64) (bool, error) {
-	return p.write(ctx, p.base+key+"?cas="+strconv.FormatInt(rev, 10), val)
+	return p.write(ctx, p.base+key+"?cas="+strconv.FormatInt(rev, 10)+p.dcParam("&"), val)
 }
 
 func (p *pier) get(ctx context.Context, key string) (int64, error) {
-	code, b, err := p.do(ctx, http.MethodGet, p.base+key+"?consistent", nil)
+	code, b, err := p.do(ctx, http.MethodGet, p.base+key+"?consistent"+p.dcParam("&"), nil)
 	if err != nil {
 		return 0, err
 	}

@@ -1,0 +1,386 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
+	"github.com/pier-dev/pier/registry/raft"
+)
+
+// The /v1/query endpoints. They are the servers' (a client forwards them,
+// a follower sends writes and default reads to the leader); execute runs
+// on the server that serves it: the local catalog of its registry, then,
+// with no instance left, the datacenters of the query's failover in order
+// (through ?dc=, as the HTTP API reads another datacenter).
+
+func (s *Server) queryRoutes() {
+	s.raftRoute("POST /v1/query", s.queryCreate, acl.Anyone) // service:write on the query's service
+	s.raftRoute("GET /v1/query", s.queryList, acl.Anyone)    // filtered by service:read
+	s.raftRoute("GET /v1/query/{id}", s.queryGet, acl.Anyone)
+	s.raftRoute("PUT /v1/query/{id}", s.queryUpdate, acl.Anyone)
+	s.raftRoute("DELETE /v1/query/{id}", s.queryDelete, acl.Anyone)
+	s.raftRoute("GET /v1/query/{id}/execute", s.queryExecute, acl.Anyone)
+	s.raftRoute("GET /v1/query/{id}/explain", s.queryExplain, acl.Anyone)
+}
+
+// queryEntry reads the stored query under key.
+func queryEntry(e *registry.KVEntry) (preparedQuery, bool) {
+	var q preparedQuery
+	if json.Unmarshal(e.Value, &q) != nil {
+		return q, false
+	}
+	q.CreateIndex, q.ModifyIndex = e.CreateIndex, e.ModifyIndex
+	return q, true
+}
+
+// resolveQuery finds a query by ID, else by name, as Consul resolves
+// /v1/query/{id}/execute.
+func resolveQuery(st *raft.State, idOrName string) (preparedQuery, bool) {
+	if e, ok := st.KV(queryPrefix + idOrName); ok {
+		return queryEntry(e)
+	}
+	if e, ok := st.KV(queryNamePrefix + idOrName); ok {
+		if e, ok := st.KV(queryPrefix + string(e.Value)); ok {
+			return queryEntry(e)
+		}
+	}
+	return preparedQuery{}, false
+}
+
+// mayWriteQuery: a query's writer may write its service (pier has no
+// query rules of Consul's ACLs).
+func mayWriteQuery(r *http.Request, q *preparedQuery) bool {
+	p := acl.PolicyOf(r)
+	return p == nil || p.ServiceWrite(q.Service.Service)
+}
+
+// shown is q as r may see it: its token redacted unless r may write it.
+func shown(r *http.Request, q preparedQuery) preparedQuery {
+	if p := acl.PolicyOf(r); p != nil && !p.Management() && q.Token != "" {
+		q.Token = redactedToken
+	}
+	return q
+}
+
+func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
+	n, ok := s.raftWrite(w, r)
+	if !ok {
+		return
+	}
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	q, err := parseQueryBody(b)
+	if err == nil && q.ID != "" {
+		err = badRequest("ID must be empty when creating a new prepared query")
+	}
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if !mayWriteQuery(r, &q) {
+		acl.Denied(w)
+		return
+	}
+	q.ID = registry.NewUUID()
+	if s.storeQuery(w, n, q, nil) {
+		writeJSON(w, r, map[string]string{"ID": q.ID})
+	}
+}
+
+func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
+	n, ok := s.raftWrite(w, r)
+	if !ok {
+		return
+	}
+	b, ok := s.readBody(w, r)
+	if !ok {
+		return
+	}
+	q, err := parseQueryBody(b)
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	id := r.PathValue("id")
+	if q.ID != "" && q.ID != id {
+		httpError(w, http.StatusBadRequest, "Invalid prepared query: ID %q in the body is not the one of the path, %q", q.ID, id)
+		return
+	}
+	q.ID = id
+	e, found := n.State().KV(queryPrefix + id)
+	if !found {
+		httpError(w, http.StatusNotFound, "Cannot modify non-existent prepared query: '%s'", id)
+		return
+	}
+	old, _ := queryEntry(e)
+	if !mayWriteQuery(r, &q) || !mayWriteQuery(r, &old) {
+		acl.Denied(w)
+		return
+	}
+	if q.Token == redactedToken {
+		q.Token = old.Token
+	}
+	old.ModifyIndex = e.ModifyIndex
+	s.storeQuery(w, n, q, &old)
+}
+
+// storeQuery writes q (replacing old, when given) and its name in one
+// transaction; true means it was written.
+func (s *Server) storeQuery(w http.ResponseWriter, n *raft.Node, q preparedQuery, old *preparedQuery) bool {
+	q.CreateIndex, q.ModifyIndex = 0, 0
+	v, err := json.Marshal(q)
+	if err != nil {
+		httpError(w, http.StatusInternalServerError, "%v", err)
+		return false
+	}
+	set := raft.KVOp{Verb: raft.KVCAS, Key: queryPrefix + q.ID, Value: v}
+	var ops []raft.KVOp
+	if old != nil {
+		set.Index = old.ModifyIndex // nobody changed it since it was read
+		if old.Name != "" && old.Name != q.Name {
+			ops = append(ops, raft.KVOp{Verb: raft.KVDelete, Key: queryNamePrefix + old.Name})
+		}
+	}
+	ops = append(ops, set)
+	if q.Name != "" && (old == nil || old.Name != q.Name) {
+		ops = append(ops, raft.KVOp{Verb: raft.KVCheckNotExists, Key: queryNamePrefix + q.Name},
+			raft.KVOp{Verb: raft.KVSet, Key: queryNamePrefix + q.Name, Value: []byte(q.ID)})
+	}
+	res, err := n.Txn(ops)
+	if !applied(w, res, err) {
+		return false
+	}
+	if len(res.Errors) > 0 {
+		if res.Errors[0].OpIndex == len(ops)-2 {
+			httpError(w, http.StatusBadRequest, "Invalid prepared query: name %q aliases an existing query name", q.Name)
+		} else {
+			httpError(w, http.StatusConflict, "Invalid prepared query: it changed while it was updated; retry")
+		}
+		return false
+	}
+	return true
+}
+
+func (s *Server) queryDelete(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
+	n, ok := s.raftWrite(w, r)
+	if !ok {
+		return
+	}
+	id := r.PathValue("id")
+	e, found := n.State().KV(queryPrefix + id)
+	if !found {
+		return // as Consul: deleting what is not there is no error
+	}
+	q, _ := queryEntry(e)
+	if !mayWriteQuery(r, &q) {
+		acl.Denied(w)
+		return
+	}
+	ops := []raft.KVOp{{Verb: raft.KVDelete, Key: queryPrefix + id}}
+	if q.Name != "" {
+		ops = append(ops, raft.KVOp{Verb: raft.KVDelete, Key: queryNamePrefix + q.Name})
+	}
+	res, err := n.Txn(ops)
+	applied(w, res, err)
+}
+
+// queryRead answers the state a query read is served from, with its
+// index header; false means the request was answered or forwarded.
+func (s *Server) queryRead(w http.ResponseWriter, r *http.Request) (*raft.State, bool) {
+	if !s.localDC(w, r) {
+		return nil, false
+	}
+	st, _, ok := s.raftRead(w, r)
+	if ok {
+		w.Header().Set("X-Consul-Index", strconv.FormatUint(st.KVIndex(), 10))
+	}
+	return st, ok
+}
+
+func (s *Server) queryList(w http.ResponseWriter, r *http.Request) {
+	st, ok := s.queryRead(w, r)
+	if !ok {
+		return
+	}
+	out := []preparedQuery{}
+	p := acl.PolicyOf(r)
+	for _, e := range st.KVList(queryPrefix) {
+		if q, ok := queryEntry(e); ok && (p == nil || p.ServiceRead(q.Service.Service)) {
+			out = append(out, shown(r, q))
+		}
+	}
+	writeJSON(w, r, out)
+}
+
+func (s *Server) queryGet(w http.ResponseWriter, r *http.Request) {
+	if q, ok := s.readQuery(w, r); ok {
+		writeJSON(w, r, []preparedQuery{shown(r, q)})
+	}
+}
+
+func (s *Server) queryExplain(w http.ResponseWriter, r *http.Request) {
+	if q, ok := s.readQuery(w, r); ok {
+		writeJSON(w, r, map[string]any{"Query": shown(r, q)})
+	}
+}
+
+// readQuery answers the query r names (an ID or a name), which r may read;
+// false means the request was answered or forwarded.
+func (s *Server) readQuery(w http.ResponseWriter, r *http.Request) (preparedQuery, bool) {
+	st, ok := s.queryRead(w, r)
+	if !ok {
+		return preparedQuery{}, false
+	}
+	q, ok := resolveQuery(st, r.PathValue("id"))
+	if !ok {
+		httpError(w, http.StatusNotFound, "Query not found")
+		return q, false
+	}
+	if p := acl.PolicyOf(r); p != nil && !p.ServiceRead(q.Service.Service) {
+		acl.Denied(w)
+		return q, false
+	}
+	return q, true
+}
+
+// queryResult is Consul's PreparedQueryExecuteResponse.
+type queryResult struct {
+	Service    string
+	Namespace  string `json:",omitempty"`
+	Partition  string `json:",omitempty"`
+	Nodes      []serviceEntry
+	DNS        queryDNS
+	Datacenter string
+	Failovers  int
+}
+
+func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
+	st, ok := s.queryRead(w, r)
+	if !ok {
+		return
+	}
+	q, ok := resolveQuery(st, r.PathValue("id"))
+	if !ok {
+		httpError(w, http.StatusNotFound, "Query not found")
+		return
+	}
+	limit := 0
+	if v := r.URL.Query().Get("limit"); v != "" {
+		var err error
+		if limit, err = strconv.Atoi(v); err != nil || limit < 0 {
+			httpError(w, http.StatusBadRequest, "limit: %q is not a count", v)
+			return
+		}
+	}
+	near := r.URL.Query().Get("near")
+	if near == "" {
+		near = q.Service.Near
+	}
+	if near == "_agent" {
+		near = s.origin(r)
+	}
+	res := s.runQuery(r.Context(), &q, near, limit)
+	if p := acl.PolicyOf(r); p != nil && !p.ServiceRead(q.Service.Service) {
+		res.Nodes = []serviceEntry{} // as Consul filters the answer by service:read
+	}
+	writeJSON(w, r, res)
+}
+
+// runQuery executes q: this datacenter's instances that q keeps, shuffled,
+// nearest to near first, at most limit (0: all); none, then the failover
+// datacenters in order until one has some.
+func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, limit int) queryResult {
+	own := s.reg.Config().Datacenter
+	res := queryResult{Service: q.Service.Service, DNS: q.DNS, Datacenter: own, Nodes: []serviceEntry{}}
+	var local []registry.Instance
+	for _, in := range s.reg.Snapshot().ServiceInstances(q.Service.Service) {
+		if q.keep(in) {
+			local = append(local, in)
+		}
+	}
+	res.Nodes = queryNodes(local, own, limit, func(list []serviceEntry) {
+		sortNearFrom(s, near, list, func(e *serviceEntry) string { return e.Node.Node })
+	})
+	if len(res.Nodes) > 0 || s.cfg.WAN == nil {
+		return res
+	}
+	var others []string
+	for _, dc := range s.cfg.WAN.Datacenters() {
+		if dc != own {
+			others = append(others, dc)
+		}
+	}
+	for _, dc := range q.failoverDatacenters(others) {
+		res.Failovers++
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.RPCHoldTimeout)
+		insts, err := s.Instances(ctx, dc, q.Service.Service, "")
+		cancel()
+		if err != nil {
+			s.log.Debug("prepared query failover", "query", q, "dc", dc, "err", err)
+			continue
+		}
+		var kept []registry.Instance
+		for _, in := range insts {
+			if q.keep(in) {
+				kept = append(kept, in)
+			}
+		}
+		if len(kept) > 0 {
+			res.Datacenter = dc
+			res.Nodes = queryNodes(kept, dc, limit, nil)
+			break
+		}
+	}
+	return res
+}
+
+// queryNodes shuffles insts into the answer's shape, sorts them (when
+// sort is given) and keeps the first limit.
+func queryNodes(insts []registry.Instance, dc string, limit int, sort func([]serviceEntry)) []serviceEntry {
+	out := make([]serviceEntry, 0, len(insts))
+	for _, in := range insts {
+		out = append(out, serviceEntry{Node: toNode(in.Node), Service: toCatalogNodeService(in.Service, dc), Checks: toHealthChecks(in.Checks)})
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	if sort != nil {
+		sort(out)
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+// Query executes the prepared query called idOrName (an ID or a name) for
+// DNS (name.query.consul): the datacenter that answered, the answer's TTL
+// and its instances.
+func (s *Server) Query(ctx context.Context, idOrName string) (string, time.Duration, []registry.Instance, error) {
+	var res queryResult
+	if err := s.getJSON(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?near=_agent", &res); err != nil {
+		return "", 0, nil, err
+	}
+	ttl, _ := time.ParseDuration(res.DNS.TTL)
+	out := make([]registry.Instance, 0, len(res.Nodes))
+	for _, e := range res.Nodes {
+		out = append(out, e.instance())
+	}
+	return res.Datacenter, ttl, out, nil
+}

@@ -1,0 +1,102 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+
+	"github.com/pier-dev/pier/registry"
+)
+
+// Reads that other parts of the agent (DNS, the front door, prepared
+// queries) make of any datacenter go through this Server's own handler as
+// a request with ?dc= would: the forwarding, the timeouts and the answers
+// are the HTTP API's, with the anonymous token.
+
+// Instances answers every instance of service in dc ("" or this
+// datacenter's name: the local catalog), with tag when given, and their
+// checks, as /v1/health/service answers them.
+func (s *Server) Instances(ctx context.Context, dc, service, tag string) ([]registry.Instance, error) {
+	v := url.Values{}
+	if dc != "" {
+		v.Set("dc", dc)
+	}
+	if tag != "" {
+		v.Set("tag", tag)
+	}
+	var es []serviceEntry
+	if err := s.getJSON(ctx, "/v1/health/service/"+url.PathEscape(service)+"?"+v.Encode(), &es); err != nil {
+		return nil, err
+	}
+	out := make([]registry.Instance, 0, len(es))
+	for _, e := range es {
+		out = append(out, e.instance())
+	}
+	return out, nil
+}
+
+// Node answers dc's node called name; nil when it has none.
+func (s *Server) Node(ctx context.Context, dc, name string) (*registry.NodeEntry, error) {
+	var ns *nodeServices
+	if err := s.getJSON(ctx, "/v1/catalog/node/"+url.PathEscape(name)+"?dc="+url.QueryEscape(dc), &ns); err != nil {
+		return nil, err
+	}
+	if ns == nil {
+		return nil, nil
+	}
+	n := ns.Node.entry()
+	return &n, nil
+}
+
+// getJSON serves a GET of pathQuery and decodes its 200 answer into v.
+func (s *Server) getJSON(ctx context.Context, pathQuery string, v any) error {
+	r := httptest.NewRequestWithContext(ctx, http.MethodGet, pathQuery, nil)
+	r.RemoteAddr = "127.0.0.1:0"
+	rec := httptest.NewRecorder()
+	s.serve(rec, r)
+	if rec.Code == http.StatusInternalServerError && bytes.HasPrefix(rec.Body.Bytes(), []byte(registry.ErrNoPath.Error())) {
+		return fmt.Errorf("api: %s: %w", pathQuery, registry.ErrNoPath)
+	}
+	if rec.Code == http.StatusNotFound {
+		return fmt.Errorf("api: %s: %s: %w", pathQuery, bytes.TrimSpace(rec.Body.Bytes()), registry.ErrNotFound)
+	}
+	if rec.Code != http.StatusOK {
+		return fmt.Errorf("api: %s: %d %s", pathQuery, rec.Code, rec.Body.Bytes())
+	}
+	return json.Unmarshal(rec.Body.Bytes(), v)
+}
+
+// instance turns an answer of /v1/health/service back into the catalog's
+// types.
+func (e serviceEntry) instance() registry.Instance {
+	n := e.Node.entry()
+	in := registry.Instance{Node: &n, Service: &registry.ServiceEntry{Node: e.Node.Node, Service: registry.Service{
+		ID: e.Service.ID, Name: e.Service.Service, Tags: e.Service.Tags, Address: e.Service.Address, Port: e.Service.Port,
+		Meta: e.Service.Meta, Weights: registry.Weights(e.Service.Weights), TaggedAddresses: e.Service.TaggedAddresses,
+		Ports: e.Service.Ports, Locality: e.Service.Locality,
+	}, CreateIndex: e.Service.CreateIndex, ModifyIndex: e.Service.ModifyIndex}}
+	for _, c := range e.Checks {
+		in.Checks = append(in.Checks, &registry.CheckEntry{Node: c.Node, Check: registry.Check{
+			CheckID: c.CheckID, Name: c.Name, Status: c.Status, Notes: c.Notes, Output: c.Output,
+			ServiceID: c.ServiceID, ServiceName: c.ServiceName, ServiceTags: c.ServiceTags,
+		}, CreateIndex: c.CreateIndex, ModifyIndex: c.ModifyIndex})
+	}
+	return in
+}
+
+func (n node) entry() registry.NodeEntry {
+	return registry.NodeEntry{Node: registry.Node{ID: n.ID, Name: n.Node, Address: n.Address, Datacenter: n.Datacenter,
+		TaggedAddresses: n.TaggedAddresses, Meta: n.Meta, Locality: n.Locality}, CreateIndex: n.CreateIndex, ModifyIndex: n.ModifyIndex}
+}
+
+// Datacenters answers every datacenter, this one first, then the others
+// nearest first, as /v1/catalog/datacenters.
+func (s *Server) Datacenters(ctx context.Context) ([]string, error) {
+	var dcs []string
+	err := s.getJSON(ctx, "/v1/catalog/datacenters", &dcs)
+	return dcs, err
+}

@@ -176,7 +176,9 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 		if p.proxy.AccessLogTo == nil {
 			p.proxy.AccessLogTo = logOut
 		}
-		if a.door, err = newFrontDoor(p, a.reg, log); err != nil {
+		ps := *p
+		ps.proxy, _ = withACMEStorage(p.proxy, a.srv, cfg.ACL.Agent, log)
+		if a.door, err = newFrontDoor(&ps, a.reg, log); err != nil {
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
@@ -359,6 +361,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })
+			g.Go(func() error { return d.proxy.RunACME(gctx, d.ln.Addr(), d.tlsLn.Addr()) })
 		}
 	}
 	for _, ln := range a.lns.All() {

@@ -164,7 +164,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	node := a.reg.Config().NodeName
 	a.srv.HandlePerm("PUT /v1/agent/reload", a.rl, acl.AgentWrite(node))
 	a.srv.HandlePerm("POST /v1/agent/reload", a.rl, acl.AgentWrite(node))
-	if a.names, err = newDNS(a.cfg, a.reg, a.srv, log, prom); err != nil {
+	if a.names, err = newDNS(a.cfg, a.reg, a.srv.ReaderAs("dns"), log, prom); err != nil {
 		return a, err
 	}
 	if a.containers, err = newDockerWatcher(cfg.Docker, a.reg, a.addr, log); err != nil {
@@ -172,7 +172,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	}
 	if p := cfg.Proxy; p != nil {
 		p.lb.Registerer, p.proxy.Registerer = prom, prom
-		p.proxy.Failover = a.srv // other datacenters' instances, for routes with a failover
+		p.proxy.Failover = a.srv.ReaderAs("agent") // other datacenters' instances, for routes with a failover
 		if p.proxy.AccessLogTo == nil {
 			p.proxy.AccessLogTo = logOut
 		}

@@ -146,6 +146,8 @@ func TestConsulCLIServersAndDatacenters(t *testing.T) {
 	expect("operator raft list-peers -datacenter", out, code, 0, "s-dc2", "leader")
 	out, code = run(cAddr, "operator raft remove-peer", "-address", "127.0.0.1:1")
 	expect("operator raft remove-peer", out, code, 1, "was not found in the Raft configuration")
+	out, code = run(cAddr, "operator raft transfer-leader")
+	expect("operator raft transfer-leader in a group of one", out, code, 1, "Error transfering leadership")
 	out, code = run(cAddr, "operator autopilot get-config")
 	expect("operator autopilot get-config", out, code, 0, "CleanupDeadServers = true")
 	out, code = run(cAddr, "operator autopilot state")

@@ -177,7 +177,9 @@ func New(cfg Config) (*Node, error) {
 			n.close()
 			return nil, err
 		}
-		n.closers = append(n.closers, st.closer)
+		// Closed in reverse: the guard first, then the stores.
+		guard := &stableGuard{StableStore: st.stable}
+		n.closers = append(n.closers, st.closer, guard)
 		n.store = backend
 		// The leader reads back each entry it sends to a follower (and
 		// the one before it); the newest entries are kept in memory, as
@@ -188,7 +190,7 @@ func New(cfg Config) (*Node, error) {
 			n.close()
 			return nil, fmt.Errorf("raft: log cache: %w", err)
 		}
-		logs, stable = cached, st.stable
+		logs, stable = cached, guard
 		if snaps, err = hraft.NewFileSnapshotStoreWithLogger(dir, 2, hlog); err != nil {
 			n.close()
 			return nil, fmt.Errorf("raft: snapshots: %w", err)

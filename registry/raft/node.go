@@ -507,6 +507,28 @@ func (n *Node) RemoveServer(id string) error {
 	return n.await(n.raft.RemoveServer(hraft.ServerID(id), 0, n.cfg.ApplyTimeout))
 }
 
+// TransferLeadership hands leadership to the voter id, or to the most
+// up-to-date other voter when id is ""; leader only. It returns once
+// another server leads, or with hashicorp/raft's error.
+func (n *Node) TransferLeadership(id string) error {
+	if n.raft.State() != hraft.Leader {
+		return n.leaderErr()
+	}
+	if id == "" {
+		return n.await(n.raft.LeadershipTransfer())
+	}
+	servers, err := n.Configuration()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if s.ID == id {
+			return n.await(n.raft.LeadershipTransferToServer(hraft.ServerID(id), hraft.ServerAddress(s.Address)))
+		}
+	}
+	return fmt.Errorf("id %q was not found in the Raft configuration", id)
+}
+
 // Stats are hashicorp/raft's, for /v1/agent/self's raft section.
 func (n *Node) Stats() map[string]string { return n.raft.Stats() }
 

@@ -17,6 +17,12 @@
 // passive health as the HTTP routes and keeps its connections in a set of
 // its own, so that draining and shutdown can end them.
 //
+// ACME (acme.go) gets certificates from an RFC 8555 CA through certmagic:
+// it answers the challenges on the front door's listeners and hands
+// certmagic's certificates to the TLS listener after pier's files. Where
+// they are stored and locked is the caller's (ACMEConfig.Storage: the
+// agent gives the servers' KV); this package must not reach the KV itself.
+//
 // The route table is an immutable value swapped atomically when the
 // catalog's tags or KV routes change. State that must survive a route update (in-flight
 // counts, passive-failure state, keep-alive connections) must not live

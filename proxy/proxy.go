@@ -86,6 +86,7 @@ type Proxy struct {
 	met      *proxyMetrics // nil: no metrics
 	alog     *accessLog    // nil: no access log
 	certs    *certStore    // nil: no TLS
+	acme     *acmeManager  // nil: no ACME (acme.go)
 	redirect bool          // plain requests get a redirect to https
 	h2       *h2Front      // nil: no HTTP/2 on either listener
 	grpc     *grpcUpstream // transports to gRPC instances
@@ -168,6 +169,12 @@ func New(cfg Config) (*Proxy, error) {
 		p.cfg.TLS = &t
 		if p.certs, err = newCertStore(p.cfg.TLS, p.log); err != nil {
 			return nil, err
+		}
+		if t.ACME != nil {
+			if p.acme, err = newACMEManager(t.ACME, cfg.Registerer, p.log); err != nil {
+				return nil, err
+			}
+			p.certs.acme = p.acme
 		}
 		p.redirect = cfg.TLS.RedirectHTTP
 	}
@@ -352,6 +359,10 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	uri = req.Header.RequestURI() // now in origin form, the host in Host
+	if p.acme != nil && !ctx.IsTLS() && p.acme.challenge(ctx) {
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return
+	}
 	if p.redirect && !ctx.IsTLS() {
 		p.redirectHTTPS(ctx)
 		p.access(ctx, origURI, start, nil, nil, 0)

@@ -186,7 +186,7 @@ func (p *Proxy) hasCertificate(name string) bool {
 		return false
 	}
 	set := p.certs.set.Load()
-	if _, ok := set.byName[name]; ok {
+	if _, ok := set.byName[name]; ok || p.acme.managed(name) {
 		return true
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {

@@ -26,6 +26,7 @@ type TLSConfig struct {
 	RedirectHTTP bool          `json:"redirect_http"` // the plain listener answers 308 to https instead of proxying
 	RedirectPort int           `json:"redirect_port"` // port written into redirects (0 or 443: none)
 	ReloadCheck  time.Duration `json:"-"`             // a handshake stats the files at most this often (0: 2s)
+	ACME         *ACMEConfig   `json:"acme"`          // certificates from an ACME CA (acme.go); certs may then be empty
 }
 
 // CertFiles is one PEM certificate chain and its private key.
@@ -42,6 +43,7 @@ type certStore struct {
 	files   []CertFiles
 	every   time.Duration
 	log     *slog.Logger
+	acme    *acmeManager // nil: no ACME
 	set     atomic.Pointer[certSet]
 	checked atomic.Int64 // unix nanoseconds of the last stat
 	mu      sync.Mutex   // one reload at a time
@@ -59,7 +61,7 @@ type fileStamp struct {
 }
 
 func newCertStore(cfg *TLSConfig, log *slog.Logger) (*certStore, error) {
-	if len(cfg.Certs) == 0 {
+	if len(cfg.Certs) == 0 && cfg.ACME == nil {
 		return nil, errors.New("proxy: tls: at least one certificate is required")
 	}
 	if cfg.ReloadCheck < 0 || cfg.RedirectPort < 0 || cfg.RedirectPort > 65535 {
@@ -161,11 +163,18 @@ func (s *certStore) maybeReload(now time.Time) {
 }
 
 // getCertificate picks by SNI: the exact name, then a wildcard for the
-// name's parent, then the first certificate.
+// name's parent, then an ACME certificate, then the first certificate. A
+// TLS-ALPN-01 challenge goes to ACME first.
 func (s *certStore) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.maybeReload(time.Now())
 	set := s.set.Load()
 	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	if s.acme != nil && len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == acmeALPN {
+		if c, ok := s.acme.certificate(hello, name); ok {
+			return c, nil
+		}
+		return nil, errors.New("proxy: tls: no ACME challenge for " + name)
+	}
 	if c, ok := set.byName[name]; ok {
 		return c, nil
 	}
@@ -173,6 +182,14 @@ func (s *certStore) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate
 		if c, ok := set.byName["*"+name[i:]]; ok {
 			return c, nil
 		}
+	}
+	if s.acme != nil {
+		if c, ok := s.acme.certificate(hello, name); ok {
+			return c, nil
+		}
+	}
+	if len(set.certs) == 0 {
+		return nil, errors.New("proxy: tls: no certificate for " + strconv.Quote(name))
 	}
 	return set.certs[0], nil
 }
@@ -188,7 +205,7 @@ func (s *certStore) tlsConfig(h2 bool) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: s.getCertificate,
-		NextProtos:     protos,
+		NextProtos:     s.nextProtos(protos),
 		CipherSuites: []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
 			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,

@@ -77,7 +77,7 @@ type tlsEnv struct {
 	dir     string
 }
 
-func newTLSEnv(t *testing.T, tweak func(*TLSConfig)) *tlsEnv {
+func newTLSEnv(t *testing.T, tweak func(*TLSConfig), more ...func(*Config)) *tlsEnv {
 	t.Helper()
 	dir := t.TempDir()
 	fa, a := writeCert(t, dir, "a", 1, "a.test")
@@ -89,6 +89,9 @@ func newTLSEnv(t *testing.T, tweak func(*TLSConfig)) *tlsEnv {
 	e := newEnv(t, func(c *Config) {
 		c.TLS = tc
 		c.Routes = []Route{{Path: "/", Service: "web"}}
+		for _, f := range more {
+			f(c)
+		}
 	})
 	ln := listen(t)
 	done := make(chan struct{})

@@ -151,15 +151,22 @@ func (r *Registry) NodeName() string { return r.cfg.NodeName }
 
 // FullState returns the state of every node that is a member (this node
 // first), tombstones included, for a push/pull.
-func (r *Registry) FullState() []NodeState {
+func (r *Registry) FullState() []NodeState { return r.StatesOf(nil) }
+
+// StatesOf returns FullState's states of the nodes in names only (all of
+// them when names is nil), without copying the others: the gossip layer's
+// repair sends a few owners' states, not the whole catalog.
+func (r *Registry) StatesOf(names map[string]bool) []NodeState {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	self := r.cfg.NodeName
-	out := []NodeState{r.stateOf(self, r.repl[self], r.clock.current())}
-	names := slices.Sorted(maps.Keys(r.repl))
-	for _, n := range names {
+	var out []NodeState
+	if names == nil || names[self] {
+		out = append(out, r.stateOf(self, r.repl[self], r.clock.current()))
+	}
+	for _, n := range slices.Sorted(maps.Keys(r.repl)) {
 		nr := r.repl[n]
-		if n == self || (nr.member != MemberAlive && nr.member != MemberFailed) {
+		if n == self || (nr.member != MemberAlive && nr.member != MemberFailed) || (names != nil && !names[n]) {
 			continue
 		}
 		out = append(out, r.stateOf(n, nr, nr.complete))

@@ -164,7 +164,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	node := a.reg.Config().NodeName
 	a.srv.HandlePerm("PUT /v1/agent/reload", a.rl, acl.AgentWrite(node))
 	a.srv.HandlePerm("POST /v1/agent/reload", a.rl, acl.AgentWrite(node))
-	if a.names, err = newDNS(a.cfg, a.reg, a.srv, log, prom); err != nil {
+	if a.names, err = newDNS(a.cfg, a.reg, a.srv.ReaderAs("dns"), log, prom); err != nil {
 		return a, err
 	}
 	if a.containers, err = newDockerWatcher(cfg.Docker, a.reg, a.addr, log); err != nil {
@@ -172,11 +172,13 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 	}
 	if p := cfg.Proxy; p != nil {
 		p.lb.Registerer, p.proxy.Registerer = prom, prom
-		p.proxy.Failover = a.srv // other datacenters' instances, for routes with a failover
+		p.proxy.Failover = a.srv.ReaderAs("agent") // other datacenters' instances, for routes with a failover
 		if p.proxy.AccessLogTo == nil {
 			p.proxy.AccessLogTo = logOut
 		}
-		if a.door, err = newFrontDoor(p, a.reg, log); err != nil {
+		ps := *p
+		ps.proxy, _ = withACMEStorage(p.proxy, a.srv, cfg.ACL.Agent, log)
+		if a.door, err = newFrontDoor(&ps, a.reg, log); err != nil {
 			return a, err
 		}
 		a.srv.Handle("GET /v1/pier/routes", a.door.proxy.RoutesHandler())
@@ -359,6 +361,7 @@ func (a *parts) run(ctx context.Context, ready chan<- []string) error {
 		if d.tlsLn != nil {
 			proxyTLSAddr = d.tlsLn.Addr().String()
 			g.Go(func() error { return d.proxy.RunTLS(gctx, d.tlsLn) })
+			g.Go(func() error { return d.proxy.RunACME(gctx, d.ln.Addr(), d.tlsLn.Addr()) })
 		}
 	}
 	for _, ln := range a.lns.All() {

@@ -29,6 +29,7 @@ type proxySettings struct {
 	proxy   proxy.Config
 	tcp     proxy.TCPConfig // TCP and SNI passthrough routes (proxy.tcp) and their timeouts
 	TLSAddr string          // the HTTPS listener when proxy.TLS is set (default :443)
+	acme    []acmeRoute     // routes with tls: acme (agent_acme_config.go)
 }
 
 func newProxySettings() *proxySettings {
@@ -100,6 +101,10 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 	certs := p.proxy.TLS.Certs
 	p.proxy.TLS.Certs = nil
 	sec := proxySection{LB: &p.lb, Proxy: &p.proxy, TLS: &proxyTLSSection{TLS: p.proxy.TLS}, TCPOpts: &p.tcp}
+	raw, err := p.takeACMERoutes(raw)
+	if err != nil {
+		return err
+	}
 	if err := registry.DecodeConfig("proxy", raw, &sec); err != nil {
 		return err
 	}
@@ -196,8 +201,11 @@ func (c *agentConfig) resolveProxy(flagAddr string, flagSet bool) error {
 	if c.Proxy == nil {
 		return nil
 	}
-	if t := c.Proxy.proxy.TLS; t != nil && len(t.Certs) == 0 {
-		return errors.New("proxy.tls: at least one entry in certs is required")
+	if t := c.Proxy.proxy.TLS; t != nil && len(t.Certs) == 0 && t.ACME == nil {
+		return errors.New("proxy.tls: at least one entry in certs, or acme, is required")
+	}
+	if err := c.Proxy.resolveACME(); err != nil {
+		return err
 	}
 	for i, r := range c.Proxy.tcp.Routes {
 		if r.Listen == "" && c.Proxy.proxy.TLS == nil {
@@ -243,8 +251,8 @@ func newFrontDoor(s *proxySettings, reg *registry.Registry, log *slog.Logger) (*
 	pc.Logger = log.With("component", "proxy")
 	var tlsLn net.Listener
 	if pc.TLS != nil {
-		if len(pc.TLS.Certs) == 0 {
-			return nil, fmt.Errorf("proxy.tls: at least one entry in certs is required")
+		if len(pc.TLS.Certs) == 0 && pc.TLS.ACME == nil {
+			return nil, fmt.Errorf("proxy.tls: at least one entry in certs, or acme, is required")
 		}
 		if tlsLn, err = net.Listen("tcp", s.TLSAddr); err != nil {
 			return nil, fmt.Errorf("proxy: tls: %w", err)

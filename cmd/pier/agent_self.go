@@ -48,6 +48,18 @@ func debugSettings(cfg agentConfig) map[string]any {
 		"ReconnectTimeoutLAN":  cfg.Reconnect.String(),
 		"EncryptKey":           "hidden", // Consul hides every secret, set or not
 		"DevMode":              cfg.Dev,
-		"Logging":              map[string]any{"LogLevel": cfg.LogLevel, "LogJSON": cfg.LogJSON},
+		// Consul takes -bootstrap-expect 1 (and -dev) for -bootstrap.
+		"Bootstrap":       cfg.Server.On && cfg.Server.BootstrapExpect == 1,
+		"BootstrapExpect": bootstrapExpect(cfg.Server.BootstrapExpect),
+		"Logging":         map[string]any{"LogLevel": cfg.LogLevel, "LogJSON": cfg.LogJSON},
 	}
+}
+
+// bootstrapExpect is Consul's BootstrapExpect: 1 is bootstrap mode there,
+// and shows as 0.
+func bootstrapExpect(n int) int {
+	if n == 1 {
+		return 0
+	}
+	return n
 }

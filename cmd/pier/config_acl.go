@@ -18,6 +18,7 @@ type aclFile struct {
 		Master            *string // Consul's name of initial_management before 1.11
 		Agent             *string
 		Default           *string
+		DNS               *string
 	}
 	TokensList []api.ACLToken
 
@@ -53,7 +54,7 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 			}
 		}
 		for _, s := range []struct{ dst, src *string }{
-			{&a.InitialManagement, t.InitialManagement}, {&a.Agent, t.Agent}, {&a.Default, t.Default},
+			{&a.InitialManagement, t.InitialManagement}, {&a.Agent, t.Agent}, {&a.Default, t.Default}, {&a.DNS, t.DNS},
 		} {
 			if s.src != nil {
 				*s.dst = *s.src

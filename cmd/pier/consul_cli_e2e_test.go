@@ -24,6 +24,24 @@ func consulCLI(t *testing.T) string {
 	return ""
 }
 
+// consulRun runs `consul SUB -http-addr=addr ARGS...` in dir and answers
+// its combined output and exit code; args[0] is the subcommand's words
+// ("operator raft list-peers").
+func consulRun(t *testing.T, consul, dir, addr string, args ...string) (string, int) {
+	t.Helper()
+	argv := append(strings.Fields(args[0]), "-http-addr="+addr)
+	cmd := exec.Command(consul, append(argv, args[1:]...)...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
 // The consul commands of issue 25 that read what this branch serves, run
 // against a pier agent as a user would.
 func TestConsulCLIInfoMonitorDebugExec(t *testing.T) {
@@ -34,16 +52,7 @@ func TestConsulCLIInfoMonitorDebugExec(t *testing.T) {
 	a := startAgent(t, "-dev", "-config-file", cfg)
 	run := func(args ...string) (string, int) {
 		t.Helper()
-		cmd := exec.Command(consul, append(args[:1:1], append([]string{"-http-addr=" + a.addr}, args[1:]...)...)...)
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return string(out), code
+		return consulRun(t, consul, dir, a.addr, args...)
 	}
 
 	out, code := run("info")

@@ -305,6 +305,24 @@ func TestPreparedQueryFailover(t *testing.T) {
 		if got := digAt(t, dc1.clients[0].dns, "nope.query.consul"); !strings.Contains(got, "NXDOMAIN") {
 			t.Errorf("an unknown query: want NXDOMAIN\n%s", got)
 		}
+		// name.query.dc2.consul runs dc2's query in dc2, as Consul.
+		if _, _, err := c2.PreparedQuery().Create(&consul.PreparedQueryDefinition{Name: "web-dc2", Service: consul.ServiceQuery{Service: "web"}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(digAt(t, dc1.clients[0].dns, "web-dc2.query.dc2.consul", "+short")); got != "10.2.0.1" {
+			t.Errorf("dig web-dc2.query.dc2.consul: %q, want dc2's 10.2.0.1", got)
+		}
+		if got := digAt(t, dc1.clients[0].dns, "web-dc2.query.dc2.consul", "SRV"); !strings.Contains(got, ".addr.dc2.consul.") {
+			t.Errorf("SRV of dc2's query names dc2's hosts:\n%s", got)
+		}
+		for _, name := range []string{"web-dc2.query.consul", "web-q.query.dc2.consul", "web-dc2.query.dc9.consul"} {
+			if got := digAt(t, dc1.clients[0].dns, name); !strings.Contains(got, "NXDOMAIN") {
+				t.Errorf("%s: want NXDOMAIN\n%s", name, got)
+			}
+		}
+		if got := strings.TrimSpace(digAt(t, dc1.clients[0].dns, "web-q.query.dc1.consul", "+short")); got != "10.2.0.1" {
+			t.Errorf("dig web-q.query.dc1.consul (this datacenter named): %q, want the failover's 10.2.0.1", got)
+		}
 	}
 	// A third datacenter, listed in Datacenters: with dc2's instance down
 	// too, the answer comes from dc3 after two failovers.
@@ -358,5 +376,60 @@ func TestWANEncrypted(t *testing.T) {
 	})
 	if got := datacentersOf(c1); !slices.Equal(got, []string{"dc1", "dc2"}) {
 		t.Errorf("datacenters with dc3 on another key: %v", got)
+	}
+
+	// A rotation through dc1's client rotates dc2 too, the WAN pool with
+	// them: as Consul, a key operation goes to every datacenter.
+	k2 := "bmV3LWtleS1mb3ItZXZlcnktZGF0YWNlbnRlci0xMjM="
+	for _, step := range [][]string{{"-install", k2}, {"-use", k2}, {"-remove", key}} {
+		out, errOut, rc := pier(t, append([]string{"keyring", "-http-addr", dc1.clients[0].addr}, step...)...)
+		if rc != 0 || !strings.Contains(out, "Success!") {
+			t.Fatalf("pier keyring %v: %d %s%s", step, rc, out, errOut)
+		}
+	}
+	// A datacenter that knows the new key only joins the WAN pool.
+	startDatacenter(t, "dc4", 0, dc1.server.wan, "-encrypt", k2)
+	c2 := apiClient(t, dc2.clients[0].addr)
+	eventually.True(t, 20*time.Second, "dc4, on the new key only, joins the WAN pool", func() bool {
+		return slices.Contains(datacentersOf(c1), "dc4") && slices.Contains(datacentersOf(c2), "dc4")
+	})
+	// The list answers per pool, Consul's shape: the WAN pool, then each
+	// datacenter's LAN pool, the one asked first.
+	rs, err := c2.Operator().KeyringList(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pools []string
+	for _, r := range rs {
+		pool := r.Datacenter + " LAN"
+		if r.WAN {
+			pool = r.Datacenter + " WAN"
+		}
+		pools = append(pools, pool)
+		want := map[string]int{"dc2 WAN": 3, "dc1 LAN": 2, "dc2 LAN": 2, "dc4 LAN": 1}[pool]
+		if r.NumNodes != want || len(r.Keys) != 1 || r.Keys[k2] != want || r.PrimaryKeys[k2] != want {
+			t.Errorf("%s after the rotation: %+v, want %d nodes on %s only", pool, r, want, k2)
+		}
+	}
+	if len(pools) != 4 || pools[0] != "dc2 WAN" || pools[1] != "dc2 LAN" {
+		t.Errorf("pools listed: %v, want dc2 WAN, dc2 LAN, then dc1's and dc4's", pools)
+	}
+	out, errOut, rc := pier(t, "keyring", "-list", "-local-only", "-http-addr", dc1.server.addr)
+	if rc != 0 || out != "dc1 (LAN):\n  "+k2+" [2/2] (primary on 2)\n" {
+		t.Errorf("pier keyring -list -local-only: %d %q %s", rc, out, errOut)
+	}
+	if _, errOut, rc := pier(t, "keyring", "-use", k2, "-local-only", "-http-addr", dc1.server.addr); rc != 2 || !strings.Contains(errOut, "-local-only") {
+		t.Errorf("-local-only with -use: %d %s", rc, errOut)
+	}
+	if code, body := apiDo(t, "PUT", "http://"+dc1.server.addr+"/v1/operator/keyring?local-only=true", "", `{"Key":"`+k2+`"}`); code != 400 || !strings.Contains(body, "local-only") {
+		t.Errorf("?local-only on a PUT: %d %s", code, body)
+	}
+	// The WAN keeps carrying ?dc= on the new key, new connections included.
+	eventually.True(t, 20*time.Second, "dc1 reads dc4 after the rotation", func() bool {
+		_, _, err := c1.KV().Get("k", &consul.QueryOptions{Datacenter: "dc4"})
+		return err == nil
+	})
+	if kv, _, err := c1.KV().Get("k", &consul.QueryOptions{Datacenter: "dc2"}); err != nil || kv == nil {
+		t.Errorf("dc1 reads dc2 after the rotation: %v %v", kv, err)
 	}
 }

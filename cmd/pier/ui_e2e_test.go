@@ -85,6 +85,8 @@ func TestWebUI(t *testing.T) {
 	waitFor("the services", viewHas("api")+" && "+viewHas("web"))
 	waitFor("web's failing check", card("data-service", "web")+`.includes("critical") && `+card("data-service", "web")+`.includes("database unreachable")`)
 	waitFor("api passing", card("data-service", "api")+`.includes("passing")`)
+	// One datacenter: no switcher, and no ?dc= in the address.
+	waitFor("no datacenter switcher", `document.getElementById("dc-label").hidden && document.getElementById("dc").options.length === 1 && !location.hash.includes("dc=")`)
 	// A marker that a full reload would erase.
 	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`window.pierNoReload = true`)); err != nil {
 		t.Fatal(err)

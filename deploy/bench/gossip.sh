@@ -17,7 +17,11 @@
 #   idle:   CPU seconds per node per minute over IDLE once the writes are done
 #           (user and system time of every node's process, from /proc)
 #
+#   start:  when the last process said it was running, and the CPU time each
+#           process had used by then (/proc/PID/task/*/schedstat)
+#
 # Knobs: SIZES="50 100" WRITES=100 TIMEOUT=120s ROUNDS=1 IDLE=30s
+#        SETTLE=0s (pause between the join's convergence and the first write)
 # 100 agents is about what a 2-core machine holds; each size takes about a
 # minute per kind, bounded by TIMEOUT for the join and for the writes.
 set -euo pipefail
@@ -28,6 +32,7 @@ WRITES=${WRITES:-100}
 TIMEOUT=${TIMEOUT:-120s}
 ROUNDS=${ROUNDS:-1}
 IDLE=${IDLE:-30s}
+SETTLE=${SETTLE:-0s}
 
 work=$(mktemp -d -t pier-gossipbench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -40,7 +45,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for n in $SIZES; do
     for kind in plain pier; do
       echo "== round $round: $kind, $n nodes"
-      "$work/gossip" run -kind "$kind" -pier "$work/pier" -n "$n" -writes "$WRITES" -timeout "$TIMEOUT" -idle "$IDLE"
+      "$work/gossip" run -kind "$kind" -pier "$work/pier" -n "$n" -writes "$WRITES" -timeout "$TIMEOUT" -idle "$IDLE" -settle "$SETTLE"
     done
   done
 done

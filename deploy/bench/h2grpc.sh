@@ -73,19 +73,7 @@ EOF
 pier_pid=$!
 
 mkdir -p "$work/nginx"
-cat >"$work/nginx.conf" <<EOF
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx;
-  proxy_temp_path $work/nginx;
-  fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx;
-  scgi_temp_path $work/nginx;
+{ nginx_http_head; cat <<EOF
   http2_max_concurrent_streams 250;
   keepalive_requests 1000000;   # per HTTP/2 connection too: the default 1000 ends h2load's connections mid-run
   upstream api {
@@ -121,6 +109,7 @@ http {
   }
 }
 EOF
+} >"$work/nginx.conf"
 "$NGINX_BIN" -c "$work/nginx.conf" -p "$work" & pids+=($!)
 nginx_pid=$!
 

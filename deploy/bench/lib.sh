@@ -1,5 +1,5 @@
 # Shell functions the front-door benchmarks share (proxy.sh,
-# proxy-metrics.sh, dns.sh): installing tools, a work dir whose processes
+# proxy-metrics.sh, dns.sh, h2grpc.sh): installing tools, a work dir whose processes
 # stop on exit, waiting for a listener, and wrk rounds measured the same way
 # for every target, so that numbers of different scripts compare.
 # Sourced, not run: `. "$(dirname "$0")/lib.sh"` before the script's cd.
@@ -76,4 +76,24 @@ print_medians() {
     printf '%-8s %10d %10d %10d %12s %8d\n' "$t" "$rps" "$p50" "$p99" "$cpu" "$errs"
     eval "rps_$t=$rps"
   done
+}
+
+# nginx_http_head prints the start of an nginx.conf for a benchmark: one
+# worker per core, in the foreground, every file it writes under $work/nginx,
+# no access log, and an open http block for the caller to go on with.
+nginx_http_head() {
+  cat <<EOF
+worker_processes auto;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+EOF
 }

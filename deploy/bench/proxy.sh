@@ -68,19 +68,7 @@ env ${PIER_GOMAXPROCS:+GOMAXPROCS=$PIER_GOMAXPROCS} "$work/pier" agent -dev -nod
 pier_pid=$!
 
 mkdir -p "$work/nginx"
-cat >"$work/nginx.conf" <<EOF
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx;
-  proxy_temp_path $work/nginx;
-  fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx;
-  scgi_temp_path $work/nginx;
+{ nginx_http_head; cat <<EOF
   upstream api {
     least_conn;
     server 127.0.0.1:$B1 max_fails=1 fail_timeout=10s;
@@ -100,6 +88,7 @@ http {
   }
 }
 EOF
+} >"$work/nginx.conf"
 "$NGINX_BIN" -c "$work/nginx.conf" -p "$work" & pids+=($!)
 nginx_pid=$!
 

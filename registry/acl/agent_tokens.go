@@ -19,6 +19,7 @@ type agentTokens struct {
 	Agent         string `json:"agent,omitempty"`
 	AgentRecovery string `json:"agent_recovery,omitempty"`
 	Replication   string `json:"replication,omitempty"`
+	DNS           string `json:"dns,omitempty"`
 	set           map[string]bool
 	agent         *tokenEntry // the API's agent token; nil: the configuration's
 	recovery      *tokenEntry // nil: none
@@ -30,6 +31,7 @@ var agentTokenKinds = map[string]string{
 	"agent": "agent", "acl_agent_token": "agent",
 	"agent_recovery": "agent_recovery", "agent_master": "agent_recovery", "acl_agent_master_token": "agent_recovery",
 	"replication": "replication", "acl_replication_token": "replication",
+	"dns": "dns", "dns_token": "dns",
 }
 
 func (t *agentTokens) field(kind string) *string {
@@ -40,6 +42,8 @@ func (t *agentTokens) field(kind string) *string {
 		return &t.Agent
 	case "agent_recovery":
 		return &t.AgentRecovery
+	case "dns":
+		return &t.DNS
 	}
 	return &t.Replication
 }
@@ -95,7 +99,7 @@ func (a *Authorizer) loadAgentTokens(node string) error {
 		return fmt.Errorf("acl: %s: %w", a.tokenFile, err)
 	}
 	t.set = map[string]bool{}
-	for _, k := range []string{"default", "agent", "agent_recovery", "replication"} {
+	for _, k := range []string{"default", "agent", "agent_recovery", "replication", "dns"} {
 		t.set[k] = *t.field(k) != ""
 	}
 	a.agentToks.Store(a.withEntries(t, node))

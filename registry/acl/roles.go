@@ -17,7 +17,6 @@ import (
 // never looks a role up.
 
 var (
-	roleNameRE     = regexp.MustCompile(`^[A-Za-z0-9\-_]{1,256}$`)
 	identityNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$`)
 )
 
@@ -230,7 +229,7 @@ func (s *Endpoints) aclRoleWrite(w http.ResponseWriter, r *http.Request, in aclR
 	case in.Name == "":
 		httpError(w, http.StatusBadRequest, "Invalid Role: no Name is set")
 		return
-	case !roleNameRE.MatchString(in.Name):
+	case !validName(in.Name, 256):
 		httpError(w, http.StatusBadRequest, "Invalid Role: invalid Name %q: 1 to 256 letters, digits, - and _", in.Name)
 		return
 	case len(in.TemplatedPolicies) > 0:

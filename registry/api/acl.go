@@ -52,6 +52,13 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (*http.Reques
 	return r, true
 }
 
+// requestToken is the token r acts with: its own, else the agent's
+// default token (Consul's agents resolve a missing token so, and send
+// that one on when they forward).
+func (s *Server) requestToken(r *http.Request) string {
+	return cmp.Or(acl.RequestToken(r), s.acl.AgentSecret("default"))
+}
+
 // serviceName answers the name of a local service; an unknown ID answers
 // "\x00", a name no rule but "" matches, so a token needs rights on every
 // service to learn that an ID does not exist.

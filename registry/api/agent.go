@@ -323,7 +323,7 @@ func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 			"PrimaryDatacenter": cfg.Datacenter,
 			"NodeName":          cfg.NodeName,
 			"NodeID":            cfg.NodeID,
-			"Server":            true,
+			"Server":            s.isServer(),
 			"Revision":          "",
 			"Version":           s.cfg.Version,
 			"Product":           "pier",
@@ -338,6 +338,12 @@ func (s *Server) agentSelf(w http.ResponseWriter, r *http.Request) {
 	}
 	s.addDebugAndStats(out)
 	writeJSON(w, r, out)
+}
+
+// isServer tells whether this agent is a server: one with a Raft node, or
+// one without servers at all (it holds the whole state itself).
+func (s *Server) isServer() bool {
+	return s.cfg.Consensus == nil || s.cfg.Consensus.Node() != nil
 }
 
 // debugConfig is /v1/agent/self's DebugConfig: the agent's settings under
@@ -366,7 +372,7 @@ func (s *Server) debugConfig() map[string]any {
 		"EnableRemoteScriptChecks": s.cfg.EnableScriptChecks,
 		"HTTPMaxConnsPerClient":    max(s.cfg.MaxConnsPerClient, 0),
 		"KVMaxValueSize":           registry.MaxKVValue,
-		"ServerMode":               true,
+		"ServerMode":               s.isServer(),
 	}
 	for k, v := range s.cfg.Settings {
 		out[k] = v

@@ -13,6 +13,7 @@ import (
 	"github.com/shirou/gopsutil/v3/mem"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/raft"
 )
 
 // serfStatser is what a Cluster may add for `consul info`'s serf_lan
@@ -72,33 +73,7 @@ func (s *Server) stats() map[string]map[string]string {
 			services++
 		}
 	}
-	var alive, failed, left int
-	for _, m := range s.members() {
-		switch m.Status {
-		case registry.MemberAlive, registry.MemberLeaving:
-			alive++
-		case registry.MemberFailed:
-			failed++
-		case registry.MemberLeft:
-			left++
-		}
-	}
-	serf := map[string]string{
-		// Consul counts every member serf knows but the failed and left
-		// ones are also listed apart, as here.
-		"members":      itoa(alive + failed + left),
-		"failed":       itoa(failed),
-		"left":         itoa(left),
-		"encrypted":    "false",
-		"health_score": "0",
-		"intent_queue": "0",
-	}
-	if st, ok := s.cfg.Cluster.(serfStatser); ok {
-		for k, v := range st.SerfStats() {
-			serf[k] = v
-		}
-	}
-	return map[string]map[string]string{
+	out := map[string]map[string]string{
 		"agent": {
 			"check_monitors": itoa(scripts),
 			"check_ttls":     itoa(ttls),
@@ -119,8 +94,82 @@ func (s *Server) stats() map[string]map[string]string {
 			"os":         runtime.GOOS,
 			"version":    runtime.Version(),
 		},
-		"serf_lan": serf,
 	}
+	out["serf_lan"] = serfSection(s.members(), s.cfg.Cluster)
+	s.consensusStats(out)
+	return out
+}
+
+// serfSection is a gossip pool's section (serf_lan, serf_wan): members
+// counted as Consul's serf counts them, plus what the pool adds when it
+// can (a serfStatser).
+func serfSection(members []registry.Member, pool any) map[string]string {
+	var alive, failed, left int
+	for _, m := range members {
+		switch m.Status {
+		case registry.MemberAlive, registry.MemberLeaving:
+			alive++
+		case registry.MemberFailed:
+			failed++
+		case registry.MemberLeft:
+			left++
+		}
+	}
+	itoa := strconv.Itoa
+	serf := map[string]string{
+		// Consul counts every member serf knows but the failed and left
+		// ones are also listed apart, as here.
+		"members":      itoa(alive + failed + left),
+		"failed":       itoa(failed),
+		"left":         itoa(left),
+		"encrypted":    "false",
+		"health_score": "0",
+		"intent_queue": "0",
+	}
+	if st, ok := pool.(serfStatser); ok {
+		for k, v := range st.SerfStats() {
+			serf[k] = v
+		}
+	}
+	return serf
+}
+
+// consensusStats adds Consul's consul section, and on a server its raft
+// and serf_wan sections: a server's raft is hashicorp/raft's own Stats,
+// as Consul's; a client counts the servers it knows instead.
+func (s *Server) consensusStats(out map[string]map[string]string) {
+	acl := "disabled"
+	if s.acl != nil {
+		acl = "enabled"
+	}
+	var n *raft.Node
+	if s.cfg.Consensus != nil {
+		n = s.cfg.Consensus.Node()
+	}
+	if n == nil {
+		known := 0
+		if s.cfg.Consensus != nil {
+			known = len(s.cfg.Consensus.Servers())
+		}
+		out["consul"] = map[string]string{"server": "false", "known_servers": strconv.Itoa(known), "acl": acl}
+		return
+	}
+	leaderAddr, _ := n.Leader()
+	dcs := 1 // this one, without a WAN pool
+	if s.cfg.WAN != nil {
+		dcs = len(s.cfg.WAN.Datacenters())
+		out["serf_wan"] = serfSection(s.cfg.WAN.Members(), s.cfg.WAN)
+	}
+	bootstrap, _ := s.cfg.Settings["Bootstrap"].(bool)
+	out["consul"] = map[string]string{
+		"server":            "true",
+		"leader":            strconv.FormatBool(n.IsLeader()),
+		"leader_addr":       leaderAddr,
+		"bootstrap":         strconv.FormatBool(bootstrap),
+		"known_datacenters": strconv.Itoa(dcs),
+		"acl":               acl,
+	}
+	out["raft"] = n.Stats()
 }
 
 // hostInfo is Consul's /v1/agent/host answer. Its parts are gopsutil's

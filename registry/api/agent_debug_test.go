@@ -136,3 +136,69 @@ func TestPprofNeedsEnableDebug(t *testing.T) {
 		t.Errorf("with enable_debug: %d, want 200", code)
 	}
 }
+
+// statsOf answers /v1/agent/self's Stats through the consul/api client.
+func statsOf(t *testing.T, c *consul.Client) map[string]map[string]any {
+	t.Helper()
+	self, err := c.Agent().Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]any{}
+	for sec, v := range self["Stats"] {
+		m, ok := v.(map[string]any)
+		if !ok {
+			t.Fatalf("Stats[%q] = %#v, want an object", sec, v)
+		}
+		out[sec] = m
+	}
+	return out
+}
+
+// consul info shows a server's raft and consul sections, and a client's
+// consul section with the servers it knows, under Consul's key names.
+func TestAgentSelfStatsRaftAndConsul(t *testing.T) {
+	servers, client := startGroup(t)
+	lead := leaderOf(servers)
+	st := statsOf(t, lead.client)
+	want := map[string]string{"server": "true", "leader": "true", "leader_addr": lead.port,
+		"bootstrap": "false", "known_datacenters": "1", "acl": "disabled"}
+	for k, v := range want {
+		if st["consul"][k] != v {
+			t.Errorf("leader's consul[%q] = %#v, want %q", k, st["consul"][k], v)
+		}
+	}
+	if st["raft"]["state"] != "Leader" || st["raft"]["num_peers"] != "2" {
+		t.Errorf("leader's raft = %v, want state Leader and 2 peers", st["raft"])
+	}
+	for _, k := range []string{"term", "last_log_index", "last_log_term", "commit_index", "applied_index", "fsm_pending",
+		"last_snapshot_index", "last_snapshot_term", "last_contact", "latest_configuration", "latest_configuration_index", "protocol_version"} {
+		if _, ok := st["raft"][k].(string); !ok {
+			t.Errorf("leader's raft has no %q: %v", k, st["raft"])
+		}
+	}
+	for _, s := range servers {
+		if s == lead {
+			continue
+		}
+		fst := statsOf(t, s.client)
+		if fst["consul"]["leader"] != "false" || fst["raft"]["state"] != "Follower" || fst["consul"]["leader_addr"] != lead.port {
+			t.Errorf("follower %s: consul %v, raft state %v", s.name, fst["consul"], fst["raft"]["state"])
+		}
+	}
+
+	cst := statsOf(t, client.client)
+	if cst["consul"]["server"] != "false" || cst["consul"]["known_servers"] != "3" || cst["consul"]["acl"] != "disabled" {
+		t.Errorf("client's consul = %v, want server false and 3 known servers", cst["consul"])
+	}
+	if _, ok := cst["raft"]; ok {
+		t.Errorf("a client has a raft section: %v", cst["raft"])
+	}
+	self, err := client.client.Agent().Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if self["Config"]["Server"] != false || self["DebugConfig"]["ServerMode"] != false {
+		t.Errorf("a client's Config.Server = %v, DebugConfig.ServerMode = %v; want false", self["Config"]["Server"], self["DebugConfig"]["ServerMode"])
+	}
+}

@@ -134,19 +134,23 @@ func TestAutopilotOperator(t *testing.T) {
 
 	// A server gossip sees failed is unhealthy, and the group answers 429
 	// to the health check, which the client takes.
+	// Every server but the failed one is told so, not only the leader: on a
+	// loaded machine leadership can move before the check below (seen in
+	// CI), and a new leader would not have heard it.
 	var peers []raft.Peer
-	var self raft.Peer
-	failed := false
+	failedName := ""
 	for _, s := range servers {
 		p := raft.Peer{ID: s.name, Name: s.name, Addr: s.port, Status: registry.MemberAlive}
-		if s == leader {
-			self = p
-		} else if !failed {
-			p.Status, failed = registry.MemberFailed, true
+		if s != leader && failedName == "" {
+			p.Status, failedName = registry.MemberFailed, s.name
 		}
 		peers = append(peers, p)
 	}
-	leader.node.Reconcile(self, peers)
+	for i, s := range servers {
+		if s.name != failedName {
+			s.node.Reconcile(peers[i], peers)
+		}
+	}
 	eventually.True(t, 30*time.Second, "an unhealthy group", func() bool {
 		h, err := op.AutopilotServerHealth(nil)
 		return err == nil && !h.Healthy && h.FailureTolerance == 0

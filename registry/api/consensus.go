@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pier-dev/pier/registry/acl"
 	"github.com/pier-dev/pier/registry/raft"
 )
 
@@ -270,6 +271,13 @@ func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string,
 			pr.Out.Host = addr
 			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
 			pr.Out.Header.Set(originHeader, s.origin(r))
+			if hops == 0 && acl.RequestToken(r) == "" {
+				// As Consul's agents: a request without a token acts as
+				// this agent's default token, here and where it is sent.
+				if t := s.acl.AgentSecret("default"); t != "" {
+					pr.Out.Header.Set("X-Consul-Token", t)
+				}
+			}
 			if !isRead(r) {
 				pr.Out.Header.Del("Idempotency-Key")
 				pr.Out.Header.Del("X-Idempotency-Key")

@@ -155,7 +155,10 @@ func (s *Server) coordinateDatacenters(w http.ResponseWriter, r *http.Request) {
 	for _, dc := range s.cfg.WAN.Datacenters() {
 		m := datacenterMap{Datacenter: dc, AreaID: "wan", Coordinates: []coordinateEntry{}}
 		for _, nc := range coords[dc] {
-			m.Coordinates = append(m.Coordinates, coordinateEntry{Node: nc.Node, Coord: nc.Coord, CreateIndex: nc.CreateIndex, ModifyIndex: nc.ModifyIndex})
+			// The pool names a server node.dc; Consul answers node alone
+			// here, which consul rtt -wan matches against.
+			node := strings.TrimSuffix(nc.Node, "."+dc)
+			m.Coordinates = append(m.Coordinates, coordinateEntry{Node: node, Coord: nc.Coord, CreateIndex: nc.CreateIndex, ModifyIndex: nc.ModifyIndex})
 		}
 		out = append(out, m)
 	}

@@ -16,6 +16,7 @@ import (
 func (s *Server) operatorRoutes() {
 	s.raftRoute("GET /v1/operator/raft/configuration", s.raftConfiguration, operatorRead)
 	s.raftRoute("DELETE /v1/operator/raft/peer", s.raftRemovePeer, operatorWrite)
+	s.raftRoute("POST /v1/operator/raft/transfer-leader", s.raftTransferLeader, operatorWrite)
 	s.raftRoute("GET /v1/snapshot", s.snapshotSave, aclWrite)
 	s.raftRoute("PUT /v1/snapshot", s.snapshotRestore, aclWrite)
 	s.autopilotRoutes() // autopilot.go
@@ -106,6 +107,23 @@ func (s *Server) raftRemovePeer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// raftTransferLeader is consul operator raft transfer-leader [-id ID]:
+// the leader hands over to id, or to the voter hashicorp/raft picks.
+func (s *Server) raftTransferLeader(w http.ResponseWriter, r *http.Request) {
+	if !s.localDC(w, r) {
+		return
+	}
+	n, ok := s.raftWrite(w, r)
+	if !ok {
+		return
+	}
+	if err := n.TransferLeadership(r.URL.Query().Get("id")); err != nil {
+		raftError(w, err)
+		return
+	}
+	writeJSON(w, r, struct{ Success bool }{true})
 }
 
 func (s *Server) removeByID(n *raft.Node, id string) error {

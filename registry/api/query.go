@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"math/rand/v2"
@@ -297,7 +298,9 @@ func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
 	if near == "_agent" {
 		near = s.origin(r)
 	}
-	res := s.runQuery(r.Context(), &q, near, limit)
+	// Another datacenter is read with the query's token when it has one,
+	// else the request's, as Consul's failover.
+	res := s.runQuery(r.Context(), &q, near, limit, cmp.Or(q.Token, s.requestToken(r)))
 	if p := acl.PolicyOf(r); p != nil && !p.ServiceRead(q.Service.Service) {
 		res.Nodes = []serviceEntry{} // as Consul filters the answer by service:read
 	}
@@ -306,8 +309,8 @@ func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
 
 // runQuery executes q: this datacenter's instances that q keeps, shuffled,
 // nearest to near first, at most limit (0: all); none, then the failover
-// datacenters in order until one has some.
-func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, limit int) queryResult {
+// datacenters in order until one has some, read with token.
+func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, limit int, token string) queryResult {
 	own := s.reg.Config().Datacenter
 	res := queryResult{Service: q.Service.Service, DNS: q.DNS, Datacenter: own, Nodes: []serviceEntry{}}
 	var local []registry.Instance
@@ -331,7 +334,7 @@ func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, li
 	for _, dc := range q.failoverDatacenters(others) {
 		res.Failovers++
 		ctx, cancel := context.WithTimeout(ctx, s.cfg.RPCHoldTimeout)
-		insts, err := s.Instances(ctx, dc, q.Service.Service, "")
+		insts, err := Reader{s: s, token: token}.Instances(ctx, dc, q.Service.Service, "")
 		cancel()
 		if err != nil {
 			s.log.Debug("prepared query failover", "query", q, "dc", dc, "err", err)
@@ -369,12 +372,20 @@ func queryNodes(insts []registry.Instance, dc string, limit int, sort func([]ser
 	return out
 }
 
-// Query executes the prepared query called idOrName (an ID or a name) for
-// DNS (name.query.consul): the datacenter that answered, the answer's TTL
-// and its instances.
-func (s *Server) Query(ctx context.Context, idOrName string) (string, time.Duration, []registry.Instance, error) {
+// Query executes the prepared query called idOrName (an ID or a name) of
+// dc ("" or this datacenter's name: this one's) for DNS
+// (name.query.consul, name.query.dc2.consul): the datacenter that
+// answered, the answer's TTL and its instances. Another datacenter's
+// query runs there, as Consul's, sorted near none of its nodes.
+func (rd Reader) Query(ctx context.Context, dc, idOrName string) (string, time.Duration, []registry.Instance, error) {
+	v := url.Values{}
+	if dc == "" || dc == rd.s.reg.Config().Datacenter {
+		v.Set("near", "_agent")
+	} else {
+		v.Set("dc", dc)
+	}
 	var res queryResult
-	if err := s.getJSON(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?near=_agent", &res); err != nil {
+	if err := rd.getJSON(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?"+v.Encode(), &res); err != nil {
 		return "", 0, nil, err
 	}
 	ttl, _ := time.ParseDuration(res.DNS.TTL)

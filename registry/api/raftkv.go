@@ -72,7 +72,7 @@ func (s *Server) raftKVGet(w http.ResponseWriter, r *http.Request) {
 	}
 	st = s.blockRaft(w, r, q, n, st, (*raft.State).KVIndex)
 	p := acl.PolicyOf(r)
-	mayRead := func(k string) bool { return !reserved(k) && (p == nil || p.KeyRead(k)) }
+	mayRead := func(k string) bool { return !hiddenKey(r, k) && (p == nil || acmeRequest(r) || p.KeyRead(k)) }
 	switch {
 	case v.Has("keys"):
 		sep := v.Get("separator")
@@ -110,7 +110,7 @@ func (s *Server) raftKVGet(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, r, out)
 	default:
 		e, found := st.KV(key)
-		if !found || reserved(key) {
+		if !found || hiddenKey(r, key) {
 			w.WriteHeader(http.StatusNotFound)
 			return
 		}
@@ -148,7 +148,7 @@ func (s *Server) raftKVPut(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "Missing key name")
 		return
 	}
-	if reserved(key) {
+	if hiddenKey(r, key) {
 		refuseReserved(w)
 		return
 	}
@@ -231,7 +231,7 @@ func (s *Server) raftKVDelete(w http.ResponseWriter, r *http.Request) {
 	case cas != nil:
 		op.Verb, op.Index = raft.KVDeleteCAS, *cas
 	}
-	if reserved(key) {
+	if hiddenKey(r, key) {
 		refuseReserved(w)
 		return
 	}

@@ -14,13 +14,34 @@ import (
 
 // Reads that other parts of the agent (DNS, the front door, prepared
 // queries) make of any datacenter go through this Server's own handler as
-// a request with ?dc= would: the forwarding, the timeouts and the answers
-// are the HTTP API's, with the anonymous token.
+// a request with ?dc= would: the forwarding, the timeouts, the ACLs and
+// the answers are the HTTP API's. Each reads with a token of the agent's,
+// as Consul's: DNS with acl.tokens.dns, the front door with
+// acl.tokens.agent, each else acl.tokens.default (Reader).
+
+// Reader reads any datacenter through the Server with one token.
+type Reader struct {
+	s     *Server
+	kind  string // the agent's token of this kind, looked up at each read
+	token string // when kind is ""
+}
+
+// ReaderAs reads with the agent's token of kind ("dns", "agent" or
+// "default"; acl.Authorizer.AgentSecret), looked up at each read so that
+// PUT /v1/agent/token/ takes effect at once.
+func (s *Server) ReaderAs(kind string) Reader { return Reader{s: s, kind: kind} }
+
+func (rd Reader) secret() string {
+	if rd.kind != "" {
+		return rd.s.acl.AgentSecret(rd.kind)
+	}
+	return rd.token
+}
 
 // Instances answers every instance of service in dc ("" or this
 // datacenter's name: the local catalog), with tag when given, and their
 // checks, as /v1/health/service answers them.
-func (s *Server) Instances(ctx context.Context, dc, service, tag string) ([]registry.Instance, error) {
+func (rd Reader) Instances(ctx context.Context, dc, service, tag string) ([]registry.Instance, error) {
 	v := url.Values{}
 	if dc != "" {
 		v.Set("dc", dc)
@@ -29,7 +50,7 @@ func (s *Server) Instances(ctx context.Context, dc, service, tag string) ([]regi
 		v.Set("tag", tag)
 	}
 	var es []serviceEntry
-	if err := s.getJSON(ctx, "/v1/health/service/"+url.PathEscape(service)+"?"+v.Encode(), &es); err != nil {
+	if err := rd.getJSON(ctx, "/v1/health/service/"+url.PathEscape(service)+"?"+v.Encode(), &es); err != nil {
 		return nil, err
 	}
 	out := make([]registry.Instance, 0, len(es))
@@ -40,9 +61,9 @@ func (s *Server) Instances(ctx context.Context, dc, service, tag string) ([]regi
 }
 
 // Node answers dc's node called name; nil when it has none.
-func (s *Server) Node(ctx context.Context, dc, name string) (*registry.NodeEntry, error) {
+func (rd Reader) Node(ctx context.Context, dc, name string) (*registry.NodeEntry, error) {
 	var ns *nodeServices
-	if err := s.getJSON(ctx, "/v1/catalog/node/"+url.PathEscape(name)+"?dc="+url.QueryEscape(dc), &ns); err != nil {
+	if err := rd.getJSON(ctx, "/v1/catalog/node/"+url.PathEscape(name)+"?dc="+url.QueryEscape(dc), &ns); err != nil {
 		return nil, err
 	}
 	if ns == nil {
@@ -52,12 +73,16 @@ func (s *Server) Node(ctx context.Context, dc, name string) (*registry.NodeEntry
 	return &n, nil
 }
 
-// getJSON serves a GET of pathQuery and decodes its 200 answer into v.
-func (s *Server) getJSON(ctx context.Context, pathQuery string, v any) error {
+// getJSON serves a GET of pathQuery with the reader's token and decodes
+// its 200 answer into v.
+func (rd Reader) getJSON(ctx context.Context, pathQuery string, v any) error {
 	r := httptest.NewRequestWithContext(ctx, http.MethodGet, pathQuery, nil)
 	r.RemoteAddr = "127.0.0.1:0"
+	if t := rd.secret(); t != "" {
+		r.Header.Set("X-Consul-Token", t)
+	}
 	rec := httptest.NewRecorder()
-	s.serve(rec, r)
+	rd.s.serve(rec, r)
 	if rec.Code == http.StatusInternalServerError && bytes.HasPrefix(rec.Body.Bytes(), []byte(registry.ErrNoPath.Error())) {
 		return fmt.Errorf("api: %s: %w", pathQuery, registry.ErrNoPath)
 	}
@@ -95,8 +120,8 @@ func (n node) entry() registry.NodeEntry {
 
 // Datacenters answers every datacenter, this one first, then the others
 // nearest first, as /v1/catalog/datacenters.
-func (s *Server) Datacenters(ctx context.Context) ([]string, error) {
+func (rd Reader) Datacenters(ctx context.Context) ([]string, error) {
 	var dcs []string
-	err := s.getJSON(ctx, "/v1/catalog/datacenters", &dcs)
+	err := rd.getJSON(ctx, "/v1/catalog/datacenters", &dcs)
 	return dcs, err
 }

@@ -191,6 +191,7 @@ func (s *Server) routes() {
 	if s.cfg.Consensus != nil {
 		s.raftRoutes()  // KV, sessions, txn, operator raft, snapshots on Raft (raftkv.go)
 		s.queryRoutes() // prepared queries (query.go)
+		s.acmeRoutes()  // the front door's ACME certificates and locks (acme.go)
 	} else {
 		s.kvRoutes() // the gossip KV store (kv.go)
 	}

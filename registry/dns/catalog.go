@@ -282,8 +282,8 @@ func (s *Server) build(v *view, key []byte, domOff int) *answer {
 		return a
 	}
 	if kind == "query" {
-		if s.cfg.Remote == nil || dc != "" && dc != strings.ToLower(s.cfg.Datacenter) {
-			return nx() // prepared queries are the servers', run in this datacenter
+		if s.cfg.Remote == nil {
+			return nx() // prepared queries are the servers'
 		}
 		a.kind, a.async = kindService, true
 		return a

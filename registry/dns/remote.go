@@ -21,11 +21,11 @@ type Remote interface {
 	Instances(ctx context.Context, dc, service, tag string) ([]registry.Instance, error)
 	// Node answers dc's node called name; nil when it has none.
 	Node(ctx context.Context, dc, name string) (*registry.NodeEntry, error)
-	// Query executes the prepared query called name (an ID or a name)
-	// and answers the datacenter that answered (failover may move it),
-	// the query's DNS TTL (0: none set) and the instances;
-	// registry.ErrNotFound when there is no such query.
-	Query(ctx context.Context, name string) (dc string, ttl time.Duration, insts []registry.Instance, err error)
+	// Query executes dc's prepared query called name (an ID or a name;
+	// dc "" is this datacenter) and answers the datacenter that answered
+	// (failover may move it), the query's DNS TTL (0: none set) and the
+	// instances; registry.ErrNotFound when dc has no such query.
+	Query(ctx context.Context, dc, name string) (answered string, ttl time.Duration, insts []registry.Instance, err error)
 }
 
 // remoteTimeout bounds one question to another datacenter: a client's
@@ -68,7 +68,7 @@ func (s *Server) remoteReply(ctx context.Context, out []byte, q *query, tcp bool
 		}
 	case "query":
 		a.kind = kindService
-		qdc, ttl, insts, err := s.cfg.Remote.Query(ctx, strings.Join(rest, "."))
+		qdc, ttl, insts, err := s.cfg.Remote.Query(ctx, dc, strings.Join(rest, "."))
 		if failed(err) && !errors.Is(err, registry.ErrNotFound) {
 			s.log.Debug("a prepared query", "err", err)
 			return errReply(out, q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)

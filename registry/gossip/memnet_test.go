@@ -59,6 +59,8 @@ type memTransport struct {
 	// drop, when set, loses every datagram to this node it returns true
 	// for, as a full socket buffer would.
 	drop atomic.Pointer[func([]byte) bool]
+	// streamsIn counts the streams opened to this node.
+	streamsIn atomic.Int32
 }
 
 var _ memberlist.NodeAwareTransport = (*memTransport)(nil)
@@ -105,6 +107,7 @@ func (t *memTransport) DialAddressTimeout(a memberlist.Address, timeout time.Dur
 	defer timer.Stop()
 	select {
 	case dest.streams <- memConn{Conn: remote, local: dest.addr, remote: t.addr}:
+		dest.streamsIn.Add(1)
 		return memConn{Conn: local, local: t.addr, remote: dest.addr}, nil
 	case <-dest.done:
 	case <-timer.C:

@@ -1,9 +1,11 @@
 package gossip
 
 import (
+	"cmp"
 	"encoding/json"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -43,6 +45,12 @@ type ownersMsg struct {
 	From   string            `json:"f"`
 	Owners map[string]uint64 `json:"o"`
 	Addrs  map[string]string `json:"a,omitempty"` // gossip address of each alive member
+	// Nodes are the sender's states of the owners it saw change last (at
+	// most maxPushOwners, changed within recentWindow before the grace):
+	// a missed broadcast is nearly always one of them, so the digest's
+	// sender has it at this first answer rather than after two more
+	// messages. Nodes of earlier versions ignore the field.
+	Nodes []registry.NodeState `json:"n,omitempty"`
 }
 
 type statesMsg struct {
@@ -64,9 +72,15 @@ type statesMsg struct {
 // It walks the registry in place and allocates only the map: it runs once
 // a second for the digest sent and once for each one received, and copying
 // the whole state there was most of what an idle agent allocated.
-func (g *Gossip) digests() map[string]uint64 {
+func (g *Gossip) digests() map[string]uint64 { return g.digestsRecent(nil) }
+
+// digestsRecent is digests, and also notes in recent, when not nil, the
+// newest counted version of each owner that changed within recentWindow
+// before the grace (nothing is allocated for it while nothing changes).
+func (g *Gossip) digestsRecent(recent map[string]uint64) map[string]uint64 {
 	now := time.Now()
 	cut := uint64(now.Add(-repairGrace).UnixMilli()) << 16
+	since := uint64(now.Add(-repairGrace-recentWindow).UnixMilli()) << 16
 	young := g.youngMembers(now)
 	out := make(map[string]uint64, g.lastOwners+1)
 	out[kvOwner] = 0
@@ -80,6 +94,9 @@ func (g *Gossip) digests() map[string]uint64 {
 		}
 		if e.Version <= cut && !young[owner] {
 			out[owner] += hashEntry(&e)
+			if recent != nil && e.Version > since && owner != kvOwner && e.Version > recent[owner] {
+				recent[owner] = e.Version
+			}
 		}
 	})
 	g.lastOwners = len(out)
@@ -88,6 +105,34 @@ func (g *Gossip) digests() map[string]uint64 {
 
 // repairGrace is about how long a broadcast takes to reach 100 nodes.
 const repairGrace = time.Second
+
+// recentWindow and maxPushOwners bound what an answer to a digest pushes
+// unasked: the states of the owners that changed last, which is where a
+// missed broadcast is (at 10 writes a second, 16 owners cover the 1.6 s
+// past the grace). More would cost bytes at every digest that differs
+// while changes flow; an older miss is found by the owner hashes.
+const (
+	recentWindow  = 3 * time.Second
+	maxPushOwners = 16
+)
+
+// newestOwners picks the names of the maxPushOwners owners with the newest
+// versions in recent.
+func newestOwners(recent map[string]uint64) map[string]bool {
+	if len(recent) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(recent))
+	for n := range recent {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(recent[b], recent[a]) })
+	out := make(map[string]bool, min(len(names), maxPushOwners))
+	for _, n := range names[:min(len(names), maxPushOwners)] {
+		out[n] = true
+	}
+	return out
+}
 
 // youngMembers are the members whose status changed within repairGrace:
 // the digest leaves them out, as it leaves out young entries, so that a
@@ -293,11 +338,16 @@ func (g *Gossip) onDigest(buf []byte) {
 	if g.repairBusy() {
 		return
 	}
-	owners := g.digests()
+	recent := map[string]uint64{}
+	owners := g.digestsRecent(recent)
 	if rootOf(owners) == d.Root {
 		return
 	}
-	b, err := deflateJSON(msgOwners, ownersMsg{From: g.reg.NodeName(), Owners: owners, Addrs: g.memberAddrs(nil)})
+	msg := ownersMsg{From: g.reg.NodeName(), Owners: owners, Addrs: g.memberAddrs(nil)}
+	if push := newestOwners(recent); push != nil {
+		msg.Nodes = g.reg.StatesOf(push)
+	}
+	b, err := deflateJSON(msgOwners, msg)
 	if err == nil {
 		g.reliable(to, b)
 	}
@@ -309,21 +359,36 @@ func (g *Gossip) onOwners(buf []byte) {
 		return
 	}
 	g.joinMissing(o.Addrs)
+	if len(o.Nodes) > 0 {
+		// What the other pushed first: what this node missed is then no
+		// longer among the owners that differ.
+		g.met.repaired(len(g.reg.MergeStates(o.Nodes)))
+	}
 	to := g.peer(o.From)
 	if to == nil || g.repairBusy() {
 		return
 	}
 	mine := g.digests()
 	out := statesMsg{From: g.reg.NodeName()}
-	for _, st := range g.reg.FullState() {
-		if o.Owners[st.Node] != mine[st.Node] {
-			out.Nodes = append(out.Nodes, st)
+	differ := map[string]bool{}
+	for _, hs := range []map[string]uint64{mine, o.Owners} {
+		for name := range hs {
+			if o.Owners[name] != mine[name] && name != kvOwner {
+				differ[name] = true
+			}
 		}
+	}
+	if len(differ) > 0 {
+		out.Nodes = g.reg.StatesOf(differ)
 	}
 	// Owners the other has and this node does not: ask with an empty state
 	// (complete 0 drops nothing), so that the answer brings them.
+	sent := make(map[string]bool, len(out.Nodes))
+	for _, st := range out.Nodes {
+		sent[st.Node] = true
+	}
 	for name := range o.Owners {
-		if _, ok := mine[name]; !ok && name != kvOwner {
+		if _, ok := mine[name]; !ok && name != kvOwner && !sent[name] {
 			out.Nodes = append(out.Nodes, registry.NodeState{Node: name})
 		}
 	}
@@ -370,10 +435,8 @@ func (g *Gossip) onStates(buf []byte) {
 		want[st.Node] = true
 	}
 	out := statesMsg{From: g.reg.NodeName(), Reply: true}
-	for _, st := range g.reg.FullState() {
-		if want[st.Node] {
-			out.Nodes = append(out.Nodes, st)
-		}
+	if len(want) > 0 {
+		out.Nodes = g.reg.StatesOf(want)
 	}
 	if s.WithKV {
 		out.KV, out.WithKV = g.reg.KVState(), true

@@ -116,3 +116,42 @@ func TestLostBroadcastRepaired(t *testing.T) {
 	}
 	t.Logf("%d datagrams lost; every node had the registration after %v", lost.Load(), time.Since(start).Round(time.Millisecond))
 }
+
+// TestMissedChangeInFirstAnswer: a node that missed a recent change and
+// sends its digest to a node that has it holds the change after that
+// node's first answer (the owner hashes with the states of the owners that
+// changed last), not after the two more messages of the owner exchange.
+// Counted in streams, not time: nothing else moves in the cluster (no
+// gossip rounds, probes, push/pull or digests of their own).
+func TestMissedChangeInFirstAnswer(t *testing.T) {
+	mem := &memNet{}
+	still := func(c *Config) {
+		quietGossip(c)
+		c.DigestInterval = time.Hour
+	}
+	a := startNode(t, "a", opts{mem: mem, tweak: still})
+	b := startNode(t, "b", opts{mem: mem, tweak: still, join: []string{a.g.Addr()}})
+	for _, n := range []*node{a, b} {
+		waitFor(t, n.reg, 10*time.Second, "a and b", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 2 })
+	}
+	before := rootOf(a.g.digests())
+	register(t, a, "missed1", 9000) // no gossip round carries it to b
+	// The digest counts the change once its grace has passed.
+	deadline := time.Now().Add(10 * time.Second)
+	for rootOf(a.g.digests()) == before {
+		if time.Now().After(deadline) {
+			t.Fatal("a's digest never counted the registration")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if hasInstance("a", "missed1", false)(b.reg.Snapshot()) {
+		t.Fatal("b has the registration before any repair: the test exercises nothing")
+	}
+	in := mem.peer(b.g.Addr())
+	streams := in.streamsIn.Load()
+	b.g.sendDigest()
+	waitFor(t, b.reg, 10*time.Second, "the registration at b", hasInstance("a", "missed1", false))
+	if got := in.streamsIn.Load() - streams; got != 1 {
+		t.Errorf("b had the registration after %d streams from a, want 1 (a's answer to its digest)", got)
+	}
+}

@@ -177,7 +177,9 @@ func New(cfg Config) (*Node, error) {
 			n.close()
 			return nil, err
 		}
-		n.closers = append(n.closers, st.closer)
+		// Closed in reverse: the guard first, then the stores.
+		guard := &stableGuard{StableStore: st.stable}
+		n.closers = append(n.closers, st.closer, guard)
 		n.store = backend
 		// The leader reads back each entry it sends to a follower (and
 		// the one before it); the newest entries are kept in memory, as
@@ -188,7 +190,7 @@ func New(cfg Config) (*Node, error) {
 			n.close()
 			return nil, fmt.Errorf("raft: log cache: %w", err)
 		}
-		logs, stable = cached, st.stable
+		logs, stable = cached, guard
 		if snaps, err = hraft.NewFileSnapshotStoreWithLogger(dir, 2, hlog); err != nil {
 			n.close()
 			return nil, fmt.Errorf("raft: snapshots: %w", err)
@@ -503,6 +505,28 @@ func (n *Node) RemoveServer(id string) error {
 		return n.leaderErr()
 	}
 	return n.await(n.raft.RemoveServer(hraft.ServerID(id), 0, n.cfg.ApplyTimeout))
+}
+
+// TransferLeadership hands leadership to the voter id, or to the most
+// up-to-date other voter when id is ""; leader only. It returns once
+// another server leads, or with hashicorp/raft's error.
+func (n *Node) TransferLeadership(id string) error {
+	if n.raft.State() != hraft.Leader {
+		return n.leaderErr()
+	}
+	if id == "" {
+		return n.await(n.raft.LeadershipTransfer())
+	}
+	servers, err := n.Configuration()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if s.ID == id {
+			return n.await(n.raft.LeadershipTransferToServer(hraft.ServerID(id), hraft.ServerAddress(s.Address)))
+		}
+	}
+	return fmt.Errorf("id %q was not found in the Raft configuration", id)
 }
 
 // Stats are hashicorp/raft's, for /v1/agent/self's raft section.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/hashicorp/go-hclog"
 	hraft "github.com/hashicorp/raft"
@@ -127,3 +128,65 @@ func (cs closeAll) Close() error {
 
 // raftwalMeta is raft-wal's meta DB file in its directory.
 const raftwalMeta = metadb.FileName
+
+// stableGuard stands between Raft and its stable store so that a term set
+// in the instant between Raft's shutdown and the store's close is dropped
+// instead of crashing the process. hashicorp/raft answers heartbeats on the
+// transport's goroutine, which can pass its shutdown check just before
+// Shutdown returns and then panics when saving the term fails on a closed
+// store (seen in CI: "failed to save current term: database not open").
+// Dropping that write is safe: a Raft that has shut down acts on nothing
+// (votes go through its main loop, which has stopped), and a restart reads
+// the term the store last saved, as after a crash at the same moment.
+type stableGuard struct {
+	mu     sync.RWMutex
+	closed bool
+	hraft.StableStore
+}
+
+var errStableClosed = errors.New("raft: stable store closed")
+
+func (g *stableGuard) Set(k, v []byte) error {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return nil
+	}
+	return g.StableStore.Set(k, v)
+}
+
+func (g *stableGuard) SetUint64(k []byte, v uint64) error {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return nil
+	}
+	return g.StableStore.SetUint64(k, v)
+}
+
+func (g *stableGuard) Get(k []byte) ([]byte, error) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return nil, errStableClosed
+	}
+	return g.StableStore.Get(k)
+}
+
+func (g *stableGuard) GetUint64(k []byte) (uint64, error) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return 0, errStableClosed
+	}
+	return g.StableStore.GetUint64(k)
+}
+
+// Close waits for the calls in progress, then lets no more through; the
+// store itself is closed by its own closer after this one.
+func (g *stableGuard) Close() error {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	return nil
+}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/pier-dev/pier/deploy/eventually"
 )
 
@@ -170,5 +171,40 @@ func BenchmarkPut(b *testing.B) {
 				})
 			})
 		}
+	}
+}
+
+// A term that a late heartbeat sets after Raft shut down, while the stores
+// close, is dropped: hashicorp/raft panics when that write fails, and CI saw
+// the panic take a whole test binary down ("database not open"). Both
+// backends: bbolt's stable store and the WAL's meta DB.
+func TestStableGuardAfterClose(t *testing.T) {
+	for _, backend := range []string{LogStoreBoltDB, LogStoreWAL} {
+		t.Run(backend, func(t *testing.T) {
+			st, err := openStores(t.TempDir(), backend, MinWALSegmentSize, hclog.NewNullLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := &stableGuard{StableStore: st.stable}
+			if err := g.SetUint64([]byte("CurrentTerm"), 2); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := g.GetUint64([]byte("CurrentTerm")); err != nil || v != 2 {
+				t.Fatalf("before close: %d %v", v, err)
+			}
+			g.Close()
+			if err := st.closer.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.SetUint64([]byte("CurrentTerm"), 3); err != nil {
+				t.Fatalf("a term set after close failed (Raft would panic): %v", err)
+			}
+			if err := st.stable.SetUint64([]byte("CurrentTerm"), 3); err == nil {
+				t.Fatal("the closed store took a write: this test no longer shows why the guard is there")
+			}
+			if _, err := g.GetUint64([]byte("CurrentTerm")); err == nil {
+				t.Fatal("a read after close answered")
+			}
+		})
 	}
 }

@@ -160,11 +160,15 @@ type node struct {
 	http    string // pier only
 	ready   chan struct{}
 	readyAt time.Time // when it said it was running
-	exited  chan struct{}
-	mu      sync.Mutex
-	alive   map[string]bool
-	got     map[string]time.Time
-	log     bytes.Buffer
+	// readyCPU is the CPU time its process had used when it said so:
+	// what starting one costs, which the machine's load does not inflate
+	// as it does the wall time.
+	readyCPU time.Duration
+	exited   chan struct{}
+	mu       sync.Mutex
+	alive    map[string]bool
+	got      map[string]time.Time
+	log      bytes.Buffer
 }
 
 var (
@@ -203,6 +207,7 @@ func (c *cluster) follow(n *node, r io.Reader) {
 					n.http = h[1]
 				}
 				n.readyAt = now
+				n.readyCPU = processCPU(n.cmd.Process.Pid)
 				close(n.ready)
 			}
 		}
@@ -256,6 +261,7 @@ func run(args []string) error {
 	writes := fs.Int("writes", 100, "writes to propagate after the join")
 	timeout := fs.Duration("timeout", 120*time.Second, "longest wait for the join and for each write")
 	every := fs.Duration("every", 100*time.Millisecond, "pause between writes")
+	settle := fs.Duration("settle", 0, "pause between the join's convergence and the first write (0: none, writes start at once)")
 	idle := fs.Duration("idle", 30*time.Second, "how long the idle cluster's CPU is measured after the writes (0: not)")
 	fs.Parse(args)
 	fmt.Printf("%s n=%d load average at start: %s\n", *kind, *n, loadavg())
@@ -377,6 +383,16 @@ func run(args []string) error {
 			return fmt.Errorf("%s did not start", nd.name)
 		}
 	}
+	var cpus []time.Duration
+	for _, nd := range c.nodes {
+		nd.mu.Lock()
+		cpus = append(cpus, nd.readyCPU)
+		nd.mu.Unlock()
+	}
+	slices.Sort(cpus)
+	fmt.Printf("%s n=%d start: CPU of a process until it was running: median %.1f ms, max %.1f ms\n",
+		*kind, *n, float64(cpus[len(cpus)/2].Microseconds())/1000, float64(cpus[len(cpus)-1].Microseconds())/1000)
+	time.Sleep(*settle)
 	if *writes > 0 {
 		if err := measureWrites(ctx, c, *kind, *n, *writes, *every, *timeout); err != nil {
 			return err
@@ -419,12 +435,15 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 	// Wait until every node has every write, or the timeout.
 	deadline := time.Now().Add(timeout)
 	var lat []time.Duration
+	var slow []string
 	late := 0
 	for {
-		lat, late = lat[:0], 0
+		lat, late, slow = lat[:0], 0, slow[:0]
 		for i := range writes {
 			key := fmt.Sprintf("bench%03d", i)
 			var last time.Time
+			var lastNode string
+			var second time.Time // when the last node but one had it
 			for _, nd := range c.nodes {
 				nd.mu.Lock()
 				at, ok := nd.got[key]
@@ -434,7 +453,9 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 					break
 				}
 				if at.After(last) {
-					last = at
+					second, last, lastNode = last, at, nd.name
+				} else if at.After(second) {
+					second = at
 				}
 			}
 			if last.IsZero() {
@@ -442,6 +463,9 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 				continue
 			}
 			lat = append(lat, last.Sub(sent[i]))
+			if d := last.Sub(sent[i]); d > 1500*time.Millisecond {
+				slow = append(slow, fmt.Sprintf("%s %.2f s (last %s; the one before it %.2f s)", key, d.Seconds(), lastNode, second.Sub(sent[i]).Seconds()))
+			}
 		}
 		if late == 0 || time.Now().After(deadline) {
 			break
@@ -460,6 +484,12 @@ func measureWrites(ctx context.Context, c *cluster, kind string, n, writes int, 
 	}
 	fmt.Printf("%s n=%d writes: %d, reached every node: p50 %.2f s, p99 %.2f s, max %.2f s; %d not everywhere after %v\n",
 		kind, n, writes, q(0.5), q(0.99), q(1), late, timeout)
+	for _, s := range slow {
+		fmt.Printf("  slow: %s\n", s)
+	}
+	if kind == "pier" {
+		fmt.Printf("%s n=%d repaired entries (pier_gossip_repaired_entries_total, all nodes): %.0f\n", kind, n, sumMetric(c.nodes, "pier_gossip_repaired_entries_total"))
+	}
 	return nil
 }
 
@@ -486,6 +516,42 @@ func idleCPU(nodes []*node, d time.Duration) float64 {
 	time.Sleep(d)
 	used := float64(ticks()-before) / 100 // USER_HZ is 100 on Linux
 	return used / float64(len(nodes)) * float64(time.Minute) / float64(d)
+}
+
+// sumMetric adds a counter's value over every pier node's /metrics.
+func sumMetric(nodes []*node, name string) float64 {
+	var sum float64
+	for _, nd := range nodes {
+		resp, err := http.Get("http://" + nd.http + "/metrics")
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				sum += f
+			}
+		}
+		resp.Body.Close()
+	}
+	return sum
+}
+
+// processCPU sums the CPU time of every thread of a process
+// (/proc/PID/task/*/schedstat, nanoseconds, finer than /proc/PID/stat's
+// 10 ms ticks).
+func processCPU(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
 }
 
 func loadavg() string {

@@ -12,6 +12,7 @@
   const filter = document.getElementById("filter");
   const live = document.getElementById("live");
   const errorBox = document.getElementById("error");
+  const dcTag = document.getElementById("title-dc");
   const POLL_MS = 1000;
   const MEMBER = { 1: "alive", 2: "leaving", 3: "left", 4: "failed" };
   const RANK = { passing: 0, warning: 1, critical: 2, maintenance: 2 };
@@ -56,6 +57,7 @@
   // send makes a request and answers {status, ok, text}; a refusal's
   // reason is the body, as the API writes it (403: "Permission denied").
   async function send(method, path, body, extra) {
+    if (pier.dc) path = pier.dc.path(path); // the datacenter chosen (dc.js)
     const r = await fetch(path, { method, headers: headers(extra), body, cache: "no-store" });
     return { status: r.status, ok: r.ok, text: await r.text() };
   }
@@ -103,10 +105,15 @@
   }
 
   // ---- services ----
+  // Charts are this agent's measurements (/v1/pier/history is local):
+  // for another datacenter's services and nodes there are none to show.
+  const charted = () => !pier.dc.remote();
+  const CHARTS_LOCAL = "Charts are local only: this agent measures {local}, so {dc}'s pages show none.";
+
   async function services() {
     const [names] = await Promise.all([
       get("/v1/catalog/services").then(m => Object.keys(m).sort()),
-      pier.charts.load("service"),
+      charted() ? pier.charts.load("service") : null,
     ]);
     // One service the agent will not show (ACLs) leaves the others on the page.
     return Promise.all(names.map(n => get("/v1/health/service/" + encodeURIComponent(n))
@@ -141,18 +148,21 @@
       const healthy = list.filter(e => e.Checks.every(c => c.Status === "passing")).length;
       out.push(el("section", { class: "card", "data-service": name },
         el("h3", null, name, status(state), el("span", { class: "sub", text: healthy + "/" + list.length + " instances passing" })),
-        pier.charts.draw("service", name),
+        charted() ? pier.charts.draw("service", name) : null,
         err ? el("p", { class: "error", text: err }) : list.length ? table(["instance", "node", "address", { name: "port", num: true }, "tags", "meta", "weights", "checks"], rows)
           : el("p", { class: "empty", text: "no instances" })));
     }
-    return out.length ? out : [el("p", { class: "empty", text: filter.value ? "No service matches the filter." : "No services." })];
+    if (out.length === 0) out.push(el("p", { class: "empty", text: filter.value ? "No service matches the filter." : "No services." }));
+    return [pier.dc.localNote(CHARTS_LOCAL), ...out].filter(Boolean);
   }
 
   // ---- nodes ----
   async function nodes() {
     const [list, members] = await Promise.all([
       get("/v1/catalog/nodes"),
-      get("/v1/agent/members").catch(() => []),
+      // Membership is this agent's LAN pool; another datacenter's nodes
+      // are alive or failed by their serfHealth check.
+      pier.dc.remote() ? [] : get("/v1/agent/members").catch(() => []),
     ]);
     const details = await Promise.all(list.map(n =>
       Promise.all([
@@ -182,6 +192,7 @@
   // ---- routes ----
   async function routes() {
     try {
+      // This agent's front door, whichever datacenter is chosen.
       const [list] = await Promise.all([get("/v1/pier/routes"), pier.charts.load("route")]);
       return list;
     } catch (e) {
@@ -203,9 +214,19 @@
     return d;
   }
 
+  // failover says in words where a route with a failover sends now, and
+  // where it would go: {nearest: N} and the datacenters it names.
+  function failover(r) {
+    const f = r.Failover;
+    const then = [f.nearest ? "the nearest " + (f.nearest === 1 ? "datacenter" : f.nearest + " datacenters") : "", ...(f.datacenters || [])].filter(Boolean).join(", then ");
+    const here = pier.dc.local() || "this datacenter";
+    if (r.ServingFrom) return "failed over: serving from " + r.ServingFrom + " (" + here + " has no healthy instance; failover to " + then + ")";
+    return "serving from " + here + "; failover to " + then + " when it has no healthy instance";
+  }
+
   function drawRoutes(list) {
     if (list === null) return [el("p", { class: "empty", text: "This agent runs no proxy (start it with -proxy-addr or a proxy: section)." })];
-    const out = [];
+    const out = [pier.dc.localNote("Routes are local only: these are this agent's front door in {local}, whichever datacenter is chosen.")].filter(Boolean);
     for (const r of list) {
       const where = (r.Host || "*") + (r.Path || "");
       const now = pier.charts.latest("route", (r.Host || "") + (r.Path || ""));
@@ -215,15 +236,20 @@
         out.push(el("section", { class: "card" }, el("h3", null, r.Key, status("error")), el("span", { class: "output", text: r.Error })));
         continue;
       }
-      const state = r.Instances.length === 0 ? "critical" : r.Instances.length < r.Total ? "warning" : "passing";
+      // Failed over, Instances are the other datacenter's and Total
+      // this one's.
+      const state = r.Instances.length === 0 ? "critical" : r.ServingFrom || r.Instances.length < r.Total ? "warning" : "passing";
+      const healthy = r.ServingFrom ? "0/" + r.Total + " healthy here · " + r.Instances.length + " in " + r.ServingFrom : r.Instances.length + "/" + r.Total + " healthy";
       const rows = r.Instances.map(i => [
         i.ID, i.Node, i.Addr, String(i.Weight), String(i.InFlight), String(i.Requests),
         i.DownUntil ? el("span", null, status("ejected"), " until " + new Date(i.DownUntil).toLocaleTimeString()) : status("up"),
       ]);
-      out.push(el("section", { class: "card", "data-route": where },
-        el("h3", null, el("code", { text: where }), el("span", { text: "→ " + r.Service }), status(state),
-          el("span", { class: "sub", text: r.Instances.length + "/" + r.Total + " healthy · " + now + " · " + r.Source }),
+      out.push(el("section", { class: "card", "data-route": where, "data-serving-from": r.ServingFrom || pier.dc.local() },
+        el("h3", null, el("code", { text: where }), el("span", { text: "→ " + r.Service }),
+          r.ServingFrom ? el("span", { class: "status failover", text: "serving from " + r.ServingFrom }) : status(state),
+          el("span", { class: "sub", text: healthy + " · " + now + " · " + r.Source }),
         ),
+        r.Failover ? el("p", { class: "sub failover-note", text: failover(r) }) : null,
         pier.charts.draw("route", r.Host + r.Path),
         rows.length ? folded(list.length > FOLD_ROUTES, where, rows.length + (rows.length === 1 ? " instance" : " instances"),
           table(["instance", "node", "address", { name: "weight", num: true }, { name: "in flight", num: true }, { name: "requests", num: true }, "state"], rows))
@@ -237,7 +263,7 @@
     const [n, checks] = await Promise.all([
       get("/v1/catalog/node/" + encodeURIComponent(name)),
       get("/v1/health/node/" + encodeURIComponent(name)),
-      pier.charts.load("node"),
+      charted() ? pier.charts.load("node") : null,
     ]);
     return { name, n, checks };
   }
@@ -250,7 +276,7 @@
       el("section", { class: "card", "data-node": d.name },
         el("h3", null, d.name, status(worst(d.checks.map(c => c.Status))),
           el("span", { class: "sub", text: d.n.Node.Address + " · " + (d.n.Node.Datacenter || "") })),
-        pier.charts.draw("node", d.name),
+        charted() ? pier.charts.draw("node", d.name) : pier.dc.localNote(CHARTS_LOCAL),
         d.checks.length ? table(["check", "service", "status", "output"], d.checks.map(c =>
           [c.Name || c.CheckID, c.ServiceName || "", status(c.Status), c.Output ? el("span", { class: "output", text: c.Output }) : ""]))
           : el("p", { class: "empty", text: "no checks" }),
@@ -259,18 +285,20 @@
   }
 
   // Pages: load(arg) fetches, draw(data, arg) returns the nodes to show;
-  // poll: false draws once (a form must not be redrawn under the user).
+  // poll: false draws once (a form must not be redrawn under the user);
+  // local: true shows this agent's own, whichever datacenter is chosen.
   // Other files add pages to pier.pages before start.
   const pages = {
     services: { title: "Services", load: services, draw: drawServices },
     nodes: { title: "Nodes", load: nodes, draw: drawNodes },
     node: { title: "Node", nav: "nodes", load: node, draw: drawNode },
-    routes: { title: "Routes", load: routes, draw: drawRoutes },
+    routes: { title: "Routes", local: true, load: routes, draw: drawRoutes },
   };
 
-  // The hash is #page or #page/arg (a node's name, a KV path).
+  // The hash is #page or #page/arg (a node's name, a KV path), with
+  // ?dc=NAME after it while another datacenter is chosen (dc.js).
   function route() {
-    const h = location.hash.replace(/^#/, "");
+    const h = location.hash.replace(/^#/, "").replace(/\?dc=[^?]*$/, "");
     const i = h.indexOf("/");
     const name = i < 0 ? h : h.slice(0, i);
     let arg = i < 0 ? "" : h.slice(i + 1);
@@ -289,6 +317,8 @@
   }
 
   function explain(e) {
+    if (e.status === 500 && /No path to datacenter/.test(e.reason || ""))
+      return "This agent cannot reach datacenter " + pier.dc.remote() + " now (" + e.reason + "). Choose another datacenter above.";
     if (e.status === 403) return "The token may not read this (" + e.reason + "). Choose another token with the Token button.";
     return "Cannot reach the agent: " + e.message;
   }
@@ -312,13 +342,16 @@
   }
 
   function show() {
+    pier.dc.sync();
     const { name, p } = route();
     generation++;
     clearTimeout(timer);
     data = null;
     lastKey = "";
     title.textContent = p.title;
-    document.title = p.title + " · pier";
+    const dc = p.local ? "" : pier.dc.remote();
+    document.title = p.title + (dc ? " · " + dc : "") + " · pier";
+    dcTag.textContent = dc ? "in " + dc : "";
     for (const n in pages) {
       const a = document.getElementById("nav-" + n);
       if (!a) continue;
@@ -341,5 +374,5 @@
   });
   // The other files have added their pages by the time the document is
   // parsed; token.js decides whether to ask for a token first.
-  document.addEventListener("DOMContentLoaded", () => (pier.token ? pier.token.ready() : Promise.resolve()).then(show));
+  document.addEventListener("DOMContentLoaded", () => (pier.token ? pier.token.ready() : Promise.resolve()).then(() => pier.dc.ready()).then(show));
 })();

@@ -1,0 +1,371 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// ACMEConfig is proxy.tls.acme: certificates the front door gets itself
+// from an RFC 8555 CA, through certmagic. Every front door of a cluster
+// manages the same names; Storage (the servers' KV) and its lock make one
+// of them ask the CA for a name and every one serve the certificate.
+type ACMEConfig struct {
+	Email      string        `json:"email"`       // the account's contact (optional for Let's Encrypt)
+	CA         string        `json:"ca"`          // the CA's directory URL (default: Let's Encrypt's production)
+	CARoot     string        `json:"ca_root"`     // PEM roots the CA's own HTTPS is verified with (a private CA such as pebble); default the system's
+	Names      []string      `json:"names"`       // the host names to get certificates for
+	RenewCheck time.Duration `json:"renew_check"` // how often certificates are checked for renewal, and OCSP staples (default 10m, OCSP 1h)
+	Token      string        `json:"token"`       // the API token the agent's KV storage asks with (operator:write); the proxy does not read it
+
+	// Storage keeps the account, the certificates and their keys, and
+	// locks a name while it is ordered; set by the agent (the servers'
+	// KV). Required.
+	Storage certmagic.Storage `json:"-"`
+}
+
+// Validate reports the first mistake, naming the field under
+// proxy.tls.acme.
+func (c *ACMEConfig) Validate() error {
+	if c.CA != "" {
+		u, err := url.Parse(c.CA)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return fmt.Errorf("ca %q: want the CA's directory URL, https://host/path", c.CA)
+		}
+	}
+	if c.Email != "" && (!strings.Contains(c.Email, "@") || strings.ContainsAny(c.Email, " \t\r\n,<>")) {
+		return fmt.Errorf("email %q: want an address such as ops@example.com", c.Email)
+	}
+	if c.CARoot != "" {
+		if _, err := LoadCAFile(c.CARoot); err != nil {
+			return fmt.Errorf("ca_root: %w", err)
+		}
+	}
+	if c.RenewCheck < 0 {
+		return fmt.Errorf("renew_check %s: want a positive duration", c.RenewCheck)
+	}
+	for i, n := range c.Names {
+		if err := validACMEName(n); err != nil {
+			return fmt.Errorf("names[%d] %q: %w", i, n, err)
+		}
+	}
+	return nil
+}
+
+// validACMEName accepts a DNS name an HTTP-01 or TLS-ALPN-01 challenge can
+// prove: no IP address (RFC 8738 is not offered), no wildcard (those need
+// DNS-01).
+func validACMEName(n string) error {
+	switch {
+	case n == "":
+		return errors.New("empty")
+	case strings.HasPrefix(n, "*"):
+		return errors.New("a wildcard needs the DNS-01 challenge, which pier does not answer")
+	case net.ParseIP(n) != nil:
+		return errors.New("an IP address; want a DNS name")
+	case len(n) > 253 || !strings.Contains(n, ".") || strings.HasSuffix(n, "."):
+		return errors.New("want a fully qualified DNS name such as www.example.com")
+	}
+	for _, label := range strings.Split(n, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return errors.New("want a fully qualified DNS name such as www.example.com")
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("%q is not allowed in a DNS name", c)
+			}
+		}
+	}
+	return nil
+}
+
+// acmeManager is the proxy's side of certmagic: the names it manages, the
+// challenge answers and the certificates for the TLS listener. cfg is set
+// by RunACME, once the listeners' ports are known; before, a handshake for
+// a managed name gets the default certificate.
+type acmeManager struct {
+	conf   ACMEConfig
+	names  map[string]bool
+	log    *slog.Logger
+	cfg    atomic.Pointer[certmagic.Config]
+	iss    atomic.Pointer[certmagic.ACMEIssuer]
+	errors prometheus.Counter
+	issued prometheus.Counter
+}
+
+func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) (*acmeManager, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy.tls.acme.%w", err)
+	}
+	if c.Storage == nil {
+		return nil, errors.New("proxy.tls.acme: no storage (the agent gives the servers' KV)")
+	}
+	m := &acmeManager{conf: *c, names: map[string]bool{}, log: log.With("component", "acme")}
+	m.conf.Names = slices.Clone(c.Names)
+	for _, n := range c.Names {
+		m.names[strings.ToLower(n)] = true
+	}
+	m.errors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "proxy", Name: "acme_errors_total",
+		Help: "Failed attempts to obtain or renew a certificate from the ACME CA (the certificate held, if any, keeps serving).",
+	})
+	m.issued = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "proxy", Name: "acme_certificates_total",
+		Help: "Certificates this front door obtained or renewed from the ACME CA (not those another front door got and this one loaded).",
+	})
+	if reg != nil {
+		for _, col := range []prometheus.Collector{m.errors, m.issued} {
+			if err := reg.Register(col); err != nil {
+				return nil, fmt.Errorf("proxy: metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+// managed reports whether name is one of the configured names.
+func (m *acmeManager) managed(name string) bool { return m != nil && m.names[name] }
+
+// certificate answers the TLS-ALPN-01 challenge and the certificates of
+// managed names; false when it has none for hello.
+func (m *acmeManager) certificate(hello *tls.ClientHelloInfo, name string) (*tls.Certificate, bool) {
+	cfg := m.cfg.Load()
+	if cfg == nil {
+		return nil, false
+	}
+	if !m.names[name] && !slices.Contains(hello.SupportedProtos, acmeALPN) {
+		return nil, false
+	}
+	c, err := cfg.GetCertificate(hello)
+	if err != nil || c == nil {
+		return nil, false
+	}
+	return c, true
+}
+
+// acmeALPN is TLS-ALPN-01's protocol (RFC 8737).
+const acmeALPN = "acme-tls/1"
+
+const acmeChallengePrefix = "/.well-known/acme-challenge/"
+
+// challenge answers an HTTP-01 challenge on the plain listener; false when
+// the request is not one (it goes on to the routes).
+func (m *acmeManager) challenge(ctx *fasthttp.RequestCtx) bool {
+	if !bytes.HasPrefix(ctx.Path(), []byte(acmeChallengePrefix)) {
+		return false
+	}
+	iss := m.iss.Load()
+	if iss == nil {
+		return false
+	}
+	answered := false
+	fasthttpadaptor.NewFastHTTPHandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		answered = iss.HandleHTTPChallenge(w, r)
+	})(ctx)
+	return answered
+}
+
+// RunACME gets and renews the certificates of proxy.tls.acme until ctx
+// ends. httpAddr and tlsAddr are the front door's listeners, where the
+// CA's challenges arrive: certmagic would otherwise open its own. Without
+// ACME in the config it returns at once.
+func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
+	m := p.acme
+	if m == nil {
+		return nil
+	}
+	zl := zap.New(slogCore{log: m.log})
+	var cfg *certmagic.Config
+	cache := certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return cfg, nil },
+		RenewCheckInterval: m.conf.RenewCheck,
+		OCSPCheckInterval:  m.conf.RenewCheck,
+		Logger:             zl,
+	})
+	defer cache.Stop()
+	cfg = certmagic.New(cache, certmagic.Config{
+		Storage: m.conf.Storage,
+		Logger:  zl,
+		OnEvent: m.event,
+	})
+	tmpl := certmagic.ACMEIssuer{
+		CA:     m.conf.CA,
+		Email:  m.conf.Email,
+		Agreed: true,
+		Logger: zl,
+	}
+	if tmpl.CA == "" {
+		tmpl.CA = certmagic.LetsEncryptProductionCA
+	}
+	if m.conf.CARoot != "" {
+		roots, err := LoadCAFile(m.conf.CARoot)
+		if err != nil {
+			return fmt.Errorf("proxy.tls.acme.ca_root: %w", err)
+		}
+		tmpl.TrustedRoots = roots
+	}
+	// The challenges are answered by the front door's own listeners:
+	// pointing certmagic's solvers at them makes their bind fail, which
+	// certmagic takes as "served elsewhere".
+	if a, ok := httpAddr.(*net.TCPAddr); ok {
+		tmpl.ListenHost, tmpl.AltHTTPPort = a.IP.String(), a.Port
+	} else {
+		tmpl.DisableHTTPChallenge = true
+	}
+	if a, ok := tlsAddr.(*net.TCPAddr); ok {
+		tmpl.AltTLSALPNPort = a.Port
+		if tmpl.ListenHost != a.IP.String() {
+			tmpl.ListenHost = "" // both listeners' hosts differ: leave the solvers to fail on the wildcard bind
+		}
+	} else {
+		tmpl.DisableTLSALPNChallenge = true
+	}
+	iss := certmagic.NewACMEIssuer(cfg, tmpl)
+	cfg.Issuers = []certmagic.Issuer{iss}
+	m.iss.Store(iss)
+	m.cfg.Store(cfg)
+	defer m.cfg.Store(nil)
+	defer m.iss.Store(nil)
+	// ManageAsync loads what the storage holds and orders the rest in the
+	// background (one front door at a time, under the storage's lock),
+	// never prompting (ManageSync would ask for an email on stdin). Renewals
+	// run in certmagic's maintenance, retried there with backoff, logged
+	// and counted in event. A name whose certificate could not be loaded
+	// (no server reachable: a client that has not joined yet) is dropped by
+	// certmagic with a log line, so the names without a certificate are
+	// handed to it again until each has one; a name being ordered is not
+	// ordered twice (certmagic's jobs are by name).
+	wait := time.Second
+	names := m.conf.Names
+	for {
+		if err := m.reachable(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			m.errors.Inc()
+			m.log.Error("acme: the certificate storage cannot be reached; the front door serves what it holds, trying again", "in", wait, "err", err)
+		} else if err := cfg.ManageAsync(ctx, names); err != nil {
+			m.errors.Inc()
+			m.log.Error("acme: managing the certificates failed; trying again", "names", names, "in", wait, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+		names = names[:0:0]
+		for _, n := range m.conf.Names {
+			if len(cache.AllMatchingCertificates(n)) == 0 {
+				names = append(names, n)
+			}
+		}
+		if len(names) == 0 {
+			break
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// reachable reports an error when the storage cannot be read.
+func (m *acmeManager) reachable(ctx context.Context) error {
+	_, err := m.conf.Storage.Load(ctx, "pier-probe")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// event logs and counts certmagic's outcomes.
+func (m *acmeManager) event(_ context.Context, event string, data map[string]any) error {
+	switch event {
+	case "cert_failed":
+		m.errors.Inc()
+		m.log.Error("acme: obtaining or renewing a certificate failed; the certificate held, if any, keeps serving",
+			"identifier", data["identifier"], "renewal", data["renewal"], "remaining", data["remaining"], "err", data["error"])
+	case "cert_obtained":
+		m.issued.Inc()
+		m.log.Info("acme: certificate obtained", "identifier", data["identifier"], "renewal", data["renewal"])
+	}
+	return nil
+}
+
+// slogCore hands certmagic's zap logs to the agent's slog logger.
+type slogCore struct {
+	log    *slog.Logger
+	fields []zapcore.Field
+}
+
+func (c slogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.InfoLevel }
+
+func (c slogCore) With(fs []zapcore.Field) zapcore.Core {
+	return slogCore{log: c.log, fields: append(slices.Clip(c.fields), fs...)}
+}
+
+func (c slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c slogCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range c.fields {
+		f.AddTo(enc)
+	}
+	for _, f := range fs {
+		f.AddTo(enc)
+	}
+	keys := make([]string, 0, len(enc.Fields))
+	for k := range enc.Fields {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	args := make([]any, 0, 2*len(keys)+2)
+	if e.LoggerName != "" {
+		args = append(args, "logger", e.LoggerName)
+	}
+	for _, k := range keys {
+		args = append(args, k, enc.Fields[k])
+	}
+	lvl := slog.LevelInfo
+	switch {
+	case e.Level >= zapcore.ErrorLevel:
+		lvl = slog.LevelError
+	case e.Level >= zapcore.WarnLevel:
+		lvl = slog.LevelWarn
+	}
+	c.log.Log(context.Background(), lvl, "acme: "+e.Message, args...)
+	return nil
+}
+
+func (c slogCore) Sync() error { return nil }
+
+// nextProtos adds TLS-ALPN-01's protocol, last, so that only the CA's
+// validator, which offers nothing else, gets it.
+func (s *certStore) nextProtos(protos []string) []string {
+	if s.acme == nil {
+		return protos
+	}
+	return append(protos, acmeALPN)
+}

@@ -471,6 +471,10 @@ func (s *Server) serveFrames(ctx context.Context, nc net.Conn, h http.Handler, m
 		c.writeLoop()
 	}()
 	local, remote := nc.LocalAddr().String(), nc.RemoteAddr().String()
+	// At most maxFramesInFlight requests of one connection are served at
+	// once; past that the reader waits, and TCP pushes back on the sender,
+	// as HTTP/1.1's one request at a time per connection did.
+	inflight := make(chan struct{}, maxFramesInFlight)
 	for {
 		b, err := readFrame(br, maxFrame)
 		if err != nil {
@@ -481,13 +485,24 @@ func (s *Server) serveFrames(ctx context.Context, nc net.Conn, h http.Handler, m
 			s.log.Warn("api: a malformed forwarded frame; closing its connection", "from", remote, "err", err)
 			return
 		}
+		select {
+		case inflight <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer func() { <-inflight; wg.Done() }()
 			c.send(queued{frame: s.serveFrame(h, id, r)})
 		}()
 	}
 }
+
+// maxFramesInFlight bounds the requests one frame connection has served at
+// once: far more than a follower's writers keep waiting (each waits for its
+// answer), few enough that one connection cannot start goroutines without
+// end.
+const maxFramesInFlight = 1024
 
 // handshakeWithin bounds a frame connection's preamble.
 const handshakeWithin = 5 * time.Second

@@ -182,6 +182,7 @@ func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Regi
 		}
 		return nil
 	})
+	g.Go(func() error { return srv.ServeForwards(ctx, s.port.Forwards(), mux) })
 	g.Go(func() error { return raft.RunMirror(ctx, s.node, reg) })
 	g.Go(func() error { return s.wan.Run(ctx) })
 	// The KV of the gossip era, kept in this server's data dir, moves into

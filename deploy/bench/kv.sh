@@ -30,8 +30,9 @@
 #        does not. About 2 minutes with the defaults.
 # Knobs: DURATION=10s CLIENTS=64 VALUE_SIZE=100 KEYS=1000 CAS_KEYS=64
 #        MAX_OPS=1000000 FAILOVER_RATE=100 FAILOVER_DURATION=15s
-#        FAILOVER_KILL_AFTER=5 FAILOVER_OP_TIMEOUT=2s TARGETS="etcd pier" BASE_PORT=23000 (uses
-#        BASE_PORT+11..+53 on 127.0.0.1) PIER_SERVER_ARGS
+#        FAILOVER_KILL_AFTER=5 FAILOVER_OP_TIMEOUT=2s TARGETS="etcd pier"
+#        MODES="put cas read failover" (a subset runs only those) BASE_PORT=23000 (uses
+#        BASE_PORT+11..+63 on 127.0.0.1) PIER_SERVER_ARGS
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -48,6 +49,7 @@ FAILOVER_DURATION=${FAILOVER_DURATION:-15s}
 FAILOVER_KILL_AFTER=${FAILOVER_KILL_AFTER:-5}
 FAILOVER_OP_TIMEOUT=${FAILOVER_OP_TIMEOUT:-2s}
 TARGETS=${TARGETS:-etcd pier}
+MODES=${MODES:-put cas read failover}
 BASE_PORT=${BASE_PORT:-23000}
 READY_TRIES=300 # x 0.1 s: the longest wait for a cluster to answer
 
@@ -113,12 +115,12 @@ start_pier() {
   local i
   ep=() spid=() srv=""
   for i in 1 2 3; do
-    local http=$((BASE_PORT + 30 + i)) serf=$((BASE_PORT + 40 + i)) server=$((BASE_PORT + 50 + i))
+    local http=$((BASE_PORT + 30 + i)) serf=$((BASE_PORT + 40 + i)) server=$((BASE_PORT + 50 + i)) wan=$((BASE_PORT + 60 + i))
     local join=()
     [ "$i" -gt 1 ] && join=(-join "127.0.0.1:$((BASE_PORT + 41))")
     # shellcheck disable=SC2086 # PIER_SERVER_ARGS is a list of flags
     "$work/pier" agent -node "kv$i" -bind 127.0.0.1 -client 127.0.0.1 -http-port "$http" \
-      -serf-lan-port "$serf" -server-port "$server" -dns-port 0 -data-dir "$work/pier$i" \
+      -serf-lan-port "$serf" -serf-wan-port "$wan" -server-port "$server" -dns-port 0 -data-dir "$work/pier$i" \
       -log-level warn $PIER_SERVER_ARGS "${join[@]}" >"$work/pier$i.log" 2>&1 &
     pids+=($!) spid+=($!) ep+=("127.0.0.1:$http")
     srv+="${srv:+,}127.0.0.1:$server"
@@ -218,6 +220,9 @@ stop_members() {
   done
 }
 
+# has MODE: whether MODES names it
+has() { case " $MODES " in *" $1 "*) return 0 ;; esac; return 1; }
+
 for t in $TARGETS; do
   echo "== $t: starting 3 members" >&2
   case $t in
@@ -226,14 +231,20 @@ for t in $TARGETS; do
     *) echo "TARGETS: etcd or pier, not $t" >&2; exit 1 ;;
   esac
   ready "$t"
-  echo "== $t: put, cas, read ($CLIENTS clients, $DURATION each)" >&2
-  measure "$t" put -keys "$KEYS"
-  "$work/kv" -target "$t" -endpoints "$eps" -mode fill -keys "$CAS_KEYS" -value-size "$VALUE_SIZE" >/dev/null
-  measure "$t" cas -keys "$CAS_KEYS" -fill=false
-  "$work/kv" -target "$t" -endpoints "$eps" -mode fill -keys "$KEYS" -value-size "$VALUE_SIZE" >/dev/null
-  measure "$t" read -keys "$KEYS" -fill=false
-  echo "== $t: failover ($FAILOVER_RATE writes/s, the leader killed after $FAILOVER_KILL_AFTER s)" >&2
-  failover "$t"
+  echo "== $t: $MODES ($CLIENTS clients, $DURATION each)" >&2
+  if has put; then measure "$t" put -keys "$KEYS"; fi
+  if has cas; then
+    "$work/kv" -target "$t" -endpoints "$eps" -mode fill -keys "$CAS_KEYS" -value-size "$VALUE_SIZE" >/dev/null
+    measure "$t" cas -keys "$CAS_KEYS" -fill=false
+  fi
+  if has read; then
+    "$work/kv" -target "$t" -endpoints "$eps" -mode fill -keys "$KEYS" -value-size "$VALUE_SIZE" >/dev/null
+    measure "$t" read -keys "$KEYS" -fill=false
+  fi
+  if has failover; then
+    echo "== $t: failover ($FAILOVER_RATE writes/s, the leader killed after $FAILOVER_KILL_AFTER s)" >&2
+    failover "$t"
+  fi
   stop_members
 done
 

@@ -119,6 +119,25 @@ func (s *Server) raftRead(w http.ResponseWriter, r *http.Request) (*raft.State, 
 	return st, n, true
 }
 
+// localWrite is raftWrite for an endpoint that only this datacenter
+// answers (a ?dc= naming another one is refused as Consul's "No path").
+func (s *Server) localWrite(w http.ResponseWriter, r *http.Request) (*raft.Node, bool) {
+	if !s.localDC(w, r) {
+		return nil, false
+	}
+	return s.raftWrite(w, r)
+}
+
+// localWriteBody is localWrite that also reads the request's body.
+func (s *Server) localWriteBody(w http.ResponseWriter, r *http.Request) (*raft.Node, []byte, bool) {
+	n, ok := s.localWrite(w, r)
+	if !ok {
+		return nil, nil, false
+	}
+	b, ok := s.readBody(w, r)
+	return n, b, ok
+}
+
 // raftWrite answers this server's node when it leads; false means the
 // request was forwarded or answered with an error.
 func (s *Server) raftWrite(w http.ResponseWriter, r *http.Request) (*raft.Node, bool) {

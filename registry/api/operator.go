@@ -112,10 +112,7 @@ func (s *Server) raftRemovePeer(w http.ResponseWriter, r *http.Request) {
 // raftTransferLeader is consul operator raft transfer-leader [-id ID]:
 // the leader hands over to id, or to the voter hashicorp/raft picks.
 func (s *Server) raftTransferLeader(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
+	n, ok := s.localWrite(w, r)
 	if !ok {
 		return
 	}
@@ -163,10 +160,7 @@ func (s *Server) snapshotSave(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) snapshotRestore(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
+	n, ok := s.localWrite(w, r)
 	if !ok {
 		return
 	}

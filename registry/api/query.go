@@ -71,14 +71,7 @@ func shown(r *http.Request, q preparedQuery) preparedQuery {
 }
 
 func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
-	if !ok {
-		return
-	}
-	b, ok := s.readBody(w, r)
+	n, b, ok := s.localWriteBody(w, r)
 	if !ok {
 		return
 	}
@@ -101,14 +94,7 @@ func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
-	if !ok {
-		return
-	}
-	b, ok := s.readBody(w, r)
+	n, b, ok := s.localWriteBody(w, r)
 	if !ok {
 		return
 	}
@@ -178,10 +164,7 @@ func (s *Server) storeQuery(w http.ResponseWriter, n *raft.Node, q preparedQuery
 }
 
 func (s *Server) queryDelete(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
+	n, ok := s.localWrite(w, r)
 	if !ok {
 		return
 	}

@@ -744,3 +744,83 @@ func TestRaftForwardReusesConnections(t *testing.T) {
 		t.Fatalf("%d writes through a follower opened %d connections to the servers", writes, n)
 	}
 }
+
+// TestRaftForwardFrames: writes through a follower (a PUT, a CAS that
+// fails, a txn, a DELETE, a write refused by the leader's own checks) go
+// in frames, and answer what the leader's handler answered, its headers
+// included; to a server that does not take frames they go over HTTP.
+func TestRaftForwardFrames(t *testing.T) {
+	servers, client := startGroup(t)
+	lead := leaderOf(servers)
+	var follower *raftAgent
+	for _, s := range servers {
+		if s != lead {
+			follower = s
+			break
+		}
+	}
+	frames := func() (n int64) {
+		for _, s := range servers {
+			n += s.mux.fwdConns.Load()
+		}
+		return n
+	}
+	check := func(via *raftAgent, key string) {
+		t.Helper()
+		kv := via.client.KV()
+		if _, err := kv.Put(&consul.KVPair{Key: key, Value: []byte("v1")}, nil); err != nil {
+			t.Fatalf("put through %s: %v", via.name, err)
+		}
+		ok, _, err := kv.CAS(&consul.KVPair{Key: key, Value: []byte("v2"), ModifyIndex: 1}, nil)
+		if err != nil || ok {
+			t.Fatalf("a CAS on a stale index through %s: %v, %v; want false, nil", via.name, ok, err)
+		}
+		ok, resp, _, err := via.client.Txn().Txn(consul.TxnOps{{KV: &consul.KVTxnOp{Verb: consul.KVSet, Key: key + "/t", Value: []byte("t")}}}, nil)
+		if err != nil || !ok || len(resp.Results) != 1 {
+			t.Fatalf("txn through %s: %v %+v %v", via.name, ok, resp, err)
+		}
+		req, _ := http.NewRequest("PUT", via.base+"/v1/kv/"+key+"?flags=x", strings.NewReader("v"))
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 400 {
+			t.Fatalf("a bad flags through %s: %d %q, want 400", via.name, res.StatusCode, body)
+		}
+		req, _ = http.NewRequest("DELETE", via.base+"/v1/kv/"+key, nil)
+		if res, err = http.DefaultClient.Do(req); err != nil {
+			t.Fatal(err)
+		}
+		body, _ = io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || strings.TrimSpace(string(body)) != "true" || res.Header.Get("X-Consul-KnownLeader") != "true" {
+			t.Fatalf("delete through %s: %d %q %v", via.name, res.StatusCode, body, res.Header)
+		}
+		p, _, err := lead.client.KV().Get(key+"/t", nil)
+		if err != nil || p == nil || string(p.Value) != "t" {
+			t.Fatalf("the txn's write on the leader: %+v, %v", p, err)
+		}
+	}
+	check(follower, "frames/a")
+	check(client, "frames/b")
+	if frames() == 0 {
+		t.Fatal("no frame connection was opened: the writes went over HTTP")
+	}
+	// Servers that do not know frames: the same writes, over HTTP.
+	for _, s := range servers {
+		s.mux.noFrames.Store(true)
+	}
+	other := &raftAgent{}
+	for _, s := range servers {
+		if s != lead && s != follower {
+			other = s
+		}
+	}
+	before := frames()
+	check(other, "frames/c")
+	if n := frames() - before; n != 0 {
+		t.Fatalf("%d frame connections to servers that refuse them", n)
+	}
+}

@@ -54,8 +54,13 @@ type portMux struct {
 	ln       net.Listener
 	raftAddr string
 	http     *connListener
-	// httpConns counts the HTTP connections accepted (forwarding reuses
-	// them).
+	fwd      *connListener // connections of forwarded frames, their first byte read
+	// noFrames routes frame connections to HTTP, as a server that does
+	// not know them would.
+	noFrames atomic.Bool
+	fwdConns atomic.Int64 // frame connections accepted
+	// httpConns counts the HTTP and frame connections accepted
+	// (forwarding reuses them).
 	httpConns atomic.Int64
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{}
@@ -69,7 +74,7 @@ func newPortMux(t *testing.T) *portMux {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &portMux{ln: ln, http: newConnListener(ln.Addr()), conns: map[net.Conn]struct{}{}}
+	return &portMux{ln: ln, http: newConnListener(ln.Addr()), fwd: newConnListener(ln.Addr()), conns: map[net.Conn]struct{}{}}
 }
 
 func (m *portMux) addr() string { return m.ln.Addr().String() }
@@ -110,7 +115,14 @@ func (m *portMux) route(c net.Conn) {
 		c.Close()
 		return
 	}
-	if b[0] >= 'A' && b[0] <= 'Z' { // an HTTP method
+	if b[0] == raft.ForwardByte && !m.noFrames.Load() {
+		br.Discard(1)
+		m.httpConns.Add(1)
+		m.fwdConns.Add(1)
+		m.fwd.push(&peekedConn{Conn: c, r: br})
+		return
+	}
+	if b[0] >= 'A' && b[0] <= 'Z' || b[0] == raft.ForwardByte { // an HTTP method
 		m.httpConns.Add(1)
 		m.http.push(&peekedConn{Conn: c, r: br})
 		return
@@ -141,6 +153,7 @@ func (m *portMux) route(c net.Conn) {
 func (m *portMux) close() {
 	m.ln.Close()
 	m.http.Close()
+	m.fwd.Close()
 	m.mu.Lock()
 	m.closed = true
 	for c := range m.conns {
@@ -324,6 +337,13 @@ func startRaftAgentTuned(t *testing.T, name string, server bool, servers func() 
 			defer wg.Done()
 			if err := inner.Serve(mux.http); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				t.Errorf("server port: %v", err)
+			}
+		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.srv.ServeForwards(ctx, mux.fwd, port); err != nil {
+				t.Errorf("forwards: %v", err)
 			}
 		}()
 		mux.serve()

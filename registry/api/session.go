@@ -178,14 +178,7 @@ func newSessionID() string {
 }
 
 func (s *Server) sessionCreate(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
-	if !ok {
-		return
-	}
-	body, ok := s.readBody(w, r)
+	n, body, ok := s.localWriteBody(w, r)
 	if !ok {
 		return
 	}
@@ -216,10 +209,7 @@ func (s *Server) sessionCreate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) sessionDestroy(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
+	n, ok := s.localWrite(w, r)
 	if !ok {
 		return
 	}
@@ -241,10 +231,7 @@ func (s *Server) sessionDestroy(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) sessionRenew(w http.ResponseWriter, r *http.Request) {
-	if !s.localDC(w, r) {
-		return
-	}
-	n, ok := s.raftWrite(w, r)
+	n, ok := s.localWrite(w, r)
 	if !ok {
 		return
 	}

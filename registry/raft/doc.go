@@ -25,7 +25,9 @@
 //
 // A server listens on one port (Consul's ports.server, 8300): ServerPort
 // carries Raft and the servers' internal HTTP, told apart by the first
-// byte (0x01 is Raft). One port is one address to advertise in gossip, one
+// byte (0x01 is Raft; ForwardByte, 0x02, opens a connection of forwarded
+// writes in frames, which registry/api serves with the same handler as
+// the internal HTTP). One port is one address to advertise in gossip, one
 // firewall rule and one thing to get wrong; the internal HTTP needs no
 // address of its own because it is always "the server port of that
 // server".

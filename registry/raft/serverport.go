@@ -14,8 +14,13 @@ import (
 )
 
 // raftByte opens every Raft connection on the server port (Consul's
-// rpcRaft); any other first byte is the servers' internal HTTP.
-const raftByte = 0x01
+// rpcRaft); ForwardByte a connection of forwarded requests in frames
+// (registry/api's forward.go); any other first byte is the servers'
+// internal HTTP.
+const (
+	raftByte    = 0x01
+	ForwardByte = 0x02
+)
 
 // handshakeTimeout bounds how long a new connection may take to send its
 // first byte before it is dropped.
@@ -31,6 +36,7 @@ type ServerPort struct {
 	advertise *net.TCPAddr
 	raft      *subListener
 	http      *subListener
+	fwd       *subListener
 	sec       *Security // nil: plain
 
 	done      chan struct{}
@@ -60,6 +66,7 @@ func ListenServerPort(bind, advertise string, sec *Security) (*ServerPort, error
 	p := &ServerPort{ln: ln, advertise: adv, sec: sec, done: make(chan struct{}), pending: map[net.Conn]struct{}{}}
 	p.raft = &subListener{p: p, ch: make(chan net.Conn), done: make(chan struct{})}
 	p.http = &subListener{p: p, ch: make(chan net.Conn), done: make(chan struct{})}
+	p.fwd = &subListener{p: p, ch: make(chan net.Conn), done: make(chan struct{})}
 	p.wg.Add(1)
 	go p.serve()
 	return p, nil
@@ -96,6 +103,11 @@ func (p *ServerPort) Addr() string { return p.advertise.String() }
 // consumed) for the agent's http.Server. Closing it stops only the HTTP
 // side.
 func (p *ServerPort) HTTP() net.Listener { return p.http }
+
+// Forwards is the listener of the port's connections that opened with
+// ForwardByte (that byte consumed), for the API's frame server
+// (registry/api's ServeForwards). Closing it stops only that side.
+func (p *ServerPort) Forwards() net.Listener { return p.fwd }
 
 // streamLayer is what hashicorp/raft's NetworkTransport runs on.
 func (p *ServerPort) streamLayer() hraft.StreamLayer { return raftLayer{p.raft} }
@@ -184,8 +196,12 @@ func (p *ServerPort) sniff(c net.Conn) {
 		return
 	}
 	b[0] = first
-	if b[0] == raftByte {
+	switch b[0] {
+	case raftByte:
 		p.raft.deliver(c)
+		return
+	case ForwardByte:
+		p.fwd.deliver(c) // its first byte read
 		return
 	}
 	p.http.deliver(&peekedConn{Conn: c, first: b[:]})

@@ -46,6 +46,8 @@ func newEnv(t *testing.T, tweak func(*Config)) *env {
 	}
 	pc := DefaultConfig()
 	pc.Balancer = bal
+	pc.Engine = testEngine
+	t.Logf("proxy engine: %s", pc.Engine)
 	if tweak != nil {
 		tweak(&pc)
 	}

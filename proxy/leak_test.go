@@ -1,12 +1,22 @@
 package proxy
 
 import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
 )
 
-// TestMain fails the run if a goroutine outlives the tests: everything a
+// testEngine is the engine newEnv starts proxies with in the current pass.
+var testEngine = EngineGoroutines
+
+// TestMain runs the package's tests once per engine (PIER_PROXY_ENGINES,
+// a comma-separated list; default both on Linux, where the event loop
+// runs), and fails the run if a goroutine outlives the tests: everything a
 // test starts is stopped and waited for by the time it returns.
 //
 // fasthttp's own goroutines are not ours to stop, and each ends by itself:
@@ -14,9 +24,37 @@ import (
 // cleaner sleep out their idle duration (10s) before they see there is
 // nothing left to do, and the Date header updater runs for the process.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
-		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
-		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
-	)
+	flag.Parse()
+	engines := []string{EngineGoroutines}
+	if runtime.GOOS == "linux" {
+		engines = append(engines, EngineEventLoop)
+	}
+	if e := os.Getenv("PIER_PROXY_ENGINES"); e != "" {
+		engines = strings.Split(e, ",")
+	}
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		engines = engines[:1] // a fuzz run fuzzes once
+	}
+	code := 0
+	for _, e := range engines {
+		testEngine = e
+		if len(engines) > 1 {
+			fmt.Fprintf(os.Stderr, "=== proxy engine: %s\n", e)
+		}
+		if c := m.Run(); c != 0 {
+			code = c
+		}
+	}
+	if code == 0 {
+		err := goleak.Find(
+			goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
+			goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
+			goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
+		)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }

@@ -51,6 +51,10 @@ type Config struct {
 	FailoverEvery time.Duration  `json:"-"`     // how often those instances are asked for; default 1s
 	HTTP2         HTTP2Config    `json:"http2"` // HTTP/2 to clients (h2.go)
 	H2C           bool           `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
+
+	// Engine serves the plain listener's HTTP/1.1 connections:
+	// EngineGoroutines (the default, also "") or EngineEventLoop (engine.go).
+	Engine string `json:"engine"`
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.
@@ -83,6 +87,7 @@ type Proxy struct {
 	tlsc     tlsCache          // routes' upstream TLS settings, interned; guarded by mu
 	certWarn certWarning       // when a TLS mismatch with an instance was last logged
 	srv      *fasthttp.Server
+	loop     *loop         // nil: the goroutine engine serves the plain listener
 	met      *proxyMetrics // nil: no metrics
 	alog     *accessLog    // nil: no access log
 	certs    *certStore    // nil: no TLS
@@ -139,6 +144,9 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
 	}
+	if err := ValidateEngine(cfg.Engine); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
 	if cfg.Failover != nil {
 		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cfg.Balancer)
@@ -185,22 +193,36 @@ func New(cfg Config) (*Proxy, error) {
 		p.h2 = p.newH2Front()
 	}
 	p.grpc = newGRPCUpstream(cfg.Balancer.ConnectTimeout())
-	if p.met, err = newMetrics(cfg.Registerer, func() int32 { return p.srv.GetOpenConnectionsCount() + int32(p.h2.openConns()) }); err != nil {
+	if p.met, err = newMetrics(cfg.Registerer, func() int32 {
+		return p.h1Open() + int32(p.h2.openConns()) + int32(p.loop.openConns())
+	}); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.syncRoutes()
-	maxBody := cfg.MaxBodySize
+	p.srv = p.newServer()
+	if cfg.Engine == EngineEventLoop {
+		if p.loop, err = newLoop(p, p.newServer()); err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// newServer returns a fasthttp server for the front door's HTTP/1.1
+// connections, serving p.serve with the configured limits.
+func (p *Proxy) newServer() *fasthttp.Server {
+	maxBody := p.cfg.MaxBodySize
 	if maxBody <= 0 || maxBody > 1<<62 {
 		maxBody = 1 << 62
 	}
-	p.srv = &fasthttp.Server{
+	return &fasthttp.Server{
 		Handler:                       p.serve,
 		Name:                          "pier",
-		Concurrency:                   cfg.MaxConns,
-		ReadBufferSize:                cfg.MaxHeaderSize,
-		ReadTimeout:                   cfg.HeaderTimeout,
-		WriteTimeout:                  cfg.WriteTimeout,
-		IdleTimeout:                   cfg.IdleTimeout,
+		Concurrency:                   p.cfg.MaxConns,
+		ReadBufferSize:                p.cfg.MaxHeaderSize,
+		ReadTimeout:                   p.cfg.HeaderTimeout,
+		WriteTimeout:                  p.cfg.WriteTimeout,
+		IdleTimeout:                   p.cfg.IdleTimeout,
 		MaxRequestBodySize:            int(maxBody),
 		StreamRequestBody:             true,
 		NoDefaultServerHeader:         true,
@@ -215,12 +237,12 @@ func New(cfg Config) (*Proxy, error) {
 			if cl == 0 {
 				return fasthttp.RequestConfig{} // no body to wait for: keep the header deadline
 			}
-			if cfg.MaxBodySize > 0 && int64(cl) > cfg.MaxBodySize {
+			if p.cfg.MaxBodySize > 0 && int64(cl) > p.cfg.MaxBodySize {
 				// serve refuses it with 413 unread; fasthttp would otherwise
 				// wait for the first 8 KiB of the body before calling it.
 				return fasthttp.RequestConfig{MaxRequestBodySize: 1}
 			}
-			return fasthttp.RequestConfig{ReadTimeout: cfg.BodyTimeout}
+			return fasthttp.RequestConfig{ReadTimeout: p.cfg.BodyTimeout}
 		},
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			var se interface{ Timeout() bool }
@@ -236,7 +258,6 @@ func New(cfg Config) (*Proxy, error) {
 			}
 		},
 	}
-	return p, nil
 }
 
 // Run serves on ln and keeps the routes in step with the catalog's tags
@@ -250,7 +271,11 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 		defer split.close()
 		h1 = split.h1
 	}
-	go func() { errc <- p.srv.Serve(h1) }()
+	if p.loop != nil {
+		go func() { errc <- p.loop.serve(h1) }()
+	} else {
+		go func() { errc <- p.srv.Serve(h1) }()
+	}
 	h2done := p.h2.start()
 	defer p.grpc.close()
 	actx, stopLog := context.WithCancel(context.Background())
@@ -267,7 +292,17 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			h2stopped := make(chan struct{})
 			go func() { p.h2.shutdown(sctx); close(h2stopped) }() // GOAWAY; streams drain alongside HTTP/1.1's requests
-			err := p.srv.ShutdownWithContext(sctx)
+			loopStopped := make(chan struct{})
+			if p.loop != nil {
+				ln.Close() // the loop's accept returns; with h2c, the split listener's too
+				<-errc
+				errc <- nil // for the receive below
+				go func() { p.loop.shutdown(sctx); close(loopStopped) }()
+			} else {
+				close(loopStopped)
+			}
+			err := p.srv.ShutdownWithContext(sctx) // the goroutine engine's (and RunTLS's) connections
+			<-loopStopped
 			<-h2stopped
 			<-h2done
 			cancel()
@@ -301,6 +336,13 @@ func (p *Proxy) syncRoutes() *routeTable {
 		p.routes.Store(rt)
 	}
 	return rt
+}
+
+// h1Open is the number of client connections p.srv serves. fasthttp
+// counts a listener it serves as one and takes it off again: with the
+// event-loop engine and no RunTLS, p.srv serves none and reports -1.
+func (p *Proxy) h1Open() int32 {
+	return max(p.srv.GetOpenConnectionsCount(), 0)
 }
 
 // catchUp makes the balancer and the routes reflect the newest catalog

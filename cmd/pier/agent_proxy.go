@@ -121,6 +121,9 @@ func (c *agentConfig) mergeProxy(raw []byte) error {
 	if err := p.proxy.HTTP2.Validate(); err != nil {
 		return err
 	}
+	if err := proxy.ValidateEngine(p.proxy.Engine); err != nil {
+		return fmt.Errorf("proxy.%w", err)
+	}
 	for i := range sec.Routes {
 		rt := &sec.Routes[i]
 		if err := rt.Validate(); err != nil {

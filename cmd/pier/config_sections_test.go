@@ -81,6 +81,7 @@ proxy:
 		"proxy:\n  max_fail: 3\n":                                                   `a.yaml: unknown key "proxy.max_fail"`,
 		"proxy:\n  tries: 2\n  retries: 1\n":                                        "give tries or retries, not both",
 		"proxy:\n  max_conns: lots\n":                                               "proxy.max_conns: want an integer, got a string",
+		"proxy:\n  engine: epoll\n":                                                 "proxy.engine \"epoll\": want goroutines or eventloop",
 		"proxy:\n  tls: {redirect_port: 0, certs: [{cert_file: a, key_file: b}]}\n": "proxy.tls.redirect_port 0: want 1-65535",
 		"proxy:\n  tls: {certs: [{cert_file: a.pem}]}\n":                            "proxy.tls.certs[0]: cert_file and key_file are both required",
 	} {

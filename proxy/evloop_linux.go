@@ -1,0 +1,500 @@
+//go:build linux
+
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
+)
+
+// The event-loop engine (Config.Engine "eventloop") serves the plain
+// listener's HTTP/1.1 connections. Each connection is in one of two
+// states:
+//
+//   - parked: idle, between requests (or new, before its first byte). It is
+//     a file descriptor in an epoll set of the loop's own, armed one-shot
+//     for input, plus a loopConn (about a hundred bytes) and the net.TCPConn
+//     around its descriptor. No goroutine waits on it and no buffer is
+//     held for it.
+//   - active: bytes arrived. The loop hands the connection to a goroutine
+//     that runs fasthttp's ServeConn on it, with the request and response
+//     types, the strict parsing, limits and timeouts of the goroutine engine,
+//     and the proxy's serve path unchanged (framing.go's checks included).
+//     fasthttp's buffers come from its pools (ReduceMemoryUsage). Blocking
+//     reads and writes in the middle of a request (a streamed body either
+//     way, a slow client, a WebSocket tunnel after a hijack) park that
+//     goroutine in Go's netpoller as they do on the goroutine engine.
+//
+// When a response is written and no byte of a next request is there, the
+// server reads in "peek" mode (ConnState's StateIdle turns it on): a
+// read that would wait returns errPark instead, fasthttp ends ServeConn
+// and gives back its buffers, the Close that follows is not a close, and
+// the connection is parked again. Parked connections that wait too long
+// (header_timeout before their first request, idle_timeout after one) are
+// closed by a sweep once a second.
+//
+// The epoll set is itself watched by Go's netpoller (its descriptor is
+// non-blocking and opened as an os.File): the loop goroutine waits there,
+// so the loop holds no OS thread of its own, and a request's arrival wakes
+// one epoll_wait in the runtime, which reports both the connection (Go's
+// own registration of it) and the epoll set.
+//
+// TLS connections (RunTLS) and HTTP/2 stay on the goroutine engine's
+// servers; on the plain listener with h2c, a connection is sorted first
+// (h2.go) and the HTTP/1.1 ones come here with the bytes read to sort them.
+type loop struct {
+	p    *Proxy
+	srv  *fasthttp.Server
+	ep   *os.File
+	epfd int
+	rc   syscall.RawConn
+
+	mu      sync.Mutex
+	conns   []*loopConn // by file descriptor
+	fresh   connList    // parked before their first request: header_timeout
+	idle    connList    // parked after a request: idle_timeout
+	closing bool
+
+	n       atomic.Int64   // open connections
+	workers sync.WaitGroup // goroutines serving active connections
+	bg      sync.WaitGroup // the epoll and sweep goroutines
+	stop    chan struct{}
+}
+
+// The states of a loopConn.
+const (
+	lcParked int32 = iota
+	lcActive
+	lcClosed
+)
+
+// loopConn is a client connection of the event-loop engine. While it is
+// active, only the goroutine serving it touches peek, park, served and
+// head; while it is parked, only the loop (under loop.mu) touches it.
+type loopConn struct {
+	*net.TCPConn
+	raw   syscall.RawConn
+	l     *loop
+	fd    int32
+	state atomic.Int32
+
+	peek   bool   // a read that would wait parks the connection instead
+	park   bool   // the server let go of it to be parked: Close must not close
+	served bool   // a request was read on it: idle_timeout applies, not header_timeout
+	head   []byte // bytes read before it came here (sorting h2c), replayed first
+
+	deadline   int64 // unix nanoseconds after which a parked connection is closed
+	prev, next *loopConn
+	list       *connList
+}
+
+// errPark is what a read in peek mode returns instead of waiting.
+var errPark = errors.New("proxy: connection parked")
+
+// loopEvents are what a parked connection is armed for: input, or the
+// peer's close (so that a closed idle connection is noticed and let go).
+const loopEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+
+func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	ep := os.NewFile(uintptr(epfd), "pier-epoll") // non-blocking: Go's netpoller watches it
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		ep.Close()
+		return nil, err
+	}
+	l := &loop{p: p, srv: srv, ep: ep, epfd: epfd, rc: rc, stop: make(chan struct{})}
+	l.fresh.d = p.cfg.HeaderTimeout
+	l.idle.d = p.cfg.IdleTimeout
+	srv.ReduceMemoryUsage = true // buffers go back to the pools between requests
+	srv.ConnState = func(c net.Conn, s fasthttp.ConnState) {
+		lc, ok := c.(*loopConn)
+		if !ok {
+			return
+		}
+		switch s {
+		case fasthttp.StateIdle:
+			lc.peek = true
+		case fasthttp.StateActive:
+			lc.peek, lc.served = false, true
+		}
+	}
+	l.bg.Add(2)
+	go l.run()
+	go l.sweep()
+	return l, nil
+}
+
+// serve accepts connections from ln and parks them until ln is closed.
+func (l *loop) serve(ln net.Listener) error {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.p.log.Warn("proxy: accept failed; retrying", "err", err, "in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		l.add(c)
+	}
+}
+
+func (l *loop) openConns() int64 {
+	if l == nil {
+		return 0
+	}
+	return l.n.Load()
+}
+
+// add takes a new connection: parked until its first byte, or served at
+// once when bytes were read from it already.
+func (l *loop) add(c net.Conn) {
+	var head []byte
+	if pc, ok := c.(*prefaceConn); ok {
+		c, head = pc.Conn, pc.head
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		// Not a TCP connection of the kernel's (a test's listener, say):
+		// the goroutine engine's way.
+		l.workers.Add(1)
+		go func() { defer l.workers.Done(); l.srv.ServeConn(c) }()
+		return
+	}
+	if l.n.Load()+int64(l.p.h1Open()) >= int64(l.p.cfg.MaxConns) {
+		// As fasthttp answers past its Concurrency.
+		tc.SetWriteDeadline(time.Now().Add(time.Second))
+		tc.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 34\r\n\r\npier: too many open connections\r\n\r\n"))
+		tc.Close()
+		return
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		tc.Close()
+		return
+	}
+	lc := &loopConn{TCPConn: tc, raw: raw, l: l, head: head}
+	raw.Control(func(fd uintptr) { lc.fd = int32(fd) })
+	l.mu.Lock()
+	if l.closing {
+		l.mu.Unlock()
+		tc.Close()
+		return
+	}
+	for int(lc.fd) >= len(l.conns) {
+		l.conns = append(l.conns, make([]*loopConn, max(len(l.conns), 64))...)
+	}
+	l.conns[lc.fd] = lc
+	l.n.Add(1)
+	if len(head) > 0 {
+		lc.state.Store(lcActive)
+		l.mu.Unlock()
+		l.dispatch(lc)
+		return
+	}
+	lc.deadline = time.Now().Add(l.fresh.d).UnixNano()
+	l.fresh.push(lc)
+	lc.state.Store(lcParked)
+	l.mu.Unlock()
+	ev := unix.EpollEvent{Events: loopEvents, Fd: lc.fd}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(lc.fd), &ev); err != nil {
+		l.p.log.Warn("proxy: epoll_ctl add failed", "err", err)
+		l.closeConn(lc)
+	}
+}
+
+// run waits for parked connections that have input and hands each to a
+// goroutine, until the epoll set is closed.
+func (l *loop) run() {
+	defer l.bg.Done()
+	events := make([]unix.EpollEvent, 256)
+	for {
+		var n int
+		err := l.rc.Read(func(fd uintptr) bool {
+			for {
+				var err error
+				n, err = unix.EpollWait(int(fd), events, 0)
+				if err != unix.EINTR {
+					return n > 0 // none ready: wait for the set's descriptor to be readable
+				}
+			}
+		})
+		if err != nil {
+			return // closed at shutdown
+		}
+		for i := range events[:n] {
+			l.ready(events[i].Fd)
+		}
+	}
+}
+
+// ready starts serving the parked connection fd, if it is still parked
+// (an event may outlive the connection it was for, and the descriptor may
+// have been reused since: the state says whether it is this one's).
+func (l *loop) ready(fd int32) {
+	l.mu.Lock()
+	var c *loopConn
+	if int(fd) < len(l.conns) {
+		c = l.conns[fd]
+	}
+	if c == nil || !c.state.CompareAndSwap(lcParked, lcActive) {
+		l.mu.Unlock()
+		return
+	}
+	c.list.remove(c)
+	l.mu.Unlock()
+	l.dispatch(c)
+}
+
+func (l *loop) dispatch(c *loopConn) {
+	c.peek = true // an event without a byte (or a stale one) parks it again
+	l.workers.Add(1)
+	go l.work(c)
+}
+
+// work serves requests on c while they come without waiting, then parks it.
+func (l *loop) work(c *loopConn) {
+	defer l.workers.Done()
+	l.srv.ServeConn(c)
+	if c.park {
+		c.park = false
+		l.parkConn(c)
+	}
+}
+
+// parkConn arms c in the epoll set again.
+func (l *loop) parkConn(c *loopConn) {
+	l.mu.Lock()
+	if l.closing || c.state.Load() != lcActive {
+		l.mu.Unlock()
+		l.closeConn(c)
+		return
+	}
+	list := &l.fresh
+	if c.served {
+		list = &l.idle
+		c.deadline = time.Now().Add(l.idle.d).UnixNano()
+	}
+	// A connection woken without a byte before its first request keeps
+	// its deadline: waking it does not buy it time.
+	list.push(c)
+	c.state.Store(lcParked)
+	l.mu.Unlock()
+	ev := unix.EpollEvent{Events: loopEvents, Fd: c.fd}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
+		// Closed meanwhile by the sweep or shutdown, or the kernel refuses:
+		// either way it must not stay parked unwatched.
+		l.closeParked(c)
+	}
+}
+
+// closeConn closes c, whatever its state; once only.
+func (l *loop) closeConn(c *loopConn) error {
+	for {
+		s := c.state.Load()
+		if s == lcClosed {
+			return nil
+		}
+		if c.state.CompareAndSwap(s, lcClosed) {
+			return l.closed(c)
+		}
+	}
+}
+
+// closeParked closes c if it is still parked: a connection woken
+// meanwhile is its goroutine's to close.
+func (l *loop) closeParked(c *loopConn) {
+	if c.state.CompareAndSwap(lcParked, lcClosed) {
+		l.closed(c)
+	}
+}
+
+// closed lets go of c, whose state its caller set to lcClosed.
+func (l *loop) closed(c *loopConn) error {
+	l.mu.Lock()
+	if int(c.fd) < len(l.conns) && l.conns[c.fd] == c {
+		l.conns[c.fd] = nil
+	}
+	if c.list != nil {
+		c.list.remove(c)
+	}
+	l.mu.Unlock()
+	l.n.Add(-1)
+	// Closing the descriptor takes it out of the epoll set too.
+	return c.TCPConn.Close()
+}
+
+// sweep closes parked connections past their deadline, once a second.
+func (l *loop) sweep() {
+	defer l.bg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var expired []*loopConn
+	for {
+		select {
+		case <-l.stop:
+			return
+		case now := <-t.C:
+			ns := now.UnixNano()
+			l.mu.Lock()
+			for _, list := range []*connList{&l.fresh, &l.idle} {
+				// Pushed in order of their deadlines, bar a few that were
+				// woken without a byte: those wait for the ones before them.
+				for c := list.head; c != nil && c.deadline <= ns; c = list.head {
+					list.remove(c)
+					expired = append(expired, c)
+				}
+			}
+			l.mu.Unlock()
+			for i, c := range expired {
+				l.closeParked(c)
+				expired[i] = nil
+			}
+			expired = expired[:0]
+		}
+	}
+}
+
+// shutdown stops the loop: ln must be closed and serve returned. Parked
+// connections are closed at once; active ones after their request, or
+// when ctx ends.
+func (l *loop) shutdown(ctx context.Context) {
+	l.mu.Lock()
+	l.closing = true
+	var parked []*loopConn
+	for _, list := range []*connList{&l.fresh, &l.idle} {
+		for c := list.head; c != nil; c = c.next {
+			parked = append(parked, c)
+		}
+	}
+	l.mu.Unlock()
+	close(l.stop)
+	l.ep.Close() // run returns: no more dispatches
+	l.bg.Wait()
+	for _, c := range parked {
+		l.closeParked(c)
+	}
+	done := make(chan struct{})
+	go func() { l.workers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	var active []*loopConn
+	for _, c := range l.conns {
+		if c != nil {
+			active = append(active, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range active {
+		l.closeConn(c)
+	}
+	<-done
+}
+
+// Read replays head, then reads; in peek mode a read that would wait
+// marks the connection to be parked and returns errPark.
+func (c *loopConn) Read(b []byte) (int, error) {
+	if len(c.head) > 0 {
+		n := copy(b, c.head)
+		c.head = c.head[n:]
+		if len(c.head) == 0 {
+			c.head = nil
+		}
+		return n, nil
+	}
+	if !c.peek || len(b) == 0 {
+		return c.TCPConn.Read(b)
+	}
+	var n int
+	var err error
+	rerr := c.raw.Read(func(fd uintptr) bool {
+		for {
+			n, err = unix.Read(int(fd), b)
+			if err != unix.EINTR {
+				return true // never wait here
+			}
+		}
+	})
+	switch {
+	case rerr != nil:
+		return 0, rerr
+	case err == unix.EAGAIN:
+		c.park = true
+		return 0, errPark
+	case err != nil:
+		return 0, os.NewSyscallError("read", err)
+	case n == 0:
+		return 0, io.EOF
+	}
+	c.peek = false
+	return n, nil
+}
+
+// Close parks a connection fasthttp let go of in peek mode, and closes
+// any other.
+func (c *loopConn) Close() error {
+	if c.park {
+		return nil // work parks it once ServeConn has returned
+	}
+	return c.l.closeConn(c)
+}
+
+// connList is a doubly linked list of parked connections, in the order
+// they were parked; guarded by loop.mu.
+type connList struct {
+	head, tail *loopConn
+	d          time.Duration
+}
+
+func (l *connList) push(c *loopConn) {
+	c.list, c.prev, c.next = l, l.tail, nil
+	if l.tail != nil {
+		l.tail.next = c
+	} else {
+		l.head = c
+	}
+	l.tail = c
+}
+
+func (l *connList) remove(c *loopConn) {
+	if l == nil || c.list != l {
+		return
+	}
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else {
+		l.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	} else {
+		l.tail = c.prev
+	}
+	c.prev, c.next, c.list = nil, nil, nil
+}

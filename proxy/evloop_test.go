@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
+)
+
+// TestIdleConnsHoldNothing opens 1,000 keep-alive connections, sends one
+// request on each, and leaves them idle: on the event loop they add no
+// goroutine and little memory (pooled buffers went back when each went
+// idle), and each still answers its next request.
+func TestIdleConnsHoldNothing(t *testing.T) {
+	const conns = 1000
+	b := newBackend(t, "api")
+	e := newEnv(t, func(c *Config) { c.Routes = []Route{{Path: "/", Service: "api"}} })
+	e.register("api-1", "api", b.addr, 1)
+	e.synced()
+	if code, _ := e.get("", "/warm"); code != 200 {
+		t.Fatalf("warm-up: %d", code)
+	}
+	e.http.CloseIdleConnections()
+
+	settle := func() (goroutines int, mem uint64) {
+		var ms runtime.MemStats
+		for range 3 {
+			runtime.GC()
+		}
+		runtime.ReadMemStats(&ms)
+		return runtime.NumGoroutine(), ms.HeapInuse + ms.StackInuse
+	}
+	g0, m0 := settle()
+	cs := make([]net.Conn, 0, conns)
+	brs := make([]*bufio.Reader, 0, conns)
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}()
+	req := []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+	for range conns {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+		br := bufio.NewReaderSize(c, 512)
+		brs = append(brs, br)
+		if err := httpRoundTrip(c, br, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The requests are answered; what serves them may still be letting go.
+	var g1 int
+	var m1 uint64
+	eventually.True(t, 10*time.Second, "the goroutines that served the requests end", func() bool {
+		g1, m1 = settle()
+		return e.p.loop == nil || g1 <= g0+5
+	})
+	perConn := int64(m1-m0) / conns
+	t.Logf("engine %s: %d idle connections: %+d goroutines, %d B each (heap and stacks, client side included)",
+		testEngine, conns, g1-g0, perConn)
+	if e.p.loop != nil {
+		if perConn > 3000 {
+			t.Errorf("%d B per idle connection: the event loop should hold no buffer for one", perConn)
+		}
+		if n := e.p.loop.openConns(); n != conns {
+			t.Errorf("the loop holds %d connections, want %d", n, conns)
+		}
+	}
+	// Every one of them still serves.
+	for i, c := range cs {
+		if err := httpRoundTrip(c, brs[i], req); err != nil {
+			t.Fatalf("connection %d after idling: %v", i, err)
+		}
+	}
+}
+
+// httpRoundTrip writes req on c and reads one response from br.
+func httpRoundTrip(c net.Conn, br *bufio.Reader, req []byte) error {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(req); err != nil {
+		return err
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 {
+		return fmt.Errorf("status %d, body: %v", resp.StatusCode, err)
+	}
+	return nil
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pier-dev/pier/deploy/eventually"
+)
+
+// TestACMEThreeFrontDoorsAtOnce starts three front doors (client agents of
+// one server) at the same moment, each managing the same two names: the
+// CA takes exactly one order per name, more than one front door went for
+// the names' locks (so the lock, not the timing, kept the orders to one),
+// and all three serve the same certificate for each name.
+func TestACMEThreeFrontDoorsAtOnce(t *testing.T) {
+	needBinary(t)
+	pebbleBin(t)
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	httpA, tlsA := freePort(t), freePort(t)
+	ca := startPebble(t, pki, startLoopbackDNS(t), httpA, tlsA, time.Hour)
+	names := []string{"one.pier.test", "two.pier.test"}
+
+	srv := startAgent(t, append([]string{"-node", "acme-srv", "-data-dir", filepath.Join(dir, "srv"), "-bind", "127.0.0.1"}, soloServer...)...)
+	waitLeader(t, srv)
+	// The CA validates at the first front door's ports; the other two
+	// order through it (the challenge data is in the shared storage).
+	listen := [3][2]string{
+		{fmt.Sprint("127.0.0.1:", httpA), fmt.Sprint("127.0.0.1:", tlsA)},
+		{"127.0.0.1:0", "127.0.0.1:0"},
+		{"127.0.0.1:0", "127.0.0.1:0"},
+	}
+	var doors [3]*proc
+	var wg sync.WaitGroup
+	for i := range doors {
+		cfg := filepath.Join(dir, fmt.Sprintf("door%d.yaml", i))
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`
+proxy:
+  addr: %q
+  tls:
+    addr: %q
+    acme: {ca: %q, ca_root: %q, names: [%s]}
+`, listen[i][0], listen[i][1], ca.dir, pki.caFile, strings.Join(names, ", "))), 0o600)
+		args := []string{"-node", fmt.Sprintf("door%d", i), "-data-dir", filepath.Join(dir, fmt.Sprint("d", i)), "-bind", "127.0.0.1",
+			"-join", srv.gossip, "-config-file", cfg}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			doors[i] = startAgent(t, args...) // a failure marks t failed; doors[i] stays nil
+		}()
+	}
+	wg.Wait()
+	tlsAddrs := make([]string, len(doors))
+	for i, d := range doors {
+		if d == nil {
+			t.FailNow()
+		}
+		m := proxyTLSLine.FindStringSubmatch(d.logs())
+		if m == nil {
+			t.Fatalf("no proxy_tls= in door %d's log:\n%s", i, d.logs())
+		}
+		tlsAddrs[i] = m[1]
+	}
+	dump := func() string {
+		s := "pebble:\n" + ca.out.String()
+		for i, d := range doors {
+			s += fmt.Sprintf("\ndoor %d:\n%s", i, d.logs())
+		}
+		return s
+	}
+	roots := ca.roots(t)
+	for _, name := range names {
+		var served *x509.Certificate
+		err := eventually.Within(90*time.Second, func() error {
+			served = nil
+			for i, addr := range tlsAddrs {
+				c, err := servedLeaf(addr, name, roots)
+				if err != nil {
+					return fmt.Errorf("door %d: %w", i, err)
+				}
+				if served != nil && c.SerialNumber.Cmp(served.SerialNumber) != 0 {
+					return fmt.Errorf("door %d serves serial %v, another %v", i, c.SerialNumber, served.SerialNumber)
+				}
+				served = c
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: not one certificate served by all three doors: %v\n%s", name, err, dump())
+		}
+		if served.DNSNames[0] != name {
+			t.Errorf("%s: served a certificate for %v", name, served.DNSNames)
+		}
+	}
+	// Every order yields one certificate for one name, and each name was
+	// served: as many orders as names is one order per name.
+	if n := ca.orders(); n != len(names) {
+		t.Fatalf("pebble took %d orders for %d names on three front doors, want one per name\n%s", n, len(names), dump())
+	}
+	for _, name := range names {
+		tried, obtained := 0, 0
+		for _, d := range doors {
+			logs := d.logs()
+			if logLine("acme: acquiring lock", name).MatchString(logs) {
+				tried++
+			}
+			if logLine("acme: certificate obtained", name).MatchString(logs) {
+				obtained++
+			}
+		}
+		if obtained != 1 {
+			t.Errorf("%s: %d front doors obtained a certificate, want 1\n%s", name, obtained, dump())
+		}
+		if tried < 2 {
+			t.Errorf("%s: %d front doors went for the lock: the doors did not contend, so the test proved nothing\n%s", name, tried, dump())
+		}
+	}
+}
+
+// logLine matches an agent's log line with message msg about identifier.
+func logLine(msg, identifier string) *regexp.Regexp {
+	return regexp.MustCompile(`(?m)msg="` + regexp.QuoteMeta(msg) + `" .*\bidentifier=` + regexp.QuoteMeta(identifier) + `( |$)`)
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -35,6 +36,11 @@ type ACMEConfig struct {
 	Names      []string      `json:"names"`       // the host names to get certificates for
 	RenewCheck time.Duration `json:"renew_check"` // how often certificates are checked for renewal, and OCSP staples (default 10m, OCSP 1h)
 	Token      string        `json:"token"`       // the API token the agent's KV storage asks with (operator:write); the proxy does not read it
+	// Allow bounds the names taken from tag and KV routes with tls=acme:
+	// exact names, or *.example.com for any name under example.com.
+	// Empty: any name such a route has (the ACL on writing the route,
+	// service:write or key:write, is then the bound).
+	Allow []string `json:"allow"`
 
 	// Storage keeps the account, the certificates and their keys, and
 	// locks a name while it is ordered; set by the agent (the servers'
@@ -67,7 +73,29 @@ func (c *ACMEConfig) Validate() error {
 			return fmt.Errorf("names[%d] %q: %w", i, n, err)
 		}
 	}
+	for i, n := range c.Allow {
+		if err := validACMEName(strings.TrimPrefix(n, "*.")); err != nil {
+			return fmt.Errorf("allow[%d] %q: %w (want a name or *.example.com)", i, n, err)
+		}
+	}
 	return nil
+}
+
+// allowed reports whether a name from a route may be managed.
+func (c *ACMEConfig) allowed(name string) bool {
+	if len(c.Allow) == 0 {
+		return true
+	}
+	for _, a := range c.Allow {
+		if suffix, ok := strings.CutPrefix(strings.ToLower(a), "*"); ok {
+			if strings.HasSuffix(name, suffix) {
+				return true
+			}
+		} else if strings.EqualFold(a, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // validACMEName accepts a DNS name an HTTP-01 or TLS-ALPN-01 challenge can
@@ -103,7 +131,10 @@ func validACMEName(n string) error {
 // a managed name gets the default certificate.
 type acmeManager struct {
 	conf   ACMEConfig
-	names  map[string]bool
+	static map[string]bool                 // the config's names, always managed
+	names  atomic.Pointer[map[string]bool] // static and the names of routes with tls=acme; replaced, never changed
+	kick   chan struct{}                   // capacity 1: names changed
+	warned map[string]bool                 // route names refused and logged; setRouteNames's, which never runs concurrently
 	log    *slog.Logger
 	cfg    atomic.Pointer[certmagic.Config]
 	iss    atomic.Pointer[certmagic.ACMEIssuer]
@@ -118,11 +149,14 @@ func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) 
 	if c.Storage == nil {
 		return nil, errors.New("proxy.tls.acme: no storage (the agent gives the servers' KV)")
 	}
-	m := &acmeManager{conf: *c, names: map[string]bool{}, log: log.With("component", "acme")}
+	m := &acmeManager{conf: *c, static: map[string]bool{}, kick: make(chan struct{}, 1), warned: map[string]bool{},
+		log: log.With("component", "acme")}
 	m.conf.Names = slices.Clone(c.Names)
 	for _, n := range c.Names {
-		m.names[strings.ToLower(n)] = true
+		m.static[strings.ToLower(n)] = true
 	}
+	names := maps.Clone(m.static)
+	m.names.Store(&names)
 	m.errors = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "pier", Subsystem: "proxy", Name: "acme_errors_total",
 		Help: "Failed attempts to obtain or renew a certificate from the ACME CA (the certificate held, if any, keeps serving).",
@@ -141,8 +175,41 @@ func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) 
 	return m, nil
 }
 
-// managed reports whether name is one of the configured names.
-func (m *acmeManager) managed(name string) bool { return m != nil && m.names[name] }
+// managed reports whether name is one of the configured names or of a
+// route's with tls=acme.
+func (m *acmeManager) managed(name string) bool { return m != nil && (*m.names.Load())[name] }
+
+// setRouteNames takes the hosts of the routes with tls=acme (from tags and
+// the KV store; the config's are static) and, when the set changed, wakes
+// RunACME. It is called at each rebuild of the route table, never
+// concurrently, and does not block. A name that is not a DNS name, or not
+// allowed, is logged once and left out: only a route's name is ever
+// ordered, never a name a client sends by SNI.
+func (m *acmeManager) setRouteNames(hosts []string) {
+	next := maps.Clone(m.static)
+	for _, h := range hosts {
+		err := validACMEName(h)
+		if err == nil && !m.conf.allowed(h) {
+			err = errors.New("not in proxy.tls.acme.allow")
+		}
+		if err != nil {
+			if !m.warned[h] {
+				m.warned[h] = true
+				m.log.Warn("acme: a route's tls=acme name is not managed", "name", h, "err", err)
+			}
+			continue
+		}
+		next[h] = true
+	}
+	if maps.Equal(next, *m.names.Load()) {
+		return
+	}
+	m.names.Store(&next)
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
 
 // certificate answers the TLS-ALPN-01 challenge and the certificates of
 // managed names; false when it has none for hello.
@@ -151,7 +218,7 @@ func (m *acmeManager) certificate(hello *tls.ClientHelloInfo, name string) (*tls
 	if cfg == nil {
 		return nil, false
 	}
-	if !m.names[name] && !slices.Contains(hello.SupportedProtos, acmeALPN) {
+	if !m.managed(name) && !slices.Contains(hello.SupportedProtos, acmeALPN) {
 		return nil, false
 	}
 	c, err := cfg.GetCertificate(hello)
@@ -244,46 +311,126 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 	m.cfg.Store(cfg)
 	defer m.cfg.Store(nil)
 	defer m.iss.Store(nil)
-	// ManageAsync loads what the storage holds and orders the rest in the
-	// background (one front door at a time, under the storage's lock),
-	// never prompting (ManageSync would ask for an email on stdin). Renewals
-	// run in certmagic's maintenance, retried there with backoff, logged
-	// and counted in event. A name whose certificate could not be loaded
-	// (no server reachable: a client that has not joined yet) is dropped by
-	// certmagic with a log line, so the names without a certificate are
-	// handed to it again until each has one; a name being ordered is not
-	// ordered twice (certmagic's jobs are by name).
+	m.manage(ctx, cache, cfg)
+	return nil
+}
+
+// manage keeps certmagic managing the names of m.names until ctx ends.
+// ManageAsync loads what the storage holds and orders the rest in the
+// background (one front door at a time, under the storage's lock), never
+// prompting (ManageSync would ask for an email on stdin). Renewals run in
+// certmagic's maintenance, retried there with backoff, logged and counted
+// in event. A name whose certificate could not be loaded (no server
+// reachable: a client that has not joined yet) is dropped by certmagic
+// with a log line, so the names without a certificate are handed to it
+// again (1 s, doubling to a minute) until each has one; a name being
+// ordered is not ordered twice (certmagic's jobs are by name). Each name
+// is managed under a context of its own: when its route goes, the context
+// ends (an order in progress, with its retries, is abandoned) and its
+// certificate leaves the cache (no longer served nor renewed); the
+// storage keeps it, so a route that comes back is served again without
+// an order while the certificate lasts.
+func (m *acmeManager) manage(ctx context.Context, cache *certmagic.Cache, cfg *certmagic.Config) {
+	type managed struct {
+		ctx    context.Context
+		cancel context.CancelFunc
+	}
+	managing := map[string]managed{}
+	dropped := map[string]bool{} // names whose route went: an order that was under way may still cache one
+	defer func() {
+		for _, mc := range managing {
+			mc.cancel()
+		}
+	}()
 	wait := time.Second
-	names := m.conf.Names
 	for {
-		if err := m.reachable(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
+		want := *m.names.Load()
+		var gone []certmagic.SubjectIssuer
+		for n, mc := range managing {
+			if !want[n] {
+				mc.cancel()
+				delete(managing, n)
+				dropped[n] = true
+				m.log.Info("acme: the name has no route with tls=acme any more: its certificate is neither served nor renewed", "name", n)
 			}
-			m.errors.Inc()
-			m.log.Error("acme: the certificate storage cannot be reached; the front door serves what it holds, trying again", "in", wait, "err", err)
-		} else if err := cfg.ManageAsync(ctx, names); err != nil {
-			m.errors.Inc()
-			m.log.Error("acme: managing the certificates failed; trying again", "names", names, "in", wait, "err", err)
+		}
+		for n := range dropped {
+			if want[n] {
+				delete(dropped, n)
+			} else if len(cache.AllMatchingCertificates(n)) > 0 {
+				gone = append(gone, certmagic.SubjectIssuer{Subject: n})
+			}
+		}
+		if len(gone) > 0 {
+			cache.RemoveManaged(gone)
+		}
+		var missing []string
+		for n := range want {
+			if len(cache.AllMatchingCertificates(n)) == 0 {
+				missing = append(missing, n)
+			}
+		}
+		slices.Sort(missing)
+		if len(missing) > 0 {
+			if err := m.reachable(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				m.errors.Inc()
+				m.log.Error("acme: the certificate storage cannot be reached; the front door serves what it holds, trying again", "in", wait, "err", err)
+			} else {
+				for _, n := range missing {
+					mc, ok := managing[n]
+					if !ok {
+						mc.ctx, mc.cancel = context.WithCancel(ctx)
+						managing[n] = mc
+					}
+					if err := cfg.ManageAsync(mc.ctx, []string{n}); err != nil {
+						m.errors.Inc()
+						m.log.Error("acme: managing the certificate failed; trying again", "name", n, "in", wait, "err", err)
+					}
+				}
+			}
+		}
+		var retry <-chan time.Time
+		if len(missing) > 0 {
+			retry = time.After(wait)
 		}
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Minute)
-		names = names[:0:0]
-		for _, n := range m.conf.Names {
-			if len(cache.AllMatchingCertificates(n)) == 0 {
-				names = append(names, n)
-			}
-		}
-		if len(names) == 0 {
-			break
+			return
+		case <-m.kick:
+			wait = time.Second
+		case <-retry:
+			wait = min(2*wait, time.Minute)
 		}
 	}
-	<-ctx.Done()
-	return nil
+}
+
+// acmeRouteNames hands the hosts of rt's tag and KV routes with tls=acme
+// to the ACME manager; without proxy.tls.acme such a route is served
+// without a certificate of its own, which is logged once per host.
+func (p *Proxy) acmeRouteNames(rt *routeTable) {
+	var hosts []string
+	for _, r := range rt.all {
+		if !r.ACME || r.Host == "" {
+			continue
+		}
+		if p.acme == nil {
+			if !p.acmeWarned[r.Host] {
+				if p.acmeWarned == nil {
+					p.acmeWarned = map[string]bool{}
+				}
+				p.acmeWarned[r.Host] = true
+				p.log.Warn("a route asks for tls=acme but proxy.tls.acme is not configured: no certificate is ordered for it", "host", r.Host, "source", r.Source)
+			}
+			continue
+		}
+		hosts = append(hosts, r.Host)
+	}
+	if p.acme != nil {
+		p.acme.setRouteNames(hosts)
+	}
 }
 
 // reachable reports an error when the storage cannot be read.

@@ -128,3 +128,91 @@ proxy:
 func logLine(msg, identifier string) *regexp.Regexp {
 	return regexp.MustCompile(`(?m)msg="` + regexp.QuoteMeta(msg) + `" .*\bidentifier=` + regexp.QuoteMeta(identifier) + `( |$)`)
 }
+
+// TestACMERouteNames: proxy.tls.acme with no names; a service tag
+// urlprefix-<host>/ tls=acme and a KV route with tls: acme, added while
+// the front door runs, each get a certificate with no restart; a name
+// sent by SNI that no route has gets none and is never ordered; a name
+// outside proxy.tls.acme.allow is not ordered; and when the tag's service
+// goes, its name is neither served nor renewed while the KV route's name
+// is renewed.
+func TestACMERouteNames(t *testing.T) {
+	needBinary(t)
+	pebbleBin(t)
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	httpPort, tlsPort := freePort(t), freePort(t)
+	const lifetime = 30 * time.Second
+	ca := startPebble(t, pki, startLoopbackDNS(t), httpPort, tlsPort, lifetime)
+	cfg := filepath.Join(dir, "pier.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+proxy:
+  addr: 127.0.0.1:%d
+  tls:
+    addr: 127.0.0.1:%d
+    acme: {ca: %q, ca_root: %q, renew_check: 1s, allow: ["*.pier.test"]}
+`, httpPort, tlsPort, ca.dir, pki.caFile)), 0o600)
+	a := startAgent(t, "-dev", "-node", "routes-acme", "-config-file", cfg)
+	roots := ca.roots(t)
+	door := fmt.Sprint("127.0.0.1:", tlsPort)
+	const tagName, kvName, stranger, outside = "tag.pier.test", "kv.pier.test", "nobody.pier.test", "shop.example.org"
+	dump := func() string { return "pebble:\n" + ca.out.String() + "\nagent:\n" + a.logs() }
+
+	// Before any route: nothing is ordered, whatever a client asks for.
+	if _, err := servedLeaf(door, stranger, roots); err == nil {
+		t.Fatalf("a certificate for %s, which no route has", stranger)
+	}
+	if code, body := curl(t, "-X", "PUT", "-d", fmt.Sprintf(`{"Name":"web","ID":"web1","Port":1,"Tags":["urlprefix-%s/ tls=acme","urlprefix-%s/ tls=acme"]}`, tagName, outside),
+		"http://"+a.addr+"/v1/agent/service/register"); code != 200 {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	if code, body := curl(t, "-X", "PUT", "-d", fmt.Sprintf(`{host: %s, service: web, tls: acme}`, kvName), "http://"+a.addr+"/v1/kv/pier/routes/kv"); code != 200 {
+		t.Fatalf("KV route: %d %s", code, body)
+	}
+	first := map[string]*x509.Certificate{}
+	for _, name := range []string{tagName, kvName} {
+		if err := eventually.Within(60*time.Second, func() error {
+			c, err := servedLeaf(door, name, roots)
+			first[name] = c
+			return err
+		}); err != nil {
+			t.Fatalf("%s: no certificate after its route appeared: %v\n%s", name, err, dump())
+		}
+	}
+	if _, err := servedLeaf(door, stranger, roots); err == nil {
+		t.Errorf("a certificate for %s, which no route has", stranger)
+	}
+	if !strings.Contains(a.logs(), `msg="acme: a route's tls=acme name is not managed" component=proxy component=acme name=`+outside) {
+		t.Errorf("no log line for %s, outside proxy.tls.acme.allow\n%s", outside, a.logs())
+	}
+	if logLine("acme: obtaining certificate", outside).MatchString(a.logs()) || logLine("acme: obtaining certificate", stranger).MatchString(a.logs()) {
+		t.Errorf("a name without an allowed route was ordered\n%s", dump())
+	}
+
+	// The tag's service goes: its name is dropped at once, and over the
+	// next renewal of the KV route's name it is not renewed.
+	if code, body := curl(t, "-X", "PUT", "http://"+a.addr+"/v1/agent/service/deregister/web1"); code != 200 {
+		t.Fatalf("deregister: %d %s", code, body)
+	}
+	eventually.True(t, 10*time.Second, "the tag's name no longer served", func() bool {
+		_, err := servedLeaf(door, tagName, roots)
+		return err != nil
+	})
+	renewed := func(name string) int {
+		return len(regexp.MustCompile(`(?m)msg="acme: certificate obtained" .*identifier=`+regexp.QuoteMeta(name)+` renewal=true`).FindAllString(a.logs(), -1))
+	}
+	tagRenewals := renewed(tagName)
+	kvRenewals := renewed(kvName)
+	if err := eventually.Within(lifetime+10*time.Second, func() error {
+		c, err := servedLeaf(door, kvName, roots)
+		if err != nil || c.SerialNumber.Cmp(first[kvName].SerialNumber) == 0 || renewed(kvName) == kvRenewals {
+			return fmt.Errorf("%s not renewed yet (%v)", kvName, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("%v\n%s", err, dump())
+	}
+	if n := renewed(tagName); n != tagRenewals {
+		t.Errorf("%s was renewed %d times after its route went\n%s", tagName, n-tagRenewals, dump())
+	}
+}

@@ -51,7 +51,7 @@ func TestProxyACMEConfig(t *testing.T) {
 		{"  tls:\n    acme: {names: [a.example.com], email: nobody}\n", "proxy.tls.acme.email \"nobody\""},
 		{"  tls:\n    acme: {names: [a.example.com], ca_root: " + filepath.Join(dir, "missing.pem") + "}\n", "proxy.tls.acme.ca_root"},
 		{"  tls:\n    acme: {names: [a.example.com], renew_check: -1s}\n", "proxy.tls.acme.renew_check"},
-		{"  tls:\n    acme: {email: ops@example.com}\n", "proxy.tls.acme.names: at least one"},
+		{"  tls:\n    acme: {allow: [\"*.-x.com\"]}\n", "proxy.tls.acme.allow[0] \"*.-x.com\""},
 		{"  tls:\n    acme: {names: [a.example.com], agree: true}\n", "unknown key"},
 		{"  routes:\n    - {host: a.example.com, service: a, tls: acme}\n", "proxy.routes[0].tls: acme needs proxy.tls.acme"},
 		{"  tls:\n    acme: {names: [a.example.com]}\n  routes:\n    - {service: a, tls: acme}\n", "proxy.routes[0].tls: acme needs the route's host"},

@@ -41,6 +41,11 @@ type ACMEConfig struct {
 	// Empty: any name such a route has (the ACL on writing the route,
 	// service:write or key:write, is then the bound).
 	Allow []string `json:"allow"`
+	// Challenges are the ACME challenges answered: http-01 (on the plain
+	// listener) and tls-alpn-01 (on the TLS listener) by default, or
+	// dns-01 alone (TXT records in the servers' KV, answered by every
+	// agent's DNS server; the only challenge a wildcard name can use).
+	Challenges []string `json:"challenges"`
 
 	// Storage keeps the account, the certificates and their keys, and
 	// locks a name while it is ordered; set by the agent (the servers'
@@ -68,8 +73,19 @@ func (c *ACMEConfig) Validate() error {
 	if c.RenewCheck < 0 {
 		return fmt.Errorf("renew_check %s: want a positive duration", c.RenewCheck)
 	}
+	for i, ch := range c.Challenges {
+		switch ch {
+		case challengeHTTP, challengeALPN:
+		case challengeDNS:
+			if len(c.Challenges) > 1 {
+				return fmt.Errorf("challenges %q: dns-01 is used alone (certmagic's issuer answers DNS-01 only, once it has a DNS solver)", c.Challenges)
+			}
+		default:
+			return fmt.Errorf("challenges[%d] %q: want http-01, tls-alpn-01 or dns-01", i, ch)
+		}
+	}
 	for i, n := range c.Names {
-		if err := validACMEName(n); err != nil {
+		if err := c.validName(n); err != nil {
 			return fmt.Errorf("names[%d] %q: %w", i, n, err)
 		}
 	}
@@ -98,15 +114,39 @@ func (c *ACMEConfig) allowed(name string) bool {
 	return false
 }
 
-// validACMEName accepts a DNS name an HTTP-01 or TLS-ALPN-01 challenge can
-// prove: no IP address (RFC 8738 is not offered), no wildcard (those need
-// DNS-01).
+// The challenges of ACMEConfig.Challenges.
+const (
+	challengeHTTP = "http-01"
+	challengeALPN = "tls-alpn-01"
+	challengeDNS  = "dns-01"
+)
+
+// challenge reports whether ch is answered.
+func (c *ACMEConfig) challenge(ch string) bool {
+	return len(c.Challenges) == 0 && ch != challengeDNS || slices.Contains(c.Challenges, ch)
+}
+
+// dns01 reports whether DNS-01 is the challenge answered.
+func (c *ACMEConfig) dns01() bool { return slices.Contains(c.Challenges, challengeDNS) }
+
+// validName is validACMEName, with wildcards (*.example.com) when DNS-01
+// is the challenge.
+func (c *ACMEConfig) validName(n string) error {
+	if rest, ok := strings.CutPrefix(n, "*."); ok && c.dns01() {
+		return validACMEName(rest)
+	}
+	return validACMEName(n)
+}
+
+// validACMEName accepts a DNS name an ACME challenge can prove: no IP
+// address (RFC 8738 is not offered), no wildcard (those need DNS-01, and
+// validName).
 func validACMEName(n string) error {
 	switch {
 	case n == "":
 		return errors.New("empty")
 	case strings.HasPrefix(n, "*"):
-		return errors.New("a wildcard needs the DNS-01 challenge, which pier does not answer")
+		return errors.New("a wildcard needs the DNS-01 challenge: proxy.tls.acme.challenges: [dns-01]")
 	case net.ParseIP(n) != nil:
 		return errors.New("an IP address; want a DNS name")
 	case len(n) > 253 || !strings.Contains(n, ".") || strings.HasSuffix(n, "."):
@@ -176,8 +216,20 @@ func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) 
 }
 
 // managed reports whether name is one of the configured names or of a
-// route's with tls=acme.
-func (m *acmeManager) managed(name string) bool { return m != nil && (*m.names.Load())[name] }
+// route's with tls=acme, or is covered by a configured wildcard.
+func (m *acmeManager) managed(name string) bool {
+	if m == nil {
+		return false
+	}
+	names := *m.names.Load()
+	if names[name] {
+		return true
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 && m.conf.dns01() {
+		return names["*"+name[i:]]
+	}
+	return false
+}
 
 // setRouteNames takes the hosts of the routes with tls=acme (from tags and
 // the KV store; the config's are static) and, when the set changed, wakes
@@ -188,7 +240,7 @@ func (m *acmeManager) managed(name string) bool { return m != nil && (*m.names.L
 func (m *acmeManager) setRouteNames(hosts []string) {
 	next := maps.Clone(m.static)
 	for _, h := range hosts {
-		err := validACMEName(h)
+		err := m.conf.validName(h)
 		if err == nil && !m.conf.allowed(h) {
 			err = errors.New("not in proxy.tls.acme.allow")
 		}
@@ -292,18 +344,21 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 	// The challenges are answered by the front door's own listeners:
 	// pointing certmagic's solvers at them makes their bind fail, which
 	// certmagic takes as "served elsewhere".
-	if a, ok := httpAddr.(*net.TCPAddr); ok {
+	if a, ok := httpAddr.(*net.TCPAddr); ok && m.conf.challenge(challengeHTTP) {
 		tmpl.ListenHost, tmpl.AltHTTPPort = a.IP.String(), a.Port
 	} else {
 		tmpl.DisableHTTPChallenge = true
 	}
-	if a, ok := tlsAddr.(*net.TCPAddr); ok {
+	if a, ok := tlsAddr.(*net.TCPAddr); ok && m.conf.challenge(challengeALPN) {
 		tmpl.AltTLSALPNPort = a.Port
 		if tmpl.ListenHost != a.IP.String() {
 			tmpl.ListenHost = "" // both listeners' hosts differ: leave the solvers to fail on the wildcard bind
 		}
 	} else {
 		tmpl.DisableTLSALPNChallenge = true
+	}
+	if m.conf.dns01() {
+		tmpl.DNS01Solver = dnsSolver{m.conf.Storage}
 	}
 	iss := certmagic.NewACMEIssuer(cfg, tmpl)
 	cfg.Issuers = []certmagic.Issuer{iss}

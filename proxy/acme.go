@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -371,20 +372,21 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 }
 
 // manage keeps certmagic managing the names of m.names until ctx ends.
-// ManageAsync loads what the storage holds and orders the rest in the
-// background (one front door at a time, under the storage's lock), never
-// prompting (ManageSync would ask for an email on stdin). Renewals run in
-// certmagic's maintenance, retried there with backoff, logged and counted
-// in event. A name whose certificate could not be loaded (no server
-// reachable: a client that has not joined yet) is dropped by certmagic
-// with a log line, so the names without a certificate are handed to it
-// again (1 s, doubling to a minute) until each has one; a name being
-// ordered is not ordered twice (certmagic's jobs are by name). Each name
-// is managed under a context of its own: when its route goes, the context
-// ends (an order in progress, with its retries, is abandoned) and its
-// certificate leaves the cache (no longer served nor renewed); the
-// storage keeps it, so a route that comes back is served again without
-// an order while the certificate lasts.
+// Each name gets one goroutine at a time (get): it loads the name's
+// certificate from the storage into certmagic's cache, or, when the
+// storage has none, orders one (one front door at a time, under the
+// storage's lock; certmagic retries a failed order with backoff for up to
+// 30 days, logged and counted in event). ManageAsync is not used: it
+// starts a new order job at each call, and each extra job would wait on
+// the name's lock for as long as the first retries. Once cached, renewals
+// and OCSP are certmagic's maintenance. A name whose goroutine ended
+// without a certificate (no server reachable: a client that has not
+// joined yet) gets another (1 s, doubling to a minute, sooner when the
+// names change). Each name is managed under a context of its own: when
+// its route goes, the context ends (an order in progress, with its
+// retries, is abandoned) and its certificate leaves the cache (no longer
+// served nor renewed); the storage keeps it, so a route that comes back is
+// served again without an order while the certificate lasts.
 func (m *acmeManager) manage(ctx context.Context, cache *certmagic.Cache, cfg *certmagic.Config) {
 	type managed struct {
 		ctx    context.Context
@@ -392,11 +394,34 @@ func (m *acmeManager) manage(ctx context.Context, cache *certmagic.Cache, cfg *c
 	}
 	managing := map[string]managed{}
 	dropped := map[string]bool{} // names whose route went: an order that was under way may still cache one
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		busy = map[string]bool{} // names with a goroutine
+	)
 	defer func() {
 		for _, mc := range managing {
 			mc.cancel()
 		}
+		wg.Wait()
 	}()
+	get := func(ctx context.Context, n string) {
+		defer wg.Done()
+		defer func() {
+			mu.Lock()
+			delete(busy, n)
+			mu.Unlock()
+		}()
+		_, err := cfg.CacheManagedCertificate(ctx, n)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = cfg.ObtainCertAsync(ctx, n); err == nil { // failures are logged and counted by event
+				_, err = cfg.CacheManagedCertificate(ctx, n)
+			}
+		} else if err != nil && ctx.Err() == nil {
+			m.errors.Inc()
+			m.log.Error("acme: loading the certificate from the storage failed; trying again", "name", n, "err", err)
+		}
+	}
 	wait := time.Second
 	for {
 		want := *m.names.Load()
@@ -440,9 +465,13 @@ func (m *acmeManager) manage(ctx context.Context, cache *certmagic.Cache, cfg *c
 						mc.ctx, mc.cancel = context.WithCancel(ctx)
 						managing[n] = mc
 					}
-					if err := cfg.ManageAsync(mc.ctx, []string{n}); err != nil {
-						m.errors.Inc()
-						m.log.Error("acme: managing the certificate failed; trying again", "name", n, "in", wait, "err", err)
+					mu.Lock()
+					start := !busy[n]
+					busy[n] = true
+					mu.Unlock()
+					if start {
+						wg.Add(1)
+						go get(mc.ctx, n)
 					}
 				}
 			}

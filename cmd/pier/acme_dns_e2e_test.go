@@ -35,7 +35,8 @@ proxy:
     addr: 127.0.0.1:0
     acme: {ca: %q, ca_root: %q, names: ["*.example.test"], challenges: [dns-01]}
 `, ca.dir, pki.caFile)), 0o600)
-	a := startAgent(t, "-dev", "-node", "dns01", "-dns-port", dnsPort, "-config-file", cfg)
+	// A recursor where nobody listens: names without a record go nowhere.
+	a := startAgent(t, "-dev", "-node", "dns01", "-dns-port", dnsPort, "-recursor", freeLoopback(t), "-config-file", cfg)
 	if a.dns != dnsAddr {
 		t.Fatalf("the agent's DNS is on %s, want %s", a.dns, dnsAddr)
 	}
@@ -83,5 +84,47 @@ proxy:
 	r, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(q, dnsAddr)
 	if err != nil || len(r.Answer) != 0 {
 		t.Errorf("after the order: %v, %v; want no TXT record", r, err)
+	}
+}
+
+// TestACMEDNS01AskedElsewhere: the front door is a client agent, and the
+// CA asks the server's DNS, which has no front door and answers the record
+// the client wrote through it into the Raft log.
+func TestACMEDNS01AskedElsewhere(t *testing.T) {
+	needBinary(t)
+	pebbleBin(t)
+	dir := t.TempDir()
+	pki := newTestPKI(t, dir)
+	dnsAddr := freeLoopback(t)
+	_, dnsPort, _ := strings.Cut(dnsAddr, ":")
+	ca := startPebble(t, pki, dnsAddr, freePort(t), freePort(t), time.Hour)
+	cfg := filepath.Join(dir, "pier.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+proxy:
+  addr: 127.0.0.1:0
+  tls:
+    addr: 127.0.0.1:0
+    acme: {ca: %q, ca_root: %q, names: ["*.else.test", "else.test"], challenges: [dns-01]}
+`, ca.dir, pki.caFile)), 0o600)
+	srv := startAgent(t, append([]string{"-node", "dns-srv", "-data-dir", filepath.Join(dir, "srv"), "-bind", "127.0.0.1",
+		"-dns-port", dnsPort, "-recursor", freeLoopback(t)}, soloServer...)...)
+	cli := startAgent(t, "-node", "dns-cli", "-data-dir", filepath.Join(dir, "cli"), "-bind", "127.0.0.1", "-join", srv.gossip, "-config-file", cfg)
+	m := proxyTLSLine.FindStringSubmatch(cli.logs())
+	if m == nil {
+		t.Fatalf("no proxy_tls= in the log:\n%s", cli.logs())
+	}
+	roots := ca.roots(t)
+	dump := func() string { return "pebble:\n" + ca.out.String() + "\nserver:\n" + srv.logs() + "\nclient:\n" + cli.logs() }
+	for _, name := range []string{"else.test", "www.else.test"} {
+		if err := eventually.Within(60*time.Second, func() error {
+			_, err := servedLeaf(m[1], name, roots)
+			return err
+		}); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, dump())
+		}
+	}
+	// A failed validation would have meant another order.
+	if n := ca.orders(); n != 2 {
+		t.Errorf("pebble took %d orders for two names, want 2\n%s", n, dump())
 	}
 }

@@ -114,7 +114,9 @@ proxy:
 		t.Fatalf("no proxy_tls= in the log:\n%s", cli.logs())
 	}
 	roots := ca.roots(t)
-	dump := func() string { return "pebble:\n" + ca.out.String() + "\nserver:\n" + srv.logs() + "\nclient:\n" + cli.logs() }
+	dump := func() string {
+		return "pebble:\n" + ca.out.String() + "\nserver:\n" + srv.logs() + "\nclient:\n" + cli.logs()
+	}
 	for _, name := range []string{"else.test", "www.else.test"} {
 		if err := eventually.Within(60*time.Second, func() error {
 			_, err := servedLeaf(m[1], name, roots)

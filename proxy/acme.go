@@ -181,6 +181,7 @@ type acmeManager struct {
 	iss    atomic.Pointer[certmagic.ACMEIssuer]
 	errors prometheus.Counter
 	issued prometheus.Counter
+	count  prometheus.Gauge // len(names)
 }
 
 func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) (*acmeManager, error) {
@@ -206,8 +207,13 @@ func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) 
 		Namespace: "pier", Subsystem: "proxy", Name: "acme_certificates_total",
 		Help: "Certificates this front door obtained or renewed from the ACME CA (not those another front door got and this one loaded).",
 	})
+	m.count = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "pier", Subsystem: "proxy", Name: "acme_names",
+		Help: "Names the front door manages certificates for: proxy.tls.acme.names and the hosts of routes with tls=acme.",
+	})
+	m.count.Set(float64(len(names)))
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.errors, m.issued} {
+		for _, col := range []prometheus.Collector{m.errors, m.issued, m.count} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("proxy: metrics: %w", err)
 			}
@@ -258,6 +264,7 @@ func (m *acmeManager) setRouteNames(hosts []string) {
 		return
 	}
 	m.names.Store(&next)
+	m.count.Set(float64(len(next)))
 	select {
 	case m.kick <- struct{}{}:
 	default:

@@ -216,7 +216,13 @@ func TestACMERouteNamesBound(t *testing.T) {
 	if kicked() {
 		t.Error("a wake-up with no change")
 	}
+	if n := testutil.ToFloat64(m.count); n != 4 {
+		t.Errorf("pier_proxy_acme_names = %v, want 4", n)
+	}
 	m.setRouteNames(nil)
+	if n := testutil.ToFloat64(m.count); n != 2 {
+		t.Errorf("pier_proxy_acme_names = %v after the routes went, want 2", n)
+	}
 	if !kicked() || m.managed("a.shop.test") || !m.managed("static.test") {
 		t.Errorf("after the routes went: a.shop.test %v, static.test %v", m.managed("a.shop.test"), m.managed("static.test"))
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -187,6 +188,21 @@ proxy:
 	}
 	if logLine("acme: obtaining certificate", outside).MatchString(a.logs()) || logLine("acme: obtaining certificate", stranger).MatchString(a.logs()) {
 		t.Errorf("a name without an allowed route was ordered\n%s", dump())
+	}
+	// /v1/pier/routes says which tls=acme routes are managed.
+	_, body := curl(t, "http://"+a.addr+"/v1/pier/routes")
+	var routes []struct{ Host, Source, ACME string }
+	if err := json.Unmarshal([]byte(body), &routes); err != nil {
+		t.Fatalf("/v1/pier/routes: %v %s", err, body)
+	}
+	got := map[string]string{}
+	for _, r := range routes {
+		got[r.Host] = r.Source + " " + r.ACME
+	}
+	for host, want := range map[string]string{tagName: "tag managed", kvName: "kv managed", outside: "tag refused"} {
+		if got[host] != want {
+			t.Errorf("/v1/pier/routes: %s is %q, want %q", host, got[host], want)
+		}
 	}
 
 	// The tag's service goes: its name is dropped at once, and over the

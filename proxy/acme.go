@@ -175,7 +175,7 @@ type acmeManager struct {
 	static map[string]bool                 // the config's names, always managed
 	names  atomic.Pointer[map[string]bool] // static and the names of routes with tls=acme; replaced, never changed
 	kick   chan struct{}                   // capacity 1: names changed
-	warned map[string]bool                 // route names refused and logged; setRouteNames's, which never runs concurrently
+	warned map[string]bool                 // route names refused and logged, while their routes last; setRouteNames's, which never runs concurrently
 	log    *slog.Logger
 	cfg    atomic.Pointer[certmagic.Config]
 	iss    atomic.Pointer[certmagic.ACMEIssuer]
@@ -246,20 +246,22 @@ func (m *acmeManager) managed(name string) bool {
 // ordered, never a name a client sends by SNI.
 func (m *acmeManager) setRouteNames(hosts []string) {
 	next := maps.Clone(m.static)
+	refused := map[string]bool{}
 	for _, h := range hosts {
 		err := m.conf.validName(h)
 		if err == nil && !m.conf.allowed(h) {
 			err = errors.New("not in proxy.tls.acme.allow")
 		}
 		if err != nil {
+			refused[h] = true
 			if !m.warned[h] {
-				m.warned[h] = true
 				m.log.Warn("acme: a route's tls=acme name is not managed", "name", h, "err", err)
 			}
 			continue
 		}
 		next[h] = true
 	}
+	m.warned = refused // logged again only if it goes and comes back
 	if maps.Equal(next, *m.names.Load()) {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -378,13 +379,7 @@ func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	near := r.URL.Query().Get("near")
-	if near == "" {
-		near = q.Service.Near
-	}
-	if near == "_agent" {
-		near = s.origin(r)
-	}
+	near := s.querySource(r, &q)
 	// Another datacenter is read with the query's token when it has one,
 	// else the request's, as Consul's failover.
 	res := s.runQuery(r.Context(), &q, near, limit, cmp.Or(q.Token, s.requestToken(r)))
@@ -394,9 +389,34 @@ func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, res)
 }
 
+// querySource answers the node q's answer is sorted near, as Consul's
+// execute: ?near=, else Service.Near; "_agent" is the agent the request
+// first reached, "_ip" the node whose address is the client's (none: no
+// sort).
+func (s *Server) querySource(r *http.Request, q *preparedQuery) string {
+	near := cmp.Or(r.URL.Query().Get("near"), q.Service.Near)
+	switch near {
+	case "_agent":
+		return s.origin(r)
+	case "_ip":
+		if a := sourceAddr(r); a != "" {
+			for _, n := range s.reg.Snapshot().Nodes() {
+				if n.Address == a {
+					return n.Name
+				}
+			}
+		}
+		return ""
+	}
+	return near
+}
+
 // runQuery executes q: this datacenter's instances that q keeps, shuffled,
-// nearest to near first, at most limit (0: all); none, then the failover
-// datacenters in order until one has some, read with token.
+// nearest to near first (near itself first, when it is among the first
+// ten, even without coordinates, as Consul's), at most limit (0: all);
+// none, then the failover datacenters in order until one has some, read
+// with token, shuffled and not sorted (Consul sorts no other
+// datacenter's answer: coordinates do not compare across datacenters).
 func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, limit int, token string) queryResult {
 	own := s.reg.Config().Datacenter
 	res := queryResult{Service: q.Service.Service, DNS: q.DNS, Datacenter: own, Nodes: []serviceEntry{}}
@@ -407,7 +427,16 @@ func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, li
 		}
 	}
 	res.Nodes = queryNodes(local, own, limit, func(list []serviceEntry) {
+		if near == "" {
+			return
+		}
 		sortNearFrom(s, near, list, func(e *serviceEntry) string { return e.Node.Node })
+		for i := 0; i < len(list) && i < 10; i++ {
+			if strings.EqualFold(list[i].Node.Node, near) {
+				list[0], list[i] = list[i], list[0]
+				break
+			}
+		}
 	})
 	if len(res.Nodes) > 0 || s.cfg.WAN == nil {
 		return res
@@ -461,18 +490,22 @@ func queryNodes(insts []registry.Instance, dc string, limit int, sort func([]ser
 
 // Query executes the prepared query called idOrName (an ID or a name) of
 // dc ("" or this datacenter's name: this one's) for DNS
-// (name.query.consul, name.query.dc2.consul): the datacenter that
-// answered, the answer's TTL and its instances. Another datacenter's
-// query runs there, as Consul's, sorted near none of its nodes.
-func (rd Reader) Query(ctx context.Context, dc, idOrName string) (string, time.Duration, []registry.Instance, error) {
+// (name.query.consul, name.query.dc2.consul), asked by src: the
+// datacenter that answered, the answer's TTL and its instances. As
+// Consul's DNS, it passes no ?near=: the answer is sorted only by the
+// query's own Service.Near ("_agent": this agent; "_ip": the node at src).
+// Another datacenter's query runs there, as Consul's.
+func (rd Reader) Query(ctx context.Context, dc, idOrName string, src netip.Addr) (string, time.Duration, []registry.Instance, error) {
 	v := url.Values{}
-	if dc == "" || dc == rd.s.reg.Config().Datacenter {
-		v.Set("near", "_agent")
-	} else {
+	if dc != "" && dc != rd.s.reg.Config().Datacenter {
 		v.Set("dc", dc)
 	}
 	var res queryResult
-	if err := rd.getJSON(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?"+v.Encode(), &res); err != nil {
+	h := http.Header{}
+	if src.IsValid() {
+		h.Set(sourceHeader, src.Unmap().String())
+	}
+	if err := rd.getJSONWith(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?"+v.Encode(), h, &res); err != nil {
 		return "", 0, nil, err
 	}
 	ttl, _ := time.ParseDuration(res.DNS.TTL)

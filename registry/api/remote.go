@@ -76,8 +76,16 @@ func (rd Reader) Node(ctx context.Context, dc, name string) (*registry.NodeEntry
 // getJSON serves a GET of pathQuery with the reader's token and decodes
 // its 200 answer into v.
 func (rd Reader) getJSON(ctx context.Context, pathQuery string, v any) error {
+	return rd.getJSONWith(ctx, pathQuery, nil, v)
+}
+
+// getJSONWith is getJSON with headers h added to the request.
+func (rd Reader) getJSONWith(ctx context.Context, pathQuery string, h http.Header, v any) error {
 	r := httptest.NewRequestWithContext(ctx, http.MethodGet, pathQuery, nil)
 	r.RemoteAddr = "127.0.0.1:0"
+	for k, vs := range h {
+		r.Header[k] = vs
+	}
 	if t := rd.secret(); t != "" {
 		r.Header.Set("X-Consul-Token", t)
 	}

@@ -93,7 +93,8 @@ func (q *preparedQuery) validate() error {
 		// Consul compiles a template when the state store takes it; its
 		// errors read "failed compiling template: ...".
 		if _, err := compileTemplate(*q); err != nil {
-			return badRequest("failed compiling template: %v", err)
+			// The message quotes the field: one line, whatever it holds.
+			return badRequest("failed compiling template: %s", strings.ReplaceAll(err.Error(), "\n", `\n`))
 		}
 	}
 	return nil

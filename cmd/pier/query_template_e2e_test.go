@@ -86,6 +86,7 @@ func TestPreparedQueryTemplates(t *testing.T) {
 		{"DB-PRIMARY", []string{"db1", "db2"}}, // prefixes match without case; the regexp does not, so no tag
 		{"db-", []string{"db1", "db2"}},        // no group: an empty tag, removed
 		{"db-replica", []string{"web1"}},       // an exact name wins
+		{"DB-Replica", []string{"web1"}},       // names compare without case, as Consul\'s
 		{"nothing-here", nil},                  // rendered, no such service
 	} {
 		res, _, err := pq.Execute(c.name, nil)
@@ -129,6 +130,19 @@ func TestPreparedQueryTemplates(t *testing.T) {
 	if got := strings.TrimSpace(digAt(t, a.dns, "cache.query.consul", "+short")); got != "10.0.2.1" {
 		t.Errorf("dig cache.query.consul: %q, want 10.0.2.1", got)
 	}
+	if got := strings.TrimSpace(digAt(t, a.dns, "db-replica.query.consul", "+short")); got != "10.0.1.1" {
+		t.Errorf("dig db-replica.query.consul: %q, want web's 10.0.1.1 (the exact name wins)", got)
+	}
+	// A name with capitals is reached by DNS, which lowercases names.
+	if _, _, err := pq.Create(&consul.PreparedQueryDefinition{Name: "Cache-Q", Service: consul.ServiceQuery{Service: "web"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(digAt(t, a.dns, "Cache-Q.query.consul", "+short")); got != "10.0.1.1" {
+		t.Errorf("dig Cache-Q.query.consul: %q, want web's 10.0.1.1", got)
+	}
+	if _, _, err := pq.Create(&consul.PreparedQueryDefinition{Name: "cache-q", Service: consul.ServiceQuery{Service: "web"}}, nil); err == nil || !strings.Contains(err.Error(), "aliases an existing query name") {
+		t.Errorf("a name that differs only in case: %v", err)
+	}
 	if got := digAt(t, a.dns, "nothing-here.query.consul"); !strings.Contains(got, "NXDOMAIN") {
 		t.Errorf("dig nothing-here.query.consul:\n%s", got)
 	}
@@ -155,7 +169,7 @@ func TestPreparedQueryTemplates(t *testing.T) {
 			t.Errorf("Create %+v: %v, want 400 %q", c.def, err, c.want)
 		}
 	}
-	if list, _, err := pq.List(nil); err != nil || len(list) != 3 {
+	if list, _, err := pq.List(nil); err != nil || len(list) != 4 {
 		t.Errorf("List after refused creates: %d queries, %v", len(list), err)
 	}
 	// Deleting the longer template leaves its names to the catch-all.

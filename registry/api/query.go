@@ -50,12 +50,36 @@ func storedQuery(st *raft.State, idOrName string) (preparedQuery, bool) {
 	if e, ok := st.KV(queryPrefix + idOrName); ok {
 		return queryEntry(e)
 	}
-	if e, ok := st.KV(queryNamePrefix + idOrName); ok {
-		if e, ok := st.KV(queryPrefix + string(e.Value)); ok {
+	if id, ok := queryIDByName(st, idOrName); ok {
+		if e, ok := st.KV(queryPrefix + id); ok {
 			return queryEntry(e)
 		}
 	}
 	return preparedQuery{}, false
+}
+
+// nameKey is the key that holds the ID of the query called name: names
+// compare without case, as Consul's index of names (and DNS's).
+func nameKey(name string) string { return queryNamePrefix + strings.ToLower(name) }
+
+// legacyNameKey is where a pier before case-blind names kept the ID of a
+// query called name, when that differs from nameKey; "" when it does not.
+func legacyNameKey(name string) string {
+	if name == strings.ToLower(name) {
+		return ""
+	}
+	return queryNamePrefix + name
+}
+
+// queryIDByName answers the ID of the query called name (without case).
+func queryIDByName(st *raft.State, name string) (string, bool) {
+	if e, ok := st.KV(nameKey(name)); ok {
+		return string(e.Value), true
+	}
+	if e, ok := st.KV(queryNamePrefix + name); ok { // written before names compared without case
+		return string(e.Value), true
+	}
+	return "", false
 }
 
 // resolveQuery finds the query that idOrName runs, as Consul resolves
@@ -70,10 +94,8 @@ func (s *Server) resolveQuery(st *raft.State, idOrName string) (q preparedQuery,
 		}
 		return q, ok, nil
 	}
-	var id string
-	if e, ok := st.KV(queryNamePrefix + idOrName); ok {
-		id = string(e.Value)
-	} else {
+	id, ok := queryIDByName(st, idOrName)
+	if !ok {
 		lower := strings.ToLower(idOrName)
 		for i := len(lower); i >= 0 && id == ""; i-- {
 			if e, ok := st.KV(queryTemplatePrefix + lower[:i]); ok {
@@ -189,8 +211,11 @@ func (s *Server) storeQuery(w http.ResponseWriter, n *raft.Node, q preparedQuery
 	set := raft.KVOp{Verb: raft.KVCAS, Key: queryPrefix + q.ID, Value: v}
 	if old != nil {
 		set.Index = old.ModifyIndex // nobody changed it since it was read
-		if old.Name != "" && old.Name != q.Name {
-			add(raft.KVOp{Verb: raft.KVDelete, Key: queryNamePrefix + old.Name}, "")
+		if old.Name != "" && legacyNameKey(old.Name) != "" {
+			add(raft.KVOp{Verb: raft.KVDelete, Key: legacyNameKey(old.Name)}, "")
+		}
+		if old.Name != "" && !strings.EqualFold(old.Name, q.Name) {
+			add(raft.KVOp{Verb: raft.KVDelete, Key: nameKey(old.Name)}, "")
 		}
 		if old.isTemplate() && (!q.isTemplate() || !strings.EqualFold(old.Name, q.Name)) {
 			add(raft.KVOp{Verb: raft.KVDelete, Key: queryTemplatePrefix + strings.ToLower(old.Name)}, "")
@@ -201,10 +226,12 @@ func (s *Server) storeQuery(w http.ResponseWriter, n *raft.Node, q preparedQuery
 	}
 	casAt := len(ops)
 	add(set, "Invalid prepared query: it changed while it was updated; retry")
-	if q.Name != "" && (old == nil || old.Name != q.Name) {
-		taken := fmt.Sprintf("Invalid prepared query: name %q aliases an existing query name", q.Name)
-		add(raft.KVOp{Verb: raft.KVCheckNotExists, Key: queryNamePrefix + q.Name}, taken)
-		add(raft.KVOp{Verb: raft.KVSet, Key: queryNamePrefix + q.Name, Value: []byte(q.ID)}, "")
+	if q.Name != "" {
+		if old == nil || !strings.EqualFold(old.Name, q.Name) {
+			taken := fmt.Sprintf("Invalid prepared query: name %q aliases an existing query name", q.Name)
+			add(raft.KVOp{Verb: raft.KVCheckNotExists, Key: nameKey(q.Name)}, taken)
+		}
+		add(raft.KVOp{Verb: raft.KVSet, Key: nameKey(q.Name), Value: []byte(q.ID)}, "")
 	}
 	if q.isTemplate() && (old == nil || !old.isTemplate() || !strings.EqualFold(old.Name, q.Name)) {
 		taken := "Invalid prepared query: a query template with an empty name already exists"
@@ -242,7 +269,10 @@ func (s *Server) storeQuery(w http.ResponseWriter, n *raft.Node, q preparedQuery
 func (q *preparedQuery) keys() []string {
 	out := []string{queryPrefix + q.ID}
 	if q.Name != "" {
-		out = append(out, queryNamePrefix+q.Name)
+		out = append(out, nameKey(q.Name))
+		if k := legacyNameKey(q.Name); k != "" {
+			out = append(out, k)
+		}
 	}
 	if q.isTemplate() {
 		out = append(out, queryTemplatePrefix+strings.ToLower(q.Name))

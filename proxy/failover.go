@@ -90,7 +90,13 @@ type failover struct {
 	wait    time.Duration                        // a blocking query's wait
 	margin  time.Duration                        // how long past wait (and its jitter) a query may take before it counts as failed
 	insts   map[lb.RemoteKey][]registry.Instance // each watch's newest answer; a key without one has no pool
-	watches map[lb.RemoteKey]context.CancelFunc
+	watches map[lb.RemoteKey]*watch
+}
+
+// watch is one datacenter's and service's goroutine.
+type watch struct {
+	k      lb.RemoteKey
+	cancel context.CancelFunc
 }
 
 // maxRetry caps the wait before a datacenter that does not answer is asked
@@ -99,7 +105,7 @@ const maxRetry = 30 * time.Second
 
 func newFailover(src FailoverSource, every, wait time.Duration, bal *lb.Balancer) *failover {
 	f := &failover{src: src, every: every, wait: wait, retry: time.Second, margin: 10 * time.Second, remote: bal.NewRemote(),
-		insts: map[lb.RemoteKey][]registry.Instance{}, watches: map[lb.RemoteKey]context.CancelFunc{}}
+		insts: map[lb.RemoteKey][]registry.Instance{}, watches: map[lb.RemoteKey]*watch{}}
 	f.targets.Store(&map[string][]string{})
 	return f
 }
@@ -142,8 +148,8 @@ func (p *Proxy) RunFailover(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer func() {
 		f.mu.Lock()
-		for k, cancel := range f.watches {
-			cancel()
+		for k, w := range f.watches {
+			w.cancel()
 			delete(f.watches, k)
 		}
 		f.mu.Unlock()
@@ -187,9 +193,9 @@ func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) {
 	}
 	f.mu.Lock()
 	changed := false
-	for k, cancel := range f.watches {
+	for k, w := range f.watches {
 		if !need[k] {
-			cancel()
+			w.cancel()
 			delete(f.watches, k)
 			if _, had := f.insts[k]; had {
 				delete(f.insts, k)
@@ -202,11 +208,12 @@ func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		f.watches[k] = cancel
+		w := &watch{k: k, cancel: cancel}
+		f.watches[k] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.watchFailover(wctx, k)
+			p.watchFailover(wctx, w)
 		}()
 	}
 	if changed {
@@ -221,8 +228,8 @@ func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) {
 // the bound rather than holding it for ever). A datacenter that does not
 // answer has no pool, so failover skips it, and is asked again after a
 // wait that doubles from retry up to maxRetry, with jitter.
-func (p *Proxy) watchFailover(ctx context.Context, k lb.RemoteKey) {
-	f := p.fo
+func (p *Proxy) watchFailover(ctx context.Context, w *watch) {
+	f, k := p.fo, w.k
 	var index uint64
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
@@ -240,7 +247,7 @@ func (p *Proxy) watchFailover(ctx context.Context, k lb.RemoteKey) {
 		}
 		if err != nil {
 			p.log.Debug("failover: instances of another datacenter", "dc", k.Datacenter, "service", k.Service, "err", err)
-			f.store(k, nil, false)
+			f.store(w, nil, false)
 			backoff = min(max(2*backoff, f.retry), maxRetry)
 			index = 0
 			if !sleepCtx(ctx, backoff/2+rand.N(backoff/2+1)) {
@@ -249,7 +256,7 @@ func (p *Proxy) watchFailover(ctx context.Context, k lb.RemoteKey) {
 			continue
 		}
 		backoff = 0
-		f.store(k, insts, true)
+		f.store(w, insts, true)
 		if idx == index && time.Since(start) < wait/4 && !sleepCtx(ctx, f.every) {
 			return // a server that does not hold the query is not asked in a loop
 		}
@@ -262,13 +269,14 @@ func (p *Proxy) watchFailover(ctx context.Context, k lb.RemoteKey) {
 	}
 }
 
-// store sets k's instances (ok false: k has no pool) and rebuilds the
-// remote pools.
-func (f *failover) store(k lb.RemoteKey, insts []registry.Instance, ok bool) {
+// store sets the instances of w's key (ok false: it has no pool) and
+// rebuilds the remote pools.
+func (f *failover) store(w *watch, insts []registry.Instance, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, live := f.watches[k]; !live {
-		return // stopped meanwhile: its pool must not come back
+	k := w.k
+	if f.watches[k] != w {
+		return // stopped meanwhile (and maybe started again): not its pool any more
 	}
 	if ok {
 		f.insts[k] = insts

@@ -32,6 +32,9 @@ type compiledTemplate struct {
 	q     preparedQuery
 	trees map[string]ast.Node
 	re    *regexp.Regexp
+	// mu serializes renders: HIL's type check rewrites a tree in place
+	// (implicit conversions) as it evaluates it.
+	mu sync.Mutex
 }
 
 // compileTemplate checks q's template as Consul does when it is stored:
@@ -94,6 +97,8 @@ func (ct *compiledTemplate) render(name, segment string) (preparedQuery, error) 
 			},
 		}},
 	}}
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
 	err := walkStrings(&q.Service, func(path string, s string) (string, error) {
 		tree, ok := ct.trees[path]
 		if !ok {

@@ -69,7 +69,7 @@ func (s *Server) remoteReply(ctx context.Context, out []byte, q *query, src neti
 			found = err == nil && s.serviceAnswer(a, insts, tag, port, qtype)
 		}
 	case "query":
-		a.kind = kindService
+		a.kind, a.ordered = kindService, true
 		qdc, ttl, insts, err := s.cfg.Remote.Query(ctx, dc, strings.Join(rest, "."), src)
 		if failed(err) && !errors.Is(err, registry.ErrNotFound) {
 			s.log.Debug("a prepared query", "err", err)

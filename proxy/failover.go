@@ -173,12 +173,14 @@ func (p *Proxy) RunFailover(ctx context.Context) error {
 func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) {
 	f := p.fo
 	rt := p.syncRoutes()
-	var others []string
-	if dcs, err := f.src.Datacenters(ctx); err == nil && len(dcs) > 0 {
-		others = dcs[1:]
-	} else if err != nil {
+	dcs, err := f.src.Datacenters(ctx)
+	if err != nil || len(dcs) == 0 {
+		// The servers are out of reach for now: the watches go on as they
+		// are (each fails on its own if its datacenter does not answer).
 		p.log.Debug("failover: listing datacenters", "err", err)
+		return
 	}
+	others := dcs[1:]
 	targets := map[string][]string{}
 	need := map[lb.RemoteKey]bool{}
 	for _, r := range rt.all {

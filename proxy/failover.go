@@ -155,22 +155,29 @@ func (p *Proxy) RunFailover(ctx context.Context) error {
 		f.mu.Unlock()
 		wg.Wait()
 	}()
-	t := time.NewTicker(f.every)
-	defer t.Stop()
+	// While a route with a failover has no datacenter to try (an agent
+	// that has not found its servers yet, a WAN pool still meeting), the
+	// plan is made again sooner: from 100ms, doubling up to every.
+	soon := 100 * time.Millisecond
 	for {
-		p.planFailover(ctx, &wg)
-		select {
-		case <-ctx.Done():
+		next := f.every
+		if !p.planFailover(ctx, &wg) {
+			next, soon = min(soon, f.every), min(2*soon, f.every)
+		} else {
+			soon = 100 * time.Millisecond
+		}
+		if !sleepCtx(ctx, next) {
 			return nil
-		case <-t.C:
 		}
 	}
 }
 
 // planFailover reads the routes and the datacenters' order, and starts a
 // watch for each datacenter and service the routes need that has none,
-// stopping those no route needs any more (their pools go with them).
-func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) {
+// stopping those no route needs any more (their pools go with them). It
+// answers false when the datacenters could not be listed or a route with a
+// failover has none to try.
+func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) bool {
 	f := p.fo
 	rt := p.syncRoutes()
 	dcs, err := f.src.Datacenters(ctx)
@@ -178,16 +185,18 @@ func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) {
 		// The servers are out of reach for now: the watches go on as they
 		// are (each fails on its own if its datacenter does not answer).
 		p.log.Debug("failover: listing datacenters", "err", err)
-		return
+		return false
 	}
 	others := dcs[1:]
 	targets := map[string][]string{}
 	need := map[lb.RemoteKey]bool{}
+	complete := true
 	for _, r := range rt.all {
 		if r.Failover == nil {
 			continue
 		}
 		order := r.Failover.order(others)
+		complete = complete && len(order) > 0
 		targets[r.Service] = order
 		for _, dc := range order {
 			need[lb.RemoteKey{Datacenter: dc, Service: r.Service}] = true
@@ -223,6 +232,7 @@ func (p *Proxy) planFailover(ctx context.Context, wg *sync.WaitGroup) {
 	}
 	f.mu.Unlock()
 	f.targets.Store(&targets)
+	return complete
 }
 
 // watchFailover keeps k's pool up to date until ctx ends: a blocking query

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +64,27 @@ const (
 // originHeader names the agent a request first reached, whose node is a
 // new session's default (Consul fills it in on that agent).
 const originHeader = "X-Pier-Origin-Node"
+
+// sourceHeader carries the address of the client a request first came
+// from (Consul's QuerySource.Ip, which near=_ip looks up among the nodes).
+const sourceHeader = "X-Pier-Source-Addr"
+
+// sourceAddr answers the client a request first came from: as an agent
+// forwarded it, else the first X-Forwarded-For, else the peer, as
+// Consul's; "" when none parses.
+func sourceAddr(r *http.Request) string {
+	if a := r.Header.Get(sourceHeader); a != "" {
+		return a
+	}
+	first, _, _ := strings.Cut(r.Header.Get("X-Forwarded-For"), ",")
+	if ip, err := netip.ParseAddr(strings.TrimSpace(first)); err == nil {
+		return ip.Unmap().String()
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap().String()
+	}
+	return ""
+}
 
 // origin answers the node a request first reached.
 func (s *Server) origin(r *http.Request) string {
@@ -290,6 +313,9 @@ func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string,
 			pr.Out.Host = addr
 			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
 			pr.Out.Header.Set(originHeader, s.origin(r))
+			if a := sourceAddr(r); a != "" {
+				pr.Out.Header.Set(sourceHeader, a)
+			}
 			if hops == 0 && acl.RequestToken(r) == "" {
 				// As Consul's agents: a request without a token acts as
 				// this agent's default token, here and where it is sent.

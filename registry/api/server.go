@@ -112,6 +112,9 @@ type Server struct {
 	lim   *clientLimiter // nil: no per-client limit
 
 	cache *agentCache // ?cached (cache.go)
+	// templates keeps the prepared-query templates compiled
+	// (query_template.go).
+	templates templateCache
 
 	// inner routes what the server port serves (ServerPortHandler): the
 	// Raft-backed endpoints only; nil without Consensus.

@@ -45,6 +45,18 @@ type Config struct {
 	// lets one more bootstrap happen on the leader that reads it, and is
 	// removed then. "": no reset.
 	BootstrapResetFile string
+	// PrimaryDatacenter is Consul's primary_datacenter: the datacenter
+	// where policies, roles and global tokens are written, and that the
+	// others replicate them from (replication.go). "": this agent's own.
+	PrimaryDatacenter string
+	// TokenReplication is Consul's acl.enable_token_replication: a
+	// secondary datacenter replicates global tokens too, and may then make
+	// local tokens of its own.
+	TokenReplication bool
+	// Replication is Consul's acl.tokens.replication: the token a
+	// secondary's leader replicates with (acl:read for policies and
+	// roles, acl:write for tokens).
+	Replication string
 }
 
 // Token is one token of the configuration with its rules.
@@ -91,6 +103,11 @@ type Authorizer struct {
 	// name checked free is still free when written, on this node).
 	mu    sync.Mutex
 	table atomic.Pointer[aclTable]
+	// Replication between datacenters (replication.go).
+	primaryDC        string  // Config.PrimaryDatacenter
+	tokenReplication bool    // Config.TokenReplication
+	primary          Primary // nil: no way to the primary
+	repl             replication
 }
 
 // New validates cfg; nil with no error when ACLs are off.
@@ -108,7 +125,8 @@ func New(cfg Config) (*Authorizer, error) {
 	}
 	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile,
 		resetFile: cfg.BootstrapResetFile, initialMgmt: cfg.InitialManagement != "",
-		cfgSecrets: map[string]string{"default": cfg.Default, "agent": cfg.Agent, "dns": cfg.DNS}}
+		cfgSecrets: map[string]string{"default": cfg.Default, "agent": cfg.Agent, "dns": cfg.DNS, "replication": cfg.Replication},
+		primaryDC:  cfg.PrimaryDatacenter, tokenReplication: cfg.TokenReplication}
 	seen := map[string]bool{}
 	accessors := map[string]bool{}
 	add := func(secret, accessor, desc string, p *Policy, links []aclLink) error {

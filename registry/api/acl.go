@@ -32,6 +32,7 @@ func ParseRules(src string) (ACLRules, error) { return acl.ParseRules(src) }
 func (s *Server) aclRoutes() {
 	e := acl.NewEndpoints(s.acl, s.self(), s.cfg.MaxBodySize, s.log)
 	e.Routes(s.route, s.aclAgreedRoute)
+	s.raftRoute("GET /v1/acl/replication", s.aclReplicationStatus, acl.Anyone) // acl_replication.go
 }
 
 // authorize is the one gate every request passes when ACLs are on: it

@@ -2,12 +2,15 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +22,7 @@ import (
 // replicatedDCs starts dc1, the primary, and dc2, a secondary that
 // replicates dc1's ACL objects (tokens included, with root-tok, which dc1
 // knows from its configuration), each a server and one client, ACLs on
-// with default_policy deny; extra are more flags for dc2's agents.
+// with default_policy deny; extra are more flags for dc2's server.
 func replicatedDCs(t *testing.T, extra ...string) (dc1, dc2 *datacenter) {
 	t.Helper()
 	dir := tempDataDir(t)
@@ -33,7 +36,10 @@ func replicatedDCs(t *testing.T, extra ...string) (dc1, dc2 *datacenter) {
 	base := file("acl.yaml", "acl:\n  enabled: true\n  default_policy: deny\n  tokens: {initial_management: root-tok, agent: root-tok}\n")
 	second := file("dc2.yaml", "primary_datacenter: dc1\nacl:\n  enable_token_replication: true\n  tokens: {replication: root-tok}\n")
 	dc1 = startDatacenter(t, "dc1", 1, "", "-config-file", base)
-	dc2 = startDatacenter(t, "dc2", 1, dc1.server.wan, append([]string{"-config-file", base, "-config-file", second}, extra...)...)
+	files := []string{"-config-file", base, "-config-file", second}
+	dc2 = startDatacenter(t, "dc2", 0, dc1.server.wan, append(slices.Clone(files), extra...)...)
+	dc2.clients = append(dc2.clients, startAgent(t, append([]string{"-datacenter", "dc2", "-node", "c1-dc2", "-bind", "127.0.0.1",
+		"-data-dir", tempDataDir(t), "-retry-join", dc2.server.gossip, "-retry-interval", "1s"}, files...)...))
 	eventually.True(t, 30*time.Second, "the datacenters meet", func() bool {
 		return slices.Equal(datacentersOf(tokenClient(t, dc2.clients[0].addr, "root-tok")), []string{"dc2", "dc1"})
 	})
@@ -211,4 +217,226 @@ func TestACLReplication(t *testing.T) {
 			t.Errorf("bootstrap in the secondary: %v, want Consul's 500 ACL support disabled", err)
 		}
 	})
+}
+
+// leads reports whether the server whose API is at addr leads its
+// datacenter (consul info's consul.leader).
+func leads(t *testing.T, addr string) bool {
+	self, err := tokenClient(t, addr, "root-tok").Agent().Self()
+	if err != nil {
+		return false
+	}
+	c, _ := self["Stats"]["consul"].(map[string]any)
+	return c != nil && c["leader"] == "true"
+}
+
+// TestACLReplicationLeaderChange: dc2 has three servers; its leader is
+// killed, and the new leader replicates: a token made in dc1 afterwards
+// works in dc2, one deleted in dc1 stops working, and the status is the new
+// leader's.
+func TestACLReplicationLeaderChange(t *testing.T) {
+	needBinary(t)
+	dc1, dc2 := replicatedDCs(t, "-bootstrap-expect", "3")
+	second := []string{"-datacenter", "dc2", "-bind", "127.0.0.1", "-server", "-bootstrap-expect", "3", "-server-port", "0",
+		"-retry-join", dc2.server.gossip, "-retry-interval", "1s", "-retry-join-wan", dc1.server.wan}
+	// dc2's agents had the ACL files; the two more servers get the same.
+	files := aclFilesOf(t, dc2.server)
+	s2 := []*proc{dc2.server}
+	for _, n := range []string{"s2-dc2", "s3-dc2"} {
+		s2 = append(s2, startAgent(t, append(append(slices.Clone(second), "-node", n, "-data-dir", tempDataDir(t)), files...)...))
+	}
+	r1 := tokenClient(t, dc1.clients[0].addr, "root-tok")
+	pol, _, err := r1.ACL().PolicyCreate(&consul.ACLPolicy{Name: "nodes", Rules: `node_prefix "" { policy = "read" }`}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _, err := r1.ACL().TokenCreate(&consul.ACLToken{Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	works := func(addr, secret string) bool {
+		code, _ := apiDo(t, "GET", "http://"+addr+"/v1/catalog/nodes", secret, "")
+		return code == 200
+	}
+	var leader *proc
+	eventually.True(t, 30*time.Second, "dc2 has a leader that replicated the token", func() bool {
+		for _, s := range s2 {
+			if leads(t, s.addr) && works(s.addr, old.SecretID) {
+				leader = s
+				return true
+			}
+		}
+		return false
+	})
+	leader.stop(syscall.SIGKILL)
+	var rest []*proc
+	for _, s := range s2 {
+		if s != leader {
+			rest = append(rest, s)
+		}
+	}
+	began := time.Now()
+	var next *proc
+	eventually.True(t, 30*time.Second, "dc2 elects another leader", func() bool {
+		for _, s := range rest {
+			if leads(t, s.addr) {
+				next = s
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("dc2 elected a new leader %v after its leader was killed", time.Since(began).Round(time.Millisecond))
+	fresh, _, err := r1.ACL().TokenCreate(&consul.ACLToken{Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r1.ACL().TokenDelete(old.AccessorID, nil); err != nil {
+		t.Fatal(err)
+	}
+	made := time.Now()
+	for _, s := range rest {
+		eventually.True(t, 20*time.Second, "the new leader replicates a token made after the change", func() bool {
+			return works(s.addr, fresh.SecretID) && !works(s.addr, old.SecretID)
+		})
+	}
+	t.Logf("a token made in dc1 after the change worked on both of dc2's servers %v later", time.Since(made).Round(time.Millisecond))
+	st, _, err := tokenClient(t, next.addr, "root-tok").ACL().Replication(nil)
+	if err != nil || !st.Running || st.SourceDatacenter != "dc1" || st.LastSuccess.IsZero() {
+		t.Errorf("the new leader's replication status: %+v, %v", st, err)
+	}
+}
+
+// aclFilesOf answers the -config-file flags p was started with.
+func aclFilesOf(t *testing.T, p *proc) []string {
+	t.Helper()
+	var out []string
+	args := p.cmd.Args
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-config-file" {
+			out = append(out, args[i], args[i+1])
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("no config files")
+	}
+	return out
+}
+
+// TestACLReplicationWANCut cuts the WAN link (iptables, as TestWANCut)
+// while dc1 makes a token and deletes another: dc2 keeps the set it
+// replicated last (the deleted token still works there, the new one does
+// not yet), its replication status shows the error, and once the cut heals
+// both changes arrive.
+func TestACLReplicationWANCut(t *testing.T) {
+	needBinary(t)
+	fc := &faultCluster{t: t, prefix: fmt.Sprintf("127.%d.%d.", 100+os.Getpid()%100, 1+os.Getpid()/100%250)}
+	var err error
+	if fc.dir, err = os.MkdirTemp("", "aclrepl-cut"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(fc.dir) })
+	fc.setupPartitions()
+	file := func(name, body string) string {
+		p := filepath.Join(fc.dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil { // the agents' uids read it
+			t.Fatal(err)
+		}
+		return p
+	}
+	wanConf := file("wan.yaml", "gossip_wan: {probe_interval: 500ms, probe_timeout: 250ms, suspicion_mult: 2, gossip_interval: 100ms}\n")
+	base := file("acl.yaml", "acl:\n  enabled: true\n  default_policy: deny\n  tokens: {initial_management: root-tok, agent: root-tok}\n")
+	second := file("dc2.yaml", "primary_datacenter: dc1\nacl:\n  enable_token_replication: true\n  tokens: {replication: root-tok}\n")
+	start := func(d *cutDC, i int, args ...string) *proc {
+		data := filepath.Join(fc.dir, d.name+strconv.Itoa(i))
+		if err := os.Mkdir(data, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(data, d.uids[i], d.uids[i]); err != nil {
+			t.Fatal(err)
+		}
+		prefix := []string{"setpriv", "--reuid", strconv.Itoa(d.uids[i]), "--regid", strconv.Itoa(d.uids[i]), "--clear-groups"}
+		args = append([]string{"-datacenter", d.name, "-bind", d.ips[i], "-client", d.ips[i], "-data-dir", data, "-retry-interval", "1s",
+			"-config-file", base}, args...)
+		if d.name == "dc2" {
+			args = append(args, "-config-file", second)
+		}
+		p := startAgentIn(t, prefix, args...)
+		t.Cleanup(func() { p.cmd.Process.Signal(syscall.SIGCONT) })
+		return p
+	}
+	uid := 63000 + os.Getpid()%1000*10
+	dcs := []*cutDC{
+		{name: "dc1", ips: []string{fc.prefix + "1", fc.prefix + "2"}, uids: []int{uid, uid + 1}},
+		{name: "dc2", ips: []string{fc.prefix + "11", fc.prefix + "12"}, uids: []int{uid + 2, uid + 3}},
+	}
+	for i, d := range dcs {
+		args := []string{"-node", "s-" + d.name, "-server", "-bootstrap-expect", "1", "-server-port", "0", "-config-file", wanConf}
+		if i > 0 {
+			args = append(args, "-retry-join-wan", dcs[0].server.wan)
+		}
+		d.server = start(d, 0, args...)
+		d.client = start(d, 1, "-node", "c-"+d.name, "-retry-join", d.server.gossip)
+	}
+	r1, r2 := tokenClient(t, dcs[0].client.addr, "root-tok"), tokenClient(t, dcs[1].client.addr, "root-tok")
+	works := func(secret string) bool {
+		code, _ := apiDo(t, "GET", "http://"+dcs[1].client.addr+"/v1/catalog/nodes", secret, "")
+		return code == 200
+	}
+	var pol *consul.ACLPolicy
+	eventually.NoError(t, 30*time.Second, "dc1 takes a policy", func() error {
+		var err error
+		pol, _, err = r1.ACL().PolicyCreate(&consul.ACLPolicy{Name: "nodes", Rules: `node_prefix "" { policy = "read" }`}, nil)
+		return err
+	})
+	token := func() *consul.ACLToken {
+		tok, _, err := r1.ACL().TokenCreate(&consul.ACLToken{Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	old := token()
+	eventually.True(t, 30*time.Second, "dc2 replicates dc1's token", func() bool { return works(old.SecretID) })
+
+	for a, b := range map[int]int{0: 1, 1: 0} {
+		for _, u := range dcs[a].uids {
+			for _, ip := range dcs[b].ips {
+				if err := iptables("-A", fc.chain+"-out", "-m", "owner", "--uid-owner", strconv.Itoa(u), "-d", ip, "-j", "DROP"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// An answer already on its way may still cross (the cut drops what
+	// each side sends to the other's addresses, and a connection's source
+	// is 127.0.0.1): dc1 changes once dc2 has seen the cut.
+	eventually.True(t, 30*time.Second, "dc2's replication status shows the cut", func() bool {
+		st, _, err := r2.ACL().Replication(nil)
+		return err == nil && st.LastErrorMessage != "" && !st.LastError.IsZero()
+	})
+	changed := time.Now()
+	fresh := token()
+	if _, err := r1.ACL().TokenDelete(old.AccessorID, nil); err != nil {
+		t.Fatal(err)
+	}
+	var st *consul.ACLReplicationStatus
+	eventually.True(t, 30*time.Second, "dc2 fails a round after dc1's changes", func() bool {
+		st, _, err = r2.ACL().Replication(nil)
+		return err == nil && st.LastError.After(changed.Add(time.Second)) // LastError is rounded to the second
+	})
+	t.Logf("dc2's replication status during the cut: %+v", st)
+	if !works(old.SecretID) || works(fresh.SecretID) {
+		t.Errorf("during the cut dc2 must keep the set it replicated last: the old token works %v (want true), the new one %v (want false)",
+			works(old.SecretID), works(fresh.SecretID))
+	}
+
+	if err := iptables("-F", fc.chain+"-out"); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	eventually.True(t, 60*time.Second, "dc1's changes reach dc2 once the cut heals", func() bool {
+		return works(fresh.SecretID) && !works(old.SecretID)
+	})
+	t.Logf("dc1's changes made during the cut reached dc2 %v after it healed", time.Since(began).Round(time.Millisecond))
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
 )
@@ -29,6 +31,8 @@ type aclFile struct {
 	// EnableTokenReplication: a secondary datacenter replicates global
 	// tokens too (policies and roles always), as Consul.
 	EnableTokenReplication *bool
+	DownPolicy             *string        // a secondary's answer when the primary cannot be asked about a token
+	TokenTTL               *time.Duration // how long the primary's answer about a token is kept
 }
 
 // mergeACL applies a config file's acl section.
@@ -47,6 +51,8 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 	if af.DefaultPolicy != nil {
 		a.DefaultPolicy = *af.DefaultPolicy
 	}
+	fileSets(&a.DownPolicy, af.DownPolicy)
+	fileSets(&a.TokenTTL, af.TokenTTL)
 	if af.EnableTokenReplication != nil {
 		a.TokenReplication = *af.EnableTokenReplication
 	}

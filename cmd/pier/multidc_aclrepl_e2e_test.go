@@ -25,6 +25,12 @@ import (
 // with default_policy deny; extra are more flags for dc2's server.
 func replicatedDCs(t *testing.T, extra ...string) (dc1, dc2 *datacenter) {
 	t.Helper()
+	return secondaryDC(t, "primary_datacenter: dc1\nacl:\n  enable_token_replication: true\n  tokens: {replication: root-tok}\n", extra...)
+}
+
+// secondaryDC is replicatedDCs with dc2's config file conf.
+func secondaryDC(t *testing.T, conf string, extra ...string) (dc1, dc2 *datacenter) {
+	t.Helper()
 	dir := tempDataDir(t)
 	file := func(name, body string) string {
 		p := filepath.Join(dir, name)
@@ -34,9 +40,11 @@ func replicatedDCs(t *testing.T, extra ...string) (dc1, dc2 *datacenter) {
 		return p
 	}
 	base := file("acl.yaml", "acl:\n  enabled: true\n  default_policy: deny\n  tokens: {initial_management: root-tok, agent: root-tok}\n")
-	second := file("dc2.yaml", "primary_datacenter: dc1\nacl:\n  enable_token_replication: true\n  tokens: {replication: root-tok}\n")
-	dc1 = startDatacenter(t, "dc1", 1, "", "-config-file", base)
-	files := []string{"-config-file", base, "-config-file", second}
+	second := file("dc2.yaml", conf)
+	// WAN timings of a fast network: a datacenter gone is seen in seconds.
+	wan := file("wan.yaml", "gossip_wan: {probe_interval: 500ms, probe_timeout: 250ms, suspicion_mult: 2, gossip_interval: 100ms}\n")
+	dc1 = startDatacenter(t, "dc1", 1, "", "-config-file", base, "-config-file", wan)
+	files := []string{"-config-file", base, "-config-file", second, "-config-file", wan}
 	dc2 = startDatacenter(t, "dc2", 0, dc1.server.wan, append(slices.Clone(files), extra...)...)
 	dc2.clients = append(dc2.clients, startAgent(t, append([]string{"-datacenter", "dc2", "-node", "c1-dc2", "-bind", "127.0.0.1",
 		"-data-dir", tempDataDir(t), "-retry-join", dc2.server.gossip, "-retry-interval", "1s"}, files...)...))
@@ -439,4 +447,77 @@ func TestACLReplicationWANCut(t *testing.T) {
 		return works(fresh.SecretID) && !works(old.SecretID)
 	})
 	t.Logf("dc1's changes made during the cut reached dc2 %v after it healed", time.Since(began).Round(time.Millisecond))
+}
+
+// TestACLRemoteTokens: dc2 replicates policies but not tokens (no
+// acl.enable_token_replication), so that, as Consul's, it asks dc1 about
+// every token it does not know and keeps the answer acl.token_ttl; its
+// token reads are dc1's; it makes no local tokens. With dc1 gone,
+// acl.down_policy extend-cache keeps the answers it has, and a token it
+// never saw gets the default policy.
+func TestACLRemoteTokens(t *testing.T) {
+	needBinary(t)
+	dc1, dc2 := secondaryDC(t, "primary_datacenter: dc1\nacl:\n  token_ttl: 1s\n  tokens: {replication: root-tok}\n")
+	r1, r2 := tokenClient(t, dc1.clients[0].addr, "root-tok"), tokenClient(t, dc2.clients[0].addr, "root-tok")
+	var pol *consul.ACLPolicy
+	eventually.NoError(t, 30*time.Second, "dc1 takes a policy", func() error {
+		var err error
+		pol, _, err = r1.ACL().PolicyCreate(&consul.ACLPolicy{Name: "nodes", Rules: `node_prefix "" { policy = "read" }`}, nil)
+		return err
+	})
+	eventually.True(t, 10*time.Second, "dc2 replicates the policy", func() bool {
+		p, _, err := r2.ACL().PolicyRead(pol.ID, nil)
+		return err == nil && p != nil
+	})
+	token := func() *consul.ACLToken {
+		tok, _, err := r1.ACL().TokenCreate(&consul.ACLToken{Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	nodesIn2 := func(secret string) (int, string) {
+		return apiDo(t, "GET", "http://"+dc2.clients[0].addr+"/v1/catalog/nodes", secret, "")
+	}
+	tok := token()
+	if code, body := nodesIn2(tok.SecretID); code != 200 {
+		t.Fatalf("a token of dc1 on dc2's client, asked of dc1: %d %s", code, body)
+	}
+	if got, _, err := r2.ACL().TokenRead(tok.AccessorID, nil); err != nil || got == nil || got.Description != tok.Description {
+		t.Errorf("a token read in dc2 is dc1's: %+v, %v", got, err)
+	}
+	if _, _, err := r2.ACL().TokenCreate(&consul.ACLToken{Local: true}, nil); err == nil || !strings.Contains(err.Error(), "Local tokens are disabled") {
+		t.Errorf("a local token in a secondary without token replication: %v, want Consul's Local tokens are disabled", err)
+	}
+	if code, body := nodesIn2("00000000-0000-4000-8000-00000000000f"); code != http.StatusForbidden || !strings.Contains(body, "ACL not found") {
+		t.Errorf("a token nobody knows: %d %s", code, body)
+	}
+	// Deleted in dc1: refused in dc2 once the answer kept expires.
+	if _, err := r1.ACL().TokenDelete(tok.AccessorID, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 10*time.Second, "the deleted token is refused in dc2", func() bool {
+		code, _ := nodesIn2(tok.SecretID)
+		return code == http.StatusForbidden
+	})
+
+	// dc1 goes away: what dc2 has kept still works past its TTL; a token
+	// it never saw gets the default policy (deny), not ACL not found.
+	kept := token()
+	if code, body := nodesIn2(kept.SecretID); code != 200 {
+		t.Fatalf("a token of dc1 on dc2's client: %d %s", code, body)
+	}
+	unseen := token()
+	dc1.server.stop(syscall.SIGKILL)
+	eventually.True(t, 30*time.Second, "dc2 sees dc1 gone", func() bool {
+		code, body := apiDo(t, "GET", "http://"+dc2.clients[0].addr+"/v1/catalog/nodes?dc=dc1", "root-tok", "")
+		return code == http.StatusInternalServerError && strings.Contains(body, "No path")
+	})
+	time.Sleep(1100 * time.Millisecond) // past token_ttl
+	if code, body := nodesIn2(kept.SecretID); code != 200 {
+		t.Errorf("down_policy extend-cache: a token dc2 resolved before: %d %s, want 200", code, body)
+	}
+	if code, body := nodesIn2(unseen.SecretID); code != http.StatusForbidden || !strings.Contains(body, "Permission denied") {
+		t.Errorf("down_policy extend-cache: a token dc2 never saw: %d %s, want the default policy's 403 Permission denied", code, body)
+	}
 }

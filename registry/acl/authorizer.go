@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -57,6 +58,14 @@ type Config struct {
 	// secondary's leader replicates with (acl:read for policies and
 	// roles, acl:write for tokens).
 	Replication string
+	// DownPolicy is Consul's acl.down_policy: what a secondary does with
+	// a token it must ask the primary about when the primary cannot be
+	// asked (remote.go): "extend-cache" (the default), "async-cache",
+	// "allow" or "deny".
+	DownPolicy string
+	// TokenTTL is Consul's acl.token_ttl: how long the primary's answer
+	// about a token is kept; default 30s.
+	TokenTTL time.Duration
 }
 
 // Token is one token of the configuration with its rules.
@@ -108,6 +117,9 @@ type Authorizer struct {
 	tokenReplication bool    // Config.TokenReplication
 	primary          Primary // nil: no way to the primary
 	repl             replication
+	downPolicy       string        // Config.DownPolicy
+	tokenTTL         time.Duration // Config.TokenTTL
+	remote           remoteTokens  // the primary's answers (remote.go)
 }
 
 // New validates cfg; nil with no error when ACLs are off.
@@ -123,7 +135,20 @@ func New(cfg Config) (*Authorizer, error) {
 	default:
 		return nil, fmt.Errorf("acl: default_policy %q is not allow or deny", cfg.DefaultPolicy)
 	}
-	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile,
+	switch cfg.DownPolicy {
+	case "":
+		cfg.DownPolicy = DownExtendCache
+	case DownExtendCache, DownAsyncCache, DownAllow, DownDeny:
+	default:
+		return nil, fmt.Errorf("acl: down_policy %q is not extend-cache, async-cache, allow or deny", cfg.DownPolicy)
+	}
+	if cfg.TokenTTL < 0 {
+		return nil, fmt.Errorf("acl: token_ttl %v is negative", cfg.TokenTTL)
+	}
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = 30 * time.Second // Consul's
+	}
+	a := &Authorizer{allow: allow, downPolicy: cfg.DownPolicy, tokenTTL: cfg.TokenTTL, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile,
 		resetFile: cfg.BootstrapResetFile, initialMgmt: cfg.InitialManagement != "",
 		cfgSecrets: map[string]string{"default": cfg.Default, "agent": cfg.Agent, "dns": cfg.DNS, "replication": cfg.Replication},
 		primaryDC:  cfg.PrimaryDatacenter, tokenReplication: cfg.TokenReplication}
@@ -215,8 +240,12 @@ func (a *Authorizer) Resolve(secret string) *Policy {
 		}
 		return a.anonymous
 	}
-	if e := a.lookup(secret); e != nil {
+	t := a.current()
+	if e := a.lookupIn(t, secret); e != nil {
 		return e.policy
+	}
+	if a.askPrimary(t) {
+		return a.resolveRemote(secret) // remote.go
 	}
 	return nil
 }

@@ -87,12 +87,12 @@ func (s *Endpoints) Routes(add, agreed func(pattern string, h http.HandlerFunc, 
 	// Tokens are global unless Local: a global token's writes are the
 	// primary's, a local one's this datacenter's.
 	writes("/v1/acl/token", s.toPrimary("token", s.aclTokenCreate, s.globalByBody), aclWrite)
-	add("GET "+tokenSelfPath, s.aclTokenSelf, Anyone)
-	add("GET /v1/acl/token/{id}", s.aclTokenRead, aclRead)
+	add("GET "+tokenSelfPath, s.tokenRead(s.aclTokenSelf), Anyone)
+	add("GET /v1/acl/token/{id}", s.tokenRead(s.aclTokenRead), aclRead)
 	writes("/v1/acl/token/{id}", s.toPrimary("token", s.aclTokenUpdate, s.globalByBody), aclWriteOrSelf)
 	writes("/v1/acl/token/{id}/clone", s.toPrimary("token", s.aclTokenClone, s.globalClone), aclWrite)
 	agreed("DELETE /v1/acl/token/{id}", s.toPrimary("token", s.aclTokenDelete, s.globalDelete), aclWriteOrSelf)
-	add("GET /v1/acl/tokens", s.aclTokenList, aclRead)
+	add("GET /v1/acl/tokens", s.tokenRead(s.aclTokenList), aclRead)
 
 	// Anyone may ask: it works once per cluster (bootstrap.go), in the
 	// primary datacenter.

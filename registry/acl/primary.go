@@ -49,6 +49,34 @@ func (s *Endpoints) toPrimary(kind string, h http.HandlerFunc, global func(*http
 	}
 }
 
+// tokenRead serves a read of tokens in the primary when this datacenter
+// keeps no global tokens (a secondary that does not replicate them, as
+// Consul forwards its token reads then), unless the token asked for is
+// one this agent has (its configuration's, or a local one).
+func (s *Endpoints) tokenRead(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		a := s.acl
+		if a == nil || a.primary == nil {
+			h(w, r)
+			return
+		}
+		t := a.current()
+		if !a.askPrimary(t) {
+			h(w, r)
+			return
+		}
+		switch id := r.PathValue("id"); {
+		case r.URL.Path == tokenSelfPath && a.lookupIn(t, RequestToken(r)) != nil:
+			h(w, r)
+			return
+		case id != "" && t.tokens[id] != nil:
+			h(w, r)
+			return
+		}
+		a.primary.Forward(w, r, a.primaryDC)
+	}
+}
+
 // peekJSON decodes r's body into v and puts the body back for the
 // handler; false when it is not JSON (the handler answers that).
 func (s *Endpoints) peekJSON(r *http.Request, v any) bool {

@@ -419,6 +419,16 @@ func (a *Authorizer) applyReplica(st *replicaState) error {
 			}
 		}
 	}
+	// The marker of token replication comes last: once it is there, this
+	// datacenter's agents take a token they do not know for one that
+	// does not exist (remote.go).
+	_, marked := a.reg.Snapshot().KV(aclReplicatedKey)
+	switch {
+	case a.tokenReplication && !marked:
+		ops = append(ops, Op{Verb: OpSet, Key: aclReplicatedKey, Value: []byte(`{"From":` + strconv.Quote(a.primaryDC) + `}`)})
+	case !a.tokenReplication && marked:
+		ops = append(ops, Op{Verb: OpDelete, Key: aclReplicatedKey})
+	}
 	for len(ops) > 0 {
 		n := min(len(ops), replicationBatch)
 		if _, err := a.w.Txn(ops[:n]); err != nil {

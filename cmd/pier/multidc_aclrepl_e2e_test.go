@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-		"strconv"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"

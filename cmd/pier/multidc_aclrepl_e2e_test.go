@@ -138,6 +138,23 @@ func TestACLReplication(t *testing.T) {
 		}
 	})
 
+	t.Run("write through dc2 that changes nothing", func(t *testing.T) {
+		// dc1's index moves with a KV write; then a delete through dc2 of
+		// a token nobody has changes no ACL object: its answer names an
+		// index past dc2's last round, which dc2 fetches at once rather
+		// than hold the answer for its 5 s bound.
+		if _, err := r1.KV().Put(&consul.KVPair{Key: "moves-the-index", Value: []byte("1")}, nil); err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		if _, err := r2.ACL().TokenDelete("0e7a2a3c-5d4c-4c38-9f3e-2a1d4c6b8e90", nil); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(began); took >= 5*time.Second {
+			t.Errorf("a delete of nothing through dc2 answered after %v: held for the whole bound", took)
+		}
+	})
+
 	t.Run("local token made in dc2", func(t *testing.T) {
 		l, _, err := r2.ACL().TokenCreate(&consul.ACLToken{Description: "local", Local: true, Policies: []*consul.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
 		if err != nil {

@@ -119,6 +119,11 @@ type replication struct {
 	// closed (and replaced) after every round applied.
 	remote uint64
 	done   chan struct{}
+	// Writes that wait for the primary's index want (awaitReplicated):
+	// how many, and a poke (capacity 1) that ends a blocking round.
+	waiters int
+	want    uint64
+	poke    chan struct{}
 }
 
 // ReplicationStatus answers this server's replication status (Consul
@@ -216,6 +221,7 @@ func (a *Authorizer) startReplicationStatus() {
 	}
 	if a.repl.done == nil {
 		a.repl.done = make(chan struct{})
+		a.repl.poke = make(chan struct{}, 1)
 	}
 }
 
@@ -226,7 +232,7 @@ func (a *Authorizer) replicateWhileLeading(ctx context.Context) {
 	failures := 0
 	bucket, last := float64(replicationBurst), time.Now()
 	for {
-		// The rate limit: a token a second, up to a burst.
+		// The rate limit: replicationRate rounds a second, up to a burst.
 		bucket = min(bucket+time.Since(last).Seconds()*replicationRate, replicationBurst)
 		last = time.Now()
 		if bucket < 1 {
@@ -244,9 +250,16 @@ func (a *Authorizer) replicateWhileLeading(ctx context.Context) {
 			}
 			continue
 		}
-		st, err := a.fetchReplica(ctx, secret, hash, index)
+		known := hash
+		if a.wanted() {
+			known = "" // a write waits for an index: answer at once
+		}
+		st, poked, err := a.fetchRound(ctx, secret, known, index)
 		if ctx.Err() != nil {
 			return
+		}
+		if poked {
+			continue // a write waits: the next round asks at once
 		}
 		if err == nil {
 			err = a.applyReplica(st)
@@ -264,6 +277,42 @@ func (a *Authorizer) replicateWhileLeading(ctx context.Context) {
 		hash, index = st.Hash, st.Index
 		a.replicated(st.Index)
 	}
+}
+
+// fetchRound is one round's query; a write that starts waiting for an
+// index newer than the last round's (awaitReplicated) ends a blocking one
+// (poked), since the primary answers a blocking query only when its ACL
+// objects change, and the index a write names may be past the last round's
+// with the objects as they were (an unchanged update, a delete of nothing,
+// other KV writes in between).
+func (a *Authorizer) fetchRound(ctx context.Context, secret, hash string, index uint64) (st *replicaState, poked bool, err error) {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-a.repl.poke:
+			if hash != "" {
+				poked = true
+				cancel()
+			}
+		case <-stop:
+		}
+	}()
+	st, err = a.fetchReplica(rctx, secret, hash, index)
+	close(stop)
+	wg.Wait()
+	return st, poked && ctx.Err() == nil, err
+}
+
+// wanted reports whether a write waits for an index past the last round's.
+func (a *Authorizer) wanted() bool {
+	a.repl.mu.Lock()
+	defer a.repl.mu.Unlock()
+	return a.repl.waiters > 0 && a.repl.want > a.repl.remote
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
@@ -306,13 +355,32 @@ func (a *Authorizer) awaitReplicated(ctx context.Context, index uint64, kind str
 	if kind == "token" && !a.tokenReplication {
 		return
 	}
+	a.repl.mu.Lock()
+	if !a.repl.status.Running || a.repl.remote >= index || a.repl.done == nil {
+		a.repl.mu.Unlock()
+		return
+	}
+	a.repl.waiters++
+	a.repl.want = max(a.repl.want, index)
+	a.repl.mu.Unlock()
+	defer func() {
+		a.repl.mu.Lock()
+		if a.repl.waiters--; a.repl.waiters == 0 {
+			a.repl.want = 0
+		}
+		a.repl.mu.Unlock()
+	}()
+	select {
+	case a.repl.poke <- struct{}{}:
+	default:
+	}
 	timer := time.NewTimer(awaitReplicatedFor)
 	defer timer.Stop()
 	for {
 		a.repl.mu.Lock()
 		running, remote, done := a.repl.status.Running, a.repl.remote, a.repl.done
 		a.repl.mu.Unlock()
-		if !running || remote >= index || done == nil {
+		if !running || remote >= index {
 			return
 		}
 		select {

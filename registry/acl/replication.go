@@ -436,9 +436,9 @@ func (a *Authorizer) fetchReplica(ctx context.Context, secret, hash string, inde
 	return &st, nil
 }
 
-// replicated reports whether key is an object that replication manages:
-// policies and roles, and global tokens with token replication; local is
-// the stored token's Local.
+// replicatedKey reports whether key, holding value, is an object that
+// replication manages: policies and roles, and global tokens with token
+// replication.
 func (a *Authorizer) replicatedKey(key string, value []byte) bool {
 	switch {
 	case strings.HasPrefix(key, aclPolicyPrefix), strings.HasPrefix(key, aclRolePrefix):
@@ -463,6 +463,11 @@ func (a *Authorizer) applyReplica(st *replicaState) error {
 	a.waitAgreed()
 	want := make(map[string][]byte, len(st.Objects))
 	for _, e := range st.Objects {
+		// Only what replication manages: an answer cannot write the
+		// bootstrap marker, a local token or any other key.
+		if !a.replicatedKey(e.Key, e.Value) {
+			return fmt.Errorf("the primary's answer holds %q, which is not replicated", e.Key)
+		}
 		want[e.Key] = e.Value
 	}
 	var ops []Op

@@ -173,3 +173,46 @@ func TestReplicationRounds(t *testing.T) {
 	leading.Unlock()
 	eventually.True(t, 5*time.Second, "replication stops with the leadership", func() bool { return !dc2.az.ReplicationStatus().Running })
 }
+
+// fixedPrimary answers every round with body.
+type fixedPrimary struct{ body string }
+
+func (f fixedPrimary) Forward(w http.ResponseWriter, _ *http.Request, _ string) {
+	w.WriteHeader(http.StatusInternalServerError)
+}
+
+func (f fixedPrimary) Get(context.Context, string, string, string) (int, []byte, error) {
+	return 200, []byte(f.body), nil
+}
+
+// TestReplicationRefusesOtherKeys: an answer of the primary that holds a
+// key replication does not manage (the bootstrap marker, a local token)
+// writes nothing, and the status says why.
+func TestReplicationRefusesOtherKeys(t *testing.T) {
+	dc2 := newACLDC(t, "dc2", Config{PrimaryDatacenter: "dc1", TokenReplication: true, Replication: "root"})
+	for _, obj := range []string{
+		`{"Key":"_pier/acl/bootstrap","Value":"e30="}`,
+		`{"Key":"_pier/acl/token/6b1c6e4e-3c1a-4f5e-9d7e-1a2b3c4d5e6f","Value":"` + "eyJMb2NhbCI6dHJ1ZX0=" + `"}`, // {"Local":true}
+		`{"Key":"app/config","Value":"e30="}`,
+	} {
+		dc2.az.SetPrimary(fixedPrimary{body: `{"Index":5,"Hash":"h","Tokens":true,"Objects":[` + obj + `]}`})
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- dc2.az.RunReplication(ctx, func() bool { return true }) }()
+		eventually.True(t, 5*time.Second, "the round fails", func() bool {
+			return strings.Contains(dc2.az.ReplicationStatus().LastErrorMessage, "not replicated")
+		})
+		stop()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		for _, prefix := range []string{aclKVPrefix, "app/"} {
+			for _, e := range dc2.reg.Snapshot().KVList(prefix) {
+				t.Errorf("%s: the answer wrote %s", obj, e.Key)
+			}
+		}
+		dc2.az.repl.mu.Lock()
+		dc2.az.repl.status.LastErrorMessage = ""
+		dc2.az.repl.mu.Unlock()
+	}
+}

@@ -216,3 +216,65 @@ func TestReplicationRefusesOtherKeys(t *testing.T) {
 		dc2.az.repl.mu.Unlock()
 	}
 }
+
+// countingPrimary counts the questions about tokens.
+type countingPrimary struct {
+	*inProcess
+	mu   sync.Mutex
+	asks int
+}
+
+func (c *countingPrimary) Get(ctx context.Context, dc, pathQuery, token string) (int, []byte, error) {
+	if strings.HasPrefix(pathQuery, tokenSelfPath) {
+		c.mu.Lock()
+		c.asks++
+		c.mu.Unlock()
+	}
+	return c.inProcess.Get(ctx, dc, pathQuery, token)
+}
+
+func (c *countingPrimary) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.asks
+}
+
+// TestUnreplicatedTokens: before a secondary's first round of token
+// replication a token it does not have is asked of the primary (its
+// policy compiled from the secondary's own replicated policies, the
+// answer kept for token_ttl); once the round has written its marker, an
+// unknown token is not found without asking, as Consul's resolver.
+func TestUnreplicatedTokens(t *testing.T) {
+	dc1 := newACLDC(t, "dc1", Config{})
+	dc2 := newACLDC(t, "dc2", Config{PrimaryDatacenter: "dc1", TokenReplication: true, Replication: "root", TokenTTL: time.Hour})
+	link := &countingPrimary{inProcess: &inProcess{primary: dc1}}
+	dc2.az.SetPrimary(link)
+	ctx := context.Background()
+	w := dc1.do(ctx, "PUT", "/v1/acl/token", "root", `{"Policies":[{"ID":"`+managementPolicyID+`"}]}`)
+	var tok struct{ SecretID string }
+	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &tok) != nil {
+		t.Fatalf("token: %d %s", w.Code, w.Body)
+	}
+	if p := dc2.az.Resolve(tok.SecretID); p == nil || !p.ACLWrite() {
+		t.Fatalf("before replication, dc1's management token in dc2: %+v", p)
+	}
+	dc2.az.Resolve(tok.SecretID)
+	if n := link.count(); n != 1 {
+		t.Errorf("asked dc1 %d times for one token within its TTL, want 1", n)
+	}
+	if dc2.az.Resolve("0e7a2a3c-5d4c-4c38-9f3e-2a1d4c6b8e90") != nil {
+		t.Error("a token dc1 does not know resolves in dc2")
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- dc2.az.RunReplication(rctx, func() bool { return true }) }()
+	defer func() { stop(); <-done }()
+	eventually.True(t, 5*time.Second, "the first round writes its marker", func() bool { return dc2.az.current().tokensReplicated })
+	before := link.count()
+	if dc2.az.Resolve("1e7a2a3c-5d4c-4c38-9f3e-2a1d4c6b8e90") != nil || link.count() != before {
+		t.Errorf("after the first round an unknown token was asked of dc1 (%d asks, %d before)", link.count(), before)
+	}
+	if dc2.az.Resolve(tok.SecretID) == nil {
+		t.Error("the replicated token does not resolve in dc2")
+	}
+}

@@ -51,6 +51,11 @@ const ReplicatePath = "/v1/internal/acl/replicate"
 // used there as soon as the write answers.
 const RemoteIndexHeader = "X-Pier-Primary-Index"
 
+// FromSecondaryHeader marks the requests a secondary makes of its
+// primary (rounds, questions about tokens): the primary resolves their
+// token from its own state only (ResolveLocal).
+const FromSecondaryHeader = "X-Pier-Acl-From-Secondary"
+
 // Primary is how a secondary datacenter reaches the primary; registry/api
 // implements it over the WAN (as a request with ?dc=).
 type Primary interface {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/acl"
 )
 
 // ACL replication between datacenters is registry/acl's (replication.go);
@@ -67,6 +68,7 @@ func (p primaryLink) Get(ctx context.Context, dc, pathQuery, token string) (int,
 	r := httptest.NewRequestWithContext(ctx, http.MethodGet, pathQuery+sep+"dc="+url.QueryEscape(dc), nil)
 	r.RemoteAddr = "127.0.0.1:0"
 	r.Header.Set("X-Consul-Token", token)
+	r.Header.Set(acl.FromSecondaryHeader, s.reg.Config().Datacenter)
 	rec := httptest.NewRecorder()
 	s.sendToDatacenter(rec, r, dc)
 	if err := context.Cause(ctx); err != nil {

@@ -267,12 +267,16 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 type forwarding struct {
 	transport http.RoundTripper
 	within    time.Duration
+	// wan: to another datacenter, where the hops count anew (a request
+	// may have made two in this one, to its leader) and an ACL write's
+	// index is of another Raft state.
+	wan bool
 }
 
 // forwardVia is forward over via.
 func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string, rewind func(), retry bool, via forwarding) bool {
 	hops, _ := strconv.Atoi(r.Header.Get(hopHeader))
-	if hops >= maxHops {
+	if hops >= maxHops && !via.wan {
 		httpError(w, http.StatusInternalServerError, "Request forwarding loop: forwarded %d times, last to %s", hops, addr)
 		return true
 	}
@@ -312,6 +316,9 @@ func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string,
 			pr.Out.URL.Host = addr
 			pr.Out.Host = addr
 			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
+			if via.wan {
+				pr.Out.Header.Set(hopHeader, "1")
+			}
 			pr.Out.Header.Set(originHeader, s.origin(r))
 			if a := sourceAddr(r); a != "" {
 				pr.Out.Header.Set(sourceHeader, a)
@@ -332,6 +339,15 @@ func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string,
 		ModifyResponse: func(resp *http.Response) error {
 			if !timer.Stop() {
 				return errSilentServer // the timer fired as the answer came: it is cancelled
+			}
+			if via.wan {
+				// Another datacenter's index: the primary's, for a
+				// secondary's replication to wait for (registry/acl).
+				if idx := resp.Header.Get(agreedIndexHeader); idx != "" {
+					resp.Header.Del(agreedIndexHeader)
+					resp.Header.Set(acl.RemoteIndexHeader, idx)
+				}
+				return nil
 			}
 			return s.awaitAgreed(resp) // an ACL write's answer waits for this agent's mirror (acl_raft.go)
 		},

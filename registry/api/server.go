@@ -173,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		if cfg.Consensus != nil {
 			s.acl.SetWriter(raftACLWriter{cfg.Consensus}) // and with servers, in their Raft state
+			s.acl.SetPrimary(primaryLink{s})              // replicated from the primary datacenter (acl_replication.go)
 		}
 	}
 	s.routes()

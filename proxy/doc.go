@@ -19,9 +19,13 @@
 //
 // ACME (acme.go) gets certificates from an RFC 8555 CA through certmagic:
 // it answers the challenges on the front door's listeners and hands
-// certmagic's certificates to the TLS listener after pier's files. Where
-// they are stored and locked is the caller's (ACMEConfig.Storage: the
-// agent gives the servers' KV); this package must not reach the KV itself.
+// certmagic's certificates to the TLS listener after pier's files. Its
+// names are the config's and the hosts of tag and KV routes with tls=acme,
+// taken at each rebuild of the route table, never a client's SNI. DNS-01
+// (acme_dns.go) writes its TXT records through the same storage, which the
+// agent's DNS server answers. Where they are stored and locked is the
+// caller's (ACMEConfig.Storage: the agent gives the servers' KV); this
+// package must not reach the KV itself.
 //
 // The route table is an immutable value swapped atomically when the
 // catalog's tags or KV routes change. State that must survive a route update (in-flight

@@ -79,23 +79,24 @@ const maxTries = 16
 
 // Proxy is the front door.
 type Proxy struct {
-	cfg      Config
-	bal      *lb.Balancer
-	log      *slog.Logger
-	routes   atomic.Pointer[routeTable]
-	mu       sync.Mutex        // serializes route rebuilds
-	kvWarned map[string]uint64 // bad KV routes already logged; guarded by mu
-	tlsc     tlsCache          // routes' upstream TLS settings, interned; guarded by mu
-	certWarn certWarning       // when a TLS mismatch with an instance was last logged
-	srv      *fasthttp.Server
-	loop     *loop         // nil: the goroutine engine serves the plain listener
-	met      *proxyMetrics // nil: no metrics
-	alog     *accessLog    // nil: no access log
-	certs    *certStore    // nil: no TLS
-	acme     *acmeManager  // nil: no ACME (acme.go)
-	redirect bool          // plain requests get a redirect to https
-	h2       *h2Front      // nil: no HTTP/2 on either listener
-	grpc     *grpcUpstream // transports to gRPC instances
+	cfg        Config
+	bal        *lb.Balancer
+	log        *slog.Logger
+	routes     atomic.Pointer[routeTable]
+	mu         sync.Mutex        // serializes route rebuilds
+	kvWarned   map[string]uint64 // bad KV routes already logged; guarded by mu
+	acmeWarned map[string]bool   // hosts of tls=acme routes logged for want of proxy.tls.acme; guarded by mu
+	tlsc       tlsCache          // routes' upstream TLS settings, interned; guarded by mu
+	certWarn   certWarning       // when a TLS mismatch with an instance was last logged
+	srv        *fasthttp.Server
+	loop       *loop         // nil: the goroutine engine serves the plain listener
+	met        *proxyMetrics // nil: no metrics
+	alog       *accessLog    // nil: no access log
+	certs      *certStore    // nil: no TLS
+	acme       *acmeManager  // nil: no ACME (acme.go)
+	redirect   bool          // plain requests get a redirect to https
+	h2         *h2Front      // nil: no HTTP/2 on either listener
+	grpc       *grpcUpstream // transports to gRPC instances
 
 	tunnelsMu sync.Mutex
 	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
@@ -335,6 +336,7 @@ func (p *Proxy) syncRoutes() *routeTable {
 		rt = buildRoutesTLS(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log, p.kvWarned, p.tlsc)
 		p.met.attach(rt)
 		p.routes.Store(rt)
+		p.acmeRouteNames(rt)
 	}
 	return rt
 }

@@ -395,6 +395,10 @@ func (s *Server) reply(out []byte, q *query, src netip.Addr, tcp bool) ([]byte, 
 	case domRefused:
 		return errReply(out, q, mdns.RcodeRefused, ra, s.cfg.MaxUDPSize), true
 	case -1:
+		if a := s.acmeAnswer(q); a != nil {
+			q.kind = kindOther
+			return render(out, a.wire(s, slotFor(tcp, q)), q, ra), true
+		}
 		if !ra {
 			return errReply(out, q, mdns.RcodeRefused, false, s.cfg.MaxUDPSize), true
 		}

@@ -433,6 +433,9 @@ func (p *Proxy) grpcDone(req *http.Request, r *route, start time.Time, b *lb.Bac
 		if r != nil {
 			svc = r.Service
 		}
+		if status == "" {
+			status = "none"
+		}
 		p.alog.writeH2(req, code, time.Now(), start, svc, b, tries, status)
 	}
 }

@@ -27,6 +27,9 @@ func (p *Proxy) serveH2(w http.ResponseWriter, req *http.Request) {
 			r = p.catchUp().lookup([]byte(req.Host), []byte(path))
 		}
 		switch {
+		case r != nil && isExtendedConnect(req):
+			p.tunnelH2(w, req, r, start)
+			return
 		case r != nil && r.Proto == ProtoGRPC:
 			p.serveGRPC(w, req, r, start)
 			return

@@ -279,9 +279,10 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 		status = ""
 		h.Del(http.TrailerPrefix + "Grpc-Message")
 	}
-	if status == "" {
+	if status == "" && (isGRPC(req) || cerr != nil) {
 		// The instance's stream ended without a status: a reset, the
 		// deadline, the instance gone, or the request cut at max_body_size.
+		// (A request that is not a call, a CORS preflight, needs none.)
 		code, msg := grpcUnavailable, "pier: the stream from the instance broke"
 		switch {
 		case limit.exceeded():

@@ -439,6 +439,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if r.Proto == ProtoGRPC {
+		if p.serveGRPCFromH1(ctx, r, start) {
+			return // gRPC-Web, or a CORS preflight (grpcweb.go)
+		}
 		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
 		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
 		p.access(ctx, origURI, start, r, nil, 0)

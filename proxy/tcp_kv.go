@@ -167,10 +167,14 @@ func (t *TCPProxy) kvRoute(r TCPRoute, idx uint64) *tcpRoute {
 	return rt
 }
 
-// warnKV logs a bad KV route once per value.
+// warnKV logs a bad KV route once per value and error.
 func (t *TCPProxy) warnKV(key string, idx uint64, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.warnKVLocked(key, idx, err)
+}
+
+func (t *TCPProxy) warnKVLocked(key string, idx uint64, err error) {
 	if t.kvWarned == nil {
 		t.kvWarned = map[string]string{}
 	}
@@ -180,6 +184,16 @@ func (t *TCPProxy) warnKV(key string, idx uint64, err error) {
 	}
 	t.kvWarned[key] = v
 	t.p.log.Error("ignoring a tcp route in the KV store", "key", key, "err", err)
+}
+
+// kvIndex is the ModifyIndex of the value a KV route was made from.
+func (t *TCPProxy) kvIndex(rt *tcpRoute) uint64 {
+	t.tagMu.Lock()
+	defer t.tagMu.Unlock()
+	if k := t.kvRoutes[rt.Key]; k != nil {
+		return k.idx
+	}
+	return 0
 }
 
 // wantListener is what a listener opened for KV or tag routes should

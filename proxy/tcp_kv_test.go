@@ -138,3 +138,29 @@ func TestValidateTCPRouteHandler(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPRouteFromKVPortInUse: a KV route whose port is taken is shown
+// with the error and not served; it is opened at a later change once the
+// port is free.
+func TestTCPRouteFromKVPortInUse(t *testing.T) {
+	e := newTCPEnv(t, nil, TCPConfig{})
+	a := newEchoServer(t, "A", nil)
+	e.register("a", "echo", a.addr, 1)
+	taken := listen(t)
+	addr := taken.Addr().String()
+	e.env.reg.KVPut(KVTCPRoutePrefix+"busy", []byte("listen: "+addr+"\nservice: echo\n"), 0, nil)
+	e.synced()
+	eventually.True(t, 10*time.Second, "the KV route is shown with its error", func() bool {
+		rs := e.tcp.Routes()
+		return len(rs) == 1 && rs[0].Key == KVTCPRoutePrefix+"busy" && strings.Contains(rs[0].Error, "address already in use")
+	})
+	taken.Close()
+	e.env.reg.KVPut("other/key", []byte("x"), 0, nil) // any change: the route is tried again
+	e.synced()
+	eventually.True(t, 10*time.Second, "the route is served once the port is free", func() bool { return e.tcp.Addrs()[addr] != "" })
+	c, name := dialEcho(t, addr)
+	if name != "A" {
+		t.Fatalf("answered by %q", name)
+	}
+	roundTrip(t, c, "free now\n")
+}

@@ -160,9 +160,10 @@ func (t *TCPProxy) syncDynamic(tb *lb.Table) map[*tcpRoute]bool {
 				continue
 			}
 			w.routes(func(rt *tcpRoute) {
-				bad = append(bad, badRoute{rt.Key, fmt.Errorf("listen %q: %w", addr, err)})
+				err := fmt.Errorf("listen %q: %w", addr, err)
+				bad = append(bad, badRoute{rt.Key, err})
+				t.warnKVLocked(rt.Key, t.kvIndex(rt), err)
 			})
-			t.p.log.Error("cannot listen for a tcp route in the KV store", "listen", addr, "err", err)
 			continue
 		}
 		l := &tcpListener{ln: ln, source: w.source}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -70,12 +71,18 @@ func wsRead(r io.Reader) (string, error) {
 }
 
 // extendedConnect opens a WebSocket over an HTTP/2 stream (RFC 8441) with
-// x/net/http2's client Transport, h2c with prior knowledge.
-func extendedConnect(t *testing.T, addr, path string) (*http.Response, *io.PipeWriter) {
+// x/net/http2's client Transport: h2c with prior knowledge, or over TLS
+// with conf.
+func extendedConnect(t *testing.T, addr, path string, conf ...*tls.Config) (*http.Response, *io.PipeWriter) {
 	t.Helper()
 	tr := &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, _ string, _ *tls.Config) (net.Conn, error) {
 		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil || len(conf) == 0 {
+			return c, err
+		}
+		tc := tls.Client(c, conf[0])
+		return tc, tc.HandshakeContext(ctx)
 	}}
 	t.Cleanup(tr.CloseIdleConnections)
 	pr, pw := io.Pipe()
@@ -165,5 +172,31 @@ func TestH2WebSocket(t *testing.T) {
 	resp, _ = extendedConnect(t, e.addr, "/ws/echo")
 	if resp.StatusCode != 502 {
 		t.Errorf("no instance reachable: %d", resp.StatusCode)
+	}
+}
+
+// TestH2WebSocketOverTLS: the way a browser opens wss:// on an HTTP/2
+// connection: ALPN h2 on the TLS listener, then extended CONNECT.
+func TestH2WebSocketOverTLS(t *testing.T) {
+	echoSrv := &http.Server{Handler: websocket.Handler(func(c *websocket.Conn) {
+		io.Copy(c, c)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	ln := listen(t)
+	go echoSrv.Serve(ln)
+	t.Cleanup(func() { echoSrv.Close() })
+	e := newTLSEnv(t, nil, func(c *Config) { c.Routes = []Route{{Path: "/ws/", Service: "ws", Strip: "/ws"}} })
+	e.register("ws-1", "ws", ln.Addr().String(), 1)
+	e.synced()
+	roots := x509.NewCertPool()
+	roots.AddCert(e.a)
+	resp, pw := extendedConnect(t, e.tlsAddr, "/ws/echo", &tls.Config{ServerName: "a.test", RootCAs: roots, NextProtos: []string{"h2"}})
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 || resp.TLS == nil {
+		t.Fatalf("extended CONNECT over TLS: %s %d", resp.Proto, resp.StatusCode)
+	}
+	if err := wsWrite(pw, "wss over h2"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := wsRead(resp.Body); err != nil || got != "wss over h2" {
+		t.Fatalf("echo: %q %v", got, err)
 	}
 }

@@ -48,7 +48,8 @@ type Config struct {
 	// Failover is where routes with a failover find other datacenters'
 	// instances (failover.go); nil: such routes serve locally only.
 	Failover      FailoverSource `json:"-"`
-	FailoverEvery time.Duration  `json:"-"`     // how often those instances are asked for; default 1s
+	FailoverEvery time.Duration  `json:"-"`     // how often the routes and the datacenters' order are read again (the instances come by blocking queries); default 1s
+	FailoverWait  time.Duration  `json:"-"`     // the wait of a blocking query for another datacenter's instances; default 10s (it bounds how long a WAN cut holds one)
 	HTTP2         HTTP2Config    `json:"http2"` // HTTP/2 to clients (h2.go)
 	H2C           bool           `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
 
@@ -149,7 +150,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
 	if cfg.Failover != nil {
-		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cfg.Balancer)
+		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cmp.Or(cfg.FailoverWait, 10*time.Second), cfg.Balancer)
 	}
 	p.bodies.New = func() any { return new(clientBody) }
 	for i := range cfg.Routes {

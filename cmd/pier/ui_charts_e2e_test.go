@@ -18,7 +18,7 @@ import (
 
 // apiDo sends one request to the agent's API and answers its status and
 // body.
-func apiDo(t *testing.T, method, url, token, body string) (int, string) {
+func apiDo(t testing.TB, method, url, token, body string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
 	if token != "" {

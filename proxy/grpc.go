@@ -81,6 +81,7 @@ func (u *grpcUpstream) transport(t *lb.TLS) *http2.Transport {
 			if err != nil {
 				return nil, &lb.DialError{Addr: addr, Err: err}
 			}
+			c = newBatchConn(c, true)
 			if t == nil {
 				return c, nil // h2c: the transport calls every dial a TLS dial
 			}

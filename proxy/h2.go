@@ -329,7 +329,11 @@ func (p *Proxy) classifyTLS(c net.Conn) (net.Conn, bool) {
 		c.Close()
 		return nil, false
 	}
-	return tc, tc.ConnectionState().NegotiatedProtocol == "h2"
+	h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
+	if bc, ok := tc.NetConn().(*batchConn); ok && h2 {
+		bc.start()
+	}
+	return tc, h2
 }
 
 // h2Preface is what an HTTP/2 client with prior knowledge sends first.
@@ -360,7 +364,7 @@ func (p *Proxy) classifyH2C(c net.Conn) (net.Conn, bool) {
 	c.SetReadDeadline(time.Time{})
 	pc := &prefaceConn{Conn: c, head: append([]byte(nil), buf[:n]...)}
 	if n == len(buf) && string(buf[:]) == h2Preface {
-		return &h2cConn{Conn: c, r: bufio.NewReaderSize(pc, h2cReadBuf)}, true
+		return &h2cConn{Conn: newBatchConn(c, true), r: bufio.NewReaderSize(pc, h2cReadBuf)}, true
 	}
 	return pc, false
 }
@@ -372,7 +376,7 @@ const h2cReadBuf = 4 << 10
 // HTTP/2 server reads a frame's 9-byte header and its payload in two
 // reads, each a system call on a bare TCP connection (a TLS connection
 // buffers by record). With the buffer, one read takes in every frame that
-// has arrived.
+// has arrived. Its writes are batched (batchConn).
 type h2cConn struct {
 	net.Conn
 	r *bufio.Reader

@@ -213,6 +213,16 @@ type Policy struct {
 	management bool
 	allow      bool // the default policy, for resources without a rule
 	rules      ruleSet
+	// accessor is the token's AccessorID, which a denial names, as
+	// Consul's; "" when unknown (a down_policy's stand-in).
+	accessor string
+}
+
+// withAccessor is a copy of p that names accessor.
+func (p *Policy) withAccessor(accessor string) *Policy {
+	c := *p
+	c.accessor = accessor
+	return &c
 }
 
 func (p *Policy) can(rules *resourceRules, name string, write bool) bool {

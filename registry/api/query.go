@@ -126,11 +126,16 @@ func (q *preparedQuery) aclName() (string, bool) {
 }
 
 // mayWriteQuery: as Consul, query:write on a named query's (or a
-// template's) name; an unnamed query needs nothing.
-func mayWriteQuery(r *http.Request, q *preparedQuery) bool {
+// template's) name; an unnamed query needs nothing. False means the 403
+// was sent.
+func mayWriteQuery(w http.ResponseWriter, r *http.Request, q *preparedQuery) bool {
 	p := acl.PolicyOf(r)
 	name, ok := q.aclName()
-	return p == nil || !ok || p.QueryWrite(name)
+	if p == nil || !ok || p.QueryWrite(name) {
+		return true
+	}
+	acl.DeniedOn(w, p, "query:write", name)
+	return false
 }
 
 // mayReadQuery: query:read on a named query's name. An unnamed one is
@@ -169,8 +174,7 @@ func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if !mayWriteQuery(r, &q) {
-		acl.Denied(w)
+	if !mayWriteQuery(w, r, &q) {
 		return
 	}
 	q.ID = registry.NewUUID()
@@ -201,8 +205,7 @@ func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	old, _ := queryEntry(e)
-	if !mayWriteQuery(r, &q) || !mayWriteQuery(r, &old) {
-		acl.Denied(w)
+	if !mayWriteQuery(w, r, &q) || !mayWriteQuery(w, r, &old) {
 		return
 	}
 	if q.Token == redactedToken {
@@ -314,8 +317,7 @@ func (s *Server) queryDelete(w http.ResponseWriter, r *http.Request) {
 		return // as Consul: deleting what is not there is no error
 	}
 	q, _ := queryEntry(e)
-	if !mayWriteQuery(r, &q) {
-		acl.Denied(w)
+	if !mayWriteQuery(w, r, &q) {
 		return
 	}
 	var ops []raft.KVOp

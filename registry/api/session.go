@@ -188,7 +188,7 @@ func (s *Server) sessionCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if p := acl.PolicyOf(r); p != nil && !p.SessionWrite(sess.Node) {
-		acl.Denied(w)
+		acl.DeniedOn(w, p, "session:write", sess.Node)
 		return
 	}
 	if err := sessionHealthy(s.reg.Snapshot(), &sess); err != nil {
@@ -220,7 +220,7 @@ func (s *Server) sessionDestroy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if p := acl.PolicyOf(r); p != nil && !p.SessionWrite(existing.Node) {
-		acl.Denied(w)
+		acl.DeniedOn(w, p, "session:write", existing.Node)
 		return
 	}
 	if _, err := n.DestroySession(id); err != nil {
@@ -238,7 +238,7 @@ func (s *Server) sessionRenew(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if e, found := n.State().Session(id); found {
 		if p := acl.PolicyOf(r); p != nil && !p.SessionWrite(e.Node) {
-			acl.Denied(w)
+			acl.DeniedOn(w, p, "session:write", e.Node)
 			return
 		}
 	}

@@ -25,8 +25,10 @@ import (
 // (through ?dc=, as the HTTP API reads another datacenter).
 
 func (s *Server) queryRoutes() {
-	s.raftRoute("POST /v1/query", s.queryCreate, acl.Anyone) // service:write on the query's service
-	s.raftRoute("GET /v1/query", s.queryList, acl.Anyone)    // filtered by service:read
+	// Consul's query rules, checked by the handlers: they depend on the
+	// stored query (mayWriteQuery, mayReadQuery).
+	s.raftRoute("POST /v1/query", s.queryCreate, acl.Anyone)
+	s.raftRoute("GET /v1/query", s.queryList, acl.Anyone)
 	s.raftRoute("GET /v1/query/{id}", s.queryGet, acl.Anyone)
 	s.raftRoute("PUT /v1/query/{id}", s.queryUpdate, acl.Anyone)
 	s.raftRoute("DELETE /v1/query/{id}", s.queryDelete, acl.Anyone)

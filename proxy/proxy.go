@@ -413,6 +413,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		p.access(ctx, origURI, start, nil, nil, 0)
 		return
 	}
+	if p.h2 != nil && p.h2.up != nil && !ctx.IsTLS() && p.h2cUpgrade(ctx) {
+		return // the request is stream 1 of an HTTP/2 connection now (h2upgrade.go)
+	}
 	path, query := uri, []byte(nil)
 	for i, c := range uri {
 		if c == '?' {
@@ -439,6 +442,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if r.Proto == ProtoGRPC {
+		if p.serveGRPCFromH1(ctx, r, start) {
+			return // gRPC-Web, or a CORS preflight (grpcweb.go)
+		}
 		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
 		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
 		p.access(ctx, origURI, start, r, nil, 0)

@@ -195,6 +195,8 @@ func TestACLPreparedQueries(t *testing.T) {
 			"Permission denied: token with AccessorID '5f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0' lacks permission 'query:write' on \"api-x\""},
 		{"a catch-all template", consul.PreparedQueryDefinition{Template: consul.QueryTemplate{Type: "name_prefix_match"},
 			Service: consul.ServiceQuery{Service: "${name.full}"}}, "lacks permission 'query:write' on \"\""},
+		// The ACL check comes before the definition's, as Consul's.
+		{"api-z without a service", consul.PreparedQueryDefinition{Name: "api-z"}, "lacks permission 'query:write' on \"api-z\""},
 	} {
 		if _, _, err := webq.PreparedQuery().Create(&c.def, nil); err == nil || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("query_prefix web write creates %s: %v, want a 403 with %q", c.what, err, c.want)

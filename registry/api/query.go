@@ -168,7 +168,7 @@ func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	q, err := parseQueryBody(b)
+	q, err := decodeQueryBody(b)
 	if err == nil && q.ID != "" {
 		err = badRequest("ID must be empty when creating a new prepared query")
 	}
@@ -176,7 +176,12 @@ func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	// As Consul: the ACL check comes before the checks of the definition.
 	if !mayWriteQuery(w, r, &q) {
+		return
+	}
+	if err := q.validate(); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	q.ID = registry.NewUUID()
@@ -190,7 +195,7 @@ func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	q, err := parseQueryBody(b)
+	q, err := decodeQueryBody(b)
 	if err != nil {
 		httpError(w, http.StatusBadRequest, "%v", err)
 		return
@@ -208,6 +213,10 @@ func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
 	}
 	old, _ := queryEntry(e)
 	if !mayWriteQuery(w, r, &q) || !mayWriteQuery(w, r, &old) {
+		return
+	}
+	if err := q.validate(); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	if q.Token == redactedToken {

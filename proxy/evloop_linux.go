@@ -66,7 +66,14 @@ type loop struct {
 	closing bool
 
 	n       atomic.Int64   // open connections
-	workers sync.WaitGroup // goroutines serving active connections
+	workers sync.WaitGroup // goroutines serving active connections, and idle ones waiting for one
+
+	// Goroutines that served a connection wait here for the next one
+	// (last in, first out) rather than end: a new goroutine would start
+	// with a small stack and grow it again for every request.
+	wmu     sync.Mutex
+	idleW   []*worker
+	wclosed bool
 	bg      sync.WaitGroup // the epoll and sweep goroutines
 	stop    chan struct{}
 }
@@ -89,17 +96,34 @@ type loopConn struct {
 	state atomic.Int32
 
 	peek   bool   // a read that would wait parks the connection instead
+	got    bool   // bytes were read since it was woken: a read in peek mode parks without trying
 	park   bool   // the server let go of it to be parked: Close must not close
 	served bool   // a request was read on it: idle_timeout applies, not header_timeout
 	head   []byte // bytes read before it came here (sorting h2c), replayed first
+
+	// Deadlines (unix nanoseconds, 0: none) as the server and handlers set
+	// them. They reach the TCPConn (a runtime timer each) only once a read
+	// or write has had to wait: most requests are read and answered with
+	// no wait, and fasthttp sets three deadlines for each.
+	dmu      sync.Mutex
+	rdl, wdl int64
+	eager    bool // deadlines go straight to the TCPConn (a read or write waited)
 
 	deadline   int64 // unix nanoseconds after which a parked connection is closed
 	prev, next *loopConn
 	list       *connList
 }
 
-// errPark is what a read in peek mode returns instead of waiting.
-var errPark = errors.New("proxy: connection parked")
+// errPark is what a read in peek mode returns instead of waiting. It is
+// net.ErrClosed to fasthttp, which then ends ServeConn without an error
+// answer even before a connection's first request (a wake-up without a
+// byte).
+var errPark error = parkError{}
+
+type parkError struct{}
+
+func (parkError) Error() string        { return "proxy: connection parked" }
+func (parkError) Is(target error) bool { return target == net.ErrClosed }
 
 // loopEvents are what a parked connection is armed for: input, or the
 // peer's close (so that a closed idle connection is noticed and let go).
@@ -123,7 +147,9 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 	l := &loop{p: p, srv: srv, ep: ep, epfd: epfd, rc: rc, stop: make(chan struct{})}
 	l.fresh.d = p.cfg.HeaderTimeout
 	l.idle.d = p.cfg.IdleTimeout
-	srv.ReduceMemoryUsage = true // buffers go back to the pools between requests
+	// fasthttp's buffers go back to its pools when ServeConn returns, which
+	// it does whenever the connection parks; ReduceMemoryUsage would also
+	// read each request's first byte alone (a system call more).
 	srv.ConnState = func(c net.Conn, s fasthttp.ConnState) {
 		lc, ok := c.(*loopConn)
 		if !ok {
@@ -268,15 +294,59 @@ func (l *loop) ready(fd int32) {
 	l.dispatch(c)
 }
 
+// dispatch has c served by an idle worker goroutine, or a new one.
 func (l *loop) dispatch(c *loopConn) {
 	c.peek = true // an event without a byte (or a stale one) parks it again
+	l.wmu.Lock()
+	if n := len(l.idleW); n > 0 {
+		w := l.idleW[n-1]
+		l.idleW[n-1] = nil
+		l.idleW = l.idleW[:n-1]
+		l.wmu.Unlock()
+		w.c <- c
+		return
+	}
+	l.wmu.Unlock()
 	l.workers.Add(1)
 	go l.work(c)
 }
 
-// work serves requests on c while they come without waiting, then parks it.
+// worker is a goroutine waiting for a connection to serve.
+type worker struct {
+	c     chan *loopConn // nil: end
+	since int64          // unix nanoseconds since it waits
+}
+
+// workerIdle is how long a worker goroutine waits for another connection
+// before it ends.
+const workerIdle = 2 * time.Second
+
+// work serves c, then waits for the next connection to serve.
 func (l *loop) work(c *loopConn) {
 	defer l.workers.Done()
+	var w *worker
+	for {
+		l.serveConn(c)
+		if w == nil {
+			w = &worker{c: make(chan *loopConn, 1)}
+		}
+		l.wmu.Lock()
+		if l.wclosed {
+			l.wmu.Unlock()
+			return
+		}
+		w.since = time.Now().UnixNano()
+		l.idleW = append(l.idleW, w)
+		l.wmu.Unlock()
+		if c = <-w.c; c == nil {
+			return
+		}
+	}
+}
+
+// serveConn serves requests on c while they come without waiting, then
+// parks it.
+func (l *loop) serveConn(c *loopConn) {
 	l.srv.ServeConn(c)
 	if c.park {
 		c.park = false
@@ -284,8 +354,34 @@ func (l *loop) work(c *loopConn) {
 	}
 }
 
+// reapWorkers ends the worker goroutines idle since before old (all of
+// them when old is 0 and the pool is closed).
+func (l *loop) reapWorkers(old int64, close bool) {
+	l.wmu.Lock()
+	if close {
+		l.wclosed = true
+	}
+	i := 0
+	for ; i < len(l.idleW) && (close || l.idleW[i].since < old); i++ {
+		l.idleW[i].c <- nil
+		l.idleW[i] = nil
+	}
+	l.idleW = append(l.idleW[:0], l.idleW[i:]...)
+	l.wmu.Unlock()
+}
+
 // parkConn arms c in the epoll set again.
 func (l *loop) parkConn(c *loopConn) {
+	c.got = false
+	c.dmu.Lock()
+	if c.eager {
+		// The TCPConn's deadlines would fail the reads of the next wake-up
+		// once past: the next request sets its own.
+		c.eager = false
+		c.TCPConn.SetDeadline(time.Time{})
+	}
+	c.rdl, c.wdl = 0, 0
+	c.dmu.Unlock()
 	l.mu.Lock()
 	if l.closing || c.state.Load() != lcActive {
 		l.mu.Unlock()
@@ -358,6 +454,7 @@ func (l *loop) sweep() {
 			return
 		case now := <-t.C:
 			ns := now.UnixNano()
+			l.reapWorkers(ns-int64(workerIdle), false)
 			l.mu.Lock()
 			for _, list := range []*connList{&l.fresh, &l.idle} {
 				// Pushed in order of their deadlines, bar a few that were
@@ -396,6 +493,7 @@ func (l *loop) shutdown(ctx context.Context) {
 	for _, c := range parked {
 		l.closeParked(c)
 	}
+	l.reapWorkers(0, true) // the busy ones end after their connection
 	done := make(chan struct{})
 	go func() { l.workers.Wait(); close(done) }()
 	select {
@@ -417,8 +515,11 @@ func (l *loop) shutdown(ctx context.Context) {
 	<-done
 }
 
-// Read replays head, then reads; in peek mode a read that would wait
-// marks the connection to be parked and returns errPark.
+// Read replays head, then reads. In peek mode a read that would wait
+// marks the connection to be parked and returns errPark; so does any read
+// in peek mode once bytes were read since the wake-up (after a response):
+// the epoll set is level-triggered, so bytes already there wake it again
+// at once, and the read that would have found none is saved.
 func (c *loopConn) Read(b []byte) (int, error) {
 	if len(c.head) > 0 {
 		n := copy(b, c.head)
@@ -426,10 +527,24 @@ func (c *loopConn) Read(b []byte) (int, error) {
 		if len(c.head) == 0 {
 			c.head = nil
 		}
+		c.got = true
 		return n, nil
 	}
-	if !c.peek || len(b) == 0 {
+	if len(b) == 0 {
 		return c.TCPConn.Read(b)
+	}
+	if c.peek && c.got {
+		c.park = true
+		return 0, errPark
+	}
+	c.dmu.Lock()
+	eager, dl := c.eager, c.rdl
+	c.dmu.Unlock()
+	if eager {
+		return c.TCPConn.Read(b)
+	}
+	if dl != 0 && time.Now().UnixNano() >= dl {
+		return 0, os.ErrDeadlineExceeded
 	}
 	var n int
 	var err error
@@ -445,15 +560,114 @@ func (c *loopConn) Read(b []byte) (int, error) {
 	case rerr != nil:
 		return 0, rerr
 	case err == unix.EAGAIN:
-		c.park = true
-		return 0, errPark
+		if c.peek {
+			c.park = true
+			return 0, errPark
+		}
+		c.wait()
+		return c.TCPConn.Read(b)
 	case err != nil:
 		return 0, os.NewSyscallError("read", err)
 	case n == 0:
 		return 0, io.EOF
 	}
-	c.peek = false
+	c.peek, c.got = false, true
 	return n, nil
+}
+
+// Write writes without a wait while the socket takes the bytes, and
+// through the TCPConn, under its deadline, once it does not.
+func (c *loopConn) Write(b []byte) (int, error) {
+	c.dmu.Lock()
+	eager, dl := c.eager, c.wdl
+	c.dmu.Unlock()
+	if eager {
+		return c.TCPConn.Write(b)
+	}
+	if dl != 0 && time.Now().UnixNano() >= dl {
+		return 0, os.ErrDeadlineExceeded
+	}
+	var n int
+	var err error
+	rerr := c.raw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			var k int
+			k, err = unix.Write(int(fd), b[n:])
+			if k > 0 {
+				n += k
+			}
+			if err != nil && err != unix.EINTR {
+				return true
+			}
+		}
+		err = nil
+		return true
+	})
+	switch {
+	case rerr != nil:
+		return n, rerr
+	case err == unix.EAGAIN:
+		c.wait()
+		m, err := c.TCPConn.Write(b[n:])
+		return n + m, err
+	case err != nil:
+		return n, os.NewSyscallError("write", err)
+	}
+	return n, nil
+}
+
+// wait hands the deadlines to the TCPConn before a read or write that
+// waits, and every later one until the connection parks.
+func (c *loopConn) wait() {
+	c.dmu.Lock()
+	c.eager = true
+	c.TCPConn.SetReadDeadline(unixTime(c.rdl))
+	c.TCPConn.SetWriteDeadline(unixTime(c.wdl))
+	c.dmu.Unlock()
+}
+
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func (c *loopConn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.rdl = unixNano(t)
+	if c.eager {
+		return c.TCPConn.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (c *loopConn) SetWriteDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.wdl = unixNano(t)
+	if c.eager {
+		return c.TCPConn.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (c *loopConn) SetDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.rdl, c.wdl = unixNano(t), unixNano(t)
+	if c.eager {
+		return c.TCPConn.SetDeadline(t)
+	}
+	return nil
 }
 
 // Close parks a connection fasthttp let go of in peek mode, and closes

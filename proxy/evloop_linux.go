@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -65,6 +67,9 @@ type loop struct {
 	idle    connList    // parked after a request: idle_timeout
 	closing bool
 
+	lf        *os.File // serve's duplicate of the listener's socket
+	lnStopped bool
+
 	n       atomic.Int64   // open connections
 	workers sync.WaitGroup // goroutines serving active connections, and idle ones waiting for one
 
@@ -85,33 +90,83 @@ const (
 	lcClosed
 )
 
-// loopConn is a client connection of the event-loop engine. While it is
-// active, only the goroutine serving it touches peek, park, served and
-// head; while it is parked, only the loop (under loop.mu) touches it.
+// loopConn is a client connection of the event-loop engine: a socket of
+// the loop's own, accepted with accept4 and never registered with Go's
+// netpoller unless a read or write has to wait (then a duplicate of it is,
+// as a *net.TCPConn, until it parks). Parked, it is this struct and its
+// descriptor: no goroutine, no buffer, none of Go's per-socket state.
+//
+// While it is active, only the goroutine serving it touches peek, got,
+// park, served and head; while it is parked, only the loop (under
+// loop.mu) touches it.
 type loopConn struct {
-	*net.TCPConn
-	raw   syscall.RawConn
 	l     *loop
 	fd    int32
 	state atomic.Int32
+	refs  atomic.Int32 // system calls on fd in progress, plus fdClosed once Close was called
 
 	peek   bool   // a read that would wait parks the connection instead
 	got    bool   // bytes were read since it was woken: a read in peek mode parks without trying
 	park   bool   // the server let go of it to be parked: Close must not close
 	served bool   // a request was read on it: idle_timeout applies, not header_timeout
 	head   []byte // bytes read before it came here (sorting h2c), replayed first
+	raddr  netip.AddrPort
 
 	// Deadlines (unix nanoseconds, 0: none) as the server and handlers set
-	// them. They reach the TCPConn (a runtime timer each) only once a read
-	// or write has had to wait: most requests are read and answered with
-	// no wait, and fasthttp sets three deadlines for each.
+	// them, and tc: once a read or write has had to wait, a duplicate of
+	// the socket in Go's netpoller, which does every read and write, under
+	// these deadlines, until the connection parks. Most requests are read
+	// and answered with no wait, and cost no timer (fasthttp sets three
+	// deadlines for each) and no registration with the netpoller.
 	dmu      sync.Mutex
 	rdl, wdl int64
-	eager    bool // deadlines go straight to the TCPConn (a read or write waited)
+	tc       *net.TCPConn
 
 	deadline   int64 // unix nanoseconds after which a parked connection is closed
 	prev, next *loopConn
 	list       *connList
+}
+
+// fdClosed in loopConn.refs: the descriptor is closed, or will be once
+// the system calls in progress on it return.
+const fdClosed = 1 << 30
+
+// acquire reports whether fd is still open, and keeps it open until
+// release.
+func (c *loopConn) acquire() bool {
+	for {
+		r := c.refs.Load()
+		if r&fdClosed != 0 {
+			return false
+		}
+		if c.refs.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
+func (c *loopConn) release() {
+	if c.refs.Add(-1) == fdClosed {
+		unix.Close(int(c.fd))
+	}
+}
+
+// closeFD closes fd once no system call is using it: a goroutine closing
+// a connection another is reading must not close a descriptor number the
+// kernel may give to the next connection while the read still uses it.
+func (c *loopConn) closeFD() {
+	for {
+		r := c.refs.Load()
+		if r&fdClosed != 0 {
+			return
+		}
+		if c.refs.CompareAndSwap(r, r|fdClosed) {
+			if r == 0 {
+				unix.Close(int(c.fd))
+			}
+			return
+		}
+	}
 }
 
 // errPark is what a read in peek mode returns instead of waiting. It is
@@ -169,7 +224,70 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 }
 
 // serve accepts connections from ln and parks them until ln is closed.
+// From a *net.TCPListener it accepts with accept4 itself: the socket never
+// becomes a net.TCPConn.
 func (l *loop) serve(ln net.Listener) error {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return l.serveConns(ln)
+	}
+	// A listener's raw connection cannot wait for input; a duplicate of
+	// its socket as an os.File can. stopAccept closes it with ln.
+	f, err := tl.File()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	l.mu.Lock()
+	stopped := l.lnStopped
+	l.lf = f
+	l.mu.Unlock()
+	if stopped {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var delay time.Duration
+	for {
+		var nfd int
+		var sa unix.Sockaddr
+		var aerr error
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+				if aerr != unix.EINTR {
+					return aerr != unix.EAGAIN
+				}
+			}
+		})
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		if aerr != nil {
+			if aerr == unix.ECONNABORTED {
+				continue
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.p.log.Warn("proxy: accept failed; retrying", "err", os.NewSyscallError("accept4", aerr), "in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		// As Go's net does for every TCP connection: a response is sent
+		// when written, not held for the client's ACK.
+		unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		l.addFD(nfd, sockaddrAddrPort(sa), nil)
+	}
+}
+
+// serveConns takes the connections of a listener that is not a kernel's
+// TCP listener (h2c's split listener, a test's).
+func (l *loop) serveConns(ln net.Listener) error {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -187,6 +305,33 @@ func (l *loop) serve(ln net.Listener) error {
 	}
 }
 
+// stopAccept makes serve return: its listener is closed.
+func (l *loop) stopAccept() {
+	l.mu.Lock()
+	l.lnStopped = true
+	f := l.lf
+	l.mu.Unlock()
+	if f != nil {
+		f.Close() // the socket stops listening once both are closed
+	}
+}
+
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		ip := netip.AddrFrom16(a.Addr).Unmap()
+		if a.ZoneId != 0 && ip.Is6() {
+			ip = ip.WithZone(strconv.FormatUint(uint64(a.ZoneId), 10))
+		}
+		return netip.AddrPortFrom(ip, uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+const tooManyConns = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 34\r\n\r\npier: too many open connections\r\n\r\n"
+
 func (l *loop) openConns() int64 {
 	if l == nil {
 		return 0
@@ -194,8 +339,9 @@ func (l *loop) openConns() int64 {
 	return l.n.Load()
 }
 
-// add takes a new connection: parked until its first byte, or served at
-// once when bytes were read from it already.
+// add takes a connection accepted as a net.Conn: a *net.TCPConn becomes
+// a socket of the loop's own (a duplicate of its descriptor; the TCPConn
+// is closed).
 func (l *loop) add(c net.Conn) {
 	var head []byte
 	if pc, ok := c.(*prefaceConn); ok {
@@ -209,10 +355,9 @@ func (l *loop) add(c net.Conn) {
 		go func() { defer l.workers.Done(); l.srv.ServeConn(c) }()
 		return
 	}
-	if l.n.Load()+int64(l.p.h1Open()) >= int64(l.p.cfg.MaxConns) {
-		// As fasthttp answers past its Concurrency.
+	if l.full() {
 		tc.SetWriteDeadline(time.Now().Add(time.Second))
-		tc.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 34\r\n\r\npier: too many open connections\r\n\r\n"))
+		tc.Write([]byte(tooManyConns))
 		tc.Close()
 		return
 	}
@@ -221,18 +366,47 @@ func (l *loop) add(c net.Conn) {
 		tc.Close()
 		return
 	}
-	lc := &loopConn{TCPConn: tc, raw: raw, l: l, head: head}
-	raw.Control(func(fd uintptr) { lc.fd = int32(fd) })
+	nfd := -1
+	raw.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	var ap netip.AddrPort
+	if ta, ok := tc.RemoteAddr().(*net.TCPAddr); ok {
+		ap = ta.AddrPort()
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	tc.Close()
+	if err != nil || nfd < 0 {
+		l.p.log.Warn("proxy: dup failed", "err", err)
+		return
+	}
+	l.addFD(nfd, ap, head) // the duplicate shares O_NONBLOCK: one open file
+}
+
+// full reports whether max_conns client connections are open.
+func (l *loop) full() bool {
+	return l.n.Load()+int64(l.p.h1Open()) >= int64(l.p.cfg.MaxConns)
+}
+
+// addFD takes a new connection: parked until its first byte, or served at
+// once when bytes were read from it already.
+func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
+	if l.full() {
+		// As fasthttp answers past its Concurrency (best effort: a
+		// new socket's buffer takes it).
+		unix.Write(fd, []byte(tooManyConns))
+		unix.Close(fd)
+		return
+	}
+	lc := &loopConn{l: l, fd: int32(fd), raddr: raddr, head: head}
 	l.mu.Lock()
 	if l.closing {
 		l.mu.Unlock()
-		tc.Close()
+		unix.Close(fd)
 		return
 	}
-	for int(lc.fd) >= len(l.conns) {
+	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*loopConn, max(len(l.conns), 64))...)
 	}
-	l.conns[lc.fd] = lc
+	l.conns[fd] = lc
 	l.n.Add(1)
 	if len(head) > 0 {
 		lc.state.Store(lcActive)
@@ -245,7 +419,7 @@ func (l *loop) add(c net.Conn) {
 	lc.state.Store(lcParked)
 	l.mu.Unlock()
 	ev := unix.EpollEvent{Events: loopEvents, Fd: lc.fd}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(lc.fd), &ev); err != nil {
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.p.log.Warn("proxy: epoll_ctl add failed", "err", err)
 		l.closeConn(lc)
 	}
@@ -374,14 +548,12 @@ func (l *loop) reapWorkers(old int64, close bool) {
 func (l *loop) parkConn(c *loopConn) {
 	c.got = false
 	c.dmu.Lock()
-	if c.eager {
-		// The TCPConn's deadlines would fail the reads of the next wake-up
-		// once past: the next request sets its own.
-		c.eager = false
-		c.TCPConn.SetDeadline(time.Time{})
-	}
-	c.rdl, c.wdl = 0, 0
+	tc := c.tc
+	c.tc, c.rdl, c.wdl = nil, 0, 0
 	c.dmu.Unlock()
+	if tc != nil {
+		tc.Close() // the duplicate leaves the netpoller; the socket stays open
+	}
 	l.mu.Lock()
 	if l.closing || c.state.Load() != lcActive {
 		l.mu.Unlock()
@@ -438,8 +610,16 @@ func (l *loop) closed(c *loopConn) error {
 	}
 	l.mu.Unlock()
 	l.n.Add(-1)
+	c.dmu.Lock()
+	tc := c.tc
+	c.tc = nil
+	c.dmu.Unlock()
+	if tc != nil {
+		tc.Close() // a read or write waiting on it returns
+	}
 	// Closing the descriptor takes it out of the epoll set too.
-	return c.TCPConn.Close()
+	c.closeFD()
+	return nil
 }
 
 // sweep closes parked connections past their deadline, once a second.
@@ -531,41 +711,40 @@ func (c *loopConn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	if len(b) == 0 {
-		return c.TCPConn.Read(b)
+		return 0, nil
 	}
 	if c.peek && c.got {
 		c.park = true
 		return 0, errPark
 	}
 	c.dmu.Lock()
-	eager, dl := c.eager, c.rdl
+	tc, dl := c.tc, c.rdl
 	c.dmu.Unlock()
-	if eager {
-		return c.TCPConn.Read(b)
+	if tc != nil {
+		return tc.Read(b)
 	}
 	if dl != 0 && time.Now().UnixNano() >= dl {
 		return 0, os.ErrDeadlineExceeded
 	}
-	var n int
-	var err error
-	rerr := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, err = unix.Read(int(fd), b)
-			if err != unix.EINTR {
-				return true // never wait here
-			}
-		}
-	})
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	n, err := unix.Read(int(c.fd), b)
+	for err == unix.EINTR {
+		n, err = unix.Read(int(c.fd), b)
+	}
+	c.release()
 	switch {
-	case rerr != nil:
-		return 0, rerr
 	case err == unix.EAGAIN:
 		if c.peek {
 			c.park = true
 			return 0, errPark
 		}
-		c.wait()
-		return c.TCPConn.Read(b)
+		tc, err := c.promote()
+		if err != nil {
+			return 0, err
+		}
+		return tc.Read(b)
 	case err != nil:
 		return 0, os.NewSyscallError("read", err)
 	case n == 0:
@@ -576,39 +755,41 @@ func (c *loopConn) Read(b []byte) (int, error) {
 }
 
 // Write writes without a wait while the socket takes the bytes, and
-// through the TCPConn, under its deadline, once it does not.
+// through the netpoller, under the write deadline, once it does not.
 func (c *loopConn) Write(b []byte) (int, error) {
 	c.dmu.Lock()
-	eager, dl := c.eager, c.wdl
+	tc, dl := c.tc, c.wdl
 	c.dmu.Unlock()
-	if eager {
-		return c.TCPConn.Write(b)
+	if tc != nil {
+		return tc.Write(b)
 	}
 	if dl != 0 && time.Now().UnixNano() >= dl {
 		return 0, os.ErrDeadlineExceeded
 	}
-	var n int
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	n := 0
 	var err error
-	rerr := c.raw.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			var k int
-			k, err = unix.Write(int(fd), b[n:])
-			if k > 0 {
-				n += k
-			}
-			if err != nil && err != unix.EINTR {
-				return true
-			}
+	for n < len(b) {
+		var k int
+		k, err = unix.Write(int(c.fd), b[n:])
+		if k > 0 {
+			n += k
+		}
+		if err != nil && err != unix.EINTR {
+			break
 		}
 		err = nil
-		return true
-	})
+	}
+	c.release()
 	switch {
-	case rerr != nil:
-		return n, rerr
 	case err == unix.EAGAIN:
-		c.wait()
-		m, err := c.TCPConn.Write(b[n:])
+		tc, err := c.promote()
+		if err != nil {
+			return n, err
+		}
+		m, err := tc.Write(b[n:])
 		return n + m, err
 	case err != nil:
 		return n, os.NewSyscallError("write", err)
@@ -616,14 +797,38 @@ func (c *loopConn) Write(b []byte) (int, error) {
 	return n, nil
 }
 
-// wait hands the deadlines to the TCPConn before a read or write that
-// waits, and every later one until the connection parks.
-func (c *loopConn) wait() {
+// promote makes the duplicate of the socket in Go's netpoller that reads
+// and writes wait on from now until the connection parks, with the
+// deadlines set so far.
+func (c *loopConn) promote() (*net.TCPConn, error) {
 	c.dmu.Lock()
-	c.eager = true
-	c.TCPConn.SetReadDeadline(unixTime(c.rdl))
-	c.TCPConn.SetWriteDeadline(unixTime(c.wdl))
-	c.dmu.Unlock()
+	defer c.dmu.Unlock()
+	if c.tc != nil {
+		return c.tc, nil
+	}
+	if c.state.Load() == lcClosed || !c.acquire() {
+		return nil, net.ErrClosed
+	}
+	nfd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	c.release()
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(nfd), "")
+	fc, err := net.FileConn(f) // a duplicate of its own
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := fc.(*net.TCPConn)
+	if !ok {
+		fc.Close()
+		return nil, errors.New("proxy: not a TCP connection")
+	}
+	tc.SetReadDeadline(unixTime(c.rdl))
+	tc.SetWriteDeadline(unixTime(c.wdl))
+	c.tc = tc
+	return tc, nil
 }
 
 func unixTime(ns int64) time.Time {
@@ -644,8 +849,8 @@ func (c *loopConn) SetReadDeadline(t time.Time) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	c.rdl = unixNano(t)
-	if c.eager {
-		return c.TCPConn.SetReadDeadline(t)
+	if c.tc != nil {
+		return c.tc.SetReadDeadline(t)
 	}
 	return nil
 }
@@ -654,8 +859,8 @@ func (c *loopConn) SetWriteDeadline(t time.Time) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	c.wdl = unixNano(t)
-	if c.eager {
-		return c.TCPConn.SetWriteDeadline(t)
+	if c.tc != nil {
+		return c.tc.SetWriteDeadline(t)
 	}
 	return nil
 }
@@ -664,10 +869,40 @@ func (c *loopConn) SetDeadline(t time.Time) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	c.rdl, c.wdl = unixNano(t), unixNano(t)
-	if c.eager {
-		return c.TCPConn.SetDeadline(t)
+	if c.tc != nil {
+		return c.tc.SetDeadline(t)
 	}
 	return nil
+}
+
+// CloseWrite shuts the sending half (a tunnel whose instance is done).
+func (c *loopConn) CloseWrite() error {
+	c.dmu.Lock()
+	tc := c.tc
+	c.dmu.Unlock()
+	if tc != nil {
+		return tc.CloseWrite()
+	}
+	if !c.acquire() {
+		return net.ErrClosed
+	}
+	defer c.release()
+	return os.NewSyscallError("shutdown", unix.Shutdown(int(c.fd), unix.SHUT_WR))
+}
+
+// RemoteAddr is the client's address, as accept4 gave it.
+func (c *loopConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.raddr) }
+
+// LocalAddr is the address the client connected to.
+func (c *loopConn) LocalAddr() net.Addr {
+	if c.acquire() {
+		sa, err := unix.Getsockname(int(c.fd))
+		c.release()
+		if err == nil {
+			return net.TCPAddrFromAddrPort(sockaddrAddrPort(sa))
+		}
+	}
+	return &net.TCPAddr{}
 }
 
 // Close parks a connection fasthttp let go of in peek mode, and closes

@@ -69,6 +69,8 @@ type loop struct {
 
 	lf        *os.File // serve's duplicate of the listener's socket
 	lnStopped bool
+	heads     map[*loopConn][]byte
+	zones     map[*loopConn]string
 
 	n       atomic.Int64   // open connections
 	workers sync.WaitGroup // goroutines serving active connections, and idle ones waiting for one
@@ -97,20 +99,26 @@ const (
 // descriptor: no goroutine, no buffer, none of Go's per-socket state.
 //
 // While it is active, only the goroutine serving it touches peek, got,
-// park, served and head; while it is parked, only the loop (under
-// loop.mu) touches it.
+// park, served and hasHead; while it is parked, only the loop (under
+// loop.mu) touches it. It is kept to 96 bytes (a size class of Go's
+// allocator): what is rare (h2c's replayed bytes, an IPv6 zone) is in maps
+// of the loop's, and its list links are descriptors.
 type loopConn struct {
 	l     *loop
 	fd    int32
 	state atomic.Int32
 	refs  atomic.Int32 // system calls on fd in progress, plus fdClosed once Close was called
+	port  uint16       // the client's
 
-	peek   bool   // a read that would wait parks the connection instead
-	got    bool   // bytes were read since it was woken: a read in peek mode parks without trying
-	park   bool   // the server let go of it to be parked: Close must not close
-	served bool   // a request was read on it: idle_timeout applies, not header_timeout
-	head   []byte // bytes read before it came here (sorting h2c), replayed first
-	raddr  netip.AddrPort
+	peek    bool // a read that would wait parks the connection instead
+	got     bool // bytes were read since it was woken: a read in peek mode parks without trying
+	park    bool // the server let go of it to be parked: Close must not close
+	served  bool // a request was read on it: idle_timeout applies, not header_timeout
+	hasHead bool // loop.heads holds bytes read before it came here (sorting h2c), replayed first
+	hasZone bool // loop.zones holds the zone of its IPv6 address
+	is4     bool
+	inList  uint8    // the connList it is in (connList.id), 0: none
+	ip      [16]byte // the client's address
 
 	// Deadlines (unix nanoseconds, 0: none) as the server and handlers set
 	// them, and tc: once a read or write has had to wait, a duplicate of
@@ -123,8 +131,7 @@ type loopConn struct {
 	tc       *net.TCPConn
 
 	deadline   int64 // unix nanoseconds after which a parked connection is closed
-	prev, next *loopConn
-	list       *connList
+	prev, next int32 // neighbours in its connList: descriptor+1, 0: none
 }
 
 // fdClosed in loopConn.refs: the descriptor is closed, or will be once
@@ -200,8 +207,10 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 		return nil, err
 	}
 	l := &loop{p: p, srv: srv, ep: ep, epfd: epfd, rc: rc, stop: make(chan struct{})}
-	l.fresh.d = p.cfg.HeaderTimeout
-	l.idle.d = p.cfg.IdleTimeout
+	l.fresh.d, l.fresh.id = p.cfg.HeaderTimeout, 1
+	l.idle.d, l.idle.id = p.cfg.IdleTimeout, 2
+	l.heads = make(map[*loopConn][]byte)
+	l.zones = make(map[*loopConn]string)
 	// fasthttp's buffers go back to its pools when ServeConn returns, which
 	// it does whenever the connection parks; ReduceMemoryUsage would also
 	// read each request's first byte alone (a system call more).
@@ -396,12 +405,19 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 		unix.Close(fd)
 		return
 	}
-	lc := &loopConn{l: l, fd: int32(fd), raddr: raddr, head: head}
+	lc := &loopConn{l: l, fd: int32(fd), port: raddr.Port(), is4: raddr.Addr().Is4()}
+	lc.ip = raddr.Addr().As16()
 	l.mu.Lock()
 	if l.closing {
 		l.mu.Unlock()
 		unix.Close(fd)
 		return
+	}
+	if len(head) > 0 {
+		l.heads[lc], lc.hasHead = head, true
+	}
+	if z := raddr.Addr().Zone(); z != "" {
+		l.zones[lc], lc.hasZone = z, true
 	}
 	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*loopConn, max(len(l.conns), 64))...)
@@ -415,7 +431,7 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 		return
 	}
 	lc.deadline = time.Now().Add(l.fresh.d).UnixNano()
-	l.fresh.push(lc)
+	l.push(&l.fresh, lc)
 	lc.state.Store(lcParked)
 	l.mu.Unlock()
 	ev := unix.EpollEvent{Events: loopEvents, Fd: lc.fd}
@@ -463,7 +479,7 @@ func (l *loop) ready(fd int32) {
 		l.mu.Unlock()
 		return
 	}
-	c.list.remove(c)
+	l.remove(c)
 	l.mu.Unlock()
 	l.dispatch(c)
 }
@@ -567,7 +583,7 @@ func (l *loop) parkConn(c *loopConn) {
 	}
 	// A connection woken without a byte before its first request keeps
 	// its deadline: waking it does not buy it time.
-	list.push(c)
+	l.push(list, c)
 	c.state.Store(lcParked)
 	l.mu.Unlock()
 	ev := unix.EpollEvent{Events: loopEvents, Fd: c.fd}
@@ -603,10 +619,14 @@ func (l *loop) closeParked(c *loopConn) {
 func (l *loop) closed(c *loopConn) error {
 	l.mu.Lock()
 	if int(c.fd) < len(l.conns) && l.conns[c.fd] == c {
+		l.remove(c) // while its neighbours find it by its descriptor
 		l.conns[c.fd] = nil
 	}
-	if c.list != nil {
-		c.list.remove(c)
+	if c.hasHead {
+		delete(l.heads, c)
+	}
+	if c.hasZone {
+		delete(l.zones, c)
 	}
 	l.mu.Unlock()
 	l.n.Add(-1)
@@ -639,8 +659,12 @@ func (l *loop) sweep() {
 			for _, list := range []*connList{&l.fresh, &l.idle} {
 				// Pushed in order of their deadlines, bar a few that were
 				// woken without a byte: those wait for the ones before them.
-				for c := list.head; c != nil && c.deadline <= ns; c = list.head {
-					list.remove(c)
+				for list.head != 0 {
+					c := l.conns[list.head-1]
+					if c.deadline > ns {
+						break
+					}
+					l.remove(c)
 					expired = append(expired, c)
 				}
 			}
@@ -662,8 +686,8 @@ func (l *loop) shutdown(ctx context.Context) {
 	l.closing = true
 	var parked []*loopConn
 	for _, list := range []*connList{&l.fresh, &l.idle} {
-		for c := list.head; c != nil; c = c.next {
-			parked = append(parked, c)
+		for fd := list.head; fd != 0; fd = l.conns[fd-1].next {
+			parked = append(parked, l.conns[fd-1])
 		}
 	}
 	l.mu.Unlock()
@@ -701,12 +725,18 @@ func (l *loop) shutdown(ctx context.Context) {
 // the epoll set is level-triggered, so bytes already there wake it again
 // at once, and the read that would have found none is saved.
 func (c *loopConn) Read(b []byte) (int, error) {
-	if len(c.head) > 0 {
-		n := copy(b, c.head)
-		c.head = c.head[n:]
-		if len(c.head) == 0 {
-			c.head = nil
+	if c.hasHead && len(b) > 0 {
+		l := c.l
+		l.mu.Lock()
+		h := l.heads[c]
+		n := copy(b, h)
+		if h = h[n:]; len(h) == 0 {
+			delete(l.heads, c)
+			c.hasHead = false
+		} else {
+			l.heads[c] = h
 		}
+		l.mu.Unlock()
 		c.got = true
 		return n, nil
 	}
@@ -891,7 +921,20 @@ func (c *loopConn) CloseWrite() error {
 }
 
 // RemoteAddr is the client's address, as accept4 gave it.
-func (c *loopConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.raddr) }
+func (c *loopConn) RemoteAddr() net.Addr {
+	a := &net.TCPAddr{Port: int(c.port)}
+	if c.is4 {
+		a.IP = net.IPv4(c.ip[12], c.ip[13], c.ip[14], c.ip[15])
+	} else {
+		a.IP = append(net.IP(nil), c.ip[:]...)
+	}
+	if c.hasZone {
+		c.l.mu.Lock()
+		a.Zone = c.l.zones[c]
+		c.l.mu.Unlock()
+	}
+	return a
+}
 
 // LocalAddr is the address the client connected to.
 func (c *loopConn) LocalAddr() net.Addr {
@@ -915,35 +958,44 @@ func (c *loopConn) Close() error {
 }
 
 // connList is a doubly linked list of parked connections, in the order
-// they were parked; guarded by loop.mu.
+// they were parked, linked by their descriptors (+1, 0: none) through
+// loop.conns; guarded by loop.mu.
 type connList struct {
-	head, tail *loopConn
+	head, tail int32
+	id         uint8
 	d          time.Duration
 }
 
-func (l *connList) push(c *loopConn) {
-	c.list, c.prev, c.next = l, l.tail, nil
-	if l.tail != nil {
-		l.tail.next = c
+func (l *loop) push(list *connList, c *loopConn) {
+	c.inList, c.prev, c.next = list.id, list.tail, 0
+	if list.tail != 0 {
+		l.conns[list.tail-1].next = c.fd + 1
 	} else {
-		l.head = c
+		list.head = c.fd + 1
 	}
-	l.tail = c
+	list.tail = c.fd + 1
 }
 
-func (l *connList) remove(c *loopConn) {
-	if l == nil || c.list != l {
+// remove takes c out of the list it is in, if any.
+func (l *loop) remove(c *loopConn) {
+	var list *connList
+	switch c.inList {
+	case l.fresh.id:
+		list = &l.fresh
+	case l.idle.id:
+		list = &l.idle
+	default:
 		return
 	}
-	if c.prev != nil {
-		c.prev.next = c.next
+	if c.prev != 0 {
+		l.conns[c.prev-1].next = c.next
 	} else {
-		l.head = c.next
+		list.head = c.next
 	}
-	if c.next != nil {
-		c.next.prev = c.prev
+	if c.next != 0 {
+		l.conns[c.next-1].prev = c.prev
 	} else {
-		l.tail = c.prev
+		list.tail = c.prev
 	}
-	c.prev, c.next, c.list = nil, nil, nil
+	c.prev, c.next, c.inList = 0, 0, 0
 }

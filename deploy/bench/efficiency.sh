@@ -256,7 +256,7 @@ echo
 echo "$(nproc) cores; vegeta constant rate, $DURATION per attack; $IDLE idle connections; $ROUNDS interleaved rounds, medians"
 echo "load average: $load_start at start, $load_end at end"
 if [ -z "${SKIP_RATES:-}" ]; then
-  printf '\n| proxy | rate | p50 | p99 | p99.9 | CPU per request | errors |\n|---|---|---|---|---|---|---|\n'
+  printf '\n| proxy | rate | p50 | p99 | p99.9 | CPU per request | errors of sent |\n|---|---|---|---|---|---|---|\n'
   for rate in $RATES; do
     n50=$(med 5 rate nginx "$rate") n99=$(med 6 rate nginx "$rate") n999=$(med 7 rate nginx "$rate") ncpu=$(med 8 rate nginx "$rate")
     for t in "${targets[@]}"; do

@@ -424,9 +424,17 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 	}
 	l.conns[fd] = lc
 	l.n.Add(1)
+	ev := unix.EpollEvent{Events: loopEvents, Fd: lc.fd}
 	if len(head) > 0 {
 		lc.state.Store(lcActive)
 		l.mu.Unlock()
+		// In the set from the start, as parking re-arms it (MOD); an event
+		// while it is served finds it active and is dropped.
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			l.p.log.Warn("proxy: epoll_ctl add failed", "err", err)
+			l.closeConn(lc)
+			return
+		}
 		l.dispatch(lc)
 		return
 	}
@@ -434,7 +442,6 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 	l.push(&l.fresh, lc)
 	lc.state.Store(lcParked)
 	l.mu.Unlock()
-	ev := unix.EpollEvent{Events: loopEvents, Fd: lc.fd}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.p.log.Warn("proxy: epoll_ctl add failed", "err", err)
 		l.closeConn(lc)

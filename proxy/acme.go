@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +37,16 @@ type ACMEConfig struct {
 	Names      []string      `json:"names"`       // the host names to get certificates for
 	RenewCheck time.Duration `json:"renew_check"` // how often certificates are checked for renewal, and OCSP staples (default 10m, OCSP 1h)
 	Token      string        `json:"token"`       // the API token the agent's KV storage asks with (operator:write); the proxy does not read it
+	// Allow bounds the names taken from tag and KV routes with tls=acme:
+	// exact names, or *.example.com for any name under example.com.
+	// Empty: any name such a route has (the ACL on writing the route,
+	// service:write or key:write, is then the bound).
+	Allow []string `json:"allow"`
+	// Challenges are the ACME challenges answered: http-01 (on the plain
+	// listener) and tls-alpn-01 (on the TLS listener) by default, or
+	// dns-01 alone (TXT records in the servers' KV, answered by every
+	// agent's DNS server; the only challenge a wildcard name can use).
+	Challenges []string `json:"challenges"`
 
 	// Storage keeps the account, the certificates and their keys, and
 	// locks a name while it is ordered; set by the agent (the servers'
@@ -62,23 +74,80 @@ func (c *ACMEConfig) Validate() error {
 	if c.RenewCheck < 0 {
 		return fmt.Errorf("renew_check %s: want a positive duration", c.RenewCheck)
 	}
+	for i, ch := range c.Challenges {
+		switch ch {
+		case challengeHTTP, challengeALPN:
+		case challengeDNS:
+			if len(c.Challenges) > 1 {
+				return fmt.Errorf("challenges %q: dns-01 is used alone (certmagic's issuer answers DNS-01 only, once it has a DNS solver)", c.Challenges)
+			}
+		default:
+			return fmt.Errorf("challenges[%d] %q: want http-01, tls-alpn-01 or dns-01", i, ch)
+		}
+	}
 	for i, n := range c.Names {
-		if err := validACMEName(n); err != nil {
+		if err := c.validName(n); err != nil {
 			return fmt.Errorf("names[%d] %q: %w", i, n, err)
+		}
+	}
+	for i, n := range c.Allow {
+		if err := validACMEName(strings.TrimPrefix(n, "*.")); err != nil {
+			return fmt.Errorf("allow[%d] %q: %w (want a name or *.example.com)", i, n, err)
 		}
 	}
 	return nil
 }
 
-// validACMEName accepts a DNS name an HTTP-01 or TLS-ALPN-01 challenge can
-// prove: no IP address (RFC 8738 is not offered), no wildcard (those need
-// DNS-01).
+// allowed reports whether a name from a route may be managed.
+func (c *ACMEConfig) allowed(name string) bool {
+	if len(c.Allow) == 0 {
+		return true
+	}
+	for _, a := range c.Allow {
+		if suffix, ok := strings.CutPrefix(strings.ToLower(a), "*"); ok {
+			if strings.HasSuffix(name, suffix) {
+				return true
+			}
+		} else if strings.EqualFold(a, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// The challenges of ACMEConfig.Challenges.
+const (
+	challengeHTTP = "http-01"
+	challengeALPN = "tls-alpn-01"
+	challengeDNS  = "dns-01"
+)
+
+// challenge reports whether ch is answered.
+func (c *ACMEConfig) challenge(ch string) bool {
+	return len(c.Challenges) == 0 && ch != challengeDNS || slices.Contains(c.Challenges, ch)
+}
+
+// dns01 reports whether DNS-01 is the challenge answered.
+func (c *ACMEConfig) dns01() bool { return slices.Contains(c.Challenges, challengeDNS) }
+
+// validName is validACMEName, with wildcards (*.example.com) when DNS-01
+// is the challenge.
+func (c *ACMEConfig) validName(n string) error {
+	if rest, ok := strings.CutPrefix(n, "*."); ok && c.dns01() {
+		return validACMEName(rest)
+	}
+	return validACMEName(n)
+}
+
+// validACMEName accepts a DNS name an ACME challenge can prove: no IP
+// address (RFC 8738 is not offered), no wildcard (those need DNS-01, and
+// validName).
 func validACMEName(n string) error {
 	switch {
 	case n == "":
 		return errors.New("empty")
 	case strings.HasPrefix(n, "*"):
-		return errors.New("a wildcard needs the DNS-01 challenge, which pier does not answer")
+		return errors.New("a wildcard needs the DNS-01 challenge: proxy.tls.acme.challenges: [dns-01]")
 	case net.ParseIP(n) != nil:
 		return errors.New("an IP address; want a DNS name")
 	case len(n) > 253 || !strings.Contains(n, ".") || strings.HasSuffix(n, "."):
@@ -103,12 +172,16 @@ func validACMEName(n string) error {
 // a managed name gets the default certificate.
 type acmeManager struct {
 	conf   ACMEConfig
-	names  map[string]bool
+	static map[string]bool                 // the config's names, always managed
+	names  atomic.Pointer[map[string]bool] // static and the names of routes with tls=acme; replaced, never changed
+	kick   chan struct{}                   // capacity 1: names changed
+	warned map[string]bool                 // route names refused and logged, while their routes last; setRouteNames's, which never runs concurrently
 	log    *slog.Logger
 	cfg    atomic.Pointer[certmagic.Config]
 	iss    atomic.Pointer[certmagic.ACMEIssuer]
 	errors prometheus.Counter
 	issued prometheus.Counter
+	count  prometheus.Gauge // len(names)
 }
 
 func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) (*acmeManager, error) {
@@ -118,11 +191,14 @@ func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) 
 	if c.Storage == nil {
 		return nil, errors.New("proxy.tls.acme: no storage (the agent gives the servers' KV)")
 	}
-	m := &acmeManager{conf: *c, names: map[string]bool{}, log: log.With("component", "acme")}
+	m := &acmeManager{conf: *c, static: map[string]bool{}, kick: make(chan struct{}, 1), warned: map[string]bool{},
+		log: log.With("component", "acme")}
 	m.conf.Names = slices.Clone(c.Names)
 	for _, n := range c.Names {
-		m.names[strings.ToLower(n)] = true
+		m.static[strings.ToLower(n)] = true
 	}
+	names := maps.Clone(m.static)
+	m.names.Store(&names)
 	m.errors = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "pier", Subsystem: "proxy", Name: "acme_errors_total",
 		Help: "Failed attempts to obtain or renew a certificate from the ACME CA (the certificate held, if any, keeps serving).",
@@ -131,8 +207,13 @@ func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) 
 		Namespace: "pier", Subsystem: "proxy", Name: "acme_certificates_total",
 		Help: "Certificates this front door obtained or renewed from the ACME CA (not those another front door got and this one loaded).",
 	})
+	m.count = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "pier", Subsystem: "proxy", Name: "acme_names",
+		Help: "Names the front door manages certificates for: proxy.tls.acme.names and the hosts of routes with tls=acme.",
+	})
+	m.count.Set(float64(len(names)))
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.errors, m.issued} {
+		for _, col := range []prometheus.Collector{m.errors, m.issued, m.count} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("proxy: metrics: %w", err)
 			}
@@ -141,8 +222,56 @@ func newACMEManager(c *ACMEConfig, reg prometheus.Registerer, log *slog.Logger) 
 	return m, nil
 }
 
-// managed reports whether name is one of the configured names.
-func (m *acmeManager) managed(name string) bool { return m != nil && m.names[name] }
+// managed reports whether name is one of the configured names or of a
+// route's with tls=acme, or is covered by a configured wildcard.
+func (m *acmeManager) managed(name string) bool {
+	if m == nil {
+		return false
+	}
+	names := *m.names.Load()
+	if names[name] {
+		return true
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 && m.conf.dns01() {
+		return names["*"+name[i:]]
+	}
+	return false
+}
+
+// setRouteNames takes the hosts of the routes with tls=acme (from tags and
+// the KV store; the config's are static) and, when the set changed, wakes
+// RunACME. It is called at each rebuild of the route table, never
+// concurrently, and does not block. A name that is not a DNS name, or not
+// allowed, is logged once and left out: only a route's name is ever
+// ordered, never a name a client sends by SNI.
+func (m *acmeManager) setRouteNames(hosts []string) {
+	next := maps.Clone(m.static)
+	refused := map[string]bool{}
+	for _, h := range hosts {
+		err := m.conf.validName(h)
+		if err == nil && !m.conf.allowed(h) {
+			err = errors.New("not in proxy.tls.acme.allow")
+		}
+		if err != nil {
+			refused[h] = true
+			if !m.warned[h] {
+				m.log.Warn("acme: a route's tls=acme name is not managed", "name", h, "err", err)
+			}
+			continue
+		}
+		next[h] = true
+	}
+	m.warned = refused // logged again only if it goes and comes back
+	if maps.Equal(next, *m.names.Load()) {
+		return
+	}
+	m.names.Store(&next)
+	m.count.Set(float64(len(next)))
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
 
 // certificate answers the TLS-ALPN-01 challenge and the certificates of
 // managed names; false when it has none for hello.
@@ -151,7 +280,7 @@ func (m *acmeManager) certificate(hello *tls.ClientHelloInfo, name string) (*tls
 	if cfg == nil {
 		return nil, false
 	}
-	if !m.names[name] && !slices.Contains(hello.SupportedProtos, acmeALPN) {
+	if !m.managed(name) && !slices.Contains(hello.SupportedProtos, acmeALPN) {
 		return nil, false
 	}
 	c, err := cfg.GetCertificate(hello)
@@ -225,12 +354,12 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 	// The challenges are answered by the front door's own listeners:
 	// pointing certmagic's solvers at them makes their bind fail, which
 	// certmagic takes as "served elsewhere".
-	if a, ok := httpAddr.(*net.TCPAddr); ok {
+	if a, ok := httpAddr.(*net.TCPAddr); ok && m.conf.challenge(challengeHTTP) {
 		tmpl.ListenHost, tmpl.AltHTTPPort = a.IP.String(), a.Port
 	} else {
 		tmpl.DisableHTTPChallenge = true
 	}
-	if a, ok := tlsAddr.(*net.TCPAddr); ok {
+	if a, ok := tlsAddr.(*net.TCPAddr); ok && m.conf.challenge(challengeALPN) {
 		tmpl.AltTLSALPNPort = a.Port
 		if tmpl.ListenHost != a.IP.String() {
 			tmpl.ListenHost = "" // both listeners' hosts differ: leave the solvers to fail on the wildcard bind
@@ -238,52 +367,163 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 	} else {
 		tmpl.DisableTLSALPNChallenge = true
 	}
+	if m.conf.dns01() {
+		tmpl.DNS01Solver = dnsSolver{m.conf.Storage}
+	}
 	iss := certmagic.NewACMEIssuer(cfg, tmpl)
 	cfg.Issuers = []certmagic.Issuer{iss}
 	m.iss.Store(iss)
 	m.cfg.Store(cfg)
 	defer m.cfg.Store(nil)
 	defer m.iss.Store(nil)
-	// ManageAsync loads what the storage holds and orders the rest in the
-	// background (one front door at a time, under the storage's lock),
-	// never prompting (ManageSync would ask for an email on stdin). Renewals
-	// run in certmagic's maintenance, retried there with backoff, logged
-	// and counted in event. A name whose certificate could not be loaded
-	// (no server reachable: a client that has not joined yet) is dropped by
-	// certmagic with a log line, so the names without a certificate are
-	// handed to it again until each has one; a name being ordered is not
-	// ordered twice (certmagic's jobs are by name).
-	wait := time.Second
-	names := m.conf.Names
-	for {
-		if err := m.reachable(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
+	m.manage(ctx, cache, cfg)
+	return nil
+}
+
+// manage keeps certmagic managing the names of m.names until ctx ends.
+// Each name gets one goroutine at a time (get): it loads the name's
+// certificate from the storage into certmagic's cache, or, when the
+// storage has none, orders one (one front door at a time, under the
+// storage's lock; certmagic retries a failed order with backoff for up to
+// 30 days, logged and counted in event). ManageAsync is not used: it
+// starts a new order job at each call, and each extra job would wait on
+// the name's lock for as long as the first retries. Once cached, renewals
+// and OCSP are certmagic's maintenance. A name whose goroutine ended
+// without a certificate (no server reachable: a client that has not
+// joined yet) gets another (1 s, doubling to a minute, sooner when the
+// names change). Each name is managed under a context of its own: when
+// its route goes, the context ends (an order in progress, with its
+// retries, is abandoned) and its certificate leaves the cache (no longer
+// served nor renewed); the storage keeps it, so a route that comes back is
+// served again without an order while the certificate lasts.
+func (m *acmeManager) manage(ctx context.Context, cache *certmagic.Cache, cfg *certmagic.Config) {
+	type managed struct {
+		ctx    context.Context
+		cancel context.CancelFunc
+	}
+	managing := map[string]managed{}
+	dropped := map[string]bool{} // names whose route went: an order that was under way may still cache one
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		busy = map[string]bool{} // names with a goroutine
+	)
+	defer func() {
+		for _, mc := range managing {
+			mc.cancel()
+		}
+		wg.Wait()
+	}()
+	get := func(ctx context.Context, n string) {
+		defer wg.Done()
+		defer func() {
+			mu.Lock()
+			delete(busy, n)
+			mu.Unlock()
+		}()
+		_, err := cfg.CacheManagedCertificate(ctx, n)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = cfg.ObtainCertAsync(ctx, n); err == nil { // failures are logged and counted by event
+				_, err = cfg.CacheManagedCertificate(ctx, n)
 			}
+		} else if err != nil && ctx.Err() == nil {
 			m.errors.Inc()
-			m.log.Error("acme: the certificate storage cannot be reached; the front door serves what it holds, trying again", "in", wait, "err", err)
-		} else if err := cfg.ManageAsync(ctx, names); err != nil {
-			m.errors.Inc()
-			m.log.Error("acme: managing the certificates failed; trying again", "names", names, "in", wait, "err", err)
+			m.log.Error("acme: loading the certificate from the storage failed; trying again", "name", n, "err", err)
+		}
+	}
+	wait := time.Second
+	for {
+		want := *m.names.Load()
+		var gone []certmagic.SubjectIssuer
+		for n, mc := range managing {
+			if !want[n] {
+				mc.cancel()
+				delete(managing, n)
+				dropped[n] = true
+				m.log.Info("acme: the name has no route with tls=acme any more: its certificate is neither served nor renewed", "name", n)
+			}
+		}
+		for n := range dropped {
+			if want[n] {
+				delete(dropped, n)
+			} else if len(cache.AllMatchingCertificates(n)) > 0 {
+				gone = append(gone, certmagic.SubjectIssuer{Subject: n})
+			}
+		}
+		if len(gone) > 0 {
+			cache.RemoveManaged(gone)
+		}
+		var missing []string
+		for n := range want {
+			if len(cache.AllMatchingCertificates(n)) == 0 {
+				missing = append(missing, n)
+			}
+		}
+		slices.Sort(missing)
+		if len(missing) > 0 {
+			if err := m.reachable(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				m.errors.Inc()
+				m.log.Error("acme: the certificate storage cannot be reached; the front door serves what it holds, trying again", "in", wait, "err", err)
+			} else {
+				for _, n := range missing {
+					mc, ok := managing[n]
+					if !ok {
+						mc.ctx, mc.cancel = context.WithCancel(ctx)
+						managing[n] = mc
+					}
+					mu.Lock()
+					start := !busy[n]
+					busy[n] = true
+					mu.Unlock()
+					if start {
+						wg.Add(1)
+						go get(mc.ctx, n)
+					}
+				}
+			}
+		}
+		var retry <-chan time.Time
+		if len(missing) > 0 {
+			retry = time.After(wait)
 		}
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Minute)
-		names = names[:0:0]
-		for _, n := range m.conf.Names {
-			if len(cache.AllMatchingCertificates(n)) == 0 {
-				names = append(names, n)
-			}
-		}
-		if len(names) == 0 {
-			break
+			return
+		case <-m.kick:
+			wait = time.Second
+		case <-retry:
+			wait = min(2*wait, time.Minute)
 		}
 	}
-	<-ctx.Done()
-	return nil
+}
+
+// acmeRouteNames hands the hosts of rt's tag and KV routes with tls=acme
+// to the ACME manager; without proxy.tls.acme such a route is served
+// without a certificate of its own, which is logged once per host.
+func (p *Proxy) acmeRouteNames(rt *routeTable) {
+	var hosts []string
+	for _, r := range rt.all {
+		if !r.ACME || r.Host == "" {
+			continue
+		}
+		if p.acme == nil {
+			if !p.acmeWarned[r.Host] {
+				if p.acmeWarned == nil {
+					p.acmeWarned = map[string]bool{}
+				}
+				p.acmeWarned[r.Host] = true
+				p.log.Warn("a route asks for tls=acme but proxy.tls.acme is not configured: no certificate is ordered for it", "host", r.Host, "source", r.Source)
+			}
+			continue
+		}
+		hosts = append(hosts, r.Host)
+	}
+	if p.acme != nil {
+		p.acme.setRouteNames(hosts)
+	}
 }
 
 // reachable reports an error when the storage cannot be read.

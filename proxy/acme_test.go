@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io/fs"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -178,4 +179,51 @@ func (s *memStorage) Stat(_ context.Context, key string) (certmagic.KeyInfo, err
 		}
 	}
 	return certmagic.KeyInfo{}, fs.ErrNotExist
+}
+
+// TestACMERouteNamesBound: only the config's names and the hosts of
+// routes with tls=acme are managed, and with allow only the hosts it
+// matches; a wildcard covers one label with dns-01; RunACME is woken once
+// per change of the set, not at every rebuild.
+func TestACMERouteNamesBound(t *testing.T) {
+	m, err := newACMEManager(&ACMEConfig{Names: []string{"static.test", "*.wild.test"}, Challenges: []string{"dns-01"},
+		Allow: []string{"*.shop.test", "exact.test"}, Storage: newMemStorage()}, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kicked := func() bool {
+		select {
+		case <-m.kick:
+			return true
+		default:
+			return false
+		}
+	}
+	m.setRouteNames([]string{"a.shop.test", "exact.test", "evil.test", "shop.test", "bad_name.shop.test"})
+	if !kicked() {
+		t.Error("no wake-up for new names")
+	}
+	for name, want := range map[string]bool{
+		"static.test": true, "a.wild.test": true, "a.b.wild.test": false, "wild.test": false,
+		"a.shop.test": true, "exact.test": true, "evil.test": false, "shop.test": false, "bad_name.shop.test": false,
+		"random.test": false,
+	} {
+		if got := m.managed(name); got != want {
+			t.Errorf("managed(%q) = %v, want %v", name, got, want)
+		}
+	}
+	m.setRouteNames([]string{"exact.test", "a.shop.test", "evil.test"}) // the same set
+	if kicked() {
+		t.Error("a wake-up with no change")
+	}
+	if n := testutil.ToFloat64(m.count); n != 4 {
+		t.Errorf("pier_proxy_acme_names = %v, want 4", n)
+	}
+	m.setRouteNames(nil)
+	if n := testutil.ToFloat64(m.count); n != 2 {
+		t.Errorf("pier_proxy_acme_names = %v after the routes went, want 2", n)
+	}
+	if !kicked() || m.managed("a.shop.test") || !m.managed("static.test") {
+		t.Errorf("after the routes went: a.shop.test %v, static.test %v", m.managed("a.shop.test"), m.managed("static.test"))
+	}
 }

@@ -26,6 +26,10 @@ type RouteInfo struct {
 	TLSServerName string `json:",omitempty"`
 	TLSCAFile     string `json:",omitempty"`
 	Proto         string `json:",omitempty"` // "grpc": instances are reached over HTTP/2
+	// ACME, for a route with tls=acme: "managed" (its host's certificate
+	// comes from proxy.tls.acme), "refused" (not a name ACME can prove, or
+	// outside proxy.tls.acme.allow) or "no proxy.tls.acme".
+	ACME string `json:",omitempty"`
 
 	Total     int // instances in the catalog, healthy or not
 	Instances []InstanceInfo
@@ -57,6 +61,15 @@ func (p *Proxy) Routes() []RouteInfo {
 			Source: r.Source, Key: r.Key, MaxFails: r.maxFails, FailTimeout: r.failTimeout.String(),
 			TLS: r.TLS, TLSSkipVerify: r.TLSSkipVerify, TLSServerName: r.TLSServerName, TLSCAFile: r.TLSCAFile, Proto: r.Proto,
 			Instances: []InstanceInfo{},
+		}
+		switch {
+		case !r.ACME && !(r.Source == "config" && p.acme.managed(r.Host)):
+		case p.acme == nil:
+			ri.ACME = "no proxy.tls.acme"
+		case p.acme.managed(r.Host):
+			ri.ACME = "managed"
+		default:
+			ri.ACME = "refused"
 		}
 		pool := rt.lbt.Pool(r.Service)
 		switch {

@@ -11,7 +11,8 @@
 // files change) and redirects plain HTTP to HTTPS when asked.
 //
 // TCPProxy (tcp*.go) is the front door for bytes: TCP routes (proxy.tcp,
-// urlprefix-:port proto=tcp tags) on listeners of their own, and SNI
+// the KV store under pier/tcp-routes/, urlprefix-:port proto=tcp tags) on
+// listeners of their own, opened and closed as the KV and tags change, and SNI
 // passthrough (proto=tcp+sni) through a listener wrapper that peeks at each
 // ClientHello in front of the TLS listener. It uses the same lb pools and
 // passive health as the HTTP routes and keeps its connections in a set of
@@ -19,9 +20,13 @@
 //
 // ACME (acme.go) gets certificates from an RFC 8555 CA through certmagic:
 // it answers the challenges on the front door's listeners and hands
-// certmagic's certificates to the TLS listener after pier's files. Where
-// they are stored and locked is the caller's (ACMEConfig.Storage: the
-// agent gives the servers' KV); this package must not reach the KV itself.
+// certmagic's certificates to the TLS listener after pier's files. Its
+// names are the config's and the hosts of tag and KV routes with tls=acme,
+// taken at each rebuild of the route table, never a client's SNI. DNS-01
+// (acme_dns.go) writes its TXT records through the same storage, which the
+// agent's DNS server answers. Where they are stored and locked is the
+// caller's (ACMEConfig.Storage: the agent gives the servers' KV); this
+// package must not reach the KV itself.
 //
 // The route table is an immutable value swapped atomically when the
 // catalog's tags or KV routes change. State that must survive a route update (in-flight

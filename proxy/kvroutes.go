@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"sigs.k8s.io/yaml"
 
@@ -19,7 +20,9 @@ const KVRoutePrefix = "pier/routes/"
 
 // ParseRoute reads one route from YAML or JSON (keys as in the config file:
 // host, path, service, port, strip, prepend, max_fails, fail_timeout, tls,
-// tls_skip_verify, tls_server_name, tls_ca_file) and validates it.
+// tls_skip_verify, tls_server_name, tls_ca_file) and validates it. tls:
+// acme is the front door's certificate for the host, from
+// proxy.tls.acme's CA (Route.ACME), not TLS to the instances.
 func ParseRoute(b []byte) (Route, error) {
 	var r Route
 	if len(bytes.TrimSpace(b)) == 0 {
@@ -33,11 +36,29 @@ func ParseRoute(b []byte) (Route, error) {
 	if err := json.Unmarshal(j, &raw); err != nil {
 		return r, err
 	}
-	if _, ok := raw.(map[string]any); !ok {
+	m, ok := raw.(map[string]any)
+	if !ok {
 		return r, errors.New("expected a mapping such as {path: /api/, service: api}")
 	}
+	for k, v := range m {
+		if s, ok := v.(string); ok && strings.EqualFold(k, "tls") {
+			if s != "acme" {
+				return r, fmt.Errorf("tls %q: want true, false or acme", s)
+			}
+			r.ACME = true
+			delete(m, k)
+			if j, err = json.Marshal(m); err != nil {
+				return r, err
+			}
+		}
+	}
+	acme := r.ACME
 	if err := registry.DecodeConfig("", j, &r); err != nil {
 		return Route{}, err
+	}
+	r.ACME = acme
+	if r.ACME && r.Host == "" {
+		return r, errors.New("tls: acme needs the route's host, the name the certificate is for")
 	}
 	return r, r.Validate()
 }

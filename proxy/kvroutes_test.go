@@ -60,3 +60,36 @@ func TestKVRoutes(t *testing.T) {
 		t.Fatalf("after deleting the KV route: %d", code)
 	}
 }
+
+// TestParseRouteACME: tls: acme in a KV route or tls=acme in a tag is the
+// front door's certificate for the host (Route.ACME), not TLS to the
+// instances; anything else in their place is refused, naming it.
+func TestParseRouteACME(t *testing.T) {
+	for _, in := range []string{"host: a.example.com\nservice: a\ntls: acme\n", `{"host":"a.example.com","service":"a","tls":"acme"}`} {
+		r, err := ParseRoute([]byte(in))
+		if err != nil || !r.ACME || r.TLS || r.Host != "a.example.com" {
+			t.Errorf("ParseRoute(%q) = %+v, %v; want ACME and no upstream TLS", in, r, err)
+		}
+	}
+	if r, err := ParseRoute([]byte("host: a.example.com\nservice: a\ntls: true\n")); err != nil || r.ACME || !r.TLS {
+		t.Errorf("tls: true = %+v, %v", r, err)
+	}
+	for in, want := range map[string]string{
+		"host: a.example.com\nservice: a\ntls: letsencrypt\n": `tls "letsencrypt"`,
+		"path: /x\nservice: a\ntls: acme\n":                   "needs the route's host",
+	} {
+		if _, err := ParseRoute([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseRoute(%q): %v, want %q", in, err, want)
+		}
+	}
+	r, ok, err := ParseTag("urlprefix-shop.example.com/ tls=acme")
+	if !ok || err != nil || !r.ACME || r.TLS || r.Host != "shop.example.com" {
+		t.Errorf("tls=acme tag: %+v, %v, %v", r, ok, err)
+	}
+	if _, _, err := ParseTag("urlprefix-/x tls=acme"); err == nil || !strings.Contains(err.Error(), "needs a host") {
+		t.Errorf("tls=acme without a host: %v", err)
+	}
+	if _, _, err := ParseTag("urlprefix-shop.example.com/ tls=yes"); err == nil || !strings.Contains(err.Error(), "tls=yes") {
+		t.Errorf("tls=yes tag: %v", err)
+	}
+}

@@ -48,7 +48,8 @@ type Config struct {
 	// Failover is where routes with a failover find other datacenters'
 	// instances (failover.go); nil: such routes serve locally only.
 	Failover      FailoverSource `json:"-"`
-	FailoverEvery time.Duration  `json:"-"`     // how often those instances are asked for; default 1s
+	FailoverEvery time.Duration  `json:"-"`     // how often the routes and the datacenters' order are read again (the instances come by blocking queries); default 1s
+	FailoverWait  time.Duration  `json:"-"`     // the wait of a blocking query for another datacenter's instances; default 10s (it bounds how long a WAN cut holds one)
 	HTTP2         HTTP2Config    `json:"http2"` // HTTP/2 to clients (h2.go)
 	H2C           bool           `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
 
@@ -78,23 +79,24 @@ const maxTries = 16
 
 // Proxy is the front door.
 type Proxy struct {
-	cfg      Config
-	bal      *lb.Balancer
-	log      *slog.Logger
-	routes   atomic.Pointer[routeTable]
-	mu       sync.Mutex        // serializes route rebuilds
-	kvWarned map[string]uint64 // bad KV routes already logged; guarded by mu
-	tlsc     tlsCache          // routes' upstream TLS settings, interned; guarded by mu
-	certWarn certWarning       // when a TLS mismatch with an instance was last logged
-	srv      *fasthttp.Server
-	loop     *loop         // nil: the goroutine engine serves the plain listener
-	met      *proxyMetrics // nil: no metrics
-	alog     *accessLog    // nil: no access log
-	certs    *certStore    // nil: no TLS
-	acme     *acmeManager  // nil: no ACME (acme.go)
-	redirect bool          // plain requests get a redirect to https
-	h2       *h2Front      // nil: no HTTP/2 on either listener
-	grpc     *grpcUpstream // transports to gRPC instances
+	cfg        Config
+	bal        *lb.Balancer
+	log        *slog.Logger
+	routes     atomic.Pointer[routeTable]
+	mu         sync.Mutex        // serializes route rebuilds
+	kvWarned   map[string]uint64 // bad KV routes already logged; guarded by mu
+	acmeWarned map[string]bool   // hosts of tls=acme routes logged for want of proxy.tls.acme; guarded by mu
+	tlsc       tlsCache          // routes' upstream TLS settings, interned; guarded by mu
+	certWarn   certWarning       // when a TLS mismatch with an instance was last logged
+	srv        *fasthttp.Server
+	loop       *loop         // nil: the goroutine engine serves the plain listener
+	met        *proxyMetrics // nil: no metrics
+	alog       *accessLog    // nil: no access log
+	certs      *certStore    // nil: no TLS
+	acme       *acmeManager  // nil: no ACME (acme.go)
+	redirect   bool          // plain requests get a redirect to https
+	h2         *h2Front      // nil: no HTTP/2 on either listener
+	grpc       *grpcUpstream // transports to gRPC instances
 
 	tunnelsMu sync.Mutex
 	tunnels   map[net.Conn]struct{} // backend side of open WebSocket tunnels
@@ -149,7 +151,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
 	if cfg.Failover != nil {
-		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cfg.Balancer)
+		p.fo = newFailover(cfg.Failover, cmp.Or(cfg.FailoverEvery, time.Second), cmp.Or(cfg.FailoverWait, 10*time.Second), cfg.Balancer)
 	}
 	p.bodies.New = func() any { return new(clientBody) }
 	for i := range cfg.Routes {
@@ -334,6 +336,7 @@ func (p *Proxy) syncRoutes() *routeTable {
 		rt = buildRoutesTLS(p.cfg.Routes, lbt, p.cfg.Tags, p.cfg.MaxFails, p.cfg.FailTimeout, p.log, p.kvWarned, p.tlsc)
 		p.met.attach(rt)
 		p.routes.Store(rt)
+		p.acmeRouteNames(rt)
 	}
 	return rt
 }
@@ -410,6 +413,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		p.access(ctx, origURI, start, nil, nil, 0)
 		return
 	}
+	if p.h2 != nil && p.h2.up != nil && !ctx.IsTLS() && p.h2cUpgrade(ctx) {
+		return // the request is stream 1 of an HTTP/2 connection now (h2upgrade.go)
+	}
 	path, query := uri, []byte(nil)
 	for i, c := range uri {
 		if c == '?' {
@@ -436,6 +442,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if r.Proto == ProtoGRPC {
+		if p.serveGRPCFromH1(ctx, r, start) {
+			return // gRPC-Web, or a CORS preflight (grpcweb.go)
+		}
 		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
 		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
 		p.access(ctx, origURI, start, r, nil, 0)

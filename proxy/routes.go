@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -41,6 +42,11 @@ type Route struct {
 	// may be sent to another instance after one answered UNAVAILABLE.
 	Proto          string `json:"proto"`           // "" or "http": HTTP/1.1 to the instances; "grpc"
 	GRPCIdempotent string `json:"grpc_idempotent"` // only with proto: grpc
+
+	// ACME: the route's host gets its certificate from proxy.tls.acme
+	// (tls: acme in a KV route, tls=acme in a tag; a config route's
+	// host is one of proxy.tls.acme's names already).
+	ACME bool `json:"-"`
 
 	Source string `json:"-"` // "config", "kv" or "tag"; set by the proxy
 	Key    string `json:"-"` // for a KV route, its key; set by the proxy
@@ -335,10 +341,12 @@ func buildRoutesTLS(cfg []Route, lbt *lb.Table, tags bool, maxFails int, failTim
 //	urlprefix-shop.example.com/
 //	urlprefix-/v2 prepend=/api/v2
 //	urlprefix-/secure proto=https tlsskipverify=true
+//	urlprefix-shop.example.com/ tls=acme
 //
 // proto=https reaches the instances over TLS (as fabio does), verified
 // against the system's roots for the instance's address unless
-// tlsskipverify=true. ok is false for a tag that is not a urlprefix- tag,
+// tlsskipverify=true. tls=acme (pier's, not fabio's) has the front door
+// get a certificate for the host from proxy.tls.acme's CA. ok is false for a tag that is not a urlprefix- tag,
 // and for proto=tcp and proto=tcp+sni tags, which are TCP routes
 // (ParseTCPTag). Options pier does not
 // know (fabio's redirect=, allow=, ...) are an error, so the
@@ -379,6 +387,11 @@ func ParseTag(tag string) (r Route, ok bool, err error) {
 			default:
 				return r, true, fmt.Errorf("proto=%s: pier routes http, https, grpc, grpcs, tcp and tcp+sni only", v)
 			}
+		case "tls":
+			if v != "acme" {
+				return r, true, fmt.Errorf("tls=%s: want tls=acme (proto=https is TLS to the instances)", v)
+			}
+			r.ACME = true
 		case "grpcidempotent":
 			r.GRPCIdempotent = v
 		case "tlsskipverify":
@@ -395,6 +408,9 @@ func ParseTag(tag string) (r Route, ok bool, err error) {
 	}
 	if strings.HasPrefix(r.Host, ":") {
 		return r, true, fmt.Errorf("a TCP route (%s): pier routes HTTP only", r.Host)
+	}
+	if r.ACME && r.Host == "" {
+		return r, true, errors.New("tls=acme needs a host, the name the certificate is for")
 	}
 	r.Service = "_" // validated with a placeholder; the caller sets it
 	if err := r.Validate(); err != nil {

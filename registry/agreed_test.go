@@ -244,3 +244,20 @@ func isClosed(ch <-chan struct{}) bool {
 		return false
 	}
 }
+
+// The ACME storage's keys (ACMEKVPrefix) are written through Raft only:
+// once the agent has the agreed store, the snapshot shows them from there
+// (the DNS server answers DNS-01 records from it), and a gossip write is
+// refused.
+func TestAgreedACMEKeys(t *testing.T) {
+	r := rtNew(t, "")
+	r.SetAgreed(Agreed{Index: 2, KVIndex: 2, KV: agKV(2, ACMEChallengeKVPrefix+"_acme-challenge.a.test/1", "digest", ReservedKVPrefix+"other/sneaky", "raft")})
+	s := r.Snapshot()
+	rtEqual(t, "acme", agKeys(s.KVList(ACMEKVPrefix)), []string{ACMEChallengeKVPrefix + "_acme-challenge.a.test/1=digest"})
+	if _, ok := s.KV(ReservedKVPrefix + "other/sneaky"); ok {
+		t.Error("an agreed key outside the agreed reserved prefixes is shown")
+	}
+	if _, err := r.KVPut(ACMEKVPrefix+"certificates/x", []byte("g"), 0, nil); !errors.Is(err, ErrKVAgreed) {
+		t.Errorf("a gossip write of an ACME key: %v", err)
+	}
+}

@@ -41,10 +41,21 @@ const ReservedKVPrefix = "_pier/"
 // like the user's keys; the rest of ReservedKVPrefix stays gossip's.
 const AgreedReservedPrefix = ReservedKVPrefix + "acl/"
 
+// ACMEKVPrefix holds the front door's ACME storage (proxy.tls.acme:
+// certificates, keys, locks, DNS-01 records), written through the servers'
+// Raft log only. It is agreed too, so that the snapshot shows what the
+// servers hold (the DNS server answers ACMEChallengeKVPrefix from it).
+const ACMEKVPrefix = ReservedKVPrefix + "acme/"
+
+// ACMEChallengeKVPrefix holds the DNS-01 TXT records: one key per value,
+// under <ACMEChallengeKVPrefix><_acme-challenge.name>/.
+const ACMEChallengeKVPrefix = ACMEKVPrefix + "dns/"
+
 // gossipKey reports whether key belongs to the gossip store once the agent
-// has the agreed one: the reserved keys outside AgreedReservedPrefix.
+// has the agreed one: the reserved keys outside AgreedReservedPrefix and
+// ACMEKVPrefix.
 func gossipKey(key string) bool {
-	return strings.HasPrefix(key, ReservedKVPrefix) && !strings.HasPrefix(key, AgreedReservedPrefix)
+	return strings.HasPrefix(key, ReservedKVPrefix) && !strings.HasPrefix(key, AgreedReservedPrefix) && !strings.HasPrefix(key, ACMEKVPrefix)
 }
 
 // ErrKVFull is a write refused because the store would exceed

@@ -40,6 +40,10 @@ func TestProxyACMEConfig(t *testing.T) {
 		!slices.Equal(a.Names, []string{"www.example.com", "shop.example.com"}) {
 		t.Errorf("acme: %+v", a)
 	}
+	if c, err := load("  tls:\n    acme: {names: [\"*.example.com\"], challenges: [dns-01], allow: [\"*.example.com\"]}\n"); err != nil ||
+		!slices.Equal(c.Proxy.proxy.TLS.ACME.Challenges, []string{"dns-01"}) || !slices.Equal(c.Proxy.proxy.TLS.ACME.Allow, []string{"*.example.com"}) {
+		t.Errorf("a wildcard with dns-01: %v", err)
+	}
 	if rs := c.Proxy.proxy.Routes; len(rs) != 2 || rs[0].TLS || !rs[1].TLS {
 		t.Errorf("routes: %+v (tls: acme is the front door's certificate, not TLS to the instances)", rs)
 	}
@@ -51,7 +55,10 @@ func TestProxyACMEConfig(t *testing.T) {
 		{"  tls:\n    acme: {names: [a.example.com], email: nobody}\n", "proxy.tls.acme.email \"nobody\""},
 		{"  tls:\n    acme: {names: [a.example.com], ca_root: " + filepath.Join(dir, "missing.pem") + "}\n", "proxy.tls.acme.ca_root"},
 		{"  tls:\n    acme: {names: [a.example.com], renew_check: -1s}\n", "proxy.tls.acme.renew_check"},
-		{"  tls:\n    acme: {email: ops@example.com}\n", "proxy.tls.acme.names: at least one"},
+		{"  tls:\n    acme: {allow: [\"*.-x.com\"]}\n", "proxy.tls.acme.allow[0] \"*.-x.com\""},
+		{"  tls:\n    acme: {challenges: [dns-02]}\n", "proxy.tls.acme.challenges[0] \"dns-02\""},
+		{"  tls:\n    acme: {challenges: [dns-01, http-01]}\n", "dns-01 is used alone"},
+		{"  tls:\n    acme: {names: [\"*.example.com\"], challenges: [http-01]}\n", "proxy.tls.acme.names[0] \"*.example.com\": a wildcard needs the DNS-01 challenge"},
 		{"  tls:\n    acme: {names: [a.example.com], agree: true}\n", "unknown key"},
 		{"  routes:\n    - {host: a.example.com, service: a, tls: acme}\n", "proxy.routes[0].tls: acme needs proxy.tls.acme"},
 		{"  tls:\n    acme: {names: [a.example.com]}\n  routes:\n    - {service: a, tls: acme}\n", "proxy.routes[0].tls: acme needs the route's host"},

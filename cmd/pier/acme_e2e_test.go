@@ -63,14 +63,29 @@ type pebbleCA struct {
 // 127.0.0.1, and it dials httpPort and tlsPort there.
 func startPebble(t *testing.T, pki testPKI, dnsAddr string, httpPort, tlsPort int, validity time.Duration) *pebbleCA {
 	t.Helper()
+	return startPebbleWith(t, pki, dnsAddr, httpPort, tlsPort, validity, pebbleOpts{})
+}
+
+// pebbleOpts are startPebble's less common settings.
+type pebbleOpts struct {
+	ocspURL string // put in the certificates as their OCSP responder
+	rsa     bool   // RSA keys for the CA (its management API gives out RSA keys only)
+}
+
+func startPebbleWith(t *testing.T, pki testPKI, dnsAddr string, httpPort, tlsPort int, validity time.Duration, o pebbleOpts) *pebbleCA {
+	t.Helper()
 	bin := pebbleBin(t)
+	keyAlg := "ecdsa"
+	if o.rsa {
+		keyAlg = "rsa"
+	}
 	dir := t.TempDir()
 	listen, mgmt := freeLoopback(t), freeLoopback(t)
 	cfg := fmt.Sprintf(`{"pebble": {"listenAddress": %q, "managementListenAddress": %q,
-  "certificate": %q, "privateKey": %q, "httpPort": %d, "tlsPort": %d, "ocspResponderURL": "",
-  "externalAccountBindingRequired": false, "retryAfter": {"authz": 1, "order": 1}, "keyAlgorithm": "ecdsa",
+  "certificate": %q, "privateKey": %q, "httpPort": %d, "tlsPort": %d, "ocspResponderURL": %q,
+  "externalAccountBindingRequired": false, "retryAfter": {"authz": 1, "order": 1}, "keyAlgorithm": %q,
   "profiles": {"default": {"description": "short-lived for the renewal test", "validityPeriod": %d}}}}`,
-		listen, mgmt, pki.certFile, pki.keyFile, httpPort, tlsPort, int(validity.Seconds()))
+		listen, mgmt, pki.certFile, pki.keyFile, httpPort, tlsPort, o.ocspURL, keyAlg, int(validity.Seconds()))
 	cfgFile := filepath.Join(dir, "pebble.json")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -91,10 +91,7 @@ func (p *proxySettings) resolveACME() error {
 	if err := t.ACME.Validate(); err != nil {
 		return fmt.Errorf("proxy.tls.acme.%w", err)
 	}
-	if len(t.ACME.Names) == 0 {
-		return fmt.Errorf("proxy.tls.acme.names: at least one name is required (or a route with tls: acme)")
-	}
-	return nil
+	return nil // no names is fine: tag and KV routes with tls=acme bring theirs at run time
 }
 
 // withACMEStorage answers the proxy config with its ACME certificates kept

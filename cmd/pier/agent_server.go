@@ -190,6 +190,7 @@ func (s *servers) run(ctx context.Context, g *errgroup.Group, reg *registry.Regi
 	old := reg.Snapshot().GossipKV()
 	g.Go(func() error { return s.node.RunImportGossipKV(ctx, old) })
 	g.Go(func() error { return api.RunSessionHealth(ctx, s.node, reg) })
+	g.Go(func() error { return srv.RunACLReplication(ctx) }) // in a secondary datacenter, on its leader
 	g.Go(func() error {
 		return s.node.FollowMembers(ctx, self, s.members.Members, reg, s.dc, 5*time.Second)
 	})

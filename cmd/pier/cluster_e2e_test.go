@@ -175,6 +175,20 @@ func TestKeyringRotation(t *testing.T) {
 		if rc != 0 || !strings.Contains(out, "Success!") {
 			t.Fatalf("pier keyring %v: %d %s%s", step, rc, out, errOut)
 		}
+		if step[0] == "-install" {
+			// Installed, not yet used: -list shows both keys,
+			// -list-primary (consul keyring's) the old one alone.
+			out, errOut, rc := pier(t, "keyring", "-http-addr", a.addr, "-list-primary")
+			if want := "dc1 (LAN):\n  " + k1 + " [2/2]\n"; rc != 0 || out != want {
+				t.Errorf("pier keyring -list-primary with a key installed: %d %q %s, want %q", rc, out, errOut, want)
+			}
+			if out, _, _ := pier(t, "keyring", "-http-addr", a.addr, "-list"); !strings.Contains(out, k2+" [2/2]\n") {
+				t.Errorf("pier keyring -list with a key installed:\n%s", out)
+			}
+		}
+	}
+	if _, errOut, rc := pier(t, "keyring", "-http-addr", a.addr, "-list-primary", "-list"); rc != 2 || !strings.Contains(errOut, "exactly one") {
+		t.Errorf("-list-primary with -list: %d %s", rc, errOut)
 	}
 	out, _, rc := pier(t, "keyring", "-http-addr", a.addr, "-list")
 	if rc != 0 || !strings.Contains(out, k2+" [2/2] (primary on 2)") || strings.Contains(out, k1) {

@@ -137,7 +137,10 @@ type fileConfig struct {
 	EnableDebug        *bool // Consul's enable_debug: /debug/pprof/ on the HTTP API
 
 	ACL json.RawMessage // mergeACL
-	TLS *tlsFile        // tls.defaults and tls.internal_rpc: the server port's TLS (agent_tls.go)
+	// PrimaryDatacenter is where ACL objects are written and replicated
+	// from (registry/acl's replication.go); unset: this datacenter.
+	PrimaryDatacenter *string
+	TLS               *tlsFile // tls.defaults and tls.internal_rpc: the server port's TLS (agent_tls.go)
 
 	serverFile // server, bootstrap_expect, bootstrap, autopilot (config_server.go)
 }
@@ -382,6 +385,7 @@ func (c *agentConfig) loadFile(path string) error {
 	fileSets(&c.Node, fc.NodeName)
 	fileSets(&c.NodeID, fc.NodeID)
 	fileSets(&c.Datacenter, fc.Datacenter)
+	fileSets(&c.ACL.PrimaryDatacenter, fc.PrimaryDatacenter)
 	fileSets(&c.DataDir, fc.DataDir)
 	fileSets(&c.Bind, fc.BindAddr)
 	fileSets(&c.Advertise, fc.AdvertiseAddr)

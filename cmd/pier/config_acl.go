@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"github.com/pier-dev/pier/registry"
 	"github.com/pier-dev/pier/registry/api"
 )
@@ -19,12 +21,18 @@ type aclFile struct {
 		Agent             *string
 		Default           *string
 		DNS               *string
+		Replication       *string // the token a secondary datacenter's leader replicates with
 	}
 	TokensList []api.ACLToken
 
 	// EnableTokenPersistence keeps tokens set by PUT /v1/agent/token/ in
 	// the data dir's acl-tokens.json, as Consul.
 	EnableTokenPersistence *bool
+	// EnableTokenReplication: a secondary datacenter replicates global
+	// tokens too (policies and roles always), as Consul.
+	EnableTokenReplication *bool
+	DownPolicy             *string        // a secondary's answer when the primary cannot be asked about a token
+	TokenTTL               *time.Duration // how long the primary's answer about a token is kept
 }
 
 // mergeACL applies a config file's acl section.
@@ -43,6 +51,11 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 	if af.DefaultPolicy != nil {
 		a.DefaultPolicy = *af.DefaultPolicy
 	}
+	fileSets(&a.DownPolicy, af.DownPolicy)
+	fileSets(&a.TokenTTL, af.TokenTTL)
+	if af.EnableTokenReplication != nil {
+		a.TokenReplication = *af.EnableTokenReplication
+	}
 	if af.EnableTokenPersistence != nil {
 		c.ACLTokenPersistence = *af.EnableTokenPersistence
 	}
@@ -55,6 +68,7 @@ func (c *agentConfig) mergeACL(raw []byte) error {
 		}
 		for _, s := range []struct{ dst, src *string }{
 			{&a.InitialManagement, t.InitialManagement}, {&a.Agent, t.Agent}, {&a.Default, t.Default}, {&a.DNS, t.DNS},
+			{&a.Replication, t.Replication},
 		} {
 			if s.src != nil {
 				*s.dst = *s.src

@@ -67,3 +67,30 @@ acl:
 		}
 	}
 }
+
+// TestConfigACLReplication reads Consul's keys of ACL replication:
+// primary_datacenter, acl.enable_token_replication, acl.tokens.replication,
+// acl.down_policy and acl.token_ttl, and refuses a down policy Consul does
+// not have.
+func TestConfigACLReplication(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "repl.yaml")
+	body := "primary_datacenter: east\nacl:\n  enabled: true\n  enable_token_replication: true\n  down_policy: async-cache\n  token_ttl: 45s\n  tokens: {replication: repl-tok}\n"
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := defaultAgentConfig()
+	if err := c.loadFile(p); err != nil {
+		t.Fatal(err)
+	}
+	a := c.ACL
+	if a.PrimaryDatacenter != "east" || !a.TokenReplication || a.Replication != "repl-tok" || a.DownPolicy != "async-cache" || a.TokenTTL.String() != "45s" {
+		t.Errorf("replication settings: %+v", a)
+	}
+	if err := os.WriteFile(p, []byte("acl:\n  enabled: true\n  down_policy: sometimes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c = defaultAgentConfig()
+	if err := c.loadFile(p); err == nil || !strings.Contains(err.Error(), "down_policy") {
+		t.Errorf("down_policy sometimes: %v, want an error naming down_policy", err)
+	}
+}

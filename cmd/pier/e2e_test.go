@@ -97,7 +97,7 @@ var soloServer = []string{"-server", "-bootstrap-expect", "1", "-server-port", "
 
 // startAgent runs `pier agent args...` with the HTTP API on a free port and
 // waits until it says it is running.
-func startAgent(t *testing.T, args ...string) *proc {
+func startAgent(t testing.TB, args ...string) *proc {
 	t.Helper()
 	return startAgentIn(t, nil, args...)
 }

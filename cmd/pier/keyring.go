@@ -11,10 +11,11 @@ import (
 // runKeyring rotates the gossip key of every datacenter, as consul keyring:
 // -install a new key everywhere, -use it, then -remove the old one.
 func runKeyring(args []string, stdout, stderr io.Writer) error {
-	var list, localOnly bool
+	var list, listPrimary, localOnly bool
 	var install, use, remove string
 	fs, c, cf, err := apiCommand("keyring", args, stderr, func(fs *flag.FlagSet) {
 		fs.BoolVar(&list, "list", false, "list the keys of every node")
+		fs.BoolVar(&listPrimary, "list-primary", false, "list the primary keys in use, per pool (the key each node encrypts with)")
 		fs.StringVar(&install, "install", "", "install a key on every node (it decrypts; the primary still encrypts)")
 		fs.StringVar(&use, "use", "", "make an installed key the primary on every node")
 		fs.StringVar(&remove, "remove", "", "remove a key from every node (not the primary)")
@@ -24,13 +25,13 @@ func runKeyring(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	ops := 0
-	for _, set := range []bool{list, install != "", use != "", remove != ""} {
+	for _, set := range []bool{list, listPrimary, install != "", use != "", remove != ""} {
 		if set {
 			ops++
 		}
 	}
 	if ops != 1 || fs.NArg() > 0 {
-		return usageError{"give exactly one of -list, -install KEY, -use KEY, -remove KEY"}
+		return usageError{"give exactly one of -list, -list-primary, -install KEY, -use KEY, -remove KEY"}
 	}
 	if localOnly && !list {
 		return usageError{"-local-only can only be set with -list"}
@@ -46,7 +47,7 @@ func runKeyring(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if !list {
+	if !list && !listPrimary {
 		fmt.Fprintln(stdout, "Success! The keyring of every node is updated.")
 		return nil
 	}
@@ -75,6 +76,14 @@ func runKeyring(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "%s (LAN):\n", r.Datacenter)
 		}
 		for _, k := range slices.Sorted(maps.Keys(r.Keys)) {
+			if listPrimary {
+				// consul keyring -list-primary's lines: each primary key
+				// and how many nodes encrypt with it.
+				if r.PrimaryKeys[k] > 0 {
+					fmt.Fprintf(stdout, "  %s [%d/%d]\n", k, r.PrimaryKeys[k], r.NumNodes)
+				}
+				continue
+			}
 			primary := ""
 			if r.PrimaryKeys[k] > 0 {
 				primary = fmt.Sprintf(" (primary on %d)", r.PrimaryKeys[k])

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,7 +32,10 @@ type cutDC struct {
 // their agents' uids and addresses): each datacenter goes on working on
 // its own, ?dc= across the cut answers 500 within the request's timeout
 // (at once once the WAN pool sees the other servers failed), and the two
-// meet again when the cut heals.
+// meet again when the cut heals. dc1's client is also a front door whose
+// route fails over to dc2 (dc1 has no instance): it answers at once
+// during the cut, and serves dc2 again after it heals (its watch of dc2,
+// a blocking query held across the cut, is given up and retried).
 func TestWANCut(t *testing.T) {
 	needBinary(t)
 	fc := &faultCluster{t: t, prefix: fmt.Sprintf("127.%d.%d.", 100+os.Getpid()%100, 1+os.Getpid()/100%250)}
@@ -64,13 +69,21 @@ func TestWANCut(t *testing.T) {
 		{name: "dc1", ips: []string{fc.prefix + "1", fc.prefix + "2"}, uids: []int{uid, uid + 1}},
 		{name: "dc2", ips: []string{fc.prefix + "11", fc.prefix + "12"}, uids: []int{uid + 2, uid + 3}},
 	}
+	door := filepath.Join(fc.dir, "door.yaml")
+	if err := os.WriteFile(door, []byte("proxy:\n  addr: "+dcs[0].ips[1]+":0\n  routes:\n    - path: /\n      service: site\n      failover: {nearest: 1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for i, d := range dcs {
 		args := []string{"-node", "s-" + d.name, "-server", "-bootstrap-expect", "1", "-server-port", "0", "-config-file", conf}
 		if i > 0 {
 			args = append(args, "-retry-join-wan", dcs[0].server.wan)
 		}
 		d.server = start(d, 0, args...)
-		d.client = start(d, 1, "-node", "c-"+d.name, "-retry-join", d.server.gossip)
+		cargs := []string{"-node", "c-" + d.name, "-retry-join", d.server.gossip}
+		if i == 0 {
+			cargs = append(cargs, "-config-file", door)
+		}
+		d.client = start(d, 1, cargs...)
 	}
 	c1, c2 := apiClient(t, dcs[0].client.addr), apiClient(t, dcs[1].client.addr)
 	q2 := &consul.QueryOptions{Datacenter: "dc2"}
@@ -81,6 +94,27 @@ func TestWANCut(t *testing.T) {
 	eventually.True(t, 30*time.Second, "dc1 reads dc2's key", func() bool {
 		kv, _, err := c1.KV().Get("k", q2)
 		return err == nil && kv != nil
+	})
+	site := startBackend(t, "dc2", dcs[1].ips[1]+":0")
+	host, port, _ := net.SplitHostPort(site.addr)
+	pn, _ := strconv.Atoi(port)
+	if err := c2.Agent().ServiceRegister(&consul.AgentServiceRegistration{ID: "site", Name: "site", Address: host, Port: pn}); err != nil {
+		t.Fatal(err)
+	}
+	front := "http://" + dcs[0].client.proxyAddr() + "/"
+	frontClient := &http.Client{Timeout: 5 * time.Second}
+	doorAnswer := func() (int, string) {
+		resp, err := frontClient.Get(front)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	eventually.True(t, 30*time.Second, "dc1's front door serves dc2's site through its failover route", func() bool {
+		code, body := doorAnswer()
+		return code == 200 && body == "dc2"
 	})
 
 	// The cut: neither datacenter's agents reach the other's addresses.
@@ -130,6 +164,16 @@ func TestWANCut(t *testing.T) {
 		}
 	}
 
+	// The front door answers during the cut, at once, without dc2.
+	var doorCode int
+	began = time.Now()
+	eventually.True(t, 60*time.Second, "dc1's front door answers at once during the cut", func() bool {
+		t0 := time.Now()
+		doorCode, _ = doorAnswer()
+		return doorCode >= 500 && time.Since(t0) < time.Second
+	})
+	t.Logf("dc1's front door answered %d at once %v into the cut", doorCode, time.Since(began).Round(time.Millisecond))
+
 	// Healed, the WAN pool meets again and ?dc= works.
 	if err := iptables("-F", fc.chain+"-out"); err != nil {
 		t.Fatal(err)
@@ -140,4 +184,9 @@ func TestWANCut(t *testing.T) {
 		return err == nil && kv != nil
 	})
 	t.Logf("?dc=dc2 answered again %v after the cut healed", time.Since(began).Round(time.Millisecond))
+	eventually.True(t, 90*time.Second, "dc1's front door serves dc2 again after the cut heals", func() bool {
+		code, body := doorAnswer()
+		return code == 200 && body == "dc2"
+	})
+	t.Logf("dc1's front door served dc2 again %v after the cut healed", time.Since(began).Round(time.Millisecond))
 }

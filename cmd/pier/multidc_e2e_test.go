@@ -27,7 +27,7 @@ type datacenter struct {
 // startDatacenter starts dc's server, which joins the WAN pool through
 // wanJoin (none: it starts the pool), and its clients; extra are more
 // flags for every agent of dc.
-func startDatacenter(t *testing.T, dc string, clients int, wanJoin string, extra ...string) *datacenter {
+func startDatacenter(t testing.TB, dc string, clients int, wanJoin string, extra ...string) *datacenter {
 	t.Helper()
 	d := &datacenter{name: dc}
 	args := []string{"-datacenter", dc, "-node", "s-" + dc, "-bind", "127.0.0.1", "-data-dir", tempDataDir(t),
@@ -44,7 +44,7 @@ func startDatacenter(t *testing.T, dc string, clients int, wanJoin string, extra
 	return d
 }
 
-func tempDataDir(t *testing.T) string {
+func tempDataDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "multidc-e2e")
 	if err != nil {

@@ -98,7 +98,7 @@ func TestFrontDoorFailover(t *testing.T) {
 		code, body := get(t, "http://"+door.addr+"/v1/pier/routes")
 		return code == 200 && jsonInto(body, &routes) && len(routes) == 1 && routes[0].Failover != nil
 	})
-	time.Sleep(1500 * time.Millisecond) // one refresh of the failover pools after dc2's instance is known
+	time.Sleep(1500 * time.Millisecond) // the failover watch has answered since dc2's instance is known (it follows dc2 by blocking queries); margin for a loaded machine
 
 	// Constant load: one client, back to back, bounded in count and time.
 	type result struct {

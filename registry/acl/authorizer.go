@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -45,6 +46,26 @@ type Config struct {
 	// lets one more bootstrap happen on the leader that reads it, and is
 	// removed then. "": no reset.
 	BootstrapResetFile string
+	// PrimaryDatacenter is Consul's primary_datacenter: the datacenter
+	// where policies, roles and global tokens are written, and that the
+	// others replicate them from (replication.go). "": this agent's own.
+	PrimaryDatacenter string
+	// TokenReplication is Consul's acl.enable_token_replication: a
+	// secondary datacenter replicates global tokens too, and may then make
+	// local tokens of its own.
+	TokenReplication bool
+	// Replication is Consul's acl.tokens.replication: the token a
+	// secondary's leader replicates with (acl:read for policies and
+	// roles, acl:write for tokens).
+	Replication string
+	// DownPolicy is Consul's acl.down_policy: what a secondary does with
+	// a token it must ask the primary about when the primary cannot be
+	// asked (remote.go): "extend-cache" (the default), "async-cache",
+	// "allow" or "deny".
+	DownPolicy string
+	// TokenTTL is Consul's acl.token_ttl: how long the primary's answer
+	// about a token is kept; default 30s.
+	TokenTTL time.Duration
 }
 
 // Token is one token of the configuration with its rules.
@@ -91,6 +112,14 @@ type Authorizer struct {
 	// name checked free is still free when written, on this node).
 	mu    sync.Mutex
 	table atomic.Pointer[aclTable]
+	// Replication between datacenters (replication.go).
+	primaryDC        string  // Config.PrimaryDatacenter
+	tokenReplication bool    // Config.TokenReplication
+	primary          Primary // nil: no way to the primary
+	repl             replication
+	downPolicy       string        // Config.DownPolicy
+	tokenTTL         time.Duration // Config.TokenTTL
+	remote           remoteTokens  // the primary's answers (remote.go)
 }
 
 // New validates cfg; nil with no error when ACLs are off.
@@ -106,9 +135,23 @@ func New(cfg Config) (*Authorizer, error) {
 	default:
 		return nil, fmt.Errorf("acl: default_policy %q is not allow or deny", cfg.DefaultPolicy)
 	}
-	a := &Authorizer{allow: allow, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile,
+	switch cfg.DownPolicy {
+	case "":
+		cfg.DownPolicy = DownExtendCache
+	case DownExtendCache, DownAsyncCache, DownAllow, DownDeny:
+	default:
+		return nil, fmt.Errorf("acl: down_policy %q is not extend-cache, async-cache, allow or deny", cfg.DownPolicy)
+	}
+	if cfg.TokenTTL < 0 {
+		return nil, fmt.Errorf("acl: token_ttl %v is negative", cfg.TokenTTL)
+	}
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = 30 * time.Second // Consul's
+	}
+	a := &Authorizer{allow: allow, downPolicy: cfg.DownPolicy, tokenTTL: cfg.TokenTTL, log: slog.New(slog.DiscardHandler), tokenFile: cfg.TokenFile,
 		resetFile: cfg.BootstrapResetFile, initialMgmt: cfg.InitialManagement != "",
-		cfgSecrets: map[string]string{"default": cfg.Default, "agent": cfg.Agent, "dns": cfg.DNS}}
+		cfgSecrets: map[string]string{"default": cfg.Default, "agent": cfg.Agent, "dns": cfg.DNS, "replication": cfg.Replication},
+		primaryDC:  cfg.PrimaryDatacenter, tokenReplication: cfg.TokenReplication}
 	seen := map[string]bool{}
 	accessors := map[string]bool{}
 	add := func(secret, accessor, desc string, p *Policy, links []aclLink) error {
@@ -196,6 +239,24 @@ func (a *Authorizer) Resolve(secret string) *Policy {
 			return nil // a default token since deleted: "ACL not found", as Consul
 		}
 		return a.anonymous
+	}
+	t := a.current()
+	if e := a.lookupIn(t, secret); e != nil {
+		return e.policy
+	}
+	if a.askPrimary(t) {
+		return a.resolveRemote(secret) // remote.go
+	}
+	return nil
+}
+
+// ResolveLocal is Resolve without asking the primary datacenter: for the
+// requests a secondary makes of the primary (FromSecondaryHeader), so that
+// two datacenters that each name the other their primary cannot ask each
+// other about a token without end.
+func (a *Authorizer) ResolveLocal(secret string) *Policy {
+	if secret == "" {
+		return a.Resolve(secret)
 	}
 	if e := a.lookup(secret); e != nil {
 		return e.policy

@@ -35,6 +35,12 @@ func (s *Endpoints) aclBootstrap(w http.ResponseWriter, r *http.Request) {
 	if !s.aclOn(w) {
 		return
 	}
+	if s.acl.secondary() {
+		// Consul's answer: only the primary datacenter bootstraps; the
+		// others get its tokens by replication.
+		httpError(w, http.StatusInternalServerError, "ACL support disabled")
+		return
+	}
 	var in struct{ BootstrapSecret string }
 	if !s.decodeJSONBody(w, r, &in) {
 		return

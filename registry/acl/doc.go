@@ -20,6 +20,15 @@
 // atomic.Pointer, rebuilt only when an ACL key changed, so the request
 // path neither locks nor allocates.
 //
+// Between datacenters, as Consul: the primary (Config.PrimaryDatacenter)
+// holds the policies, roles and global tokens; a secondary's leader copies
+// them into its own state by blocking queries against the primary
+// (RunReplication, replication.go), writes of global objects made in a
+// secondary are served by the primary (primary.go), and a token a
+// secondary does not have is asked of the primary when it does not
+// replicate tokens (remote.go). The way to the primary is a Primary that
+// registry/api provides over the WAN.
+//
 // It must not decide what an HTTP route needs (the routes declare that
 // where they are registered, in registry/api, with a Perm), touch the KV
 // store outside its own prefix, import registry/api or registry/raft, or

@@ -71,27 +71,35 @@ func (s *Endpoints) Routes(add, agreed func(pattern string, h http.HandlerFunc, 
 	}
 	// Policies and roles have the same routes; an ID or a name in the
 	// path picks the object, no ID on a write creates one.
+	// Policies and roles are global: in a secondary datacenter their
+	// writes are the primary's (toPrimary).
 	objects := func(noun, plural string, put, read, del, list http.HandlerFunc) {
-		writes("/v1/acl/"+noun, put, aclWrite)
+		writes("/v1/acl/"+noun, s.toPrimary(noun, put, always), aclWrite)
 		add("GET /v1/acl/"+noun+"/{id}", read, aclRead)
 		add("GET /v1/acl/"+noun+"/name/{name}", read, aclRead)
-		writes("/v1/acl/"+noun+"/{id}", put, aclWrite)
-		agreed("DELETE /v1/acl/"+noun+"/{id}", del, aclWrite)
+		writes("/v1/acl/"+noun+"/{id}", s.toPrimary(noun, put, always), aclWrite)
+		agreed("DELETE /v1/acl/"+noun+"/{id}", s.toPrimary(noun, del, always), aclWrite)
 		add("GET /v1/acl/"+plural, list, aclRead)
 	}
 	objects("policy", "policies", s.aclPolicyPut, s.aclPolicyRead, s.aclPolicyDelete, s.aclPolicyList)
 	objects("role", "roles", s.aclRolePut, s.aclRoleRead, s.aclRoleDelete, s.aclRoleList)
 
-	writes("/v1/acl/token", s.aclTokenCreate, aclWrite)
-	add("GET "+tokenSelfPath, s.aclTokenSelf, Anyone)
-	add("GET /v1/acl/token/{id}", s.aclTokenRead, aclRead)
-	writes("/v1/acl/token/{id}", s.aclTokenUpdate, aclWriteOrSelf)
-	writes("/v1/acl/token/{id}/clone", s.aclTokenClone, aclWrite)
-	agreed("DELETE /v1/acl/token/{id}", s.aclTokenDelete, aclWriteOrSelf)
-	add("GET /v1/acl/tokens", s.aclTokenList, aclRead)
+	// Tokens are global unless Local: a global token's writes are the
+	// primary's, a local one's this datacenter's.
+	writes("/v1/acl/token", s.toPrimary("token", s.aclTokenCreate, s.globalByBody), aclWrite)
+	add("GET "+tokenSelfPath, s.tokenRead(s.aclTokenSelf), Anyone)
+	add("GET /v1/acl/token/{id}", s.tokenRead(s.aclTokenRead), aclRead)
+	writes("/v1/acl/token/{id}", s.toPrimary("token", s.aclTokenUpdate, s.globalByBody), aclWriteOrSelf)
+	writes("/v1/acl/token/{id}/clone", s.toPrimary("token", s.aclTokenClone, s.globalClone), aclWrite)
+	agreed("DELETE /v1/acl/token/{id}", s.toPrimary("token", s.aclTokenDelete, s.globalDelete), aclWriteOrSelf)
+	add("GET /v1/acl/tokens", s.tokenRead(s.aclTokenList), aclRead)
 
-	// Anyone may ask: it works once per cluster (bootstrap.go).
+	// Anyone may ask: it works once per cluster (bootstrap.go), in the
+	// primary datacenter.
 	writes("/v1/acl/bootstrap", s.aclBootstrap, Anyone)
+
+	// What a secondary datacenter's leader replicates (replication.go).
+	add("GET "+ReplicatePath, s.aclReplicateState, aclRead)
 
 	// This agent's own tokens, set here. The handler checks, besides, what
 	// the token being set grants.

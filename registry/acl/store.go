@@ -140,6 +140,9 @@ type aclTable struct {
 	// bootstrapIndex is the bootstrap marker's ModifyIndex; 0: not
 	// bootstrapped.
 	bootstrapIndex uint64
+	// tokensReplicated: this is a secondary datacenter whose leader
+	// replicates tokens (remote.go).
+	tokensReplicated bool
 }
 
 // Attach connects the Authorizer to the KV store, where the API's tokens,
@@ -225,6 +228,10 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 	for _, e := range entries {
 		if e.Key == aclBootstrapKey {
 			t.bootstrapIndex = max(e.ModifyIndex, 1)
+			continue
+		}
+		if e.Key == aclReplicatedKey {
+			t.tokensReplicated = true
 			continue
 		}
 		if strings.HasPrefix(e.Key, aclTokenPrefix) {

@@ -32,6 +32,7 @@ func ParseRules(src string) (ACLRules, error) { return acl.ParseRules(src) }
 func (s *Server) aclRoutes() {
 	e := acl.NewEndpoints(s.acl, s.self(), s.cfg.MaxBodySize, s.log)
 	e.Routes(s.route, s.aclAgreedRoute)
+	s.raftRoute("GET /v1/acl/replication", s.aclReplicationStatus, acl.Anyone) // acl_replication.go
 }
 
 // authorize is the one gate every request passes when ACLs are on: it
@@ -39,7 +40,12 @@ func (s *Server) aclRoutes() {
 // when allowed, leaves the policy in the request context for the list
 // filters. False means a 403 was sent and nothing was done.
 func (s *Server) authorize(w http.ResponseWriter, r *http.Request) (*http.Request, bool) {
-	p := s.acl.Resolve(acl.RequestToken(r))
+	var p *Policy
+	if r.Header.Get(acl.FromSecondaryHeader) != "" {
+		p = s.acl.ResolveLocal(acl.RequestToken(r)) // acl_replication.go
+	} else {
+		p = s.acl.Resolve(acl.RequestToken(r))
+	}
 	if p == nil {
 		httpError(w, http.StatusForbidden, "ACL not found")
 		return r, false

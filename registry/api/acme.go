@@ -20,7 +20,7 @@ import (
 // is not.
 
 // ACMEKVPrefix is where the ACME storage keeps its keys.
-const ACMEKVPrefix = registry.ReservedKVPrefix + "acme/"
+const ACMEKVPrefix = registry.ACMEKVPrefix
 
 // ACMEKVPath is the API path of the ACME storage; the key follows it.
 const ACMEKVPath = "/v1/pier/acme/kv/"

@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +64,27 @@ const (
 // originHeader names the agent a request first reached, whose node is a
 // new session's default (Consul fills it in on that agent).
 const originHeader = "X-Pier-Origin-Node"
+
+// sourceHeader carries the address of the client a request first came
+// from (Consul's QuerySource.Ip, which near=_ip looks up among the nodes).
+const sourceHeader = "X-Pier-Source-Addr"
+
+// sourceAddr answers the client a request first came from: as an agent
+// forwarded it, else the first X-Forwarded-For, else the peer, as
+// Consul's; "" when none parses.
+func sourceAddr(r *http.Request) string {
+	if a := r.Header.Get(sourceHeader); a != "" {
+		return a
+	}
+	first, _, _ := strings.Cut(r.Header.Get("X-Forwarded-For"), ",")
+	if ip, err := netip.ParseAddr(strings.TrimSpace(first)); err == nil {
+		return ip.Unmap().String()
+	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap().String()
+	}
+	return ""
+}
 
 // origin answers the node a request first reached.
 func (s *Server) origin(r *http.Request) string {
@@ -244,12 +267,16 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, addr string, re
 type forwarding struct {
 	transport http.RoundTripper
 	within    time.Duration
+	// wan: to another datacenter, where the hops count anew (a request
+	// may have made two in this one, to its leader) and an ACL write's
+	// index is of another Raft state.
+	wan bool
 }
 
 // forwardVia is forward over via.
 func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string, rewind func(), retry bool, via forwarding) bool {
 	hops, _ := strconv.Atoi(r.Header.Get(hopHeader))
-	if hops >= maxHops {
+	if hops >= maxHops && !via.wan {
 		httpError(w, http.StatusInternalServerError, "Request forwarding loop: forwarded %d times, last to %s", hops, addr)
 		return true
 	}
@@ -289,7 +316,13 @@ func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string,
 			pr.Out.URL.Host = addr
 			pr.Out.Host = addr
 			pr.Out.Header.Set(hopHeader, strconv.Itoa(hops+1))
+			if via.wan {
+				pr.Out.Header.Set(hopHeader, "1")
+			}
 			pr.Out.Header.Set(originHeader, s.origin(r))
+			if a := sourceAddr(r); a != "" {
+				pr.Out.Header.Set(sourceHeader, a)
+			}
 			if hops == 0 && acl.RequestToken(r) == "" {
 				// As Consul's agents: a request without a token acts as
 				// this agent's default token, here and where it is sent.
@@ -306,6 +339,15 @@ func (s *Server) forwardVia(w http.ResponseWriter, r *http.Request, addr string,
 		ModifyResponse: func(resp *http.Response) error {
 			if !timer.Stop() {
 				return errSilentServer // the timer fired as the answer came: it is cancelled
+			}
+			if via.wan {
+				// Another datacenter's index: the primary's, for a
+				// secondary's replication to wait for (registry/acl).
+				if idx := resp.Header.Get(agreedIndexHeader); idx != "" {
+					resp.Header.Del(agreedIndexHeader)
+					resp.Header.Set(acl.RemoteIndexHeader, idx)
+				}
+				return nil
 			}
 			return s.awaitAgreed(resp) // an ACL write's answer waits for this agent's mirror (acl_raft.go)
 		},

@@ -51,7 +51,8 @@ func federated(path string) bool {
 		return false
 	}
 	for _, p := range []string{"/v1/catalog/", "/v1/health/", "/v1/kv/", "/v1/session/", "/v1/txn", "/v1/query",
-		"/v1/coordinate/node", "/v1/status/", "/v1/operator/raft/", "/v1/operator/autopilot/", "/v1/event/fire/"} {
+		"/v1/coordinate/node", "/v1/status/", "/v1/operator/raft/", "/v1/operator/autopilot/", "/v1/event/fire/",
+		"/v1/acl/", "/v1/internal/acl/"} {
 		if strings.HasPrefix(path, p) {
 			return true
 		}
@@ -73,30 +74,37 @@ func (s *Server) toDatacenter(w http.ResponseWriter, r *http.Request) bool {
 		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
 		return true
 	}
+	s.sendToDatacenter(w, r, dc)
+	return true
+}
+
+// sendToDatacenter serves r in dc, another datacenter, from a server (a
+// client hands it to one of its own).
+func (s *Server) sendToDatacenter(w http.ResponseWriter, r *http.Request, dc string) {
 	if s.cfg.WAN == nil {
-		if s.cfg.Consensus != nil && s.cfg.Consensus.Node() == nil {
+		if s.clientOfServers() {
 			s.forwardToServer(w, r)
-			return true
+			return
 		}
 		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
-		return true
+		return
 	}
 	servers := s.cfg.WAN.ServerAddrs(dc)
 	if len(servers) == 0 {
 		httpError(w, http.StatusInternalServerError, "No path to datacenter %q", dc)
-		return true
+		return
 	}
-	r.Header.Set(dcHeader, own)
+	r.Header.Set(dcHeader, s.reg.Config().Datacenter)
 	rewind := s.rewindable(r)
-	via := forwarding{transport: s.wanFwd, within: s.wanAnswerWithin(r)}
+	via := forwarding{transport: s.wanFwd, within: s.wanAnswerWithin(r), wan: true}
 	deadline := time.Now().Add(s.cfg.RPCHoldTimeout)
 	for i, addr := range servers {
 		retry := rewind != nil && i < len(servers)-1 && time.Now().Before(deadline)
 		if s.forwardVia(w, r, addr, rewind, retry, via) {
-			return true
+			return
 		}
 	}
-	return true // the last try answered with its error
+	// The last try answered with its error.
 }
 
 // wanAnswerWithin bounds the wait for the start of another datacenter's

@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pier-dev/pier/registry"
@@ -41,18 +44,78 @@ func queryEntry(e *registry.KVEntry) (preparedQuery, bool) {
 	return q, true
 }
 
-// resolveQuery finds a query by ID, else by name, as Consul resolves
-// /v1/query/{id}/execute.
-func resolveQuery(st *raft.State, idOrName string) (preparedQuery, bool) {
+// storedQuery finds a stored query by ID, else by its exact name, as it
+// is stored (a template unrendered).
+func storedQuery(st *raft.State, idOrName string) (preparedQuery, bool) {
 	if e, ok := st.KV(queryPrefix + idOrName); ok {
 		return queryEntry(e)
 	}
-	if e, ok := st.KV(queryNamePrefix + idOrName); ok {
-		if e, ok := st.KV(queryPrefix + string(e.Value)); ok {
+	if id, ok := queryIDByName(st, idOrName); ok {
+		if e, ok := st.KV(queryPrefix + id); ok {
 			return queryEntry(e)
 		}
 	}
 	return preparedQuery{}, false
+}
+
+// nameKey is the key that holds the ID of the query called name: names
+// compare without case, as Consul's index of names (and DNS's).
+func nameKey(name string) string { return queryNamePrefix + strings.ToLower(name) }
+
+// legacyNameKey is where a pier before case-blind names kept the ID of a
+// query called name, when that differs from nameKey; "" when it does not.
+func legacyNameKey(name string) string {
+	if name == strings.ToLower(name) {
+		return ""
+	}
+	return queryNamePrefix + name
+}
+
+// queryIDByName answers the ID of the query called name (without case).
+func queryIDByName(st *raft.State, name string) (string, bool) {
+	if e, ok := st.KV(nameKey(name)); ok {
+		return string(e.Value), true
+	}
+	if e, ok := st.KV(queryNamePrefix + name); ok { // written before names compared without case
+		return string(e.Value), true
+	}
+	return "", false
+}
+
+// resolveQuery finds the query that idOrName runs, as Consul resolves
+// /v1/query/{id}/execute and /explain: by ID (not a template's), else by
+// exact name, else the template with the longest name that starts
+// idOrName (without case); a template comes back rendered for idOrName.
+// found is false when nothing matches; err is a template's.
+func (s *Server) resolveQuery(st *raft.State, idOrName string) (q preparedQuery, found bool, err error) {
+	if e, ok := st.KV(queryPrefix + idOrName); ok {
+		if q, ok = queryEntry(e); ok && q.isTemplate() {
+			return q, true, badRequest("prepared query templates can only be resolved up by name, not by ID")
+		}
+		return q, ok, nil
+	}
+	id, ok := queryIDByName(st, idOrName)
+	if !ok {
+		lower := strings.ToLower(idOrName)
+		for i := len(lower); i >= 0 && id == ""; i-- {
+			if e, ok := st.KV(queryTemplatePrefix + lower[:i]); ok {
+				id = string(e.Value)
+			}
+		}
+	}
+	e, ok := st.KV(queryPrefix + id)
+	if id == "" || !ok {
+		return q, false, nil
+	}
+	if q, ok = queryEntry(e); !ok || !q.isTemplate() {
+		return q, ok, nil
+	}
+	ct, err := s.templates.compiled(q)
+	if err != nil {
+		return q, true, err
+	}
+	q, err = ct.render(idOrName, "")
+	return q, true, err
 }
 
 // mayWriteQuery: a query's writer may write its service (pier has no
@@ -126,8 +189,9 @@ func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
 	s.storeQuery(w, n, q, &old)
 }
 
-// storeQuery writes q (replacing old, when given) and its name in one
-// transaction; true means it was written.
+// storeQuery writes q (replacing old, when given), its name, its
+// template's name and its session's hold on it in one transaction; true
+// means it was written.
 func (s *Server) storeQuery(w http.ResponseWriter, n *raft.Node, q preparedQuery, old *preparedQuery) bool {
 	q.CreateIndex, q.ModifyIndex = 0, 0
 	v, err := json.Marshal(q)
@@ -135,32 +199,85 @@ func (s *Server) storeQuery(w http.ResponseWriter, n *raft.Node, q preparedQuery
 		httpError(w, http.StatusInternalServerError, "%v", err)
 		return false
 	}
-	set := raft.KVOp{Verb: raft.KVCAS, Key: queryPrefix + q.ID, Value: v}
+	// why says what a failed operation means, by its index.
+	why := map[int]string{}
 	var ops []raft.KVOp
+	add := func(op raft.KVOp, failure string) {
+		if failure != "" {
+			why[len(ops)] = failure
+		}
+		ops = append(ops, op)
+	}
+	set := raft.KVOp{Verb: raft.KVCAS, Key: queryPrefix + q.ID, Value: v}
 	if old != nil {
 		set.Index = old.ModifyIndex // nobody changed it since it was read
-		if old.Name != "" && old.Name != q.Name {
-			ops = append(ops, raft.KVOp{Verb: raft.KVDelete, Key: queryNamePrefix + old.Name})
+		if old.Name != "" && legacyNameKey(old.Name) != "" {
+			add(raft.KVOp{Verb: raft.KVDelete, Key: legacyNameKey(old.Name)}, "")
+		}
+		if old.Name != "" && !strings.EqualFold(old.Name, q.Name) {
+			add(raft.KVOp{Verb: raft.KVDelete, Key: nameKey(old.Name)}, "")
+		}
+		if old.isTemplate() && (!q.isTemplate() || !strings.EqualFold(old.Name, q.Name)) {
+			add(raft.KVOp{Verb: raft.KVDelete, Key: queryTemplatePrefix + strings.ToLower(old.Name)}, "")
+		}
+		if old.Session != "" {
+			add(raft.KVOp{Verb: raft.KVDelete, Key: raft.SessionBoundKey(old.Session, q.ID)}, "")
 		}
 	}
-	ops = append(ops, set)
-	if q.Name != "" && (old == nil || old.Name != q.Name) {
-		ops = append(ops, raft.KVOp{Verb: raft.KVCheckNotExists, Key: queryNamePrefix + q.Name},
-			raft.KVOp{Verb: raft.KVSet, Key: queryNamePrefix + q.Name, Value: []byte(q.ID)})
+	casAt := len(ops)
+	add(set, "Invalid prepared query: it changed while it was updated; retry")
+	if q.Name != "" {
+		if old == nil || !strings.EqualFold(old.Name, q.Name) {
+			taken := fmt.Sprintf("Invalid prepared query: name %q aliases an existing query name", q.Name)
+			add(raft.KVOp{Verb: raft.KVCheckNotExists, Key: nameKey(q.Name)}, taken)
+		}
+		add(raft.KVOp{Verb: raft.KVSet, Key: nameKey(q.Name), Value: []byte(q.ID)}, "")
+	}
+	if q.isTemplate() && (old == nil || !old.isTemplate() || !strings.EqualFold(old.Name, q.Name)) {
+		taken := "Invalid prepared query: a query template with an empty name already exists"
+		if q.Name != "" {
+			taken = fmt.Sprintf("Invalid prepared query: name %q aliases an existing query name", q.Name)
+		}
+		add(raft.KVOp{Verb: raft.KVCheckNotExists, Key: queryTemplatePrefix + strings.ToLower(q.Name)}, taken)
+		add(raft.KVOp{Verb: raft.KVSet, Key: queryTemplatePrefix + strings.ToLower(q.Name), Value: []byte(q.ID)}, "")
+	}
+	if q.Session != "" {
+		// The session's destruction deletes the query, as Consul's; this
+		// write fails when the session does not exist.
+		add(raft.KVOp{Verb: raft.KVSet, Key: raft.SessionBoundKey(q.Session, q.ID), Value: []byte(strings.Join(q.keys(), "\n"))}, "")
 	}
 	res, err := n.Txn(ops)
 	if !applied(w, res, err) {
 		return false
 	}
 	if len(res.Errors) > 0 {
-		if res.Errors[0].OpIndex == len(ops)-2 {
-			httpError(w, http.StatusBadRequest, "Invalid prepared query: name %q aliases an existing query name", q.Name)
-		} else {
-			httpError(w, http.StatusConflict, "Invalid prepared query: it changed while it was updated; retry")
+		e := res.Errors[0]
+		switch m, ok := why[e.OpIndex]; {
+		case e.OpIndex == casAt:
+			httpError(w, http.StatusConflict, "%s", m)
+		case ok:
+			httpError(w, http.StatusBadRequest, "%s", m)
+		default:
+			httpError(w, http.StatusBadRequest, "Invalid prepared query: %s", e.What)
 		}
 		return false
 	}
 	return true
+}
+
+// keys are the keys q is stored under.
+func (q *preparedQuery) keys() []string {
+	out := []string{queryPrefix + q.ID}
+	if q.Name != "" {
+		out = append(out, nameKey(q.Name))
+		if k := legacyNameKey(q.Name); k != "" {
+			out = append(out, k)
+		}
+	}
+	if q.isTemplate() {
+		out = append(out, queryTemplatePrefix+strings.ToLower(q.Name))
+	}
+	return out
 }
 
 func (s *Server) queryDelete(w http.ResponseWriter, r *http.Request) {
@@ -178,9 +295,12 @@ func (s *Server) queryDelete(w http.ResponseWriter, r *http.Request) {
 		acl.Denied(w)
 		return
 	}
-	ops := []raft.KVOp{{Verb: raft.KVDelete, Key: queryPrefix + id}}
-	if q.Name != "" {
-		ops = append(ops, raft.KVOp{Verb: raft.KVDelete, Key: queryNamePrefix + q.Name})
+	var ops []raft.KVOp
+	for _, k := range q.keys() {
+		ops = append(ops, raft.KVOp{Verb: raft.KVDelete, Key: k})
+	}
+	if q.Session != "" {
+		ops = append(ops, raft.KVOp{Verb: raft.KVDelete, Key: raft.SessionBoundKey(q.Session, q.ID)})
 	}
 	res, err := n.Txn(ops)
 	applied(w, res, err)
@@ -215,25 +335,37 @@ func (s *Server) queryList(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) queryGet(w http.ResponseWriter, r *http.Request) {
-	if q, ok := s.readQuery(w, r); ok {
+	if q, ok := s.readQuery(w, r, false); ok {
 		writeJSON(w, r, []preparedQuery{shown(r, q)})
 	}
 }
 
+// queryExplain answers the query a name runs, a template rendered for
+// that name, as Consul's.
 func (s *Server) queryExplain(w http.ResponseWriter, r *http.Request) {
-	if q, ok := s.readQuery(w, r); ok {
+	if q, ok := s.readQuery(w, r, true); ok {
 		writeJSON(w, r, map[string]any{"Query": shown(r, q)})
 	}
 }
 
-// readQuery answers the query r names (an ID or a name), which r may read;
-// false means the request was answered or forwarded.
-func (s *Server) readQuery(w http.ResponseWriter, r *http.Request) (preparedQuery, bool) {
+// readQuery answers the query r names (an ID or a name; with resolve, as
+// execute resolves it), which r may read; false means the request was
+// answered or forwarded.
+func (s *Server) readQuery(w http.ResponseWriter, r *http.Request, resolve bool) (preparedQuery, bool) {
 	st, ok := s.queryRead(w, r)
 	if !ok {
 		return preparedQuery{}, false
 	}
-	q, ok := resolveQuery(st, r.PathValue("id"))
+	var q preparedQuery
+	if resolve {
+		var err error
+		if q, ok, err = s.resolveQuery(st, r.PathValue("id")); err != nil {
+			httpError(w, http.StatusBadRequest, "%v", err)
+			return q, false
+		}
+	} else {
+		q, ok = storedQuery(st, r.PathValue("id"))
+	}
 	if !ok {
 		httpError(w, http.StatusNotFound, "Query not found")
 		return q, false
@@ -261,26 +393,23 @@ func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	q, ok := resolveQuery(st, r.PathValue("id"))
+	q, ok, err := s.resolveQuery(st, r.PathValue("id"))
+	if err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
 	if !ok {
 		httpError(w, http.StatusNotFound, "Query not found")
 		return
 	}
 	limit := 0
 	if v := r.URL.Query().Get("limit"); v != "" {
-		var err error
 		if limit, err = strconv.Atoi(v); err != nil || limit < 0 {
 			httpError(w, http.StatusBadRequest, "limit: %q is not a count", v)
 			return
 		}
 	}
-	near := r.URL.Query().Get("near")
-	if near == "" {
-		near = q.Service.Near
-	}
-	if near == "_agent" {
-		near = s.origin(r)
-	}
+	near := s.querySource(r, &q)
 	// Another datacenter is read with the query's token when it has one,
 	// else the request's, as Consul's failover.
 	res := s.runQuery(r.Context(), &q, near, limit, cmp.Or(q.Token, s.requestToken(r)))
@@ -290,9 +419,34 @@ func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, res)
 }
 
+// querySource answers the node q's answer is sorted near, as Consul's
+// execute: ?near=, else Service.Near; "_agent" is the agent the request
+// first reached, "_ip" the node whose address is the client's (none: no
+// sort).
+func (s *Server) querySource(r *http.Request, q *preparedQuery) string {
+	near := cmp.Or(r.URL.Query().Get("near"), q.Service.Near)
+	switch near {
+	case "_agent":
+		return s.origin(r)
+	case "_ip":
+		if a := sourceAddr(r); a != "" {
+			for _, n := range s.reg.Snapshot().Nodes() {
+				if n.Address == a {
+					return n.Name
+				}
+			}
+		}
+		return ""
+	}
+	return near
+}
+
 // runQuery executes q: this datacenter's instances that q keeps, shuffled,
-// nearest to near first, at most limit (0: all); none, then the failover
-// datacenters in order until one has some, read with token.
+// nearest to near first (near itself first, when it is among the first
+// ten, even without coordinates, as Consul's), at most limit (0: all);
+// none, then the failover datacenters in order until one has some, read
+// with token, shuffled and not sorted (Consul sorts no other
+// datacenter's answer: coordinates do not compare across datacenters).
 func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, limit int, token string) queryResult {
 	own := s.reg.Config().Datacenter
 	res := queryResult{Service: q.Service.Service, DNS: q.DNS, Datacenter: own, Nodes: []serviceEntry{}}
@@ -303,7 +457,16 @@ func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, li
 		}
 	}
 	res.Nodes = queryNodes(local, own, limit, func(list []serviceEntry) {
+		if near == "" {
+			return
+		}
 		sortNearFrom(s, near, list, func(e *serviceEntry) string { return e.Node.Node })
+		for i := 0; i < len(list) && i < 10; i++ {
+			if strings.EqualFold(list[i].Node.Node, near) {
+				list[0], list[i] = list[i], list[0]
+				break
+			}
+		}
 	})
 	if len(res.Nodes) > 0 || s.cfg.WAN == nil {
 		return res
@@ -357,18 +520,22 @@ func queryNodes(insts []registry.Instance, dc string, limit int, sort func([]ser
 
 // Query executes the prepared query called idOrName (an ID or a name) of
 // dc ("" or this datacenter's name: this one's) for DNS
-// (name.query.consul, name.query.dc2.consul): the datacenter that
-// answered, the answer's TTL and its instances. Another datacenter's
-// query runs there, as Consul's, sorted near none of its nodes.
-func (rd Reader) Query(ctx context.Context, dc, idOrName string) (string, time.Duration, []registry.Instance, error) {
+// (name.query.consul, name.query.dc2.consul), asked by src: the
+// datacenter that answered, the answer's TTL and its instances. As
+// Consul's DNS, it passes no ?near=: the answer is sorted only by the
+// query's own Service.Near ("_agent": this agent; "_ip": the node at src).
+// Another datacenter's query runs there, as Consul's.
+func (rd Reader) Query(ctx context.Context, dc, idOrName string, src netip.Addr) (string, time.Duration, []registry.Instance, error) {
 	v := url.Values{}
-	if dc == "" || dc == rd.s.reg.Config().Datacenter {
-		v.Set("near", "_agent")
-	} else {
+	if dc != "" && dc != rd.s.reg.Config().Datacenter {
 		v.Set("dc", dc)
 	}
 	var res queryResult
-	if err := rd.getJSON(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?"+v.Encode(), &res); err != nil {
+	h := http.Header{}
+	if src.IsValid() {
+		h.Set(sourceHeader, src.Unmap().String())
+	}
+	if err := rd.getJSONWith(ctx, "/v1/query/"+url.PathEscape(idOrName)+"/execute?"+v.Encode(), h, &res); err != nil {
 		return "", 0, nil, err
 	}
 	ttl, _ := time.ParseDuration(res.DNS.TTL)

@@ -18,6 +18,11 @@ import (
 const (
 	queryPrefix     = registry.ReservedKVPrefix + "query/"
 	queryNamePrefix = registry.ReservedKVPrefix + "query-name/"
+	// queryTemplatePrefix holds each template's name, in lower case (as
+	// Consul's index of templates), so that the longest prefix of a name
+	// asked is a few key lookups; the empty name too (the key is the
+	// prefix itself), which answers every name no other query does.
+	queryTemplatePrefix = registry.ReservedKVPrefix + "query-template/"
 )
 
 // preparedQuery is Consul's structs.PreparedQuery, as its API writes it.
@@ -78,11 +83,26 @@ func parseQueryBody(b []byte) (preparedQuery, error) {
 	return q, q.validate()
 }
 
+func (q *preparedQuery) isTemplate() bool { return q.Template.Type != "" }
+
 func (q *preparedQuery) validate() error {
+	if err := q.validateFields(); err != nil {
+		return err
+	}
+	if q.isTemplate() {
+		// Consul compiles a template when the state store takes it; its
+		// errors read "failed compiling template: ...".
+		if _, err := compileTemplate(*q); err != nil {
+			// The message quotes the field: one line, whatever it holds.
+			return badRequest("failed compiling template: %s", strings.ReplaceAll(err.Error(), "\n", `\n`))
+		}
+	}
+	return nil
+}
+
+func (q *preparedQuery) validateFields() error {
 	switch {
-	case q.Template.Type != "":
-		return badRequest("Template: query templates are not supported by pier")
-	case q.Name == "" && q.Session == "":
+	case q.Name == "" && !q.isTemplate() && q.Session == "":
 		return badRequest("Must be bound to a session")
 	case q.Token == redactedToken:
 		return badRequest("Bad Token '%s', it looks like a query definition with a redacted token was submitted", q.Token)
@@ -94,8 +114,10 @@ func (q *preparedQuery) validate() error {
 		return badRequest("Targets cannot be populated with NearestN or Datacenters")
 	case q.Service.Connect:
 		return badRequest("Service.Connect: Connect is not supported by pier")
-	case len(q.Name) > registry.MaxKVKey-len(queryNamePrefix):
-		return badRequest("Name: longer than %d bytes", registry.MaxKVKey-len(queryNamePrefix))
+	case len(q.Name) > registry.MaxKVKey-len(queryTemplatePrefix):
+		return badRequest("Name: longer than %d bytes", registry.MaxKVKey-len(queryTemplatePrefix))
+	case strings.Contains(q.Session, "/") || len(q.Session) > 64:
+		return badRequest("invalid session %q", q.Session)
 	case q.Service.Near != "" && strings.ContainsAny(q.Service.Near, "\x00"):
 		return badRequest("Service.Near: not a node name")
 	}

@@ -9,8 +9,8 @@ import (
 
 // FuzzQueryBody: /v1/query's create and update body. A refusal is one
 // line; an accepted body names a service, is bound to a name or a session,
-// has a NearestN not negative and a DNS TTL that parses, and stores and
-// reads back as the same definition.
+// has a NearestN not negative and a DNS TTL that parses, a template
+// renders any name, and it stores and reads back as the same definition.
 func FuzzQueryBody(f *testing.F) {
 	for _, seed := range []string{
 		``, `{}`, `null`, `{"Name":"q","Service":{"Service":"redis"}}`,
@@ -19,6 +19,9 @@ func FuzzQueryBody(f *testing.F) {
 		`{"Name":"q","Service":{"Service":"x","Failover":{"NearestN":-1}}}`, `{"Name":"q","Service":{"Service":"x"},"DNS":{"TTL":"-1s"}}`,
 		`{"Name":"q","Template":{"Type":"name_prefix_match"},"Service":{"Service":"x"}}`, `{"Name":3}`,
 		`{"Name":"q","Service":{"Service":"x","Failover":{"Targets":[{"Datacenter":"dc2"}],"NearestN":1}}}`,
+		`{"Template":{"Type":"name_prefix_match","Regexp":"^geo-db-(.*?)-([^\\-]+?)$","RemoveEmptyTags":true},"Service":{"Service":"mysql-${match(1)}","Tags":["${match(2)}",""],"NodeMeta":{"k":"${name.suffix}"},"Failover":{"Datacenters":["${agent.segment}dc2"]}}}`,
+		`{"Name":"geo-","Template":{"Type":"name_prefix_match"},"Service":{"Service":"${name.full}-${name.prefix}","Near":"${1+2}"}}`,
+		`{"Name":"x","Template":{"Type":"name_prefix_match","Regexp":"(["},"Service":{"Service":"${nope}"}}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -30,8 +33,20 @@ func FuzzQueryBody(f *testing.F) {
 			}
 			return
 		}
-		if q.Service.Service == "" || q.Name == "" && q.Session == "" || q.Service.Failover.NearestN < 0 {
+		if q.Service.Service == "" || q.Name == "" && q.Session == "" && !q.isTemplate() || q.Service.Failover.NearestN < 0 {
 			t.Fatalf("accepted %+v", q)
+		}
+		if q.isTemplate() {
+			// An accepted template renders any name without failing.
+			ct, err := compileTemplate(q)
+			if err != nil {
+				t.Fatalf("accepted a template that does not compile: %v", err)
+			}
+			for _, name := range []string{q.Name, q.Name + "x", q.Name + "-a-b", strings.ToUpper(q.Name) + "é"} {
+				if _, err := ct.render(name, ""); err != nil {
+					t.Fatalf("render %q: %v", name, err)
+				}
+			}
 		}
 		if q.DNS.TTL != "" {
 			if d, err := time.ParseDuration(q.DNS.TTL); err != nil || d < 0 {

@@ -3,14 +3,17 @@ package api_test
 import (
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/serf/coordinate"
 
 	"github.com/pier-dev/pier/deploy/eventually"
 	"github.com/pier-dev/pier/registry"
+	"github.com/pier-dev/pier/registry/api"
 	"github.com/pier-dev/pier/registry/raft"
 )
 
@@ -131,4 +134,83 @@ func getStatusJSON(t *testing.T, url string, v any) int {
 		}
 	}
 	return resp.StatusCode
+}
+
+// TestPreparedQueryNear: execute sorts this datacenter's instances by
+// round trip from ?near=, else Service.Near, as Consul's: "_agent" is the
+// agent asked, "_ip" the node whose address the client has (its
+// X-Forwarded-For first); the near node comes first even without a
+// coordinate (when it is among the first ten); nodes without one last.
+func TestPreparedQueryNear(t *testing.T) {
+	coords := &staticCoords{nodes: map[string]*coordinate.Coordinate{}}
+	srv := startRaftAgent(t, "s0", true, nil, func(c *api.Config) { c.Cluster = coords })
+	if err := srv.node.Bootstrap([]raft.Server{{ID: "s0", Address: srv.port, Voter: true}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually.True(t, 10*time.Second, "s0 leads", srv.node.IsLeader)
+	for i, n := range []string{"a", "b", "c", "d"} {
+		addr := "10.9.0." + string(rune('1'+i))
+		srv.reg.SetMemberStatus(n, addr, registry.MemberAlive)
+		svc := registry.Service{ID: "web-" + n, Name: "web", Port: 80}
+		srv.reg.Merge([]registry.Entry{{Node: n, Kind: registry.KindService, Key: svc.ID, Version: 7, Service: &svc}})
+	}
+	// s0 at 0; c at 5 ms, a at 20 ms, b at 50 ms; d has none.
+	for n, ms := range map[string]float64{"s0": 0, "c": 5, "a": 20, "b": 50} {
+		coords.UpdateCoordinate(n, at(ms))
+	}
+	pq := srv.client.PreparedQuery()
+	if _, _, err := pq.Create(&consul.PreparedQueryDefinition{Name: "web", Service: consul.ServiceQuery{Service: "web"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pq.Create(&consul.PreparedQueryDefinition{Name: "web-ip", Service: consul.ServiceQuery{Service: "web", Near: "_ip"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	order := func(name, query string, h http.Header) []string {
+		t.Helper()
+		req, _ := http.NewRequest("GET", srv.base+"/v1/query/"+name+"/execute"+query, nil)
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var res consul.PreparedQueryExecuteResponse
+		if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, n := range res.Nodes {
+			out = append(out, n.Node.Node)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		name, query string
+		h           http.Header
+		want        []string // d, without a coordinate, is last
+	}{
+		{"web", "?near=_agent", nil, []string{"c", "a", "b", "d"}},
+		{"web", "?near=b", nil, []string{"b", "a", "c", "d"}},
+		{"web", "?near=_ip", http.Header{"X-Forwarded-For": {"10.9.0.1, 10.0.0.9"}}, []string{"a", "c", "b", "d"}},
+		{"web-ip", "", http.Header{"X-Forwarded-For": {"10.9.0.2"}}, []string{"b", "a", "c", "d"}},
+	} {
+		if got := order(c.name, c.query, c.h); !slices.Equal(got, c.want) {
+			t.Errorf("%s%s %v: %v, want %v", c.name, c.query, c.h, got, c.want)
+		}
+	}
+	// d has no coordinate: no sort, but d first, as Consul puts the near
+	// node first.
+	for range 5 {
+		if got := order("web", "?near=d", nil); len(got) != 4 || got[0] != "d" {
+			t.Fatalf("near d: %v, want d first", got)
+		}
+	}
+	// No near: shuffled, so every node comes first some time.
+	first := map[string]bool{}
+	for i := 0; i < 200 && len(first) < 4; i++ {
+		first[order("web", "", nil)[0]] = true
+	}
+	if len(first) != 4 {
+		t.Errorf("without near, only %v came first in 200 runs", first)
+	}
 }

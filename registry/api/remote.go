@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
+	"time"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -60,6 +62,35 @@ func (rd Reader) Instances(ctx context.Context, dc, service, tag string) ([]regi
 	return out, nil
 }
 
+// WatchInstances is Instances as a blocking query: it answers once dc's
+// instances of service have an index past index (0: at once), or when
+// wait has passed, with the index they have; what it reads and how it
+// reaches dc are /v1/health/service's with ?index= and ?wait=.
+func (rd Reader) WatchInstances(ctx context.Context, dc, service string, index uint64, wait time.Duration) ([]registry.Instance, uint64, error) {
+	v := url.Values{}
+	if dc != "" {
+		v.Set("dc", dc)
+	}
+	if index > 0 {
+		v.Set("index", strconv.FormatUint(index, 10))
+		v.Set("wait", strconv.FormatInt(wait.Milliseconds(), 10)+"ms")
+	}
+	var es []serviceEntry
+	h, err := rd.get(ctx, "/v1/health/service/"+url.PathEscape(service)+"?"+v.Encode(), nil, &es)
+	if err != nil {
+		return nil, 0, err
+	}
+	idx, err := strconv.ParseUint(h.Get("X-Consul-Index"), 10, 64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("api: the health of %s in %s: no X-Consul-Index", service, dc)
+	}
+	out := make([]registry.Instance, 0, len(es))
+	for _, e := range es {
+		out = append(out, e.instance())
+	}
+	return out, idx, nil
+}
+
 // Node answers dc's node called name; nil when it has none.
 func (rd Reader) Node(ctx context.Context, dc, name string) (*registry.NodeEntry, error) {
 	var ns *nodeServices
@@ -76,23 +107,37 @@ func (rd Reader) Node(ctx context.Context, dc, name string) (*registry.NodeEntry
 // getJSON serves a GET of pathQuery with the reader's token and decodes
 // its 200 answer into v.
 func (rd Reader) getJSON(ctx context.Context, pathQuery string, v any) error {
+	return rd.getJSONWith(ctx, pathQuery, nil, v)
+}
+
+// getJSONWith is getJSON with headers h added to the request.
+func (rd Reader) getJSONWith(ctx context.Context, pathQuery string, h http.Header, v any) error {
+	_, err := rd.get(ctx, pathQuery, h, v)
+	return err
+}
+
+// get is getJSONWith that also answers the answer's headers.
+func (rd Reader) get(ctx context.Context, pathQuery string, h http.Header, v any) (http.Header, error) {
 	r := httptest.NewRequestWithContext(ctx, http.MethodGet, pathQuery, nil)
 	r.RemoteAddr = "127.0.0.1:0"
+	for k, vs := range h {
+		r.Header[k] = vs
+	}
 	if t := rd.secret(); t != "" {
 		r.Header.Set("X-Consul-Token", t)
 	}
 	rec := httptest.NewRecorder()
 	rd.s.serve(rec, r)
 	if rec.Code == http.StatusInternalServerError && bytes.HasPrefix(rec.Body.Bytes(), []byte(registry.ErrNoPath.Error())) {
-		return fmt.Errorf("api: %s: %w", pathQuery, registry.ErrNoPath)
+		return nil, fmt.Errorf("api: %s: %w", pathQuery, registry.ErrNoPath)
 	}
 	if rec.Code == http.StatusNotFound {
-		return fmt.Errorf("api: %s: %s: %w", pathQuery, bytes.TrimSpace(rec.Body.Bytes()), registry.ErrNotFound)
+		return nil, fmt.Errorf("api: %s: %s: %w", pathQuery, bytes.TrimSpace(rec.Body.Bytes()), registry.ErrNotFound)
 	}
 	if rec.Code != http.StatusOK {
-		return fmt.Errorf("api: %s: %d %s", pathQuery, rec.Code, rec.Body.Bytes())
+		return nil, fmt.Errorf("api: %s: %d %s", pathQuery, rec.Code, rec.Body.Bytes())
 	}
-	return json.Unmarshal(rec.Body.Bytes(), v)
+	return rec.Header(), json.Unmarshal(rec.Body.Bytes(), v)
 }
 
 // instance turns an answer of /v1/health/service back into the catalog's

@@ -112,6 +112,9 @@ type Server struct {
 	lim   *clientLimiter // nil: no per-client limit
 
 	cache *agentCache // ?cached (cache.go)
+	// templates keeps the prepared-query templates compiled
+	// (query_template.go).
+	templates templateCache
 
 	// inner routes what the server port serves (ServerPortHandler): the
 	// Raft-backed endpoints only; nil without Consensus.
@@ -170,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		if cfg.Consensus != nil {
 			s.acl.SetWriter(raftACLWriter{cfg.Consensus}) // and with servers, in their Raft state
+			s.acl.SetPrimary(primaryLink{s})              // replicated from the primary datacenter (acl_replication.go)
 		}
 	}
 	s.routes()

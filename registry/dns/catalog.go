@@ -50,17 +50,21 @@ const maxRotations = 16
 // answer is the reply to one question about the catalog, computed once per
 // snapshot. Its packed forms are made on first use and never change.
 type answer struct {
-	qname  string // lowercase
-	qtype  uint16
-	rcode  int
-	ans    []mdns.RR
-	ns     []mdns.RR
-	extra  []mdns.RR
-	rots   int
-	kind   uint8  // kindService, kindNode or kindOther (metrics)
-	remote string // the datacenter of the records when it is another one
-	async  bool   // asked of Remote each time (another datacenter, a prepared query)
-	packed [nSlots][]atomic.Pointer[[]byte]
+	qname string // lowercase
+	qtype uint16
+	rcode int
+	ans   []mdns.RR
+	ns    []mdns.RR
+	extra []mdns.RR
+	rots  int
+	// ordered keeps the records in the order given: a prepared query's
+	// answer, shuffled and sorted by distance when it was executed (as
+	// Consul's DNS, which neither shuffles nor rotates it).
+	ordered bool
+	kind    uint8  // kindService, kindNode or kindOther (metrics)
+	remote  string // the datacenter of the records when it is another one
+	async   bool   // asked of Remote each time (another datacenter, a prepared query)
+	packed  [nSlots][]atomic.Pointer[[]byte]
 }
 
 func newAnswer(qname string, qtype uint16) *answer {
@@ -70,6 +74,9 @@ func newAnswer(qname string, qtype uint16) *answer {
 // seal fixes the number of rotations once the records are in.
 func (a *answer) seal() *answer {
 	a.rots = max(1, min(len(a.ans), maxRotations))
+	if a.ordered {
+		a.rots = 1
+	}
 	for i := range a.packed {
 		a.packed[i] = make([]atomic.Pointer[[]byte], a.rots)
 	}
@@ -343,6 +350,9 @@ func serviceName(rest []string) (name, tag string, ok bool) {
 // (with tag and the named port, when given); false: there is none.
 func (s *Server) serviceAnswer(a *answer, insts []registry.Instance, tag, port string, qtype uint16) bool {
 	insts = s.healthy(insts, tag)
+	if !a.ordered {
+		rand.Shuffle(len(insts), func(i, j int) { insts[i], insts[j] = insts[j], insts[i] })
+	}
 	if port != "" {
 		insts = withPort(insts, port)
 	}
@@ -411,8 +421,9 @@ func namedPort(s *registry.ServiceEntry, name string) int {
 }
 
 // healthy keeps the instances DNS shows: never critical ones, warning ones
-// unless OnlyPassing, and only those carrying tag (without case) if given.
-// The order is shuffled once per snapshot; replies then rotate it.
+// unless OnlyPassing, and only those carrying tag (without case) if given,
+// in their order (serviceAnswer shuffles a service's once per snapshot;
+// replies then rotate it).
 func (s *Server) healthy(in []registry.Instance, tag string) []registry.Instance {
 	out := in[:0]
 	for _, i := range in {
@@ -430,7 +441,6 @@ func (s *Server) healthy(in []registry.Instance, tag string) []registry.Instance
 		}
 		out = append(out, i)
 	}
-	rand.Shuffle(len(out), func(a, b int) { out[a], out[b] = out[b], out[a] })
 	return out
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -12,11 +13,12 @@ import (
 	mdns "github.com/miekg/dns"
 )
 
-// forward resolves q through the recursors, caches the answer and returns
-// the reply. If every recursor fails it answers SERVFAIL.
-func (s *Server) forward(ctx context.Context, out []byte, q *query, tcp bool) []byte {
+// forward resolves q, asked by src, through the recursors, caches the
+// answer and returns the reply. If every recursor fails it answers
+// SERVFAIL.
+func (s *Server) forward(ctx context.Context, out []byte, q *query, src netip.Addr, tcp bool) []byte {
 	if q.domOff >= 0 {
-		return s.remoteReply(ctx, out, q, tcp) // a name of another datacenter
+		return s.remoteReply(ctx, out, q, src, tcp) // a name of another datacenter, or a prepared query
 	}
 	e, err := s.resolve(ctx, q)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -24,8 +25,9 @@ type Remote interface {
 	// Query executes dc's prepared query called name (an ID or a name;
 	// dc "" is this datacenter) and answers the datacenter that answered
 	// (failover may move it), the query's DNS TTL (0: none set) and the
-	// instances; registry.ErrNotFound when dc has no such query.
-	Query(ctx context.Context, dc, name string) (answered string, ttl time.Duration, insts []registry.Instance, err error)
+	// instances; registry.ErrNotFound when dc has no such query. src is
+	// the client's address (Consul's near=_ip finds the node that has it).
+	Query(ctx context.Context, dc, name string, src netip.Addr) (answered string, ttl time.Duration, insts []registry.Instance, err error)
 }
 
 // remoteTimeout bounds one question to another datacenter: a client's
@@ -37,7 +39,7 @@ const remoteTimeout = 5 * time.Second
 // A datacenter with no path, or without the name, is NXDOMAIN, as Consul
 // answers; one that did not answer is SERVFAIL (a resolver tries again,
 // or elsewhere).
-func (s *Server) remoteReply(ctx context.Context, out []byte, q *query, tcp bool) []byte {
+func (s *Server) remoteReply(ctx context.Context, out []byte, q *query, src netip.Addr, tcp bool) []byte {
 	ctx, cancel := context.WithTimeout(ctx, remoteTimeout)
 	defer cancel()
 	key := q.key
@@ -67,8 +69,8 @@ func (s *Server) remoteReply(ctx context.Context, out []byte, q *query, tcp bool
 			found = err == nil && s.serviceAnswer(a, insts, tag, port, qtype)
 		}
 	case "query":
-		a.kind = kindService
-		qdc, ttl, insts, err := s.cfg.Remote.Query(ctx, dc, strings.Join(rest, "."))
+		a.kind, a.ordered = kindService, true
+		qdc, ttl, insts, err := s.cfg.Remote.Query(ctx, dc, strings.Join(rest, "."), src)
 		if failed(err) && !errors.Is(err, registry.ErrNotFound) {
 			s.log.Debug("a prepared query", "err", err)
 			return errReply(out, q, mdns.RcodeServerFailure, true, s.cfg.MaxUDPSize)

@@ -285,7 +285,7 @@ func (s *Server) forwardUDP(ctx context.Context, u *udpSock, q query, src netip.
 			<-s.inflight
 			s.slow.Done()
 		}()
-		resp := s.forward(ctx, nil, &q, false)
+		resp := s.forward(ctx, nil, &q, src.Addr().Unmap(), false)
 		// Counted before it is sent, as the fast path's replies are: a
 		// client that has its answer sees it in the metrics.
 		s.met.done(&q, resp, start)
@@ -395,6 +395,10 @@ func (s *Server) reply(out []byte, q *query, src netip.Addr, tcp bool) ([]byte, 
 	case domRefused:
 		return errReply(out, q, mdns.RcodeRefused, ra, s.cfg.MaxUDPSize), true
 	case -1:
+		if a := s.acmeAnswer(q); a != nil {
+			q.kind = kindOther
+			return render(out, a.wire(s, slotFor(tcp, q)), q, ra), true
+		}
 		if !ra {
 			return errReply(out, q, mdns.RcodeRefused, false, s.cfg.MaxUDPSize), true
 		}
@@ -475,7 +479,7 @@ func (h tcpHandler) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 		s.mu.Lock()
 		ctx := s.ctx
 		s.mu.Unlock()
-		resp = s.forward(ctx, nil, &q, true)
+		resp = s.forward(ctx, nil, &q, src, true)
 	}
 	if _, err := w.Write(resp); err != nil {
 		s.log.Debug("tcp write", "to", w.RemoteAddr(), "err", err)

@@ -1,6 +1,7 @@
 // Package raft owns the state that pier's servers agree on through
 // hashicorp/raft: the KV store with Consul's locks (sessions, lock delay,
-// LockIndex), sessions, and atomic transactions (Consul's /v1/txn KV
+// LockIndex), sessions (and the keys bound to one, SessionBoundKey, which
+// go with it), and atomic transactions (Consul's /v1/txn KV
 // verbs), and operator snapshots in Consul's archive layout (ops.go). It
 // keeps the Raft log and stable store in the data dir (store.go:
 // hashicorp/raft-wal in raft/wal, or bbolt's raft/raft.db for a data dir

@@ -242,6 +242,12 @@ func (w *writer) set(op KVOp) *KVEntry {
 
 // kv applies one write; it reports whether it happened.
 func (w *writer) kv(op KVOp) (bool, error) {
+	if rest, ok := strings.CutPrefix(op.Key, SessionBoundPrefix); ok && (op.Verb == KVSet || op.Verb == KVCAS) {
+		sess, _, _ := strings.Cut(rest, "/")
+		if _, ok := w.s.Session(sess); !ok {
+			return false, fmt.Errorf("invalid session %q", sess)
+		}
+	}
 	switch op.Verb {
 	case KVSet:
 		w.set(op)
@@ -444,7 +450,30 @@ func (f *FSM) sessionDestroy(w *writer, id string) bool {
 			f.mu.Unlock()
 		}
 	}
+	for _, m := range w.s.KVList(SessionBoundPrefix + id + "/") {
+		for _, key := range strings.Split(string(m.Value), "\n") {
+			if key != "" {
+				w.del(key)
+			}
+		}
+		w.del(m.Key)
+	}
 	return true
+}
+
+// SessionBoundPrefix holds the keys that go with a session, as Consul's
+// prepared queries bound to a session do: the entry at
+// SessionBoundKey(session, name) lists keys, one a line, that the
+// session's destruction deletes with the entry itself, whatever the
+// session's behaviour. Writing such an entry fails with "invalid session"
+// when the session does not exist, so that a transaction that writes one
+// cannot bind keys to a session that is already gone.
+const SessionBoundPrefix = registry.ReservedKVPrefix + "session-bound/"
+
+// SessionBoundKey is the key of the list of keys named name that go with
+// session.
+func SessionBoundKey(session, name string) string {
+	return SessionBoundPrefix + session + "/" + name
 }
 
 // The snapshot is a JSON stream: a header, then each key, each session and

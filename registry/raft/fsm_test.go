@@ -269,3 +269,42 @@ func TestDeleteTreeSparesReserved(t *testing.T) {
 		t.Fatalf("after delete-tree of a reserved prefix: %v", got)
 	}
 }
+
+// TestSessionBoundKeys: keys listed under SessionBoundKey go with the
+// session whatever its behaviour, the list with them; a list cannot be
+// written for a session that does not exist, and a transaction that tries
+// is rolled back whole.
+func TestSessionBoundKeys(t *testing.T) {
+	a := newApplier(t, nil)
+	bound := SessionBoundKey("s1", "q1")
+	r := a.apply(command{Type: cmdTxn, Ops: []KVOp{{Verb: KVSet, Key: "_pier/q/1", Value: []byte("x")},
+		{Verb: KVSet, Key: bound, Value: []byte("_pier/q/1")}}})
+	if len(r.Errors) != 1 || r.Errors[0].OpIndex != 1 || !strings.Contains(r.Errors[0].What, `invalid session "s1"`) {
+		t.Fatalf("a list for an unknown session: %+v", r)
+	}
+	if _, ok := a.f.State().KV("_pier/q/1"); ok {
+		t.Fatal("the refused transaction left its first write")
+	}
+	for _, s := range []*Session{{ID: "s1"}, {ID: "s2", Behavior: BehaviorRelease}} {
+		if r := a.apply(command{Type: cmdSessionCreate, Session: s}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	r = a.apply(command{Type: cmdTxn, Ops: []KVOp{{Verb: KVSet, Key: "_pier/q/1", Value: []byte("x")}, {Verb: KVSet, Key: "_pier/n/1", Value: []byte("1")},
+		{Verb: KVSet, Key: bound, Value: []byte("_pier/q/1\n_pier/n/1")},
+		{Verb: KVSet, Key: SessionBoundKey("s2", "q2"), Value: []byte("_pier/q/2")}, {Verb: KVSet, Key: "_pier/q/2", Value: []byte("y")}}})
+	if len(r.Errors) != 0 {
+		t.Fatalf("bound writes: %+v", r.Errors)
+	}
+	a.apply(command{Type: cmdSessionDestroy, ID: "s1"})
+	for _, k := range []string{"_pier/q/1", "_pier/n/1", bound} {
+		if _, ok := a.f.State().KV(k); ok {
+			t.Errorf("%s outlived session s1", k)
+		}
+	}
+	for _, k := range []string{"_pier/q/2", SessionBoundKey("s2", "q2")} {
+		if _, ok := a.f.State().KV(k); !ok {
+			t.Errorf("%s of session s2 went with s1", k)
+		}
+	}
+}

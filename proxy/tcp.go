@@ -384,7 +384,7 @@ func (t *TCPProxy) handle(client net.Conn, rt *tcpRoute, hello []byte) {
 			break
 		}
 		tried[n] = b
-		c, err := b.Dial(nil)
+		c, err := dialInstance(b.Addr(), t.p.bal.ConnectTimeout())
 		if err == nil {
 			conn = c
 			break
@@ -392,7 +392,7 @@ func (t *TCPProxy) handle(client net.Conn, rt *tcpRoute, hello []byte) {
 		b.Release()
 		t.met.connectFailed(rt.stats)
 		if b.Fail(t.p.cfg.MaxFails, t.p.cfg.FailTimeout) {
-			t.p.log.Warn("backend out of rotation after failures", "service", rt.Service, "addr", b.Addr(), "err", err)
+			t.p.log.Warn("backend out of rotation after failures", "service", rt.Service, "addr", b.Addr(), "err", &lb.DialError{Addr: b.Addr(), Err: err})
 		}
 		b = nil
 	}

@@ -484,13 +484,16 @@ func (c *tcpConn) setDraining(on bool, t *TCPProxy) {
 // are passed on: a client that shuts its side still reads the answer.
 func (c *tcpConn) pipe(t *TCPProxy) {
 	c.last.Store(time.Now().UnixNano())
+	var client, backend sockIO
+	client.init(c.client)
+	backend.init(c.backend)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.copy(c.backend, c.client, t, true)
-		closeWrite(c.backend)
+		c.copy(&backend, &client, t, true)
+		backend.closeWrite()
 	}()
-	c.copy(c.client, c.backend, t, false)
+	c.copy(&client, &backend, t, false)
 	select {
 	case <-done:
 		// The client finished first: the close sends its FIN, and a
@@ -498,7 +501,7 @@ func (c *tcpConn) pipe(t *TCPProxy) {
 	default:
 		// The instance is done: nothing more will reach the client, and
 		// what the client still sends has nowhere to go.
-		closeWrite(c.client)
+		client.closeWrite()
 		c.ending.Store(true)
 		c.client.SetReadDeadline(time.Now())
 		<-done
@@ -514,7 +517,7 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // are idle for the route's idle timeout. Deadlines move at most once per
 // eighth of the timeout, so a busy connection does not touch its timers on
 // every read.
-func (c *tcpConn) copy(dst, src net.Conn, t *TCPProxy, in bool) {
+func (c *tcpConn) copy(dst, src *sockIO, t *TCPProxy, in bool) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -524,8 +527,8 @@ func (c *tcpConn) copy(dst, src net.Conn, t *TCPProxy, in bool) {
 		now := time.Now().UnixNano()
 		if dl-now < idle-idle/8 {
 			dl = now + idle
-			src.SetReadDeadline(time.Unix(0, dl))
-			dst.SetWriteDeadline(time.Unix(0, dl))
+			src.c.SetReadDeadline(time.Unix(0, dl))
+			dst.c.SetWriteDeadline(time.Unix(0, dl))
 		}
 		n, err := src.Read(buf)
 		if n > 0 {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,15 +29,7 @@ func dialInstance(addr string, timeout time.Duration) (net.Conn, error) {
 	if err != nil {
 		return dialInstanceNet(addr, timeout)
 	}
-	var sa unix.Sockaddr
-	family := unix.AF_INET
-	if a := ap.Addr().Unmap(); a.Is4() {
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
-	} else {
-		family = unix.AF_INET6
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16(), ZoneId: zoneID(ap.Addr().Zone())}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, err := unix.Socket(family(ap), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
@@ -44,8 +37,8 @@ func dialInstance(addr string, timeout time.Duration) (net.Conn, error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("setsockopt", err)
 	}
-	cerr := unix.Connect(fd, sa)
-	for cerr == unix.EINTR {
+	cerr := rawConnect(fd, ap)
+	if cerr == unix.EINTR {
 		// An interrupted connect goes on in the background, as EINPROGRESS.
 		cerr = unix.EINPROGRESS
 	}
@@ -118,6 +111,43 @@ func connectDone(fd int) (bool, error) {
 	return true, nil
 }
 
+func family(ap netip.AddrPort) int {
+	if ap.Addr().Is4() || ap.Addr().Is4In6() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+// rawConnect starts a non-blocking connect without telling the scheduler:
+// on loopback the kernel runs the whole handshake inside the call, tens of
+// microseconds, long enough for the runtime to hand the goroutine's P to
+// another thread (a wake-up and a context switch) if the call were made
+// the ordinary way; and it never blocks.
+func rawConnect(fd int, ap netip.AddrPort) error {
+	var p unsafe.Pointer
+	var n uintptr
+	var sa4 unix.RawSockaddrInet4
+	var sa6 unix.RawSockaddrInet6
+	port := [2]byte{byte(ap.Port() >> 8), byte(ap.Port())}
+	if a := ap.Addr().Unmap(); a.Is4() {
+		sa4.Family = unix.AF_INET
+		sa4.Addr = a.As4()
+		*(*[2]byte)(unsafe.Pointer(&sa4.Port)) = port
+		p, n = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4)
+	} else {
+		sa6.Family = unix.AF_INET6
+		sa6.Addr = a.As16()
+		sa6.Scope_id = zoneID(a.Zone())
+		*(*[2]byte)(unsafe.Pointer(&sa6.Port)) = port
+		p, n = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6)
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(p), n)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
 func zoneID(zone string) uint32 {
 	if zone == "" {
 		return 0
@@ -160,9 +190,5 @@ func (c *fileConn) SetWriteDeadline(t time.Time) error { return c.f.SetWriteDead
 
 // CloseWrite shuts the sending side: the instance reads EOF.
 func (c *fileConn) CloseWrite() error {
-	var err error
-	if cerr := c.rc.Control(func(fd uintptr) { err = unix.Shutdown(int(fd), unix.SHUT_WR) }); cerr != nil {
-		return cerr
-	}
-	return err
+	return rawShutdown(c.rc)
 }

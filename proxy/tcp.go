@@ -404,6 +404,8 @@ func (t *TCPProxy) handle(client net.Conn, rt *tcpRoute, hello []byte) {
 	defer b.Release()
 	b.Succeed()
 	c := &tcpConn{client: client, backend: conn, b: b, rt: rt}
+	c.cio.init(client)
+	c.bio.init(conn)
 	if !t.track(c) {
 		conn.Close()
 		return
@@ -431,6 +433,7 @@ func (t *TCPProxy) untrack(c *tcpConn) {
 // tcpConn is a proxied connection: the client's and the instance's sides.
 type tcpConn struct {
 	client, backend net.Conn
+	cio, bio        sockIO // the client's and the instance's sides, read and written
 	b               *lb.Backend
 	rt              *tcpRoute
 	last            atomic.Int64 // unix nanoseconds of the last byte either way
@@ -446,8 +449,8 @@ func (c *tcpConn) close() bool {
 	did := false
 	c.closeOnce.Do(func() {
 		did = true
-		c.client.Close()
-		c.backend.Close()
+		c.cio.close()
+		c.bio.close()
 	})
 	return did
 }
@@ -484,16 +487,14 @@ func (c *tcpConn) setDraining(on bool, t *TCPProxy) {
 // are passed on: a client that shuts its side still reads the answer.
 func (c *tcpConn) pipe(t *TCPProxy) {
 	c.last.Store(time.Now().UnixNano())
-	var client, backend sockIO
-	client.init(c.client)
-	backend.init(c.backend)
+	client, backend := &c.cio, &c.bio
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.copy(&backend, &client, t, true)
+		c.copy(backend, client, t, true)
 		backend.closeWrite()
 	}()
-	c.copy(&client, &backend, t, false)
+	c.copy(client, backend, t, false)
 	select {
 	case <-done:
 		// The client finished first: the close sends its FIN, and a

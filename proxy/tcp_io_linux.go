@@ -117,6 +117,16 @@ func (s *sockIO) closeWrite() {
 	rawShutdown(s.rc)
 }
 
+// close ends the connection. The FIN (or the reset, with bytes unread)
+// goes out in a raw shutdown first, for the same reason as the writes; the
+// close that follows only frees the descriptor.
+func (s *sockIO) close() {
+	if s.rc != nil {
+		rawShutdown(s.rc)
+	}
+	s.c.Close()
+}
+
 func rawShutdown(rc syscall.RawConn) error {
 	var err error
 	if cerr := rc.Control(func(fd uintptr) {

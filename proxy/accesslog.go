@@ -91,7 +91,8 @@ func (l *accessLog) write(e *logEntry, ctx *fasthttp.RequestCtx, now, start time
 	l.writeFields(e, &f, now, start, service, b, tries)
 }
 
-// writeH2 logs a gRPC call served by the HTTP/2 server itself.
+// writeH2 logs a request served by the HTTP/2 server itself (a gRPC call,
+// grpcStatus "none" when it ended without one; a WebSocket, grpcStatus "").
 func (l *accessLog) writeH2(req *http.Request, code int, now, start time.Time, service string, b *lb.Backend, tries int, grpcStatus string) {
 	e := l.begin([]byte(req.RequestURI))
 	if e == nil {
@@ -103,9 +104,6 @@ func (l *accessLog) writeH2(req *http.Request, code int, now, start time.Time, s
 	}
 	f := accessFields{ip: ip, method: []byte(req.Method), host: []byte(req.Host), proto: []byte(req.Proto), ref: []byte(req.Referer()),
 		ua: []byte(req.UserAgent()), id: []byte(req.Header.Get("X-Request-Id")), status: code, size: -1, grpcStatus: grpcStatus}
-	if grpcStatus == "" {
-		f.grpcStatus = "none"
-	}
 	l.writeFields(e, &f, now, start, service, b, tries)
 }
 

@@ -11,7 +11,8 @@
 // files change) and redirects plain HTTP to HTTPS when asked.
 //
 // TCPProxy (tcp*.go) is the front door for bytes: TCP routes (proxy.tcp,
-// urlprefix-:port proto=tcp tags) on listeners of their own, and SNI
+// the KV store under pier/tcp-routes/, urlprefix-:port proto=tcp tags) on
+// listeners of their own, opened and closed as the KV and tags change, and SNI
 // passthrough (proto=tcp+sni) through a listener wrapper that peeks at each
 // ClientHello in front of the TLS listener. It uses the same lb pools and
 // passive health as the HTTP routes and keeps its connections in a set of

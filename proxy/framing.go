@@ -104,6 +104,7 @@ func (l *clientBody) Read(p []byte) (int, error) {
 	}
 	switch {
 	case l.n < 0:
+		n = max(n+int(l.n), 0) // the byte past the limit is not passed on
 		err = errBodyLimit
 	case err == io.EOF && l.left > 0:
 		err = io.ErrUnexpectedEOF // the client went away before its Content-Length

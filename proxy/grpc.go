@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pier-dev/pier/lb"
@@ -22,11 +23,12 @@ const ProtoGRPC = "grpc"
 
 // gRPC status codes pier answers itself.
 const (
-	grpcCancelled        = 1
-	grpcDeadlineExceeded = 4
-	grpcInternal         = 13
-	grpcUnavailable      = 14
-	grpcUnimplemented    = 12
+	grpcCancelled         = 1
+	grpcDeadlineExceeded  = 4
+	grpcResourceExhausted = 8
+	grpcInternal          = 13
+	grpcUnavailable       = 14
+	grpcUnimplemented     = 12
 )
 
 // grpcReplayLimit bounds the request body kept to send again on another
@@ -150,7 +152,17 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 		scheme = "https://"
 	}
 	hdr := grpcRequestHeader(req)
-	body := &replayBody{src: req.Body}
+	var limit *grpcBodyLimit
+	var src io.Reader = req.Body
+	if max := p.cfg.MaxBodySize; max > 0 && req.Body != nil && req.Body != http.NoBody {
+		if req.ContentLength > max {
+			p.grpcFail(w, req, r, start, nil, 0, grpcResourceExhausted, grpcTooLarge(max))
+			return
+		}
+		limit = &grpcBodyLimit{r: req.Body, n: max}
+		src = limit
+	}
+	body := &replayBody{src: src}
 	idempotent := r.grpcIdempotent(path)
 	tr := p.grpc.transport(r.tls)
 
@@ -195,7 +207,7 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 			// and a stream the instance reset itself do not.
 			// A TLS mismatch is the route's settings, not the instance
 			// (see tlsMismatch).
-			failed := dial || (ctx.Err() == nil && !pastDeadline(ctx) && !strings.Contains(err.Error(), "stream error"))
+			failed := dial || (ctx.Err() == nil && !pastDeadline(ctx) && !strings.Contains(err.Error(), "stream error") && !limit.exceeded())
 			if tlsMismatch(err) {
 				failed = false
 				p.warnTLS(r, b, err)
@@ -205,7 +217,7 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 				p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(), "fail_timeout", r.failTimeout, "err", err)
 			}
 			p.log.Debug("gRPC call to backend failed", "service", r.Service, "addr", b.Addr(), "try", n, "err", err)
-			if ctx.Err() == nil && (dial || refusedStream(err)) && body.replayable() {
+			if ctx.Err() == nil && (dial || refusedStream(err)) && body.replayable() && !limit.exceeded() {
 				continue
 			}
 			break
@@ -223,6 +235,8 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 	}
 	if resp == nil {
 		switch {
+		case limit.exceeded():
+			p.grpcFail(w, req, r, start, b, n, grpcResourceExhausted, grpcTooLarge(p.cfg.MaxBodySize))
 		case pastDeadline(ctx):
 			p.grpcFail(w, req, r, start, b, n, grpcDeadlineExceeded, "pier: deadline exceeded")
 		case ctx.Err() != nil:
@@ -258,11 +272,22 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 	for k, vs := range resp.Trailer {
 		h[http.TrailerPrefix+k] = vs
 	}
-	if status == "" {
+	if limit.exceeded() && (status == "" || status == "1") {
+		// The stream to the instance was cut at max_body_size: whatever
+		// the instance said of it (CANCELLED, or nothing), the client
+		// hears why.
+		status = ""
+		h.Del(http.TrailerPrefix + "Grpc-Message")
+	}
+	if status == "" && (isGRPC(req) || cerr != nil) {
 		// The instance's stream ended without a status: a reset, the
-		// deadline, or the instance gone.
+		// deadline, the instance gone, or the request cut at max_body_size.
+		// (A request that is not a call, a CORS preflight, needs none.)
 		code, msg := grpcUnavailable, "pier: the stream from the instance broke"
-		if pastDeadline(ctx) {
+		switch {
+		case limit.exceeded():
+			code, msg = grpcResourceExhausted, grpcTooLarge(p.cfg.MaxBodySize)
+		case pastDeadline(ctx):
 			code, msg = grpcDeadlineExceeded, "pier: deadline exceeded"
 		}
 		if cerr != nil {
@@ -273,6 +298,45 @@ func (p *Proxy) serveGRPC(w http.ResponseWriter, req *http.Request, r *route, st
 		h.Set(http.TrailerPrefix+"Grpc-Message", msg)
 	}
 	p.grpcDone(req, r, start, b, n, resp.StatusCode, status)
+}
+
+// grpcBodyLimit passes on at most n bytes of a call's request stream
+// (max_body_size, for the whole stream as for an HTTP/1.1 body) and fails
+// the read that would go past them, so the instance never gets more: the
+// transport resets its stream and the client is answered
+// RESOURCE_EXHAUSTED, the status grpc-go's own servers give a message
+// over their receive limit.
+type grpcBodyLimit struct {
+	r   io.Reader
+	n   int64 // bytes still allowed
+	hit atomic.Bool
+}
+
+func (l *grpcBodyLimit) Read(p []byte) (int, error) {
+	if l.hit.Load() {
+		return 0, errBodyLimit
+	}
+	// One byte more than allowed tells a stream that ends at the limit
+	// from one that goes past it; that byte is not passed on.
+	if int64(len(p)) > l.n+1 {
+		p = p[:l.n+1]
+	}
+	n, err := l.r.Read(p)
+	if int64(n) > l.n {
+		n = int(l.n)
+		l.hit.Store(true)
+		err = errBodyLimit
+	}
+	l.n -= int64(n)
+	return n, err
+}
+
+// exceeded reports whether the client sent more than allowed; false on a
+// nil limit.
+func (l *grpcBodyLimit) exceeded() bool { return l != nil && l.hit.Load() }
+
+func grpcTooLarge(max int64) string {
+	return "pier: the request stream is larger than max_body_size (" + strconv.FormatInt(max, 10) + " bytes)"
 }
 
 // pastDeadline reports whether ctx's deadline has passed by the clock,
@@ -369,6 +433,9 @@ func (p *Proxy) grpcDone(req *http.Request, r *route, start time.Time, b *lb.Bac
 		svc := ""
 		if r != nil {
 			svc = r.Service
+		}
+		if status == "" {
+			status = "none"
 		}
 		p.alog.writeH2(req, code, time.Now(), start, svc, b, tries, status)
 	}

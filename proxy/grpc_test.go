@@ -32,6 +32,9 @@ type testService struct {
 	name  string
 	calls atomic.Int64
 	fail  codes.Code // answer every unary call with this code, when set
+
+	inBytes atomic.Int64 // payload bytes received by the streaming calls
+	inEnded atomic.Int64 // streaming calls returned
 }
 
 func (s *testService) UnaryCall(ctx context.Context, req *grpc_testing.SimpleRequest) (*grpc_testing.SimpleResponse, error) {
@@ -73,6 +76,7 @@ func (s *testService) StreamingOutputCall(req *grpc_testing.StreamingOutputCallR
 
 func (s *testService) StreamingInputCall(st grpc.ClientStreamingServer[grpc_testing.StreamingInputCallRequest, grpc_testing.StreamingInputCallResponse]) error {
 	s.calls.Add(1)
+	defer s.inEnded.Add(1)
 	total := 0
 	for {
 		m, err := st.Recv()
@@ -83,11 +87,13 @@ func (s *testService) StreamingInputCall(st grpc.ClientStreamingServer[grpc_test
 			return err
 		}
 		total += len(m.GetPayload().GetBody())
+		s.inBytes.Add(int64(len(m.GetPayload().GetBody())))
 	}
 }
 
 func (s *testService) FullDuplexCall(st grpc.BidiStreamingServer[grpc_testing.StreamingOutputCallRequest, grpc_testing.StreamingOutputCallResponse]) error {
 	s.calls.Add(1)
+	defer s.inEnded.Add(1)
 	for {
 		m, err := st.Recv()
 		if err == io.EOF {
@@ -96,6 +102,7 @@ func (s *testService) FullDuplexCall(st grpc.BidiStreamingServer[grpc_testing.St
 		if err != nil {
 			return err
 		}
+		s.inBytes.Add(int64(len(m.GetPayload().GetBody())))
 		if err := st.Send(&grpc_testing.StreamingOutputCallResponse{Payload: m.GetPayload()}); err != nil {
 			return err
 		}
@@ -150,6 +157,11 @@ type grpcEnv struct {
 
 func newGRPCEnv(t *testing.T, route Route, instances int) *grpcEnv {
 	t.Helper()
+	return newGRPCEnvWith(t, route, instances, nil)
+}
+
+func newGRPCEnvWith(t *testing.T, route Route, instances int, tweak func(*Config)) *grpcEnv {
+	t.Helper()
 	preg := prometheus.NewRegistry()
 	logBuf := &syncBuffer{}
 	if route.Path == "" {
@@ -161,6 +173,9 @@ func newGRPCEnv(t *testing.T, route Route, instances int) *grpcEnv {
 		c.Registerer = preg
 		c.AccessLog = AccessLogJSON
 		c.AccessLogTo = logBuf
+		if tweak != nil {
+			tweak(c)
+		}
 	})
 	g := &grpcEnv{env: e, reg: preg, log: logBuf}
 	for i := range instances {

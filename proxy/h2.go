@@ -84,6 +84,7 @@ func (c *HTTP2Config) fill() error {
 // was already decided (by ALPN, or by the h2c preface).
 type h2Front struct {
 	srv  *http.Server
+	up   *h2cUpgrades // nil without h2c
 	q    *connQueue
 	open atomic.Int64 // HTTP/2 client connections open
 	done chan struct{}
@@ -119,6 +120,9 @@ func (p *Proxy) newH2Front() *h2Front {
 		},
 		ErrorLog: log.New(debugWriter{p}, "", 0),
 	}
+	if p.cfg.H2C {
+		f.up = f.newUpgrades(f.srv.Handler)
+	}
 	return f
 }
 
@@ -140,9 +144,17 @@ func (f *h2Front) shutdown(ctx context.Context) {
 	if f == nil {
 		return
 	}
+	upDone := make(chan struct{})
+	go func() {
+		if f.up != nil {
+			f.up.shutdown(ctx)
+		}
+		close(upDone)
+	}()
 	if err := f.srv.Shutdown(ctx); err != nil {
 		f.srv.Close()
 	}
+	<-upDone
 }
 
 func (f *h2Front) openConns() int64 {

@@ -27,7 +27,14 @@ func (p *Proxy) serveH2(w http.ResponseWriter, req *http.Request) {
 			r = p.catchUp().lookup([]byte(req.Host), []byte(path))
 		}
 		switch {
+		case r != nil && isExtendedConnect(req):
+			p.tunnelH2(w, req, r, start)
+			return
 		case r != nil && r.Proto == ProtoGRPC:
+			if web, _, _ := grpcWebType(req.Header.Get("Content-Type")); web {
+				p.serveGRPCWeb(w, req, r, start)
+				return
+			}
 			p.serveGRPC(w, req, r, start)
 			return
 		case isGRPC(req):

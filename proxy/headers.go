@@ -107,7 +107,9 @@ func removeConnectionHeaders(conn []byte, del func([]byte)) {
 // isUpgrade reports whether the request asks to switch protocols (a
 // WebSocket handshake): Connection names upgrade and Upgrade is set.
 func isUpgrade(h *fasthttp.RequestHeader) bool {
-	if len(h.Peek("Upgrade")) == 0 {
+	if up := h.Peek("Upgrade"); len(up) == 0 || bytes.EqualFold(bytes.TrimSpace(up), []byte("h2c")) {
+		// h2c is the front door's to take or not (h2upgrade.go), never
+		// the instance's: not taken, the request is served as HTTP/1.1.
 		return false
 	}
 	conn := h.Peek("Connection")

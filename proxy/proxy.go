@@ -296,7 +296,8 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 			go func() { p.h2.shutdown(sctx); close(h2stopped) }() // GOAWAY; streams drain alongside HTTP/1.1's requests
 			loopStopped := make(chan struct{})
 			if p.loop != nil {
-				ln.Close() // the loop's accept returns; with h2c, the split listener's too
+				ln.Close() // with h2c, the split listener's accept returns
+				p.loop.stopAccept()
 				<-errc
 				errc <- nil // for the receive below
 				go func() { p.loop.shutdown(sctx); close(loopStopped) }()
@@ -413,6 +414,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		p.access(ctx, origURI, start, nil, nil, 0)
 		return
 	}
+	if p.h2 != nil && p.h2.up != nil && !ctx.IsTLS() && p.h2cUpgrade(ctx) {
+		return // the request is stream 1 of an HTTP/2 connection now (h2upgrade.go)
+	}
 	path, query := uri, []byte(nil)
 	for i, c := range uri {
 		if c == '?' {
@@ -439,6 +443,9 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		}
 	}
 	if r.Proto == ProtoGRPC {
+		if p.serveGRPCFromH1(ctx, r, start) {
+			return // gRPC-Web, or a CORS preflight (grpcweb.go)
+		}
 		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
 		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
 		p.access(ctx, origURI, start, r, nil, 0)

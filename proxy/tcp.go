@@ -27,7 +27,8 @@ type TCPRoute struct {
 	IdleTimeout  time.Duration `json:"idle_timeout"`  // 0: the proxy's tcp_idle_timeout
 	DrainTimeout time.Duration `json:"drain_timeout"` // 0: the proxy's tcp_drain_timeout
 
-	Source string `json:"-"` // "config" or "tag"; set by the proxy
+	Source string `json:"-"` // "config", "kv" or "tag"; set by the proxy
+	Key    string `json:"-"` // for a route from the KV store, its key
 	tag    string // for a route from a tag, the tag: its pool is the instances that carry it
 }
 
@@ -108,9 +109,13 @@ type TCPProxy struct {
 	peeking atomic.Int64                         // connections on the TLS listener whose ClientHello is being read
 
 	cfgSNI    map[string]*tcpRoute // the config's passthrough names on the TLS listener
+	cfgListen map[string]bool      // the config's listen addresses
 	tagMu     sync.Mutex
-	tagRoutes map[string]*tcpRoute // by service and tag, kept across syncs
-	warned    map[string]bool      // tag problems already logged; guarded by mu
+	tagRoutes map[string]*tcpRoute   // by service and tag, kept across syncs
+	kvRoutes  map[string]*kvTCPRoute // by KV key, kept while the key's value is the same; guarded by tagMu
+	warned    map[string]bool        // tag problems already logged; guarded by mu
+	kvWarned  map[string]string      // bad KV routes already logged (key to index and error); guarded by mu
+	bad       []badRoute             // KV routes not served, with why; guarded by mu
 }
 
 // tcpRoute is a TCPRoute ready to serve, with its metrics.
@@ -188,6 +193,10 @@ func (p *Proxy) NewTCP(cfg TCPConfig) (*TCPProxy, error) {
 		}
 	}
 	t.cfgSNI = sni
+	t.cfgListen = map[string]bool{}
+	for addr := range t.listeners {
+		t.cfgListen[addr] = true
+	}
 	t.sni.Store(&sni)
 	return t, nil
 }
@@ -355,9 +364,11 @@ func (t *TCPProxy) track(c *tcpConn) bool {
 	return true
 }
 
-// sync brings the tag routes and the drain timers in line with tb.
+// sync brings the KV and tag routes and the drain timers in line with tb.
+// A connection drains when its instance left the route's pool or its
+// route is no longer served (a KV key deleted or changed, a tag gone).
 func (t *TCPProxy) sync(tb *lb.Table) {
-	t.syncTags(tb)
+	live := t.syncDynamic(tb)
 	t.mu.Lock()
 	conns := make([]*tcpConn, 0, len(t.conns))
 	for c := range t.conns {
@@ -365,7 +376,7 @@ func (t *TCPProxy) sync(tb *lb.Table) {
 	}
 	t.mu.Unlock()
 	for _, c := range conns {
-		in := slices.ContainsFunc(c.rt.pool(tb).Members(), func(m lb.Member) bool { return m.Backend == c.b })
+		in := live[c.rt] && slices.ContainsFunc(c.rt.pool(tb).Members(), func(m lb.Member) bool { return m.Backend == c.b })
 		c.setDraining(!in, t)
 	}
 }

@@ -16,7 +16,9 @@ type TCPRouteInfo struct {
 	Addr         string `json:",omitempty"` // the address bound, when Listen is set
 	SNI          string `json:",omitempty"`
 	Service      string
-	Source       string // "config" or "tag"
+	Source       string // "config", "kv" or "tag"
+	Key          string `json:",omitempty"` // the KV key of a route from the KV store
+	Error        string `json:",omitempty"` // why a KV route is not served
 	IdleTimeout  string
 	DrainTimeout string
 	Open         int // connections open now
@@ -25,14 +27,15 @@ type TCPRouteInfo struct {
 }
 
 // Routes lists the TCP routes being served: the listeners' (by listen
-// address) and then the TLS listener's passthrough names.
+// address), the TLS listener's passthrough names, and then the KV routes
+// not served, with their error.
 func (t *TCPProxy) Routes() []TCPRouteInfo {
 	tb := t.p.bal.Table()
 	open := map[*tcpRoute]int{}
 	var out []TCPRouteInfo
 	add := func(rt *tcpRoute, addr string) {
 		pool := rt.pool(tb)
-		out = append(out, TCPRouteInfo{Listen: rt.Listen, Addr: addr, SNI: rt.SNI, Service: rt.Service, Source: rt.Source,
+		out = append(out, TCPRouteInfo{Listen: rt.Listen, Addr: addr, SNI: rt.SNI, Service: rt.Service, Source: rt.Source, Key: rt.Key,
 			IdleTimeout: rt.idle.String(), DrainTimeout: rt.drain.String(), Open: open[rt], Total: pool.Total(), Instances: instanceInfos(pool)})
 	}
 	t.mu.Lock()
@@ -55,10 +58,14 @@ func (t *TCPProxy) Routes() []TCPRouteInfo {
 			}
 		}
 	}
+	bad := t.bad
 	t.mu.Unlock()
 	sni := *t.sni.Load()
 	for _, n := range sortedKeys(sni) {
 		add(sni[n], "")
+	}
+	for _, b := range bad {
+		out = append(out, TCPRouteInfo{Source: "kv", Key: b.key, Error: b.err.Error(), Instances: []InstanceInfo{}})
 	}
 	return out
 }

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -63,18 +65,21 @@ func ParseTCPTag(tag, host string) (r TCPRoute, ok bool, err error) {
 	return r, true, nil
 }
 
-// syncTags opens the listeners of proto=tcp tags that appeared, closes
-// those of tags that are gone (their open connections drain, as their
-// instances have left the tag's pool), and rebuilds the passthrough names
-// of the TLS listener from the config's and the tags' sni routes. A route
-// from the config wins over a tag for the same listener or name; between
-// tags, the first service by name wins. Both are logged once.
-func (t *TCPProxy) syncTags(tb *lb.Table) {
+// syncDynamic opens the listeners of KV routes and proto=tcp tags that
+// appeared, closes those that are gone (their open connections drain),
+// points a kept listener at its route's newest value, and rebuilds the
+// passthrough names of the TLS listener from the config's, the KV's and
+// the tags' sni routes. A route from the config wins over one from the KV
+// store, which wins over a tag, for the same listener or name; between KV
+// keys the first by name wins, between tags the first service by name.
+// Losers are logged once (a KV route is also shown with its error). It
+// returns the routes being served.
+func (t *TCPProxy) syncDynamic(tb *lb.Table) map[*tcpRoute]bool {
 	sni := make(map[string]*tcpRoute, len(t.cfgSNI))
 	for k, rt := range t.cfgSNI {
 		sni[k] = rt
 	}
-	plain := map[string]TCPRoute{}
+	want, bad := t.readKV(tb, t.cfgListen, sni)
 	if t.p.cfg.Tags {
 		for _, st := range tb.Services() {
 			for _, tag := range st.Tags {
@@ -89,64 +94,106 @@ func (t *TCPProxy) syncTags(tb *lb.Table) {
 				}
 				if r.SNI != "" {
 					if old := sni[r.SNI]; old != nil {
-						if old.Service != st.Name {
-							t.warnOnce("ignoring a urlprefix- tag", st.Name, tag, fmt.Errorf("sni %s is already routed to %s", r.SNI, old.Service))
+						if old.Service != st.Name || old.Source != "tag" {
+							t.warnOnce("ignoring a urlprefix- tag", st.Name, tag, fmt.Errorf("sni %s is already routed by %s", r.SNI, old.origin()))
 						}
 						continue
 					}
 					sni[r.SNI] = t.tagRoute(r)
 					continue
 				}
-				if old, dup := plain[r.Listen]; dup {
-					if old.Service != st.Name {
-						t.warnOnce("ignoring a urlprefix- tag", st.Name, tag, fmt.Errorf("listen %s is already routed to %s", r.Listen, old.Service))
+				if t.cfgListen[r.Listen] {
+					t.warnOnce("ignoring a urlprefix- tag", r.Service, tag, fmt.Errorf("listen %s is a route of the config file", r.Listen))
+					continue
+				}
+				if w := want[r.Listen]; w != nil {
+					if old := w.first(); old.Service != st.Name || old.Source != "tag" {
+						t.warnOnce("ignoring a urlprefix- tag", st.Name, tag, fmt.Errorf("listen %s is already routed by %s", r.Listen, old.origin()))
 					}
 					continue
 				}
-				plain[r.Listen] = r
+				want[r.Listen] = &wantListener{source: "tag", plain: t.tagRoute(r)}
 			}
 		}
 	}
 	t.sni.Store(&sni)
 
+	live := map[*tcpRoute]bool{}
+	for _, rt := range sni {
+		live[rt] = true
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return
+		return live
 	}
 	for addr, l := range t.listeners {
-		if l.source != "tag" {
+		if l.source == "config" {
+			if rt := l.plain.Load(); rt != nil {
+				live[rt] = true
+			} else if m := l.byName.Load(); m != nil {
+				for _, rt := range *m {
+					live[rt] = true
+				}
+			}
 			continue
 		}
-		r, keep := plain[addr]
-		if !keep {
+		w := want[addr]
+		if w == nil {
 			l.ln.Close()
 			delete(t.listeners, addr)
-			t.p.log.Info("tcp route from a tag removed", "listen", addr)
+			t.p.log.Info("tcp route removed", "listen", addr, "source", l.source)
 			continue
 		}
-		if old := l.plain.Load(); old.Service != r.Service || old.tag != r.tag {
-			l.plain.Store(t.tagRoute(r))
-		}
+		l.source = w.source
+		l.set(w)
 	}
-	for addr, r := range plain {
-		if l := t.listeners[addr]; l != nil {
-			if l.source == "config" {
-				t.warnOnceLocked("ignoring a urlprefix- tag", r.Service, r.tag, fmt.Errorf("listen %s is a route of the config file", addr))
-			}
+	for addr, w := range want {
+		if t.listeners[addr] != nil {
+			w.routes(func(rt *tcpRoute) { live[rt] = true })
 			continue
 		}
 		ln, err := listenTCP(addr)
 		if err != nil {
-			t.warnOnceLocked("cannot listen for a urlprefix- tag", r.Service, r.tag, err)
+			if w.source == "tag" {
+				t.warnOnceLocked("cannot listen for a urlprefix- tag", w.plain.Service, w.plain.tag, err)
+				continue
+			}
+			w.routes(func(rt *tcpRoute) {
+				err := fmt.Errorf("listen %q: %w", addr, err)
+				bad = append(bad, badRoute{rt.Key, err})
+				t.warnKVLocked(rt.Key, t.kvIndex(rt), err)
+			})
 			continue
 		}
-		l := &tcpListener{ln: ln, source: "tag"}
-		l.plain.Store(t.tagRoute(r))
+		l := &tcpListener{ln: ln, source: w.source}
+		l.set(w)
 		t.listeners[addr] = l
-		t.p.log.Info("tcp route from a tag", "listen", ln.Addr().String(), "service", r.Service, "tag", r.tag)
+		w.routes(func(rt *tcpRoute) {
+			live[rt] = true
+			t.p.log.Info("tcp route", "listen", ln.Addr().String(), "sni", rt.SNI, "service", rt.Service, "source", rt.Source, "key", rt.Key, "tag", rt.tag)
+		})
 		t.serve(l)
 	}
+	slices.SortFunc(bad, func(a, b badRoute) int { return strings.Compare(a.key, b.key) })
+	t.bad = bad
+	return live
+}
+
+// set points the listener at the routes wanted, if they changed.
+func (l *tcpListener) set(w *wantListener) {
+	if w.plain != nil {
+		if l.plain.Load() != w.plain {
+			l.plain.Store(w.plain)
+		}
+		l.byName.Store(nil)
+		return
+	}
+	if old := l.byName.Load(); old == nil || !maps.Equal(*old, w.byName) {
+		m := maps.Clone(w.byName)
+		l.byName.Store(&m)
+	}
+	l.plain.Store(nil)
 }
 
 // tagRoute makes the route of a tag, reusing the one made before for the

@@ -18,31 +18,7 @@ import (
 // client through the same copy. Only connecting is retried: once the
 // handshake was sent, the backend owns the connection.
 func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, r *route, pool *lb.Pool, start time.Time, uri *logEntry) {
-	var tried [maxTries]*lb.Backend
-	var conn net.Conn
-	var b *lb.Backend
-	n := 0
-	for n < p.cfg.Tries {
-		b = pool.Pick(tried[:n])
-		if b == nil {
-			break
-		}
-		tried[n] = b
-		n++
-		c, err := b.Dial(r.tls)
-		if err == nil {
-			conn = c
-			break
-		}
-		b.Release()
-		if tlsMismatch(err) {
-			p.warnTLS(r, b, err)
-		} else if b.Fail(r.maxFails, r.failTimeout) {
-			p.met.ejected(r)
-			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(), "err", err)
-		}
-		b = nil
-	}
+	conn, b, n := p.dialTunnel(r, pool)
 	if conn == nil {
 		ctx.Error("pier: service \""+r.Service+"\" is unavailable\n", fasthttp.StatusBadGateway)
 		p.access(ctx, uri, start, r, nil, n)
@@ -79,6 +55,33 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, r *route, pool *lb.Pool, start 
 		<-done
 		conn.Close()
 	})
+}
+
+// dialTunnel connects to an instance of the route's pool for a tunnel,
+// trying another on a failed connect (nothing was sent); n is the number
+// of attempts. conn is nil when none could be reached.
+func (p *Proxy) dialTunnel(r *route, pool *lb.Pool) (conn net.Conn, b *lb.Backend, n int) {
+	var tried [maxTries]*lb.Backend
+	for n < p.cfg.Tries {
+		b = pool.Pick(tried[:n])
+		if b == nil {
+			break
+		}
+		tried[n] = b
+		n++
+		c, err := b.Dial(r.tls)
+		if err == nil {
+			return c, b, n
+		}
+		b.Release()
+		if tlsMismatch(err) {
+			p.warnTLS(r, b, err)
+		} else if b.Fail(r.maxFails, r.failTimeout) {
+			p.met.ejected(r)
+			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(), "err", err)
+		}
+	}
+	return nil, nil, n
 }
 
 func closeWrite(c net.Conn) {

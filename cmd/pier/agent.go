@@ -323,6 +323,8 @@ func (a *parts) buildCharts(log *slog.Logger) (*history.Store, error) {
 	a.srv.HandlePerm("GET /v1/pier/history", st.Handler(), acl.Anyone)
 	a.srv.HandlePerm("PUT /v1/pier/validate/route", proxy.ValidateRouteHandler(), acl.Anyone)
 	a.srv.HandlePerm("POST /v1/pier/validate/route", proxy.ValidateRouteHandler(), acl.Anyone)
+	a.srv.HandlePerm("PUT /v1/pier/validate/tcp-route", proxy.ValidateTCPRouteHandler(), acl.Anyone)
+	a.srv.HandlePerm("POST /v1/pier/validate/tcp-route", proxy.ValidateTCPRouteHandler(), acl.Anyone)
 	return st, nil
 }
 

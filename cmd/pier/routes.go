@@ -56,6 +56,8 @@ type apiTCPRoute struct {
 	SNI          string
 	Service      string
 	Source       string
+	Key          string
+	Error        string
 	IdleTimeout  string
 	DrainTimeout string
 	Open         int
@@ -136,7 +138,12 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout)
 	tw = newTable(stdout, "TCP route\tService\tSource\tOpen\tHealthy\tInstances")
+	var tbad []apiTCPRoute
 	for _, r := range trs {
+		if r.Error != "" {
+			tbad = append(tbad, r)
+			continue
+		}
 		route := r.Addr
 		switch {
 		case r.SNI != "" && r.Addr != "":
@@ -146,7 +153,13 @@ func runRoutes(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d/%d\t%s\n", route, r.Service, r.Source, r.Open, len(r.Instances), r.Total, instancesText(r.Instances))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range tbad {
+		fmt.Fprintf(stdout, "not served: %s: %s\n", r.Key, r.Error)
+	}
+	return nil
 }
 
 // instancesText lists instances with their weight, load and ejection when

@@ -177,6 +177,17 @@ func TestWebUIChartsKVServers(t *testing.T) {
 		t.Fatalf("the invalid route was saved: %d", code)
 	}
 	b.shot("kv-route-error-1280.png")
+	// A TCP route too, by its own check.
+	b.eval(`location.hash = "#kv/pier/tcp-routes/"`)
+	b.waitFor(10*time.Second, "the tcp routes folder's form", `!!document.getElementById("kv-new-key") && document.getElementById("kv-new-key").value === "pier/tcp-routes/"`)
+	b.do("type a bad tcp route",
+		chromedp.SetValue("#kv-new-key", "pier/tcp-routes/broken"),
+		chromedp.SetValue("#kv-new-value", "listen: nope\nservice: x\n"),
+		chromedp.Click(`form[aria-label="New key"] button[type=submit]`))
+	b.waitFor(10*time.Second, "the tcp route's error by its field", `document.getElementById("kv-new-value-error").innerText.includes("Not a valid route") && document.getElementById("kv-new-value-error").innerText.includes("listen")`)
+	if code, _ := kvRaw(t, base, "pier/tcp-routes/broken", ""); code != 404 {
+		t.Fatalf("the invalid tcp route was saved: %d", code)
+	}
 
 	// Servers: the one Raft peer leads; a session and the lock it holds.
 	code, body := apiDo(t, "PUT", base+"/v1/session/create", "", `{"Name":"deployer"}`)

@@ -1,14 +1,16 @@
 // The KV page: folders (?keys&separator=/), a key's value as text, JSON
 // or hex, and create, edit and delete. An edit is a check-and-set on the
 // index the value was read at, so a change made meanwhile (on any node) is
-// refused rather than overwritten. Routes under pier/routes/ are checked
-// by the agent (PUT /v1/pier/validate/route) before they are saved.
+// refused rather than overwritten. Routes under pier/routes/ and
+// pier/tcp-routes/ are checked by the agent (PUT /v1/pier/validate/route,
+// /v1/pier/validate/tcp-route) before they are saved.
 "use strict";
 
 (function () {
   const pier = window.pier;
   const el = pier.el;
   const ROUTES = "pier/routes/";
+  const TCP_ROUTES = "pier/tcp-routes/";
   let flash = ""; // shown once, by the next drawing of a key
 
   const enc = path => path.split("/").map(encodeURIComponent).join("/");
@@ -93,8 +95,11 @@
   // checkRoute asks the agent whether value is a route; it answers the
   // reason it is not, or "".
   async function checkRoute(key, value) {
-    if (!key.startsWith(ROUTES)) return "";
-    const r = await pier.send("PUT", "/v1/pier/validate/route", value);
+    let check;
+    if (key.startsWith(ROUTES)) check = "/v1/pier/validate/route";
+    else if (key.startsWith(TCP_ROUTES)) check = "/v1/pier/validate/tcp-route";
+    else return "";
+    const r = await pier.send("PUT", check, value);
     if (r.ok) return "";
     if (r.status === 404 || r.status === 405) return ""; // an older agent: the front door reports it
     return "Not a valid route: " + r.text.trim();

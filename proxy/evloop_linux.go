@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -65,8 +67,20 @@ type loop struct {
 	idle    connList    // parked after a request: idle_timeout
 	closing bool
 
+	lf        *os.File // serve's duplicate of the listener's socket
+	lnStopped bool
+	heads     map[*loopConn][]byte
+	zones     map[*loopConn]string
+
 	n       atomic.Int64   // open connections
-	workers sync.WaitGroup // goroutines serving active connections
+	workers sync.WaitGroup // goroutines serving active connections, and idle ones waiting for one
+
+	// Goroutines that served a connection wait here for the next one
+	// (last in, first out) rather than end: a new goroutine would start
+	// with a small stack and grow it again for every request.
+	wmu     sync.Mutex
+	idleW   []*worker
+	wclosed bool
 	bg      sync.WaitGroup // the epoll and sweep goroutines
 	stop    chan struct{}
 }
@@ -78,28 +92,100 @@ const (
 	lcClosed
 )
 
-// loopConn is a client connection of the event-loop engine. While it is
-// active, only the goroutine serving it touches peek, park, served and
-// head; while it is parked, only the loop (under loop.mu) touches it.
+// loopConn is a client connection of the event-loop engine: a socket of
+// the loop's own, accepted with accept4 and never registered with Go's
+// netpoller unless a read or write has to wait (then a duplicate of it is,
+// as a *net.TCPConn, until it parks). Parked, it is this struct and its
+// descriptor: no goroutine, no buffer, none of Go's per-socket state.
+//
+// While it is active, only the goroutine serving it touches peek, got,
+// park, served and hasHead; while it is parked, only the loop (under
+// loop.mu) touches it. It is kept to 96 bytes (a size class of Go's
+// allocator): what is rare (h2c's replayed bytes, an IPv6 zone) is in maps
+// of the loop's, and its list links are descriptors.
 type loopConn struct {
-	*net.TCPConn
-	raw   syscall.RawConn
 	l     *loop
 	fd    int32
 	state atomic.Int32
+	refs  atomic.Int32 // system calls on fd in progress, plus fdClosed once Close was called
+	port  uint16       // the client's
 
-	peek   bool   // a read that would wait parks the connection instead
-	park   bool   // the server let go of it to be parked: Close must not close
-	served bool   // a request was read on it: idle_timeout applies, not header_timeout
-	head   []byte // bytes read before it came here (sorting h2c), replayed first
+	peek    bool // a read that would wait parks the connection instead
+	got     bool // bytes were read since it was woken: a read in peek mode parks without trying
+	park    bool // the server let go of it to be parked: Close must not close
+	served  bool // a request was read on it: idle_timeout applies, not header_timeout
+	hasHead bool // loop.heads holds bytes read before it came here (sorting h2c), replayed first
+	hasZone bool // loop.zones holds the zone of its IPv6 address
+	is4     bool
+	inList  uint8    // the connList it is in (connList.id), 0: none
+	ip      [16]byte // the client's address
+
+	// Deadlines (unix nanoseconds, 0: none) as the server and handlers set
+	// them, and tc: once a read or write has had to wait, a duplicate of
+	// the socket in Go's netpoller, which does every read and write, under
+	// these deadlines, until the connection parks. Most requests are read
+	// and answered with no wait, and cost no timer (fasthttp sets three
+	// deadlines for each) and no registration with the netpoller.
+	dmu      sync.Mutex
+	rdl, wdl int64
+	tc       *net.TCPConn
 
 	deadline   int64 // unix nanoseconds after which a parked connection is closed
-	prev, next *loopConn
-	list       *connList
+	prev, next int32 // neighbours in its connList: descriptor+1, 0: none
 }
 
-// errPark is what a read in peek mode returns instead of waiting.
-var errPark = errors.New("proxy: connection parked")
+// fdClosed in loopConn.refs: the descriptor is closed, or will be once
+// the system calls in progress on it return.
+const fdClosed = 1 << 30
+
+// acquire reports whether fd is still open, and keeps it open until
+// release.
+func (c *loopConn) acquire() bool {
+	for {
+		r := c.refs.Load()
+		if r&fdClosed != 0 {
+			return false
+		}
+		if c.refs.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
+func (c *loopConn) release() {
+	if c.refs.Add(-1) == fdClosed {
+		unix.Close(int(c.fd))
+	}
+}
+
+// closeFD closes fd once no system call is using it: a goroutine closing
+// a connection another is reading must not close a descriptor number the
+// kernel may give to the next connection while the read still uses it.
+func (c *loopConn) closeFD() {
+	for {
+		r := c.refs.Load()
+		if r&fdClosed != 0 {
+			return
+		}
+		if c.refs.CompareAndSwap(r, r|fdClosed) {
+			if r == 0 {
+				unix.Close(int(c.fd))
+			}
+			return
+		}
+	}
+}
+
+// errPark is what a read in peek mode returns instead of waiting. It is
+// net.ErrClosed to fasthttp, which then ends ServeConn without an error
+// answer even before a connection's first request (a wake-up without a
+// byte).
+var errPark error = parkError{}
+
+type parkError struct{}
+
+func (parkError) Error() string        { return "proxy: connection parked" }
+func (parkError) Is(target error) bool { return target == net.ErrClosed }
 
 // loopEvents are what a parked connection is armed for: input, or the
 // peer's close (so that a closed idle connection is noticed and let go).
@@ -121,9 +207,13 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 		return nil, err
 	}
 	l := &loop{p: p, srv: srv, ep: ep, epfd: epfd, rc: rc, stop: make(chan struct{})}
-	l.fresh.d = p.cfg.HeaderTimeout
-	l.idle.d = p.cfg.IdleTimeout
-	srv.ReduceMemoryUsage = true // buffers go back to the pools between requests
+	l.fresh.d, l.fresh.id = p.cfg.HeaderTimeout, 1
+	l.idle.d, l.idle.id = p.cfg.IdleTimeout, 2
+	l.heads = make(map[*loopConn][]byte)
+	l.zones = make(map[*loopConn]string)
+	// fasthttp's buffers go back to its pools when ServeConn returns, which
+	// it does whenever the connection parks; ReduceMemoryUsage would also
+	// read each request's first byte alone (a system call more).
 	srv.ConnState = func(c net.Conn, s fasthttp.ConnState) {
 		lc, ok := c.(*loopConn)
 		if !ok {
@@ -143,7 +233,70 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 }
 
 // serve accepts connections from ln and parks them until ln is closed.
+// From a *net.TCPListener it accepts with accept4 itself: the socket never
+// becomes a net.TCPConn.
 func (l *loop) serve(ln net.Listener) error {
+	tl, ok := ln.(*net.TCPListener)
+	if !ok {
+		return l.serveConns(ln)
+	}
+	// A listener's raw connection cannot wait for input; a duplicate of
+	// its socket as an os.File can. stopAccept closes it with ln.
+	f, err := tl.File()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	l.mu.Lock()
+	stopped := l.lnStopped
+	l.lf = f
+	l.mu.Unlock()
+	if stopped {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var delay time.Duration
+	for {
+		var nfd int
+		var sa unix.Sockaddr
+		var aerr error
+		err := rc.Read(func(fd uintptr) bool {
+			for {
+				nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+				if aerr != unix.EINTR {
+					return aerr != unix.EAGAIN
+				}
+			}
+		})
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		if aerr != nil {
+			if aerr == unix.ECONNABORTED {
+				continue
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.p.log.Warn("proxy: accept failed; retrying", "err", os.NewSyscallError("accept4", aerr), "in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		// As Go's net does for every TCP connection: a response is sent
+		// when written, not held for the client's ACK.
+		unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		l.addFD(nfd, sockaddrAddrPort(sa), nil)
+	}
+}
+
+// serveConns takes the connections of a listener that is not a kernel's
+// TCP listener (h2c's split listener, a test's).
+func (l *loop) serveConns(ln net.Listener) error {
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -161,6 +314,33 @@ func (l *loop) serve(ln net.Listener) error {
 	}
 }
 
+// stopAccept makes serve return: its listener is closed.
+func (l *loop) stopAccept() {
+	l.mu.Lock()
+	l.lnStopped = true
+	f := l.lf
+	l.mu.Unlock()
+	if f != nil {
+		f.Close() // the socket stops listening once both are closed
+	}
+}
+
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		ip := netip.AddrFrom16(a.Addr).Unmap()
+		if a.ZoneId != 0 && ip.Is6() {
+			ip = ip.WithZone(strconv.FormatUint(uint64(a.ZoneId), 10))
+		}
+		return netip.AddrPortFrom(ip, uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+const tooManyConns = "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 34\r\n\r\npier: too many open connections\r\n\r\n"
+
 func (l *loop) openConns() int64 {
 	if l == nil {
 		return 0
@@ -168,8 +348,9 @@ func (l *loop) openConns() int64 {
 	return l.n.Load()
 }
 
-// add takes a new connection: parked until its first byte, or served at
-// once when bytes were read from it already.
+// add takes a connection accepted as a net.Conn: a *net.TCPConn becomes
+// a socket of the loop's own (a duplicate of its descriptor; the TCPConn
+// is closed).
 func (l *loop) add(c net.Conn) {
 	var head []byte
 	if pc, ok := c.(*prefaceConn); ok {
@@ -183,10 +364,9 @@ func (l *loop) add(c net.Conn) {
 		go func() { defer l.workers.Done(); l.srv.ServeConn(c) }()
 		return
 	}
-	if l.n.Load()+int64(l.p.h1Open()) >= int64(l.p.cfg.MaxConns) {
-		// As fasthttp answers past its Concurrency.
+	if l.full() {
 		tc.SetWriteDeadline(time.Now().Add(time.Second))
-		tc.Write([]byte("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 34\r\n\r\npier: too many open connections\r\n\r\n"))
+		tc.Write([]byte(tooManyConns))
 		tc.Close()
 		return
 	}
@@ -195,31 +375,74 @@ func (l *loop) add(c net.Conn) {
 		tc.Close()
 		return
 	}
-	lc := &loopConn{TCPConn: tc, raw: raw, l: l, head: head}
-	raw.Control(func(fd uintptr) { lc.fd = int32(fd) })
+	nfd := -1
+	raw.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	var ap netip.AddrPort
+	if ta, ok := tc.RemoteAddr().(*net.TCPAddr); ok {
+		ap = ta.AddrPort()
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	tc.Close()
+	if err != nil || nfd < 0 {
+		l.p.log.Warn("proxy: dup failed", "err", err)
+		return
+	}
+	l.addFD(nfd, ap, head) // the duplicate shares O_NONBLOCK: one open file
+}
+
+// full reports whether max_conns client connections are open.
+func (l *loop) full() bool {
+	return l.n.Load()+int64(l.p.h1Open()) >= int64(l.p.cfg.MaxConns)
+}
+
+// addFD takes a new connection: parked until its first byte, or served at
+// once when bytes were read from it already.
+func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
+	if l.full() {
+		// As fasthttp answers past its Concurrency (best effort: a
+		// new socket's buffer takes it).
+		unix.Write(fd, []byte(tooManyConns))
+		unix.Close(fd)
+		return
+	}
+	lc := &loopConn{l: l, fd: int32(fd), port: raddr.Port(), is4: raddr.Addr().Is4()}
+	lc.ip = raddr.Addr().As16()
 	l.mu.Lock()
 	if l.closing {
 		l.mu.Unlock()
-		tc.Close()
+		unix.Close(fd)
 		return
 	}
-	for int(lc.fd) >= len(l.conns) {
+	if len(head) > 0 {
+		l.heads[lc], lc.hasHead = head, true
+	}
+	if z := raddr.Addr().Zone(); z != "" {
+		l.zones[lc], lc.hasZone = z, true
+	}
+	for fd >= len(l.conns) {
 		l.conns = append(l.conns, make([]*loopConn, max(len(l.conns), 64))...)
 	}
-	l.conns[lc.fd] = lc
+	l.conns[fd] = lc
 	l.n.Add(1)
+	ev := unix.EpollEvent{Events: loopEvents, Fd: lc.fd}
 	if len(head) > 0 {
 		lc.state.Store(lcActive)
 		l.mu.Unlock()
+		// In the set from the start, as parking re-arms it (MOD); an event
+		// while it is served finds it active and is dropped.
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			l.p.log.Warn("proxy: epoll_ctl add failed", "err", err)
+			l.closeConn(lc)
+			return
+		}
 		l.dispatch(lc)
 		return
 	}
 	lc.deadline = time.Now().Add(l.fresh.d).UnixNano()
-	l.fresh.push(lc)
+	l.push(&l.fresh, lc)
 	lc.state.Store(lcParked)
 	l.mu.Unlock()
-	ev := unix.EpollEvent{Events: loopEvents, Fd: lc.fd}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(lc.fd), &ev); err != nil {
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.p.log.Warn("proxy: epoll_ctl add failed", "err", err)
 		l.closeConn(lc)
 	}
@@ -263,20 +486,64 @@ func (l *loop) ready(fd int32) {
 		l.mu.Unlock()
 		return
 	}
-	c.list.remove(c)
+	l.remove(c)
 	l.mu.Unlock()
 	l.dispatch(c)
 }
 
+// dispatch has c served by an idle worker goroutine, or a new one.
 func (l *loop) dispatch(c *loopConn) {
 	c.peek = true // an event without a byte (or a stale one) parks it again
+	l.wmu.Lock()
+	if n := len(l.idleW); n > 0 {
+		w := l.idleW[n-1]
+		l.idleW[n-1] = nil
+		l.idleW = l.idleW[:n-1]
+		l.wmu.Unlock()
+		w.c <- c
+		return
+	}
+	l.wmu.Unlock()
 	l.workers.Add(1)
 	go l.work(c)
 }
 
-// work serves requests on c while they come without waiting, then parks it.
+// worker is a goroutine waiting for a connection to serve.
+type worker struct {
+	c     chan *loopConn // nil: end
+	since int64          // unix nanoseconds since it waits
+}
+
+// workerIdle is how long a worker goroutine waits for another connection
+// before it ends.
+const workerIdle = 2 * time.Second
+
+// work serves c, then waits for the next connection to serve.
 func (l *loop) work(c *loopConn) {
 	defer l.workers.Done()
+	var w *worker
+	for {
+		l.serveConn(c)
+		if w == nil {
+			w = &worker{c: make(chan *loopConn, 1)}
+		}
+		l.wmu.Lock()
+		if l.wclosed {
+			l.wmu.Unlock()
+			return
+		}
+		w.since = time.Now().UnixNano()
+		l.idleW = append(l.idleW, w)
+		l.wmu.Unlock()
+		if c = <-w.c; c == nil {
+			return
+		}
+	}
+}
+
+// serveConn serves requests on c while they come without waiting, then
+// parks it.
+func (l *loop) serveConn(c *loopConn) {
 	l.srv.ServeConn(c)
 	if c.park {
 		c.park = false
@@ -284,8 +551,32 @@ func (l *loop) work(c *loopConn) {
 	}
 }
 
+// reapWorkers ends the worker goroutines idle since before old (all of
+// them when old is 0 and the pool is closed).
+func (l *loop) reapWorkers(old int64, close bool) {
+	l.wmu.Lock()
+	if close {
+		l.wclosed = true
+	}
+	i := 0
+	for ; i < len(l.idleW) && (close || l.idleW[i].since < old); i++ {
+		l.idleW[i].c <- nil
+		l.idleW[i] = nil
+	}
+	l.idleW = append(l.idleW[:0], l.idleW[i:]...)
+	l.wmu.Unlock()
+}
+
 // parkConn arms c in the epoll set again.
 func (l *loop) parkConn(c *loopConn) {
+	c.got = false
+	c.dmu.Lock()
+	tc := c.tc
+	c.tc, c.rdl, c.wdl = nil, 0, 0
+	c.dmu.Unlock()
+	if tc != nil {
+		tc.Close() // the duplicate leaves the netpoller; the socket stays open
+	}
 	l.mu.Lock()
 	if l.closing || c.state.Load() != lcActive {
 		l.mu.Unlock()
@@ -299,7 +590,7 @@ func (l *loop) parkConn(c *loopConn) {
 	}
 	// A connection woken without a byte before its first request keeps
 	// its deadline: waking it does not buy it time.
-	list.push(c)
+	l.push(list, c)
 	c.state.Store(lcParked)
 	l.mu.Unlock()
 	ev := unix.EpollEvent{Events: loopEvents, Fd: c.fd}
@@ -335,15 +626,27 @@ func (l *loop) closeParked(c *loopConn) {
 func (l *loop) closed(c *loopConn) error {
 	l.mu.Lock()
 	if int(c.fd) < len(l.conns) && l.conns[c.fd] == c {
+		l.remove(c) // while its neighbours find it by its descriptor
 		l.conns[c.fd] = nil
 	}
-	if c.list != nil {
-		c.list.remove(c)
+	if c.hasHead {
+		delete(l.heads, c)
+	}
+	if c.hasZone {
+		delete(l.zones, c)
 	}
 	l.mu.Unlock()
 	l.n.Add(-1)
+	c.dmu.Lock()
+	tc := c.tc
+	c.tc = nil
+	c.dmu.Unlock()
+	if tc != nil {
+		tc.Close() // a read or write waiting on it returns
+	}
 	// Closing the descriptor takes it out of the epoll set too.
-	return c.TCPConn.Close()
+	c.closeFD()
+	return nil
 }
 
 // sweep closes parked connections past their deadline, once a second.
@@ -358,12 +661,17 @@ func (l *loop) sweep() {
 			return
 		case now := <-t.C:
 			ns := now.UnixNano()
+			l.reapWorkers(ns-int64(workerIdle), false)
 			l.mu.Lock()
 			for _, list := range []*connList{&l.fresh, &l.idle} {
 				// Pushed in order of their deadlines, bar a few that were
 				// woken without a byte: those wait for the ones before them.
-				for c := list.head; c != nil && c.deadline <= ns; c = list.head {
-					list.remove(c)
+				for list.head != 0 {
+					c := l.conns[list.head-1]
+					if c.deadline > ns {
+						break
+					}
+					l.remove(c)
 					expired = append(expired, c)
 				}
 			}
@@ -385,8 +693,8 @@ func (l *loop) shutdown(ctx context.Context) {
 	l.closing = true
 	var parked []*loopConn
 	for _, list := range []*connList{&l.fresh, &l.idle} {
-		for c := list.head; c != nil; c = c.next {
-			parked = append(parked, c)
+		for fd := list.head; fd != 0; fd = l.conns[fd-1].next {
+			parked = append(parked, l.conns[fd-1])
 		}
 	}
 	l.mu.Unlock()
@@ -396,6 +704,7 @@ func (l *loop) shutdown(ctx context.Context) {
 	for _, c := range parked {
 		l.closeParked(c)
 	}
+	l.reapWorkers(0, true) // the busy ones end after their connection
 	done := make(chan struct{})
 	go func() { l.workers.Wait(); close(done) }()
 	select {
@@ -417,43 +726,233 @@ func (l *loop) shutdown(ctx context.Context) {
 	<-done
 }
 
-// Read replays head, then reads; in peek mode a read that would wait
-// marks the connection to be parked and returns errPark.
+// Read replays head, then reads. In peek mode a read that would wait
+// marks the connection to be parked and returns errPark; so does any read
+// in peek mode once bytes were read since the wake-up (after a response):
+// the epoll set is level-triggered, so bytes already there wake it again
+// at once, and the read that would have found none is saved.
 func (c *loopConn) Read(b []byte) (int, error) {
-	if len(c.head) > 0 {
-		n := copy(b, c.head)
-		c.head = c.head[n:]
-		if len(c.head) == 0 {
-			c.head = nil
+	if c.hasHead && len(b) > 0 {
+		l := c.l
+		l.mu.Lock()
+		h := l.heads[c]
+		n := copy(b, h)
+		if h = h[n:]; len(h) == 0 {
+			delete(l.heads, c)
+			c.hasHead = false
+		} else {
+			l.heads[c] = h
 		}
+		l.mu.Unlock()
+		c.got = true
 		return n, nil
 	}
-	if !c.peek || len(b) == 0 {
-		return c.TCPConn.Read(b)
+	if len(b) == 0 {
+		return 0, nil
 	}
-	var n int
-	var err error
-	rerr := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, err = unix.Read(int(fd), b)
-			if err != unix.EINTR {
-				return true // never wait here
-			}
-		}
-	})
-	switch {
-	case rerr != nil:
-		return 0, rerr
-	case err == unix.EAGAIN:
+	if c.peek && c.got {
 		c.park = true
 		return 0, errPark
+	}
+	c.dmu.Lock()
+	tc, dl := c.tc, c.rdl
+	c.dmu.Unlock()
+	if tc != nil {
+		return tc.Read(b)
+	}
+	if dl != 0 && time.Now().UnixNano() >= dl {
+		return 0, os.ErrDeadlineExceeded
+	}
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	n, err := unix.Read(int(c.fd), b)
+	for err == unix.EINTR {
+		n, err = unix.Read(int(c.fd), b)
+	}
+	c.release()
+	switch {
+	case err == unix.EAGAIN:
+		if c.peek {
+			c.park = true
+			return 0, errPark
+		}
+		tc, err := c.promote()
+		if err != nil {
+			return 0, err
+		}
+		return tc.Read(b)
 	case err != nil:
 		return 0, os.NewSyscallError("read", err)
 	case n == 0:
 		return 0, io.EOF
 	}
-	c.peek = false
+	c.peek, c.got = false, true
 	return n, nil
+}
+
+// Write writes without a wait while the socket takes the bytes, and
+// through the netpoller, under the write deadline, once it does not.
+func (c *loopConn) Write(b []byte) (int, error) {
+	c.dmu.Lock()
+	tc, dl := c.tc, c.wdl
+	c.dmu.Unlock()
+	if tc != nil {
+		return tc.Write(b)
+	}
+	if dl != 0 && time.Now().UnixNano() >= dl {
+		return 0, os.ErrDeadlineExceeded
+	}
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	n := 0
+	var err error
+	for n < len(b) {
+		var k int
+		k, err = unix.Write(int(c.fd), b[n:])
+		if k > 0 {
+			n += k
+		}
+		if err != nil && err != unix.EINTR {
+			break
+		}
+		err = nil
+	}
+	c.release()
+	switch {
+	case err == unix.EAGAIN:
+		tc, err := c.promote()
+		if err != nil {
+			return n, err
+		}
+		m, err := tc.Write(b[n:])
+		return n + m, err
+	case err != nil:
+		return n, os.NewSyscallError("write", err)
+	}
+	return n, nil
+}
+
+// promote makes the duplicate of the socket in Go's netpoller that reads
+// and writes wait on from now until the connection parks, with the
+// deadlines set so far.
+func (c *loopConn) promote() (*net.TCPConn, error) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.tc != nil {
+		return c.tc, nil
+	}
+	if c.state.Load() == lcClosed || !c.acquire() {
+		return nil, net.ErrClosed
+	}
+	nfd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	c.release()
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(nfd), "")
+	fc, err := net.FileConn(f) // a duplicate of its own
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := fc.(*net.TCPConn)
+	if !ok {
+		fc.Close()
+		return nil, errors.New("proxy: not a TCP connection")
+	}
+	tc.SetReadDeadline(unixTime(c.rdl))
+	tc.SetWriteDeadline(unixTime(c.wdl))
+	c.tc = tc
+	return tc, nil
+}
+
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func (c *loopConn) SetReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.rdl = unixNano(t)
+	if c.tc != nil {
+		return c.tc.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (c *loopConn) SetWriteDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.wdl = unixNano(t)
+	if c.tc != nil {
+		return c.tc.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+func (c *loopConn) SetDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.rdl, c.wdl = unixNano(t), unixNano(t)
+	if c.tc != nil {
+		return c.tc.SetDeadline(t)
+	}
+	return nil
+}
+
+// CloseWrite shuts the sending half (a tunnel whose instance is done).
+func (c *loopConn) CloseWrite() error {
+	c.dmu.Lock()
+	tc := c.tc
+	c.dmu.Unlock()
+	if tc != nil {
+		return tc.CloseWrite()
+	}
+	if !c.acquire() {
+		return net.ErrClosed
+	}
+	defer c.release()
+	return os.NewSyscallError("shutdown", unix.Shutdown(int(c.fd), unix.SHUT_WR))
+}
+
+// RemoteAddr is the client's address, as accept4 gave it.
+func (c *loopConn) RemoteAddr() net.Addr {
+	a := &net.TCPAddr{Port: int(c.port)}
+	if c.is4 {
+		a.IP = net.IPv4(c.ip[12], c.ip[13], c.ip[14], c.ip[15])
+	} else {
+		a.IP = append(net.IP(nil), c.ip[:]...)
+	}
+	if c.hasZone {
+		c.l.mu.Lock()
+		a.Zone = c.l.zones[c]
+		c.l.mu.Unlock()
+	}
+	return a
+}
+
+// LocalAddr is the address the client connected to.
+func (c *loopConn) LocalAddr() net.Addr {
+	if c.acquire() {
+		sa, err := unix.Getsockname(int(c.fd))
+		c.release()
+		if err == nil {
+			return net.TCPAddrFromAddrPort(sockaddrAddrPort(sa))
+		}
+	}
+	return &net.TCPAddr{}
 }
 
 // Close parks a connection fasthttp let go of in peek mode, and closes
@@ -466,35 +965,44 @@ func (c *loopConn) Close() error {
 }
 
 // connList is a doubly linked list of parked connections, in the order
-// they were parked; guarded by loop.mu.
+// they were parked, linked by their descriptors (+1, 0: none) through
+// loop.conns; guarded by loop.mu.
 type connList struct {
-	head, tail *loopConn
+	head, tail int32
+	id         uint8
 	d          time.Duration
 }
 
-func (l *connList) push(c *loopConn) {
-	c.list, c.prev, c.next = l, l.tail, nil
-	if l.tail != nil {
-		l.tail.next = c
+func (l *loop) push(list *connList, c *loopConn) {
+	c.inList, c.prev, c.next = list.id, list.tail, 0
+	if list.tail != 0 {
+		l.conns[list.tail-1].next = c.fd + 1
 	} else {
-		l.head = c
+		list.head = c.fd + 1
 	}
-	l.tail = c
+	list.tail = c.fd + 1
 }
 
-func (l *connList) remove(c *loopConn) {
-	if l == nil || c.list != l {
+// remove takes c out of the list it is in, if any.
+func (l *loop) remove(c *loopConn) {
+	var list *connList
+	switch c.inList {
+	case l.fresh.id:
+		list = &l.fresh
+	case l.idle.id:
+		list = &l.idle
+	default:
 		return
 	}
-	if c.prev != nil {
-		c.prev.next = c.next
+	if c.prev != 0 {
+		l.conns[c.prev-1].next = c.next
 	} else {
-		l.head = c.next
+		list.head = c.next
 	}
-	if c.next != nil {
-		c.next.prev = c.prev
+	if c.next != 0 {
+		l.conns[c.next-1].prev = c.prev
 	} else {
-		l.tail = c.prev
+		list.tail = c.prev
 	}
-	c.prev, c.next, c.list = nil, nil, nil
+	c.prev, c.next, c.inList = 0, 0, 0
 }

@@ -20,4 +20,5 @@ func newLoop(*Proxy, *fasthttp.Server) (*loop, error) {
 
 func (l *loop) serve(net.Listener) error { return nil }
 func (l *loop) shutdown(context.Context) {}
+func (l *loop) stopAccept()              {}
 func (l *loop) openConns() int64         { return 0 }

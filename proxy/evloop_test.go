@@ -100,3 +100,30 @@ func httpRoundTrip(c net.Conn, br *bufio.Reader, req []byte) error {
 	}
 	return nil
 }
+
+// TestH2CListenerKeepsHTTP1Alive: with h2c on, an HTTP/1.1 connection is
+// sorted first (its first bytes read to tell it from HTTP/2) and still
+// serves request after request, on either engine; the event loop parks it
+// between them like any other.
+func TestH2CListenerKeepsHTTP1Alive(t *testing.T) {
+	b := newBackend(t, "api")
+	e := newEnv(t, func(c *Config) {
+		c.H2C = true
+		c.Routes = []Route{{Path: "/", Service: "api"}}
+	})
+	e.register("api-1", "api", b.addr, 1)
+	e.synced()
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	req := []byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+	for i := range 3 {
+		if err := httpRoundTrip(c, br, req); err != nil {
+			t.Fatalf("request %d on one connection: %v", i+1, err)
+		}
+		time.Sleep(50 * time.Millisecond) // parked between them on the event loop
+	}
+}

@@ -296,7 +296,8 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 			go func() { p.h2.shutdown(sctx); close(h2stopped) }() // GOAWAY; streams drain alongside HTTP/1.1's requests
 			loopStopped := make(chan struct{})
 			if p.loop != nil {
-				ln.Close() // the loop's accept returns; with h2c, the split listener's too
+				ln.Close() // with h2c, the split listener's accept returns
+				p.loop.stopAccept()
 				<-errc
 				errc <- nil // for the receive below
 				go func() { p.loop.shutdown(sctx); close(loopStopped) }()

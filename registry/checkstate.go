@@ -36,7 +36,14 @@ func (s *store) saveState(st CheckState) error {
 	}
 	path := s.statePath(st.CheckID)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := createFile(tmp)
+	if err == nil {
+		_, err = f.Write(b)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
 		os.Remove(tmp) // a part written to a full disk holds space
 		return fmt.Errorf("registry: writing %s: %w", path, err)
 	}

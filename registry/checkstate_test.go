@@ -106,6 +106,9 @@ func TestCheckStateCorrupt(t *testing.T) {
 	for _, bad := range []string{`{"CheckID":"c","Status":"passing","Expires":"`, `{"CheckID":"other","Status":"passing","Expires":"2999-01-01T00:00:00Z"}`,
 		`{"CheckID":"c","Status":"sunny","Expires":"2999-01-01T00:00:00Z"}`} {
 		path := filepath.Join(dir, "checks", "state", fileName("c"))
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil { // made at the first write of a state
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
 			t.Fatal(err)
 		}

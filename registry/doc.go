@@ -6,7 +6,8 @@
 // an immutable Snapshot behind an atomic pointer. In the data dir it keeps
 // services/ and checks/ (one file per API registration, fsynced: a damaged
 // one stops the agent) and checks/state/ (the last result of each TTL check,
-// written on every update without fsync: a damaged one is dropped).
+// written on every update without fsync: a damaged one is dropped), each
+// made at its first write, not at start.
 //
 // Every change produces a new Snapshot with a larger Index and closes the
 // previous snapshot's Changed channel, which is all that blocking queries,

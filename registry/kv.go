@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -459,9 +458,6 @@ func (s *store) removeKV(key string) error { return removeFile(s.kvPath(key)) }
 // key nobody wrote.
 func (s *store) loadKV() (out []Entry, skipped []string, err error) {
 	dir := filepath.Join(s.dir, "kv")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("registry: data dir: %w", err)
-	}
 	err = readDir(dir, func(path string, b []byte) error {
 		var e Entry
 		if err := json.Unmarshal(b, &e); err != nil {

@@ -784,6 +784,9 @@ func rtServicesDir(dir string) string { return filepath.Join(dir, "services") }
 func rtFiles(t testing.TB, dir string) []string {
 	t.Helper()
 	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) { // made at the first file written there
+		return nil
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -922,6 +925,9 @@ func TestPersistCorrupt(t *testing.T) {
 			} else {
 				path = filepath.Join(dir, tc.sub, "0123abcd.json")
 			}
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil { // checks/ is made at the first check written
+				t.Fatal(err)
+			}
 			if err := os.WriteFile(path, []byte(tc.data), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -945,6 +951,9 @@ func TestPersistTmpIgnored(t *testing.T) {
 		filepath.Join(dir, "checks", "4567cdef.json.tmp"),
 	}
 	for _, p := range leftovers {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(p, []byte("{torn"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -1431,4 +1440,28 @@ func TestIdenticalRegistrationIsNoChange(t *testing.T) {
 	if r.Snapshot().Index() <= snap.Index() {
 		t.Fatal("a changed registration did not move the index")
 	}
+}
+
+// TestDataDirMadeOnFirstWrite: a fresh data dir holds only the node ID
+// after start (each subdirectory is made by its first write), and what is
+// written then into a subdirectory made that way is there after a restart.
+func TestDataDirMadeOnFirstWrite(t *testing.T) {
+	dir := t.TempDir()
+	r := rtNew(t, dir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	rtEqual(t, "data dir after start", names, []string{"node-id"})
+	rtReg(t, r, SourceAPI, `{"ID":"web-1","Name":"web","Port":80,"Check":{"CheckID":"web-ttl","TTL":"10s"}}`)
+	if fs := rtFiles(t, rtServicesDir(dir)); len(fs) != 1 {
+		t.Fatalf("services/ holds %v, want one file", fs)
+	}
+	r2 := rtNew(t, dir)
+	rtEqual(t, "services after restart", rtServiceIDs(r2.Snapshot().NodeServices(rtNode)), []string{"consul", "web-1"})
+	rtCheck(t, r2.Snapshot(), "web-1", "web-ttl")
 }

@@ -3,6 +3,8 @@ package api
 import (
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/pier-dev/pier/registry/acl"
 )
@@ -12,6 +14,59 @@ import (
 // route the mux would pick and asks that permission. A route cannot be
 // registered without one: route, writes and Handle are the only ways onto
 // the mux (TestEveryRouteHasPermission checks both).
+
+// lazyMux is a ServeMux built at the first request rather than as routes
+// are registered. ServeMux checks every new pattern against those it holds
+// (and records its caller, for the message of a conflict), which for the
+// API's 330 routes was a tenth of the CPU an agent needs to start; most
+// agents serve their first request well after they start, if ever, and
+// deploy/bench/gossip.sh starts 99 at once. A pattern registered after the
+// first request goes straight onto the built mux.
+type lazyMux struct {
+	mu      sync.Mutex
+	pending []pendingRoute
+	built   atomic.Pointer[http.ServeMux]
+}
+
+type pendingRoute struct {
+	pattern string
+	h       http.Handler
+}
+
+func (l *lazyMux) Handle(pattern string, h http.Handler) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m := l.built.Load(); m != nil {
+		m.Handle(pattern, h)
+		return
+	}
+	l.pending = append(l.pending, pendingRoute{pattern, h})
+}
+
+// mux builds the ServeMux the first time; a conflict between two patterns
+// panics there, as ServeMux.Handle would have (the package's tests serve
+// requests, so they find one).
+func (l *lazyMux) mux() *http.ServeMux {
+	if m := l.built.Load(); m != nil {
+		return m
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m := l.built.Load(); m != nil {
+		return m
+	}
+	m := http.NewServeMux()
+	for _, p := range l.pending {
+		m.Handle(p.pattern, p.h)
+	}
+	l.pending = nil
+	l.built.Store(m)
+	return m
+}
+
+func (l *lazyMux) Handler(r *http.Request) (http.Handler, string) { return l.mux().Handler(r) }
+
+func (l *lazyMux) ServeHTTP(w http.ResponseWriter, r *http.Request) { l.mux().ServeHTTP(w, r) }
 
 // route is what the gate knows of one registered pattern.
 type route struct {

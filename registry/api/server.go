@@ -103,7 +103,7 @@ type Server struct {
 	cfg Config
 	reg *registry.Registry
 	log *slog.Logger
-	mux *http.ServeMux
+	mux *lazyMux
 	// perms is each pattern's permission (route.go); filled by New
 	// and Handle, read by the gate.
 	perms map[string]route
@@ -147,7 +147,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RPCHoldTimeout <= 0 {
 		cfg.RPCHoldTimeout = def.RPCHoldTimeout
 	}
-	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: http.NewServeMux(), perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
+	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: &lazyMux{}, perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if cfg.Consensus != nil {
 		s.inner, s.fwd = http.NewServeMux(), newFrames(cfg.ServerDial, 10*time.Second, cfg.MaxBodySize)
 	}
@@ -279,7 +279,7 @@ func (s *Server) ServerPortHandler() http.Handler {
 		}
 		// A request from another datacenter may be for any federated
 		// endpoint, catalog and health included.
-		mux := s.inner
+		var mux http.Handler = s.inner
 		if r.Header.Get(dcHeader) != "" && federated(r.URL.Path) {
 			mux = s.mux
 		}

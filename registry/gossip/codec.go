@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -139,13 +140,21 @@ func decodeState(buf []byte) (state, error) {
 	return st, err
 }
 
+// deflaters are reused: a flate.Writer holds some 600 KB of tables, which
+// NewWriter allocates and clears for every message, and a join of 100
+// agents deflates thousands of push/pull states and repair messages.
+var deflaters = sync.Pool{New: func() any {
+	w, _ := flate.NewWriter(nil, flate.DefaultCompression)
+	return w
+}}
+
 func deflate(kind byte, b []byte) ([]byte, error) {
 	var buf bytes.Buffer
+	buf.Grow(1 + len(b)/3)
 	buf.WriteByte(kind)
-	w, err := flate.NewWriter(&buf, flate.DefaultCompression)
-	if err != nil {
-		return nil, err
-	}
+	w := deflaters.Get().(*flate.Writer)
+	defer deflaters.Put(w)
+	w.Reset(&buf)
 	w.Write(b)
 	if err := w.Close(); err != nil {
 		return nil, err

@@ -86,6 +86,7 @@ type Gossip struct {
 	reconnecting bool
 	repairQ      chan func()               // TCP sends of the repair exchange, run by one worker
 	lastOwners   int                       // owners in the last digest, to size the next (Run's goroutine only)
+	lastRepair   time.Time                 // when this node last sent or answered a digest (Run's goroutine only)
 	missing      map[string]*missingMember // members others named and this node does not know (joinMissing)
 	joinState    stateCache                // the push/pull state last served to a joining node
 	// sends tracks sendReliable's goroutines; sendSlots bounds how many
@@ -310,6 +311,10 @@ func (g *Gossip) Run(ctx context.Context) error {
 			g.queueEntry(e)
 		}
 	}
+	// A node that joins learns of every member at once: its repair waits
+	// for them to settle (repairPaused), and from now, not from the zero
+	// time, which would let its first exchange through.
+	g.lastRepair = time.Now()
 	if len(g.cfg.StartJoin) > 0 {
 		if n, err := g.ml.Join(g.cfg.StartJoin); n == 0 {
 			g.ml.Shutdown()

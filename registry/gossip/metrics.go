@@ -18,6 +18,7 @@ type gossipMetrics struct {
 	rejected *prometheus.CounterVec // what: member, stream, packet
 	repairs  prometheus.Counter
 	joins    prometheus.Counter
+	paused   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
@@ -50,6 +51,10 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 		Namespace: "pier", Subsystem: "gossip", Name: "repaired_members_total",
 		Help: "Members this node had not heard of, learnt from another node's digest exchange and joined.",
 	})
+	m.paused = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "pier", Subsystem: "gossip", Name: "repair_paused_total",
+		Help: "Digests this node did not send or answer because several members had joined or left within the last 2 s.",
+	})
 	m.pushSent = m.pushPull.WithLabelValues("sent")
 	m.pushRecv = m.pushPull.WithLabelValues("received")
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -63,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, g *Gossip) (*gossipMetrics, error) {
 	})
 	members := membersCollector{g: g, desc: prometheus.NewDesc("pier_members",
 		"Nodes of the cluster as this agent sees them, by status (alive, leaving, left, failed).", []string{"status"}, nil)}
-	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, m.repairs, m.joins, queue, members} {
+	for _, c := range []prometheus.Collector{m.queued, m.sent, m.pushPull, m.rejected, m.repairs, m.joins, m.paused, queue, members} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -110,6 +115,12 @@ func (m *gossipMetrics) repaired(n int) {
 func (m *gossipMetrics) memberRepaired() {
 	if m != nil {
 		m.joins.Inc()
+	}
+}
+
+func (m *gossipMetrics) repairPaused() {
+	if m != nil {
+		m.paused.Inc()
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -153,5 +155,41 @@ func TestMissedChangeInFirstAnswer(t *testing.T) {
 	waitFor(t, b.reg, 10*time.Second, "the registration at b", hasInstance("a", "missed1", false))
 	if got := in.streamsIn.Load() - streams; got != 1 {
 		t.Errorf("b had the registration after %d streams from a, want 1 (a's answer to its digest)", got)
+	}
+}
+
+// TestRepairWaitsWhileMembersJoin: five nodes join a first one at once.
+// The first, which hears of all five within a moment, holds its digests
+// back (sends none and answers none) while they join, and sends them again
+// once its member list has been still for settleGrace.
+func TestRepairWaitsWhileMembersJoin(t *testing.T) {
+	mem := &memNet{}
+	fast := func(c *Config) {
+		c.DigestInterval = 100 * time.Millisecond
+		c.Registerer = prometheus.NewRegistry()
+	}
+	first := startNode(t, "n0", opts{mem: mem, tweak: fast})
+	for i := 1; i <= 5; i++ {
+		startNode(t, fmt.Sprintf("n%d", i), opts{mem: mem, tweak: fast, join: []string{first.g.Addr()}})
+	}
+	waitFor(t, first.reg, 10*time.Second, "6 nodes", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 6 })
+	// Its next digest rounds come while the joins are within settleGrace.
+	for end := time.Now().Add(settleGrace); testutil.ToFloat64(first.g.met.paused) < 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("n0 held back no digest in the %v after five members joined", settleGrace)
+		}
+	}
+	// Once the joins are settleGrace behind, digests go out again: the
+	// count stops growing.
+	deadline := time.Now().Add(settleGrace + 5*time.Second)
+	for {
+		before := testutil.ToFloat64(first.g.met.paused)
+		time.Sleep(time.Second)
+		if testutil.ToFloat64(first.g.met.paused) == before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n0 still holds its digests back %v after the joins", settleGrace+5*time.Second)
+		}
 	}
 }

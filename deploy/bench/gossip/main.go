@@ -342,6 +342,12 @@ func run(args []string) error {
 		c.nodes = append(c.nodes, nd)
 	}
 	took, missing := c.converged(t0, *timeout)
+	// The CPU every process had used when the join converged: with what
+	// each had used to start, what the join's gossip cost.
+	var joinCPU time.Duration
+	for _, nd := range c.nodes {
+		joinCPU += processCPU(nd.cmd.Process.Pid)
+	}
 	if missing > 0 {
 		fmt.Printf("%s n=%d join: NOT converged after %v, %d nodes incomplete\n", *kind, *n, *timeout, missing)
 		for _, nd := range c.nodes {
@@ -375,6 +381,9 @@ func run(args []string) error {
 		// Starting n processes at once on a small machine takes time of
 		// its own, before any gossip: the join's time includes it.
 		fmt.Printf("%s n=%d start: the last process was running after %.2f s\n", *kind, *n, lastUp.Sub(t0).Seconds())
+		if missing == 0 {
+			fmt.Printf("%s n=%d join: converged %.2f s after the last process was running\n", *kind, *n, (took - lastUp.Sub(t0)).Seconds())
+		}
 	}
 	for _, nd := range c.nodes {
 		select {
@@ -389,9 +398,24 @@ func run(args []string) error {
 		cpus = append(cpus, nd.readyCPU)
 		nd.mu.Unlock()
 	}
+	var startCPU time.Duration
+	for _, c := range cpus {
+		startCPU += c
+	}
 	slices.Sort(cpus)
+	if missing == 0 {
+		fmt.Printf("%s n=%d join: CPU per process from running to converged: mean %.1f ms\n", *kind, *n, float64((joinCPU-startCPU).Microseconds())/1000/float64(len(cpus)))
+	}
 	fmt.Printf("%s n=%d start: CPU of a process until it was running: median %.1f ms, max %.1f ms\n",
 		*kind, *n, float64(cpus[len(cpus)/2].Microseconds())/1000, float64(cpus[len(cpus)-1].Microseconds())/1000)
+	if *kind == "pier" {
+		// What the join cost in gossip beyond memberlist's own: push/pulls
+		// (joins, and members joined by the repair) and digest exchanges.
+		fmt.Printf("%s n=%d after the join, over all nodes: push/pull states sent %.0f, received %.0f; members joined by the repair %.0f; entries repaired %.0f; digests held back while members joined %.0f\n", *kind, *n,
+			sumMetric(c.nodes, `pier_gossip_push_pull_total{direction="sent"}`), sumMetric(c.nodes, `pier_gossip_push_pull_total{direction="received"}`),
+			sumMetric(c.nodes, "pier_gossip_repaired_members_total"), sumMetric(c.nodes, "pier_gossip_repaired_entries_total"),
+			sumMetric(c.nodes, "pier_gossip_repair_paused_total"))
+	}
 	time.Sleep(*settle)
 	if *writes > 0 {
 		if err := measureWrites(ctx, c, *kind, *n, *writes, *every, *timeout); err != nil {

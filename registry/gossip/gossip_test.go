@@ -354,7 +354,9 @@ func TestEncryption(t *testing.T) {
 	key, _ := ParseKey(NewKey())
 	n0 := startNode(t, "n0", opts{key: key})
 	n1 := startNode(t, "n1", opts{key: key, join: []string{n0.g.Addr()}})
-	waitFor(t, n1.reg, 10*time.Second, "joined with the key", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 2 })
+	for _, n := range []*node{n0, n1} {
+		waitFor(t, n.reg, 10*time.Second, "joined with the key", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 2 })
+	}
 
 	other, _ := ParseKey(NewKey())
 	for _, k := range [][]byte{other, nil} {
@@ -374,8 +376,15 @@ func TestEncryption(t *testing.T) {
 			t.Errorf("key %v: joining with the wrong key: %v", k != nil, err)
 		}
 	}
-	if len(n0.reg.Snapshot().Nodes()) != 2 {
-		t.Errorf("an intruder got in: %d nodes", len(n0.reg.Snapshot().Nodes()))
+	for _, n := range []*node{n0, n1} {
+		if _, ok := n.reg.Snapshot().Node("intruder"); ok {
+			t.Errorf("an intruder got into %s's catalog", n.reg.NodeName())
+		}
+		for _, m := range n.g.Members() {
+			if m.Name == "intruder" {
+				t.Errorf("an intruder is among %s's members: %+v", n.reg.NodeName(), m)
+			}
+		}
 	}
 }
 

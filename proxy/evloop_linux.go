@@ -461,17 +461,18 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 func (l *loop) run() {
 	defer l.bg.Done()
 	events := make([]unix.EpollEvent, 256)
-	for {
-		var n int
-		err := l.rc.Read(func(fd uintptr) bool {
-			for {
-				var err error
-				n, err = unix.EpollWait(int(fd), events, 0)
-				if err != unix.EINTR {
-					return n > 0 // none ready: wait for the set's descriptor to be readable
-				}
+	var n int
+	wait := func(fd uintptr) bool { // made once: a closure per round would be an allocation
+		for {
+			var err error
+			n, err = unix.EpollWait(int(fd), events, 0)
+			if err != unix.EINTR {
+				return n > 0 // none ready: wait for the set's descriptor to be readable
 			}
-		})
+		}
+	}
+	for {
+		err := l.rc.Read(wait)
 		if err != nil {
 			return // closed at shutdown
 		}
@@ -981,13 +982,19 @@ func (c *loopConn) CloseWrite() error {
 	return os.NewSyscallError("shutdown", unix.Shutdown(int(c.fd), unix.SHUT_WR))
 }
 
-// RemoteAddr is the client's address, as accept4 gave it.
+// RemoteAddr is the client's address, as accept4 gave it (fasthttp asks
+// for it once a request: one allocation, the address's bytes with it).
 func (c *loopConn) RemoteAddr() net.Addr {
-	a := &net.TCPAddr{Port: int(c.port)}
+	ta := &struct {
+		net.TCPAddr
+		ip [16]byte
+	}{ip: c.ip}
+	a := &ta.TCPAddr
+	a.Port = int(c.port)
 	if c.is4 {
-		a.IP = net.IPv4(c.ip[12], c.ip[13], c.ip[14], c.ip[15])
+		a.IP = ta.ip[12:16:16]
 	} else {
-		a.IP = append(net.IP(nil), c.ip[:]...)
+		a.IP = ta.ip[:]
 	}
 	if c.hasZone {
 		c.l.mu.Lock()

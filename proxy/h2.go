@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -328,7 +329,11 @@ func (p *Proxy) classifyTLS(c net.Conn) (net.Conn, bool) {
 		c.Close()
 		return nil, false
 	}
-	return tc, tc.ConnectionState().NegotiatedProtocol == "h2"
+	h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
+	if bc, ok := tc.NetConn().(*batchConn); ok && h2 {
+		bc.start()
+	}
+	return tc, h2
 }
 
 // h2Preface is what an HTTP/2 client with prior knowledge sends first.
@@ -358,8 +363,26 @@ func (p *Proxy) classifyH2C(c net.Conn) (net.Conn, bool) {
 	}
 	c.SetReadDeadline(time.Time{})
 	pc := &prefaceConn{Conn: c, head: append([]byte(nil), buf[:n]...)}
-	return pc, n == len(buf) && string(buf[:]) == h2Preface
+	if n == len(buf) && string(buf[:]) == h2Preface {
+		return &h2cConn{Conn: newBatchConn(c, true), r: bufio.NewReaderSize(pc, h2cReadBuf)}, true
+	}
+	return pc, false
 }
+
+// h2cReadBuf is the read buffer of a plain HTTP/2 connection.
+const h2cReadBuf = 4 << 10
+
+// h2cConn is a plain HTTP/2 connection read through a buffer: net/http's
+// HTTP/2 server reads a frame's 9-byte header and its payload in two
+// reads, each a system call on a bare TCP connection (a TLS connection
+// buffers by record). With the buffer, one read takes in every frame that
+// has arrived. Its writes are batched (batchConn).
+type h2cConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *h2cConn) Read(b []byte) (int, error) { return c.r.Read(b) }
 
 // prefaceConn replays the bytes read to classify a connection.
 type prefaceConn struct {

@@ -20,6 +20,7 @@ import (
 // code for both protocols. Instances are reached over HTTP/1.1 either way.
 func (p *Proxy) serveH2(w http.ResponseWriter, req *http.Request) {
 	start := time.Now()
+	growStack(0)
 	path, _, _ := cutQuery(req.RequestURI)
 	if len(path) > 0 && path[0] == '/' && !hasDotSegment([]byte(path)) {
 		r := p.routes.Load().lookup([]byte(req.Host), []byte(path))
@@ -48,9 +49,10 @@ func (p *Proxy) serveH2(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
-	ctx := h2ctxPool.Get().(*fasthttp.RequestCtx)
-	defer h2ctxPool.Put(ctx)
-	ctx.Init2(newH2Conn(req), fasthttpLogger{p.log}, false)
+	st := h2StreamPool.Get().(*h2Stream)
+	defer h2StreamPool.Put(st)
+	ctx := &st.ctx
+	ctx.Init2(st.conn(req), fasthttpLogger{p.log}, false)
 	fr := &ctx.Request
 	fr.Header.DisableNormalizing() // h2 names arrive in lower case; instances must accept any case
 	fr.Header.SetMethod(req.Method)
@@ -68,42 +70,131 @@ func (p *Proxy) serveH2(w http.ResponseWriter, req *http.Request) {
 		fr.SetBodyStream(struct{ io.Reader }{req.Body}, n)
 	}
 	p.serve(ctx)
-	p.writeH2(w, ctx)
+	p.writeH2(w, ctx, st)
 	ctx.Request.ResetUserValues() // ends the request on its backend
 	ctx.Request.Reset()
 	ctx.Response.Reset()
 }
 
+// h2StackSize is about the stack a stream's handler goroutine reaches in
+// serve and in the HTTP/1.1 client below it.
+const h2StackSize = 8 << 10
+
+// growStack makes the goroutine's stack as large as a request needs now,
+// while it holds only a few frames: net/http starts a goroutine per stream
+// with a small stack, and letting it grow on demand copies it (deep by
+// then) several times per request, 5-8% of the CPU of a proxied stream.
+//
+//go:noinline
+func growStack(i int) byte {
+	var b [h2StackSize]byte
+	return b[i]
+}
+
 // smallBody is the largest body of known length written without flushing.
 const smallBody = 32 << 10
 
-var h2ctxPool = sync.Pool{New: func() any { return new(fasthttp.RequestCtx) }}
+// h2Stream is what serveH2 needs for a stream besides net/http's
+// request, pooled: the fasthttp request, the stand-in connection with the
+// client's address, and room for the answer's header values.
+type h2Stream struct {
+	ctx   fasthttp.RequestCtx
+	c     h2TLSConn
+	addr  net.TCPAddr
+	ip    [16]byte
+	bytes []byte
+}
+
+var h2StreamPool = sync.Pool{New: func() any { return new(h2Stream) }}
+
+// conn returns the stream's stand-in connection for req, valid until st
+// goes back to the pool.
+func (st *h2Stream) conn(req *http.Request) net.Conn {
+	st.addr = net.TCPAddr{}
+	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
+		a := ap.Addr().Unmap()
+		if a.Is4() {
+			ip4 := a.As4()
+			st.addr.IP = st.ip[:copy(st.ip[:], ip4[:])]
+		} else {
+			ip16 := a.As16()
+			st.addr.IP = st.ip[:copy(st.ip[:], ip16[:])]
+		}
+		st.addr.Port = int(ap.Port())
+	}
+	st.c = h2TLSConn{h2Conn: h2Conn{raddr: &st.addr}, state: req.TLS}
+	if req.TLS != nil {
+		return &st.c
+	}
+	return &st.c.h2Conn
+}
 
 // writeH2 sends serve's answer on the stream, the body streamed as the
 // instance sends it.
-func (p *Proxy) writeH2(w http.ResponseWriter, ctx *fasthttp.RequestCtx) {
+func (p *Proxy) writeH2(w http.ResponseWriter, ctx *fasthttp.RequestCtx, st *h2Stream) {
 	resp := &ctx.Response
 	h := w.Header()
-	for k, v := range resp.Header.All() {
-		switch string(k) {
-		case "Content-Length", "Connection", "Transfer-Encoding", "Keep-Alive":
-			continue
-		}
-		h.Add(string(k), string(v))
-	}
 	bs := resp.BodyStream()
+	clen := -1 // the Content-Length to send, if any
 	switch n := resp.Header.ContentLength(); {
 	case (bs != nil || ctx.IsHead()) && n >= 0:
-		h.Set("Content-Length", strconv.Itoa(n)) // the instance's
+		clen = n // the instance's
 	case bs == nil && !ctx.IsHead():
-		h.Set("Content-Length", strconv.Itoa(len(resp.Body()))) // whole, or pier's own answer, not yet in the header
+		clen = len(resp.Body()) // whole, or pier's own answer, not yet in the header
+	}
+	// The values go into http.Header as substrings of one string, each in
+	// a slice of one backing array: two allocations for the answer's
+	// fields rather than three each.
+	b, n := st.bytes[:0], 0
+	for k, v := range resp.Header.All() {
+		if !h2Skip(k) {
+			b = append(b, v...)
+			n++
+		}
+	}
+	clenAt := len(b)
+	if clen >= 0 {
+		b = strconv.AppendInt(b, int64(clen), 10)
+		n++
+	}
+	all := string(b)
+	st.bytes = b
+	vals := make([]string, n)
+	i, off := 0, 0
+	for k, v := range resp.Header.All() {
+		if h2Skip(k) {
+			continue
+		}
+		vals[i] = all[off : off+len(v)]
+		off += len(v)
+		key := h2Key(k)
+		if prev, ok := h[key]; ok {
+			h[key] = append(prev, vals[i])
+		} else {
+			h[key] = vals[i : i+1 : i+1]
+		}
+		i++
+	}
+	if clen >= 0 {
+		vals[i] = all[clenAt:]
+		h["Content-Length"] = vals[i : i+1 : i+1]
 	}
 	w.WriteHeader(resp.StatusCode())
 	if n := resp.Header.ContentLength(); bs != nil && n >= 0 && n <= smallBody {
 		// A small body of known length goes out with the end of the
 		// stream, in one write, rather than one flush per read.
 		buf := copyBufs.Get().(*[]byte)
-		io.CopyBuffer(w, struct{ io.Reader }{bs}, *buf)
+		for {
+			n, err := bs.Read(*buf)
+			if n > 0 {
+				if _, werr := w.Write((*buf)[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
 		copyBufs.Put(buf)
 		resp.CloseBodyStream()
 		return
@@ -114,6 +205,45 @@ func (p *Proxy) writeH2(w http.ResponseWriter, ctx *fasthttp.RequestCtx) {
 		return
 	}
 	w.Write(resp.Body())
+}
+
+// h2Skip reports the fields of an HTTP/1.1 answer that HTTP/2 has no use for.
+func h2Skip(k []byte) bool {
+	switch string(k) {
+	case "Content-Length", "Connection", "Transfer-Encoding", "Keep-Alive":
+		return true
+	}
+	return false
+}
+
+// h2Key returns the http.Header key of a field name from fasthttp (which
+// writes them in canonical form), without allocating for the common ones.
+func h2Key(k []byte) string {
+	switch string(k) {
+	case "Content-Type":
+		return "Content-Type"
+	case "Date":
+		return "Date"
+	case "Server":
+		return "Server"
+	case "Cache-Control":
+		return "Cache-Control"
+	case "Etag":
+		return "Etag"
+	case "Last-Modified":
+		return "Last-Modified"
+	case "Vary":
+		return "Vary"
+	case "Content-Encoding":
+		return "Content-Encoding"
+	case "Set-Cookie":
+		return "Set-Cookie"
+	case "Location":
+		return "Location"
+	case "X-Request-Id":
+		return "X-Request-Id"
+	}
+	return http.CanonicalHeaderKey(string(k))
 }
 
 // copyFlushing copies src to the stream, flushing after each read so that
@@ -171,17 +301,6 @@ type h2TLSConn struct {
 
 func (c *h2TLSConn) Handshake() error                     { return nil }
 func (c *h2TLSConn) ConnectionState() tls.ConnectionState { return *c.state }
-
-func newH2Conn(req *http.Request) net.Conn {
-	var raddr net.Addr = &net.TCPAddr{}
-	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
-		raddr = net.TCPAddrFromAddrPort(ap)
-	}
-	if req.TLS != nil {
-		return &h2TLSConn{h2Conn: h2Conn{raddr: raddr}, state: req.TLS}
-	}
-	return &h2Conn{raddr: raddr}
-}
 
 // isH2 reports whether ctx is a request serveH2 built.
 func isH2(ctx *fasthttp.RequestCtx) bool {

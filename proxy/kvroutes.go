@@ -25,20 +25,9 @@ const KVRoutePrefix = "pier/routes/"
 // proxy.tls.acme's CA (Route.ACME), not TLS to the instances.
 func ParseRoute(b []byte) (Route, error) {
 	var r Route
-	if len(bytes.TrimSpace(b)) == 0 {
-		return r, errors.New("empty route")
-	}
-	j, err := yaml.YAMLToJSON(b)
+	j, m, err := kvMapping(b, "{path: /api/, service: api}")
 	if err != nil {
-		return r, fmt.Errorf("not YAML or JSON: %w", err)
-	}
-	var raw any
-	if err := json.Unmarshal(j, &raw); err != nil {
 		return r, err
-	}
-	m, ok := raw.(map[string]any)
-	if !ok {
-		return r, errors.New("expected a mapping such as {path: /api/, service: api}")
 	}
 	for k, v := range m {
 		if s, ok := v.(string); ok && strings.EqualFold(k, "tls") {
@@ -61,4 +50,25 @@ func ParseRoute(b []byte) (Route, error) {
 		return r, errors.New("tls: acme needs the route's host, the name the certificate is for")
 	}
 	return r, r.Validate()
+}
+
+// kvMapping reads a route stored in the KV store, YAML or JSON, as JSON and
+// as the mapping it must be; example shows the shape in the error.
+func kvMapping(b []byte, example string) ([]byte, map[string]any, error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, nil, errors.New("empty route")
+	}
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("not YAML or JSON: %w", err)
+	}
+	var raw any
+	if err := json.Unmarshal(j, &raw); err != nil {
+		return nil, nil, err
+	}
+	m, ok := raw.(map[string]any)
+	if !ok {
+		return nil, nil, errors.New("expected a mapping such as " + example)
+	}
+	return j, m, nil
 }

@@ -414,7 +414,7 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		p.access(ctx, origURI, start, nil, nil, 0)
 		return
 	}
-	if p.h2 != nil && p.h2.up != nil && !ctx.IsTLS() && p.h2cUpgrade(ctx) {
+	if p.h2 != nil && p.h2.up != nil && !ctx.IsTLS() && !isH2(ctx) && p.h2cUpgrade(ctx) {
 		return // the request is stream 1 of an HTTP/2 connection now (h2upgrade.go)
 	}
 	path, query := uri, []byte(nil)

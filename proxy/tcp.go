@@ -395,7 +395,7 @@ func (t *TCPProxy) handle(client net.Conn, rt *tcpRoute, hello []byte) {
 			break
 		}
 		tried[n] = b
-		c, err := b.Dial(nil)
+		c, err := dialInstance(b.Addr(), t.p.bal.ConnectTimeout())
 		if err == nil {
 			conn = c
 			break
@@ -403,7 +403,7 @@ func (t *TCPProxy) handle(client net.Conn, rt *tcpRoute, hello []byte) {
 		b.Release()
 		t.met.connectFailed(rt.stats)
 		if b.Fail(t.p.cfg.MaxFails, t.p.cfg.FailTimeout) {
-			t.p.log.Warn("backend out of rotation after failures", "service", rt.Service, "addr", b.Addr(), "err", err)
+			t.p.log.Warn("backend out of rotation after failures", "service", rt.Service, "addr", b.Addr(), "err", &lb.DialError{Addr: b.Addr(), Err: err})
 		}
 		b = nil
 	}
@@ -415,6 +415,8 @@ func (t *TCPProxy) handle(client net.Conn, rt *tcpRoute, hello []byte) {
 	defer b.Release()
 	b.Succeed()
 	c := &tcpConn{client: client, backend: conn, b: b, rt: rt}
+	c.cio.init(client)
+	c.bio.init(conn)
 	if !t.track(c) {
 		conn.Close()
 		return
@@ -442,6 +444,7 @@ func (t *TCPProxy) untrack(c *tcpConn) {
 // tcpConn is a proxied connection: the client's and the instance's sides.
 type tcpConn struct {
 	client, backend net.Conn
+	cio, bio        sockIO // the client's and the instance's sides, read and written
 	b               *lb.Backend
 	rt              *tcpRoute
 	last            atomic.Int64 // unix nanoseconds of the last byte either way
@@ -457,8 +460,8 @@ func (c *tcpConn) close() bool {
 	did := false
 	c.closeOnce.Do(func() {
 		did = true
-		c.client.Close()
-		c.backend.Close()
+		c.cio.close()
+		c.bio.close()
 	})
 	return did
 }
@@ -495,13 +498,14 @@ func (c *tcpConn) setDraining(on bool, t *TCPProxy) {
 // are passed on: a client that shuts its side still reads the answer.
 func (c *tcpConn) pipe(t *TCPProxy) {
 	c.last.Store(time.Now().UnixNano())
+	client, backend := &c.cio, &c.bio
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c.copy(c.backend, c.client, t, true)
-		closeWrite(c.backend)
+		c.copy(backend, client, t, true)
+		backend.closeWrite()
 	}()
-	c.copy(c.client, c.backend, t, false)
+	c.copy(client, backend, t, false)
 	select {
 	case <-done:
 		// The client finished first: the close sends its FIN, and a
@@ -509,7 +513,7 @@ func (c *tcpConn) pipe(t *TCPProxy) {
 	default:
 		// The instance is done: nothing more will reach the client, and
 		// what the client still sends has nowhere to go.
-		closeWrite(c.client)
+		client.closeWrite()
 		c.ending.Store(true)
 		c.client.SetReadDeadline(time.Now())
 		<-done
@@ -525,7 +529,7 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // are idle for the route's idle timeout. Deadlines move at most once per
 // eighth of the timeout, so a busy connection does not touch its timers on
 // every read.
-func (c *tcpConn) copy(dst, src net.Conn, t *TCPProxy, in bool) {
+func (c *tcpConn) copy(dst, src *sockIO, t *TCPProxy, in bool) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
@@ -535,8 +539,8 @@ func (c *tcpConn) copy(dst, src net.Conn, t *TCPProxy, in bool) {
 		now := time.Now().UnixNano()
 		if dl-now < idle-idle/8 {
 			dl = now + idle
-			src.SetReadDeadline(time.Unix(0, dl))
-			dst.SetWriteDeadline(time.Unix(0, dl))
+			src.c.SetReadDeadline(time.Unix(0, dl))
+			dst.c.SetWriteDeadline(time.Unix(0, dl))
 		}
 		n, err := src.Read(buf)
 		if n > 0 {

@@ -1,15 +1,11 @@
 package proxy
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-
-	"sigs.k8s.io/yaml"
 
 	"github.com/pier-dev/pier/lb"
 	"github.com/pier-dev/pier/registry"
@@ -26,19 +22,9 @@ const KVTCPRoutePrefix = "pier/tcp-routes/"
 // validates it.
 func ParseTCPRoute(b []byte) (TCPRoute, error) {
 	var r TCPRoute
-	if len(bytes.TrimSpace(b)) == 0 {
-		return r, errors.New("empty route")
-	}
-	j, err := yaml.YAMLToJSON(b)
+	j, _, err := kvMapping(b, `{listen: ":5432", service: pg}`)
 	if err != nil {
-		return r, fmt.Errorf("not YAML or JSON: %w", err)
-	}
-	var raw any
-	if err := json.Unmarshal(j, &raw); err != nil {
 		return r, err
-	}
-	if _, ok := raw.(map[string]any); !ok {
-		return r, errors.New("expected a mapping such as {listen: \":5432\", service: pg}")
 	}
 	if err := registry.DecodeConfig("", j, &r); err != nil {
 		return TCPRoute{}, err

@@ -225,7 +225,11 @@ func (p *Proxy) RunTLS(ctx context.Context, ln net.Listener) error {
 		return errors.New("proxy: RunTLS without a tls config")
 	}
 	h2 := p.h2 != nil && p.cfg.HTTP2.Enabled
-	tln := &onceCloser{Listener: tls.NewListener(ln, p.certs.tlsConfig(h2))}
+	var under net.Listener = ln
+	if h2 {
+		under = batchListener{ln} // batching from the handshake on, for connections that choose h2
+	}
+	tln := &onceCloser{Listener: tls.NewListener(under, p.certs.tlsConfig(h2))}
 	var h1 net.Listener = tln
 	if h2 {
 		// Connections that chose h2 go to the HTTP/2 server; the others

@@ -66,20 +66,7 @@ mkdir -p "$work/nginx"
 "$work/testserver" -addr 127.0.0.1:$B1 -name b1 2>"$work/b1.log" & pids+=($!)
 "$work/testserver" -addr 127.0.0.1:$B2 -name b2 2>"$work/b2.log" & pids+=($!)
 
-cat >"$work/nginx.conf" <<EOF
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-daemon off;
-events { worker_connections 16384; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx;
-  proxy_temp_path $work/nginx;
-  fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx;
-  scgi_temp_path $work/nginx;
+{ nginx_http_head 2 16384; cat <<EOF
   upstream api {
     least_conn;
     server 127.0.0.1:$B1 max_fails=1 fail_timeout=10s;
@@ -100,6 +87,7 @@ http {
   }
 }
 EOF
+} >"$work/nginx.conf"
 cat >"$work/haproxy.cfg" <<EOF
 global
   nbthread 2

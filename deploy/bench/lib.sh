@@ -79,15 +79,18 @@ print_medians() {
 }
 
 # nginx_http_head prints the start of an nginx.conf for a benchmark: one
-# worker per core, in the foreground, every file it writes under $work/nginx,
-# no access log, and an open http block for the caller to go on with.
+# worker per core (or $1 workers), in the foreground, every file it writes
+# under $work/nginx, no access log, $2 connections per worker (4096), and an
+# open http block for the caller to go on with.
 nginx_http_head() {
+  local workers=${1:-auto} conns=${2:-4096}
   cat <<EOF
-worker_processes auto;
+worker_processes $workers;
+worker_rlimit_nofile $((conns + 4096));
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
 daemon off;
-events { worker_connections 4096; }
+events { worker_connections $conns; }
 http {
   access_log off;
   client_body_temp_path $work/nginx;

@@ -54,11 +54,11 @@ func (t *agentTokens) field(kind string) *string {
 func (a *Authorizer) withEntries(t *agentTokens, node string) *agentTokens {
 	t.agent, t.recovery = nil, nil
 	if t.set["agent"] && t.Agent != "" {
-		t.agent = &tokenEntry{hash: sha256.Sum256([]byte(t.Agent)), policy: a.agentPolicy, static: true,
+		t.agent = &tokenEntry{hash: sha256.Sum256([]byte(t.Agent)), policy: a.agentPolicy.withAccessor(derivedAccessor(t.Agent)), static: true,
 			view: aclTokenView{AccessorID: derivedAccessor(t.Agent), SecretID: t.Agent, Description: "Agent Token"}}
 	}
 	if t.AgentRecovery != "" {
-		p := &Policy{allow: a.allow}
+		p := &Policy{allow: a.allow, accessor: derivedAccessor(t.AgentRecovery)}
 		p.rules.agent.exact = map[string]access{node: accessWrite}
 		p.rules.node.prefix = map[string]access{"": accessRead}
 		t.recovery = &tokenEntry{hash: sha256.Sum256([]byte(t.AgentRecovery)), policy: p, static: true,

@@ -174,7 +174,7 @@ func New(cfg Config) (*Authorizer, error) {
 		accessors[accessor] = true
 		a.static = append(a.static, &tokenEntry{
 			hash:   sha256.Sum256([]byte(secret)),
-			policy: p,
+			policy: p.withAccessor(accessor),
 			static: true,
 			view:   aclTokenView{AccessorID: accessor, SecretID: secret, Description: desc, Policies: links},
 		})
@@ -213,7 +213,7 @@ func New(cfg Config) (*Authorizer, error) {
 			return nil, err
 		}
 	}
-	a.anonymous = &Policy{allow: allow}
+	a.anonymous = &Policy{allow: allow, accessor: anonymousAccessor}
 	a.plainAnon = a.anonymous
 	a.table.Store(a.build(0, nil))
 	if cfg.Default != "" {
@@ -322,6 +322,21 @@ func MayReadService(r *http.Request, name string) bool {
 // Denied answers Consul's 403 for a token that may not do what it asks.
 func Denied(w http.ResponseWriter) {
 	httpError(w, http.StatusForbidden, "Permission denied")
+}
+
+// DeniedOn answers the 403 Consul gives where it names what was missing:
+// the token's accessor, the permission (perm, as "session:write") and
+// the name it was needed on.
+func DeniedOn(w http.ResponseWriter, p *Policy, perm, name string) {
+	switch {
+	case p == nil || p.accessor == "":
+		Denied(w)
+	case p.accessor == anonymousAccessor:
+		httpError(w, http.StatusForbidden, "Permission denied: anonymous token lacks permission '%s' on %q. "+
+			"The anonymous token is used implicitly when a request does not specify a token.", perm, name)
+	default:
+		httpError(w, http.StatusForbidden, "Permission denied: token with AccessorID '%s' lacks permission '%s' on %q", p.accessor, perm, name)
+	}
 }
 
 // AgentSecret answers the token this agent sends on its own reads of kind,

@@ -32,6 +32,12 @@ type Rules struct {
 	Agent         map[string]string
 	EventPrefix   map[string]string // user events (/v1/event) by name
 	Event         map[string]string
+	// Sessions by the name of the node they are made on; prepared
+	// queries by their name (a template's: the name it starts).
+	SessionPrefix map[string]string
+	Session       map[string]string
+	QueryPrefix   map[string]string
+	Query         map[string]string
 	Operator      string
 	ACL           string
 	Keyring       string
@@ -146,7 +152,7 @@ func mergeNames(dst *map[string]access, src map[string]access) {
 // ruleSet is one policy's compiled rules.
 type ruleSet struct {
 	service, key, node, agent resourceRules
-	event                     resourceRules
+	event, session, query     resourceRules
 	operator, acl, keyring    access
 }
 
@@ -163,6 +169,8 @@ func compileRules(r Rules) (*ruleSet, error) {
 		{"node", &rs.node, r.Node, r.NodePrefix},
 		{"agent", &rs.agent, r.Agent, r.AgentPrefix},
 		{"event", &rs.event, r.Event, r.EventPrefix},
+		{"session", &rs.session, r.Session, r.SessionPrefix},
+		{"query", &rs.query, r.Query, r.QueryPrefix},
 	} {
 		if err := x.dst.parse(x.kind, x.exact, x.prefix); err != nil {
 			return nil, err
@@ -189,7 +197,7 @@ func compileRules(r Rules) (*ruleSet, error) {
 func (rs *ruleSet) merge(o *ruleSet) {
 	for _, x := range []struct{ dst, src *resourceRules }{
 		{&rs.service, &o.service}, {&rs.key, &o.key}, {&rs.node, &o.node}, {&rs.agent, &o.agent},
-		{&rs.event, &o.event},
+		{&rs.event, &o.event}, {&rs.session, &o.session}, {&rs.query, &o.query},
 	} {
 		mergeNames(&x.dst.exact, x.src.exact)
 		mergeNames(&x.dst.prefix, x.src.prefix)
@@ -205,6 +213,16 @@ type Policy struct {
 	management bool
 	allow      bool // the default policy, for resources without a rule
 	rules      ruleSet
+	// accessor is the token's AccessorID, which a denial names, as
+	// Consul's; "" when unknown (a down_policy's stand-in).
+	accessor string
+}
+
+// withAccessor is a copy of p that names accessor.
+func (p *Policy) withAccessor(accessor string) *Policy {
+	c := *p
+	c.accessor = accessor
+	return &c
 }
 
 func (p *Policy) can(rules *resourceRules, name string, write bool) bool {
@@ -241,6 +259,10 @@ func (p *Policy) AgentRead(name string) bool    { return p.can(&p.rules.agent, n
 func (p *Policy) AgentWrite(name string) bool   { return p.can(&p.rules.agent, name, true) }
 func (p *Policy) EventRead(name string) bool    { return p.can(&p.rules.event, name, false) }
 func (p *Policy) EventWrite(name string) bool   { return p.can(&p.rules.event, name, true) }
+func (p *Policy) SessionRead(node string) bool  { return p.can(&p.rules.session, node, false) }
+func (p *Policy) SessionWrite(node string) bool { return p.can(&p.rules.session, node, true) }
+func (p *Policy) QueryRead(name string) bool    { return p.can(&p.rules.query, name, false) }
+func (p *Policy) QueryWrite(name string) bool   { return p.can(&p.rules.query, name, true) }
 func (p *Policy) OperatorRead() bool            { return p.level(p.rules.operator, false) }
 func (p *Policy) OperatorWrite() bool           { return p.level(p.rules.operator, true) }
 

@@ -170,5 +170,5 @@ func (a *Authorizer) askRemote(secret string) (*Policy, error) {
 		return nil, errNotFound // a local token of the primary, as Consul refuses it here
 	}
 	res := a.current().resolve(grantOf(v), a.datacenter())
-	return &Policy{allow: a.allow, management: res.management, rules: res.rules}, nil
+	return &Policy{allow: a.allow, management: res.management, rules: res.rules, accessor: v.AccessorID}, nil
 }

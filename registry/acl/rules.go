@@ -18,14 +18,15 @@ import (
 //	node_prefix "" { policy = "read" }
 //	agent "node1" { policy = "read" }
 //	event_prefix "deploy-" { policy = "write" }
+//	session_prefix "" { policy = "write" }
+//	query_prefix "web" { policy = "write" }
 //	operator = "read"
 //	acl = "write"
 //
 // The grammar is hand-written rather than hashicorp/hcl: Consul's rules use
 // one block shape and a few attributes, and a small parser is easy to fuzz
 // and gives errors that name the rule and the line. Rules for what pier does
-// not have (query, session, mesh, peering, a service's intentions)
-// are accepted and have no effect, so Consul's policies can be pasted;
+// not have (mesh, peering, a service's intentions) are accepted and have no effect, so Consul's policies can be pasted;
 // anything else is an error.
 func ParseRules(src string) (Rules, error) {
 	var r Rules
@@ -57,14 +58,13 @@ var ruleBlocks = map[string]func(*Rules) *map[string]string{
 	"agent":          func(r *Rules) *map[string]string { return &r.Agent },
 	"event_prefix":   func(r *Rules) *map[string]string { return &r.EventPrefix },
 	"event":          func(r *Rules) *map[string]string { return &r.Event },
+	"session_prefix": func(r *Rules) *map[string]string { return &r.SessionPrefix },
+	"session":        func(r *Rules) *map[string]string { return &r.Session },
+	"query_prefix":   func(r *Rules) *map[string]string { return &r.QueryPrefix },
+	"query":          func(r *Rules) *map[string]string { return &r.Query },
 }
 
-// ignoredBlocks and ignoredAttrs are Consul rules for features pier lacks.
-var ignoredBlocks = map[string]bool{
-	"query": true, "query_prefix": true,
-	"session": true, "session_prefix": true,
-}
-
+// ignoredAttrs are Consul rules for features pier lacks.
 var ignoredAttrs = map[string]bool{"mesh": true, "peering": true}
 
 // ruleAttrs are the top-level attributes.
@@ -84,12 +84,6 @@ func addBlock(r *Rules, kind, name, policy string) error {
 	// survive being stored as JSON: refuse it rather than change it.
 	if !utf8.ValidString(name) {
 		return fmt.Errorf("%s %q: the name is not valid UTF-8", kind, name)
-	}
-	if ignoredBlocks[kind] {
-		if _, err := parseAccess(policy); err != nil {
-			return fmt.Errorf("%s %q: policy %w", kind, name, err)
-		}
-		return nil
 	}
 	f, ok := ruleBlocks[kind]
 	if !ok {
@@ -331,7 +325,7 @@ func parseRulesJSON(src string, r *Rules) error {
 	for _, kind := range sortedKeys(top) {
 		raw := top[kind]
 		_, block := ruleBlocks[kind]
-		if block || ignoredBlocks[kind] {
+		if block {
 			var objs []map[string]map[string]json.RawMessage
 			var one map[string]map[string]json.RawMessage
 			if json.Unmarshal(raw, &one) == nil {

@@ -24,6 +24,10 @@ func TestParseRules(t *testing.T) {
 		Agent:         map[string]string{"n1": "write"},
 		EventPrefix:   map[string]string{"": "read"},
 		Event:         map[string]string{"deploy": "write"},
+		SessionPrefix: map[string]string{"": "write"},
+		Session:       map[string]string{"db1": "deny"},
+		QueryPrefix:   map[string]string{"web": "write"},
+		Query:         map[string]string{"web-admin": "read"},
 		Operator:      "read",
 		ACL:           "write",
 		Keyring:       "deny",
@@ -47,6 +51,9 @@ agent "n1" { policy = "write" }
 event_prefix "" { policy = "read" }
 event "deploy" { policy = "write" }
 session_prefix "" { policy = "write" }
+session "db1" { policy = "deny" }
+query_prefix "web" { policy = "write" }
+query "web-admin" { policy = "read" }
 operator = "read"
 acl = "write"
 keyring = "deny"
@@ -63,6 +70,10 @@ mesh = "read"
   "agent": {"n1": {"policy": "write"}},
   "event_prefix": {"": {"policy": "read"}},
   "event": {"deploy": {"policy": "write"}},
+  "session_prefix": {"": {"policy": "write"}},
+  "session": {"db1": {"policy": "deny"}},
+  "query_prefix": {"web": {"policy": "write"}},
+  "query": {"web-admin": {"policy": "read"}},
   "operator": "read", "acl": "write", "keyring": "deny", "peering": "read"
 }`
 	for name, src := range map[string]string{"hcl": hcl, "json": js} {
@@ -109,6 +120,8 @@ func formatRules(r acl.Rules) string {
 	}{
 		{"service_prefix", r.ServicePrefix}, {"service", r.Service}, {"key_prefix", r.KeyPrefix}, {"key", r.Key},
 		{"node_prefix", r.NodePrefix}, {"node", r.Node}, {"agent_prefix", r.AgentPrefix}, {"agent", r.Agent},
+		{"event_prefix", r.EventPrefix}, {"event", r.Event}, {"session_prefix", r.SessionPrefix}, {"session", r.Session},
+		{"query_prefix", r.QueryPrefix}, {"query", r.Query},
 	} {
 		names := make([]string, 0, len(m.m))
 		for n := range m.m {
@@ -136,6 +149,8 @@ func formatRulesJSON(r acl.Rules) string {
 	}{
 		{"service_prefix", r.ServicePrefix}, {"service", r.Service}, {"key_prefix", r.KeyPrefix}, {"key", r.Key},
 		{"node_prefix", r.NodePrefix}, {"node", r.Node}, {"agent_prefix", r.AgentPrefix}, {"agent", r.Agent},
+		{"event_prefix", r.EventPrefix}, {"event", r.Event}, {"session_prefix", r.SessionPrefix}, {"session", r.Session},
+		{"query_prefix", r.QueryPrefix}, {"query", r.Query},
 	} {
 		if len(m.m) == 0 {
 			continue
@@ -208,6 +223,53 @@ event_prefix "secret-" { policy = "deny" }`)
 		}
 		if got := p.EventWrite(c.name); got != c.write {
 			t.Errorf("EventWrite(%q) = %v", c.name, got)
+		}
+	}
+}
+
+// TestSessionQueryRules: Consul's session rules go by the session's node,
+// its query rules by the query's name; default_policy fills the rest.
+func TestSessionQueryRules(t *testing.T) {
+	r, err := acl.ParseRules(`session_prefix "" { policy = "read" }
+session "web1" { policy = "write" }
+session_prefix "db" { policy = "deny" }
+query_prefix "web" { policy = "write" }
+query "web-secret" { policy = "deny" }
+query_prefix "api" { policy = "read" }`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dflt := range []string{"deny", "allow"} {
+		a, err := acl.New(acl.Config{Enabled: true, DefaultPolicy: dflt, Tokens: []acl.Token{{Secret: "s", Rules: r}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := a.Resolve("s")
+		for _, c := range []struct {
+			node        string
+			read, write bool
+		}{{"web1", true, true}, {"web10", true, false}, {"app", true, false}, {"db1", false, false}} {
+			if got := p.SessionRead(c.node); got != c.read {
+				t.Errorf("%s: SessionRead(%q) = %v", dflt, c.node, got)
+			}
+			if got := p.SessionWrite(c.node); got != c.write {
+				t.Errorf("%s: SessionWrite(%q) = %v", dflt, c.node, got)
+			}
+		}
+		allow := dflt == "allow"
+		for _, c := range []struct {
+			name        string
+			read, write bool
+		}{{"web-x", true, true}, {"web", true, true}, {"web-secret", false, false}, {"api-x", true, false}, {"other", allow, allow}, {"", allow, allow}} {
+			if got := p.QueryRead(c.name); got != c.read {
+				t.Errorf("%s: QueryRead(%q) = %v", dflt, c.name, got)
+			}
+			if got := p.QueryWrite(c.name); got != c.write {
+				t.Errorf("%s: QueryWrite(%q) = %v", dflt, c.name, got)
+			}
+		}
+		if anon := a.Resolve(""); anon.SessionWrite("n") != allow || anon.QueryRead("q") != allow {
+			t.Errorf("%s: anonymous session write %v, query read %v", dflt, anon.SessionWrite("n"), anon.QueryRead("q"))
 		}
 	}
 }

@@ -310,7 +310,7 @@ func (a *Authorizer) build(kvIndex uint64, entries []*registry.KVEntry) *aclTabl
 		if _, clash := t.bySecret[te.hash]; clash {
 			continue
 		}
-		te.policy = &Policy{allow: a.allow, management: res.management, rules: res.rules}
+		te.policy = &Policy{allow: a.allow, management: res.management, rules: res.rules, accessor: st.AccessorID}
 		t.tokens[st.AccessorID] = te
 		t.bySecret[te.hash] = te
 	}

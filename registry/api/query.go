@@ -25,8 +25,10 @@ import (
 // (through ?dc=, as the HTTP API reads another datacenter).
 
 func (s *Server) queryRoutes() {
-	s.raftRoute("POST /v1/query", s.queryCreate, acl.Anyone) // service:write on the query's service
-	s.raftRoute("GET /v1/query", s.queryList, acl.Anyone)    // filtered by service:read
+	// Consul's query rules, checked by the handlers: they depend on the
+	// stored query (mayWriteQuery, mayReadQuery).
+	s.raftRoute("POST /v1/query", s.queryCreate, acl.Anyone)
+	s.raftRoute("GET /v1/query", s.queryList, acl.Anyone)
 	s.raftRoute("GET /v1/query/{id}", s.queryGet, acl.Anyone)
 	s.raftRoute("PUT /v1/query/{id}", s.queryUpdate, acl.Anyone)
 	s.raftRoute("DELETE /v1/query/{id}", s.queryDelete, acl.Anyone)
@@ -118,16 +120,44 @@ func (s *Server) resolveQuery(st *raft.State, idOrName string) (q preparedQuery,
 	return q, true, err
 }
 
-// mayWriteQuery: a query's writer may write its service (pier has no
-// query rules of Consul's ACLs).
-func mayWriteQuery(r *http.Request, q *preparedQuery) bool {
-	p := acl.PolicyOf(r)
-	return p == nil || p.ServiceWrite(q.Service.Service)
+// aclName is the name Consul's query rules judge q by: its name, and a
+// template's even when empty (the prefix it takes); false for a query
+// with neither, which no rule governs: whoever has its ID may use it.
+func (q *preparedQuery) aclName() (string, bool) {
+	return q.Name, q.Name != "" || q.isTemplate()
 }
 
-// shown is q as r may see it: its token redacted unless r may write it.
+// mayWriteQuery: as Consul, query:write on a named query's (or a
+// template's) name; an unnamed query needs nothing. False means the 403
+// was sent.
+func mayWriteQuery(w http.ResponseWriter, r *http.Request, q *preparedQuery) bool {
+	p := acl.PolicyOf(r)
+	name, ok := q.aclName()
+	if p == nil || !ok || p.QueryWrite(name) {
+		return true
+	}
+	acl.DeniedOn(w, p, "query:write", name)
+	return false
+}
+
+// mayReadQuery: query:read on a named query's name. An unnamed one is
+// shown (by ID) to anyone when byID, as Consul's GET /v1/query/:id, and
+// else, in lists and explain, only to a token with acl:write.
+func mayReadQuery(r *http.Request, q *preparedQuery, byID bool) bool {
+	p := acl.PolicyOf(r)
+	if p == nil || p.ACLWrite() {
+		return true
+	}
+	if name, ok := q.aclName(); ok {
+		return p.QueryRead(name)
+	}
+	return byID
+}
+
+// shown is q as r may see it: its token redacted unless r may write ACLs
+// (management or acl = "write"), as Consul.
 func shown(r *http.Request, q preparedQuery) preparedQuery {
-	if p := acl.PolicyOf(r); p != nil && !p.Management() && q.Token != "" {
+	if p := acl.PolicyOf(r); p != nil && !p.ACLWrite() && q.Token != "" {
 		q.Token = redactedToken
 	}
 	return q
@@ -138,7 +168,7 @@ func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	q, err := parseQueryBody(b)
+	q, err := decodeQueryBody(b)
 	if err == nil && q.ID != "" {
 		err = badRequest("ID must be empty when creating a new prepared query")
 	}
@@ -146,8 +176,12 @@ func (s *Server) queryCreate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if !mayWriteQuery(r, &q) {
-		acl.Denied(w)
+	// As Consul: the ACL check comes before the checks of the definition.
+	if !mayWriteQuery(w, r, &q) {
+		return
+	}
+	if err := q.validate(); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	q.ID = registry.NewUUID()
@@ -161,7 +195,7 @@ func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	q, err := parseQueryBody(b)
+	q, err := decodeQueryBody(b)
 	if err != nil {
 		httpError(w, http.StatusBadRequest, "%v", err)
 		return
@@ -178,8 +212,11 @@ func (s *Server) queryUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	old, _ := queryEntry(e)
-	if !mayWriteQuery(r, &q) || !mayWriteQuery(r, &old) {
-		acl.Denied(w)
+	if !mayWriteQuery(w, r, &q) || !mayWriteQuery(w, r, &old) {
+		return
+	}
+	if err := q.validate(); err != nil {
+		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
 	if q.Token == redactedToken {
@@ -291,8 +328,7 @@ func (s *Server) queryDelete(w http.ResponseWriter, r *http.Request) {
 		return // as Consul: deleting what is not there is no error
 	}
 	q, _ := queryEntry(e)
-	if !mayWriteQuery(r, &q) {
-		acl.Denied(w)
+	if !mayWriteQuery(w, r, &q) {
 		return
 	}
 	var ops []raft.KVOp
@@ -325,9 +361,8 @@ func (s *Server) queryList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := []preparedQuery{}
-	p := acl.PolicyOf(r)
 	for _, e := range st.KVList(queryPrefix) {
-		if q, ok := queryEntry(e); ok && (p == nil || p.ServiceRead(q.Service.Service)) {
+		if q, ok := queryEntry(e); ok && mayReadQuery(r, &q, false) {
 			out = append(out, shown(r, q))
 		}
 	}
@@ -370,7 +405,7 @@ func (s *Server) readQuery(w http.ResponseWriter, r *http.Request, resolve bool)
 		httpError(w, http.StatusNotFound, "Query not found")
 		return q, false
 	}
-	if p := acl.PolicyOf(r); p != nil && !p.ServiceRead(q.Service.Service) {
+	if !mayReadQuery(r, &q, !resolve) {
 		acl.Denied(w)
 		return q, false
 	}
@@ -409,13 +444,20 @@ func (s *Server) queryExecute(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// As Consul, running a query needs no query rule: the answer holds
+	// the instances whose node and service the query's token may read
+	// when it has one, else the request's.
+	p := acl.PolicyOf(r)
+	if p != nil && q.Token != "" {
+		if p = s.acl.Resolve(q.Token); p == nil {
+			httpError(w, http.StatusForbidden, "ACL not found")
+			return
+		}
+	}
 	near := s.querySource(r, &q)
 	// Another datacenter is read with the query's token when it has one,
-	// else the request's, as Consul's failover.
-	res := s.runQuery(r.Context(), &q, near, limit, cmp.Or(q.Token, s.requestToken(r)))
-	if p := acl.PolicyOf(r); p != nil && !p.ServiceRead(q.Service.Service) {
-		res.Nodes = []serviceEntry{} // as Consul filters the answer by service:read
-	}
+	// else the request's, as Consul's failover; it filters its answer.
+	res := s.runQuery(r.Context(), &q, p, near, limit, cmp.Or(q.Token, s.requestToken(r)))
 	writeJSON(w, r, res)
 }
 
@@ -441,18 +483,19 @@ func (s *Server) querySource(r *http.Request, q *preparedQuery) string {
 	return near
 }
 
-// runQuery executes q: this datacenter's instances that q keeps, shuffled,
+// runQuery executes q: this datacenter's instances that q keeps and p may
+// read (nil: ACLs off), shuffled,
 // nearest to near first (near itself first, when it is among the first
 // ten, even without coordinates, as Consul's), at most limit (0: all);
 // none, then the failover datacenters in order until one has some, read
 // with token, shuffled and not sorted (Consul sorts no other
 // datacenter's answer: coordinates do not compare across datacenters).
-func (s *Server) runQuery(ctx context.Context, q *preparedQuery, near string, limit int, token string) queryResult {
+func (s *Server) runQuery(ctx context.Context, q *preparedQuery, p *acl.Policy, near string, limit int, token string) queryResult {
 	own := s.reg.Config().Datacenter
 	res := queryResult{Service: q.Service.Service, DNS: q.DNS, Datacenter: own, Nodes: []serviceEntry{}}
 	var local []registry.Instance
 	for _, in := range s.reg.Snapshot().ServiceInstances(q.Service.Service) {
-		if q.keep(in) {
+		if q.keep(in) && (p == nil || p.NodeRead(in.Node.Name) && p.ServiceRead(in.Service.Name)) {
 			local = append(local, in)
 		}
 	}

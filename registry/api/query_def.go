@@ -76,11 +76,21 @@ const redactedToken = "<hidden>"
 // parseQueryBody decodes and checks a create or update body, as Consul's
 // parseQuery does; the error names the field.
 func parseQueryBody(b []byte) (preparedQuery, error) {
+	q, err := decodeQueryBody(b)
+	if err != nil {
+		return q, err
+	}
+	return q, q.validate()
+}
+
+// decodeQueryBody only decodes: the endpoints validate after the ACL
+// check, as Consul's.
+func decodeQueryBody(b []byte) (preparedQuery, error) {
 	var q preparedQuery
 	if err := json.Unmarshal(b, &q); err != nil {
 		return q, badRequest("Request decode failed: %v", err)
 	}
-	return q, q.validate()
+	return q, nil
 }
 
 func (q *preparedQuery) isTemplate() bool { return q.Template.Type != "" }

@@ -553,7 +553,7 @@ func TestRaftBlockingThroughClient(t *testing.T) {
 }
 
 // ACLs on the Raft endpoints, with the token forwarded from a client: key
-// rules on KV and on each txn operation, node rules on sessions.
+// rules on KV and on each txn operation, session rules on sessions.
 func TestRaftACL(t *testing.T) {
 	aclOn := func(c *api.Config) { c.ACL = testACL() }
 	srv := startRaftAgent(t, "s0", true, nil, aclOn)
@@ -595,7 +595,7 @@ func TestRaftACL(t *testing.T) {
 	}
 	web, _ := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(cl.base, "http://"), Token: webTok})
 	if _, _, err := web.Session().Create(nil, nil); err == nil || !strings.Contains(err.Error(), "403") {
-		t.Fatalf("session by a token without node write: %v", err)
+		t.Fatalf("session by a token without session write: %v", err)
 	}
 	mgmt, _ := consul.NewClient(&consul.Config{Address: strings.TrimPrefix(cl.base, "http://"), Token: mgmtTok})
 	if _, _, err := mgmt.Session().Create(nil, nil); err != nil {

@@ -15,10 +15,10 @@ import (
 	"github.com/pier-dev/pier/registry/raft"
 )
 
-// Consul's sessions, on the Raft state. pier's ACL rules have no session
-// resource: a session is guarded by the rules of its node (write to make,
-// renew or destroy one, read to see it), checked where the request is
-// served.
+// Consul's sessions, on the Raft state. As Consul's, a session is guarded
+// by the session rules of its node's name (session_prefix "": write to
+// make, renew or destroy one, read to see it), checked where the request
+// is served; node rules play no part.
 
 func (s *Server) sessionRoutes() {
 	s.raftWrites("/v1/session/create", s.sessionCreate, acl.Anyone)
@@ -187,8 +187,8 @@ func (s *Server) sessionCreate(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
-	if p := acl.PolicyOf(r); p != nil && !p.NodeWrite(sess.Node) {
-		acl.Denied(w)
+	if p := acl.PolicyOf(r); p != nil && !p.SessionWrite(sess.Node) {
+		acl.DeniedOn(w, p, "session:write", sess.Node)
 		return
 	}
 	if err := sessionHealthy(s.reg.Snapshot(), &sess); err != nil {
@@ -219,8 +219,8 @@ func (s *Server) sessionDestroy(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, r, true) // nothing to destroy, as Consul
 		return
 	}
-	if p := acl.PolicyOf(r); p != nil && !p.NodeWrite(existing.Node) {
-		acl.Denied(w)
+	if p := acl.PolicyOf(r); p != nil && !p.SessionWrite(existing.Node) {
+		acl.DeniedOn(w, p, "session:write", existing.Node)
 		return
 	}
 	if _, err := n.DestroySession(id); err != nil {
@@ -237,8 +237,8 @@ func (s *Server) sessionRenew(w http.ResponseWriter, r *http.Request) {
 	}
 	id := r.PathValue("id")
 	if e, found := n.State().Session(id); found {
-		if p := acl.PolicyOf(r); p != nil && !p.NodeWrite(e.Node) {
-			acl.Denied(w)
+		if p := acl.PolicyOf(r); p != nil && !p.SessionWrite(e.Node) {
+			acl.DeniedOn(w, p, "session:write", e.Node)
 			return
 		}
 	}
@@ -256,7 +256,8 @@ func (s *Server) sessionRenew(w http.ResponseWriter, r *http.Request) {
 }
 
 // sessionsRead answers the sessions pick chooses, blocking on the sessions'
-// index, those of nodes the token may not read left out.
+// index, those the token may not read (session:read on their node) left
+// out.
 func (s *Server) sessionsRead(w http.ResponseWriter, r *http.Request, pick func(*raft.State) []*raft.Session) {
 	q, ok := s.parseQuery(w, r)
 	if !ok {
@@ -270,7 +271,7 @@ func (s *Server) sessionsRead(w http.ResponseWriter, r *http.Request, pick func(
 	p := acl.PolicyOf(r)
 	out := []sessionJSON{}
 	for _, e := range pick(st) {
-		if p == nil || p.NodeRead(e.Node) {
+		if p == nil || p.SessionRead(e.Node) {
 			out = append(out, toSessionJSON(e))
 		}
 	}

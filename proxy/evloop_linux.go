@@ -24,8 +24,8 @@ import (
 // states:
 //
 //   - parked: idle, between requests (or new, before its first byte). It is
-//     a file descriptor in an epoll set of the loop's own, armed one-shot
-//     for input, plus a loopConn (about a hundred bytes) and the net.TCPConn
+//     a file descriptor in an epoll set of the loop's own, registered
+//     once, edge-triggered, for input, plus a loopConn (about a hundred bytes) and the net.TCPConn
 //     around its descriptor. No goroutine waits on it and no buffer is
 //     held for it.
 //   - active: bytes arrived. The loop hands the connection to a goroutine
@@ -36,6 +36,12 @@ import (
 //     reads and writes in the middle of a request (a streamed body either
 //     way, a slow client, a WebSocket tunnel after a hijack) park that
 //     goroutine in Go's netpoller as they do on the goroutine engine.
+//
+// The set is edge-triggered: parking a connection costs no system call.
+// An edge that arrives while a connection is active (a pipelined request,
+// a body's later segments, the peer's close) marks it pending, and a
+// pending connection is served again rather than parked, so no byte goes
+// unnoticed; at worst that costs a read that finds nothing.
 //
 // When a response is written and no byte of a next request is there, the
 // server reads in "peek" mode (ConnState's StateIdle turns it on): a
@@ -111,13 +117,14 @@ type loopConn struct {
 	port  uint16       // the client's
 
 	peek    bool // a read that would wait parks the connection instead
-	got     bool // bytes were read since it was woken: a read in peek mode parks without trying
+	got     bool // the last read since it was woken emptied the socket: a read in peek mode parks without trying
 	park    bool // the server let go of it to be parked: Close must not close
 	served  bool // a request was read on it: idle_timeout applies, not header_timeout
 	hasHead bool // loop.heads holds bytes read before it came here (sorting h2c), replayed first
 	hasZone bool // loop.zones holds the zone of its IPv6 address
 	is4     bool
 	inList  uint8    // the connList it is in (connList.id), 0: none
+	pending bool     // an edge arrived while it was active (guarded by loop.mu): serve it again rather than park it
 	ip      [16]byte // the client's address
 
 	// Deadlines (unix nanoseconds, 0: none) as the server and handlers set
@@ -187,9 +194,10 @@ type parkError struct{}
 func (parkError) Error() string        { return "proxy: connection parked" }
 func (parkError) Is(target error) bool { return target == net.ErrClosed }
 
-// loopEvents are what a parked connection is armed for: input, or the
-// peer's close (so that a closed idle connection is noticed and let go).
-const loopEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+// loopEvents are what a connection is registered for, once, edge-triggered:
+// input, or the peer's close (so that a closed idle connection is noticed
+// and let go).
+const loopEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
 func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -428,8 +436,8 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 	if len(head) > 0 {
 		lc.state.Store(lcActive)
 		l.mu.Unlock()
-		// In the set from the start, as parking re-arms it (MOD); an event
-		// while it is served finds it active and is dropped.
+		// In the set from the start: the bytes after head, there already
+		// or to come, make an edge that marks it pending.
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 			l.p.log.Warn("proxy: epoll_ctl add failed", "err", err)
 			l.closeConn(lc)
@@ -453,17 +461,18 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 func (l *loop) run() {
 	defer l.bg.Done()
 	events := make([]unix.EpollEvent, 256)
-	for {
-		var n int
-		err := l.rc.Read(func(fd uintptr) bool {
-			for {
-				var err error
-				n, err = unix.EpollWait(int(fd), events, 0)
-				if err != unix.EINTR {
-					return n > 0 // none ready: wait for the set's descriptor to be readable
-				}
+	var n int
+	wait := func(fd uintptr) bool { // made once: a closure per round would be an allocation
+		for {
+			var err error
+			n, err = unix.EpollWait(int(fd), events, 0)
+			if err != unix.EINTR {
+				return n > 0 // none ready: wait for the set's descriptor to be readable
 			}
-		})
+		}
+	}
+	for {
+		err := l.rc.Read(wait)
 		if err != nil {
 			return // closed at shutdown
 		}
@@ -482,10 +491,21 @@ func (l *loop) ready(fd int32) {
 	if int(fd) < len(l.conns) {
 		c = l.conns[fd]
 	}
-	if c == nil || !c.state.CompareAndSwap(lcParked, lcActive) {
+	if c == nil {
 		l.mu.Unlock()
 		return
 	}
+	if !c.state.CompareAndSwap(lcParked, lcActive) {
+		// Active: its goroutine looks again before it parks it. (An event
+		// for a descriptor closed and reused since costs the new
+		// connection a read at most.)
+		if c.state.Load() == lcActive {
+			c.pending = true
+		}
+		l.mu.Unlock()
+		return
+	}
+	c.pending = false
 	l.remove(c)
 	l.mu.Unlock()
 	l.dispatch(c)
@@ -542,12 +562,18 @@ func (l *loop) work(c *loopConn) {
 }
 
 // serveConn serves requests on c while they come without waiting, then
-// parks it.
+// parks it, or serves it again if an edge came meanwhile.
 func (l *loop) serveConn(c *loopConn) {
-	l.srv.ServeConn(c)
-	if c.park {
+	for {
+		l.srv.ServeConn(c)
+		if !c.park {
+			return
+		}
 		c.park = false
-		l.parkConn(c)
+		if l.parkConn(c) {
+			return
+		}
+		c.peek, c.got = true, false
 	}
 }
 
@@ -567,8 +593,9 @@ func (l *loop) reapWorkers(old int64, close bool) {
 	l.wmu.Unlock()
 }
 
-// parkConn arms c in the epoll set again.
-func (l *loop) parkConn(c *loopConn) {
+// parkConn parks c, unless an edge arrived while it was active: then it
+// reports false and c is its caller's still, to serve again.
+func (l *loop) parkConn(c *loopConn) bool {
 	c.got = false
 	c.dmu.Lock()
 	tc := c.tc
@@ -576,12 +603,23 @@ func (l *loop) parkConn(c *loopConn) {
 	c.dmu.Unlock()
 	if tc != nil {
 		tc.Close() // the duplicate leaves the netpoller; the socket stays open
+		// Registered for input again while still active: bytes there
+		// already, or coming, make an edge that marks it pending.
+		if !l.watch(c, loopEvents) {
+			l.closeConn(c)
+			return true
+		}
 	}
 	l.mu.Lock()
 	if l.closing || c.state.Load() != lcActive {
 		l.mu.Unlock()
 		l.closeConn(c)
-		return
+		return true
+	}
+	if c.pending {
+		c.pending = false
+		l.mu.Unlock()
+		return false
 	}
 	list := &l.fresh
 	if c.served {
@@ -593,12 +631,19 @@ func (l *loop) parkConn(c *loopConn) {
 	l.push(list, c)
 	c.state.Store(lcParked)
 	l.mu.Unlock()
-	ev := unix.EpollEvent{Events: loopEvents, Fd: c.fd}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev); err != nil {
-		// Closed meanwhile by the sweep or shutdown, or the kernel refuses:
-		// either way it must not stay parked unwatched.
-		l.closeParked(c)
+	return true
+}
+
+// watch sets what the loop's epoll set reports of c (EPOLLET alone: only
+// an error or hang-up, once).
+func (l *loop) watch(c *loopConn, events uint32) bool {
+	if !c.acquire() {
+		return false
 	}
+	ev := unix.EpollEvent{Events: events, Fd: c.fd}
+	err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, int(c.fd), &ev)
+	c.release()
+	return err == nil
 }
 
 // closeConn closes c, whatever its state; once only.
@@ -727,10 +772,10 @@ func (l *loop) shutdown(ctx context.Context) {
 }
 
 // Read replays head, then reads. In peek mode a read that would wait
-// marks the connection to be parked and returns errPark; so does any read
-// in peek mode once bytes were read since the wake-up (after a response):
-// the epoll set is level-triggered, so bytes already there wake it again
-// at once, and the read that would have found none is saved.
+// marks the connection to be parked and returns errPark; so does a read in
+// peek mode (after a response) when the last read emptied the socket: a
+// byte that came since made an edge, which marks the connection pending,
+// so the read that would have found none is saved.
 func (c *loopConn) Read(b []byte) (int, error) {
 	if c.hasHead && len(b) > 0 {
 		l := c.l
@@ -744,7 +789,7 @@ func (c *loopConn) Read(b []byte) (int, error) {
 			l.heads[c] = h
 		}
 		l.mu.Unlock()
-		c.got = true
+		c.got = false // the socket may hold more: read it before parking
 		return n, nil
 	}
 	if len(b) == 0 {
@@ -758,7 +803,9 @@ func (c *loopConn) Read(b []byte) (int, error) {
 	tc, dl := c.tc, c.rdl
 	c.dmu.Unlock()
 	if tc != nil {
-		return tc.Read(b)
+		n, err := tc.Read(b)
+		c.got = err == nil && n < len(b)
+		return n, err
 	}
 	if dl != 0 && time.Now().UnixNano() >= dl {
 		return 0, os.ErrDeadlineExceeded
@@ -781,13 +828,17 @@ func (c *loopConn) Read(b []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		return tc.Read(b)
+		n, err := tc.Read(b)
+		c.got = err == nil && n < len(b)
+		return n, err
 	case err != nil:
 		return 0, os.NewSyscallError("read", err)
 	case n == 0:
 		return 0, io.EOF
 	}
-	c.peek, c.got = false, true
+	// A read short of b emptied the socket (as nginx assumes under
+	// EPOLLET): what comes next makes an edge.
+	c.peek, c.got = false, n < len(b)
 	return n, nil
 }
 
@@ -865,6 +916,10 @@ func (c *loopConn) promote() (*net.TCPConn, error) {
 	tc.SetReadDeadline(unixTime(c.rdl))
 	tc.SetWriteDeadline(unixTime(c.wdl))
 	c.tc = tc
+	// The netpoller watches it now: edges in the loop's set would only
+	// wake the loop to mark it pending (a tunnel's every read). Parking
+	// registers it for input again.
+	c.l.watch(c, unix.EPOLLET)
 	return tc, nil
 }
 
@@ -927,13 +982,19 @@ func (c *loopConn) CloseWrite() error {
 	return os.NewSyscallError("shutdown", unix.Shutdown(int(c.fd), unix.SHUT_WR))
 }
 
-// RemoteAddr is the client's address, as accept4 gave it.
+// RemoteAddr is the client's address, as accept4 gave it (fasthttp asks
+// for it once a request: one allocation, the address's bytes with it).
 func (c *loopConn) RemoteAddr() net.Addr {
-	a := &net.TCPAddr{Port: int(c.port)}
+	ta := &struct {
+		net.TCPAddr
+		ip [16]byte
+	}{ip: c.ip}
+	a := &ta.TCPAddr
+	a.Port = int(c.port)
 	if c.is4 {
-		a.IP = net.IPv4(c.ip[12], c.ip[13], c.ip[14], c.ip[15])
+		a.IP = ta.ip[12:16:16]
 	} else {
-		a.IP = append(net.IP(nil), c.ip[:]...)
+		a.IP = ta.ip[:]
 	}
 	if c.hasZone {
 		c.l.mu.Lock()

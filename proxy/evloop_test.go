@@ -127,3 +127,58 @@ func TestH2CListenerKeepsHTTP1Alive(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // parked between them on the event loop
 	}
 }
+
+// TestRequestArrivingWhileServed sends a next request on a keep-alive
+// connection while the one before it is still with its instance (so after
+// the proxy read everything there was), and one after a request whose body
+// made the proxy wait for the client: both are answered. On the event loop
+// such bytes come while the connection is active, and only their edge says
+// they are there once it would park.
+func TestRequestArrivingWhileServed(t *testing.T) {
+	b := newBackend(t, "api")
+	b.delay = func(r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	e := newEnv(t, func(c *Config) { c.Routes = []Route{{Path: "/", Service: "api"}} })
+	e.register("api-1", "api", b.addr, 1)
+	e.synced()
+
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	read := func(what string) {
+		t.Helper()
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", what, resp.StatusCode)
+		}
+	}
+	for i := 0; i < 3; i++ {
+		fmt.Fprintf(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+		time.Sleep(50 * time.Millisecond) // the proxy has read it and waits for the instance
+		fmt.Fprintf(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+		read("the slow request")
+		read("the request sent while it was served")
+	}
+	// A body in two parts: the proxy waits for the second. The next
+	// request comes only once the answer is read.
+	for i := 0; i < 3; i++ {
+		fmt.Fprintf(c, "POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc")
+		time.Sleep(50 * time.Millisecond)
+		fmt.Fprintf(c, "def")
+		read("the request with a body in two parts")
+		fmt.Fprintf(c, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+		read("the request after it")
+	}
+}

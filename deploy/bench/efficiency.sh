@@ -21,6 +21,7 @@
 #   ROUNDS=5 RATES="1000 2000 5000" DURATION=20s IDLE=5000 deploy/bench/efficiency.sh
 #   TARGETS="nginx pier-el" deploy/bench/efficiency.sh  # a subset (nginx is always measured: the ratios need it)
 #   SKIP_IDLE=1 / SKIP_RATES=1                         # one half only
+#   PIER_GODEBUG=schedtrace=2000000000                 # GODEBUG for pier only (see deploy/bench/README.md)
 #
 # It needs nginx and haproxy (apt-get installs them when missing) and vegeta
 # v12.13.0 (go install github.com/tsenart/vegeta/v12@v12.13.0 when missing),
@@ -131,7 +132,7 @@ start() {
   case $t in
   nginx) "$NGINX_BIN" -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx.log" & ;;
   haproxy) "$HAPROXY_BIN" -f "$work/haproxy.cfg" -db >>"$work/haproxy.log" 2>&1 & ;;
-  pier-*) "$work/pier" agent -dev -node "bench-$t" -http-port "${api[$t]}" -serf-lan-port 0 -dns-port 0 \
+  pier-*) env ${PIER_GODEBUG:+GODEBUG=$PIER_GODEBUG} "$work/pier" agent -dev -node "bench-$t" -http-port "${api[$t]}" -serf-lan-port 0 -dns-port 0 \
     -config-file "$work/$t.yaml" -log-level warn 2>>"$work/$t.log" & ;;
   esac
   pid[$t]=$!

@@ -47,6 +47,11 @@ type ACMEConfig struct {
 	// dns-01 alone (TXT records in the servers' KV, answered by every
 	// agent's DNS server; the only challenge a wildcard name can use).
 	Challenges []string `json:"challenges"`
+	// DisableARI renews by the certificate's lifetime alone (a third
+	// before expiry), not when the CA's renewal information (RFC 9773)
+	// suggests: for a CA whose suggestions are wrong, or a test CA such as
+	// pebble, whose window for a short-lived certificate opens at issuance.
+	DisableARI bool `json:"disable_ari"`
 
 	// Storage keeps the account, the certificates and their keys, and
 	// locks a name while it is ordered; set by the agent (the servers'
@@ -331,9 +336,10 @@ func (p *Proxy) RunACME(ctx context.Context, httpAddr, tlsAddr net.Addr) error {
 	})
 	defer cache.Stop()
 	cfg = certmagic.New(cache, certmagic.Config{
-		Storage: m.conf.Storage,
-		Logger:  zl,
-		OnEvent: m.event,
+		Storage:    m.conf.Storage,
+		Logger:     zl,
+		DisableARI: m.conf.DisableARI,
+		OnEvent:    m.event,
 	})
 	tmpl := certmagic.ACMEIssuer{
 		CA:     m.conf.CA,

@@ -19,22 +19,8 @@ import (
 // and issues *.example.test: any name under it gets the certificate. The
 // records are gone once the order is done.
 func TestACMEDNS01Wildcard(t *testing.T) {
-	needBinary(t)
-	pebbleBin(t)
-	dir := t.TempDir()
-	pki := newTestPKI(t, dir)
-	dnsAddr := freeLoopback(t)
-	_, dnsPort, _ := strings.Cut(dnsAddr, ":")
-	// The HTTP-01 and TLS-ALPN-01 ports pebble would dial have nobody.
-	ca := startPebble(t, pki, dnsAddr, freePort(t), freePort(t), time.Hour)
-	cfg := filepath.Join(dir, "pier.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`
-proxy:
-  addr: 127.0.0.1:0
-  tls:
-    addr: 127.0.0.1:0
-    acme: {ca: %q, ca_root: %q, names: ["*.example.test"], challenges: [dns-01]}
-`, ca.dir, pki.caFile)), 0o600)
+	d := startDNS01(t, `"*.example.test"`)
+	dnsAddr, dnsPort, ca, cfg := d.dnsAddr, d.dnsPort, d.ca, d.cfg
 	// A recursor where nobody listens: names without a record go nowhere.
 	a := startAgent(t, "-dev", "-node", "dns01", "-dns-port", dnsPort, "-recursor", freeLoopback(t), "-config-file", cfg)
 	if a.dns != dnsAddr {
@@ -91,21 +77,8 @@ proxy:
 // CA asks the server's DNS, which has no front door and answers the record
 // the client wrote through it into the Raft log.
 func TestACMEDNS01AskedElsewhere(t *testing.T) {
-	needBinary(t)
-	pebbleBin(t)
-	dir := t.TempDir()
-	pki := newTestPKI(t, dir)
-	dnsAddr := freeLoopback(t)
-	_, dnsPort, _ := strings.Cut(dnsAddr, ":")
-	ca := startPebble(t, pki, dnsAddr, freePort(t), freePort(t), time.Hour)
-	cfg := filepath.Join(dir, "pier.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`
-proxy:
-  addr: 127.0.0.1:0
-  tls:
-    addr: 127.0.0.1:0
-    acme: {ca: %q, ca_root: %q, names: ["*.else.test", "else.test"], challenges: [dns-01]}
-`, ca.dir, pki.caFile)), 0o600)
+	d := startDNS01(t, `"*.else.test", "else.test"`)
+	dir, dnsPort, ca, cfg := d.dir, d.dnsPort, d.ca, d.cfg
 	srv := startAgent(t, append([]string{"-node", "dns-srv", "-data-dir", filepath.Join(dir, "srv"), "-bind", "127.0.0.1",
 		"-dns-port", dnsPort, "-recursor", freeLoopback(t)}, soloServer...)...)
 	cli := startAgent(t, "-node", "dns-cli", "-data-dir", filepath.Join(dir, "cli"), "-bind", "127.0.0.1", "-join", srv.gossip, "-config-file", cfg)
@@ -129,4 +102,32 @@ proxy:
 	if n := ca.orders(); n != 2 {
 		t.Errorf("pebble took %d orders for two names, want 2\n%s", n, dump())
 	}
+}
+
+// dns01Env is pebble asking a DNS address of the test's for its DNS-01
+// challenges (nobody listens on the HTTP-01 and TLS-ALPN-01 ports it would
+// dial), and a config file for a front door that gets names with dns-01.
+type dns01Env struct {
+	dir, dnsAddr, dnsPort, cfg string
+	pki                        testPKI
+	ca                         *pebbleCA
+}
+
+func startDNS01(t *testing.T, names string) dns01Env {
+	t.Helper()
+	needBinary(t)
+	pebbleBin(t)
+	d := dns01Env{dir: t.TempDir(), dnsAddr: freeLoopback(t)}
+	d.pki = newTestPKI(t, d.dir)
+	_, d.dnsPort, _ = strings.Cut(d.dnsAddr, ":")
+	d.ca = startPebble(t, d.pki, d.dnsAddr, freePort(t), freePort(t), time.Hour)
+	d.cfg = filepath.Join(d.dir, "pier.yaml")
+	os.WriteFile(d.cfg, []byte(fmt.Sprintf(`
+proxy:
+  addr: 127.0.0.1:0
+  tls:
+    addr: 127.0.0.1:0
+    acme: {ca: %q, ca_root: %q, names: [%s], challenges: [dns-01]}
+`, d.ca.dir, d.pki.caFile, names)), 0o600)
+	return d
 }

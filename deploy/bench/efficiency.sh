@@ -88,29 +88,7 @@ mkdir -p "$work/nginx"
 }
 EOF
 } >"$work/nginx.conf"
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread 2
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 75s
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:${port[haproxy]}
-  http-request return status 404 unless { path_beg /api/ }
-  http-request set-header X-Real-IP %[src]
-  http-request replace-path ^/api/(.*) /\1
-  default_backend api
-backend api
-  balance leastconn
-  server b1 127.0.0.1:$B1 check inter 10s
-  server b2 127.0.0.1:$B2 check inter 10s
-EOF
+haproxy_api_cfg "${port[haproxy]}" 2 9000 "timeout http-keep-alive 75s" "http-request return status 404 unless { path_beg /api/ }" >"$work/haproxy.cfg"
 for t in pier-gr pier-el; do
   engine=goroutines
   [ "$t" = pier-el ] && engine=eventloop

@@ -100,3 +100,33 @@ http {
   scgi_temp_path $work/nginx;
 EOF
 }
+
+# haproxy_api_cfg prints an haproxy.cfg that serves the benchmarks' route:
+# /api/ on 127.0.0.1:$1 to the backends $B1 and $B2 by least connections,
+# with $2 threads and $3 connections; $4, if set, is one more line for the
+# defaults and $5 for the frontend.
+haproxy_api_cfg() {
+  cat <<EOF
+global
+  nbthread $2
+  maxconn $3
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+${4:+  $4
+}  option forwardfor
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$1
+${5:+  $5
+}  http-request set-header X-Real-IP %[src]
+  http-request replace-path ^/api/(.*) /\1
+  default_backend api
+backend api
+  balance leastconn
+  server b1 127.0.0.1:$B1 check inter 10s
+  server b2 127.0.0.1:$B2 check inter 10s
+EOF
+}

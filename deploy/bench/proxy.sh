@@ -92,27 +92,7 @@ EOF
 "$NGINX_BIN" -c "$work/nginx.conf" -p "$work" & pids+=($!)
 nginx_pid=$!
 
-cat >"$work/haproxy.cfg" <<EOF
-global
-  nbthread $(nproc)
-  maxconn 8192
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HAPROXY
-  http-request set-header X-Real-IP %[src]
-  http-request replace-path ^/api/(.*) /\1
-  default_backend api
-backend api
-  balance leastconn
-  server b1 127.0.0.1:$B1 check inter 10s
-  server b2 127.0.0.1:$B2 check inter 10s
-EOF
+haproxy_api_cfg "$HAPROXY" "$(nproc)" 8192 >"$work/haproxy.cfg"
 "$HAPROXY_BIN" -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!)
 haproxy_pid=$!
 

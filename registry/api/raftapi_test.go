@@ -303,13 +303,7 @@ func txnOfN(n int) string {
 func TestRaftGroupForwarding(t *testing.T) {
 	servers, client := startGroup(t)
 	lead := leaderOf(servers)
-	var follower *raftAgent
-	for _, s := range servers {
-		if s != lead {
-			follower = s
-			break
-		}
-	}
+	follower := followerOf(servers, lead)
 	if _, err := client.client.KV().Put(&consul.KVPair{Key: "via/client", Value: []byte("c")}, nil); err != nil {
 		t.Fatalf("write through the client: %v", err)
 	}
@@ -511,12 +505,7 @@ func TestNoConsensusKeepsMissing(t *testing.T) {
 func TestRaftBlockingThroughClient(t *testing.T) {
 	servers, client := startGroup(t)
 	lead := leaderOf(servers)
-	var follower *raftAgent
-	for _, s := range servers {
-		if s != lead {
-			follower = s
-		}
-	}
+	follower := followerOf(servers, lead)
 	kv := client.client.KV()
 	if _, err := kv.Put(&consul.KVPair{Key: "watch/me", Value: []byte("1")}, nil); err != nil {
 		t.Fatal(err)
@@ -667,12 +656,7 @@ func TestRaftClientSkipsDeadServer(t *testing.T) {
 func TestRaftRemovePeerAndSessionBlocking(t *testing.T) {
 	servers, client := startGroup(t)
 	lead := leaderOf(servers)
-	var follower *raftAgent
-	for _, s := range servers {
-		if s != lead {
-			follower = s
-		}
-	}
+	follower := followerOf(servers, lead)
 	_, meta, err := client.client.Session().List(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -718,13 +702,7 @@ func TestRaftRemovePeerAndSessionBlocking(t *testing.T) {
 func TestRaftForwardReusesConnections(t *testing.T) {
 	servers, _ := startGroup(t)
 	lead := leaderOf(servers)
-	var follower *raftAgent
-	for _, s := range servers {
-		if s != lead {
-			follower = s
-			break
-		}
-	}
+	follower := followerOf(servers, lead)
 	count := func() (n int64) {
 		for _, s := range servers {
 			n += s.mux.httpConns.Load()
@@ -752,13 +730,7 @@ func TestRaftForwardReusesConnections(t *testing.T) {
 func TestRaftForwardFrames(t *testing.T) {
 	servers, client := startGroup(t)
 	lead := leaderOf(servers)
-	var follower *raftAgent
-	for _, s := range servers {
-		if s != lead {
-			follower = s
-			break
-		}
-	}
+	follower := followerOf(servers, lead)
 	frames := func() (n int64) {
 		for _, s := range servers {
 			n += s.mux.fwdConns.Load()

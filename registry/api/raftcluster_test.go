@@ -410,6 +410,16 @@ func startGroup(t *testing.T) (servers []*raftAgent, client *raftAgent) {
 	return servers, client
 }
 
+// followerOf is a server of servers other than lead.
+func followerOf(servers []*raftAgent, lead *raftAgent) *raftAgent {
+	for _, s := range servers {
+		if s != lead {
+			return s
+		}
+	}
+	return nil
+}
+
 func leaderOf(servers []*raftAgent) *raftAgent {
 	for _, s := range servers {
 		if !s.stopped.Load() && s.node.IsLeader() {

@@ -44,14 +44,7 @@ declare -A api=([pier-gr]=$((BASE_PORT + 7)) [pier-el]=$((BASE_PORT + 8)))
 read -r -a targets <<<"${TARGETS:-nginx haproxy pier-gr pier-el}"
 [[ " ${targets[*]} " == *" nginx "* ]] || targets=(nginx "${targets[@]}")
 
-need=()
-command -v curl >/dev/null 2>&1 || need+=(curl)
-[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
-[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-install_missing ${need[@]+"${need[@]}"}
-NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
-systemctl stop nginx haproxy >/dev/null 2>&1 || true
+need_proxies
 VEGETA=$(command -v vegeta || echo "$(go env GOPATH)/bin/vegeta")
 [ -x "$VEGETA" ] || { go install github.com/tsenart/vegeta/v12@v12.13.0 && VEGETA="$(go env GOPATH)/bin/vegeta"; }
 ulimit -n 20000

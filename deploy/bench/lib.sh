@@ -14,6 +14,21 @@ install_missing() {
 
 # make_work [MKTEMP-ARGS...]: sets work to a new temporary dir and pids to
 # an empty list; on exit the processes in pids are killed and work removed.
+# need_proxies installs curl, nginx, haproxy and the commands named as
+# arguments (each a Debian package of its own name) where missing, sets
+# NGINX_BIN and HAPROXY_BIN, and stops the services the packages start:
+# those are not part of a run.
+need_proxies() {
+  local need=() c
+  for c in curl "$@"; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
+  [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+  install_missing ${need[@]+"${need[@]}"}
+  NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+  HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
+  systemctl stop nginx haproxy >/dev/null 2>&1 || true
+}
+
 make_work() {
   work=$(mktemp -d "$@")
   pids=()

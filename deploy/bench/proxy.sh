@@ -26,16 +26,7 @@ B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2))
 PIER=$((BASE_PORT + 3)) NGINX=$((BASE_PORT + 4)) HAPROXY=$((BASE_PORT + 5)) API=$((BASE_PORT + 6))
 CEIL=$((BASE_PORT + 7)) URING=$((BASE_PORT + 8))
 
-need=()
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx)
-[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-install_missing ${need[@]+"${need[@]}"}
-NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
-HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
-# The packages start their own services; those are not part of the run.
-systemctl stop nginx haproxy >/dev/null 2>&1 || true
+need_proxies wrk
 
 make_work
 

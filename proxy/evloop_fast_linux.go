@@ -91,6 +91,10 @@ type fastLoop struct {
 	quit    bool
 
 	frs sync.Pool // *fastReq
+
+	// Requests answered on the loop, and those handed to goroutines at
+	// some point (a test's way to see which path served what).
+	onLoop, handed atomic.Uint64
 }
 
 // sink is an io.Writer appending to b.
@@ -443,6 +447,7 @@ func (l *loop) parse(fr *fastReq) int {
 // served first: fasthttp's server reads the request from them as if from
 // the socket.
 func (l *loop) handOver(fr *fastReq) {
+	l.fast.handed.Add(1)
 	c := fr.c
 	l.headsFrom(c, fr.in[fr.off:fr.end])
 	l.putFR(fr)
@@ -498,6 +503,7 @@ func (l *loop) respond(fr *fastReq, b *lb.Backend) bool {
 		l.closeFast(fr)
 		return false
 	}
+	l.fast.onLoop.Add(1)
 	out := f.sink.b
 	if cap(out) > 64<<10 {
 		f.sink.b = nil
@@ -521,6 +527,7 @@ func (l *loop) respond(fr *fastReq, b *lb.Backend) bool {
 	}
 	switch {
 	case werr == unix.EAGAIN:
+		l.fast.handed.Add(1)
 		rest := bytes.Clone(out[n:])
 		l.workers.Add(1)
 		go l.writeRest(fr, rest, b, closeConn)
@@ -581,6 +588,7 @@ func (l *loop) attempt(fr *fastReq) bool {
 			return false // the backend's events go on with it
 		}
 		if err == errNotIP {
+			l.fast.handed.Add(1)
 			l.workers.Add(1)
 			go l.finishBlocking(fr)
 			return false
@@ -1080,6 +1088,7 @@ func (l *loop) streamUp(fr *fastReq) {
 	uc := fr.up
 	uc.fr, fr.up = nil, nil
 	fd := l.detachUp(uc)
+	l.fast.handed.Add(1)
 	l.workers.Add(1)
 	go l.streamResponse(fr, fd)
 }
@@ -1229,7 +1238,8 @@ func (l *loop) afterGoroutine(fr *fastReq, closeConn bool) {
 }
 
 // closeFastLoop closes the keep-alive connections of the loop's pools:
-// the loop has stopped.
+// the loop has stopped. (Its eventfd stays open until shutdown has
+// stopped waking it.)
 func (l *loop) closeFastLoop() {
 	f := &l.fast
 	for b, cs := range f.idle {
@@ -1237,9 +1247,5 @@ func (l *loop) closeFastLoop() {
 			l.closeUp(uc)
 		}
 		delete(f.idle, b)
-	}
-	if f.wakefd >= 0 {
-		unix.Close(f.wakefd)
-		f.wakefd = -1
 	}
 }

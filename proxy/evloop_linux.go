@@ -785,6 +785,7 @@ func (l *loop) shutdown(ctx context.Context) {
 	}
 	close(l.stop)
 	l.bg.Wait()
+	unix.Close(l.fast.wakefd) // nothing wakes the loop any more
 	l.ep.Close()
 	l.reapWorkers(0, true) // the busy ones end after their connection
 	done := make(chan struct{})

@@ -54,7 +54,8 @@ type Config struct {
 	H2C           bool           `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
 
 	// Engine serves the plain listener's HTTP/1.1 connections:
-	// EngineGoroutines (the default, also "") or EngineEventLoop (engine.go).
+	// EngineEventLoop (the default on Linux, also "") or EngineGoroutines
+	// (engine.go).
 	Engine string `json:"engine"`
 }
 
@@ -148,6 +149,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if err := ValidateEngine(cfg.Engine); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.Engine == "" {
+		cfg.Engine = defaultEngine()
 	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
 	if cfg.Failover != nil {

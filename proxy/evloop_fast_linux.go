@@ -120,6 +120,7 @@ type fastReq struct {
 	in       []byte // client bytes; in[off:end] not yet served
 	off, end int
 	drained  bool // the last read of the client emptied its socket
+	closeReq bool // the client asked to close after this request (read before begin strips Connection)
 	reqLen   int  // bytes of the request in progress at in[off:]
 
 	out   []byte // the request as sent to the backend
@@ -440,6 +441,7 @@ func (l *loop) parse(fr *fastReq) int {
 		cl = 0
 	}
 	fr.reqLen = head + cl
+	fr.closeReq = h.ConnectionClose()
 	return parseOK
 }
 
@@ -479,7 +481,7 @@ func (l *loop) closeFast(fr *fastReq) {
 // backend). It reports whether fr goes on with the next request.
 func (l *loop) respond(fr *fastReq, b *lb.Backend) bool {
 	ctx := &fr.ctx
-	closeConn := ctx.Request.Header.ConnectionClose() || ctx.Response.Header.ConnectionClose() || l.fast.closing.Load()
+	closeConn := fr.closeReq || ctx.Request.Header.ConnectionClose() || ctx.Response.Header.ConnectionClose() || l.fast.closing.Load()
 	if closeConn {
 		ctx.Response.Header.SetConnectionClose()
 	}
@@ -1183,7 +1185,7 @@ func (l *loop) finishBlocking(fr *fastReq) {
 func (l *loop) finishWrite(fr *fastReq, b *lb.Backend) {
 	ctx := &fr.ctx
 	c := fr.c
-	closeConn := ctx.Request.Header.ConnectionClose() || ctx.Response.Header.ConnectionClose() || l.fast.closing.Load()
+	closeConn := fr.closeReq || ctx.Request.Header.ConnectionClose() || ctx.Response.Header.ConnectionClose() || l.fast.closing.Load()
 	if closeConn {
 		ctx.Response.Header.SetConnectionClose()
 	}

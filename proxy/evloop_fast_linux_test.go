@@ -308,3 +308,24 @@ func TestFastPathSlowClient(t *testing.T) {
 		}
 	}
 }
+
+// TestFastPathConnectionClose: a client that asks to close after its
+// request gets its answer with Connection: close, and then the close.
+func TestFastPathConnectionClose(t *testing.T) {
+	b := newBackend(t, "api")
+	e := newEnv(t, func(c *Config) { c.Routes = []Route{{Path: "/", Service: "api"}} })
+	e.register("api-1", "api", b.addr, 1)
+	e.synced()
+	c, br := dialProxy(t, e.addr)
+	io.WriteString(c, "GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	resp, body := readAnswer(t, br, "GET")
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("answer: %d, close %v, %q", resp.StatusCode, resp.Close, body)
+	}
+	if got := decode(t, body); got.Header.Get("Connection") != "" {
+		t.Errorf("the instance got Connection: %q", got.Header.Get("Connection"))
+	}
+	if n, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the answer: %v, %v; want the close", n, err)
+	}
+}

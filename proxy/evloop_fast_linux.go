@@ -78,6 +78,7 @@ type fastLoop struct {
 	cfg    lb.Config
 
 	ups  []*upConn                 // by descriptor
+	open map[*lb.Backend]int       // connections open to each backend, busy or idle
 	idle map[*lb.Backend][]*upConn // keep-alive connections, most recently used last
 	reqs []*fastReq                // waiting for their backend: their deadlines
 
@@ -146,6 +147,7 @@ func (l *loop) initFast() error {
 	f.on = !p.redirect && p.acme == nil
 	f.cfg = p.bal.Config()
 	f.idle = map[*lb.Backend][]*upConn{}
+	f.open = map[*lb.Backend]int{}
 	f.br = bufio.NewReaderSize(nil, max(p.cfg.MaxHeaderSize, 4096))
 	f.bw = bufio.NewWriterSize(nil, 4096)
 	f.frs.New = func() any {
@@ -658,6 +660,13 @@ func (l *loop) dial(b *lb.Backend) (*upConn, error) {
 	if err != nil {
 		return nil, errNotIP
 	}
+	f := &l.fast
+	if f.open[b] >= f.cfg.MaxConnsPerBackend {
+		// The balancer's limit, counted per loop: as HostClient answers
+		// with no wait (the loop does not wait), the request goes to
+		// another instance, and the backend is not held to fail.
+		return nil, fasthttp.ErrNoFreeConns
+	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	var sa unix.Sockaddr
 	family := unix.AF_INET
@@ -691,7 +700,7 @@ func (l *loop) dial(b *lb.Backend) (*upConn, error) {
 		return nil, &lb.DialError{Addr: b.Addr(), Err: os.NewSyscallError("epoll_ctl", err)}
 	}
 	uc := &upConn{fd: int32(fd), b: b, connecting: connecting}
-	f := &l.fast
+	f.open[b]++
 	for fd >= len(f.ups) {
 		f.ups = append(f.ups, make([]*upConn, max(len(f.ups), 64))...)
 	}
@@ -702,19 +711,25 @@ func (l *loop) dial(b *lb.Backend) (*upConn, error) {
 // closeUp closes an upstream connection (closing takes it out of the
 // epoll set).
 func (l *loop) closeUp(uc *upConn) {
-	if f := &l.fast; int(uc.fd) < len(f.ups) && f.ups[uc.fd] == uc {
-		f.ups[uc.fd] = nil
-	}
+	l.forget(uc)
 	unix.Close(int(uc.fd))
 	uc.fd = -1
 }
 
-// detachUp takes uc out of the loop: its descriptor is a goroutine's now.
-func (l *loop) detachUp(uc *upConn) int {
+// forget takes uc out of the loop's tables.
+func (l *loop) forget(uc *upConn) {
 	f := &l.fast
 	if int(uc.fd) < len(f.ups) && f.ups[uc.fd] == uc {
 		f.ups[uc.fd] = nil
+		if f.open[uc.b]--; f.open[uc.b] <= 0 {
+			delete(f.open, uc.b)
+		}
 	}
+}
+
+// detachUp takes uc out of the loop: its descriptor is a goroutine's now.
+func (l *loop) detachUp(uc *upConn) int {
+	l.forget(uc)
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(uc.fd), nil)
 	fd := int(uc.fd)
 	uc.fd = -1

@@ -29,8 +29,9 @@ import (
 //     once, edge-triggered, for input, plus a loopConn (about a hundred bytes) and the net.TCPConn
 //     around its descriptor. No goroutine waits on it and no buffer is
 //     held for it.
-//   - active: bytes arrived. The loop hands the connection to a goroutine
-//     that runs fasthttp's ServeConn on it, with the request and response
+//   - active: bytes arrived. The loop serves the common request itself
+//     (evloop_fast_linux.go); for any other, it hands the connection to a
+//     goroutine that runs fasthttp's ServeConn on it, with the request and response
 //     types, the strict parsing, limits and timeouts of the goroutine engine,
 //     and the proxy's serve path unchanged (framing.go's checks included).
 //     fasthttp's buffers come from its pools (ReduceMemoryUsage). Blocking

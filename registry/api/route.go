@@ -22,8 +22,8 @@ import (
 // agents serve their first request well after they start, if ever, and
 // deploy/bench/gossip.sh starts 99 at once. A pattern registered after the
 // first request goes straight onto the built mux. The server port's mux
-// (Server.inner, the Raft-backed routes again) is one too: every agent has
-// it, as a client forwards to the servers through the same routes.
+// (Server.inner, the Raft-backed routes again) is one too: it is built on
+// every agent with Consensus, clients included, and served only on servers.
 type lazyMux struct {
 	mu      sync.Mutex
 	pending []pendingRoute

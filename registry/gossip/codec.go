@@ -133,9 +133,9 @@ func encodeState(st state) ([]byte, error) {
 // maxStored is the largest state sent in deflate's stored blocks rather
 // than compressed. A fresh agent's first push/pull, its join, carries its
 // own few entries (a few hundred bytes): compressing them would build its
-// first flate.Writer (some 600 KB to allocate and clear, a tenth of the
-// CPU an agent spends to start) to save a few hundred bytes of one TCP
-// exchange.
+// first flate.Writer (some 600 KB to allocate and clear: 4 % of the CPU and
+// a tenth of the page faults of an agent's start) to save a few hundred
+// bytes of one TCP exchange.
 const maxStored = 4 << 10
 
 // stored frames b as a deflate stream of stored (uncompressed) blocks

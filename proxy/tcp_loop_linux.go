@@ -1,0 +1,473 @@
+//go:build linux
+
+package proxy
+
+import (
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pier-dev/pier/lb"
+)
+
+// The event-loop engine's TCP routes (proxy.engine eventloop). One loop per
+// core (GOMAXPROCS) runs an epoll set of its own in one goroutine, which
+// waits in epoll_wait as a blocking system call rather than in Go's
+// netpoller: none of the sockets below is registered with the netpoller,
+// so a connection costs no goroutine, no netpoller registration and no
+// goroutine wake-up, only the loop's system calls:
+//
+//   - the route's listening socket is in every loop's set with
+//     EPOLLEXCLUSIVE (one loop is woken for a new connection); the woken
+//     loop accepts with accept4 until the queue is empty;
+//   - the instance is connected to without blocking (socket, TCP_NODELAY,
+//     connect); its writability says the handshake is over, an error on it
+//     that it failed, and then the next instance is tried (the route's
+//     tries, as on the goroutine engine: no byte of the client's has been
+//     sent yet);
+//   - both sockets are in the set, edge-triggered, for reading and writing,
+//     each added once; the loop remembers which are readable and writable.
+//     Each direction reads into a buffer taken from the loop's free list
+//     only when the source is readable and writes it out at once; a write
+//     that would block keeps the rest (at most one buffer a direction) and
+//     the loop stops reading that source until the destination turns
+//     writable again, so a slow reader holds back a fast writer through
+//     TCP's own windows. A connection with nothing in flight holds no
+//     buffer.
+//
+// Timeouts (connect, the ClientHello's, idle, drain) are checked by a sweep
+// of the loop's connections every tick: a second, or an eighth of the
+// shortest timeout in the loop, so they end a connection up to a tick
+// late. Half-closes pass as on the goroutine engine: the client's EOF is
+// passed on to the instance, which may still answer; the instance's EOF
+// ends the connection once what it sent is written.
+type tcpLoops struct {
+	t     *TCPProxy
+	loops []*tcpLoop
+	wg    sync.WaitGroup // the loops' goroutines
+
+	mu      sync.Mutex
+	running bool // started and not yet told to stop
+	stopped bool
+}
+
+// tcpLoopBuf is the size of a direction's buffer: one read and one write
+// move up to this much.
+const tcpLoopBuf = 32 << 10
+
+// Kinds of descriptors in a loop's set, in an event's Pad.
+const (
+	evConn int32 = iota
+	evListener
+	evWake
+)
+
+type tcpLoop struct {
+	ls   *tcpLoops
+	epfd int
+	wake int // eventfd: commands are waiting
+
+	// Owned by the loop's goroutine.
+	byFD   []*tcpSide // the sides of its connections, by descriptor
+	free   [][]byte   // buffers not in use
+	again  []*tcpLoopConn
+	now    int64 // unix nanoseconds at the last wake-up
+	tick   time.Duration
+	sweep  int64 // when the next sweep is due
+	events []unix.EpollEvent
+
+	mu        sync.Mutex             // guards what follows, which other goroutines read or ask for
+	conns     []*tcpLoopConn         // open connections, each knowing its index
+	listeners map[int32]*tcpListener // by descriptor
+	drops     []chan struct{}        // closed once the loop dropped the listeners deleted from listeners
+	stopping  bool                   // the proxy is closing: end every connection and return
+	exited    bool                   // the goroutine returned; listeners are not in the set any more
+}
+
+func newTCPLoops(t *TCPProxy) (*tcpLoops, error) {
+	ls := &tcpLoops{t: t}
+	for range runtime.GOMAXPROCS(0) {
+		lp, err := newTCPLoop(ls)
+		if err != nil {
+			ls.closeFDs()
+			return nil, err
+		}
+		ls.loops = append(ls.loops, lp)
+	}
+	return ls, nil
+}
+
+func newTCPLoop(ls *tcpLoops) (*tcpLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake), Pad: evWake}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return &tcpLoop{ls: ls, epfd: epfd, wake: wake, tick: time.Second, events: make([]unix.EpollEvent, 256), listeners: map[int32]*tcpListener{}}, nil
+}
+
+func (ls *tcpLoops) closeFDs() {
+	for _, lp := range ls.loops {
+		unix.Close(lp.epfd)
+		unix.Close(lp.wake)
+	}
+}
+
+// start runs the loops, each counted in ls.wg.
+func (ls *tcpLoops) start() {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.running || ls.stopped {
+		return
+	}
+	ls.running = true
+	for _, lp := range ls.loops {
+		ls.wg.Add(1)
+		go func() {
+			defer ls.wg.Done()
+			lp.run()
+		}()
+	}
+}
+
+// stop tells the loops to end every connection and return, and waits for
+// them; loops never started have their descriptors closed.
+func (ls *tcpLoops) stop() {
+	ls.mu.Lock()
+	wasRunning := ls.running
+	first := !ls.stopped
+	ls.running, ls.stopped = false, true
+	ls.mu.Unlock()
+	if !first {
+		ls.wg.Wait()
+		return
+	}
+	if !wasRunning {
+		ls.closeFDs()
+		return
+	}
+	for _, lp := range ls.loops {
+		lp.mu.Lock()
+		lp.stopping = true
+		lp.mu.Unlock()
+		lp.signal()
+	}
+	ls.wg.Wait()
+}
+
+// addListener puts a route's listening socket in every loop's set.
+func (ls *tcpLoops) addListener(l *tcpListener) {
+	ll := l.ln.(*loopListener)
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if !ls.running {
+		return
+	}
+	for _, lp := range ls.loops {
+		lp.mu.Lock()
+		if !lp.exited {
+			lp.listeners[int32(ll.fd)] = l
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: int32(ll.fd), Pad: evListener}
+			if err := unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_ADD, ll.fd, &ev); err != nil {
+				ls.t.p.log.Error("tcp route: cannot watch the listener", "listen", ll.addr.String(), "err", err)
+			}
+		}
+		lp.mu.Unlock()
+	}
+}
+
+// dropListener takes a listening socket out of every loop's set and
+// returns once no loop will accept on it.
+func (ls *tcpLoops) dropListener(fd int) {
+	var wait []chan struct{}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for _, lp := range ls.loops {
+		lp.mu.Lock()
+		if _, ok := lp.listeners[int32(fd)]; ok {
+			delete(lp.listeners, int32(fd))
+			if !lp.exited && ls.running {
+				ch := make(chan struct{})
+				lp.drops = append(lp.drops, ch)
+				wait = append(wait, ch)
+				unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+			}
+		}
+		lp.mu.Unlock()
+		lp.signal()
+	}
+	for _, ch := range wait {
+		<-ch
+	}
+}
+
+// signal wakes the loop to look at its commands.
+func (lp *tcpLoop) signal() {
+	one := [8]byte{1}
+	unix.Write(lp.wake, one[:])
+}
+
+// open counts the loops' connections by route.
+func (ls *tcpLoops) open(into map[*tcpRoute]int) {
+	for _, lp := range ls.loops {
+		lp.mu.Lock()
+		for _, c := range lp.conns {
+			if c.relaying {
+				into[c.rt]++
+			}
+		}
+		lp.mu.Unlock()
+	}
+}
+
+// sync starts or stops the drain of each connection as its instance left
+// or rejoined its route's pool (live: the routes still served).
+func (ls *tcpLoops) sync(tb *lb.Table, live map[*tcpRoute]bool) {
+	now := time.Now().UnixNano()
+	for _, lp := range ls.loops {
+		lp.mu.Lock()
+		for _, c := range lp.conns {
+			if !c.relaying {
+				continue
+			}
+			in := live[c.rt] && slices.ContainsFunc(c.rt.pool(tb).Members(), func(m lb.Member) bool { return m.Backend == c.b })
+			if in == c.draining {
+				c.draining = !in
+				if in {
+					c.drainAt = 0
+					continue
+				}
+				ls.t.p.log.Info("tcp route: instance left the pool; draining its connection", "service", c.rt.Service, "addr", c.b.Addr(), "drain_timeout", c.rt.drain)
+				if c.rt.drain > 0 {
+					c.drainAt = now + int64(c.rt.drain)
+				}
+			}
+		}
+		lp.mu.Unlock()
+	}
+}
+
+// run is the loop's goroutine.
+func (lp *tcpLoop) run() {
+	defer lp.exit()
+	lp.now = time.Now().UnixNano()
+	lp.sweep = lp.now + int64(lp.tick)
+	for {
+		wait := int((lp.sweep - lp.now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+		if len(lp.again) > 0 || wait < 0 {
+			wait = 0
+		}
+		n, err := epollWait(lp.epfd, lp.events, wait)
+		lp.now = time.Now().UnixNano()
+		if err != nil && err != unix.EINTR {
+			lp.ls.t.p.log.Error("tcp loop: epoll_wait", "err", err)
+			return
+		}
+		for i := range n {
+			ev := &lp.events[i]
+			switch ev.Pad {
+			case evConn:
+				lp.event(ev.Fd, ev.Events)
+			case evListener:
+				lp.accept(ev.Fd)
+			case evWake:
+				var b [8]byte
+				unix.Read(lp.wake, b[:])
+				if lp.commands() {
+					return
+				}
+			}
+		}
+		if len(lp.again) > 0 {
+			again := lp.again
+			lp.again = nil
+			for _, c := range again {
+				c.queued = false
+				c.serve()
+			}
+			clear(again)
+			if lp.again == nil {
+				lp.again = again[:0]
+			}
+		}
+		if lp.now >= lp.sweep {
+			lp.sweepConns()
+			lp.sweep = lp.now + int64(lp.tick)
+		}
+	}
+}
+
+// epollWait waits as a blocking system call when nothing is ready: the
+// loop's goroutine keeps its thread, and the runtime gives the processor
+// to other goroutines meanwhile. When events are there already (a busy
+// loop), a raw call saves the scheduler's bookkeeping.
+func epollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
+	n, err := epollWaitRaw(epfd, events)
+	if n > 0 || msec == 0 || (err != nil && err != unix.EINTR) {
+		return n, err
+	}
+	return unix.EpollWait(epfd, events, msec)
+}
+
+// commands does what other goroutines asked for; true: return.
+func (lp *tcpLoop) commands() bool {
+	lp.mu.Lock()
+	for _, ch := range lp.drops {
+		close(ch)
+	}
+	lp.drops = lp.drops[:0]
+	stop := lp.stopping
+	lp.mu.Unlock()
+	return stop
+}
+
+// exit ends every connection and closes the loop's descriptors.
+func (lp *tcpLoop) exit() {
+	lp.mu.Lock()
+	conns := slices.Clone(lp.conns)
+	lp.mu.Unlock()
+	for _, c := range conns {
+		c.close(endStop)
+	}
+	lp.mu.Lock()
+	lp.exited = true
+	for _, ch := range lp.drops {
+		close(ch)
+	}
+	lp.drops = nil
+	for fd := range lp.listeners {
+		unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+	}
+	lp.mu.Unlock()
+	unix.Close(lp.epfd)
+	unix.Close(lp.wake)
+}
+
+// accept takes the connections waiting on a listener: at most a batch,
+// so that one busy listener does not hold up the loop's connections
+// (what is left wakes a loop again: the listener is level-triggered).
+func (lp *tcpLoop) accept(fd int32) {
+	lp.mu.Lock()
+	l := lp.listeners[fd]
+	lp.mu.Unlock()
+	if l == nil {
+		return
+	}
+	for range 64 {
+		cfd, err := accept4(int(fd))
+		if err != nil {
+			if isFileLimit(err) {
+				lp.ls.t.p.log.Warn("tcp route: out of file descriptors", "listen", l.ln.Addr().String())
+			}
+			return
+		}
+		setNoDelay(cfd)
+		c := lp.newConn(cfd)
+		if rt := l.plain.Load(); rt != nil {
+			c.rt = rt
+			c.dial()
+		} else {
+			c.l = l
+			c.state = lcHello
+			c.deadline = lp.now + int64(lp.ls.t.cfg.HelloTimeout)
+			lp.setTick(lp.ls.t.cfg.HelloTimeout)
+		}
+	}
+}
+
+// setTick shortens the sweep's period for a timeout of d.
+func (lp *tcpLoop) setTick(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if t := max(d/8, 5*time.Millisecond); t < lp.tick {
+		lp.tick = t
+		if s := lp.now + int64(t); s < lp.sweep {
+			lp.sweep = s
+		}
+	}
+}
+
+// event notes what epoll reported on one side of a connection and lets
+// the connection act on it.
+func (lp *tcpLoop) event(fd int32, ev uint32) {
+	if int(fd) >= len(lp.byFD) {
+		return
+	}
+	s := lp.byFD[fd]
+	if s == nil {
+		return
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.rd = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.wr = true
+	}
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.rdhup = true
+	}
+	if ev&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		s.hup = true
+	}
+	s.c.serve()
+}
+
+// sweepConns ends the connections whose timeout passed, and adds the bytes
+// moved since the last sweep to the metrics.
+func (lp *tcpLoop) sweepConns() {
+	lp.mu.Lock()
+	var ended []*tcpLoopConn
+	var why []tcpEnd
+	for _, c := range lp.conns {
+		c.flushBytes()
+		switch {
+		case c.state == lcRelay && c.drainAt != 0 && lp.now >= c.drainAt:
+			ended, why = append(ended, c), append(why, endDrained)
+		case c.state == lcRelay && lp.now-c.last >= int64(c.rt.idle):
+			ended, why = append(ended, c), append(why, endIdle)
+		case c.state != lcRelay && lp.now >= c.deadline:
+			ended, why = append(ended, c), append(why, endTimeout)
+		}
+	}
+	lp.mu.Unlock()
+	for i, c := range ended {
+		if why[i] == endTimeout {
+			c.timedOut()
+			continue
+		}
+		c.close(why[i])
+	}
+}
+
+// getBuf takes a buffer off the loop's free list.
+func (lp *tcpLoop) getBuf() []byte {
+	if n := len(lp.free); n > 0 {
+		b := lp.free[n-1]
+		lp.free = lp.free[:n-1]
+		return b
+	}
+	return make([]byte, tcpLoopBuf)
+}
+
+// putBuf gives a buffer back; the free list keeps as many as the busiest
+// moment needed, up to a bound.
+func (lp *tcpLoop) putBuf(b []byte) {
+	if len(lp.free) < 64 {
+		lp.free = append(lp.free, b)
+	}
+}

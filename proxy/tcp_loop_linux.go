@@ -84,6 +84,7 @@ type tcpLoop struct {
 	conns     []*tcpLoopConn         // open connections, each knowing its index
 	listeners map[int32]*tcpListener // by descriptor
 	drops     []chan struct{}        // closed once the loop dropped the listeners deleted from listeners
+	calls     []func()               // run on the loop's goroutine (tests look at its state this way)
 	stopping  bool                   // the proxy is closing: end every connection and return
 	exited    bool                   // the goroutine returned; listeners are not in the set any more
 }
@@ -215,6 +216,21 @@ func (ls *tcpLoops) dropListener(fd int) {
 	}
 }
 
+// do runs f on each running loop's goroutine, and returns when all have.
+func (ls *tcpLoops) do(f func(*tcpLoop)) {
+	var wg sync.WaitGroup
+	for _, lp := range ls.loops {
+		lp.mu.Lock()
+		if !lp.exited {
+			wg.Add(1)
+			lp.calls = append(lp.calls, func() { defer wg.Done(); f(lp) })
+		}
+		lp.mu.Unlock()
+		lp.signal()
+	}
+	wg.Wait()
+}
+
 // signal wakes the loop to look at its commands.
 func (lp *tcpLoop) signal() {
 	one := [8]byte{1}
@@ -330,8 +346,13 @@ func (lp *tcpLoop) commands() bool {
 		close(ch)
 	}
 	lp.drops = lp.drops[:0]
+	calls := lp.calls
+	lp.calls = nil
 	stop := lp.stopping
 	lp.mu.Unlock()
+	for _, f := range calls {
+		f()
+	}
 	return stop
 }
 
@@ -345,6 +366,10 @@ func (lp *tcpLoop) exit() {
 	}
 	lp.mu.Lock()
 	lp.exited = true
+	for _, f := range lp.calls {
+		f()
+	}
+	lp.calls = nil
 	for _, ch := range lp.drops {
 		close(ch)
 	}

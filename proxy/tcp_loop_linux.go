@@ -382,9 +382,10 @@ func (lp *tcpLoop) exit() {
 	unix.Close(lp.wake)
 }
 
-// accept takes the connections waiting on a listener: at most a batch,
-// so that one busy listener does not hold up the loop's connections
-// (what is left wakes a loop again: the listener is level-triggered).
+// accept takes one connection waiting on a listener. The listener is
+// level-triggered: if more are waiting, the next epoll_wait says so again
+// (in the same call as the connections' events), which costs less than the
+// accept that would find the queue empty after the last one.
 func (lp *tcpLoop) accept(fd int32) {
 	lp.mu.Lock()
 	l := lp.listeners[fd]
@@ -392,7 +393,7 @@ func (lp *tcpLoop) accept(fd int32) {
 	if l == nil {
 		return
 	}
-	for range 64 {
+	for range 1 {
 		cfd, err := accept4(int(fd))
 		if err != nil {
 			if isFileLimit(err) {

@@ -3,10 +3,12 @@
 package proxy
 
 import (
+	"errors"
 	"os"
 	"runtime"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,16 +71,19 @@ const (
 type tcpLoop struct {
 	ls   *tcpLoops
 	epfd int
-	wake int // eventfd: commands are waiting
+	epf  *os.File        // epfd, as Go's netpoller watches it
+	rc   syscall.RawConn // epf's
+	wake int             // eventfd: commands are waiting
 
 	// Owned by the loop's goroutine.
-	byFD   []*tcpSide // the sides of its connections, by descriptor
-	free   [][]byte   // buffers not in use
-	again  []*tcpLoopConn
-	now    int64 // unix nanoseconds at the last wake-up
-	tick   time.Duration
-	sweep  int64 // when the next sweep is due
-	events []unix.EpollEvent
+	byFD     []*tcpSide // the sides of its connections, by descriptor
+	free     [][]byte   // buffers not in use
+	again    []*tcpLoopConn
+	now      int64 // unix nanoseconds at the last wake-up
+	deadline int64 // the read deadline set on epf
+	tick     time.Duration
+	sweep    int64 // when the next sweep is due
+	events   []unix.EpollEvent
 
 	mu        sync.Mutex             // guards what follows, which other goroutines read or ask for
 	conns     []*tcpLoopConn         // open connections, each knowing its index
@@ -118,12 +123,26 @@ func newTCPLoop(ls *tcpLoops) (*tcpLoop, error) {
 		unix.Close(wake)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	return &tcpLoop{ls: ls, epfd: epfd, wake: wake, tick: time.Second, events: make([]unix.EpollEvent, 256), listeners: map[int32]*tcpListener{}}, nil
+	// The loop waits for its set in Go's netpoller (see wait), which
+	// needs the descriptor non-blocking.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(wake)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	epf := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := epf.SyscallConn()
+	if err != nil {
+		epf.Close()
+		unix.Close(wake)
+		return nil, err
+	}
+	return &tcpLoop{ls: ls, epfd: epfd, epf: epf, rc: rc, wake: wake, tick: time.Second, events: make([]unix.EpollEvent, 256), listeners: map[int32]*tcpListener{}}, nil
 }
 
 func (ls *tcpLoops) closeFDs() {
 	for _, lp := range ls.loops {
-		unix.Close(lp.epfd)
+		lp.epf.Close()
 		unix.Close(lp.wake)
 	}
 }
@@ -283,13 +302,9 @@ func (lp *tcpLoop) run() {
 	lp.now = time.Now().UnixNano()
 	lp.sweep = lp.now + int64(lp.tick)
 	for {
-		wait := int((lp.sweep - lp.now + int64(time.Millisecond) - 1) / int64(time.Millisecond))
-		if len(lp.again) > 0 || wait < 0 {
-			wait = 0
-		}
-		n, err := epollWait(lp.epfd, lp.events, wait)
+		n, err := lp.wait()
 		lp.now = time.Now().UnixNano()
-		if err != nil && err != unix.EINTR {
+		if err != nil {
 			lp.ls.t.p.log.Error("tcp loop: epoll_wait", "err", err)
 			return
 		}
@@ -327,16 +342,32 @@ func (lp *tcpLoop) run() {
 	}
 }
 
-// epollWait waits as a blocking system call when nothing is ready: the
-// loop's goroutine keeps its thread, and the runtime gives the processor
-// to other goroutines meanwhile. When events are there already (a busy
-// loop), a raw call saves the scheduler's bookkeeping.
-func epollWait(epfd int, events []unix.EpollEvent, msec int) (int, error) {
-	n, err := epollWaitRaw(epfd, events)
-	if n > 0 || msec == 0 || (err != nil && err != unix.EINTR) {
+// wait returns the events ready, waiting for some (or the next sweep)
+// in Go's netpoller, where the epoll set is registered like a socket: a
+// blocking epoll_wait would have the runtime take the processor away from
+// the waiting thread (and sysmon wake every 20 us to do so) each time the
+// loop runs out of work, which under a stream of short connections is
+// most times. Parked here, the loop costs a goroutine wake-up.
+func (lp *tcpLoop) wait() (int, error) {
+	n, err := epollWaitRaw(lp.epfd, lp.events)
+	if n > 0 || len(lp.again) > 0 || lp.now >= lp.sweep || (err != nil && err != unix.EINTR) {
 		return n, err
 	}
-	return unix.EpollWait(epfd, events, msec)
+	if lp.deadline != lp.sweep {
+		lp.deadline = lp.sweep
+		lp.epf.SetReadDeadline(time.Unix(0, lp.sweep))
+	}
+	werr := lp.rc.Read(func(fd uintptr) bool {
+		n, err = epollWaitRaw(int(fd), lp.events)
+		return n > 0 || (err != nil && err != unix.EINTR)
+	})
+	if werr != nil && !errors.Is(werr, os.ErrDeadlineExceeded) {
+		return 0, werr
+	}
+	if err == unix.EINTR {
+		err = nil
+	}
+	return n, err
 }
 
 // commands does what other goroutines asked for; true: return.
@@ -378,7 +409,7 @@ func (lp *tcpLoop) exit() {
 		unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	}
 	lp.mu.Unlock()
-	unix.Close(lp.epfd)
+	lp.epf.Close()
 	unix.Close(lp.wake)
 }
 

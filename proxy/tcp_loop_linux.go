@@ -432,7 +432,6 @@ func (lp *tcpLoop) accept(fd int32) {
 			}
 			return
 		}
-		setNoDelay(cfd)
 		c := lp.newConn(cfd)
 		if rt := l.plain.Load(); rt != nil {
 			c.rt = rt

@@ -3,6 +3,8 @@ package proxy
 import (
 	"net"
 	"sync"
+
+	"golang.org/x/sys/unix"
 	"testing"
 )
 
@@ -28,6 +30,11 @@ func TestTCPLoopIdleHoldsNoBuffer(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, c := range lp.conns {
+			for _, fd := range []int32{c.client.fd, c.inst.fd} {
+				if v, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+					t.Errorf("TCP_NODELAY on a relayed socket: %d, %v; want it set (as the goroutine engine sets it)", v, err)
+				}
+			}
 			conns++
 			if c.up.buf != nil || c.down.buf != nil {
 				held++

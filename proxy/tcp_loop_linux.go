@@ -17,15 +17,16 @@ import (
 )
 
 // The event-loop engine's TCP routes (proxy.engine eventloop). One loop per
-// core (GOMAXPROCS) runs an epoll set of its own in one goroutine, which
-// waits in epoll_wait as a blocking system call rather than in Go's
-// netpoller: none of the sockets below is registered with the netpoller,
-// so a connection costs no goroutine, no netpoller registration and no
-// goroutine wake-up, only the loop's system calls:
+// core (GOMAXPROCS) runs an epoll set of its own in one goroutine. None of
+// the sockets below is registered with Go's netpoller, so a connection
+// costs no goroutine and no netpoller registration, only the loop's system
+// calls (made raw: none of them blocks); the loop's goroutine waits for
+// its set, when it runs out of work, in the netpoller (see wait):
 //
-//   - the route's listening socket is in every loop's set with
-//     EPOLLEXCLUSIVE (one loop is woken for a new connection); the woken
-//     loop accepts with accept4 until the queue is empty;
+//   - the route's listening socket (opened by pier, tcp_listen_linux.go)
+//     is in every loop's set, level-triggered, with EPOLLEXCLUSIVE (one
+//     loop is woken for a new connection); the woken loop accepts one
+//     with accept4 a time it is told;
 //   - the instance is connected to without blocking (socket, TCP_NODELAY,
 //     connect); its writability says the handshake is over, an error on it
 //     that it failed, and then the next instance is tried (the route's
@@ -40,6 +41,13 @@ import (
 //     writable again, so a slow reader holds back a fast writer through
 //     TCP's own windows. A connection with nothing in flight holds no
 //     buffer.
+//
+// On a listener of SNI routes, the loop reads the ClientHello (within
+// tcp_hello_timeout) and then connects as above, the bytes read being the
+// first it sends. Two cases stay on the goroutine engine: passthrough on
+// the front door's TLS listener (WrapTLS, where the connection may be
+// pier's to terminate), and an instance whose address is a host name
+// (resolving it would block the loop): the connection is handed over.
 //
 // Timeouts (connect, the ClientHello's, idle, drain) are checked by a sweep
 // of the loop's connections every tick: a second, or an eighth of the

@@ -161,3 +161,22 @@ func TestTCPRouteCloseEndsConnections(t *testing.T) {
 	}
 	eventually.True(t, 10*time.Second, "the instance's connections end", func() bool { return a.open() == 0 })
 }
+
+// An instance registered by host name is reached too (the event loop, which
+// cannot resolve a name without blocking, hands such a connection to the
+// goroutine engine).
+func TestTCPRouteInstanceByName(t *testing.T) {
+	e := newTCPEnv(t, nil, TCPConfig{Routes: []TCPRoute{{Listen: "127.0.0.1:0", Service: "echo"}}})
+	a := newEchoServer(t, "A", nil)
+	_, port, _ := net.SplitHostPort(a.addr)
+	e.register("a", "echo", net.JoinHostPort("localhost", port), 1)
+	e.synced()
+	for range 3 {
+		c, name := dialEcho(t, e.addr("127.0.0.1:0"))
+		if name != "A" {
+			t.Fatalf("answered by %q", name)
+		}
+		roundTrip(t, c, "by name\n")
+		c.Close()
+	}
+}

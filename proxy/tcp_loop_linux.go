@@ -69,11 +69,15 @@ type tcpLoops struct {
 // move up to this much.
 const tcpLoopBuf = 32 << 10
 
-// Kinds of descriptors in a loop's set, in an event's Pad.
+// Kinds of descriptors in a loop's set, in the top bits of an event's
+// Pad; a connection's side has a generation in the rest, so that an event
+// read in the same batch as its socket's close is not taken for one of
+// the next socket given the same descriptor number.
 const (
-	evConn int32 = iota
-	evListener
-	evWake
+	evConn     int32 = 0
+	evListener int32 = 1 << 29
+	evWake     int32 = 2 << 29
+	evKind     int32 = 3 << 29
 )
 
 type tcpLoop struct {
@@ -85,6 +89,7 @@ type tcpLoop struct {
 
 	// Owned by the loop's goroutine.
 	byFD     []*tcpSide // the sides of its connections, by descriptor
+	gen      int32      // the last side's generation
 	free     [][]byte   // buffers not in use
 	again    []*tcpLoopConn
 	now      int64 // unix nanoseconds at the last wake-up
@@ -98,6 +103,7 @@ type tcpLoop struct {
 	listeners map[int32]*tcpListener // by descriptor
 	drops     []chan struct{}        // closed once the loop dropped the listeners deleted from listeners
 	calls     []func()               // run on the loop's goroutine (tests look at its state this way)
+	paused    []int32                // listeners out of the set until the next sweep: accept ran out of descriptors
 	stopping  bool                   // the proxy is closing: end every connection and return
 	exited    bool                   // the goroutine returned; listeners are not in the set any more
 }
@@ -191,8 +197,10 @@ func (ls *tcpLoops) stop() {
 	for _, lp := range ls.loops {
 		lp.mu.Lock()
 		lp.stopping = true
+		if !lp.exited {
+			lp.signal()
+		}
 		lp.mu.Unlock()
-		lp.signal()
 	}
 	ls.wg.Wait()
 }
@@ -233,10 +241,10 @@ func (ls *tcpLoops) dropListener(fd int) {
 				lp.drops = append(lp.drops, ch)
 				wait = append(wait, ch)
 				unix.EpollCtl(lp.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+				lp.signal()
 			}
 		}
 		lp.mu.Unlock()
-		lp.signal()
 	}
 	for _, ch := range wait {
 		<-ch
@@ -246,19 +254,23 @@ func (ls *tcpLoops) dropListener(fd int) {
 // do runs f on each running loop's goroutine, and returns when all have.
 func (ls *tcpLoops) do(f func(*tcpLoop)) {
 	var wg sync.WaitGroup
+	ls.mu.Lock()
 	for _, lp := range ls.loops {
 		lp.mu.Lock()
-		if !lp.exited {
+		if ls.running && !lp.exited {
 			wg.Add(1)
 			lp.calls = append(lp.calls, func() { defer wg.Done(); f(lp) })
+			lp.signal()
 		}
 		lp.mu.Unlock()
-		lp.signal()
 	}
+	ls.mu.Unlock()
 	wg.Wait()
 }
 
-// signal wakes the loop to look at its commands.
+// signal wakes the loop to look at its commands. Called with lp.mu held
+// and the loop not exited: its eventfd is closed once it has, and the
+// number may belong to another descriptor by then.
 func (lp *tcpLoop) signal() {
 	one := [8]byte{1}
 	unix.Write(lp.wake, one[:])
@@ -318,9 +330,9 @@ func (lp *tcpLoop) run() {
 		}
 		for i := range n {
 			ev := &lp.events[i]
-			switch ev.Pad {
+			switch ev.Pad & evKind {
 			case evConn:
-				lp.event(ev.Fd, ev.Events)
+				lp.event(ev.Fd, ev.Pad, ev.Events)
 			case evListener:
 				lp.accept(ev.Fd)
 			case evWake:
@@ -344,6 +356,9 @@ func (lp *tcpLoop) run() {
 			}
 		}
 		if lp.now >= lp.sweep {
+			if len(lp.paused) > 0 {
+				lp.resume()
+			}
 			lp.sweepConns()
 			lp.sweep = lp.now + int64(lp.tick)
 		}
@@ -432,25 +447,46 @@ func (lp *tcpLoop) accept(fd int32) {
 	if l == nil {
 		return
 	}
-	for range 1 {
-		cfd, err := accept4(int(fd))
-		if err != nil {
-			if isFileLimit(err) {
-				lp.ls.t.p.log.Warn("tcp route: out of file descriptors", "listen", l.ln.Addr().String())
+	cfd, err := accept4(int(fd))
+	if err != nil {
+		if isFileLimit(err) {
+			// The listener stays readable: rather than spin, stop
+			// watching it until the next sweep, as the goroutine
+			// engine's accept loop sleeps.
+			lp.mu.Lock()
+			if lp.listeners[fd] != nil && len(lp.paused) == 0 {
+				lp.ls.t.p.log.Warn("tcp route: out of file descriptors; accepting again in a while", "listen", l.ln.Addr().String())
 			}
-			return
+			if lp.listeners[fd] != nil && epollCtl(lp.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) == 0 {
+				lp.paused = append(lp.paused, fd)
+			}
+			lp.mu.Unlock()
 		}
-		c := lp.newConn(cfd)
-		if rt := l.plain.Load(); rt != nil {
-			c.rt = rt
-			c.dial()
-		} else {
-			c.l = l
-			c.state = lcHello
-			c.deadline = lp.now + int64(lp.ls.t.cfg.HelloTimeout)
-			lp.setTick(lp.ls.t.cfg.HelloTimeout)
+		return
+	}
+	c := lp.newConn(cfd)
+	if rt := l.plain.Load(); rt != nil {
+		c.rt = rt
+		c.dial()
+		return
+	}
+	c.l = l
+	c.state = lcHello
+	c.deadline = lp.now + int64(lp.ls.t.cfg.HelloTimeout)
+	lp.setTick(lp.ls.t.cfg.HelloTimeout)
+}
+
+// resume watches again the listeners accept stopped watching.
+func (lp *tcpLoop) resume() {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	for _, fd := range lp.paused {
+		if lp.listeners[fd] != nil {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: fd, Pad: evListener}
+			epollCtl(lp.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 		}
 	}
+	lp.paused = lp.paused[:0]
 }
 
 // setTick shortens the sweep's period for a timeout of d.
@@ -468,12 +504,12 @@ func (lp *tcpLoop) setTick(d time.Duration) {
 
 // event notes what epoll reported on one side of a connection and lets
 // the connection act on it.
-func (lp *tcpLoop) event(fd int32, ev uint32) {
+func (lp *tcpLoop) event(fd, gen int32, ev uint32) {
 	if int(fd) >= len(lp.byFD) {
 		return
 	}
 	s := lp.byFD[fd]
-	if s == nil {
+	if s == nil || s.gen != gen {
 		return
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {

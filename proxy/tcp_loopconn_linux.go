@@ -41,6 +41,7 @@ const (
 type tcpSide struct {
 	c       *tcpLoopConn
 	fd      int32 // -1: none
+	gen     int32 // in its events, below evKind
 	rd, wr  bool
 	rdhup   bool // the peer's FIN is in: read until EOF even after a short read
 	hup     bool // an error or hang-up: while connecting, the connect failed
@@ -102,7 +103,9 @@ func (lp *tcpLoop) watch(s *tcpSide) {
 		lp.byFD = append(lp.byFD, make([]*tcpSide, fd+1-len(lp.byFD)+64)...)
 	}
 	lp.byFD[fd] = s
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: s.fd, Pad: evConn}
+	lp.gen = (lp.gen + 1) &^ evKind
+	s.gen = lp.gen
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: s.fd, Pad: evConn | s.gen}
 	if e := epollCtl(lp.epfd, unix.EPOLL_CTL_ADD, fd, &ev); e != 0 {
 		// Without epoll's word the side is never served: mark it broken,
 		// so that the next call on it fails and ends the connection.
@@ -412,8 +415,14 @@ func (c *tcpLoopConn) toGoroutine() {
 	if c.client.watched {
 		epollCtl(c.lp.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	}
-	nc, err := net.FileConn(os.NewFile(uintptr(fd), "tcp"))
-	c.close(endDone) // closes fd; nc holds a duplicate
+	// The *os.File owns fd from here (its finalizer would close it):
+	// close it through f, never raw, and leave the connection without it.
+	f := os.NewFile(uintptr(fd), "tcp")
+	nc, err := net.FileConn(f) // a duplicate
+	c.lp.byFD[fd] = nil
+	c.client.fd = -1
+	f.Close()
+	c.close(endDone)
 	if err != nil {
 		t.p.log.Warn("tcp route: cannot hand a connection over", "err", err)
 		return

@@ -166,6 +166,17 @@ func (c *tcpLoopConn) dial() {
 		c.tries++
 		c.b = b
 		fd, connected, err := connectNB(ap)
+		if err == nil && !connected {
+			// On loopback and most LANs the handshake is over by now:
+			// then the connection starts relaying in this turn rather
+			// than the next.
+			var done bool
+			if done, err = connectDone(fd); done && err != nil {
+				rawClose(fd)
+				err = &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: os.NewSyscallError("connect", err)}
+			}
+			connected = done && err == nil
+		}
 		if err != nil {
 			c.failed(err)
 			continue
@@ -231,6 +242,11 @@ func (c *tcpLoopConn) connected() {
 		c.up.buf, c.up.off, c.up.n = c.hello, 0, len(c.hello)
 		c.hello = nil
 	}
+	// Guesses that save a turn of the loop: the new socket's buffer is
+	// empty, and a client usually speaks first (a wrong guess costs one
+	// call that finds nothing).
+	c.inst.wr = true
+	c.client.rd = true
 	c.relay()
 }
 

@@ -173,11 +173,13 @@ func (p *Proxy) NewTCP(cfg TCPConfig) (*TCPProxy, error) {
 		r := cfg.Routes[i]
 		r.Source = "config"
 		if err := r.Validate(); err != nil {
+			t.Close() // the loops' descriptors
 			return nil, fmt.Errorf("proxy.tcp[%d].%w", i, err)
 		}
 		rt := t.newRoute(r)
 		if r.Listen == "" {
 			if _, dup := sni[r.SNI]; dup {
+				t.Close()
 				return nil, fmt.Errorf("proxy.tcp[%d].sni %q: given twice", i, r.SNI)
 			}
 			sni[r.SNI] = rt

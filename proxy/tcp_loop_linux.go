@@ -80,6 +80,7 @@ const (
 	evKind     int32 = 3 << 29
 )
 
+// tcpLoop is one epoll set and the goroutine that serves it.
 type tcpLoop struct {
 	ls   *tcpLoops
 	epfd int
@@ -88,12 +89,12 @@ type tcpLoop struct {
 	wake int             // eventfd: commands are waiting
 
 	// Owned by the loop's goroutine.
-	byFD     []*tcpSide // the sides of its connections, by descriptor
-	gen      int32      // the last side's generation
-	free     [][]byte   // buffers not in use
-	again    []*tcpLoopConn
-	now      int64 // unix nanoseconds at the last wake-up
-	deadline int64 // the read deadline set on epf
+	byFD     []*tcpSide     // the sides of its connections, by descriptor
+	gen      int32          // the last side's generation
+	free     [][]byte       // buffers not in use
+	again    []*tcpLoopConn // connections whose read budget ran out: served again before the next wait
+	now      int64          // unix nanoseconds at the last wake-up
+	deadline int64          // the read deadline set on epf
 	tick     time.Duration
 	sweep    int64 // when the next sweep is due
 	events   []unix.EpollEvent

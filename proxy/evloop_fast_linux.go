@@ -58,9 +58,9 @@ import (
 
 // Kinds of descriptors in the loop's epoll set, in EpollEvent.Pad.
 const (
-	evClient   = 0
-	evUpstream = 1
-	evWake     = 2
+	evLoopClient   = 0
+	evLoopUpstream = 1
+	evLoopWake     = 2
 )
 
 const (
@@ -157,7 +157,7 @@ func (l *loop) initFast() error {
 	if err != nil {
 		return os.NewSyscallError("eventfd", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(fd), Pad: evWake}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(fd), Pad: evLoopWake}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		unix.Close(fd)
 		return os.NewSyscallError("epoll_ctl", err)
@@ -175,13 +175,13 @@ func (l *loop) wake() {
 // event handles one event of the loop's epoll set.
 func (l *loop) event(ev *unix.EpollEvent) {
 	switch ev.Pad {
-	case evUpstream:
+	case evLoopUpstream:
 		if int(ev.Fd) < len(l.fast.ups) {
 			if uc := l.fast.ups[ev.Fd]; uc != nil {
 				l.upEvent(uc, ev.Events)
 			}
 		}
-	case evWake:
+	case evLoopWake:
 		var b [8]byte
 		unix.Read(l.fast.wakefd, b[:])
 		l.tick()

@@ -159,7 +159,7 @@ func (l *loop) dial(b *lb.Backend) (*upConn, error) {
 		unix.Close(fd)
 		return nil, &lb.DialError{Addr: b.Addr(), Err: os.NewSyscallError("connect", err)}
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: evUpstream}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: evLoopUpstream}
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		unix.Close(fd)
 		return nil, &lb.DialError{Addr: b.Addr(), Err: os.NewSyscallError("epoll_ctl", err)}

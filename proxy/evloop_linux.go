@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -209,22 +208,19 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	var ep *os.File
-	var rc syscall.RawConn
-	if loopThread != "1" {
-		if err := unix.SetNonblock(epfd, true); err != nil {
-			unix.Close(epfd)
-			return nil, os.NewSyscallError("fcntl", err)
-		}
-		ep = os.NewFile(uintptr(epfd), "pier-epoll") // non-blocking: Go's netpoller watches it
-		if rc, err = ep.SyscallConn(); err != nil {
-			ep.Close()
-			return nil, err
-		}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	ep := os.NewFile(uintptr(epfd), "pier-epoll") // non-blocking: Go's netpoller watches it
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		ep.Close()
+		return nil, err
 	}
 	l := &loop{p: p, srv: srv, ep: ep, epfd: epfd, rc: rc, stop: make(chan struct{}), runDone: make(chan struct{})}
 	if err := l.initFast(); err != nil {
-		l.closeEpoll()
+		ep.Close()
 		return nil, err
 	}
 	l.fresh.d, l.fresh.id = p.cfg.HeaderTimeout, 1
@@ -468,19 +464,6 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 	}
 }
 
-// loopThread "1" (set at link time, -X) has the loop wait in a blocking
-// epoll_wait on an OS thread of its own instead of in Go's netpoller: an
-// experiment for the benchmark (deploy/bench/README.md).
-var loopThread string
-
-func (l *loop) closeEpoll() {
-	if l.ep != nil {
-		l.ep.Close()
-	} else {
-		unix.Close(l.epfd)
-	}
-}
-
 // run waits for parked connections that have input and serves them (on
 // the loop, or by handing each to a goroutine), and for the upstream
 // connections of the requests it serves, until shutdown has nothing left
@@ -499,21 +482,8 @@ func (l *loop) run() {
 			}
 		}
 	}
-	if l.ep == nil {
-		// The experiment of loopThread: epoll_wait blocks an OS thread of
-		// the loop's own.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-	}
 	for {
-		if l.ep == nil {
-			var err error
-			n, err = unix.EpollWait(l.epfd, events, -1)
-			if err != nil && err != unix.EINTR {
-				return
-			}
-			n = max(n, 0)
-		} else if err := l.rc.Read(wait); err != nil {
+		if err := l.rc.Read(wait); err != nil {
 			return // closed at shutdown
 		}
 		for i := range events[:n] {
@@ -816,7 +786,7 @@ func (l *loop) shutdown(ctx context.Context) {
 	close(l.stop)
 	l.bg.Wait()
 	unix.Close(l.fast.wakefd) // nothing wakes the loop any more
-	l.closeEpoll()
+	l.ep.Close()
 	l.reapWorkers(0, true) // the busy ones end after their connection
 	done := make(chan struct{})
 	go func() { l.workers.Wait(); close(done) }()

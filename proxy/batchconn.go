@@ -31,6 +31,7 @@ type batchConn struct {
 	spare   []byte    // the buffer of the batch before, reused
 	writing bool      // the writing goroutine runs
 	on      bool      // batching; before, Write is the connection's
+	defer_  bool      // Write only appends: the writer flushes (flushNow, flushAsync)
 	err     error     // the first write error, returned from then on
 }
 
@@ -63,12 +64,37 @@ func (c *batchConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	c.pending = append(c.pending, b...)
-	if !c.writing {
+	if !c.writing && (!c.defer_ || len(c.pending) >= batchMax) {
 		c.writing = true
 		go c.flush()
 	}
 	c.mu.Unlock()
 	return len(b), nil
+}
+
+// flushNow writes what is pending from the calling goroutine, and what
+// others append meanwhile, unless a flush is under way (which takes it
+// up): with deferred writes, a lone answer costs no goroutine.
+func (c *batchConn) flushNow() {
+	c.mu.Lock()
+	if c.writing || len(c.pending) == 0 || c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.writing = true
+	c.mu.Unlock()
+	c.flush()
+}
+
+// flushAsync has what is pending written by a goroutine of its own, for
+// a caller that must not block on the client (one that reads it).
+func (c *batchConn) flushAsync() {
+	c.mu.Lock()
+	if !c.writing && len(c.pending) > 0 && c.err == nil {
+		c.writing = true
+		go c.flush()
+	}
+	c.mu.Unlock()
 }
 
 // flush writes what is pending, batch after batch, until nothing is.
@@ -104,6 +130,10 @@ func (c *batchConn) flush() {
 func (c *batchConn) Close() error {
 	if c.on {
 		c.mu.Lock()
+		if !c.writing && len(c.pending) > 0 && c.err == nil {
+			c.writing = true // deferred writes not flushed yet
+			go c.flush()
+		}
 		if c.writing {
 			c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 		}

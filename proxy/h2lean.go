@@ -154,6 +154,7 @@ type leanConn struct {
 	readDone bool                   // the reader returned
 	idle     bool                   // the read deadline is the idle timeout
 
+	bc           *batchConn // where the framer writes, its writes deferred
 	wmu          sync.Mutex // the writing side: framer writes, send windows
 	wcond        sync.Cond  // signalled when a send window grows or the connection ends
 	wclosed      bool
@@ -195,13 +196,19 @@ func (lf *leanFront) newConn(c net.Conn) *leanConn {
 		st := tc.ConnectionState()
 		lc.tls = &st
 		r = bufio.NewReaderSize(c, 8<<10)
-		w = newBatchConn(tc, true)
-		lc.nc = w.(net.Conn)
+		lc.bc = newBatchConn(tc, true)
+		w, lc.nc = lc.bc, lc.bc
 	case *h2cConn:
 		// Already buffered, and its writes batched (classifyH2C).
+		lc.bc, _ = tc.Conn.(*batchConn)
 	default:
 		r = bufio.NewReaderSize(c, 8<<10)
 	}
+	if lc.bc == nil {
+		lc.bc = newBatchConn(c, true)
+		w, lc.nc = lc.bc, lc.bc
+	}
+	lc.bc.defer_ = true
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		lc.raddr = *a
 	}
@@ -247,7 +254,7 @@ func (c *leanConn) serve() {
 	if d := c.cfg.ConnWindow - 65535; d > 0 {
 		c.fr.WriteWindowUpdate(0, uint32(d))
 	}
-	c.wmu.Unlock()
+	c.unlockAsync()
 	c.mu.Lock()
 	c.recvWin = int32(max(c.cfg.ConnWindow, 65535))
 	c.mu.Unlock()
@@ -302,7 +309,7 @@ func (c *leanConn) goAway(code http2.ErrCode) {
 	c.mu.Unlock()
 	c.wmu.Lock()
 	c.fr.WriteGoAway(id, code, nil)
-	c.wmu.Unlock()
+	c.unlockAsync()
 }
 
 // drain sends GOAWAY for shutdown: the streams open finish, then the
@@ -353,6 +360,20 @@ func (c *leanConn) close() {
 	c.lf.wg.Done()
 }
 
+// unlockFlush ends a write by a stream's goroutine, which then writes
+// what is pending itself unless another goroutine is at it.
+func (c *leanConn) unlockFlush() {
+	c.wmu.Unlock()
+	c.bc.flushNow()
+}
+
+// unlockAsync ends a write by the reader, which must not block on the
+// client: the writing is left to a goroutine.
+func (c *leanConn) unlockAsync() {
+	c.wmu.Unlock()
+	c.bc.flushAsync()
+}
+
 // setIdle arms the idle timeout when no stream is open, and clears it when
 // one is; called with the state locked or from the reader.
 func (c *leanConn) setIdleLocked() {
@@ -396,7 +417,7 @@ func (c *leanConn) frame(f http2.Frame) error {
 		if !f.IsAck() {
 			c.wmu.Lock()
 			c.fr.WritePing(true, f.Data)
-			c.wmu.Unlock()
+			c.unlockAsync()
 		}
 	case *http2.GoAwayFrame:
 		c.mu.Lock()
@@ -426,7 +447,7 @@ func (c *leanConn) onSettings(f *http2.SettingsFrame) error {
 		case http2.SettingMaxFrameSize:
 			c.wmu.Lock()
 			c.peerMaxFrame = s.Val
-			c.wmu.Unlock()
+			c.unlockAsync()
 		}
 		// The header table size needs nothing: the encoder keeps no
 		// dynamic table (h2leanwrite.go).
@@ -437,7 +458,7 @@ func (c *leanConn) onSettings(f *http2.SettingsFrame) error {
 	}
 	c.wmu.Lock()
 	c.fr.WriteSettingsAck()
-	c.wmu.Unlock()
+	c.unlockAsync()
 	return nil
 }
 
@@ -521,7 +542,7 @@ func (c *leanConn) resetStream(id uint32, code http2.ErrCode) {
 	c.mu.Unlock()
 	c.wmu.Lock()
 	c.fr.WriteRSTStream(id, code)
-	c.wmu.Unlock()
+	c.unlockAsync()
 }
 
 // closeStreamLocked takes s out of the open streams; its handler may run on.
@@ -599,27 +620,31 @@ func (c *leanConn) onFragment(b []byte, end bool) error {
 		return nil
 	}
 	if hb.tooBig {
+		id, done := s.id, s.reqDone
 		s.release()
-		c.refuse(s.id, 431, s.reqDone)
+		c.refuse(id, 431, done)
 		return nil
 	}
 	if hb.bad || !s.validPseudo() {
+		id := s.id
 		s.release()
-		c.resetStream(s.id, http2.ErrCodeProtocol)
+		c.resetStream(id, http2.ErrCodeProtocol)
 		return nil
 	}
 	c.mu.Lock()
 	switch {
 	case c.draining:
 		c.mu.Unlock()
+		id := s.id
 		s.release()
-		c.resetStream(s.id, http2.ErrCodeRefusedStream)
+		c.resetStream(id, http2.ErrCodeRefusedStream)
 		return nil
 	case len(c.streams) >= c.cfg.MaxConcurrentStreams:
 		// Past our SETTINGS_MAX_CONCURRENT_STREAMS.
 		c.mu.Unlock()
+		id := s.id
 		s.release()
-		c.resetStream(s.id, http2.ErrCodeRefusedStream)
+		c.resetStream(id, http2.ErrCodeRefusedStream)
 		return nil
 	}
 	s.hasBody = !s.reqDone
@@ -656,7 +681,7 @@ func (c *leanConn) refuse(id uint32, code int, reqDone bool) {
 	if !reqDone {
 		c.fr.WriteRSTStream(id, http2.ErrCodeNo)
 	}
-	c.wmu.Unlock()
+	c.unlockAsync()
 }
 
 // done is a handler's end: the next waiting stream runs.
@@ -694,7 +719,7 @@ func (c *leanConn) done(s *leanStream) {
 	if rst {
 		c.wmu.Lock()
 		c.fr.WriteRSTStream(id, http2.ErrCodeNo)
-		c.wmu.Unlock()
+		c.unlockFlush()
 	}
 	if next != nil {
 		c.lf.workers.run(next)
@@ -789,7 +814,7 @@ func (c *leanConn) creditLocked(s *leanStream, n int32) {
 	if cInc > 0 {
 		c.fr.WriteWindowUpdate(0, uint32(cInc))
 	}
-	c.wmu.Unlock()
+	c.unlockAsync()
 }
 
 // emit takes one decoded header field of the block being read.

@@ -99,7 +99,7 @@ func (w *leanRW) Write(b []byte) (int, error) {
 	c := w.s.c
 	c.wmu.Lock()
 	w.err = c.writeDataLocked(w.s, b, false)
-	c.wmu.Unlock()
+	c.unlockFlush()
 	if w.err != nil {
 		return 0, w.err
 	}
@@ -130,7 +130,7 @@ func (w *leanRW) sendHeader(end bool) {
 		}
 	}
 	w.err = c.writeBlockLocked(w.s, b, end)
-	c.wmu.Unlock()
+	c.unlockFlush()
 }
 
 // finish ends the stream after the handler returned.
@@ -163,7 +163,7 @@ func (w *leanRW) finish() {
 	}
 	c := w.s.c
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	defer c.unlockFlush()
 	if w.s.ended {
 		return
 	}

@@ -218,7 +218,7 @@ func (s *leanStream) writeResponse(ctx *fasthttp.RequestCtx) {
 	if err == nil && bs == nil && len(body) > 0 {
 		err = c.writeDataLocked(s, body, true)
 	}
-	c.wmu.Unlock()
+	c.unlockFlush()
 	if bs == nil || err != nil {
 		if bs != nil {
 			resp.CloseBodyStream()
@@ -240,7 +240,7 @@ func (s *leanStream) writeResponse(ctx *fasthttp.RequestCtx) {
 				s.ended = true
 			}
 		}
-		c.wmu.Unlock()
+		c.unlockFlush()
 		if err != nil || rerr != nil {
 			break
 		}
@@ -308,6 +308,7 @@ func (c *leanConn) writeDataLocked(s *leanStream, b []byte, end bool) error {
 		}
 		n := min(int32(len(b)), s.sendWin, c.sendWin, int32(c.peerMaxFrame))
 		if n <= 0 {
+			c.bc.flushAsync() // what is pending may be what the client waits for to open the window
 			c.wcond.Wait()
 			continue
 		}

@@ -27,13 +27,14 @@ type batchConn struct {
 	net.Conn
 
 	mu      sync.Mutex
-	drained sync.Cond // signalled when the writing goroutine takes or ends a batch
-	pending []byte    // written, not yet handed to the kernel
-	spare   []byte    // the buffer of the batch before, reused
-	writing bool      // the writing goroutine runs
-	on      bool      // batching; before, Write is the connection's
-	defer_  bool      // Write only appends: the writer flushes (flushNow, flushAsync)
-	err     error     // the first write error, returned from then on
+	drained sync.Cond     // signalled when the writing goroutine takes or ends a batch
+	pending []byte        // written, not yet handed to the kernel
+	spare   []byte        // the buffer of the batch before, reused
+	writing bool          // the writing goroutine runs
+	on      bool          // batching; before, Write is the connection's
+	defer_  bool          // Write only appends: the writer flushes (flushNow, flushAsync)
+	err     error         // the first write error, returned from then on
+	timeout time.Duration // bounds each write to the kernel (0: none); set before the first Write
 }
 
 // batchMax bounds the bytes waiting to be written before Write blocks.
@@ -110,6 +111,9 @@ func (c *batchConn) flush() {
 		buf := c.pending
 		c.pending = c.spare[:0]
 		c.mu.Unlock()
+		if c.timeout > 0 {
+			c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		}
 		_, err := c.Conn.Write(buf)
 		c.mu.Lock()
 		if cap(buf) <= batchKeep {

@@ -209,6 +209,7 @@ func (lf *leanFront) newConn(c net.Conn) *leanConn {
 		w, lc.nc = lc.bc, lc.bc
 	}
 	lc.bc.defer_ = true
+	lc.bc.timeout = lf.p.cfg.WriteTimeout // a client that stops reading fails the writes
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		lc.raddr = *a
 	}
@@ -864,6 +865,7 @@ type leanStream struct {
 	ended   bool // END_STREAM sent
 
 	seen   uint8              // pseudo-header fields seen (leanPseudo bits)
+	noPool bool               // served by net/http's handlers: not reused
 	cancel context.CancelFunc // a net/http request's context (h2leanhttp.go); guarded by c.mu
 
 	body leanBody
@@ -884,6 +886,10 @@ func newLeanStream(c *leanConn, id uint32) *leanStream {
 // release returns s to the pool once its handler, if any, has returned
 // and it is closed; called with c.mu held, or before s was published.
 func (s *leanStream) release() {
+	if s.noPool {
+		s.body.end(errLeanClosed) // a late read of the body ends
+		return
+	}
 	s.ctx.Request.Reset()
 	s.ctx.Response.Reset()
 	s.body.reset()

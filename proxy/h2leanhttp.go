@@ -13,6 +13,10 @@ import (
 // ends when the client resets the stream, and a response writer.
 func (s *leanStream) serveHTTP() {
 	c := s.c
+	// net/http's handlers may leave a goroutine reading the body after
+	// they return (an HTTP/2 transport's request writer, until it sees the
+	// answer): the stream is not reused.
+	s.noPool = true
 	h := make(http.Header, 8)
 	for k, v := range s.ctx.Request.Header.All() {
 		key := string(k)
@@ -88,6 +92,10 @@ func (w *leanRW) WriteHeader(code int) {
 	w.code = code
 }
 
+// Write and the header go out from a goroutine of the connection's, as
+// under Go's server: a gRPC answer is a header, messages and trailers
+// written in quick succession, which then share a write; the end of the
+// stream (finish) is flushed by the stream's goroutine.
 func (w *leanRW) Write(b []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
@@ -99,7 +107,7 @@ func (w *leanRW) Write(b []byte) (int, error) {
 	c := w.s.c
 	c.wmu.Lock()
 	w.err = c.writeDataLocked(w.s, b, false)
-	c.unlockFlush()
+	c.unlockAsync()
 	if w.err != nil {
 		return 0, w.err
 	}
@@ -130,7 +138,7 @@ func (w *leanRW) sendHeader(end bool) {
 		}
 	}
 	w.err = c.writeBlockLocked(w.s, b, end)
-	c.unlockFlush()
+	c.unlockAsync()
 }
 
 // finish ends the stream after the handler returned.

@@ -188,6 +188,10 @@ func (s *leanStream) writeResponse(ctx *fasthttp.RequestCtx) {
 		clen = len(resp.Body()) // whole, or pier's own answer, not yet in the header
 	}
 	var body []byte
+	if head && bs != nil {
+		resp.CloseBodyStream() // an answer to HEAD has no body, whatever came
+		bs = nil
+	}
 	if n := resp.Header.ContentLength(); bs != nil && n >= 0 && n <= smallBody {
 		// A small body of known length goes out with the end of the
 		// stream, in one write, rather than one write per read.

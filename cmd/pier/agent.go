@@ -177,7 +177,7 @@ func build(cfg agentConfig, logOut io.Writer, resolve func() (agentConfig, error
 			p.proxy.AccessLogTo = logOut
 		}
 		ps := *p
-		ps.proxy, _ = withACMEStorage(p.proxy, a.srv, cfg.ACL.Agent, log)
+		ps.proxy, _ = withACMEStorage(p.proxy, a.srv, a.reg, cfg.ACL.Agent, log)
 		if a.door, err = newFrontDoor(&ps, a.reg, log); err != nil {
 			return a, err
 		}

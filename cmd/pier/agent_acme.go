@@ -35,6 +35,9 @@ type kvStorage struct {
 	h     http.Handler
 	token string
 	log   *slog.Logger
+	// local reads a key of the agreed KV as this agent's registry holds
+	// it, which is what its DNS server answers from (WaitChallenge).
+	local func(key string) ([]byte, bool)
 
 	mu    sync.Mutex
 	locks map[string]*kvLock // held by this agent, by certmagic's lock name
@@ -283,6 +286,37 @@ func (s *kvStorage) Unlock(ctx context.Context, name string) error {
 	_, _, _, err1 := s.do(ctx, http.MethodPut, lockKey(name), url.Values{"release": {l.session}}, nil)
 	_, _, _, err2 := s.call(ctx, http.MethodPut, "/v1/session/destroy/"+l.session, nil, nil)
 	return errors.Join(err1, err2)
+}
+
+// kvChallengePoll is how often WaitChallenge looks at the registry: the
+// wait is a few milliseconds at most, except just after a server starts.
+const kvChallengePoll = 10 * time.Millisecond
+
+// kvChallengeWait bounds WaitChallenge: an agent whose copy of the agreed
+// state is stuck fails the order (certmagic retries it later) rather than
+// hold its lock.
+const kvChallengeWait = 30 * time.Second
+
+// WaitChallenge is proxy.ChallengeWaiter: it returns once this agent's
+// registry, which its DNS server answers from, holds key with value.
+func (s *kvStorage) WaitChallenge(ctx context.Context, key string, value []byte) error {
+	if s.local == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, kvChallengeWait)
+	defer cancel()
+	t := time.NewTicker(kvChallengePoll)
+	defer t.Stop()
+	for {
+		if v, ok := s.local(api.ACMEKVPrefix + key); ok && bytes.Equal(v, value) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("acme storage: the DNS-01 record %s is not answered here yet: %w", key, ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 func (s *kvStorage) String() string { return "pier KV " + api.ACMEKVPrefix }

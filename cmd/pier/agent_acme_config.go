@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/pier-dev/pier/proxy"
+	"github.com/pier-dev/pier/registry"
 )
 
 // acmeRoute is a route of proxy.routes with tls: acme: its host gets a
@@ -96,8 +97,9 @@ func (p *proxySettings) resolveACME() error {
 
 // withACMEStorage answers the proxy config with its ACME certificates kept
 // in the servers' KV through h (the agent's API), asking with the token of
-// proxy.tls.acme, or else the agent's own.
-func withACMEStorage(pc proxy.Config, h http.Handler, agentToken string, log *slog.Logger) (proxy.Config, *kvStorage) {
+// proxy.tls.acme, or else the agent's own; DNS-01 records are waited for
+// in reg, which the agent's DNS server answers from.
+func withACMEStorage(pc proxy.Config, h http.Handler, reg *registry.Registry, agentToken string, log *slog.Logger) (proxy.Config, *kvStorage) {
 	if pc.TLS == nil || pc.TLS.ACME == nil {
 		return pc, nil
 	}
@@ -108,6 +110,13 @@ func withACMEStorage(pc proxy.Config, h http.Handler, agentToken string, log *sl
 		tok = agentToken
 	}
 	st := newKVStorage(h, tok, log.With("component", "acme"))
+	st.local = func(key string) ([]byte, bool) {
+		e, ok := reg.Snapshot().KV(key)
+		if !ok {
+			return nil, false
+		}
+		return e.Value, true
+	}
 	a.Storage = st
 	t.ACME = &a
 	pc.TLS = &t

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -220,6 +221,16 @@ func New(cfg Config) (*Gossip, error) {
 		guard.packetRejected = g.met.packetRejected // for a test's transport
 		mc.Transport = guard
 	}
+	// The queue exists before memberlist starts: its goroutines ask the
+	// delegate for broadcasts as soon as the first packet arrives, which
+	// may be before Create returns.
+	var created atomic.Pointer[memberlist.Memberlist]
+	g.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mc.RetransmitMult, NumNodes: func() int {
+		if ml := created.Load(); ml != nil {
+			return ml.NumMembers()
+		}
+		return 1
+	}}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		if guard != nil {
@@ -228,7 +239,7 @@ func New(cfg Config) (*Gossip, error) {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	g.ml = ml
-	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: mc.RetransmitMult}
+	created.Store(ml)
 	local := ml.LocalNode()
 	g.members[self.Name] = &memberState{Member: registry.Member{
 		Name: self.Name, Addr: local.Addr.String(), Port: int(local.Port), Tags: cfg.Tags, Status: registry.MemberAlive,

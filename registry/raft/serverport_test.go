@@ -156,10 +156,7 @@ func TestServerPortGroup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	lead := waitLeader(t, a, b)
-	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "k", Value: []byte("v")}); err != nil || !r.OK {
-		t.Fatalf("write: %+v %v", r, err)
-	}
+	setKey(t, "k", a, b)
 	waitKey(t, "k", a, b)
 	for _, m := range []*member{a, b} {
 		resp, err := http.Get("http://" + m.port.Addr() + PeersPath)

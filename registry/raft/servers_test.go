@@ -121,6 +121,24 @@ func waitLeader(t testing.TB, ms ...*member) *member {
 	return lead
 }
 
+// setKey writes key through whichever of ms leads and answers that
+// leader, as a client would: a write refused or left uncertain by a
+// leader change (elections happen on a loaded machine) is tried again on
+// the next leader; a set may be repeated.
+func setKey(t *testing.T, key string, ms ...*member) *member {
+	t.Helper()
+	var lead *member
+	eventually.NoError(t, 20*time.Second, "a write of "+key, func() error {
+		lead = waitLeader(t, ms...)
+		r, err := lead.n.KV(KVOp{Verb: KVSet, Key: key, Value: []byte("v")})
+		if err == nil && !r.OK {
+			err = fmt.Errorf("%+v", r)
+		}
+		return err
+	})
+	return lead
+}
+
 func waitKey(t *testing.T, key string, ms ...*member) {
 	t.Helper()
 	for _, m := range ms {
@@ -190,9 +208,7 @@ func TestBootstrapExpectThree(t *testing.T) {
 	reconcileAll(ms...)
 	lead := waitLeader(t, ms...)
 	waitVoters(t, lead, "e0", "e1", "e2")
-	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "k", Value: []byte("v")}); err != nil || !r.OK {
-		t.Fatalf("write: %+v %v", r, err)
-	}
+	setKey(t, "k", ms...)
 	waitKey(t, "k", ms...)
 	for _, m := range ms {
 		if got := ids(t, m); !slices.Equal(got, []string{"e0", "e1", "e2"}) {
@@ -381,9 +397,7 @@ func TestWipedServerRejoins(t *testing.T) {
 	dir := t.TempDir()
 	ms, lead := groupOf(t, "w", 3, memberOpts{dir: dir})
 	for i := range 5 {
-		if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: fmt.Sprintf("w%d", i), Value: []byte("v")}); err != nil || !r.OK {
-			t.Fatalf("write: %+v %v", r, err)
-		}
+		lead = setKey(t, fmt.Sprintf("w%d", i), ms...)
 	}
 	old := others(ms, lead)[0]
 	old.stop()
@@ -470,9 +484,7 @@ func TestServerAddressChange(t *testing.T) {
 	now := append(others(ms, moved), back)
 	reconcileAll(now...)
 	waitMoved(t, lead, back)
-	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "after-move", Value: []byte("v")}); err != nil || !r.OK {
-		t.Fatalf("write: %+v %v", r, err)
-	}
+	setKey(t, "after-move", now...)
 	waitKey(t, "after-move", back)
 }
 
@@ -481,9 +493,7 @@ func TestServerAddressChange(t *testing.T) {
 func TestWipedServerSameID(t *testing.T) {
 	dir := t.TempDir()
 	ms, lead := groupOf(t, "s", 3, memberOpts{dir: dir})
-	if r, err := lead.n.KV(KVOp{Verb: KVSet, Key: "old", Value: []byte("v")}); err != nil || !r.OK {
-		t.Fatalf("write: %+v %v", r, err)
-	}
+	lead = setKey(t, "old", ms...)
 	wiped := others(ms, lead)[0]
 	wiped.stop()
 	if err := os.RemoveAll(wiped.opts.dir); err != nil {

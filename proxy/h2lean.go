@@ -865,7 +865,6 @@ type leanStream struct {
 	ended   bool // END_STREAM sent
 
 	seen   uint8              // pseudo-header fields seen (leanPseudo bits)
-	noPool bool               // served by net/http's handlers: not reused
 	cancel context.CancelFunc // a net/http request's context (h2leanhttp.go); guarded by c.mu
 
 	body leanBody
@@ -886,10 +885,6 @@ func newLeanStream(c *leanConn, id uint32) *leanStream {
 // release returns s to the pool once its handler, if any, has returned
 // and it is closed; called with c.mu held, or before s was published.
 func (s *leanStream) release() {
-	if s.noPool {
-		s.body.end(errLeanClosed) // a late read of the body ends
-		return
-	}
 	s.ctx.Request.Reset()
 	s.ctx.Response.Reset()
 	s.body.reset()

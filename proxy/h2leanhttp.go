@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // serveHTTP hands the stream to serveH2 (gRPC, gRPC-Web, extended
@@ -13,10 +14,6 @@ import (
 // ends when the client resets the stream, and a response writer.
 func (s *leanStream) serveHTTP() {
 	c := s.c
-	// net/http's handlers may leave a goroutine reading the body after
-	// they return (an HTTP/2 transport's request writer, until it sees the
-	// answer): the stream is not reused.
-	s.noPool = true
 	h := make(http.Header, 8)
 	for k, v := range s.ctx.Request.Header.All() {
 		key := string(k)
@@ -54,10 +51,13 @@ func (s *leanStream) serveHTTP() {
 	if s.clen >= 0 {
 		h["Content-Length"] = []string{strconv.FormatInt(s.clen, 10)}
 	}
+	var body *leanHTTPBody
 	if !s.hasBody {
 		req.Body, req.ContentLength = http.NoBody, 0
 	} else {
-		req.Body = &s.body
+		body = &leanHTTPBody{b: &s.body}
+		body.idle.L = &body.mu
+		req.Body = body
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.mu.Lock()
@@ -69,6 +69,60 @@ func (s *leanStream) serveHTTP() {
 	c.p.serveH2(w, req.WithContext(ctx))
 	w.finish()
 	cancel()
+	if body != nil {
+		body.detach()
+	}
+}
+
+// leanHTTPBody is the request body a net/http handler reads. The handler
+// may leave a goroutine reading it after it returns (an HTTP/2 transport's
+// request writer, until it sees the answer): detach ends such reads and
+// waits for them, so that the stream can be reused.
+type leanHTTPBody struct {
+	mu      sync.Mutex
+	idle    sync.Cond // signalled when the last read in progress returns
+	b       *leanBody // nil once detached
+	reading int
+}
+
+func (h *leanHTTPBody) Read(p []byte) (int, error) {
+	h.mu.Lock()
+	b := h.b
+	if b == nil {
+		h.mu.Unlock()
+		return 0, errLeanClosed
+	}
+	h.reading++
+	h.mu.Unlock()
+	n, err := b.Read(p)
+	h.mu.Lock()
+	if h.reading--; h.reading == 0 {
+		h.idle.Broadcast()
+	}
+	h.mu.Unlock()
+	return n, err
+}
+
+func (h *leanHTTPBody) Close() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.b != nil {
+		h.b.Close()
+	}
+	return nil
+}
+
+func (h *leanHTTPBody) detach() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.b == nil {
+		return
+	}
+	h.b.end(errLeanClosed)
+	for h.reading > 0 {
+		h.idle.Wait()
+	}
+	h.b = nil
 }
 
 // leanRW is the http.ResponseWriter of serveHTTP. As net/http's, it sends

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -226,7 +227,7 @@ const (
 	maxNameLen      = 256
 )
 
-var metaKeyRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+var metaKeyRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-zA-Z0-9_-]+$`) })
 
 // ValidateMeta applies Consul's rules for Meta maps; field names the map.
 func ValidateMeta(field string, meta map[string]string) error {
@@ -239,7 +240,7 @@ func ValidateMeta(field string, meta map[string]string) error {
 			return fieldErr(field, "empty key")
 		case len(k) > metaMaxKeyLen:
 			return fieldErr(field, "key %.20q... is too long (limit %d characters)", k, metaMaxKeyLen)
-		case !metaKeyRE.MatchString(k):
+		case !metaKeyRE().MatchString(k):
 			return fieldErr(field, "key %q has invalid characters (allowed: a-z A-Z 0-9 _ -)", k)
 		case strings.HasPrefix(k, "consul-"):
 			return fieldErr(field, "key %q uses the reserved prefix consul-", k)

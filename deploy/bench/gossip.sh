@@ -20,6 +20,9 @@
 #   start:  when the last process said it was running, and the CPU time each
 #           process had used by then (/proc/PID/task/*/schedstat)
 #
+# What one start costs alone (CPU, page faults, exec to joined), starts one
+# after the other: go run ./deploy/bench/gossip start -pier PATH -n 20
+#
 # Knobs: SIZES="50 100" WRITES=100 TIMEOUT=120s ROUNDS=1 IDLE=30s
 #        SETTLE=0s (pause between the join's convergence and the first write)
 # 100 agents is about what a 2-core machine holds; each size takes about a
@@ -37,8 +40,10 @@ SETTLE=${SETTLE:-0s}
 work=$(mktemp -d -t pier-gossipbench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 echo "== building pier and the bench driver"
-go build -o "$work/pier" ./cmd/pier
-go build -o "$work/gossip" ./deploy/bench/gossip
+# Both static (CGO_ENABLED=0), as pier ships (deploy/build-image.sh): a cgo
+# build adds the dynamic loader and libc's thread start to every process.
+CGO_ENABLED=0 go build -o "$work/pier" ./cmd/pier
+CGO_ENABLED=0 go build -o "$work/gossip" ./deploy/bench/gossip
 ulimit -n 65536 2>/dev/null || true
 
 for round in $(seq 1 "$ROUNDS"); do

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
+	"sync"
 )
 
 // Roles and identities, as Consul's: a role is a named set of policies and
@@ -16,9 +17,11 @@ import (
 // policies (store.go) and resolve at table build time, so a request
 // never looks a role up.
 
-var (
-	identityNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$`)
-)
+// identityNameRE is compiled at its first use, not at every agent's start
+// (most never check an identity).
+var identityNameRE = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[a-z0-9]([a-z0-9\-_]*[a-z0-9])?$`)
+})
 
 const maxIdentityName = 256
 
@@ -159,7 +162,7 @@ func (t *aclTable) check(in aclGrantIn, what string) (grant, string) {
 		switch {
 		case si == nil || si.ServiceName == "":
 			return g, "Service identity is missing the service name field on this " + what
-		case len(si.ServiceName) > maxIdentityName || !identityNameRE.MatchString(si.ServiceName):
+		case len(si.ServiceName) > maxIdentityName || !identityNameRE().MatchString(si.ServiceName):
 			return g, fmt.Sprintf("Service identity %q has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed", si.ServiceName)
 		}
 		if !slices.ContainsFunc(g.ServiceIdentities, func(o serviceIdentity) bool { return o.ServiceName == si.ServiceName }) {
@@ -172,7 +175,7 @@ func (t *aclTable) check(in aclGrantIn, what string) (grant, string) {
 			return g, "Node identity is missing the node name field on this " + what
 		case ni.Datacenter == "":
 			return g, "Node identity is missing the datacenter field on this " + what
-		case len(ni.NodeName) > maxIdentityName || !identityNameRE.MatchString(ni.NodeName):
+		case len(ni.NodeName) > maxIdentityName || !identityNameRE().MatchString(ni.NodeName):
 			return g, fmt.Sprintf("Node identity %q has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed", ni.NodeName)
 		}
 		if !slices.Contains(g.NodeIdentities, *ni) {

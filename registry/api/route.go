@@ -21,7 +21,9 @@ import (
 // API's 330 routes was a tenth of the CPU an agent needs to start; most
 // agents serve their first request well after they start, if ever, and
 // deploy/bench/gossip.sh starts 99 at once. A pattern registered after the
-// first request goes straight onto the built mux.
+// first request goes straight onto the built mux. The server port's mux
+// (Server.inner, the Raft-backed routes again) is one too: it is built on
+// every agent with Consensus, clients included, and served only on servers.
 type lazyMux struct {
 	mu      sync.Mutex
 	pending []pendingRoute

@@ -118,7 +118,7 @@ type Server struct {
 
 	// inner routes what the server port serves (ServerPortHandler): the
 	// Raft-backed endpoints only; nil without Consensus.
-	inner *http.ServeMux
+	inner *lazyMux
 	fwd   *frames // forwarded requests: writes in frames (forward.go), the rest over pooled HTTP connections (consensus.go)
 	// wanFwd carries requests to other datacenters (datacenters.go).
 	wanFwd *http.Transport
@@ -149,7 +149,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, reg: cfg.Registry, log: cfg.Logger, mux: &lazyMux{}, perms: map[string]route{}, lim: newClientLimiter(cfg.MaxConnsPerClient), cache: newAgentCache()}
 	if cfg.Consensus != nil {
-		s.inner, s.fwd = http.NewServeMux(), newFrames(cfg.ServerDial, 10*time.Second, cfg.MaxBodySize)
+		s.inner, s.fwd = &lazyMux{}, newFrames(cfg.ServerDial, 10*time.Second, cfg.MaxBodySize)
 	}
 	if cfg.WAN != nil {
 		// Another datacenter's server port, dialled as this one's (its TLS

@@ -3,6 +3,7 @@
 // plain memberlist nodes (v0.6.0, DefaultLANConfig) in the same run.
 //
 //	gossip run -pier PATH -n 50 -writes 100   (what deploy/bench/gossip.sh runs)
+//	gossip start -pier PATH -n 20            (what one start costs, one after the other)
 //	gossip plain -name n1 -bind 127.0.0.11 -join ADDR   (one plain node; the run starts these)
 //
 // Join: the first node starts, then the other n-1 all at once, each joining
@@ -39,7 +40,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: gossip run|plain [flags]")
+		fmt.Fprintln(os.Stderr, "usage: gossip run|start|plain [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -48,6 +49,8 @@ func main() {
 		err = run(os.Args[2:])
 	case "plain":
 		err = plain(os.Args[2:])
+	case "start":
+		err = startCost(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

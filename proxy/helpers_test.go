@@ -56,7 +56,8 @@ func newEnvLB(t *testing.T, lbTweak func(*lb.Config), tweak func(*Config)) *env 
 	pc := DefaultConfig()
 	pc.Balancer = bal
 	pc.Engine = testEngine
-	t.Logf("proxy engine: %s", pc.Engine)
+	pc.HTTP2.Server = testH2Server
+	t.Logf("proxy engine: %s, HTTP/2 server: %s", pc.Engine, pc.HTTP2.Server)
 	if tweak != nil {
 		tweak(&pc)
 	}

@@ -175,13 +175,7 @@ func (c *fileConn) RemoteAddr() net.Addr        { return c.raddr }
 func (c *fileConn) LocalAddr() net.Addr {
 	var sa unix.Sockaddr
 	c.rc.Control(func(fd uintptr) { sa, _ = unix.Getsockname(int(fd)) })
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(sa.Addr[:]).To16(), Port: sa.Port}
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(sa.Addr[:]), Port: sa.Port}
-	}
-	return &net.TCPAddr{}
+	return sockaddrTCP(sa)
 }
 
 func (c *fileConn) SetDeadline(t time.Time) error      { return c.f.SetDeadline(t) }

@@ -2,7 +2,6 @@ package gossip
 
 import (
 	"bytes"
-	"compress/flate"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/klauspost/compress/flate"
 
 	"github.com/pier-dev/pier/registry"
 )
@@ -228,33 +229,28 @@ func decodeState(buf []byte) (state, error) {
 	return st, err
 }
 
-// deflaters are reused, at flate.BestSpeed: a join of 100 agents deflates
-// thousands of push/pull states and repair messages, mostly of a few KB. At
-// the default level each Reset cleared some 600 KB of hash tables, which was
-// half of the CPU of deflating such a message; BestSpeed's Reset clears
-// nothing, and on the catalog's JSON it compresses to within a few percent
-// of the default level's size. Any inflater reads either.
-var deflaters = sync.Pool{New: func() any {
-	w, _ := flate.NewWriter(nil, flate.BestSpeed)
-	return w
-}}
-
+// deflate compresses with klauspost/compress's stateless encoder: a join of
+// 100 agents deflates thousands of push/pull states and repair messages,
+// mostly of a few KB. The standard library's flate.Writer holds some 600 KB
+// of tables that its Reset clears at the default level and that a pool
+// emptied by every garbage collection allocated again: that was most of the
+// CPU of deflating such a message. The stateless encoder keeps nothing
+// between messages, takes a third of the time of the standard library's
+// fastest level and compresses the catalog's JSON as well. What it writes
+// is a plain deflate stream, which every inflater (older agents') reads.
 func deflate(kind byte, b []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.Grow(1 + len(b)/3)
 	buf.WriteByte(kind)
-	w := deflaters.Get().(*flate.Writer)
-	defer deflaters.Put(w)
-	w.Reset(&buf)
-	w.Write(b)
-	if err := w.Close(); err != nil {
+	if err := flate.StatelessDeflate(&buf, b, true, nil); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
 }
 
 // inflaters are reused: flate.NewReader allocates its 32 KB window and
-// tables for every message.
+// tables for every message. klauspost/compress's inflater reads any deflate
+// stream, a quarter faster than the standard library's.
 var inflaters sync.Pool
 
 // inflate decompresses at most limit bytes: a hostile peer must not make us

@@ -58,17 +58,47 @@ func encodeEntry(e registry.Entry) ([]byte, error) {
 }
 
 func decodeEntry(msg []byte) (registry.Entry, error) {
-	var e registry.Entry
+	e, _, err := decodeEntryIf(msg, nil)
+	return e, err
+}
+
+// entryHeader is what says which entry a message carries and its version.
+type entryHeader struct {
+	Node    string             `json:"n"`
+	Kind    registry.EntryKind `json:"k"`
+	Key     string             `json:"id"`
+	Version uint64             `json:"v"`
+}
+
+// decodeEntryIf decodes an entry message unless held says, from its
+// header, that this node already holds the entry at that version or newer
+// (held nil: always); then ok is false. Reading the header scans the
+// message without building the entry's contents (a node's maps, a
+// service), which is what decoding costs.
+func decodeEntryIf(msg []byte, held func(h entryHeader) bool) (e registry.Entry, ok bool, err error) {
 	if len(msg) == 0 {
-		return e, errors.New("empty message")
+		return e, false, errors.New("empty message")
 	}
 	body := msg[1:]
 	if msg[0] == msgEntryZ {
-		var err error
 		if body, err = inflate(body, maxBroadcast*64); err != nil {
-			return e, err
+			return e, false, err
 		}
 	}
+	if held != nil {
+		var h entryHeader
+		if err := json.Unmarshal(body, &h); err != nil {
+			return e, false, err
+		}
+		if held(h) {
+			return e, false, nil
+		}
+	}
+	e, err = decodeEntryBody(body)
+	return e, err == nil, err
+}
+
+func decodeEntryBody(body []byte) (e registry.Entry, err error) {
 	var w wireEntry
 	if err := json.Unmarshal(body, &w); err != nil {
 		return e, err

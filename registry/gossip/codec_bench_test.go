@@ -69,3 +69,28 @@ func BenchmarkJoinState(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEntryCopy is a broadcast of a node's record received again: the
+// header read and the contents skipped, against decoding it whole.
+func BenchmarkEntryCopy(b *testing.B) {
+	msg, err := encodeEntry(joinStates(1)[0].Entries[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("decoded", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := decodeEntry(msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("skipped", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok, err := decodeEntryIf(msg, func(entryHeader) bool { return true }); ok || err != nil {
+				b.Fatal(ok, err)
+			}
+		}
+	})
+}

@@ -106,6 +106,11 @@ func New(cfg Config) (*Balancer, error) {
 // open their own connections (the proxy's WebSocket tunnels).
 func (b *Balancer) ConnectTimeout() time.Duration { return b.cfg.ConnectTimeout }
 
+// Config is the balancer's frozen configuration, defaults filled in: the
+// timeouts and limits a caller that speaks to backends itself (the event
+// loop's own upstream connections) keeps to.
+func (b *Balancer) Config() Config { return b.cfg }
+
 // Table returns the current table. It never blocks.
 func (b *Balancer) Table() *Table { return b.table.Load() }
 

@@ -68,6 +68,14 @@ func (l *accessLog) begin(uri []byte) *logEntry {
 	return e
 }
 
+// drop returns an entry begin took for a request that another path will
+// serve and log (the event loop handing a request to its goroutines).
+func (l *accessLog) drop(e *logEntry) {
+	if l != nil && e != nil {
+		l.pool.Put(e)
+	}
+}
+
 // accessFields are what a line says about one request.
 type accessFields struct {
 	ip                               netip.Addr

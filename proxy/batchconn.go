@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -26,12 +27,14 @@ type batchConn struct {
 	net.Conn
 
 	mu      sync.Mutex
-	drained sync.Cond // signalled when the writing goroutine takes or ends a batch
-	pending []byte    // written, not yet handed to the kernel
-	spare   []byte    // the buffer of the batch before, reused
-	writing bool      // the writing goroutine runs
-	on      bool      // batching; before, Write is the connection's
-	err     error     // the first write error, returned from then on
+	drained sync.Cond     // signalled when the writing goroutine takes or ends a batch
+	pending []byte        // written, not yet handed to the kernel
+	spare   []byte        // the buffer of the batch before, reused
+	writing bool          // the writing goroutine runs
+	on      bool          // batching; before, Write is the connection's
+	defer_  bool          // Write only appends: the writer flushes (flushNow, flushAsync)
+	err     error         // the first write error, returned from then on
+	timeout time.Duration // bounds each write to the kernel (0: none); set before the first Write
 }
 
 // batchMax bounds the bytes waiting to be written before Write blocks.
@@ -63,12 +66,42 @@ func (c *batchConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	c.pending = append(c.pending, b...)
-	if !c.writing {
+	if !c.writing && (!c.defer_ || len(c.pending) >= batchMax) {
 		c.writing = true
 		go c.flush()
 	}
 	c.mu.Unlock()
 	return len(b), nil
+}
+
+// flushNow writes what is pending from the calling goroutine, and what
+// others append meanwhile, unless a flush is under way (which takes it
+// up): with deferred writes, a lone answer costs no goroutine.
+func (c *batchConn) flushNow() {
+	c.mu.Lock()
+	if c.writing || len(c.pending) == 0 || c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.writing = true
+	c.mu.Unlock()
+	// Let the goroutines ready to run go first: under load they are
+	// other streams' answers, whose frames then join this write (with
+	// h2load's 8 streams per connection, 1.3 writes per answer rather
+	// than 2, and a fifth less CPU per request). Alone, it returns at once.
+	runtime.Gosched()
+	c.flush()
+}
+
+// flushAsync has what is pending written by a goroutine of its own, for
+// a caller that must not block on the client (one that reads it).
+func (c *batchConn) flushAsync() {
+	c.mu.Lock()
+	if !c.writing && len(c.pending) > 0 && c.err == nil {
+		c.writing = true
+		go c.flush()
+	}
+	c.mu.Unlock()
 }
 
 // flush writes what is pending, batch after batch, until nothing is.
@@ -78,6 +111,9 @@ func (c *batchConn) flush() {
 		buf := c.pending
 		c.pending = c.spare[:0]
 		c.mu.Unlock()
+		if c.timeout > 0 {
+			c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		}
 		_, err := c.Conn.Write(buf)
 		c.mu.Lock()
 		if cap(buf) <= batchKeep {
@@ -104,6 +140,10 @@ func (c *batchConn) flush() {
 func (c *batchConn) Close() error {
 	if c.on {
 		c.mu.Lock()
+		if !c.writing && len(c.pending) > 0 && c.err == nil {
+			c.writing = true // deferred writes not flushed yet
+			go c.flush()
+		}
 		if c.writing {
 			c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 		}

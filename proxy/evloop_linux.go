@@ -28,8 +28,9 @@ import (
 //     once, edge-triggered, for input, plus a loopConn (about a hundred bytes) and the net.TCPConn
 //     around its descriptor. No goroutine waits on it and no buffer is
 //     held for it.
-//   - active: bytes arrived. The loop hands the connection to a goroutine
-//     that runs fasthttp's ServeConn on it, with the request and response
+//   - active: bytes arrived. The loop serves the common request itself
+//     (evloop_fast_linux.go); for any other, it hands the connection to a
+//     goroutine that runs fasthttp's ServeConn on it, with the request and response
 //     types, the strict parsing, limits and timeouts of the goroutine engine,
 //     and the proxy's serve path unchanged (framing.go's checks included).
 //     fasthttp's buffers come from its pools (ReduceMemoryUsage). Blocking
@@ -87,8 +88,11 @@ type loop struct {
 	wmu     sync.Mutex
 	idleW   []*worker
 	wclosed bool
-	bg      sync.WaitGroup // the epoll and sweep goroutines
+	bg      sync.WaitGroup // the sweep goroutine
 	stop    chan struct{}
+	runDone chan struct{} // closed when the epoll goroutine returned
+
+	fast fastLoop // the requests served on the loop itself (evloop_fast_linux.go)
 }
 
 // The states of a loopConn.
@@ -214,7 +218,11 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 		ep.Close()
 		return nil, err
 	}
-	l := &loop{p: p, srv: srv, ep: ep, epfd: epfd, rc: rc, stop: make(chan struct{})}
+	l := &loop{p: p, srv: srv, ep: ep, epfd: epfd, rc: rc, stop: make(chan struct{}), runDone: make(chan struct{})}
+	if err := l.initFast(); err != nil {
+		ep.Close()
+		return nil, err
+	}
 	l.fresh.d, l.fresh.id = p.cfg.HeaderTimeout, 1
 	l.idle.d, l.idle.id = p.cfg.IdleTimeout, 2
 	l.heads = make(map[*loopConn][]byte)
@@ -234,7 +242,7 @@ func newLoop(p *Proxy, srv *fasthttp.Server) (*loop, error) {
 			lc.peek, lc.served = false, true
 		}
 	}
-	l.bg.Add(2)
+	l.bg.Add(1)
 	go l.run()
 	go l.sweep()
 	return l, nil
@@ -456,10 +464,13 @@ func (l *loop) addFD(fd int, raddr netip.AddrPort, head []byte) {
 	}
 }
 
-// run waits for parked connections that have input and hands each to a
-// goroutine, until the epoll set is closed.
+// run waits for parked connections that have input and serves them (on
+// the loop, or by handing each to a goroutine), and for the upstream
+// connections of the requests it serves, until shutdown has nothing left
+// in flight on the loop.
 func (l *loop) run() {
-	defer l.bg.Done()
+	defer close(l.runDone)
+	defer l.closeFastLoop()
 	events := make([]unix.EpollEvent, 256)
 	var n int
 	wait := func(fd uintptr) bool { // made once: a closure per round would be an allocation
@@ -472,12 +483,17 @@ func (l *loop) run() {
 		}
 	}
 	for {
-		err := l.rc.Read(wait)
-		if err != nil {
+		if err := l.rc.Read(wait); err != nil {
 			return // closed at shutdown
 		}
 		for i := range events[:n] {
-			l.ready(events[i].Fd)
+			l.event(&events[i])
+		}
+		if l.fast.closing.Load() {
+			l.tick()
+		}
+		if l.fast.quit {
+			return
 		}
 	}
 }
@@ -495,6 +511,11 @@ func (l *loop) ready(fd int32) {
 		l.mu.Unlock()
 		return
 	}
+	if l.closing && c.state.Load() == lcParked {
+		l.mu.Unlock()
+		l.closeParked(c)
+		return
+	}
 	if !c.state.CompareAndSwap(lcParked, lcActive) {
 		// Active: its goroutine looks again before it parks it. (An event
 		// for a descriptor closed and reused since costs the new
@@ -508,6 +529,10 @@ func (l *loop) ready(fd int32) {
 	c.pending = false
 	l.remove(c)
 	l.mu.Unlock()
+	if l.fast.on {
+		l.serveFast(c)
+		return
+	}
 	l.dispatch(c)
 }
 
@@ -705,6 +730,7 @@ func (l *loop) sweep() {
 		case <-l.stop:
 			return
 		case now := <-t.C:
+			l.wake() // the fast path's deadlines
 			ns := now.UnixNano()
 			l.reapWorkers(ns-int64(workerIdle), false)
 			l.mu.Lock()
@@ -743,12 +769,24 @@ func (l *loop) shutdown(ctx context.Context) {
 		}
 	}
 	l.mu.Unlock()
-	close(l.stop)
-	l.ep.Close() // run returns: no more dispatches
-	l.bg.Wait()
 	for _, c := range parked {
 		l.closeParked(c)
 	}
+	// run returns once the requests it serves itself are answered (and
+	// has no more to dispatch), or at once when ctx ends first.
+	l.fast.closing.Store(true)
+	l.wake()
+	select {
+	case <-l.runDone:
+	case <-ctx.Done():
+		l.fast.abort.Store(true)
+		l.wake()
+		<-l.runDone
+	}
+	close(l.stop)
+	l.bg.Wait()
+	unix.Close(l.fast.wakefd) // nothing wakes the loop any more
+	l.ep.Close()
 	l.reapWorkers(0, true) // the busy ones end after their connection
 	done := make(chan struct{})
 	go func() { l.workers.Wait(); close(done) }()

@@ -31,6 +31,12 @@ type HTTP2Config struct {
 	StreamWindow         int  `json:"stream_window"`          // bytes of request body a stream may have in flight (its flow-control window)
 	ConnWindow           int  `json:"conn_window"`            // bytes of request body a connection may have in flight
 	MaxFrameSize         int  `json:"max_frame_size"`         // largest frame payload read
+
+	// Server is the HTTP/2 server of the connections: H2ServerLean (the
+	// default, also "": pier's own, h2lean.go) or H2ServerGo (net/http's).
+	// Connections upgraded from HTTP/1.1 (Upgrade: h2c) are net/http's
+	// either way.
+	Server string `json:"server"`
 }
 
 // defaultHTTP2 returns HTTP/2's defaults.
@@ -42,6 +48,7 @@ func defaultHTTP2() HTTP2Config {
 		StreamWindow:         1 << 20,  // Go's default: 1 MiB
 		ConnWindow:           1 << 20,  // Go's default: 1 MiB
 		MaxFrameSize:         16 << 10, // the protocol's initial value: 16 KiB
+		Server:               H2ServerLean,
 	}
 }
 
@@ -69,7 +76,12 @@ func (c *HTTP2Config) fill() error {
 	if c.MaxFrameSize == 0 {
 		c.MaxFrameSize = d.MaxFrameSize
 	}
+	if c.Server == "" {
+		c.Server = d.Server
+	}
 	switch {
+	case c.Server != H2ServerLean && c.Server != H2ServerGo:
+		return fmt.Errorf("proxy: http2: server %q: want %q or %q", c.Server, H2ServerLean, H2ServerGo)
 	case c.MaxFrameSize < 16<<10 || c.MaxFrameSize > 1<<24-1:
 		return fmt.Errorf("proxy: http2: max_frame_size %d: want 16384-16777215", c.MaxFrameSize)
 	case c.StreamWindow > 1<<31-1 || c.ConnWindow > 1<<31-1:
@@ -86,6 +98,7 @@ func (c *HTTP2Config) fill() error {
 type h2Front struct {
 	srv  *http.Server
 	up   *h2cUpgrades // nil without h2c
+	lean *leanFront   // nil: srv serves the queue
 	q    *connQueue
 	open atomic.Int64 // HTTP/2 client connections open
 	done chan struct{}
@@ -124,6 +137,9 @@ func (p *Proxy) newH2Front() *h2Front {
 	if p.cfg.H2C {
 		f.up = f.newUpgrades(f.srv.Handler)
 	}
+	if c.Server == H2ServerLean {
+		f.lean = newLeanFront(p, f)
+	}
 	return f
 }
 
@@ -134,6 +150,10 @@ func (f *h2Front) start() <-chan struct{} {
 		done := make(chan struct{})
 		close(done)
 		return done
+	}
+	if f.lean != nil {
+		go func() { f.lean.serve(); close(f.done) }()
+		return f.done
 	}
 	go func() { f.srv.Serve(f.q); close(f.done) }()
 	return f.done
@@ -152,7 +172,9 @@ func (f *h2Front) shutdown(ctx context.Context) {
 		}
 		close(upDone)
 	}()
-	if err := f.srv.Shutdown(ctx); err != nil {
+	if f.lean != nil {
+		f.lean.shutdown(ctx)
+	} else if err := f.srv.Shutdown(ctx); err != nil {
 		f.srv.Close()
 	}
 	<-upDone
@@ -330,8 +352,8 @@ func (p *Proxy) classifyTLS(c net.Conn) (net.Conn, bool) {
 		return nil, false
 	}
 	h2 := tc.ConnectionState().NegotiatedProtocol == "h2"
-	if bc, ok := tc.NetConn().(*batchConn); ok && h2 {
-		bc.start()
+	if bc, ok := tc.NetConn().(*batchConn); ok && h2 && p.h2.lean == nil {
+		bc.start() // the lean server batches above TLS instead
 	}
 	return tc, h2
 }

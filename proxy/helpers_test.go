@@ -32,6 +32,12 @@ type env struct {
 
 func newEnv(t *testing.T, tweak func(*Config)) *env {
 	t.Helper()
+	return newEnvLB(t, nil, tweak)
+}
+
+// newEnvLB is newEnv with the balancer's config tweaked too.
+func newEnvLB(t *testing.T, lbTweak func(*lb.Config), tweak func(*Config)) *env {
+	t.Helper()
 	rc := registry.DefaultConfig()
 	rc.NodeName, rc.Address = "n1", "127.0.0.1"
 	reg, err := registry.New(rc)
@@ -40,6 +46,9 @@ func newEnv(t *testing.T, tweak func(*Config)) *env {
 	}
 	lc := lb.DefaultConfig()
 	lc.Source = reg
+	if lbTweak != nil {
+		lbTweak(&lc)
+	}
 	bal, err := lb.New(lc)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +56,8 @@ func newEnv(t *testing.T, tweak func(*Config)) *env {
 	pc := DefaultConfig()
 	pc.Balancer = bal
 	pc.Engine = testEngine
-	t.Logf("proxy engine: %s", pc.Engine)
+	pc.HTTP2.Server = testH2Server
+	t.Logf("proxy engine: %s, HTTP/2 server: %s", pc.Engine, pc.HTTP2.Server)
 	if tweak != nil {
 		tweak(&pc)
 	}

@@ -14,9 +14,13 @@ import (
 // testEngine is the engine newEnv starts proxies with in the current pass.
 var testEngine = EngineGoroutines
 
+// testH2Server is the HTTP/2 server newEnv starts proxies with in the
+// current pass.
+var testH2Server = H2ServerLean
+
 // TestMain runs the package's tests once per engine (PIER_PROXY_ENGINES,
 // a comma-separated list; default both on Linux, where the event loop
-// runs), and fails the run if a goroutine outlives the tests: everything a
+// runs) and once more per other HTTP/2 server (PIER_PROXY_H2), and fails the run if a goroutine outlives the tests: everything a
 // test starts is stopped and waited for by the time it returns.
 //
 // fasthttp's own goroutines are not ours to stop, and each ends by itself:
@@ -35,11 +39,29 @@ func TestMain(m *testing.M) {
 	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
 		engines = engines[:1] // a fuzz run fuzzes once
 	}
+	// The HTTP/2 servers (PIER_PROXY_H2, default both) each get a pass
+	// with the first engine; the other engines run with the first server.
+	h2s := []string{H2ServerLean, H2ServerGo}
+	if e := os.Getenv("PIER_PROXY_H2"); e != "" {
+		h2s = strings.Split(e, ",")
+	}
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		h2s = h2s[:1]
+	}
+	type pass struct{ engine, h2 string }
+	var passes []pass
+	for i, e := range engines {
+		for j, h := range h2s {
+			if i == 0 || j == 0 {
+				passes = append(passes, pass{e, h})
+			}
+		}
+	}
 	code := 0
-	for _, e := range engines {
-		testEngine = e
-		if len(engines) > 1 {
-			fmt.Fprintf(os.Stderr, "=== proxy engine: %s\n", e)
+	for _, ps := range passes {
+		testEngine, testH2Server = ps.engine, ps.h2
+		if len(passes) > 1 {
+			fmt.Fprintf(os.Stderr, "=== proxy engine: %s, HTTP/2 server: %s\n", ps.engine, ps.h2)
 		}
 		if c := m.Run(); c != 0 {
 			code = c

@@ -54,7 +54,8 @@ type Config struct {
 	H2C           bool           `json:"h2c"`   // the plain listener also takes HTTP/2 with prior knowledge
 
 	// Engine serves the plain listener's HTTP/1.1 connections:
-	// EngineGoroutines (the default, also "") or EngineEventLoop (engine.go).
+	// EngineEventLoop (the default on Linux, also "") or EngineGoroutines
+	// (engine.go).
 	Engine string `json:"engine"`
 }
 
@@ -148,6 +149,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if err := ValidateEngine(cfg.Engine); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.Engine == "" {
+		cfg.Engine = defaultEngine()
 	}
 	p := &Proxy{cfg: cfg, bal: cfg.Balancer, log: cfg.Logger, tunnels: map[net.Conn]struct{}{}, kvWarned: map[string]uint64{}, tlsc: tlsCache{}}
 	if cfg.Failover != nil {
@@ -382,114 +386,30 @@ func (p *Proxy) removeTunnel(c net.Conn) {
 	p.tunnelsMu.Unlock()
 }
 
+// reqState is what the first half of serving a request (begin) found,
+// for the second (the attempts).
+type reqState struct {
+	start   time.Time
+	origURI *logEntry
+	r       *route
+	pool    *lb.Pool
+}
+
+// What begin left to do.
+const (
+	reqDone    = iota // answered, or taken over (a tunnel, gRPC-Web, h2c)
+	reqForward        // the request is ready to go to st.pool
+	reqSlow           // (fast only) the request needs the blocking path: nothing was answered
+)
+
 // serve handles one request.
 func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
-	var start time.Time
-	if p.alog != nil || p.met != nil || p.cfg.TryTimeout > 0 {
-		start = time.Now()
+	var st reqState
+	if p.begin(ctx, &st, false) != reqForward {
+		return
 	}
 	req := &ctx.Request
-	uri := req.Header.RequestURI()
-	origURI := p.alog.begin(uri) // for the access log: the URI as the client sent it
-	if badFraming(req.Header.RawHeaders()) {
-		// Nothing of it is forwarded, and the connection is closed: where
-		// this request ends is exactly what is in doubt (framing.go).
-		ctx.Error("pier: bad request framing\n", fasthttp.StatusBadRequest)
-		ctx.SetConnectionClose()
-		p.access(ctx, origURI, start, nil, nil, 0)
-		return
-	}
-	if !absoluteForm(&req.Header) {
-		ctx.Error("pier: bad request target\n", fasthttp.StatusBadRequest)
-		p.access(ctx, origURI, start, nil, nil, 0)
-		return
-	}
-	uri = req.Header.RequestURI() // now in origin form, the host in Host
-	if p.acme != nil && !ctx.IsTLS() && p.acme.challenge(ctx) {
-		p.access(ctx, origURI, start, nil, nil, 0)
-		return
-	}
-	if p.redirect && !ctx.IsTLS() {
-		p.redirectHTTPS(ctx)
-		p.access(ctx, origURI, start, nil, nil, 0)
-		return
-	}
-	if p.h2 != nil && p.h2.up != nil && !ctx.IsTLS() && !isH2(ctx) && p.h2cUpgrade(ctx) {
-		return // the request is stream 1 of an HTTP/2 connection now (h2upgrade.go)
-	}
-	path, query := uri, []byte(nil)
-	for i, c := range uri {
-		if c == '?' {
-			path, query = uri[:i], uri[i:]
-			break
-		}
-	}
-	if len(path) == 0 || path[0] != '/' || hasDotSegment(path) {
-		ctx.Error("pier: bad request path\n", fasthttp.StatusBadRequest)
-		p.access(ctx, origURI, start, nil, nil, 0)
-		return
-	}
-	host := req.Header.Host()
-	rt := p.routes.Load()
-	r := rt.lookup(host, path)
-	if r == nil {
-		if rt = p.catchUp(); rt != nil {
-			r = rt.lookup(host, path)
-		}
-		if r == nil {
-			ctx.Error("pier: no route\n", fasthttp.StatusNotFound)
-			p.access(ctx, origURI, start, nil, nil, 0)
-			return
-		}
-	}
-	if r.Proto == ProtoGRPC {
-		if p.serveGRPCFromH1(ctx, r, start) {
-			return // gRPC-Web, or a CORS preflight (grpcweb.go)
-		}
-		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
-		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
-		p.access(ctx, origURI, start, r, nil, 0)
-		return
-	}
-	pool := p.pool(r)
-	if pool.Len() == 0 {
-		if nrt := p.catchUp(); nrt != rt {
-			// The route may have gone with its last instance (a tag route
-			// goes when no instance carries its tag): look it up again.
-			if r = nrt.lookup(host, path); r == nil {
-				ctx.Error("pier: no route\n", fasthttp.StatusNotFound)
-				p.access(ctx, origURI, start, nil, nil, 0)
-				return
-			}
-		}
-		if pool = p.pool(r); pool.Len() == 0 {
-			p.noInstance(ctx, r)
-			p.access(ctx, origURI, start, r, nil, 0)
-			return
-		}
-	}
-	if p.cfg.MaxBodySize > 0 && int64(req.Header.ContentLength()) > p.cfg.MaxBodySize {
-		ctx.Error("pier: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
-		ctx.SetConnectionClose()
-		p.access(ctx, origURI, start, r, nil, 0)
-		return
-	}
-
-	var ubuf [512]byte
-	target := r.rewrite(ubuf[:0], path)
-	target = append(target, query...)
-	upgrade := isUpgrade(&req.Header)
-	req.SetRequestURIBytes(target)
-	if ctx.IsTLS() {
-		// TLS ends here: the request goes on to the backend as plain HTTP
-		// (fasthttp would otherwise parse it as https and refuse it).
-		req.URI().SetScheme("http")
-	}
-	p.forwardHeaders(ctx, upgrade)
-	if upgrade {
-		p.tunnel(ctx, r, pool, start, origURI)
-		return
-	}
+	r, pool, start, origURI := st.r, st.pool, st.start, st.origURI
 	var body *clientBody // the client's body: its errors, and the limit of a chunked one
 	if req.IsBodyStream() {
 		size := req.Header.ContentLength()
@@ -527,23 +447,13 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 			p.access(ctx, origURI, start, r, b, n)
 			return
 		}
-		b.Release()
 		if body != nil && body.err != nil {
 			// The client's body failed, not b: nothing to hold against b,
 			// nothing to retry (answered below).
+			b.Release()
 			break
 		}
-		retry, failed := classify(err, req)
-		if tlsMismatch(err) {
-			p.warnTLS(r, b, err)
-		}
-		if failed && b.Fail(r.maxFails, r.failTimeout) {
-			p.met.ejected(r)
-			p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(),
-				"fail_timeout", r.failTimeout, "err", err)
-		}
-		p.log.Debug("request to backend failed", "service", r.Service, "addr", b.Addr(), "try", n, "retry", retry, "err", err)
-		if !retry {
+		if !p.tryFailed(r, b, req, n, err) {
 			break
 		}
 	}
@@ -564,16 +474,168 @@ func (p *Proxy) serve(ctx *fasthttp.RequestCtx) {
 		p.access(ctx, origURI, start, r, nil, n)
 		return
 	}
+	p.unavailable(ctx, &st, err, tried[:n])
+}
+
+// tryFailed ends the failed attempt n of a request on b: b's in-flight
+// count, its passive health, the log. It reports whether the request may
+// be tried on another backend.
+func (p *Proxy) tryFailed(r *route, b *lb.Backend, req *fasthttp.Request, n int, err error) bool {
+	b.Release()
+	retry, failed := classify(err, req)
+	if tlsMismatch(err) {
+		p.warnTLS(r, b, err)
+	}
+	if failed && b.Fail(r.maxFails, r.failTimeout) {
+		p.met.ejected(r)
+		p.log.Warn("backend out of rotation after failures", "service", r.Service, "addr", b.Addr(),
+			"fail_timeout", r.failTimeout, "err", err)
+	}
+	p.log.Debug("request to backend failed", "service", r.Service, "addr", b.Addr(), "try", n, "retry", retry, "err", err)
+	return retry
+}
+
+// unavailable answers a request no backend answered: 504 when the last
+// attempt timed out, else 502.
+func (p *Proxy) unavailable(ctx *fasthttp.RequestCtx, st *reqState, err error, tried []*lb.Backend) {
+	ctx.Response.Reset()
 	if isTimeout(err) {
-		ctx.Error("pier: service \""+r.Service+"\" timed out\n", fasthttp.StatusGatewayTimeout)
+		ctx.Error("pier: service \""+st.r.Service+"\" timed out\n", fasthttp.StatusGatewayTimeout)
 	} else {
-		ctx.Error("pier: service \""+r.Service+"\" is unavailable\n", fasthttp.StatusBadGateway)
+		ctx.Error("pier: service \""+st.r.Service+"\" is unavailable\n", fasthttp.StatusBadGateway)
 	}
 	var last *lb.Backend
-	if n > 0 {
+	if n := len(tried); n > 0 {
 		last = tried[n-1]
 	}
-	p.access(ctx, origURI, start, r, last, n)
+	p.access(ctx, st.origURI, st.start, st.r, last, len(tried))
+}
+
+// begin is the first half of serving a request: the checks, the route and
+// its pool, the rewritten target and the forwarded headers. It answers
+// what it can answer itself. With fast (the event loop serving a request
+// whose bytes are all in), it answers reqSlow, having answered nothing,
+// for a request that needs the blocking path: a gRPC route, a route with
+// TLS to its instances.
+func (p *Proxy) begin(ctx *fasthttp.RequestCtx, st *reqState, fast bool) int {
+	var start time.Time
+	if p.alog != nil || p.met != nil || p.cfg.TryTimeout > 0 {
+		start = time.Now()
+	}
+	st.start = start
+	req := &ctx.Request
+	uri := req.Header.RequestURI()
+	origURI := p.alog.begin(uri) // for the access log: the URI as the client sent it
+	st.origURI = origURI
+	if badFraming(req.Header.RawHeaders()) {
+		// Nothing of it is forwarded, and the connection is closed: where
+		// this request ends is exactly what is in doubt (framing.go).
+		ctx.Error("pier: bad request framing\n", fasthttp.StatusBadRequest)
+		ctx.SetConnectionClose()
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return reqDone
+	}
+	if !absoluteForm(&req.Header) {
+		ctx.Error("pier: bad request target\n", fasthttp.StatusBadRequest)
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return reqDone
+	}
+	uri = req.Header.RequestURI() // now in origin form, the host in Host
+	if p.acme != nil && !ctx.IsTLS() && p.acme.challenge(ctx) {
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return reqDone
+	}
+	if p.redirect && !ctx.IsTLS() {
+		p.redirectHTTPS(ctx)
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return reqDone
+	}
+	if p.h2 != nil && p.h2.up != nil && !ctx.IsTLS() && !isH2(ctx) && p.h2cUpgrade(ctx) {
+		return reqDone // the request is stream 1 of an HTTP/2 connection now (h2upgrade.go)
+	}
+	path, query := uri, []byte(nil)
+	for i, c := range uri {
+		if c == '?' {
+			path, query = uri[:i], uri[i:]
+			break
+		}
+	}
+	if len(path) == 0 || path[0] != '/' || hasDotSegment(path) {
+		ctx.Error("pier: bad request path\n", fasthttp.StatusBadRequest)
+		p.access(ctx, origURI, start, nil, nil, 0)
+		return reqDone
+	}
+	host := req.Header.Host()
+	rt := p.routes.Load()
+	r := rt.lookup(host, path)
+	if r == nil {
+		if rt = p.catchUp(); rt != nil {
+			r = rt.lookup(host, path)
+		}
+		if r == nil {
+			ctx.Error("pier: no route\n", fasthttp.StatusNotFound)
+			p.access(ctx, origURI, start, nil, nil, 0)
+			return reqDone
+		}
+	}
+	if fast && (r.Proto == ProtoGRPC || r.tls != nil) {
+		p.alog.drop(origURI)
+		return reqSlow
+	}
+	if r.Proto == ProtoGRPC {
+		if p.serveGRPCFromH1(ctx, r, start) {
+			return reqDone // gRPC-Web, or a CORS preflight (grpcweb.go)
+		}
+		// gRPC needs HTTP/2 both ways: over HTTP/1.1 it has no trailers.
+		ctx.Error("pier: route "+r.Host+r.Path+" is a gRPC route: it takes HTTP/2 only\n", fasthttp.StatusHTTPVersionNotSupported)
+		p.access(ctx, origURI, start, r, nil, 0)
+		return reqDone
+	}
+	pool := p.pool(r)
+	if pool.Len() == 0 {
+		if nrt := p.catchUp(); nrt != rt {
+			// The route may have gone with its last instance (a tag route
+			// goes when no instance carries its tag): look it up again.
+			if r = nrt.lookup(host, path); r == nil {
+				ctx.Error("pier: no route\n", fasthttp.StatusNotFound)
+				p.access(ctx, origURI, start, nil, nil, 0)
+				return reqDone
+			}
+			if fast && (r.Proto == ProtoGRPC || r.tls != nil) {
+				p.alog.drop(origURI)
+				return reqSlow
+			}
+		}
+		if pool = p.pool(r); pool.Len() == 0 {
+			p.noInstance(ctx, r)
+			p.access(ctx, origURI, start, r, nil, 0)
+			return reqDone
+		}
+	}
+	if p.cfg.MaxBodySize > 0 && int64(req.Header.ContentLength()) > p.cfg.MaxBodySize {
+		ctx.Error("pier: request body too large\n", fasthttp.StatusRequestEntityTooLarge)
+		ctx.SetConnectionClose()
+		p.access(ctx, origURI, start, r, nil, 0)
+		return reqDone
+	}
+	st.r, st.pool = r, pool
+
+	var ubuf [512]byte
+	target := r.rewrite(ubuf[:0], path)
+	target = append(target, query...)
+	upgrade := isUpgrade(&req.Header)
+	req.SetRequestURIBytes(target)
+	if ctx.IsTLS() {
+		// TLS ends here: the request goes on to the backend as plain HTTP
+		// (fasthttp would otherwise parse it as https and refuse it).
+		req.URI().SetScheme("http")
+	}
+	p.forwardHeaders(ctx, upgrade)
+	if upgrade {
+		p.tunnel(ctx, r, pool, start, origURI)
+		return reqDone
+	}
+	return reqForward
 }
 
 // releaseKey is the user value that holds a request's backend until

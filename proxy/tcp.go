@@ -95,9 +95,10 @@ func DefaultTCPConfig() TCPConfig {
 // backend, and least-connections weighs HTTP requests and TCP connections
 // alike) and its passive health settings (max_fails, fail_timeout, tries).
 type TCPProxy struct {
-	p   *Proxy
-	cfg TCPConfig
-	met *tcpMetrics // nil: no metrics
+	p     *Proxy
+	cfg   TCPConfig
+	met   *tcpMetrics // nil: no metrics
+	loops *tcpLoops   // the event-loop engine's (tcp_loop_linux.go); nil: a goroutine pair per connection
 
 	mu        sync.Mutex
 	listeners map[string]*tcpListener // by listen address
@@ -162,16 +163,23 @@ func (p *Proxy) NewTCP(cfg TCPConfig) (*TCPProxy, error) {
 	if t.met, err = newTCPMetrics(p.cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("proxy: tcp metrics: %w", err)
 	}
+	if p.cfg.Engine == EngineEventLoop {
+		if t.loops, err = newTCPLoops(t); err != nil {
+			return nil, fmt.Errorf("proxy: tcp event loops: %w", err)
+		}
+	}
 	sni := map[string]*tcpRoute{}
 	for i := range cfg.Routes {
 		r := cfg.Routes[i]
 		r.Source = "config"
 		if err := r.Validate(); err != nil {
+			t.Close() // the loops' descriptors
 			return nil, fmt.Errorf("proxy.tcp[%d].%w", i, err)
 		}
 		rt := t.newRoute(r)
 		if r.Listen == "" {
 			if _, dup := sni[r.SNI]; dup {
+				t.Close()
 				return nil, fmt.Errorf("proxy.tcp[%d].sni %q: given twice", i, r.SNI)
 			}
 			sni[r.SNI] = rt
@@ -179,7 +187,7 @@ func (p *Proxy) NewTCP(cfg TCPConfig) (*TCPProxy, error) {
 		}
 		l := t.listeners[r.Listen]
 		if l == nil {
-			ln, err := listenTCP(r.Listen)
+			ln, err := t.listen(r.Listen)
 			if err != nil {
 				t.Close()
 				return nil, fmt.Errorf("proxy.tcp[%d].listen: %w", i, err)
@@ -271,12 +279,18 @@ func (t *TCPProxy) Close() {
 		c.close()
 	}
 	t.mu.Unlock()
+	if t.loops != nil {
+		t.loops.stop()
+	}
 }
 
 // Run serves the routes until ctx ends: it accepts on the config's
 // listeners, opens and closes the listeners of tag routes as tags come and
 // go, and drains connections to instances that left their pool.
 func (t *TCPProxy) Run(ctx context.Context) error {
+	if t.loops != nil {
+		t.loops.start()
+	}
 	t.mu.Lock()
 	for _, l := range t.listeners {
 		t.serve(l)
@@ -297,6 +311,10 @@ func (t *TCPProxy) Run(ctx context.Context) error {
 }
 
 func (t *TCPProxy) serve(l *tcpListener) {
+	if t.loops != nil {
+		t.loops.addListener(l)
+		return
+	}
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
@@ -342,6 +360,14 @@ func listenTCP(addr string) (net.Listener, error) {
 	return lc.Listen(context.Background(), "tcp", addr)
 }
 
+// listen opens a TCP route's listener for the proxy's engine.
+func (t *TCPProxy) listen(addr string) (net.Listener, error) {
+	if t.loops != nil {
+		return listenLoop(addr, t.loops)
+	}
+	return listenTCP(addr)
+}
+
 // isFileLimit reports an accept that failed for want of descriptors: the
 // listener is fine and accepting again later will work.
 func isFileLimit(err error) bool {
@@ -378,6 +404,9 @@ func (t *TCPProxy) sync(tb *lb.Table) {
 	for _, c := range conns {
 		in := live[c.rt] && slices.ContainsFunc(c.rt.pool(tb).Members(), func(m lb.Member) bool { return m.Backend == c.b })
 		c.setDraining(!in, t)
+	}
+	if t.loops != nil {
+		t.loops.sync(tb, live)
 	}
 }
 

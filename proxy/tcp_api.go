@@ -42,6 +42,9 @@ func (t *TCPProxy) Routes() []TCPRouteInfo {
 	for c := range t.conns {
 		open[c.rt]++
 	}
+	if t.loops != nil {
+		t.loops.open(open)
+	}
 	ls := make([]string, 0, len(t.listeners))
 	for k := range t.listeners {
 		ls = append(ls, k)

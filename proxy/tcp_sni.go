@@ -114,17 +114,23 @@ func (t *TCPProxy) passthroughOnly(l *tcpListener, c net.Conn) {
 		}
 	}
 	if rt == nil {
-		t.met.refused(l.ln.Addr().String(), reason)
-		// At most one line a second: a scanner must not flood the log;
-		// the metric counts every one.
-		if now := time.Now().UnixNano(); now-l.logged.Load() >= int64(time.Second) {
-			l.logged.Store(now)
-			t.p.log.Info("tcp passthrough: connection closed", "listen", l.ln.Addr().String(), "client", c.RemoteAddr().String(), "reason", reason, "sni", name)
-		}
+		t.refusePassthrough(l, func() string { return c.RemoteAddr().String() }, reason, name)
 		c.Close()
 		return
 	}
 	t.handle(c, rt, hello)
+}
+
+// refusePassthrough counts and logs a connection a passthrough-only
+// listener closes (client gives its address, asked only when logged).
+func (t *TCPProxy) refusePassthrough(l *tcpListener, client func() string, reason, name string) {
+	t.met.refused(l.ln.Addr().String(), reason)
+	// At most one line a second: a scanner must not flood the log;
+	// the metric counts every one.
+	if now := time.Now().UnixNano(); now-l.logged.Load() >= int64(time.Second) {
+		l.logged.Store(now)
+		t.p.log.Info("tcp passthrough: connection closed", "listen", l.ln.Addr().String(), "client", client(), "reason", reason, "sni", name)
+	}
 }
 
 // peekHello reads c until it holds a whole ClientHello and returns what it

@@ -153,7 +153,7 @@ func (t *TCPProxy) syncDynamic(tb *lb.Table) map[*tcpRoute]bool {
 			w.routes(func(rt *tcpRoute) { live[rt] = true })
 			continue
 		}
-		ln, err := listenTCP(addr)
+		ln, err := t.listen(addr)
 		if err != nil {
 			if w.source == "tag" {
 				t.warnOnceLocked("cannot listen for a urlprefix- tag", w.plain.Service, w.plain.tag, err)

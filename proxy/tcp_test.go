@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pier-dev/pier/deploy/eventually"
+	"github.com/pier-dev/pier/lb"
 )
 
 // echoServer is a TCP instance: it writes its name and a newline on every
@@ -91,8 +92,14 @@ type tcpEnv struct {
 
 func newTCPEnv(t *testing.T, tweak func(*Config), cfg TCPConfig) *tcpEnv {
 	t.Helper()
+	return newTCPEnvLB(t, nil, tweak, cfg)
+}
+
+// newTCPEnvLB is newTCPEnv with the balancer's config tweaked too.
+func newTCPEnvLB(t *testing.T, lbTweak func(*lb.Config), tweak func(*Config), cfg TCPConfig) *tcpEnv {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	e := newEnv(t, func(c *Config) {
+	e := newEnvLB(t, lbTweak, func(c *Config) {
 		c.Registerer = reg
 		if tweak != nil {
 			tweak(c)

@@ -77,9 +77,15 @@ func redisDo(c net.Conn, r *bufio.Reader, args ...string) (string, error) {
 
 // TestTCPRouteRedis runs the binary with a TCP route from the config file
 // and one from a fabio-style tag, each to a real redis-server, and speaks
-// redis's protocol through both.
+// redis's protocol through both, on each proxy engine.
 func TestTCPRouteRedis(t *testing.T) {
 	needBinary(t)
+	for _, engine := range []string{"goroutines", "eventloop"} {
+		t.Run(engine, func(t *testing.T) { testTCPRouteRedis(t, engine) })
+	}
+}
+
+func testTCPRouteRedis(t *testing.T, engine string) {
 	r1, r2 := startRedis(t), startRedis(t)
 	cfgPort, tagPort := freePort(t), freePort(t)
 	dir := t.TempDir()
@@ -87,6 +93,7 @@ func TestTCPRouteRedis(t *testing.T) {
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`
 proxy:
   addr: 127.0.0.1:0
+  engine: %s
   tcp:
     - listen: 127.0.0.1:%d
       service: redis
@@ -101,7 +108,7 @@ services:
     address: 127.0.0.1
     port: %d
     tags: ["urlprefix-:%d proto=tcp"]
-`, cfgPort, r1, r2, tagPort)), 0o600)
+`, engine, cfgPort, r1, r2, tagPort)), 0o600)
 	a := startAgent(t, "-dev", "-node", "tcp", "-config-file", cfg)
 	for _, tc := range []struct {
 		port int

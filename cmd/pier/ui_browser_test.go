@@ -30,7 +30,7 @@ type browser struct {
 }
 
 // newBrowser starts Chromium with a window of w×h and loads url.
-func newBrowser(t *testing.T, url string, w, h int) *browser {
+func newBrowser(t *testing.T, url string, w, h int, extra ...chromedp.ExecAllocatorOption) *browser {
 	t.Helper()
 	exe := chromium(t)
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
@@ -39,6 +39,7 @@ func newBrowser(t *testing.T, url string, w, h int) *browser {
 		chromedp.Flag("disable-gpu", true),
 		chromedp.WindowSize(w, h),
 	)
+	opts = append(opts, extra...)
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancelA)
 	ctx, cancel := chromedp.NewContext(actx)

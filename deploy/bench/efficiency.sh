@@ -22,11 +22,13 @@
 #   TARGETS="nginx pier-el" deploy/bench/efficiency.sh  # a subset (nginx is always measured: the ratios need it)
 #   SKIP_IDLE=1 / SKIP_RATES=1                         # one half only
 #   PIER_GODEBUG=schedtrace=2000000000                 # GODEBUG for pier only (see deploy/bench/README.md)
+#   PIER_EL0_BIN=/tmp/pier-old deploy/bench/efficiency.sh  # also pier-el0: another pier binary (an
+#                                                      # earlier build) on the eventloop engine
 #
 # It needs nginx and haproxy (apt-get installs them when missing) and vegeta
 # v12.13.0 (go install github.com/tsenart/vegeta/v12@v12.13.0 when missing),
 # builds pier, deploy/testserver and deploy/bench/idleconns, and uses only
-# loopback ports BASE_PORT..BASE_PORT+9 (default 18180). Run it by hand as
+# loopback ports BASE_PORT..BASE_PORT+10 (default 18180). Run it by hand as
 # root; CI does not. Every attack is bounded by DURATION, every wait by a
 # timeout.
 set -euo pipefail
@@ -41,7 +43,8 @@ BASE_PORT=${BASE_PORT:-18180}
 B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2))
 declare -A port=([pier-gr]=$((BASE_PORT + 3)) [pier-el]=$((BASE_PORT + 4)) [nginx]=$((BASE_PORT + 5)) [haproxy]=$((BASE_PORT + 6)))
 declare -A api=([pier-gr]=$((BASE_PORT + 7)) [pier-el]=$((BASE_PORT + 8)))
-read -r -a targets <<<"${TARGETS:-nginx haproxy pier-gr pier-el}"
+port[pier-el0]=$((BASE_PORT + 9)) api[pier-el0]=$((BASE_PORT + 10))
+read -r -a targets <<<"${TARGETS:-nginx haproxy pier-gr pier-el${PIER_EL0_BIN:+ pier-el0}}"
 [[ " ${targets[*]} " == *" nginx "* ]] || targets=(nginx "${targets[@]}")
 
 need_proxies
@@ -82,9 +85,9 @@ mkdir -p "$work/nginx"
 EOF
 } >"$work/nginx.conf"
 haproxy_api_cfg "${port[haproxy]}" 2 9000 "timeout http-keep-alive 75s" "http-request return status 404 unless { path_beg /api/ }" >"$work/haproxy.cfg"
-for t in pier-gr pier-el; do
+for t in pier-gr pier-el pier-el0; do
   engine=goroutines
-  [ "$t" = pier-el ] && engine=eventloop
+  [ "$t" != pier-gr ] && engine=eventloop
   cat >"$work/$t.yaml" <<EOF
 proxy:
   addr: 127.0.0.1:${port[$t]}
@@ -103,7 +106,10 @@ start() {
   case $t in
   nginx) "$NGINX_BIN" -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx.log" & ;;
   haproxy) "$HAPROXY_BIN" -f "$work/haproxy.cfg" -db >>"$work/haproxy.log" 2>&1 & ;;
-  pier-*) env ${PIER_GODEBUG:+GODEBUG=$PIER_GODEBUG} "$work/pier" agent -dev -node "bench-$t" -http-port "${api[$t]}" -serf-lan-port 0 -dns-port 0 \
+  pier-*)
+    bin="$work/pier"
+    [ "$t" = pier-el0 ] && bin=$PIER_EL0_BIN
+    env ${PIER_GODEBUG:+GODEBUG=$PIER_GODEBUG} "$bin" agent -dev -node "bench-$t" -http-port "${api[$t]}" -serf-lan-port 0 -dns-port 0 \
     -config-file "$work/$t.yaml" -log-level warn 2>>"$work/$t.log" & ;;
   esac
   pid[$t]=$!

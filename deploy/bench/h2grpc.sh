@@ -11,10 +11,12 @@
 #
 #   deploy/bench/h2grpc.sh                        # 3 rounds of 10s
 #   ROUNDS=5 DURATION=20 RATE=4000 deploy/bench/h2grpc.sh
+#   GO_SERVER=1 deploy/bench/h2grpc.sh            # and a second pier, "piergo", with http2.server: go
 #
 # It installs nginx, nghttp2-client (h2load), curl and openssl with apt-get
 # when missing, builds pier, deploy/testserver and grpcload, and uses only
-# loopback ports BASE_PORT..BASE_PORT+9 (default 18280). Run it by hand.
+# loopback ports BASE_PORT..BASE_PORT+9 (default 18280; +10..+12 with
+# GO_SERVER=1). Run it by hand.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
@@ -28,6 +30,8 @@ RATE=${RATE:-3000}         # requests (calls) per second in the fixed-rate runs
 BASE_PORT=${BASE_PORT:-18280}
 B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2)) G1=$((BASE_PORT + 3)) G2=$((BASE_PORT + 4))
 PIER=$((BASE_PORT + 5)) PIER_TLS=$((BASE_PORT + 6)) NGINX=$((BASE_PORT + 7)) NGINX_TLS=$((BASE_PORT + 8)) API=$((BASE_PORT + 9))
+PIER_GO=$((BASE_PORT + 10)) PIER_GO_TLS=$((BASE_PORT + 11)) API_GO=$((BASE_PORT + 12))
+GO_SERVER=${GO_SERVER:-0}  # 1: also a pier whose HTTP/2 server is net/http's (http2.server: go)
 
 need=()
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
@@ -51,12 +55,16 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -su
 "$work/grpcload" -serve 127.0.0.1:$G1 -name g1 2>"$work/g1.log" & pids+=($!)
 "$work/grpcload" -serve 127.0.0.1:$G2 -name g2 2>"$work/g2.log" & pids+=($!)
 
-cat >"$work/pier.yaml" <<EOF
+# pier_config H2C_PORT TLS_PORT HTTP2_SERVER
+pier_config() {
+  cat <<EOF
 proxy:
-  addr: 127.0.0.1:$PIER
+  addr: 127.0.0.1:$1
   h2c: true
+  http2:
+    server: $3
   tls:
-    addr: 127.0.0.1:$PIER_TLS
+    addr: 127.0.0.1:$2
     certs:
       - cert_file: $work/cert.pem
         key_file: $work/key.pem
@@ -68,9 +76,20 @@ proxy:
       service: grpc
       proto: grpc
 EOF
+}
+pier_config $PIER $PIER_TLS lean >"$work/pier.yaml"
 "$work/pier" agent -dev -node bench -http-port $API -serf-lan-port 0 -config-file "$work/pier.yaml" \
   -log-level warn 2>"$work/pier.log" & pids+=($!)
 pier_pid=$!
+apis=($API) targets=(pier)
+if [ "$GO_SERVER" = 1 ]; then
+  pier_config $PIER_GO $PIER_GO_TLS go >"$work/piergo.yaml"
+  "$work/pier" agent -dev -node bench-go -http-port $API_GO -serf-lan-port 0 -dns-port 0 -config-file "$work/piergo.yaml" \
+    -log-level warn 2>"$work/piergo.log" & pids+=($!)
+  piergo_pid=$!
+  apis+=($API_GO) targets+=(piergo)
+fi
+targets+=(nginx)
 
 mkdir -p "$work/nginx"
 { nginx_http_head; cat <<EOF
@@ -115,18 +134,22 @@ nginx_pid=$!
 
 for i in $(seq 1 100); do
   if ready http://127.0.0.1:$B1/ && ready http://127.0.0.1:$B2/ && ready http://127.0.0.1:$API/v1/agent/self &&
+    { [ "$GO_SERVER" != 1 ] || ready http://127.0.0.1:$API_GO/v1/agent/self; } &&
     curl -s -o /dev/null --max-time 1 --http2-prior-knowledge http://127.0.0.1:$NGINX/api/; then break; fi
   [ "$i" = 100 ] && { echo "something did not start; logs in $work" >&2; cat "$work"/*.log >&2; exit 1; }
   sleep 0.1
 done
-for s in api:1:$B1 api:2:$B2 grpc:1:$G1 grpc:2:$G2; do
-  IFS=: read -r name n port <<<"$s"
-  curl -sf -X PUT -d "{\"ID\":\"$name-$n\",\"Name\":\"$name\",\"Address\":\"127.0.0.1\",\"Port\":$port}" \
-    http://127.0.0.1:$API/v1/agent/service/register >/dev/null
+for a in "${apis[@]}"; do
+  for s in api:1:$B1 api:2:$B2 grpc:1:$G1 grpc:2:$G2; do
+    IFS=: read -r name n port <<<"$s"
+    curl -sf -X PUT -d "{\"ID\":\"$name-$n\",\"Name\":\"$name\",\"Address\":\"127.0.0.1\",\"Port\":$port}" \
+      http://127.0.0.1:$a/v1/agent/service/register >/dev/null
+  done
 done
 
 declare -A port=([pier]=$PIER [nginx]=$NGINX) tport=([pier]=$PIER_TLS [nginx]=$NGINX_TLS) pid=([pier]=$pier_pid [nginx]=$nginx_pid)
-for t in pier nginx; do
+if [ "$GO_SERVER" = 1 ]; then port[piergo]=$PIER_GO tport[piergo]=$PIER_GO_TLS pid[piergo]=$piergo_pid; fi
+for t in "${targets[@]}"; do
   v=$(curl -sk --http2 -o /dev/null -w '%{http_version} %{http_code}' https://127.0.0.1:${tport[$t]}/api/hello)
   [ "$v" = "2 200" ] || { echo "$t over TLS: $v" >&2; exit 1; }
   v=$(curl -s --http2-prior-knowledge -o /dev/null -w '%{http_version} %{http_code}' http://127.0.0.1:${port[$t]}/api/hello)
@@ -142,7 +165,7 @@ record() {
   local cpu
   cpu=$(awk -v d="$8" -v n="$9" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", n ? d * 1e6 / hz / n : 0}')
   echo "$1 $2 $3 $4 $5 $6 $7 $cpu" >>"$results"
-  printf 'round %d %-10s %-6s %8d req/s  p50 %6s us  p99 %6s us  cpu %5s us/req  errors %d\n' "$3" "$1" "$2" "$4" "$5" "$6" "$cpu" "$7" >&2
+  printf 'round %d %-10s %-7s %8d req/s  p50 %6s us  p99 %6s us  cpu %5s us/req  errors %d\n' "$3" "$1" "$2" "$4" "$5" "$6" "$cpu" "$7" >&2
 }
 
 # h2load_round ROUND TEST TARGET URL: requests/s, closed loop.
@@ -169,12 +192,12 @@ grpcload_round() {
 }
 
 echo "warming up" >&2
-for t in pier nginx; do
+for t in "${targets[@]}"; do
   h2load -c "$CONNS" -m "$STREAMS" -D 2 http://127.0.0.1:${port[$t]}/api/hello >/dev/null 2>&1
   "$work/grpcload" -target 127.0.0.1:${port[$t]} -duration 2s >/dev/null
 done
 for r in $(seq 1 "$ROUNDS"); do
-  for t in pier nginx; do
+  for t in "${targets[@]}"; do
     h2load_round "$r" h2-tls "$t" https://127.0.0.1:${tport[$t]}/api/hello
     h2load_round "$r" h2c "$t" http://127.0.0.1:${port[$t]}/api/hello
     grpcload_round "$r" grpc "$t" grpc 127.0.0.1:${port[$t]} /
@@ -186,11 +209,11 @@ done
 
 echo
 echo "$(nproc) cores, $CONNS connections x $STREAMS streams, ${DURATION}s, $ROUNDS interleaved rounds, fixed rate $RATE/s; medians:"
-printf '%-12s %-6s %10s %10s %10s %12s %8s\n' test target req/s p50_us p99_us cpu_us/req errors
+printf '%-12s %-7s %10s %10s %10s %12s %8s\n' test target req/s p50_us p99_us cpu_us/req errors
 for test in h2-tls h2c grpc h2-tls@rate h2c@rate grpc@rate; do
-  for t in pier nginx; do
+  for t in "${targets[@]}"; do
     sel() { awk -v a="$test" -v b="$t" -v c="$1" '$1==a && $2==b {print $c}' "$results"; }
-    printf '%-12s %-6s %10s %10s %10s %12s %8s\n' "$test" "$t" "$(sel 4 | median)" "$(sel 5 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')" \
+    printf '%-12s %-7s %10s %10s %10s %12s %8s\n' "$test" "$t" "$(sel 4 | median)" "$(sel 5 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')" \
       "$(sel 6 | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')" "$(sel 8 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')" "$(sel 7 | awk '{n+=$1} END {print n+0}')"
   done
 done

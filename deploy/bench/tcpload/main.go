@@ -32,6 +32,7 @@ func main() {
 	addr := fs.String("addr", "127.0.0.1:19001", "listen (serve) or connect to (stream, connect)")
 	conns := fs.Int("conns", 16, "concurrent connections")
 	dur := fs.Duration("d", 10*time.Second, "how long to run")
+	fs.BoolVar(&linger0, "linger0", false, "close with SO_LINGER 0 (a reset, so no TIME_WAIT socket is left): connect mode's client, and serve's instance once the client is done")
 	fs.Parse(os.Args[2:])
 	switch os.Args[1] {
 	case "serve":
@@ -59,6 +60,7 @@ func serve(addr string) {
 		go func() {
 			defer c.Close()
 			io.Copy(c, c)
+			reset(c)
 		}()
 	}
 }
@@ -153,12 +155,25 @@ func stream(addr string, end time.Time) (int64, []time.Duration, error) {
 	return n, lat, nil
 }
 
+// linger0 is the -linger0 flag.
+var linger0 bool
+
+// reset makes c's close a reset when -linger0 is set: a connection-rate
+// run leaves tens of thousands of TIME_WAIT sockets otherwise, on both
+// sides of a proxy, which use up the machine's ephemeral ports.
+func reset(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok && linger0 {
+		tc.SetLinger(0)
+	}
+}
+
 func connectOnce(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	defer reset(c)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	msg := []byte("0123456789abcdef")
 	if _, err := c.Write(msg); err != nil {

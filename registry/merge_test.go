@@ -96,10 +96,17 @@ func mergeRegistry(t *testing.T) *Registry {
 	return r
 }
 
-func mergeAll(r *Registry, ops []mergeOp) {
+// mergeAll merges ops in order, and checks on the way that an entry Holds
+// reports as held is one Merge refuses (the gossip layer skips decoding
+// those).
+func mergeAll(t *testing.T, r *Registry, ops []mergeOp) {
+	t.Helper()
 	for _, op := range ops {
-		if op.entry != nil {
-			r.Merge([]Entry{*op.entry})
+		if e := op.entry; e != nil {
+			held := r.Holds(e.Node, e.Kind, e.Key, e.Version)
+			if fresh := r.Merge([]Entry{*e}); held && len(fresh) > 0 {
+				t.Fatalf("Holds reported %s %d %q v%d held, Merge took it", e.Node, e.Kind, e.Key, e.Version)
+			}
 		} else {
 			r.MergeStates([]NodeState{*op.state})
 		}
@@ -142,7 +149,7 @@ func FuzzMergeOrder(f *testing.F) {
 			return
 		}
 		inOrder := mergeRegistry(t)
-		mergeAll(inOrder, ops)
+		mergeAll(t, inOrder, ops)
 		want := catalogOf(t, inOrder)
 
 		// Only the newest entry of each key, once: the catalog the rules
@@ -168,16 +175,68 @@ func FuzzMergeOrder(f *testing.F) {
 		}
 		rng.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 		other := mergeRegistry(t)
-		mergeAll(other, shuffled)
+		mergeAll(t, other, shuffled)
 		if got := catalogOf(t, other); got != want {
 			t.Fatalf("in order:\n%s\nshuffled (seed %d):\n%s", want, seed, got)
 		}
 		// Everything once more changes nothing: merging is idempotent.
-		mergeAll(other, ops)
+		mergeAll(t, other, ops)
 		if got := catalogOf(t, other); got != want {
 			t.Fatalf("in order:\n%s\nshuffled, then everything again:\n%s", want, got)
 		}
 	})
+}
+
+// Holds reports an entry as held exactly when Merge would refuse it for its
+// version: for members, for a node not yet a member (its entries wait), and
+// never for KV entries or this node's own.
+func TestHolds(t *testing.T) {
+	r := mergeRegistry(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	var held, taken int
+	for range 200 {
+		data := make([]byte, 3*rng.IntN(30))
+		for i := range data {
+			data[i] = byte(rng.IntN(256))
+		}
+		ops, _ := genMerge(data)
+		for _, op := range ops {
+			if e := op.entry; e != nil {
+				h := r.Holds(e.Node, e.Kind, e.Key, e.Version)
+				fresh := r.Merge([]Entry{*e})
+				switch {
+				case h && len(fresh) > 0:
+					t.Fatalf("Holds reported %s %d %q v%d held, Merge took it", e.Node, e.Kind, e.Key, e.Version)
+				case h:
+					held++
+				case len(fresh) > 0:
+					taken++
+				}
+			} else {
+				r.MergeStates([]NodeState{*op.state})
+			}
+		}
+	}
+	if held == 0 || taken == 0 {
+		t.Fatalf("held %d, taken %d: the generator made no copies or no news", held, taken)
+	}
+	svc := Entry{Node: "later", Kind: KindService, Key: "web", Version: 10, Service: &Service{ID: "web", Name: "web"}}
+	if r.Holds(svc.Node, svc.Kind, svc.Key, svc.Version) || len(r.Merge([]Entry{svc})) != 1 {
+		t.Fatal("a node not yet a member: its first entry is not held, and waits")
+	}
+	if !r.Holds(svc.Node, svc.Kind, svc.Key, 10) || r.Holds(svc.Node, svc.Kind, svc.Key, 11) {
+		t.Fatal("a waiting entry is held at its version, not above")
+	}
+	self := Entry{Node: "self", Kind: KindService, Key: "x", Version: 1 << 60, Deleted: true}
+	r.Merge([]Entry{self})
+	if r.Holds(self.Node, self.Kind, self.Key, 1) {
+		t.Fatal("this node's own entries are never reported held: merging them moves the clock")
+	}
+	kv := Entry{Node: "n1", Kind: KindKV, Key: "k", Version: 5, KV: &KVValue{Value: []byte("v")}}
+	r.Merge([]Entry{kv})
+	if r.Holds(kv.Node, kv.Kind, kv.Key, 1) {
+		t.Fatal("KV entries are never reported held")
+	}
 }
 
 // The hybrid logical clock behind every version: versions only grow, when

@@ -526,3 +526,34 @@ func (tx *txn) removeNode(node string) {
 		tx.tables |= tableNodes
 	}
 }
+
+// Holds reports whether merging node's entry (kind, key) at version v would
+// be refused here as not newer than the one held, so that the gossip layer
+// need not decode its contents: each broadcast reaches a node about a dozen
+// times (every node passes on what was news to it), and decoding the
+// copies it already held was most of what receiving them cost. It answers
+// false wherever Merge does more than compare versions: for KV entries and
+// this node's own.
+func (r *Registry) Holds(node string, kind EntryKind, key string, v uint64) bool {
+	if kind == KindKV || node == r.cfg.NodeName {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	nr := r.repl[node]
+	if nr == nil {
+		return false
+	}
+	k := entryKey{kind, key}
+	var cur Entry
+	var ok bool
+	switch nr.member {
+	case MemberNone:
+		cur, ok = nr.pending[k]
+	case MemberLeft:
+		return false
+	default:
+		cur, ok = nr.entries[k]
+	}
+	return ok && cur.Version >= v
+}

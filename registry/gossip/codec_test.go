@@ -67,3 +67,85 @@ func TestStoredBlocks(t *testing.T) {
 		}
 	}
 }
+
+// oldEncodeState is encodeState as agents before the one-pass decoding
+// wrote it: []registry.NodeState as JSON, deflated at the default level.
+func oldEncodeState(t *testing.T, nodes []registry.NodeState, kv []registry.Entry) []byte {
+	t.Helper()
+	b, err := json.Marshal(struct {
+		Nodes []registry.NodeState `json:"n"`
+		KV    []registry.Entry     `json:"kv,omitempty"`
+	}{nodes, kv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	buf.WriteByte(stateZ)
+	w, _ := flate.NewWriter(&buf, flate.DefaultCompression)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+// What an older agent sends decodes to the same entries as before, and a
+// KV key whose invalid UTF-8 the JSON replaced is still refused by the
+// registry, wherever it comes (a broadcast, a node's state, the KV part of
+// a state), while a real U+FFFD is kept.
+func TestDecodeOlderAgentsState(t *testing.T) {
+	rc := registry.DefaultConfig()
+	rc.NodeName, rc.Address = "n0", "127.0.0.1"
+	reg, err := registry.New(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := func(key string, v uint64) registry.Entry {
+		return registry.Entry{Node: "n1", Kind: registry.KindKV, Key: key, Version: v, KV: &registry.KVValue{Value: []byte("x")}}
+	}
+	nodes := joinStates(3)
+	for _, e := range []registry.Entry{kv("u/state\xffkey", 10), kv("u/state\ufffdkey", 11)} {
+		e.Node = nodes[1].Node // a node's state holds its own entries only
+		nodes[1].Entries = append(nodes[1].Entries, e)
+	}
+	buf := oldEncodeState(t, nodes, []registry.Entry{kv("u/kv\xffkey", 12), kv("u/kv\ufffdkey", 13)})
+	st, err := decodeState(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the decoding before gave (registry.Entry's own UnmarshalJSON).
+	var old struct {
+		Nodes []registry.NodeState `json:"n"`
+	}
+	plain, err := inflate(buf[1:], maxState)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(plain, &old); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(old.Nodes)
+	if got, _ := json.Marshal(st.Nodes); !bytes.Equal(got, want) {
+		t.Fatalf("decoded nodes:\n%s\nwant\n%s", got, want)
+	}
+	var fresh []string
+	for _, e := range append(reg.MergeStates(st.Nodes), reg.Merge(st.KV)...) {
+		if e.Kind == registry.KindKV {
+			fresh = append(fresh, e.Key)
+		}
+	}
+	for _, e := range []registry.Entry{kv("u/bcast\xffkey", 14), kv("u/bcast\ufffdkey", 15)} {
+		msg, err := encodeEntry(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := decodeEntry(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range reg.Merge([]registry.Entry{d}) {
+			fresh = append(fresh, m.Key)
+		}
+	}
+	if w := []string{"u/state\ufffdkey", "u/kv\ufffdkey", "u/bcast\ufffdkey"}; fmt.Sprint(fresh) != fmt.Sprint(w) {
+		t.Errorf("KV keys merged: %q, want %q", fresh, w)
+	}
+}

@@ -398,6 +398,18 @@ func (g *Gossip) shutdown() error {
 // node.
 func (g *Gossip) process(items []item) {
 	var batch []registry.Entry
+	// A broadcast reaches this node from several members, often within
+	// one batch: a copy no newer than one already in the batch or held by
+	// the registry is not decoded (Merge would refuse it).
+	batched := map[entryHeader]uint64{} // the newest version of each entry in batch
+	held := func(h entryHeader) bool {
+		v := h.Version
+		h.Version = 0
+		if b, ok := batched[h]; ok && b >= v {
+			return true
+		}
+		return g.reg.Holds(h.Node, h.Kind, h.Key, v)
+	}
 	flush := func() {
 		if len(batch) == 0 {
 			return
@@ -406,17 +418,23 @@ func (g *Gossip) process(items []item) {
 			g.queueEntry(e) // news here is news to others: pass it on
 		}
 		batch = batch[:0]
+		clear(batched)
 	}
 	for _, it := range items {
 		switch it.kind {
 		case itemMsg:
 			switch it.buf[0] {
 			case msgEntry, msgEntryZ:
-				e, err := decodeEntry(it.buf)
+				e, ok, err := decodeEntryIf(it.buf, held)
 				if err != nil {
 					g.log.Warn("dropping a gossip message that does not decode", "err", err)
 					continue
 				}
+				if !ok {
+					continue
+				}
+				h := entryHeader{Node: e.Node, Kind: e.Kind, Key: e.Key}
+				batched[h] = max(batched[h], e.Version)
 				batch = append(batch, e)
 			case msgForceLeave:
 				flush()

@@ -50,16 +50,16 @@ type ownersMsg struct {
 	// a missed broadcast is nearly always one of them, so the digest's
 	// sender has it at this first answer rather than after two more
 	// messages. Nodes of earlier versions ignore the field.
-	Nodes []registry.NodeState `json:"n,omitempty"`
+	Nodes nodeStates `json:"n,omitempty"`
 }
 
 type statesMsg struct {
-	From   string               `json:"f"`
-	Reply  bool                 `json:"r,omitempty"`
-	Nodes  []registry.NodeState `json:"n,omitempty"`
-	KV     []registry.Entry     `json:"kv,omitempty"`
-	WithKV bool                 `json:"k,omitempty"`
-	Addrs  map[string]string    `json:"a,omitempty"` // gossip addresses of members the receiver lacks
+	From   string            `json:"f"`
+	Reply  bool              `json:"r,omitempty"`
+	Nodes  nodeStates        `json:"n,omitempty"`
+	KV     []registry.Entry  `json:"kv,omitempty"`
+	WithKV bool              `json:"k,omitempty"`
+	Addrs  map[string]string `json:"a,omitempty"` // gossip addresses of members the receiver lacks
 }
 
 // digests hashes every owner's entries (versions and deletions, not

@@ -28,6 +28,17 @@
 // caller's (ACMEConfig.Storage: the agent gives the servers' KV); this
 // package must not reach the KV itself.
 //
+// How connections are served is the engine's (engine.go): on Linux by
+// default the event loop (evloop*_linux.go), which parks idle connections
+// as bare descriptors and serves the common request and its upstream
+// exchange on the loop, handing everything else to goroutines with the
+// bytes read, and epoll loops for TCP routes (tcp_loop*_linux.go); or a
+// goroutine per connection. HTTP/2 is served by pier's own server
+// (h2lean*.go: frames read per connection, streams on a pool of workers)
+// or by net/http's (http2.server: go). Whatever serves a request, the
+// checks, routing, retries and headers are the one path's (begin, framing.go),
+// so the engines must not grow rules of their own.
+//
 // The route table is an immutable value swapped atomically when the
 // catalog's tags or KV routes change. State that must survive a route update (in-flight
 // counts, passive-failure state, keep-alive connections) must not live

@@ -127,6 +127,12 @@ func TestReplicationRounds(t *testing.T) {
 		}
 	}()
 
+	// A round done first: before it, dc2 asks dc1 about a token it does
+	// not hold (remote resolution), so the token alone does not show that
+	// replication ran.
+	eventually.True(t, 5*time.Second, "a replication round done", func() bool {
+		return !dc2.az.ReplicationStatus().LastSuccess.IsZero()
+	})
 	secret := g["SecretID"].(string)
 	eventually.True(t, 5*time.Second, "dc2 has dc1's global token, through its role and policy", func() bool {
 		p := dc2.az.Resolve(secret)

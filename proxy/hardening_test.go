@@ -39,20 +39,7 @@ func newRecorder(t *testing.T) *recorder {
 	t.Helper()
 	ln := listen(t)
 	r := &recorder{addr: ln.Addr().String(), ln: ln}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); r.serve(c) }()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	serveEach(t, ln, r.serve)
 	return r
 }
 

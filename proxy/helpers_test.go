@@ -200,6 +200,26 @@ func listen(t *testing.T) net.Listener {
 	return ln
 }
 
+// serveEach runs serve on each connection ln accepts, in a goroutine of
+// its own, until the test ends: then ln is closed and every serve waited
+// for.
+func serveEach(t *testing.T, ln net.Listener, serve func(net.Conn)) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); serve(c) }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+}
+
 func serveBackend(t *testing.T, name string, ln net.Listener) *backend {
 	b := &backend{name: name, addr: ln.Addr().String(), ln: ln}
 	b.srv = &http.Server{Handler: b, ReadHeaderTimeout: 10 * time.Second}

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,32 +23,18 @@ func newSourceServer(t *testing.T, size int64) *sourceServer {
 	t.Helper()
 	ln := listen(t)
 	s := &sourceServer{addr: ln.Addr().String()}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
+	serveEach(t, ln, func(c net.Conn) {
+		defer c.Close()
+		buf := pattern(64 << 10)
+		for left := size; left > 0; {
+			n, err := c.Write(buf[:min(int64(len(buf)), left)])
+			s.written.Add(int64(n))
+			left -= int64(n)
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				buf := pattern(64 << 10)
-				for left := size; left > 0; {
-					n, err := c.Write(buf[:min(int64(len(buf)), left)])
-					s.written.Add(int64(n))
-					left -= int64(n)
-					if err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	})
 	return s
 }
 

@@ -607,12 +607,19 @@ func testRaftFollowerFullDisk(t *testing.T, fd fullDisk, n int) {
 	a := startAgent(t, append(pair, "-node", "mfa", "-data-dir", t.TempDir())...)
 	startAgent(t, append(pair, "-node", "mfc", "-data-dir", t.TempDir(), "-join", a.gossip)...)
 	waitLeader(t, a)
-	// b keeps its server port across the restart, as a server on 8300 does.
+	// b keeps its server and gossip ports across the restart, as a server
+	// on 8300 and 8301 does: on a new gossip port the others would take it
+	// only after memberlist's 30 s dead-node reclaim (CI once ran past the
+	// wait so).
 	port, err := gossip.FreePort("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	argsB := append([]string{"-server", "-server-port", strconv.Itoa(port), "-bind", "127.0.0.1", "-node", "mfb", "-data-dir", dirB, "-join", a.gossip}, fd.args(t)...)
+	gport, err := gossip.FreePort("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	argsB := append([]string{"-server", "-server-port", strconv.Itoa(port), "-serf-lan-port", strconv.Itoa(gport), "-bind", "127.0.0.1", "-node", "mfb", "-data-dir", dirB, "-join", a.gossip}, fd.args(t)...)
 	b := startAgent(t, argsB...)
 	voters := func() int {
 		_, body := httpGet(t, "http://"+a.addr+"/v1/status/peers")

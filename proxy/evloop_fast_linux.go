@@ -73,9 +73,10 @@ var errRespTooLarge = errors.New("proxy: response header too large")
 // fastLoop is the fast path's state in a loop. Only the loop goroutine
 // touches it, but for closing and abort.
 type fastLoop struct {
-	on     bool
-	wakefd int
-	cfg    lb.Config
+	on      bool
+	wakefd  int
+	cfg     lb.Config
+	maxOpen int // connections this loop opens to one backend at most: its share of MaxConnsPerBackend
 
 	ups  []*upConn                 // by descriptor
 	open map[*lb.Backend]int       // connections open to each backend, busy or idle
@@ -140,12 +141,15 @@ type fastReq struct {
 	inReqs   bool
 }
 
-func (l *loop) initFast() error {
+func (l *loop) initFast(loops int) error {
 	p := l.p
 	f := &l.fast
 	f.wakefd = -1
 	f.on = !p.redirect && p.acme == nil
 	f.cfg = p.bal.Config()
+	// Each loop keeps its own connections (nothing shared on the hot
+	// path): the balancer's limit is split between them.
+	f.maxOpen = max(1, (f.cfg.MaxConnsPerBackend+loops-1)/loops)
 	f.idle = map[*lb.Backend][]*upConn{}
 	f.open = map[*lb.Backend]int{}
 	f.br = bufio.NewReaderSize(nil, max(p.cfg.MaxHeaderSize, 4096))

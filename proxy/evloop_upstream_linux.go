@@ -126,8 +126,8 @@ func (l *loop) dial(b *lb.Backend) (*upConn, error) {
 		return nil, errNotIP
 	}
 	f := &l.fast
-	if f.open[b] >= f.cfg.MaxConnsPerBackend {
-		// The balancer's limit, counted per loop: as HostClient answers
+	if f.open[b] >= f.maxOpen {
+		// The loop's share of the balancer's limit: as HostClient answers
 		// with no wait (the loop does not wait), the request goes to
 		// another instance, and the backend is not held to fail.
 		return nil, fasthttp.ErrNoFreeConns

@@ -187,7 +187,7 @@ func (l *loop) event(ev *unix.EpollEvent) {
 		}
 	case evLoopWake:
 		var b [8]byte
-		unix.Read(l.fast.wakefd, b[:])
+		loopRead(l.fast.wakefd, b[:])
 		l.tick()
 	default:
 		l.ready(ev.Fd)
@@ -317,10 +317,7 @@ func (l *loop) fill(fr *fastReq) int {
 	if !c.acquire() {
 		return fillClosed
 	}
-	n, err := unix.Read(int(c.fd), fr.in[fr.end:])
-	for err == unix.EINTR {
-		n, err = unix.Read(int(c.fd), fr.in[fr.end:])
-	}
+	n, err := loopRead(int(c.fd), fr.in[fr.end:])
 	c.release()
 	switch {
 	case err == unix.EAGAIN:
@@ -520,7 +517,7 @@ func (l *loop) respond(fr *fastReq, b *lb.Backend) bool {
 	n, werr := 0, error(nil)
 	if c.acquire() {
 		for n < len(out) {
-			k, err := unix.Write(int(c.fd), out[n:])
+			k, err := loopWrite(int(c.fd), out[n:])
 			if k > 0 {
 				n += k
 			}

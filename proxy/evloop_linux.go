@@ -58,7 +58,15 @@ import (
 // non-blocking and opened as an os.File): the loop goroutine waits there,
 // so the loop holds no OS thread of its own, and a request's arrival wakes
 // one epoll_wait in the runtime, which reports both the connection (Go's
-// own registration of it) and the epoll set.
+// own registration of it) and the epoll set. Measured at 5,000 req/s (CPU
+// per request from /proc, two loops, interleaved runs): a loop blocked in
+// epoll_wait as a system call of its own cost about the same as this
+// before the loop's other calls were raw (evloop_raw_linux.go) and 18 to
+// 25% more after; polling its set with no wait for 20 µs before parking
+// cost 17 to 26% more, for 50 µs 36 to 43%; serving the events inside the
+// netpoller's callback, which saves a poll per wake-up, made no
+// difference. What did was making the loop's reads, writes and polls raw
+// system calls: 20 to 25% less.
 //
 // TLS connections (RunTLS) and HTTP/2 stay on the goroutine engine's
 // servers; on the plain listener with h2c, a connection is sorted first
@@ -359,7 +367,7 @@ func (l *loop) run() {
 	wait := func(fd uintptr) bool { // made once: a closure per round would be an allocation
 		for {
 			var err error
-			n, err = unix.EpollWait(int(fd), events, 0)
+			n, err = loopEpollPoll(int(fd), events)
 			if err != unix.EINTR {
 				return n > 0 // none ready: wait for the set's descriptor to be readable
 			}

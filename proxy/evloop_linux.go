@@ -102,12 +102,6 @@ type loop struct {
 	runDone chan struct{} // closed when the epoll goroutine returned
 
 	fast fastLoop // the requests served on the loop itself (evloop_fast_linux.go)
-
-	// Rebalancing (evloop_loops_linux.go): the time the loop spent
-	// serving, and where connections it parks go instead, how many more.
-	busy     atomic.Int64 // nanoseconds
-	moveTo   atomic.Pointer[loop]
-	moveLeft atomic.Int64
 }
 
 // The states of a loopConn.
@@ -387,14 +381,12 @@ func (l *loop) run() {
 		if err := l.rc.Read(wait); err != nil {
 			return // closed at shutdown
 		}
-		t0 := time.Since(monoStart)
 		for i := range events[:n] {
 			l.event(&events[i])
 		}
 		if l.fast.closing.Load() {
 			l.tick()
 		}
-		l.busy.Add(int64(time.Since(monoStart) - t0))
 		if l.fast.quit {
 			return
 		}
@@ -549,13 +541,6 @@ func (l *loop) parkConn(c *loopConn) bool {
 		l.mu.Unlock()
 		return false
 	}
-	if to := l.moveTo.Load(); to != nil && to != l && !c.hasHead && !c.hasZone && l.moveLeft.Add(-1) >= 0 {
-		l.conns[c.fd] = nil
-		l.mu.Unlock()
-		l.n.Add(-1)
-		l.move(c, to)
-		return true
-	}
 	list := &l.fresh
 	if c.served {
 		list = &l.idle
@@ -641,9 +626,6 @@ func (l *loop) sweep() {
 			return
 		case now := <-t.C:
 			l.wake() // the fast path's deadlines
-			if l == l.g.ls[0] {
-				l.g.rebalance()
-			}
 			ns := now.UnixNano()
 			l.reapWorkers(ns-int64(workerIdle), false)
 			l.mu.Lock()

@@ -33,8 +33,7 @@ import (
 // connection, not per request, and keep-alive connections are what a front
 // door mostly serves. Counting open connections rather than taking turns
 // keeps the loops even when connections of one loop close and the others'
-// stay. Connections move between loops later as the loops' load asks
-// (rebalance, below).
+// stay.
 //
 // What the loops share they share through atomics: the backends' in-flight
 // counts and passive-failure state (lb), the metrics' counters, the
@@ -48,15 +47,11 @@ type loopGroup struct {
 	mu        sync.Mutex
 	lf        *os.File // serve's duplicate of the listener's socket
 	lnStopped bool
-
-	pinned   atomic.Bool   // connections stay on the loop they were given (a test's)
-	lastBal  time.Duration // rebalance's last call, and each loop's busy time then
-	lastBusy []int64
 }
 
 // newLoopGroup starts n loops (n > 0) serving with srv.
 func newLoopGroup(p *Proxy, srv *fasthttp.Server, n int) (*loopGroup, error) {
-	g := &loopGroup{p: p, lastBusy: make([]int64, n)}
+	g := &loopGroup{p: p}
 	// fasthttp's buffers go back to its pools when ServeConn returns, which
 	// it does whenever the connection parks; ReduceMemoryUsage would also
 	// read each request's first byte alone (a system call more).
@@ -229,127 +224,4 @@ func (g *loopGroup) shutdown(ctx context.Context) {
 		go func() { defer wg.Done(); l.shutdown(ctx) }()
 	}
 	wg.Wait()
-}
-
-// monoStart is where the loops' busy clocks count from (time.Since reads
-// the monotonic clock).
-var monoStart = time.Now()
-
-// Rebalancing. A loop per core costs CPU at a moderate rate: each loop
-// wakes for its own connections, where one loop would serve several
-// events in one wake-up (at 2,000 and 5,000 req/s, 10 to 20% more CPU per
-// request with two loops than with one). So while the loops together are
-// busy less than packBelow of a core, connections move to the first loop
-// as they park; when a loop is busier than spreadAbove and another has
-// less than half its load, a quarter of its connections a second move to
-// the least busy one. Between the two, nothing moves. A connection moves
-// only while parked: out of one epoll set, into another, whose insertion
-// reports any byte that came meanwhile.
-const (
-	packBelow   = 0.25
-	spreadAbove = 0.6
-)
-
-// rebalance looks at how busy each loop was since its last call (once a
-// second, from the first loop's sweep) and sets where connections go.
-func (g *loopGroup) rebalance() {
-	now := time.Since(monoStart)
-	d := now - g.lastBal
-	g.lastBal = now
-	if len(g.ls) < 2 || d <= 0 {
-		return
-	}
-	loads := make([]float64, len(g.ls))
-	conns := make([]int64, len(g.ls))
-	for i, l := range g.ls {
-		b := l.busy.Load()
-		loads[i] = float64(b-g.lastBusy[i]) / float64(d)
-		g.lastBusy[i] = b
-		conns[i] = l.n.Load()
-	}
-	if g.pinned.Load() {
-		return
-	}
-	for i, m := range planMoves(loads, conns) {
-		l := g.ls[i]
-		if m.n == 0 {
-			l.moveTo.Store(nil)
-			continue
-		}
-		g.p.log.Debug("proxy: moving connections between loops", "from", i, "to", m.to, "conns", m.n, "busy", loads)
-		l.moveLeft.Store(m.n)
-		l.moveTo.Store(g.ls[m.to])
-	}
-}
-
-// move is where loop i's connections go, and how many.
-type move struct {
-	to int
-	n  int64
-}
-
-// planMoves decides the moves for loops as busy as loads (a fraction of a
-// core each) holding conns connections.
-func planMoves(loads []float64, conns []int64) []move {
-	moves := make([]move, len(loads))
-	total := 0.0
-	hi, lo := 0, 0
-	for i, x := range loads {
-		total += x
-		if x > loads[hi] {
-			hi = i
-		}
-		if x < loads[lo] {
-			lo = i
-		}
-	}
-	switch {
-	case total < packBelow:
-		for i := 1; i < len(loads); i++ {
-			moves[i] = move{to: 0, n: conns[i]}
-		}
-	case loads[hi] > spreadAbove && loads[lo] < loads[hi]/2:
-		moves[hi] = move{to: lo, n: (conns[hi] + 3) / 4}
-	}
-	return moves
-}
-
-// move gives the connection c, parked by l and in none of its tables
-// any more, to the loop to.
-func (l *loop) move(c *loopConn, to *loop) {
-	if c.acquire() {
-		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
-		c.release()
-	}
-	c.l = to
-	to.n.Add(1)
-	to.mu.Lock()
-	if to.closing {
-		to.mu.Unlock()
-		to.closeConn(c)
-		return
-	}
-	for int(c.fd) >= len(to.conns) {
-		to.conns = append(to.conns, make([]*loopConn, max(len(to.conns), 64))...)
-	}
-	to.conns[c.fd] = c
-	list := &to.fresh
-	if c.served {
-		list = &to.idle
-		c.deadline = time.Now().Add(to.idle.d).UnixNano()
-	}
-	to.push(list, c)
-	c.state.Store(lcParked)
-	to.mu.Unlock()
-	// Added with bytes already there, it is reported at once.
-	if !c.acquire() {
-		to.closeParked(c)
-		return
-	}
-	ev := unix.EpollEvent{Events: loopEvents, Fd: c.fd}
-	err := unix.EpollCtl(to.epfd, unix.EPOLL_CTL_ADD, int(c.fd), &ev)
-	c.release()
-	if err != nil {
-		to.closeParked(c)
-	}
 }

@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -24,14 +23,6 @@ import (
 // on both engines (the answers must be the same); on the event loop they
 // also look at which loop served what.
 
-// pinLoops keeps connections on the loops they were given: these tests
-// look at where they are, and a quiet test is what rebalancing packs.
-func pinLoops(e *env) {
-	if e.p.loops != nil {
-		e.p.loops.pinned.Store(true)
-	}
-}
-
 // TestLoopsShareConnections opens nine keep-alive connections to a proxy
 // with three loops and sends requests on all of them at once: each loop
 // holds three connections and answers requests itself, and what the loops
@@ -48,7 +39,6 @@ func TestLoopsShareConnections(t *testing.T) {
 		c.Registerer = prometheus.NewRegistry()
 		c.AccessLog, c.AccessLogTo = AccessLogCombined, &lockedWriter{mu: &mu, w: &logBuf}
 	})
-	pinLoops(e)
 	e.register("a", "api", a.addr, 1)
 	e.register("b", "api", b.addr, 1)
 	e.synced()
@@ -165,7 +155,6 @@ func TestLoopsDrainAll(t *testing.T) {
 		c.Routes = []Route{{Path: "/", Service: "api"}}
 		c.Loops = 2
 	})
-	pinLoops(e)
 	e.register("s", "api", slow.addr, 1)
 	e.synced()
 
@@ -241,92 +230,6 @@ func TestLoopsDrainAll(t *testing.T) {
 	if e.p.loops != nil {
 		if n := e.p.loops.openConns(); n != 0 {
 			t.Errorf("%d connections still open on the loops after Run returned", n)
-		}
-	}
-}
-
-// TestLoopsPackWhenQuiet: connections given to two loops in turn end up
-// on one while the proxy is nearly idle (one loop serves a moderate rate
-// for less CPU than two), moving as they park, and go on answering.
-func TestLoopsPackWhenQuiet(t *testing.T) {
-	b := newBackend(t, "api")
-	e := newEnv(t, func(c *Config) {
-		c.Routes = []Route{{Path: "/", Service: "api"}}
-		c.Loops = 2
-	})
-	e.register("a", "api", b.addr, 1)
-	e.synced()
-	type conn struct {
-		c  io.Writer
-		br *bufio.Reader
-	}
-	cs := make([]conn, 4)
-	get := func(i int) {
-		t.Helper()
-		fmt.Fprintf(cs[i].c, "GET /x/%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
-		resp, _ := readAnswer(t, cs[i].br, "GET")
-		if resp.StatusCode != 200 {
-			t.Fatalf("connection %d: %d", i, resp.StatusCode)
-		}
-	}
-	for i := range cs {
-		c, br := dialProxy(t, e.addr)
-		cs[i] = conn{c, br}
-		get(i)
-	}
-	if e.p.loops == nil {
-		return // the goroutine engine has no loops to pack
-	}
-	perLoop := func() []int64 {
-		var n []int64
-		for _, l := range e.p.loops.ls {
-			n = append(n, l.n.Load())
-		}
-		return n
-	}
-	if n := perLoop(); n[0] != 2 || n[1] != 2 {
-		t.Fatalf("connections per loop after they opened: %v, want [2 2]", n)
-	}
-	eventually.True(t, 15*time.Second, "every connection on one loop", func() bool {
-		for i := range cs {
-			get(i) // a connection moves when it parks after a request
-		}
-		n := perLoop()
-		return n[0] == 4 && n[1] == 0
-	})
-	for range 3 {
-		for i := range cs {
-			get(i)
-		}
-	}
-}
-
-// TestPlanMoves: the rebalancing rule, busy fractions of a core in.
-func TestPlanMoves(t *testing.T) {
-	for _, tc := range []struct {
-		loads []float64
-		conns []int64
-		want  []move
-	}{
-		// Quiet: all to the first loop.
-		{[]float64{0.05, 0.1}, []int64{3, 5}, []move{{}, {to: 0, n: 5}}},
-		{[]float64{0.1, 0.05, 0.05}, []int64{1, 2, 0}, []move{{}, {to: 0, n: 2}, {to: 0, n: 0}}},
-		// Between the marks: nothing moves.
-		{[]float64{0.4, 0.1}, []int64{8, 1}, []move{{}, {}}},
-		{[]float64{0.7, 0.5}, []int64{8, 8}, []move{{}, {}}},
-		// One loop busy, another with room: a quarter of its connections.
-		{[]float64{0.9, 0.2}, []int64{10, 2}, []move{{to: 1, n: 3}, {}}},
-		{[]float64{0.1, 0.8, 0.3}, []int64{1, 64, 4}, []move{{}, {to: 0, n: 16}, {}}},
-	} {
-		got := planMoves(tc.loads, tc.conns)
-		for i := range got {
-			if got[i].n == 0 && tc.want[i].n == 0 {
-				continue
-			}
-			if got[i] != tc.want[i] {
-				t.Errorf("planMoves(%v, %v) = %v, want %v", tc.loads, tc.conns, got, tc.want)
-				break
-			}
 		}
 	}
 }

@@ -148,7 +148,8 @@ type leanConn struct {
 	cfg  *HTTP2Config
 	nc   net.Conn // closing it ends the reader
 	fr   *http2.Framer
-	r    io.Reader     // what the framer reads
+	r    io.Reader // what the framer reads, through cr
+	cr   countReader
 	rbuf *bufio.Reader // its buffer: what is left of the last read
 	dec  *hpack.Decoder
 
@@ -163,16 +164,18 @@ type leanConn struct {
 	// The reader's own state: the header block being read.
 	hb leanBlock
 
-	mu       sync.Mutex
-	streams  map[uint32]*leanStream // open, as the protocol sees them
-	maxID    uint32                 // the highest stream the client opened
-	running  int                    // streams whose handler runs, reset ones included
-	queue    []*leanStream          // streams waiting for a handler (rapid reset bounds it)
-	recvWin  int32                  // bytes of DATA the client may still send on the connection
-	unacked  int32                  // bytes consumed, not yet given back by WINDOW_UPDATE
-	draining bool                   // GOAWAY sent: no new streams
-	readDone bool                   // the reader returned
-	idle     bool                   // the read deadline is the idle timeout
+	mu        sync.Mutex
+	streams   map[uint32]*leanStream // open, as the protocol sees them
+	maxID     uint32                 // the highest stream the client opened
+	running   int                    // streams whose handler runs, reset ones included
+	queue     []*leanStream          // streams waiting for a handler (rapid reset bounds it)
+	recvWin   int32                  // bytes of DATA the client may still send on the connection
+	unacked   int32                  // bytes consumed, not yet given back by WINDOW_UPDATE
+	draining  bool                   // GOAWAY sent: no new streams
+	readDone  bool                   // the reader returned
+	idle      bool                   // no stream is open
+	idleSince time.Time              // since when
+	deadline  time.Time              // the read deadline armed
 
 	bc           *batchConn // where the framer writes, its writes deferred
 	wmu          sync.Mutex // the writing side: framer writes, send windows
@@ -242,7 +245,8 @@ func (lf *leanFront) newConn(c net.Conn) *leanConn {
 		lc.standIn = &h2Conn{raddr: &lc.raddr}
 	}
 	lc.r = r
-	lc.fr = http2.NewFramer(w, r)
+	lc.cr.r = r
+	lc.fr = http2.NewFramer(w, &lc.cr)
 	lc.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
 	lc.fr.SetReuseFrames()
 	lc.dec = hpack.NewDecoder(4096, lc.emit)
@@ -261,7 +265,9 @@ var errLeanReset = errors.New("proxy: http2: stream reset by the client")
 
 // serve reads the connection's frames until it ends.
 func (c *leanConn) serve() {
-	c.nc.SetReadDeadline(time.Now().Add(c.p.cfg.HeaderTimeout))
+	c.mu.Lock()
+	c.armLocked(time.Now().Add(c.p.cfg.HeaderTimeout))
+	c.mu.Unlock()
 	var pre [len(h2Preface)]byte
 	if _, err := io.ReadFull(c.r, pre[:]); err != nil || string(pre[:]) != h2Preface {
 		c.finish()
@@ -290,11 +296,15 @@ func (c *leanConn) serve() {
 // goroutine (takeOver).
 func (c *leanConn) read(first bool) {
 	for {
+		at := c.cr.n
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
 				c.resetStream(se.StreamID, se.Code)
+				continue
+			}
+			if !first && isTimeout(err) && c.cr.n == at && !c.hb.active && c.idleCheck() {
 				continue
 			}
 			c.connError(err)
@@ -412,29 +422,68 @@ func (c *leanConn) unlockAsync() {
 	c.bc.flushAsync()
 }
 
-// setIdle arms the idle timeout when no stream is open, and clears it when
-// one is; called with the state locked or from the reader.
+// setIdleLocked notes when the connection has no stream open, and arms
+// the idle timeout if no read deadline is armed. The deadline is not
+// cleared when a stream opens nor moved when the connection is idle again:
+// that would be two timer changes per request. One that fires early (on
+// a connection busy or idle since) is put right by the reader (idleCheck).
 func (c *leanConn) setIdleLocked() {
 	idle := len(c.streams) == 0 && c.running == 0
 	if idle == c.idle {
 		return
 	}
 	c.idle = idle
-	if idle && c.p.cfg.IdleTimeout > 0 {
-		c.nc.SetReadDeadline(time.Now().Add(c.p.cfg.IdleTimeout))
-	} else {
-		c.nc.SetReadDeadline(time.Time{})
+	if idle {
+		c.idleSince = time.Now()
+		if c.deadline.IsZero() {
+			c.armLocked(c.idleSince.Add(c.p.cfg.IdleTimeout))
+		}
 	}
 }
 
+func (c *leanConn) armLocked(t time.Time) {
+	c.deadline = t
+	c.nc.SetReadDeadline(t)
+}
+
+// setIdle ends the header timeout at the first SETTINGS: from then on the
+// connection has the idle timeout.
 func (c *leanConn) setIdle() {
 	c.mu.Lock()
-	c.idle = false
-	c.setIdleLocked()
-	if !c.idle {
-		c.nc.SetReadDeadline(time.Time{})
-	}
+	c.idle = len(c.streams) == 0 && c.running == 0
+	c.idleSince = time.Now()
+	c.armLocked(c.idleSince.Add(c.p.cfg.IdleTimeout))
 	c.mu.Unlock()
+}
+
+// idleCheck tells a read deadline that fired at a frame's boundary on a
+// connection still in use (reading goes on, the deadline moved) from the
+// idle timeout (the connection ends).
+func (c *leanConn) idleCheck() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case !c.idle:
+		c.armLocked(time.Time{}) // armed again when it is idle
+		return true
+	case time.Since(c.idleSince) < c.p.cfg.IdleTimeout:
+		c.armLocked(c.idleSince.Add(c.p.cfg.IdleTimeout))
+		return true
+	}
+	return false
+}
+
+// countReader counts the bytes the framer has read: a read deadline
+// that fires with none of a frame read leaves the framing intact.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (r *countReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.n += int64(n)
+	return n, err
 }
 
 func (c *leanConn) frame(f http2.Frame) error {

@@ -282,27 +282,7 @@ func TestH2LeanSlowStreamHoldsNothing(t *testing.T) {
 	if testH2Server != H2ServerLean {
 		t.Skip("the lean server's own test: it runs in the lean server's pass")
 	}
-	held := make(chan struct{}, 4)
-	release := make(chan struct{})
-	ln := listen(t)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hold" {
-			held <- struct{}{}
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}
-		io.WriteString(w, r.URL.Path)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	e := newEnv(t, func(c *Config) {
-		c.H2C = true
-		c.Routes = []Route{{Path: "/api/", Service: "slow", Strip: "/api"}}
-	})
-	e.register("slow1", "slow", ln.Addr().String(), 1)
-	e.synced()
+	e, held, release := newHoldEnv(t, nil)
 	defer close(release)
 
 	c := rawH2(t, e.addr)
@@ -352,5 +332,78 @@ func TestH2LeanSlowStreamHoldsNothing(t *testing.T) {
 		if got := body(id); got != "/n" {
 			t.Fatalf("stream %d: %q", id, got)
 		}
+	}
+}
+
+// newHoldEnv is an h2c front door whose /api/ goes to an instance that
+// answers with the request's path, except /hold: that request is sent
+// on held, and answered once release is closed.
+func newHoldEnv(t *testing.T, tweak func(*Config)) (*env, chan struct{}, chan struct{}) {
+	t.Helper()
+	if testH2Server != H2ServerLean {
+		t.Skip("the lean server's own test: it runs in the lean server's pass")
+	}
+	held := make(chan struct{}, 4)
+	release := make(chan struct{})
+	ln := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			held <- struct{}{}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	e := newEnv(t, func(c *Config) {
+		c.H2C = true
+		c.Routes = []Route{{Path: "/api/", Service: "slow", Strip: "/api"}}
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+	e.register("slow1", "slow", ln.Addr().String(), 1)
+	e.synced()
+	return e, held, release
+}
+
+// TestH2LeanIdleTimeout: idle_timeout ends a connection with no stream
+// open, counted from its last stream's end; a stream open longer than it,
+// and requests that keep coming past it, do not.
+func TestH2LeanIdleTimeout(t *testing.T) {
+	const idle = 600 * time.Millisecond
+	e, held, release := newHoldEnv(t, func(c *Config) { c.IdleTimeout = idle })
+	c := rawH2(t, e.addr)
+	id := uint32(1)
+	get := func(path string) {
+		t.Helper()
+		c.Write(frame(nil, frameHeaders, flagEndHeaders|flagEndStream, id, getHeaders(path)))
+		f := readStream(t, c, id, func(f rawFrame) bool { return f.typ == frameData && f.flags&flagEndStream != 0 })
+		if !strings.HasSuffix(path, string(f.payload)) {
+			t.Fatalf("%s: %q", path, f.payload)
+		}
+		id += 2
+	}
+	// Requests every idle/3, for three idle timeouts.
+	for range 9 {
+		get("/api/tick")
+		time.Sleep(idle / 3)
+	}
+	// One stream open for longer than the idle timeout.
+	go func() {
+		<-held
+		time.Sleep(2 * idle)
+		close(release)
+	}()
+	get("/api/hold")
+	ended := time.Now()
+	if code := readUntilGoAway(c); code != 0 {
+		t.Fatalf("idle connection: GOAWAY code %d, want NO_ERROR (0)", code)
+	}
+	if d := time.Since(ended); d < idle*9/10 {
+		t.Fatalf("GOAWAY %v after the last stream ended, before idle_timeout (%v)", d, idle)
 	}
 }

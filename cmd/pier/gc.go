@@ -41,7 +41,7 @@ func relaxGCAtStart(ctx context.Context) (stop func()) {
 		defer debug.SetGCPercent(prev)
 		end := time.NewTimer(startGCFor)
 		defer end.Stop()
-		tick := time.NewTicker(time.Second)
+		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		heap := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
 		for {

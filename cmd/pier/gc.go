@@ -12,14 +12,13 @@ import (
 // small: building its parts, then the join's states, member events and
 // repair exchanges, about 10 MB per agent in a join of 100 against a live
 // heap of 2 to 3 MB. Go's default goal (GOGC=100, at least 4 MB) makes
-// that three or four collections per agent, each waking the process's
-// threads, and on a machine where a hundred agents start at once those
-// were nearly half of an agent's CPU from running to joined (gossip.sh,
-// 100 nodes: 40–43 ms with the default, 23 ms with GOGC=400; see
-// deploy/bench/README.md). So an agent starts with a larger goal and goes
-// back to GOGC's own once the join has had its time or the heap has grown
-// past what a small cluster holds. A GOGC set in the environment is left
-// as it is.
+// that two or three collections per agent, which on a machine where a
+// hundred agents start at once cost a sixth to a third of an agent's CPU
+// from running to joined (gossip.sh at 100 nodes: a median of 34 against
+// 28 ms over five rounds; see deploy/bench/README.md). So an agent starts
+// with a larger goal and goes back to GOGC's own once the join has had its
+// time or the heap has grown past what a small cluster holds. A GOGC set
+// in the environment is left as it is.
 const (
 	startGCPercent = 400
 	startGCFor     = 30 * time.Second

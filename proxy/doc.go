@@ -34,7 +34,8 @@
 // exchange on the loop, handing everything else to goroutines with the
 // bytes read, and epoll loops for TCP routes (tcp_loop*_linux.go); or a
 // goroutine per connection. HTTP/2 is served by pier's own server
-// (h2lean*.go: frames read per connection, streams on a pool of workers)
+// (h2lean*.go: frames read per connection, a request alone on its
+// connection served by the reader, other streams on a pool of workers)
 // or by net/http's (http2.server: go). Whatever serves a request, the
 // checks, routing, retries and headers are the one path's (begin, framing.go),
 // so the engines must not grow rules of their own.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -32,6 +33,7 @@ type leanFront struct {
 	p       *Proxy
 	f       *h2Front
 	workers leanWorkers
+	watch   leanWatch
 
 	mu      sync.Mutex
 	conns   map[*leanConn]struct{}
@@ -40,7 +42,9 @@ type leanFront struct {
 }
 
 func newLeanFront(p *Proxy, f *h2Front) *leanFront {
-	return &leanFront{p: p, f: f, conns: map[*leanConn]struct{}{}, workers: leanWorkers{jobs: make(chan *leanStream), quit: make(chan struct{})}}
+	lf := &leanFront{p: p, f: f, conns: map[*leanConn]struct{}{}, workers: leanWorkers{jobs: make(chan *leanStream), quit: make(chan struct{})}}
+	lf.watch.w = &lf.workers
+	return lf
 }
 
 // serve accepts from the queue until it is closed.
@@ -108,6 +112,11 @@ func (w *leanWorkers) run(s *leanStream) {
 	}
 }
 
+// work serves s, then the streams sent to it, until it has been idle for
+// leanWorkerIdle to twice that. Its timer is armed once per period, not
+// per stream: a timer reset on every stream is work (and, as the earliest
+// timer, a wake-up of the thread in epoll_wait) that a low rate pays for
+// each request.
 func (w *leanWorkers) work(s *leanStream) {
 	defer w.wg.Done()
 	growStack(0)
@@ -115,26 +124,38 @@ func (w *leanWorkers) work(s *leanStream) {
 	defer t.Stop()
 	for {
 		s.serve()
-		t.Reset(leanWorkerIdle)
-		select {
-		case s = <-w.jobs:
-		case <-t.C:
-			return
-		case <-w.quit:
-			return
+		served := true
+		for s = nil; s == nil; {
+			select {
+			case s = <-w.jobs:
+			case <-t.C:
+				if !served {
+					return
+				}
+				served = false
+				t.Reset(leanWorkerIdle)
+			case <-w.quit:
+				return
+			}
 		}
 	}
 }
 
 // leanConn is one client connection.
 type leanConn struct {
-	lf  *leanFront
-	p   *Proxy
-	cfg *HTTP2Config
-	nc  net.Conn // closing it ends the reader
-	fr  *http2.Framer
-	r   io.Reader // what the framer reads
-	dec *hpack.Decoder
+	lf   *leanFront
+	p    *Proxy
+	cfg  *HTTP2Config
+	nc   net.Conn // closing it ends the reader
+	fr   *http2.Framer
+	r    io.Reader // what the framer reads, through cr
+	cr   countReader
+	rbuf *bufio.Reader // its buffer: what is left of the last read
+	dec  *hpack.Decoder
+
+	// A stream served on the reader (serveInline): leanInline*.
+	inline     atomic.Int32
+	inlineTick uint32 // the watch's tick when it began; guarded by the watch's mu
 
 	standIn net.Conn // the streams' stand-in connection for fasthttp (h2serve.go)
 	raddr   net.TCPAddr
@@ -143,16 +164,18 @@ type leanConn struct {
 	// The reader's own state: the header block being read.
 	hb leanBlock
 
-	mu       sync.Mutex
-	streams  map[uint32]*leanStream // open, as the protocol sees them
-	maxID    uint32                 // the highest stream the client opened
-	running  int                    // streams whose handler runs, reset ones included
-	queue    []*leanStream          // streams waiting for a handler (rapid reset bounds it)
-	recvWin  int32                  // bytes of DATA the client may still send on the connection
-	unacked  int32                  // bytes consumed, not yet given back by WINDOW_UPDATE
-	draining bool                   // GOAWAY sent: no new streams
-	readDone bool                   // the reader returned
-	idle     bool                   // the read deadline is the idle timeout
+	mu        sync.Mutex
+	streams   map[uint32]*leanStream // open, as the protocol sees them
+	maxID     uint32                 // the highest stream the client opened
+	running   int                    // streams whose handler runs, reset ones included
+	queue     []*leanStream          // streams waiting for a handler (rapid reset bounds it)
+	recvWin   int32                  // bytes of DATA the client may still send on the connection
+	unacked   int32                  // bytes consumed, not yet given back by WINDOW_UPDATE
+	draining  bool                   // GOAWAY sent: no new streams
+	readDone  bool                   // the reader returned
+	idle      bool                   // no stream is open
+	idleSince time.Time              // since when
+	deadline  time.Time              // the read deadline armed
 
 	bc           *batchConn // where the framer writes, its writes deferred
 	wmu          sync.Mutex // the writing side: framer writes, send windows
@@ -195,14 +218,17 @@ func (lf *leanFront) newConn(c net.Conn) *leanConn {
 		// Batch above TLS: frames written together go out as one record.
 		st := tc.ConnectionState()
 		lc.tls = &st
-		r = bufio.NewReaderSize(c, 8<<10)
+		lc.rbuf = bufio.NewReaderSize(c, 8<<10)
+		r = lc.rbuf
 		lc.bc = newBatchConn(tc, true)
 		w, lc.nc = lc.bc, lc.bc
 	case *h2cConn:
 		// Already buffered, and its writes batched (classifyH2C).
 		lc.bc, _ = tc.Conn.(*batchConn)
+		lc.rbuf = tc.r
 	default:
-		r = bufio.NewReaderSize(c, 8<<10)
+		lc.rbuf = bufio.NewReaderSize(c, 8<<10)
+		r = lc.rbuf
 	}
 	if lc.bc == nil {
 		lc.bc = newBatchConn(c, true)
@@ -219,7 +245,8 @@ func (lf *leanFront) newConn(c net.Conn) *leanConn {
 		lc.standIn = &h2Conn{raddr: &lc.raddr}
 	}
 	lc.r = r
-	lc.fr = http2.NewFramer(w, r)
+	lc.cr.r = r
+	lc.fr = http2.NewFramer(w, &lc.cr)
 	lc.fr.SetMaxReadFrameSize(uint32(cfg.MaxFrameSize))
 	lc.fr.SetReuseFrames()
 	lc.dec = hpack.NewDecoder(4096, lc.emit)
@@ -238,10 +265,12 @@ var errLeanReset = errors.New("proxy: http2: stream reset by the client")
 
 // serve reads the connection's frames until it ends.
 func (c *leanConn) serve() {
-	defer c.finish()
-	c.nc.SetReadDeadline(time.Now().Add(c.p.cfg.HeaderTimeout))
+	c.mu.Lock()
+	c.armLocked(time.Now().Add(c.p.cfg.HeaderTimeout))
+	c.mu.Unlock()
 	var pre [len(h2Preface)]byte
 	if _, err := io.ReadFull(c.r, pre[:]); err != nil || string(pre[:]) != h2Preface {
+		c.finish()
 		return
 	}
 	c.wmu.Lock()
@@ -259,8 +288,15 @@ func (c *leanConn) serve() {
 	c.mu.Lock()
 	c.recvWin = int32(max(c.cfg.ConnWindow, 65535))
 	c.mu.Unlock()
-	first := true
+	c.read(true)
+}
+
+// read reads frames until the connection ends, then finishes it, or
+// until a stream served on it has handed the reading on to another
+// goroutine (takeOver).
+func (c *leanConn) read(first bool) {
 	for {
+		at := c.cr.n
 		f, err := c.fr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -268,19 +304,27 @@ func (c *leanConn) serve() {
 				c.resetStream(se.StreamID, se.Code)
 				continue
 			}
+			if !first && isTimeout(err) && c.cr.n == at && !c.hb.active && c.idleCheck() {
+				continue
+			}
 			c.connError(err)
+			c.finish()
 			return
 		}
 		if first {
 			first = false
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
 				c.goAway(http2.ErrCodeProtocol)
+				c.finish()
 				return
 			}
 			c.setIdle()
 		}
-		if err := c.frame(f); err != nil {
+		if err := c.frame(f); err == errLeanHandedOn {
+			return
+		} else if err != nil {
 			c.connError(err)
+			c.finish()
 			return
 		}
 	}
@@ -365,7 +409,10 @@ func (c *leanConn) close() {
 // what is pending itself unless another goroutine is at it.
 func (c *leanConn) unlockFlush() {
 	c.wmu.Unlock()
-	c.bc.flushNow()
+	c.mu.Lock()
+	others := c.running > 1
+	c.mu.Unlock()
+	c.bc.flushNow(others)
 }
 
 // unlockAsync ends a write by the reader, which must not block on the
@@ -375,29 +422,68 @@ func (c *leanConn) unlockAsync() {
 	c.bc.flushAsync()
 }
 
-// setIdle arms the idle timeout when no stream is open, and clears it when
-// one is; called with the state locked or from the reader.
+// setIdleLocked notes when the connection has no stream open, and arms
+// the idle timeout if no read deadline is armed. The deadline is not
+// cleared when a stream opens nor moved when the connection is idle again:
+// that would be two timer changes per request. One that fires early (on
+// a connection busy or idle since) is put right by the reader (idleCheck).
 func (c *leanConn) setIdleLocked() {
 	idle := len(c.streams) == 0 && c.running == 0
 	if idle == c.idle {
 		return
 	}
 	c.idle = idle
-	if idle && c.p.cfg.IdleTimeout > 0 {
-		c.nc.SetReadDeadline(time.Now().Add(c.p.cfg.IdleTimeout))
-	} else {
-		c.nc.SetReadDeadline(time.Time{})
+	if idle {
+		c.idleSince = time.Now()
+		if c.deadline.IsZero() {
+			c.armLocked(c.idleSince.Add(c.p.cfg.IdleTimeout))
+		}
 	}
 }
 
+func (c *leanConn) armLocked(t time.Time) {
+	c.deadline = t
+	c.nc.SetReadDeadline(t)
+}
+
+// setIdle ends the header timeout at the first SETTINGS: from then on the
+// connection has the idle timeout.
 func (c *leanConn) setIdle() {
 	c.mu.Lock()
-	c.idle = false
-	c.setIdleLocked()
-	if !c.idle {
-		c.nc.SetReadDeadline(time.Time{})
-	}
+	c.idle = len(c.streams) == 0 && c.running == 0
+	c.idleSince = time.Now()
+	c.armLocked(c.idleSince.Add(c.p.cfg.IdleTimeout))
 	c.mu.Unlock()
+}
+
+// idleCheck tells a read deadline that fired at a frame's boundary on a
+// connection still in use (reading goes on, the deadline moved) from the
+// idle timeout (the connection ends).
+func (c *leanConn) idleCheck() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case !c.idle:
+		c.armLocked(time.Time{}) // armed again when it is idle
+		return true
+	case time.Since(c.idleSince) < c.p.cfg.IdleTimeout:
+		c.armLocked(c.idleSince.Add(c.p.cfg.IdleTimeout))
+		return true
+	}
+	return false
+}
+
+// countReader counts the bytes the framer has read: a read deadline
+// that fires with none of a frame read leaves the framing intact.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (r *countReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.n += int64(n)
+	return n, err
 }
 
 func (c *leanConn) frame(f http2.Frame) error {
@@ -667,9 +753,141 @@ func (c *leanConn) onFragment(b []byte, end bool) error {
 		return nil
 	}
 	c.running++
+	// A request without a body, alone on the connection and with no more
+	// frames read, is served on the reader: handing it to a worker wakes
+	// a goroutine, and an idle thread to run it, for each request at a
+	// low rate. The reading goes on in another goroutine should the
+	// stream hold it up (serveInline).
+	inline := !s.hasBody && c.running == 1 && c.rbuf.Buffered() == 0 && !s.viaHTTP()
+	if inline {
+		c.inline.Store(leanInlineOn)
+	}
 	c.mu.Unlock()
+	if inline {
+		return c.serveInline(s)
+	}
 	c.lf.workers.run(s)
 	return nil
+}
+
+// The states of a stream served on the reader (leanConn.inline).
+const (
+	leanInlineOff    = iota
+	leanInlineOn     // the reader serves a stream and will read on after it
+	leanInlineHanded // another goroutine reads: the one serving ends with its stream
+)
+
+// errLeanHandedOn ends a reader whose reading another goroutine took on.
+var errLeanHandedOn = errors.New("proxy: http2: reading handed on")
+
+// serveInline serves s on the reader. While it runs nothing reads the
+// connection, so the reading is handed on to a new goroutine (takeOver)
+// when that would hold the connection up: at once when the answer waits
+// for the client's flow-control window, which only a frame read can
+// open, and when the stream has run for leanInlineTicks of the watch
+// (a slow instance, a long body), so that PINGs, resets, WINDOW_UPDATEs
+// and other streams are not left waiting behind it for long.
+func (c *leanConn) serveInline(s *leanStream) error {
+	c.lf.watch.add(c)
+	s.handle()
+	c.lf.watch.remove(c)
+	// Before done: once the stream is done, a reader that took over may
+	// serve the next stream so.
+	handed := c.inline.Swap(leanInlineOff) == leanInlineHanded
+	c.done(s)
+	if handed {
+		return errLeanHandedOn
+	}
+	return nil
+}
+
+// takeOver has a new goroutine read the connection in place of the one
+// serving a stream on the reader, if one is.
+func (c *leanConn) takeOver() {
+	if c.inline.CompareAndSwap(leanInlineOn, leanInlineHanded) {
+		go c.read(false)
+	}
+}
+
+// leanWatch hands the reading of a connection on (takeOver) when the
+// stream served on its reader has run for a while. It ticks only while
+// streams are served so, and stops after a second without any.
+type leanWatch struct {
+	w     *leanWorkers // its quit and wait group
+	mu    sync.Mutex
+	conns map[*leanConn]struct{}
+	tick  uint32
+	used  bool // a stream was served on a reader since the last tick
+	on    bool // the loop runs
+}
+
+// leanInlineTick is the watch's period, and leanInlineTicks the ticks
+// after which a stream served on the reader hands the reading on (10 to
+// 20 ms): long past a proxied request's usual time, short against the
+// timeouts of a client's PING.
+const (
+	leanInlineTick  = 10 * time.Millisecond
+	leanInlineTicks = 2
+)
+
+func (w *leanWatch) add(c *leanConn) {
+	w.mu.Lock()
+	if w.conns == nil {
+		w.conns = map[*leanConn]struct{}{}
+	}
+	w.conns[c] = struct{}{}
+	c.inlineTick = w.tick
+	w.used = true
+	if !w.on {
+		select {
+		case <-w.w.quit:
+		default:
+			w.on = true
+			w.w.wg.Add(1)
+			go w.loop()
+		}
+	}
+	w.mu.Unlock()
+}
+
+func (w *leanWatch) remove(c *leanConn) {
+	w.mu.Lock()
+	delete(w.conns, c)
+	w.mu.Unlock()
+}
+
+func (w *leanWatch) loop() {
+	defer w.w.wg.Done()
+	t := time.NewTicker(leanInlineTick)
+	defer t.Stop()
+	unused := 0
+	for {
+		select {
+		case <-t.C:
+		case <-w.w.quit:
+			w.mu.Lock()
+			w.on = false
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Lock()
+		w.tick++
+		if w.used || len(w.conns) > 0 {
+			unused = 0
+		} else if unused++; unused >= int(time.Second/leanInlineTick) {
+			w.on = false
+			w.mu.Unlock()
+			return
+		}
+		w.used = false
+		for c := range w.conns {
+			if w.tick-c.inlineTick >= leanInlineTicks {
+				delete(w.conns, c)
+				c.takeOver()
+			}
+		}
+		w.mu.Unlock()
+	}
 }
 
 // refuse answers a stream with status code and no body, unread.
@@ -865,6 +1083,7 @@ type leanStream struct {
 	ended   bool // END_STREAM sent
 
 	seen   uint8              // pseudo-header fields seen (leanPseudo bits)
+	route  uint8              // viaHTTP: 0 not asked yet, 1 the fasthttp path, 2 net/http's
 	cancel context.CancelFunc // a net/http request's context (h2leanhttp.go); guarded by c.mu
 
 	body leanBody
@@ -891,7 +1110,7 @@ func (s *leanStream) release() {
 	s.c, s.id = nil, 0
 	s.method, s.path, s.scheme, s.authority, s.protocol, s.host, s.ctype = "", "", "", "", "", "", ""
 	s.clen, s.got, s.hasBody = -1, 0, false
-	s.seen = 0
+	s.seen, s.route = 0, 0
 	s.closed, s.reqDone, s.recvWin, s.unacked = false, false, 0, 0
 	s.sendWin, s.reset, s.ended = 0, false, false
 	s.cancel = nil

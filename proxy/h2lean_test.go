@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -271,4 +272,138 @@ func FuzzH2Frames(f *testing.F) {
 			t.Fatalf("the connection did not end: %v", err)
 		}
 	})
+}
+
+// TestH2LeanSlowStreamHoldsNothing: a request alone on its connection is
+// served on the connection's reader; while its instance takes its time,
+// the connection still answers PING, serves other streams, and takes
+// the slow stream's reset, and it serves requests after it.
+func TestH2LeanSlowStreamHoldsNothing(t *testing.T) {
+	if testH2Server != H2ServerLean {
+		t.Skip("the lean server's own test: it runs in the lean server's pass")
+	}
+	e, held, release := newHoldEnv(t, nil)
+	defer close(release)
+
+	c := rawH2(t, e.addr)
+	body := func(id uint32) string {
+		t.Helper()
+		var b []byte
+		for {
+			f := readStream(t, c, id, func(f rawFrame) bool { return f.typ == frameData || f.typ == frameRSTStream })
+			if f.typ == frameRSTStream {
+				t.Fatalf("stream %d reset: code %d", id, binary.BigEndian.Uint32(f.payload))
+			}
+			b = append(b, f.payload...)
+			if f.flags&flagEndStream != 0 {
+				return string(b)
+			}
+		}
+	}
+	c.Write(frame(nil, frameHeaders, flagEndHeaders|flagEndStream, 1, getHeaders("/api/hold")))
+	<-held
+	c.Write(frame(nil, framePing, 0, 0, []byte("87654321")))
+	if f := readStream(t, c, 0, func(f rawFrame) bool { return f.typ == framePing }); f.flags&flagAck == 0 || string(f.payload) != "87654321" {
+		t.Fatalf("PING answered with %+v", f)
+	}
+	c.Write(frame(nil, frameHeaders, flagEndHeaders|flagEndStream, 3, getHeaders("/api/fast")))
+	if got := body(3); got != "/fast" {
+		t.Fatalf("stream 3 beside the held one: %q", got)
+	}
+	// The held stream's reset reaches it: nothing more comes on it, and
+	// the connection goes on.
+	c.Write(frame(nil, frameRSTStream, 0, 1, u32(8)))
+	c.Write(frame(nil, frameHeaders, flagEndHeaders|flagEndStream, 5, getHeaders("/api/after")))
+	for {
+		f := readFrame(t, c)
+		if f.stream == 1 && f.typ == frameData && len(f.payload) > 0 {
+			t.Fatalf("DATA on the reset stream: %q", f.payload)
+		}
+		if f.stream == 5 && f.typ == frameData {
+			if string(f.payload) != "/after" {
+				t.Fatalf("stream 5: %q", f.payload)
+			}
+			break
+		}
+	}
+	// Alone again: served on the reader again, one after another.
+	for id := uint32(7); id < 27; id += 2 {
+		c.Write(frame(nil, frameHeaders, flagEndHeaders|flagEndStream, id, getHeaders("/api/n")))
+		if got := body(id); got != "/n" {
+			t.Fatalf("stream %d: %q", id, got)
+		}
+	}
+}
+
+// newHoldEnv is an h2c front door whose /api/ goes to an instance that
+// answers with the request's path, except /hold: that request is sent
+// on held, and answered once release is closed.
+func newHoldEnv(t *testing.T, tweak func(*Config)) (*env, chan struct{}, chan struct{}) {
+	t.Helper()
+	if testH2Server != H2ServerLean {
+		t.Skip("the lean server's own test: it runs in the lean server's pass")
+	}
+	held := make(chan struct{}, 4)
+	release := make(chan struct{})
+	ln := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			held <- struct{}{}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	e := newEnv(t, func(c *Config) {
+		c.H2C = true
+		c.Routes = []Route{{Path: "/api/", Service: "slow", Strip: "/api"}}
+		if tweak != nil {
+			tweak(c)
+		}
+	})
+	e.register("slow1", "slow", ln.Addr().String(), 1)
+	e.synced()
+	return e, held, release
+}
+
+// TestH2LeanIdleTimeout: idle_timeout ends a connection with no stream
+// open, counted from its last stream's end; a stream open longer than it,
+// and requests that keep coming past it, do not.
+func TestH2LeanIdleTimeout(t *testing.T) {
+	const idle = 600 * time.Millisecond
+	e, held, release := newHoldEnv(t, func(c *Config) { c.IdleTimeout = idle })
+	c := rawH2(t, e.addr)
+	id := uint32(1)
+	get := func(path string) {
+		t.Helper()
+		c.Write(frame(nil, frameHeaders, flagEndHeaders|flagEndStream, id, getHeaders(path)))
+		f := readStream(t, c, id, func(f rawFrame) bool { return f.typ == frameData && f.flags&flagEndStream != 0 })
+		if !strings.HasSuffix(path, string(f.payload)) {
+			t.Fatalf("%s: %q", path, f.payload)
+		}
+		id += 2
+	}
+	// Requests every idle/3, for three idle timeouts.
+	for range 9 {
+		get("/api/tick")
+		time.Sleep(idle / 3)
+	}
+	// One stream open for longer than the idle timeout.
+	go func() {
+		<-held
+		time.Sleep(2 * idle)
+		close(release)
+	}()
+	get("/api/hold")
+	ended := time.Now()
+	if code := readUntilGoAway(c); code != 0 {
+		t.Fatalf("idle connection: GOAWAY code %d, want NO_ERROR (0)", code)
+	}
+	if d := time.Since(ended); d < idle*9/10 {
+		t.Fatalf("GOAWAY %v after the last stream ended, before idle_timeout (%v)", d, idle)
+	}
 }

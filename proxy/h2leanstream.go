@@ -117,9 +117,14 @@ func (s *leanStream) validPseudo() bool {
 // through the fasthttp request decoded into, or net/http's handlers for
 // what needs them. The stream may not be used once c.done has it.
 func (s *leanStream) serve() {
+	defer s.c.done(s)
+	s.handle()
+}
+
+// handle is serve without the stream's end (c.done).
+func (s *leanStream) handle() {
 	c := s.c
-	defer c.done(s)
-	if s.needsHTTP() {
+	if s.viaHTTP() {
 		s.serveHTTP()
 		return
 	}
@@ -134,6 +139,17 @@ func (s *leanStream) serve() {
 	p.serve(ctx)
 	s.writeResponse(ctx)
 	ctx.Request.ResetUserValues() // ends the request on its backend
+}
+
+// viaHTTP is needsHTTP, asked once.
+func (s *leanStream) viaHTTP() bool {
+	if s.route == 0 {
+		s.route = 1
+		if s.needsHTTP() {
+			s.route = 2
+		}
+	}
+	return s.route == 2
 }
 
 // needsHTTP reports whether the stream goes to net/http's handlers
@@ -312,6 +328,7 @@ func (c *leanConn) writeDataLocked(s *leanStream, b []byte, end bool) error {
 		}
 		n := min(int32(len(b)), s.sendWin, c.sendWin, int32(c.peerMaxFrame))
 		if n <= 0 {
+			c.takeOver()      // a stream served on the reader: only a frame read can open the window
 			c.bc.flushAsync() // what is pending may be what the client waits for to open the window
 			c.wcond.Wait()
 			continue

@@ -12,11 +12,13 @@
 #   deploy/bench/h2grpc.sh                        # 3 rounds of 10s
 #   ROUNDS=5 DURATION=20 RATE=4000 deploy/bench/h2grpc.sh
 #   GO_SERVER=1 deploy/bench/h2grpc.sh            # and a second pier, "piergo", with http2.server: go
+#   BEFORE=/tmp/pier-old deploy/bench/h2grpc.sh   # and a second pier, "before", that binary (built from
+#                                                 # another tree), in the same rounds: before/after in one run
 #
 # It installs nginx, nghttp2-client (h2load), curl and openssl with apt-get
 # when missing, builds pier, deploy/testserver and grpcload, and uses only
 # loopback ports BASE_PORT..BASE_PORT+9 (default 18280; +10..+12 with
-# GO_SERVER=1). Run it by hand.
+# GO_SERVER=1 or BEFORE). Run it by hand.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/../.."
@@ -32,6 +34,11 @@ B1=$((BASE_PORT + 1)) B2=$((BASE_PORT + 2)) G1=$((BASE_PORT + 3)) G2=$((BASE_POR
 PIER=$((BASE_PORT + 5)) PIER_TLS=$((BASE_PORT + 6)) NGINX=$((BASE_PORT + 7)) NGINX_TLS=$((BASE_PORT + 8)) API=$((BASE_PORT + 9))
 PIER_GO=$((BASE_PORT + 10)) PIER_GO_TLS=$((BASE_PORT + 11)) API_GO=$((BASE_PORT + 12))
 GO_SERVER=${GO_SERVER:-0}  # 1: also a pier whose HTTP/2 server is net/http's (http2.server: go)
+BEFORE=${BEFORE:-}         # a pier binary: also that pier, "before", with the same config (not with GO_SERVER=1)
+if [ -n "$BEFORE" ]; then
+  [ "$GO_SERVER" != 1 ] || { echo "BEFORE and GO_SERVER=1 share ports: one or the other" >&2; exit 2; }
+  [ -x "$BEFORE" ] || { echo "BEFORE=$BEFORE: not an executable" >&2; exit 2; }
+fi
 
 need=()
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
@@ -82,12 +89,21 @@ pier_config $PIER $PIER_TLS lean >"$work/pier.yaml"
   -log-level warn 2>"$work/pier.log" & pids+=($!)
 pier_pid=$!
 apis=($API) targets=(pier)
+second=
 if [ "$GO_SERVER" = 1 ]; then
-  pier_config $PIER_GO $PIER_GO_TLS go >"$work/piergo.yaml"
-  "$work/pier" agent -dev -node bench-go -http-port $API_GO -serf-lan-port 0 -dns-port 0 -config-file "$work/piergo.yaml" \
-    -log-level warn 2>"$work/piergo.log" & pids+=($!)
-  piergo_pid=$!
-  apis+=($API_GO) targets+=(piergo)
+  second=piergo
+  pier_config $PIER_GO $PIER_GO_TLS go >"$work/$second.yaml"
+  cp "$work/pier" "$work/$second"
+elif [ -n "$BEFORE" ]; then
+  second=before
+  pier_config $PIER_GO $PIER_GO_TLS lean >"$work/$second.yaml"
+  cp "$BEFORE" "$work/$second"
+fi
+if [ -n "$second" ]; then
+  "$work/$second" agent -dev -node bench-$second -http-port $API_GO -serf-lan-port 0 -dns-port 0 -config-file "$work/$second.yaml" \
+    -log-level warn 2>"$work/$second.log" & pids+=($!)
+  second_pid=$!
+  apis+=($API_GO) targets+=($second)
 fi
 targets+=(nginx)
 
@@ -134,7 +150,7 @@ nginx_pid=$!
 
 for i in $(seq 1 100); do
   if ready http://127.0.0.1:$B1/ && ready http://127.0.0.1:$B2/ && ready http://127.0.0.1:$API/v1/agent/self &&
-    { [ "$GO_SERVER" != 1 ] || ready http://127.0.0.1:$API_GO/v1/agent/self; } &&
+    { [ -z "$second" ] || ready http://127.0.0.1:$API_GO/v1/agent/self; } &&
     curl -s -o /dev/null --max-time 1 --http2-prior-knowledge http://127.0.0.1:$NGINX/api/; then break; fi
   [ "$i" = 100 ] && { echo "something did not start; logs in $work" >&2; cat "$work"/*.log >&2; exit 1; }
   sleep 0.1
@@ -148,7 +164,7 @@ for a in "${apis[@]}"; do
 done
 
 declare -A port=([pier]=$PIER [nginx]=$NGINX) tport=([pier]=$PIER_TLS [nginx]=$NGINX_TLS) pid=([pier]=$pier_pid [nginx]=$nginx_pid)
-if [ "$GO_SERVER" = 1 ]; then port[piergo]=$PIER_GO tport[piergo]=$PIER_GO_TLS pid[piergo]=$piergo_pid; fi
+if [ -n "$second" ]; then port[$second]=$PIER_GO tport[$second]=$PIER_GO_TLS pid[$second]=$second_pid; fi
 for t in "${targets[@]}"; do
   v=$(curl -sk --http2 -o /dev/null -w '%{http_version} %{http_code}' https://127.0.0.1:${tport[$t]}/api/hello)
   [ "$v" = "2 200" ] || { echo "$t over TLS: $v" >&2; exit 1; }

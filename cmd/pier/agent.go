@@ -46,7 +46,6 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	defer relaxGCAtStart(ctx)()
 	return agent(ctx, cfg, stderr, nil, f.resolve)
 }
 

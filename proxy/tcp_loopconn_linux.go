@@ -603,12 +603,8 @@ func connectNB(ap netip.AddrPort) (fd int, connected bool, err error) {
 
 // connectError tells why a connect that epoll reported broken failed.
 func connectError(fd int) error {
-	e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	switch {
-	case err != nil:
-		return os.NewSyscallError("getsockopt", err)
-	case e != 0:
-		return os.NewSyscallError("connect", syscall.Errno(e))
+	if e := sockError(fd); e != 0 {
+		return os.NewSyscallError("connect", e)
 	}
 	return os.NewSyscallError("connect", unix.ECONNREFUSED)
 }

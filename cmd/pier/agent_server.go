@@ -44,7 +44,7 @@ func (s *servers) Node() *raft.Node { return s.node }
 // Servers answers the server ports of this datacenter's alive servers.
 func (s *servers) Servers() []string {
 	var out []string
-	for _, m := range s.members.Members() {
+	for _, m := range s.members.MembersTagged(raft.TagRole, raft.RoleServer) {
 		if p, ok := raft.PeerFromMember(m, s.dc); ok && m.Status == registry.MemberAlive {
 			out = append(out, p.Addr)
 		}

@@ -642,3 +642,30 @@ func TestKeyringSaveFails(t *testing.T) {
 		t.Errorf("the keyring in memory has %d keys after a refused install, want 1", got)
 	}
 }
+
+// A client looks for the servers among the members by their gossiped role:
+// MembersTagged lists those, named and filled in as Members lists them.
+func TestMembersTagged(t *testing.T) {
+	mem := &memNet{}
+	server := startNode(t, "s1", opts{mem: mem, tweak: func(c *Config) {
+		c.Tags = map[string]string{"role": "consul", "id": "7b3c8f0e-1111-2222-3333-444455556666"}
+	}})
+	client := startNode(t, "c1", opts{mem: mem, join: []string{server.g.Addr()}})
+	startNode(t, "c2", opts{mem: mem, join: []string{server.g.Addr()}})
+	waitFor(t, client.reg, 60*time.Second, "3 nodes in the catalog", func(s *registry.Snapshot) bool { return len(s.Nodes()) == 3 })
+	var got []registry.Member
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if got = client.g.MembersTagged("role", "consul"); len(got) == 1 && got[0].Tags["id"] != "" {
+			break
+		}
+	}
+	if len(got) != 1 || got[0].Name != "s1" || got[0].Status != registry.MemberAlive || got[0].Tags["id"] == "" {
+		t.Fatalf("members tagged role=consul: %+v, want s1 alone, with its id", got)
+	}
+	if all := client.g.Members(); len(all) != 3 {
+		t.Fatalf("members: %d, want 3", len(all))
+	}
+	if none := client.g.MembersTagged("role", "nosuch"); len(none) != 0 {
+		t.Fatalf("members tagged role=nosuch: %+v", none)
+	}
+}

@@ -206,11 +206,29 @@ func (g *Gossip) forget(name string) (bool, error) {
 // Members lists every node known: alive, failed (until reaped) and left
 // (for a while), ordered by name.
 func (g *Gossip) Members() []registry.Member {
+	return g.listMembers(nil)
+}
+
+// MembersTagged lists, as Members does, the nodes whose gossiped tags
+// (not dc or id, which are in the node's record) hold value at key. An
+// agent looks for the servers so, often, in a cluster of mostly clients.
+func (g *Gossip) MembersTagged(key, value string) []registry.Member {
+	return g.listMembers(func(m *memberState) bool { return m.Tags[key] == value })
+}
+
+func (g *Gossip) listMembers(keep func(*memberState) bool) []registry.Member {
 	snap := g.reg.Snapshot()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := make([]registry.Member, 0, len(g.members))
-	for _, name := range slices.Sorted(maps.Keys(g.members)) {
+	var names []string
+	for name, m := range g.members {
+		if keep == nil || keep(m) {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	out := make([]registry.Member, 0, len(names))
+	for _, name := range names {
 		m := g.members[name].Member
 		if name == g.reg.NodeName() && g.leaving {
 			m.Status = registry.MemberLeaving

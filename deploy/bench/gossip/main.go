@@ -412,6 +412,10 @@ func run(args []string) error {
 	fmt.Printf("%s n=%d start: CPU of a process until it was running: median %.1f ms, max %.1f ms\n",
 		*kind, *n, float64(cpus[len(cpus)/2].Microseconds())/1000, float64(cpus[len(cpus)-1].Microseconds())/1000)
 	if *kind == "pier" {
+		// The garbage collections and the bytes allocated so far, first
+		// (each scrape allocates): the start's and the join's heap work.
+		fmt.Printf("%s n=%d after the join, per process: garbage collections %.1f, allocated %.1f MB\n", *kind, *n,
+			sumMetric(c.nodes, "go_gc_duration_seconds_count")/float64(len(c.nodes)), sumMetric(c.nodes, "go_memstats_alloc_bytes_total")/float64(len(c.nodes))/1e6)
 		// What the join cost in gossip beyond memberlist's own: push/pulls
 		// (joins, and members joined by the repair) and digest exchanges.
 		fmt.Printf("%s n=%d after the join, over all nodes: push/pull states sent %.0f, received %.0f; members joined by the repair %.0f; entries repaired %.0f; digests held back while members joined %.0f\n", *kind, *n,

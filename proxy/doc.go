@@ -29,10 +29,10 @@
 // package must not reach the KV itself.
 //
 // How connections are served is the engine's (engine.go): on Linux by
-// default the event loop (evloop*_linux.go), which parks idle connections
-// as bare descriptors and serves the common request and its upstream
-// exchange on the loop, handing everything else to goroutines with the
-// bytes read, and epoll loops for TCP routes (tcp_loop*_linux.go); or a
+// default the event loops (evloop*_linux.go, one per core), which park
+// idle connections as bare descriptors and serve the common request and
+// its upstream exchange on the loop, handing everything else to
+// goroutines with the bytes read, and epoll loops for TCP routes (tcp_loop*_linux.go); or a
 // goroutine per connection. HTTP/2 is served by pier's own server
 // (h2lean*.go: frames read per connection, a request alone on its
 // connection served by the reader, other streams on a pool of workers)

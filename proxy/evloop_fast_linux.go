@@ -73,9 +73,10 @@ var errRespTooLarge = errors.New("proxy: response header too large")
 // fastLoop is the fast path's state in a loop. Only the loop goroutine
 // touches it, but for closing and abort.
 type fastLoop struct {
-	on     bool
-	wakefd int
-	cfg    lb.Config
+	on      bool
+	wakefd  int
+	cfg     lb.Config
+	maxOpen int // connections this loop opens to one backend at most: its share of MaxConnsPerBackend
 
 	ups  []*upConn                 // by descriptor
 	open map[*lb.Backend]int       // connections open to each backend, busy or idle
@@ -140,12 +141,15 @@ type fastReq struct {
 	inReqs   bool
 }
 
-func (l *loop) initFast() error {
+func (l *loop) initFast(loops int) error {
 	p := l.p
 	f := &l.fast
 	f.wakefd = -1
 	f.on = !p.redirect && p.acme == nil
 	f.cfg = p.bal.Config()
+	// Each loop keeps its own connections (nothing shared on the hot
+	// path): the balancer's limit is split between them.
+	f.maxOpen = max(1, (f.cfg.MaxConnsPerBackend+loops-1)/loops)
 	f.idle = map[*lb.Backend][]*upConn{}
 	f.open = map[*lb.Backend]int{}
 	f.br = bufio.NewReaderSize(nil, max(p.cfg.MaxHeaderSize, 4096))
@@ -183,7 +187,7 @@ func (l *loop) event(ev *unix.EpollEvent) {
 		}
 	case evLoopWake:
 		var b [8]byte
-		unix.Read(l.fast.wakefd, b[:])
+		loopRead(l.fast.wakefd, b[:])
 		l.tick()
 	default:
 		l.ready(ev.Fd)
@@ -313,10 +317,7 @@ func (l *loop) fill(fr *fastReq) int {
 	if !c.acquire() {
 		return fillClosed
 	}
-	n, err := unix.Read(int(c.fd), fr.in[fr.end:])
-	for err == unix.EINTR {
-		n, err = unix.Read(int(c.fd), fr.in[fr.end:])
-	}
+	n, err := loopRead(int(c.fd), fr.in[fr.end:])
 	c.release()
 	switch {
 	case err == unix.EAGAIN:
@@ -516,7 +517,7 @@ func (l *loop) respond(fr *fastReq, b *lb.Backend) bool {
 	n, werr := 0, error(nil)
 	if c.acquire() {
 		for n < len(out) {
-			k, err := unix.Write(int(c.fd), out[n:])
+			k, err := loopWrite(int(c.fd), out[n:])
 			if k > 0 {
 				n += k
 			}

@@ -25,10 +25,14 @@ import (
 // fastCounts is the requests the loop answered itself and those it handed
 // to goroutines; zeros on the goroutine engine.
 func fastCounts(p *Proxy) (onLoop, handed uint64) {
-	if p.loop == nil {
+	if p.loops == nil {
 		return 0, 0
 	}
-	return p.loop.fast.onLoop.Load(), p.loop.fast.handed.Load()
+	for _, l := range p.loops.ls {
+		onLoop += l.fast.onLoop.Load()
+		handed += l.fast.handed.Load()
+	}
+	return onLoop, handed
 }
 
 func dialProxy(t *testing.T, addr string) (net.Conn, *bufio.Reader) {

@@ -10,15 +10,15 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// loop is the event-loop engine, which needs epoll: ValidateEngine refuses
-// it elsewhere, so these are never reached.
-type loop struct{}
+// loopGroup is the event-loop engine, which needs epoll: ValidateEngine
+// refuses it elsewhere, so these are never reached.
+type loopGroup struct{}
 
-func newLoop(*Proxy, *fasthttp.Server) (*loop, error) {
+func newLoopGroup(*Proxy, *fasthttp.Server, int) (*loopGroup, error) {
 	return nil, errors.New("proxy: the eventloop engine needs Linux")
 }
 
-func (l *loop) serve(net.Listener) error { return nil }
-func (l *loop) shutdown(context.Context) {}
-func (l *loop) stopAccept()              {}
-func (l *loop) openConns() int64         { return 0 }
+func (g *loopGroup) serve(net.Listener) error { return nil }
+func (g *loopGroup) shutdown(context.Context) {}
+func (g *loopGroup) stopAccept()              {}
+func (g *loopGroup) openConns() int64         { return 0 }

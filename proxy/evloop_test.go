@@ -62,16 +62,16 @@ func TestIdleConnsHoldNothing(t *testing.T) {
 	var m1 uint64
 	eventually.True(t, 10*time.Second, "the goroutines that served the requests end", func() bool {
 		g1, m1 = settle()
-		return e.p.loop == nil || g1 <= g0+5
+		return e.p.loops == nil || g1 <= g0+5
 	})
 	perConn := int64(m1-m0) / conns
 	t.Logf("engine %s: %d idle connections: %+d goroutines, %d B each (heap and stacks, client side included)",
 		testEngine, conns, g1-g0, perConn)
-	if e.p.loop != nil {
+	if e.p.loops != nil {
 		if perConn > 3000 {
 			t.Errorf("%d B per idle connection: the event loop should hold no buffer for one", perConn)
 		}
-		if n := e.p.loop.openConns(); n != conns {
+		if n := e.p.loops.openConns(); n != conns {
 			t.Errorf("the loop holds %d connections, want %d", n, conns)
 		}
 	}

@@ -126,8 +126,8 @@ func (l *loop) dial(b *lb.Backend) (*upConn, error) {
 		return nil, errNotIP
 	}
 	f := &l.fast
-	if f.open[b] >= f.cfg.MaxConnsPerBackend {
-		// The balancer's limit, counted per loop: as HostClient answers
+	if f.open[b] >= f.maxOpen {
+		// The loop's share of the balancer's limit: as HostClient answers
 		// with no wait (the loop does not wait), the request goes to
 		// another instance, and the backend is not held to fail.
 		return nil, fasthttp.ErrNoFreeConns
@@ -239,7 +239,7 @@ func (l *loop) staleOK(fr *fastReq, err error) bool {
 func (l *loop) upWrite(fr *fastReq) error {
 	uc := fr.up
 	for fr.sent < len(fr.out) {
-		k, err := unix.Write(int(uc.fd), fr.out[fr.sent:])
+		k, err := loopWrite(int(uc.fd), fr.out[fr.sent:])
 		if k > 0 {
 			fr.sent += k
 		}
@@ -366,7 +366,7 @@ func (l *loop) upRead(fr *fastReq) {
 			fr.rb = append(fr.rb, make([]byte, min(2*cap(fr.rb), fastRespMax)-len(fr.rb))...)[:len(fr.rb)]
 		}
 		space := fr.rb[len(fr.rb):cap(fr.rb)]
-		n, err := unix.Read(int(uc.fd), space)
+		n, err := loopRead(int(uc.fd), space)
 		switch {
 		case err == unix.EINTR:
 			continue

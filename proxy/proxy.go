@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -57,6 +58,9 @@ type Config struct {
 	// EngineEventLoop (the default on Linux, also "") or EngineGoroutines
 	// (engine.go).
 	Engine string `json:"engine"`
+	// Loops is how many event loops serve them (evloop_loops_linux.go);
+	// 0: one per core the Go runtime uses (GOMAXPROCS).
+	Loops int `json:"loops"`
 }
 
 // DefaultConfig returns the proxy's defaults; Balancer must still be set.
@@ -90,7 +94,7 @@ type Proxy struct {
 	tlsc       tlsCache          // routes' upstream TLS settings, interned; guarded by mu
 	certWarn   certWarning       // when a TLS mismatch with an instance was last logged
 	srv        *fasthttp.Server
-	loop       *loop         // nil: the goroutine engine serves the plain listener
+	loops      *loopGroup    // nil: the goroutine engine serves the plain listener
 	met        *proxyMetrics // nil: no metrics
 	alog       *accessLog    // nil: no access log
 	certs      *certStore    // nil: no TLS
@@ -118,7 +122,7 @@ func New(cfg Config) (*Proxy, error) {
 	case cfg.Tries < 0 || cfg.Tries > maxTries:
 		return nil, fmt.Errorf("proxy: tries %d: want 1-%d", cfg.Tries, maxTries)
 	case cfg.MaxFails < 0 || cfg.FailTimeout < 0 || cfg.TryTimeout < 0 || cfg.MaxBodySize < 0 ||
-		cfg.HeaderTimeout < 0 || cfg.BodyTimeout < 0 || cfg.WriteTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxConns < 0:
+		cfg.HeaderTimeout < 0 || cfg.BodyTimeout < 0 || cfg.WriteTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxConns < 0 || cfg.Loops < 0:
 		return nil, errors.New("proxy: limits and timeouts must not be negative")
 	}
 	if cfg.Tries == 0 {
@@ -200,14 +204,18 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p.grpc = newGRPCUpstream(cfg.Balancer.ConnectTimeout())
 	if p.met, err = newMetrics(cfg.Registerer, func() int32 {
-		return p.h1Open() + int32(p.h2.openConns()) + int32(p.loop.openConns())
+		return p.h1Open() + int32(p.h2.openConns()) + int32(p.loops.openConns())
 	}); err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	p.syncRoutes()
 	p.srv = p.newServer()
 	if cfg.Engine == EngineEventLoop {
-		if p.loop, err = newLoop(p, p.newServer()); err != nil {
+		n := cfg.Loops
+		if n == 0 {
+			n = runtime.GOMAXPROCS(0)
+		}
+		if p.loops, err = newLoopGroup(p, p.newServer(), n); err != nil {
 			return nil, fmt.Errorf("proxy: %w", err)
 		}
 	}
@@ -277,8 +285,8 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 		defer split.close()
 		h1 = split.h1
 	}
-	if p.loop != nil {
-		go func() { errc <- p.loop.serve(h1) }()
+	if p.loops != nil {
+		go func() { errc <- p.loops.serve(h1) }()
 	} else {
 		go func() { errc <- p.srv.Serve(h1) }()
 	}
@@ -299,12 +307,12 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 			h2stopped := make(chan struct{})
 			go func() { p.h2.shutdown(sctx); close(h2stopped) }() // GOAWAY; streams drain alongside HTTP/1.1's requests
 			loopStopped := make(chan struct{})
-			if p.loop != nil {
+			if p.loops != nil {
 				ln.Close() // with h2c, the split listener's accept returns
-				p.loop.stopAccept()
+				p.loops.stopAccept()
 				<-errc
 				errc <- nil // for the receive below
-				go func() { p.loop.shutdown(sctx); close(loopStopped) }()
+				go func() { p.loops.shutdown(sctx); close(loopStopped) }()
 			} else {
 				close(loopStopped)
 			}

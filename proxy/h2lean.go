@@ -581,11 +581,15 @@ func (c *leanConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		c.wcond.Broadcast()
 		return nil
 	}
+	// The state stays locked while the window grows: a stream that ends
+	// meanwhile (done, on its handler's goroutine or on the reader that
+	// served it) goes back to the pool under this lock, and may be a new
+	// stream's by the time a window written later would land.
 	c.mu.Lock()
 	s := c.streams[f.StreamID]
-	idle := f.StreamID > c.maxID
-	c.mu.Unlock()
 	if s == nil {
+		idle := f.StreamID > c.maxID
+		c.mu.Unlock()
 		if idle {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
@@ -598,6 +602,7 @@ func (c *leanConn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
 		c.wcond.Broadcast()
 	}
 	c.wmu.Unlock()
+	c.mu.Unlock()
 	if n > 1<<31-1 {
 		c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
 	}

@@ -113,6 +113,18 @@ func raftState(t *testing.T, p *proc) (leader string, index uint64) {
 	return "", 0
 }
 
+// checkNotForged fails t if forgeAppend's entry reached p's log: it sits
+// at index 1<<30 in term 1<<40, so taking it would put the index there and
+// end the leader's term. The group's own writes (the client's catalog
+// sync, coordinates) may move the index by a few between the two looks, so
+// the index is bounded, not held still.
+func checkNotForged(t *testing.T, p *proc, leader string, index uint64) {
+	t.Helper()
+	if l2, i2 := raftState(t, p); l2 != leader || i2 < index || i2 >= 1<<30 {
+		t.Errorf("the Raft state moved: leader %s index %d, was %s %d", l2, i2, leader, index)
+	}
+}
+
 // TestServerPortEncrypted: three servers and a client with -encrypt form
 // a group, elect and take writes through the client's pooled forwarding
 // connections, over the server port's keyring TLS. A stranger who reaches
@@ -158,9 +170,7 @@ func TestServerPortEncrypted(t *testing.T) {
 	if got := kvDumpQuery(t, g.procs[0].addr, "forged", "recurse&stale"); len(got) != 0 {
 		t.Fatalf("the forged key is there: %v", got)
 	}
-	if l2, i2 := raftState(t, g.procs[0]); l2 != leader || i2 != index {
-		t.Errorf("the Raft state moved: leader %s index %d, was %s %d", l2, i2, leader, index)
-	}
+	checkNotForged(t, g.procs[0], leader, index)
 	if code, err := internalGet(keyDialer(t, k1), target, raft.PeersPath); err != nil || code != 200 {
 		t.Fatalf("the control: the internal HTTP with the key: %d %v", code, err)
 	}
@@ -248,9 +258,7 @@ func TestServerPortMutualTLS(t *testing.T) {
 	if got := kvDumpQuery(t, g.procs[0].addr, "forged", "recurse&stale"); len(got) != 0 {
 		t.Fatalf("the forged key is there: %v", got)
 	}
-	if l2, i2 := raftState(t, g.procs[0]); l2 != leader || i2 != index {
-		t.Errorf("the Raft state moved: leader %s index %d, was %s %d", l2, i2, leader, index)
-	}
+	checkNotForged(t, g.procs[0], leader, index)
 	if code, err := internalGet(certDialer(t, ca, ca.Issue(t, "client.dc1.consul", nil)), target, raft.PeersPath); err != nil || code != 200 {
 		t.Fatalf("the control: a certificate of the CA: %d %v", code, err)
 	}

@@ -22,30 +22,17 @@ import (
 
 var zeroBuf uintptr // a valid address for a read or write of no bytes
 
-func loopRead(fd int, p []byte) (int, error) {
-	ptr := uintptr(unsafe.Pointer(&zeroBuf))
-	if len(p) > 0 {
-		ptr = uintptr(unsafe.Pointer(&p[0]))
-	}
-	for {
-		n, _, e := syscall.RawSyscall(unix.SYS_READ, uintptr(fd), ptr, uintptr(len(p)))
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		}
-		return -1, e
-	}
-}
+func loopRead(fd int, p []byte) (int, error)  { return loopIO(unix.SYS_READ, fd, p) }
+func loopWrite(fd int, p []byte) (int, error) { return loopIO(unix.SYS_WRITE, fd, p) }
 
-func loopWrite(fd int, p []byte) (int, error) {
+// loopIO is a read or a write (trap) of p on fd.
+func loopIO(trap uintptr, fd int, p []byte) (int, error) {
 	ptr := uintptr(unsafe.Pointer(&zeroBuf))
 	if len(p) > 0 {
 		ptr = uintptr(unsafe.Pointer(&p[0]))
 	}
 	for {
-		n, _, e := syscall.RawSyscall(unix.SYS_WRITE, uintptr(fd), ptr, uintptr(len(p)))
+		n, _, e := syscall.RawSyscall(trap, uintptr(fd), ptr, uintptr(len(p)))
 		switch e {
 		case 0:
 			return int(n), nil
